@@ -1,0 +1,1 @@
+"""Kafka adapters: local broker, topics, producers and consumers, and the micro-batch runner."""

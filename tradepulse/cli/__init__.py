@@ -1,0 +1,1 @@
+"""The `tradepulse` command."""

@@ -1,0 +1,137 @@
+"""Runtime configuration, read from the environment (and an optional `.env` file).
+
+Every variable is documented in `.env.example`. Secrets are `SecretStr` so that printing the
+settings (or logging them by accident) shows `**********` instead of the key.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_TICKERS = ("AAPL", "MSFT", "AMZN", "TSLA", "NVDA")
+
+
+class Settings(BaseSettings):
+    """All TradePulse settings. Environment variables use the `TRADEPULSE_` prefix unless noted."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TRADEPULSE_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    # --- where local state lives -------------------------------------------------------------
+    data_dir: Path = Field(
+        default=Path(".tradepulse"), description="Local state: broker data, SQLite, Parquet."
+    )
+
+    # --- market data sources ------------------------------------------------------------------
+    massive_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MASSIVE_API_KEY", "POLYGON_API_KEY", "TRADEPULSE_MASSIVE_API_KEY"),
+    )
+    massive_ws_url: str = Field(
+        default="wss://socket.massive.com/stocks",
+        description="Real-time feed; delayed feed is wss://delayed.massive.com/stocks.",
+    )
+    finnhub_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("FINNHUB_API_KEY", "TRADEPULSE_FINNHUB_API_KEY")
+    )
+    finnhub_base_url: str = "https://finnhub.io/api/v1"
+    news_poll_interval_s: float = 60.0
+    finnhub_calls_per_minute: int = 60
+    tickers: list[str] = Field(default_factory=lambda: list(DEFAULT_TICKERS))
+
+    # --- simulator (used when no API keys are set) ----------------------------------------------
+    simulator_host: str = "127.0.0.1"
+    simulator_ws_port: int = 8765
+    simulator_http_port: int = 8766
+    simulator_rate: float = Field(default=2000.0, description="Base events/s across all tickers.")
+    simulator_seed: int = 42
+    simulator_api_key: SecretStr = SecretStr("tradepulse-local")
+
+    # --- Kafka ------------------------------------------------------------------------------------
+    kafka_bootstrap: str | None = Field(
+        default=None,
+        description="Bootstrap servers. Empty = the local broker that `tradepulse kafka start` runs.",
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL", "SASL_PLAINTEXT"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["OAUTHBEARER", "SCRAM-SHA-512", "PLAIN"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_msk_iam: bool = Field(default=False, description="Authenticate to MSK with IAM (OAUTHBEARER).")
+    aws_region: str = Field(
+        default="us-east-1", validation_alias=AliasChoices("AWS_REGION", "TRADEPULSE_AWS_REGION")
+    )
+    kafka_port: int = Field(default=0, description="Local broker port; 0 = pick a free port.")
+    kafka_controller_port: int = 0
+    kafka_heap: str = Field(
+        default="1g", description="Local broker heap (-Xmx); 1g fits a 2-core/24 GiB laptop."
+    )
+    topic_partitions: int = 6
+    topic_retention_ms: int = 7 * 24 * 3600 * 1000
+
+    # --- processing -----------------------------------------------------------------------------
+    consumer_group: str = "tradepulse-processor"
+    batch_max_messages: int = 5000
+    batch_max_wait_ms: int = 10
+    late_grace_ms: int = 2000
+    zscore_bucket_ms: int = 1000
+    zscore_window_buckets: int = 300
+    rebuild_lookback_s: int = 330
+
+    # --- storage --------------------------------------------------------------------------------
+    hot_store: Literal["sqlite", "dynamodb"] = "sqlite"
+    cold_store: Literal["local", "s3"] = "local"
+    dlq_backend: Literal["sqlite", "sqs"] = "sqlite"
+    dynamodb_table: str = "tradepulse-hot"
+    dynamodb_shards: int = 8
+    hot_ttl_hours: int = 48
+    s3_bucket: str | None = None
+    s3_prefix: str = "tradepulse"
+    sqs_dlq_url: str | None = None
+    athena_workgroup: str = "tradepulse"
+    glue_database: str = "tradepulse"
+
+    # --- backpressure ---------------------------------------------------------------------------
+    backpressure_latency_ms: float = 100.0
+    backpressure_pause_ms: int = 500
+
+    # --- API ------------------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    health_commit_stale_s: float = 30.0
+    health_lag_degraded: int = 10_000
+    health_write_p99_degraded_ms: float = 100.0
+
+    log_level: str = "INFO"
+
+    @property
+    def use_simulator(self) -> bool:
+        """True when no real market-data key is configured, so the local simulator feeds the pipeline."""
+        return self.massive_api_key is None
+
+    @property
+    def kafka_dir(self) -> Path:
+        return self.data_dir / "kafka"
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "hot.sqlite3"
+
+    @property
+    def cold_dir(self) -> Path:
+        return self.data_dir / "cold"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, read once."""
+    return Settings()

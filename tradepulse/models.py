@@ -1,0 +1,178 @@
+"""Contracts of every topic payload and stored item.
+
+These pydantic models are the single source of the wire and storage formats: `schemas/*.json` is
+generated from them (`tradepulse schemas`), the API serialises them, and a test checks the two agree.
+The hot path does not build these objects per event (too slow); it emits plain dicts with exactly these
+fields, and the tests validate samples of that output against the models.
+
+Time conventions: `*_ts_ms` is Unix epoch milliseconds (exchange/event time), `received_ts_us` is the
+local receive time in Unix epoch microseconds (for end-to-end latency).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Ticker = str
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Trade(_Model):
+    """A trade from the Massive stocks feed (`ev: "T"`); topic `market.trades`, key = ticker."""
+
+    event_id: str = Field(description="Deterministic id (ticker, exchange, trade id, time, sequence).")
+    ticker: Ticker
+    price: float = Field(gt=0)
+    size: float = Field(gt=0)
+    exchange: int = Field(description="Massive exchange id (`x`).")
+    trade_id: str = Field(description="Trade id on the exchange (`i`).")
+    tape: int = Field(description="1 = NYSE (A), 2 = AMEX (B), 3 = Nasdaq (C) (`z`).")
+    conditions: list[int] = Field(default_factory=list, description="Trade conditions (`c`).")
+    sequence: int = Field(description="Sequence number (`q`), increasing per ticker.")
+    exchange_ts_ms: int = Field(description="SIP timestamp (`t`), Unix ms; the event time.")
+    received_ts_us: int = Field(description="When ingest received the frame, Unix µs.")
+    trf_id: int | None = Field(default=None, description="Trade reporting facility id (`trfi`).")
+    trf_ts_ms: int | None = Field(default=None, description="Trade reporting facility timestamp (`trft`).")
+
+
+class Quote(_Model):
+    """An NBBO quote (`ev: "Q"`); topic `market.quotes`, key = ticker."""
+
+    event_id: str
+    ticker: Ticker
+    bid_price: float = Field(ge=0)
+    bid_size: float = Field(ge=0)
+    bid_exchange: int
+    ask_price: float = Field(ge=0)
+    ask_size: float = Field(ge=0)
+    ask_exchange: int
+    conditions: list[int] = Field(default_factory=list)
+    indicators: list[int] = Field(default_factory=list)
+    tape: int
+    sequence: int
+    exchange_ts_ms: int
+    received_ts_us: int
+
+
+class NewsArticle(_Model):
+    """A company-news article for one ticker (Finnhub `company-news`); topic `market.news`, key = ticker.
+
+    An article whose `related` field names several tickers is published once per ticker.
+    """
+
+    event_id: str = Field(description="Deterministic id of (article_id, ticker).")
+    article_id: int
+    ticker: Ticker
+    related: list[Ticker] = Field(default_factory=list)
+    headline: str
+    summary: str = ""
+    source: str = ""
+    url: str = ""
+    image: str = ""
+    category: str = ""
+    published_at: str = Field(description="ISO 8601 UTC, e.g. 2026-11-24T14:30:00Z.")
+    published_ts_ms: int = Field(description="Publication time, Unix ms; the event time of the join.")
+    received_ts_us: int
+
+
+class FeatureVector(_Model):
+    """Windowed features of one ticker at an event time; topic `market.features` and the feature store."""
+
+    ticker: Ticker
+    ts_ms: int = Field(description="Event time of the last trade folded into this vector.")
+    price: float = Field(description="Last trade price.")
+    volume: float = Field(description="Volume traded in the current z-score bucket.")
+    vwap_1min: float
+    vwap_5min: float
+    rolling_avg_5min: float = Field(description="Mean trade price over the last 300 s.")
+    volume_zscore: float = Field(
+        description="Current bucket volume vs the previous N buckets; 0 if undefined."
+    )
+    price_momentum: float = Field(description="% change of price over the last 60 s.")
+    trade_frequency: int = Field(description="Trades in the last 60 s.")
+    vwap_deviation_bps: float = Field(description="(price − vwap_5min) / vwap_5min × 10,000.")
+    bid_ask_spread: float | None = Field(default=None, description="Ask − bid of the latest quote.")
+    window_start_ms: int
+    window_end_ms: int
+    late_events: int = Field(default=0, description="Events after the grace period, excluded from windows.")
+
+
+class Anomaly(_Model):
+    """An Isolation Forest flag; topic `market.anomalies` and the hot store."""
+
+    anomaly_id: str = Field(description="Deterministic id of (ticker, ts_ms, triggering event).")
+    ticker: Ticker
+    ts_ms: int
+    anomaly_score: float = Field(description="sklearn score_samples; more negative = more anomalous.")
+    threshold: float = Field(description="Score below which a point is flagged (contamination 0.01).")
+    feature_vector: dict[str, float]
+    model_version: int
+    event_id: str = Field(description="Trade that produced the flagged feature vector.")
+
+
+class Sentiment(_Model):
+    """VADER scores of a headline (and summary)."""
+
+    compound: float = Field(ge=-1, le=1)
+    label: Literal["positive", "negative", "neutral"]
+    pos: float
+    neg: float
+    neu: float
+
+
+class Correlation(_Model):
+    """News joined with volume z-score spikes within ±60 s; topic `market.correlations` and the hot store.
+
+    Exactly one per (article_id, ticker).
+    """
+
+    correlation_id: str = Field(description="Deterministic id of (article_id, ticker).")
+    article_id: int
+    ticker: Ticker
+    headline: str
+    source: str
+    url: str
+    published_at: str
+    published_ts_ms: int
+    sentiment: Sentiment
+    volume_zscore_at_publish: float | None = Field(description="z-score at (or just before) publication.")
+    matched_zscore: float | None = Field(description="z-score of the spike that matched, if any.")
+    peak_zscore: float | None = Field(description="Highest z-score in [t − 60 s, t + 60 s].")
+    lag_seconds: float | None = Field(description="Spike time − publication time; negative = spike first.")
+    correlation_strength: Literal["strong", "moderate", "weak", "none"]
+
+
+class DeadLetter(_Model):
+    """A message that could not be processed, with everything needed to redrive or inspect it."""
+
+    dead_letter_id: str = Field(
+        description="Deterministic id of (stage, source topic, partition, offset, payload)."
+    )
+    stage: str = Field(description="Where it failed: ingest, processor, sink:<name>, news.")
+    payload: str = Field(description="Original payload; UTF-8 text, or base64 prefixed with 'b64:'.")
+    error_type: str
+    reason: str
+    source_topic: str | None = None
+    source_partition: int | None = None
+    source_offset: int | None = None
+    ticker: Ticker | None = None
+    retry_count: int = 0
+    first_failure_at: str = Field(description="ISO 8601 UTC.")
+    last_failure_at: str = Field(description="ISO 8601 UTC.")
+    status: Literal["pending", "redriven", "archived"] = "pending"
+
+
+TOPIC_MODELS: dict[str, type[BaseModel]] = {
+    "market.trades": Trade,
+    "market.quotes": Quote,
+    "market.news": NewsArticle,
+    "market.features": FeatureVector,
+    "market.anomalies": Anomaly,
+    "market.correlations": Correlation,
+    "market.dead-letters": DeadLetter,
+}

@@ -1,0 +1,1 @@
+"""Hot store, cold store and dead-letter queue backends."""

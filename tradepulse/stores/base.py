@@ -1,0 +1,73 @@
+"""Interfaces of the stores. The runner writes through them, the API reads through them, and each has
+an embedded backend (SQLite / local Parquet) and an AWS backend (DynamoDB / S3 / SQS).
+
+Rows are plain dicts with the fields of the models in `tradepulse.models` (no per-row object churn on
+the hot path). Every write is an idempotent upsert by a deterministic key, so replaying a batch after a
+crash overwrites instead of duplicating.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+Row = dict[str, Any]
+
+
+class HotStore(Protocol):
+    """Last 48 h, single-digit-ms reads. Keys: trades by event_id, features by (ticker, ts_ms),
+    anomalies by anomaly_id, correlations by correlation_id."""
+
+    def write_batch(
+        self,
+        *,
+        trades: Sequence[Row] = (),
+        features: Sequence[Row] = (),
+        anomalies: Sequence[Row] = (),
+        correlations: Sequence[Row] = (),
+    ) -> None:
+        """Upsert everything of one micro-batch (one transaction where the backend has them)."""
+
+    def latest_trade(self, ticker: str) -> Row | None: ...
+
+    def latest_features(self, ticker: str) -> Row | None: ...
+
+    def feature_history(self, ticker: str, since_ms: int, limit: int = 2000) -> list[Row]:
+        """1-second feature snapshots, oldest first."""
+
+    def anomalies(self, ticker: str, since_ms: int) -> list[Row]: ...
+
+    def correlations(self, ticker: str, since_ms: int) -> list[Row]: ...
+
+    def tickers(self) -> list[str]: ...
+
+    def purge_expired(self, now_ms: int) -> int:
+        """Delete rows older than the TTL; returns how many."""
+
+    def write_latency_p99_ms(self) -> float:
+        """p99 of recent write_batch latencies (the backpressure and /health signal)."""
+
+    def close(self) -> None: ...
+
+
+class ColdStore(Protocol):
+    """History as Parquet (Snappy, Hive partitions), written idempotently per offset range."""
+
+    def append(self, topic: str, partition: int, offset: int, row: Row) -> None: ...
+
+    def flush(self, *, force: bool = False) -> int:
+        """Write buffered rows whose size/time limit is reached (all, with force); returns files written."""
+
+    def close(self) -> None: ...
+
+
+class DeadLetterQueue(Protocol):
+    """Messages that failed validation or processing, with context, retries and redrive."""
+
+    def put(self, letters: Iterable[Row]) -> None: ...
+
+    def pending(self, limit: int = 100) -> list[Row]: ...
+
+    def depth(self) -> int: ...
+
+    def close(self) -> None: ...

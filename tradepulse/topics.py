@@ -1,0 +1,39 @@
+"""Kafka topic names and their configuration. Every topic is keyed by ticker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TRADES = "market.trades"
+QUOTES = "market.quotes"
+NEWS = "market.news"
+FEATURES = "market.features"
+ANOMALIES = "market.anomalies"
+CORRELATIONS = "market.correlations"
+DEAD_LETTERS = "market.dead-letters"
+
+INPUT_TOPICS = (TRADES, QUOTES, NEWS)
+OUTPUT_TOPICS = (FEATURES, ANOMALIES, CORRELATIONS, DEAD_LETTERS)
+ALL_TOPICS = INPUT_TOPICS + OUTPUT_TOPICS
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """How a topic is created: partitions and retention (replication comes from the cluster size)."""
+
+    name: str
+    partitions: int
+    retention_ms: int
+    cleanup_policy: str = "delete"
+
+    def config(self) -> dict[str, str]:
+        return {"retention.ms": str(self.retention_ms), "cleanup.policy": self.cleanup_policy}
+
+
+def topic_specs(partitions: int, retention_ms: int) -> list[TopicSpec]:
+    """Specs for every topic; news and dead letters are low volume and get fewer partitions."""
+    low_volume = {NEWS, DEAD_LETTERS, CORRELATIONS}
+    return [
+        TopicSpec(name, max(1, partitions // 3) if name in low_volume else partitions, retention_ms)
+        for name in ALL_TOPICS
+    ]
