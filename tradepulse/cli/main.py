@@ -1,0 +1,23 @@
+"""The `tradepulse` command. Each area contributes its subcommands from its own module."""
+
+from __future__ import annotations
+
+import click
+
+from tradepulse import __version__
+from tradepulse.cli.kafka import kafka, topics
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tradepulse")
+def cli() -> None:
+    """TradePulse: real-time market-data pipeline (ingest → Kafka → features/anomalies → stores → API)."""
+
+
+# Registration of every subcommand; add yours here (one line each).
+cli.add_command(kafka)
+cli.add_command(topics)
+
+
+if __name__ == "__main__":
+    cli()
