@@ -31,8 +31,13 @@ class TopicSpec:
 
 
 def topic_specs(partitions: int, retention_ms: int) -> list[TopicSpec]:
-    """Specs for every topic; news and dead letters are low volume and get fewer partitions."""
-    low_volume = {NEWS, DEAD_LETTERS, CORRELATIONS}
+    """Specs for every topic.
+
+    Trades, quotes and news are co-partitioned (same count, keyed by ticker, same partitioner), so the
+    consumer that owns partition p of trades also owns partition p of news and can join them locally.
+    Low-volume outputs get fewer partitions.
+    """
+    low_volume = {DEAD_LETTERS, CORRELATIONS}
     return [
         TopicSpec(name, max(1, partitions // 3) if name in low_volume else partitions, retention_ms)
         for name in ALL_TOPICS

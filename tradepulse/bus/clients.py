@@ -80,7 +80,9 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
         "fetch.min.bytes": 1,
         "fetch.wait.max.ms": 10,
         "queued.max.messages.kbytes": 65536,
-        "partition.assignment.strategy": "cooperative-sticky",
+        # Range assigns partition p of every co-partitioned input topic to the same member,
+        # which the in-process news join relies on.
+        "partition.assignment.strategy": "range",
     }
     return config | overrides
 
