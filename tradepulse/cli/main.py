@@ -6,6 +6,8 @@ import click
 
 from tradepulse import __version__
 from tradepulse.cli.kafka import kafka, topics
+from tradepulse.cli.schemas import schemas
+from tradepulse.cli.up import up
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,6 +19,8 @@ def cli() -> None:
 # Registration of every subcommand; add yours here (one line each).
 cli.add_command(kafka)
 cli.add_command(topics)
+cli.add_command(up)
+cli.add_command(schemas)
 
 
 if __name__ == "__main__":

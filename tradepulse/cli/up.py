@@ -1,0 +1,93 @@
+"""`tradepulse up`: the whole local pipeline with one command."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from tradepulse.bus.admin import describe_topics, ensure_topics
+from tradepulse.bus.local_kafka import KafkaSetupError, LocalKafka
+from tradepulse.cli.supervisor import Service, Supervisor, port_open, python_command
+from tradepulse.config import get_settings
+
+
+def pipeline_services(available: set[str]) -> list[Service]:
+    """The services of the local pipeline in readiness order, limited to the commands that exist."""
+    settings = get_settings()
+    services: list[Service] = []
+    if settings.use_simulator and "simulate" in available:
+        services.append(
+            Service(
+                "simulator",
+                python_command("simulate"),
+                ready=port_open(settings.simulator_host, settings.simulator_ws_port),
+            )
+        )
+    for name, command in (("ingest", "ingest"), ("news", "news"), ("processor", "process")):
+        if command in available:
+            services.append(Service(name, python_command(command)))
+    if "api" in available:
+        services.append(
+            Service("api", python_command("api"), ready=port_open(settings.api_host, settings.api_port))
+        )
+    return services
+
+
+@click.command()
+def up() -> None:
+    """Run everything locally: Kafka, simulator (without API keys), ingest, news, processor, API."""
+    from tradepulse.cli.main import cli
+
+    settings = get_settings()
+    supervisor = Supervisor()
+    supervisor.install_signal_handlers()
+    broker = LocalKafka(
+        settings.data_dir,
+        port=settings.kafka_port,
+        controller_port=settings.kafka_controller_port,
+        heap=settings.kafka_heap,
+    )
+    started = time.monotonic()
+    reason = "startup failed"
+    try:
+        supervisor.log("up", f"starting Kafka (data in {settings.data_dir}/kafka)")
+        info = broker.start(quiet=True)
+        # Children find the broker through broker.json; pin it so they never guess.
+        settings.kafka_bootstrap = settings.kafka_bootstrap or info.bootstrap
+        created = ensure_topics(settings)
+        supervisor.log(
+            "up",
+            f"kafka {info.kafka_version} ready on {info.bootstrap}"
+            + (f", created {len(created)} topics" if created else ""),
+        )
+        for state in describe_topics(settings):
+            supervisor.log(
+                "up", f"  topic {state.name:<22} partitions={state.partitions} messages={state.messages}"
+            )
+        source = (
+            "market simulator (no MASSIVE_API_KEY set)" if settings.use_simulator else "Massive live feed"
+        )
+        supervisor.log("up", f"source: {source}")
+        for service in pipeline_services(set(cli.commands)):
+            service.env["TRADEPULSE_KAFKA_BOOTSTRAP"] = info.bootstrap
+            if supervisor.stopping.is_set():
+                break
+            supervisor.start(service)
+        supervisor.log("up", f"pipeline up in {time.monotonic() - started:.1f}s — Ctrl-C stops everything")
+        if "api" in cli.commands:
+            supervisor.log(
+                "up", f"dashboard: http://{settings.api_host}:{settings.api_port}/   API docs: /docs"
+            )
+        reason = supervisor.wait()
+    except (KafkaSetupError, RuntimeError) as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        reason = str(exc)
+    finally:
+        supervisor.log("up", f"shutting down ({reason})")
+        supervisor.stop_all()
+        broker.stop()
+        supervisor.log("up", "kafka stopped; all processes ended")
+    if reason not in ("stop requested",):
+        sys.exit(1)
