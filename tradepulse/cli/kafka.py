@@ -52,7 +52,7 @@ def start(foreground: bool) -> None:
     broker = local_broker()
     started = time.monotonic()
     try:
-        info = broker.start()
+        info = broker.start(quiet=True)
         created = ensure_topics(get_settings())
     except KafkaSetupError as exc:
         fail(str(exc))
