@@ -1,0 +1,228 @@
+"""SQLite hot store: idempotent upserts, latest-by-event-time, TTL purge, WAL with a concurrent reader."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.stores.conftest import (
+    BASE_MS,
+    make_anomaly,
+    make_correlation,
+    make_feature,
+    make_trade,
+)
+from tradepulse.stores.base import HotStore
+from tradepulse.stores.sqlite_hot import SqliteHotStore, _p99
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = SqliteHotStore(tmp_path / "hot.sqlite3")
+    yield s
+    s.close()
+
+
+def test_is_a_hot_store(store: SqliteHotStore) -> None:
+    hot: HotStore = store  # static check of the protocol; the calls below check behaviour
+    assert hot.tickers() == []
+    assert hot.latest_trade("AAPL") is None
+    assert hot.latest_features("AAPL") is None
+
+
+def test_rows_round_trip_exactly(store: SqliteHotStore) -> None:
+    trade, feature = make_trade(), make_feature()
+    anomaly, corr = make_anomaly(), make_correlation()
+    store.write_batch(trades=[trade], features=[feature], anomalies=[anomaly], correlations=[corr])
+    assert store.latest_trade("AAPL") == trade
+    assert store.latest_features("AAPL") == feature
+    assert store.anomalies("AAPL", 0) == [anomaly]
+    assert store.correlations("AAPL", 0) == [corr]
+    assert store.tickers() == ["AAPL"]
+
+
+def test_upserts_are_idempotent(store: SqliteHotStore) -> None:
+    trades = [make_trade(seq=i, ts_ms=BASE_MS + i) for i in range(50)]
+    features = [make_feature(ts_ms=BASE_MS + i * 1000) for i in range(10)]
+    anomalies = [make_anomaly(ts_ms=BASE_MS + i) for i in range(3)]
+    corrs = [make_correlation(article_id=i) for i in range(4)]
+    for _ in range(3):  # a replayed batch overwrites
+        store.write_batch(trades=trades, features=features, anomalies=anomalies, correlations=corrs)
+    assert store.count("trades") == 50
+    assert store.count("features") == 10
+    assert store.count("anomalies") == 3
+    assert store.count("correlations") == 4
+    assert store.trade_ids() == {t["event_id"] for t in trades}
+    # Same key, new content: the row is replaced, not added.
+    changed = dict(features[-1], price=123.0)
+    store.write_batch(features=[changed])
+    assert store.count("features") == 10
+    assert store.latest_features("AAPL")["price"] == 123.0
+
+
+def test_latest_trade_is_newest_by_event_time_and_sequence_not_last_written(store: SqliteHotStore) -> None:
+    newest = make_trade(seq=9, ts_ms=BASE_MS + 5000, price=110.0)
+    same_ms_lower_seq = make_trade(seq=8, ts_ms=BASE_MS + 5000, price=109.0)
+    older = make_trade(seq=3, ts_ms=BASE_MS, price=90.0)
+    store.write_batch(trades=[newest])
+    store.write_batch(trades=[older, same_ms_lower_seq])  # late arrivals written last
+    assert store.latest_trade("AAPL") == newest
+    store.write_batch(trades=[make_trade("MSFT", seq=1, price=400.0)])
+    assert store.latest_trade("MSFT")["price"] == 400.0
+    assert store.latest_trade("AAPL") == newest
+    assert store.tickers() == ["AAPL", "MSFT"]
+
+
+def test_feature_history_oldest_first_with_limit(store: SqliteHotStore) -> None:
+    feats = [make_feature(ts_ms=BASE_MS + i * 1000, price=100 + i) for i in range(20)]
+    store.write_batch(features=list(reversed(feats)))
+    hist = store.feature_history("AAPL", since_ms=BASE_MS + 5000)
+    assert [f["ts_ms"] for f in hist] == [BASE_MS + i * 1000 for i in range(5, 20)]
+    # The limit keeps the newest rows, still returned oldest first.
+    assert [f["ts_ms"] for f in store.feature_history("AAPL", BASE_MS, limit=3)] == [
+        BASE_MS + i * 1000 for i in (17, 18, 19)
+    ]
+    assert store.latest_features("AAPL")["ts_ms"] == BASE_MS + 19_000
+    assert store.feature_history("MSFT", BASE_MS) == []
+
+
+def test_anomalies_and_correlations_since_and_across_tickers(store: SqliteHotStore) -> None:
+    store.write_batch(
+        anomalies=[
+            make_anomaly("AAPL", BASE_MS),
+            make_anomaly("AAPL", BASE_MS + 10),
+            make_anomaly("TSLA", BASE_MS + 5),
+        ],
+        correlations=[make_correlation("AAPL", 1, BASE_MS), make_correlation("TSLA", 2, BASE_MS + 20)],
+    )
+    assert [a["ts_ms"] for a in store.anomalies("AAPL", BASE_MS + 1)] == [BASE_MS + 10]
+    assert [a["ticker"] for a in store.anomalies(None, 0)] == ["AAPL", "TSLA", "AAPL"]
+    assert [c["article_id"] for c in store.correlations("TSLA", 0)] == [2]
+    assert [c["article_id"] for c in store.correlations(None, BASE_MS + 1)] == [2]
+
+
+def test_failed_batch_is_rolled_back_entirely(store: SqliteHotStore) -> None:
+    good = make_trade(seq=1)
+    bad = dict(make_trade(seq=2), sequence=None)  # violates NOT NULL inside the transaction
+    with pytest.raises(sqlite3.IntegrityError):
+        store.write_batch(trades=[good, bad], features=[make_feature()])
+    assert store.count("trades") == 0
+    assert store.count("features") == 0
+    store.write_batch(trades=[good])  # the writer is usable afterwards
+    assert store.count("trades") == 1
+
+
+def test_purge_expired_removes_rows_older_than_ttl(tmp_path: Path) -> None:
+    hour = 3600 * 1000
+    with SqliteHotStore(tmp_path / "hot.sqlite3", ttl_hours=48) as store:
+        now = BASE_MS + 100 * hour
+        old, fresh = now - 49 * hour, now - 47 * hour
+        store.write_batch(
+            trades=[make_trade(seq=1, ts_ms=old), make_trade(seq=2, ts_ms=fresh), make_trade("IBM", 1, old)],
+            features=[make_feature(ts_ms=old), make_feature(ts_ms=fresh)],
+            anomalies=[make_anomaly(ts_ms=old), make_anomaly(ts_ms=fresh)],
+            correlations=[
+                make_correlation(article_id=1, ts_ms=old),
+                make_correlation(article_id=2, ts_ms=fresh),
+            ],
+        )
+        assert store.purge_expired(now) == 5
+        assert store.count("trades") == 1 and store.latest_trade("AAPL")["sequence"] == 2
+        assert store.count("features") == store.count("anomalies") == store.count("correlations") == 1
+        assert store.tickers() == ["AAPL"]  # IBM had only expired rows
+        assert store.purge_expired(now) == 0
+
+
+def test_write_latency_p99(store: SqliteHotStore) -> None:
+    assert store.write_latency_p99_ms() == 0.0
+    for i in range(5):
+        store.write_batch(trades=[make_trade(seq=i)])
+    assert store.write_latency_p99_ms() > 0
+    assert _p99(range(1, 101)) == 99
+    assert _p99([5.0]) == 5.0
+
+
+def test_wal_mode_and_file_location(store: SqliteHotStore) -> None:
+    store.write_batch(trades=[make_trade()])
+    mode = sqlite3.connect(store.path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+def test_concurrent_reader_and_writer_threads(tmp_path: Path) -> None:
+    """The API reads through its own connection while the runner writes: no 'database is locked',
+    readers only ever see whole batches, and counts never go backwards."""
+    path = tmp_path / "hot.sqlite3"
+    writer, reader = SqliteHotStore(path), SqliteHotStore(path)
+    batches, per_batch = 60, 100
+    done = threading.Event()
+    seen: list[int] = []
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            for b in range(batches):
+                trades = [
+                    make_trade(seq=b * per_batch + i, ts_ms=BASE_MS + b * per_batch + i)
+                    for i in range(per_batch)
+                ]
+                writer.write_batch(trades=trades, features=[make_feature(ts_ms=BASE_MS + b)])
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            done.set()
+
+    def read() -> None:
+        try:
+            while not done.is_set():
+                seen.append(reader.count("trades"))
+                latest = reader.latest_trade("AAPL")
+                if latest is not None:
+                    # the newest visible trade always closes a whole batch
+                    assert (latest["sequence"] + 1) % per_batch == 0
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write), threading.Thread(target=read)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    writer.close()
+    assert not errors, errors
+    assert seen == sorted(seen)
+    assert all(n % per_batch == 0 for n in seen)
+    assert reader.count("trades") == batches * per_batch
+    reader.close()
+
+
+WRITER_SCRIPT = """
+import sys
+from tests.stores.conftest import make_trade, BASE_MS
+from tradepulse.stores.sqlite_hot import SqliteHotStore
+s = SqliteHotStore(sys.argv[1])
+for b in range(40):
+    s.write_batch(trades=[make_trade(seq=b * 50 + i, ts_ms=BASE_MS + b * 50 + i) for i in range(50)])
+s.close()
+"""
+
+
+def test_reader_in_this_process_while_another_process_writes(tmp_path: Path) -> None:
+    path = tmp_path / "hot.sqlite3"
+    reader = SqliteHotStore(path)  # creates the schema first
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER_SCRIPT, str(path)], cwd=Path(__file__).resolve().parents[2]
+    )
+    seen = []
+    while proc.poll() is None:
+        seen.append(reader.count("trades"))
+    assert proc.returncode == 0
+    seen.append(reader.count("trades"))
+    assert seen == sorted(seen) and all(n % 50 == 0 for n in seen)
+    assert seen[-1] == 2000
+    assert reader.latest_trade("AAPL")["sequence"] == 1999
+    reader.close()
