@@ -1,0 +1,164 @@
+"""Frame parsing: protocol fields → model dicts, deterministic ids, and every way an event can be bad."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from tradepulse.ids import quote_event_id, trade_event_id
+from tradepulse.models import DeadLetter, Quote, Trade
+from tradepulse.sources.parse import dead_letter, parse_frame
+
+TS = 1_700_000_000_123_456
+
+TRADE = {
+    "ev": "T",
+    "sym": "AAPL",
+    "x": 4,
+    "i": "52983525029461",
+    "z": 3,
+    "p": 189.25,
+    "s": 100,
+    "c": [14, 41],
+    "t": 1_700_000_000_001,
+    "q": 1001,
+    "trfi": 202,
+    "trft": 1_700_000_000_000,
+}
+QUOTE = {
+    "ev": "Q",
+    "sym": "MSFT",
+    "bx": 11,
+    "bp": 370.1,
+    "bs": 3,
+    "ax": 12,
+    "ap": 370.2,
+    "as": 5,
+    "c": 1,
+    "i": [604],
+    "t": 1_700_000_000_002,
+    "q": 2002,
+    "z": 3,
+}
+
+
+def frame(*events: object) -> bytes:
+    return orjson.dumps(list(events))
+
+
+def test_multi_event_frame_yields_model_valid_records() -> None:
+    status = {"ev": "status", "status": "success", "message": "subscribed to: T.AAPL"}
+    parsed = parse_frame(frame(TRADE, QUOTE, status, {**TRADE, "q": 1002, "i": "x2"}), TS)
+
+    assert len(parsed.trades) == 2 and len(parsed.quotes) == 1
+    assert parsed.statuses == [status]
+    assert parsed.rejects == []
+    assert parsed.events == 3
+    trade = Trade.model_validate(parsed.trades[0]).model_dump()
+    assert trade == parsed.trades[0]  # exactly the model's fields, nothing more
+    assert trade["price"] == 189.25 and trade["size"] == 100.0
+    assert trade["exchange_ts_ms"] == TRADE["t"] and trade["sequence"] == 1001
+    assert trade["received_ts_us"] == TS
+    assert trade["trf_id"] == 202 and trade["conditions"] == [14, 41]
+    assert trade["event_id"] == trade_event_id("AAPL", 4, "52983525029461", TRADE["t"], 1001)
+    quote = Quote.model_validate(parsed.quotes[0]).model_dump()
+    assert quote == parsed.quotes[0]
+    assert quote["conditions"] == [1] and quote["indicators"] == [604]
+    assert quote["event_id"] == quote_event_id("MSFT", QUOTE["t"], 2002)
+
+
+def test_event_ids_are_deterministic_and_distinct() -> None:
+    first = parse_frame(frame(TRADE), 1).trades[0]["event_id"]
+    again = parse_frame(frame(TRADE), 2).trades[0]["event_id"]  # receive time is not identity
+    other = parse_frame(frame({**TRADE, "q": 1002}), 1).trades[0]["event_id"]
+    assert first == again != other
+    assert len(first) == 16
+
+
+def test_optional_fields_may_be_absent() -> None:
+    trade = {k: v for k, v in TRADE.items() if k not in ("c", "trfi", "trft")}
+    quote = {k: v for k, v in QUOTE.items() if k not in ("c", "i")}
+    parsed = parse_frame(frame(trade, quote), TS)
+    assert parsed.trades[0]["conditions"] == [] and parsed.trades[0]["trf_id"] is None
+    assert parsed.quotes[0]["conditions"] == [] and parsed.quotes[0]["indicators"] == []
+
+
+def test_fractional_share_size_comes_from_ds() -> None:
+    parsed = parse_frame(frame({**TRADE, "s": 0, "ds": "0.25"}), TS)
+    assert parsed.trades[0]["size"] == 0.25
+
+
+@pytest.mark.parametrize(
+    ("event", "error_type", "reason_part"),
+    [
+        ({k: v for k, v in TRADE.items() if k != "p"}, "MissingField", "'p'"),
+        ({k: v for k, v in QUOTE.items() if k != "bp"}, "MissingField", "'bp'"),
+        ({**TRADE, "p": 0}, "InvalidEvent", "> 0"),
+        ({**TRADE, "p": -1.5}, "InvalidEvent", "> 0"),
+        ({**TRADE, "s": 0}, "InvalidEvent", "'s'"),
+        ({**QUOTE, "ap": -0.01}, "InvalidEvent", ">= 0"),
+        ({**TRADE, "p": "189.25"}, "InvalidEvent", "finite number"),
+        ({**TRADE, "x": "4"}, "InvalidEvent", "integer"),
+        ({**TRADE, "x": True}, "InvalidEvent", "integer"),
+        ({**TRADE, "i": 5298}, "InvalidEvent", "'i'"),
+        ({**TRADE, "sym": ""}, "InvalidEvent", "'sym'"),
+        ({**TRADE, "c": ["14"]}, "InvalidEvent", "'c'"),
+        ({**TRADE, "t": 1.7e12}, "InvalidEvent", "'t'"),
+        ({**TRADE, "ev": "A"}, "InvalidEvent", "unknown event type 'A'"),
+        ({k: v for k, v in TRADE.items() if k != "ev"}, "MissingField", "'ev'"),
+    ],
+)
+def test_invalid_event_is_rejected_and_its_frame_mates_survive(
+    event: dict, error_type: str, reason_part: str
+) -> None:
+    parsed = parse_frame(frame(TRADE, event, QUOTE), TS)
+    assert len(parsed.trades) == 1 and len(parsed.quotes) == 1
+    [reject] = parsed.rejects
+    assert reject.error_type == error_type
+    assert reason_part in reject.reason
+    assert orjson.loads(reject.payload) == event
+
+
+def test_nan_price_rejects_only_that_event() -> None:
+    # orjson refuses NaN literals; the frame is still decoded so only the NaN event is dead-lettered.
+    raw = frame(TRADE)[:-1] + b',{"ev":"T","sym":"TSLA","x":1,"i":"9","z":3,"p":NaN,"s":5,"t":1,"q":2}]'
+    parsed = parse_frame(raw, TS)
+    assert len(parsed.trades) == 1
+    [reject] = parsed.rejects
+    assert reject.ticker == "TSLA" and "finite" in reject.reason and "NaN" in reject.payload
+
+
+@pytest.mark.parametrize(
+    ("raw", "error_type"),
+    [
+        (b'[{"ev":"T","sym":"AAPL"', "BadJSON"),
+        (b"\xff\xfe not json", "BadJSON"),
+        (b'{"ev":"T"}', "BadFrame"),
+        (b'[1, [2], "x"]', "BadEvent"),
+    ],
+)
+def test_bad_frames_are_rejected_with_their_raw_payload(raw: bytes, error_type: str) -> None:
+    parsed = parse_frame(raw, TS)
+    assert parsed.trades == [] and parsed.quotes == []
+    assert parsed.rejects and {r.error_type for r in parsed.rejects} == {error_type}
+    if error_type != "BadEvent":
+        payload = parsed.rejects[0].payload
+        assert payload == raw.decode() if raw.isascii() else payload.startswith("b64:")
+
+
+def test_oversize_frame_is_one_truncated_reject() -> None:
+    big = frame(*([TRADE] * 2000))
+    parsed = parse_frame(big, TS, max_frame_bytes=len(big) - 1)
+    assert parsed.trades == []
+    [reject] = parsed.rejects
+    assert reject.error_type == "OversizeFrame"
+    assert str(len(big)) in reject.reason
+    assert len(reject.payload) <= 64 * 1024 < len(big)
+
+
+def test_dead_letter_rows_match_the_model_and_have_stable_ids() -> None:
+    [reject] = parse_frame(frame({**TRADE, "p": 0}), TS).rejects
+    row = dead_letter(reject)
+    assert DeadLetter.model_validate(row).model_dump() == row
+    assert row["stage"] == "ingest" and row["ticker"] == "AAPL" and row["status"] == "pending"
+    assert dead_letter(reject)["dead_letter_id"] == row["dead_letter_id"]

@@ -1,0 +1,285 @@
+"""Massive stocks WebSocket frames → validated Trade / Quote dicts, status events and dead letters.
+
+This is the ingest hot path, so records are plain dicts with exactly the fields of
+`tradepulse.models.Trade` / `Quote` (no pydantic object per event) and validation is a handful of
+exact type checks. Anything that does not validate becomes a `Reject` (raw payload + reason) for the
+dead-letter queue; one bad event never takes its frame-mates down with it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from tradepulse.ids import quote_event_id, stable_id, trade_event_id
+
+Record = dict[str, Any]
+
+#: Dead-letter payloads of oversize frames keep only this many bytes (the reason says so).
+OVERSIZE_PAYLOAD_BYTES = 64 * 1024
+
+_NUMBER = (int, float)
+
+
+class InvalidEvent(ValueError):
+    """An event that does not match the protocol; the message is the dead-letter reason."""
+
+
+@dataclass(slots=True)
+class Reject:
+    """Something that failed validation: its payload (text), why, and the ticker if known."""
+
+    payload: str
+    reason: str
+    error_type: str
+    ticker: str | None = None
+
+
+@dataclass(slots=True)
+class ParsedFrame:
+    """Everything one WebSocket frame held, sorted by kind."""
+
+    received_ts_us: int
+    trades: list[Record] = field(default_factory=list)
+    quotes: list[Record] = field(default_factory=list)
+    statuses: list[Record] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+
+    @property
+    def events(self) -> int:
+        """Market events in the frame (trades, quotes and rejected events; not status messages)."""
+        return len(self.trades) + len(self.quotes) + len(self.rejects)
+
+
+def parse_frame(raw: str | bytes, received_ts_us: int, max_frame_bytes: int = 4 * 1024 * 1024) -> ParsedFrame:
+    """Decode one frame (a JSON array of events) and validate each event.
+
+    A frame that is oversize, not JSON, or not an array becomes a single reject; otherwise every
+    event is validated on its own.
+    """
+    frame = ParsedFrame(received_ts_us)
+    size = len(raw)
+    if size > max_frame_bytes:
+        head = raw[:OVERSIZE_PAYLOAD_BYTES]
+        text = head if isinstance(head, str) else head.decode(errors="replace")
+        frame.rejects.append(
+            Reject(
+                text,
+                f"oversize frame: {size} bytes > limit {max_frame_bytes} "
+                f"(payload truncated to {len(head)} bytes)",
+                "OversizeFrame",
+            )
+        )
+        return frame
+    lenient = False
+    try:
+        events = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        lenient = True
+        events = _lenient_loads(raw)
+        if events is None:
+            frame.rejects.append(Reject(_payload_text(raw), f"bad JSON frame: {exc}", "BadJSON"))
+            return frame
+    if not isinstance(events, list):
+        frame.rejects.append(Reject(_payload_text(raw), "frame is not a JSON array", "BadFrame"))
+        return frame
+    trades, quotes = frame.trades, frame.quotes
+    for event in events:
+        try:
+            kind = event["ev"]
+            if kind == "T":
+                trades.append(trade_record(event, received_ts_us))
+            elif kind == "Q":
+                quotes.append(quote_record(event, received_ts_us))
+            elif kind == "status":
+                frame.statuses.append(event)
+            else:
+                raise InvalidEvent(f"unknown event type {kind!r}")
+        except (InvalidEvent, KeyError, TypeError) as exc:
+            frame.rejects.append(_reject(event, exc, lenient))
+    return frame
+
+
+def trade_record(e: dict[str, Any], received_ts_us: int) -> Record:
+    """A validated `models.Trade` dict from a Massive `T` event (raises InvalidEvent/KeyError)."""
+    ticker = _ticker(e)
+    exchange = _int(e, "x")
+    trade_id = e["i"]
+    if type(trade_id) is not str or not trade_id:
+        raise InvalidEvent(f"field 'i' must be a non-empty string, got {trade_id!r}")
+    price = _positive(e, "p")
+    size = _trade_size(e)
+    ts = _int(e, "t")
+    seq = _int(e, "q")
+    return {
+        "event_id": trade_event_id(ticker, exchange, trade_id, ts, seq),
+        "ticker": ticker,
+        "price": float(price),
+        "size": float(size),
+        "exchange": exchange,
+        "trade_id": trade_id,
+        "tape": _int(e, "z"),
+        "conditions": _int_list(e, "c"),
+        "sequence": seq,
+        "exchange_ts_ms": ts,
+        "received_ts_us": received_ts_us,
+        "trf_id": _optional_int(e, "trfi"),
+        "trf_ts_ms": _optional_int(e, "trft"),
+    }
+
+
+def quote_record(e: dict[str, Any], received_ts_us: int) -> Record:
+    """A validated `models.Quote` dict from a Massive `Q` event (raises InvalidEvent/KeyError)."""
+    ticker = _ticker(e)
+    ts = _int(e, "t")
+    seq = _int(e, "q")
+    # A quote's condition `c` is a single int on the wire; the model keeps a list like trades do.
+    condition = e.get("c")
+    if condition is None:
+        conditions = []
+    elif type(condition) is int:
+        conditions = [condition]
+    else:
+        conditions = _int_list(e, "c")
+    return {
+        "event_id": quote_event_id(ticker, ts, seq),
+        "ticker": ticker,
+        "bid_price": float(_non_negative(e, "bp")),
+        "bid_size": float(_non_negative(e, "bs")),
+        "bid_exchange": _int(e, "bx"),
+        "ask_price": float(_non_negative(e, "ap")),
+        "ask_size": float(_non_negative(e, "as")),
+        "ask_exchange": _int(e, "ax"),
+        "conditions": conditions,
+        "indicators": _int_list(e, "i"),
+        "tape": _int(e, "z"),
+        "sequence": seq,
+        "exchange_ts_ms": ts,
+        "received_ts_us": received_ts_us,
+    }
+
+
+def dead_letter(reject: Reject, *, stage: str = "ingest", source: str = "massive") -> Record:
+    """A `models.DeadLetter` dict for a reject; the id is deterministic in (stage, source, payload)."""
+    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return {
+        "dead_letter_id": stable_id(stage, source, reject.payload),
+        "stage": stage,
+        "payload": reject.payload,
+        "error_type": reject.error_type,
+        "reason": reject.reason,
+        "source_topic": None,
+        "source_partition": None,
+        "source_offset": None,
+        "ticker": reject.ticker,
+        "retry_count": 0,
+        "first_failure_at": now,
+        "last_failure_at": now,
+        "status": "pending",
+    }
+
+
+# --- field checks -------------------------------------------------------------------------------
+# `type(x) is int` on purpose: bool is a subclass of int and `true` is not an exchange id.
+
+
+def _ticker(e: dict[str, Any]) -> str:
+    sym = e["sym"]
+    if type(sym) is not str or not sym:
+        raise InvalidEvent(f"field 'sym' must be a non-empty string, got {sym!r}")
+    return sym
+
+
+def _int(e: dict[str, Any], key: str) -> int:
+    value = e[key]
+    if type(value) is not int:
+        raise InvalidEvent(f"field {key!r} must be an integer, got {value!r}")
+    return value
+
+
+def _optional_int(e: dict[str, Any], key: str) -> int | None:
+    value = e.get(key)
+    if value is not None and type(value) is not int:
+        raise InvalidEvent(f"field {key!r} must be an integer, got {value!r}")
+    return value
+
+
+def _number(e: dict[str, Any], key: str) -> float:
+    value = e[key]
+    if type(value) not in _NUMBER or not math.isfinite(value):
+        raise InvalidEvent(f"field {key!r} must be a finite number, got {value!r}")
+    return value
+
+
+def _positive(e: dict[str, Any], key: str) -> float:
+    value = _number(e, key)
+    if value <= 0:
+        raise InvalidEvent(f"field {key!r} must be > 0, got {value!r}")
+    return value
+
+
+def _non_negative(e: dict[str, Any], key: str) -> float:
+    value = _number(e, key)
+    if value < 0:
+        raise InvalidEvent(f"field {key!r} must be >= 0, got {value!r}")
+    return value
+
+
+def _trade_size(e: dict[str, Any]) -> float:
+    # Fractional-share trades carry the exact size as a decimal string in `ds`.
+    fractional = e.get("ds")
+    if fractional is not None:
+        try:
+            size = float(fractional)
+        except (TypeError, ValueError):
+            raise InvalidEvent(f"field 'ds' must be a decimal string, got {fractional!r}") from None
+        if not (math.isfinite(size) and size > 0):
+            raise InvalidEvent(f"field 'ds' must be > 0, got {fractional!r}")
+        return size
+    return _positive(e, "s")
+
+
+def _int_list(e: dict[str, Any], key: str) -> list[int]:
+    value = e.get(key)
+    if value is None:
+        return []
+    if type(value) is not list or any(type(v) is not int for v in value):
+        raise InvalidEvent(f"field {key!r} must be a list of integers, got {value!r}")
+    return value
+
+
+def _reject(event: Any, exc: Exception, lenient: bool) -> Reject:
+    if isinstance(exc, KeyError):
+        reason, error_type = f"missing field {exc.args[0]!r}", "MissingField"
+    elif isinstance(exc, TypeError):
+        reason, error_type = f"event is not an object: {type(event).__name__}", "BadEvent"
+    else:
+        reason, error_type = str(exc), "InvalidEvent"
+    ticker = event.get("sym") if isinstance(event, dict) else None
+    # orjson would write NaN as null, hiding the very reason; the stdlib keeps the original literal.
+    payload = json.dumps(event, separators=(",", ":")) if lenient else orjson.dumps(event).decode()
+    return Reject(payload, reason, error_type, ticker if isinstance(ticker, str) and ticker else None)
+
+
+def _lenient_loads(raw: str | bytes) -> Any | None:
+    """orjson rejects NaN/Infinity literals; decode them anyway so only the event holding one is
+    dead-lettered, not the whole frame. None if the frame is not JSON at all."""
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _payload_text(raw: str | bytes) -> str:
+    if isinstance(raw, str):
+        return raw
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return "b64:" + base64.b64encode(raw).decode()
