@@ -99,6 +99,18 @@ class Settings(BaseSettings):
     sqs_dlq_url: str | None = None
     athena_workgroup: str = "tradepulse"
     glue_database: str = "tradepulse"
+    dynamodb_trades: Literal["all", "latest"] = Field(
+        default="all",
+        description="Trades written to DynamoDB: every trade, or only the newest per ticker per batch (cost).",
+    )
+    cold_block_offsets: int = Field(
+        default=100_000, description="Cold files cover offset blocks [k*N, (k+1)*N) so replays rewrite them."
+    )
+    cold_flush_rows: int = Field(default=50_000, description="Buffered rows that force a cold flush.")
+    cold_flush_interval_s: float = Field(default=60.0, description="Max age of buffered cold rows.")
+    dlq_inline_attempts: int = 3
+    dlq_redrive_interval_s: int = 900
+    dlq_max_redrives: int = 5
 
     # --- backpressure ---------------------------------------------------------------------------
     backpressure_latency_ms: float = 100.0

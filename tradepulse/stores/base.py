@@ -35,9 +35,11 @@ class HotStore(Protocol):
     def feature_history(self, ticker: str, since_ms: int, limit: int = 2000) -> list[Row]:
         """1-second feature snapshots, oldest first."""
 
-    def anomalies(self, ticker: str, since_ms: int) -> list[Row]: ...
+    def anomalies(self, ticker: str | None, since_ms: int, limit: int = 1000) -> list[Row]:
+        """Anomalies since `since_ms`, oldest first (newest `limit`); `ticker=None` = all tickers."""
 
-    def correlations(self, ticker: str, since_ms: int) -> list[Row]: ...
+    def correlations(self, ticker: str | None, since_ms: int, limit: int = 1000) -> list[Row]:
+        """Correlations published since `since_ms`, oldest first; `ticker=None` = all tickers."""
 
     def tickers(self) -> list[str]: ...
 
