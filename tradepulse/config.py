@@ -48,6 +48,21 @@ class Settings(BaseSettings):
     news_poll_interval_s: float = 60.0
     finnhub_calls_per_minute: int = 60
     tickers: list[str] = Field(default_factory=lambda: list(DEFAULT_TICKERS))
+    massive_reconnect_initial_s: float = Field(default=0.5, description="First reconnect delay (doubles).")
+    massive_reconnect_max_s: float = Field(default=30.0, description="Reconnect delay cap.")
+    massive_max_connections_retries: int = Field(
+        default=3, description="Consecutive `max_connections` refusals before ingest gives up."
+    )
+    massive_max_frame_bytes: int = Field(
+        default=4 * 1024 * 1024, description="Larger frames are dead-lettered."
+    )
+    ingest_queue_frames: int = Field(
+        default=1000, description="Bounded hand-off between the socket reader and the producer."
+    )
+    ingest_dedupe_window: int = Field(
+        default=200_000, description="Recent event ids kept to drop events resent after a reconnect."
+    )
+    news_lookback_days: int = Field(default=2, description="company-news `from` = today − this.")
 
     # --- simulator (used when no API keys are set) ----------------------------------------------
     simulator_host: str = "127.0.0.1"

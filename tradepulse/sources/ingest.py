@@ -1,0 +1,230 @@
+"""Ingest service: Massive WebSocket → validated trades/quotes → Kafka (`market.trades`, `market.quotes`).
+
+Two asyncio tasks joined by a bounded queue of parsed frames:
+
+    socket reader (MassiveClient.frames) ──► asyncio.Queue(maxsize=N frames) ──► publisher (Producer)
+
+Backpressure: when librdkafka's local queue is full, `produce()` raises BufferError. The publisher then
+serves delivery reports (`poll`) and waits until there is room — it never drops. Meanwhile the reader
+fills the hand-off queue and then blocks on it, so the socket is no longer read and the server is
+slowed by TCP flow control. Memory stays bounded by the producer queue plus N frames.
+
+Invalid events go to the dead-letter queue with their raw payload and reason; the stream continues.
+Events already published in this process (a server resending after a reconnect) are dropped by event
+id using a bounded window of recent ids — the idempotent producer only dedupes its own retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+from confluent_kafka import KafkaError, Message, Producer
+
+from tradepulse.bus.clients import producer_config
+from tradepulse.config import Settings
+from tradepulse.sources.massive import MassiveClient, subscription_params
+from tradepulse.sources.parse import ParsedFrame, Reject, dead_letter
+from tradepulse.stores.base import DeadLetterQueue
+from tradepulse.topics import QUOTES, TRADES
+
+log = logging.getLogger(__name__)
+
+#: How long the publisher sleeps between checks while the producer queue is full.
+BACKPRESSURE_SLEEP_S = 0.005
+
+
+@dataclass
+class IngestMetrics:
+    """Counters of one ingest service. `published`/`failed` come from delivery reports."""
+
+    received: int = 0  # market events in frames (valid or not; status messages excluded)
+    produced: int = 0  # handed to the producer
+    published: int = 0  # acknowledged by the brokers
+    failed: int = 0  # delivery failed (also dead-lettered)
+    dead_lettered: int = 0
+    duplicates: int = 0  # resent events dropped by id
+    backpressure_waits: int = 0  # times produce() found the producer queue full
+    reconnects: int = 0
+    queue_depth: int = 0  # frames waiting between reader and publisher
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def feed_endpoint(settings: Settings) -> tuple[str, Any]:
+    """(WebSocket URL, API key) of the configured feed: Massive, or the local simulator without a key."""
+    if settings.use_simulator:
+        return (
+            f"ws://{settings.simulator_host}:{settings.simulator_ws_port}/stocks",
+            settings.simulator_api_key,
+        )
+    return settings.massive_ws_url, settings.massive_api_key
+
+
+def client_from_settings(
+    settings: Settings, url: str | None = None, api_key: Any = None, tickers: Sequence[str] | None = None
+) -> MassiveClient:
+    """A MassiveClient for the configured (or given) endpoint, subscribed to trades and quotes."""
+    default_url, default_key = feed_endpoint(settings)
+    return MassiveClient(
+        url or default_url,
+        api_key if api_key is not None else default_key,
+        subscription_params(tickers or settings.tickers),
+        backoff_initial_s=settings.massive_reconnect_initial_s,
+        backoff_max_s=settings.massive_reconnect_max_s,
+        max_connections_retries=settings.massive_max_connections_retries,
+        max_frame_bytes=settings.massive_max_frame_bytes,
+    )
+
+
+class RecentIds:
+    """The last `capacity` ids seen, with O(1) membership and eviction."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._order: deque[str] = deque()
+        self._ids: set[str] = set()
+
+    def seen(self, event_id: str) -> bool:
+        """True if `event_id` is in the window; otherwise remember it and return False."""
+        if event_id in self._ids:
+            return True
+        self._ids.add(event_id)
+        self._order.append(event_id)
+        if len(self._order) > self.capacity:
+            self._ids.discard(self._order.popleft())
+        return False
+
+
+class IngestService:
+    """Streams the Massive feed into Kafka. `await run()`; `await stop()` ends it after draining."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        dlq: DeadLetterQueue,
+        client: MassiveClient | None = None,
+        producer_overrides: dict[str, Any] | None = None,
+        on_ack_latency: Callable[[float], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.dlq = dlq
+        self.client = client or client_from_settings(settings)
+        self._producer = Producer(
+            producer_config(settings, on_delivery=self._on_delivery, **(producer_overrides or {}))
+        )
+        self._on_ack_latency = on_ack_latency
+        self._queue: asyncio.Queue[ParsedFrame | None] = asyncio.Queue(maxsize=settings.ingest_queue_frames)
+        self._recent = RecentIds(settings.ingest_dedupe_window)
+        self._failed_deliveries: list[Reject] = []
+        self._metrics = IngestMetrics()
+
+    @property
+    def metrics(self) -> IngestMetrics:
+        """Current counters (reconnects and queue depth are refreshed on read)."""
+        self._metrics.reconnects = self.client.stats.reconnects
+        self._metrics.queue_depth = self._queue.qsize()
+        return self._metrics
+
+    async def run(self) -> None:
+        """Stream until `stop()` (returns after flushing) or a fatal feed error (raised after flushing)."""
+        reader = asyncio.create_task(self._read(), name="ingest-reader")
+        publisher = asyncio.create_task(self._publish(), name="ingest-publisher")
+        try:
+            await asyncio.wait({reader, publisher}, return_when=asyncio.FIRST_EXCEPTION)
+            if publisher.done():  # it only ends before the reader on an error: nobody drains the queue
+                reader.cancel()
+            # A finished reader has queued the end marker, so the publisher drains what was received.
+            await asyncio.gather(reader, publisher, return_exceptions=True)
+        finally:
+            for task in (reader, publisher):
+                task.cancel()
+            await asyncio.gather(reader, publisher, return_exceptions=True)
+            await asyncio.to_thread(self._producer.flush, 30)
+            self._dead_letter_failed_deliveries()
+        for task in (reader, publisher):
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+    async def stop(self) -> None:
+        """Close the feed; frames already received are still published."""
+        await self.client.close()
+
+    async def _read(self) -> None:
+        try:
+            async for frame in self.client.frames():
+                await self._queue.put(frame)  # blocks when the publisher is behind: backpressure
+        finally:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._queue.put(None)
+
+    async def _publish(self) -> None:
+        queue, metrics, recent = self._queue, self._metrics, self._recent
+        produce, poll = self._producer.produce, self._producer.poll
+        while (frame := await queue.get()) is not None:
+            metrics.received += frame.events
+            for topic, records in ((TRADES, frame.trades), (QUOTES, frame.quotes)):
+                for record in records:
+                    if recent.seen(record["event_id"]):
+                        metrics.duplicates += 1
+                        continue
+                    value, key = orjson.dumps(record), record["ticker"]
+                    try:
+                        produce(topic, value, key)
+                    except BufferError:
+                        await self._wait_for_room(topic, value, key)
+                    metrics.produced += 1
+            if frame.rejects:
+                self._dead_letter(frame.rejects)
+            poll(0)  # serve delivery reports
+            if self._failed_deliveries:
+                self._dead_letter_failed_deliveries()
+
+    async def _wait_for_room(self, topic: str, value: bytes, key: str) -> None:
+        """Producer queue full: serve delivery reports and yield until the message fits. While we
+        wait the reader fills the bounded hand-off queue and then stops reading the socket."""
+        self._metrics.backpressure_waits += 1
+        while True:
+            self._producer.poll(0)
+            await asyncio.sleep(BACKPRESSURE_SLEEP_S)
+            try:
+                self._producer.produce(topic, value, key)
+                return
+            except BufferError:
+                continue
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is None:
+            self._metrics.published += 1
+            if self._on_ack_latency is not None:
+                self._on_ack_latency(msg.latency())
+            return
+        self._metrics.failed += 1
+        key = msg.key()
+        self._failed_deliveries.append(
+            Reject(
+                msg.value().decode(),
+                f"delivery to {msg.topic()} failed: {err.str()}",
+                "DeliveryFailed",
+                key.decode() if key else None,
+            )
+        )
+
+    def _dead_letter(self, rejects: list[Reject]) -> None:
+        self.dlq.put([dead_letter(r) for r in rejects])
+        self._metrics.dead_lettered += len(rejects)
+        for reject in rejects[:3]:  # enough to diagnose; the DLQ has them all
+            log.warning("ingest: dead-lettered %s: %s", reject.error_type, reject.reason)
+
+    def _dead_letter_failed_deliveries(self) -> None:
+        failed, self._failed_deliveries = self._failed_deliveries, []
+        if failed:
+            self._dead_letter(failed)
