@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# Installs Debian's chromium for the dashboard browser test (no browser downloads from elsewhere).
+# Install Debian's `chromium` for the dashboard browser test (tests/api/test_dashboard_browser.py).
+# Playwright drives this system browser (executable_path=/usr/bin/chromium); it never downloads its own.
 set -euo pipefail
-if command -v chromium >/dev/null 2>&1; then exit 0; fi
-SUDO=""
-if [ "$(id -u)" != "0" ]; then
-  command -v sudo >/dev/null 2>&1 || { echo "error: chromium is missing; install it: apt-get install chromium"; exit 1; }
-  SUDO="sudo"
+
+if command -v chromium >/dev/null 2>&1; then
+    echo "chromium already installed: $(command -v chromium)"
+    exit 0
 fi
-echo "==> installing chromium (Debian package) for the dashboard browser test"
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "error: need root (or sudo) to apt-get install chromium" >&2; exit 1; }
+    SUDO="sudo"
+fi
+
+echo "==> apt-get install chromium (for the dashboard browser test)"
 $SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
-chromium --version
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium
+command -v chromium

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from tradepulse import __version__
+from tradepulse.cli.api import api
 from tradepulse.cli.kafka import kafka, topics
 from tradepulse.cli.schemas import schemas
 from tradepulse.cli.up import up
@@ -21,6 +22,7 @@ cli.add_command(kafka)
 cli.add_command(topics)
 cli.add_command(up)
 cli.add_command(schemas)
+cli.add_command(api)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,120 @@
+"""Prometheus metrics: the pipeline's signals (read from the runner heartbeat at scrape time) and the API's
+own request counts, latencies and cache hits. Each app has its own registry, so several apps in one
+process (tests) never collide.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from tradepulse.api.cache import TTLCache
+    from tradepulse.api.health import HealthChecker
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class PipelineCollector(Collector):
+    """Throughput, lag, latencies, DLQ depth and backpressure from the runner status; broker reachability."""
+
+    def __init__(self, health: HealthChecker, cache: TTLCache) -> None:
+        self._health = health
+        self._cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        status = self._health.runner_status()
+        up = GaugeMetricFamily("tradepulse_runner_up", "1 if the runner has ever reported a heartbeat.")
+        up.add_metric([], 1.0 if status is not None else 0.0)
+        yield up
+        broker = self._health.broker_check()
+        b = GaugeMetricFamily(
+            "tradepulse_broker_up", "1 if a Kafka metadata request succeeded (cached ≤ 3 s)."
+        )
+        b.add_metric([], 1.0 if broker.reachable else 0.0)
+        yield b
+        p99 = self._health.write_p99_ms(status)
+        if p99 is not None:
+            g = GaugeMetricFamily(
+                "tradepulse_hot_store_write_p99_seconds", "p99 of hot-store batch write latency."
+            )
+            g.add_metric([], p99 / 1000)
+            yield g
+        hits = CounterMetricFamily("tradepulse_api_cache_hits", "Server-side response cache hits.")
+        hits.add_metric([], self._cache.hits)
+        yield hits
+        misses = CounterMetricFamily("tradepulse_api_cache_misses", "Server-side response cache misses.")
+        misses.add_metric([], self._cache.misses)
+        yield misses
+        if status is None:
+            return
+        gauges = {
+            "tradepulse_consumer_lag_messages": ("Messages behind the high watermarks.", status.consumer_lag),
+            "tradepulse_events_per_second": ("Recent processing throughput.", status.events_per_s),
+            "tradepulse_dlq_depth": ("Dead letters pending.", status.dlq_depth),
+            "tradepulse_runner_last_commit_age_seconds": (
+                "Seconds since the runner last committed offsets.",
+                max(0.0, time.time() - status.last_commit_at),
+            ),
+        }
+        if status.e2e_latency_p99_ms is not None:
+            gauges["tradepulse_e2e_latency_p99_seconds"] = (
+                "p99 latency from receive to hot store.",
+                status.e2e_latency_p99_ms / 1000,
+            )
+        if status.batch_p99_ms is not None:
+            gauges["tradepulse_batch_latency_p99_seconds"] = (
+                "p99 duration of one micro-batch.",
+                status.batch_p99_ms / 1000,
+            )
+        for name, (doc, value) in gauges.items():
+            g = GaugeMetricFamily(name, doc)
+            g.add_metric([], float(value))
+            yield g
+        counters = {
+            "tradepulse_events_processed": (
+                "Events processed by the runner since it started.",
+                status.events_processed,
+            ),
+            "tradepulse_backpressure_activations": (
+                "Times consumption paused for a slow sink since the runner started.",
+                status.backpressure_activations,
+            ),
+        }
+        for name, (doc, value) in counters.items():
+            c = CounterMetricFamily(name, doc)
+            c.add_metric([], float(value))
+            yield c
+
+
+class ApiMetrics:
+    """The registry of one app: request metrics plus the pipeline collector."""
+
+    def __init__(self, health: HealthChecker, cache: TTLCache) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.requests = Counter(
+            "tradepulse_api_requests",
+            "API requests by route template, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "tradepulse_api_request_duration_seconds",
+            "API request latency by route template.",
+            ["route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
+        self.registry.register(PipelineCollector(health, cache))
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
