@@ -66,10 +66,19 @@ class ColdStore(Protocol):
 class DeadLetterQueue(Protocol):
     """Messages that failed validation or processing, with context, retries and redrive."""
 
-    def put(self, letters: Iterable[Row]) -> None: ...
+    def put(self, letters: Iterable[Row]) -> None:
+        """Add letters; a letter whose id is already queued becomes pending again (retries kept)."""
 
-    def pending(self, limit: int = 100) -> list[Row]: ...
+    def pending(self, limit: int = 100) -> list[Row]:
+        """Pending letters, oldest first."""
 
-    def depth(self) -> int: ...
+    def letters(self, status: str | None = None, limit: int = 100) -> list[Row]:
+        """Letters with a status (pending, redriven, archived; all when None), oldest first."""
+
+    def update(self, letter: Row) -> None:
+        """Store a letter's new state after a redrive attempt."""
+
+    def depth(self) -> int:
+        """Pending letters."""
 
     def close(self) -> None: ...
