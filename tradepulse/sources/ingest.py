@@ -30,8 +30,9 @@ from confluent_kafka import KafkaError, Message, Producer
 from tradepulse.bus.clients import producer_config
 from tradepulse.config import Settings
 from tradepulse.sources.massive import MassiveClient, subscription_params
-from tradepulse.sources.parse import ParsedFrame, Reject, dead_letter
+from tradepulse.sources.parse import ParsedFrame, Reject
 from tradepulse.stores.base import DeadLetterQueue
+from tradepulse.stores.dlq import make_dead_letter
 from tradepulse.topics import QUOTES, TRADES
 
 log = logging.getLogger(__name__)
@@ -211,15 +212,28 @@ class IngestService:
         key = msg.key()
         self._failed_deliveries.append(
             Reject(
-                msg.value().decode(),
+                msg.value(),
                 f"delivery to {msg.topic()} failed: {err.str()}",
                 "DeliveryFailed",
                 key.decode() if key else None,
+                topic=msg.topic(),
             )
         )
 
     def _dead_letter(self, rejects: list[Reject]) -> None:
-        self.dlq.put([dead_letter(r) for r in rejects])
+        self.dlq.put(
+            [
+                make_dead_letter(
+                    stage="ingest",
+                    payload=r.payload,
+                    error_type=r.error_type,
+                    reason=r.reason,
+                    source_topic=r.topic,
+                    ticker=r.ticker,
+                )
+                for r in rejects
+            ]
+        )
         self._metrics.dead_lettered += len(rejects)
         for reject in rejects[:3]:  # enough to diagnose; the DLQ has them all
             log.warning("ingest: dead-lettered %s: %s", reject.error_type, reject.reason)

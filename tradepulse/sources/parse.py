@@ -8,16 +8,14 @@ dead-letter queue; one bad event never takes its frame-mates down with it.
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from tradepulse.ids import quote_event_id, stable_id, trade_event_id
+from tradepulse.ids import quote_event_id, trade_event_id
 
 Record = dict[str, Any]
 
@@ -33,12 +31,13 @@ class InvalidEvent(ValueError):
 
 @dataclass(slots=True)
 class Reject:
-    """Something that failed validation: its payload (text), why, and the ticker if known."""
+    """Something that failed validation: its raw payload, why, and the ticker if known."""
 
-    payload: str
+    payload: str | bytes
     reason: str
     error_type: str
     ticker: str | None = None
+    topic: str | None = None  # set when the failure happened publishing to a topic
 
 
 @dataclass(slots=True)
@@ -67,10 +66,9 @@ def parse_frame(raw: str | bytes, received_ts_us: int, max_frame_bytes: int = 4 
     size = len(raw)
     if size > max_frame_bytes:
         head = raw[:OVERSIZE_PAYLOAD_BYTES]
-        text = head if isinstance(head, str) else head.decode(errors="replace")
         frame.rejects.append(
             Reject(
-                text,
+                head,
                 f"oversize frame: {size} bytes > limit {max_frame_bytes} "
                 f"(payload truncated to {len(head)} bytes)",
                 "OversizeFrame",
@@ -84,10 +82,10 @@ def parse_frame(raw: str | bytes, received_ts_us: int, max_frame_bytes: int = 4 
         lenient = True
         events = _lenient_loads(raw)
         if events is None:
-            frame.rejects.append(Reject(_payload_text(raw), f"bad JSON frame: {exc}", "BadJSON"))
+            frame.rejects.append(Reject(raw, f"bad JSON frame: {exc}", "BadJSON"))
             return frame
     if not isinstance(events, list):
-        frame.rejects.append(Reject(_payload_text(raw), "frame is not a JSON array", "BadFrame"))
+        frame.rejects.append(Reject(raw, "frame is not a JSON array", "BadFrame"))
         return frame
     trades, quotes = frame.trades, frame.quotes
     for event in events:
@@ -162,26 +160,6 @@ def quote_record(e: dict[str, Any], received_ts_us: int) -> Record:
         "sequence": seq,
         "exchange_ts_ms": ts,
         "received_ts_us": received_ts_us,
-    }
-
-
-def dead_letter(reject: Reject, *, stage: str = "ingest", source: str = "massive") -> Record:
-    """A `models.DeadLetter` dict for a reject; the id is deterministic in (stage, source, payload)."""
-    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return {
-        "dead_letter_id": stable_id(stage, source, reject.payload),
-        "stage": stage,
-        "payload": reject.payload,
-        "error_type": reject.error_type,
-        "reason": reject.reason,
-        "source_topic": None,
-        "source_partition": None,
-        "source_offset": None,
-        "ticker": reject.ticker,
-        "retry_count": 0,
-        "first_failure_at": now,
-        "last_failure_at": now,
-        "status": "pending",
     }
 
 
@@ -274,12 +252,3 @@ def _lenient_loads(raw: str | bytes) -> Any | None:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         return None
-
-
-def _payload_text(raw: str | bytes) -> str:
-    if isinstance(raw, str):
-        return raw
-    try:
-        return raw.decode()
-    except UnicodeDecodeError:
-        return "b64:" + base64.b64encode(raw).decode()

@@ -1,0 +1,138 @@
+"""`tradepulse ingest` (Massive WebSocket → Kafka) and `tradepulse news` (Finnhub → Kafka)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+import click
+
+from tradepulse.config import Settings, get_settings
+
+
+def _setup(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+    # httpx logs every request line at INFO; keep the progress lines readable.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+async def _run_until_signal(
+    run: Awaitable[None], stop: Callable[[], Awaitable[None]], progress: Callable[[], None], every_s: float
+) -> None:
+    """Run a service; SIGINT/SIGTERM call its stop(); print a progress line every `every_s` seconds."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, lambda: asyncio.ensure_future(stop()))
+    task = asyncio.ensure_future(run)
+    while every_s > 0 and not task.done():
+        await asyncio.wait({task}, timeout=every_s)
+        progress()
+    await task
+
+
+@click.command()
+@click.option("--url", default=None, help="WebSocket URL (default: Massive, or the simulator without a key).")
+@click.option("--tickers", default=None, help="Comma-separated tickers; '*' for all (default: settings).")
+@click.option(
+    "--progress-s", default=5.0, show_default=True, help="Seconds between progress lines (0 = none)."
+)
+def ingest(url: str | None, tickers: str | None, progress_s: float) -> None:
+    """Stream Massive trades and quotes into Kafka (market.trades / market.quotes).
+
+    Invalid events go to the dead-letter queue; SIGINT/SIGTERM flush the producer and exit.
+    """
+    from tradepulse.bus.admin import ensure_topics
+    from tradepulse.sources.ingest import IngestService, client_from_settings
+    from tradepulse.sources.massive import MassiveError
+    from tradepulse.stores.factory import open_dlq
+
+    settings = get_settings()
+    _setup(settings)
+    ensure_topics(settings)
+    ticker_list = [t.strip() for t in tickers.split(",") if t.strip()] if tickers else None
+    dlq = open_dlq(settings)
+    service = IngestService(
+        settings, dlq=dlq, client=client_from_settings(settings, url, tickers=ticker_list)
+    )
+    source = "simulator" if settings.use_simulator and url is None else "massive"
+    click.echo(f"[ingest] {source} {service.client.url} → Kafka", err=True)
+    last = {"published": 0, "at": time.monotonic()}
+
+    def progress() -> None:
+        m = service.metrics
+        now = time.monotonic()
+        rate = (m.published - last["published"]) / max(1e-9, now - last["at"])
+        last.update(published=m.published, at=now)
+        click.echo(
+            f"[ingest] received={m.received} published={m.published} rate={rate:.0f}/s failed={m.failed} "
+            f"dlq={m.dead_lettered} duplicates={m.duplicates} reconnects={m.reconnects} "
+            f"backpressure_waits={m.backpressure_waits} queue={m.queue_depth}",
+            err=True,
+        )
+
+    try:
+        asyncio.run(_run_until_signal(service.run(), service.stop, progress, progress_s))
+    except MassiveError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(2)
+    finally:
+        dlq.close()
+    progress()
+
+
+@click.command()
+@click.option("--base-url", default=None, help="Finnhub API base (default: settings, or the simulator).")
+@click.option("--once", is_flag=True, help="Poll every ticker once and exit.")
+@click.option(
+    "--progress-s", default=30.0, show_default=True, help="Seconds between progress lines (0 = none)."
+)
+def news(base_url: str | None, once: bool, progress_s: float) -> None:
+    """Poll Finnhub company news for every ticker and publish new articles to market.news."""
+    from tradepulse.bus.admin import ensure_topics
+    from tradepulse.sources.news import NewsPoller, news_endpoint
+    from tradepulse.stores.factory import open_dlq
+
+    settings = get_settings()
+    _setup(settings)
+    if news_endpoint(settings)[1] is None:
+        # Not an error for `tradepulse up` with only a Massive key: news is optional, so stay idle
+        # (exiting would make the supervisor stop the whole pipeline).
+        click.echo("[news] no FINNHUB_API_KEY set: news polling disabled", err=True)
+        if not once:
+            with contextlib.suppress(KeyboardInterrupt):
+                signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        return
+    ensure_topics(settings)
+    dlq = open_dlq(settings)
+    poller = NewsPoller(settings, dlq=dlq, base_url=base_url)
+    click.echo(f"[news] polling {len(poller.tickers)} tickers at {poller.base_url}", err=True)
+
+    def progress() -> None:
+        m = poller.metrics
+        click.echo(
+            f"[news] rounds={m.rounds} requests={m.requests} published={m.published} "
+            f"duplicates={m.duplicates} rate_limited={m.rate_limited} errors={m.http_errors} "
+            f"dlq={m.dead_lettered}",
+            err=True,
+        )
+
+    async def poll_once() -> None:
+        try:
+            await poller.poll_once()
+        finally:
+            poller.close()
+
+    try:
+        asyncio.run(
+            _run_until_signal(poll_once() if once else poller.run(), poller.stop, progress, progress_s)
+        )
+    finally:
+        dlq.close()
+    progress()
