@@ -1,0 +1,202 @@
+"""/health from real signals: the runner heartbeat file, a real Kafka broker (or a closed port), and the
+thresholds from Settings."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.api.conftest import FakeClock, heartbeat
+from tradepulse.api.app import create_app
+from tradepulse.api.health import (
+    BrokerProbe,
+    FileRunnerStatusSource,
+    HotStoreRunnerStatusSource,
+    RunnerStatus,
+    runner_status_path,
+)
+from tradepulse.config import Settings
+from tradepulse.stores.sqlite_hot import SqliteHotStore
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqliteHotStore]:
+    s = SqliteHotStore(tmp_path_factory.mktemp("hot") / "hot.sqlite3")
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def live_settings(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(
+        data_dir=tmp_path_factory.mktemp("state"),
+        kafka_bootstrap=kafka_bootstrap,
+        health_commit_stale_s=30,
+        health_lag_degraded=10_000,
+        health_write_p99_degraded_ms=100,
+    )
+
+
+@pytest.fixture(scope="module")
+def live(live_settings: Settings, store: SqliteHotStore) -> Iterator[TestClient]:
+    """The API against the session's real broker; each test writes the heartbeat it needs."""
+    with TestClient(create_app(live_settings, store)) as client:
+        yield client
+
+
+@pytest.mark.kafka
+def test_healthy_with_fresh_heartbeat_and_reachable_broker(live: TestClient, live_settings: Settings) -> None:
+    status = heartbeat(live_settings, consumer_lag=250, write_p99_ms=8.5)
+    res = live.get("/health")
+    assert res.status_code == 200
+    assert res.headers["cache-control"] == "no-store"
+    body = res.json()
+    assert body["status"] == "healthy"
+    assert body["consumer_lag"] == 250
+    assert body["dynamo_latency_p99"] == 8.5
+    assert body["uptime_seconds"] >= 0 and body["checked_at"].endswith("Z")
+    components = body["components"]
+    assert (
+        components["broker"]["status"] == "ok" and components["broker"]["metrics"]["metadata_latency_ms"] > 0
+    )
+    assert components["runner"]["status"] == "ok"
+    assert components["runner"]["metrics"]["events_per_s"] == status["events_per_s"]
+    assert components["consumer_lag"]["status"] == "ok" and components["hot_store"]["status"] == "ok"
+
+
+@pytest.mark.kafka
+def test_lag_over_threshold_is_degraded(live: TestClient, live_settings: Settings) -> None:
+    heartbeat(live_settings, consumer_lag=10_001)
+    res = live.get("/health")
+    assert res.status_code == 200
+    assert res.json()["status"] == "degraded"
+    assert res.json()["components"]["consumer_lag"]["status"] == "degraded"
+
+
+@pytest.mark.kafka
+def test_slow_hot_store_writes_are_degraded(live: TestClient, live_settings: Settings) -> None:
+    heartbeat(live_settings, write_p99_ms=140.0)
+    body = live.get("/health").json()
+    assert body["status"] == "degraded" and body["dynamo_latency_p99"] == 140.0
+    assert body["components"]["hot_store"]["status"] == "degraded"
+
+
+@pytest.mark.kafka
+def test_no_commit_for_too_long_with_lag_is_unhealthy(live: TestClient, live_settings: Settings) -> None:
+    now = time.time()
+    heartbeat(live_settings, updated_at=now, last_commit_at=now - 45, consumer_lag=900)
+    res = live.get("/health")
+    assert res.status_code == 503
+    body = res.json()
+    assert body["status"] == "unhealthy"
+    assert (
+        body["components"]["runner"]["status"] == "down"
+        and "no commit" in body["components"]["runner"]["detail"]
+    )
+
+
+@pytest.mark.kafka
+def test_idle_caught_up_runner_is_healthy(live: TestClient, live_settings: Settings) -> None:
+    # Nothing to consume means nothing to commit: a live heartbeat with zero lag is healthy.
+    now = time.time()
+    heartbeat(live_settings, updated_at=now, last_commit_at=now - 600, consumer_lag=0)
+    assert live.get("/health").json()["status"] == "healthy"
+
+
+@pytest.mark.kafka
+def test_stale_heartbeat_is_unhealthy(live: TestClient, live_settings: Settings) -> None:
+    old = time.time() - 31
+    heartbeat(live_settings, updated_at=old, last_commit_at=old)
+    res = live.get("/health")
+    assert res.status_code == 503
+    assert "no heartbeat" in res.json()["components"]["runner"]["detail"]
+
+
+@pytest.mark.kafka
+def test_missing_or_corrupt_heartbeat_is_unhealthy(live: TestClient, live_settings: Settings) -> None:
+    path = runner_status_path(live_settings)
+    path.write_text('{"consumer_lag": ')  # what a torn write would look like
+    res = live.get("/health")
+    assert res.status_code == 503 and res.json()["components"]["runner"]["status"] == "down"
+    path.unlink()
+    res = live.get("/health")
+    assert res.status_code == 503 and res.json()["consumer_lag"] is None
+    assert res.json()["components"]["consumer_lag"]["status"] == "unknown"
+
+
+@pytest.mark.kafka
+def test_thresholds_come_from_settings(live_settings: Settings, store: SqliteHotStore) -> None:
+    strict = live_settings.model_copy(update={"health_lag_degraded": 10, "health_write_p99_degraded_ms": 5})
+    heartbeat(live_settings, consumer_lag=11, write_p99_ms=4.0)
+    with TestClient(create_app(strict, store)) as client:
+        body = client.get("/health").json()
+    assert body["status"] == "degraded"
+    assert body["components"]["consumer_lag"]["status"] == "degraded"
+    assert body["components"]["hot_store"]["status"] == "ok"
+
+
+def test_unreachable_broker_is_unhealthy(tmp_path: Path, store: SqliteHotStore) -> None:
+    settings = Settings(data_dir=tmp_path, kafka_bootstrap=f"127.0.0.1:{closed_port()}")
+    heartbeat(settings)
+    with TestClient(create_app(settings, store)) as client:
+        res = client.get("/health")
+    assert res.status_code == 503
+    body = res.json()
+    assert body["status"] == "unhealthy"
+    assert body["components"]["broker"]["status"] == "down"
+    assert body["components"]["runner"]["status"] == "ok"  # only the broker is at fault
+
+
+def test_no_broker_configured_is_unhealthy(tmp_path: Path, store: SqliteHotStore) -> None:
+    settings = Settings(data_dir=tmp_path, kafka_bootstrap=None)
+    heartbeat(settings)
+    with TestClient(create_app(settings, store)) as client:
+        res = client.get("/health")
+    assert res.status_code == 503
+    assert "no Kafka broker" in res.json()["components"]["broker"]["detail"]
+
+
+def test_broker_probe_is_cached_between_checks(tmp_path: Path) -> None:
+    clock = FakeClock()
+    probe = BrokerProbe(
+        Settings(data_dir=tmp_path, kafka_bootstrap=f"127.0.0.1:{closed_port()}"), clock=clock
+    )
+    first = probe.check()
+    assert not first.reachable
+    clock.advance(2.9)
+    assert probe.check() is first  # served from the cache: no second metadata request
+    clock.advance(0.2)
+    assert probe.check() is not first
+
+
+def test_heartbeat_file_round_trip_keeps_unknown_fields(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    written = heartbeat(settings, partitions_assigned=6)
+    status = FileRunnerStatusSource(runner_status_path(settings)).read()
+    assert status is not None
+    assert status.last_commit_at == written["last_commit_at"]
+    assert status.model_extra == {"partitions_assigned": 6}
+
+
+def test_hot_store_status_source_uses_the_store_methods_when_present(store: SqliteHotStore) -> None:
+    # SqliteHotStore has no runner-status methods (locally the file is used): reads as "never reported".
+    assert HotStoreRunnerStatusSource(store).read() is None
+
+    class StoreWithStatus:
+        def get_runner_status(self) -> dict[str, float]:
+            return {"last_commit_at": 123.0, "updated_at": 124.0, "consumer_lag": 7}
+
+    status = HotStoreRunnerStatusSource(StoreWithStatus()).read()
+    assert isinstance(status, RunnerStatus) and status.consumer_lag == 7 and status.heartbeat_at == 124.0
