@@ -1,0 +1,185 @@
+"""Parquet cold store: Hive layout, Snappy, flush by block/size/time/close, replay without duplicates,
+local and S3 (moto)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import boto3
+import pyarrow as pa
+import pyarrow.parquet as pq
+from moto import mock_aws
+
+from tests.stores.conftest import BASE_MS, make_anomaly, make_trade
+from tradepulse import topics
+from tradepulse.config import Settings
+from tradepulse.stores.dlq import make_dead_letter
+from tradepulse.stores.factory import open_cold_store
+from tradepulse.stores.parquet_cold import ParquetColdStore
+
+HOUR = 3_600_000
+# BASE_MS is 2025-12-29 09:20 UTC
+T9 = BASE_MS
+T10 = BASE_MS + HOUR
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def trades_at(offsets, ts=lambda o: T9 + o, tickers=("MSFT", "AAPL")) -> list[dict]:
+    return [make_trade(tickers[o % len(tickers)], seq=o, ts_ms=ts(o), price=100 + o) for o in offsets]
+
+
+def read_rows(root: Path, dataset: str = "trades") -> list[dict]:
+    rows = []
+    for f in sorted((root / dataset).rglob("*.parquet")):
+        rows += pq.read_table(f, partitioning=None).to_pylist()
+    return rows
+
+
+def test_layout_snappy_sorted_and_round_trip(tmp_path: Path) -> None:
+    store = ParquetColdStore(tmp_path, block_offsets=1000)
+    rows = trades_at(range(6), ts=lambda o: T9 if o < 4 else T10)
+    for o, row in enumerate(rows):
+        store.append(topics.TRADES, 2, o, row)
+    store.append(topics.TRADES, 5, 42, make_trade("TSLA", seq=1))
+    store.append(topics.ANOMALIES, 0, 7, make_anomaly())
+    assert store.flush() == 0  # nothing due yet: no complete block, no size/time limit
+    store.close()
+    assert store.files() == [
+        "anomalies/dt=2025-12-29/hour=09/market.anomalies-p000-00000000000000000000-00000000000000000999.parquet",
+        "trades/dt=2025-12-29/hour=09/market.trades-p002-00000000000000000000-00000000000000000999.parquet",
+        "trades/dt=2025-12-29/hour=09/market.trades-p005-00000000000000000000-00000000000000000999.parquet",
+        "trades/dt=2025-12-29/hour=10/market.trades-p002-00000000000000000000-00000000000000000999.parquet",
+    ]
+    first = tmp_path / store.files()[1]
+    meta = pq.ParquetFile(first).metadata
+    assert meta.row_group(0).column(0).compression == "SNAPPY"
+    table = pq.read_table(first, partitioning=None)
+    assert table.column("ticker").to_pylist() == ["AAPL", "AAPL", "MSFT", "MSFT"]  # sorted by ticker
+    back = {r["event_id"]: r for r in read_rows(tmp_path)}
+    for o, row in enumerate(rows):
+        assert back[row["event_id"]] == {**row, "kafka_partition": 2, "kafka_offset": o}
+    (anomaly,) = read_rows(tmp_path, "anomalies")
+    assert anomaly["feature_vector"] == list(make_anomaly()["feature_vector"].items())  # Parquet map
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_complete_blocks_flush_and_the_open_block_waits(tmp_path: Path) -> None:
+    clock = Clock()
+    store = ParquetColdStore(tmp_path, block_offsets=10, flush_rows=1000, flush_interval_s=60, clock=clock)
+    for o, row in zip(range(15), trades_at(range(15)), strict=True):
+        store.append(topics.TRADES, 0, o, row)
+    assert store.flush() == 1  # offsets 0–9 form a complete block
+    assert len(read_rows(tmp_path)) == 10 and store.buffered_rows() == 5
+    clock.now = 59
+    assert store.flush() == 0
+    clock.now = 60  # the open block is flushed by time
+    assert store.flush() == 1
+    assert store.buffered_rows() == 0 and len(read_rows(tmp_path)) == 15
+
+
+def test_size_limit_flushes_a_partial_block_and_later_flushes_extend_the_same_file(tmp_path: Path) -> None:
+    store = ParquetColdStore(tmp_path, block_offsets=100, flush_rows=4, flush_interval_s=1e9, clock=Clock())
+    rows = trades_at(range(10))
+    for o in range(3):
+        store.append(topics.TRADES, 0, o, rows[o])
+    assert store.flush() == 0
+    store.append(topics.TRADES, 0, 3, rows[3])
+    assert store.flush() == 1
+    for o in range(4, 10):
+        store.append(topics.TRADES, 0, o, rows[o])
+    assert store.flush() == 1
+    store.close()
+    assert len(store.files()) == 1
+    assert sorted(r["kafka_offset"] for r in read_rows(tmp_path)) == list(range(10))
+
+
+def _run(root: Path, events: list[tuple[int, dict]], flush_after: set[int], **kw) -> ParquetColdStore:
+    store = ParquetColdStore(
+        root, block_offsets=10, flush_rows=10**6, flush_interval_s=1e9, clock=Clock(), **kw
+    )
+    for o, row in events:
+        store.append(topics.TRADES, 1, o, row)
+        if o in flush_after:
+            store.flush(force=True)
+    return store
+
+
+def test_replay_after_a_crash_rewrites_the_same_files_without_duplicates(tmp_path: Path) -> None:
+    # Event times cross an hour boundary inside a block, and one event is late (back in hour 09).
+    def ts(o: int) -> int:
+        return T9 + 40 * 60_000 + o * 60_000 if o != 27 else T9
+
+    events = list(enumerate(trades_at(range(35), ts=ts)))
+    clean = _run(tmp_path / "clean", events, flush_after={9, 19, 29})
+    clean.close()
+
+    crashed = tmp_path / "crashed"
+    # First run: flushes at 7 and 16, then dies (kill -9) with 17–22 buffered and lost.
+    _run(crashed, events[:23], flush_after={7, 16})
+    # The runner had committed offset 13; the restarted process replays from there with other
+    # batch boundaries, and is itself flushed at 21 and 33 before closing.
+    replay = _run(crashed, events[13:], flush_after={21, 33})
+    replay.close()
+
+    assert replay.files() == clean.files()
+    for rel in clean.files():
+        a = pq.read_table(tmp_path / "clean" / rel, partitioning=None).to_pylist()
+        b = pq.read_table(crashed / rel, partitioning=None).to_pylist()
+        assert a == b, rel
+    rows = read_rows(crashed)
+    assert len(rows) == 35 and len({r["event_id"] for r in rows}) == 35
+    # Files are per (block, event hour): block 0 spans hours 09 and 10, the late event stays in 09.
+    assert {rel.split("/")[2] for rel in clean.files()} == {"hour=09", "hour=10"}
+    late = next(r for r in rows if r["kafka_offset"] == 27)
+    assert late["exchange_ts_ms"] == T9
+
+
+def test_dead_letters_are_archived_idempotently(tmp_path: Path) -> None:
+    store = ParquetColdStore(tmp_path)
+    letters = [
+        make_dead_letter(stage="ingest", payload=f"bad {i}", reason="schema", now_s=BASE_MS / 1000)
+        for i in range(3)
+    ]
+    assert store.archive_dead_letters(letters) == 1
+    assert store.archive_dead_letters(letters) == 1
+    (rel,) = store.files("dead-letters")
+    assert rel.startswith("dead-letters/dt=2025-12-29/hour=09/dead-letters-")
+    assert sorted(r["payload"] for r in read_rows(tmp_path, "dead-letters")) == ["bad 0", "bad 1", "bad 2"]
+
+
+def test_factory_local_cold_store(store_settings: Settings) -> None:
+    store = open_cold_store(store_settings)
+    store.append(topics.TRADES, 0, 0, make_trade())
+    store.close()
+    assert store.files() and (store_settings.cold_dir / store.files()[0]).exists()
+
+
+@mock_aws
+def test_s3_cold_store_layout_and_replay_reads_back_the_object() -> None:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="tp-lake")
+    settings = Settings(cold_store="s3", s3_bucket="tp-lake", s3_prefix="lake/", cold_block_offsets=10)
+    rows = trades_at(range(10))
+    first = open_cold_store(settings)
+    for o in range(6):
+        first.append(topics.TRADES, 3, o, rows[o])
+    first.flush(force=True)  # then the process dies
+    second = ParquetColdStore.from_settings(settings)  # fresh process: nothing cached
+    for o in range(4, 10):
+        second.append(topics.TRADES, 3, o, rows[o])
+    second.close()
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="tp-lake")["Contents"]]
+    assert keys == [
+        "lake/trades/dt=2025-12-29/hour=09/market.trades-p003-00000000000000000000-00000000000000000009.parquet"
+    ]
+    body = s3.get_object(Bucket="tp-lake", Key=keys[0])["Body"].read()
+    table = pq.read_table(pa.BufferReader(body))
+    assert sorted(table.column("kafka_offset").to_pylist()) == list(range(10))
+    assert second.files("trades") == [k.removeprefix("lake/") for k in keys]

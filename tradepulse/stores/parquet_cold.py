@@ -1,0 +1,384 @@
+"""Cold store: history as Parquet (Snappy) in Hive partitions, on a local folder or S3.
+
+Layout: `<root>/<dataset>/dt=YYYY-MM-DD/hour=HH/<topic>-p<partition>-<first>-<last>.parquet`, where
+dt/hour come from the row's event time (UTC) and first–last is a fixed Kafka offset block
+[k*N, (k+1)*N − 1] of that partition (N = `cold_block_offsets`).
+
+Where the ticker goes: inside the files, not in the path. A ticker partition would split every hour of
+every Kafka partition into thousands of tiny files (one per symbol), which is slow to write, slow to list
+on S3 and the classic small-files problem for Athena. Instead rows are sorted by (ticker, event time)
+within each file, so Parquet row-group min/max statistics let DuckDB and Athena skip row groups of other
+tickers; dt/hour partitions prune by time, the usual query filter.
+
+Idempotence under replay: the file name depends only on (topic, partition, offset block) and the
+row's event hour, never on where a flush happened to cut. A flush of a partial block (by time or by
+buffered size) writes the rows of the block seen so far; the next flush of the same block merges the
+file's previous rows with the new ones (deduplicated by the dataset's natural key) and rewrites the same
+name. After a crash the runner replays from its last committed offset, possibly mid-block and with
+different batch boundaries; the replayed rows land in the same files and replace themselves, so nothing
+is duplicated. Files are written to a temporary name and renamed (local) or written with one PUT (S3),
+so a reader never sees half a file. Each row also keeps `kafka_partition` and `kafka_offset` (lineage).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+import types
+import typing
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from tradepulse import topics
+from tradepulse.ids import stable_id
+from tradepulse.models import (
+    Anomaly,
+    Correlation,
+    DeadLetter,
+    FeatureVector,
+    NewsArticle,
+    Quote,
+    Trade,
+)
+from tradepulse.stores.base import Row
+
+DEAD_LETTERS = "dead-letters"
+
+
+class Dataset(typing.NamedTuple):
+    """A cold dataset: its folder, model, event-time field and natural key."""
+
+    name: str
+    model: type[BaseModel]
+    time_field: str
+    key: tuple[str, ...]
+
+
+DATASETS: dict[str, Dataset] = {
+    topics.TRADES: Dataset("trades", Trade, "exchange_ts_ms", ("event_id",)),
+    topics.QUOTES: Dataset("quotes", Quote, "exchange_ts_ms", ("event_id",)),
+    topics.NEWS: Dataset("news", NewsArticle, "published_ts_ms", ("event_id",)),
+    topics.FEATURES: Dataset("features", FeatureVector, "ts_ms", ("ticker", "ts_ms")),
+    topics.ANOMALIES: Dataset("anomalies", Anomaly, "ts_ms", ("anomaly_id",)),
+    topics.CORRELATIONS: Dataset("correlations", Correlation, "published_ts_ms", ("correlation_id",)),
+    topics.DEAD_LETTERS: Dataset(DEAD_LETTERS, DeadLetter, "first_failure_at", ("dead_letter_id",)),
+}
+"""Topic → dataset. The dataset folder is also the DuckDB view / Glue table name (`-` → `_`)."""
+
+LINEAGE = [pa.field("kafka_partition", pa.int32()), pa.field("kafka_offset", pa.int64())]
+
+
+# --- schemas -------------------------------------------------------------------------------------------
+
+
+def _arrow_type(annotation: Any) -> tuple[pa.DataType, bool]:
+    """Arrow type of a pydantic field annotation, and whether it is nullable."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return _arrow_type(inner[0])[0], True
+    if origin is typing.Literal:
+        return pa.string(), False
+    if origin is list:
+        return pa.list_(_arrow_type(args[0])[0]), False
+    if origin is dict:
+        return pa.map_(_arrow_type(args[0])[0], _arrow_type(args[1])[0]), False
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return pa.struct(_fields(annotation)), False
+    simple = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
+    return simple[annotation], False
+
+
+def _fields(model: type[BaseModel]) -> list[pa.Field]:
+    # Every column nullable: schema evolution (a new optional field) stays compatible with old files.
+    return [pa.field(name, _arrow_type(info.annotation)[0]) for name, info in model.model_fields.items()]
+
+
+def arrow_schema(dataset: Dataset) -> pa.Schema:
+    """Schema of a dataset's files: the model's fields plus Kafka lineage (dt/hour live in the path).
+    The Glue table of each dataset has exactly these columns plus partition keys dt (string), hour (int)."""
+    return pa.schema(_fields(dataset.model) + LINEAGE)
+
+
+SCHEMAS: dict[str, pa.Schema] = {d.name: arrow_schema(d) for d in DATASETS.values()}
+
+
+# --- storage targets -------------------------------------------------------------------------------
+
+
+class LocalTarget:
+    """Files under a local folder; writes are temp file + atomic rename."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    def read(self, rel: str) -> bytes | None:
+        try:
+            return (self.root / rel).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write(self, rel: str, data: bytes) -> None:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Not *.parquet, so a reader globbing the dataset never picks up a half-written file.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    def list(self, prefix: str) -> list[str]:
+        base = self.root / prefix
+        if not base.exists():
+            return []
+        return sorted(str(p.relative_to(self.root)) for p in base.rglob("*.parquet"))
+
+
+class S3Target:
+    """Objects under s3://bucket/prefix; one PUT per file is atomic for readers."""
+
+    def __init__(
+        self, bucket: str, prefix: str = "", *, client: Any = None, region: str | None = None
+    ) -> None:
+        if client is None:
+            import boto3
+
+            client = boto3.client("s3", region_name=region)
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    def _key(self, rel: str) -> str:
+        return f"{self.prefix}/{rel}" if self.prefix else rel
+
+    def read(self, rel: str) -> bytes | None:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(rel))["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            return None
+
+    def write(self, rel: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(rel), Body=data)
+
+    def list(self, prefix: str) -> list[str]:
+        keys = []
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        for page in self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self._key(prefix)
+        ):
+            keys += [o["Key"][strip:] for o in page.get("Contents", []) if o["Key"].endswith(".parquet")]
+        return sorted(keys)
+
+
+def open_target(root: str | Path, *, client: Any = None, region: str | None = None) -> LocalTarget | S3Target:
+    """`s3://bucket/prefix` or a local folder."""
+    text = str(root)
+    if text.startswith("s3://"):
+        bucket, _, prefix = text[5:].partition("/")
+        return S3Target(bucket, prefix, client=client, region=region)
+    return LocalTarget(text)
+
+
+# --- the store ----------------------------------------------------------------------------------------
+
+_HOUR_MS = 3_600_000
+
+
+def _hour_bucket(value: Any) -> int:
+    """Event hour (ms // 1 h) of an epoch-ms int or an ISO 8601 string."""
+    if isinstance(value, str):
+        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000) // _HOUR_MS
+    return int(value) // _HOUR_MS
+
+
+def partition_path(hour_bucket: int) -> str:
+    """`dt=YYYY-MM-DD/hour=HH` of an event hour."""
+    return datetime.fromtimestamp(hour_bucket * 3600, UTC).strftime("dt=%Y-%m-%d/hour=%H")
+
+
+GroupKey = tuple[str, int, int, int]
+"""(topic, partition, offset block, event hour)."""
+
+
+class ParquetColdStore:
+    """ColdStore: buffers rows per (topic, partition, offset block, event hour) and writes Parquet files
+    whose names depend only on those, so a replay rewrites the same files."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        block_offsets: int = 100_000,
+        flush_rows: int = 50_000,
+        flush_interval_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        s3_client: Any = None,
+        region: str | None = None,
+    ) -> None:
+        self.target = open_target(root, client=s3_client, region=region)
+        self.block_offsets = block_offsets
+        self.flush_rows = flush_rows
+        self.flush_interval_s = flush_interval_s
+        self.clock = clock
+        self._buffers: dict[GroupKey, list[Row]] = defaultdict(list)
+        self._buffered: dict[tuple[str, int], int] = defaultdict(int)  # rows per (topic, partition)
+        self._since: dict[tuple[str, int], float] = {}  # first buffered row per (topic, partition)
+        self._max_offset: dict[tuple[str, int], int] = {}
+        # Rows already written for blocks still open: the next flush of the block rewrites the file
+        # with them plus the new rows, without reading it back.
+        self._written: dict[GroupKey, pa.Table] = {}
+        self.files_written = 0
+        self.rows_written = 0
+
+    @classmethod
+    def from_settings(cls, settings: Any, **kw: Any) -> ParquetColdStore:
+        if settings.cold_store == "s3":
+            if not settings.s3_bucket:
+                raise ValueError("TRADEPULSE_S3_BUCKET is required for the S3 cold store")
+            root: str | Path = f"s3://{settings.s3_bucket}/{settings.s3_prefix.strip('/')}"
+        else:
+            root = settings.cold_dir
+        return cls(
+            root,
+            block_offsets=settings.cold_block_offsets,
+            flush_rows=settings.cold_flush_rows,
+            flush_interval_s=settings.cold_flush_interval_s,
+            region=settings.aws_region,
+            **kw,
+        )
+
+    # --- writes ----------------------------------------------------------------------------------
+
+    def append(self, topic: str, partition: int, offset: int, row: Row) -> None:
+        """Buffer one row consumed from (topic, partition) at offset."""
+        dataset = DATASETS[topic]
+        tp = (topic, partition)
+        key = (topic, partition, offset // self.block_offsets, _hour_bucket(row[dataset.time_field]))
+        self._buffers[key].append({**row, "kafka_partition": partition, "kafka_offset": offset})
+        self._buffered[tp] += 1
+        self._since.setdefault(tp, self.clock())
+        if offset > self._max_offset.get(tp, -1):
+            self._max_offset[tp] = offset
+
+    def append_many(self, topic: str, partition: int, offsets: Iterable[int], rows: Iterable[Row]) -> None:
+        """Buffer rows with their offsets (same as calling `append` for each)."""
+        for offset, row in zip(offsets, rows, strict=True):
+            self.append(topic, partition, offset, row)
+
+    def flush(self, *, force: bool = False) -> int:
+        """Write every group whose block is complete, or whose partition has `flush_rows` buffered rows
+        or rows older than `flush_interval_s` (everything with force). Returns files written."""
+        now = self.clock()
+        due_tps = {
+            tp
+            for tp, count in self._buffered.items()
+            if force or count >= self.flush_rows or now - self._since[tp] >= self.flush_interval_s
+        }
+        written = 0
+        for key in list(self._buffers):
+            topic, partition, block, _ = key
+            tp = (topic, partition)
+            complete = block < self._max_offset[tp] // self.block_offsets
+            if complete or tp in due_tps:
+                self._write_group(key, self._buffers.pop(key), final=complete)
+                written += 1
+        for tp in due_tps:
+            self._buffered.pop(tp, None)
+            self._since.pop(tp, None)
+        # Partitions flushed only because of complete blocks still have their open block buffered.
+        for tp in list(self._buffered):
+            remaining = sum(len(rows) for k, rows in self._buffers.items() if k[:2] == tp)
+            if remaining:
+                self._buffered[tp] = remaining
+            else:
+                self._buffered.pop(tp)
+                self._since.pop(tp, None)
+        # Blocks closed by later offsets no longer need their cached rows.
+        for key in [k for k in self._written if k[2] < self._max_offset[k[:2]] // self.block_offsets]:
+            del self._written[key]
+        return written
+
+    def file_name(self, key: GroupKey) -> str:
+        """Relative path of a group's file: a function of (topic, partition, block, event hour) only."""
+        topic, partition, block, hour = key
+        first = block * self.block_offsets
+        last = first + self.block_offsets - 1
+        dataset = DATASETS[topic].name
+        return f"{dataset}/{partition_path(hour)}/{topic}-p{partition:03d}-{first:020d}-{last:020d}.parquet"
+
+    def _write_group(self, key: GroupKey, rows: list[Row], *, final: bool) -> None:
+        dataset = DATASETS[key[0]]
+        schema = SCHEMAS[dataset.name]
+        rel = self.file_name(key)
+        table = pa.Table.from_pylist(rows, schema=schema)
+        previous = self._written.get(key)
+        if previous is None:
+            data = self.target.read(rel)  # after a restart: the file may hold rows of this block
+            previous = pq.read_table(io.BytesIO(data)).cast(schema) if data is not None else None
+        if previous is not None:
+            table = _dedupe(pa.concat_tables([previous, table]), dataset.key)
+        table = _sort(table, dataset)
+        self._put(rel, table)
+        if final:
+            self._written.pop(key, None)
+        else:
+            self._written[key] = table
+
+    def _put(self, rel: str, table: pa.Table) -> None:
+        sink = io.BytesIO()
+        pq.write_table(table, sink, compression="snappy")
+        self.target.write(rel, sink.getvalue())
+        self.files_written += 1
+        self.rows_written += table.num_rows
+
+    def archive_dead_letters(self, letters: list[Row]) -> int:
+        """Write dead letters under `dead-letters/dt=/hour=/` (by first failure time); the file name is
+        derived from the letter ids, so archiving the same letters again rewrites the same file."""
+        if not letters:
+            return 0
+        dataset = DATASETS[topics.DEAD_LETTERS]
+        by_hour: dict[int, list[Row]] = defaultdict(list)
+        for letter in letters:
+            by_hour[_hour_bucket(letter[dataset.time_field])].append(letter)
+        for hour, rows in by_hour.items():
+            name = stable_id(*sorted(r["dead_letter_id"] for r in rows))
+            table = _sort(pa.Table.from_pylist(rows, schema=SCHEMAS[dataset.name]), dataset)
+            self._put(f"{DEAD_LETTERS}/{partition_path(hour)}/dead-letters-{name}.parquet", table)
+        return len(by_hour)
+
+    def files(self, dataset: str = "") -> list[str]:
+        """Relative paths of the Parquet files (of one dataset folder, or all)."""
+        return self.target.list(dataset)
+
+    def buffered_rows(self) -> int:
+        return sum(len(rows) for rows in self._buffers.values())
+
+    def close(self) -> None:
+        self.flush(force=True)
+        self._written.clear()
+
+
+def _dedupe(table: pa.Table, key: tuple[str, ...]) -> pa.Table:
+    """Keep the last row of each key (new rows were concatenated after the old ones)."""
+    indexed = table.append_column("__i", pa.array(range(table.num_rows), pa.int64()))
+    last = indexed.group_by(list(key), use_threads=False).aggregate([("__i", "max")])
+    return table.take(last["__i_max"])  # order does not matter: the caller sorts
+
+
+def _sort(table: pa.Table, dataset: Dataset) -> pa.Table:
+    order = [("ticker", "ascending"), (dataset.time_field, "ascending")]
+    return table.sort_by(order) if table.num_rows > 1 else table
