@@ -36,6 +36,10 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from tradepulse.sources.parse import ParsedFrame, parse_frame
 
 log = logging.getLogger(__name__)
+# websockets logs every frame at DEBUG, the auth message (and so the API key) included. Its connection
+# logger is pinned at INFO so that running with TRADEPULSE_LOG_LEVEL=DEBUG cannot leak the key.
+_ws_log = logging.getLogger(f"{__name__}.websocket")
+_ws_log.setLevel(logging.INFO)
 
 # Statuses that mean all is well; anything else is worth a warning (the official client does the same).
 OK_STATUSES = frozenset({"connected", "auth_success", "success"})
@@ -117,6 +121,7 @@ class MassiveClient:
                     # memory guard well above that, so they arrive instead of killing the connection.
                     max_size=4 * self.max_frame_bytes,
                     close_timeout=1,
+                    logger=_ws_log,
                 ) as ws:
                     self._ws = ws
                     await self._handshake(ws)
