@@ -1,0 +1,210 @@
+"""The simulator's Massive stocks WebSocket protocol, driven by a raw `websockets` client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tradepulse.sources.simulator import SimulatorConfig, SimulatorHandle, run_simulator_in_thread
+
+KEY = "test-key"
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimulatorHandle]:
+    handle = run_simulator_in_thread(
+        SimulatorConfig(
+            seed=7,
+            api_key=KEY,
+            ws_port=0,
+            http_port=0,
+            rate=4000,
+            max_connections=3,
+            news_interval_s=0,
+            spike_interval_s=0,
+            jump_interval_s=0,
+        )
+    )
+    yield handle
+    handle.stop()
+
+
+async def recv(ws: ClientConnection) -> list[dict[str, Any]]:
+    return orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+
+
+async def login(
+    url: str, key: str = KEY
+) -> tuple[ClientConnection, list[dict[str, Any]], list[dict[str, Any]]]:
+    ws = await connect(url)
+    connected = await recv(ws)
+    await ws.send(orjson.dumps({"action": "auth", "params": key}).decode())
+    return ws, connected, await recv(ws)
+
+
+async def subscribe(ws: ClientConnection, params: str, action: str = "subscribe") -> list[dict[str, Any]]:
+    await ws.send(orjson.dumps({"action": action, "params": params}).decode())
+    return [(await recv(ws))[0] for _ in params.split(",")]
+
+
+async def data_events(ws: ClientConnection, want: int) -> tuple[list[dict[str, Any]], list[int]]:
+    """Receive data frames until `want` events arrived; returns the events and each frame's size."""
+    events: list[dict[str, Any]] = []
+    sizes: list[int] = []
+    while len(events) < want:
+        frame = await recv(ws)
+        assert isinstance(frame, list)
+        if all(e["ev"] == "status" for e in frame):
+            continue
+        sizes.append(len(frame))
+        events.extend(frame)
+    return events, sizes
+
+
+def test_connect_auth_and_subscribe_acks(sim: SimulatorHandle) -> None:
+    async def main() -> None:
+        ws, connected, auth = await login(sim.ws_url + "/stocks")
+        assert connected == [{"ev": "status", "status": "connected", "message": "Connected Successfully"}]
+        assert auth == [{"ev": "status", "status": "auth_success", "message": "authenticated"}]
+        acks = await subscribe(ws, "T.AAPL,Q.AAPL")
+        assert acks == [
+            {"ev": "status", "status": "success", "message": "subscribed to: T.AAPL"},
+            {"ev": "status", "status": "success", "message": "subscribed to: Q.AAPL"},
+        ]
+        events, sizes = await data_events(ws, 200)
+        assert {e["sym"] for e in events} == {"AAPL"}
+        assert {e["ev"] for e in events} == {"T", "Q"}
+        assert max(sizes) > 1, "frames must batch several events"
+        await ws.close()
+
+    asyncio.run(main())
+
+
+def test_wrong_key_is_rejected_and_closed(sim: SimulatorHandle) -> None:
+    async def main() -> None:
+        ws, _, auth = await login(sim.ws_url, key="wrong")
+        assert auth == [{"ev": "status", "status": "auth_failed", "message": "authentication failed"}]
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+
+    asyncio.run(main())
+
+
+def test_subscribe_before_auth_is_refused(sim: SimulatorHandle) -> None:
+    async def main() -> None:
+        async with connect(sim.ws_url) as ws:
+            await recv(ws)
+            [ack] = await subscribe(ws, "T.*")
+            assert ack["status"] == "error"
+
+    asyncio.run(main())
+
+
+def test_wildcards_trades_and_quotes_fields(sim: SimulatorHandle) -> None:
+    async def main() -> None:
+        ws, _, _ = await login(sim.ws_url)
+        await subscribe(ws, "T.*")
+        events, _ = await data_events(ws, 300)
+        assert {e["ev"] for e in events} == {"T"}
+        assert len({e["sym"] for e in events}) == 5
+        for e in events:
+            assert set(e) >= {"ev", "sym", "x", "i", "z", "p", "s", "t", "q"}
+            assert isinstance(e["i"], str) and e["p"] > 0 and e["s"] > 0 and e["t"] > 1e12
+            assert set(e) <= {"ev", "sym", "x", "i", "z", "p", "s", "c", "t", "q", "trfi", "trft"}
+        # Sequence numbers increase per ticker.
+        last: dict[str, int] = {}
+        for e in events:
+            assert e["q"] > last.get(e["sym"], 0)
+            last[e["sym"]] = e["q"]
+        # Swap trades for quotes.
+        await subscribe(ws, "Q.*")
+        [ack] = await subscribe(ws, "T.*", action="unsubscribe")
+        assert ack == {"ev": "status", "status": "success", "message": "unsubscribed to: T.*"}
+        # Frames already queued before the unsubscribe may still hold trades; later ones must not.
+        events, _ = await data_events(ws, 2000)
+        tail = events[-500:]
+        assert {e["ev"] for e in tail} == {"Q"}
+        for e in tail:
+            assert set(e) >= {"ev", "sym", "bx", "bp", "bs", "ax", "ap", "as", "c", "t", "q", "z"}
+            assert e["ap"] > e["bp"] > 0
+        await ws.close()
+
+    asyncio.run(main())
+
+
+def test_unknown_path_is_404(sim: SimulatorHandle) -> None:
+    async def main() -> None:
+        with pytest.raises(InvalidStatus):
+            await connect(sim.ws_url + "/crypto")
+
+    asyncio.run(main())
+
+
+def test_max_connections_status() -> None:
+    with run_simulator_in_thread(
+        SimulatorConfig(api_key=KEY, ws_port=0, http_port=0, rate=100, max_connections=1, news_interval_s=0)
+    ) as one:
+
+        async def main() -> None:
+            first, _, auth = await login(one.ws_url)
+            assert auth[0]["status"] == "auth_success"
+            second, _, refused = await login(one.ws_url)
+            assert refused[0]["status"] == "max_connections"
+            assert refused[0]["message"].startswith("Maximum number of websocket connections exceeded.")
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(second.recv(), 5)
+            await first.close()
+
+        asyncio.run(main())
+
+
+def test_drop_connections_and_sent_accounting() -> None:
+    """Every event the server counts as sent reaches the client, across an abrupt drop."""
+    with run_simulator_in_thread(
+        SimulatorConfig(
+            seed=3,
+            api_key=KEY,
+            ws_port=0,
+            http_port=0,
+            rate=3000,
+            record_sent=True,
+            news_interval_s=0,
+            duration_s=2.0,
+        )
+    ) as s:
+        received: set[tuple[str, int]] = set()
+
+        async def session(drop: bool) -> None:
+            ws, _, _ = await login(s.ws_url + "/stocks")
+            await subscribe(ws, "T.*")
+            if drop:
+                events, _ = await data_events(ws, 50)
+                received.update((e["sym"], e["q"]) for e in events)
+                asyncio.get_running_loop().run_in_executor(None, s.drop_connections)
+            try:
+                while True:
+                    try:
+                        frame = orjson.loads(await asyncio.wait_for(ws.recv(), 0.5))
+                    except TimeoutError:
+                        # After the market closed (duration_s) and the queue drained, all has arrived.
+                        if s.sim.finished.is_set():
+                            break
+                        continue
+                    received.update((e["sym"], e["q"]) for e in frame if e["ev"] == "T")
+                assert not drop, "the dropped session must end with a closed connection"
+                await ws.close()
+            except ConnectionClosed as exc:
+                assert drop and exc.rcvd is None, "a drop sends no close frame"
+
+        asyncio.run(session(drop=True))
+        asyncio.run(session(drop=False))
+        assert s.wait_finished(30)
+        sent = s.sent_trade_keys()
+        assert len(sent) == s.sent_trades() > 0
+        assert received == sent
