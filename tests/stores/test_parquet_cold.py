@@ -175,7 +175,7 @@ def test_s3_cold_store_layout_and_replay_reads_back_the_object() -> None:
     for o in range(4, 10):
         second.append(topics.TRADES, 3, o, rows[o])
     second.close()
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="tp-lake")["Contents"]]
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="tp-lake", Prefix="lake/trades/")["Contents"]]
     assert keys == [
         "lake/trades/dt=2025-12-29/hour=09/market.trades-p003-00000000000000000000-00000000000000000009.parquet"
     ]
@@ -183,3 +183,20 @@ def test_s3_cold_store_layout_and_replay_reads_back_the_object() -> None:
     table = pq.read_table(pa.BufferReader(body))
     assert sorted(table.column("kafka_offset").to_pylist()) == list(range(10))
     assert second.files("trades") == [k.removeprefix("lake/") for k in keys]
+    assert ParquetColdStore.from_settings(settings).next_offset(topics.TRADES, 3) == 10
+
+
+def test_next_offset_checkpoint_survives_a_restart(tmp_path: Path) -> None:
+    clock = Clock()
+    store = ParquetColdStore(tmp_path, block_offsets=10, flush_rows=10**6, flush_interval_s=60, clock=clock)
+    assert store.next_offset(topics.TRADES, 4) is None
+    for o, row in zip(range(14), trades_at(range(14)), strict=True):
+        store.append(topics.TRADES, 4, o, row)
+    store.flush()  # only block 0 is complete: 10–13 are still buffered
+    assert store.next_offset(topics.TRADES, 4) == 10
+    assert ParquetColdStore(tmp_path).next_offset(topics.TRADES, 4) == 10  # a new process reads it back
+    clock.now = 60
+    store.flush()
+    assert ParquetColdStore(tmp_path).next_offset(topics.TRADES, 4) == 14
+    assert ParquetColdStore(tmp_path).next_offset(topics.TRADES, 3) is None
+    assert all(not f.startswith("_checkpoints") for f in store.files())

@@ -18,6 +18,11 @@ name. After a crash the runner replays from its last committed offset, possibly 
 different batch boundaries; the replayed rows land in the same files and replace themselves, so nothing
 is duplicated. Files are written to a temporary name and renamed (local) or written with one PUT (S3),
 so a reader never sees half a file. Each row also keeps `kafka_partition` and `kafka_offset` (lineage).
+
+Checkpoints: after each flush the store records, per (topic, partition), the next offset it still needs
+(`_checkpoints/<topic>-p<partition>.json`, written after the data files). The runner asks `next_offset`
+on assignment and re-appends only from there; a checkpoint that lags behind the files (crash in between)
+only causes rows to be merged again, never duplicated.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
@@ -241,6 +247,7 @@ class ParquetColdStore:
         # Rows already written for blocks still open: the next flush of the block rewrites the file
         # with them plus the new rows, without reading it back.
         self._written: dict[GroupKey, pa.Table] = {}
+        self._durable_next: dict[tuple[str, int], int] = {}
         self.files_written = 0
         self.rows_written = 0
 
@@ -289,6 +296,7 @@ class ParquetColdStore:
             if force or count >= self.flush_rows or now - self._since[tp] >= self.flush_interval_s
         }
         written = 0
+        flushed_tps: set[tuple[str, int]] = set()
         for key in list(self._buffers):
             topic, partition, block, _ = key
             tp = (topic, partition)
@@ -296,6 +304,7 @@ class ParquetColdStore:
             if complete or tp in due_tps:
                 self._write_group(key, self._buffers.pop(key), final=complete)
                 written += 1
+                flushed_tps.add(tp)
         for tp in due_tps:
             self._buffered.pop(tp, None)
             self._since.pop(tp, None)
@@ -310,7 +319,33 @@ class ParquetColdStore:
         # Blocks closed by later offsets no longer need their cached rows.
         for key in [k for k in self._written if k[2] < self._max_offset[k[:2]] // self.block_offsets]:
             del self._written[key]
+        if written:
+            self._checkpoint(flushed_tps)
         return written
+
+    def _checkpoint(self, tps: Iterable[tuple[str, int]]) -> None:
+        for tp in tps:
+            if tp not in self._max_offset:
+                continue
+            # Appends arrive in offset order per partition, so everything below the oldest row still
+            # buffered (or everything appended, if none is) is durably written.
+            buffered = [rows[0]["kafka_offset"] for k, rows in self._buffers.items() if k[:2] == tp and rows]
+            durable = min(buffered) if buffered else self._max_offset[tp] + 1
+            if self._durable_next.get(tp) != durable:
+                self._durable_next[tp] = durable
+                self.target.write(self._checkpoint_name(*tp), orjson.dumps({"next_offset": durable}))
+
+    @staticmethod
+    def _checkpoint_name(topic: str, partition: int) -> str:
+        return f"_checkpoints/{topic}-p{partition:03d}.json"
+
+    def next_offset(self, topic: str, partition: int) -> int | None:
+        """The next offset of (topic, partition) not yet durably written (None = nothing known)."""
+        known = self._durable_next.get((topic, partition))
+        if known is not None:
+            return known
+        data = self.target.read(self._checkpoint_name(topic, partition))
+        return None if data is None else int(orjson.loads(data)["next_offset"])
 
     def file_name(self, key: GroupKey) -> str:
         """Relative path of a group's file: a function of (topic, partition, block, event hour) only."""
