@@ -1,0 +1,257 @@
+"""Storage: the DynamoDB hot table, the S3 cold bucket, Glue tables over its Parquet, the Athena workgroup.
+
+The key design matches `tradepulse/stores/dynamo_hot.py`: one table, `pk` (e.g. `TRADE#AAPL#3`, a
+write-sharded `TICKER#n`; features/anomalies/correlations use their own prefixes), `sk` (zero-padded
+timestamp + sequence), TTL on `expires_at`. The cold layout is
+`s3://<bucket>/<prefix>/<dataset>/dt=YYYY-MM-DD/hour=HH/*.parquet`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import Aws, Duration, RemovalPolicy, Stack
+from aws_cdk import aws_athena as athena
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_glue as glue
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from cdk.schema_registry import load_schema
+from tradepulse import topics
+
+#: Cold-store dataset → the topic whose schema gives its columns.
+DATASETS = {
+    "trades": topics.TRADES,
+    "quotes": topics.QUOTES,
+    "news": topics.NEWS,
+    "features": topics.FEATURES,
+    "anomalies": topics.ANOMALIES,
+    "correlations": topics.CORRELATIONS,
+}
+DEAD_LETTERS_PREFIX = "dead-letters"
+ATHENA_RESULTS_PREFIX = "athena-results"
+PROJECTION_START = "2024-01-01"
+
+
+def glue_type(prop: dict[str, Any], defs: dict[str, Any]) -> str:
+    """Hive/Glue type of a JSON Schema property (as pydantic writes them)."""
+    if "$ref" in prop:
+        return glue_type(defs[prop["$ref"].rsplit("/", 1)[-1]], defs)
+    if "anyOf" in prop:  # Optional[T] → T
+        (inner,) = [p for p in prop["anyOf"] if p.get("type") != "null"]
+        return glue_type(inner, defs)
+    kind = prop.get("type")
+    if kind == "object" and "properties" in prop:
+        fields = ",".join(f"{name}:{glue_type(p, defs)}" for name, p in prop["properties"].items())
+        return f"struct<{fields}>"
+    if kind == "object":
+        return f"map<string,{glue_type(prop.get('additionalProperties', {'type': 'string'}), defs)}>"
+    if kind == "array":
+        return f"array<{glue_type(prop['items'], defs)}>"
+    return {"string": "string", "integer": "bigint", "number": "double", "boolean": "boolean"}[kind]
+
+
+def glue_columns(topic: str) -> list[glue.CfnTable.ColumnProperty]:
+    """Glue columns of a dataset, in schema order, derived from the topic's JSON Schema."""
+    schema = load_schema(topic)
+    defs = schema.get("$defs", {})
+    return [
+        glue.CfnTable.ColumnProperty(
+            name=name.lower(), type=glue_type(prop, defs), comment=prop.get("description")
+        )
+        for name, prop in schema["properties"].items()
+    ]
+
+
+class Storage(Construct):
+    """Hot table, cold bucket (+ access-log bucket), Glue database/tables, Athena workgroup."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        s3_prefix: str,
+        glue_database: str,
+        athena_workgroup: str,
+        bytes_scanned_cutoff: int,
+        retain_data: bool,
+        ia_after_days: int,
+        glacier_after_days: int,
+    ) -> None:
+        super().__init__(scope, id)
+        removal = RemovalPolicy.RETAIN if retain_data else RemovalPolicy.DESTROY
+        self.s3_prefix = s3_prefix
+
+        self.table = dynamodb.Table(
+            self,
+            "HotTable",
+            partition_key=dynamodb.Attribute(name="pk", type=dynamodb.AttributeType.STRING),
+            sort_key=dynamodb.Attribute(name="sk", type=dynamodb.AttributeType.STRING),
+            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+            time_to_live_attribute="expires_at",
+            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+                point_in_time_recovery_enabled=True
+            ),
+            encryption=dynamodb.TableEncryption.AWS_MANAGED,
+            removal_policy=removal,
+        )
+
+        self.access_logs = s3.Bucket(
+            self,
+            "AccessLogs",
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            enforce_ssl=True,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_PREFERRED,
+            lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(90))],
+            removal_policy=RemovalPolicy.RETAIN,
+        )
+        self.bucket = s3.Bucket(
+            self,
+            "ColdBucket",
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            enforce_ssl=True,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            server_access_logs_bucket=self.access_logs,
+            server_access_logs_prefix="cold/",
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    id="tier-history",
+                    prefix=f"{s3_prefix}/",
+                    transitions=[
+                        s3.Transition(
+                            storage_class=s3.StorageClass.INFREQUENT_ACCESS,
+                            transition_after=Duration.days(ia_after_days),
+                        ),
+                        s3.Transition(
+                            storage_class=s3.StorageClass.GLACIER_INSTANT_RETRIEVAL,
+                            transition_after=Duration.days(glacier_after_days),
+                        ),
+                    ],
+                ),
+                s3.LifecycleRule(
+                    id="expire-query-results",
+                    prefix=f"{ATHENA_RESULTS_PREFIX}/",
+                    expiration=Duration.days(7),
+                ),
+                s3.LifecycleRule(
+                    id="abort-multipart", abort_incomplete_multipart_upload_after=Duration.days(1)
+                ),
+            ],
+            # History is the system of record: never deleted with the stack.
+            removal_policy=RemovalPolicy.RETAIN,
+        )
+
+        self.database = glue.CfnDatabase(
+            self,
+            "Database",
+            catalog_id=Aws.ACCOUNT_ID,
+            database_input=glue.CfnDatabase.DatabaseInputProperty(
+                name=glue_database, description="TradePulse cold store (Parquet on S3)"
+            ),
+        )
+        self.glue_database = glue_database
+        self.tables: dict[str, glue.CfnTable] = {}
+        for dataset, topic in DATASETS.items():
+            self.tables[dataset] = self._parquet_table(dataset, topic)
+
+        self.workgroup = athena.CfnWorkGroup(
+            self,
+            "Workgroup",
+            name=athena_workgroup,
+            description="TradePulse history queries",
+            recursive_delete_option=not retain_data,
+            state="ENABLED",
+            work_group_configuration=athena.CfnWorkGroup.WorkGroupConfigurationProperty(
+                bytes_scanned_cutoff_per_query=bytes_scanned_cutoff,
+                enforce_work_group_configuration=True,
+                publish_cloud_watch_metrics_enabled=True,
+                engine_version=athena.CfnWorkGroup.EngineVersionProperty(selected_engine_version="AUTO"),
+                result_configuration=athena.CfnWorkGroup.ResultConfigurationProperty(
+                    output_location=f"s3://{self.bucket.bucket_name}/{ATHENA_RESULTS_PREFIX}/",
+                    encryption_configuration=athena.CfnWorkGroup.EncryptionConfigurationProperty(
+                        encryption_option="SSE_S3"
+                    ),
+                ),
+            ),
+        )
+
+    def _parquet_table(self, dataset: str, topic: str) -> glue.CfnTable:
+        location = f"s3://{self.bucket.bucket_name}/{self.s3_prefix}/{dataset}/"
+        table = glue.CfnTable(
+            self,
+            f"Table-{dataset}",
+            catalog_id=Aws.ACCOUNT_ID,
+            database_name=self.glue_database,
+            table_input=glue.CfnTable.TableInputProperty(
+                name=dataset,
+                description=f"{dataset} history (topic {topic}), Parquet, partitioned by dt/hour",
+                table_type="EXTERNAL_TABLE",
+                partition_keys=[
+                    glue.CfnTable.ColumnProperty(name="dt", type="string", comment="UTC date YYYY-MM-DD"),
+                    glue.CfnTable.ColumnProperty(name="hour", type="string", comment="UTC hour 00-23"),
+                ],
+                parameters={
+                    "classification": "parquet",
+                    "parquet.compression": "SNAPPY",
+                    "EXTERNAL": "TRUE",
+                    # Partition projection: Athena computes partitions from the path, so no crawler
+                    # and no MSCK REPAIR after each new hour.
+                    "projection.enabled": "true",
+                    "projection.dt.type": "date",
+                    "projection.dt.format": "yyyy-MM-dd",
+                    "projection.dt.range": f"{PROJECTION_START},NOW",
+                    "projection.dt.interval": "1",
+                    "projection.dt.interval.unit": "DAYS",
+                    "projection.hour.type": "integer",
+                    "projection.hour.range": "0,23",
+                    "projection.hour.digits": "2",
+                    "storage.location.template": location + "dt=${dt}/hour=${hour}/",
+                },
+                storage_descriptor=glue.CfnTable.StorageDescriptorProperty(
+                    location=location,
+                    columns=glue_columns(topic),
+                    input_format="org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat",
+                    output_format="org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat",
+                    serde_info=glue.CfnTable.SerdeInfoProperty(
+                        serialization_library="org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"
+                    ),
+                ),
+            ),
+        )
+        table.node.add_dependency(self.database)
+        return table
+
+    # --- grants ---------------------------------------------------------------------------------
+    def grant_athena_query(self, grantee: iam.IGrantable) -> None:
+        """Run Athena queries in the workgroup over the Glue tables and read/write the data they touch."""
+        stack = Stack.of(self)
+        workgroup_arn = stack.format_arn(
+            service="athena", resource="workgroup", resource_name=self.workgroup.name
+        )
+        glue_arns = [
+            stack.format_arn(service="glue", resource="catalog"),
+            stack.format_arn(service="glue", resource="database", resource_name=self.glue_database),
+            stack.format_arn(service="glue", resource="table", resource_name=f"{self.glue_database}/*"),
+        ]
+        iam.Grant.add_to_principal(
+            grantee=grantee,
+            actions=[
+                "athena:StartQueryExecution",
+                "athena:GetQueryExecution",
+                "athena:GetQueryResults",
+                "athena:StopQueryExecution",
+                "athena:GetWorkGroup",
+            ],
+            resource_arns=[workgroup_arn],
+        )
+        iam.Grant.add_to_principal(
+            grantee=grantee,
+            actions=["glue:GetDatabase", "glue:GetTable", "glue:GetTables", "glue:GetPartitions"],
+            resource_arns=glue_arns,
+        )
+        self.bucket.grant_read(grantee, f"{self.s3_prefix}/*")
+        self.bucket.grant_read_write(grantee, f"{ATHENA_RESULTS_PREFIX}/*")
