@@ -54,7 +54,7 @@ _TRADING_SECONDS_PER_YEAR = 252 * 6.5 * 3600
 
 POSITIVE_HEADLINES = (
     "{name} shares jump after strong quarterly earnings beat expectations",
-    "{name} raises full-year guidance on record demand",
+    "{name} raises full-year guidance, citing excellent demand",
     "Analysts upgrade {name} to buy, citing strong growth and improving margins",
     "{name} wins major contract, boosting its outlook",
     "{name} announces $20 billion share buyback as investors cheer",
@@ -65,9 +65,9 @@ POSITIVE_HEADLINES = (
 NEGATIVE_HEADLINES = (
     "{name} shares plunge after disappointing earnings miss",
     "{name} cuts guidance amid weak demand and falling sales",
-    "Analysts downgrade {name} to sell on growth concerns",
+    "Analysts downgrade {name} to sell, warning of weak sales and serious problems",
     "{name} faces federal lawsuit over alleged fraud",
-    "{name} recalls products after serious safety failures",
+    "{name} recalls products after dangerous safety failures and injuries",
     "{name} CEO resigns abruptly amid investigation",
     "Regulators block {name} acquisition, dealing a blow to its strategy",
     "{name} warns of heavy losses as costs rise and demand drops",

@@ -49,6 +49,7 @@ class NewsServer:
         self._clock = clock
         self._calls: deque[float] = deque()
         self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
         self.requests = 0
         self.rejected_rate = 0
 
@@ -63,11 +64,18 @@ class NewsServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+            # Keep-alive connections outlive Server.close(); end their handlers too.
+            for task in list(self._handlers):
+                task.cancel()
+            await asyncio.gather(*self._handlers, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
             self._server = None
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
         try:
             while True:
                 line = await reader.readline()
@@ -99,6 +107,7 @@ class NewsServer:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
+            self._handlers.discard(task)
             writer.close()
 
     def handle(self, method: str, target: str, headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
