@@ -43,6 +43,14 @@
     };
   }
 
+  function timeAxis() {
+    // 24-hour clock labels (uPlot's default is 12-hour with a date line).
+    return Object.assign(axis(), {
+      values: (u, splits) =>
+        splits.map((v) => new Date(v * 1000).toLocaleTimeString("en-GB", { hour: "2-digit", minute: "2-digit" })),
+    });
+  }
+
   function chartWidth(el) {
     return Math.max(320, el.clientWidth);
   }
@@ -53,7 +61,7 @@
       height: 300,
       scales: { x: { time: true } },
       series: [
-        {},
+        { value: (u, v) => (v === null || v === undefined ? "–" : timeOf(v * 1000)) },
         { label: "Price", stroke: color("--accent"), width: 2, value: (u, v) => fmt(v) },
         { label: "VWAP 1m", stroke: color("--vwap1"), width: 1.5, value: (u, v) => fmt(v) },
         { label: "VWAP 5m", stroke: color("--vwap5"), width: 1.5, dash: [6, 4], value: (u, v) => fmt(v) },
@@ -66,7 +74,7 @@
           value: (u, v) => (v === null || v === undefined ? "–" : fmt(v)),
         },
       ],
-      axes: [axis(), Object.assign(axis(), { size: 70, values: (u, vals) => vals.map((v) => fmt(v)) })],
+      axes: [timeAxis(), Object.assign(axis(), { size: 70, values: (u, vals) => vals.map((v) => fmt(v)) })],
       legend: { live: true },
       cursor: { drag: { x: false, y: false } },
     };
@@ -79,7 +87,7 @@
       height: 170,
       scales: { x: { time: true } },
       series: [
-        {},
+        { value: (u, v) => (v === null || v === undefined ? "–" : timeOf(v * 1000)) },
         {
           label: "Volume z-score",
           stroke: color("--z"),
@@ -90,7 +98,7 @@
           value: (u, v) => fmt(v),
         },
       ],
-      axes: [axis(), Object.assign(axis(), { size: 70 })],
+      axes: [timeAxis(), Object.assign(axis(), { size: 70 })],
       legend: { live: true },
       cursor: { drag: { x: false, y: false } },
     };
@@ -129,6 +137,10 @@
     }
     charts.price.setData([xs, history.price, history.vwap_1min, history.vwap_5min, marks]);
     charts.z.setData([xs, history.volume_zscore]);
+    // Without a hover, the legends show the latest values instead of dashes.
+    for (const chart of [charts.price, charts.z]) {
+      if (chart.cursor.idx === null || chart.cursor.idx === undefined) chart.setLegend({ idx: xs.length - 1 });
+    }
     $("price-caption").textContent = `· last ${history.minutes} min, ${history.ts_ms.length} snapshots`;
   }
 
@@ -309,6 +321,11 @@
       ]);
       renderHealth(health);
       renderKpis(quote, agg, features);
+      const tab = state.tickers.find((x) => x.ticker === state.ticker);
+      if (quote && tab && tab.price !== quote.price) {
+        tab.price = quote.price; // keep the active tab's price as fresh as the KPI
+        renderTickers();
+      }
       renderHistory(hist, anomalies);
       renderAnomalies(anomalies);
       renderNews(sentiment);
