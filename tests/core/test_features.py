@@ -1,0 +1,479 @@
+"""The feature core against an independent, deliberately naive recomputation.
+
+The reference below walks the stream event by event in arrival order and recomputes every feature of
+every trade from scratch with plain numpy over the accepted trades it may see (no prefix sums, no
+searchsorted), following the definitions in `tradepulse.core.features`.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from tradepulse.core.columns import QuoteColumns, TradeColumns
+from tradepulse.core.features import FEATURE_COLUMNS, FeatureConfig, FeatureEngine
+from tradepulse.models import FeatureVector
+
+CFG = FeatureConfig()
+Event = tuple[str, dict]  # ("T" | "Q", record)
+
+
+# --- stream generation ---------------------------------------------------------------------------
+def make_stream(
+    seed: int, tickers: tuple[str, ...] = ("AAA", "BBB", "CCC"), seconds: int = 800
+) -> list[Event]:
+    """Trades and quotes in arrival order: bursty volume, a quiet spell, ties, and delayed trades.
+
+    Delayed trades arrive up to 3.5 s after their exchange time (some within the 2 s grace, some
+    beyond it); quotes are never delayed, so every quote at or before a trade arrives before it.
+    """
+    rng = np.random.default_rng(seed)
+    t0 = 1_700_000_000_000
+    keyed: list[tuple[float, int, Event]] = []
+    seq = 0
+    for k, ticker in enumerate(tickers):
+        price = 100.0 * (k + 1)
+        rate = 1.2 + 0.4 * k
+        ts_all = np.sort(rng.uniform(0, seconds * 1000, rng.poisson(rate * seconds))).astype(np.int64)
+        if k == 2:  # a quiet spell longer than the z-score window
+            ts_all = ts_all[(ts_all < 150_000) | (ts_all > 480_000)]
+        burst_at = rng.uniform(60_000, seconds * 1000, 4).astype(np.int64)
+        bursts = np.concatenate([b + rng.integers(0, 900, 15) for b in burst_at])
+        ts_all = np.sort(np.concatenate([ts_all, bursts]))
+        dup = rng.random(len(ts_all)) < 0.05  # equal timestamps
+        ts_all[1:][dup[1:]] = ts_all[:-1][dup[1:]]
+        ts_all = np.sort(ts_all)
+        for ts in ts_all:
+            price *= math.exp(rng.normal(0, 0.002))
+            seq += 1
+            size = float(rng.choice([1, 10, 100, 250])) * (50.0 if ts in bursts else 1.0)
+            record = {
+                "ticker": ticker,
+                "price": round(price, 4),
+                "size": size,
+                "exchange_ts_ms": int(t0 + ts),
+                "sequence": seq,
+                "event_id": f"{ticker}-{seq}",
+            }
+            delay = rng.uniform(0, 3500) if rng.random() < 0.08 else 0.0
+            keyed.append((ts + delay, 1, ("T", record)))
+        for ts in np.sort(rng.uniform(-2000, seconds * 1000, int(seconds * 0.7))).astype(np.int64):
+            seq += 1
+            bid = round(price * (1 - rng.uniform(0.0001, 0.001)), 4)
+            ask = round(price * (1 + rng.uniform(0.0001, 0.001)), 4)
+            if rng.random() < 0.05:
+                bid = 0.0  # one-sided quote: spread undefined
+            quote = {"ticker": ticker, "bid_price": bid, "ask_price": ask, "exchange_ts_ms": int(t0 + ts)}
+            keyed.append((float(ts), 0, ("Q", quote | {"sequence": seq})))
+    keyed.sort(key=lambda x: (x[0], x[1]))
+    return [event for _, _, event in keyed]
+
+
+def split(events: list[Event], sizes: list[int]) -> list[tuple[list[dict], list[dict]]]:
+    """Cut the arrival sequence into batches of the given sizes (the last takes the rest)."""
+    batches, start = [], 0
+    for size in [*sizes, len(events)]:
+        chunk = events[start : start + size]
+        start += size
+        if chunk:
+            batches.append(([r for k, r in chunk if k == "T"], [r for k, r in chunk if k == "Q"]))
+        if start >= len(events):
+            break
+    return batches
+
+
+def random_sizes(seed: int, n: int, hi: int) -> list[int]:
+    rng = np.random.default_rng(seed)
+    return list(rng.integers(1, hi, n))
+
+
+# --- the naive reference ----------------------------------------------------------------------
+@dataclass
+class Row:
+    ts: int
+    arrival: int
+    price: float
+    size: float
+    late: int
+
+
+def naive_vector(rows: list[Row], me: Row, quotes: list[tuple[int, int, float]], cfg: FeatureConfig) -> dict:
+    """Features of the vector ending at `me`, over `rows` (the trades it may see, any order)."""
+    all_ts = np.array([r.ts for r in rows])
+    all_arrival = np.array([r.arrival for r in rows])
+    seen = (all_ts < me.ts) | ((all_ts == me.ts) & (all_arrival <= me.arrival))  # key <= my key
+    ts = all_ts[seen]
+    arrival = all_arrival[seen]
+    price = np.array([r.price for r in rows])[seen]
+    size = np.array([r.size for r in rows])[seen]
+    t = me.ts
+
+    def in_window(ms: int) -> np.ndarray:
+        return ts > t - ms
+
+    w1, w5, wf = in_window(cfg.vwap_short_ms), in_window(cfg.vwap_long_ms), in_window(cfg.frequency_ms)
+    vwap1 = float((price[w1] * size[w1]).sum() / size[w1].sum())
+    vwap5 = float((price[w5] * size[w5]).sum() / size[w5].sum())
+    bucket = t // cfg.zscore_bucket_ms
+    buckets = ts // cfg.zscore_bucket_ms
+    volume = float(size[buckets == bucket].sum())
+    in_hist = (buckets >= bucket - cfg.zscore_window_buckets) & (buckets < bucket)
+    z = 0.0
+    if in_hist.any():
+        first = int(buckets[in_hist].min())
+        hist = np.zeros(bucket - first)  # every bucket from the first traded one, empty ones as 0
+        for b, v in zip(buckets[in_hist], size[in_hist], strict=True):
+            hist[b - first] += v
+        mean, var = hist.mean(), hist.var()
+        if len(hist) >= cfg.zscore_min_history_buckets and var > 1e-12 * (hist**2).mean():
+            z = float((volume - mean) / math.sqrt(var))
+    momentum = 0.0
+    ref = np.flatnonzero((ts > t - cfg.momentum_lookback_ms) & (ts <= t - cfg.momentum_ms))
+    if len(ref):
+        last = max(ref, key=lambda i: (ts[i], arrival[i]))
+        momentum = (me.price - price[last]) / price[last] * 100
+    visible = [q for q in quotes if q[0] <= t]
+    spread = max(visible)[2] if visible else None
+    return {
+        "price": me.price,
+        "vwap_1min": vwap1,
+        "vwap_5min": vwap5,
+        "rolling_avg_5min": float(price[w5].mean()),
+        "volume": volume,
+        "volume_zscore": z,
+        "price_momentum": momentum,
+        "trade_frequency": int(wf.sum()),
+        "vwap_deviation_bps": (me.price - vwap5) / vwap5 * 1e4,
+        "bid_ask_spread": None if spread is None or math.isnan(spread) else spread,
+    }
+
+
+def reference(batches: list[tuple[list[dict], list[dict]]], cfg: FeatureConfig = CFG) -> list[dict]:
+    """Per batch: per-trade vectors (arrival order), snapshots and late ids, recomputed naively."""
+    accepted: dict[str, list[Row]] = defaultdict(list)
+    quotes: dict[str, list[tuple[int, int, float]]] = defaultdict(list)
+    watermark: dict[str, int] = {}
+    pending: dict[str, int] = defaultdict(int)
+    emitted: set[tuple[str, int]] = set()
+    arrival = 0
+    out = []
+    for trades, batch_quotes in batches:
+        for q in batch_quotes:  # quotes of a batch are applied first
+            ok = q["bid_price"] > 0 and q["ask_price"] > 0
+            spread = q["ask_price"] - q["bid_price"] if ok else float("nan")
+            quotes[q["ticker"]].append((q["exchange_ts_ms"], arrival, spread))
+            arrival += 1
+        per_trade, late = [], []
+        for tr in trades:
+            tk, ts = tr["ticker"], tr["exchange_ts_ms"]
+            if tk in watermark and ts < watermark[tk] - cfg.late_grace_ms:
+                late.append(tr["event_id"])
+                pending[tk] += 1
+                continue
+            watermark[tk] = max(watermark.get(tk, ts), ts)
+            row = Row(ts, arrival, tr["price"], tr["size"], pending[tk])
+            pending[tk] = 0
+            arrival += 1
+            accepted[tk].append(row)
+            vec = naive_vector(accepted[tk], row, quotes[tk], cfg)
+            per_trade.append(
+                vec | {"ticker": tk, "ts_ms": ts, "event_id": tr["event_id"], "late_events": row.late}
+            )
+        snapshots = []
+        for tk, rows in accepted.items():
+            for second in sorted({r.ts // cfg.snapshot_ms for r in rows}):
+                if (tk, second) in emitted or (second + 1) * cfg.snapshot_ms > watermark[
+                    tk
+                ] - cfg.late_grace_ms:
+                    continue
+                emitted.add((tk, second))
+                mine = [r for r in rows if r.ts // cfg.snapshot_ms == second]
+                last = max(mine, key=lambda r: (r.ts, r.arrival))
+                vec = naive_vector(rows, last, quotes[tk], cfg)
+                snapshots.append(
+                    vec | {"ticker": tk, "ts_ms": last.ts, "late_events": sum(r.late for r in mine)}
+                )
+        snapshots.sort(key=lambda v: (v["ts_ms"], v["ticker"]))
+        out.append({"per_trade": per_trade, "snapshots": snapshots, "late": late})
+    return out
+
+
+# --- running the engine -----------------------------------------------------------------------
+def run_engine(batches: list[tuple[list[dict], list[dict]]], cfg: FeatureConfig = CFG) -> list[dict]:
+    engine = FeatureEngine(cfg)
+    out = []
+    for trades, quotes in batches:
+        result = engine.process(TradeColumns.from_records(trades), QuoteColumns.from_records(quotes))
+        out.append(
+            {
+                "per_trade": result.vectors(),
+                "arrays": result.per_trade,
+                "snapshots": result.snapshots,
+                "late": list(result.late_event_ids),
+                "latest": result.latest,
+                "zscores": result.zscores,
+            }
+        )
+    return out
+
+
+FLOAT_KEYS = [k for k in FEATURE_COLUMNS if k != "trade_frequency"] + ["price"]
+
+
+def assert_vector_equal(got: dict, want: dict, where: str) -> None:
+    for key in ("ticker", "ts_ms", "trade_frequency", "late_events"):
+        assert got[key] == want[key], f"{where}: {key} {got[key]} != {want[key]}"
+    for key in FLOAT_KEYS:
+        g, w = got[key], want[key]
+        if w is None:
+            assert g is None, f"{where}: {key} {g} != None"
+            continue
+        assert g is not None and math.isfinite(g), f"{where}: {key} = {g}"
+        # rtol 1e-9 on the value; the absolute floor covers quantities that are differences of
+        # nearly equal numbers (deviation, momentum) where 1e-9 of ~0 is below float resolution.
+        assert math.isclose(g, w, rel_tol=1e-9, abs_tol=1e-9), f"{where}: {key} {g!r} != {w!r}"
+
+
+def flat(results: list[dict], part: str) -> list[dict]:
+    return [v for r in results for v in r[part]]
+
+
+def compare(got: list[dict], want: list[dict], same_split: bool = True) -> None:
+    """Every per-trade vector, snapshot and late id equal. With the same split, snapshots must also
+    be emitted in the same batches; across splits only the set of snapshots must agree."""
+    g_trades, w_trades = flat(got, "per_trade"), flat(want, "per_trade")
+    assert len(g_trades) == len(w_trades)
+    ids = [e for r in got for e in r["arrays"]["event_id"]]
+    assert ids == [v["event_id"] for v in w_trades]
+    for i, (g, w) in enumerate(zip(g_trades, w_trades, strict=True)):
+        assert_vector_equal(g, w, f"trade {i} ({w['event_id']})")
+    g_snaps, w_snaps = flat(got, "snapshots"), flat(want, "snapshots")
+    if same_split:
+        assert [len(r["snapshots"]) for r in got] == [len(r["snapshots"]) for r in want]
+    else:
+        g_snaps = sorted(g_snaps, key=lambda v: (v["ticker"], v["ts_ms"]))
+        w_snaps = sorted(w_snaps, key=lambda v: (v["ticker"], v["ts_ms"]))
+    assert [(s["ticker"], s["ts_ms"]) for s in g_snaps] == [(s["ticker"], s["ts_ms"]) for s in w_snaps]
+    for i, (g, w) in enumerate(zip(g_snaps, w_snaps, strict=True)):
+        assert_vector_equal(g, w, f"snapshot {i}")
+    assert flat(got, "late") == flat(want, "late")
+
+
+@pytest.fixture(scope="module")
+def stream() -> list[Event]:
+    return make_stream(seed=7)
+
+
+@pytest.fixture(scope="module")
+def whole_reference(stream: list[Event]) -> list[dict]:
+    return reference(split(stream, []))
+
+
+def test_stream_exercises_the_edge_cases(stream: list[Event], whole_reference: list[dict]) -> None:
+    """Guard against a generator change that would make the comparison vacuous."""
+    trades = flat(whole_reference, "per_trade")
+    late = flat(whole_reference, "late")
+    assert len(trades) > 3000 and 10 < len(late) < 200
+    assert sum(abs(v["volume_zscore"]) > 3 for v in trades) >= 10
+    assert sum(v["volume_zscore"] == 0.0 for v in trades) > 100  # warm-up and after the quiet spell
+    assert any(v["bid_ask_spread"] is None for v in trades)
+    assert any(v["late_events"] > 0 for v in trades)
+    arrival_ts = [v["ts_ms"] for v in trades]
+    assert any(b < a for a, b in zip(arrival_ts, arrival_ts[1:], strict=False))  # folded-in disorder
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_batches_match_naive_reference(
+    stream: list[Event], whole_reference: list[dict], seed: int
+) -> None:
+    batches = split(stream, random_sizes(seed, 400, hi=[3, 60, 900][seed - 1]))
+    want = reference(batches)
+    compare(run_engine(batches), want)
+    # The split does not matter: same vectors and snapshots as one single batch.
+    compare(run_engine(batches), whole_reference, same_split=False)
+
+
+def test_single_batch_and_one_event_batches(stream: list[Event], whole_reference: list[dict]) -> None:
+    compare(run_engine(split(stream, [])), whole_reference)
+    head = stream[:1500]
+    compare(run_engine(split(head, [1] * len(head))), reference(split(head, [])), same_split=False)
+
+
+def test_out_of_order_within_grace_equals_sorted() -> None:
+    """A trade arriving 1.5 s late gets the vector it would have had in a sorted stream, and the
+    trades after it (and the snapshot of its second) include it."""
+    t0 = 1_700_000_000_000
+    mk = lambda i, ts, size: {  # noqa: E731
+        "ticker": "X", "price": 10.0 + i, "size": size, "exchange_ts_ms": t0 + ts, "sequence": i, "event_id": f"e{i}"
+    }  # fmt: skip
+    sorted_trades = [mk(0, 0, 1), mk(1, 500, 2), mk(2, 1500, 3), mk(3, 2000, 4), mk(4, 4000, 5)]
+    disordered = [sorted_trades[i] for i in (0, 2, 3, 1, 4)]  # e1 (t=500) arrives after t=2000
+    got = run_engine([(disordered, [])])[0]
+    want = run_engine([(sorted_trades, [])])[0]
+    vecs = {eid: vec for eid, vec in zip(got["arrays"]["event_id"], got["per_trade"], strict=True)}
+    ref = {eid: vec for eid, vec in zip(want["arrays"]["event_id"], want["per_trade"], strict=True)}
+    assert got["late"] == []
+    for eid in ("e0", "e1", "e4"):  # the late one itself and everything that arrives after it
+        assert vecs[eid] == ref[eid]
+    assert vecs["e2"]["vwap_5min"] != ref["e2"]["vwap_5min"]  # emitted before e1 arrived
+    assert vecs["e4"]["trade_frequency"] == 5
+    assert got["snapshots"] == want["snapshots"]
+    # Watermark 4000 − grace 2000 closes seconds 0 and 1 (ends 1000 and 2000), not second 2 or 4.
+    assert [s["ts_ms"] for s in got["snapshots"]] == [t0 + 500, t0 + 1500]
+    assert got["snapshots"][0]["volume"] == 3.0 and got["snapshots"][0]["trade_frequency"] == 2
+
+
+def test_late_beyond_grace_is_excluded_and_counted() -> None:
+    t0 = 1_700_000_000_000
+    trades = [
+        {
+            "ticker": "X",
+            "price": 10.0,
+            "size": 1.0,
+            "exchange_ts_ms": t0 + 10_000,
+            "sequence": 1,
+            "event_id": "a",
+        },
+        {
+            "ticker": "X",
+            "price": 99.0,
+            "size": 9.0,
+            "exchange_ts_ms": t0 + 7_999,
+            "sequence": 2,
+            "event_id": "late",
+        },
+        {
+            "ticker": "X",
+            "price": 11.0,
+            "size": 1.0,
+            "exchange_ts_ms": t0 + 8_000,
+            "sequence": 3,
+            "event_id": "ok",
+        },
+        {
+            "ticker": "X",
+            "price": 12.0,
+            "size": 1.0,
+            "exchange_ts_ms": t0 + 10_001,
+            "sequence": 4,
+            "event_id": "b",
+        },
+    ]
+    engine = FeatureEngine()
+    first = engine.process(TradeColumns.from_records(trades[:1]), QuoteColumns.empty())
+    out = engine.process(TradeColumns.from_records(trades[1:]), QuoteColumns.empty())
+    assert list(out.late_event_ids) == ["late"]
+    assert list(out.per_trade["event_id"]) == ["ok", "b"]  # exactly the grace edge is still accepted
+    assert list(out.per_trade["late_events"]) == [1, 0]  # attached to the next accepted trade
+    b = out.vectors()[1]
+    assert b["trade_frequency"] == 3 and b["vwap_1min"] == pytest.approx((10 + 11 + 12) / 3, rel=1e-12)
+    assert first.latest["X"]["price"] == 10.0 and out.latest["X"]["price"] == 12.0
+    assert int(engine.late_total[0]) == 1
+
+
+def test_single_trade_one_ticker() -> None:
+    t0 = 1_700_000_000_000
+    trade = {"ticker": "ONE", "price": 5.0, "size": 3.0, "exchange_ts_ms": t0, "sequence": 1, "event_id": "x"}
+    out = FeatureEngine().process(TradeColumns.from_records([trade]), QuoteColumns.empty())
+    (vec,) = out.vectors()
+    assert vec == {
+        "ticker": "ONE", "ts_ms": t0, "price": 5.0, "volume": 3.0, "vwap_1min": 5.0, "vwap_5min": 5.0,
+        "rolling_avg_5min": 5.0, "volume_zscore": 0.0, "price_momentum": 0.0, "trade_frequency": 1,
+        "vwap_deviation_bps": 0.0, "bid_ask_spread": None, "window_start_ms": t0 - 300_000,
+        "window_end_ms": t0, "late_events": 0,
+    }  # fmt: skip
+    FeatureVector.model_validate(vec)
+    assert out.snapshots == [] and list(out.zscores["volume_zscore"]) == [0.0]
+    assert out.latest == {"ONE": vec}
+
+
+def test_zero_volume_buckets_count_in_history() -> None:
+    """One trade every 10 s: nine empty buckets between trades enter the mean and std as zeros."""
+    t0 = 1_700_000_000_000
+    trades = [
+        {
+            "ticker": "Z",
+            "price": 1.0,
+            "size": 10.0,
+            "exchange_ts_ms": t0 + 10_000 * i,
+            "sequence": i,
+            "event_id": str(i),
+        }
+        for i in range(40)
+    ]
+    out = FeatureEngine().process(TradeColumns.from_records(trades), QuoteColumns.empty())
+    z = out.per_trade["volume_zscore"]
+    assert (z[:3] == 0).all()  # < 30 history buckets
+    hist = np.zeros(300)
+    hist[::10] = 10.0  # the 30 trades in the previous 300 s, one per 10 buckets
+    expected = (10.0 - hist.mean()) / hist.std()
+    assert z[-1] == pytest.approx(expected, rel=1e-12)
+    assert len(out.snapshots) == 39  # every second with a trade, except the still-open last one
+
+
+def test_invalid_trades_rejected_and_outputs_finite() -> None:
+    t0 = 1_700_000_000_000
+    trades = [
+        {
+            "ticker": "Q",
+            "price": float("nan"),
+            "size": 1.0,
+            "exchange_ts_ms": t0,
+            "sequence": 1,
+            "event_id": "nan",
+        },
+        {"ticker": "Q", "price": 1.0, "size": 0.0, "exchange_ts_ms": t0, "sequence": 2, "event_id": "zero"},
+        {"ticker": "Q", "price": 2.0, "size": 1.0, "exchange_ts_ms": t0, "sequence": 3, "event_id": "good"},
+    ]
+    quotes = [
+        {"ticker": "Q", "bid_price": 2.0, "ask_price": float("inf"), "exchange_ts_ms": t0, "sequence": 1}
+    ]
+    out = FeatureEngine().process(TradeColumns.from_records(trades), QuoteColumns.from_records(quotes))
+    assert sorted(out.rejected_event_ids) == ["nan", "zero"]
+    (vec,) = out.vectors()
+    assert vec["bid_ask_spread"] is None
+
+
+def test_dict_outputs_are_finite_and_valid_models(stream: list[Event]) -> None:
+    results = run_engine(split(stream, random_sizes(5, 100, hi=300)))
+    dicts = flat(results, "per_trade") + flat(results, "snapshots")
+    dicts += [v for r in results for v in r["latest"].values()]
+    for vec in dicts:
+        for value in vec.values():
+            assert not (isinstance(value, float) and not math.isfinite(value))
+    for vec in dicts[:: max(1, len(dicts) // 300)]:
+        FeatureVector.model_validate(vec)
+    # The z-score stream (input of the news join) is the per-trade column.
+    for r in results:
+        assert np.array_equal(r["zscores"]["volume_zscore"], r["arrays"]["volume_zscore"])
+        assert np.isfinite(r["zscores"]["volume_zscore"]).all()
+
+
+def test_state_is_bounded(stream: list[Event]) -> None:
+    engine = FeatureEngine()
+    peak = 0
+    for trades, quotes in split(stream, [200] * 100):
+        engine.process(TradeColumns.from_records(trades), QuoteColumns.from_records(quotes))
+        peak = max(peak, engine.state_rows)
+    # ~5 trades/s and ~2 quotes/s over 3 tickers: the 301 s horizon holds well under 3,000 rows,
+    # while the stream has several times that.
+    assert peak < 3000 < len(stream)
+
+
+def test_core_imports_nothing_from_kafka_or_storage() -> None:
+    code = (
+        "import sys\n"
+        "import tradepulse.core.columns, tradepulse.core.features, tradepulse.core.feature_store\n"
+        "import tradepulse.core.anomaly\n"
+        "bad = [m for m in ('confluent_kafka', 'sqlite3', 'duckdb', 'boto3', 'botocore',"
+        " 'httpx', 'websockets', 'fastapi') if m in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""

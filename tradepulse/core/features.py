@@ -1,0 +1,730 @@
+"""Vectorised per-ticker windowed features over micro-batches of trades and quotes.
+
+Definitions (all per ticker; event time = exchange timestamp `ts`; windows are half-open (t − W, t]):
+
+* Order. Trades are ordered by the key (ts, arrival): equal timestamps keep their arrival order. A
+  trade's vector is computed over S_i = the accepted trades of its ticker that arrived at or before it
+  and whose key is ≤ its own key. For an in-order stream that is simply "every trade up to this one".
+* Late events. The ticker watermark is the highest ts accepted so far. A trade with
+  ts < watermark − grace (`late_grace_ms`, default 2 s) is *late*: it is excluded from every window and
+  reported in `late_event_ids` (the caller stores and counts it). A trade within the grace is *folded
+  in*: it is inserted into the windows at its event-time position, so it counts for every vector
+  computed after it arrives (including its own, which then equals what a time-sorted stream would give)
+  and for every snapshot not yet closed. Vectors already emitted for later-keyed trades are not revised.
+  Because S_i only depends on the arrival sequence, per-trade vectors and snapshots do not depend on how
+  the stream is split into batches.
+* `vwap_1min` / `vwap_5min`: Σ price·size / Σ size over the last 60 s / 300 s of S_i.
+* `rolling_avg_5min`: mean trade price over the last 300 s of S_i.
+* `trade_frequency`: number of trades of S_i in the last 60 s.
+* `volume`: size traded in the current z-score bucket (floor(ts / 1000 ms)) by the trades of S_i.
+* `volume_zscore`: (volume − mean) / std over the history buckets, where the history is the previous
+  `zscore_window_buckets` (300) buckets b−300 … b−1, *starting at the first of them that has a trade*
+  (empty buckets after that count as volume 0). With n history buckets, mean = Σv/n and std is the
+  population std (ddof 0). z = 0 while n < `zscore_min_history_buckets` (30, warm-up and after a quiet
+  spell of ≥ 270 s), and 0 when the variance is ≤ 1e-12 × mean(v²) (a flat history has no scale).
+* `price_momentum`: (price − ref) / ref × 100, ref = price of the last trade with ts ≤ t − 60 s, looked
+  up no further back than `momentum_lookback_ms` (300 s); 0 when there is no such trade.
+* `vwap_deviation_bps`: (price − vwap_5min) / vwap_5min × 10,000.
+* `bid_ask_spread`: ask − bid of the latest quote (by (ts, arrival)) with ts ≤ t among the quotes
+  received up to and including the current batch (quotes of a batch are applied before its trades);
+  undefined (NaN in arrays, None in dicts) when there is none or it has a zero side. This is the one
+  feature that depends on how the quote and trade topics interleave, not only on event time.
+* `late_events`: late trades of the ticker that arrived since its previous accepted trade (attached to
+  the next accepted trade); for a snapshot, the sum over the trades of that second, so that summed over
+  snapshots every late trade is counted once.
+* Snapshots: for every second with trades, the vector as of the last trade (by key) of that second,
+  computed once the ticker watermark passes the end of the second + grace. From then on no trade of
+  that second can be accepted, so the snapshot is final: it is a function of the accepted trades alone.
+
+Vectorisation: per batch, the accepted trades are merged into the (sorted, per-ticker contiguous) state
+arrays; windowed sums come from prefix sums over state + batch and `searchsorted` on a composite
+(ticker code, ts) key; buckets are grouped by run boundaries. Trades that arrive after a later-keyed
+trade of the same batch (within-grace disorder) are corrected for by subtracting their contributions
+from the earlier arrivals' sums (cost proportional to the number of such pairs; zero for in-order
+feeds). State is bounded: per ticker only trades with ts > watermark − grace − horizon (300 s + one
+bucket) and the quotes a future trade can still use.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from tradepulse.core.columns import QuoteColumns, TradeColumns
+
+NO_TS = np.int64(-(2**62))  # "no watermark yet"; far below any real ts, and safe to subtract from
+_PAIR_CHUNK = 2_000_000  # disorder-correction pairs materialised at once
+
+FEATURE_COLUMNS = (
+    "vwap_1min",
+    "vwap_5min",
+    "rolling_avg_5min",
+    "volume",
+    "volume_zscore",
+    "price_momentum",
+    "trade_frequency",
+    "vwap_deviation_bps",
+    "bid_ask_spread",
+)
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Windows and tolerances of the feature core (all in ms unless named otherwise)."""
+
+    late_grace_ms: int = 2000
+    zscore_bucket_ms: int = 1000
+    zscore_window_buckets: int = 300
+    vwap_short_ms: int = 60_000
+    vwap_long_ms: int = 300_000
+    momentum_ms: int = 60_000
+    frequency_ms: int = 60_000
+    zscore_min_history_buckets: int = 30
+    momentum_lookback_ms: int = 300_000
+    snapshot_ms: int = 1000
+
+    def __post_init__(self) -> None:
+        windows = (self.vwap_short_ms, self.vwap_long_ms, self.momentum_ms, self.frequency_ms)
+        if self.late_grace_ms < 0 or self.zscore_bucket_ms <= 0 or self.snapshot_ms <= 0:
+            raise ValueError("grace must be >= 0 and bucket sizes > 0")
+        # A trade folded in within the grace must lie inside every window of the trades it arrives
+        # after; that is what makes the disorder correction a plain subtraction.
+        if min(windows) <= self.late_grace_ms:
+            raise ValueError("every window must be longer than the late grace")
+        if self.momentum_lookback_ms < self.momentum_ms:
+            raise ValueError("momentum_lookback_ms must be >= momentum_ms")
+        grace_buckets = -(-self.late_grace_ms // self.zscore_bucket_ms) + 1
+        if not grace_buckets < self.zscore_min_history_buckets <= self.zscore_window_buckets:
+            raise ValueError("need ceil(grace/bucket) + 1 < zscore_min_history_buckets <= window buckets")
+
+    @classmethod
+    def from_settings(cls, settings: object) -> FeatureConfig:
+        """Config from `tradepulse.config.Settings` (duck-typed, so the core stays import-free)."""
+        return cls(
+            late_grace_ms=settings.late_grace_ms,  # type: ignore[attr-defined]
+            zscore_bucket_ms=settings.zscore_bucket_ms,  # type: ignore[attr-defined]
+            zscore_window_buckets=settings.zscore_window_buckets,  # type: ignore[attr-defined]
+        )
+
+    @property
+    def horizon_ms(self) -> int:
+        """How far behind (watermark − grace) a future trade's windows can reach."""
+        return max(
+            self.vwap_short_ms,
+            self.vwap_long_ms,
+            self.frequency_ms,
+            self.momentum_lookback_ms,
+            (self.zscore_window_buckets + 1) * self.zscore_bucket_ms,
+            self.snapshot_ms,
+        )
+
+
+@dataclass
+class FeatureOutput:
+    """Result of one batch. Arrays may hold NaN (spread only); dicts hold finite floats or None."""
+
+    per_trade: dict[str, np.ndarray]
+    snapshots: list[dict] = field(default_factory=list)
+    latest: dict[str, dict] = field(default_factory=dict)
+    late_event_ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))
+    zscores: dict[str, np.ndarray] = field(default_factory=dict)
+    rejected_event_ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))
+    """Trades with a non-finite or non-positive price or size: never folded in (dead-letter them)."""
+
+    def vectors(self) -> list[dict]:
+        """Every per-trade row as a FeatureVector dict (processing order)."""
+        return [vector_dict(self.per_trade, i) for i in range(len(self.per_trade["ts_ms"]))]
+
+
+_PER_TRADE_KEYS = (
+    "ticker",
+    "ts_ms",
+    "event_id",
+    "price",
+    "size",
+    *FEATURE_COLUMNS,
+    "late_events",
+    "window_start_ms",
+    "window_end_ms",
+)
+
+
+def _empty_per_trade() -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for key in _PER_TRADE_KEYS:
+        if key in ("ticker", "event_id"):
+            out[key] = np.empty(0, dtype=object)
+        elif key in ("ts_ms", "trade_frequency", "late_events", "window_start_ms", "window_end_ms"):
+            out[key] = np.empty(0, dtype=np.int64)
+        else:
+            out[key] = np.empty(0, dtype=np.float64)
+    return out
+
+
+def _finite_or_none(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def vector_dict(cols: dict[str, np.ndarray], i: int) -> dict:
+    """Row `i` of per-trade (or snapshot) columns as a `tradepulse.models.FeatureVector` dict."""
+
+    def num(key: str) -> float:
+        value = float(cols[key][i])
+        return value if math.isfinite(value) else 0.0
+
+    return {
+        "ticker": str(cols["ticker"][i]),
+        "ts_ms": int(cols["ts_ms"][i]),
+        "price": num("price"),
+        "volume": num("volume"),
+        "vwap_1min": num("vwap_1min"),
+        "vwap_5min": num("vwap_5min"),
+        "rolling_avg_5min": num("rolling_avg_5min"),
+        "volume_zscore": num("volume_zscore"),
+        "price_momentum": num("price_momentum"),
+        "trade_frequency": int(cols["trade_frequency"][i]),
+        "vwap_deviation_bps": num("vwap_deviation_bps"),
+        "bid_ask_spread": _finite_or_none(cols["bid_ask_spread"][i]),
+        "window_start_ms": int(cols["window_start_ms"][i]),
+        "window_end_ms": int(cols["window_end_ms"][i]),
+        "late_events": int(cols["late_events"][i]),
+    }
+
+
+def _group_starts(*keys: np.ndarray) -> np.ndarray:
+    """Start index of each run of equal consecutive values of (keys...)."""
+    n = len(keys[0])
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    change = np.zeros(n, dtype=bool)
+    change[0] = True
+    for key in keys:
+        change[1:] |= key[1:] != key[:-1]
+    return np.flatnonzero(change)
+
+
+def _composite_span(ncodes: int, span: int) -> None:
+    if ncodes * span >= 2**62:
+        raise ValueError("timestamp range of the batch is too wide for the composite key")
+
+
+class FeatureEngine:
+    """Stateful per-ticker feature computation over micro-batches (see the module docstring)."""
+
+    def __init__(self, config: FeatureConfig = FeatureConfig()) -> None:
+        self.config = config
+        self._codes: dict[str, int] = {}
+        self._names: list[str] = []
+        self._wm = np.empty(0, dtype=np.int64)  # trade watermark per code
+        self._qwm = np.empty(0, dtype=np.int64)  # quote watermark per code
+        self._pending_late = np.empty(0, dtype=np.int64)  # late trades waiting for the next accepted one
+        self.late_total = np.empty(0, dtype=np.int64)  # late trades per code, since start
+        # Accepted trades, sorted by (code, ts, arrival).
+        self._t_code = np.empty(0, dtype=np.int64)
+        self._t_ts = np.empty(0, dtype=np.int64)
+        self._t_price = np.empty(0, dtype=np.float64)
+        self._t_size = np.empty(0, dtype=np.float64)
+        self._t_late = np.empty(0, dtype=np.int64)
+        # Quotes, sorted by (code, ts, arrival).
+        self._q_code = np.empty(0, dtype=np.int64)
+        self._q_ts = np.empty(0, dtype=np.int64)
+        self._q_spread = np.empty(0, dtype=np.float64)
+
+    # --- bookkeeping ----------------------------------------------------------------------------
+    @property
+    def state_rows(self) -> int:
+        """Trades plus quotes held in the window state (bounded by the horizon)."""
+        return len(self._t_ts) + len(self._q_ts)
+
+    def watermark(self, ticker: str) -> int | None:
+        """Highest accepted exchange ts of `ticker`, or None before its first trade."""
+        code = self._codes.get(ticker)
+        if code is None or self._wm[code] == NO_TS:
+            return None
+        return int(self._wm[code])
+
+    def _codes_for(self, tickers: np.ndarray) -> np.ndarray:
+        local, uniques = pd.factorize(tickers)
+        mapping = np.empty(len(uniques), dtype=np.int64)
+        for j, name in enumerate(uniques):
+            code = self._codes.get(name)
+            if code is None:
+                code = len(self._names)
+                self._codes[name] = code
+                self._names.append(str(name))
+            mapping[j] = code
+        grow = len(self._names) - len(self._wm)
+        if grow > 0:
+            self._wm = np.r_[self._wm, np.full(grow, NO_TS)]
+            self._qwm = np.r_[self._qwm, np.full(grow, NO_TS)]
+            self._pending_late = np.r_[self._pending_late, np.zeros(grow, dtype=np.int64)]
+            self.late_total = np.r_[self.late_total, np.zeros(grow, dtype=np.int64)]
+        return mapping[local]
+
+    # --- quotes ---------------------------------------------------------------------------------
+    def _ingest_quotes(self, quotes: QuoteColumns) -> None:
+        if len(quotes) == 0:
+            return
+        codes = self._codes_for(quotes.ticker)
+        ts = quotes.ts_ms.astype(np.int64)
+        bid, ask = quotes.bid_price, quotes.ask_price
+        ok = np.isfinite(bid) & np.isfinite(ask) & (bid > 0) & (ask > 0)
+        spread = np.where(ok, ask - bid, np.nan)
+        np.maximum.at(self._qwm, codes, ts)
+        base = min(ts.min(), self._q_ts.min() if len(self._q_ts) else ts.min()) - 1
+        span = max(ts.max(), self._q_ts.max() if len(self._q_ts) else ts.max()) - base + 1
+        _composite_span(len(self._names), int(span))
+        state_key = self._q_code * span + (self._q_ts - base)
+        batch_key = codes * span + (ts - base)
+        order = np.argsort(batch_key, kind="stable")
+        at = np.searchsorted(state_key, batch_key[order], side="right")
+        self._q_code = np.insert(self._q_code, at, codes[order])
+        self._q_ts = np.insert(self._q_ts, at, ts[order])
+        self._q_spread = np.insert(self._q_spread, at, spread[order])
+
+    def _spread_at(self, codes: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        out = np.full(len(ts), np.nan)
+        if len(self._q_ts) == 0 or len(ts) == 0:
+            return out
+        base = min(ts.min(), self._q_ts.min()) - 1
+        span = max(ts.max(), self._q_ts.max()) - base + 1
+        state_key = self._q_code * span + (self._q_ts - base)
+        idx = np.searchsorted(state_key, codes * span + (ts - base), side="right") - 1
+        found = idx >= 0
+        idx_ok = np.where(found, idx, 0)
+        found &= self._q_code[idx_ok] == codes
+        out[found] = self._q_spread[idx_ok[found]]
+        return out
+
+    def _trim_quotes(self) -> None:
+        if len(self._q_ts) == 0:
+            return
+        cfg = self.config
+        # Future trades have ts >= wm − grace, and snapshots still to close start at the second
+        # containing it: keep the quotes those can see.
+        open_from = (self._wm - cfg.late_grace_ms) // cfg.snapshot_ms * cfg.snapshot_ms
+        cutoff = np.where(self._wm > NO_TS, open_from, self._qwm - cfg.horizon_ms)
+        row_cut = cutoff[self._q_code]
+        keep = self._q_ts > row_cut
+        # ...plus the last quote at or before the cutoff of each code.
+        older = np.flatnonzero(~keep)
+        if len(older):
+            last_of_code = np.r_[self._q_code[older][1:] != self._q_code[older][:-1], True]
+            keep[older[last_of_code]] = True
+        if not keep.all():
+            self._q_code = self._q_code[keep]
+            self._q_ts = self._q_ts[keep]
+            self._q_spread = self._q_spread[keep]
+
+    # --- trades ---------------------------------------------------------------------------------
+    def process(self, trades: TradeColumns, quotes: QuoteColumns) -> FeatureOutput:
+        """Fold a batch in (quotes first, then trades in arrival order) and return its outputs."""
+        self._ingest_quotes(quotes)
+        valid = np.isfinite(trades.price) & (trades.price > 0) & np.isfinite(trades.size) & (trades.size > 0)
+        rejected = trades.event_id[~valid]
+        if not valid.all():
+            trades = trades.take(valid)
+        n = len(trades)
+        if n == 0:
+            self._trim_quotes()
+            return FeatureOutput(
+                per_trade=_empty_per_trade(),
+                zscores=_zscores(_empty_per_trade()),
+                rejected_event_ids=rejected,
+            )
+        cfg = self.config
+        codes = self._codes_for(trades.ticker)
+        ts = trades.ts_ms.astype(np.int64)
+
+        # 1. Lateness, per code in arrival order: watermark before each trade vs its ts.
+        by_code = np.argsort(codes, kind="stable")
+        c_s, t_s = codes[by_code], ts[by_code]
+        gstart = _group_starts(c_s)
+        gsize = np.diff(np.r_[gstart, n])
+        gcode = c_s[gstart]
+        gidx = np.repeat(np.arange(len(gstart)), gsize)
+        lo = int(t_s.min()) - 1
+        span = int(t_s.max()) - lo + 1
+        _composite_span(len(gstart), span)
+        running = np.maximum.accumulate(gidx * span + (t_s - lo))  # groups never leak: offsets grow
+        prev = np.empty(n, dtype=np.int64)
+        prev[1:] = running[:-1] - gidx[1:] * span + lo
+        prev[gstart] = NO_TS
+        wm_before_trade = np.maximum(prev, self._wm[c_s])
+        late_s = t_s < wm_before_trade - cfg.late_grace_ms
+        wm_before = self._wm.copy()
+        np.maximum.at(self._wm, c_s[~late_s], t_s[~late_s])
+
+        # 2. Late trades attach to the next accepted trade of their code (arrival order).
+        cum_late = np.cumsum(late_s)
+        acc_s = np.flatnonzero(~late_s)  # code-sorted arrival-order positions of accepted trades
+        late_per_group = np.add.reduceat(late_s.astype(np.int64), gstart)
+        np.add.at(self.late_total, gcode, late_per_group)
+        attached = np.zeros(len(acc_s), dtype=np.int64)
+        if len(acc_s):
+            acc_g = gidx[acc_s]
+            first = np.r_[True, acc_g[1:] != acc_g[:-1]]
+            before = np.empty(len(acc_s), dtype=np.int64)
+            before[1:] = cum_late[acc_s[:-1]]
+            group_base = np.where(gstart > 0, cum_late[gstart - 1], 0)
+            before[first] = group_base[acc_g[first]] - self._pending_late[gcode[acc_g[first]]]
+            attached = cum_late[acc_s] - before
+            # Pending after the batch: lates after the group's last accepted trade.
+            last = np.r_[acc_g[1:] != acc_g[:-1], True]
+            group_end = gstart + gsize - 1
+            self._pending_late[gcode[acc_g[last]]] = cum_late[group_end[acc_g[last]]] - cum_late[acc_s[last]]
+        no_accept = np.setdiff1d(np.arange(len(gstart)), gidx[acc_s], assume_unique=False)
+        self._pending_late[gcode[no_accept]] += late_per_group[no_accept]
+        late_ids = trades.event_id[np.sort(by_code[late_s])]  # arrival order
+
+        if len(acc_s) == 0:
+            self._trim_quotes()
+            return FeatureOutput(
+                per_trade=_empty_per_trade(),
+                late_event_ids=late_ids,
+                zscores=_zscores(_empty_per_trade()),
+                rejected_event_ids=rejected,
+            )
+
+        # 3. Merge accepted trades into the state, key order (code, ts, arrival).
+        arrival = by_code[acc_s]  # batch index of each accepted trade, code-grouped arrival order
+        a_code, a_ts = c_s[acc_s], t_s[acc_s]
+        horizon = cfg.horizon_ms
+        base = int(min(a_ts.min(), self._t_ts.min() if len(self._t_ts) else a_ts.min())) - horizon - 2
+        top = int(max(a_ts.max(), self._t_ts.max() if len(self._t_ts) else a_ts.max()))
+        span = top - base + 1
+        _composite_span(len(self._names), span)
+        a_key = a_code * span + (a_ts - base)
+        key_order = np.argsort(a_key, kind="stable")  # stable: equal ts keep arrival order
+        state_key = self._t_code * span + (self._t_ts - base)
+        at = np.searchsorted(state_key, a_key[key_order], side="right")
+        pos_sorted = at + np.arange(len(at))
+        pos = np.empty(len(at), dtype=np.int64)  # combined position of each accepted trade
+        pos[key_order] = pos_sorted
+        m_code = np.insert(self._t_code, at, a_code[key_order])
+        m_ts = np.insert(self._t_ts, at, a_ts[key_order])
+        m_price = np.insert(self._t_price, at, trades.price[arrival][key_order])
+        m_size = np.insert(self._t_size, at, trades.size[arrival][key_order])
+        m_late = np.insert(self._t_late, at, attached[key_order])
+        windows = _Windows(cfg, m_code, m_ts, m_price, m_size, base, span)
+
+        # 4. Per-trade vectors (arrival view, corrected for within-batch disorder).
+        corr = _disorder_corrections(pos, gidx[acc_s], m_price, m_size, windows)
+        a_price = trades.price[arrival]
+        feats = windows.features(pos, a_code, a_ts, a_price, corr)
+        feats["bid_ask_spread"] = self._spread_at(a_code, a_ts)
+
+        # 5. Snapshots of the seconds that close in this batch (final view, no correction).
+        snap_rows, snap_late = _closing_snapshots(cfg, m_code, m_ts, m_late, wm_before, self._wm)
+        snap_cols: dict[str, np.ndarray] = {}
+        if len(snap_rows):
+            s_code, s_ts = m_code[snap_rows], m_ts[snap_rows]
+            snap_cols = windows.features(snap_rows, s_code, s_ts, m_price[snap_rows], None)
+            snap_cols["bid_ask_spread"] = self._spread_at(s_code, s_ts)
+            snap_cols["ticker"] = np.asarray(self._names, dtype=object)[s_code]
+            snap_cols["ts_ms"] = s_ts
+            snap_cols["price"] = m_price[snap_rows]
+            snap_cols["late_events"] = snap_late
+            snap_cols["window_start_ms"] = s_ts - cfg.vwap_long_ms
+            snap_cols["window_end_ms"] = s_ts
+        snapshots = [vector_dict(snap_cols, i) for i in range(len(snap_rows))]
+        snapshots.sort(key=lambda v: (v["ts_ms"], v["ticker"]))
+
+        # 6. Output in processing (arrival) order.
+        out_order = np.argsort(arrival, kind="stable")
+        names = np.asarray(self._names, dtype=object)
+        per_trade: dict[str, np.ndarray] = {
+            "ticker": names[a_code][out_order],
+            "ts_ms": a_ts[out_order],
+            "event_id": trades.event_id[arrival][out_order],
+            "price": a_price[out_order],
+            "size": trades.size[arrival][out_order],
+        }
+        for key in FEATURE_COLUMNS:
+            per_trade[key] = feats[key][out_order]
+        per_trade["late_events"] = attached[out_order]
+        per_trade["window_start_ms"] = per_trade["ts_ms"] - cfg.vwap_long_ms
+        per_trade["window_end_ms"] = per_trade["ts_ms"].copy()
+
+        # Latest: per ticker, the batch's accepted trade with the highest key.
+        last_in_code = key_order[np.r_[a_code[key_order][1:] != a_code[key_order][:-1], True]]
+        row_of = np.empty(len(arrival), dtype=np.int64)
+        row_of[out_order] = np.arange(len(arrival))
+        latest = {str(names[a_code[k]]): vector_dict(per_trade, int(row_of[k])) for k in last_in_code}
+
+        # 7. Keep only what future trades can reach.
+        cutoff = (self._wm - cfg.late_grace_ms - horizon)[m_code]
+        keep = m_ts > cutoff
+        self._t_code, self._t_ts = m_code[keep], m_ts[keep]
+        self._t_price, self._t_size, self._t_late = m_price[keep], m_size[keep], m_late[keep]
+        self._trim_quotes()
+
+        return FeatureOutput(
+            per_trade=per_trade,
+            snapshots=snapshots,
+            latest=latest,
+            late_event_ids=late_ids,
+            zscores=_zscores(per_trade),
+            rejected_event_ids=rejected,
+        )
+
+
+def _zscores(per_trade: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {
+        "ticker": per_trade["ticker"],
+        "ts_ms": per_trade["ts_ms"],
+        "volume_zscore": per_trade["volume_zscore"],
+    }
+
+
+@dataclass
+class _Corrections:
+    """Contributions to subtract from each accepted trade's sums (trades that arrived after it)."""
+
+    ps: np.ndarray
+    size: np.ndarray
+    price: np.ndarray
+    count: np.ndarray
+    bucket_volume: np.ndarray  # in the trade's own z-score bucket
+    hist_s1: np.ndarray  # change of Σv over the history buckets
+    hist_s2: np.ndarray  # change of Σv² over the history buckets
+
+
+class _Windows:
+    """Prefix sums and lookups over the merged (state + batch) trades of one batch."""
+
+    def __init__(
+        self,
+        cfg: FeatureConfig,
+        code: np.ndarray,
+        ts: np.ndarray,
+        price: np.ndarray,
+        size: np.ndarray,
+        base: int,
+        span: int,
+    ) -> None:
+        self.cfg, self.code, self.ts, self.price, self.size = cfg, code, ts, price, size
+        self.base, self.span = base, span
+        self.key = code * span + (ts - base)
+        # Prices are centred on each code's first price, and prefix sums restart at each code, so a
+        # window's sum loses no precision to other tickers' (or its own absolute) magnitudes.
+        starts = _group_starts(code)
+        self.centre = np.repeat(price[starts], np.diff(np.r_[starts, len(price)]))
+        centred = price - self.centre
+        self.cs_ps = _prefix(centred * size, starts)
+        self.cs_size = _prefix(size, starts)
+        self.cs_price = _prefix(centred, starts)
+        # z-score buckets: runs of equal (code, bucket) in the sorted rows.
+        bucket = ts // cfg.zscore_bucket_ms
+        self.bucket = bucket
+        self.b_start = _group_starts(code, bucket)
+        self.b_id = bucket[self.b_start]
+        self.b_vol = np.add.reduceat(size, self.b_start)
+        b_starts = _group_starts(code[self.b_start])
+        self.b_cs1 = _prefix(self.b_vol, b_starts)
+        self.b_cs2 = _prefix(self.b_vol * self.b_vol, b_starts)
+        self.b_base = int(bucket.min()) - cfg.zscore_window_buckets - 2
+        self.b_span = int(bucket.max()) - self.b_base + 1
+        _composite_span(int(code.max()) + 1, self.b_span)
+        self.b_key = code[self.b_start] * self.b_span + (self.b_id - self.b_base)
+
+    def bucket_of(self, rows: np.ndarray) -> np.ndarray:
+        """Index in the bucket table of each row."""
+        return np.searchsorted(self.b_start, rows, side="right") - 1
+
+    def _first_after(self, code: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """First row of `code` with ts > t."""
+        return np.searchsorted(self.key, code * self.span + (t - self.base), side="right")
+
+    def features(
+        self,
+        rows: np.ndarray,
+        code: np.ndarray,
+        ts: np.ndarray,
+        price: np.ndarray,
+        corr: _Corrections | None,
+    ) -> dict[str, np.ndarray]:
+        """Feature columns of the vectors ending at `rows` (positions in the merged arrays)."""
+        cfg = self.cfg
+        end = rows + 1
+        zero = np.zeros(len(rows))
+        c = corr or _Corrections(zero, zero, zero, zero.astype(np.int64), zero, zero, zero)
+
+        def window(ms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+            start = self._first_after(code, ts - ms)  # <= rows: a window holds its own trade
+            return (
+                self.cs_ps[1][rows] - self.cs_ps[0][start] - c.ps,
+                self.cs_size[1][rows] - self.cs_size[0][start] - c.size,
+                self.cs_price[1][rows] - self.cs_price[0][start] - c.price,
+                end - start - c.count,
+            )
+
+        ps1, s1, _, _ = window(cfg.vwap_short_ms)
+        ps5, s5, p5, n5 = window(cfg.vwap_long_ms)
+        nfreq = window(cfg.frequency_ms)[3]
+        centre = self.centre[rows]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel1 = np.where(s1 > 0, ps1 / s1, price - centre)  # vwap − centre
+            rel5 = np.where(s5 > 0, ps5 / s5, price - centre)
+            vwap1, vwap5 = centre + rel1, centre + rel5
+            avg5 = centre + np.where(n5 > 0, p5 / np.maximum(n5, 1), price - centre)
+            dev = ((price - centre) - rel5) / vwap5 * 1e4
+
+        # Momentum: last row with ts <= t − M (all such rows arrived before the trade: see docstring).
+        ref = self._first_after(code, ts - cfg.momentum_ms) - 1
+        ref_ok = ref >= 0
+        ref_c = np.where(ref_ok, ref, 0)
+        ref_ok &= (self.code[ref_c] == code) & (self.ts[ref_c] > ts - cfg.momentum_lookback_ms)
+        ref_price = np.where(ref_ok, self.price[ref_c], price)
+        momentum = np.where(ref_ok, (price - ref_price) / ref_price * 100.0, 0.0)
+
+        # Volume z-score.
+        bidx = self.bucket_of(rows)
+        volume = self.cs_size[1][rows] - self.cs_size[0][self.b_start[bidx]] - c.bucket_volume
+        b_now = self.bucket[rows]
+        h_lo = np.searchsorted(
+            self.b_key, code * self.b_span + (b_now - cfg.zscore_window_buckets - self.b_base)
+        )
+        has_hist = h_lo < bidx
+        first = self.b_id[np.where(has_hist, h_lo, bidx)]
+        n_hist = np.where(has_hist, b_now - first, 0)
+        h_last = np.maximum(bidx - 1, 0)
+        s1h = np.where(has_hist, self.b_cs1[1][h_last] - self.b_cs1[0][h_lo], 0.0) - c.hist_s1
+        s2h = np.where(has_hist, self.b_cs2[1][h_last] - self.b_cs2[0][h_lo], 0.0) - c.hist_s2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            nf = np.maximum(n_hist, 1)
+            mean = s1h / nf
+            mean_sq = s2h / nf
+            var = mean_sq - mean * mean
+            ok = (n_hist >= cfg.zscore_min_history_buckets) & (var > 1e-12 * mean_sq)
+            z = np.where(ok, (volume - mean) / np.sqrt(np.where(ok, var, 1.0)), 0.0)
+
+        out = {
+            "vwap_1min": vwap1,
+            "vwap_5min": vwap5,
+            "rolling_avg_5min": avg5,
+            "volume": volume,
+            "volume_zscore": z,
+            "price_momentum": momentum,
+            "trade_frequency": nfreq.astype(np.int64),
+            "vwap_deviation_bps": dev,
+        }
+        for key in ("vwap_1min", "vwap_5min", "rolling_avg_5min", "volume", "volume_zscore"):
+            out[key] = np.where(np.isfinite(out[key]), out[key], 0.0)
+        for key in ("price_momentum", "vwap_deviation_bps"):
+            out[key] = np.where(np.isfinite(out[key]), out[key], 0.0)
+        return out
+
+
+def _prefix(values: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Prefix sums that restart at each group start, as (before, through): the sum over rows
+    lo..hi of one group is through[hi] − before[lo]. Restarting keeps the rounding of a difference
+    relative to that group's own magnitude, not to everything summed before it."""
+    x = values.astype(np.float64, copy=True)
+    if len(starts) > 1:
+        totals = np.add.reduceat(values, starts)
+        x[starts[1:]] -= totals[:-1]
+    through = np.cumsum(x)
+    return through - values, through
+
+
+def _pair_chunks(counts: np.ndarray) -> Iterator[slice]:
+    """Slices of `counts` whose sums stay around `_PAIR_CHUNK` (bounded memory for adversarial input)."""
+    total = np.cumsum(counts)
+    start = 0
+    while start < len(counts):
+        offset = total[start - 1] if start else 0
+        stop = int(np.searchsorted(total, offset + _PAIR_CHUNK, side="right"))
+        stop = max(stop, start + 1)
+        yield slice(start, stop)
+        start = stop
+
+
+def _disorder_corrections(
+    pos: np.ndarray, group: np.ndarray, price: np.ndarray, size: np.ndarray, win: _Windows
+) -> _Corrections | None:
+    """Contributions of trades that arrived after a trade but sort before it (same code, same batch).
+
+    `pos` is the merged position of each accepted trade in code-grouped arrival order, `group` its
+    code group. Prefix sums up to `pos` include such later arrivals; the arrival view must not.
+    """
+    n = len(pos)
+    if n < 2:
+        return None
+    # Merged positions of different codes occupy disjoint ascending ranges, so plain running min/max
+    # over the code-grouped sequence never mix codes.
+    suffix_min = np.minimum.accumulate(pos[::-1])[::-1]
+    later_min = np.r_[suffix_min[1:], np.iinfo(np.int64).max]
+    disordered = np.flatnonzero(pos > later_min)
+    if len(disordered) == 0:
+        return None
+    prefix_max = np.maximum.accumulate(pos)
+    earlier_max = np.r_[-1, prefix_max[:-1]]
+    overtaken = np.flatnonzero(pos < earlier_max)  # arrived after a later-keyed trade
+    group_end = np.searchsorted(group, group[disordered], side="right")
+    lo = np.searchsorted(overtaken, disordered, side="right")
+    hi = np.searchsorted(overtaken, group_end, side="left")
+    counts = hi - lo
+
+    zero = np.zeros(n)
+    c = _Corrections(
+        zero.copy(),
+        zero.copy(),
+        zero.copy(),
+        np.zeros(n, dtype=np.int64),
+        zero.copy(),
+        zero.copy(),
+        zero.copy(),
+    )
+    for chunk in _pair_chunks(counts):
+        d = np.repeat(disordered[chunk], counts[chunk])
+        starts = np.repeat(lo[chunk] - np.r_[0, np.cumsum(counts[chunk])[:-1]], counts[chunk])
+        j = overtaken[np.arange(len(d)) + starts]
+        hit = pos[j] < pos[d]
+        d, j = d[hit], j[hit]
+        if len(d) == 0:
+            continue
+        pj = pos[j]
+        centred = price[pj] - win.centre[pj]  # the sums are over centred prices
+        np.add.at(c.ps, d, centred * size[pj])
+        np.add.at(c.size, d, size[pj])
+        np.add.at(c.price, d, centred)
+        np.add.at(c.count, d, 1)
+        bd, bj = win.bucket[pos[d]], win.bucket[pj]
+        same = bd == bj
+        np.add.at(c.bucket_volume, d[same], size[pj[same]])
+        # History buckets: aggregate the missing volume per (trade, bucket), then fix Σv and Σv².
+        prev = ~same
+        if prev.any():
+            pair_key = np.stack([d[prev], win.bucket_of(pj[prev])], axis=1)
+            keys, inv = np.unique(pair_key, axis=0, return_inverse=True)
+            missing = np.bincount(inv.ravel(), weights=size[pj[prev]], minlength=len(keys))
+            full = win.b_vol[keys[:, 1]]
+            np.add.at(c.hist_s1, keys[:, 0], missing)
+            np.add.at(c.hist_s2, keys[:, 0], full * full - (full - missing) ** 2)
+    return c
+
+
+def _closing_snapshots(
+    cfg: FeatureConfig,
+    code: np.ndarray,
+    ts: np.ndarray,
+    late: np.ndarray,
+    wm_before: np.ndarray,
+    wm_after: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Last row of every (code, second) that closes in this batch, and its attached late count."""
+    second = ts // cfg.snapshot_ms
+    starts = _group_starts(code, second)
+    last = np.r_[starts[1:], len(ts)] - 1
+    s_code, s_end = code[starts], (second[starts] + 1) * cfg.snapshot_ms
+    closing = (s_end <= wm_after[s_code] - cfg.late_grace_ms) & (
+        s_end > wm_before[s_code] - cfg.late_grace_ms
+    )
+    late_sum = np.add.reduceat(late, starts) if len(starts) else np.empty(0, dtype=np.int64)
+    return last[closing], late_sum[closing]
