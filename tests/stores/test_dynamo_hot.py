@@ -1,0 +1,201 @@
+"""DynamoDB hot store on moto: duplicates, shard spread, TTL, Decimal round-trip, latest across shards,
+UnprocessedItems and throttling retries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from moto import mock_aws
+
+from tests.stores.conftest import BASE_MS, make_anomaly, make_correlation, make_feature, make_trade
+from tradepulse.config import Settings
+from tradepulse.ids import shard_of
+from tradepulse.stores.dynamo_hot import DynamoHotStore
+from tradepulse.stores.factory import open_hot_store
+
+NOW = 1_767_000_000.0
+TABLE = "tradepulse-hot"
+
+
+@pytest.fixture
+def ddb() -> Iterator[Any]:
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        # Exactly the table the CDK stack builds.
+        client.create_table(
+            TableName=TABLE,
+            KeySchema=[
+                {"AttributeName": "pk", "KeyType": "HASH"},
+                {"AttributeName": "sk", "KeyType": "RANGE"},
+            ],
+            AttributeDefinitions=[
+                {"AttributeName": "pk", "AttributeType": "S"},
+                {"AttributeName": "sk", "AttributeType": "S"},
+            ],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        client.update_time_to_live(
+            TableName=TABLE, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"}
+        )
+        yield client
+
+
+@pytest.fixture
+def store(ddb: Any) -> Iterator[DynamoHotStore]:
+    s = DynamoHotStore(TABLE, client=ddb, clock=lambda: NOW, sleep=lambda s: None)
+    yield s
+    s.close()
+
+
+def items(ddb: Any) -> list[dict]:
+    return ddb.scan(TableName=TABLE)["Items"]
+
+
+def test_duplicate_writes_succeed_and_store_one_item(store: DynamoHotStore, ddb: Any) -> None:
+    trade, anomaly, corr = make_trade(), make_anomaly(), make_correlation()
+    for _ in range(2):
+        store.write_batch(trades=[trade, trade], anomalies=[anomaly], correlations=[corr])
+    assert store.duplicates == 2  # the second anomaly and correlation were detected, not errors
+    pks = sorted(i["pk"]["S"] for i in items(ddb))
+    assert pks == sorted(["ANOM#AAPL", "CORR#AAPL", "TICKERS", store.trade_pk(trade)])
+    assert store.anomalies("AAPL", 0) == [anomaly]
+    assert store.correlations("AAPL", 0) == [corr]
+
+
+def test_trade_keys_spread_over_all_8_shards(store: DynamoHotStore, ddb: Any) -> None:
+    trades = [make_trade(seq=i, ts_ms=BASE_MS + i) for i in range(80)]
+    store.write_batch(trades=trades)
+    pks = {i["pk"]["S"] for i in items(ddb) if i["pk"]["S"].startswith("TRADE#")}
+    assert pks == {f"TRADE#AAPL#{n}" for n in range(8)}
+    assert len(items(ddb)) == 80 + 1  # + the TICKERS item
+    t = trades[0]
+    assert store.trade_pk(t) == f"TRADE#AAPL#{shard_of(t['event_id'], 8)}"
+    sks = [i["sk"]["S"] for i in items(ddb) if i["pk"]["S"].startswith("TRADE#")]
+    assert f"{t['exchange_ts_ms']:015d}#{t['sequence']:012d}#{t['event_id']}" in sks
+
+
+def test_ttl_attribute_is_now_plus_48h(store: DynamoHotStore, ddb: Any) -> None:
+    store.write_batch(trades=[make_trade()], features=[make_feature()], anomalies=[make_anomaly()])
+    assert {int(i["expires_at"]["N"]) for i in items(ddb)} == {int(NOW) + 48 * 3600}
+    ttl = ddb.describe_time_to_live(TableName=TABLE)["TimeToLiveDescription"]
+    assert ttl == {"TimeToLiveStatus": "ENABLED", "AttributeName": "expires_at"}
+
+
+def test_floats_round_trip_through_decimal(store: DynamoHotStore, ddb: Any) -> None:
+    feature = make_feature(price=0.1 + 0.2)  # 0.30000000000000004: needs the exact repr
+    feature.update(volume_zscore=-1e-9, price_momentum=123.456789012345, bid_ask_spread=None)
+    store.write_batch(features=[feature], anomalies=[make_anomaly(score=-0.123456789)])
+    assert store.latest_features("AAPL") == feature
+    assert store.feature_history("AAPL", 0) == [feature]
+    assert store.anomalies("AAPL", 0)[0]["anomaly_score"] == -0.123456789
+    raw = next(i for i in items(ddb) if i["sk"]["S"] == "LATEST")
+    assert raw["price"] == {"N": "0.30000000000000004"}
+
+
+def test_latest_trade_is_the_newest_across_shards(store: DynamoHotStore) -> None:
+    trades = [make_trade(seq=i, ts_ms=BASE_MS + i * 10, price=100 + i) for i in range(40)]
+    newest = trades[-1]
+    # A same-millisecond trade with a higher sequence in another shard wins over the newest by time.
+    tie = next(
+        make_trade(seq=1000 + k, ts_ms=newest["exchange_ts_ms"], price=999.0)
+        for k in range(100)
+        if shard_of(make_trade(seq=1000 + k, ts_ms=newest["exchange_ts_ms"])["event_id"], 8)
+        != shard_of(newest["event_id"], 8)
+    )
+    store.write_batch(trades=[tie, *trades])
+    assert store.latest_trade("AAPL") == tie
+    assert store.latest_trade("MSFT") is None
+    assert store.tickers() == ["AAPL"]
+
+
+def test_latest_features_only_move_forward(store: DynamoHotStore) -> None:
+    feats = [make_feature(ts_ms=BASE_MS + i * 1000, price=100 + i) for i in range(5)]
+    store.write_batch(features=feats[3:])
+    store.write_batch(features=feats[:3])  # older snapshots arrive later
+    assert store.latest_features("AAPL") == feats[4]
+    assert store.feature_history("AAPL", BASE_MS + 1000) == feats[1:]
+    assert store.feature_history("AAPL", 0, limit=2) == feats[3:]
+
+
+def test_anomalies_across_tickers(store: DynamoHotStore) -> None:
+    a1, a2, a3 = (
+        make_anomaly("AAPL", BASE_MS),
+        make_anomaly("TSLA", BASE_MS + 5),
+        make_anomaly("AAPL", BASE_MS + 9),
+    )
+    store.write_batch(trades=[make_trade("AAPL"), make_trade("TSLA")], anomalies=[a1, a2, a3])
+    assert store.anomalies(None, 0) == [a1, a2, a3]
+    assert store.anomalies(None, BASE_MS + 1, limit=1) == [a3]
+
+
+def test_latest_mode_stores_only_the_newest_trade_per_ticker(ddb: Any) -> None:
+    store = DynamoHotStore(TABLE, client=ddb, trades_mode="latest", clock=lambda: NOW)
+    trades = [make_trade(seq=i, ts_ms=BASE_MS + i) for i in range(30)] + [make_trade("MSFT", seq=1)]
+    store.write_batch(trades=trades)
+    assert len([i for i in items(ddb) if i["pk"]["S"].startswith("TRADE#")]) == 2
+    assert store.latest_trade("AAPL") == trades[29]
+    store.close()
+
+
+class Flaky:
+    """A client that throttles and leaves items unprocessed before delegating to moto."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.throttles = 2
+        self.unprocessed = 1
+        self.calls: list[str] = []
+
+    def batch_write_item(self, **kw: Any) -> Any:
+        self.calls.append("batch_write_item")
+        if self.throttles:
+            self.throttles -= 1
+            raise ClientError(
+                {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow"}},
+                "BatchWriteItem",
+            )
+        ((table, requests),) = kw["RequestItems"].items()
+        if self.unprocessed and len(requests) > 1:
+            self.unprocessed -= 1
+            self.inner.batch_write_item(RequestItems={table: requests[:1]})
+            return {"UnprocessedItems": {table: requests[1:]}}
+        return self.inner.batch_write_item(**kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_throttling_and_unprocessed_items_are_retried_with_backoff(ddb: Any) -> None:
+    sleeps: list[float] = []
+    flaky = Flaky(ddb)
+    store = DynamoHotStore(TABLE, client=flaky, clock=lambda: NOW, sleep=sleeps.append)
+    trades = [make_trade(seq=i, ts_ms=BASE_MS + i) for i in range(10)]
+    store.write_batch(trades=trades)
+    assert flaky.calls.count("batch_write_item") == 4  # 2 throttled, 1 partial, 1 for the rest
+    assert len(sleeps) == 3 and all(0 <= s <= 5 for s in sleeps)
+    assert len([i for i in items(ddb) if i["pk"]["S"].startswith("TRADE#")]) == 10
+    store.close()
+
+
+def test_other_errors_are_not_retried(ddb: Any) -> None:
+    store = DynamoHotStore("no-such-table", client=ddb, sleep=lambda s: pytest.fail("retried"))
+    with pytest.raises(ClientError):
+        store.write_batch(trades=[make_trade()])
+    store.close()
+
+
+def test_factory_builds_dynamodb_from_settings(ddb: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    settings = Settings(
+        hot_store="dynamodb", dynamodb_table=TABLE, dynamodb_shards=4, dynamodb_trades="latest"
+    )
+    store = open_hot_store(settings)
+    assert isinstance(store, DynamoHotStore)
+    assert (store.shards, store.trades_mode, store.ttl_s) == (4, "latest", 48 * 3600)
+    store.write_batch(trades=[make_trade()])
+    assert store.latest_trade("AAPL") == make_trade()
+    store.close()

@@ -1,0 +1,358 @@
+"""DynamoDB hot store: one on-demand table, pk (S) + sk (S), TTL attribute `expires_at`.
+
+Item types (pk → sk):
+- trades: `TRADE#<TICKER>#<n>` → `<exchange_ts_ms:015>#<sequence:012>#<event_id>`, write-sharded over
+  n = shard_of(event_id, shards) (default 8) so a hot ticker spreads over 8 partitions. The latest trade
+  of a ticker queries all shards in parallel (newest first, Limit 1) and takes the newest by
+  (exchange_ts_ms, sequence), never the first shard that answers;
+- feature snapshots: `FEAT#<TICKER>` → `<ts_ms:015>`, and the latest features `FEAT#<TICKER>` → `LATEST`
+  (a conditional put that only replaces an older vector; "LATEST" sorts after every digit string, so
+  history range queries never see it);
+- anomalies: `ANOM#<TICKER>` → `<ts_ms:015>#<anomaly_id>`; correlations: `CORR#<TICKER>` →
+  `<published_ts_ms:015>#<correlation_id>`; the ticker set: `TICKERS` → `<TICKER>`.
+
+Writes: trades, snapshots and the ticker set go through BatchWriteItem (idempotent overwrites of
+identical items; UnprocessedItems are retried). Anomalies and correlations are conditional PutItems
+(`attribute_not_exists(pk)`) because a duplicate must be detected (it is not new, so it is not counted
+or alerted again); ConditionalCheckFailedException is a success. Throttling is retried with exponential
+backoff and full jitter. Floats are stored as Decimal (via their shortest repr, so they round-trip
+exactly); non-finite floats become null. Every item carries `expires_at` = now + TTL (epoch seconds) and
+DynamoDB deletes it after that, so `purge_expired` has nothing to do.
+
+Cost knob `dynamodb_trades`: "all" stores every trade (like SQLite), "latest" only the newest trade per
+ticker of each micro-batch (what /quotes needs, ~100× fewer writes at market open).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from tradepulse.ids import shard_of
+from tradepulse.stores.base import Row
+from tradepulse.stores.dlq import backoff_delay
+from tradepulse.stores.sqlite_hot import _p99
+
+THROTTLING = {
+    "ProvisionedThroughputExceededException",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "InternalServerError",
+}
+_SERIALIZER = TypeSerializer()
+_DESERIALIZER = TypeDeserializer()
+_KEY_FIELDS = {"pk", "sk", "expires_at", "item_type"}
+
+
+def to_dynamo(value: Any) -> Any:
+    """Python → DynamoDB-compatible values: float → Decimal (exact repr), NaN/inf → None."""
+    if isinstance(value, float):
+        return Decimal(repr(value)) if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: to_dynamo(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_dynamo(v) for v in value]
+    return value
+
+
+def from_dynamo(value: Any) -> Any:
+    """Inverse of `to_dynamo`: Decimal → int when integral, else float."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: from_dynamo(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_dynamo(v) for v in value]
+    return value
+
+
+def _serialize(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: _SERIALIZER.serialize(to_dynamo(v)) for k, v in item.items()}
+
+
+def _deserialize(item: dict[str, Any]) -> Row:
+    return {k: from_dynamo(_DESERIALIZER.deserialize(v)) for k, v in item.items() if k not in _KEY_FIELDS}
+
+
+def _ts(value: int) -> str:
+    return f"{int(value):015d}"
+
+
+class DynamoHotStore:
+    """HotStore on one DynamoDB table (pk/sk strings, TTL `expires_at`, on-demand)."""
+
+    def __init__(
+        self,
+        table: str,
+        *,
+        client: Any = None,
+        region: str | None = None,
+        shards: int = 8,
+        ttl_hours: int = 48,
+        trades_mode: str = "all",
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        max_attempts: int = 8,
+        latency_window: int = 256,
+    ) -> None:
+        if client is None:
+            import boto3
+
+            client = boto3.client("dynamodb", region_name=region)
+        self.client = client
+        self.table = table
+        self.shards = shards
+        self.ttl_s = ttl_hours * 3600
+        self.trades_mode = trades_mode
+        self.clock = clock
+        self.sleep = sleep
+        self.max_attempts = max_attempts
+        self._latencies: deque[float] = deque(maxlen=latency_window)
+        self._pool = ThreadPoolExecutor(max_workers=max(shards, 4), thread_name_prefix="ddb")
+        self._lock = threading.Lock()
+        self.duplicates = 0  # conditional puts that found the item already there
+
+    @classmethod
+    def from_settings(cls, settings: Any, **kw: Any) -> DynamoHotStore:
+        return cls(
+            settings.dynamodb_table,
+            region=settings.aws_region,
+            shards=settings.dynamodb_shards,
+            ttl_hours=settings.hot_ttl_hours,
+            trades_mode=settings.dynamodb_trades,
+            **kw,
+        )
+
+    # --- low level -----------------------------------------------------------------------------
+
+    def _call(self, op: str, **kwargs: Any) -> Any:
+        """One API call, retried on throttling with exponential backoff and full jitter."""
+        for attempt in range(self.max_attempts):
+            try:
+                return getattr(self.client, op)(**kwargs)
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] not in THROTTLING or attempt == self.max_attempts - 1:
+                    raise
+                self.sleep(backoff_delay(attempt, 0.05, 5.0))
+        raise AssertionError("unreachable")
+
+    def _batch_write(self, items: list[dict[str, Any]]) -> None:
+        """BatchWriteItem in chunks of 25, retrying UnprocessedItems with backoff."""
+        unique = {(i["pk"], i["sk"]): i for i in items}  # a request may not name a key twice
+        requests = [{"PutRequest": {"Item": _serialize(i)}} for i in unique.values()]
+        for start in range(0, len(requests), 25):
+            pending = {self.table: requests[start : start + 25]}
+            for attempt in range(self.max_attempts):
+                response = self._call("batch_write_item", RequestItems=pending)
+                pending = response.get("UnprocessedItems") or {}
+                if not pending:
+                    break
+                self.sleep(backoff_delay(attempt, 0.05, 5.0))
+            else:
+                raise RuntimeError(f"DynamoDB left {len(pending[self.table])} items unprocessed")
+
+    def _put_new(self, item: dict[str, Any]) -> bool:
+        """Conditional put; False when the item already existed (a duplicate is a success)."""
+        try:
+            self._call(
+                "put_item",
+                TableName=self.table,
+                Item=_serialize(item),
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+            return True
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                with self._lock:
+                    self.duplicates += 1
+                return False
+            raise
+
+    def _put_latest(self, item: dict[str, Any], ts_ms: int) -> None:
+        """Replace the LATEST item only with a newer one."""
+        try:
+            self._call(
+                "put_item",
+                TableName=self.table,
+                Item=_serialize(item),
+                ConditionExpression="attribute_not_exists(pk) OR ts_ms <= :ts",
+                ExpressionAttributeValues={":ts": {"N": str(int(ts_ms))}},
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+
+    def _query(
+        self,
+        pk: str,
+        *,
+        lo: str | None = None,
+        hi: str | None = None,
+        newest_first: bool = False,
+        limit: int | None = None,
+    ) -> list[Row]:
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "ScanIndexForward": not newest_first,
+            "ExpressionAttributeValues": {":pk": {"S": pk}},
+        }
+        if lo is not None and hi is not None:
+            kwargs["KeyConditionExpression"] = "pk = :pk AND sk BETWEEN :lo AND :hi"
+            kwargs["ExpressionAttributeValues"] |= {":lo": {"S": lo}, ":hi": {"S": hi}}
+        else:
+            kwargs["KeyConditionExpression"] = "pk = :pk"
+        rows: list[Row] = []
+        while True:
+            if limit is not None:
+                kwargs["Limit"] = limit - len(rows)
+            response = self._call("query", **kwargs)
+            rows += [_deserialize(i) for i in response.get("Items", [])]
+            last = response.get("LastEvaluatedKey")
+            if not last or (limit is not None and len(rows) >= limit):
+                return rows
+            kwargs["ExclusiveStartKey"] = last
+
+    # --- HotStore ----------------------------------------------------------------------------------
+
+    def trade_pk(self, row: Row) -> str:
+        return f"TRADE#{row['ticker']}#{shard_of(row['event_id'], self.shards)}"
+
+    def write_batch(
+        self,
+        *,
+        trades: Sequence[Row] = (),
+        features: Sequence[Row] = (),
+        anomalies: Sequence[Row] = (),
+        correlations: Sequence[Row] = (),
+    ) -> None:
+        """Upsert one micro-batch (no cross-item transaction in DynamoDB; every write is idempotent)."""
+        started = time.perf_counter()
+        expires = int(self.clock()) + self.ttl_s
+        if self.trades_mode == "latest":
+            newest: dict[str, Row] = {}
+            for t in trades:
+                best = newest.get(t["ticker"])
+                if best is None or (t["exchange_ts_ms"], t["sequence"]) > (
+                    best["exchange_ts_ms"],
+                    best["sequence"],
+                ):
+                    newest[t["ticker"]] = t
+            trades = list(newest.values())
+        items = [
+            {
+                **t,
+                "pk": self.trade_pk(t),
+                "sk": f"{_ts(t['exchange_ts_ms'])}#{int(t['sequence']):012d}#{t['event_id']}",
+                "expires_at": expires,
+            }
+            for t in trades
+        ]
+        items += [
+            {**f, "pk": f"FEAT#{f['ticker']}", "sk": _ts(f["ts_ms"]), "expires_at": expires} for f in features
+        ]
+        tickers = {r["ticker"] for r in (*trades, *features)}
+        items += [{"pk": "TICKERS", "sk": t, "ticker": t, "expires_at": expires} for t in tickers]
+        if items:
+            self._batch_write(items)
+        latest: dict[str, Row] = {}
+        for f in features:
+            if f["ticker"] not in latest or f["ts_ms"] > latest[f["ticker"]]["ts_ms"]:
+                latest[f["ticker"]] = f
+        puts: list[Callable[[], Any]] = [
+            lambda f=f: self._put_latest(
+                {**f, "pk": f"FEAT#{f['ticker']}", "sk": "LATEST", "expires_at": expires}, f["ts_ms"]
+            )
+            for f in latest.values()
+        ]
+        puts += [
+            lambda a=a: self._put_new(
+                {
+                    **a,
+                    "pk": f"ANOM#{a['ticker']}",
+                    "sk": f"{_ts(a['ts_ms'])}#{a['anomaly_id']}",
+                    "expires_at": expires,
+                }
+            )
+            for a in anomalies
+        ]
+        puts += [
+            lambda c=c: self._put_new(
+                {
+                    **c,
+                    "pk": f"CORR#{c['ticker']}",
+                    "sk": f"{_ts(c['published_ts_ms'])}#{c['correlation_id']}",
+                    "expires_at": expires,
+                }
+            )
+            for c in correlations
+        ]
+        for future in [self._pool.submit(p) for p in puts]:
+            future.result()
+        self._latencies.append((time.perf_counter() - started) * 1000)
+
+    def latest_trade(self, ticker: str) -> Row | None:
+        """Newest trade over all shards, queried in parallel."""
+        futures = [
+            self._pool.submit(self._query, f"TRADE#{ticker}#{n}", newest_first=True, limit=1)
+            for n in range(self.shards)
+        ]
+        candidates = [row for f in futures for row in f.result()]
+        if not candidates:
+            return None
+        return max(candidates, key=lambda r: (r["exchange_ts_ms"], r["sequence"]))
+
+    def latest_features(self, ticker: str) -> Row | None:
+        rows = self._query(f"FEAT#{ticker}", lo="LATEST", hi="LATEST")
+        return rows[0] if rows else None
+
+    def feature_history(self, ticker: str, since_ms: int, limit: int = 2000) -> list[Row]:
+        rows = self._query(f"FEAT#{ticker}", lo=_ts(since_ms), hi="9" * 15, newest_first=True, limit=limit)
+        rows.reverse()
+        return rows
+
+    def _ranged(
+        self, prefix: str, ticker: str | None, since_ms: int, limit: int, time_field: str
+    ) -> list[Row]:
+        tickers = [ticker] if ticker is not None else self.tickers()
+        futures = [
+            self._pool.submit(
+                self._query,
+                f"{prefix}#{t}",
+                lo=_ts(since_ms),
+                hi="9" * 15 + "~",
+                newest_first=True,
+                limit=limit,
+            )
+            for t in tickers
+        ]
+        rows = [row for f in futures for row in f.result()]
+        rows.sort(key=lambda r: r[time_field])
+        return rows[-limit:]
+
+    def anomalies(self, ticker: str | None, since_ms: int, limit: int = 1000) -> list[Row]:
+        return self._ranged("ANOM", ticker, since_ms, limit, "ts_ms")
+
+    def correlations(self, ticker: str | None, since_ms: int, limit: int = 1000) -> list[Row]:
+        return self._ranged("CORR", ticker, since_ms, limit, "published_ts_ms")
+
+    def tickers(self) -> list[str]:
+        return sorted(r["ticker"] for r in self._query("TICKERS"))
+
+    def purge_expired(self, now_ms: int) -> int:
+        """Nothing to do: DynamoDB's TTL deletes items after `expires_at`."""
+        return 0
+
+    def write_latency_p99_ms(self) -> float:
+        return _p99(list(self._latencies))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
