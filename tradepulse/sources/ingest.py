@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: How long the publisher sleeps between checks while the producer queue is full.
 BACKPRESSURE_SLEEP_S = 0.005
+#: How often delivery reports are served when no frames arrive.
+REPORT_INTERVAL_S = 0.05
 
 
 @dataclass
@@ -139,6 +141,7 @@ class IngestService:
         """Stream until `stop()` (returns after flushing) or a fatal feed error (raised after flushing)."""
         reader = asyncio.create_task(self._read(), name="ingest-reader")
         publisher = asyncio.create_task(self._publish(), name="ingest-publisher")
+        reports = asyncio.create_task(self._serve_reports(), name="ingest-delivery-reports")
         try:
             await asyncio.wait({reader, publisher}, return_when=asyncio.FIRST_EXCEPTION)
             if publisher.done():  # it only ends before the reader on an error: nobody drains the queue
@@ -146,9 +149,9 @@ class IngestService:
             # A finished reader has queued the end marker, so the publisher drains what was received.
             await asyncio.gather(reader, publisher, return_exceptions=True)
         finally:
-            for task in (reader, publisher):
+            for task in (reader, publisher, reports):
                 task.cancel()
-            await asyncio.gather(reader, publisher, return_exceptions=True)
+            await asyncio.gather(reader, publisher, reports, return_exceptions=True)
             await asyncio.to_thread(self._producer.flush, 30)
             self._dead_letter_failed_deliveries()
         for task in (reader, publisher):
@@ -186,6 +189,15 @@ class IngestService:
             if frame.rejects:
                 self._dead_letter(frame.rejects)
             poll(0)  # serve delivery reports
+            if self._failed_deliveries:
+                self._dead_letter_failed_deliveries()
+
+    async def _serve_reports(self) -> None:
+        """Delivery reports arrive only through poll(): the publisher polls after every frame, this
+        covers quiet periods so the last acks of a burst are counted without waiting for traffic."""
+        while True:
+            await asyncio.sleep(REPORT_INTERVAL_S)
+            self._producer.poll(0)
             if self._failed_deliveries:
                 self._dead_letter_failed_deliveries()
 

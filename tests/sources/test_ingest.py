@@ -1,0 +1,280 @@
+"""Ingest service end to end: simulator (or a scripted feed) → IngestService → real Kafka + SQLite DLQ."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+
+from tests.sources.test_news_poller import consume
+from tradepulse.config import Settings
+from tradepulse.models import DeadLetter, Quote, Trade
+from tradepulse.sources.ingest import IngestService, RecentIds, client_from_settings
+from tradepulse.sources.simulator import SimulatorConfig, SimulatorHandle, run_simulator_in_thread
+from tradepulse.stores.factory import open_dlq
+from tradepulse.topics import QUOTES, TRADES
+
+pytestmark = pytest.mark.kafka
+
+KEY = "ingest-test-key"
+TICKERS = ["AAPL", "MSFT", "AMZN", "TSLA", "NVDA"]
+
+
+def fast_settings(settings: Settings, **update: Any) -> Settings:
+    return settings.model_copy(
+        update={"massive_reconnect_initial_s": 0.02, "massive_reconnect_max_s": 0.1, **update}
+    )
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def run_service(service: IngestService, scenario: Callable[[], Awaitable[None]]) -> None:
+    """Run the service while `scenario` drives the feed, then stop it (flushes the producer)."""
+    task = asyncio.create_task(service.run())
+    try:
+        await scenario()
+    finally:
+        await service.stop()
+        await asyncio.wait_for(task, 60)
+
+
+def published_keys(settings: Settings, topic: str, expect: int) -> list[tuple[str, int]]:
+    """(ticker, sequence) of every record in `topic`, each validated against its model."""
+    model = Trade if topic == TRADES else Quote
+    out = []
+    for message in consume(settings, topic, expect=expect):
+        record = model.model_validate(orjson.loads(message.value()))
+        assert message.key().decode() == record.ticker
+        out.append((record.ticker, record.sequence))
+    return out
+
+
+def simulator(**kwargs: Any) -> SimulatorHandle:
+    config = {
+        "seed": 7,
+        "tickers": TICKERS,
+        "api_key": KEY,
+        "ws_port": 0,
+        "http_port": 0,
+        "record_sent": True,
+    }
+    return run_simulator_in_thread(SimulatorConfig(**(config | kwargs)))
+
+
+def test_drop_reconnect_resubscribe_publishes_every_sent_event_exactly_once(kafka_settings: Settings) -> None:
+    settings = fast_settings(kafka_settings, tickers=TICKERS)
+    dlq = open_dlq(settings)
+    with simulator(rate=5000, duration_s=3.0) as sim:
+        service = IngestService(
+            settings, dlq=dlq, client=client_from_settings(settings, sim.ws_url + "/stocks", KEY)
+        )
+
+        async def scenario() -> None:
+            await until(lambda: service.metrics.published >= 2000)
+            assert await asyncio.to_thread(sim.drop_connections) == 1
+            await until(lambda: service.client.stats.connections == 2)
+            await asyncio.to_thread(sim.wait_finished, 30)
+            sent = sim.sent_trades() + sim.sent_quotes()
+            await until(lambda: service.metrics.published >= sent)
+
+        asyncio.run(run_service(service, scenario))
+        sent_trades, sent_quotes = sim.sent_trade_keys(), sim.sent_quote_keys()
+        connections = sim.stats()["connections_total"]
+
+    m = service.metrics
+    assert connections == 2 and m.reconnects == 1
+    trades = published_keys(settings, TRADES, len(sent_trades))
+    quotes = published_keys(settings, QUOTES, len(sent_quotes))
+    assert len(trades) == len(set(trades)) and len(quotes) == len(set(quotes))  # no duplicates
+    assert set(trades) == sent_trades and set(quotes) == sent_quotes  # nothing lost or invented
+    assert m.published == m.produced == m.received == len(trades) + len(quotes)
+    assert m.failed == m.dead_lettered == 0
+    assert dlq.depth() == 0
+    dlq.close()
+
+
+def test_full_producer_queue_applies_backpressure_instead_of_dropping(kafka_settings: Settings) -> None:
+    settings = fast_settings(kafka_settings, tickers=TICKERS, ingest_queue_frames=4)
+    dlq = open_dlq(settings)
+    with simulator(rate=20_000, duration_s=1.5, max_events_per_frame=200) as sim:
+        service = IngestService(
+            settings,
+            dlq=dlq,
+            client=client_from_settings(settings, sim.ws_url, KEY),
+            # A tiny producer queue that only drains when a slow-lingering batch is acknowledged.
+            producer_overrides={"queue.buffering.max.messages": 500, "linger.ms": 100},
+        )
+
+        async def scenario() -> None:
+            await asyncio.to_thread(sim.wait_finished, 60)
+            sent = sim.sent_trades() + sim.sent_quotes()
+            await until(lambda: service.metrics.published >= sent)
+
+        asyncio.run(run_service(service, scenario))
+        sent = len(sim.sent_trade_keys()) + len(sim.sent_quote_keys())
+    m = service.metrics
+    assert m.backpressure_waits > 0
+    assert m.published == sent and m.failed == 0 and m.duplicates == 0
+    assert len(published_keys(settings, TRADES, 1)) + len(published_keys(settings, QUOTES, 1)) == sent
+    dlq.close()
+
+
+# --- a scripted feed: exact frames, for what the simulator never sends -------------------------
+
+TRADE = {
+    "ev": "T",
+    "sym": "AAPL",
+    "x": 4,
+    "i": "1",
+    "z": 3,
+    "p": 190.0,
+    "s": 10,
+    "c": [],
+    "t": 1_700_000_000_000,
+}
+QUOTE = {
+    "ev": "Q",
+    "sym": "MSFT",
+    "bx": 1,
+    "bp": 370.0,
+    "bs": 2,
+    "ax": 2,
+    "ap": 370.1,
+    "as": 3,
+    "t": 1_700_000_000_000,
+    "z": 3,
+}
+
+
+def trade(q: int, **over: Any) -> dict[str, Any]:
+    return {**TRADE, "i": str(q), "q": q, "t": TRADE["t"] + q, **over}
+
+
+def quote(q: int, **over: Any) -> dict[str, Any]:
+    return {**QUOTE, "q": q, "t": QUOTE["t"] + q, **over}
+
+
+class ScriptedFeed:
+    """Speaks the Massive handshake, then sends connection i its list of frames; every connection
+    but the last is aborted afterwards (like a network failure)."""
+
+    def __init__(self, scripts: list[list[bytes | str]]) -> None:
+        self.scripts = scripts
+        self.connections = 0
+        self.subscriptions: list[str] = []
+        self.done = asyncio.Event()
+
+    async def handler(self, ws: ServerConnection) -> None:
+        index = self.connections
+        self.connections += 1
+        await ws.send('[{"ev":"status","status":"connected","message":"Connected Successfully"}]')
+        assert orjson.loads(await ws.recv())["action"] == "auth"
+        await ws.send('[{"ev":"status","status":"auth_success","message":"authenticated"}]')
+        self.subscriptions.append(orjson.loads(await ws.recv())["params"])
+        for frame in self.scripts[index]:
+            await ws.send(frame)
+        if index < len(self.scripts) - 1:
+            ws.transport.abort()
+        else:
+            self.done.set()
+            with contextlib.suppress(Exception):
+                await ws.wait_closed()
+
+
+async def run_scripted(
+    settings: Settings, scripts: list[list[bytes | str]], dlq: Any
+) -> tuple[IngestService, ScriptedFeed]:
+    feed = ScriptedFeed(scripts)
+    async with serve(feed.handler, "127.0.0.1", 0, max_size=None) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        service = IngestService(
+            settings, dlq=dlq, client=client_from_settings(settings, f"ws://127.0.0.1:{port}", KEY)
+        )
+        expected = sum(1 for script in scripts for frame in script)
+
+        async def scenario() -> None:
+            await feed.done.wait()
+            await until(lambda: service.client.stats.frames >= expected)
+            await until(
+                lambda: (
+                    service.metrics.queue_depth == 0 and service.metrics.published >= service.metrics.produced
+                )
+            )
+
+        await run_service(service, scenario)
+    return service, feed
+
+
+def test_events_resent_after_a_reconnect_are_published_once(kafka_settings: Settings) -> None:
+    settings = fast_settings(kafka_settings, tickers=["AAPL", "MSFT"])
+    first = [orjson.dumps([trade(1), quote(1)]), orjson.dumps([trade(2), trade(3), quote(2)])]
+    # After reconnecting, the feed resends the last frame before carrying on.
+    second = [orjson.dumps([trade(2), trade(3), quote(2)]), orjson.dumps([trade(4), quote(3)])]
+    dlq = open_dlq(settings)
+    service, feed = asyncio.run(run_scripted(settings, [first, second], dlq))
+
+    assert feed.connections == 2
+    assert feed.subscriptions == ["T.AAPL,Q.AAPL,T.MSFT,Q.MSFT"] * 2  # resubscribed
+    assert service.metrics.duplicates == 3
+    assert sorted(published_keys(settings, TRADES, 4)) == [("AAPL", q) for q in (1, 2, 3, 4)]
+    assert sorted(published_keys(settings, QUOTES, 3)) == [("MSFT", q) for q in (1, 2, 3)]
+    dlq.close()
+
+
+def test_malformed_frames_and_events_are_dead_lettered_and_the_stream_continues(
+    kafka_settings: Settings,
+) -> None:
+    settings = fast_settings(kafka_settings, tickers=["AAPL", "MSFT"], massive_max_frame_bytes=20_000)
+    oversize = orjson.dumps([trade(100 + i) for i in range(300)])
+    assert len(oversize) > 20_000
+    script: list[bytes | str] = [
+        orjson.dumps([trade(1), quote(1)]),
+        b'[{"ev":"T","sym":"AAPL",',  # truncated JSON
+        '{"ev":"T"}',  # not an array
+        orjson.dumps([trade(2, p=-1.0), trade(3), quote(2, sym=None)]),  # 2 bad events, 1 good
+        '[{"ev":"T","sym":"AAPL","x":4,"i":"9","z":3,"p":NaN,"s":1,"t":1,"q":9}]',
+        orjson.dumps([{"ev": "XA", "pair": "BTC-USD"}, trade(4, s="10")]),  # unknown type, wrong type
+        oversize,
+        orjson.dumps([trade(5), quote(3)]),  # still streaming after all that
+    ]
+    dlq = open_dlq(settings)
+    service, _ = asyncio.run(run_scripted(settings, [script], dlq))
+
+    letters = dlq.pending(limit=100)
+    assert service.metrics.dead_lettered == len(letters) == 8
+    for letter in letters:
+        assert DeadLetter.model_validate(letter).stage == "ingest"
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for letter in letters:
+        by_type.setdefault(letter["error_type"], []).append(letter)
+    assert {k: len(v) for k, v in by_type.items()} == {
+        "BadJSON": 1,
+        "BadFrame": 1,
+        "InvalidEvent": 5,  # p ≤ 0, sym null, NaN, unknown type, size as a string
+        "OversizeFrame": 1,
+    }
+    assert by_type["BadJSON"][0]["payload"] == '[{"ev":"T","sym":"AAPL",'
+    reasons = " | ".join(letter["reason"] for letter in letters)
+    for fragment in ("must be > 0", "'sym'", "finite number", "unknown event type 'XA'", "'s'", "oversize"):
+        assert fragment in reasons
+    assert service.client.stats.reconnects == 0  # bad data never cost the connection
+    assert sorted(published_keys(settings, TRADES, 3)) == [("AAPL", 1), ("AAPL", 3), ("AAPL", 5)]
+    assert sorted(published_keys(settings, QUOTES, 2)) == [("MSFT", 1), ("MSFT", 3)]
+    dlq.close()
+
+
+def test_recent_ids_window_is_bounded() -> None:
+    recent = RecentIds(capacity=3)
+    assert [recent.seen(i) for i in "abca"] == [False, False, False, True]
+    assert not recent.seen("d")  # evicts "a"
+    assert not recent.seen("a")  # forgotten, so it counts as new again
+    assert recent.seen("d")
