@@ -7,6 +7,7 @@ searchsorted), following the definitions in `tradepulse.core.features`.
 
 from __future__ import annotations
 
+import itertools
 import math
 import subprocess
 import sys
@@ -103,15 +104,31 @@ class Row:
     late: int
 
 
-def naive_vector(rows: list[Row], me: Row, quotes: list[tuple[int, int, float]], cfg: FeatureConfig) -> dict:
-    """Features of the vector ending at `me`, over `rows` (the trades it may see, any order)."""
-    all_ts = np.array([r.ts for r in rows])
-    all_arrival = np.array([r.arrival for r in rows])
-    seen = (all_ts < me.ts) | ((all_ts == me.ts) & (all_arrival <= me.arrival))  # key <= my key
-    ts = all_ts[seen]
-    arrival = all_arrival[seen]
-    price = np.array([r.price for r in rows])[seen]
-    size = np.array([r.size for r in rows])[seen]
+class Seen:
+    """The accepted trades (or quotes) of one ticker so far, as growing numpy columns."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._cols = {"ts": np.empty(64, np.int64), "arrival": np.empty(64, np.int64)}
+        self._cols |= {"price": np.empty(64), "size": np.empty(64)}
+
+    def add(self, row: Row) -> None:
+        if self.n == len(self._cols["ts"]):
+            self._cols = {k: np.resize(v, 2 * self.n) for k, v in self._cols.items()}
+        for key in self._cols:
+            self._cols[key][self.n] = getattr(row, key)
+        self.n += 1
+
+    def __getattr__(self, key: str) -> np.ndarray:
+        return self.__dict__["_cols"][key][: self.n]
+
+
+def naive_vector(seen: Seen, me: Row, quotes: Seen, cfg: FeatureConfig) -> dict:
+    """Features of the vector ending at `me`, over the trades in `seen` whose key is <= its key."""
+    all_ts, all_arrival = seen.ts, seen.arrival
+    mine = (all_ts < me.ts) | ((all_ts == me.ts) & (all_arrival <= me.arrival))
+    ts, arrival = all_ts[mine], all_arrival[mine]
+    price, size = seen.price[mine], seen.size[mine]
     t = me.ts
 
     def in_window(ms: int) -> np.ndarray:
@@ -128,18 +145,21 @@ def naive_vector(rows: list[Row], me: Row, quotes: list[tuple[int, int, float]],
     if in_hist.any():
         first = int(buckets[in_hist].min())
         hist = np.zeros(bucket - first)  # every bucket from the first traded one, empty ones as 0
-        for b, v in zip(buckets[in_hist], size[in_hist], strict=True):
-            hist[b - first] += v
+        np.add.at(hist, buckets[in_hist] - first, size[in_hist])
         mean, var = hist.mean(), hist.var()
         if len(hist) >= cfg.zscore_min_history_buckets and var > 1e-12 * (hist**2).mean():
             z = float((volume - mean) / math.sqrt(var))
     momentum = 0.0
     ref = np.flatnonzero((ts > t - cfg.momentum_lookback_ms) & (ts <= t - cfg.momentum_ms))
     if len(ref):
-        last = max(ref, key=lambda i: (ts[i], arrival[i]))
+        last = ref[np.lexsort((arrival[ref], ts[ref]))[-1]]  # latest by (ts, arrival)
         momentum = (me.price - price[last]) / price[last] * 100
-    visible = [q for q in quotes if q[0] <= t]
-    spread = max(visible)[2] if visible else None
+    spread = None
+    q_ts, q_arrival = quotes.ts, quotes.arrival
+    visible = np.flatnonzero(q_ts <= t)
+    if len(visible):  # the latest by (ts, arrival) at or before t
+        q = visible[np.lexsort((q_arrival[visible], q_ts[visible]))[-1]]
+        spread = None if math.isnan(quotes.price[q]) else quotes.price[q]
     return {
         "price": me.price,
         "vwap_1min": vwap1,
@@ -150,24 +170,24 @@ def naive_vector(rows: list[Row], me: Row, quotes: list[tuple[int, int, float]],
         "price_momentum": momentum,
         "trade_frequency": int(wf.sum()),
         "vwap_deviation_bps": (me.price - vwap5) / vwap5 * 1e4,
-        "bid_ask_spread": None if spread is None or math.isnan(spread) else spread,
+        "bid_ask_spread": spread,
     }
 
 
 def reference(batches: list[tuple[list[dict], list[dict]]], cfg: FeatureConfig = CFG) -> list[dict]:
     """Per batch: per-trade vectors (arrival order), snapshots and late ids, recomputed naively."""
-    accepted: dict[str, list[Row]] = defaultdict(list)
-    quotes: dict[str, list[tuple[int, int, float]]] = defaultdict(list)
+    accepted: dict[str, Seen] = defaultdict(Seen)
+    rows_by_second: dict[tuple[str, int], list[Row]] = defaultdict(list)  # snapshots not yet emitted
+    quotes: dict[str, Seen] = defaultdict(Seen)  # spread in the price column
     watermark: dict[str, int] = {}
     pending: dict[str, int] = defaultdict(int)
-    emitted: set[tuple[str, int]] = set()
     arrival = 0
     out = []
     for trades, batch_quotes in batches:
         for q in batch_quotes:  # quotes of a batch are applied first
             ok = q["bid_price"] > 0 and q["ask_price"] > 0
             spread = q["ask_price"] - q["bid_price"] if ok else float("nan")
-            quotes[q["ticker"]].append((q["exchange_ts_ms"], arrival, spread))
+            quotes[q["ticker"]].add(Row(q["exchange_ts_ms"], arrival, spread, 0.0, 0))
             arrival += 1
         per_trade, late = [], []
         for tr in trades:
@@ -180,25 +200,20 @@ def reference(batches: list[tuple[list[dict], list[dict]]], cfg: FeatureConfig =
             row = Row(ts, arrival, tr["price"], tr["size"], pending[tk])
             pending[tk] = 0
             arrival += 1
-            accepted[tk].append(row)
+            accepted[tk].add(row)
+            rows_by_second[tk, ts // cfg.snapshot_ms].append(row)
             vec = naive_vector(accepted[tk], row, quotes[tk], cfg)
             per_trade.append(
                 vec | {"ticker": tk, "ts_ms": ts, "event_id": tr["event_id"], "late_events": row.late}
             )
         snapshots = []
-        for tk, rows in accepted.items():
-            for second in sorted({r.ts // cfg.snapshot_ms for r in rows}):
-                if (tk, second) in emitted or (second + 1) * cfg.snapshot_ms > watermark[
-                    tk
-                ] - cfg.late_grace_ms:
-                    continue
-                emitted.add((tk, second))
-                mine = [r for r in rows if r.ts // cfg.snapshot_ms == second]
-                last = max(mine, key=lambda r: (r.ts, r.arrival))
-                vec = naive_vector(rows, last, quotes[tk], cfg)
-                snapshots.append(
-                    vec | {"ticker": tk, "ts_ms": last.ts, "late_events": sum(r.late for r in mine)}
-                )
+        for (tk, second), mine in list(rows_by_second.items()):
+            if (second + 1) * cfg.snapshot_ms > watermark[tk] - cfg.late_grace_ms:
+                continue  # not closed yet
+            del rows_by_second[tk, second]
+            last = max(mine, key=lambda r: (r.ts, r.arrival))
+            vec = naive_vector(accepted[tk], last, quotes[tk], cfg)
+            snapshots.append(vec | {"ticker": tk, "ts_ms": last.ts, "late_events": sum(r.late for r in mine)})
         snapshots.sort(key=lambda v: (v["ts_ms"], v["ticker"]))
         out.append({"per_trade": per_trade, "snapshots": snapshots, "late": late})
     return out
@@ -285,7 +300,7 @@ def test_stream_exercises_the_edge_cases(stream: list[Event], whole_reference: l
     assert any(v["bid_ask_spread"] is None for v in trades)
     assert any(v["late_events"] > 0 for v in trades)
     arrival_ts = [v["ts_ms"] for v in trades]
-    assert any(b < a for a, b in zip(arrival_ts, arrival_ts[1:], strict=False))  # folded-in disorder
+    assert any(b < a for a, b in itertools.pairwise(arrival_ts))  # folded-in disorder
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
