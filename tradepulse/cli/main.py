@@ -7,7 +7,11 @@ import click
 from tradepulse import __version__
 from tradepulse.cli.api import api
 from tradepulse.cli.kafka import kafka, topics
+from tradepulse.cli.process import process
 from tradepulse.cli.schemas import schemas
+from tradepulse.cli.simulate import simulate
+from tradepulse.cli.sources import ingest, news
+from tradepulse.cli.storage import dlq, query
 from tradepulse.cli.up import up
 
 
@@ -22,7 +26,13 @@ cli.add_command(kafka)
 cli.add_command(topics)
 cli.add_command(up)
 cli.add_command(schemas)
+cli.add_command(process)
 cli.add_command(api)
+cli.add_command(simulate)
+cli.add_command(ingest)
+cli.add_command(news)
+cli.add_command(query)
+cli.add_command(dlq)
 
 
 if __name__ == "__main__":
