@@ -13,6 +13,7 @@ from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
+from mangum import Mangum
 
 from tests.api.market import Market, build_market, write_market
 from tradepulse.bus.local_kafka import REPO_ROOT
@@ -20,6 +21,9 @@ from tradepulse.config import Settings, get_settings
 from tradepulse.stores.sqlite_hot import SqliteHotStore
 
 HANDLER = REPO_ROOT / "lambdas" / "api" / "handler.py"
+
+# Powertools' metrics wrapper warns when an invocation emitted no custom metric; irrelevant here.
+pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
 
 
 def http_api_event(path: str, query: str = "") -> dict[str, Any]:
@@ -70,6 +74,10 @@ def lambda_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Modul
         mp.setenv("TRADEPULSE_HOT_STORE", "sqlite")
         mp.setenv("TRADEPULSE_DATA_DIR", str(data_dir))
         mp.setenv("TRADEPULSE_KAFKA_BOOTSTRAP", "")
+        # What the Lambda environment sets for the Powertools wrappers around the handler.
+        mp.setenv("POWERTOOLS_SERVICE_NAME", "tradepulse-api")
+        mp.setenv("POWERTOOLS_METRICS_NAMESPACE", "TradePulse")
+        mp.setenv("POWERTOOLS_TRACE_DISABLED", "true")
         get_settings.cache_clear()
         spec = importlib.util.spec_from_file_location("tradepulse_lambda_api_handler", HANDLER)
         assert spec is not None and spec.loader is not None
@@ -77,11 +85,26 @@ def lambda_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Modul
         spec.loader.exec_module(module)
         yield module, market
     get_settings.cache_clear()
-    module.handler.app.state.hot_store.close()
+    asgi_app(module).state.hot_store.close()
+
+
+def asgi_app(module: ModuleType) -> Any:
+    """The FastAPI app inside the handler module's Mangum adapter."""
+    adapter = next(v for v in vars(module).values() if isinstance(v, Mangum))
+    return adapter.app
 
 
 def invoke(module: ModuleType, path: str, query: str = "") -> dict[str, Any]:
-    context = SimpleNamespace(function_name="tradepulse-api", aws_request_id="req-1")
+    context = SimpleNamespace(
+        function_name="tradepulse-api",
+        function_version="$LATEST",
+        invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:tradepulse-api",
+        memory_limit_in_mb=512,
+        aws_request_id="req-1",
+        log_group_name="/aws/lambda/tradepulse-api",
+        log_stream_name="2026/11/24/[$LATEST]abc",
+        get_remaining_time_in_millis=lambda: 29_000,
+    )
     return module.handler(http_api_event(path, query), context)
 
 
@@ -125,6 +148,6 @@ def test_dashboard_and_openapi_through_api_gateway_event(lambda_env: tuple[Modul
 
 def test_handler_builds_the_app_from_settings(lambda_env: tuple[ModuleType, Market]) -> None:
     module, _ = lambda_env
-    state = module.handler.app.state
+    state = asgi_app(module).state
     assert isinstance(state.hot_store, SqliteHotStore)
     assert Path(state.settings.data_dir) == Path(state.hot_store.path).parent
