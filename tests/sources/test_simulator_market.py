@@ -187,9 +187,11 @@ def test_injected_events_move_the_market_and_are_labelled(tmp_path: Path) -> Non
 
 
 def test_trade_counts_match_block_columns() -> None:
-    model = MarketModel(MarketConfig(seed=2, start_ms=START, rate=1000))
+    model = MarketModel(MarketConfig(seed=2, start_ms=START, rate=5000, tickers=make_tickers(30)))
     for block in model.generate(1):
         records = block.records()
         assert [r["ev"] == "T" for r in records] == (block.kind == KIND_TRADE).tolist()
         assert [r["q"] for r in records] == block.q.tolist()
         assert [r["sym"] for r in records] == [model.symbols[i] for i in block.sym]
+        # The server's fast text path must produce exactly what serialising the records would.
+        assert block.fragments() == [orjson.dumps(r).decode() for r in records]

@@ -142,7 +142,9 @@ class Block:
     trades: dict[str, np.ndarray] | None = None
     quotes: dict[str, np.ndarray] | None = None
     _builder: Any = None
+    _fragment_builder: Any = None
     _records: list[dict[str, Any]] | None = None
+    _fragments: list[str] | None = None
     frame_cache: dict[Any, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -153,6 +155,19 @@ class Block:
         if self._records is None:
             self._records = self._builder(self) if self._builder else []
         return self._records
+
+    def fragments(self) -> list[str]:
+        """Each event as its JSON text, in order: what the server joins into frames.
+
+        Formatting text directly is about twice as fast as building dicts and serialising them, and
+        strings are not tracked by the garbage collector, which matters at 100,000+ events/s.
+        """
+        if self._fragments is None:
+            if self._fragment_builder is not None:
+                self._fragments = self._fragment_builder(self)
+            else:
+                self._fragments = [orjson.dumps(r).decode() for r in self.records()]
+        return self._fragments
 
 
 class MarketModel:
@@ -427,6 +442,7 @@ class MarketModel:
             trades=trades,
             quotes=quotes,
             _builder=lambda b, order=order: _build_records(b, self.symbols, order),
+            _fragment_builder=lambda b, order=order: _build_fragments(b, self.symbols, order),
         )
 
     def _times_and_seq(self, counts: np.ndarray, t0: int, seq: np.ndarray) -> dict[str, np.ndarray]:
@@ -569,4 +585,61 @@ def _build_records(block: Block, symbols: list[str], order: np.ndarray) -> list[
         rec["q"] = q
         rec["z"] = z
         out.append(rec)
+    return [out[k] for k in order.tolist()]
+
+
+_TRADE_FMT = '{"ev":"T","sym":"%s","x":%d,"i":"%d","z":%d,"p":%r,"s":%d%s,"t":%d,"q":%d%s}'
+_QUOTE_FMT = (
+    '{"ev":"Q","sym":"%s","bx":%d,"bp":%r,"bs":%d,"ax":%d,"ap":%r,"as":%d,"c":0%s,"t":%d,"q":%d,"z":%d}'
+)
+_COND_TEXT = [f',"c":[{",".join(map(str, c))}]' if c else "" for c in CONDITION_SETS]
+_IND_TEXT = ("", ',"i":[604]')
+
+
+def _build_fragments(block: Block, symbols: list[str], order: np.ndarray) -> list[str]:
+    """The same events as `_build_records`, formatted straight to JSON text (symbols need no escaping)."""
+    tr, qu = block.trades, block.quotes
+    assert tr is not None and qu is not None
+    trf = [""] * len(tr["t"])
+    for k, trfi, trft in zip(
+        np.flatnonzero(tr["trfi"]).tolist(),
+        tr["trfi"][tr["trfi"] != 0].tolist(),
+        tr["trft"][tr["trfi"] != 0].tolist(),
+        strict=True,
+    ):
+        trf[k] = f',"trfi":{trfi},"trft":{trft}'
+    conds = [_COND_TEXT[c] for c in tr["c"].tolist()]
+    out = [
+        _TRADE_FMT % (symbols[sym], x, i, z, p, s, c, t, q, f)
+        for sym, x, i, z, p, s, c, t, q, f in zip(
+            tr["sym"].tolist(),
+            tr["x"].tolist(),
+            tr["i"].tolist(),
+            tr["z"].tolist(),
+            tr["p"].tolist(),
+            tr["s"].tolist(),
+            conds,
+            tr["t"].tolist(),
+            tr["q"].tolist(),
+            trf,
+            strict=True,
+        )
+    ]
+    out += [
+        _QUOTE_FMT % (symbols[sym], bx, bp, bs, ax, ap, as_, _IND_TEXT[ind], t, q, z)
+        for sym, bx, bp, bs, ax, ap, as_, ind, t, q, z in zip(
+            qu["sym"].tolist(),
+            qu["bx"].tolist(),
+            qu["bp"].tolist(),
+            qu["bs"].tolist(),
+            qu["ax"].tolist(),
+            qu["ap"].tolist(),
+            qu["as_"].tolist(),
+            qu["ind"].tolist(),
+            qu["t"].tolist(),
+            qu["q"].tolist(),
+            qu["z"].tolist(),
+            strict=True,
+        )
+    ]
     return [out[k] for k in order.tolist()]

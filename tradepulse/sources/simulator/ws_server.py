@@ -57,7 +57,7 @@ CLOSE_POLICY = 1008
 
 @dataclass
 class _Item:
-    frame: bytes
+    frame: str
     block: Block
     sel: np.ndarray | None  # indices into the block; None = the whole block
     trades: int
@@ -241,7 +241,7 @@ class MassiveWsServer:
                 if session.dropping or session.closed:
                     return
                 try:
-                    await session.ws.send(item.frame, text=True)
+                    await session.ws.send(item.frame)
                 except ConnectionClosed:
                     return
                 self._account(item)
@@ -265,21 +265,20 @@ class MassiveWsServer:
             return cached
         is_t = block.kind == KIND_TRADE
         mask = np.where(is_t, session.t_mask[block.sym], session.q_mask[block.sym])
-        records = block.records()
+        fragments = block.fragments()
         items: list[_Item] = []
         n, step = len(block), self.max_events_per_frame
         if mask.all() and n <= step:
             if n:
                 t = int(is_t.sum())
-                items.append(_Item(orjson.dumps(records), block, None, t, n - t))
+                items.append(_Item("[" + ",".join(fragments) + "]", block, None, t, n - t))
         else:
             idx = np.flatnonzero(mask)
             for a in range(0, len(idx), step):
                 sel = idx[a : a + step]
                 t = int(is_t[sel].sum())
-                items.append(
-                    _Item(orjson.dumps([records[i] for i in sel.tolist()]), block, sel, t, len(sel) - t)
-                )
+                frame = "[" + ",".join([fragments[i] for i in sel.tolist()]) + "]"
+                items.append(_Item(frame, block, sel, t, len(sel) - t))
         block.frame_cache[session.signature] = items
         return items
 
