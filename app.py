@@ -6,6 +6,6 @@ import os
 # is Debian 12's), so keep the output readable.
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "18,20")
 
-from cdk.app import build_app  # noqa: E402
+from cdk.app import build_app
 
 build_app().synth()

@@ -18,7 +18,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from cdk.layer import ARCHITECTURE, REPO_ROOT, RUNTIME
+from cdk.layer import ARCHITECTURE, REPO_ROOT, RUNTIME, TradePulseLayers
 from cdk.services import METRICS_NAMESPACE
 from cdk.storage import DEAD_LETTERS_PREFIX, Storage
 from cdk.streaming import Streaming
@@ -27,7 +27,7 @@ from tradepulse.topics import ALL_TOPICS
 LAMBDAS_DIR = REPO_ROOT / "lambdas"
 REDRIVE_SCHEDULE = Duration.minutes(15)
 REDRIVE_TIMEOUT = Duration.minutes(5)
-DLQ_MAX_RETRIES = 5
+DLQ_MAX_REDRIVES = 5
 ACCESS_LOG_FORMAT = (
     '{"requestId":"$context.requestId","ip":"$context.identity.sourceIp","time":"$context.requestTime",'
     '"method":"$context.httpMethod","path":"$context.path","status":"$context.status",'
@@ -50,7 +50,7 @@ class Lambdas(Construct):
         id: str,
         *,
         code: lambda_.Code,
-        layer: lambda_.ILayerVersion,
+        layers: TradePulseLayers,
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
         storage: Storage,
@@ -65,7 +65,7 @@ class Lambdas(Construct):
         super().__init__(scope, id)
         self._log_retention = log_retention
 
-        def function(name: str, **kwargs: object) -> lambda_.Function:
+        def function(name: str, *, parquet: bool = False, **kwargs: object) -> lambda_.Function:
             return lambda_.Function(
                 self,
                 f"{name.capitalize()}Fn",
@@ -73,7 +73,7 @@ class Lambdas(Construct):
                 architecture=ARCHITECTURE,
                 handler=f"{name}.handler.handler",
                 code=code,
-                layers=[layer],
+                layers=[layers.base, layers.arrow] if parquet else [layers.base],
                 tracing=lambda_.Tracing.ACTIVE,
                 log_group=logs.LogGroup(
                     self,
@@ -137,7 +137,8 @@ class Lambdas(Construct):
             security_groups=[streaming.client_security_group],
             # One run at a time: overlapping runs would receive the same letters.
             reserved_concurrent_executions=1,
-            environment=env("dlq_redrive", DLQ_MAX_RETRIES=str(DLQ_MAX_RETRIES)),
+            environment=env("dlq_redrive"),
+            parquet=True,
         )
         dlq.grant_consume_messages(self.redrive_function)
         storage.bucket.grant_put(self.redrive_function, f"{storage.s3_prefix}/{DEAD_LETTERS_PREFIX}/*")
@@ -154,9 +155,10 @@ class Lambdas(Construct):
         self.archival_function = function(
             "archival",
             description="Archives parked TradePulse dead letters to S3",
-            memory_size=256,
+            memory_size=512,  # pyarrow
             timeout=Duration.seconds(60),
             environment=env("archival"),
+            parquet=True,
         )
         storage.bucket.grant_put(self.archival_function, f"{storage.s3_prefix}/{DEAD_LETTERS_PREFIX}/*")
         self.archival_function.add_event_source(

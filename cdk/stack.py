@@ -10,13 +10,13 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from cdk.config import DeployConfig
-from cdk.lambdas import REDRIVE_TIMEOUT, Lambdas, lambdas_code
-from cdk.layer import TradePulseLayer
+from cdk.lambdas import DLQ_MAX_REDRIVES, REDRIVE_SCHEDULE, REDRIVE_TIMEOUT, Lambdas, lambdas_code
+from cdk.layer import TradePulseLayers
 from cdk.monitoring import Monitoring
 from cdk.network import Network
 from cdk.queues import DeadLetterQueues
 from cdk.schema_registry import SchemaRegistry
-from cdk.services import ServiceSizes, Services
+from cdk.services import Services, ServiceSizes
 from cdk.storage import Storage
 from cdk.streaming import Streaming
 from tradepulse import topics
@@ -40,7 +40,7 @@ class TradePulseStack(Stack):
 
         self.network = Network(self, "Network", nat_gateways=config.nat_gateways, log_retention=retention)
         subnets = self.network.private_subnets
-        self.layer = TradePulseLayer(self, "Layer")
+        self.layers = TradePulseLayers(self, "Layers")
         code = lambdas_code()
 
         self.streaming = Streaming(
@@ -51,7 +51,7 @@ class TradePulseStack(Stack):
             cluster_name=f"tradepulse-{config.name}",
             partitions=config.topic_partitions,
             retention_hours=config.topic_retention_hours,
-            layer=self.layer.layer,
+            layer=self.layers.base,
             lambda_code=code,
             log_retention=retention,
         )
@@ -94,6 +94,8 @@ class TradePulseStack(Stack):
             "TRADEPULSE_CONSUMER_GROUP": CONSUMER_GROUP,
             "TRADEPULSE_TICKERS": json.dumps(list(config.tickers)),
             "TRADEPULSE_DATA_DIR": "/tmp/tradepulse",
+            "TRADEPULSE_DLQ_MAX_REDRIVES": str(DLQ_MAX_REDRIVES),
+            "TRADEPULSE_DLQ_REDRIVE_INTERVAL_S": str(int(REDRIVE_SCHEDULE.to_seconds())),
             "TRADEPULSE_LOG_LEVEL": "INFO",
         }
 
@@ -113,7 +115,7 @@ class TradePulseStack(Stack):
             self,
             "Lambdas",
             code=code,
-            layer=self.layer.layer,
+            layers=self.layers,
             vpc=self.network.vpc,
             subnets=subnets,
             storage=self.storage,

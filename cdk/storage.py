@@ -8,8 +8,7 @@ timestamp + sequence), TTL on `expires_at`. The cold layout is
 
 from __future__ import annotations
 
-from typing import Any
-
+import pyarrow as pa
 from aws_cdk import Aws, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_athena as athena
 from aws_cdk import aws_dynamodb as dynamodb
@@ -18,51 +17,40 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from cdk.schema_registry import load_schema
-from tradepulse import topics
+from tradepulse.stores.parquet_cold import DATASETS, DEAD_LETTERS, SCHEMAS
 
-#: Cold-store dataset → the topic whose schema gives its columns.
-DATASETS = {
-    "trades": topics.TRADES,
-    "quotes": topics.QUOTES,
-    "news": topics.NEWS,
-    "features": topics.FEATURES,
-    "anomalies": topics.ANOMALIES,
-    "correlations": topics.CORRELATIONS,
-}
-DEAD_LETTERS_PREFIX = "dead-letters"
+DEAD_LETTERS_PREFIX = DEAD_LETTERS
 ATHENA_RESULTS_PREFIX = "athena-results"
 PROJECTION_START = "2024-01-01"
 
 
-def glue_type(prop: dict[str, Any], defs: dict[str, Any]) -> str:
-    """Hive/Glue type of a JSON Schema property (as pydantic writes them)."""
-    if "$ref" in prop:
-        return glue_type(defs[prop["$ref"].rsplit("/", 1)[-1]], defs)
-    if "anyOf" in prop:  # Optional[T] → T
-        (inner,) = [p for p in prop["anyOf"] if p.get("type") != "null"]
-        return glue_type(inner, defs)
-    kind = prop.get("type")
-    if kind == "object" and "properties" in prop:
-        fields = ",".join(f"{name}:{glue_type(p, defs)}" for name, p in prop["properties"].items())
+def hive_type(arrow_type: pa.DataType) -> str:
+    """Glue/Hive type of an Arrow type (the cold store's Parquet schemas)."""
+    if pa.types.is_struct(arrow_type):
+        fields = ",".join(f"{f.name}:{hive_type(f.type)}" for f in arrow_type)
         return f"struct<{fields}>"
-    if kind == "object":
-        return f"map<string,{glue_type(prop.get('additionalProperties', {'type': 'string'}), defs)}>"
-    if kind == "array":
-        return f"array<{glue_type(prop['items'], defs)}>"
-    return {"string": "string", "integer": "bigint", "number": "double", "boolean": "boolean"}[kind]
+    if pa.types.is_map(arrow_type):
+        return f"map<{hive_type(arrow_type.key_type)},{hive_type(arrow_type.item_type)}>"
+    if pa.types.is_list(arrow_type):
+        return f"array<{hive_type(arrow_type.value_type)}>"
+    simple = {
+        pa.string(): "string",
+        pa.int64(): "bigint",
+        pa.int32(): "int",
+        pa.float64(): "double",
+        pa.bool_(): "boolean",
+    }
+    return simple[arrow_type]
 
 
-def glue_columns(topic: str) -> list[glue.CfnTable.ColumnProperty]:
-    """Glue columns of a dataset, in schema order, derived from the topic's JSON Schema."""
-    schema = load_schema(topic)
-    defs = schema.get("$defs", {})
-    return [
-        glue.CfnTable.ColumnProperty(
-            name=name.lower(), type=glue_type(prop, defs), comment=prop.get("description")
-        )
-        for name, prop in schema["properties"].items()
-    ]
+def glue_columns(dataset: str) -> list[glue.CfnTable.ColumnProperty]:
+    """Columns of a dataset's Glue table: exactly the Parquet schema the cold store writes."""
+    return [glue.CfnTable.ColumnProperty(name=f.name, type=hive_type(f.type)) for f in SCHEMAS[dataset]]
+
+
+def glue_table_name(dataset: str) -> str:
+    """Table of a dataset folder (`dead-letters` → `dead_letters`, as the local DuckDB views)."""
+    return dataset.replace("-", "_")
 
 
 class Storage(Construct):
@@ -155,8 +143,8 @@ class Storage(Construct):
         )
         self.glue_database = glue_database
         self.tables: dict[str, glue.CfnTable] = {}
-        for dataset, topic in DATASETS.items():
-            self.tables[dataset] = self._parquet_table(dataset, topic)
+        for topic, dataset in DATASETS.items():
+            self.tables[dataset.name] = self._parquet_table(dataset.name, topic)
 
         self.workgroup = athena.CfnWorkGroup(
             self,
@@ -187,12 +175,14 @@ class Storage(Construct):
             catalog_id=Aws.ACCOUNT_ID,
             database_name=self.glue_database,
             table_input=glue.CfnTable.TableInputProperty(
-                name=dataset,
+                name=glue_table_name(dataset),
                 description=f"{dataset} history (topic {topic}), Parquet, partitioned by dt/hour",
                 table_type="EXTERNAL_TABLE",
                 partition_keys=[
                     glue.CfnTable.ColumnProperty(name="dt", type="string", comment="UTC date YYYY-MM-DD"),
-                    glue.CfnTable.ColumnProperty(name="hour", type="string", comment="UTC hour 00-23"),
+                    glue.CfnTable.ColumnProperty(
+                        name="hour", type="int", comment="UTC hour 0-23 (path: 00-23)"
+                    ),
                 ],
                 parameters={
                     "classification": "parquet",
@@ -213,7 +203,7 @@ class Storage(Construct):
                 },
                 storage_descriptor=glue.CfnTable.StorageDescriptorProperty(
                     location=location,
-                    columns=glue_columns(topic),
+                    columns=glue_columns(dataset),
                     input_format="org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat",
                     output_format="org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat",
                     serde_info=glue.CfnTable.SerdeInfoProperty(

@@ -6,7 +6,8 @@ built on another OS. The wheels are cached under `layers/build/deps-<hash>` keye
 and target, so only the first build needs PyPI; later builds (and `cdk synth`) are offline. The
 `tradepulse` package is copied from the source tree on every build.
 
-    python layers/build.py [--out DIR]      # default: layers/build/layer (contains python/)
+    python layers/build.py                                   # base layer → layers/build/layer/python
+    python layers/build.py --requirements layers/requirements-arrow.txt --no-package --out DIR
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 LAYERS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = LAYERS_DIR.parent
 REQUIREMENTS = LAYERS_DIR / "requirements.txt"
+ARROW_REQUIREMENTS = LAYERS_DIR / "requirements-arrow.txt"
 BUILD_DIR = LAYERS_DIR / "build"
 # Lambda's Python 3.14 runtime is Amazon Linux 2023 (glibc 2.34): manylinux 2014 and 2_28 wheels both fit
 # (confluent-kafka publishes 2_28 only).
@@ -58,10 +60,9 @@ def install_deps(requirements: Path = REQUIREMENTS) -> Path:
             "pip could not install the Lambda layer wheels (the first build needs PyPI; later builds "
             f"reuse {BUILD_DIR}):\n{result.stderr[-2000:]}"
         )
-    # Wheels' console scripts and the runtime's own boto3 are dead weight in a layer.
-    shutil.rmtree(partial / "bin", ignore_errors=True)
-    for name in ("boto3", "botocore", "s3transfer"):
-        for path in partial.glob(f"{name}*"):
+    # Console scripts, C headers, test suites and the runtime's own boto3 are dead weight in a layer.
+    for pattern in ("bin", "boto3*", "botocore*", "s3transfer*", "*/include", "*/tests", "pyarrow/src"):
+        for path in partial.glob(pattern):
             shutil.rmtree(path, ignore_errors=True)
     (partial / ".complete").write_text("ok\n")
     shutil.rmtree(target, ignore_errors=True)
@@ -69,22 +70,25 @@ def install_deps(requirements: Path = REQUIREMENTS) -> Path:
     return target
 
 
-def build_layer(out_dir: Path) -> Path:
-    """Write the layer into `out_dir/python` (third-party wheels + the `tradepulse` package)."""
-    deps = install_deps()
+def build_layer(out_dir: Path, requirements: Path = REQUIREMENTS, *, with_package: bool = True) -> Path:
+    """Write a layer into `out_dir/python`: the requirements' wheels (+ the `tradepulse` package)."""
+    deps = install_deps(requirements)
     python_dir = out_dir / "python"
     shutil.rmtree(python_dir, ignore_errors=True)
     shutil.copytree(deps, python_dir, ignore=shutil.ignore_patterns(".complete", "__pycache__"))
-    shutil.copytree(REPO_ROOT / "tradepulse", python_dir / "tradepulse", ignore=_IGNORE)
+    if with_package:
+        shutil.copytree(REPO_ROOT / "tradepulse", python_dir / "tradepulse", ignore=_IGNORE)
     return python_dir
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=BUILD_DIR / "layer")
+    parser.add_argument("--requirements", type=Path, default=REQUIREMENTS)
+    parser.add_argument("--no-package", action="store_true", help="Wheels only, without `tradepulse`.")
     args = parser.parse_args()
     try:
-        python_dir = build_layer(args.out)
+        python_dir = build_layer(args.out, args.requirements.resolve(), with_package=not args.no_package)
     except LayerBuildError as exc:
         sys.exit(f"error: {exc}")
     size_mb = sum(p.stat().st_size for p in python_dir.rglob("*") if p.is_file()) / 1e6

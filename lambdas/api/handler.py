@@ -1,14 +1,24 @@
-"""API Gateway (HTTP API) → the TradePulse FastAPI app, through Mangum.
-
-The app is built once per Lambda container from the environment (`TRADEPULSE_*`; in AWS
-`TRADEPULSE_HOT_STORE=dynamodb`), so warm invocations reuse the store client and the response cache.
-"""
+"""API Gateway (HTTP API) → the TradePulse FastAPI app, through Mangum."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
 from mangum import Mangum
 
 from tradepulse.api.app import create_app
 
-# lifespan="off": nothing to start, and a Lambda container is frozen rather than shut down.
-handler = Mangum(create_app(), lifespan="off")
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+
+# Built once per container: the app opens its stores (DynamoDB, Athena) from TRADEPULSE_* settings.
+asgi = Mangum(create_app(), lifespan="off")
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return asgi(event, context)

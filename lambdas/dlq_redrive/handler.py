@@ -1,0 +1,184 @@
+"""Every 15 minutes (EventBridge schedule): redrive the dead letters in the SQS DLQ to Kafka.
+
+The function drains the queue itself (a schedule brings no records) and feeds each batch of up to 10
+messages to Powertools' BatchProcessor. Per letter, the policy of `tradepulse.stores.dlq`:
+- `retry_count` already at TRADEPULSE_DLQ_MAX_REDRIVES (5) → archived to S3 (Parquet, `dead-letters/`);
+- otherwise re-published to its source topic with the `tp-dlq-*` headers (a repeat failure returns to
+  the same letter with the count kept); if publishing fails, the letter goes back to the queue with
+  the count + 1, or to the archive when that was its last redrive.
+A record whose handling raised (S3 or SQS unavailable) is a partial batch failure: its message is not
+deleted and comes back after the visibility timeout; after 5 such receives SQS parks it, and the
+archival function takes it from there.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from sqs_letters import letter_from_record, to_record
+
+from tradepulse.config import Settings
+from tradepulse.stores.dlq import SqsDeadLetterQueue, iso_utc, republisher
+from tradepulse.stores.parquet_cold import ParquetColdStore
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+processor = BatchProcessor(event_type=EventType.SQS)
+
+Publish = Callable[[str, bytes | None, bytes, dict[str, bytes]], None]
+#: Stop receiving when less than this is left of the invocation (the last batch must finish).
+RESERVE_MS = 60_000
+
+
+def kafka_publisher(settings: Settings) -> Publish:
+    """publish(topic, key, value, headers) on an idempotent producer (MSK IAM auth from settings);
+    raises when the broker did not acknowledge the message."""
+    from confluent_kafka import Producer
+
+    from tradepulse.bus.clients import producer_config
+
+    producer = Producer(producer_config(settings, **{"linger.ms": 0}))
+
+    def publish(topic: str, key: bytes | None, value: bytes, headers: dict[str, bytes]) -> None:
+        errors: list[str] = []
+        producer.produce(
+            topic, value, key, headers=headers, on_delivery=lambda e, _m: e and errors.append(str(e))
+        )
+        if producer.flush(30) or errors:
+            raise RuntimeError(errors[0] if errors else "delivery not acknowledged within 30 s")
+
+    return publish
+
+
+class Redriver:
+    """One redrive pass over the DLQ. Dependencies are injectable for tests (moto clients, a local broker)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        publish: Publish,
+        sqs_client: Any = None,
+        s3_client: Any = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not settings.sqs_dlq_url or not settings.s3_bucket:
+            raise ValueError("TRADEPULSE_SQS_DLQ_URL and TRADEPULSE_S3_BUCKET are required")
+        self.settings = settings
+        self.dlq = SqsDeadLetterQueue(settings.sqs_dlq_url, client=sqs_client, region=settings.aws_region)
+        self.cold = ParquetColdStore(
+            f"s3://{settings.s3_bucket}/{settings.s3_prefix.strip('/')}",
+            s3_client=s3_client,
+            region=settings.aws_region,
+        )
+        self.redrive = republisher(publish)
+        self.clock = clock
+        self.max_redrives = settings.dlq_max_redrives
+        self._requeued: set[str] = set()
+        self._queue_arn = self.dlq.client.get_queue_attributes(
+            QueueUrl=settings.sqs_dlq_url, AttributeNames=["QueueArn"]
+        )["Attributes"]["QueueArn"]
+
+    def handle_record(self, record: SQSRecord) -> str:
+        """One letter through the policy; returns the outcome (raising = partial batch failure)."""
+        letter = letter_from_record(record)
+        if letter["retry_count"] >= self.max_redrives:
+            return self._archive(letter)
+        letter = dict(letter, retry_count=letter["retry_count"] + 1)
+        try:
+            self.redrive(letter)
+        except Exception as exc:
+            letter.update(
+                last_failure_at=iso_utc(self.clock()), error_type=type(exc).__name__, reason=str(exc)[:4000]
+            )
+            if letter["retry_count"] >= self.max_redrives:
+                return self._archive(letter)
+            self.dlq.put([letter])  # SQS messages are immutable: the new state is a new message
+            self._requeued.add(letter["dead_letter_id"])
+            return "requeued"
+        return "redriven"
+
+    def _archive(self, letter: dict[str, Any]) -> str:
+        self.cold.archive_dead_letters([dict(letter, status="archived")])
+        return "archived"
+
+    def run(self, context: Any = None, *, max_messages: int = 2000) -> dict[str, int]:
+        """Drain the queue in batches of 10 until it is empty, `max_messages` were seen, or the
+        invocation is about to time out. Returns counts per outcome."""
+        self._requeued.clear()
+        outcomes: Counter[str] = Counter()
+        seen = 0
+        while seen < max_messages:
+            if context is not None and context.get_remaining_time_in_millis() < RESERVE_MS:
+                break
+            messages = self.dlq.client.receive_message(
+                QueueUrl=self.settings.sqs_dlq_url,
+                MaxNumberOfMessages=10,
+                MessageAttributeNames=["All"],
+                AttributeNames=["All"],
+                WaitTimeSeconds=0,
+            ).get("Messages", [])
+            if not messages:
+                break
+            seen += len(messages)
+            # A letter requeued in this pass waits for the next one (it stays invisible until then).
+            batch = [m for m in messages if self._letter_id(m) not in self._requeued]
+            outcomes["deferred"] += len(messages) - len(batch)
+            if not batch:
+                continue
+            records = [to_record(m, self._queue_arn, self.settings.aws_region) for m in batch]
+            results: dict[str, str] = {}
+
+            def record_handler(record: SQSRecord, results: dict[str, str] = results) -> str:
+                results[record.message_id] = outcome = self.handle_record(record)
+                return outcome
+
+            response = process_partial_response(
+                event={"Records": records},
+                record_handler=record_handler,
+                processor=processor,
+                context=context,
+            )
+            failed = {f["itemIdentifier"] for f in response.get("batchItemFailures", [])}
+            outcomes["failed"] += len(failed)
+            outcomes.update(results.values())
+            done = [m for m in batch if m["MessageId"] not in failed]
+            if done:
+                self.dlq.client.delete_message_batch(
+                    QueueUrl=self.settings.sqs_dlq_url,
+                    Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)],
+                )
+        return dict(outcomes)
+
+    @staticmethod
+    def _letter_id(message: dict[str, Any]) -> str | None:
+        attribute = message.get("MessageAttributes", {}).get("dead_letter_id")
+        return attribute.get("StringValue") if attribute else None
+
+
+_redriver: Redriver | None = None
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: Any) -> dict[str, int]:
+    global _redriver
+    if _redriver is None:
+        settings = Settings()
+        _redriver = Redriver(settings, publish=kafka_publisher(settings))
+    outcomes = _redriver.run(context)
+    for outcome in ("redriven", "requeued", "archived", "failed", "deferred"):
+        metrics.add_metric(
+            name=f"DeadLetters_{outcome}", unit=MetricUnit.Count, value=outcomes.get(outcome, 0)
+        )
+    logger.info("redrive pass done", extra=outcomes)
+    return outcomes
