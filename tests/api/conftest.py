@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from tests.api.market import Market, build_market, write_market
-from tradepulse.api.health import runner_status_path, write_runner_status
+from tradepulse.api.health import runner_status_path
+from tradepulse.bus.status import write_json_atomic
 from tradepulse.config import Settings
 from tradepulse.stores.sqlite_hot import SqliteHotStore
 
@@ -50,7 +51,7 @@ def heartbeat(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "e2e_latency_p99_ms": 48.0,
         "batch_p99_ms": 6.5,
     } | overrides
-    write_runner_status(runner_status_path(settings), status)
+    write_json_atomic(runner_status_path(settings), status)
     return status
 
 

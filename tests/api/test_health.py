@@ -20,6 +20,7 @@ from tradepulse.api.health import (
     RunnerStatus,
     runner_status_path,
 )
+from tradepulse.bus.status import RunnerMetrics, status_path, write_json_atomic
 from tradepulse.config import Settings
 from tradepulse.stores.sqlite_hot import SqliteHotStore
 
@@ -74,6 +75,23 @@ def test_healthy_with_fresh_heartbeat_and_reachable_broker(live: TestClient, liv
     assert components["runner"]["status"] == "ok"
     assert components["runner"]["metrics"]["events_per_s"] == status["events_per_s"]
     assert components["consumer_lag"]["status"] == "ok" and components["hot_store"]["status"] == "ok"
+
+
+@pytest.mark.kafka
+def test_reads_the_runners_own_status_document(live: TestClient, live_settings: Settings) -> None:
+    # The document the real runner writes (tradepulse.bus.status), not a hand-made one.
+    metrics = RunnerMetrics(consumer_lag=42, dlq_depth=1, backpressure_activations=4)
+    metrics.write_ms.extend([3.0, 4.0, 5.0])
+    metrics.committed(events=500, batch_ms=2.5)
+    write_json_atomic(status_path(live_settings.data_dir), metrics.snapshot())
+    res = live.get("/health")
+    assert res.status_code == 200
+    body = res.json()
+    assert body["status"] == "healthy" and body["consumer_lag"] == 42
+    assert body["dynamo_latency_p99"] == pytest.approx(5.0, abs=0.1)
+    runner = body["components"]["runner"]["metrics"]
+    assert runner["events_processed"] == 500 and runner["dlq_depth"] == 1
+    assert runner["backpressure_activations"] == 4
 
 
 @pytest.mark.kafka

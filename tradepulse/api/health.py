@@ -2,29 +2,27 @@
 
 ## Runner-status contract (written by `tradepulse/bus/runner.py`, read here)
 
-After every committed micro-batch — and at least every 5 s while idle — the runner publishes one JSON
-object describing itself:
+After every committed micro-batch (at most once per second) and while idle, the runner publishes one JSON
+object describing itself (`tradepulse.bus.status.RunnerMetrics.snapshot()` builds it):
 
     {
       "updated_at": 1764000000.5,       # epoch s, when this heartbeat was written (required)
-      "last_commit_at": 1764000000.4,   # epoch s of the last successful offset commit (required)
+      "last_commit_at": 1764000000.4,   # epoch s of the last successful offset commit (required;
+                                        #   the runner's start time until its first commit)
       "consumer_lag": 1234,             # Σ over assigned partitions of high watermark − position
       "events_processed": 987654,       # monotonically increasing since the runner started
-      "events_per_s": 4100.0,           # recent throughput (e.g. over the last 10 s)
+      "events_per_s": 4100.0,           # recent throughput (over the last ~10 s)
       "write_p99_ms": 12.5,             # p99 of recent hot-store write_batch latencies
       "backpressure_activations": 3,    # times consumption was paused for a slow sink, since start
       "dlq_depth": 0,                   # dead letters pending
-      "e2e_latency_p99_ms": 85.0,       # optional: receive → hot store, p99
       "batch_p99_ms": 9.0,              # optional: one micro-batch, p99
-      "pid": 4242,                      # optional
-      "started_at": 1763990000.0        # optional, epoch s
+      "e2e_latency_p99_ms": 85.0,       # optional: receive → hot store, p99
+      ...                               # any other fields: accepted and ignored
     }
 
-Unknown extra fields are accepted and ignored, so the runner can add fields without breaking the API.
-
-- Locally the runner writes it atomically to `<data_dir>/runner-status.json` (write a temp file in the
-  same directory, then `os.replace`), so a reader never sees half a file. `write_runner_status()` below
-  does exactly that; the runner may call it.
+- Locally the runner writes it atomically to `<data_dir>/runner-status.json`
+  (`tradepulse.bus.status.status_path` + `write_json_atomic`: temp file + `os.replace`), so a reader never
+  sees half a file. Additional runner instances write `runner-status-<n>.json`; /health reads instance 0.
 - In AWS (no shared disk between the ECS runner and the Lambda API) the same object goes to the hot
   store: the store offers `put_runner_status(status: dict)` / `get_runner_status() -> dict | None`
   (optional methods beyond the HotStore protocol; `HotStoreRunnerStatusSource` uses them when present).
@@ -42,10 +40,7 @@ free); computing it here from committed offsets would cost two admin round trips
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -55,9 +50,9 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tradepulse.api.responses import ComponentHealth, HealthResponse, iso_ms
+from tradepulse.bus.status import status_path
 from tradepulse.config import Settings
 
-RUNNER_STATUS_FILE = "runner-status.json"
 BROKER_TIMEOUT_S = 1.0
 BROKER_CACHE_S = 3.0
 
@@ -94,20 +89,8 @@ class RunnerStatusSource(Protocol):
 
 
 def runner_status_path(settings: Settings) -> Path:
-    return settings.data_dir / RUNNER_STATUS_FILE
-
-
-def write_runner_status(path: Path, status: dict[str, Any]) -> None:
-    """Atomically replace the heartbeat file (temp file + rename in the same directory)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".runner-status.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(status, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """The heartbeat file of the (first) runner under `settings.data_dir`."""
+    return status_path(settings.data_dir)
 
 
 class FileRunnerStatusSource:
