@@ -154,6 +154,7 @@ class IngestService:
             await asyncio.gather(reader, publisher, reports, return_exceptions=True)
             await asyncio.to_thread(self._producer.flush, 30)
             self._dead_letter_failed_deliveries()
+            self._producer.close()
         for task in (reader, publisher):
             if not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]

@@ -217,7 +217,9 @@ class NewsPoller:
         self._stop.set()
 
     def close(self) -> None:
+        """Flush and release the producer and the dedupe store (the poller cannot be reused)."""
         self._producer.flush(30)
+        self._producer.close()
         self.seen.close()
 
     async def poll_once(self, http: httpx.AsyncClient | None = None) -> int:
