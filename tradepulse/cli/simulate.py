@@ -26,7 +26,12 @@ if TYPE_CHECKING:
 @click.option("--tickers", default=None, help="Comma-separated tickers [tickers].")
 @click.option("--n-tickers", type=int, default=None, help="Use N tickers (defaults + synthetic symbols).")
 @click.option("--profile", type=click.Choice(["flat", "market_open"]), default="flat", show_default=True)
-@click.option("--duration", type=float, default=None, help="Stop generating after N simulated seconds.")
+@click.option(
+    "--duration",
+    type=float,
+    default=None,
+    help="Generate N simulated seconds, then exit once clients got them.",
+)
 @click.option(
     "--ground-truth",
     type=click.Path(path_type=Path),
@@ -112,6 +117,14 @@ async def _run(config: SimulatorConfig, progress_every: float) -> None:
         f"simulator: {source}, ws {sim.ws_url}/stocks, news {sim.news_base_url}/company-news, "
         f"rate {config.rate:,.0f} ev/s ({config.profile}), seed {config.seed}"
     )
+    finisher: asyncio.Task[None] | None = None
+    if config.duration_s is not None or config.replay_root is not None:
+        # A bounded run exits once every client has been sent everything.
+        async def finish() -> None:
+            await sim.finished.wait()
+            stop.set()
+
+        finisher = asyncio.create_task(finish())
     last = sim.stats()
     last_t = time.monotonic()
     try:
@@ -129,6 +142,8 @@ async def _run(config: SimulatorConfig, progress_every: float) -> None:
             )
             last, last_t = stats, now
     finally:
+        if finisher is not None:
+            finisher.cancel()
         await sim.stop()
         _say("simulator: stopped")
 
