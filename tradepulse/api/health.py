@@ -190,7 +190,7 @@ class HealthChecker:
         monotonic: Any = time.monotonic,
     ) -> None:
         self._settings = settings
-        self._runner = runner
+        self.runner_source = runner
         self._broker = broker
         self._store = hot_store
         self._wall = wall_clock
@@ -198,7 +198,7 @@ class HealthChecker:
         self._started = monotonic()
 
     def runner_status(self) -> RunnerStatus | None:
-        return self._runner.read()
+        return self.runner_source.read()
 
     def broker_check(self) -> BrokerCheck:
         if self._broker is None:
