@@ -1,0 +1,415 @@
+"""The exactly-once runner against the real broker and the real stores: every emitted feature checked
+against an independent recomputation, poison messages dead-lettered, a slow sink engaging backpressure.
+
+Helpers here (recording, producing, reading back, the reference recomputation) are shared with
+`test_runner_processes.py` (SIGKILL/restart and two processes in one group).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+from tradepulse.bus.clients import consumer_config, producer_config
+from tradepulse.bus.pipeline import build_runner
+from tradepulse.bus.runner import Runner
+from tradepulse.config import Settings
+from tradepulse.core.news_join import correlation_id
+from tradepulse.models import Correlation, DeadLetter, FeatureVector
+from tradepulse.sources.news import article_records
+from tradepulse.sources.parse import quote_record, trade_record
+from tradepulse.sources.simulator.market import MarketConfig, MarketModel
+from tradepulse.stores.backpressure import SlowHotStore
+from tradepulse.stores.factory import open_dlq, open_hot_store
+from tradepulse.topics import CORRELATIONS, FEATURES, NEWS, QUOTES, TRADES
+
+pytestmark = pytest.mark.kafka
+
+START_MS = 1_767_000_000_000  # fixed event time, so the recording is the same on every run
+TICKERS = ["AAPL", "MSFT", "NVDA", "TSLA"]
+FEATURE_FIELDS = [
+    "price",
+    "volume",
+    "vwap_1min",
+    "vwap_5min",
+    "rolling_avg_5min",
+    "volume_zscore",
+    "price_momentum",
+    "vwap_deviation_bps",
+]
+
+
+# --- recording --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Recording:
+    """Topic records in event-time order: (topic, ticker, record dict)."""
+
+    events: list[tuple[str, str, dict[str, Any]]]
+
+    def of(self, topic: str) -> list[dict[str, Any]]:
+        return [r for t, _, r in self.events if t == topic]
+
+
+def make_recording(duration_s: float, rate: float, seed: int = 11) -> Recording:
+    """A deterministic multi-ticker stream from the simulator's market model, converted by the ingest's
+    own parsers into topic payloads (injected volume spikes, price jumps and news included)."""
+    model = MarketModel(
+        MarketConfig(seed=seed, tickers=TICKERS, rate=rate, start_ms=START_MS, news_interval_s=20.0)
+    )
+    events: list[tuple[str, str, dict[str, Any]]] = []
+    for block in model.generate(duration_s):
+        for wire in block.records():
+            received = wire["t"] * 1000 + 500
+            if wire["ev"] == "T":
+                rec = trade_record(wire, received)
+                events.append((TRADES, rec["ticker"], rec))
+            else:
+                rec = quote_record(wire, received)
+                events.append((QUOTES, rec["ticker"], rec))
+        for item in block.news:
+            for rec in article_records(item, item["related"], set(TICKERS), block.end_ms * 1000):
+                events.append((NEWS, rec["ticker"], rec))
+    return Recording(events)
+
+
+def produce(settings: Settings, events: list[tuple[str, str, Any]]) -> None:
+    """Produce (topic, key, value) with the idempotent producer; dict values are JSON-encoded."""
+    producer = Producer(producer_config(settings))
+    for topic, key, value in events:
+        payload = value if isinstance(value, bytes) else orjson.dumps(value)
+        while True:
+            try:
+                producer.produce(topic, key=key.encode(), value=payload)
+                break
+            except BufferError:
+                producer.poll(0.1)
+    assert producer.flush(60) == 0
+
+
+def read_topic(settings: Settings, topic: str) -> list[dict[str, Any]]:
+    """Every committed record of a topic (read_committed, all partitions, to the end)."""
+    consumer = Consumer(consumer_config(settings, "test-reader", **{"enable.partition.eof": True}))
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    pending, out = set(partitions), []
+    deadline = time.monotonic() + 60
+    while pending and time.monotonic() < deadline:
+        for message in consumer.consume(1000, timeout=0.5):
+            if message.error() is not None:
+                if message.error().code() == KafkaError._PARTITION_EOF:
+                    pending.discard(message.partition())
+                continue
+            out.append(orjson.loads(message.value()))
+    consumer.close()
+    assert not pending, f"could not read {topic} to the end"
+    return out
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if _runner_errors:
+            raise AssertionError(f"the runner failed while waiting for {what}") from _runner_errors[0]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+_runner_errors: list[BaseException] = []
+
+
+@contextmanager
+def running(runner: Runner) -> Iterator[Runner]:
+    """Run a runner in a thread; stop it gracefully (finish batch, commit, flush) on exit. A runner
+    that dies fails the test at the next `wait_for` instead of at a timeout."""
+    errors = _runner_errors
+    errors.clear()
+
+    def target() -> None:
+        try:
+            runner.run()
+        except BaseException as exc:  # surfaced in the test thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="runner", daemon=True)
+    thread.start()
+    try:
+        yield runner
+    finally:
+        runner.request_stop()
+        thread.join(60)
+    assert not thread.is_alive(), "runner did not stop"
+    if errors:
+        raise errors[0]
+
+
+# --- independent reference ------------------------------------------------------------------------
+
+
+def reference_snapshots(rec: Recording, grace_ms: int = 2000) -> dict[tuple[str, int], dict[str, Any]]:
+    """1-second feature snapshots recomputed from the definitions with plain pandas/numpy, one second at
+    a time (no prefix sums, no incremental state): for every second of a ticker whose end is at least
+    `grace_ms` behind the ticker's last trade, the vector as of the last trade of that second."""
+    trades = pd.DataFrame(rec.of(TRADES))
+    quotes = pd.DataFrame(rec.of(QUOTES))
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+    for ticker, tr in trades.groupby("ticker", sort=False):
+        tr = tr.reset_index(drop=True)
+        ts = tr["exchange_ts_ms"].to_numpy()
+        # The reference assumes an in-order tape (no late events), which the simulator produces.
+        assert (np.diff(ts) >= 0).all()
+        price, size = tr["price"].to_numpy(), tr["size"].to_numpy()
+        sec = ts // 1000
+        q = quotes[quotes["ticker"] == ticker]
+        q_ts = q["exchange_ts_ms"].to_numpy()
+        q_spread = np.where(
+            (q["bid_price"] > 0) & (q["ask_price"] > 0), q["ask_price"] - q["bid_price"], np.nan
+        )
+        vol_by_sec = pd.Series(size).groupby(sec).sum()
+        closed_until = ts.max() - grace_ms
+        last_of_second = np.flatnonzero(np.r_[sec[1:] != sec[:-1], True])
+        for i in last_of_second:
+            s, t, p = int(sec[i]), int(ts[i]), float(price[i])
+            if (s + 1) * 1000 > closed_until:
+                continue
+            upto = slice(0, i + 1)
+            t_up, p_up, s_up = ts[upto], price[upto], size[upto]
+            w1, w5 = t_up > t - 60_000, t_up > t - 300_000
+            vwap1 = float(np.sum(p_up[w1] * s_up[w1]) / np.sum(s_up[w1]))
+            vwap5 = float(np.sum(p_up[w5] * s_up[w5]) / np.sum(s_up[w5]))
+            avg5 = float(np.mean(p_up[w5]))
+            ref = np.flatnonzero(t_up <= t - 60_000)
+            momentum = 0.0
+            if len(ref) and t_up[ref[-1]] > t - 300_000:
+                momentum = (p - p_up[ref[-1]]) / p_up[ref[-1]] * 100
+            volume = float(vol_by_sec[s])
+            hist = vol_by_sec[(vol_by_sec.index >= s - 300) & (vol_by_sec.index <= s - 1)]
+            z = 0.0
+            if len(hist):
+                n = s - int(hist.index.min())
+                values = np.zeros(n)
+                values[hist.index.to_numpy() - (s - n)] = hist.to_numpy()
+                mean, mean_sq = values.mean(), float(np.mean(values**2))
+                var = mean_sq - mean * mean
+                if n >= 30 and var > 1e-12 * mean_sq:
+                    z = (volume - mean) / math.sqrt(var)
+            before = np.flatnonzero(q_ts <= t)
+            spread = None
+            if len(before) and not math.isnan(q_spread[before[-1]]):
+                spread = float(q_spread[before[-1]])
+            out[(ticker, t)] = {
+                "ticker": ticker,
+                "ts_ms": t,
+                "price": p,
+                "volume": volume,
+                "vwap_1min": vwap1,
+                "vwap_5min": vwap5,
+                "rolling_avg_5min": avg5,
+                "volume_zscore": z,
+                "price_momentum": momentum,
+                "trade_frequency": int(np.sum(t_up > t - 60_000)),
+                "vwap_deviation_bps": (p - vwap5) / vwap5 * 1e4,
+                "bid_ask_spread": spread,
+                "window_start_ms": t - 300_000,
+                "window_end_ms": t,
+                "late_events": 0,
+            }
+    return out
+
+
+def assert_features_match(
+    emitted: list[dict[str, Any]], expected: dict[tuple[str, int], dict[str, Any]], *, spread: bool = True
+) -> None:
+    """Same snapshot keys, no duplicates, every numeric field within rtol 1e-9."""
+    keys = [(f["ticker"], f["ts_ms"]) for f in emitted]
+    assert len(keys) == len(set(keys)), "duplicate feature snapshots"
+    assert set(keys) == set(expected), (
+        f"missing {len(set(expected) - set(keys))}, unexpected {len(set(keys) - set(expected))}"
+    )
+    ordered = sorted(emitted, key=lambda f: (f["ticker"], f["ts_ms"]))
+    exp = [expected[(f["ticker"], f["ts_ms"])] for f in ordered]
+    for name in FEATURE_FIELDS:
+        np.testing.assert_allclose(
+            [f[name] for f in ordered], [e[name] for e in exp], rtol=1e-9, atol=1e-9, err_msg=name
+        )
+    for name in ("trade_frequency", "window_start_ms", "window_end_ms", "late_events"):
+        assert [f[name] for f in ordered] == [e[name] for e in exp], name
+    if spread:
+        got = [f["bid_ask_spread"] for f in ordered]
+        want = [e["bid_ask_spread"] for e in exp]
+        assert [g is None for g in got] == [w is None for w in want]
+        np.testing.assert_allclose(
+            [g for g in got if g is not None], [w for w in want if w is not None], rtol=1e-9, atol=1e-12
+        )
+
+
+def expected_correlation_ids(rec: Recording) -> set[str]:
+    """Articles whose ±60 s window has closed: the ticker's last trade is ≥ 60 s after publication."""
+    last_ts: dict[str, int] = defaultdict(int)
+    for trade in rec.of(TRADES):
+        last_ts[trade["ticker"]] = max(last_ts[trade["ticker"]], trade["exchange_ts_ms"])
+    return {
+        correlation_id(a["article_id"], a["ticker"])
+        for a in rec.of(NEWS)
+        if a["published_ts_ms"] + 60_000 <= last_ts[a["ticker"]]
+    }
+
+
+@pytest.fixture(scope="module")
+def recording() -> Recording:
+    # ~20k events over 6.5 minutes of event time: longer than the 5-minute windows.
+    return make_recording(duration_s=390, rate=52)
+
+
+# --- tests --------------------------------------------------------------------------------------------
+
+
+def test_every_emitted_feature_matches_an_independent_recomputation(
+    kafka_settings: Settings, recording: Recording
+) -> None:
+    settings = kafka_settings.model_copy(update={"batch_max_messages": 2000})
+    expected = reference_snapshots(recording)
+    assert len(recording.events) > 15_000 and len(expected) > 1000
+    runner = build_runner(settings, instance="features")
+    # Replay the recording as a live feed: in chunks of 1.5 s of event time, each consumed before the
+    # next is produced. Trades and quotes then reach the runner in event-time order to within a chunk,
+    # as they do live; a pre-filled topic would let the runner read trades minutes ahead of the quotes,
+    # and the bid-ask spread (the latest quote at or before a trade) would depend on fetch timing.
+    chunks: dict[int, list[tuple[str, str, Any]]] = defaultdict(list)
+    for topic, key, row in recording.events:
+        ts = row.get("exchange_ts_ms", row.get("published_ts_ms"))
+        chunks[(ts - START_MS) // 1500].append((topic, key, row))
+    with running(runner):
+        sent = 0
+        for index in sorted(chunks):
+            produce(settings, chunks[index])
+            sent += len(chunks[index])
+            wait_for(lambda sent=sent: runner.metrics.events_processed >= sent, 60, "the chunk")
+        assert runner.metrics.events_processed == len(recording.events)
+
+    emitted = read_topic(settings, FEATURES)
+    assert_features_match(emitted, expected)
+    for row in emitted[:50]:
+        FeatureVector.model_validate(row)
+
+    hot = open_hot_store(settings)
+    stored = [row for t in TICKERS for row in hot.feature_history(t, 0, limit=100_000)]
+    assert_features_match(stored, expected)
+    assert hot.trade_ids() == {t["event_id"] for t in recording.of(TRADES)}
+
+    correlations = read_topic(settings, CORRELATIONS)
+    ids = [c["correlation_id"] for c in correlations]
+    assert len(ids) == len(set(ids)) and set(ids) == expected_correlation_ids(recording)
+    for row in correlations:
+        Correlation.model_validate(row)
+    assert {c["correlation_id"] for c in hot.correlations(None, 0, limit=10_000)} == set(ids)
+    hot.close()
+
+    status = orjson.loads(runner.status_file.read_bytes())
+    assert status["events_processed"] == len(recording.events)
+    assert status["last_commit_at"] > 0 and status["pid"] > 0
+
+
+POISON: list[tuple[str, bytes, str]] = [
+    (TRADES, b"{not json", "bad_json"),
+    (TRADES, b"[1, 2, 3]", "bad_json"),
+    (TRADES, b"", "bad_json"),
+    (QUOTES, b'{"ticker": "AAPL"}', "missing_field"),
+    (NEWS, b'{"event_id": "x", "ticker": "AAPL", "headline": "h"}', "missing_field"),
+    (TRADES, b"\xff\xfe binary", "bad_json"),
+]
+
+
+def _bad_trades(template: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
+    """Well-formed JSON trades with one bad value each."""
+    cases = [
+        ({"price": -1.0}, "bad_value"),
+        ({"size": 0}, "bad_value"),
+        ({"exchange_ts_ms": template["exchange_ts_ms"] // 1000}, "bad_value"),  # seconds, not ms
+        ({"exchange_ts_ms": True}, "bad_value"),
+        ({"price": "12.5"}, "bad_value"),
+        ({"ticker": ""}, "bad_value"),
+    ]
+    return [({**template, **change, "event_id": f"bad-{i}"}, kind) for i, (change, kind) in enumerate(cases)]
+
+
+def test_poison_messages_go_to_the_dlq_with_context_and_the_runner_keeps_going(
+    kafka_settings: Settings, recording: Recording
+) -> None:
+    good = recording.events[:3000]
+    template = next(r for t, _, r in good if t == TRADES)
+    bad = [(topic, "AAPL", raw) for topic, raw, _ in POISON]
+    bad += [(TRADES, "AAPL", orjson.dumps(row)) for row, _ in _bad_trades(template)]
+    # Interleave the poison with good messages of the same partition (key AAPL).
+    mixed = list(good)
+    for i, item in enumerate(bad):
+        mixed.insert(200 + i * 300, item)
+    runner = build_runner(kafka_settings, instance="poison")
+    with running(runner):
+        produce(kafka_settings, mixed)
+        wait_for(
+            lambda: runner.metrics.events_processed >= len(mixed) and runner.metrics.dead_letters >= len(bad),
+            60,
+            "every message",
+        )
+    assert runner.metrics.events_processed == len(mixed)
+    assert runner.metrics.dead_letters == len(bad)
+
+    dlq = open_dlq(kafka_settings)
+    letters = dlq.pending(limit=1000)
+    dlq.close()
+    assert len(letters) == len(bad)
+    for letter in letters:
+        DeadLetter.model_validate(letter)
+        assert letter["stage"] == "processor"
+        assert letter["source_topic"] in (TRADES, QUOTES, NEWS)
+        assert letter["source_partition"] is not None and letter["source_offset"] is not None
+        assert letter["ticker"] == "AAPL" and letter["reason"]
+    expected_types = sorted([kind for *_, kind in POISON] + [kind for _, kind in _bad_trades(template)])
+    assert sorted(letter["error_type"] for letter in letters) == expected_types
+    # The original payload is kept (binary as base64).
+    assert any(letter["payload"] == "{not json" for letter in letters)
+    assert any(letter["payload"].startswith("b64:") for letter in letters)
+
+    hot = open_hot_store(kafka_settings)
+    good_trades = {r["event_id"] for t, _, r in good if t == TRADES}
+    assert hot.trade_ids() == good_trades  # accepted + dead-lettered = sent
+    hot.close()
+    status = orjson.loads(runner.status_file.read_bytes())
+    assert status["dlq_depth"] == len(bad)
+
+
+def test_slow_hot_store_engages_backpressure_and_loses_nothing(
+    kafka_settings: Settings, recording: Recording
+) -> None:
+    settings = kafka_settings.model_copy(update={"batch_max_messages": 500})
+    events = recording.events[:4000]
+    slow = SlowHotStore(open_hot_store(settings), delay_s=0.3)
+    runner = build_runner(settings, instance="slow", hot=slow)
+    produce(settings, events)
+    with running(runner):
+        wait_for(lambda: runner.metrics.events_processed >= len(events), 120, "the slow drain")
+    assert runner.metrics.backpressure_activations >= 2
+    assert slow.writes >= runner.metrics.backpressure_activations
+    # While paused nothing new was fetched: each activation held the batch rate at ~1 per 800 ms.
+    assert runner.metrics.batches >= len(events) // 500
+    hot = open_hot_store(settings)
+    assert hot.trade_ids() == {r["event_id"] for t, _, r in events if t == TRADES}
+    hot.close()
+    status = orjson.loads(runner.status_file.read_bytes())
+    assert status["backpressure_activations"] == runner.metrics.backpressure_activations
+    assert status["write_p99_ms"] >= 300

@@ -1,0 +1,88 @@
+"""The runner's processing step on the real core, and the assembly of a runner from settings.
+
+`CoreProcessor` adapts the pure core (`tradepulse.core`) to the runner's `Processor` interface: decoded
+rows → columnar batches → `FeatureEngine` (feature snapshots of closed seconds) → `AnomalyDetector`
+(batched Isolation Forest scoring) and `NewsJoiner` (news ↔ volume z-score join in event time).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tradepulse.bus.decode import DecodedBatch
+from tradepulse.bus.runner import BatchOutputs, Runner
+from tradepulse.config import Settings
+from tradepulse.core.columns import QuoteColumns, TradeColumns
+from tradepulse.core.features import FeatureConfig, FeatureEngine
+from tradepulse.core.news_join import NewsJoiner
+
+
+class CoreProcessor:
+    """Window state of the assigned partitions: features, news join, anomaly scoring."""
+
+    def __init__(self, settings: Settings, detector: Any = None) -> None:
+        self.config = FeatureConfig.from_settings(settings)
+        self.detector = detector
+        self.engine = FeatureEngine(self.config)
+        self.joiner = NewsJoiner()
+
+    @property
+    def model_version(self) -> int:
+        return int(getattr(self.detector, "model_version", 0) or 0)
+
+    def reset(self) -> None:
+        """Forget the window state; the anomaly model is kept (it is not window state, and a model
+        trained on more history is only better)."""
+        self.engine = FeatureEngine(self.config)
+        self.joiner = NewsJoiner()
+
+    def process(self, batch: DecodedBatch, *, emit: bool) -> BatchOutputs:
+        trades = TradeColumns.from_records(batch.trades) if batch.trades else TradeColumns.empty()
+        quotes = QuoteColumns.from_records(batch.quotes) if batch.quotes else QuoteColumns.empty()
+        out = self.engine.process(trades, quotes)
+        if batch.news:
+            self.joiner.add_articles(batch.news)
+        z = out.zscores
+        if len(z["ts_ms"]):
+            self.joiner.add_zscores(z["ticker"], z["ts_ms"], z["volume_zscore"])
+        watermarks = {}
+        for ticker in {*out.latest, *(row["ticker"] for row in batch.news)}:
+            wm = self.engine.watermark(ticker)
+            if wm is not None:
+                watermarks[ticker] = wm
+        correlations = self.joiner.advance(watermarks) if watermarks else []
+        anomalies: list[dict[str, Any]] = []
+        if self.detector is not None and len(out.per_trade["ts_ms"]):
+            anomalies = self.detector.score(out.per_trade)
+        if not emit:
+            return BatchOutputs()
+        return BatchOutputs(
+            features=out.snapshots,
+            anomalies=anomalies,
+            correlations=correlations,
+            late_events=len(out.late_event_ids),
+        )
+
+    def close(self) -> None:
+        close = getattr(self.detector, "close", None)
+        if close is not None:
+            close()
+
+
+def build_runner(settings: Settings, *, instance: str = "0", hot: Any = None, detector: Any = None) -> Runner:
+    """A runner on the configured stores and the real core."""
+    from tradepulse.stores.backpressure import BackpressureController
+    from tradepulse.stores.dlq import with_retries
+    from tradepulse.stores.factory import open_cold_store, open_dlq, open_hot_store
+
+    attempts = settings.dlq_inline_attempts
+    return Runner(
+        settings,
+        processor=CoreProcessor(settings, detector=detector),
+        hot=hot if hot is not None else open_hot_store(settings),
+        cold_factory=lambda: open_cold_store(settings),
+        dlq=open_dlq(settings),
+        backpressure=BackpressureController.from_settings(settings),
+        sink_retry=lambda fn: with_retries(fn, attempts=attempts),
+        instance=instance,
+    )

@@ -1,0 +1,181 @@
+"""Rebuilding window state after a start or a rebalance by reading back the input topics.
+
+The runner's windows are at most 5 minutes (plus grace), so the state of a partition at its committed
+offset is a function of the last `rebuild_lookback_s` (330 s) of that partition's input. On every
+assignment the runner reads, with a separate group-less consumer (assign(), read_committed):
+
+- per partition number p, the records of trades/quotes/news p from the look-back start up to (not
+  including) the committed offset. The look-back start is found with `offsets_for_times` at
+  (timestamp of the last committed record of partition p, over all three topics) − look-back, so a
+  runner restarting after a long outage still rebuilds from the data before its committed offset and not
+  from the wall clock;
+- also the records the cold store has not durably written yet (`cold_next[tp]` .. committed), so that rows
+  buffered in a crashed process's cold store are appended again (no gaps), and nothing below what the
+  cold store already has is appended twice (no duplicates).
+
+Nothing is produced or written to the hot store while rebuilding.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, Message, TopicPartition
+
+from tradepulse.bus.clients import consumer_config
+from tradepulse.config import Settings
+
+log = logging.getLogger(__name__)
+
+TP = tuple[str, int]
+
+
+@dataclass
+class RebuildPlan:
+    """What to read per partition: state records in [state_start, end), cold records in [cold_start, end)."""
+
+    end: dict[TP, int] = field(default_factory=dict)
+    state_start: dict[TP, int] = field(default_factory=dict)
+    cold_start: dict[TP, int] = field(default_factory=dict)
+
+    def scan_start(self, tp: TP) -> int:
+        return min(self.state_start[tp], self.cold_start[tp])
+
+    def __bool__(self) -> bool:
+        return any(self.scan_start(tp) < end for tp, end in self.end.items())
+
+
+@dataclass
+class RebuildStats:
+    state_records: int = 0
+    cold_records: int = 0
+    seconds: float = 0.0
+
+
+def _rebuild_consumer(settings: Settings, group_id: str) -> Consumer:
+    # A group id is required by the client but never joined or committed: we only assign().
+    return Consumer(
+        consumer_config(
+            settings,
+            group_id,
+            **{"enable.partition.eof": True, "fetch.wait.max.ms": 50, "fetch.min.bytes": 1},
+        )
+    )
+
+
+def _read_ranges(
+    consumer: Consumer,
+    starts: dict[TP, int],
+    ends: dict[TP, int],
+    on_messages: Callable[[list[Message]], None],
+    *,
+    chunk: int,
+    timeout_s: float,
+) -> None:
+    """Read [starts[tp], ends[tp]) of every partition, handing messages over in chunks."""
+    pending = {tp for tp in starts if starts[tp] < ends[tp]}
+    if not pending:
+        return
+    consumer.assign([TopicPartition(t, p, starts[(t, p)]) for t, p in pending])
+    deadline = time.monotonic() + timeout_s
+    try:
+        while pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"rebuild did not reach the committed offsets of {sorted(pending)}")
+            messages = consumer.consume(chunk, timeout=0.5)
+            keep: list[Message] = []
+            for message in messages:
+                tp = (message.topic(), message.partition())
+                error = message.error()
+                if error is not None:
+                    # EOF before `end` happens when the tail is transaction markers: nothing more to read.
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(tp)
+                    else:
+                        log.warning("rebuild read error on %s: %s", tp, error)
+                    continue
+                if tp not in pending:
+                    continue
+                offset = message.offset()
+                if offset < ends[tp]:
+                    keep.append(message)
+                if offset >= ends[tp] - 1:
+                    pending.discard(tp)
+            if keep:
+                on_messages(keep)
+    finally:
+        consumer.unassign()
+
+
+def plan_rebuild(
+    settings: Settings,
+    committed: list[TopicPartition],
+    cold_next: Callable[[str, int], int | None],
+    *,
+    group_id: str,
+    lookback_s: float,
+    timeout_s: float = 120.0,
+) -> RebuildPlan:
+    """Work out the ranges to read for the given committed offsets (see the module docstring)."""
+    plan = RebuildPlan()
+    consumer = _rebuild_consumer(settings, group_id)
+    try:
+        lows: dict[TP, int] = {}
+        for tp in committed:
+            key = (tp.topic, tp.partition)
+            low, high = consumer.get_watermark_offsets(TopicPartition(*key), timeout=10)
+            lows[key] = low
+            end = tp.offset if tp.offset != OFFSET_INVALID and tp.offset >= 0 else low
+            plan.end[key] = max(low, min(end, high))
+        # Timestamp of the last committed record of each partition number (over its topics).
+        last_ts: dict[int, int] = {}
+
+        def note_ts(messages: list[Message]) -> None:
+            for message in messages:
+                _, ts = message.timestamp()
+                p = message.partition()
+                if ts > last_ts.get(p, -1):
+                    last_ts[p] = ts
+
+        tail_starts = {tp: max(lows[tp], end - 8) for tp, end in plan.end.items()}
+        _read_ranges(consumer, tail_starts, plan.end, note_ts, chunk=1000, timeout_s=timeout_s)
+        lookback_ms = int(lookback_s * 1000)
+        queries = [
+            TopicPartition(t, p, last_ts[p] - lookback_ms)
+            for (t, p), end in plan.end.items()
+            if p in last_ts and end > lows[(t, p)]
+        ]
+        found = (
+            {(tp.topic, tp.partition): tp.offset for tp in consumer.offsets_for_times(queries, 10)}
+            if queries
+            else {}
+        )
+        for key, end in plan.end.items():
+            start = found.get(key, end)
+            plan.state_start[key] = end if start < 0 else max(lows[key], min(start, end))
+            known = cold_next(*key)
+            plan.cold_start[key] = lows[key] if known is None else max(lows[key], min(known, end))
+    finally:
+        consumer.close()
+    return plan
+
+
+def read_plan(
+    settings: Settings,
+    plan: RebuildPlan,
+    on_messages: Callable[[list[Message]], None],
+    *,
+    group_id: str,
+    chunk: int,
+    timeout_s: float = 600.0,
+) -> None:
+    """Read every range of the plan, handing messages over in chunks of at most `chunk`."""
+    starts = {tp: plan.scan_start(tp) for tp in plan.end}
+    consumer = _rebuild_consumer(settings, group_id)
+    try:
+        _read_ranges(consumer, starts, plan.end, on_messages, chunk=chunk, timeout_s=timeout_s)
+    finally:
+        consumer.close()

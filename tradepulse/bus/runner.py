@@ -1,0 +1,480 @@
+"""The exactly-once micro-batch runner: Kafka inputs → pure core → sinks → Kafka outputs.
+
+Loop, per micro-batch (at most `batch_max_messages` or `batch_max_wait_ms`):
+
+1. `consumer.consume()` from market.trades / market.quotes / market.news (read_committed), orjson decode,
+   validation; invalid messages become dead letters with their topic/partition/offset.
+2. The core (`Processor`) turns the batch into feature snapshots, anomalies and correlations.
+3. Sinks, all idempotent by deterministic keys: hot store `write_batch` (3 attempts with backoff, then
+   the rows go to the DLQ), cold store `append` of every input row, DLQ `put` of the dead letters.
+4. One Kafka transaction: produce market.features / market.anomalies / market.correlations, then
+   `send_offsets_to_transaction(positions, consumer_group_metadata())` and commit.
+
+A crash anywhere before step 4 completes aborts the outputs and leaves the offsets uncommitted: the batch
+is replayed, the keyed sinks overwrite what they already hold, and the outputs appear exactly once to
+read_committed readers.
+
+Zombie fencing (KIP-447, librdkafka ≥ 1.6 and brokers ≥ 2.5): there is one transactional producer per
+runner process, `transactional.id = <consumer_group>-runner-<instance>`. Offsets are committed with the
+consumer's group metadata (generation + member id), so a runner that lost its partitions in a rebalance
+but still believes it owns them is rejected by the group coordinator when it tries to commit their
+offsets, and its transaction aborts; no per-partition transactional ids are needed. The instance id is
+stable across restarts (`--instance`), so a restarted runner's `init_transactions()` fences its crashed
+predecessor and aborts its open transaction at once, instead of read_committed readers waiting for the
+transaction timeout.
+
+Rebalances: the range assignor is eager, so every assignment is the member's full new set. On each
+assignment the runner resets the core and rebuilds it from the look-back of the assigned partitions
+(`tradepulse.bus.rebuild`), which is simpler than tracking state per partition and always correct. On
+revocation it only flushes the cold store: every batch is already committed when the consume call that
+runs the callback starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import TopicPartition as KafkaTopicPartition
+
+from tradepulse.bus.clients import consumer_config, producer_config
+from tradepulse.bus.decode import DecodedBatch, decode_batch
+from tradepulse.bus.rebuild import plan_rebuild, read_plan
+from tradepulse.bus.status import RunnerMetrics, status_path, write_json_atomic
+from tradepulse.config import Settings
+from tradepulse.stores.dlq import make_dead_letter
+from tradepulse.topics import ANOMALIES, CORRELATIONS, FEATURES, INPUT_TOPICS, NEWS, QUOTES, TRADES
+
+log = logging.getLogger(__name__)
+
+Row = dict[str, Any]
+
+# A transaction left open by a process that never comes back blocks read_committed readers (and the
+# committed-offset fetch of whoever takes its partitions over) until it times out; keep that short.
+TRANSACTION_TIMEOUT_MS = 20_000
+
+
+@dataclass
+class BatchOutputs:
+    """What the core produced for one batch."""
+
+    features: list[Row] = field(default_factory=list)
+    anomalies: list[Row] = field(default_factory=list)
+    correlations: list[Row] = field(default_factory=list)
+    late_events: int = 0
+
+
+class Processor(Protocol):
+    """The pure core behind the runner: stateful, deterministic, no I/O."""
+
+    @property
+    def model_version(self) -> int: ...
+
+    def process(self, batch: DecodedBatch, *, emit: bool) -> BatchOutputs:
+        """Fold a batch into the state. With emit=False (rebuild) outputs may be skipped."""
+
+    def reset(self) -> None:
+        """Forget all window state (before a rebuild)."""
+
+    def close(self) -> None: ...
+
+
+class Backpressure(Protocol):
+    """`tradepulse.stores.backpressure.BackpressureController`."""
+
+    activations: int
+
+    def record(self, latency_ms: float) -> None: ...
+
+    def should_pause(self) -> bool: ...
+
+    def pause_remaining_s(self) -> float: ...
+
+
+class Runner:
+    """One runner process (one consumer group member, one transactional producer)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        processor: Processor,
+        hot: Any,
+        cold_factory: Callable[[], Any],
+        dlq: Any,
+        backpressure: Backpressure,
+        sink_retry: Callable[[Callable[[], Any]], Any],
+        instance: str = "0",
+        status_file: Path | None = None,
+        status_interval_s: float = 1.0,
+    ) -> None:
+        self.settings = settings
+        self.processor = processor
+        self.hot = hot
+        # A fresh cold store per assignment: its caches of open blocks are only valid while this
+        # process owns the partitions (another member may have rewritten the files meanwhile).
+        self.cold_factory = cold_factory
+        self.cold = cold_factory()
+        self.dlq = dlq
+        self.backpressure = backpressure
+        self.sink_retry = sink_retry
+        self.instance = instance
+        self.group_id = settings.consumer_group
+        self.transactional_id = f"{settings.consumer_group}-runner-{instance}"
+        self.status_file = status_file or status_path(settings.data_dir, instance)
+        self.status_interval_s = status_interval_s
+        self.metrics = RunnerMetrics()
+        self._stop = threading.Event()
+        self._assignment: list[KafkaTopicPartition] = []
+        # Next offset the cold store still needs, per input partition; lower offsets are already there.
+        self._cold_next: dict[tuple[str, int], int] = {}
+        self._last_status = 0.0
+        self._last_lag = 0.0
+        self.consumer: Consumer | None = None
+        self.producer: Producer | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def request_stop(self, *_args: object) -> None:
+        """Finish the current batch, commit, flush and close (safe from a signal handler)."""
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def run(self, stop_when: Callable[[RunnerMetrics], bool] | None = None) -> RunnerMetrics:
+        """Consume until a stop is requested, or `stop_when(metrics)` is true (checked every poll)."""
+        self.producer = Producer(
+            producer_config(
+                self.settings,
+                transactional_id=self.transactional_id,
+                **{"transaction.timeout.ms": TRANSACTION_TIMEOUT_MS},
+            )
+        )
+        # Before joining the group: fences a crashed predecessor with the same id and aborts its
+        # open transaction, so its pending offset commit does not stall the committed-offset fetch.
+        self.producer.init_transactions(30)
+        self.consumer = Consumer(
+            consumer_config(
+                self.settings,
+                self.group_id,
+                **{"queued.max.messages.kbytes": 32768, "max.poll.interval.ms": 600_000},
+            )
+        )
+        self.consumer.subscribe(
+            list(INPUT_TOPICS), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        timeout = self.settings.batch_max_wait_ms / 1000
+        try:
+            while not self._stop.is_set():
+                messages = self.consumer.consume(self.settings.batch_max_messages, timeout)
+                if messages:
+                    self._process(messages)
+                    if self.backpressure.should_pause():
+                        self._pause()
+                self._maybe_status()
+                if stop_when is not None and stop_when(self.metrics):
+                    break
+        finally:
+            self._shutdown()
+        return self.metrics
+
+    def _shutdown(self) -> None:
+        try:
+            self.cold.close()
+        except Exception:
+            log.exception("cold store flush on shutdown failed; the rows are replayed on restart")
+        self._write_status()
+        if self.consumer is not None:
+            self.consumer.close()
+        self.processor.close()
+
+    # --- rebalance --------------------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+        self._assignment = list(partitions)
+        log.info("assigned %s", sorted((p.topic, p.partition) for p in partitions))
+        self.processor.reset()
+        self._cold_next.clear()
+        self.cold.close()
+        self.cold = self.cold_factory()
+        if not partitions:
+            return
+        committed = self._committed(consumer, partitions)
+        self._rebuild(committed)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+        log.info("revoked %s", sorted((p.topic, p.partition) for p in partitions))
+        # Rows of committed batches that are still buffered must be on disk before another member
+        # takes the partitions over and appends from where the cold store stands.
+        self.cold.flush(force=True)
+        self.processor.reset()
+        self._assignment = []
+
+    def _on_lost(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+        log.warning("partitions lost %s", sorted((p.topic, p.partition) for p in partitions))
+        self.processor.reset()
+        self._assignment = []
+
+    @staticmethod
+    def _committed(consumer: Consumer, partitions: list[KafkaTopicPartition]) -> list[KafkaTopicPartition]:
+        # read_committed consumers fetch committed offsets with require_stable: while a crashed
+        # transaction is pending the fetch is retried; allow for the transaction timeout.
+        last_error: Exception | None = None
+        for _ in range(5):
+            try:
+                return consumer.committed(partitions, timeout=TRANSACTION_TIMEOUT_MS / 1000 + 10)
+            except KafkaException as exc:
+                last_error = exc
+                log.warning("committed-offset fetch failed (%s); retrying", exc)
+        raise RuntimeError(f"cannot fetch committed offsets: {last_error}")
+
+    def _rebuild(self, committed: list[KafkaTopicPartition]) -> None:
+        started = time.monotonic()
+        plan = plan_rebuild(
+            self.settings,
+            committed,
+            self._cold_next_offset,
+            group_id=f"{self.group_id}-rebuild",
+            lookback_s=self.settings.rebuild_lookback_s,
+        )
+        self._cold_next.update(plan.end)
+        counts = {"state": 0, "cold": 0, "invalid": 0}
+
+        def feed(messages: list[Message]) -> None:
+            batch = decode_batch(messages)
+            counts["invalid"] += len(batch.dead_letters)
+            cold_rows = 0
+            for topic, rows, positions in (
+                (TRADES, batch.trades, batch.trade_pos),
+                (QUOTES, batch.quotes, batch.quote_pos),
+                (NEWS, batch.news, batch.news_pos),
+            ):
+                keep_rows, keep_pos = [], []
+                for row, (partition, offset) in zip(rows, positions, strict=True):
+                    tp = (topic, partition)
+                    if offset >= plan.cold_start[tp]:
+                        self.cold.append(topic, partition, offset, row)
+                        cold_rows += 1
+                    if offset >= plan.state_start[tp]:
+                        keep_rows.append(row)
+                        keep_pos.append((partition, offset))
+                rows[:] = keep_rows
+                positions[:] = keep_pos
+            batch.dead_letters.clear()  # already dead-lettered when first consumed
+            counts["cold"] += cold_rows
+            counts["state"] += len(batch)
+            if len(batch):
+                self.processor.process(batch, emit=False)
+
+        if plan:
+            read_plan(
+                self.settings,
+                plan,
+                feed,
+                group_id=f"{self.group_id}-rebuild",
+                chunk=self.settings.batch_max_messages,
+            )
+            self.cold.flush(force=True)
+        log.info(
+            "rebuilt state from %d records (%d re-appended to the cold store) in %.2fs",
+            counts["state"],
+            counts["cold"],
+            time.monotonic() - started,
+        )
+
+    def _cold_next_offset(self, topic: str, partition: int) -> int | None:
+        next_offset = getattr(self.cold, "next_offset", None)
+        return next_offset(topic, partition) if next_offset is not None else None
+
+    # --- one batch ----------------------------------------------------------------------------------
+
+    def _process(self, messages: list[Message]) -> None:
+        started = time.perf_counter()
+        valid = []
+        for message in messages:
+            error = message.error()
+            if error is None:
+                valid.append(message)
+            elif error.fatal():
+                raise KafkaException(error)
+            elif error.code() != KafkaError._PARTITION_EOF:
+                log.warning("consume error: %s", error)
+        batch = decode_batch(valid)
+        outputs = self.processor.process(batch, emit=True)
+        self._write_sinks(batch, outputs)
+        self._commit(outputs)
+        self.metrics.dead_letters += len(batch.dead_letters)
+        self.metrics.late_events += outputs.late_events
+        self.metrics.model_version = self.processor.model_version
+        self.metrics.committed(len(valid), (time.perf_counter() - started) * 1000)
+
+    def _write_sinks(self, batch: DecodedBatch, outputs: BatchOutputs) -> None:
+        dead = list(batch.dead_letters)
+        write_started = time.perf_counter()
+        try:
+            self.sink_retry(
+                lambda: self.hot.write_batch(
+                    trades=batch.trades,
+                    features=outputs.features,
+                    anomalies=outputs.anomalies,
+                    correlations=outputs.correlations,
+                )
+            )
+        except Exception as exc:
+            log.error("hot store write failed after retries (%s); dead-lettering the batch", exc)
+            dead.extend(self._sink_dead_letters(batch, outputs, exc))
+        else:
+            # The trades are in the hot store now: end-to-end latency from WebSocket receive.
+            self.metrics.record_e2e(batch.trades)
+        latency_ms = (time.perf_counter() - write_started) * 1000
+        self.metrics.write_ms.append(latency_ms)
+        self.backpressure.record(latency_ms)
+        for topic, rows, positions in (
+            (TRADES, batch.trades, batch.trade_pos),
+            (QUOTES, batch.quotes, batch.quote_pos),
+            (NEWS, batch.news, batch.news_pos),
+        ):
+            for row, (partition, offset) in zip(rows, positions, strict=True):
+                # Below cold_next the row is already in a flushed file (a replay after a crash).
+                if offset >= self._cold_next.get((topic, partition), 0):
+                    self.cold.append(topic, partition, offset, row)
+        if dead:
+            self.sink_retry(lambda: self.dlq.put(dead))
+
+    @staticmethod
+    def _sink_dead_letters(batch: DecodedBatch, outputs: BatchOutputs, exc: Exception) -> list[Row]:
+        """One dead letter per row the hot store did not take, for redrive as a sink retry."""
+        letters = []
+        kinds = (
+            ("trade", batch.trades, "event_id"),
+            ("features", outputs.features, None),
+            ("anomaly", outputs.anomalies, "anomaly_id"),
+            ("correlation", outputs.correlations, "correlation_id"),
+        )
+        for kind, rows, _ in kinds:
+            for row in rows:
+                letters.append(
+                    make_dead_letter(
+                        stage="sink:hot",
+                        payload=orjson.dumps({"kind": kind, "row": row}),
+                        error=exc,
+                        ticker=row.get("ticker"),
+                    )
+                )
+        return letters
+
+    def _commit(self, outputs: BatchOutputs) -> None:
+        producer, consumer = self.producer, self.consumer
+        assert producer is not None and consumer is not None
+        producer.begin_transaction()
+        try:
+            produce = producer.produce
+            dumps = orjson.dumps
+            for topic, rows in (
+                (FEATURES, outputs.features),
+                (ANOMALIES, outputs.anomalies),
+                (CORRELATIONS, outputs.correlations),
+            ):
+                for row in rows:
+                    try:
+                        produce(topic, key=row["ticker"].encode(), value=dumps(row))
+                    except BufferError:
+                        producer.poll(0.05)  # local queue full: let deliveries drain
+                        produce(topic, key=row["ticker"].encode(), value=dumps(row))
+            self.metrics.outputs_produced += (
+                len(outputs.features) + len(outputs.anomalies) + len(outputs.correlations)
+            )
+            positions = [tp for tp in consumer.position(consumer.assignment()) if tp.offset >= 0]
+            producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata(), 30)
+            producer.commit_transaction(60)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.txn_requires_abort():
+                # Typically fenced by a rebalance: our offsets were rejected. Abort the outputs and
+                # replay from the committed offsets with freshly rebuilt state.
+                log.warning("transaction aborted (%s); rewinding to the committed offsets", error)
+                producer.abort_transaction(30)
+                self._rewind()
+                return
+            raise
+
+    def _rewind(self) -> None:
+        consumer = self.consumer
+        assert consumer is not None
+        assignment = consumer.assignment()
+        self.processor.reset()
+        if not assignment:
+            return
+        committed = self._committed(consumer, assignment)
+        for tp in committed:
+            if tp.offset == OFFSET_INVALID or tp.offset < 0:
+                low, _ = consumer.get_watermark_offsets(tp, timeout=10)
+                tp.offset = low
+            consumer.seek(tp)
+        self._rebuild(committed)
+
+    # --- backpressure and status ---------------------------------------------------------------------
+
+    def _pause(self) -> None:
+        """Stop fetching for `backpressure_pause_ms` while still polling (group membership stays alive)."""
+        consumer = self.consumer
+        assert consumer is not None
+        assignment = consumer.assignment()
+        if not assignment:
+            return
+        self.metrics.backpressure_activations = self.backpressure.activations
+        pause_s = self.backpressure.pause_remaining_s()
+        log.info("backpressure: hot-store write p99 above the limit, pausing %.0f ms", pause_s * 1000)
+        consumer.pause(assignment)
+        try:
+            deadline = time.monotonic() + pause_s
+            while not self._stop.is_set() and (left := deadline - time.monotonic()) > 0:
+                # Paused partitions return nothing new; anything already queued is processed normally.
+                messages = consumer.consume(self.settings.batch_max_messages, min(left, 0.1))
+                if messages:
+                    self._process(messages)
+                self._maybe_status()
+        finally:
+            consumer.resume(consumer.assignment())
+
+    def _maybe_status(self) -> None:
+        now = time.monotonic()
+        if now - self._last_status >= self.status_interval_s:
+            self._write_status()
+
+    def _write_status(self) -> None:
+        self._last_status = time.monotonic()
+        self.metrics.consumer_lag = self._lag()
+        self.metrics.assigned_partitions = len(self._assignment)
+        try:
+            self.metrics.dlq_depth = int(self.dlq.depth())
+        except Exception:  # the status file must never take the runner down
+            log.exception("dlq depth unavailable")
+        write_json_atomic(self.status_file, self.metrics.snapshot())
+
+    def _lag(self) -> int:
+        """Σ (high watermark − position) over the assignment, from the client's cached watermarks."""
+        consumer = self.consumer
+        if consumer is None:
+            return 0
+        lag = 0
+        try:
+            for tp in consumer.position(consumer.assignment()):
+                low, high = consumer.get_watermark_offsets(tp, cached=True)
+                if high < 0:
+                    continue
+                position = tp.offset if tp.offset >= 0 else low
+                lag += max(0, high - position)
+        except KafkaException:
+            return self.metrics.consumer_lag
+        return lag

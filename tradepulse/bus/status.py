@@ -1,0 +1,154 @@
+"""Runner metrics and the status heartbeat file that `/health` reads.
+
+After each committed batch (at most once per `interval_s`) the runner writes
+`<data_dir>/runner-status.json` atomically (temporary file + rename), so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from hdrh.histogram import HdrHistogram
+
+STATUS_FILE = "runner-status.json"
+
+
+def status_path(data_dir: Path, instance: str = "0") -> Path:
+    """Status file of one runner instance; instance "0" (the default, single runner) uses the plain name
+    the API reads, others get a suffix so that two runners sharing a data dir do not overwrite each other."""
+    return data_dir / (STATUS_FILE if instance == "0" else f"runner-status-{instance}.json")
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON to `path` via a temporary sibling and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(orjson.dumps(payload, option=orjson.OPT_INDENT_2))
+    os.replace(tmp, path)
+
+
+def percentile(samples: deque[float] | list[float], q: float) -> float:
+    """The q-th percentile of the samples, 0.0 when there are none."""
+    return float(np.percentile(np.fromiter(samples, dtype=float), q)) if samples else 0.0
+
+
+# End-to-end latency (WebSocket receive → hot-store commit) in µs: 1 µs .. 1 h, 3 significant digits.
+_E2E_MAX_US = 3_600_000_000
+# Trades recorded per batch at most; each sample stands for `stride` trades, so counts stay exact-ish
+# while the recording cost per batch stays bounded whatever the batch size.
+E2E_SAMPLES_PER_BATCH = 256
+E2E_WINDOW_S = 1.0
+
+
+def _e2e_histogram() -> HdrHistogram:
+    return HdrHistogram(1, _E2E_MAX_US, 3)
+
+
+def e2e_percentiles(hist: HdrHistogram) -> dict[str, float]:
+    """p50/p90/p99/p99.9/max (ms) and the count of a latency histogram in µs."""
+    if hist.get_total_count() == 0:
+        return {"count": 0, "p50": 0.0, "p90": 0.0, "p99": 0.0, "p99_9": 0.0, "max": 0.0}
+    at = hist.get_percentile_to_value_dict([50, 90, 99, 99.9])
+    return {
+        "count": int(hist.get_total_count()),
+        "p50": at[50] / 1000,
+        "p90": at[90] / 1000,
+        "p99": at[99] / 1000,
+        "p99_9": at[99.9] / 1000,
+        "max": hist.get_max_value() / 1000,
+    }
+
+
+@dataclass
+class RunnerMetrics:
+    """Counters and recent latencies of one runner process."""
+
+    events_processed: int = 0
+    batches: int = 0
+    dead_letters: int = 0
+    late_events: int = 0
+    backpressure_activations: int = 0
+    outputs_produced: int = 0
+    consumer_lag: int = 0
+    model_version: int = 0
+    dlq_depth: int = 0
+    assigned_partitions: int = 0
+    last_commit_at: float | None = None
+    started_at: float = field(default_factory=time.time)
+    batch_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2048))
+    write_ms: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+    # (monotonic time, events_processed) samples over the last ~10 s for the rate.
+    _rate: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
+    # End-to-end latency of committed trades: the whole run, and the last complete ~1 s window.
+    e2e_us: HdrHistogram = field(default_factory=_e2e_histogram)
+    _e2e_window: HdrHistogram = field(default_factory=_e2e_histogram)
+    _e2e_last_window: dict[str, float] = field(default_factory=dict)
+    _e2e_window_started: float = field(default_factory=time.time)
+
+    def committed(self, events: int, batch_ms: float) -> None:
+        """Account one committed batch."""
+        self.events_processed += events
+        self.batches += 1
+        self.batch_ms.append(batch_ms)
+        self.last_commit_at = time.time()
+
+    def record_e2e(self, trades: Sequence[Mapping[str, Any]], now_us: int | None = None) -> None:
+        """Record now − received_ts_us for a batch of trades just committed to the hot store (a strided
+        sample of at most E2E_SAMPLES_PER_BATCH of them, each weighted by the stride)."""
+        n = len(trades)
+        if n == 0:
+            return
+        now_us = time.time_ns() // 1000 if now_us is None else now_us
+        stride = -(-n // E2E_SAMPLES_PER_BATCH)
+        received = np.fromiter((row["received_ts_us"] for row in trades[::stride]), np.int64)
+        latency = np.clip(now_us - received, 1, _E2E_MAX_US)
+        values, counts = np.unique(latency, return_counts=True)
+        for value, count in zip(values.tolist(), (counts * stride).tolist(), strict=True):
+            self.e2e_us.record_value(value, count)
+            self._e2e_window.record_value(value, count)
+        if now_us / 1e6 - self._e2e_window_started >= E2E_WINDOW_S:
+            self._e2e_last_window = {"end": now_us / 1e6, **e2e_percentiles(self._e2e_window)}
+            self._e2e_window = _e2e_histogram()
+            self._e2e_window_started = now_us / 1e6
+
+    def events_per_s(self) -> float:
+        """Events/s over the last ~10 s of samples (sampled when the status is written)."""
+        now = time.monotonic()
+        self._rate.append((now, self.events_processed))
+        while len(self._rate) > 2 and now - self._rate[0][0] > 10:
+            self._rate.popleft()
+        (t0, n0), (t1, n1) = self._rate[0], self._rate[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+    def snapshot(self) -> dict[str, Any]:
+        """The status document (field names are the contract with `tradepulse.api.health`)."""
+        return {
+            "updated_at": time.time(),
+            # Until the first commit the start time stands in, so /health can tell "idle" from "never ran".
+            "last_commit_at": self.last_commit_at if self.last_commit_at is not None else self.started_at,
+            "consumer_lag": int(self.consumer_lag),
+            "events_processed": self.events_processed,
+            "events_per_s": round(self.events_per_s(), 1),
+            "batch_p50_ms": round(percentile(self.batch_ms, 50), 3),
+            "batch_p99_ms": round(percentile(self.batch_ms, 99), 3),
+            "write_p99_ms": round(percentile(self.write_ms, 99), 3),
+            "e2e_latency_ms": e2e_percentiles(self.e2e_us),
+            "e2e_latency_window_ms": self._e2e_last_window,
+            "backpressure_activations": self.backpressure_activations,
+            "dlq_depth": self.dlq_depth,
+            "dead_letters": self.dead_letters,
+            "late_events": self.late_events,
+            "model_version": self.model_version,
+            "batches": self.batches,
+            "assigned_partitions": self.assigned_partitions,
+            "started_at": self.started_at,
+            "pid": os.getpid(),
+        }

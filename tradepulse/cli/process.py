@@ -1,0 +1,78 @@
+"""`tradepulse process`: run the exactly-once micro-batch runner (one consumer-group member)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import click
+
+from tradepulse.config import get_settings
+
+
+@click.command()
+@click.option(
+    "--instance",
+    default="0",
+    show_default=True,
+    help="Stable id of this runner among the group's members (names its transactional producer). "
+    "Restart a crashed runner with the same id so it fences its predecessor at once.",
+)
+@click.option(
+    "--progress-s", default=5.0, show_default=True, help="Seconds between progress lines (0 = none)."
+)
+@click.option(
+    "--exit-when-idle",
+    type=float,
+    default=None,
+    help="Exit cleanly after this many seconds without input (draining a topic; benchmarks, tests).",
+)
+def process(instance: str, progress_s: float, exit_when_idle: float | None) -> None:
+    """Consume trades/quotes/news, compute features, anomalies and news correlations, write the stores
+    and produce the outputs, exactly once. SIGTERM/SIGINT finish the batch, commit and exit."""
+    from tradepulse.bus.pipeline import build_runner
+
+    settings = get_settings()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+    runner = build_runner(settings, instance=instance)
+    runner.install_signal_handlers()
+    metrics = runner.metrics
+    done = threading.Event()
+
+    def report() -> None:
+        while not done.wait(progress_s):
+            snap = metrics.snapshot()
+            click.echo(
+                f"[process {instance}] events={snap['events_processed']} "
+                f"rate={snap['events_per_s']:.0f}/s lag={snap['consumer_lag']} "
+                f"batch p50={snap['batch_p50_ms']:.1f}ms p99={snap['batch_p99_ms']:.1f}ms "
+                f"write p99={snap['write_p99_ms']:.1f}ms backpressure={snap['backpressure_activations']} "
+                f"dlq={snap['dead_letters']} late={snap['late_events']} model=v{snap['model_version']}",
+                err=True,
+            )
+
+    reporter = threading.Thread(target=report, name="progress", daemon=True)
+    if progress_s > 0:
+        reporter.start()
+
+    last_seen = {"events": -1, "at": time.monotonic()}
+
+    def idle_for_long(m) -> bool:  # type: ignore[no-untyped-def]
+        if m.events_processed != last_seen["events"]:
+            last_seen.update(events=m.events_processed, at=time.monotonic())
+        return time.monotonic() - last_seen["at"] > (exit_when_idle or 0)
+
+    click.echo(f"[process {instance}] runner started (transactional id {runner.transactional_id})", err=True)
+    try:
+        runner.run(stop_when=idle_for_long if exit_when_idle is not None else None)
+    finally:
+        done.set()
+    snap = metrics.snapshot()
+    click.echo(
+        f"[process {instance}] stopped after {snap['events_processed']} events, "
+        f"{snap['dead_letters']} dead letters, {snap['backpressure_activations']} backpressure activations",
+        err=True,
+    )
