@@ -1,0 +1,34 @@
+"""Shared helpers of the CDK tests. The template itself is synthesized once per module (module fixtures)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# Node 20 is Debian 12's; jsii would print an end-of-life banner on every start.
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "18,20")
+
+pytest.importorskip("aws_cdk", reason="the CDK tests need the `cdk` extra: pip install -e '.[cdk]'")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def cdk_context(**overrides: Any) -> dict[str, Any]:
+    """The context of cdk.json (what the CLI passes to the app), with overrides."""
+    return json.loads((REPO_ROOT / "cdk.json").read_text())["context"] | overrides
+
+
+def resources(template: dict[str, Any], type_: str) -> dict[str, dict[str, Any]]:
+    """Logical id → resource, of one CloudFormation type."""
+    return {lid: r for lid, r in template["Resources"].items() if r["Type"] == type_}
+
+
+def one(template: dict[str, Any], type_: str, id_contains: str = "") -> dict[str, Any]:
+    """The single resource of a type (whose logical id contains `id_contains`)."""
+    found = [r for lid, r in resources(template, type_).items() if id_contains in lid]
+    assert len(found) == 1, f"expected one {type_} matching {id_contains!r}, found {len(found)}"
+    return found[0]
