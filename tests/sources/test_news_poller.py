@@ -47,7 +47,7 @@ def consume(settings: Settings, topic: str, *, expect: int, idle_s: float = 1.5)
     """Everything in `topic` (read_committed), waiting for at least `expect` and then `idle_s` quiet."""
     consumer = Consumer(consumer_config(settings, f"test-{uuid.uuid4()}"))
     consumer.subscribe([topic])
-    out, deadline, last = [], time.monotonic() + 30, time.monotonic()
+    out, deadline, last = [], time.monotonic() + 60, time.monotonic()
     try:
         while time.monotonic() < deadline:
             msg = consumer.poll(0.2)
