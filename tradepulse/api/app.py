@@ -12,11 +12,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi import FastAPI, HTTPException, Query, Response
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tradepulse import __version__
 from tradepulse.api import responses as r
@@ -117,35 +118,30 @@ def create_app(
     app.state.cache = cache
     app.state.health = health
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable[[Request], Any]) -> Response:
-        started = time.perf_counter()
-        response: Response = await call_next(request)
-        route = request.scope.get("route")
-        template = getattr(route, "path", "unmatched")
-        metrics.observe(template, request.method, response.status_code, time.perf_counter() - started)
-        return response
+    app.add_middleware(RequestMetrics, metrics=metrics)
 
     def now_ms() -> int:
         return int(wall_clock() * 1000)
 
     def cached(
-        key: tuple[str, ...],
-        ttl_s: int,
-        response: Response,
-        produce: Callable[[], BaseModel | None],
-        missing: str,
-    ) -> BaseModel:
-        """Serve from the TTL cache or produce (and cache) the model; None from produce means 404."""
-        hit, value = cache.get(key)
+        key: tuple[str, ...], ttl_s: int, produce: Callable[[], BaseModel | None], missing: str
+    ) -> Response:
+        """Serve from the TTL cache or produce (and cache) the response; None from produce means 404.
+
+        The cache holds the serialised JSON, so a hit costs no model validation or serialisation.
+        """
+        hit, body = cache.get(key)
         if not hit:
-            value = produce()
-            if value is None:
+            model = produce()
+            if model is None:
                 raise HTTPException(status_code=404, detail=missing)
-            cache.put(key, value, ttl_s)
-        response.headers["Cache-Control"] = f"max-age={ttl_s}"
-        response.headers["X-Cache"] = "HIT" if hit else "MISS"
-        return value
+            body = model.model_dump_json().encode()
+            cache.put(key, body, ttl_s)
+        return Response(
+            body,
+            media_type="application/json",
+            headers={"Cache-Control": f"max-age={ttl_s}", "X-Cache": "HIT" if hit else "MISS"},
+        )
 
     def known_ticker(ticker: str) -> bool:
         hit, names = cache.get(("ticker-names",))
@@ -162,14 +158,14 @@ def create_app(
     # --- market data ----------------------------------------------------------------------------
 
     @app.get("/quotes/{ticker}", response_model=r.QuoteResponse, responses=NOT_FOUND, tags=["market data"])
-    def get_quote(ticker: Ticker, response: Response) -> Any:
+    def get_quote(ticker: Ticker) -> Any:
         """Latest trade of the ticker. Cached for 1 s."""
 
         def produce() -> r.QuoteResponse | None:
             row = store.latest_trade(ticker)
             return r.quote_from_row(row) if row else None
 
-        return cached(("quote", ticker), QUOTE_TTL_S, response, produce, f"no trades for ticker {ticker}")
+        return cached(("quote", ticker), QUOTE_TTL_S, produce, f"no trades for ticker {ticker}")
 
     @app.get(
         "/aggregations/{ticker}",
@@ -177,7 +173,7 @@ def create_app(
         responses=NOT_FOUND,
         tags=["market data"],
     )
-    def get_aggregations(ticker: Ticker, response: Response) -> Any:
+    def get_aggregations(ticker: Ticker) -> Any:
         """VWAPs, rolling average, volume z-score and momentum at the latest feature vector. Cached 5 s."""
 
         def produce() -> r.AggregationResponse | None:
@@ -187,7 +183,6 @@ def create_app(
         return cached(
             ("aggregations", ticker),
             AGGREGATION_TTL_S,
-            response,
             produce,
             f"no aggregations for ticker {ticker}",
         )
@@ -195,21 +190,18 @@ def create_app(
     @app.get(
         "/features/{ticker}", response_model=r.FeaturesResponse, responses=NOT_FOUND, tags=["market data"]
     )
-    def get_features(ticker: Ticker, response: Response) -> Any:
+    def get_features(ticker: Ticker) -> Any:
         """The current feature vector of the ticker. Cached for 1 s."""
 
         def produce() -> r.FeaturesResponse | None:
             row = store.latest_features(ticker)
             return r.features_from_row(row) if row else None
 
-        return cached(
-            ("features", ticker), FEATURES_TTL_S, response, produce, f"no features for ticker {ticker}"
-        )
+        return cached(("features", ticker), FEATURES_TTL_S, produce, f"no features for ticker {ticker}")
 
     @app.get("/history/{ticker}", response_model=r.HistoryResponse, responses=NOT_FOUND, tags=["market data"])
     def get_history(
         ticker: Ticker,
-        response: Response,
         minutes: Annotated[int, Query(ge=1, le=30, description="Look-back in minutes (1–30).")] = 15,
     ) -> Any:
         """Feature snapshots of the last minutes as columns, oldest first (for charts). Cached for 1 s."""
@@ -221,7 +213,6 @@ def create_app(
         return cached(
             ("history", ticker, str(minutes)),
             HISTORY_TTL_S,
-            response,
             produce,
             f"no feature snapshots for ticker {ticker} in the last {minutes} min",
         )
@@ -251,7 +242,7 @@ def create_app(
         )
 
     @app.get("/tickers", response_model=r.TickersResponse, tags=["market data"])
-    def get_tickers(response: Response) -> Any:
+    def get_tickers() -> Any:
         """Tickers with data in the hot store and their latest price. Cached for 2 s."""
 
         def produce() -> r.TickersResponse:
@@ -267,7 +258,7 @@ def create_app(
                 )
             return r.TickersResponse(tickers=items)
 
-        return cached(("tickers",), TICKERS_TTL_S, response, produce, "unreachable")
+        return cached(("tickers",), TICKERS_TTL_S, produce, "unreachable")
 
     # --- operations -----------------------------------------------------------------------------
 
@@ -308,3 +299,32 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+class RequestMetrics:
+    """Pure ASGI middleware: count and time every request by route template (not raw path, which
+    would make one time series per ticker)."""
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_note_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:
+            # The router stores the matched route in the (shared) scope.
+            template = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.observe(template, scope["method"], status, time.perf_counter() - started)

@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from tradepulse.api.health import HealthChecker
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# `*_created` timestamp series double the output and no dashboard of ours uses them.
+disable_created_metrics()
 
 
 class PipelineCollector(Collector):
