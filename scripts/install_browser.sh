@@ -16,5 +16,6 @@ fi
 
 echo "==> apt-get install chromium (for the dashboard browser test)"
 $SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium
+# fonts-dejavu-core: chromium does not depend on any font; without one the screenshot shows boxes.
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core
 command -v chromium
