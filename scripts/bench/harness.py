@@ -1,0 +1,375 @@
+"""Orchestration of `tradepulse bench`.
+
+Phase 1, full path, each service its own process (started with `tradepulse up`'s Supervisor):
+runner (`tradepulse process`) → simulator (`scripts.bench.simproc`, market-open profile, 10× peak) →
+ingest (`tradepulse ingest`). Once a second the bench samples the simulator's sent counters, the broker
+(high watermarks of the input topics, the runner group's committed offsets), the runner's status file
+(rate, lag, hot-store write p99, end-to-end latency percentiles from its HDR histogram) and CPU/RSS of
+every process. When the simulator has sent its whole workload and the runner has committed up to the
+high watermarks, the services are stopped and the hot store is reconciled against the simulator:
+events lost = trades sent − distinct trades in the hot store (+ quotes sent − quotes committed).
+
+Phase 2, drain comparison (`scripts.bench.drain`): the topics are re-created, N trades pre-filled, and
+TradePulse's runner, the faust-streaming peer and the Quix Streams peer each drain them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import sqlite3
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from scripts.bench import drain
+from scripts.bench.report import machine_spec, write_report
+from scripts.bench.sampling import BrokerSampler, ProcessSampler
+from tradepulse.bus.admin import admin_client, ensure_topics
+from tradepulse.bus.local_kafka import LocalKafka
+from tradepulse.bus.status import STATUS_FILE
+from tradepulse.cli.supervisor import Service, Supervisor, port_open, python_command
+from tradepulse.config import Settings, get_settings
+from tradepulse.topics import ALL_TOPICS, QUOTES, TRADES
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class BenchConfig:
+    """One bench run. Rates are events/s (trades + quotes) at profile multiplier 1."""
+
+    out: Path
+    rate: float = 5000.0
+    tickers: int = 200
+    duration_s: float = 120.0
+    profile: str = "market_open"
+    peers: bool = True
+    drain_events: int = 200_000
+    bootstrap: str | None = None
+    """An existing broker (tests); None = start a fresh local broker under `out`."""
+    partitions: int = 6
+    settle_timeout_s: float = 180.0
+    drain_timeout_s: float = 600.0
+    seed: int = 42
+    keep_state: bool = False
+    py_spy: bool = False
+    """Record a py-spy flame graph of the runner (needs py-spy installed)."""
+    log: Callable[[str], None] = field(default=print, repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("log")
+        out["out"] = str(self.out)
+        return out
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return orjson.loads(path.read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return None
+
+
+def _recreate_topics(settings: Settings) -> None:
+    admin = admin_client(settings)
+    present = [t for t in admin.list_topics(timeout=10).topics if t in ALL_TOPICS]
+    if present:
+        for future in admin.delete_topics(present, operation_timeout=30).values():
+            future.result()
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            ensure_topics(settings)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)  # deletion is asynchronous on the broker
+
+
+def _hot_store_trades(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return int(db.execute("SELECT count(*) FROM trades").fetchone()[0])
+
+
+def run_bench(config: BenchConfig) -> dict[str, Any]:
+    """Run both phases; writes results.json, summary.md and bench.png under `config.out`."""
+    out = config.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    log = config.log
+    run_id = time.strftime("%Y%m%d-%H%M%S")
+    broker: LocalKafka | None = None
+    bootstrap = config.bootstrap
+    results: dict[str, Any] = {
+        "config": config.as_dict(),
+        "machine": machine_spec(),
+        "started_at": time.time(),
+    }
+    try:
+        if bootstrap is None:
+            broker = LocalKafka(out / "broker", heap="1g", libs_root=get_settings().data_dir / "kafka-libs")
+            log("starting a local Kafka broker")
+            bootstrap = broker.start(quiet=True).bootstrap
+        settings = Settings(
+            kafka_bootstrap=bootstrap,
+            data_dir=out / "state",
+            topic_partitions=config.partitions,
+            consumer_group=f"bench-{run_id}",
+        )
+        _recreate_topics(settings)
+        broker_pid = broker.process.pid if broker is not None and broker.process is not None else None
+        results["full_path"] = _full_path(config, settings, out, broker_pid)
+        if config.drain_events > 0:
+            results["drain"] = _drain_phase(config, settings, out, run_id)
+    finally:
+        if broker is not None:
+            broker.stop()
+            if not config.keep_state:
+                shutil.rmtree(out / "broker", ignore_errors=True)
+        if not config.keep_state:
+            shutil.rmtree(out / "state", ignore_errors=True)
+            shutil.rmtree(out / "drain-state", ignore_errors=True)
+    results["finished_at"] = time.time()
+    results["loadavg_end"] = list(os.getloadavg())
+    write_report(results, out)
+    log(f"results: {out}/results.json, summary.md, bench.png")
+    return results
+
+
+def _child_env(settings: Settings, **extra: str) -> dict[str, str]:
+    return {
+        "TRADEPULSE_KAFKA_BOOTSTRAP": str(settings.kafka_bootstrap),
+        "TRADEPULSE_DATA_DIR": str(settings.data_dir),
+        "TRADEPULSE_TOPIC_PARTITIONS": str(settings.topic_partitions),
+        "TRADEPULSE_CONSUMER_GROUP": settings.consumer_group,
+        "TRADEPULSE_LOG_LEVEL": "WARNING",
+        # The bench harness lives in the checkout, not in the installed package.
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+        **extra,
+    }
+
+
+def _full_path(config: BenchConfig, settings: Settings, out: Path, broker_pid: int | None) -> dict[str, Any]:
+    log = config.log
+    ws_port = _free_port()
+    sim_stats = out / "simulator-stats.json"
+    sim_stats.unlink(missing_ok=True)
+    status_file = settings.data_dir / STATUS_FILE
+    env = _child_env(settings, TRADEPULSE_SIMULATOR_WS_PORT=str(ws_port))
+
+    def runner_ready() -> bool:
+        status = _read_json(status_file)
+        return bool(status and status.get("assigned_partitions"))
+
+    supervisor = Supervisor()
+    services = [
+        Service(
+            "processor",
+            python_command("process", "--progress-s", "10"),
+            ready=runner_ready,
+            ready_timeout_s=120,
+            env=env,
+        ),
+        Service(
+            "simulator",
+            [
+                sys.executable,
+                "-m",
+                "scripts.bench.simproc",
+                *("--rate", str(config.rate), "--tickers", str(config.tickers)),
+                *("--profile", config.profile, "--duration", str(config.duration_s)),
+                *("--port", str(ws_port), "--seed", str(config.seed), "--stats", str(sim_stats)),
+            ],
+            ready=port_open("127.0.0.1", ws_port),
+            env=env,
+        ),
+        Service("ingest", python_command("ingest", "--tickers", "*", "--progress-s", "10"), env=env),
+    ]
+    samples: list[dict[str, Any]] = []
+    sampler = BrokerSampler(str(settings.kafka_bootstrap), settings.consumer_group, (TRADES, QUOTES))
+    spy = None
+    try:
+        for service in services:
+            supervisor.start(service)
+        pids = {s.name: s.process.pid for s in services if s.process is not None}
+        if broker_pid is not None:
+            pids["kafka"] = broker_pid
+        pids["bench"] = os.getpid()
+        procs = ProcessSampler(pids, leaf={"bench"})
+        if config.py_spy:
+            spy = _start_py_spy(pids["processor"], out / "runner-profile.svg", config.duration_s + 30)
+        log(
+            f"full path: {config.rate:,.0f} ev/s base, {config.tickers} tickers, {config.profile}, "
+            f"{config.duration_s:.0f} s"
+        )
+        t0 = time.time()
+        deadline_generation = t0 + config.duration_s + 120
+        settle_deadline: float | None = None
+        last_line = 0.0
+        sim: dict[str, Any] = {}
+        while True:
+            time.sleep(max(0.0, 1.0 - (time.time() - t0) % 1.0))
+            now = time.time()
+            sim = _read_json(sim_stats) or sim
+            broker_view = sampler.sample()
+            status = _read_json(status_file) or {}
+            procs.sample(now - t0)
+            samples.append(
+                {
+                    "t": now - t0,
+                    "sent": sim.get("sent_trades", 0) + sim.get("sent_quotes", 0),
+                    "sent_trades": sim.get("sent_trades", 0),
+                    "generated": sim.get("generated", 0),
+                    "high": broker_view["high"],
+                    "committed": broker_view["committed"],
+                    "high_by_topic": broker_view["high_by_topic"],
+                    "committed_by_topic": broker_view["committed_by_topic"],
+                    "lag": broker_view["high"] - broker_view["committed"],
+                    "runner_lag": status.get("consumer_lag"),
+                    "runner_events": status.get("events_processed", 0),
+                    "write_p99_ms": status.get("write_p99_ms"),
+                    "e2e_window": status.get("e2e_latency_window_ms") or {},
+                    "pending_frames": sim.get("pending_frames", 0),
+                }
+            )
+            for s in services:
+                if s.process is not None and s.process.poll() is not None:
+                    raise RuntimeError(f"{s.name} exited with code {s.process.returncode}")
+            sent = sim.get("sent_trades", 0) + sim.get("sent_quotes", 0)
+            if now - last_line >= 10:
+                last_line = now
+                log(
+                    f"t={now - t0:5.0f}s sent={sent:,} in kafka={broker_view['high']:,} "
+                    f"committed={broker_view['committed']:,} lag={samples[-1]['lag']:,}"
+                )
+            if sim.get("finished"):
+                settle_deadline = settle_deadline or now + config.settle_timeout_s
+                if broker_view["high"] >= sent and broker_view["committed"] >= broker_view["high"]:
+                    break
+                if now > settle_deadline:
+                    log("settle timeout: the pipeline did not catch up; reporting what it has")
+                    break
+            elif now > deadline_generation:
+                raise RuntimeError("the simulator did not finish its workload in time")
+        final_status = _read_json(status_file) or {}
+    finally:
+        if spy is not None:
+            spy.terminate()
+            with contextlib.suppress(Exception):
+                spy.wait(30)
+        supervisor.stop_all()
+        sampler.close()
+    final_status = _read_json(status_file) or final_status
+    hot_trades = _hot_store_trades(settings.sqlite_path)
+    last = samples[-1]
+    sent_trades, sent_quotes = sim.get("sent_trades", 0), sim.get("sent_quotes", 0)
+    quotes_through = min(last["high_by_topic"][QUOTES], last["committed_by_topic"][QUOTES])
+    reconcile = {
+        "sent_trades": sent_trades,
+        "sent_quotes": sent_quotes,
+        "kafka_trades": last["high_by_topic"][TRADES],
+        "kafka_quotes": last["high_by_topic"][QUOTES],
+        "committed_trades": last["committed_by_topic"][TRADES],
+        "committed_quotes": last["committed_by_topic"][QUOTES],
+        "hot_store_trades": hot_trades,
+        # A trade is delivered when it is in the hot store; a quote (not stored) when the runner
+        # has committed past it.
+        "trades_lost": sent_trades - hot_trades,
+        "quotes_lost": sent_quotes - quotes_through,
+    }
+    reconcile["events_lost"] = reconcile["trades_lost"] + reconcile["quotes_lost"]
+    return {
+        "samples": samples,
+        "processes": procs.series,
+        "process_summary": procs.summary(),
+        "reconcile": reconcile,
+        "runner_status": final_status,
+        "py_spy": str(out / "runner-profile.svg") if spy is not None else None,
+    }
+
+
+def _start_py_spy(pid: int, svg: Path, seconds: float) -> Any:
+    import subprocess
+
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    return subprocess.Popen(
+        [exe, "record", "-p", str(pid), "-o", str(svg), "-d", str(int(seconds)), "-r", "50", "--nonblocking"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _drain_phase(config: BenchConfig, settings: Settings, out: Path, run_id: str) -> dict[str, Any]:
+    log = config.log
+    _recreate_topics(settings)
+    log(f"drain: pre-filling market.trades with {config.drain_events:,} trades")
+    n = drain.prefill_trades(settings, config.drain_events, config.tickers)
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    systems: dict[str, dict[str, Any]] = {}
+    ours_dir = out / "drain-state"
+    shutil.rmtree(ours_dir, ignore_errors=True)
+    ours_settings = settings.model_copy(
+        update={"data_dir": ours_dir, "consumer_group": f"drain-ours-{run_id}"}
+    )
+    log("drain: tradepulse runner")
+    systems["tradepulse"] = drain.run_drain(
+        "tradepulse",
+        [
+            sys.executable,
+            "-m",
+            "scripts.bench.drain_ours",
+            "--expect",
+            str(n),
+            "--result",
+            str(out / "drain-tradepulse.json"),
+        ],
+        out / "drain-tradepulse.json",
+        env=_child_env(ours_settings),
+        timeout_s=config.drain_timeout_s,
+        log_path=logs / "drain-tradepulse.log",
+    )
+    if config.peers:
+        python = drain.ensure_peers_venv(log)
+        for name, script in drain.PEER_SCRIPTS.items():
+            log(f"drain: {name} peer")
+            result_path = out / f"drain-{name}.json"
+            systems[name] = drain.run_drain(
+                name,
+                [
+                    str(python),
+                    str(script),
+                    *("--bootstrap", str(settings.kafka_bootstrap), "--expect", str(n)),
+                    *("--group", f"drain-{name}-{run_id}", "--result", str(result_path)),
+                    *("--state-dir", str(out / f"drain-state-{name}")),
+                    "--partitions",
+                    str(settings.topic_partitions),
+                ],
+                result_path,
+                env={"PYTHONPATH": ""},
+                timeout_s=config.drain_timeout_s,
+                log_path=logs / f"drain-{name}.log",
+            )
+            shutil.rmtree(out / f"drain-state-{name}", ignore_errors=True)
+    ours = systems["tradepulse"].get("events_per_s", 0.0)
+    for result in systems.values():
+        peer = result.get("events_per_s", 0.0)
+        result["tradepulse_ratio"] = ours / peer if peer else None
+    return {"events": n, "systems": systems}
+
+
+__all__ = ["BenchConfig", "run_bench"]

@@ -1,0 +1,120 @@
+"""Samplers of the bench: per-process CPU/RSS (psutil) and broker-side throughput and lag.
+
+Both are polled from the bench's sampling loop (once a second), so their time series share one clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import TopicPartition as KafkaTopicPartition
+
+
+@dataclass
+class ProcessSampler:
+    """CPU (% of one core) and RSS (MiB) of named processes, each with its children (the Kafka broker
+    is a JVM under a launcher; the others are plain Python processes)."""
+
+    pids: dict[str, int]
+    leaf: set[str] = field(default_factory=set)
+    """Names sampled without their children (the bench itself: its children are the services)."""
+    series: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    _procs: dict[str, list[psutil.Process]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, pid in self.pids.items():
+            self._procs[name] = self._tree(pid, children=name not in self.leaf)
+            for proc in self._procs[name]:
+                with contextlib.suppress(psutil.Error):
+                    proc.cpu_percent(None)  # prime: the first call always returns 0
+            self.series[name] = []
+
+    @staticmethod
+    def _tree(pid: int, children: bool) -> list[psutil.Process]:
+        try:
+            root = psutil.Process(pid)
+            return [root, *root.children(recursive=True)] if children else [root]
+        except psutil.Error:
+            return []
+
+    def sample(self, t: float) -> None:
+        for name, procs in self._procs.items():
+            cpu = rss = 0.0
+            for proc in procs:
+                with contextlib.suppress(psutil.Error):
+                    cpu += proc.cpu_percent(None)
+                    rss += proc.memory_info().rss / 2**20
+            self.series[name].append({"t": t, "cpu_pct": cpu, "rss_mib": rss})
+
+    def summary(self, since: float | None = None) -> dict[str, dict[str, float]]:
+        """Mean/max CPU and first/last/max RSS per process (samples at or after `since`)."""
+        out = {}
+        for name, samples in self.series.items():
+            samples = [s for s in samples if since is None or s["t"] >= since]
+            if not samples:
+                continue
+            cpu = [s["cpu_pct"] for s in samples]
+            rss = [s["rss_mib"] for s in samples]
+            out[name] = {
+                "cpu_mean_pct": sum(cpu) / len(cpu),
+                "cpu_max_pct": max(cpu),
+                "rss_first_mib": rss[0],
+                "rss_last_mib": rss[-1],
+                "rss_max_mib": max(rss),
+            }
+        return out
+
+
+class BrokerSampler:
+    """High watermarks of input topics and the runner group's committed offsets, straight from the broker:
+    ingest throughput is the growth of the former, runner throughput that of the latter, and consumer
+    lag their difference (a runner-independent view of what its status file reports)."""
+
+    def __init__(self, bootstrap: str, group_id: str, topics: tuple[str, ...]) -> None:
+        self.group_id = group_id
+        self.topics = topics
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": group_id,
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+            }
+        )
+        self.partitions: list[KafkaTopicPartition] = []
+        metadata = self.consumer.list_topics(timeout=10)
+        for topic in topics:
+            for p in sorted(metadata.topics[topic].partitions):
+                self.partitions.append(KafkaTopicPartition(topic, p))
+
+    def high_watermarks(self) -> dict[str, int]:
+        """Σ high watermark per topic (messages ever appended, for non-transactional producers)."""
+        out = dict.fromkeys(self.topics, 0)
+        for tp in self.partitions:
+            _, high = self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+            out[tp.topic] += max(high, 0)
+        return out
+
+    def committed(self) -> dict[str, int]:
+        """Σ committed offset per topic for the runner's group."""
+        out = dict.fromkeys(self.topics, 0)
+        with contextlib.suppress(KafkaException):
+            for tp in self.consumer.committed(self.partitions, timeout=10):
+                out[tp.topic] += max(tp.offset, 0)
+        return out
+
+    def sample(self) -> dict[str, Any]:
+        high, committed = self.high_watermarks(), self.committed()
+        return {
+            "high": sum(high.values()),
+            "committed": sum(committed.values()),
+            "high_by_topic": high,
+            "committed_by_topic": committed,
+        }
+
+    def close(self) -> None:
+        self.consumer.close()

@@ -1,0 +1,101 @@
+"""The benchmark's simulator process: the market simulator with a 10× market-open peak, writing its sent
+counters to a JSON file twice a second (the bench reconciles them against the hot store).
+
+Run as `python -m scripts.bench.simproc --stats FILE ...`; SIGTERM/SIGINT stop it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+from tradepulse.bus.status import write_json_atomic
+from tradepulse.sources.simulator import MarketModel, Simulator, SimulatorConfig, make_tickers
+
+#: The market-open burst peaks at this multiple of the base rate (the simulator's default is 9×).
+PEAK_MULTIPLIER = 10.0
+
+
+class BenchSimulator(Simulator):
+    """The simulator with the bench's peak multiplier (the profile shape is the simulator's own)."""
+
+    def _make_source(self) -> MarketModel:
+        config = self.config.market_config()
+        config.peak_multiplier = PEAK_MULTIPLIER
+        return MarketModel(config)
+
+    async def _produce(self) -> None:
+        # The profile's clock starts when the ingest service has subscribed, not at bind time, so no
+        # part of the workload is generated for nobody.
+        assert self.ws is not None and self.source is not None
+        while not any(s.wants_data for s in list(self.ws.sessions)):
+            await asyncio.sleep(0.01)
+        self.source.start_ms = self.source.now_ms = int(time.time() * 1000)  # type: ignore[attr-defined]
+        self.sim_now_ms = self.source.start_ms
+        await super()._produce()
+
+
+async def _main(args: argparse.Namespace) -> None:
+    config = SimulatorConfig(
+        seed=args.seed,
+        tickers=make_tickers(args.tickers),
+        rate=args.rate,
+        api_key=os.environ.get("TRADEPULSE_SIMULATOR_API_KEY", "tradepulse-local"),
+        ws_port=args.port,
+        http_port=0,
+        profile=args.profile,
+        duration_s=args.duration,
+        news_interval_s=args.news_interval,
+        # Keep the market from pausing on a slow reader as long as possible: a full queue would slow
+        # the offered load instead of building lag, which is what the bench must see.
+        client_queue_frames=100_000,
+    )
+    sim = BenchSimulator(config)
+    await sim.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    stats_path = Path(args.stats)
+    started = None
+    try:
+        while not stop.is_set():
+            stats = sim.stats()
+            if started is None and stats["clients"]:
+                started = time.time()
+            write_json_atomic(
+                stats_path,
+                {
+                    **stats,
+                    "at": time.time(),
+                    "port": sim.ws.port if sim.ws else None,
+                    "generation_done": sim.generation_done.is_set(),
+                    "finished": sim.finished.is_set(),
+                },
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+    finally:
+        await sim.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rate", type=float, required=True)
+    parser.add_argument("--tickers", type=int, required=True)
+    parser.add_argument("--profile", choices=["flat", "market_open"], default="flat")
+    parser.add_argument("--duration", type=float, required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--news-interval", type=float, default=30.0)
+    parser.add_argument("--stats", required=True)
+    asyncio.run(_main(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Smoke test of `tradepulse bench`: a short market-open run through the whole path (simulator, ingest,
+runner as their own processes, on the session broker) and a small drain. Asserts only that it completes
+with zero loss and writes its report; speed is reported by the bench, never asserted here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from tradepulse.cli.main import cli
+
+pytestmark = pytest.mark.kafka
+
+
+def test_bench_smoke_completes_with_zero_loss_and_writes_report(kafka_bootstrap: str, tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "bench",
+            *("--rate", "800", "--tickers", "20", "--duration", "15", "--profile", "market_open"),
+            *("--no-peers", "--drain-events", "3000", "--bootstrap", kafka_bootstrap, "--out", str(out)),
+        ],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+
+    results = orjson.loads((out / "results.json").read_bytes())
+    reconcile = results["full_path"]["reconcile"]
+    assert reconcile["sent_trades"] > 0 and reconcile["sent_quotes"] > 0
+    assert reconcile["events_lost"] == 0
+    assert reconcile["hot_store_trades"] == reconcile["sent_trades"]
+    # The runner recorded an end-to-end latency for every trade it committed (sampled, stride-weighted).
+    e2e = results["derived"]["e2e_latency_ms"]
+    assert e2e["count"] >= reconcile["sent_trades"]
+    assert 0 < e2e["p50"] <= e2e["p99"] <= e2e["max"]
+    drain = results["drain"]["systems"]["tradepulse"]
+    assert drain["exit_code"] == 0 and drain["events"] == 3000
+    summary = (out / "summary.md").read_text()
+    assert "events lost" in summary and "| tradepulse |" in summary
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
