@@ -44,10 +44,16 @@
   }
 
   function timeAxis() {
-    // 24-hour clock labels (uPlot's default is 12-hour with a date line).
+    // 24-hour clock labels (uPlot's default is 12-hour with a date line); seconds when ticks are < 1 min apart.
     return Object.assign(axis(), {
-      values: (u, splits) =>
-        splits.map((v) => new Date(v * 1000).toLocaleTimeString("en-GB", { hour: "2-digit", minute: "2-digit" })),
+      values: (u, splits, axisIdx, space, incr) =>
+        splits.map((v) =>
+          new Date(v * 1000).toLocaleTimeString("en-GB", {
+            hour: "2-digit",
+            minute: "2-digit",
+            second: incr < 60 ? "2-digit" : undefined,
+          }),
+        ),
     });
   }
 
