@@ -97,8 +97,13 @@ class Lambdas(Construct):
             description="TradePulse REST API (FastAPI via Mangum)",
             memory_size=1024,
             timeout=Duration.seconds(29),  # HTTP API integrations time out at 30 s
+            # In the VPC: /health probes the MSK brokers, like the local API probes its broker.
+            vpc=vpc,
+            vpc_subnets=subnets,
+            security_groups=[streaming.client_security_group],
             environment=env("api"),
         )
+        streaming.grant_connect(self.api_function)
         storage.table.grant_read_data(self.api_function)
         storage.grant_athena_query(self.api_function)
         dlq.grant(self.api_function, "sqs:GetQueueAttributes")  # /health reports the DLQ depth

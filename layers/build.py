@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -70,12 +71,26 @@ def install_deps(requirements: Path = REQUIREMENTS) -> Path:
     return target
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or links not allowed
+        shutil.copy2(src, dst)
+
+
 def build_layer(out_dir: Path, requirements: Path = REQUIREMENTS, *, with_package: bool = True) -> Path:
     """Write a layer into `out_dir/python`: the requirements' wheels (+ the `tradepulse` package)."""
     deps = install_deps(requirements)
     python_dir = out_dir / "python"
     shutil.rmtree(python_dir, ignore_errors=True)
-    shutil.copytree(deps, python_dir, ignore=shutil.ignore_patterns(".complete", "__pycache__"))
+    # Hard links where possible: the wheels are immutable once cached, and a synth then stages the
+    # ~200 MB of layers without copying them.
+    shutil.copytree(
+        deps,
+        python_dir,
+        ignore=shutil.ignore_patterns(".complete", "__pycache__"),
+        copy_function=_link_or_copy,
+    )
     if with_package:
         shutil.copytree(REPO_ROOT / "tradepulse", python_dir / "tradepulse", ignore=_IGNORE)
     return python_dir

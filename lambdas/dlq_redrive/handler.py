@@ -38,24 +38,30 @@ Publish = Callable[[str, bytes | None, bytes, dict[str, bytes]], None]
 RESERVE_MS = 60_000
 
 
-def kafka_publisher(settings: Settings) -> Publish:
+class KafkaPublisher:
     """publish(topic, key, value, headers) on an idempotent producer (MSK IAM auth from settings);
     raises when the broker did not acknowledge the message."""
-    from confluent_kafka import Producer
 
-    from tradepulse.bus.clients import producer_config
+    def __init__(self, settings: Settings) -> None:
+        from confluent_kafka import Producer
 
-    producer = Producer(producer_config(settings, **{"linger.ms": 0}))
+        from tradepulse.bus.clients import producer_config
 
-    def publish(topic: str, key: bytes | None, value: bytes, headers: dict[str, bytes]) -> None:
+        self._producer: Any = Producer(producer_config(settings, **{"linger.ms": 0}))
+
+    def __call__(self, topic: str, key: bytes | None, value: bytes, headers: dict[str, bytes]) -> None:
         errors: list[str] = []
-        producer.produce(
+        self._producer.produce(
             topic, value, key, headers=headers, on_delivery=lambda e, _m: e and errors.append(str(e))
         )
-        if producer.flush(30) or errors:
+        if self._producer.flush(30) or errors:
             raise RuntimeError(errors[0] if errors else "delivery not acknowledged within 30 s")
 
-    return publish
+    def close(self) -> None:
+        """Drop the producer (librdkafka threads stop when it is freed)."""
+        if self._producer is not None:
+            self._producer.flush(5)
+            self._producer = None
 
 
 class Redriver:
@@ -79,6 +85,7 @@ class Redriver:
             s3_client=s3_client,
             region=settings.aws_region,
         )
+        self.publish = publish
         self.redrive = republisher(publish)
         self.clock = clock
         self.max_redrives = settings.dlq_max_redrives
@@ -116,6 +123,7 @@ class Redriver:
         self._requeued.clear()
         outcomes: Counter[str] = Counter()
         seen = 0
+        deferred: list[str] = []
         while seen < max_messages:
             if context is not None and context.get_remaining_time_in_millis() < RESERVE_MS:
                 break
@@ -129,9 +137,9 @@ class Redriver:
             if not messages:
                 break
             seen += len(messages)
-            # A letter requeued in this pass waits for the next one (it stays invisible until then).
+            # A letter requeued in this pass waits for the next one: skipped here, visible again at the end.
             batch = [m for m in messages if self._letter_id(m) not in self._requeued]
-            outcomes["deferred"] += len(messages) - len(batch)
+            deferred += [m["ReceiptHandle"] for m in messages if self._letter_id(m) in self._requeued]
             if not batch:
                 continue
             records = [to_record(m, self._queue_arn, self.settings.aws_region) for m in batch]
@@ -156,7 +164,21 @@ class Redriver:
                     QueueUrl=self.settings.sqs_dlq_url,
                     Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)],
                 )
+        for start in range(0, len(deferred), 10):
+            self.dlq.client.change_message_visibility_batch(
+                QueueUrl=self.settings.sqs_dlq_url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": handle, "VisibilityTimeout": 0}
+                    for i, handle in enumerate(deferred[start : start + 10])
+                ],
+            )
+        outcomes["deferred"] = len(deferred)
         return dict(outcomes)
+
+    def close(self) -> None:
+        close = getattr(self.publish, "close", None)
+        if close is not None:
+            close()
 
     @staticmethod
     def _letter_id(message: dict[str, Any]) -> str | None:
@@ -174,11 +196,11 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, int]:
     global _redriver
     if _redriver is None:
         settings = Settings()
-        _redriver = Redriver(settings, publish=kafka_publisher(settings))
+        _redriver = Redriver(settings, publish=KafkaPublisher(settings))
     outcomes = _redriver.run(context)
     for outcome in ("redriven", "requeued", "archived", "failed", "deferred"):
         metrics.add_metric(
             name=f"DeadLetters_{outcome}", unit=MetricUnit.Count, value=outcomes.get(outcome, 0)
         )
-    logger.info("redrive pass done", extra=outcomes)
+    logger.info("redrive pass done", extra={"outcomes": outcomes})
     return outcomes

@@ -93,7 +93,7 @@ def handle(
         if event["RequestType"] in ("Create", "Update"):
             bootstrap = lookup_bootstrap(properties["ClusterArn"])
             created = create_topics(properties, bootstrap, msk_iam=msk_iam)
-            logger.info("topics ready", extra={"created": created})
+            logger.info("topics ready", extra={"topics_created": created})
             data = {"BootstrapBrokers": bootstrap, "Created": ",".join(created)}
     except Exception as exc:
         logger.exception("topic creation failed")
