@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,7 +39,8 @@ from tradepulse.topics import CORRELATIONS, FEATURES, NEWS, QUOTES, TRADES
 pytestmark = pytest.mark.kafka
 
 START_MS = 1_767_000_000_000  # fixed event time, so the recording is the same on every run
-TICKERS = ["AAPL", "MSFT", "NVDA", "TSLA"]
+# Spread over all 3 test partitions (crc32 partitioner): AAPL → 0, MSFT and NVDA → 1, GOOG → 2.
+TICKERS = ["AAPL", "MSFT", "NVDA", "GOOG"]
 FEATURE_FIELDS = [
     "price",
     "volume",
@@ -68,7 +70,9 @@ def make_recording(duration_s: float, rate: float, seed: int = 11) -> Recording:
     """A deterministic multi-ticker stream from the simulator's market model, converted by the ingest's
     own parsers into topic payloads (injected volume spikes, price jumps and news included)."""
     model = MarketModel(
-        MarketConfig(seed=seed, tickers=TICKERS, rate=rate, start_ms=START_MS, news_interval_s=20.0)
+        MarketConfig(
+            seed=seed, tickers=TICKERS, rate=rate, start_ms=START_MS, news_interval_s=20.0, tick_ms=500
+        )
     )
     events: list[tuple[str, str, dict[str, Any]]] = []
     for block in model.generate(duration_s):
@@ -86,9 +90,9 @@ def make_recording(duration_s: float, rate: float, seed: int = 11) -> Recording:
     return Recording(events)
 
 
-def produce(settings: Settings, events: list[tuple[str, str, Any]]) -> None:
+def produce(settings: Settings, events: list[tuple[str, str, Any]], producer: Producer | None = None) -> None:
     """Produce (topic, key, value) with the idempotent producer; dict values are JSON-encoded."""
-    producer = Producer(producer_config(settings))
+    producer = producer or Producer(producer_config(settings))
     for topic, key, value in events:
         payload = value if isinstance(value, bytes) else orjson.dumps(value)
         while True:
@@ -269,6 +273,17 @@ def expected_correlation_ids(rec: Recording) -> set[str]:
     }
 
 
+def own_group(settings: Settings) -> Settings:
+    """The settings with a consumer group of their own: static members of earlier tests stay registered
+    in their group until their session times out, and committed offsets would outlive the topics."""
+    return settings.model_copy(update={"consumer_group": f"runner-{uuid.uuid4().hex[:8]}"})
+
+
+@pytest.fixture
+def runner_settings(kafka_settings: Settings) -> Settings:
+    return own_group(kafka_settings)
+
+
 @pytest.fixture(scope="module")
 def recording() -> Recording:
     # ~20k events over 6.5 minutes of event time: longer than the 5-minute windows.
@@ -279,24 +294,27 @@ def recording() -> Recording:
 
 
 def test_every_emitted_feature_matches_an_independent_recomputation(
-    kafka_settings: Settings, recording: Recording
+    runner_settings: Settings, recording: Recording
 ) -> None:
-    settings = kafka_settings.model_copy(update={"batch_max_messages": 2000})
+    settings = runner_settings.model_copy(update={"batch_max_messages": 2000})
     expected = reference_snapshots(recording)
     assert len(recording.events) > 15_000 and len(expected) > 1000
     runner = build_runner(settings, instance="features")
-    # Replay the recording as a live feed: in chunks of 1.5 s of event time, each consumed before the
-    # next is produced. Trades and quotes then reach the runner in event-time order to within a chunk,
-    # as they do live; a pre-filled topic would let the runner read trades minutes ahead of the quotes,
-    # and the bid-ask spread (the latest quote at or before a trade) would depend on fetch timing.
+    # Replay the recording as a live feed, in chunks of 10 s of event time, each consumed before the next
+    # is produced, with the quotes one chunk ahead of the trades: every quote at or before a trade has
+    # then been consumed when the trade is, as in a live feed. (From a pre-filled topic the runner may
+    # read trades minutes ahead of the quotes, and the bid-ask spread, the latest quote at or before a
+    # trade, would depend on fetch timing.)
     chunks: dict[int, list[tuple[str, str, Any]]] = defaultdict(list)
     for topic, key, row in recording.events:
         ts = row.get("exchange_ts_ms", row.get("published_ts_ms"))
-        chunks[(ts - START_MS) // 1500].append((topic, key, row))
+        index = (ts - START_MS) // 10_000
+        chunks[index - 1 if topic == QUOTES else index].append((topic, key, row))
+    producer = Producer(producer_config(settings, **{"linger.ms": 0}))
     with running(runner):
         sent = 0
         for index in sorted(chunks):
-            produce(settings, chunks[index])
+            produce(settings, chunks[index], producer)
             sent += len(chunks[index])
             wait_for(lambda sent=sent: runner.metrics.events_processed >= sent, 60, "the chunk")
         assert runner.metrics.events_processed == len(recording.events)
@@ -348,8 +366,9 @@ def _bad_trades(template: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
 
 
 def test_poison_messages_go_to_the_dlq_with_context_and_the_runner_keeps_going(
-    kafka_settings: Settings, recording: Recording
+    runner_settings: Settings, recording: Recording
 ) -> None:
+    kafka_settings = runner_settings
     good = recording.events[:3000]
     template = next(r for t, _, r in good if t == TRADES)
     bad = [(topic, "AAPL", raw) for topic, raw, _ in POISON]
@@ -394,9 +413,9 @@ def test_poison_messages_go_to_the_dlq_with_context_and_the_runner_keeps_going(
 
 
 def test_slow_hot_store_engages_backpressure_and_loses_nothing(
-    kafka_settings: Settings, recording: Recording
+    runner_settings: Settings, recording: Recording
 ) -> None:
-    settings = kafka_settings.model_copy(update={"batch_max_messages": 500})
+    settings = runner_settings.model_copy(update={"batch_max_messages": 500})
     events = recording.events[:4000]
     slow = SlowHotStore(open_hot_store(settings), delay_s=0.3)
     runner = build_runner(settings, instance="slow", hot=slow)

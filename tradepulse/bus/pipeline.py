@@ -25,6 +25,7 @@ class CoreProcessor:
         self.detector = detector
         self.engine = FeatureEngine(self.config)
         self.joiner = NewsJoiner()
+        self._live = False  # set by the first batch that emits
 
     @property
     def model_version(self) -> int:
@@ -52,8 +53,11 @@ class CoreProcessor:
                 watermarks[ticker] = wm
         correlations = self.joiner.advance(watermarks) if watermarks else []
         anomalies: list[dict[str, Any]] = []
-        if self.detector is not None and len(out.per_trade["ts_ms"]):
+        # A rebuild warms a fresh model up; later rebuilds (rebalances) would make the kept model
+        # learn the look-back twice, so they skip it.
+        if self.detector is not None and len(out.per_trade["ts_ms"]) and (emit or not self._live):
             anomalies = self.detector.score(out.per_trade)
+        self._live = self._live or emit
         if not emit:
             return BatchOutputs()
         return BatchOutputs(
@@ -71,6 +75,7 @@ class CoreProcessor:
 
 def build_runner(settings: Settings, *, instance: str = "0", hot: Any = None, detector: Any = None) -> Runner:
     """A runner on the configured stores and the real core."""
+    from tradepulse.core.anomaly import AnomalyDetector
     from tradepulse.stores.backpressure import BackpressureController
     from tradepulse.stores.dlq import with_retries
     from tradepulse.stores.factory import open_cold_store, open_dlq, open_hot_store
@@ -78,7 +83,7 @@ def build_runner(settings: Settings, *, instance: str = "0", hot: Any = None, de
     attempts = settings.dlq_inline_attempts
     return Runner(
         settings,
-        processor=CoreProcessor(settings, detector=detector),
+        processor=CoreProcessor(settings, detector=detector if detector is not None else AnomalyDetector()),
         hot=hot if hot is not None else open_hot_store(settings),
         cold_factory=lambda: open_cold_store(settings),
         dlq=open_dlq(settings),

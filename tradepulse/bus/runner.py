@@ -60,6 +60,8 @@ Row = dict[str, Any]
 # A transaction left open by a process that never comes back blocks read_committed readers (and the
 # committed-offset fetch of whoever takes its partitions over) until it times out; keep that short.
 TRANSACTION_TIMEOUT_MS = 20_000
+# How long the partitions of an instance that died and does not come back stay unowned.
+SESSION_TIMEOUT_MS = 10_000
 
 
 @dataclass
@@ -167,7 +169,14 @@ class Runner:
             consumer_config(
                 self.settings,
                 self.group_id,
-                **{"queued.max.messages.kbytes": 32768, "max.poll.interval.ms": 600_000},
+                **{
+                    "queued.max.messages.kbytes": 32768,
+                    "max.poll.interval.ms": 600_000,
+                    # Static membership (KIP-345): a restarted instance takes its partitions back at
+                    # once instead of waiting for the group to expire its crashed predecessor.
+                    "group.instance.id": self.transactional_id,
+                    "session.timeout.ms": SESSION_TIMEOUT_MS,
+                },
             )
         )
         self.consumer.subscribe(
@@ -202,6 +211,7 @@ class Runner:
 
     def _on_assign(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
         self._assignment = list(partitions)
+        self.metrics.assigned_partitions = len(partitions)
         log.info("assigned %s", sorted((p.topic, p.partition) for p in partitions))
         self.processor.reset()
         self._cold_next.clear()
@@ -211,6 +221,7 @@ class Runner:
             return
         committed = self._committed(consumer, partitions)
         self._rebuild(committed)
+        self.metrics.assignments += 1
 
     def _on_revoke(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
         log.info("revoked %s", sorted((p.topic, p.partition) for p in partitions))
@@ -219,11 +230,13 @@ class Runner:
         self.cold.flush(force=True)
         self.processor.reset()
         self._assignment = []
+        self.metrics.assigned_partitions = 0
 
     def _on_lost(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
         log.warning("partitions lost %s", sorted((p.topic, p.partition) for p in partitions))
         self.processor.reset()
         self._assignment = []
+        self.metrics.assigned_partitions = 0
 
     @staticmethod
     def _committed(consumer: Consumer, partitions: list[KafkaTopicPartition]) -> list[KafkaTopicPartition]:

@@ -81,6 +81,7 @@ class RunnerMetrics:
     model_version: int = 0
     dlq_depth: int = 0
     assigned_partitions: int = 0
+    assignments: int = 0
     last_commit_at: float | None = None
     started_at: float = field(default_factory=time.time)
     batch_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2048))
@@ -149,6 +150,7 @@ class RunnerMetrics:
             "model_version": self.model_version,
             "batches": self.batches,
             "assigned_partitions": self.assigned_partitions,
+            "assignments": self.assignments,
             "started_at": self.started_at,
             "pid": os.getpid(),
         }

@@ -58,11 +58,17 @@ def process(instance: str, progress_s: float, exit_when_idle: float | None) -> N
     if progress_s > 0:
         reporter.start()
 
-    last_seen = {"events": -1, "at": time.monotonic()}
+    last_seen = {"events": -1, "assignments": -1, "at": time.monotonic()}
 
     def idle_for_long(m) -> bool:  # type: ignore[no-untyped-def]
-        if m.events_processed != last_seen["events"]:
-            last_seen.update(events=m.events_processed, at=time.monotonic())
+        # Idle = no new events since the later of the last event and the last (re)assignment, which
+        # may have spent a while rebuilding; never idle without partitions.
+        if (
+            m.events_processed != last_seen["events"]
+            or m.assignments != last_seen["assignments"]
+            or m.assigned_partitions == 0
+        ):
+            last_seen.update(events=m.events_processed, assignments=m.assignments, at=time.monotonic())
         return time.monotonic() - last_seen["at"] > (exit_when_idle or 0)
 
     click.echo(f"[process {instance}] runner started (transactional id {runner.transactional_id})", err=True)
