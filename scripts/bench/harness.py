@@ -211,7 +211,7 @@ def _full_path(config: BenchConfig, settings: Settings, out: Path, broker_pid: i
         pids["bench"] = os.getpid()
         procs = ProcessSampler(pids, leaf={"bench"})
         if config.py_spy:
-            spy = _start_py_spy(pids["processor"], out / "runner-profile.svg", config.duration_s + 30)
+            spy = _start_py_spy(pids["processor"], out / "runner-profile.txt", config.duration_s + 30)
         log(
             f"full path: {config.rate:,.0f} ev/s base, {config.tickers} tickers, {config.profile}, "
             f"{config.duration_s:.0f} s"
@@ -298,7 +298,41 @@ def _full_path(config: BenchConfig, settings: Settings, out: Path, broker_pid: i
         "process_summary": procs.summary(),
         "reconcile": reconcile,
         "runner_status": final_status,
-        "py_spy": str(out / "runner-profile.svg") if spy is not None else None,
+        "runner_profile": _profile_summary(out / "runner-profile.txt", rate_hz=50)
+        if spy is not None
+        else None,
+    }
+
+
+def _profile_summary(path: Path, rate_hz: float, top: int = 15) -> dict[str, Any] | None:
+    """Self and inclusive shares of the runner's py-spy samples (collapsed stacks)."""
+    if not path.exists():
+        return None
+    own: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in {f.split(" (")[0] for f in frames}:
+            incl[frame] = incl.get(frame, 0) + n
+    if not total:
+        return None
+
+    def best(d: dict[str, int]) -> list[tuple[str, float]]:
+        return [(k, v / total * 100) for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
+
+    return {
+        "samples": total,
+        "cpu_s": total / rate_hz,
+        "self_pct": best(own),
+        "inclusive_pct": best(incl),
+        "anomaly_score_cpu_s": incl.get("AnomalyDetector.score", 0) / rate_hz,
     }
 
 
@@ -307,7 +341,21 @@ def _start_py_spy(pid: int, svg: Path, seconds: float) -> Any:
 
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     return subprocess.Popen(
-        [exe, "record", "-p", str(pid), "-o", str(svg), "-d", str(int(seconds)), "-r", "50", "--nonblocking"],
+        [
+            exe,
+            "record",
+            "-p",
+            str(pid),
+            "-o",
+            str(svg),
+            "-d",
+            str(int(seconds)),
+            "-r",
+            "50",
+            "-f",
+            "raw",
+            "--nonblocking",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
