@@ -8,8 +8,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import pytest
 from fastapi.testclient import TestClient
+from moto import mock_aws
 
 from tests.api.conftest import FakeClock, heartbeat
 from tradepulse.api.app import create_app
@@ -22,6 +24,8 @@ from tradepulse.api.health import (
 )
 from tradepulse.bus.status import RunnerMetrics, status_path, write_json_atomic
 from tradepulse.config import Settings
+from tradepulse.models import DeadLetter
+from tradepulse.stores.dlq import SqliteDeadLetterQueue
 from tradepulse.stores.sqlite_hot import SqliteHotStore
 
 
@@ -218,3 +222,44 @@ def test_hot_store_status_source_uses_the_store_methods_when_present(store: Sqli
 
     status = HotStoreRunnerStatusSource(StoreWithStatus()).read()
     assert isinstance(status, RunnerStatus) and status.consumer_lag == 7 and status.heartbeat_at == 124.0
+
+
+def dead_letter(n: int) -> dict[str, object]:
+    return DeadLetter(
+        dead_letter_id=f"dl-{n}",
+        stage="processor",
+        payload='{"ev": "T"}',
+        error_type="ValidationError",
+        reason="price must be > 0",
+        first_failure_at="2026-11-24T05:00:00Z",
+        last_failure_at="2026-11-24T05:00:00Z",
+    ).model_dump()
+
+
+def test_dlq_depth_comes_from_the_queue_when_the_api_has_one(tmp_path: Path, store: SqliteHotStore) -> None:
+    settings = Settings(data_dir=tmp_path, kafka_bootstrap=None)
+    heartbeat(settings, dlq_depth=3)  # the runner's (older) view
+    clock = FakeClock()
+    dlq = SqliteDeadLetterQueue(tmp_path / "dlq.sqlite3")
+    try:
+        dlq.put([dead_letter(1), dead_letter(2)])
+        with TestClient(create_app(settings, store, dlq=dlq, clock=clock)) as client:
+            component = client.get("/health").json()["components"]["dlq"]
+            assert component["metrics"]["dlq_depth"] == 2 and "sqlite queue" in component["detail"]
+            dlq.put([dead_letter(3)])
+            clock.advance(3.0)  # past the depth cache
+            assert "tradepulse_dlq_depth 3.0" in client.get("/metrics").text
+    finally:
+        dlq.close()
+
+
+def test_lambda_settings_read_the_dlq_depth_from_sqs(tmp_path: Path, store: SqliteHotStore) -> None:
+    with mock_aws():
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        url = sqs.create_queue(QueueName="tradepulse-dlq")["QueueUrl"]
+        for n in range(4):
+            sqs.send_message(QueueUrl=url, MessageBody=f"letter {n}")
+        settings = Settings(data_dir=tmp_path, kafka_bootstrap=None, dlq_backend="sqs", sqs_dlq_url=url)
+        with TestClient(create_app(settings, store)) as client:
+            component = client.get("/health").json()["components"]["dlq"]
+    assert component["metrics"]["dlq_depth"] == 4 and "sqs queue" in component["detail"]

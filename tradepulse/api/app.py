@@ -65,10 +65,14 @@ def create_app(
     *,
     runner_status: RunnerStatusSource | None = None,
     broker_probe: BrokerProbe | None = None,
+    dlq: Any = None,
     clock: Callable[[], float] = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
 ) -> FastAPI:
     """Build the API. Without a `hot_store` the one of `settings` is opened (and closed on shutdown).
+
+    `dlq` (optional) lets /health and /metrics read the dead-letter depth from the queue itself; with
+    the SQS backend (Lambda) it is opened from `settings`, locally the runner's status reports it.
 
     `clock` (monotonic, for cache expiry and uptime) and `wall_clock` (epoch s, for look-back windows
     and heartbeat ages) are injectable so tests can move time without sleeping.
@@ -86,12 +90,17 @@ def create_app(
             if settings.hot_store == "dynamodb"
             else FileRunnerStatusSource(runner_status_path(settings))
         )
+    if dlq is None and settings.dlq_backend == "sqs" and settings.sqs_dlq_url:
+        from tradepulse.stores.factory import open_dlq
+
+        dlq = open_dlq(settings)
     cache = TTLCache(clock=clock)
     health = HealthChecker(
         settings,
         runner_status,
         broker_probe or BrokerProbe(settings),
         store,
+        dlq=dlq,
         wall_clock=wall_clock,
         monotonic=clock,
     )

@@ -186,10 +186,13 @@ class HealthChecker:
         broker: BrokerProbe | None,
         hot_store: Any,
         *,
+        dlq: Any = None,
         wall_clock: Any = time.time,
         monotonic: Any = time.monotonic,
     ) -> None:
         self._settings = settings
+        self._dlq = dlq
+        self._dlq_cached: tuple[float, int | None] | None = None
         self.runner_source = runner
         self._broker = broker
         self._store = hot_store
@@ -204,6 +207,22 @@ class HealthChecker:
         if self._broker is None:
             return BrokerCheck(False, "no broker probe configured")
         return self._broker.check()
+
+    def dlq_depth(self, status: RunnerStatus | None) -> tuple[int | None, str]:
+        """Pending dead letters and where the number came from: the DLQ itself when this process has
+        one (Lambda: SQS, cached a few seconds), else the runner's report."""
+        if self._dlq is not None:
+            now = self._monotonic()
+            if self._dlq_cached is None or now - self._dlq_cached[0] >= BROKER_CACHE_S:
+                try:
+                    depth: int | None = int(self._dlq.depth())
+                except Exception:  # an unreachable queue is reported as unknown, not a failed /health
+                    depth = None
+                self._dlq_cached = (now, depth)
+            return self._dlq_cached[1], f"{self._settings.dlq_backend} queue"
+        if status is not None:
+            return status.dlq_depth, "runner status"
+        return None, "no runner status"
 
     def write_p99_ms(self, status: RunnerStatus | None) -> float | None:
         """The runner's measured write p99 (it does the writing); else this process's store, if it wrote."""
@@ -287,6 +306,13 @@ class HealthChecker:
             )
             if over:
                 degraded.append("hot_store")
+
+        depth, source = self.dlq_depth(status)
+        components["dlq"] = ComponentHealth(
+            status="unknown" if depth is None else "ok",
+            detail=f"{'?' if depth is None else depth} dead letters pending ({source})",
+            metrics={"dlq_depth": depth},
+        )
 
         overall = "unhealthy" if unhealthy else "degraded" if degraded else "healthy"
         return HealthResponse(

@@ -54,12 +54,16 @@ class PipelineCollector(Collector):
         misses = CounterMetricFamily("tradepulse_api_cache_misses", "Server-side response cache misses.")
         misses.add_metric([], self._cache.misses)
         yield misses
+        depth, _ = self._health.dlq_depth(status)
+        if depth is not None:
+            d = GaugeMetricFamily("tradepulse_dlq_depth", "Dead letters pending.")
+            d.add_metric([], float(depth))
+            yield d
         if status is None:
             return
         gauges = {
             "tradepulse_consumer_lag_messages": ("Messages behind the high watermarks.", status.consumer_lag),
             "tradepulse_events_per_second": ("Recent processing throughput.", status.events_per_s),
-            "tradepulse_dlq_depth": ("Dead letters pending.", status.dlq_depth),
             "tradepulse_runner_last_commit_age_seconds": (
                 "Seconds since the runner last committed offsets.",
                 max(0.0, time.time() - status.last_commit_at),

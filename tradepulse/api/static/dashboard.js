@@ -263,7 +263,8 @@
         ? "–"
         : `${fmt(runner.e2e_latency_p99_ms, 1)} ms`;
     $("h-commit").textContent = runner.last_commit_age_s === undefined ? "–" : `${fmt(runner.last_commit_age_s, 1)} s ago`;
-    $("h-dlq").textContent = runner.dlq_depth === undefined ? "–" : fmt(runner.dlq_depth, 0);
+    const dlq = ((h.components.dlq || {}).metrics || {}).dlq_depth;
+    $("h-dlq").textContent = dlq === undefined || dlq === null ? "–" : fmt(dlq, 0);
     $("h-bp").textContent =
       runner.backpressure_activations === undefined ? "–" : `${fmt(runner.backpressure_activations, 0)} pauses`;
     $("h-broker").textContent = broker.status === "ok" ? "reachable" : "unreachable";
