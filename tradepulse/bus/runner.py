@@ -369,12 +369,12 @@ class Runner:
         """One dead letter per row the hot store did not take, for redrive as a sink retry."""
         letters = []
         kinds = (
-            ("trade", batch.trades, "event_id"),
-            ("features", outputs.features, None),
-            ("anomaly", outputs.anomalies, "anomaly_id"),
-            ("correlation", outputs.correlations, "correlation_id"),
+            ("trade", batch.trades),
+            ("features", outputs.features),
+            ("anomaly", outputs.anomalies),
+            ("correlation", outputs.correlations),
         )
-        for kind, rows, _ in kinds:
+        for kind, rows in kinds:
             for row in rows:
                 letters.append(
                     make_dead_letter(

@@ -1,0 +1,132 @@
+"""Runner throughput: drain a pre-filled input topic through the full exactly-once runner.
+
+Starts a throw-away local broker (or uses TRADEPULSE_KAFKA_BOOTSTRAP), fills market.trades/quotes/news
+with a simulator recording, then runs the real runner (core + anomaly detector + news join, SQLite hot
+store, Parquet cold store, one Kafka transaction per batch) until it has consumed everything, and
+reports events/s and batch latency percentiles.
+
+    .venv/bin/python scripts/bench_runner.py --events 200000 --batch 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import orjson
+from confluent_kafka import Producer
+
+from tradepulse.bus.admin import ensure_topics
+from tradepulse.bus.clients import producer_config
+from tradepulse.bus.local_kafka import REPO_ROOT, LocalKafka
+from tradepulse.bus.pipeline import build_runner
+from tradepulse.config import Settings
+from tradepulse.sources.news import article_records
+from tradepulse.sources.parse import quote_record, trade_record
+from tradepulse.sources.simulator.market import MarketConfig, MarketModel
+from tradepulse.topics import NEWS, QUOTES, TRADES
+
+
+def recording(events: int, tickers: list[str]) -> list[tuple[str, str, bytes]]:
+    """About `events` topic messages from the simulator (rate 2,000 events/s of simulated time)."""
+    model = MarketModel(MarketConfig(seed=5, tickers=tickers, rate=2000, start_ms=1_767_000_000_000))
+    out: list[tuple[str, str, bytes]] = []
+    while len(out) < events:
+        block = model.next_block()
+        for wire in block.records():
+            received = wire["t"] * 1000
+            rec = trade_record(wire, received) if wire["ev"] == "T" else quote_record(wire, received)
+            out.append((TRADES if wire["ev"] == "T" else QUOTES, rec["ticker"], orjson.dumps(rec)))
+        for item in block.news:
+            for rec in article_records(item, item["related"], set(tickers), block.end_ms * 1000):
+                out.append((NEWS, rec["ticker"], orjson.dumps(rec)))
+    return out[:events]
+
+
+def fill(settings: Settings, messages: list[tuple[str, str, bytes]]) -> None:
+    producer = Producer(producer_config(settings))
+    for topic, key, value in messages:
+        while True:
+            try:
+                producer.produce(topic, key=key.encode(), value=value)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    assert producer.flush(120) == 0
+
+
+def run(settings: Settings, events: int) -> None:
+    tickers = settings.tickers
+    t0 = time.perf_counter()
+    messages = recording(events, tickers)
+    print(f"recording: {len(messages)} events, {len(tickers)} tickers ({time.perf_counter() - t0:.1f}s)")
+    ensure_topics(settings)
+    t0 = time.perf_counter()
+    fill(settings, messages)
+    print(f"pre-filled topics in {time.perf_counter() - t0:.1f}s")
+
+    runner = build_runner(settings, instance="bench")
+    started: dict[str, float] = {}
+
+    def done(metrics) -> bool:  # type: ignore[no-untyped-def]
+        if metrics.events_processed and "first" not in started:
+            started["first"] = time.perf_counter()
+        return metrics.events_processed >= len(messages)
+
+    t_start = time.perf_counter()
+    metrics = runner.run(stop_when=done)
+    t_end = time.perf_counter()
+    drain_s = t_end - started["first"]
+    batch = np.fromiter(metrics.batch_ms, dtype=float)
+    print(
+        f"runner: {metrics.events_processed} events in {drain_s:.2f}s = "
+        f"{metrics.events_processed / drain_s:,.0f} events/s (group join + first assignment "
+        f"{started['first'] - t_start:.1f}s excluded)"
+    )
+    print(
+        f"batches: {metrics.batches} (batch_max_messages={settings.batch_max_messages}), "
+        f"batch latency p50 {np.percentile(batch, 50):.1f} ms, p99 {np.percentile(batch, 99):.1f} ms, "
+        f"max {batch.max():.1f} ms; hot-store write p99 {np.percentile(list(metrics.write_ms), 99):.1f} ms"
+    )
+    print(
+        f"outputs produced: {metrics.outputs_produced}, dead letters {metrics.dead_letters}, "
+        f"backpressure activations {metrics.backpressure_activations}, model v{metrics.model_version}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--batch", type=int, default=5000, help="batch_max_messages")
+    parser.add_argument("--partitions", type=int, default=6)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-runner-") as tmp:
+        data = Path(tmp)
+        bootstrap = os.environ.get("TRADEPULSE_KAFKA_BOOTSTRAP")
+        broker = None
+        if not bootstrap:
+            broker = LocalKafka(data / "kafka", heap="1g", libs_root=REPO_ROOT / ".tradepulse" / "kafka-libs")
+            bootstrap = broker.start(quiet=True).bootstrap
+        try:
+            settings = Settings(
+                kafka_bootstrap=bootstrap,
+                data_dir=data / "state",
+                topic_partitions=args.partitions,
+                batch_max_messages=args.batch,
+                consumer_group=f"bench-{uuid.uuid4().hex[:8]}",
+            )
+            run(settings, args.events)
+        finally:
+            if broker is not None:
+                broker.stop()
+
+
+if __name__ == "__main__":
+    main()
