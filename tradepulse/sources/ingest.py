@@ -9,9 +9,12 @@ serves delivery reports (`poll`) and waits until there is room — it never drop
 fills the hand-off queue and then blocks on it, so the socket is no longer read and the server is
 slowed by TCP flow control. Memory stays bounded by the producer queue plus N frames.
 
-Invalid events go to the dead-letter queue with their raw payload and reason; the stream continues.
-Events already published in this process (a server resending after a reconnect) are dropped by event
-id using a bounded window of recent ids — the idempotent producer only dedupes its own retries.
+Invalid events go to the dead-letter queue with their raw payload and reason; the stream continues. So do
+events of a ticker the service did not subscribe to (`UnknownTicker`; not checked for a `*` subscription).
+Events already published (a server resending after a reconnect) are dropped by event id using a bounded
+window of recent ids — the idempotent producer only dedupes its own retries. On start the window is seeded
+with the ids of the topics' last records, so a feed that replays recent events to a restarted ingest (after
+a crash) does not get them published twice either.
 """
 
 from __future__ import annotations
@@ -19,15 +22,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from tradepulse.bus.clients import producer_config
+from tradepulse.bus.clients import consumer_config, producer_config
 from tradepulse.config import Settings
 from tradepulse.sources.massive import MassiveClient, subscription_params
 from tradepulse.sources.parse import ParsedFrame, Reject
@@ -106,6 +110,55 @@ class RecentIds:
         return False
 
 
+def seed_recent_ids(settings: Settings, recent: RecentIds, timeout_s: float = 60.0) -> int:
+    """Remember the event ids of the last `recent.capacity` records of market.trades and market.quotes
+    (shared evenly over their partitions); returns how many were read."""
+    consumer = Consumer(consumer_config(settings, "tradepulse-ingest-seed", **{"enable.partition.eof": True}))
+    deadline = time.monotonic() + timeout_s
+    try:
+        metadata = consumer.list_topics(timeout=10).topics
+        partitions = [
+            TopicPartition(t, p) for t in (TRADES, QUOTES) if t in metadata for p in metadata[t].partitions
+        ]
+        per_partition = recent.capacity // max(1, len(partitions))
+        starts = []
+        for tp in partitions:
+            low, high = _watermarks(consumer, tp, deadline)
+            if high > low:
+                starts.append(TopicPartition(tp.topic, tp.partition, max(low, high - per_partition)))
+        pending = {(tp.topic, tp.partition) for tp in starts}
+        if not pending:
+            return 0
+        consumer.assign(starts)
+        seen = 0
+        while pending and time.monotonic() < deadline:
+            for message in consumer.consume(10_000, timeout=0.5):
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        pending.discard((message.topic(), message.partition()))
+                    continue
+                with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError):
+                    recent.seen(orjson.loads(message.value())["event_id"])
+                    seen += 1
+        if pending:
+            log.warning("ingest: dedupe seed did not reach the end of %s", sorted(pending))
+        return seen
+    finally:
+        consumer.close()
+
+
+def _watermarks(consumer: Consumer, tp: TopicPartition, deadline: float) -> tuple[int, int]:
+    # Right after topics are created the leader may not be known yet (NOT_LEADER_FOR_PARTITION): retry.
+    while True:
+        try:
+            return consumer.get_watermark_offsets(tp, timeout=10)
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 class IngestService:
     """Streams the Massive feed into Kafka. `await run()`; `await stop()` ends it after draining."""
 
@@ -129,6 +182,8 @@ class IngestService:
         self._recent = RecentIds(settings.ingest_dedupe_window)
         self._failed_deliveries: list[Reject] = []
         self._metrics = IngestMetrics()
+        subscribed = {sub.split(".", 1)[-1] for sub in self.client.subscriptions}
+        self._tickers: set[str] | None = None if "*" in subscribed else subscribed
 
     @property
     def metrics(self) -> IngestMetrics:
@@ -139,6 +194,9 @@ class IngestService:
 
     async def run(self) -> None:
         """Stream until `stop()` (returns after flushing) or a fatal feed error (raised after flushing)."""
+        seeded = await asyncio.to_thread(seed_recent_ids, self.settings, self._recent)
+        if seeded:
+            log.info("ingest: dedupe window seeded with %d recent event ids", seeded)
         reader = asyncio.create_task(self._read(), name="ingest-reader")
         publisher = asyncio.create_task(self._publish(), name="ingest-publisher")
         reports = asyncio.create_task(self._serve_reports(), name="ingest-delivery-reports")
@@ -172,12 +230,15 @@ class IngestService:
                 await self._queue.put(None)
 
     async def _publish(self) -> None:
-        queue, metrics, recent = self._queue, self._metrics, self._recent
+        queue, metrics, recent, tickers = self._queue, self._metrics, self._recent, self._tickers
         produce, poll = self._producer.produce, self._producer.poll
         while (frame := await queue.get()) is not None:
             metrics.received += frame.events
             for topic, records in ((TRADES, frame.trades), (QUOTES, frame.quotes)):
                 for record in records:
+                    if tickers is not None and record["ticker"] not in tickers:
+                        frame.rejects.append(_unknown_ticker(record, topic))
+                        continue
                     if recent.seen(record["event_id"]):
                         metrics.duplicates += 1
                         continue
@@ -255,3 +316,13 @@ class IngestService:
         failed, self._failed_deliveries = self._failed_deliveries, []
         if failed:
             self._dead_letter(failed)
+
+
+def _unknown_ticker(record: dict[str, Any], topic: str) -> Reject:
+    return Reject(
+        orjson.dumps(record),
+        f"ticker {record['ticker']!r} is not among the subscribed tickers",
+        "UnknownTicker",
+        record["ticker"],
+        topic=topic,
+    )

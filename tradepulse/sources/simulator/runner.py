@@ -54,6 +54,10 @@ class SimulatorConfig:
     client_queue_frames: int = 1000
     record_sent: bool = False
     """Keep the set of (sym, q) sent, for zero-loss reconciliation in tests (memory grows with events)."""
+    resend_blocks: int = 0
+    """On every subscription, first resend the last N blocks (ticks) dispatched: a feed with replay,
+    so that a client restarted after a crash (kill -9) gets again what it had received but not yet
+    published. Clients drop the duplicates by event id. 0 = the real Massive behaviour (no replay)."""
     start_ms: int | None = None
     """Simulated time of the first event; None = now, so event times track the wall clock."""
     replay_root: str | Path | None = None
@@ -130,6 +134,7 @@ class Simulator:
             max_events_per_frame=cfg.max_events_per_frame,
             queue_frames=cfg.client_queue_frames,
             record_sent=cfg.record_sent,
+            resend_blocks=cfg.resend_blocks,
         )
         await self.ws.start(cfg.host, cfg.ws_port)
         self.news = NewsServer(lambda: self.articles, cfg.key, cfg.news_calls_per_minute)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -109,6 +110,7 @@ class MassiveWsServer:
         max_events_per_frame: int = 1000,
         queue_frames: int = 1000,
         record_sent: bool = False,
+        resend_blocks: int = 0,
     ) -> None:
         self.symbols = list(symbols)
         self._sym_array = np.array(self.symbols, dtype=object)
@@ -125,6 +127,12 @@ class MassiveWsServer:
         self.sent_quote_keys: set[tuple[str, int]] = set()
         self.connections_total = 0
         self._server: Server | None = None
+        # The last blocks dispatched, resent to every new subscription (see `SimulatorConfig.resend_blocks`).
+        self._history: deque[Block] = deque(maxlen=max(resend_blocks, 1))
+        self._resend = resend_blocks > 0
+        # Held while fanning out a block and while queueing a resend, so that a new subscription gets the
+        # history strictly before any newer block (per-ticker order is kept).
+        self._dispatch_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, host: str, port: int) -> None:
@@ -199,7 +207,12 @@ class MassiveWsServer:
                     session.subs.add(ch)
                 else:
                     session.subs.discard(ch)
-            session.update_masks(self._index)
+            async with self._dispatch_lock:
+                session.update_masks(self._index)
+                if action == "subscribe" and self._resend and session.wants_data:
+                    for block in list(self._history):
+                        for item in self._frames(block, session):
+                            await session.queue.put(item)
             verb = "subscribed to" if action == "subscribe" else "unsubscribed to"
             for ch in channels:
                 await self._send(session, status("success", f"{verb}: {ch}"))
@@ -286,13 +299,16 @@ class MassiveWsServer:
         """Queue the block's frames for every subscribed session (waits while a session's queue is full)."""
         if not len(block):
             return
-        for session in list(self.sessions):
-            if not session.wants_data:
-                continue
-            for item in self._frames(block, session):
-                if session.closed or session.dropping:
-                    break
-                await session.queue.put(item)
+        async with self._dispatch_lock:
+            if self._resend:
+                self._history.append(block)
+            for session in list(self.sessions):
+                if not session.wants_data:
+                    continue
+                for item in self._frames(block, session):
+                    if session.closed or session.dropping:
+                        break
+                    await session.queue.put(item)
 
     def pending_frames(self) -> int:
         return sum(s.queue.qsize() for s in self.sessions if not s.closed and not s.dropping)

@@ -1,0 +1,260 @@
+"""Shared machinery of the reliability suite: the pipeline's services as real OS processes (killable with
+SIGKILL and restartable), the simulator in a thread, and read-back of Kafka topics and both stores for
+reconciliation against what the simulator sent."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow.parquet as pq
+import pytest
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from tradepulse.bus.clients import consumer_config
+from tradepulse.bus.local_kafka import REPO_ROOT
+from tradepulse.cli.supervisor import python_command
+from tradepulse.config import Settings
+from tradepulse.topics import INPUT_TOPICS
+
+KEY = "chaos-simulator-key"
+TICKERS = ["AAPL", "MSFT", "NVDA", "TSLA", "AMZN"]
+START_MS = 1_767_000_000_000  # fixed simulated start: the same market on every run of a seed
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+# Variables of the developer's shell that would change what the children do.
+_SCRUB = ("MASSIVE_API_KEY", "POLYGON_API_KEY", "FINNHUB_API_KEY")
+
+
+def child_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment of a service process: the test's settings, nothing from the developer's shell."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRADEPULSE_") and k not in _SCRUB}
+    env.update(
+        TRADEPULSE_KAFKA_BOOTSTRAP=str(settings.kafka_bootstrap),
+        TRADEPULSE_DATA_DIR=str(settings.data_dir),
+        TRADEPULSE_CONSUMER_GROUP=settings.consumer_group,
+        TRADEPULSE_TICKERS=json.dumps(settings.tickers),
+        TRADEPULSE_TOPIC_PARTITIONS=str(settings.topic_partitions),
+        TRADEPULSE_SIMULATOR_API_KEY=KEY,
+        TRADEPULSE_MASSIVE_RECONNECT_INITIAL_S="0.05",
+        TRADEPULSE_MASSIVE_RECONNECT_MAX_S="0.5",
+        TRADEPULSE_LOG_LEVEL="INFO",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+class Services:
+    """Named service processes (each in its own session, output appended to `<log_dir>/<name>.log`)."""
+
+    def __init__(self, log_dir: Path, env: dict[str, str]) -> None:
+        self.log_dir = log_dir
+        self.env = env
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.argv: dict[str, list[str]] = {}
+        self.kills: Counter[str] = Counter()
+        self.starts: Counter[str] = Counter()
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        """Start `tradepulse <args>` as service `name` (again with the last args if none are given)."""
+        argv = python_command(*args) if args else self.argv[name]
+        self.argv[name] = argv
+        with open(self.log_dir / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(
+                argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.procs[name] = proc
+        self.starts[name] += 1
+        return proc
+
+    def kill(self, name: str) -> None:
+        """kill -9, then reap."""
+        proc = self.procs[name]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        self.kills[name] += 1
+
+    def restart_after_kill(self, name: str) -> None:
+        self.kill(name)
+        self.start(name)
+
+    def stop(self, name: str, timeout_s: float = 120.0) -> int:
+        """SIGTERM (the services finish their batch, commit, flush) and wait; returns the exit code."""
+        proc = self.procs.pop(name)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        return proc.wait(timeout_s)
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                pytest.fail(f"service {name} exited with {proc.returncode}:\n{self.tail(name)}")
+
+    def tail(self, name: str, lines: int = 40) -> str:
+        path = self.log_dir / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(30)
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, every: Callable[[], None]) -> None:
+    """Poll `condition`; `every` runs each round (e.g. a liveness check that fails the test early)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        every()
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(0.2)
+
+
+# --- Kafka read-back --------------------------------------------------------------------------------
+
+
+def high_watermarks(settings: Settings, topics: tuple[str, ...] = INPUT_TOPICS) -> dict[tuple[str, int], int]:
+    consumer = Consumer(consumer_config(settings, "reliability-probe"))
+    try:
+        out = {}
+        for topic in topics:
+            for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
+                out[(topic, p)] = _retry(
+                    lambda t=topic, p=p: consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10)
+                )[1]
+        return out
+    finally:
+        consumer.close()
+
+
+def _retry(call: Callable[[], Any], timeout_s: float = 30.0) -> Any:
+    # Leaders of freshly created topics take a moment to be known (NOT_LEADER_FOR_PARTITION).
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return call()
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def committed_offsets(settings: Settings, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    consumer = Consumer(consumer_config(settings, settings.consumer_group))
+    try:
+        got = _retry(lambda: consumer.committed([TopicPartition(t, p) for t, p in tps], timeout=30))
+        return {(tp.topic, tp.partition): tp.offset for tp in got}
+    finally:
+        consumer.close()
+
+
+def committed_total(settings: Settings) -> int:
+    """Σ committed offsets of the runner's group over the input partitions."""
+    highs = high_watermarks(settings)
+    return sum(max(0, o) for o in committed_offsets(settings, list(highs)).values())
+
+
+def drained(settings: Settings) -> bool:
+    """The runner's group has committed every input record."""
+    highs = high_watermarks(settings)
+    committed = committed_offsets(settings, list(highs))
+    return all(committed[tp] >= high for tp, high in highs.items() if high > 0)
+
+
+def read_topic(settings: Settings, topic: str) -> list[dict[str, Any]]:
+    """Every committed record of a topic, partition by partition in offset order."""
+    consumer = Consumer(consumer_config(settings, "reliability-reader", **{"enable.partition.eof": True}))
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    pending = set(partitions)
+    by_partition: dict[int, list[dict[str, Any]]] = {p: [] for p in partitions}
+    deadline = time.monotonic() + 300
+    while pending and time.monotonic() < deadline:
+        for message in consumer.consume(10_000, timeout=0.5):
+            if message.error() is not None:
+                if message.error().code() == KafkaError._PARTITION_EOF:
+                    pending.discard(message.partition())
+                continue
+            by_partition[message.partition()].append(orjson.loads(message.value()))
+    consumer.close()
+    assert not pending, f"could not read {topic} to the end"
+    return [row for p in sorted(by_partition) for row in by_partition[p]]
+
+
+# --- stores read-back ---------------------------------------------------------------------------------
+
+
+def cold_trade_keys(settings: Settings) -> list[tuple[str, int]]:
+    """(ticker, sequence) of every trade row in the cold store's Parquet files (duplicates kept)."""
+    files = sorted((settings.cold_dir / "trades").rglob("*.parquet"))
+    keys: list[tuple[str, int]] = []
+    for path in files:
+        table = pq.read_table(path, columns=["ticker", "sequence"])
+        keys.extend(zip(table["ticker"].to_pylist(), table["sequence"].to_pylist(), strict=True))
+    return keys
+
+
+def hot_trade_keys(settings: Settings) -> list[tuple[str, int]]:
+    """(ticker, sequence) of every trade row in the SQLite hot store."""
+    import sqlite3
+
+    with sqlite3.connect(f"file:{settings.sqlite_path}?mode=ro", uri=True) as conn:
+        return [(t, q) for t, q in conn.execute("SELECT ticker, sequence FROM trades")]
+
+
+@dataclass
+class Reconciliation:
+    """One store (or topic) against the simulator's sent set."""
+
+    rows: int
+    distinct: int
+    duplicates: int
+    missing: int
+    unexpected: int
+
+    @classmethod
+    def of(cls, keys: list[tuple[str, int]], sent: set[tuple[str, int]]) -> Reconciliation:
+        distinct = set(keys)
+        return cls(
+            rows=len(keys),
+            distinct=len(distinct),
+            duplicates=len(keys) - len(distinct),
+            missing=len(sent - distinct),
+            unexpected=len(distinct - sent),
+        )
+
+    @property
+    def exact(self) -> bool:
+        return self.duplicates == 0 and self.missing == 0 and self.unexpected == 0
+
+
+@dataclass
+class ChaosReport:
+    name: str
+    sent_trades: int
+    sent_quotes: int
+    runner_kills: int
+    ingest_kills: int
+    kafka: Reconciliation
+    hot: Reconciliation
+    cold: Reconciliation
+    features_checked: int
+    seconds: float
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+
+    def save(self) -> Path:
+        ARTIFACTS.mkdir(exist_ok=True)
+        path = ARTIFACTS / f"chaos-{self.name}.json"
+        path.write_text(json.dumps(asdict(self), indent=2))
+        return path

@@ -1,0 +1,225 @@
+"""Chaos: kill -9 the runner and the ingest service at random points of a deterministic simulator run,
+restarting each time; afterwards Kafka, the hot store and the cold store hold exactly the simulator's
+trade set, and every feature snapshot equals an independent batch recomputation.
+
+The simulator runs with `resend_blocks`: on every (re)subscription it replays its last blocks, so a
+restarted ingest gets again what its killed predecessor had received but not yet published; the ingest
+drops what is already in Kafka by event id (its dedupe window is seeded from the topics' tail). The
+runner needs nothing of the kind: offsets, outputs and sinks are committed together (see
+`tradepulse.bus.runner`).
+
+`test_chaos_short` (≈50k trades, 3 + 2 kills) runs in `make test`; `test_chaos_full` (≥ 1M trades,
+10 + 10 kills) in `make chaos`. Each writes its numbers to `test-artifacts/chaos-<name>.json`.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.bus.test_runner import Recording, assert_features_match, reference_snapshots
+from tests.conftest import recreate_topics
+from tests.reliability.harness import (
+    KEY,
+    START_MS,
+    TICKERS,
+    ChaosReport,
+    Reconciliation,
+    Services,
+    child_env,
+    cold_trade_keys,
+    committed_total,
+    drained,
+    high_watermarks,
+    hot_trade_keys,
+    read_topic,
+    wait_until,
+)
+from tradepulse.config import Settings
+from tradepulse.sources.simulator import SimulatorConfig, run_simulator_in_thread
+from tradepulse.topics import FEATURES, QUOTES, TRADES
+
+pytestmark = pytest.mark.kafka
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    duration_s: float
+    rate: float  # events/s (trades + quotes)
+    runner_kills: int
+    ingest_kills: int
+    seed: int = 2024
+    trade_fraction: float = 0.8
+
+    @property
+    def expected_trades(self) -> float:
+        return self.duration_s * self.rate * self.trade_fraction
+
+
+class RssSampler:
+    """Peak resident memory of each service process (sampled every 0.5 s)."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.peak: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            for name, proc in list(self.services.procs.items()):
+                try:
+                    rss = psutil.Process(proc.pid).memory_info().rss / 2**20
+                except psutil.Error:
+                    continue
+                self.peak[name] = max(self.peak.get(name, 0.0), rss)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def run_chaos(plan: Plan, kafka_bootstrap: str, tmp_path: Path) -> ChaosReport:
+    started = time.monotonic()
+    settings = Settings(
+        kafka_bootstrap=kafka_bootstrap,
+        data_dir=tmp_path / "state",
+        topic_partitions=3,
+        consumer_group=f"chaos-{plan.name}",
+        tickers=TICKERS,
+    )
+    recreate_topics(settings)
+    # Resend the last 5 s of blocks (50 ms ticks) to every new subscription.
+    sim = run_simulator_in_thread(
+        SimulatorConfig(
+            seed=plan.seed,
+            tickers=TICKERS,
+            rate=plan.rate,
+            trade_fraction=plan.trade_fraction,
+            api_key=KEY,
+            ws_port=0,
+            http_port=0,
+            record_sent=True,
+            duration_s=plan.duration_s,
+            start_ms=START_MS,
+            resend_blocks=100,
+        )
+    )
+    services = Services(tmp_path / "logs", child_env(settings))
+    try:
+        with RssSampler(services) as rss:
+            services.start("runner", "process", "--instance", "0", "--progress-s", "5")
+            services.start("ingest", "ingest", "--url", sim.ws_url + "/stocks", "--progress-s", "5")
+            # Kill points: uniformly random over the generation window, per service.
+            rng = random.Random(plan.seed)
+            kills = sorted(
+                [(rng.uniform(0.05, 0.95) * plan.duration_s, "runner") for _ in range(plan.runner_kills)]
+                + [(rng.uniform(0.05, 0.95) * plan.duration_s, "ingest") for _ in range(plan.ingest_kills)]
+            )
+            t0 = time.monotonic()
+            marks = {"runner": committed_total(settings), "ingest": sum(high_watermarks(settings).values())}
+            progress = {
+                "runner": lambda: committed_total(settings),
+                "ingest": lambda: sum(high_watermarks(settings).values()),
+            }
+            for at, name in kills:
+                while time.monotonic() - t0 < at:
+                    services.check_alive()
+                    time.sleep(0.05)
+                # A kill only counts once the service has made progress since its last start (committed
+                # offsets for the runner, records in Kafka for ingest); otherwise every kill could land
+                # in the start-up of the previous incarnation and prove nothing.
+                mark = marks[name]
+                wait_until(
+                    lambda n=name, m=mark: progress[n]() > m, 300, f"{name} progress", services.check_alive
+                )
+                services.restart_after_kill(name)
+                marks[name] = progress[name]()
+            assert sim.wait_finished(plan.duration_s * 3 + 120), "the simulator did not finish"
+            # Everything sent is in Kafka once the topics stop growing with ingest alive and idle.
+            last = {"marks": {}, "since": time.monotonic()}
+
+            def settled() -> bool:
+                # Unchanged for 5 s: longer than a restarted ingest needs to start, connect and
+                # publish the simulator's resend.
+                now = high_watermarks(settings)
+                if now != last["marks"]:
+                    last.update(marks=now, since=time.monotonic())
+                return time.monotonic() - last["since"] > 5
+
+            wait_until(settled, 120, "ingest to publish everything", services.check_alive)
+            assert services.stop("ingest") == 0
+            wait_until(
+                lambda: drained(settings), 900, "the runner to commit every record", services.check_alive
+            )
+            assert services.stop("runner") == 0, services.tail("runner")
+        sent = sim.sent_trade_keys()
+        sent_quotes = sim.sent_quote_keys()
+    finally:
+        services.stop_all()
+        sim.stop()
+
+    trades = read_topic(settings, TRADES)
+    quotes = read_topic(settings, QUOTES)
+    kafka = Reconciliation.of([(t["ticker"], t["sequence"]) for t in trades], sent)
+    hot = Reconciliation.of(hot_trade_keys(settings), sent)
+    cold = Reconciliation.of(cold_trade_keys(settings), sent)
+
+    # Features: what the runner committed to market.features vs a batch recomputation over the trades and
+    # quotes in Kafka. The spread is left out: which quote precedes a trade depends on how far the
+    # restarted runner's fetches of the two topics were apart while catching up.
+    expected = reference_snapshots(
+        Recording([(TRADES, t["ticker"], t) for t in trades] + [(QUOTES, q["ticker"], q) for q in quotes])
+    )
+    emitted = read_topic(settings, FEATURES)
+    assert_features_match(emitted, expected, spread=False)
+    report = ChaosReport(
+        name=plan.name,
+        sent_trades=len(sent),
+        sent_quotes=len(sent_quotes),
+        runner_kills=services.kills["runner"],
+        ingest_kills=services.kills["ingest"],
+        kafka=kafka,
+        hot=hot,
+        cold=cold,
+        features_checked=len(emitted),
+        seconds=time.monotonic() - started,
+        peak_rss_mb={k: round(v, 1) for k, v in rss.peak.items()},
+    )
+    report.save()
+    return report
+
+
+def check(report: ChaosReport, plan: Plan) -> None:
+    assert report.runner_kills == plan.runner_kills and report.ingest_kills == plan.ingest_kills
+    assert report.sent_trades >= 0.9 * plan.expected_trades, report
+    for where in (report.kafka, report.hot, report.cold):
+        assert where.exact, report
+    assert report.features_checked > 0
+
+
+SHORT = Plan("short", duration_s=16, rate=4000, runner_kills=3, ingest_kills=2)
+FULL = Plan("full", duration_s=160, rate=8000, runner_kills=10, ingest_kills=10)
+
+
+def test_chaos_short(kafka_bootstrap: str, tmp_path: Path) -> None:
+    check(run_chaos(SHORT, kafka_bootstrap, tmp_path), SHORT)
+
+
+@pytest.mark.slow
+def test_chaos_full(kafka_bootstrap: str, tmp_path: Path) -> None:
+    assert FULL.expected_trades >= 1_000_000
+    report = run_chaos(FULL, kafka_bootstrap, tmp_path)
+    check(report, FULL)
+    assert report.sent_trades >= 1_000_000
