@@ -8,6 +8,7 @@ Helpers here (recording, producing, reading back, the reference recomputation) a
 from __future__ import annotations
 
 import math
+import sqlite3
 import threading
 import time
 import uuid
@@ -432,3 +433,46 @@ def test_slow_hot_store_engages_backpressure_and_loses_nothing(
     status = orjson.loads(runner.status_file.read_bytes())
     assert status["backpressure_activations"] == runner.metrics.backpressure_activations
     assert status["write_p99_ms"] >= 300
+
+
+class FailingHotStore:
+    """A real hot store whose first `failures` writes raise (a sink outage), then recovers."""
+
+    def __init__(self, inner: Any, failures: int) -> None:
+        self.inner, self.failures = inner, failures
+
+    def write_batch(self, **rows: Any) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise sqlite3.OperationalError("database is locked")
+        self.inner.write_batch(**rows)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_sink_failure_retries_three_times_then_dead_letters_and_continues(
+    runner_settings: Settings, recording: Recording
+) -> None:
+    events = recording.events[:3000]
+    failing = FailingHotStore(open_hot_store(runner_settings), failures=3)  # = the in-line attempts
+    runner = build_runner(runner_settings, instance="sinkfail", hot=failing)
+    produce(runner_settings, events)
+    with running(runner):
+        wait_for(lambda: runner.metrics.events_processed >= len(events), 60, "every message")
+    assert failing.failures == 0
+    dlq = open_dlq(runner_settings)
+    letters = dlq.pending(limit=10_000)
+    dlq.close()
+    assert letters and all(letter["stage"] == "sink:hot" for letter in letters)
+    dead_trades = {
+        orjson.loads(letter["payload"])["row"]["event_id"]
+        for letter in letters
+        if orjson.loads(letter["payload"])["kind"] == "trade"
+    }
+    hot = open_hot_store(runner_settings)
+    stored = hot.trade_ids()
+    hot.close()
+    # The failed batch's trades are in the DLQ (for redrive), every other trade is stored.
+    assert dead_trades and not (dead_trades & stored)
+    assert dead_trades | stored == {r["event_id"] for t, _, r in events if t == TRADES}
