@@ -80,6 +80,8 @@ class TradePulseStack(Stack):
             "TRADEPULSE_DLQ_BACKEND": "sqs",
             "TRADEPULSE_DYNAMODB_TABLE": self.storage.table.table_name,
             "TRADEPULSE_DYNAMODB_SHARDS": str(DYNAMODB_SHARDS),
+            "TRADEPULSE_DYNAMODB_TRADES": config.dynamodb_trades,
+            "TRADEPULSE_BATCH_MAX_WAIT_MS": str(config.batch_max_wait_ms),
             "TRADEPULSE_HOT_TTL_HOURS": str(HOT_TTL_HOURS),
             "TRADEPULSE_S3_BUCKET": self.storage.bucket.bucket_name,
             "TRADEPULSE_S3_PREFIX": S3_PREFIX,

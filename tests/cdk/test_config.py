@@ -39,3 +39,11 @@ def test_more_processors_than_partitions_is_rejected() -> None:
     ctx["tradepulse:environments"]["dev"]["processor"]["maxTasks"] = 99
     with pytest.raises(ValueError, match="maxTasks"):
         load_config(ctx.get)
+
+
+def test_cost_knobs() -> None:
+    config = config_of(dynamodbTrades="all", batchMaxWaitMs="100")
+    assert (config.dynamodb_trades, config.batch_max_wait_ms) == ("all", 100)
+    assert config_of().dynamodb_trades == "latest"
+    with pytest.raises(ValueError, match="dynamodbTrades"):
+        config_of(dynamodbTrades="some")

@@ -253,6 +253,7 @@ def test_services_get_the_settings_the_code_reads(template: dict[str, Any]) -> N
         assert env["TRADEPULSE_KAFKA_MSK_IAM"] == "true"
         assert env["TRADEPULSE_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
         assert env["TRADEPULSE_DYNAMODB_SHARDS"] == "8"
+        assert env["TRADEPULSE_DYNAMODB_TRADES"] == "latest"  # every trade goes to S3, not DynamoDB
         assert env["TRADEPULSE_HOT_TTL_HOURS"] == "48"
         assert env["TRADEPULSE_TOPIC_PARTITIONS"] == "12"
         assert json.loads(env["TRADEPULSE_TICKERS"])[0] == "AAPL"
