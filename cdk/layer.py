@@ -27,7 +27,10 @@ def _build_module():  # type: ignore[no-untyped-def]
 
 
 build = _build_module()
-assert f"{RUNTIME.name.removeprefix('python')}" == build.PYTHON_VERSION, "layer and runtime Python differ"
+if RUNTIME.name != f"python{build.PYTHON_VERSION}":
+    raise RuntimeError(
+        f"layers/build.py targets Python {build.PYTHON_VERSION}, the functions run {RUNTIME.name}"
+    )
 
 
 @jsii.implements(ILocalBundling)

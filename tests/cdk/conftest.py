@@ -7,12 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 # Node 20 is Debian 12's; jsii would print an end-of-life banner on every start.
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "18,20")
-
-pytest.importorskip("aws_cdk", reason="the CDK tests need the `cdk` extra: pip install -e '.[cdk]'")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
