@@ -1,0 +1,115 @@
+"""Broker restart mid-stream: the broker is stopped and started again (same data dir, same ports) while
+the simulator streams; nobody restarts the services. Ingest's producer retries through the outage, the
+runner's consumer and transactional producer reconnect, and the stores end up with exactly the
+simulator's trade set."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import JAR_CACHE, recreate_topics
+from tests.reliability.harness import (
+    KEY,
+    START_MS,
+    TICKERS,
+    Reconciliation,
+    Services,
+    child_env,
+    cold_trade_keys,
+    committed_total,
+    drained,
+    high_watermarks,
+    hot_trade_keys,
+    read_topic,
+    wait_until,
+)
+from tradepulse.bus.local_kafka import LocalKafka
+from tradepulse.config import Settings
+from tradepulse.sources.simulator import SimulatorConfig, run_simulator_in_thread
+from tradepulse.topics import TRADES
+
+pytestmark = pytest.mark.kafka
+
+
+def test_broker_restart_mid_stream_loses_nothing_and_every_service_recovers(tmp_path: Path) -> None:
+    broker = LocalKafka(tmp_path / "broker", heap="512m", libs_root=JAR_CACHE)
+    info = broker.start(quiet=True)
+    port = int(info.bootstrap.rsplit(":", 1)[1])
+    settings = Settings(
+        kafka_bootstrap=info.bootstrap,
+        data_dir=tmp_path / "state",
+        topic_partitions=3,
+        consumer_group="broker-restart",
+        tickers=TICKERS,
+    )
+    recreate_topics(settings)
+    sim = run_simulator_in_thread(
+        SimulatorConfig(
+            seed=9,
+            tickers=TICKERS,
+            rate=3000,
+            trade_fraction=0.8,
+            api_key=KEY,
+            ws_port=0,
+            http_port=0,
+            record_sent=True,
+            duration_s=24,
+            start_ms=START_MS,
+        )
+    )
+    services = Services(tmp_path / "logs", child_env(settings))
+    try:
+        services.start("runner", "process", "--instance", "0", "--progress-s", "2")
+        services.start("ingest", "ingest", "--url", sim.ws_url + "/stocks", "--progress-s", "2")
+        # Mid-stream: both services have published / committed something.
+        wait_until(
+            lambda: sum(high_watermarks(settings).values()) > 10_000 and committed_total(settings) > 0,
+            60,
+            "the pipeline to run",
+            services.check_alive,
+        )
+        broker.stop()
+        down_at = time.monotonic()
+        time.sleep(3)
+        services.check_alive()  # nobody died of the outage
+        restarted = LocalKafka(
+            tmp_path / "broker",
+            port=port,
+            controller_port=info.controller_port,
+            heap="512m",
+            libs_root=JAR_CACHE,
+        )
+        restarted.start(quiet=True)
+        outage_s = time.monotonic() - down_at
+        assert sim.wait_finished(120)
+        last = {"marks": {}, "since": time.monotonic()}
+
+        def settled() -> bool:
+            now = high_watermarks(settings)
+            if now != last["marks"]:
+                last.update(marks=now, since=time.monotonic())
+            return time.monotonic() - last["since"] > 3
+
+        wait_until(settled, 120, "ingest to publish everything", services.check_alive)
+        wait_until(lambda: drained(settings), 300, "the runner to commit every record", services.check_alive)
+        assert services.starts == {"runner": 1, "ingest": 1}  # recovered by themselves
+        assert services.stop("ingest") == 0
+        assert services.stop("runner") == 0
+        sent = sim.sent_trade_keys()
+    finally:
+        services.stop_all()
+        sim.stop()
+    try:
+        trades = read_topic(settings, TRADES)
+        for where in (
+            Reconciliation.of([(t["ticker"], t["sequence"]) for t in trades], sent),
+            Reconciliation.of(hot_trade_keys(settings), sent),
+            Reconciliation.of(cold_trade_keys(settings), sent),
+        ):
+            assert where.exact, where
+        assert len(sent) > 40_000 and outage_s >= 3
+    finally:
+        restarted.stop()
