@@ -171,8 +171,10 @@ def summary_markdown(results: dict[str, Any]) -> str:
         f"| hot-store write p99 (max of 1 s samples / final) | {_fmt(d['write_p99_ms_max'])} / "
         f"{_fmt(d['write_p99_ms_final'])} ms |",
         f"| events lost (simulator sent − delivered) | **{rec['events_lost']}** "
-        f"(trades sent {rec['sent_trades']:,}, in hot store {rec['hot_store_trades']:,}; "
-        f"quotes sent {rec['sent_quotes']:,}, committed {rec['committed_quotes']:,}) |",
+        f"(trades sent {rec['sent_trades']:,}, in Kafka {rec['kafka_trades']:,}, committed "
+        f"{rec['committed_trades']:,}, in hot store {rec['hot_store_trades']:,}; quotes sent "
+        f"{rec['sent_quotes']:,}, in Kafka {rec['kafka_quotes']:,}, committed {rec['committed_quotes']:,}) |",
+        f"| caught up at the end | {'yes' if rec.get('settled') else 'no: ' + format(rec.get('backlog_at_end', 0), ',') + ' events still in Kafka (backlog, not loss) at the settle time-out'} |",
         "",
         "| process | CPU mean / max (% of one core) | RSS first / last / max (MiB) | RSS drift after warm-up |",
         "| --- | --- | --- | --- |",
@@ -348,3 +350,24 @@ def write_docs(results: dict[str, Any], path: Path, command: str, extra: str = "
         )
         + (f"\n{extra.strip()}\n" if extra.strip() else "")
     )
+
+
+def main() -> None:
+    """Re-render a results folder (summary.md, bench.png; optionally docs) from its results.json."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("results_dir", type=Path)
+    parser.add_argument("--docs", type=Path, default=None)
+    parser.add_argument("--command", default="tradepulse bench")
+    parser.add_argument("--notes", type=Path, default=None, help="Markdown appended to the docs page.")
+    args = parser.parse_args()
+    results = orjson.loads((args.results_dir / "results.json").read_bytes())
+    write_report(results, args.results_dir)
+    if args.docs:
+        extra = args.notes.read_text() if args.notes else ""
+        write_docs(results, args.docs, args.command, extra)
+
+
+if __name__ == "__main__":
+    main()

@@ -31,7 +31,7 @@ def test_bench_smoke_completes_with_zero_loss_and_writes_report(kafka_bootstrap:
     results = orjson.loads((out / "results.json").read_bytes())
     reconcile = results["full_path"]["reconcile"]
     assert reconcile["sent_trades"] > 0 and reconcile["sent_quotes"] > 0
-    assert reconcile["events_lost"] == 0
+    assert reconcile["events_lost"] == 0 and reconcile["settled"]
     assert reconcile["hot_store_trades"] == reconcile["sent_trades"]
     # The runner recorded an end-to-end latency for every trade it committed (sampled, stride-weighted).
     e2e = results["derived"]["e2e_latency_ms"]
