@@ -10,7 +10,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from tradepulse.stores.dlq import _from_message
+from tradepulse.stores.dlq import from_message
 
 
 def letter_from_record(record: SQSRecord) -> dict[str, Any]:
@@ -20,7 +20,7 @@ def letter_from_record(record: SQSRecord) -> dict[str, Any]:
         raise ValueError(
             f"message {record.message_id} is not a TradePulse dead letter (no context attribute)"
         )
-    return _from_message(
+    return from_message(
         {"Body": record.body, "MessageAttributes": {"context": {"StringValue": context.string_value}}}
     )
 

@@ -199,3 +199,25 @@ def test_factory_builds_dynamodb_from_settings(ddb: Any, monkeypatch: pytest.Mon
     store.write_batch(trades=[make_trade()])
     assert store.latest_trade("AAPL") == make_trade()
     store.close()
+
+
+def test_ticker_index_is_written_once_and_refreshed_inside_the_ttl(ddb: Any) -> None:
+    now = [NOW]
+    store = DynamoHotStore(TABLE, client=ddb, clock=lambda: now[0], sleep=lambda s: None)
+    written: list[dict] = []
+    original = store._batch_write
+    store._batch_write = lambda batch: (written.extend(batch), original(batch))[1]  # type: ignore[method-assign]
+
+    def ticker_items() -> list[str]:
+        return sorted(i["sk"] for i in written if i["pk"] == "TICKERS")
+
+    store.write_batch(trades=[make_trade("AAPL", 1)], features=[make_feature("MSFT")])
+    store.write_batch(trades=[make_trade("AAPL", 2)], features=[make_feature("MSFT", ts_ms=BASE_MS + 1000)])
+    assert ticker_items() == ["AAPL", "MSFT"]
+    store.write_batch(trades=[make_trade("NVDA", 3)])
+    assert ticker_items() == ["AAPL", "MSFT", "NVDA"]
+    now[0] += 2 * 3600  # past the refresh interval, far inside the 48 h TTL
+    store.write_batch(trades=[make_trade("AAPL", 4)])
+    assert ticker_items() == ["AAPL", "AAPL", "MSFT", "NVDA"]
+    assert store.tickers() == ["AAPL", "MSFT", "NVDA"]
+    store.close()

@@ -278,7 +278,8 @@ def _to_message(letter: Row) -> tuple[str, dict[str, Any]]:
     return letter["payload"] or " ", attrs  # SQS rejects an empty body
 
 
-def _from_message(message: Mapping[str, Any]) -> Row:
+def from_message(message: Mapping[str, Any]) -> Row:
+    """The dead letter carried by an SQS message (payload in the body, context in an attribute)."""
     attrs = message.get("MessageAttributes", {})
     letter: Row = orjson.loads(attrs["context"]["StringValue"])
     body = message["Body"]
@@ -339,7 +340,7 @@ class SqsDeadLetterQueue:
                 break
             for message in messages:
                 leased.append(message["ReceiptHandle"])
-                letter = _from_message(message)
+                letter = from_message(message)
                 if status is not None and letter["status"] != status:
                     continue
                 letters[letter["dead_letter_id"]] = letter

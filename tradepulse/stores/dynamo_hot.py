@@ -42,6 +42,8 @@ from tradepulse.stores.base import Row
 from tradepulse.stores.dlq import backoff_delay
 from tradepulse.stores.sqlite_hot import _p99
 
+TICKERS_REFRESH_S = 3600.0
+
 THROTTLING = {
     "ProvisionedThroughputExceededException",
     "ThrottlingException",
@@ -117,6 +119,9 @@ class DynamoHotStore:
         self.sleep = sleep
         self.max_attempts = max_attempts
         self._latencies: deque[float] = deque(maxlen=latency_window)
+        # Ticker → when its TICKERS item was last written; rewriting it every batch would be about
+        # half of all write units, so it is written once and refreshed well inside the TTL.
+        self._tickers_written: dict[str, float] = {}
         self._pool = ThreadPoolExecutor(max_workers=max(shards, 4), thread_name_prefix="ddb")
         self._lock = threading.Lock()
         self.duplicates = 0  # conditional puts that found the item already there
@@ -226,6 +231,15 @@ class DynamoHotStore:
     def trade_pk(self, row: Row) -> str:
         return f"TRADE#{row['ticker']}#{shard_of(row['event_id'], self.shards)}"
 
+    def _tickers_to_refresh(self, trades: Sequence[Row], features: Sequence[Row]) -> list[str]:
+        """Tickers whose TICKERS item is missing or older than an hour (the TTL is 48 h)."""
+        now = self.clock()
+        return [
+            t
+            for t in {r["ticker"] for r in (*trades, *features)}
+            if now - self._tickers_written.get(t, float("-inf")) > TICKERS_REFRESH_S
+        ]
+
     def write_batch(
         self,
         *,
@@ -259,10 +273,12 @@ class DynamoHotStore:
         items += [
             {**f, "pk": f"FEAT#{f['ticker']}", "sk": _ts(f["ts_ms"]), "expires_at": expires} for f in features
         ]
-        tickers = {r["ticker"] for r in (*trades, *features)}
-        items += [{"pk": "TICKERS", "sk": t, "ticker": t, "expires_at": expires} for t in tickers]
+        due_tickers = self._tickers_to_refresh(trades, features)
+        items += [{"pk": "TICKERS", "sk": t, "ticker": t, "expires_at": expires} for t in due_tickers]
         if items:
             self._batch_write(items)
+        # Only after the write succeeded: a failed batch is retried and must write them again.
+        self._tickers_written.update(dict.fromkeys(due_tickers, self.clock()))
         latest: dict[str, Row] = {}
         for f in features:
             if f["ticker"] not in latest or f["ts_ms"] > latest[f["ticker"]]["ts_ms"]:
