@@ -7,7 +7,8 @@ recall against the ground truth, for per-ticker models and for one pooled model:
   when at least one of its ticker's trades inside its window is flagged. Windows: a spike is
   [start, end + 2 s]; a jump, which moves momentum for 60 s, [t, t + 10 s] (detection must be prompt).
 * alert precision: flags of a ticker closer than 5 s apart form one alert; an alert is true when it
-  overlaps a labelled window (spike, jump, or a news-driven price move [start, end + 10 s]).
+  overlaps an anomalous window: a spike's, a jump's 60 s of displaced momentum [t, t + 60 s], or a
+  news-driven price move [start, end + 60 s].
 * point-wise precision / recall: per trade, flagged vs inside a labelled window.
 
 The market is `tradepulse.sources.simulator.market` (labelled ground truth); if that module is missing
@@ -19,6 +20,7 @@ it falls back to a small built-in generator with the same kinds of injections.
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -127,7 +129,7 @@ def synthetic_market(seconds: float, seed: int, rate: float, batch_ms: int) -> L
 
     def batches() -> Iterator[Batch]:
         cuts = np.searchsorted(allc["ts"], np.arange(t0, end + batch_ms, batch_ms))
-        for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+        for a, b in itertools.pairwise(cuts):
             n = b - a
             yield (
                 TradeColumns(allc["ticker"][a:b], allc["price"][a:b], allc["size"][a:b], allc["ts"][a:b], np.arange(a, b), np.arange(a, b).astype(str).astype(object)),
@@ -153,12 +155,14 @@ def windows(truth: list[dict]) -> tuple[list[dict], list[tuple[str, int, int]]]:
         elif g["type"] == "price_jump":
             w = (g["ticker"], g["start_ms"], g["start_ms"] + 10_000)
         elif g["type"] == "price_move":
-            w = (g["ticker"], g["start_ms"], g["end_ms"] + 10_000)
+            w = (g["ticker"], g["start_ms"], g["end_ms"] + 60_000)
         else:
             continue
-        anomalous.append(w)
         if g["type"] in ("volume_spike", "price_jump"):
             targets.append(g | {"window": w})
+        if g["type"] == "price_jump":
+            w = (g["ticker"], g["start_ms"], g["start_ms"] + 60_000)
+        anomalous.append(w)
     return targets, anomalous
 
 
@@ -229,7 +233,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=900.0, help="simulated market time")
+    parser.add_argument("--seconds", type=float, default=1800.0, help="simulated market time")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--rate", type=float, default=2000.0, help="events/s (trades + quotes)")
     parser.add_argument("--batch-ms", type=int, default=1000, help="simulated time per batch")

@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 
 import tradepulse.core.anomaly as anomaly_mod
-from tradepulse.core.anomaly import MODEL_FEATURES, AnomalyConfig, AnomalyDetector, model_matrix
+from tradepulse.core.anomaly import (
+    MODEL_FEATURES,
+    AnomalyConfig,
+    AnomalyDetector,
+    CompiledForest,
+    model_matrix,
+)
 from tradepulse.core.columns import QuoteColumns, TradeColumns
 from tradepulse.core.features import FeatureEngine
 from tradepulse.ids import stable_id
@@ -156,7 +162,7 @@ def test_refit_runs_off_the_scoring_path_and_swaps_atomically(monkeypatch: pytes
     assert detector.model_version > before
     new_model = detector.model_for("X")
     assert new_model is not old_model and new_model.version > old_model.version
-    assert new_model.threshold == pytest.approx(new_model.forest.offset_)
+    assert new_model.threshold == new_model.forest.forest.offset_
     detector.close()
 
 
@@ -166,3 +172,12 @@ def test_pooled_mode_scores_with_one_model() -> None:
     assert detector.model_for("X") is detector.model_for("Y") is not None
     assert any(a["ticker"] == "X" and a["ts_ms"] >= T0 + 630_000 for a in flags)
     detector.close()
+
+
+@pytest.mark.parametrize("rows", [1, 7, 300, CompiledForest.SMALL_BATCH + 1])
+def test_compiled_forest_scores_exactly_like_sklearn(rows: int) -> None:
+    rng = np.random.default_rng(rows)
+    forest = anomaly_mod.IsolationForest(n_estimators=30, contamination=0.01, random_state=1)
+    forest.fit(rng.standard_normal((500, 6)))
+    x = rng.standard_normal((rows, 6)) * 3
+    assert np.array_equal(CompiledForest(forest).score_samples(x), forest.score_samples(x))
