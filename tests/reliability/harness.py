@@ -48,6 +48,7 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
         TRADEPULSE_MASSIVE_RECONNECT_MAX_S="0.5",
         TRADEPULSE_LOG_LEVEL="INFO",
         PYTHONUNBUFFERED="1",
+        PYTHONFAULTHANDLER="1",  # SIGABRT dumps every thread's stack into the service log
     )
     env.update(extra)
     return env
@@ -94,6 +95,14 @@ class Services:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
         return proc.wait(timeout_s)
+
+    def dump_stacks(self, name: str) -> str:
+        """SIGABRT a hung service (faulthandler prints its threads' stacks) and return its log tail."""
+        proc = self.procs[name]
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGABRT)
+            proc.wait(30)
+        return self.tail(name, 120)
 
     def check_alive(self) -> None:
         for name, proc in self.procs.items():

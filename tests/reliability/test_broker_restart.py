@@ -34,6 +34,12 @@ from tradepulse.topics import TRADES
 pytestmark = pytest.mark.kafka
 
 
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="runner hangs in send_offsets_to_transaction when the group coordinator restarts mid-transaction "
+    "(librdkafka ignores that call's timeout, confluentinc/librdkafka#5456); see docs/postmortem.md",
+)
 def test_broker_restart_mid_stream_loses_nothing_and_every_service_recovers(tmp_path: Path) -> None:
     broker = LocalKafka(tmp_path / "broker", heap="512m", libs_root=JAR_CACHE)
     info = broker.start(quiet=True)
@@ -94,7 +100,13 @@ def test_broker_restart_mid_stream_loses_nothing_and_every_service_recovers(tmp_
             return time.monotonic() - last["since"] > 3
 
         wait_until(settled, 120, "ingest to publish everything", services.check_alive)
-        wait_until(lambda: drained(settings), 300, "the runner to commit every record", services.check_alive)
+        try:
+            wait_until(
+                lambda: drained(settings), 180, "the runner to commit every record", services.check_alive
+            )
+        except BaseException:
+            print(services.dump_stacks("runner"))
+            raise
         assert services.starts == {"runner": 1, "ingest": 1}  # recovered by themselves
         assert services.stop("ingest") == 0
         assert services.stop("runner") == 0
