@@ -1,6 +1,7 @@
 """The Lambda entry point (`lambdas/api/handler.py`, Mangum over create_app()) driven with API Gateway
-HTTP API (payload v2) events. The app is configured from the environment exactly as in Lambda, with the
-SQLite backend instead of DynamoDB so it reads a real store."""
+HTTP API (payload v2) events. The app is configured from the environment exactly as in Lambda: the read
+endpoints with the SQLite backend (a real store), /health with the DynamoDB backend on moto, where the
+runner's heartbeat is an item in the table."""
 
 from __future__ import annotations
 
@@ -12,12 +13,16 @@ from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
+import boto3
 import pytest
 from mangum import Mangum
+from moto import mock_aws
 
 from tests.api.market import Market, build_market, write_market
 from tradepulse.bus.local_kafka import REPO_ROOT
+from tradepulse.bus.status import RunnerMetrics, publish_status
 from tradepulse.config import Settings, get_settings
+from tradepulse.stores.dynamo_hot import DynamoHotStore
 from tradepulse.stores.sqlite_hot import SqliteHotStore
 
 HANDLER = REPO_ROOT / "lambdas" / "api" / "handler.py"
@@ -64,6 +69,22 @@ def http_api_event(path: str, query: str = "") -> dict[str, Any]:
     }
 
 
+def load_handler(mp: pytest.MonkeyPatch, name: str, env: dict[str, str]) -> ModuleType:
+    """Import the handler module (which builds the app from settings) with `env` set as in Lambda."""
+    for key, value in env.items():
+        mp.setenv(key, value)
+    # What the Lambda environment sets for the Powertools wrappers around the handler.
+    mp.setenv("POWERTOOLS_SERVICE_NAME", "tradepulse-api")
+    mp.setenv("POWERTOOLS_METRICS_NAMESPACE", "TradePulse")
+    mp.setenv("POWERTOOLS_TRACE_DISABLED", "true")
+    get_settings.cache_clear()
+    spec = importlib.util.spec_from_file_location(name, HANDLER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def lambda_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ModuleType, Market]]:
     data_dir = tmp_path_factory.mktemp("lambda")
@@ -71,21 +92,46 @@ def lambda_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Modul
     with SqliteHotStore(Settings(data_dir=data_dir).sqlite_path) as store:
         write_market(store, market)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRADEPULSE_HOT_STORE", "sqlite")
-        mp.setenv("TRADEPULSE_DATA_DIR", str(data_dir))
-        mp.setenv("TRADEPULSE_KAFKA_BOOTSTRAP", "")
-        # What the Lambda environment sets for the Powertools wrappers around the handler.
-        mp.setenv("POWERTOOLS_SERVICE_NAME", "tradepulse-api")
-        mp.setenv("POWERTOOLS_METRICS_NAMESPACE", "TradePulse")
-        mp.setenv("POWERTOOLS_TRACE_DISABLED", "true")
-        get_settings.cache_clear()
-        spec = importlib.util.spec_from_file_location("tradepulse_lambda_api_handler", HANDLER)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        env = {"TRADEPULSE_HOT_STORE": "sqlite", "TRADEPULSE_DATA_DIR": str(data_dir)}
+        module = load_handler(mp, "tradepulse_lambda_api_handler", env | {"TRADEPULSE_KAFKA_BOOTSTRAP": ""})
         yield module, market
     get_settings.cache_clear()
     asgi_app(module).state.hot_store.close()
+
+
+@pytest.fixture(scope="module")
+def dynamo_lambda(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ModuleType, DynamoHotStore]]:
+    """The handler over a DynamoDB table (moto) and a reachable broker, and the runner's view of the table."""
+    table = "tradepulse-hot"
+    with mock_aws(), pytest.MonkeyPatch.context() as mp:
+        ddb: Any = boto3.client("dynamodb", region_name="us-east-1")
+        ddb.create_table(
+            TableName=table,
+            KeySchema=[
+                {"AttributeName": "pk", "KeyType": "HASH"},
+                {"AttributeName": "sk", "KeyType": "RANGE"},
+            ],
+            AttributeDefinitions=[
+                {"AttributeName": "pk", "AttributeType": "S"},
+                {"AttributeName": "sk", "AttributeType": "S"},
+            ],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        env = {
+            "TRADEPULSE_HOT_STORE": "dynamodb",
+            "TRADEPULSE_DYNAMODB_TABLE": table,
+            "AWS_REGION": "us-east-1",
+            "TRADEPULSE_DATA_DIR": str(tmp_path_factory.mktemp("lambda-ddb")),
+            "TRADEPULSE_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        }
+        module = load_handler(mp, "tradepulse_lambda_api_handler_ddb", env)
+        runner_side = DynamoHotStore(table, client=ddb)
+        yield module, runner_side
+        runner_side.close()
+        asgi_app(module).state.hot_store.close()
+    get_settings.cache_clear()
 
 
 def asgi_app(module: ModuleType) -> Any:
@@ -136,6 +182,30 @@ def test_health_in_lambda_reports_real_state(lambda_env: tuple[ModuleType, Marke
     body = json.loads(out["body"])
     assert body["components"]["runner"]["status"] == "down"
     assert body["components"]["broker"]["status"] == "down"
+
+
+@pytest.mark.kafka
+def test_health_in_lambda_reads_the_runner_status_from_dynamodb(
+    dynamo_lambda: tuple[ModuleType, DynamoHotStore], tmp_path: Path
+) -> None:
+    module, runner_side = dynamo_lambda
+    assert isinstance(asgi_app(module).state.hot_store, DynamoHotStore)
+    missing = invoke(module, "/health")
+    assert missing["statusCode"] == 503
+    body = json.loads(missing["body"])
+    assert body["components"]["runner"]["status"] == "down"
+    assert "never reported" in body["components"]["runner"]["detail"]
+    assert body["components"]["broker"]["status"] == "ok"
+
+    # What the ECS runner does after a commit: the file on its own disk and the item in the table.
+    metrics = RunnerMetrics(consumer_lag=12)
+    metrics.committed(events=300, batch_ms=1.5)
+    publish_status(metrics.snapshot(), tmp_path / "runner-status.json", runner_side)
+    healthy = invoke(module, "/health")
+    assert healthy["statusCode"] == 200
+    body = json.loads(healthy["body"])
+    assert body["status"] == "healthy" and body["consumer_lag"] == 12
+    assert body["components"]["runner"]["metrics"]["events_processed"] == 300
 
 
 def test_dashboard_and_openapi_through_api_gateway_event(lambda_env: tuple[ModuleType, Market]) -> None:

@@ -1,17 +1,20 @@
 """DynamoDB hot store on moto: duplicates, shard spread, TTL, Decimal round-trip, latest across shards,
-UnprocessedItems and throttling retries."""
+UnprocessedItems and throttling retries, the runner heartbeat item."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
+import orjson
 import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from tests.stores.conftest import BASE_MS, make_anomaly, make_correlation, make_feature, make_trade
+from tradepulse.bus.status import RunnerMetrics, publish_status
 from tradepulse.config import Settings
 from tradepulse.ids import shard_of
 from tradepulse.stores.dynamo_hot import DynamoHotStore
@@ -221,3 +224,38 @@ def test_ticker_index_is_written_once_and_refreshed_inside_the_ttl(ddb: Any) -> 
     assert ticker_items() == ["AAPL", "AAPL", "MSFT", "NVDA"]
     assert store.tickers() == ["AAPL", "MSFT", "NVDA"]
     store.close()
+
+
+def test_runner_status_round_trip(store: DynamoHotStore, ddb: Any) -> None:
+    assert store.get_runner_status() is None
+    metrics = RunnerMetrics(consumer_lag=42, dlq_depth=1)
+    metrics.write_ms.extend([3.0, 4.5])
+    metrics.committed(events=500, batch_ms=2.25)
+    status = metrics.snapshot()  # the document the runner publishes: floats, nested maps, an empty map
+    store.put_runner_status(status)
+    assert store.get_runner_status() == status
+    newer = status | {"updated_at": status["updated_at"] + 1.0, "consumer_lag": 0}
+    store.put_runner_status(newer)
+    store.put_runner_status(status | {"pid": 2}, instance="1")
+    assert store.get_runner_status() == newer
+    assert store.get_runner_status("1") == status | {"pid": 2}
+    stored = [i for i in items(ddb) if i["pk"]["S"] == "STATUS"]
+    assert sorted(i["sk"]["S"] for i in stored) == ["runner#0", "runner#1"]
+    assert {int(i["expires_at"]["N"]) for i in stored} == {int(NOW) + 48 * 3600}
+
+
+def test_publish_status_writes_the_file_and_the_item(
+    ddb: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = DynamoHotStore(TABLE, client=ddb)
+    status = RunnerMetrics(consumer_lag=7).snapshot()
+    publish_status(status, tmp_path / "runner-status.json", store)
+    assert orjson.loads((tmp_path / "runner-status.json").read_bytes()) == status
+    assert store.get_runner_status() == status
+    # DynamoDB failing (here: no such table) costs one heartbeat in the store, never the runner.
+    missing = DynamoHotStore("no-such-table", client=ddb)
+    publish_status(status | {"consumer_lag": 8}, tmp_path / "runner-status.json", missing)
+    assert orjson.loads((tmp_path / "runner-status.json").read_bytes())["consumer_lag"] == 8
+    assert "not published to the hot store" in caplog.text
+    store.close()
+    missing.close()

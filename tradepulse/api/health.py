@@ -23,9 +23,11 @@ object describing itself (`tradepulse.bus.status.RunnerMetrics.snapshot()` build
 - Locally the runner writes it atomically to `<data_dir>/runner-status.json`
   (`tradepulse.bus.status.status_path` + `write_json_atomic`: temp file + `os.replace`), so a reader never
   sees half a file. Additional runner instances write `runner-status-<n>.json`; /health reads instance 0.
-- In AWS (no shared disk between the ECS runner and the Lambda API) the same object goes to the hot
-  store: the store offers `put_runner_status(status: dict)` / `get_runner_status() -> dict | None`
-  (optional methods beyond the HotStore protocol; `HotStoreRunnerStatusSource` uses them when present).
+- In AWS (no shared disk between the ECS runner and the Lambda API) the same object also goes to the hot
+  store: `DynamoHotStore.put_runner_status(status, instance)` / `get_runner_status(instance) -> dict | None`
+  (optional methods beyond the HotStore protocol, SQLite has none). The runner always publishes through
+  `tradepulse.bus.status.publish_status` (file, plus the store when it has `put_runner_status`); the API
+  reads the store when `hot_store == "dynamodb"` (`HotStoreRunnerStatusSource`), else the file.
 
 Consumer lag comes from the runner's own view (its consumer knows positions and high watermarks for
 free); computing it here from committed offsets would cost two admin round trips per check.

@@ -48,7 +48,7 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 from tradepulse.bus.clients import consumer_config, producer_config
 from tradepulse.bus.decode import DecodedBatch, decode_batch
 from tradepulse.bus.rebuild import plan_rebuild, read_plan
-from tradepulse.bus.status import RunnerMetrics, status_path, write_json_atomic
+from tradepulse.bus.status import RunnerMetrics, publish_status, status_path
 from tradepulse.config import Settings
 from tradepulse.stores.dlq import make_dead_letter
 from tradepulse.topics import ANOMALIES, CORRELATIONS, FEATURES, INPUT_TOPICS, NEWS, QUOTES, TRADES
@@ -473,7 +473,8 @@ class Runner:
             self.metrics.dlq_depth = int(self.dlq.depth())
         except Exception:  # the status file must never take the runner down
             log.exception("dlq depth unavailable")
-        write_json_atomic(self.status_file, self.metrics.snapshot())
+        # At most once per status_interval_s (_maybe_status), so the hot-store put stays off most batches.
+        publish_status(self.metrics.snapshot(), self.status_file, self.hot, self.instance)
 
     def _lag(self) -> int:
         """Σ (high watermark − position) over the assignment, from the client's cached watermarks."""

@@ -1,11 +1,14 @@
-"""Runner metrics and the status heartbeat file that `/health` reads.
+"""Runner metrics and the status heartbeat that `/health` reads.
 
-After each committed batch (at most once per `interval_s`) the runner writes
-`<data_dir>/runner-status.json` atomically (temporary file + rename), so a reader never sees half a file.
+After each committed batch (at most once per `interval_s`) the runner publishes its status through
+`publish_status`: always to `<data_dir>/runner-status.json`, atomically (temporary file + rename) so a
+reader never sees half a file, and also to the hot store when it holds heartbeats (DynamoDB: the Lambda
+API has no shared disk with the runner).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import deque
@@ -20,6 +23,8 @@ from hdrh.histogram import HdrHistogram
 
 STATUS_FILE = "runner-status.json"
 
+log = logging.getLogger(__name__)
+
 
 def status_path(data_dir: Path, instance: str = "0") -> Path:
     """Status file of one runner instance; instance "0" (the default, single runner) uses the plain name
@@ -33,6 +38,19 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(orjson.dumps(payload, option=orjson.OPT_INDENT_2))
     os.replace(tmp, path)
+
+
+def publish_status(status: dict[str, Any], path: Path, hot_store: Any = None, instance: str = "0") -> None:
+    """Publish one runner heartbeat: the file at `path` (local readers: the API, `tradepulse up`, the
+    bench harness) and the hot store's `put_runner_status` when it has one (DynamoDB, read in Lambda)."""
+    write_json_atomic(path, status)
+    put = getattr(hot_store, "put_runner_status", None)
+    if put is None:
+        return
+    try:
+        put(status, instance)
+    except Exception as exc:  # a missed heartbeat is replaced by the next one; never stop the runner
+        log.warning("runner status not published to the hot store: %s", exc)
 
 
 def percentile(samples: deque[float] | list[float], q: float) -> float:

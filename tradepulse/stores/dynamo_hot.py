@@ -9,7 +9,9 @@ Item types (pk → sk):
   (a conditional put that only replaces an older vector; "LATEST" sorts after every digit string, so
   history range queries never see it);
 - anomalies: `ANOM#<TICKER>` → `<ts_ms:015>#<anomaly_id>`; correlations: `CORR#<TICKER>` →
-  `<published_ts_ms:015>#<correlation_id>`; the ticker set: `TICKERS` → `<TICKER>`.
+  `<published_ts_ms:015>#<correlation_id>`; the ticker set: `TICKERS` → `<TICKER>`;
+- the runner heartbeat (what /health reads in Lambda): `STATUS` → `runner#<instance>`, the status document
+  as a JSON string attribute `status` (see `tradepulse.api.health`).
 
 Writes: trades, snapshots and the ticker set go through BatchWriteItem (idempotent overwrites of
 identical items; UnprocessedItems are retried). Anomalies and correlations are conditional PutItems
@@ -34,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
+import orjson
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
@@ -369,6 +372,31 @@ class DynamoHotStore:
 
     def write_latency_p99_ms(self) -> float:
         return _p99(list(self._latencies))
+
+    # --- runner heartbeat (the contract is in tradepulse.api.health) -------------------------------
+
+    def _status_key(self, instance: str) -> dict[str, Any]:
+        return {"pk": {"S": "STATUS"}, "sk": {"S": f"runner#{instance}"}}
+
+    def put_runner_status(self, status: dict[str, Any], instance: str = "0") -> None:
+        """Store one runner's status document, replacing the previous one.
+
+        Kept as a JSON string: it round-trips exactly (floats, nested maps) without Decimal conversion and
+        nothing queries inside it. One attempt, no throttling retries: the next heartbeat supersedes it
+        a second later, and the runner must not stall on it."""
+        self.client.put_item(
+            TableName=self.table,
+            Item=self._status_key(instance)
+            | {
+                "status": {"S": orjson.dumps(status).decode()},
+                "expires_at": {"N": str(int(self.clock()) + self.ttl_s)},
+            },
+        )
+
+    def get_runner_status(self, instance: str = "0") -> dict[str, Any] | None:
+        """The latest status document of a runner instance, None if it never reported."""
+        item = self._call("get_item", TableName=self.table, Key=self._status_key(instance)).get("Item")
+        return orjson.loads(item["status"]["S"]) if item else None
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
