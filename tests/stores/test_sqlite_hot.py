@@ -18,7 +18,7 @@ from tests.stores.conftest import (
     make_trade,
 )
 from tradepulse.stores.base import HotStore
-from tradepulse.stores.sqlite_hot import SqliteHotStore, _p99
+from tradepulse.stores.sqlite_hot import SCHEMA_VERSION, SchemaMismatch, SqliteHotStore, _p99
 
 
 @pytest.fixture
@@ -226,3 +226,41 @@ def test_reader_in_this_process_while_another_process_writes(tmp_path: Path) -> 
     assert seen[-1] == 2000
     assert reader.latest_trade("AAPL")["sequence"] == 1999
     reader.close()
+
+
+def test_trades_with_other_fields_round_trip_whole(store: SqliteHotStore) -> None:
+    """Trades are stored compactly when they have exactly the Trade fields; any other shape (an extra
+    or a missing optional field) is kept whole, so reads return exactly what was written."""
+    plain = make_trade(seq=1, ts_ms=BASE_MS)
+    extra = dict(make_trade(seq=2, ts_ms=BASE_MS + 1), note="x")
+    missing = {k: v for k, v in make_trade(seq=3, ts_ms=BASE_MS + 2).items() if k != "trf_id"}
+    swapped = {
+        **{k: v for k, v in make_trade(seq=4, ts_ms=BASE_MS + 3).items() if k != "trf_id"},
+        "note": "same length, other keys",
+    }
+    store.write_batch(trades=[plain, extra, missing, swapped])
+    assert store.trades("AAPL", 0) == [plain, extra, missing, swapped]
+    assert list(store.latest_trade("AAPL")) == list(swapped)  # key order kept too
+    assert list(store.trades("AAPL", 0)[0]) == list(plain)
+
+
+def test_a_file_with_another_schema_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "hot.sqlite3"
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE trades (event_id TEXT PRIMARY KEY, doc BLOB)")  # version-1 layout
+    old.commit()
+    old.close()
+    with pytest.raises(SchemaMismatch, match="delete the file"):
+        SqliteHotStore(path)
+    path.unlink()
+    SqliteHotStore(path).close()  # a fresh file is created with the current version
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_latest_trade_expires_with_its_ticker_and_never_moves_back(store: SqliteHotStore) -> None:
+    hour = 3600 * 1000
+    store.write_batch(trades=[make_trade("IBM", 1, BASE_MS), make_trade("IBM", 2, BASE_MS)])
+    store.write_batch(trades=[make_trade("IBM", 1, BASE_MS)])  # a replayed older trade
+    assert store.latest_trade("IBM")["sequence"] == 2
+    store.purge_expired(BASE_MS + 49 * hour)
+    assert store.latest_trade("IBM") is None and store.count("trades") == 0

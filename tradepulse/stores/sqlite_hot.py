@@ -6,14 +6,33 @@ with one `executemany` per table.
 
 Every row is stored as its JSON document (orjson) next to the few columns that are keyed or queried, so
 the stored rows are exactly the dicts the hot path emitted and a model field change needs no migration.
+Trades, the bulk of every batch, store the document compactly: the key columns are not repeated and the
+other fields are a JSON array in `Trade` field order (`vals`); a row with other keys than exactly the
+`Trade` fields keeps its whole JSON object instead, so reads still return exactly what was written.
 
 Keys (all writes are idempotent upserts, so a replayed batch overwrites instead of duplicating):
-- trades by `event_id`; the latest trade of a ticker is the newest by (exchange_ts_ms, sequence),
-  found through the (ticker, exchange_ts_ms, sequence) index, not the last one written;
+- trades in a `WITHOUT ROWID` table clustered on (exchange_ts_ms, ticker, sequence, event_id): one
+  B-tree insert per trade, appended at the tail of the tree (event time grows), instead of three random
+  inserts (rowid, random event_id key, time index) into tables of millions of rows. `event_id` is a
+  deterministic function of (ticker, exchange, trade_id, exchange_ts_ms, sequence)
+  (`tradepulse.ids.trade_event_id`), so a replayed trade has the same full key and replaces itself:
+  the upsert is still by `event_id`. The TTL purge is one range delete on the key prefix.
+- the latest trade per ticker in `latest_trades`: the newest by (exchange_ts_ms, sequence) of each
+  batch, computed once per batch in Python, replaces the stored one only when it is newer (a late or
+  replayed batch never moves it back), so `latest_trade` is one key lookup;
 - feature snapshots by (ticker, ts_ms); the latest features are the newest snapshot;
 - anomalies by `anomaly_id`; correlations by `correlation_id`.
 
 Rows older than the TTL (event time, default 48 h) are removed by `purge_expired`.
+
+Durability: `synchronous = NORMAL` in WAL mode. A commit survives a process crash (kill -9); an OS crash
+or power loss can drop the last commits. That is acceptable because the hot store is never the system
+of record: the runner commits its Kafka offsets only after `write_batch` returned, and the hot store
+holds derived data of the last 48 h, so lost commits are replayed from Kafka (idempotently).
+
+Schema versions: the file carries `PRAGMA user_version` = `SCHEMA_VERSION`. A file written with an older
+layout is not migrated (it is a 48 h cache): opening it raises `SchemaMismatch`, which says to delete
+the file (the runner refills it from Kafka as it consumes).
 """
 
 from __future__ import annotations
@@ -23,22 +42,34 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from tradepulse.models import Trade
 from tradepulse.stores.base import Row
+
+SCHEMA_VERSION = 2
+"""1: trades keyed by a random event_id with a rowid and a time index; 2: clustered trades, compact docs."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS trades (
-    event_id TEXT PRIMARY KEY,
+    exchange_ts_ms INTEGER NOT NULL,
     ticker TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    vals BLOB NOT NULL,
+    PRIMARY KEY (exchange_ts_ms, ticker, sequence, event_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS latest_trades (
+    ticker TEXT PRIMARY KEY,
     exchange_ts_ms INTEGER NOT NULL,
     sequence INTEGER NOT NULL,
-    doc BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS trades_by_ticker_time ON trades (ticker, exchange_ts_ms, sequence);
+    event_id TEXT NOT NULL,
+    vals BLOB NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS features (
     ticker TEXT NOT NULL,
     ts_ms INTEGER NOT NULL,
@@ -68,10 +99,20 @@ CREATE TABLE IF NOT EXISTS tickers (
 """
 
 _UPSERT_TRADE = (
-    "INSERT INTO trades (event_id, ticker, exchange_ts_ms, sequence, doc) VALUES (?, ?, ?, ?, ?) "
-    "ON CONFLICT (event_id) DO UPDATE SET ticker = excluded.ticker, "
-    "exchange_ts_ms = excluded.exchange_ts_ms, sequence = excluded.sequence, doc = excluded.doc"
+    "INSERT INTO trades (ticker, exchange_ts_ms, sequence, event_id, vals) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (exchange_ts_ms, ticker, sequence, event_id) DO UPDATE SET vals = excluded.vals"
 )
+_UPSERT_LATEST_TRADE = (
+    "INSERT INTO latest_trades (ticker, exchange_ts_ms, sequence, event_id, vals) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (ticker) DO UPDATE SET exchange_ts_ms = excluded.exchange_ts_ms, "
+    "sequence = excluded.sequence, event_id = excluded.event_id, vals = excluded.vals "
+    "WHERE (excluded.exchange_ts_ms, excluded.sequence) >= (latest_trades.exchange_ts_ms, latest_trades.sequence)"
+)
+_TRADE_KEY = ("ticker", "exchange_ts_ms", "sequence", "event_id")
+_TRADE_FIELDS = tuple(Trade.model_fields)
+_TRADE_REST = tuple(f for f in _TRADE_FIELDS if f not in _TRADE_KEY)
+_trade_rest = itemgetter(*_TRADE_REST)
+_TRADE_COLUMNS = "ticker, exchange_ts_ms, sequence, event_id, vals"
 _UPSERT_FEATURE = (
     "INSERT INTO features (ticker, ts_ms, doc) VALUES (?, ?, ?) "
     "ON CONFLICT (ticker, ts_ms) DO UPDATE SET doc = excluded.doc"
@@ -90,6 +131,58 @@ _UPSERT_TICKER = (
     "INSERT INTO tickers (ticker, last_ts_ms) VALUES (?, ?) "
     "ON CONFLICT (ticker) DO UPDATE SET last_ts_ms = max(last_ts_ms, excluded.last_ts_ms)"
 )
+
+
+class SchemaMismatch(RuntimeError):
+    """The SQLite file was written with another schema version."""
+
+
+def _trade_rows(trades: Sequence[Row]) -> list[tuple[Any, ...]]:
+    """(ticker, exchange_ts_ms, sequence, event_id, vals) per trade, vals = the other fields as a JSON
+    array, or the whole object when the row does not have exactly the Trade fields."""
+    dumps, rest, n = orjson.dumps, _trade_rest, len(_TRADE_FIELDS)
+    try:
+        return [
+            (
+                t["ticker"],
+                t["exchange_ts_ms"],
+                t["sequence"],
+                t["event_id"],
+                dumps(rest(t)) if len(t) == n else dumps(t),
+            )
+            for t in trades
+        ]
+    except KeyError:  # same length, other keys: keep those rows whole (rare, so done as a second pass)
+        return [
+            (
+                t["ticker"],
+                t["exchange_ts_ms"],
+                t["sequence"],
+                t["event_id"],
+                dumps(rest(t)) if len(t) == n and all(f in t for f in _TRADE_REST) else dumps(t),
+            )
+            for t in trades
+        ]
+
+
+def _newest_per_ticker(trade_rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The newest row per ticker by (exchange_ts_ms, sequence); once per batch, not per row in SQL."""
+    newest: dict[str, tuple[Any, ...]] = {}
+    for row in trade_rows:
+        best = newest.get(row[0])
+        if best is None or (row[1], row[2]) >= (best[1], best[2]):
+            newest[row[0]] = row
+    return list(newest.values())
+
+
+def _trade_doc(row: tuple[Any, ...]) -> Row:
+    """The trade dict of a stored (ticker, exchange_ts_ms, sequence, event_id, vals) row."""
+    vals = orjson.loads(row[4])
+    if isinstance(vals, dict):
+        return vals
+    doc = dict(zip(_TRADE_KEY, row[:4], strict=True))
+    doc.update(zip(_TRADE_REST, vals, strict=True))
+    return {f: doc[f] for f in _TRADE_FIELDS}  # model field order, as emitted
 
 
 def _p99(samples: Iterable[float]) -> float:
@@ -125,7 +218,7 @@ class SqliteHotStore:
         self._closed = False
         self._writer = self._connect()
         with self._write_lock:
-            self._writer.executescript(_SCHEMA)
+            self._create_schema(self._writer)
 
     # --- connections ---------------------------------------------------------------------------
 
@@ -145,6 +238,26 @@ class SqliteHotStore:
         conn.execute("PRAGMA temp_store = MEMORY")
         conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: keeps the index pages of a busy day hot
         return conn
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")  # two processes opening a new file: one creates, one checks
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            has_tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+            if has_tables and version != SCHEMA_VERSION:
+                raise SchemaMismatch(
+                    f"{self.path} has hot-store schema version {version or 1}, this code needs "
+                    f"{SCHEMA_VERSION}; delete the file (a 48 h cache, refilled from Kafka) and restart"
+                )
+            # Statement by statement: executescript would commit the transaction first.
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def _reader(self) -> sqlite3.Connection:
         if self._closed:
@@ -173,10 +286,8 @@ class SqliteHotStore:
             return
         dumps = orjson.dumps
         last_seen: dict[str, int] = {}
-        trade_rows = []
-        for t in trades:
-            ticker, ts = t["ticker"], t["exchange_ts_ms"]
-            trade_rows.append((t["event_id"], ticker, ts, t["sequence"], dumps(t)))
+        trade_rows = _trade_rows(trades)
+        for ticker, ts, *_ in trade_rows:
             if ts > last_seen.get(ticker, -1):
                 last_seen[ticker] = ts
         feature_rows = []
@@ -198,6 +309,8 @@ class SqliteHotStore:
             try:
                 if trade_rows:
                     conn.executemany(_UPSERT_TRADE, trade_rows)
+                    # After the insert, which has rejected rows with a NULL key.
+                    conn.executemany(_UPSERT_LATEST_TRADE, _newest_per_ticker(trade_rows))
                 if feature_rows:
                     conn.executemany(_UPSERT_FEATURE, feature_rows)
                 if anomaly_rows:
@@ -220,12 +333,11 @@ class SqliteHotStore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 tickers = [r[0] for r in conn.execute("SELECT ticker FROM tickers")]
-                deleted = 0
-                # Per ticker, so each delete is a range on the (ticker, time) index, not a table scan.
+                # Trades are clustered by time: one range delete.
+                deleted = conn.execute("DELETE FROM trades WHERE exchange_ts_ms < ?", (cutoff,)).rowcount
+                conn.execute("DELETE FROM latest_trades WHERE exchange_ts_ms < ?", (cutoff,))
+                # Per ticker, so each delete is a range on the (ticker, time) key, not a table scan.
                 for ticker in tickers:
-                    deleted += conn.execute(
-                        "DELETE FROM trades WHERE ticker = ? AND exchange_ts_ms < ?", (ticker, cutoff)
-                    ).rowcount
                     deleted += conn.execute(
                         "DELETE FROM features WHERE ticker = ? AND ts_ms < ?", (ticker, cutoff)
                     ).rowcount
@@ -248,10 +360,15 @@ class SqliteHotStore:
         return [orjson.loads(r[0]) for r in self._reader().execute(sql, params)]
 
     def latest_trade(self, ticker: str) -> Row | None:
-        return self._one(
-            "SELECT doc FROM trades WHERE ticker = ? ORDER BY exchange_ts_ms DESC, sequence DESC LIMIT 1",
-            (ticker,),
+        row = (
+            self._reader()
+            .execute(
+                f"SELECT {_TRADE_COLUMNS} FROM latest_trades WHERE ticker = ?",
+                (ticker,),
+            )
+            .fetchone()
         )
+        return _trade_doc(row) if row else None
 
     def latest_features(self, ticker: str) -> Row | None:
         return self._one("SELECT doc FROM features WHERE ticker = ? ORDER BY ts_ms DESC LIMIT 1", (ticker,))
@@ -266,12 +383,16 @@ class SqliteHotStore:
         return rows
 
     def trades(self, ticker: str, since_ms: int, limit: int = 10_000) -> list[Row]:
-        """Trades of a ticker since `since_ms`, oldest first (the newest `limit` of them)."""
-        rows = self._many(
-            "SELECT doc FROM trades WHERE ticker = ? AND exchange_ts_ms >= ? "
-            "ORDER BY exchange_ts_ms DESC, sequence DESC LIMIT ?",
-            (ticker, since_ms, limit),
-        )
+        """Trades of a ticker since `since_ms`, oldest first (the newest `limit` of them). For checks and
+        tests: trades are clustered by time, so this scans every ticker's trades since `since_ms`."""
+        rows = [
+            _trade_doc(r)
+            for r in self._reader().execute(
+                f"SELECT {_TRADE_COLUMNS} FROM trades WHERE ticker = ? AND exchange_ts_ms >= ? "
+                "ORDER BY exchange_ts_ms DESC, sequence DESC LIMIT ?",
+                (ticker, since_ms, limit),
+            )
+        ]
         rows.reverse()
         return rows
 
