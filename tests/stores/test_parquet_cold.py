@@ -200,3 +200,47 @@ def test_next_offset_checkpoint_survives_a_restart(tmp_path: Path) -> None:
     assert ParquetColdStore(tmp_path).next_offset(topics.TRADES, 4) == 14
     assert ParquetColdStore(tmp_path).next_offset(topics.TRADES, 3) is None
     assert all(not f.startswith("_checkpoints") for f in store.files())
+
+
+def test_append_batch_writes_the_same_files_as_append(tmp_path: Path) -> None:
+    """One micro-batch over two partitions, two blocks and two event hours: the per-batch path splits
+    it exactly like per-row appends (same names, same rows), and skips rows below `start`."""
+    rows = trades_at(range(40), ts=lambda o: T9 if o < 30 else T10)
+    positions = [(o % 2, o // 2) for o in range(40)]  # partition 0/1, offsets 0..19 each
+    per_row, per_batch = (
+        ParquetColdStore(tmp_path / "a", block_offsets=8),
+        ParquetColdStore(tmp_path / "b", block_offsets=8),
+    )
+    for row, (partition, offset) in zip(rows, positions, strict=True):
+        per_row.append(topics.TRADES, partition, offset, row)
+    per_batch.append_batch(topics.TRADES, rows, positions)
+    # append_batch flushed the complete blocks 0–7 and 8–15 (both hours) itself; 16–19 stay open.
+    assert per_row.flush() == 6 and per_batch.buffered_rows() == per_row.buffered_rows() == 8
+    per_row.close()
+    per_batch.close()
+    assert per_batch.files() == per_row.files() and len(per_row.files()) == 8
+    for rel in per_row.files():
+        assert pq.read_table(tmp_path / "b" / rel).equals(pq.read_table(tmp_path / "a" / rel))
+    # A replay from offset 5 of partition 1 (checkpoint) rewrites without duplicates.
+    replay = ParquetColdStore(tmp_path / "b", block_offsets=8)
+    replay.append_batch(topics.TRADES, rows, positions, start={(topics.TRADES, 1): 5})
+    replay.close()
+    back = read_rows(tmp_path / "b")
+    assert len(back) == 40 and {r["event_id"] for r in back} == {r["event_id"] for r in rows}
+    assert replay.next_offset(topics.TRADES, 1) == 20
+
+
+def test_append_batch_flushes_by_size_and_time_itself(tmp_path: Path) -> None:
+    clock = Clock()
+    store = ParquetColdStore(tmp_path, block_offsets=1000, flush_rows=10, flush_interval_s=60, clock=clock)
+    assert store.append_batch(topics.TRADES, trades_at(range(4)), [(0, o) for o in range(4)]) == 0
+    clock.now = 61  # the partition's first row is older than the interval
+    assert store.append_batch(topics.TRADES, trades_at(range(4, 6)), [(0, o) for o in range(4, 6)]) == 1
+    assert store.buffered_rows() == 0 and len(read_rows(tmp_path)) == 6
+    assert store.append_batch(topics.TRADES, trades_at(range(6, 16)), [(0, o) for o in range(6, 16)]) == 1
+    assert len(read_rows(tmp_path)) == 16 and store.next_offset(topics.TRADES, 0) == 16
+    anomalies = [make_anomaly(ts_ms=T9 + i) for i in range(3)]
+    store.append_batch(topics.ANOMALIES, anomalies, [(2, i) for i in range(3)], flush=False)
+    assert store.buffered_rows() == 3
+    store.close()
+    assert [r["anomaly_id"] for r in read_rows(tmp_path, "anomalies")] == [a["anomaly_id"] for a in anomalies]

@@ -19,6 +19,11 @@ different batch boundaries; the replayed rows land in the same files and replace
 is duplicated. Files are written to a temporary name and renamed (local) or written with one PUT (S3),
 so a reader never sees half a file. Each row also keeps `kafka_partition` and `kafka_offset` (lineage).
 
+Batches: `append_batch` takes one topic's rows of a micro-batch with their (partition, offset) positions,
+converts them to Arrow once (no per-row dict copy or key computation in Python), splits them by
+(partition, offset block, event hour) with numpy, and then flushes whatever is due, so a long-running
+caller that never calls `flush` itself still writes files by size and time (memory stays bounded).
+
 Checkpoints: after each flush the store records, per (topic, partition), the next offset it still needs
 (`_checkpoints/<topic>-p<partition>.json`, written after the data files). The runner asks `next_offset`
 on assignment and re-appends only from there; a checkpoint that lags behind the files (crash in between)
@@ -38,6 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -116,6 +122,8 @@ def arrow_schema(dataset: Dataset) -> pa.Schema:
 
 
 SCHEMAS: dict[str, pa.Schema] = {d.name: arrow_schema(d) for d in DATASETS.values()}
+_ROW_SCHEMAS = {name: pa.schema(list(schema)[: -len(LINEAGE)]) for name, schema in SCHEMAS.items()}
+"""The schemas without the lineage columns: what `append_batch` converts rows with."""
 
 
 # --- storage targets -------------------------------------------------------------------------------
@@ -241,6 +249,8 @@ class ParquetColdStore:
         self.flush_interval_s = flush_interval_s
         self.clock = clock
         self._buffers: dict[GroupKey, list[Row]] = defaultdict(list)
+        self._tables: dict[GroupKey, list[pa.Table]] = defaultdict(list)  # from append_batch
+        self._first: dict[GroupKey, int] = {}  # first (lowest) buffered offset per group
         self._buffered: dict[tuple[str, int], int] = defaultdict(int)  # rows per (topic, partition)
         self._since: dict[tuple[str, int], float] = {}  # first buffered row per (topic, partition)
         self._max_offset: dict[tuple[str, int], int] = {}
@@ -276,8 +286,10 @@ class ParquetColdStore:
         tp = (topic, partition)
         key = (topic, partition, offset // self.block_offsets, _hour_bucket(row[dataset.time_field]))
         self._buffers[key].append({**row, "kafka_partition": partition, "kafka_offset": offset})
+        self._first.setdefault(key, offset)
         self._buffered[tp] += 1
-        self._since.setdefault(tp, self.clock())
+        if tp not in self._since:
+            self._since[tp] = self.clock()
         if offset > self._max_offset.get(tp, -1):
             self._max_offset[tp] = offset
 
@@ -285,6 +297,63 @@ class ParquetColdStore:
         """Buffer rows with their offsets (same as calling `append` for each)."""
         for offset, row in zip(offsets, rows, strict=True):
             self.append(topic, partition, offset, row)
+
+    def append_batch(
+        self,
+        topic: str,
+        rows: list[Row],
+        positions: list[tuple[int, int]],
+        *,
+        start: dict[tuple[str, int], int] | None = None,
+        flush: bool = True,
+    ) -> int:
+        """Buffer one micro-batch of `topic`: `rows[i]` was consumed at `positions[i]` =
+        (partition, offset), in offset order per partition. Rows below `start[(topic, partition)]` are
+        skipped (already in a flushed file after a replay). Then flushes what is due (unless
+        `flush=False`); returns the files written."""
+        n = len(rows)
+        if n != len(positions):
+            raise ValueError(f"{n} rows but {len(positions)} positions")
+        if n:
+            pos = np.asarray(positions, dtype=np.int64).reshape(n, 2)
+            if start:
+                first = np.array([start.get((topic, int(p)), 0) for p in pos[:, 0]], dtype=np.int64)
+                keep = np.flatnonzero(pos[:, 1] >= first)
+                if len(keep) < n:
+                    rows, pos = [rows[i] for i in keep], pos[keep]
+            if len(rows):
+                self._buffer_table(topic, rows, pos)
+        return self.flush() if flush else 0
+
+    def _buffer_table(self, topic: str, rows: list[Row], pos: np.ndarray) -> None:
+        dataset = DATASETS[topic]
+        field = dataset.time_field
+        times = [r[field] for r in rows]
+        try:
+            hours = np.asarray(times, dtype=np.int64) // _HOUR_MS
+        except (TypeError, ValueError):  # ISO strings: the per-row parser
+            hours = np.array([_hour_bucket(t) for t in times], dtype=np.int64)
+        table = pa.Table.from_pylist(rows, schema=_ROW_SCHEMAS[dataset.name])
+
+        table = table.append_column(LINEAGE[0], pa.array(pos[:, 0], pa.int32())).append_column(
+            LINEAGE[1], pa.array(pos[:, 1], pa.int64())
+        )
+        groups = np.stack([pos[:, 0], pos[:, 1] // self.block_offsets, hours], axis=1)
+        uniq, inverse = np.unique(groups, axis=0, return_inverse=True)
+        now = self.clock()
+        for g, (partition, block, hour) in enumerate(uniq.tolist()):
+            idx = np.flatnonzero(inverse.reshape(-1) == g) if len(uniq) > 1 else None
+            part = table if idx is None else table.take(idx)
+            offsets = pos[:, 1] if idx is None else pos[idx, 1]
+            key = (topic, partition, block, hour)
+            tp = (topic, partition)
+            self._tables[key].append(part)
+            self._first.setdefault(key, int(offsets[0]))
+            self._buffered[tp] += part.num_rows
+            self._since.setdefault(tp, now)
+            last = int(offsets[-1])
+            if last > self._max_offset.get(tp, -1):
+                self._max_offset[tp] = last
 
     def flush(self, *, force: bool = False) -> int:
         """Write every group whose block is complete, or whose partition has `flush_rows` buffered rows
@@ -297,12 +366,14 @@ class ParquetColdStore:
         }
         written = 0
         flushed_tps: set[tuple[str, int]] = set()
-        for key in list(self._buffers):
+        for key in list(self._buffers.keys() | self._tables.keys()):
             topic, partition, block, _ = key
             tp = (topic, partition)
             complete = block < self._max_offset[tp] // self.block_offsets
             if complete or tp in due_tps:
-                self._write_group(key, self._buffers.pop(key), final=complete)
+                self._first.pop(key, None)
+                rows, tables = self._buffers.pop(key, []), self._tables.pop(key, [])
+                self._write_group(key, rows, final=complete, tables=tables)
                 written += 1
                 flushed_tps.add(tp)
         for tp in due_tps:
@@ -310,7 +381,9 @@ class ParquetColdStore:
             self._since.pop(tp, None)
         # Partitions flushed only because of complete blocks still have their open block buffered.
         for tp in list(self._buffered):
-            remaining = sum(len(rows) for k, rows in self._buffers.items() if k[:2] == tp)
+            remaining = sum(len(rows) for k, rows in self._buffers.items() if k[:2] == tp) + sum(
+                t.num_rows for k, ts in self._tables.items() if k[:2] == tp for t in ts
+            )
             if remaining:
                 self._buffered[tp] = remaining
             else:
@@ -329,7 +402,7 @@ class ParquetColdStore:
                 continue
             # Appends arrive in offset order per partition, so everything below the oldest row still
             # buffered (or everything appended, if none is) is durably written.
-            buffered = [rows[0]["kafka_offset"] for k, rows in self._buffers.items() if k[:2] == tp and rows]
+            buffered = [first for k, first in self._first.items() if k[:2] == tp]
             durable = min(buffered) if buffered else self._max_offset[tp] + 1
             if self._durable_next.get(tp) != durable:
                 self._durable_next[tp] = durable
@@ -355,11 +428,14 @@ class ParquetColdStore:
         dataset = DATASETS[topic].name
         return f"{dataset}/{partition_path(hour)}/{topic}-p{partition:03d}-{first:020d}-{last:020d}.parquet"
 
-    def _write_group(self, key: GroupKey, rows: list[Row], *, final: bool) -> None:
+    def _write_group(
+        self, key: GroupKey, rows: list[Row], *, final: bool, tables: list[pa.Table] | None = None
+    ) -> None:
         dataset = DATASETS[key[0]]
         schema = SCHEMAS[dataset.name]
         rel = self.file_name(key)
-        table = pa.Table.from_pylist(rows, schema=schema)
+        parts = ([pa.Table.from_pylist(rows, schema=schema)] if rows else []) + (tables or [])
+        table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
         previous = self._written.get(key)
         if previous is None:
             data = self.target.read(rel)  # after a restart: the file may hold rows of this block
@@ -400,7 +476,9 @@ class ParquetColdStore:
         return self.target.list(dataset)
 
     def buffered_rows(self) -> int:
-        return sum(len(rows) for rows in self._buffers.values())
+        return sum(len(rows) for rows in self._buffers.values()) + sum(
+            t.num_rows for ts in self._tables.values() for t in ts
+        )
 
     def close(self) -> None:
         self.flush(force=True)
