@@ -118,36 +118,42 @@ def run_chaos(plan: Plan, kafka_bootstrap: str, tmp_path: Path) -> ChaosReport:
             resend_blocks=1200,
         )
     )
-    services = Services(tmp_path / "logs", child_env(settings))
+    # The dedupe window must hold at least the replay (60 s × rate), or resent events older than the
+    # window would be published twice.
+    window = max(200_000, int(2 * 60 * plan.rate))
+    services = Services(tmp_path / "logs", child_env(settings, TRADEPULSE_INGEST_DEDUPE_WINDOW=str(window)))
     try:
         with RssSampler(services) as rss:
             services.start("runner", "process", "--instance", "0", "--progress-s", "5")
             services.start("ingest", "ingest", "--url", sim.ws_url + "/stocks", "--progress-s", "5")
             # Kill points: uniformly random over the generation window, per service.
             rng = random.Random(plan.seed)
-            kills = sorted(
-                [(rng.uniform(0.05, 0.95) * plan.duration_s, "runner") for _ in range(plan.runner_kills)]
-                + [(rng.uniform(0.05, 0.95) * plan.duration_s, "ingest") for _ in range(plan.ingest_kills)]
-            )
-            t0 = time.monotonic()
-            marks = {"runner": committed_total(settings), "ingest": sum(high_watermarks(settings).values())}
+            schedule = {
+                "runner": sorted(rng.uniform(0.05, 0.95) * plan.duration_s for _ in range(plan.runner_kills)),
+                "ingest": sorted(rng.uniform(0.05, 0.95) * plan.duration_s for _ in range(plan.ingest_kills)),
+            }
             progress = {
                 "runner": lambda: committed_total(settings),
                 "ingest": lambda: sum(high_watermarks(settings).values()),
             }
-            for at, name in kills:
-                while time.monotonic() - t0 < at:
-                    services.check_alive()
-                    time.sleep(0.05)
-                # A kill only counts once the service has made progress since its last start (committed
-                # offsets for the runner, records in Kafka for ingest); otherwise every kill could land
-                # in the start-up of the previous incarnation and prove nothing.
-                mark = marks[name]
-                wait_until(
-                    lambda n=name, m=mark: progress[n]() > m, 300, f"{name} progress", services.check_alive
-                )
-                services.restart_after_kill(name)
-                marks[name] = progress[name]()
+            marks = {name: progress[name]() for name in schedule}
+            t0 = time.monotonic()
+            deadline = t0 + plan.duration_s * 4 + 300
+            # Each service follows its own schedule. A kill only happens once the service has made
+            # progress since its last start (committed offsets for the runner, records in Kafka for
+            # ingest; or, for ingest, the market is over), otherwise kills could all land in start-ups.
+            while any(schedule.values()):
+                services.check_alive()
+                assert time.monotonic() < deadline, f"kills left undone: {schedule}"
+                for name, times in schedule.items():
+                    if not times or time.monotonic() - t0 < times[0]:
+                        continue
+                    moved = progress[name]() > marks[name]
+                    if moved or (name == "ingest" and sim.sim.finished.is_set()):
+                        services.restart_after_kill(name)
+                        marks[name] = progress[name]()
+                        times.pop(0)
+                time.sleep(0.1)
             assert sim.wait_finished(plan.duration_s * 3 + 120), "the simulator did not finish"
             # Everything sent is in Kafka once the topics stop growing with ingest alive and idle.
             last = {"marks": {}, "since": time.monotonic()}
