@@ -1,8 +1,8 @@
 """CloudWatch: alarms at the runbook thresholds → SNS (warn / page), and the operations dashboard.
 
-Application metrics are EMF in namespace `TradePulse` with the Powertools `service` dimension:
-ConsumerLag, HotWriteLatencyP99Ms, HotWriteThrottles (processor), ProducerErrors (ingest, news,
-processor). DLQ depth is SQS's ApproximateNumberOfMessagesVisible; API p99 is API Gateway's Latency.
+Application metrics are EMF in namespace `TradePulse` with the `service` dimension, named and emitted by
+`tradepulse.metrics_emf`: ConsumerLag, HotWriteLatencyP99Ms, HotWriteThrottles (processor),
+ProducerErrors (ingest, news). DLQ depth is SQS's ApproximateNumberOfMessagesVisible; API p99 is API Gateway's Latency.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from cdk.services import metric
+from tradepulse import metrics_emf as emf
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,9 @@ HOT_WRITE_P99_MS = Threshold(warn=50, page=100)
 DLQ_DEPTH = Threshold(warn=50, page=100)
 HOT_WRITE_THROTTLES_PER_MIN = 1
 PRODUCER_ERRORS_PER_5MIN = 1
-PRODUCING_SERVICES = ("ingest", "news", "processor")
+# The processor is not here: its outputs are transactional, so a failed delivery fails the commit, which
+# is aborted and replayed (or raises); counting aborts would page on every rebalance fence.
+PRODUCING_SERVICES = ("ingest", "news")
 
 
 class Monitoring(Construct):
@@ -107,7 +110,7 @@ class Monitoring(Construct):
             created.add_ok_action(action)
             self.alarms[alarm_id] = created
 
-        lag = metric("ConsumerLag", "processor")
+        lag = metric(emf.CONSUMER_LAG, "processor")
         alarm(
             "ConsumerLagWarn",
             lag,
@@ -124,7 +127,7 @@ class Monitoring(Construct):
             description="Processor lag past 10,000 messages",
         )
 
-        write_p99 = metric("HotWriteLatencyP99Ms", "processor")
+        write_p99 = metric(emf.HOT_WRITE_P99_MS, "processor")
         alarm(
             "HotWriteP99Warn",
             write_p99,
@@ -141,7 +144,7 @@ class Monitoring(Construct):
             description="Hot-store write p99 ≥ 100 ms (backpressure engages)",
         )
 
-        throttles = metric("HotWriteThrottles", "processor", statistic="Sum")
+        throttles = metric(emf.HOT_WRITE_THROTTLES, "processor", statistic="Sum")
         alarm(
             "HotWriteThrottles",
             throttles,
@@ -172,7 +175,7 @@ class Monitoring(Construct):
         producer_errors = cloudwatch.MathExpression(
             expression=" + ".join(f"FILL(e{i}, 0)" for i in range(len(PRODUCING_SERVICES))),
             using_metrics={
-                f"e{i}": metric("ProducerErrors", service, statistic="Sum", period=Duration.minutes(5))
+                f"e{i}": metric(emf.PRODUCER_ERRORS, service, statistic="Sum", period=Duration.minutes(5))
                 for i, service in enumerate(PRODUCING_SERVICES)
             },
             label="ProducerErrors (all services)",

@@ -21,8 +21,9 @@ from constructs import Construct
 
 from cdk.config import ServiceSize
 from cdk.layer import REPO_ROOT
+from tradepulse import metrics_emf
 
-METRICS_NAMESPACE = "TradePulse"
+METRICS_NAMESPACE = metrics_emf.NAMESPACE
 SERVICE_NAMES = ("ingest", "news", "processor")
 # Docker build context = the repository, reduced to what the images install (docker ignore syntax).
 IMAGE_CONTEXT_EXCLUDE = ["*", "!pyproject.toml", "!README.md", "!tradepulse", "!services", "**/__pycache__"]
@@ -34,12 +35,12 @@ CONSUMER_LAG_SCALE_IN = 500
 def metric(
     name: str, service: str, statistic: str = "Maximum", period: Duration | None = None
 ) -> cloudwatch.Metric:
-    """A TradePulse EMF metric. Powertools Metrics adds the `service` dimension from
-    POWERTOOLS_SERVICE_NAME, which every task and function sets."""
+    """A TradePulse EMF metric (names in `tradepulse.metrics_emf`). The emitter adds the `service`
+    dimension from POWERTOOLS_SERVICE_NAME, which every task sets (as Powertools does in the Lambdas)."""
     return cloudwatch.Metric(
         namespace=METRICS_NAMESPACE,
         metric_name=name,
-        dimensions_map={"service": service},
+        dimensions_map={metrics_emf.DIMENSION: service},
         statistic=statistic,
         period=period or Duration.minutes(1),
     )
@@ -114,10 +115,12 @@ class Services(Construct):
                     ignore_mode=IgnoreMode.DOCKER,
                     platform=ecr_assets.Platform.LINUX_AMD64,
                 ),
-                # EMF lines on stdout become CloudWatch metrics through the awslogs driver.
+                # EMF lines on stdout become CloudWatch metrics through the awslogs driver
+                # (PutLogEvents; no agent sidecar needed: see tradepulse/metrics_emf.py).
                 logging=ecs.LogDriver.aws_logs(stream_prefix=name, log_group=log_group),
                 environment=environment
                 | {
+                    "TRADEPULSE_METRICS": "emf",
                     "POWERTOOLS_SERVICE_NAME": name,
                     "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
                     "AWS_REGION": Stack.of(self).region,
@@ -149,7 +152,7 @@ class Services(Construct):
         )
         self.processor_scaling.scale_on_metric(
             "ConsumerLag",
-            metric=metric("ConsumerLag", "processor"),
+            metric=metric(metrics_emf.CONSUMER_LAG, "processor"),
             adjustment_type=appscaling.AdjustmentType.CHANGE_IN_CAPACITY,
             scaling_steps=[
                 appscaling.ScalingInterval(upper=CONSUMER_LAG_SCALE_IN, change=-1),

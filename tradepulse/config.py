@@ -139,6 +139,10 @@ class Settings(BaseSettings):
     health_write_p99_degraded_ms: float = 100.0
 
     log_level: str = "INFO"
+    # CloudWatch metrics of the ECS services (tradepulse.metrics_emf): "emf" prints one embedded-metric-
+    # format JSON line to stdout at most every metrics_interval_s (the awslogs driver ships it); "off" here.
+    metrics: Literal["emf", "off"] = "off"
+    metrics_interval_s: float = 10.0
 
     @property
     def use_simulator(self) -> bool:

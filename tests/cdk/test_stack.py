@@ -259,6 +259,7 @@ def test_services_get_the_settings_the_code_reads(template: dict[str, Any]) -> N
         assert json.loads(env["TRADEPULSE_TICKERS"])[0] == "AAPL"
         assert env["POWERTOOLS_SERVICE_NAME"] == name
         assert env["POWERTOOLS_METRICS_NAMESPACE"] == "TradePulse"
+        assert env["TRADEPULSE_METRICS"] == "emf"  # tradepulse.metrics_emf writes the alarmed metrics
 
 
 def test_settings_names_exist_in_tradepulse_config(template: dict[str, Any]) -> None:
@@ -525,7 +526,7 @@ def test_producer_errors_alarm_sums_every_producing_service(template: dict[str, 
     services = {
         m["MetricStat"]["Metric"]["Dimensions"][0]["Value"] for m in props["Metrics"] if "MetricStat" in m
     }
-    assert services == {"ingest", "news", "processor"}
+    assert services == {"ingest", "news"}
     assert props["Threshold"] == 1 and sns_target(template, props) == "page"
 
 
@@ -608,3 +609,46 @@ def test_cfn_lint_reports_no_errors(synth: tuple[dict[str, Any], Path]) -> None:
     matches = lint_file(outdir / f"{STACK}.template.json")
     errors = [f"{m.rule.id} {m.message}" for m in matches if m.rule.severity == "error"]
     assert errors == []
+
+
+def test_every_custom_metric_alarmed_or_scaled_on_is_one_the_code_emits(template: dict[str, Any]) -> None:
+    """(namespace, service, metric name) of every TradePulse metric in any alarm (monitoring and the
+    processor's lag step scaling) is among what `tradepulse.metrics_emf` really writes, so a rename or a
+    dimension change on either side fails here."""
+    import io
+
+    import orjson
+
+    from tradepulse import metrics_emf
+    from tradepulse.bus.status import RunnerMetrics
+
+    emitted: set[tuple[str, str, str]] = set()
+    for service in ("processor", "ingest", "news"):
+        out = io.StringIO()
+        emitter = metrics_emf.EmfEmitter(service, stream=out)
+        if service == "processor":
+            emitter.emit_runner(RunnerMetrics().snapshot())
+        else:
+            emitter.emit_producer(published=1, failed=1)
+        doc = orjson.loads(out.getvalue())
+        (directive,) = doc["_aws"]["CloudWatchMetrics"]
+        assert directive["Dimensions"] == [["service"]]
+        emitted |= {(directive["Namespace"], doc["service"], m["Name"]) for m in directive["Metrics"]}
+
+    used: set[tuple[str, str, str]] = set()
+    for alarm in resources(template, "AWS::CloudWatch::Alarm").values():
+        props = alarm["Properties"]
+        stats = [props] + [m["MetricStat"]["Metric"] for m in props.get("Metrics", []) if "MetricStat" in m]
+        for metric in stats:
+            if metric.get("Namespace") == "TradePulse":
+                (dimension,) = metric["Dimensions"]
+                assert dimension["Name"] == "service"
+                used.add((metric["Namespace"], dimension["Value"], metric["MetricName"]))
+    assert {
+        ("TradePulse", "processor", "ConsumerLag"),
+        ("TradePulse", "processor", "HotWriteLatencyP99Ms"),
+        ("TradePulse", "processor", "HotWriteThrottles"),
+        ("TradePulse", "ingest", "ProducerErrors"),
+        ("TradePulse", "news", "ProducerErrors"),
+    } <= used
+    assert used <= emitted, f"alarmed but never emitted: {used - emitted}"

@@ -50,6 +50,7 @@ from tradepulse.bus.decode import DecodedBatch, decode_batch
 from tradepulse.bus.rebuild import plan_rebuild, read_plan
 from tradepulse.bus.status import RunnerMetrics, publish_status, status_path
 from tradepulse.config import Settings
+from tradepulse.metrics_emf import emitter_from_settings
 from tradepulse.stores.dlq import make_dead_letter
 from tradepulse.topics import ANOMALIES, CORRELATIONS, FEATURES, INPUT_TOPICS, NEWS, QUOTES, TRADES
 
@@ -134,6 +135,7 @@ class Runner:
         self.status_file = status_file or status_path(settings.data_dir, instance)
         self.status_interval_s = status_interval_s
         self.metrics = RunnerMetrics()
+        self.emf = emitter_from_settings(settings, "processor")
         self._stop = threading.Event()
         self._assignment: list[KafkaTopicPartition] = []
         # Next offset the cold store still needs, per input partition; lower offsets are already there.
@@ -474,7 +476,7 @@ class Runner:
         except Exception:  # the status file must never take the runner down
             log.exception("dlq depth unavailable")
         # At most once per status_interval_s (_maybe_status), so the hot-store put stays off most batches.
-        publish_status(self.metrics.snapshot(), self.status_file, self.hot, self.instance)
+        publish_status(self.metrics.snapshot(), self.status_file, self.hot, self.instance, self.emf)
 
     def _lag(self) -> int:
         """Σ (high watermark − position) over the assignment, from the client's cached watermarks."""

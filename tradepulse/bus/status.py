@@ -40,10 +40,18 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def publish_status(status: dict[str, Any], path: Path, hot_store: Any = None, instance: str = "0") -> None:
+def publish_status(
+    status: dict[str, Any], path: Path, hot_store: Any = None, instance: str = "0", emf: Any = None
+) -> None:
     """Publish one runner heartbeat: the file at `path` (local readers: the API, `tradepulse up`, the
-    bench harness) and the hot store's `put_runner_status` when it has one (DynamoDB, read in Lambda)."""
+    bench harness), the CloudWatch metrics when `emf` (a `tradepulse.metrics_emf.EmfEmitter`, at its own
+    cadence) is given, and the hot store's `put_runner_status` when it has one (DynamoDB, read in Lambda)."""
     write_json_atomic(path, status)
+    if emf is not None:
+        try:
+            emf.emit_runner(status, hot_store)
+        except Exception as exc:  # metrics are best effort; never stop the runner
+            log.warning("runner metrics not emitted: %s", exc)
     put = getattr(hot_store, "put_runner_status", None)
     if put is None:
         return

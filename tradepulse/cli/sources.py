@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 import click
 
 from tradepulse.config import Settings, get_settings
+from tradepulse.metrics_emf import emitter_from_settings
 
 
 def _setup(settings: Settings) -> None:
@@ -64,9 +65,12 @@ def ingest(url: str | None, tickers: str | None, progress_s: float) -> None:
     source = "simulator" if settings.use_simulator and url is None else "massive"
     click.echo(f"[ingest] {source} {service.client.url} → Kafka", err=True)
     last = {"published": 0, "at": time.monotonic()}
+    emf = emitter_from_settings(settings, "ingest")
 
-    def progress() -> None:
+    def progress(final: bool = False) -> None:
         m = service.metrics
+        if emf is not None:  # the last call always sends, so a failure just before exit is counted
+            emf.emit_producer(m.published, m.failed, force=final)
         now = time.monotonic()
         rate = (m.published - last["published"]) / max(1e-9, now - last["at"])
         last.update(published=m.published, at=now)
@@ -84,7 +88,7 @@ def ingest(url: str | None, tickers: str | None, progress_s: float) -> None:
         sys.exit(2)
     finally:
         dlq.close()
-    progress()
+    progress(final=True)
 
 
 @click.command()
@@ -114,8 +118,12 @@ def news(base_url: str | None, once: bool, progress_s: float) -> None:
     poller = NewsPoller(settings, dlq=dlq, base_url=base_url)
     click.echo(f"[news] polling {len(poller.tickers)} tickers at {poller.base_url}", err=True)
 
-    def progress() -> None:
+    emf = emitter_from_settings(settings, "news")
+
+    def progress(final: bool = False) -> None:
         m = poller.metrics
+        if emf is not None:
+            emf.emit_producer(m.published, m.failed, force=final)
         click.echo(
             f"[news] rounds={m.rounds} requests={m.requests} published={m.published} "
             f"duplicates={m.duplicates} rate_limited={m.rate_limited} errors={m.http_errors} "
@@ -135,4 +143,4 @@ def news(base_url: str | None, once: bool, progress_s: float) -> None:
         )
     finally:
         dlq.close()
-    progress()
+    progress(final=True)

@@ -128,6 +128,9 @@ class DynamoHotStore:
         self._pool = ThreadPoolExecutor(max_workers=max(shards, 4), thread_name_prefix="ddb")
         self._lock = threading.Lock()
         self.duplicates = 0  # conditional puts that found the item already there
+        # Throttled calls and BatchWriteItem responses with UnprocessedItems (each retried with backoff):
+        # the HotWriteThrottles metric (tradepulse.metrics_emf).
+        self.throttles = 0
 
     @classmethod
     def from_settings(cls, settings: Any, **kw: Any) -> DynamoHotStore:
@@ -148,7 +151,11 @@ class DynamoHotStore:
             try:
                 return getattr(self.client, op)(**kwargs)
             except ClientError as exc:
-                if exc.response["Error"]["Code"] not in THROTTLING or attempt == self.max_attempts - 1:
+                if exc.response["Error"]["Code"] not in THROTTLING:
+                    raise
+                with self._lock:
+                    self.throttles += 1
+                if attempt == self.max_attempts - 1:
                     raise
                 self.sleep(backoff_delay(attempt, 0.05, 5.0))
         raise AssertionError("unreachable")
@@ -164,6 +171,8 @@ class DynamoHotStore:
                 pending = response.get("UnprocessedItems") or {}
                 if not pending:
                     break
+                with self._lock:
+                    self.throttles += 1
                 self.sleep(backoff_delay(attempt, 0.05, 5.0))
             else:
                 raise RuntimeError(f"DynamoDB left {len(pending[self.table])} items unprocessed")
