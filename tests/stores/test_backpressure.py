@@ -105,3 +105,21 @@ def test_real_clock_pause_expires(tmp_path: Path) -> None:
     assert not bp.should_pause() and bp.activations == 1
     assert slow.latest_trade("AAPL") == make_trade()  # delegation
     slow.close()
+
+
+def test_per_rows_judges_large_writes_by_latency_per_rows_and_default_keeps_the_rule() -> None:
+    clock = Clock()
+    strict = BackpressureController(threshold_ms=100, pause_ms=500, clock=clock)
+    scaled = BackpressureController(threshold_ms=100, pause_ms=500, per_rows=2000, clock=clock)
+    for bp in (strict, scaled):
+        bp.record(120, rows=5000)  # 41,667 rows/s: 48 ms per 2,000 rows
+    assert strict.should_pause() and not scaled.should_pause()
+    assert round(scaled.rows_per_s()) == 41_667
+    scaled.record(120, rows=1500)  # a small batch keeps the plain rule
+    assert scaled.should_pause() and scaled.activations == 1
+    clock.now += 1
+    scaled.record(300, rows=5000)  # 120 ms per 2,000 rows: over the limit even scaled
+    assert scaled.should_pause() and scaled.activations == 2
+    assert BackpressureController.from_settings(Settings(backpressure_per_rows=2000)).per_rows == 2000
+    assert BackpressureController.from_settings(Settings()).per_rows == 0
+    assert BackpressureController().rows_per_s() == 0.0

@@ -7,6 +7,13 @@ the runner pauses its partitions (consumer.pause) while still polling, then resu
 is cleared on activation, so the next decision is made on writes after the pause, not on the old slow
 ones. `activations` is the metric.
 
+Batch size: with the default `per_rows=0` each write's latency is judged as is (the issue's rule). A
+fixed per-write threshold punishes large batches, though: a 5,000-row write that takes 120 ms (42k
+rows/s) pauses consumption while a 500-row write taking 90 ms (5.5k rows/s) does not. With
+`per_rows=N` (setting `backpressure_per_rows`) a write of more than N rows is judged by its latency
+per N rows; writes of up to N rows keep the plain rule. `record(latency_ms, rows)` also keeps the
+rows, and `rows_per_s()` reports the recent write throughput for the status page either way.
+
 `SlowHotStore` wraps a hot store and delays each write: the slow sink of the reliability tests.
 """
 
@@ -32,25 +39,40 @@ class BackpressureController:
         *,
         window: int = 20,
         min_samples: int = 1,
+        per_rows: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.threshold_ms = threshold_ms
+        self.per_rows = per_rows
         self.pause_ms = pause_ms
         self.min_samples = min_samples
         self.clock = clock
-        self._latencies: deque[float] = deque(maxlen=window)
+        self._latencies: deque[float] = deque(maxlen=window)  # as judged (scaled with per_rows)
+        self._throughput: deque[tuple[float, int]] = deque(maxlen=window)  # (raw ms, rows)
         self._paused_until = float("-inf")
         self._lock = threading.Lock()
         self.activations = 0
 
     @classmethod
     def from_settings(cls, settings: Any, **kw: Any) -> BackpressureController:
+        kw.setdefault("per_rows", getattr(settings, "backpressure_per_rows", 0))
         return cls(settings.backpressure_latency_ms, settings.backpressure_pause_ms, **kw)
 
-    def record(self, latency_ms: float) -> None:
-        """One hot-store write took `latency_ms`."""
+    def record(self, latency_ms: float, rows: int = 0) -> None:
+        """One hot-store write of `rows` rows (0 = unknown) took `latency_ms`."""
+        judged = latency_ms
+        if self.per_rows and rows > self.per_rows:
+            judged = latency_ms * self.per_rows / rows
         with self._lock:
-            self._latencies.append(latency_ms)
+            self._latencies.append(judged)
+            if rows:
+                self._throughput.append((latency_ms, rows))
+
+    def rows_per_s(self) -> float:
+        """Rows per second of write time over the recent writes that reported their rows (0 if none)."""
+        with self._lock:
+            ms = sum(m for m, _ in self._throughput)
+            return sum(r for _, r in self._throughput) / ms * 1000 if ms > 0 else 0.0
 
     @contextmanager
     def measure(self) -> Iterator[None]:
