@@ -38,8 +38,13 @@ class CoreProcessor:
         self.joiner = NewsJoiner()
 
     def process(self, batch: DecodedBatch, *, emit: bool) -> BatchOutputs:
-        trades = TradeColumns.from_records(batch.trades) if batch.trades else TradeColumns.empty()
-        quotes = QuoteColumns.from_records(batch.quotes) if batch.quotes else QuoteColumns.empty()
+        # decode_batch already built the columns from the validated fields; rows are the fallback.
+        trades = batch.trade_columns
+        if trades is None:
+            trades = TradeColumns.from_records(batch.trades) if batch.trades else TradeColumns.empty()
+        quotes = batch.quote_columns
+        if quotes is None:
+            quotes = QuoteColumns.from_records(batch.quotes) if batch.quotes else QuoteColumns.empty()
         out = self.engine.process(trades, quotes)
         if batch.news:
             self.joiner.add_articles(batch.news)

@@ -72,6 +72,9 @@ _E2E_MAX_US = 3_600_000_000
 # while the recording cost per batch stays bounded whatever the batch size.
 E2E_SAMPLES_PER_BATCH = 256
 E2E_WINDOW_S = 1.0
+# Stages of one batch, timed by the runner (ms): decode + validation, the core, hot/cold/DLQ sinks,
+# the Kafka transaction, the cold store's periodic flush.
+STAGES = ("decode", "core", "sinks", "commit", "cold_flush")
 
 
 def _e2e_histogram() -> HdrHistogram:
@@ -112,6 +115,9 @@ class RunnerMetrics:
     started_at: float = field(default_factory=time.time)
     batch_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2048))
     write_ms: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+    stage_ms: dict[str, deque[float]] = field(
+        default_factory=lambda: {stage: deque(maxlen=2048) for stage in STAGES}
+    )
     # (monotonic time, events_processed) samples over the last ~10 s for the rate.
     _rate: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
     # End-to-end latency of committed trades: the whole run, and the last complete ~1 s window.
@@ -126,6 +132,15 @@ class RunnerMetrics:
         self.batches += 1
         self.batch_ms.append(batch_ms)
         self.last_commit_at = time.time()
+
+    def record_stages(self, **ms: float) -> None:
+        """Account the time of each stage of one batch (names from STAGES)."""
+        for stage, value in ms.items():
+            self.stage_ms[stage].append(value)
+
+    def stage_percentiles(self, q: float) -> dict[str, float]:
+        """The q-th percentile of each stage's recent batch times (ms)."""
+        return {stage: round(percentile(samples, q), 3) for stage, samples in self.stage_ms.items()}
 
     def record_e2e(self, trades: Sequence[Mapping[str, Any]], now_us: int | None = None) -> None:
         """Record now − received_ts_us for a batch of trades just committed to the hot store (a strided
@@ -167,6 +182,8 @@ class RunnerMetrics:
             "batch_p50_ms": round(percentile(self.batch_ms, 50), 3),
             "batch_p99_ms": round(percentile(self.batch_ms, 99), 3),
             "write_p99_ms": round(percentile(self.write_ms, 99), 3),
+            "stage_p50_ms": self.stage_percentiles(50),
+            "stage_p99_ms": self.stage_percentiles(99),
             "e2e_latency_ms": e2e_percentiles(self.e2e_us),
             "e2e_latency_window_ms": self._e2e_last_window,
             "backpressure_activations": self.backpressure_activations,

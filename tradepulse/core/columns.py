@@ -1,7 +1,8 @@
 """Columnar batches of trades and quotes: the input of the feature core.
 
-The runner decodes a Kafka batch into plain dicts (field names of `tradepulse.models.Trade` / `Quote`)
-and turns them into these column sets once per batch; everything downstream is numpy over columns.
+The runner's decoder validates a Kafka batch a field at a time and builds these column sets straight from
+the validated columns (`from_records` builds them from plain dicts with the field names of
+`tradepulse.models.Trade` / `Quote`); everything downstream is numpy over columns.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def _object_array(values: Sequence[object]) -> np.ndarray:
+def object_array(values: Sequence[object]) -> np.ndarray:
+    """A 1-d object array of `values` (never a 2-d array, even if the values are sequences)."""
     out = np.empty(len(values), dtype=object)
     out[:] = values
     return out
@@ -35,12 +37,12 @@ class TradeColumns:
         if not records:
             return cls.empty()
         return cls(
-            ticker=_object_array([r["ticker"] for r in records]),
+            ticker=object_array([r["ticker"] for r in records]),
             price=np.fromiter((r["price"] for r in records), dtype=np.float64, count=len(records)),
             size=np.fromiter((r["size"] for r in records), dtype=np.float64, count=len(records)),
             ts_ms=np.fromiter((r["exchange_ts_ms"] for r in records), dtype=np.int64, count=len(records)),
             sequence=np.fromiter((r["sequence"] for r in records), dtype=np.int64, count=len(records)),
-            event_id=_object_array([r["event_id"] for r in records]),
+            event_id=object_array([r["event_id"] for r in records]),
         )
 
     @classmethod
@@ -86,7 +88,7 @@ class QuoteColumns:
             return cls.empty()
         n = len(records)
         return cls(
-            ticker=_object_array([r["ticker"] for r in records]),
+            ticker=object_array([r["ticker"] for r in records]),
             bid_price=np.fromiter((r["bid_price"] for r in records), dtype=np.float64, count=n),
             ask_price=np.fromiter((r["ask_price"] for r in records), dtype=np.float64, count=n),
             ts_ms=np.fromiter((r["exchange_ts_ms"] for r in records), dtype=np.int64, count=n),

@@ -1,0 +1,150 @@
+"""decode_batch (columns at a time) against the per-message `decode` rules: same rows, same dead letters."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from tradepulse.bus.decode import InvalidMessage, decode, decode_batch
+from tradepulse.core.columns import QuoteColumns, TradeColumns
+from tradepulse.topics import NEWS, QUOTES, TRADES
+
+TRADE = {
+    "event_id": "t-1",
+    "ticker": "AAPL",
+    "price": 187.25,
+    "size": 100,
+    "exchange": 4,
+    "trade_id": "",
+    "tape": 3,
+    "sequence": 17,
+    "exchange_ts_ms": 1_767_000_000_000,
+    "received_ts_us": 1_767_000_000_000_123,
+}
+QUOTE = {
+    "event_id": "q-1",
+    "ticker": "MSFT",
+    "bid_price": 410.0,
+    "bid_size": 0,
+    "bid_exchange": 11,
+    "ask_price": 410.05,
+    "ask_size": 3.5,
+    "ask_exchange": 12,
+    "tape": 3,
+    "sequence": 18,
+    "exchange_ts_ms": 1_767_000_000_001,
+    "received_ts_us": 1_767_000_000_001_000,
+}
+NEWS_ROW = {
+    "event_id": "n-1",
+    "article_id": 5,
+    "ticker": "AAPL",
+    "headline": "h",
+    "published_at": "2026-01-01T00:00:00Z",
+    "published_ts_ms": 1_767_000_000_000,
+    "received_ts_us": 1_767_000_000_000_000,
+    "related": ["AAPL"],
+}
+# Values that break some rule for at least one kind of field, and values that pass some.
+VALUES: list[Any] = [None, True, False, "", "x", "12.5", 0, -1, 0.0, -0.5, 1.5, 7, [], {}]
+VALUES += [2**63 - 1, 2**63, 2**64 - 1, 1_767_000_000_000 // 1000, 4_102_444_800_000, 946_684_800_000]
+
+
+class FakeMessage:
+    """The part of confluent_kafka.Message that decode_batch reads."""
+
+    def __init__(self, topic: str, value: bytes | None, partition: int, offset: int) -> None:
+        self._topic, self._value, self._partition, self._offset = topic, value, partition, offset
+
+    def topic(self) -> str:
+        return self._topic
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def key(self) -> bytes:
+        return b"AAPL"
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def headers(self) -> None:
+        return None
+
+
+def _variants(template: dict[str, Any]) -> list[bytes]:
+    """The template, and one broken or edge-case copy per (field, value) and per missing field."""
+    out = [orjson.dumps(template)]
+    for name in template:
+        out.append(orjson.dumps({k: v for k, v in template.items() if k != name}))
+        for value in VALUES:
+            out.append(orjson.dumps({**template, name: value}))
+    return out
+
+
+def _messages(seed: int) -> list[FakeMessage]:
+    raws = [(TRADES, r) for r in _variants(TRADE)] + [(QUOTES, r) for r in _variants(QUOTE)]
+    raws += [(NEWS, r) for r in _variants(NEWS_ROW)]
+    raws += [(TRADES, orjson.dumps(TRADE))] * 200 + [(QUOTES, orjson.dumps(QUOTE))] * 200
+    raws += [(TRADES, b"{not json"), (TRADES, b""), (TRADES, None), (QUOTES, b"[1, 2]"), (QUOTES, b"3")]
+    raws += [(TRADES, b"\xff\xfe"), ("market.unknown", orjson.dumps(TRADE)), ("market.unknown", b"x")]
+    random.Random(seed).shuffle(raws)
+    return [FakeMessage(topic, raw, i % 3, 1000 + i) for i, (topic, raw) in enumerate(raws)]
+
+
+def _expected(messages: list[FakeMessage]) -> tuple[dict[str, list[Any]], list[tuple[int, str, str]]]:
+    rows: dict[str, list[Any]] = {TRADES: [], QUOTES: [], NEWS: []}
+    dead = []
+    for m in messages:
+        try:
+            row = decode(m.topic(), m.value())
+        except InvalidMessage as exc:
+            dead.append((m.offset(), exc.error_type, exc.reason))
+        else:
+            rows[m.topic()].append((row, (m.partition(), m.offset())))
+    return rows, dead
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_decode_batch_matches_the_per_message_rules(seed: int) -> None:
+    messages = _messages(seed)
+    expected, expected_dead = _expected(messages)
+    batch = decode_batch(messages)
+
+    assert batch.trades == [row for row, _ in expected[TRADES]]
+    assert batch.trade_pos == [pos for _, pos in expected[TRADES]]
+    assert batch.quotes == [row for row, _ in expected[QUOTES]]
+    assert batch.quote_pos == [pos for _, pos in expected[QUOTES]]
+    assert batch.news == [row for row, _ in expected[NEWS]]
+    assert batch.news_pos == [pos for _, pos in expected[NEWS]]
+    dead = sorted((d["source_offset"], d["error_type"], d["reason"]) for d in batch.dead_letters)
+    assert dead == sorted(expected_dead)
+    assert len(dead) > 300  # the variants really exercise the rules
+    assert {d["stage"] for d in batch.dead_letters} == {"processor"}
+
+    # The columns are the valid rows, exactly as from_records would build them.
+    assert batch.trade_columns is not None and batch.quote_columns is not None
+    _assert_same_columns(batch.trade_columns, TradeColumns.from_records(batch.trades))
+    _assert_same_columns(batch.quote_columns, QuoteColumns.from_records(batch.quotes))
+
+
+def _assert_same_columns(got: Any, want: Any) -> None:
+    assert len(got) == len(want) > 0
+    for name, column in vars(want).items():
+        assert getattr(got, name).dtype == column.dtype, name
+        np.testing.assert_array_equal(getattr(got, name), column, err_msg=name)
+
+
+def test_out_of_int64_integers_are_dead_lettered_not_a_crash() -> None:
+    # orjson reads integers up to 2**64 - 1; the int64 columns (and SQLite, Parquet) cannot hold them.
+    raw = orjson.dumps({**TRADE, "sequence": 2**63})
+    batch = decode_batch([FakeMessage(TRADES, raw, 0, 1), FakeMessage(TRADES, orjson.dumps(TRADE), 0, 2)])
+    assert [d["error_type"] for d in batch.dead_letters] == ["bad_value"]
+    assert batch.trade_pos == [(0, 2)] and len(batch.trade_columns or ()) == 1
