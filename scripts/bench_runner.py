@@ -5,13 +5,17 @@ with a simulator recording, then runs the real runner (core + anomaly detector +
 store, Parquet cold store, one Kafka transaction per batch) until it has consumed everything, and
 reports events/s and batch latency percentiles.
 
-    .venv/bin/python scripts/bench_runner.py --events 200000 --batch 5000
+    .venv/bin/python scripts/bench_runner.py --events 200000 --batch 5000 --tickers 200
+
+Prints events/s, batch p50/p99, the time per stage (decode, core, sinks, commit, cold flush) and the
+process RSS over the drain.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import tempfile
 import time
 import uuid
@@ -28,7 +32,7 @@ from tradepulse.bus.pipeline import build_runner
 from tradepulse.config import Settings
 from tradepulse.sources.news import article_records
 from tradepulse.sources.parse import quote_record, trade_record
-from tradepulse.sources.simulator.market import MarketConfig, MarketModel
+from tradepulse.sources.simulator.market import MarketConfig, MarketModel, make_tickers
 from tradepulse.topics import NEWS, QUOTES, TRADES
 
 
@@ -72,10 +76,14 @@ def run(settings: Settings, events: int) -> None:
 
     runner = build_runner(settings, instance="bench")
     started: dict[str, float] = {}
+    rss: list[tuple[int, float]] = []  # (events processed, RSS MiB), about once a second
 
     def done(metrics) -> bool:  # type: ignore[no-untyped-def]
         if metrics.events_processed and "first" not in started:
-            started["first"] = time.perf_counter()
+            started["first"] = started["rss"] = time.perf_counter()
+        if "rss" in started and time.perf_counter() - started["rss"] >= 1.0:
+            started["rss"] = time.perf_counter()
+            rss.append((metrics.events_processed, _rss_mib()))
         return metrics.events_processed >= len(messages)
 
     t_start = time.perf_counter()
@@ -97,6 +105,32 @@ def run(settings: Settings, events: int) -> None:
         f"outputs produced: {metrics.outputs_produced}, dead letters {metrics.dead_letters}, "
         f"backpressure activations {metrics.backpressure_activations}, model v{metrics.model_version}"
     )
+    p50, p99 = metrics.stage_percentiles(50), metrics.stage_percentiles(99)
+    totals = {stage: sum(samples) for stage, samples in metrics.stage_ms.items()}
+    print("per stage (ms per batch p50 / p99, share of batch time):")
+    for stage in p50:
+        share = totals[stage] / max(sum(totals.values()), 1e-9)
+        print(f"  {stage:<10} {p50[stage]:8.1f} / {p99[stage]:8.1f}  {share:6.1%}")
+    print(f"runner RSS at the end: {_rss_mib():.0f} MiB (peak {_peak_rss_mib():.0f} MiB)")
+    if len(rss) >= 4:
+        # The process also holds the recording; the drift after the first quarter is the runner's.
+        warm = rss[len(rss) // 4]
+        print(
+            f"RSS during the drain: {rss[0][1]:.0f} MiB at {rss[0][0]:,} events, {warm[1]:.0f} MiB at "
+            f"{warm[0]:,}, {rss[-1][1]:.0f} MiB at {rss[-1][0]:,} (max {max(r for _, r in rss):.0f}); "
+            f"drift after warm-up {(rss[-1][1] - warm[1]) / warm[1]:+.1%}"
+        )
+
+
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -106,6 +140,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=5000, help="batch_max_messages")
     parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--tickers", type=int, default=0, help="simulated tickers (default: settings)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-runner-") as tmp:
         data = Path(tmp)
@@ -122,6 +157,8 @@ def main() -> None:
                 batch_max_messages=args.batch,
                 consumer_group=f"bench-{uuid.uuid4().hex[:8]}",
             )
+            if args.tickers:
+                settings = settings.model_copy(update={"tickers": make_tickers(args.tickers)})
             run(settings, args.events)
         finally:
             if broker is not None:
