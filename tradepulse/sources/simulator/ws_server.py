@@ -212,6 +212,8 @@ class MassiveWsServer:
                 if action == "subscribe" and self._resend and session.wants_data:
                     for block in list(self._history):
                         for item in self._frames(block, session):
+                            if session.closed:  # the client died mid-replay: release the lock
+                                break
                             await session.queue.put(item)
             verb = "subscribed to" if action == "subscribe" else "unsubscribed to"
             for ch in channels:
@@ -256,6 +258,9 @@ class MassiveWsServer:
                 try:
                     await session.ws.send(item.frame)
                 except ConnectionClosed:
+                    # Close now: its handler may be busy in a replay and not notice, and a dispatch or
+                    # replay blocked on this full queue must be released.
+                    self._close_session(session)
                     return
                 self._account(item)
 
