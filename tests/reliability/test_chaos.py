@@ -118,9 +118,11 @@ def run_chaos(plan: Plan, kafka_bootstrap: str, tmp_path: Path) -> ChaosReport:
             resend_blocks=1200,
         )
     )
-    # The dedupe window must hold at least the replay (60 s × rate), or resent events older than the
-    # window would be published twice.
-    window = max(200_000, int(2 * 60 * plan.rate))
+    # The dedupe window must hold at least the replay (60 s × rate) *per partition*: ingest seeds it
+    # with an equal share of each input partition's tail (window / 6), and with 5 tickers on 3
+    # partitions one partition can carry most of the rate. Smaller, and resent events older than the
+    # window are published twice (and out of order).
+    window = max(200_000, int(6 * 60 * plan.rate))
     services = Services(tmp_path / "logs", child_env(settings, TRADEPULSE_INGEST_DEDUPE_WINDOW=str(window)))
     try:
         with RssSampler(services) as rss:
