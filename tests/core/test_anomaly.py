@@ -113,12 +113,12 @@ def test_anomaly_dicts_follow_the_contract(spiked: tuple[AnomalyDetector, list[d
 def test_flagged_rows_are_not_learned_from(spiked: tuple[AnomalyDetector, list[dict]]) -> None:
     detector, flags = spiked
     training = detector.training_rows("X")
-    assert len(training) == CFG.train_size
+    assert CFG.min_train <= len(training) <= CFG.train_size
     flagged_x = model_matrix({k: np.array([a["feature_vector"][k] for a in flags if a["ticker"] == "X"])
                               for k in (*MODEL_FEATURES, "rolling_avg_5min")})  # fmt: skip
     learned = {tuple(row) for row in training}
     assert not any(tuple(row) in learned for row in flagged_x)
-    # ...while the unflagged spike-time rows are (the window holds the newest 1000 unflagged rows).
+    # The spike rows were flagged, so no training row has a spike-sized volume.
     assert training[:, 1].max() < max(a["feature_vector"]["volume"] for a in flags if a["ticker"] == "X")
 
 
@@ -166,12 +166,15 @@ def test_refit_runs_off_the_scoring_path_and_swaps_atomically(monkeypatch: pytes
     detector.close()
 
 
-def test_pooled_mode_scores_with_one_model() -> None:
-    detector = AnomalyDetector(AnomalyConfig(n_estimators=30, per_ticker=False))
-    flags = run(detector, market(640, seed=7, spike_at=630))
-    assert detector.model_for("X") is detector.model_for("Y") is not None
-    assert any(a["ticker"] == "X" and a["ts_ms"] >= T0 + 630_000 for a in flags)
-    detector.close()
+def test_modes_pooled_by_default_or_one_model_per_ticker() -> None:
+    for per_ticker in (False, True):
+        detector = AnomalyDetector(replace(CFG, n_estimators=30, per_ticker=per_ticker))
+        flags = run(detector, market(640, seed=7, spike_at=630))
+        x, y = detector.model_for("X"), detector.model_for("Y")
+        assert x is not None and y is not None and (x is y) is not per_ticker
+        assert any(a["ticker"] == "X" and a["ts_ms"] >= T0 + 630_000 for a in flags)
+        detector.close()
+    assert AnomalyConfig().per_ticker is False
 
 
 @pytest.mark.parametrize("rows", [1, 7, 300, CompiledForest.SMALL_BATCH + 1])

@@ -18,9 +18,13 @@ refit falls due every `refit_every` (500) training events, and sooner while the 
 i.e. 5 minutes: momentum and the 5-minute deviations are strongly autocorrelated, and a model that
 has only seen a minute or two of them flags their ordinary wandering.
 
-Per-ticker models (default, `per_ticker=True`): each ticker has its own forest on its own rows. The
-alternative, one pooled forest over per-ticker-standardised rows (the last `train_size` rows of every
-ticker), is kept behind `per_ticker=False` because `scripts/anomaly_quality.py` measures both.
+One pooled model (default, `per_ticker=False`): a single forest over the rows of every ticker, each
+standardised with its own ticker's mean/std (the last `train_size` training events of each ticker).
+Measured with `scripts/anomaly_quality.py` (simulator, seed 42, 2400 s, 79 injected spikes and jumps
+after warm-up): pooled recall 0.87 (spikes 0.97, jumps 0.53) at alert precision 0.93; per-ticker
+models (`per_ticker=True`, one forest per ticker on its own rows) recall 0.86 (spikes 0.92, jumps
+0.65) at alert precision 0.77. Same recall, far fewer false alerts, and one scoring call and one
+refit schedule per batch instead of one per ticker (which matters at thousands of tickers).
 
 Warm-up. A ticker's rows are neither scored nor learned from until `warmup_ms` (300 s: the 5-minute
 windows are full, so the features are stationary) after its first trade; a ticker is flagged only
@@ -28,9 +32,11 @@ once a model fitted on at least `min_train` of its training events is in place.
 
 Learning. Flagged rows are not learned from, with one exception that keeps a lasting regime change
 from being flagged forever (flagged rows never teach the model the new regime, so it would otherwise
-lock itself out): once most trades of a ticker have been flagged in each of `drift_after_s` (30)
-consecutive seconds, longer than any burst the detector is meant to report, that ticker's rows are
-treated as the new normal and enter training again until a second passes mostly unflagged.
+lock itself out): once most trades of a ticker have been flagged in each of `drift_after_s` (120)
+consecutive seconds, that ticker's rows are treated as the new normal and enter training again until
+a second passes mostly unflagged. 120 s is longer than the bursts the detector is meant to report
+(spikes last seconds, a jump displaces momentum for 60 s): with 30 s the displaced momentum of one
+jump was learned and masked the next ones (per-ticker jump recall 0.59 instead of 0.65).
 
 Refits run on a single background thread (`concurrent.futures`), never on the scoring path: the
 fitted model is swapped in with one reference assignment, and `model_version` increments with every
@@ -81,8 +87,8 @@ class AnomalyConfig:
     sample_ms: int = 1000
     warmup_ms: int = 300_000
     n_estimators: int = 100
-    drift_after_s: int = 30
-    per_ticker: bool = True
+    drift_after_s: int = 120
+    per_ticker: bool = False
     seed: int = 0
 
 
