@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     zscore_bucket_ms: int = 1000
     zscore_window_buckets: int = 300
     rebuild_lookback_s: int = 330
+    commit_watchdog_s: float = Field(
+        default=120.0,
+        description="Restart the runner in place if a transaction commit has not returned by then.",
+    )
 
     # --- storage --------------------------------------------------------------------------------
     hot_store: Literal["sqlite", "dynamodb"] = "sqlite"

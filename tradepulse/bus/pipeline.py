@@ -11,6 +11,7 @@ from typing import Any
 
 from tradepulse.bus.decode import DecodedBatch
 from tradepulse.bus.runner import BatchOutputs, Runner
+from tradepulse.bus.watchdog import Watchdog
 from tradepulse.config import Settings
 from tradepulse.core.columns import QuoteColumns, TradeColumns
 from tradepulse.core.features import FeatureConfig, FeatureEngine
@@ -78,8 +79,16 @@ class CoreProcessor:
             close()
 
 
-def build_runner(settings: Settings, *, instance: str = "0", hot: Any = None, detector: Any = None) -> Runner:
-    """A runner on the configured stores and the real core."""
+def build_runner(
+    settings: Settings,
+    *,
+    instance: str = "0",
+    hot: Any = None,
+    detector: Any = None,
+    commit_watchdog: Watchdog | None = None,
+) -> Runner:
+    """A runner on the configured stores and the real core. The service passes a commit watchdog;
+    in-process callers (tests, benchmarks) leave it out, since it restarts the whole process."""
     from tradepulse.core.anomaly import AnomalyDetector
     from tradepulse.stores.backpressure import BackpressureController
     from tradepulse.stores.dlq import with_retries
@@ -95,4 +104,5 @@ def build_runner(settings: Settings, *, instance: str = "0", hot: Any = None, de
         backpressure=BackpressureController.from_settings(settings),
         sink_retry=lambda fn: with_retries(fn, attempts=attempts),
         instance=instance,
+        commit_watchdog=commit_watchdog,
     )

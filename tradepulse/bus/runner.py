@@ -51,6 +51,7 @@ from tradepulse.bus.clients import consumer_config, producer_config
 from tradepulse.bus.decode import DecodedBatch, decode_batch
 from tradepulse.bus.rebuild import plan_rebuild, read_plan
 from tradepulse.bus.status import RunnerMetrics, publish_status, status_path
+from tradepulse.bus.watchdog import Watchdog
 from tradepulse.config import Settings
 from tradepulse.metrics_emf import emitter_from_settings
 from tradepulse.stores.dlq import make_dead_letter
@@ -128,8 +129,11 @@ class Runner:
         instance: str = "0",
         status_file: Path | None = None,
         status_interval_s: float = 1.0,
+        commit_watchdog: Watchdog | None = None,
     ) -> None:
         self.settings = settings
+        # Guards the transaction commit against librdkafka calls that never return (see watchdog.py).
+        self.commit_watchdog = commit_watchdog
         self.processor = processor
         self.hot = hot
         # A fresh cold store per assignment: its caches of open blocks are only valid while this
@@ -352,7 +356,11 @@ class Runner:
         processed = time.perf_counter()
         self._write_sinks(batch, outputs)
         written = time.perf_counter()
-        self._commit(outputs)
+        if self.commit_watchdog is None:
+            self._commit(outputs)
+        else:
+            with self.commit_watchdog.guard("transaction commit"):
+                self._commit(outputs)
         committed = time.perf_counter()
         # Writes the groups that are due (flush_rows / flush_interval_s / complete blocks): without it
         # every input row stays buffered until shutdown or a revocation and memory grows with the run.

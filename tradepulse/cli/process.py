@@ -32,12 +32,13 @@ def process(instance: str, progress_s: float, exit_when_idle: float | None) -> N
     """Consume trades/quotes/news, compute features, anomalies and news correlations, write the stores
     and produce the outputs, exactly once. SIGTERM/SIGINT finish the batch, commit and exit."""
     from tradepulse.bus.pipeline import build_runner
+    from tradepulse.bus.watchdog import Watchdog
 
     settings = get_settings()
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
-    runner = build_runner(settings, instance=instance)
+    runner = build_runner(settings, instance=instance, commit_watchdog=Watchdog(settings.commit_watchdog_s))
     runner.install_signal_handlers()
     metrics = runner.metrics
     done = threading.Event()

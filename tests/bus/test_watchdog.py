@@ -1,0 +1,54 @@
+"""The commit watchdog: fires only for a guarded block that outlives its bound, and its default action
+really restarts the process with the same command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from tradepulse.bus.watchdog import Watchdog
+
+
+def test_fires_once_for_a_guarded_block_that_outlives_the_bound() -> None:
+    now = [0.0]
+    fired = threading.Event()
+    dog = Watchdog(10.0, on_expire=fired.set, check_every_s=0.01, clock=lambda: now[0])
+    try:
+        with dog.guard("quick commit"):
+            now[0] = 9.0
+        now[0] = 100.0  # unguarded time never fires
+        time.sleep(0.1)
+        assert not fired.is_set()
+
+        with dog.guard("stuck commit"):
+            now[0] = 111.0
+            assert fired.wait(5), "watchdog did not fire for a block past its bound"
+        assert dog.expired == 1
+    finally:
+        dog.close()
+
+
+def test_restart_in_place_reruns_the_same_command_line(tmp_path: Path) -> None:
+    marker = tmp_path / "runs.txt"
+    script = tmp_path / "victim.py"
+    script.write_text(
+        "import os, sys\n"
+        "from tradepulse.bus.watchdog import restart_in_place\n"
+        f"marker = {str(marker)!r}\n"
+        "with open(marker, 'a') as f:\n"
+        "    f.write(f'{os.getpid()} {sys.argv[1:]}\\n')\n"
+        "if sum(1 for _ in open(marker)) < 2:\n"
+        "    restart_in_place()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, str(script), "--flag", "x"], timeout=60, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    runs = marker.read_text().splitlines()
+    assert len(runs) == 2
+    first_pid, second_pid = (line.split()[0] for line in runs)
+    assert first_pid == second_pid  # the same process, restarted in place
+    assert all(line.endswith("['--flag', 'x']") for line in runs)

@@ -1,0 +1,81 @@
+"""A watchdog for Kafka calls that can block forever.
+
+librdkafka ignores the timeout of `send_offsets_to_transaction()` when the group coordinator goes away
+during the call (confluentinc/librdkafka#5456): a broker restart mid-transaction leaves the runner
+blocked inside C code, alive, healthy-looking and committing nothing (docs/postmortem.md, incident 2).
+A Python timeout cannot interrupt that call, so the watchdog restarts the whole process in place
+(`execv`, same pid and command line). That is exactly a crash followed by a restart — which the runner
+is built for and the chaos suite proves: uncommitted outputs are aborted by the restarted producer's
+`init_transactions()`, the batch is replayed from the committed offsets, and the keyed sinks overwrite.
+Restarting in place means the service recovers by itself under any supervisor (or none).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+log = logging.getLogger(__name__)
+
+
+def restart_in_place() -> None:
+    """Replace this process with a fresh run of the same command line."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
+class Watchdog:
+    """Calls `on_expire` (default: restart the process) when a guarded block outlives `timeout_s`."""
+
+    def __init__(
+        self,
+        timeout_s: float,
+        on_expire: Callable[[], None] = restart_in_place,
+        *,
+        check_every_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.timeout_s = timeout_s
+        self.on_expire = on_expire
+        self.check_every_s = check_every_s
+        self.clock = clock
+        self.expired = 0
+        self._deadline: float | None = None
+        self._what = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="commit-watchdog", daemon=True)
+        self._thread.start()
+
+    @contextmanager
+    def guard(self, what: str) -> Iterator[None]:
+        """Arm the watchdog for the duration of the block."""
+        self._what = what
+        self._deadline = self.clock() + self.timeout_s
+        try:
+            yield
+        finally:
+            self._deadline = None
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.check_every_s):
+            deadline = self._deadline
+            if deadline is not None and self.clock() > deadline:
+                self._deadline = None
+                self.expired += 1
+                log.critical(
+                    "%s did not return within %.0fs (librdkafka can block forever when the group "
+                    "coordinator restarts); restarting the process in place",
+                    self._what,
+                    self.timeout_s,
+                )
+                self.on_expire()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.check_every_s * 2)
