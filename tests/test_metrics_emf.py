@@ -16,6 +16,7 @@ import orjson
 import pytest
 from moto import mock_aws
 
+from tests.aws import create_hot_table
 from tests.stores.conftest import make_trade
 from tests.stores.test_dynamo_hot import TABLE, Flaky
 from tradepulse import metrics_emf as emf
@@ -156,18 +157,7 @@ def test_runner_status_publication_emits_only_when_enabled(
 def ddb() -> Iterator[Any]:
     with mock_aws():
         client = boto3.client("dynamodb", region_name="us-east-1")
-        client.create_table(
-            TableName=TABLE,
-            KeySchema=[
-                {"AttributeName": "pk", "KeyType": "HASH"},
-                {"AttributeName": "sk", "KeyType": "RANGE"},
-            ],
-            AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"},
-                {"AttributeName": "sk", "AttributeType": "S"},
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        create_hot_table(client, TABLE)
         yield client
 
 

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from moto import mock_aws
 
 from tests.api.market import build_market, write_market
+from tests.aws import create_hot_table
 from tradepulse.api.app import create_app
 from tradepulse.api.health import HotStoreRunnerStatusSource
 from tradepulse.bus.status import RunnerMetrics, publish_status
@@ -45,18 +46,7 @@ def clients(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClie
     tmp: Path = tmp_path_factory.mktemp("ddb")
     with mock_aws():
         ddb: Any = boto3.client("dynamodb", region_name="us-east-1")
-        ddb.create_table(
-            TableName=TABLE,
-            KeySchema=[
-                {"AttributeName": "pk", "KeyType": "HASH"},
-                {"AttributeName": "sk", "KeyType": "RANGE"},
-            ],
-            AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"},
-                {"AttributeName": "sk", "AttributeType": "S"},
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        create_hot_table(ddb, TABLE)
         dynamo = DynamoHotStore(TABLE, client=ddb)
         sqlite = SqliteHotStore(tmp / "hot.sqlite3")
         for store in (dynamo, sqlite):

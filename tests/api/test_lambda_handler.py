@@ -19,6 +19,7 @@ from mangum import Mangum
 from moto import mock_aws
 
 from tests.api.market import Market, build_market, write_market
+from tests.aws import create_hot_table
 from tradepulse.bus.local_kafka import REPO_ROOT
 from tradepulse.bus.status import RunnerMetrics, publish_status
 from tradepulse.config import Settings, get_settings
@@ -107,18 +108,7 @@ def dynamo_lambda(
     table = "tradepulse-hot"
     with mock_aws(), pytest.MonkeyPatch.context() as mp:
         ddb: Any = boto3.client("dynamodb", region_name="us-east-1")
-        ddb.create_table(
-            TableName=table,
-            KeySchema=[
-                {"AttributeName": "pk", "KeyType": "HASH"},
-                {"AttributeName": "sk", "KeyType": "RANGE"},
-            ],
-            AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"},
-                {"AttributeName": "sk", "AttributeType": "S"},
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        create_hot_table(ddb, table)
         env = {
             "TRADEPULSE_HOT_STORE": "dynamodb",
             "TRADEPULSE_DYNAMODB_TABLE": table,
