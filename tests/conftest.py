@@ -3,17 +3,14 @@ ports in a temporary directory, and torn down at the end (no Docker)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import AdminClient
 
-from tradepulse.bus.admin import ensure_topics
+from tradepulse.bus.admin import recreate_topics
 from tradepulse.bus.local_kafka import REPO_ROOT, LocalKafka
 from tradepulse.config import Settings
-from tradepulse.topics import ALL_TOPICS
 
 JAR_CACHE = REPO_ROOT / ".tradepulse" / "kafka-libs"
 
@@ -36,22 +33,3 @@ def kafka_settings(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Settings]:
     settings = Settings(kafka_bootstrap=kafka_bootstrap, data_dir=tmp_path / "state", topic_partitions=3)
     recreate_topics(settings)
     yield settings
-
-
-def recreate_topics(settings: Settings) -> None:
-    """Delete and re-create every project topic, so a test starts from empty topics."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    present = [t for t in admin.list_topics(timeout=10).topics if t in ALL_TOPICS]
-    if present:
-        for future in admin.delete_topics(present, operation_timeout=30).values():
-            future.result()
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            ensure_topics(settings)
-            return
-        except Exception:
-            # Deletion is asynchronous on the broker; creation fails until it has finished.
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)

@@ -32,12 +32,12 @@ import orjson
 from scripts.bench import drain
 from scripts.bench.report import machine_spec, write_report
 from scripts.bench.sampling import BrokerSampler, ProcessSampler
-from tradepulse.bus.admin import admin_client, ensure_topics
+from tradepulse.bus.admin import recreate_topics
 from tradepulse.bus.local_kafka import LocalKafka
 from tradepulse.bus.status import STATUS_FILE
 from tradepulse.cli.supervisor import Service, Supervisor, port_open, python_command
 from tradepulse.config import Settings, get_settings
-from tradepulse.topics import ALL_TOPICS, QUOTES, TRADES
+from tradepulse.topics import QUOTES, TRADES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,23 +84,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _recreate_topics(settings: Settings) -> None:
-    admin = admin_client(settings)
-    present = [t for t in admin.list_topics(timeout=10).topics if t in ALL_TOPICS]
-    if present:
-        for future in admin.delete_topics(present, operation_timeout=30).values():
-            future.result()
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            ensure_topics(settings)
-            return
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)  # deletion is asynchronous on the broker
-
-
 def _hot_store_trades(path: Path) -> int:
     with contextlib.closing(sqlite3.connect(path)) as db:
         return int(db.execute("SELECT count(*) FROM trades").fetchone()[0])
@@ -130,7 +113,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
             topic_partitions=config.partitions,
             consumer_group=f"bench-{run_id}",
         )
-        _recreate_topics(settings)
+        recreate_topics(settings)
         broker_pid = broker.process.pid if broker is not None and broker.process is not None else None
         results["full_path"] = _full_path(config, settings, out, broker_pid)
         if config.drain_events > 0:
@@ -369,7 +352,7 @@ def _start_py_spy(pid: int, svg: Path, seconds: float) -> Any:
 
 def _drain_phase(config: BenchConfig, settings: Settings, out: Path, run_id: str) -> dict[str, Any]:
     log = config.log
-    _recreate_topics(settings)
+    recreate_topics(settings)
     log(f"drain: pre-filling market.trades with {config.drain_events:,} trades")
     n = drain.prefill_trades(settings, config.drain_events, config.tickers)
     logs = out / "logs"

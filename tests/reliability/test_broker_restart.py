@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import JAR_CACHE, recreate_topics
+from tests.conftest import JAR_CACHE
 from tests.reliability.harness import (
     KEY,
     START_MS,
@@ -26,6 +26,7 @@ from tests.reliability.harness import (
     read_topic,
     wait_until,
 )
+from tradepulse.bus.admin import recreate_topics
 from tradepulse.bus.local_kafka import LocalKafka
 from tradepulse.config import Settings
 from tradepulse.sources.simulator import SimulatorConfig, run_simulator_in_thread

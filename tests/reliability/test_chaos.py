@@ -24,7 +24,6 @@ import psutil
 import pytest
 
 from tests.bus.test_runner import Recording, assert_features_match, reference_snapshots
-from tests.conftest import recreate_topics
 from tests.reliability.harness import (
     KEY,
     START_MS,
@@ -41,6 +40,7 @@ from tests.reliability.harness import (
     read_topic,
     wait_until,
 )
+from tradepulse.bus.admin import recreate_topics
 from tradepulse.config import Settings
 from tradepulse.sources.simulator import SimulatorConfig, run_simulator_in_thread
 from tradepulse.topics import FEATURES, QUOTES, TRADES

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import recreate_topics
 from tests.reliability.harness import TICKERS, Services, child_env, committed_total, wait_until
+from tradepulse.bus.admin import recreate_topics
 from tradepulse.bus.local_kafka import free_port
 from tradepulse.config import Settings
 from tradepulse.sources.simulator import SimulatorConfig, run_simulator_in_thread

@@ -10,7 +10,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from tradepulse.bus.clients import base_config
 from tradepulse.config import Settings
-from tradepulse.topics import TopicSpec, topic_specs
+from tradepulse.topics import ALL_TOPICS, TopicSpec, topic_specs
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,25 @@ def _wait_for_leaders(admin: AdminClient, names: list[str], timeout_s: float = 3
             return
         time.sleep(0.1)
     raise TimeoutError(f"topics without a leader after {timeout_s:.0f}s: {names}")
+
+
+def recreate_topics(settings: Settings, timeout_s: float = 60.0) -> None:
+    """Delete and re-create every project topic, empty (tests and benchmarks start from a clean slate)."""
+    admin = admin_client(settings)
+    present = [t for t in admin.list_topics(timeout=10).topics if t in ALL_TOPICS]
+    if present:
+        for future in admin.delete_topics(present, operation_timeout=30).values():
+            future.result()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ensure_topics(settings)
+            return
+        except Exception:
+            # Deletion is asynchronous on the broker; creation fails until it has finished.
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def describe_topics(settings: Settings) -> list[TopicState]:
