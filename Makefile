@@ -65,7 +65,7 @@ bench: kafka-jars
 	$(BIN)/tradepulse bench
 
 chaos: kafka-jars
-	$(BIN)/pytest -m slow tests/reliability $(PYTEST_ARGS)
+	$(BIN)/pytest -m "" tests/reliability $(PYTEST_ARGS)
 
 clean:
 	rm -rf .pytest_cache .ruff_cache cdk.out test-artifacts results layers/build
