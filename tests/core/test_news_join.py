@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tradepulse.core.news_join import NewsJoiner, correlation_id
+from tradepulse.core.news_join import NewsJoiner, correlation_id, correlation_strength
 from tradepulse.ids import news_event_id
 from tradepulse.models import Correlation
 
@@ -251,3 +251,144 @@ def test_max_pending_finalises_oldest_early() -> None:
     out = j.advance({"AAPL": T0})
     assert [r["article_id"] for r in out] == [0, 1] and j.pending_count == 2
     assert [r["article_id"] for r in j.flush()] == [2, 3]
+
+
+def test_history_memory_is_a_fixed_ring_per_ticker() -> None:
+    j = NewsJoiner()
+    tickers = np.array([f"T{i:02d}" for i in range(50)], dtype=object)
+    sizes = []
+    for start in range(T0, T0 + 1_200_000, 20_000):  # 20 minutes, 10 trades/s per ticker
+        ts = np.repeat(np.arange(start, start + 20_000, 100, dtype=np.int64), tickers.size)
+        tk = np.tile(tickers, ts.size // tickers.size)
+        j.add_zscores(tk, ts + np.arange(ts.size) % 97, np.full(ts.size, 0.5))
+        j.advance(dict.fromkeys(tickers.tolist(), int(ts[-1])))
+        sizes.append(j.history_nbytes())
+    per_ticker = sizes[0] // tickers.size
+    assert sizes == [sizes[0]] * len(sizes) and 0 < per_ticker < 300_000
+    assert j.history_size() <= tickers.size * (j.history_ms + 10_000) // 100
+
+
+class _ReferenceJoin:
+    """Plain-Python model of the documented join: every point kept, bucket peak/last derived on demand."""
+
+    def __init__(self, window_ms: int, z_threshold: float, max_delay_ms: int, resolution_ms: int) -> None:
+        self.window, self.threshold, self.res = window_ms, z_threshold, resolution_ms
+        self.history = window_ms + max_delay_ms
+        self.slack = max(1, 10_000 // resolution_ms)
+        self.points: dict[str, dict[int, list[tuple[int, float, int]]]] = {}
+        self.wm: dict[str, int] = {}
+        self.pending: list[tuple[int, int, str, dict]] = []
+        self.beyond_retention = 0
+        self.seq = 0
+
+    def add_zscores(self, tk: list[str], ts: list[int], z: list[float]) -> None:
+        for name, t, v in zip(tk, ts, z, strict=True):
+            if not math.isfinite(v) or (name in self.wm and t < self.wm[name] - self.history):
+                continue
+            self.seq += 1
+            self.points.setdefault(name, {}).setdefault(t // self.res, []).append((t, v, self.seq))
+
+    def add_article(self, art: dict) -> None:
+        self.seq += 1
+        self.pending.append((art["published_ts_ms"], self.seq, art["ticker"], art))
+
+    def _buckets(self, name: str) -> dict[int, tuple[tuple[float, int], tuple[float, int]]]:
+        """bucket -> ((peak z, its earliest ts), (last z, its ts; the later arrival on a tie))."""
+        out = {}
+        for b, pts in self.points.get(name, {}).items():
+            peak = max(pts, key=lambda p: (p[1], -p[0]))
+            last = max(pts, key=lambda p: (p[0], p[2]))
+            out[b] = ((peak[1], peak[0]), (last[1], last[0]))
+        return out
+
+    def result(self, name: str, t: int, art: dict) -> dict:
+        wm = self.wm.get(name)
+        if wm is not None and t - self.window < wm - self.history:
+            self.beyond_retention += 1
+        buckets = self._buckets(name)
+        cands = [p for pair in buckets.values() for p in pair if t - self.window <= p[1] <= t + self.window]
+        peak = max(cands, key=lambda p: (p[0], -p[1])) if cands else None
+        at_publish = None
+        for b in sorted((b for b in buckets if b <= t // self.res), reverse=True):
+            (pz, pts), (lz, lts) = buckets[b]
+            if lts <= t and lts > pts:
+                at_publish = lz
+            elif pts <= t:
+                at_publish = pz  # equal times: the peak point
+            if at_publish is not None:
+                break
+        matched = peak[0] if peak is not None and peak[0] >= self.threshold else None
+        compound = art["sentiment"]["compound"]
+        return {
+            "correlation_id": correlation_id(art["article_id"], name),
+            "volume_zscore_at_publish": at_publish,
+            "peak_zscore": peak[0] if peak else None,
+            "matched_zscore": matched,
+            "lag_seconds": (peak[1] - t) / 1000 if matched is not None else None,
+            "correlation_strength": correlation_strength(compound, matched, self.threshold),
+        }
+
+    def advance(self, watermarks: dict[str, int]) -> list[dict]:
+        for name, wm in watermarks.items():
+            self.wm[name] = max(wm, self.wm.get(name, wm))
+        out = []
+        for name in watermarks:
+            ready = sorted(p for p in self.pending if p[2] == name and p[0] + self.window <= self.wm[name])
+            for p in ready:
+                self.pending.remove(p)
+                out.append(self.result(name, p[0], p[3]))
+            buckets = self.points.get(name)
+            cutoff = (self.wm[name] - self.history) // self.res
+            if buckets and cutoff >= min(buckets) + self.slack:
+                self.points[name] = {b: v for b, v in buckets.items() if b >= cutoff}
+        return out
+
+    def flush(self) -> list[dict]:
+        out = [self.result(p[2], p[0], p[3]) for p in sorted(self.pending)]
+        self.pending = []
+        return out
+
+
+FIELDS = ("correlation_id", "volume_zscore_at_publish", "peak_zscore", "matched_zscore", "lag_seconds")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_matches_a_reference_join_on_random_streams(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    window, max_delay, res = 1_000, 3_000, 50 if seed % 2 else 100
+    j = NewsJoiner(window, 2.0, max_delay_ms=max_delay, resolution_ms=res)
+    ref = _ReferenceJoin(window, 2.0, max_delay, res)
+    names = ["AAA", "BBB", "CCC"]
+    now, aid, got, want = T0, 0, [], []
+    for _ in range(120):
+        now += int(rng.integers(0, 700))
+        n = int(rng.integers(0, 40))
+        tk = rng.choice(names, n).tolist()
+        # Out of order, shared timestamps, a few far-late points, tied and non-finite z values.
+        ts = (now - rng.integers(0, 1_500, n) - 6_000 * (rng.random(n) < 0.05)).tolist()
+        z = (np.round(rng.normal(0.5, 1.5, n) * 2) / 2).tolist()
+        z = [float("nan") if rng.random() < 0.02 else v for v in z]
+        j.add_zscores(np.array(tk, dtype=object), np.array(ts, dtype=np.int64), np.array(z))
+        ref.add_zscores(tk, ts, z)
+        for _ in range(int(rng.poisson(0.4))):
+            aid += 1  # late by up to ~6 s: some within, some beyond the retention
+            art = article(
+                aid, str(rng.choice(names)), now - int(rng.integers(0, 6_000)), float(rng.uniform(-1, 1))
+            )
+            j.add_articles([art])
+            ref.add_article(art)
+        seen = {
+            name: max((t for k, t in zip(tk, ts, strict=True) if k == name), default=None) for name in names
+        }
+        wms = {name: t for name, t in seen.items() if t is not None}
+        if wms:
+            got.append([{f: r[f] for f in (*FIELDS, "correlation_strength")} for r in j.advance(wms)])
+            want.append(ref.advance(wms))
+    got.append([{f: r[f] for f in (*FIELDS, "correlation_strength")} for r in j.flush()])
+    want.append(ref.flush())
+    assert got == want
+    assert sum(map(len, want)) == aid > 10
+    assert j.stats["beyond_retention"] == ref.beyond_retention
+    assert 0 < ref.beyond_retention < aid  # late articles both within and beyond the retention
+    assert any(r["matched_zscore"] is not None for batch in want for r in batch)
+    assert any(r["volume_zscore_at_publish"] is not None for batch in want for r in batch)

@@ -67,56 +67,147 @@ def correlation_strength(compound: float, matched_z: float | None, z_threshold: 
     return "weak"
 
 
-class _TickerHistory:
-    """Per-bucket peak and last z-score points of one ticker.
+_EMPTY = np.iinfo(np.int64).min  # bucket number of a slot that holds nothing
 
-    A bucket is `[peak_z, peak_ts, last_ts, last_z]`. The dict is keyed by bucket number; eviction is
-    amortised (only once the cutoff is a full `evict_slack` past the oldest bucket).
+
+class _TickerHistory:
+    """Per-bucket peak and last z-score points of one ticker, in fixed-size numpy ring arrays.
+
+    Slot `b % size` holds bucket `b`: its peak (z, ts) and its last (ts, z); timestamps are stored as
+    offsets into the bucket. `bucket` holds the bucket number of each slot (`_EMPTY` when free), so a
+    stale slot is told apart from the current one. The ring covers the retention, the amortised
+    eviction slack and one window ahead of the watermark, so in normal operation (z-scores no further
+    ahead of the watermark than that) no remembered bucket is ever overwritten; beyond that the newer
+    bucket wins and the displaced points are counted as dropped. Eviction is amortised (only once the
+    cutoff is a full `evict_slack` past the oldest bucket) and frees the evicted slots.
     """
 
-    __slots__ = ("buckets", "min_bucket")
+    __slots__ = ("bucket", "last_off", "last_z", "min_bucket", "peak_off", "peak_z", "res", "size")
 
-    def __init__(self) -> None:
-        self.buckets: dict[int, list[Any]] = {}
+    def __init__(self, size: int, res: int) -> None:
+        off_dtype = np.int16 if res <= np.iinfo(np.int16).max else np.int32 if res <= 2**31 - 1 else np.int64
+        self.size, self.res = size, res
+        self.bucket = np.full(size, _EMPTY, dtype=np.int64)
+        self.peak_z = np.zeros(size, dtype=np.float64)
+        self.peak_off = np.zeros(size, dtype=off_dtype)
+        self.last_off = np.zeros(size, dtype=off_dtype)
+        self.last_z = np.zeros(size, dtype=np.float64)
         self.min_bucket: int | None = None
 
-    def merge(self, bucket: np.ndarray, ts: np.ndarray, z: np.ndarray) -> None:
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.bucket, self.peak_z, self.peak_off, self.last_off, self.last_z))
+
+    def count(self) -> int:
+        return int(np.count_nonzero(self.bucket != _EMPTY))
+
+    def merge(self, bucket: np.ndarray, ts: np.ndarray, z: np.ndarray) -> int:
+        """Fold points into the ring; returns how many were lost to ring collisions."""
         # Peak per bucket: sort by bucket, then z descending, then ts ascending (earliest peak wins).
         order = np.lexsort((ts, -z, bucket))
         b_sorted = bucket[order]
         starts = np.flatnonzero(np.r_[True, b_sorted[1:] != b_sorted[:-1]])
         peak_idx = order[starts]
-        # Last per bucket: sort by bucket then ts; the last element of each group.
+        # Last per bucket: sort by bucket then ts (stable: arrival order breaks ts ties); the group's end.
         order_t = np.lexsort((ts, bucket))
         bt_sorted = bucket[order_t]
         ends = np.flatnonzero(np.r_[bt_sorted[1:] != bt_sorted[:-1], True])
         last_idx = order_t[ends]
-        rows = zip(
-            b_sorted[starts].tolist(),
-            z[peak_idx].tolist(),
-            ts[peak_idx].tolist(),
-            ts[last_idx].tolist(),
-            z[last_idx].tolist(),
-            strict=True,
-        )
-        buckets = self.buckets
-        for bk, pz, pts, lts, lz in rows:
-            cur = buckets.get(bk)
-            if cur is None:
-                buckets[bk] = [pz, pts, lts, lz]
-                if self.min_bucket is None or bk < self.min_bucket:
-                    self.min_bucket = bk
-                continue
-            if pz > cur[0] or (pz == cur[0] and pts < cur[1]):
-                cur[0], cur[1] = pz, pts
-            if lts >= cur[2]:
-                cur[2], cur[3] = lts, lz
+        bk = b_sorted[starts]  # ascending, unique
+        counts = np.diff(np.r_[starts, b_sorted.size])
+        pz, pts, lts, lz = z[peak_idx], ts[peak_idx], ts[last_idx], z[last_idx]
+        slot = bk % self.size
+        lost = 0
+        if bk.size > 1 and bk[-1] - bk[0] >= self.size:
+            # Buckets of this batch that share a slot: the newest wins.
+            o = np.lexsort((bk, slot))
+            keep = np.zeros(bk.size, dtype=bool)
+            keep[o[np.r_[slot[o][1:] != slot[o][:-1], True]]] = True
+            lost += int(counts[~keep].sum())
+            bk, counts, pz, pts, lts, lz, slot = (a[keep] for a in (bk, counts, pz, pts, lts, lz, slot))
+        cur = self.bucket[slot]
+        older = (cur != _EMPTY) & (cur > bk)  # the slot holds a newer bucket: drop these points
+        if older.any():
+            lost += int(counts[older].sum())
+            keep = ~older
+            bk, pz, pts, lts, lz, slot, cur = (a[keep] for a in (bk, pz, pts, lts, lz, slot, cur))
+        displaced = (cur != _EMPTY) & (cur < bk)
+        if displaced.any():
+            lost += int(displaced.sum())  # at least one point each; only past the ring's design bound
+        base = bk * self.res
+        same = cur == bk
+        # New (or displaced) slots take the batch's points as they are.
+        fresh = ~same
+        if fresh.any():
+            s = slot[fresh]
+            self.bucket[s] = bk[fresh]
+            self.peak_z[s] = pz[fresh]
+            self.peak_off[s] = pts[fresh] - base[fresh]
+            self.last_off[s] = lts[fresh] - base[fresh]
+            self.last_z[s] = lz[fresh]
+            lo = int(bk[fresh].min())
+            if self.min_bucket is None or lo < self.min_bucket:
+                self.min_bucket = lo
+        if same.any():
+            s, b0 = slot[same], base[same]
+            cpz, cpts = self.peak_z[s], self.peak_off[s] + b0
+            up = (pz[same] > cpz) | ((pz[same] == cpz) & (pts[same] < cpts))
+            self.peak_z[s[up]] = pz[same][up]
+            self.peak_off[s[up]] = pts[same][up] - b0[up]
+            upl = lts[same] >= self.last_off[s] + b0
+            self.last_off[s[upl]] = lts[same][upl] - b0[upl]
+            self.last_z[s[upl]] = lz[same][upl]
+        return lost
 
     def evict_before(self, cutoff_bucket: int, slack: int) -> None:
         if self.min_bucket is None or cutoff_bucket < self.min_bucket + slack:
             return
-        self.buckets = {k: v for k, v in self.buckets.items() if k >= cutoff_bucket}
-        self.min_bucket = min(self.buckets) if self.buckets else None
+        b = self.bucket
+        b[(b != _EMPTY) & (b < cutoff_bucket)] = _EMPTY
+        live = b[b != _EMPTY]
+        self.min_bucket = int(live.min()) if live.size else None
+
+    def lookup(self, t: int, window_ms: int) -> tuple[float | None, float | None, int]:
+        """(z at publish, peak z in [t − window, t + window], time of that peak) from the ring."""
+        if self.min_bucket is None:
+            return None, None, 0
+        res, size = self.res, self.size
+        lo, hi = t - window_ms, t + window_ms
+        want = np.arange(lo // res, hi // res + 1, dtype=np.int64)
+        slot = want % size
+        hit = slot[self.bucket[slot] == want]
+        peak_z: float | None = None
+        peak_ts = 0
+        if hit.size:
+            base = self.bucket[hit] * res
+            z = np.concatenate((self.peak_z[hit], self.last_z[hit]))
+            ts = np.concatenate((self.peak_off[hit] + base, self.last_off[hit] + base))
+            inside = (ts >= lo) & (ts <= hi)  # window edges inclusive
+            if inside.any():
+                z, ts = z[inside], ts[inside]
+                best = z.max()
+                peak_z, peak_ts = float(best), int(ts[z == best].min())  # ties: the earliest
+        # Last point at or before t: the bucket of t may hold only later points, then the one before.
+        at_publish: float | None = None
+        tb = t // res
+        s = tb % size
+        if self.bucket[s] == tb:
+            at_publish = self._last_at_or_before(s, t)
+        if at_publish is None:
+            b = self.bucket
+            older = np.flatnonzero((b != _EMPTY) & (b < tb))
+            if older.size:
+                at_publish = self._last_at_or_before(int(older[np.argmax(b[older])]), t)
+        return at_publish, peak_z, peak_ts
+
+    def _last_at_or_before(self, s: int, t: int) -> float | None:
+        base = int(self.bucket[s]) * self.res
+        pts, lts = int(self.peak_off[s]) + base, int(self.last_off[s]) + base
+        if lts <= t and lts > pts:
+            return float(self.last_z[s])
+        if pts <= t:
+            return float(self.peak_z[s])
+        return None
 
 
 class NewsJoiner:
@@ -156,6 +247,9 @@ class NewsJoiner:
         self.dedupe_horizon_ms = int(dedupe_horizon_ms)
         self.history_ms = self.window_ms + self.max_delay_ms
         self._evict_slack = max(1, 10_000 // self.resolution_ms)  # evict in ~10 s chunks
+        # Ring slots per ticker: retention + eviction slack + one window of z-scores ahead of the
+        # watermark (the runner's watermark is the ticker's newest trade, so nothing is ahead of it).
+        self._ring_size = -(-(self.history_ms + self.window_ms) // self.resolution_ms) + self._evict_slack + 2
         self._history: dict[str, _TickerHistory] = {}
         self._watermark: dict[str, int] = {}
         # Pending articles: per-ticker heap of (published_ts_ms, seq, correlation_id) + the articles.
@@ -192,9 +286,13 @@ class NewsJoiner:
             self.stats["zscores_dropped"] += int((~ok).sum())
             tk, ts, z = tk[ok], ts[ok], z[ok]
         bucket = ts // self.resolution_ms
-        for name in np.unique(tk).tolist():
-            mask = tk == name
-            b, t, zz = bucket[mask], ts[mask], z[mask]
+        # Group by ticker once (stable, so arrival order within a ticker is kept for ts ties).
+        names, inv = np.unique(tk, return_inverse=True)
+        order = np.argsort(inv, kind="stable")
+        bounds = np.searchsorted(inv[order], np.arange(len(names) + 1))
+        for i, name in enumerate(names.tolist()):
+            idx = order[bounds[i] : bounds[i + 1]]
+            b, t, zz = bucket[idx], ts[idx], z[idx]
             wm = self._watermark.get(name)
             if wm is not None:
                 # Older than anything an article could still need: nothing to remember.
@@ -206,8 +304,10 @@ class NewsJoiner:
                         continue
             hist = self._history.get(name)
             if hist is None:
-                hist = self._history[name] = _TickerHistory()
-            hist.merge(b, t, zz)
+                hist = self._history[name] = _TickerHistory(self._ring_size, self.resolution_ms)
+            lost = hist.merge(b, t, zz)
+            if lost:
+                self.stats["zscores_dropped"] += lost
 
     def add_articles(self, articles: Sequence[Mapping[str, Any]]) -> None:
         """Queue NewsArticle dicts (one per (article, ticker)); duplicates and emitted ids are dropped."""
@@ -285,7 +385,11 @@ class NewsJoiner:
 
     def history_size(self) -> int:
         """Remembered z-score buckets over all tickers (bounded by time × tickers / resolution)."""
-        return sum(len(h.buckets) for h in self._history.values())
+        return sum(h.count() for h in self._history.values())
+
+    def history_nbytes(self) -> int:
+        """Bytes of the z-score ring arrays over all tickers (fixed per ticker once it is seen)."""
+        return sum(h.nbytes for h in self._history.values())
 
     # --- internals ----------------------------------------------------------------------------
 
@@ -331,37 +435,9 @@ class NewsJoiner:
     def _lookup(self, ticker: str, t: int) -> tuple[float | None, float | None, int]:
         """(z at publish, peak z in window, time of peak) for an article of `ticker` at `t`."""
         hist = self._history.get(ticker)
-        if hist is None or not hist.buckets:
+        if hist is None:
             return None, None, 0
-        buckets, res = hist.buckets, self.resolution_ms
-        lo, hi = t - self.window_ms, t + self.window_ms
-        peak_z: float | None = None
-        peak_ts = 0
-        for bk in range(lo // res, hi // res + 1):
-            cur = buckets.get(bk)
-            if cur is None:
-                continue
-            # The bucket's peak, or else its last point, when inside the window (edges inclusive).
-            for z, ts in ((cur[0], cur[1]), (cur[3], cur[2])):
-                if lo <= ts <= hi and (peak_z is None or z > peak_z or (z == peak_z and ts < peak_ts)):
-                    peak_z, peak_ts = z, ts
-        at_publish = None
-        floor = hist.min_bucket if hist.min_bucket is not None else t // res
-        for bk in range(t // res, floor - 1, -1):
-            cur = buckets.get(bk)
-            if cur is None:
-                continue
-            best_ts = -1
-            for z, ts in ((cur[0], cur[1]), (cur[3], cur[2])):
-                if ts <= t and ts > best_ts:
-                    best_ts, at_publish = ts, z
-            if at_publish is not None:
-                break
-        return (
-            float(at_publish) if at_publish is not None else None,
-            float(peak_z) if peak_z is not None else None,
-            int(peak_ts),
-        )
+        return hist.lookup(t, self.window_ms)
 
     def _expire_emitted(self) -> None:
         if self._unexpired_seeds and self._watermark:
