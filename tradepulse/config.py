@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     ingest_dedupe_window: int = Field(
         default=200_000, description="Recent event ids kept to drop events resent after a reconnect."
     )
+    ingest_replay_horizon_s: float = Field(
+        default=10.0,
+        description="How far back (s) the feed may resend events to a new subscription; a starting ingest "
+        "reads this much (plus a margin) of the trades/quotes tail to skip what is already in Kafka.",
+    )
     news_lookback_days: int = Field(default=2, description="company-news `from` = today − this.")
 
     # --- simulator (used when no API keys are set) ----------------------------------------------

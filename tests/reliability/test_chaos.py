@@ -4,7 +4,7 @@ trade set, and every feature snapshot equals an independent batch recomputation.
 
 The simulator runs with `resend_blocks`: on every (re)subscription it replays its last blocks, so a
 restarted ingest gets again what its killed predecessor had received but not yet published; the ingest
-drops what is already in Kafka by event id (its dedupe window is seeded from the topics' tail). The
+drops what is already in Kafka (each ticker's highest sequence in the topics' last 60 s). The
 runner needs nothing of the kind: offsets, outputs and sinks are committed together (see
 `tradepulse.bus.runner`).
 
@@ -118,12 +118,14 @@ def run_chaos(plan: Plan, kafka_bootstrap: str, tmp_path: Path) -> ChaosReport:
             resend_blocks=1200,
         )
     )
-    # The dedupe window must hold at least the replay (60 s × rate) *per partition*: ingest seeds it
-    # with an equal share of each input partition's tail (window / 6), and with 5 tickers on 3
-    # partitions one partition can carry most of the rate. Smaller, and resent events older than the
-    # window are published twice (and out of order).
-    window = max(200_000, int(6 * 60 * plan.rate))
-    services = Services(tmp_path / "logs", child_env(settings, TRADEPULSE_INGEST_DEDUPE_WINDOW=str(window)))
+    # A restarted ingest reads each input partition's last 60 s (the replay) for every ticker's highest
+    # published sequence and drops the replay up to it. The id window only serves reconnects of a live
+    # ingest, where the feed resends the same 60 s: it must hold that many events.
+    window = max(200_000, int(60 * plan.rate))
+    env = child_env(
+        settings, TRADEPULSE_INGEST_DEDUPE_WINDOW=str(window), TRADEPULSE_INGEST_REPLAY_HORIZON_S="60"
+    )
+    services = Services(tmp_path / "logs", env)
     try:
         with RssSampler(services) as rss:
             services.start("runner", "process", "--instance", "0", "--progress-s", "5")

@@ -278,3 +278,47 @@ def test_recent_ids_window_is_bounded() -> None:
     assert not recent.seen("d")  # evicts "a"
     assert not recent.seen("a")  # forgotten, so it counts as new again
     assert recent.seen("d")
+
+
+def partitions_of(settings: Settings, topic: str, expect: int) -> dict[str, set[int]]:
+    out: dict[str, set[int]] = {}
+    for message in consume(settings, topic, expect=expect):
+        out.setdefault(message.key().decode(), set()).add(message.partition())
+    return out
+
+
+def test_restart_with_a_replaying_feed_publishes_exactly_once_on_uneven_partitions(
+    kafka_settings: Settings,
+) -> None:
+    """A restarted ingest against a feed that replays its recent past: AAPL trades 10× as often as MSFT,
+    on another partition. The killed predecessor got a prefix of each ticker into Kafka (AAPL ≤ 80,
+    MSFT ≤ 8) and lost the rest; the feed replays AAPL 41–100 and MSFT 5–10 before going on. The old
+    seed (an equal count of ids per partition, here 10) knew only AAPL 71–80 and republished 41–70
+    behind newer trades."""
+    tickers = ["AAPL", "MSFT"]
+    settings = fast_settings(kafka_settings, tickers=tickers, ingest_dedupe_window=60)
+
+    def frames(aapl: range, msft: range) -> list[bytes | str]:
+        # Ten AAPL trades per MSFT trade, interleaved in frames of one MSFT tick each.
+        out: list[bytes | str] = []
+        for m in msft:
+            batch = [trade(a) for a in aapl if (a - 1) // 10 == m - 1] + [trade(m, sym="MSFT")]
+            out.append(orjson.dumps(batch))
+        return out
+
+    dlq = open_dlq(settings)
+    first, _ = asyncio.run(run_scripted(settings, [frames(range(1, 81), range(1, 9))], dlq))
+    assert first.metrics.published == 88
+    where = partitions_of(settings, TRADES, 88)
+    assert len(where["AAPL"] | where["MSFT"]) == 2  # one partition each: the uneven case
+
+    replay_and_more = frames(range(41, 151), range(5, 16))
+    restarted, _ = asyncio.run(run_scripted(settings, [replay_and_more], dlq))
+    assert restarted.metrics.duplicates == 40 + 4  # AAPL 41–80, MSFT 5–8 were already in Kafka
+
+    records = [orjson.loads(m.value()) for m in consume(settings, TRADES, expect=150 + 15)]
+    for ticker, last in (("AAPL", 150), ("MSFT", 15)):
+        in_kafka_order = [r["sequence"] for r in records if r["ticker"] == ticker]
+        assert in_kafka_order == list(range(1, last + 1))  # exactly once, in sequence order
+    assert dlq.depth() == 0
+    dlq.close()

@@ -12,9 +12,10 @@ slowed by TCP flow control. Memory stays bounded by the producer queue plus N fr
 Invalid events go to the dead-letter queue with their raw payload and reason; the stream continues. So do
 events of a ticker the service did not subscribe to (`UnknownTicker`; not checked for a `*` subscription).
 Events already published (a server resending after a reconnect) are dropped by event id using a bounded
-window of recent ids — the idempotent producer only dedupes its own retries. On start the window is seeded
-with the ids of the topics' last records, so a feed that replays recent events to a restarted ingest (after
-a crash) does not get them published twice either.
+window of recent ids — the idempotent producer only dedupes its own retries. On start the service reads
+the topics' tail by time (`ingest_replay_horizon_s`) for each ticker's highest published sequence, so a
+feed that replays recent events to a restarted ingest (after a crash) gets exactly the ones its killed
+predecessor never got into Kafka published (`seed_published_sequences`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -110,42 +111,79 @@ class RecentIds:
         return False
 
 
-def seed_recent_ids(settings: Settings, recent: RecentIds, timeout_s: float = 60.0) -> int:
-    """Remember the event ids of the last `recent.capacity` records of market.trades and market.quotes
-    (shared evenly over their partitions); returns how many were read."""
+#: Added to `ingest_replay_horizon_s` when seeding: slack for a feed whose resend spans a little more
+#: wall time than nominal (e.g. a simulator behind schedule).
+SEED_MARGIN_S = 10.0
+
+
+def seed_published_sequences(
+    settings: Settings, timeout_s: float = 60.0
+) -> tuple[dict[str, dict[str, int]], int]:
+    """Highest sequence per ticker already in market.trades / market.quotes, as {topic: {ticker: seq}},
+    and how many records were read to find it.
+
+    Every partition is read by *time*, from (newest record − `ingest_replay_horizon_s` − margin) to its
+    end, so a busy partition and a quiet one cover the same span of the feed. A per-ticker high-water
+    mark suffices because the feed's sequences increase per ticker and the idempotent producer lands a
+    prefix of what it was given in each partition, also when killed: whatever of a replay is at or below
+    the mark is in Kafka, whatever is above is not (contiguity is not assumed).
+    """
+    marks: dict[str, dict[str, int]] = {TRADES: {}, QUOTES: {}}
+    if settings.ingest_replay_horizon_s <= 0:
+        return marks, 0
+    # read_committed is moot: ingest's producer is idempotent, not transactional, so LSO = high watermark.
     consumer = Consumer(consumer_config(settings, "tradepulse-ingest-seed", **{"enable.partition.eof": True}))
     deadline = time.monotonic() + timeout_s
     try:
         metadata = consumer.list_topics(timeout=10).topics
-        partitions = [
-            TopicPartition(t, p) for t in (TRADES, QUOTES) if t in metadata for p in metadata[t].partitions
-        ]
-        per_partition = recent.capacity // max(1, len(partitions))
-        starts = []
-        for tp in partitions:
-            low, high = _watermarks(consumer, tp, deadline)
-            if high > low:
-                starts.append(TopicPartition(tp.topic, tp.partition, max(low, high - per_partition)))
-        pending = {(tp.topic, tp.partition) for tp in starts}
-        if not pending:
-            return 0
-        consumer.assign(starts)
-        seen = 0
-        while pending and time.monotonic() < deadline:
-            for message in consumer.consume(10_000, timeout=0.5):
-                error = message.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        pending.discard((message.topic(), message.partition()))
-                    continue
-                with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError):
-                    recent.seen(orjson.loads(message.value())["event_id"])
-                    seen += 1
-        if pending:
-            log.warning("ingest: dedupe seed did not reach the end of %s", sorted(pending))
-        return seen
+        ends: dict[tuple[str, int], int] = {}
+        for topic in (TRADES, QUOTES):
+            for p in metadata[topic].partitions if topic in metadata else ():
+                low, high = _watermarks(consumer, TopicPartition(topic, p), deadline)
+                if high > low:
+                    ends[(topic, p)] = high
+        if not ends:
+            return marks, 0
+        last = {k: high - 1 for k, high in ends.items()}
+        newest = max((m.timestamp()[1] for m in _read_to_end(consumer, last, deadline)), default=None)
+        if newest is None:
+            return marks, 0
+        since_ms = newest - int((settings.ingest_replay_horizon_s + SEED_MARGIN_S) * 1000)
+        found = consumer.offsets_for_times(
+            [TopicPartition(t, p, since_ms) for t, p in ends], timeout=max(1.0, deadline - time.monotonic())
+        )
+        # offset -1: no record at or after since_ms in that partition, nothing there can be resent.
+        starts = {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
+        read = 0
+        for message in _read_to_end(consumer, starts, deadline):
+            read += 1
+            with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+                by_ticker = marks[message.topic()]
+                ticker, seq = message.key().decode(), int(orjson.loads(message.value())["sequence"])
+                if seq > by_ticker.get(ticker, -1):
+                    by_ticker[ticker] = seq
+        return marks, read
     finally:
         consumer.close()
+
+
+def _read_to_end(
+    consumer: Consumer, starts: dict[tuple[str, int], int], deadline: float
+) -> Iterator[Message]:
+    """Every record from each partition's start offset to its end (partition EOF), in a stream."""
+    pending = set(starts)
+    if not pending:
+        return
+    consumer.assign([TopicPartition(t, p, offset) for (t, p), offset in starts.items()])
+    while pending and time.monotonic() < deadline:
+        for message in consumer.consume(10_000, timeout=0.5):
+            error = message.error()
+            if error is None:
+                yield message
+            elif error.code() == KafkaError._PARTITION_EOF:
+                pending.discard((message.topic(), message.partition()))
+    if pending:
+        log.warning("ingest: dedupe seed did not reach the end of %s", sorted(pending))
 
 
 def _watermarks(consumer: Consumer, tp: TopicPartition, deadline: float) -> tuple[int, int]:
@@ -180,6 +218,8 @@ class IngestService:
         self._on_ack_latency = on_ack_latency
         self._queue: asyncio.Queue[ParsedFrame | None] = asyncio.Queue(maxsize=settings.ingest_queue_frames)
         self._recent = RecentIds(settings.ingest_dedupe_window)
+        # Per topic, ticker → highest sequence already in Kafka when this service started (see run()).
+        self._published: dict[str, dict[str, int]] = {TRADES: {}, QUOTES: {}}
         self._failed_deliveries: list[Reject] = []
         self._metrics = IngestMetrics()
         subscribed = {sub.split(".", 1)[-1] for sub in self.client.subscriptions}
@@ -194,9 +234,17 @@ class IngestService:
 
     async def run(self) -> None:
         """Stream until `stop()` (returns after flushing) or a fatal feed error (raised after flushing)."""
-        seeded = await asyncio.to_thread(seed_recent_ids, self.settings, self._recent)
-        if seeded:
-            log.info("ingest: dedupe window seeded with %d recent event ids", seeded)
+        started = time.monotonic()
+        self._published, read = await asyncio.to_thread(seed_published_sequences, self.settings)
+        if read:
+            log.info(
+                "ingest: %d tickers already in Kafka (read %d records of the last %.0f s + %.0f s in %.2f s)",
+                sum(map(len, self._published.values())),
+                read,
+                self.settings.ingest_replay_horizon_s,
+                SEED_MARGIN_S,
+                time.monotonic() - started,
+            )
         reader = asyncio.create_task(self._read(), name="ingest-reader")
         publisher = asyncio.create_task(self._publish(), name="ingest-publisher")
         reports = asyncio.create_task(self._serve_reports(), name="ingest-delivery-reports")
@@ -235,11 +283,16 @@ class IngestService:
         while (frame := await queue.get()) is not None:
             metrics.received += frame.events
             for topic, records in ((TRADES, frame.trades), (QUOTES, frame.quotes)):
+                published = self._published[topic]
                 for record in records:
                     if tickers is not None and record["ticker"] not in tickers:
                         frame.rejects.append(_unknown_ticker(record, topic))
                         continue
-                    if recent.seen(record["event_id"]):
+                    # A feed's replay to this (restarted) service: at or below the mark it is in Kafka.
+                    # Resends after a reconnect of this service are caught by the id window.
+                    if record["sequence"] <= published.get(record["ticker"], -1) or recent.seen(
+                        record["event_id"]
+                    ):
                         metrics.duplicates += 1
                         continue
                     value, key = orjson.dumps(record), record["ticker"]
