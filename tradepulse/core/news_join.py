@@ -68,120 +68,150 @@ def correlation_strength(compound: float, matched_z: float | None, z_threshold: 
 
 
 _EMPTY = np.iinfo(np.int64).min  # bucket number of a slot that holds nothing
+_NO_MIN = np.iinfo(np.int64).max  # min_bucket of a ticker with nothing remembered
+_NO_WATERMARK = -(2**62)
 
 
-class _TickerHistory:
-    """Per-bucket peak and last z-score points of one ticker, in fixed-size numpy ring arrays.
+class _Rings:
+    """Per-bucket peak and last z-score points of every ticker, in fixed-size numpy ring arrays.
 
-    Slot `b % size` holds bucket `b`: its peak (z, ts) and its last (ts, z); timestamps are stored as
-    offsets into the bucket. `bucket` holds the bucket number of each slot (`_EMPTY` when free), so a
-    stale slot is told apart from the current one. The ring covers the retention, the amortised
-    eviction slack and one window ahead of the watermark, so in normal operation (z-scores no further
-    ahead of the watermark than that) no remembered bucket is ever overwritten; beyond that the newer
-    bucket wins and the displaced points are counted as dropped. Eviction is amortised (only once the
-    cutoff is a full `evict_slack` past the oldest bucket) and frees the evicted slots.
+    Row `code` is one ticker's ring; slot `b % size` holds bucket `b`: its peak (z, ts) and its last
+    (ts, z), timestamps stored as offsets into the bucket. `bucket` holds each slot's bucket number
+    (`_EMPTY` when free), so a stale slot is told apart from the current one. A ring covers the
+    retention, the amortised eviction slack and one window ahead of the watermark, so in normal
+    operation (z-scores no further ahead of the watermark than that) no remembered bucket is ever
+    overwritten; beyond that the newer bucket wins and the displaced points are counted as dropped.
+    Eviction is amortised (only once the cutoff is a full `evict_slack` past the oldest bucket).
     """
 
-    __slots__ = ("bucket", "last_off", "last_z", "min_bucket", "peak_off", "peak_z", "res", "size")
-
     def __init__(self, size: int, res: int) -> None:
-        off_dtype = np.int16 if res <= np.iinfo(np.int16).max else np.int32 if res <= 2**31 - 1 else np.int64
         self.size, self.res = size, res
-        self.bucket = np.full(size, _EMPTY, dtype=np.int64)
-        self.peak_z = np.zeros(size, dtype=np.float64)
-        self.peak_off = np.zeros(size, dtype=off_dtype)
-        self.last_off = np.zeros(size, dtype=off_dtype)
-        self.last_z = np.zeros(size, dtype=np.float64)
-        self.min_bucket: int | None = None
+        self.off_dtype = np.int16 if res <= np.iinfo(np.int16).max else np.int64
+        self.codes: dict[str, int] = {}
+        self._alloc(0)
+
+    def _alloc(self, rows: int) -> None:
+        shape = (rows, self.size)
+        self.bucket = np.full(shape, _EMPTY, dtype=np.int64)
+        self.peak_z = np.zeros(shape, dtype=np.float64)
+        self.peak_off = np.zeros(shape, dtype=self.off_dtype)
+        self.last_off = np.zeros(shape, dtype=self.off_dtype)
+        self.last_z = np.zeros(shape, dtype=np.float64)
+        self.min_bucket = np.full(rows, _NO_MIN, dtype=np.int64)
+
+    def _grow(self, rows: int) -> None:
+        old = (self.bucket, self.peak_z, self.peak_off, self.last_off, self.last_z, self.min_bucket)
+        self._alloc(rows)
+        n = old[0].shape[0]
+        for new, prev in zip(
+            (self.bucket, self.peak_z, self.peak_off, self.last_off, self.last_z, self.min_bucket),
+            old,
+            strict=True,
+        ):
+            new[:n] = prev
+
+    def code(self, name: str) -> int:
+        code = self.codes.get(name)
+        if code is None:
+            code = self.codes[name] = len(self.codes)
+            if code >= self.bucket.shape[0]:
+                self._grow(code + 1 + min(32, code // 8))  # some headroom: tickers arrive in bursts
+        return code
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.bucket, self.peak_z, self.peak_off, self.last_off, self.last_z))
+        arrays = (self.bucket, self.peak_z, self.peak_off, self.last_off, self.last_z, self.min_bucket)
+        return sum(a.nbytes for a in arrays)
 
     def count(self) -> int:
         return int(np.count_nonzero(self.bucket != _EMPTY))
 
-    def merge(self, bucket: np.ndarray, ts: np.ndarray, z: np.ndarray) -> int:
-        """Fold points into the ring; returns how many were lost to ring collisions."""
-        # Peak per bucket: sort by bucket, then z descending, then ts ascending (earliest peak wins).
-        order = np.lexsort((ts, -z, bucket))
-        b_sorted = bucket[order]
-        starts = np.flatnonzero(np.r_[True, b_sorted[1:] != b_sorted[:-1]])
+    def merge(self, code: np.ndarray, bucket: np.ndarray, ts: np.ndarray, z: np.ndarray) -> int:
+        """Fold points of any tickers into the rings; returns how many were lost to ring collisions."""
+        # Peak per (ticker, bucket): sort by z descending then ts ascending (earliest peak wins).
+        order = np.lexsort((ts, -z, bucket, code))
+        c_s, b_s = code[order], bucket[order]
+        new_group = np.r_[True, (b_s[1:] != b_s[:-1]) | (c_s[1:] != c_s[:-1])]
+        starts = np.flatnonzero(new_group)
         peak_idx = order[starts]
-        # Last per bucket: sort by bucket then ts (stable: arrival order breaks ts ties); the group's end.
-        order_t = np.lexsort((ts, bucket))
-        bt_sorted = bucket[order_t]
-        ends = np.flatnonzero(np.r_[bt_sorted[1:] != bt_sorted[:-1], True])
+        # Last per (ticker, bucket): sort by ts (stable: arrival order breaks ts ties); the group's end.
+        order_t = np.lexsort((ts, bucket, code))
+        ends = np.r_[starts[1:], order.size] - 1  # same groups in the same order
         last_idx = order_t[ends]
-        bk = b_sorted[starts]  # ascending, unique
-        counts = np.diff(np.r_[starts, b_sorted.size])
+        gc_, bk = c_s[starts], b_s[starts]
+        counts = np.diff(np.r_[starts, order.size])
         pz, pts, lts, lz = z[peak_idx], ts[peak_idx], ts[last_idx], z[last_idx]
-        slot = bk % self.size
+        size = self.size
+        slot = gc_ * size + bk % size
         lost = 0
-        if bk.size > 1 and bk[-1] - bk[0] >= self.size:
-            # Buckets of this batch that share a slot: the newest wins.
+        if slot.size > 1:
+            # Buckets of this batch that share a slot (more than a ring apart): the newest wins.
             o = np.lexsort((bk, slot))
-            keep = np.zeros(bk.size, dtype=bool)
-            keep[o[np.r_[slot[o][1:] != slot[o][:-1], True]]] = True
-            lost += int(counts[~keep].sum())
-            bk, counts, pz, pts, lts, lz, slot = (a[keep] for a in (bk, counts, pz, pts, lts, lz, slot))
-        cur = self.bucket[slot]
+            so = slot[o]
+            keep = np.zeros(slot.size, dtype=bool)
+            keep[o[np.r_[so[1:] != so[:-1], True]]] = True
+            if not keep.all():
+                lost += int(counts[~keep].sum())
+                gc_, bk, counts, pz, pts, lts, lz, slot = (
+                    a[keep] for a in (gc_, bk, counts, pz, pts, lts, lz, slot)
+                )
+        flat_b = self.bucket.reshape(-1)
+        cur = flat_b[slot]
         older = (cur != _EMPTY) & (cur > bk)  # the slot holds a newer bucket: drop these points
         if older.any():
             lost += int(counts[older].sum())
             keep = ~older
-            bk, pz, pts, lts, lz, slot, cur = (a[keep] for a in (bk, pz, pts, lts, lz, slot, cur))
-        displaced = (cur != _EMPTY) & (cur < bk)
-        if displaced.any():
-            lost += int(displaced.sum())  # at least one point each; only past the ring's design bound
+            gc_, bk, pz, pts, lts, lz, slot, cur = (a[keep] for a in (gc_, bk, pz, pts, lts, lz, slot, cur))
+        lost += int(np.count_nonzero((cur != _EMPTY) & (cur < bk)))  # displaced: past the design bound
         base = bk * self.res
+        peak_z, peak_off = self.peak_z.reshape(-1), self.peak_off.reshape(-1)
+        last_z, last_off = self.last_z.reshape(-1), self.last_off.reshape(-1)
         same = cur == bk
-        # New (or displaced) slots take the batch's points as they are.
         fresh = ~same
         if fresh.any():
             s = slot[fresh]
-            self.bucket[s] = bk[fresh]
-            self.peak_z[s] = pz[fresh]
-            self.peak_off[s] = pts[fresh] - base[fresh]
-            self.last_off[s] = lts[fresh] - base[fresh]
-            self.last_z[s] = lz[fresh]
-            lo = int(bk[fresh].min())
-            if self.min_bucket is None or lo < self.min_bucket:
-                self.min_bucket = lo
+            flat_b[s] = bk[fresh]
+            peak_z[s] = pz[fresh]
+            peak_off[s] = pts[fresh] - base[fresh]
+            last_off[s] = lts[fresh] - base[fresh]
+            last_z[s] = lz[fresh]
+            np.minimum.at(self.min_bucket, gc_[fresh], bk[fresh])
         if same.any():
-            s, b0 = slot[same], base[same]
-            cpz, cpts = self.peak_z[s], self.peak_off[s] + b0
-            up = (pz[same] > cpz) | ((pz[same] == cpz) & (pts[same] < cpts))
-            self.peak_z[s[up]] = pz[same][up]
-            self.peak_off[s[up]] = pts[same][up] - b0[up]
-            upl = lts[same] >= self.last_off[s] + b0
-            self.last_off[s[upl]] = lts[same][upl] - b0[upl]
-            self.last_z[s[upl]] = lz[same][upl]
+            s, b0, spz, spts, slts, slz = slot[same], base[same], pz[same], pts[same], lts[same], lz[same]
+            cpz = peak_z[s]
+            up = (spz > cpz) | ((spz == cpz) & (spts < peak_off[s] + b0))
+            peak_z[s[up]] = spz[up]
+            peak_off[s[up]] = spts[up] - b0[up]
+            upl = slts >= last_off[s] + b0
+            last_off[s[upl]] = slts[upl] - b0[upl]
+            last_z[s[upl]] = slz[upl]
         return lost
 
-    def evict_before(self, cutoff_bucket: int, slack: int) -> None:
-        if self.min_bucket is None or cutoff_bucket < self.min_bucket + slack:
+    def evict_before(self, code: int, cutoff_bucket: int, slack: int) -> None:
+        low = int(self.min_bucket[code])
+        if low == _NO_MIN or cutoff_bucket < low + slack:
             return
-        b = self.bucket
+        b = self.bucket[code]
         b[(b != _EMPTY) & (b < cutoff_bucket)] = _EMPTY
         live = b[b != _EMPTY]
-        self.min_bucket = int(live.min()) if live.size else None
+        self.min_bucket[code] = live.min() if live.size else _NO_MIN
 
-    def lookup(self, t: int, window_ms: int) -> tuple[float | None, float | None, int]:
-        """(z at publish, peak z in [t − window, t + window], time of that peak) from the ring."""
-        if self.min_bucket is None:
+    def lookup(self, code: int, t: int, window_ms: int) -> tuple[float | None, float | None, int]:
+        """(z at publish, peak z in [t − window, t + window], time of that peak) from one ring."""
+        if self.min_bucket[code] == _NO_MIN:
             return None, None, 0
         res, size = self.res, self.size
+        rb = self.bucket[code]
         lo, hi = t - window_ms, t + window_ms
         want = np.arange(lo // res, hi // res + 1, dtype=np.int64)
         slot = want % size
-        hit = slot[self.bucket[slot] == want]
+        hit = slot[rb[slot] == want]
         peak_z: float | None = None
         peak_ts = 0
         if hit.size:
-            base = self.bucket[hit] * res
-            z = np.concatenate((self.peak_z[hit], self.last_z[hit]))
-            ts = np.concatenate((self.peak_off[hit] + base, self.last_off[hit] + base))
+            base = rb[hit] * res
+            z = np.concatenate((self.peak_z[code, hit], self.last_z[code, hit]))
+            ts = np.concatenate((self.peak_off[code, hit] + base, self.last_off[code, hit] + base))
             inside = (ts >= lo) & (ts <= hi)  # window edges inclusive
             if inside.any():
                 z, ts = z[inside], ts[inside]
@@ -190,23 +220,21 @@ class _TickerHistory:
         # Last point at or before t: the bucket of t may hold only later points, then the one before.
         at_publish: float | None = None
         tb = t // res
-        s = tb % size
-        if self.bucket[s] == tb:
-            at_publish = self._last_at_or_before(s, t)
+        if rb[tb % size] == tb:
+            at_publish = self._last_at_or_before(code, tb % size, t)
         if at_publish is None:
-            b = self.bucket
-            older = np.flatnonzero((b != _EMPTY) & (b < tb))
+            older = np.flatnonzero((rb != _EMPTY) & (rb < tb))
             if older.size:
-                at_publish = self._last_at_or_before(int(older[np.argmax(b[older])]), t)
+                at_publish = self._last_at_or_before(code, int(older[np.argmax(rb[older])]), t)
         return at_publish, peak_z, peak_ts
 
-    def _last_at_or_before(self, s: int, t: int) -> float | None:
-        base = int(self.bucket[s]) * self.res
-        pts, lts = int(self.peak_off[s]) + base, int(self.last_off[s]) + base
+    def _last_at_or_before(self, code: int, s: int, t: int) -> float | None:
+        base = int(self.bucket[code, s]) * self.res
+        pts, lts = int(self.peak_off[code, s]) + base, int(self.last_off[code, s]) + base
         if lts <= t and lts > pts:
-            return float(self.last_z[s])
+            return float(self.last_z[code, s])  # equal times: the peak point, below
         if pts <= t:
-            return float(self.peak_z[s])
+            return float(self.peak_z[code, s])
         return None
 
 
@@ -250,7 +278,7 @@ class NewsJoiner:
         # Ring slots per ticker: retention + eviction slack + one window of z-scores ahead of the
         # watermark (the runner's watermark is the ticker's newest trade, so nothing is ahead of it).
         self._ring_size = -(-(self.history_ms + self.window_ms) // self.resolution_ms) + self._evict_slack + 2
-        self._history: dict[str, _TickerHistory] = {}
+        self._rings = _Rings(self._ring_size, self.resolution_ms)
         self._watermark: dict[str, int] = {}
         # Pending articles: per-ticker heap of (published_ts_ms, seq, correlation_id) + the articles.
         self._heaps: dict[str, list[tuple[int, int, str]]] = {}
@@ -285,29 +313,20 @@ class NewsJoiner:
         if not ok.all():
             self.stats["zscores_dropped"] += int((~ok).sum())
             tk, ts, z = tk[ok], ts[ok], z[ok]
-        bucket = ts // self.resolution_ms
-        # Group by ticker once (stable, so arrival order within a ticker is kept for ts ties).
         names, inv = np.unique(tk, return_inverse=True)
-        order = np.argsort(inv, kind="stable")
-        bounds = np.searchsorted(inv[order], np.arange(len(names) + 1))
-        for i, name in enumerate(names.tolist()):
-            idx = order[bounds[i] : bounds[i + 1]]
-            b, t, zz = bucket[idx], ts[idx], z[idx]
-            wm = self._watermark.get(name)
-            if wm is not None:
-                # Older than anything an article could still need: nothing to remember.
-                keep = t >= wm - self.history_ms
-                if not keep.all():
-                    self.stats["zscores_dropped"] += int((~keep).sum())
-                    b, t, zz = b[keep], t[keep], zz[keep]
-                    if t.size == 0:
-                        continue
-            hist = self._history.get(name)
-            if hist is None:
-                hist = self._history[name] = _TickerHistory(self._ring_size, self.resolution_ms)
-            lost = hist.merge(b, t, zz)
-            if lost:
-                self.stats["zscores_dropped"] += lost
+        names = names.tolist()
+        # Older than anything an article could still need (per ticker): nothing to remember.
+        floor = np.array([self._watermark.get(n, _NO_WATERMARK) for n in names], dtype=np.int64)
+        keep = ts >= floor[inv] - self.history_ms
+        if not keep.all():
+            self.stats["zscores_dropped"] += int((~keep).sum())
+            inv, ts, z = inv[keep], ts[keep], z[keep]
+            if ts.size == 0:
+                return
+        codes = np.array([self._rings.code(n) for n in names], dtype=np.int64)
+        lost = self._rings.merge(codes[inv], ts // self.resolution_ms, ts, z)
+        if lost:
+            self.stats["zscores_dropped"] += lost
 
     def add_articles(self, articles: Sequence[Mapping[str, Any]]) -> None:
         """Queue NewsArticle dicts (one per (article, ticker)); duplicates and emitted ids are dropped."""
@@ -355,7 +374,7 @@ class NewsJoiner:
         """
         for name, wm in watermark_ms.items():
             wm = int(wm)
-            if wm > self._watermark.get(name, -(2**62)):
+            if wm > self._watermark.get(name, _NO_WATERMARK):
                 self._watermark[name] = wm
         out: list[dict[str, Any]] = []
         for name in watermark_ms:
@@ -364,9 +383,11 @@ class NewsJoiner:
             while heap and heap[0][0] + self.window_ms <= wm:
                 _, _, cid = heapq.heappop(heap)
                 out.append(self._finalise(cid, wm))
-            hist = self._history.get(name)
-            if hist is not None:
-                hist.evict_before((wm - self.history_ms) // self.resolution_ms, self._evict_slack)
+            code = self._rings.codes.get(name)
+            if code is not None:
+                self._rings.evict_before(
+                    code, (wm - self.history_ms) // self.resolution_ms, self._evict_slack
+                )
         if len(self._pending) > self.max_pending:
             out.extend(self._force_oldest(len(self._pending) - self.max_pending))
         self._expire_emitted()
@@ -385,11 +406,11 @@ class NewsJoiner:
 
     def history_size(self) -> int:
         """Remembered z-score buckets over all tickers (bounded by time × tickers / resolution)."""
-        return sum(h.count() for h in self._history.values())
+        return self._rings.count()
 
     def history_nbytes(self) -> int:
         """Bytes of the z-score ring arrays over all tickers (fixed per ticker once it is seen)."""
-        return sum(h.nbytes for h in self._history.values())
+        return self._rings.nbytes
 
     # --- internals ----------------------------------------------------------------------------
 
@@ -434,10 +455,10 @@ class NewsJoiner:
 
     def _lookup(self, ticker: str, t: int) -> tuple[float | None, float | None, int]:
         """(z at publish, peak z in window, time of peak) for an article of `ticker` at `t`."""
-        hist = self._history.get(ticker)
-        if hist is None:
+        code = self._rings.codes.get(ticker)
+        if code is None:
             return None, None, 0
-        return hist.lookup(t, self.window_ms)
+        return self._rings.lookup(code, t, self.window_ms)
 
     def _expire_emitted(self) -> None:
         if self._unexpired_seeds and self._watermark:
