@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from tradepulse.core.columns import QuoteColumns, TradeColumns
-from tradepulse.core.features import FEATURE_COLUMNS, FeatureConfig, FeatureEngine
+from tradepulse.core.features import FEATURE_COLUMNS, FeatureConfig, FeatureEngine, vector_dict
 from tradepulse.models import FeatureVector
 
 CFG = FeatureConfig()
@@ -492,3 +492,64 @@ def test_core_imports_nothing_from_kafka_or_storage() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
+
+
+def test_long_stream_prefix_sums_do_not_drift() -> None:
+    """30 simulated minutes at ~2,000 trades/s in small batches (so the per-ticker state is compacted
+    and its prefix sums re-based many times), with wide price and size ranges and some in-grace
+    disorder: sampled vectors still equal the naive recomputation."""
+    rng = np.random.default_rng(11)
+    t0, seconds, tickers = 1_700_000_000_000, 1800, ("HI", "LO", "MID", "RARE")
+    rates, base_price = (1000.0, 500.0, 300.0, 2.0), (4000.0, 0.5, 60.0, 900.0)
+    cols: dict[str, list[np.ndarray]] = defaultdict(list)
+    for k, ticker in enumerate(tickers):
+        n = rng.poisson(rates[k] * seconds)
+        ts = np.sort(rng.integers(0, seconds * 1000, n))
+        price = np.round(base_price[k] * np.exp(np.cumsum(rng.normal(0, 0.0005, n))), 4)
+        size = rng.choice([1.0, 7.0, 100.0, 2500.0], n) * rng.choice([1, 1, 1, 40], n)
+        delay = np.where(rng.random(n) < 0.02, rng.integers(0, 1900, n), 0)  # all within the grace
+        for key, values in (("ts", ts), ("price", price), ("size", size), ("arrive", ts + delay)):
+            cols[key].append(values)
+        cols["ticker"].append(np.full(n, ticker, dtype=object))
+    arrive = np.concatenate(cols["arrive"])
+    order = np.argsort(arrive, kind="stable")
+    ticker = np.concatenate(cols["ticker"])[order]
+    ts = np.concatenate(cols["ts"])[order] + t0
+    price, size = np.concatenate(cols["price"])[order], np.concatenate(cols["size"])[order]
+    n = len(ts)
+    assert n > 3_000_000
+    event_id = np.arange(n).astype(str).astype(object)
+    engine = FeatureEngine()
+    sample = set(rng.choice(n, 400, replace=False).tolist()) | set(range(n - 50, n))
+    got: dict[int, dict] = {}
+    start = 0
+    for size_ in itertools.cycle([300, 17, 900, 1500]):
+        stop = min(start + size_, n)
+        part = slice(start, stop)
+        seq = np.arange(start, stop)
+        batch = TradeColumns(ticker[part], price[part], size[part], ts[part], seq, event_id[part])
+        out = engine.process(batch, QuoteColumns.empty())
+        assert len(out.late_event_ids) == 0
+        for i in range(start, stop):
+            if i in sample:
+                got[i] = vector_dict(out.per_trade, i - start)
+        start = stop
+        if start == n:
+            break
+    assert engine.state_rows < 1_000_000  # ~301 s of ~2,000 trades/s, not the whole stream
+
+    no_quotes = Seen()
+    by_ticker = {tk: np.flatnonzero(ticker == tk) for tk in tickers}  # arrival order
+    for i in sorted(got):
+        rows = by_ticker[ticker[i]]
+        rows = rows[: np.searchsorted(rows, i, side="right")]
+        # Rows that arrived before t − horizon are older than every window (arrival >= ts).
+        rows = rows[np.searchsorted(arrive[order][rows], ts[i] - t0 - CFG.horizon_ms) :]
+        rows = rows[ts[rows] > ts[i] - CFG.horizon_ms]
+        seen = Seen()
+        seen.n = len(rows)
+        seen._cols = {"ts": ts[rows], "arrival": rows, "price": price[rows], "size": size[rows]}
+        me = Row(int(ts[i]), i, float(price[i]), float(size[i]), 0)
+        want = naive_vector(seen, me, no_quotes, CFG)
+        want |= {"ticker": ticker[i], "ts_ms": int(ts[i]), "late_events": 0}
+        assert_vector_equal(got[i], want, f"trade {i}")

@@ -36,13 +36,16 @@ Definitions (all per ticker; event time = exchange timestamp `ts`; windows are h
   computed once the ticker watermark passes the end of the second + grace. From then on no trade of
   that second can be accepted, so the snapshot is final: it is a function of the accepted trades alone.
 
-Vectorisation: per batch, the accepted trades are merged into the (sorted, per-ticker contiguous) state
-arrays; windowed sums come from prefix sums over state + batch and `searchsorted` on a composite
-(ticker code, ts) key; buckets are grouped by run boundaries. Trades that arrive after a later-keyed
-trade of the same batch (within-grace disorder) are corrected for by subtracting their contributions
-from the earlier arrivals' sums (cost proportional to the number of such pairs; zero for in-order
-feeds). State is bounded: per ticker only trades with ts > watermark − grace − horizon (300 s + one
-bucket) and the quotes a future trade can still use.
+Vectorisation: accepted trades live in per-ticker regions of one set of arrays, sorted by a
+composite (ticker code, ts) key, with persistent per-ticker prefix sums (`_TradeState`). A batch
+rewrites only each ticker's suffix from its earliest trade (bounded by the grace) and the z-score
+buckets from that trade's bucket on; windowed sums are differences of prefix sums at `searchsorted`
+positions, so the cost per batch follows the batch, not the 5-minute state. Trades that arrive after a
+later-keyed trade of the same batch (within-grace disorder) are corrected for by subtracting their
+contributions from the earlier arrivals' sums (cost proportional to the number of such pairs; zero for
+in-order feeds). State is bounded: per ticker only trades with ts > watermark − grace − horizon
+(300 s + one bucket) can be reached; older rows are dropped, and the prefix sums re-based, when a
+ticker's region fills (amortised), and only the quotes a future trade can still use are kept.
 """
 
 from __future__ import annotations
@@ -213,6 +216,219 @@ def _composite_span(ncodes: int, span: int) -> None:
         raise ValueError("timestamp range of the batch is too wide for the composite key")
 
 
+_K = np.int64(2**43)  # composite key: code * _K + clipped ts (or bucket id)
+_KOFF = 2**42
+_MIN_CAP = 64
+_ACC = np.longdouble  # prefix-sum accumulator (80-bit extended on x86-64)
+
+
+def _kts(values: np.ndarray | int) -> np.ndarray:
+    """A ts (or bucket id) as the low part of a composite key; _K − 1 is the gap sentinel."""
+    return np.clip(np.asarray(values, dtype=np.int64) + _KOFF, 0, int(_K) - 2)
+
+
+def _ranges(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenated indices of [lo_i, hi_i) and the i of each."""
+    n = np.maximum(hi - lo, 0)
+    grp = np.repeat(np.arange(len(lo)), n)
+    offs = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+    return lo[grp] + offs, grp
+
+
+def _seg_cumsum(values: np.ndarray, starts: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """Inclusive prefix sums that restart at each group start from that group's `base`. The restart
+    keeps the rounding relative to the group's own (batch-sized) sums, not to other groups'. The
+    sums are extended precision: they run over up to ~2 windows of rows, and window sums are their
+    differences (float64 would lose ~1e-9 of a VWAP deviation over a busy 5-minute window)."""
+    x = values.astype(_ACC)
+    if len(x) == 0:
+        return x
+    if len(starts) > 1:
+        totals = np.add.reduceat(x, starts)
+        x[starts[1:]] -= totals[:-1]
+    through = np.cumsum(x)
+    return through + np.repeat(base.astype(_ACC), np.diff(np.r_[starts, len(x)]))
+
+
+class _TradeState:
+    """Accepted trades per code in a gapped layout, with persistent prefix sums.
+
+    Code c owns slots [reg0[c], reg0[c] + cap[c]) of every row array (regions in code order, so the
+    composite key code·_K + ts is sorted globally); its rows occupy [.., tail[c]), sorted by (ts,
+    arrival), and the rest of the region holds the gap sentinel key. Rows below the eviction cutoff
+    stay until the region fills (they can never fall inside a future window), then everything is
+    re-laid out: dead rows dropped, prefix sums re-based at zero and prices re-centred, so the sums
+    never span more than ~2 regions' worth of rows. A batch only rewrites each code's suffix from
+    its earliest trade (bounded by the late grace) and the buckets from that trade's bucket on.
+    The z-score bucket table (one slot per (code, bucket) with a trade) shares the region layout:
+    a bucket always has a row, so it never needs more slots than the rows.
+    """
+
+    def __init__(self, bucket_ms: int) -> None:
+        self.bucket_ms = bucket_ms
+        self.reg0 = np.empty(0, dtype=np.int64)
+        self.cap = np.empty(0, dtype=np.int64)
+        self.tail = np.empty(0, dtype=np.int64)
+        self.btail = np.empty(0, dtype=np.int64)
+        self.centre = np.empty(0, dtype=np.float64)  # per code: prices are summed as price − centre
+        self._alloc(0, np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
+
+    def _alloc(self, n: int, codes: np.ndarray, caps: np.ndarray) -> None:
+        owner = np.repeat(codes, caps)
+        self.code = owner.copy()
+        self.key = owner * _K + (_K - 1)
+        self.ts = np.full(n, np.iinfo(np.int64).max // 2, dtype=np.int64)
+        self.price = np.zeros(n)
+        self.size = np.zeros(n)
+        self.late = np.zeros(n, dtype=np.int64)
+        self.v_ps = np.zeros(n)  # (price − centre) · size
+        self.v_p = np.zeros(n)  # price − centre
+        self.t_ps = np.zeros(n, dtype=_ACC)  # inclusive prefix sums of the three, per code
+        self.t_size = np.zeros(n, dtype=_ACC)
+        self.t_p = np.zeros(n, dtype=_ACC)
+        self.b_key = owner * _K + (_K - 1)
+        self.b_id = np.zeros(n, dtype=np.int64)
+        self.b_vol = np.zeros(n)
+        self.b_t1 = np.zeros(n, dtype=_ACC)  # inclusive prefix sums of bucket volumes and squares
+        self.b_t2 = np.zeros(n, dtype=_ACC)
+
+    # --- lookups ------------------------------------------------------------------------------
+    def first_after(self, code: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """First row of `code` with ts > t (its tail if none)."""
+        return np.searchsorted(self.key, code * _K + _kts(t), side="right")
+
+    def first_at(self, code: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """First row of `code` with ts >= t."""
+        return np.searchsorted(self.key, code * _K + _kts(t), side="left")
+
+    def bucket_slot(self, code: np.ndarray, bucket: np.ndarray) -> np.ndarray:
+        """First bucket slot of `code` with id >= bucket."""
+        return np.searchsorted(self.b_key, code * _K + _kts(bucket), side="left")
+
+    def bucket_of(self, rows: np.ndarray) -> np.ndarray:
+        return self.bucket_slot(self.code[rows], self.ts[rows] // self.bucket_ms)
+
+    def live_rows(self, cutoff: np.ndarray) -> int:
+        """Rows with ts > cutoff[code]."""
+        codes = np.arange(len(self.tail))
+        return int((self.tail - np.minimum(self.first_after(codes, cutoff[codes]), self.tail)).sum())
+
+    # --- updates ------------------------------------------------------------------------------
+    def reserve(self, ncodes: int, codes: np.ndarray, need: np.ndarray, cutoff: np.ndarray) -> None:
+        """Room for `need` more rows of each of `codes`; re-lays out (dropping rows with
+        ts <= cutoff[code]) when a region is full or codes are new."""
+        if ncodes == len(self.tail) and (self.tail[codes] + need <= self.reg0[codes] + self.cap[codes]).all():
+            return
+        if ncodes >= 2**62 // int(_K):
+            raise ValueError("too many tickers for the composite key")
+        old = len(self.tail)
+        grow = ncodes - old
+        end = np.int64(len(self.key))
+        tail = np.r_[self.tail, np.full(grow, end)]
+        btail = np.r_[self.btail, np.full(grow, end)]
+        self.centre = np.r_[self.centre, np.zeros(grow)]
+        all_codes = np.arange(ncodes, dtype=np.int64)
+        first = np.minimum(self.first_after(all_codes, cutoff), tail)
+        first[old:] = end
+        live = tail - first
+        has = live > 0
+        bfirst = btail.copy()
+        bfirst[has] = self.bucket_slot(all_codes[has], self.ts[first[has]] // self.bucket_ms)
+        want = np.zeros(ncodes, dtype=np.int64)
+        want[codes] = need
+        cap = np.maximum(_MIN_CAP, 2 * (live + want))
+        new0 = np.r_[0, np.cumsum(cap)[:-1]].astype(np.int64)
+        src, grp = _ranges(first, tail)
+        bsrc, bgrp = _ranges(bfirst, btail)
+        keep = (
+            self.key[src], self.ts[src], self.price[src], self.size[src], self.late[src],
+            self.b_key[bsrc], self.b_id[bsrc], self.b_vol[bsrc],
+        )  # fmt: skip
+        self.centre[has] = self.price[first[has]]
+        self._alloc(int(cap.sum()), all_codes, cap)
+        dst = new0[grp] + (src - first[grp])
+        bdst = new0[bgrp] + (bsrc - bfirst[bgrp])
+        self.key[dst], self.ts[dst], self.price[dst], self.size[dst], self.late[dst] = keep[:5]
+        self.b_key[bdst], self.b_id[bdst], self.b_vol[bdst] = keep[5:]
+        self.reg0, self.cap = new0, cap
+        self.tail = new0 + live
+        self.btail = new0 + (btail - bfirst)
+        self._resum(dst, grp)
+        self._resum_buckets(bdst, bgrp)
+
+    def _resum(self, rows: np.ndarray, grp: np.ndarray) -> None:
+        """Recompute the prefix sums at `rows` (ascending runs, one per `grp`, each continuing from the
+        row just before it when that row is in the same region)."""
+        if len(rows) == 0:
+            return
+        centred = self.price[rows] - self.centre[self.code[rows]]
+        self.v_p[rows] = centred
+        self.v_ps[rows] = centred * self.size[rows]
+        starts = _group_starts(grp)
+        prev = rows[starts] - 1
+        cont = prev >= self.reg0[self.code[rows[starts]]]
+        for values, through in ((self.v_ps, self.t_ps), (self.size, self.t_size), (self.v_p, self.t_p)):
+            base = np.where(cont, through[np.maximum(prev, 0)], _ACC(0))
+            through[rows] = _seg_cumsum(values[rows], starts, base)
+
+    def _resum_buckets(self, slots: np.ndarray, grp: np.ndarray) -> None:
+        if len(slots) == 0:
+            return
+        starts = _group_starts(grp)
+        prev = slots[starts] - 1
+        cont = prev >= self.reg0[self.code[slots[starts]]]
+        vol = self.b_vol[slots]
+        for values, through in ((vol, self.b_t1), (vol * vol, self.b_t2)):
+            base = np.where(cont, through[np.maximum(prev, 0)], _ACC(0))
+            through[slots] = _seg_cumsum(values, starts, base)
+
+    def merge(
+        self, code: np.ndarray, ts: np.ndarray, price: np.ndarray, size: np.ndarray, late: np.ndarray
+    ) -> np.ndarray:
+        """Insert trades sorted by (code, ts, arrival) (room reserved); returns their rows."""
+        ustart = _group_starts(code)
+        ucode, ucount = code[ustart], np.diff(np.r_[ustart, len(code)])
+        ins = self.first_after(ucode, ts[ustart])  # equal ts: earlier arrivals (the state) first
+        tail = self.tail[ucode]
+        fresh = tail == self.reg0[ucode]
+        self.centre[ucode[fresh]] = price[ustart[fresh]]
+        sidx, _ = _ranges(ins, tail)
+        ns = len(sidx)
+        ckey = np.r_[self.key[sidx], code * _K + _kts(ts)]
+        order = np.argsort(ckey, kind="stable")  # state suffix before the batch on equal keys
+        total = (tail - ins) + ucount
+        grp = np.repeat(np.arange(len(ucode)), total)
+        dest = ins[grp] + np.arange(len(grp)) - np.repeat(np.cumsum(total) - total, total)
+        self.key[dest] = ckey[order]
+        self.code[dest] = ucode[grp]
+        self.ts[dest] = np.r_[self.ts[sidx], ts][order]
+        self.price[dest] = np.r_[self.price[sidx], price][order]
+        self.size[dest] = np.r_[self.size[sidx], size][order]
+        self.late[dest] = np.r_[self.late[sidx], late][order]
+        self.tail[ucode] = tail + ucount
+        self._resum(dest, grp)
+        rows = np.empty(len(code), dtype=np.int64)
+        is_batch = order >= ns
+        rows[order[is_batch] - ns] = dest[is_batch]
+
+        # Buckets from the batch's earliest bucket of each code on, recomputed from the rows.
+        bucket_ms = self.bucket_ms
+        minb = ts[ustart] // bucket_ms
+        ridx, rgrp = _ranges(self.first_at(ucode, minb * bucket_ms), self.tail[ucode])
+        rb = self.ts[ridx] // bucket_ms
+        bstart = _group_starts(rgrp, rb)
+        bgrp = rgrp[bstart]
+        nb = np.bincount(bgrp, minlength=len(ucode))
+        slot0 = self.bucket_slot(ucode, minb)
+        slots = slot0[bgrp] + np.arange(len(bgrp)) - np.repeat(np.cumsum(nb) - nb, nb)
+        self.b_id[slots] = rb[bstart]
+        self.b_key[slots] = ucode[bgrp] * _K + _kts(rb[bstart])
+        self.b_vol[slots] = np.add.reduceat(self.size[ridx], bstart) if len(ridx) else 0.0
+        self.btail[ucode] = slot0 + nb
+        self._resum_buckets(slots, bgrp)
+        return rows
+
+
 class FeatureEngine:
     """Stateful per-ticker feature computation over micro-batches (see the module docstring)."""
 
@@ -224,12 +440,7 @@ class FeatureEngine:
         self._qwm = np.empty(0, dtype=np.int64)  # quote watermark per code
         self._pending_late = np.empty(0, dtype=np.int64)  # late trades waiting for the next accepted one
         self.late_total = np.empty(0, dtype=np.int64)  # late trades per code, since start
-        # Accepted trades, sorted by (code, ts, arrival).
-        self._t_code = np.empty(0, dtype=np.int64)
-        self._t_ts = np.empty(0, dtype=np.int64)
-        self._t_price = np.empty(0, dtype=np.float64)
-        self._t_size = np.empty(0, dtype=np.float64)
-        self._t_late = np.empty(0, dtype=np.int64)
+        self._trades = _TradeState(config.zscore_bucket_ms)  # accepted trades, per-code prefix sums
         # Quotes, sorted by (code, ts, arrival).
         self._q_code = np.empty(0, dtype=np.int64)
         self._q_ts = np.empty(0, dtype=np.int64)
@@ -238,8 +449,15 @@ class FeatureEngine:
     # --- bookkeeping ----------------------------------------------------------------------------
     @property
     def state_rows(self) -> int:
-        """Trades plus quotes held in the window state (bounded by the horizon)."""
-        return len(self._t_ts) + len(self._q_ts)
+        """Trades plus quotes in the window state (bounded by the horizon; trades below the cutoff
+        that wait for their region's next compaction are not counted, see `state_capacity`)."""
+        cutoff = self._wm - self.config.late_grace_ms - self.config.horizon_ms
+        return self._trades.live_rows(cutoff) + len(self._q_ts)
+
+    @property
+    def state_capacity(self) -> int:
+        """Slots allocated for trades (live, awaiting compaction, and free) plus quotes held."""
+        return len(self._trades.key) + len(self._q_ts)
 
     def watermark(self, ticker: str) -> int | None:
         """Highest accepted exchange ts of `ticker`, or None before its first trade."""
@@ -394,41 +612,38 @@ class FeatureEngine:
         # 3. Merge accepted trades into the state, key order (code, ts, arrival).
         arrival = by_code[acc_s]  # batch index of each accepted trade, code-grouped arrival order
         a_code, a_ts = c_s[acc_s], t_s[acc_s]
-        horizon = cfg.horizon_ms
-        base = int(min(a_ts.min(), self._t_ts.min() if len(self._t_ts) else a_ts.min())) - horizon - 2
-        top = int(max(a_ts.max(), self._t_ts.max() if len(self._t_ts) else a_ts.max()))
-        span = top - base + 1
-        _composite_span(len(self._names), span)
-        a_key = a_code * span + (a_ts - base)
-        key_order = np.argsort(a_key, kind="stable")  # stable: equal ts keep arrival order
-        state_key = self._t_code * span + (self._t_ts - base)
-        at = np.searchsorted(state_key, a_key[key_order], side="right")
-        pos_sorted = at + np.arange(len(at))
-        pos = np.empty(len(at), dtype=np.int64)  # combined position of each accepted trade
-        pos[key_order] = pos_sorted
-        m_code = np.insert(self._t_code, at, a_code[key_order])
-        m_ts = np.insert(self._t_ts, at, a_ts[key_order])
-        m_price = np.insert(self._t_price, at, trades.price[arrival][key_order])
-        m_size = np.insert(self._t_size, at, trades.size[arrival][key_order])
-        m_late = np.insert(self._t_late, at, attached[key_order])
-        windows = _Windows(cfg, m_code, m_ts, m_price, m_size, base, span)
+        a_price, a_size = trades.price[arrival], trades.size[arrival]
+        key_order = np.argsort(a_code * _K + _kts(a_ts), kind="stable")  # equal ts keep arrival order
+        k_code = a_code[key_order]
+        ustart = _group_starts(k_code)
+        state = self._trades
+        # Rows with ts <= wm − grace − horizon are out of reach of this batch and every later one.
+        state.reserve(
+            len(self._names),
+            k_code[ustart],
+            np.diff(np.r_[ustart, len(k_code)]),
+            wm_before - cfg.late_grace_ms - cfg.horizon_ms,
+        )
+        pos = np.empty(len(acc_s), dtype=np.int64)  # state row of each accepted trade
+        pos[key_order] = state.merge(
+            k_code, a_ts[key_order], a_price[key_order], a_size[key_order], attached[key_order]
+        )
 
         # 4. Per-trade vectors (arrival view, corrected for within-batch disorder).
-        corr = _disorder_corrections(pos, gidx[acc_s], m_price, m_size, windows)
-        a_price = trades.price[arrival]
-        feats = windows.features(pos, a_code, a_ts, a_price, corr)
+        corr = _disorder_corrections(pos, gidx[acc_s], state)
+        feats = _features(cfg, state, pos, a_code, a_ts, a_price, corr)
         feats["bid_ask_spread"] = self._spread_at(a_code, a_ts)
 
         # 5. Snapshots of the seconds that close in this batch (final view, no correction).
-        snap_rows, snap_late = _closing_snapshots(cfg, m_code, m_ts, m_late, wm_before, self._wm)
+        snap_rows, snap_late = _closing_snapshots(cfg, state, k_code[ustart], wm_before, self._wm)
         snap_cols: dict[str, np.ndarray] = {}
         if len(snap_rows):
-            s_code, s_ts = m_code[snap_rows], m_ts[snap_rows]
-            snap_cols = windows.features(snap_rows, s_code, s_ts, m_price[snap_rows], None)
+            s_code, s_ts = state.code[snap_rows], state.ts[snap_rows]
+            snap_cols = _features(cfg, state, snap_rows, s_code, s_ts, state.price[snap_rows], None)
             snap_cols["bid_ask_spread"] = self._spread_at(s_code, s_ts)
             snap_cols["ticker"] = np.asarray(self._names, dtype=object)[s_code]
             snap_cols["ts_ms"] = s_ts
-            snap_cols["price"] = m_price[snap_rows]
+            snap_cols["price"] = state.price[snap_rows]
             snap_cols["late_events"] = snap_late
             snap_cols["window_start_ms"] = s_ts - cfg.vwap_long_ms
             snap_cols["window_end_ms"] = s_ts
@@ -443,7 +658,7 @@ class FeatureEngine:
             "ts_ms": a_ts[out_order],
             "event_id": trades.event_id[arrival][out_order],
             "price": a_price[out_order],
-            "size": trades.size[arrival][out_order],
+            "size": a_size[out_order],
         }
         for key in FEATURE_COLUMNS:
             per_trade[key] = feats[key][out_order]
@@ -457,11 +672,6 @@ class FeatureEngine:
         row_of[out_order] = np.arange(len(arrival))
         latest = {str(names[a_code[k]]): vector_dict(per_trade, int(row_of[k])) for k in last_in_code}
 
-        # 7. Keep only what future trades can reach.
-        cutoff = (self._wm - cfg.late_grace_ms - horizon)[m_code]
-        keep = m_ts > cutoff
-        self._t_code, self._t_ts = m_code[keep], m_ts[keep]
-        self._t_price, self._t_size, self._t_late = m_price[keep], m_size[keep], m_late[keep]
         self._trim_quotes()
 
         return FeatureOutput(
@@ -495,142 +705,86 @@ class _Corrections:
     hist_s2: np.ndarray  # change of Σv² over the history buckets
 
 
-class _Windows:
-    """Prefix sums and lookups over the merged (state + batch) trades of one batch."""
+def _features(
+    cfg: FeatureConfig,
+    st: _TradeState,
+    rows: np.ndarray,
+    code: np.ndarray,
+    ts: np.ndarray,
+    price: np.ndarray,
+    corr: _Corrections | None,
+) -> dict[str, np.ndarray]:
+    """Feature columns of the vectors ending at state `rows` (minus the corrections, if any)."""
+    end = rows + 1
+    zero = np.zeros(len(rows))
+    c = corr or _Corrections(zero, zero, zero, zero.astype(np.int64), zero, zero, zero)
 
-    def __init__(
-        self,
-        cfg: FeatureConfig,
-        code: np.ndarray,
-        ts: np.ndarray,
-        price: np.ndarray,
-        size: np.ndarray,
-        base: int,
-        span: int,
-    ) -> None:
-        self.cfg, self.code, self.ts, self.price, self.size = cfg, code, ts, price, size
-        self.base, self.span = base, span
-        self.key = code * span + (ts - base)
-        # Prices are centred on each code's first price, and prefix sums restart at each code, so a
-        # window's sum loses no precision to other tickers' (or its own absolute) magnitudes.
-        starts = _group_starts(code)
-        self.centre = np.repeat(price[starts], np.diff(np.r_[starts, len(price)]))
-        centred = price - self.centre
-        self.cs_ps = _prefix(centred * size, starts)
-        self.cs_size = _prefix(size, starts)
-        self.cs_price = _prefix(centred, starts)
-        # z-score buckets: runs of equal (code, bucket) in the sorted rows.
-        bucket = ts // cfg.zscore_bucket_ms
-        self.bucket = bucket
-        self.b_start = _group_starts(code, bucket)
-        self.b_id = bucket[self.b_start]
-        self.b_vol = np.add.reduceat(size, self.b_start)
-        b_starts = _group_starts(code[self.b_start])
-        self.b_cs1 = _prefix(self.b_vol, b_starts)
-        self.b_cs2 = _prefix(self.b_vol * self.b_vol, b_starts)
-        self.b_base = int(bucket.min()) - cfg.zscore_window_buckets - 2
-        self.b_span = int(bucket.max()) - self.b_base + 1
-        _composite_span(int(code.max()) + 1, self.b_span)
-        self.b_key = code[self.b_start] * self.b_span + (self.b_id - self.b_base)
-
-    def bucket_of(self, rows: np.ndarray) -> np.ndarray:
-        """Index in the bucket table of each row."""
-        return np.searchsorted(self.b_start, rows, side="right") - 1
-
-    def _first_after(self, code: np.ndarray, t: np.ndarray) -> np.ndarray:
-        """First row of `code` with ts > t."""
-        return np.searchsorted(self.key, code * self.span + (t - self.base), side="right")
-
-    def features(
-        self,
-        rows: np.ndarray,
-        code: np.ndarray,
-        ts: np.ndarray,
-        price: np.ndarray,
-        corr: _Corrections | None,
-    ) -> dict[str, np.ndarray]:
-        """Feature columns of the vectors ending at `rows` (positions in the merged arrays)."""
-        cfg = self.cfg
-        end = rows + 1
-        zero = np.zeros(len(rows))
-        c = corr or _Corrections(zero, zero, zero, zero.astype(np.int64), zero, zero, zero)
-
-        def window(ms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-            start = self._first_after(code, ts - ms)  # <= rows: a window holds its own trade
-            return (
-                self.cs_ps[1][rows] - self.cs_ps[0][start] - c.ps,
-                self.cs_size[1][rows] - self.cs_size[0][start] - c.size,
-                self.cs_price[1][rows] - self.cs_price[0][start] - c.price,
-                end - start - c.count,
-            )
-
-        ps1, s1, _, _ = window(cfg.vwap_short_ms)
-        ps5, s5, p5, n5 = window(cfg.vwap_long_ms)
-        nfreq = window(cfg.frequency_ms)[3]
-        centre = self.centre[rows]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rel1 = np.where(s1 > 0, ps1 / s1, price - centre)  # vwap − centre
-            rel5 = np.where(s5 > 0, ps5 / s5, price - centre)
-            vwap1, vwap5 = centre + rel1, centre + rel5
-            avg5 = centre + np.where(n5 > 0, p5 / np.maximum(n5, 1), price - centre)
-            dev = ((price - centre) - rel5) / vwap5 * 1e4
-
-        # Momentum: last row with ts <= t − M (all such rows arrived before the trade: see docstring).
-        ref = self._first_after(code, ts - cfg.momentum_ms) - 1
-        ref_ok = ref >= 0
-        ref_c = np.where(ref_ok, ref, 0)
-        ref_ok &= (self.code[ref_c] == code) & (self.ts[ref_c] > ts - cfg.momentum_lookback_ms)
-        ref_price = np.where(ref_ok, self.price[ref_c], price)
-        momentum = np.where(ref_ok, (price - ref_price) / ref_price * 100.0, 0.0)
-
-        # Volume z-score.
-        bidx = self.bucket_of(rows)
-        volume = self.cs_size[1][rows] - self.cs_size[0][self.b_start[bidx]] - c.bucket_volume
-        b_now = self.bucket[rows]
-        h_lo = np.searchsorted(
-            self.b_key, code * self.b_span + (b_now - cfg.zscore_window_buckets - self.b_base)
+    def window(ms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        start = st.first_after(code, ts - ms)  # <= rows: a window holds its own trade
+        return (
+            (st.t_ps[rows] - (st.t_ps[start] - st.v_ps[start])).astype(np.float64) - c.ps,
+            (st.t_size[rows] - (st.t_size[start] - st.size[start])).astype(np.float64) - c.size,
+            (st.t_p[rows] - (st.t_p[start] - st.v_p[start])).astype(np.float64) - c.price,
+            end - start - c.count,
         )
-        has_hist = h_lo < bidx
-        first = self.b_id[np.where(has_hist, h_lo, bidx)]
-        n_hist = np.where(has_hist, b_now - first, 0)
-        h_last = np.maximum(bidx - 1, 0)
-        s1h = np.where(has_hist, self.b_cs1[1][h_last] - self.b_cs1[0][h_lo], 0.0) - c.hist_s1
-        s2h = np.where(has_hist, self.b_cs2[1][h_last] - self.b_cs2[0][h_lo], 0.0) - c.hist_s2
-        with np.errstate(divide="ignore", invalid="ignore"):
-            nf = np.maximum(n_hist, 1)
-            mean = s1h / nf
-            mean_sq = s2h / nf
-            var = mean_sq - mean * mean
-            ok = (n_hist >= cfg.zscore_min_history_buckets) & (var > 1e-12 * mean_sq)
-            z = np.where(ok, (volume - mean) / np.sqrt(np.where(ok, var, 1.0)), 0.0)
 
-        out = {
-            "vwap_1min": vwap1,
-            "vwap_5min": vwap5,
-            "rolling_avg_5min": avg5,
-            "volume": volume,
-            "volume_zscore": z,
-            "price_momentum": momentum,
-            "trade_frequency": nfreq.astype(np.int64),
-            "vwap_deviation_bps": dev,
-        }
-        for key in ("vwap_1min", "vwap_5min", "rolling_avg_5min", "volume", "volume_zscore"):
-            out[key] = np.where(np.isfinite(out[key]), out[key], 0.0)
-        for key in ("price_momentum", "vwap_deviation_bps"):
-            out[key] = np.where(np.isfinite(out[key]), out[key], 0.0)
-        return out
+    ps1, s1, _, _ = window(cfg.vwap_short_ms)
+    ps5, s5, p5, n5 = window(cfg.vwap_long_ms)
+    nfreq = window(cfg.frequency_ms)[3]
+    centre = st.centre[code]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel1 = np.where(s1 > 0, ps1 / s1, price - centre)  # vwap − centre
+        rel5 = np.where(s5 > 0, ps5 / s5, price - centre)
+        vwap1, vwap5 = centre + rel1, centre + rel5
+        avg5 = centre + np.where(n5 > 0, p5 / np.maximum(n5, 1), price - centre)
+        dev = ((price - centre) - rel5) / vwap5 * 1e4
 
+    # Momentum: last row with ts <= t − M (all such rows arrived before the trade: see docstring).
+    ref = st.first_after(code, ts - cfg.momentum_ms) - 1
+    ref_ok = ref >= 0
+    ref_c = np.where(ref_ok, ref, 0)
+    ref_ok &= (st.code[ref_c] == code) & (st.ts[ref_c] > ts - cfg.momentum_lookback_ms)
+    ref_price = np.where(ref_ok, st.price[ref_c], price)
+    momentum = np.where(ref_ok, (price - ref_price) / ref_price * 100.0, 0.0)
 
-def _prefix(values: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Prefix sums that restart at each group start, as (before, through): the sum over rows
-    lo..hi of one group is through[hi] − before[lo]. Restarting keeps the rounding of a difference
-    relative to that group's own magnitude, not to everything summed before it."""
-    x = values.astype(np.float64, copy=True)
-    if len(starts) > 1:
-        totals = np.add.reduceat(values, starts)
-        x[starts[1:]] -= totals[:-1]
-    through = np.cumsum(x)
-    return through - values, through
+    # Volume z-score.
+    b_now = ts // cfg.zscore_bucket_ms
+    b_row = st.first_at(code, b_now * cfg.zscore_bucket_ms)  # first row of the trade's bucket
+    volume = (st.t_size[rows] - (st.t_size[b_row] - st.size[b_row])).astype(np.float64) - c.bucket_volume
+    bidx = st.bucket_slot(code, b_now)
+    h_lo = st.bucket_slot(code, b_now - cfg.zscore_window_buckets)
+    has_hist = h_lo < bidx
+    first = st.b_id[np.where(has_hist, h_lo, bidx)]
+    n_hist = np.where(has_hist, b_now - first, 0)
+    h_last = np.maximum(bidx - 1, 0)
+    b_vol_lo = st.b_vol[h_lo]
+    s1h = (st.b_t1[h_last] - (st.b_t1[h_lo] - b_vol_lo)).astype(np.float64)
+    s2h = (st.b_t2[h_last] - (st.b_t2[h_lo] - b_vol_lo * b_vol_lo)).astype(np.float64)
+    s1h = np.where(has_hist, s1h, 0.0) - c.hist_s1
+    s2h = np.where(has_hist, s2h, 0.0) - c.hist_s2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        nf = np.maximum(n_hist, 1)
+        mean = s1h / nf
+        mean_sq = s2h / nf
+        var = mean_sq - mean * mean
+        ok = (n_hist >= cfg.zscore_min_history_buckets) & (var > 1e-12 * mean_sq)
+        z = np.where(ok, (volume - mean) / np.sqrt(np.where(ok, var, 1.0)), 0.0)
+
+    out = {
+        "vwap_1min": vwap1,
+        "vwap_5min": vwap5,
+        "rolling_avg_5min": avg5,
+        "volume": volume,
+        "volume_zscore": z,
+        "price_momentum": momentum,
+        "trade_frequency": nfreq.astype(np.int64),
+        "vwap_deviation_bps": dev,
+    }
+    for key in ("vwap_1min", "vwap_5min", "rolling_avg_5min", "volume", "volume_zscore"):
+        out[key] = np.where(np.isfinite(out[key]), out[key], 0.0)
+    for key in ("price_momentum", "vwap_deviation_bps"):
+        out[key] = np.where(np.isfinite(out[key]), out[key], 0.0)
+    return out
 
 
 def _pair_chunks(counts: np.ndarray) -> Iterator[slice]:
@@ -645,14 +799,13 @@ def _pair_chunks(counts: np.ndarray) -> Iterator[slice]:
         start = stop
 
 
-def _disorder_corrections(
-    pos: np.ndarray, group: np.ndarray, price: np.ndarray, size: np.ndarray, win: _Windows
-) -> _Corrections | None:
+def _disorder_corrections(pos: np.ndarray, group: np.ndarray, st: _TradeState) -> _Corrections | None:
     """Contributions of trades that arrived after a trade but sort before it (same code, same batch).
 
-    `pos` is the merged position of each accepted trade in code-grouped arrival order, `group` its
-    code group. Prefix sums up to `pos` include such later arrivals; the arrival view must not.
+    `pos` is the state row of each accepted trade in code-grouped arrival order, `group` its code
+    group. Prefix sums up to `pos` include such later arrivals; the arrival view must not.
     """
+    price, size = st.price, st.size
     n = len(pos)
     if n < 2:
         return None
@@ -690,21 +843,21 @@ def _disorder_corrections(
         if len(d) == 0:
             continue
         pj = pos[j]
-        centred = price[pj] - win.centre[pj]  # the sums are over centred prices
+        centred = price[pj] - st.centre[st.code[pj]]  # the sums are over centred prices
         np.add.at(c.ps, d, centred * size[pj])
         np.add.at(c.size, d, size[pj])
         np.add.at(c.price, d, centred)
         np.add.at(c.count, d, 1)
-        bd, bj = win.bucket[pos[d]], win.bucket[pj]
+        bd, bj = st.ts[pos[d]] // st.bucket_ms, st.ts[pj] // st.bucket_ms
         same = bd == bj
         np.add.at(c.bucket_volume, d[same], size[pj[same]])
         # History buckets: aggregate the missing volume per (trade, bucket), then fix Σv and Σv².
         prev = ~same
         if prev.any():
-            pair_key = np.stack([d[prev], win.bucket_of(pj[prev])], axis=1)
+            pair_key = np.stack([d[prev], st.bucket_of(pj[prev])], axis=1)
             keys, inv = np.unique(pair_key, axis=0, return_inverse=True)
             missing = np.bincount(inv.ravel(), weights=size[pj[prev]], minlength=len(keys))
-            full = win.b_vol[keys[:, 1]]
+            full = st.b_vol[keys[:, 1]]
             np.add.at(c.hist_s1, keys[:, 0], missing)
             np.add.at(c.hist_s2, keys[:, 0], full * full - (full - missing) ** 2)
     return c
@@ -712,13 +865,19 @@ def _disorder_corrections(
 
 def _closing_snapshots(
     cfg: FeatureConfig,
-    code: np.ndarray,
-    ts: np.ndarray,
-    late: np.ndarray,
+    st: _TradeState,
+    codes: np.ndarray,
     wm_before: np.ndarray,
     wm_after: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Last row of every (code, second) that closes in this batch, and its attached late count."""
+    """Last row of every (code, second) that closes in this batch, and its attached late count.
+
+    Only the codes of the batch moved their watermark, and a closing second lies in
+    [wm_before − grace − snapshot, wm_after − grace), so only those rows are looked at."""
+    lo = st.first_at(codes, wm_before[codes] - cfg.late_grace_ms - cfg.snapshot_ms)
+    hi = st.first_at(codes, wm_after[codes] - cfg.late_grace_ms)
+    rows, _ = _ranges(lo, hi)
+    code, ts = st.code[rows], st.ts[rows]
     second = ts // cfg.snapshot_ms
     starts = _group_starts(code, second)
     last = np.r_[starts[1:], len(ts)] - 1
@@ -726,5 +885,6 @@ def _closing_snapshots(
     closing = (s_end <= wm_after[s_code] - cfg.late_grace_ms) & (
         s_end > wm_before[s_code] - cfg.late_grace_ms
     )
+    late = st.late[rows]
     late_sum = np.add.reduceat(late, starts) if len(starts) else np.empty(0, dtype=np.int64)
-    return last[closing], late_sum[closing]
+    return rows[last[closing]], late_sum[closing]
