@@ -32,12 +32,12 @@ import orjson
 from scripts.bench import drain
 from scripts.bench.report import machine_spec, write_report
 from scripts.bench.sampling import BrokerSampler, ProcessSampler
-from tradepulse.bus.admin import recreate_topics
+from tradepulse.bus.admin import ensure_topics, recreate_topics
 from tradepulse.bus.local_kafka import LocalKafka
 from tradepulse.bus.status import STATUS_FILE
 from tradepulse.cli.supervisor import Service, Supervisor, port_open, python_command
 from tradepulse.config import Settings, get_settings
-from tradepulse.topics import QUOTES, TRADES
+from tradepulse.topics import QUOTES, TRADES, TopicSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -382,6 +382,14 @@ def _drain_phase(config: BenchConfig, settings: Settings, out: Path, run_id: str
     )
     if config.peers:
         python = drain.ensure_peers_venv(log)
+        # The broker does not auto-create topics; each peer writes its features to its own topic.
+        ensure_topics(
+            settings,
+            [
+                TopicSpec(f"bench.{name}.features", settings.topic_partitions, settings.topic_retention_ms)
+                for name in drain.PEER_SCRIPTS
+            ],
+        )
         for name, script in drain.PEER_SCRIPTS.items():
             log(f"drain: {name} peer")
             result_path = out / f"drain-{name}.json"
