@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from pydantic import SecretStr
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+from tradepulse.retry import backoff_delay
 from tradepulse.sources.parse import ParsedFrame, parse_frame
 
 log = logging.getLogger(__name__)
@@ -174,9 +174,7 @@ class MassiveClient:
             await self._ws.close()
 
     def _backoff(self, attempt: int) -> float:
-        """Full jitter: uniform in [base/2, base], base doubling per failed attempt up to the cap."""
-        base = min(self.backoff_max_s, self.backoff_initial_s * 2**attempt)
-        return base * (0.5 + random.random() / 2)
+        return backoff_delay(attempt, self.backoff_initial_s, self.backoff_max_s, min_fraction=0.5)
 
     async def _handshake(self, ws: ClientConnection) -> None:
         """connected → auth → auth_success → subscribe. Raises MassiveAuthError on auth_failed."""

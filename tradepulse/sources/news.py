@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -35,6 +34,7 @@ from pydantic import SecretStr
 from tradepulse.bus.clients import producer_config
 from tradepulse.config import Settings
 from tradepulse.ids import news_event_id
+from tradepulse.retry import backoff_delay
 from tradepulse.sources.parse import Reject
 from tradepulse.stores.base import DeadLetterQueue
 from tradepulse.stores.dlq import make_dead_letter
@@ -290,8 +290,7 @@ class NewsPoller:
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return min(retry_after, self.backoff_max_s)
-        base = min(self.backoff_max_s, self.backoff_initial_s * 2**attempt)
-        return base * (0.5 + random.random() / 2)
+        return backoff_delay(attempt, self.backoff_initial_s, self.backoff_max_s, min_fraction=0.5)
 
     async def _publish(self, symbol: str, items: list[Any]) -> int:
         received_ts_us = time.time_ns() // 1000

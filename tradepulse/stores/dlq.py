@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import orjson
 
 from tradepulse.ids import stable_id
+from tradepulse.retry import backoff_delay
 from tradepulse.stores.base import DeadLetterQueue, Row
 
 T = TypeVar("T")
@@ -124,12 +125,6 @@ def make_dead_letter(
         "last_failure_at": stamp,
         "status": "pending",
     }
-
-
-def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random | None = None) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(max, base * 2**attempt)]."""
-    cap = min(max_s, base_s * (2**attempt))
-    return (rng or random).uniform(0, cap)
 
 
 def with_retries(

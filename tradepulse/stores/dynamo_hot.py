@@ -41,8 +41,8 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from tradepulse.ids import shard_of
+from tradepulse.retry import backoff_delay
 from tradepulse.stores.base import Row
-from tradepulse.stores.dlq import backoff_delay
 from tradepulse.stores.sqlite_hot import _p99
 
 TICKERS_REFRESH_S = 3600.0
