@@ -45,3 +45,12 @@ def test_polygon_key_is_accepted_as_alias(monkeypatch) -> None:  # type: ignore[
     monkeypatch.delenv("MASSIVE_API_KEY", raising=False)
     monkeypatch.setenv("POLYGON_API_KEY", "pk")
     assert Settings(_env_file=None).massive_api_key is not None
+
+
+def test_default_rebuild_lookback_covers_the_feature_state() -> None:
+    """A restarted runner replays `rebuild_lookback_s` of input; the features are only reproduced
+    exactly if that covers the windows plus the volume z-score's size-cap window (and the grace)."""
+    from tradepulse.core.features import FeatureConfig
+
+    settings = Settings(_env_file=None)
+    assert settings.rebuild_lookback_s * 1000 >= FeatureConfig.from_settings(settings).rebuild_ms

@@ -105,7 +105,15 @@ class Settings(BaseSettings):
     late_grace_ms: int = 2000
     zscore_bucket_ms: int = 1000
     zscore_window_buckets: int = 300
-    rebuild_lookback_s: int = 330
+    zscore_size_cap: float = Field(
+        default=10.0,
+        ge=0,
+        description="volume_zscore counts a trade at most this multiple of the recent mean trade size (0 = off).",
+    )
+    zscore_log_volume: bool = Field(
+        default=True, description="volume_zscore compares log(1 + bucket volume) rather than raw volume."
+    )
+    rebuild_lookback_s: int = 390
     commit_watchdog_s: float = Field(
         default=120.0,
         description="Restart the runner in place if a transaction commit has not returned by then.",

@@ -91,7 +91,10 @@ class FeatureVector(_Model):
     vwap_5min: float
     rolling_avg_5min: float = Field(description="Mean trade price over the last 300 s.")
     volume_zscore: float = Field(
-        description="Current bucket volume vs the previous N buckets; 0 if undefined."
+        description=(
+            "How unusual the current bucket's volume is vs the previous N buckets: z-score of "
+            "log(1 + volume), each trade capped at 10x the recent mean trade size; 0 if undefined."
+        )
     )
     price_momentum: float = Field(description="% change of price over the last 60 s.")
     trade_frequency: int = Field(description="Trades in the last 60 s.")

@@ -102,6 +102,7 @@ class Row:
     price: float
     size: float
     late: int
+    capped: float = math.nan  # the size counted by the volume z-score (see `capped_size`)
 
 
 class Seen:
@@ -110,7 +111,7 @@ class Seen:
     def __init__(self) -> None:
         self.n = 0
         self._cols = {"ts": np.empty(64, np.int64), "arrival": np.empty(64, np.int64)}
-        self._cols |= {"price": np.empty(64), "size": np.empty(64)}
+        self._cols |= {"price": np.empty(64), "size": np.empty(64), "capped": np.empty(64)}
 
     def add(self, row: Row) -> None:
         if self.n == len(self._cols["ts"]):
@@ -123,12 +124,24 @@ class Seen:
         return self.__dict__["_cols"][key][: self.n]
 
 
+def capped_size(seen: Seen, ts: int, size: float, watermark: int, cfg: FeatureConfig) -> float:
+    """The z-score size of a trade accepted with `watermark` (including itself), over the trades
+    accepted before it: at most cap × their mean size in the closed buckets of the cap window."""
+    bucket_ms = cfg.zscore_bucket_ms
+    own = ts // bucket_ms * bucket_ms
+    closed_end = (watermark - cfg.late_grace_ms) // bucket_ms * bucket_ms
+    inside = (seen.ts >= own - cfg.zscore_cap_window_buckets * bucket_ms) & (seen.ts < min(closed_end, own))
+    if cfg.zscore_size_cap <= 0 or not inside.any():
+        return size
+    return min(size, cfg.zscore_size_cap * float(seen.size[inside].mean()))
+
+
 def naive_vector(seen: Seen, me: Row, quotes: Seen, cfg: FeatureConfig) -> dict:
     """Features of the vector ending at `me`, over the trades in `seen` whose key is <= its key."""
     all_ts, all_arrival = seen.ts, seen.arrival
     mine = (all_ts < me.ts) | ((all_ts == me.ts) & (all_arrival <= me.arrival))
     ts, arrival = all_ts[mine], all_arrival[mine]
-    price, size = seen.price[mine], seen.size[mine]
+    price, size, capped = seen.price[mine], seen.size[mine], seen.capped[mine]
     t = me.ts
 
     def in_window(ms: int) -> np.ndarray:
@@ -140,15 +153,17 @@ def naive_vector(seen: Seen, me: Row, quotes: Seen, cfg: FeatureConfig) -> dict:
     bucket = t // cfg.zscore_bucket_ms
     buckets = ts // cfg.zscore_bucket_ms
     volume = float(size[buckets == bucket].sum())
+    value = np.log1p if cfg.zscore_log_volume else (lambda v: v)
     in_hist = (buckets >= bucket - cfg.zscore_window_buckets) & (buckets < bucket)
     z = 0.0
     if in_hist.any():
         first = int(buckets[in_hist].min())
         hist = np.zeros(bucket - first)  # every bucket from the first traded one, empty ones as 0
-        np.add.at(hist, buckets[in_hist] - first, size[in_hist])
+        np.add.at(hist, buckets[in_hist] - first, capped[in_hist])
+        hist = value(hist)
         mean, var = hist.mean(), hist.var()
         if len(hist) >= cfg.zscore_min_history_buckets and var > 1e-12 * (hist**2).mean():
-            z = float((volume - mean) / math.sqrt(var))
+            z = float((value(capped[buckets == bucket].sum()) - mean) / math.sqrt(var))
     momentum = 0.0
     ref = np.flatnonzero((ts > t - cfg.momentum_lookback_ms) & (ts <= t - cfg.momentum_ms))
     if len(ref):
@@ -197,14 +212,17 @@ def reference(batches: list[tuple[list[dict], list[dict]]], cfg: FeatureConfig =
                 pending[tk] += 1
                 continue
             watermark[tk] = max(watermark.get(tk, ts), ts)
-            row = Row(ts, arrival, tr["price"], tr["size"], pending[tk])
+            capped = capped_size(accepted[tk], ts, tr["size"], watermark[tk], cfg)
+            row = Row(ts, arrival, tr["price"], tr["size"], pending[tk], capped)
             pending[tk] = 0
             arrival += 1
             accepted[tk].add(row)
             rows_by_second[tk, ts // cfg.snapshot_ms].append(row)
             vec = naive_vector(accepted[tk], row, quotes[tk], cfg)
             per_trade.append(
-                vec | {"ticker": tk, "ts_ms": ts, "event_id": tr["event_id"], "late_events": row.late}
+                vec
+                | {"ticker": tk, "ts_ms": ts, "event_id": tr["event_id"], "late_events": row.late}
+                | {"size": row.size, "capped": row.capped}
             )
         snapshots = []
         for (tk, second), mine in list(rows_by_second.items()):
@@ -295,7 +313,8 @@ def test_stream_exercises_the_edge_cases(stream: list[Event], whole_reference: l
     trades = flat(whole_reference, "per_trade")
     late = flat(whole_reference, "late")
     assert len(trades) > 3000 and 10 < len(late) < 200
-    assert sum(abs(v["volume_zscore"]) > 3 for v in trades) >= 10
+    assert sum(abs(v["volume_zscore"]) > 2.5 for v in trades) >= 10
+    assert sum(v["capped"] < v["size"] for v in trades) >= 10  # block trades hit the size cap
     assert sum(v["volume_zscore"] == 0.0 for v in trades) > 100  # warm-up and after the quiet spell
     assert any(v["bid_ask_spread"] is None for v in trades)
     assert any(v["late_events"] > 0 for v in trades)
@@ -426,8 +445,8 @@ def test_zero_volume_buckets_count_in_history() -> None:
     z = out.per_trade["volume_zscore"]
     assert (z[:3] == 0).all()  # < 30 history buckets
     hist = np.zeros(300)
-    hist[::10] = 10.0  # the 30 trades in the previous 300 s, one per 10 buckets
-    expected = (10.0 - hist.mean()) / hist.std()
+    hist[::10] = math.log1p(10.0)  # the 30 trades in the previous 300 s, one per 10 buckets
+    expected = (math.log1p(10.0) - hist.mean()) / hist.std()
     assert z[-1] == pytest.approx(expected, rel=1e-12)
     assert len(out.snapshots) == 39  # every second with a trade, except the still-open last one
 
@@ -540,6 +559,22 @@ def test_long_stream_prefix_sums_do_not_drift() -> None:
 
     no_quotes = Seen()
     by_ticker = {tk: np.flatnonzero(ticker == tk) for tk in tickers}  # arrival order
+    # Capped sizes (`capped_size`, vectorised): nothing is late here, so every trade in a bucket closed
+    # by a trade's watermark arrived before it, and the cap window is a plain ts range.
+    capped = size.copy()
+    bucket_ms = CFG.zscore_bucket_ms
+    for rows in by_ticker.values():
+        watermark = np.maximum.accumulate(ts[rows])
+        own = ts[rows] // bucket_ms * bucket_ms
+        closed_end = np.minimum((watermark - CFG.late_grace_ms) // bucket_ms * bucket_ms, own)
+        by_ts = np.sort(ts[rows])
+        sums = np.r_[0.0, np.cumsum(size[rows][np.argsort(ts[rows], kind="stable")])]
+        lo = np.searchsorted(by_ts, own - CFG.zscore_cap_window_buckets * bucket_ms, side="left")
+        hi = np.maximum(np.searchsorted(by_ts, closed_end, side="left"), lo)
+        has = hi > lo
+        mean = (sums[hi[has]] - sums[lo[has]]) / (hi - lo)[has]
+        capped[rows[has]] = np.minimum(size[rows][has], CFG.zscore_size_cap * mean)
+    assert (capped < size).sum() > 1000  # the 40x block trades get capped
     for i in sorted(got):
         rows = by_ticker[ticker[i]]
         rows = rows[: np.searchsorted(rows, i, side="right")]
@@ -548,7 +583,13 @@ def test_long_stream_prefix_sums_do_not_drift() -> None:
         rows = rows[ts[rows] > ts[i] - CFG.horizon_ms]
         seen = Seen()
         seen.n = len(rows)
-        seen._cols = {"ts": ts[rows], "arrival": rows, "price": price[rows], "size": size[rows]}
+        seen._cols = {
+            "ts": ts[rows],
+            "arrival": rows,
+            "price": price[rows],
+            "size": size[rows],
+            "capped": capped[rows],
+        }
         me = Row(int(ts[i]), i, float(price[i]), float(size[i]), 0)
         want = naive_vector(seen, me, no_quotes, CFG)
         want |= {"ticker": ticker[i], "ts_ms": int(ts[i]), "late_events": 0}

@@ -1,7 +1,8 @@
 """Rebuilding window state after a start or a rebalance by reading back the input topics.
 
 The runner's windows are at most 5 minutes (plus grace), so the state of a partition at its committed
-offset is a function of the last `rebuild_lookback_s` (330 s) of that partition's input. On every
+offset is a function of the last `rebuild_lookback_s` (390 s: the windows plus the volume z-score's size-cap
+window, `FeatureConfig.rebuild_ms`) of that partition's input. On every
 assignment the runner reads, with a separate group-less consumer (assign(), read_committed):
 
 - per partition number p, the records of trades/quotes/news p from the look-back start up to (not

@@ -17,11 +17,22 @@ Definitions (all per ticker; event time = exchange timestamp `ts`; windows are h
 * `rolling_avg_5min`: mean trade price over the last 300 s of S_i.
 * `trade_frequency`: number of trades of S_i in the last 60 s.
 * `volume`: size traded in the current z-score bucket (floor(ts / 1000 ms)) by the trades of S_i.
-* `volume_zscore`: (volume − mean) / std over the history buckets, where the history is the previous
-  `zscore_window_buckets` (300) buckets b−300 … b−1, *starting at the first of them that has a trade*
-  (empty buckets after that count as volume 0). With n history buckets, mean = Σv/n and std is the
-  population std (ddof 0). z = 0 while n < `zscore_min_history_buckets` (30, warm-up and after a quiet
-  spell of ≥ 270 s), and 0 when the variance is ≤ 1e-12 × mean(v²) (a flat history has no scale).
+* `volume_zscore`: how unusual the volume of the current z-score bucket is, robust to single block
+  trades. Each accepted trade j gets a *capped size* c_j = min(size_j, `zscore_size_cap` (10) × the
+  mean trade size of its ticker over the *closed* buckets among the previous `zscore_cap_window_buckets`
+  (60): buckets b_j−60 … whose end is ≤ (watermark after j) − grace, so no trade can still enter them;
+  c_j = size_j when there are none or the cap is 0). c_j is fixed when j is accepted. A bucket's value
+  is x = log(1 + Σc) over its trades (`zscore_log_volume`; plain Σc when off). Then
+  z = (x_now − mean) / std, x_now over the trades of S_i in the current bucket, mean and std over the
+  history buckets: the previous `zscore_window_buckets` (300) buckets b−300 … b−1 of S_i, *starting at
+  the first of them that has a trade* (empty buckets after that count as x = 0). With n history
+  buckets, mean = Σx/n and std is the population std (ddof 0). z = 0 while n <
+  `zscore_min_history_buckets` (30, warm-up and after a quiet spell of ≥ 270 s), and 0 when the
+  variance is ≤ 1e-12 × mean(x²) (a flat history has no scale).
+  Why not raw volume: trade sizes are power-law distributed (tail exponent ~1.5 in real markets, 1.6
+  in the simulator), so one block print makes a 1-s bucket "extreme" on raw mean/std many times a
+  minute per ticker, and a few such prints inflate the std so that a real sustained surge scores
+  low. With `zscore_size_cap=0` and `zscore_log_volume=false` z is the raw-volume z-score.
 * `price_momentum`: (price − ref) / ref × 100, ref = price of the last trade with ts ≤ t − 60 s, looked
   up no further back than `momentum_lookback_ms` (300 s); 0 when there is no such trade.
 * `vwap_deviation_bps`: (price − vwap_5min) / vwap_5min × 10,000.
@@ -87,6 +98,9 @@ class FeatureConfig:
     momentum_ms: int = 60_000
     frequency_ms: int = 60_000
     zscore_min_history_buckets: int = 30
+    zscore_size_cap: float = 10.0
+    zscore_cap_window_buckets: int = 60
+    zscore_log_volume: bool = True
     momentum_lookback_ms: int = 300_000
     snapshot_ms: int = 1000
 
@@ -100,6 +114,10 @@ class FeatureConfig:
             raise ValueError("every window must be longer than the late grace")
         if self.momentum_lookback_ms < self.momentum_ms:
             raise ValueError("momentum_lookback_ms must be >= momentum_ms")
+        if not (
+            self.zscore_size_cap >= 0 and 0 < self.zscore_cap_window_buckets <= self.zscore_window_buckets
+        ):
+            raise ValueError("need zscore_size_cap >= 0 and 0 < zscore_cap_window_buckets <= window buckets")
         grace_buckets = -(-self.late_grace_ms // self.zscore_bucket_ms) + 1
         if not grace_buckets < self.zscore_min_history_buckets <= self.zscore_window_buckets:
             raise ValueError("need ceil(grace/bucket) + 1 < zscore_min_history_buckets <= window buckets")
@@ -111,6 +129,8 @@ class FeatureConfig:
             late_grace_ms=settings.late_grace_ms,  # type: ignore[attr-defined]
             zscore_bucket_ms=settings.zscore_bucket_ms,  # type: ignore[attr-defined]
             zscore_window_buckets=settings.zscore_window_buckets,  # type: ignore[attr-defined]
+            zscore_size_cap=settings.zscore_size_cap,  # type: ignore[attr-defined]
+            zscore_log_volume=settings.zscore_log_volume,  # type: ignore[attr-defined]
         )
 
     @property
@@ -124,6 +144,12 @@ class FeatureConfig:
             (self.zscore_window_buckets + 1) * self.zscore_bucket_ms,
             self.snapshot_ms,
         )
+
+    @property
+    def rebuild_ms(self) -> int:
+        """Event time of input a fresh engine must replay to reproduce a running one exactly: the
+        windows, plus the cap window of the oldest z-score history bucket's trades, plus the grace."""
+        return self.horizon_ms + self.zscore_cap_window_buckets * self.zscore_bucket_ms + self.late_grace_ms
 
 
 @dataclass
@@ -264,8 +290,11 @@ class _TradeState:
     a bucket always has a row, so it never needs more slots than the rows.
     """
 
-    def __init__(self, bucket_ms: int) -> None:
-        self.bucket_ms = bucket_ms
+    def __init__(self, config: FeatureConfig) -> None:
+        self.bucket_ms = config.zscore_bucket_ms
+        self.cap_multiple = config.zscore_size_cap
+        self.cap_window_ms = config.zscore_cap_window_buckets * config.zscore_bucket_ms
+        self.log_volume = config.zscore_log_volume
         self.reg0 = np.empty(0, dtype=np.int64)
         self.cap = np.empty(0, dtype=np.int64)
         self.tail = np.empty(0, dtype=np.int64)
@@ -286,11 +315,19 @@ class _TradeState:
         self.t_ps = np.zeros(n, dtype=_ACC)  # inclusive prefix sums of the three, per code
         self.t_size = np.zeros(n, dtype=_ACC)
         self.t_p = np.zeros(n, dtype=_ACC)
+        self.csize = np.zeros(n)  # capped size (see the volume_zscore definition), fixed at acceptance
+        self.t_csize = np.zeros(n, dtype=_ACC)
         self.b_key = owner * _K + (_K - 1)
         self.b_id = np.zeros(n, dtype=np.int64)
-        self.b_vol = np.zeros(n)
-        self.b_t1 = np.zeros(n, dtype=_ACC)  # inclusive prefix sums of bucket volumes and squares
+        self.b_cap = np.zeros(n)  # Σ capped size of the bucket
+        self.b_val = np.zeros(n)  # its z-score value x = bucket_value(b_cap)
+        self.b_t1 = np.zeros(n, dtype=_ACC)  # inclusive prefix sums of bucket values and squares
         self.b_t2 = np.zeros(n, dtype=_ACC)
+
+    def bucket_value(self, capped_volume: np.ndarray) -> np.ndarray:
+        """A bucket's z-score value from its capped volume (log(1 + v), or v itself)."""
+        v = np.maximum(capped_volume, 0.0)  # a difference of sums may round to a hair below 0
+        return np.log1p(v) if self.log_volume else v
 
     # --- lookups ------------------------------------------------------------------------------
     def first_after(self, code: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -341,15 +378,18 @@ class _TradeState:
         src, grp = _ranges(first, tail)
         bsrc, bgrp = _ranges(bfirst, btail)
         keep = (
-            self.key[src], self.ts[src], self.price[src], self.size[src], self.late[src],
-            self.b_key[bsrc], self.b_id[bsrc], self.b_vol[bsrc],
+            self.key[src], self.ts[src], self.price[src], self.size[src], self.late[src], self.csize[src],
+            self.b_key[bsrc], self.b_id[bsrc], self.b_cap[bsrc], self.b_val[bsrc],
         )  # fmt: skip
         self.centre[has] = self.price[first[has]]
         self._alloc(int(cap.sum()), all_codes, cap)
         dst = new0[grp] + (src - first[grp])
         bdst = new0[bgrp] + (bsrc - bfirst[bgrp])
-        self.key[dst], self.ts[dst], self.price[dst], self.size[dst], self.late[dst] = keep[:5]
-        self.b_key[bdst], self.b_id[bdst], self.b_vol[bdst] = keep[5:]
+        row_arrays = (self.key, self.ts, self.price, self.size, self.late, self.csize)
+        for array, values in zip(row_arrays, keep[:6], strict=True):
+            array[dst] = values
+        for array, values in zip((self.b_key, self.b_id, self.b_cap, self.b_val), keep[6:], strict=True):
+            array[bdst] = values
         self.reg0, self.cap = new0, cap
         self.tail = new0 + live
         self.btail = new0 + (btail - bfirst)
@@ -364,10 +404,21 @@ class _TradeState:
         centred = self.price[rows] - self.centre[self.code[rows]]
         self.v_p[rows] = centred
         self.v_ps[rows] = centred * self.size[rows]
+        pairs = (
+            (self.v_ps, self.t_ps),
+            (self.size, self.t_size),
+            (self.v_p, self.t_p),
+            (self.csize, self.t_csize),
+        )
+        self._prefix(rows, grp, pairs)
+
+    def _prefix(
+        self, rows: np.ndarray, grp: np.ndarray, pairs: tuple[tuple[np.ndarray, np.ndarray], ...]
+    ) -> None:
         starts = _group_starts(grp)
         prev = rows[starts] - 1
         cont = prev >= self.reg0[self.code[rows[starts]]]
-        for values, through in ((self.v_ps, self.t_ps), (self.size, self.t_size), (self.v_p, self.t_p)):
+        for values, through in pairs:
             base = np.where(cont, through[np.maximum(prev, 0)], _ACC(0))
             through[rows] = _seg_cumsum(values[rows], starts, base)
 
@@ -377,15 +428,22 @@ class _TradeState:
         starts = _group_starts(grp)
         prev = slots[starts] - 1
         cont = prev >= self.reg0[self.code[slots[starts]]]
-        vol = self.b_vol[slots]
-        for values, through in ((vol, self.b_t1), (vol * vol, self.b_t2)):
+        val = self.b_val[slots]
+        for values, through in ((val, self.b_t1), (val * val, self.b_t2)):
             base = np.where(cont, through[np.maximum(prev, 0)], _ACC(0))
             through[slots] = _seg_cumsum(values, starts, base)
 
     def merge(
-        self, code: np.ndarray, ts: np.ndarray, price: np.ndarray, size: np.ndarray, late: np.ndarray
+        self,
+        code: np.ndarray,
+        ts: np.ndarray,
+        price: np.ndarray,
+        size: np.ndarray,
+        late: np.ndarray,
+        closed_end: np.ndarray,
     ) -> np.ndarray:
-        """Insert trades sorted by (code, ts, arrival) (room reserved); returns their rows."""
+        """Insert trades sorted by (code, ts, arrival) (room reserved); returns their rows.
+        `closed_end[i]`: end of the last z-score bucket closed when trade i was accepted (its cap)."""
         ustart = _group_starts(code)
         ucode, ucount = code[ustart], np.diff(np.r_[ustart, len(code)])
         ins = self.first_after(ucode, ts[ustart])  # equal ts: earlier arrivals (the state) first
@@ -405,11 +463,27 @@ class _TradeState:
         self.price[dest] = np.r_[self.price[sidx], price][order]
         self.size[dest] = np.r_[self.size[sidx], size][order]
         self.late[dest] = np.r_[self.late[sidx], late][order]
+        self.csize[dest] = np.r_[self.csize[sidx], size][order]  # the batch's caps follow
         self.tail[ucode] = tail + ucount
         self._resum(dest, grp)
         rows = np.empty(len(code), dtype=np.int64)
         is_batch = order >= ns
         rows[order[is_batch] - ns] = dest[is_batch]
+        if self.cap_multiple > 0:
+            # Cap = multiple × mean size over the closed buckets of the cap window. Every row there was
+            # accepted before the trade (a later arrival in a closed bucket is late), so the state's
+            # plain prefix sums are exact.
+            own = ts // self.bucket_ms * self.bucket_ms
+            lo = self.first_at(code, own - self.cap_window_ms)
+            hi = np.maximum(self.first_at(code, np.minimum(closed_end, own)), lo)
+            n = hi - lo
+            has = n > 0
+            lo_h, hi_h = lo[has], hi[has]
+            total = (self.t_size[hi_h - 1] - (self.t_size[lo_h] - self.size[lo_h])).astype(np.float64)
+            capped = size.copy()
+            capped[has] = np.minimum(size[has], self.cap_multiple * total / n[has])
+            self.csize[rows] = capped
+            self._prefix(dest, grp, ((self.csize, self.t_csize),))
 
         # Buckets from the batch's earliest bucket of each code on, recomputed from the rows.
         bucket_ms = self.bucket_ms
@@ -423,7 +497,8 @@ class _TradeState:
         slots = slot0[bgrp] + np.arange(len(bgrp)) - np.repeat(np.cumsum(nb) - nb, nb)
         self.b_id[slots] = rb[bstart]
         self.b_key[slots] = ucode[bgrp] * _K + _kts(rb[bstart])
-        self.b_vol[slots] = np.add.reduceat(self.size[ridx], bstart) if len(ridx) else 0.0
+        self.b_cap[slots] = np.add.reduceat(self.csize[ridx], bstart) if len(ridx) else 0.0
+        self.b_val[slots] = self.bucket_value(self.b_cap[slots])
         self.btail[ucode] = slot0 + nb
         self._resum_buckets(slots, bgrp)
         return rows
@@ -440,7 +515,7 @@ class FeatureEngine:
         self._qwm = np.empty(0, dtype=np.int64)  # quote watermark per code
         self._pending_late = np.empty(0, dtype=np.int64)  # late trades waiting for the next accepted one
         self.late_total = np.empty(0, dtype=np.int64)  # late trades per code, since start
-        self._trades = _TradeState(config.zscore_bucket_ms)  # accepted trades, per-code prefix sums
+        self._trades = _TradeState(config)  # accepted trades, per-code prefix sums
         # Quotes, sorted by (code, ts, arrival).
         self._q_code = np.empty(0, dtype=np.int64)
         self._q_ts = np.empty(0, dtype=np.int64)
@@ -613,6 +688,9 @@ class FeatureEngine:
         arrival = by_code[acc_s]  # batch index of each accepted trade, code-grouped arrival order
         a_code, a_ts = c_s[acc_s], t_s[acc_s]
         a_price, a_size = trades.price[arrival], trades.size[arrival]
+        wm_at = np.maximum(wm_before_trade[acc_s], a_ts)  # the watermark once each trade is accepted
+        bucket_ms = cfg.zscore_bucket_ms
+        closed_end = (wm_at - cfg.late_grace_ms) // bucket_ms * bucket_ms
         key_order = np.argsort(a_code * _K + _kts(a_ts), kind="stable")  # equal ts keep arrival order
         k_code = a_code[key_order]
         ustart = _group_starts(k_code)
@@ -626,7 +704,12 @@ class FeatureEngine:
         )
         pos = np.empty(len(acc_s), dtype=np.int64)  # state row of each accepted trade
         pos[key_order] = state.merge(
-            k_code, a_ts[key_order], a_price[key_order], a_size[key_order], attached[key_order]
+            k_code,
+            a_ts[key_order],
+            a_price[key_order],
+            a_size[key_order],
+            attached[key_order],
+            closed_end[key_order],
         )
 
         # 4. Per-trade vectors (arrival view, corrected for within-batch disorder).
@@ -701,8 +784,9 @@ class _Corrections:
     price: np.ndarray
     count: np.ndarray
     bucket_volume: np.ndarray  # in the trade's own z-score bucket
-    hist_s1: np.ndarray  # change of Σv over the history buckets
-    hist_s2: np.ndarray  # change of Σv² over the history buckets
+    bucket_capped: np.ndarray  # capped size in the trade's own z-score bucket
+    hist_s1: np.ndarray  # change of Σx over the history buckets
+    hist_s2: np.ndarray  # change of Σx² over the history buckets
 
 
 def _features(
@@ -717,7 +801,7 @@ def _features(
     """Feature columns of the vectors ending at state `rows` (minus the corrections, if any)."""
     end = rows + 1
     zero = np.zeros(len(rows))
-    c = corr or _Corrections(zero, zero, zero, zero.astype(np.int64), zero, zero, zero)
+    c = corr or _Corrections(zero, zero, zero, zero.astype(np.int64), zero, zero, zero, zero)
 
     def window(ms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         start = st.first_after(code, ts - ms)  # <= rows: a window holds its own trade
@@ -751,15 +835,17 @@ def _features(
     b_now = ts // cfg.zscore_bucket_ms
     b_row = st.first_at(code, b_now * cfg.zscore_bucket_ms)  # first row of the trade's bucket
     volume = (st.t_size[rows] - (st.t_size[b_row] - st.size[b_row])).astype(np.float64) - c.bucket_volume
+    capped = (st.t_csize[rows] - (st.t_csize[b_row] - st.csize[b_row])).astype(np.float64) - c.bucket_capped
+    x_now = st.bucket_value(capped)
     bidx = st.bucket_slot(code, b_now)
     h_lo = st.bucket_slot(code, b_now - cfg.zscore_window_buckets)
     has_hist = h_lo < bidx
     first = st.b_id[np.where(has_hist, h_lo, bidx)]
     n_hist = np.where(has_hist, b_now - first, 0)
     h_last = np.maximum(bidx - 1, 0)
-    b_vol_lo = st.b_vol[h_lo]
-    s1h = (st.b_t1[h_last] - (st.b_t1[h_lo] - b_vol_lo)).astype(np.float64)
-    s2h = (st.b_t2[h_last] - (st.b_t2[h_lo] - b_vol_lo * b_vol_lo)).astype(np.float64)
+    x_lo = st.b_val[h_lo]
+    s1h = (st.b_t1[h_last] - (st.b_t1[h_lo] - x_lo)).astype(np.float64)
+    s2h = (st.b_t2[h_last] - (st.b_t2[h_lo] - x_lo * x_lo)).astype(np.float64)
     s1h = np.where(has_hist, s1h, 0.0) - c.hist_s1
     s2h = np.where(has_hist, s2h, 0.0) - c.hist_s2
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -768,7 +854,7 @@ def _features(
         mean_sq = s2h / nf
         var = mean_sq - mean * mean
         ok = (n_hist >= cfg.zscore_min_history_buckets) & (var > 1e-12 * mean_sq)
-        z = np.where(ok, (volume - mean) / np.sqrt(np.where(ok, var, 1.0)), 0.0)
+        z = np.where(ok, (x_now - mean) / np.sqrt(np.where(ok, var, 1.0)), 0.0)
 
     out = {
         "vwap_1min": vwap1,
@@ -805,7 +891,7 @@ def _disorder_corrections(pos: np.ndarray, group: np.ndarray, st: _TradeState) -
     `pos` is the state row of each accepted trade in code-grouped arrival order, `group` its code
     group. Prefix sums up to `pos` include such later arrivals; the arrival view must not.
     """
-    price, size = st.price, st.size
+    price, size, csize = st.price, st.size, st.csize
     n = len(pos)
     if n < 2:
         return None
@@ -833,6 +919,7 @@ def _disorder_corrections(pos: np.ndarray, group: np.ndarray, st: _TradeState) -
         zero.copy(),
         zero.copy(),
         zero.copy(),
+        zero.copy(),
     )
     for chunk in _pair_chunks(counts):
         d = np.repeat(disordered[chunk], counts[chunk])
@@ -851,15 +938,17 @@ def _disorder_corrections(pos: np.ndarray, group: np.ndarray, st: _TradeState) -
         bd, bj = st.ts[pos[d]] // st.bucket_ms, st.ts[pj] // st.bucket_ms
         same = bd == bj
         np.add.at(c.bucket_volume, d[same], size[pj[same]])
-        # History buckets: aggregate the missing volume per (trade, bucket), then fix Σv and Σv².
+        np.add.at(c.bucket_capped, d[same], csize[pj[same]])
+        # History buckets: aggregate the missing capped volume per (trade, bucket), then fix Σx, Σx².
         prev = ~same
         if prev.any():
             pair_key = np.stack([d[prev], st.bucket_of(pj[prev])], axis=1)
             keys, inv = np.unique(pair_key, axis=0, return_inverse=True)
-            missing = np.bincount(inv.ravel(), weights=size[pj[prev]], minlength=len(keys))
-            full = st.b_vol[keys[:, 1]]
-            np.add.at(c.hist_s1, keys[:, 0], missing)
-            np.add.at(c.hist_s2, keys[:, 0], full * full - (full - missing) ** 2)
+            missing = np.bincount(inv.ravel(), weights=csize[pj[prev]], minlength=len(keys))
+            slots = keys[:, 1]
+            full, seen = st.b_val[slots], st.bucket_value(st.b_cap[slots] - missing)
+            np.add.at(c.hist_s1, keys[:, 0], full - seen)
+            np.add.at(c.hist_s2, keys[:, 0], full * full - seen * seen)
     return c
 
 
