@@ -34,8 +34,9 @@ from tradepulse.sources.news import article_records
 from tradepulse.sources.parse import quote_record, trade_record
 from tradepulse.sources.simulator.market import MarketConfig, MarketModel
 from tradepulse.stores.backpressure import SlowHotStore
+from tradepulse.stores.dlq import encode_payload
 from tradepulse.stores.factory import open_dlq, open_hot_store
-from tradepulse.topics import CORRELATIONS, FEATURES, INPUT_TOPICS, NEWS, QUOTES, TRADES
+from tradepulse.topics import CORRELATIONS, DEAD_LETTERS, FEATURES, INPUT_TOPICS, NEWS, QUOTES, TRADES
 
 pytestmark = pytest.mark.kafka
 
@@ -107,10 +108,17 @@ def produce(settings: Settings, events: list[tuple[str, str, Any]], producer: Pr
 
 def read_topic(settings: Settings, topic: str) -> list[dict[str, Any]]:
     """Every committed record of a topic (read_committed, all partitions, to the end)."""
+    return [orjson.loads(value) for _, value, _ in read_records(settings, topic)]
+
+
+def read_records(settings: Settings, topic: str) -> list[tuple[bytes | None, bytes | None, tuple[int, int]]]:
+    """Every committed record of a topic as (key, raw value, (partition, offset)), read_committed, all
+    partitions, to the end."""
     consumer = Consumer(consumer_config(settings, "test-reader", **{"enable.partition.eof": True}))
     partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-    pending, out = set(partitions), []
+    pending: set[int] = set(partitions)
+    out: list[tuple[bytes | None, bytes | None, tuple[int, int]]] = []
     deadline = time.monotonic() + 60
     while pending and time.monotonic() < deadline:
         for message in consumer.consume(1000, timeout=0.5):
@@ -118,10 +126,43 @@ def read_topic(settings: Settings, topic: str) -> list[dict[str, Any]]:
                 if message.error().code() == KafkaError._PARTITION_EOF:
                     pending.discard(message.partition())
                 continue
-            out.append(orjson.loads(message.value()))
+            out.append((message.key(), message.value(), (message.partition(), message.offset())))
     consumer.close()
     assert not pending, f"could not read {topic} to the end"
     return out
+
+
+def assert_dead_letters_published_once(settings: Settings, poison: list[bytes]) -> list[dict[str, Any]]:
+    """market.dead-letters, read_committed, holds exactly one letter per input message whose value is in
+    `poison` and none for any other input: each keyed by its dead_letter_id, a valid DeadLetter whose
+    topic/partition/offset point at that message and whose payload is its value. Returns the letters."""
+    records = read_records(settings, DEAD_LETTERS)
+    letters = [orjson.loads(value) for _, value, _ in records]
+    assert [key for key, _, _ in records] == [letter["dead_letter_id"].encode() for letter in letters]
+    ids = [letter["dead_letter_id"] for letter in letters]
+    assert len(ids) == len(set(ids)), "a dead letter was published more than once"
+    bad = set(poison)
+    poison_at = {
+        (topic, *position): value
+        for topic in INPUT_TOPICS
+        for _, value, position in read_records(settings, topic)
+        # an empty value may come back as None
+        if (value if value is not None else b"") in bad
+    }
+    by_source: dict[tuple[str, int, int], dict[str, Any]] = {}
+    for letter in letters:
+        DeadLetter.model_validate(letter)
+        source = (letter["source_topic"], letter["source_partition"], letter["source_offset"])
+        assert source in poison_at, f"dead letter for a good input (or without context): {source}"
+        assert source not in by_source, f"two dead letters for {source}"
+        by_source[source] = letter
+        original = encode_payload(poison_at[source])
+        if "the DLQ store holds it whole" in letter["reason"]:
+            assert original.startswith(letter["payload"]) and len(letter["payload"]) < len(original)
+        else:
+            assert letter["payload"] == original
+    assert by_source.keys() == poison_at.keys(), "poison messages without a dead letter on the topic"
+    return letters
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -404,6 +445,11 @@ def test_poison_messages_go_to_the_dlq_with_context_and_the_runner_keeps_going(
     # The original payload is kept (binary as base64).
     assert any(letter["payload"] == "{not json" for letter in letters)
     assert any(letter["payload"].startswith("b64:") for letter in letters)
+
+    # The same letters, once each, on market.dead-letters (committed with their batch's offsets).
+    published = assert_dead_letters_published_once(kafka_settings, [value for *_, value in bad])
+    assert len(published) == len(bad)
+    assert {letter["dead_letter_id"] for letter in published} == {lt["dead_letter_id"] for lt in letters}
 
     hot = open_hot_store(kafka_settings)
     good_trades = {r["event_id"] for t, _, r in good if t == TRADES}

@@ -17,8 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.bus.test_runner import (
+    POISON,
     TICKERS,
     Recording,
+    assert_dead_letters_published_once,
     assert_features_match,
     expected_correlation_ids,
     make_recording,
@@ -147,8 +149,17 @@ def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(
     runner_settings: Settings, recording: Recording
 ) -> None:
     kafka_settings = runner_settings
-    total = len(recording.events)
-    produce(kafka_settings, recording.events)
+    # Poison every 100 messages, on every input topic and partition: the batches in flight when the runner
+    # is killed hold dead letters, and the restart replays them.
+    mixed: list[tuple[str, str, Any]] = list(recording.events)
+    poison = []
+    for i in range(len(mixed) // 100):
+        topic, raw, _ = POISON[i % len(POISON)]
+        poison.append((topic, TICKERS[i % len(TICKERS)], raw + b" #%d" % i))  # distinct payloads
+    for i, item in enumerate(poison):
+        mixed.insert(50 + i * 101, item)
+    total = len(mixed)
+    produce(kafka_settings, mixed)
     first = start_runner(kafka_settings, "k", batch=200)
     wait_until(lambda: status(kafka_settings, "k").get("events_processed", 0) >= 2000, 120, "progress", first)
     first.send_signal(signal.SIGKILL)
@@ -161,6 +172,8 @@ def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(
     # The restart rebuilt its windows from the look-back, then resumed after the committed offsets.
     assert "rebuilt state from" in log and "rebuilt state from 0 records" not in log, log[-2000:]
     assert status(kafka_settings, "k")["events_processed"] < total
+    letters = assert_dead_letters_published_once(kafka_settings, [raw for _, _, raw in poison])
+    assert len(letters) == len(poison)
     assert_exactly_once(kafka_settings, recording)
 
 

@@ -23,11 +23,19 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.bus.test_runner import make_recording, produce, running, wait_for
+from tests.bus.test_runner import (
+    assert_dead_letters_published_once,
+    make_recording,
+    produce,
+    running,
+    wait_for,
+)
 from tests.sources.test_ingest import fast_settings, published_keys, quote, run_scripted, trade
 from tradepulse.bus.pipeline import build_runner
+from tradepulse.bus.runner import TOPIC_PAYLOAD_CHARS
 from tradepulse.config import Settings
 from tradepulse.models import DeadLetter
+from tradepulse.stores.dlq import decode_payload
 from tradepulse.stores.factory import open_dlq, open_hot_store
 from tradepulse.topics import QUOTES, TRADES
 
@@ -115,6 +123,8 @@ def _poison_for_the_runner(template: dict[str, Any]) -> list[tuple[bytes, str]]:
         (orjson.dumps({**template, "event_id": "seq", "sequence": 1.5}), "bad_value"),
         (orjson.dumps({**template, "event_id": "tape", "tape": None}), "missing_field"),
         (huge, "bad_value"),
+        # Binary: stored as base64, a third larger than the message it came in.
+        (b"\xff" * 900_000, "bad_json"),
     ]
 
 
@@ -147,6 +157,14 @@ def test_runner_poison_is_dead_lettered_with_source_context_and_the_books_balanc
         assert letter["source_partition"] is not None and letter["source_offset"] is not None
         assert letter["ticker"] == "AAPL" and letter["reason"]
     assert any(len(letter["payload"]) > 990_000 for letter in letters)  # kept whole
+    # On market.dead-letters: once each, and the two big ones cut so that each letter fits in a message
+    # (1.2 MB of base64 would not).
+    published = assert_dead_letters_published_once(settings, [raw for raw, _ in poison])
+    assert {lt["dead_letter_id"] for lt in published} == {lt["dead_letter_id"] for lt in letters}
+    cut = [lt for lt in published if "the DLQ store holds it whole" in lt["reason"]]
+    assert len(cut) == 2 and all(len(lt["payload"]) == TOPIC_PAYLOAD_CHARS for lt in cut)
+    binary = next(lt for lt in cut if lt["payload"].startswith("b64:"))
+    assert decode_payload(binary["payload"]) == b"\xff" * (3 * (TOPIC_PAYLOAD_CHARS - 4) // 4)
     hot = open_hot_store(settings)
     good_trades = {r["event_id"] for t, _, r in good if t == TRADES}
     assert hot.trade_ids() == good_trades  # accepted + dead-lettered = sent

@@ -6,13 +6,15 @@ Loop, per micro-batch (at most `batch_max_messages` or `batch_max_wait_ms`):
    validation; invalid messages become dead letters with their topic/partition/offset.
 2. The core (`Processor`) turns the batch into feature snapshots, anomalies and correlations.
 3. Sinks, all idempotent by deterministic keys: hot store `write_batch` (3 attempts with backoff, then
-   the rows go to the DLQ), cold store `append_batch` of every input row, DLQ `put` of the dead letters.
-4. One Kafka transaction: produce market.features / market.anomalies / market.correlations, then
+   the rows go to the DLQ), cold store `append_batch` of every input row, DLQ `put` of the dead letters
+   (the store carries the redrive policy).
+4. One Kafka transaction: produce market.features / market.anomalies / market.correlations, and every
+   dead letter of the batch to market.dead-letters keyed by its `dead_letter_id`, then
    `send_offsets_to_transaction(positions, consumer_group_metadata())` and commit.
 
 A crash anywhere before step 4 completes aborts the outputs and leaves the offsets uncommitted: the batch
-is replayed, the keyed sinks overwrite what they already hold, and the outputs appear exactly once to
-read_committed readers.
+is replayed, the keyed sinks overwrite what they already hold, and the outputs (dead letters included)
+appear exactly once to read_committed readers.
 
 Zombie fencing (KIP-447, librdkafka ≥ 1.6 and brokers ≥ 2.5): there is one transactional producer per
 runner process, `transactional.id = <consumer_group>-runner-<instance>`. Offsets are committed with the
@@ -55,7 +57,16 @@ from tradepulse.bus.watchdog import Watchdog
 from tradepulse.config import Settings
 from tradepulse.metrics_emf import emitter_from_settings
 from tradepulse.stores.dlq import make_dead_letter
-from tradepulse.topics import ANOMALIES, CORRELATIONS, FEATURES, INPUT_TOPICS, NEWS, QUOTES, TRADES
+from tradepulse.topics import (
+    ANOMALIES,
+    CORRELATIONS,
+    DEAD_LETTERS,
+    FEATURES,
+    INPUT_TOPICS,
+    NEWS,
+    QUOTES,
+    TRADES,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +85,24 @@ SESSION_TIMEOUT_MS = 10_000
 # 50,000 allocations and full ones rarely; the objects alive at start (modules, the model) are frozen out
 # of the collector.
 GC_THRESHOLDS = (50_000, 20, 100)
+# On market.dead-letters a letter's payload is cut to this many characters: the topic tells readers what
+# failed and where, the DLQ store keeps the whole payload for redrive. Without the cut, the letter of an
+# input message near the 1 MB message limit (a third larger again if binary, as base64) would not fit in
+# one Kafka message and would fail the batch's transaction.
+TOPIC_PAYLOAD_CHARS = 64 * 1024
+
+
+def topic_dead_letter(letter: Row) -> Row:
+    """The letter as produced to market.dead-letters: a payload over `TOPIC_PAYLOAD_CHARS` is cut (a
+    base64 one on a 4-character boundary, so it still decodes) and the reason says so."""
+    payload = letter["payload"]
+    if len(payload) <= TOPIC_PAYLOAD_CHARS:
+        return letter
+    keep = TOPIC_PAYLOAD_CHARS
+    if payload.startswith("b64:"):
+        keep = 4 + (TOPIC_PAYLOAD_CHARS - 4) // 4 * 4
+    note = f" (payload cut to {keep} of {len(payload)} characters; the DLQ store holds it whole)"
+    return letter | {"payload": payload[:keep], "reason": letter["reason"] + note}
 
 
 @dataclass
@@ -354,13 +383,13 @@ class Runner:
         decoded = time.perf_counter()
         outputs = self.processor.process(batch, emit=True)
         processed = time.perf_counter()
-        self._write_sinks(batch, outputs)
+        dead_letters = self._write_sinks(batch, outputs)
         written = time.perf_counter()
         if self.commit_watchdog is None:
-            self._commit(outputs)
+            self._commit(outputs, dead_letters)
         else:
             with self.commit_watchdog.guard("transaction commit"):
-                self._commit(outputs)
+                self._commit(outputs, dead_letters)
         committed = time.perf_counter()
         # Writes the groups that are due (flush_rows / flush_interval_s / complete blocks): without it
         # every input row stays buffered until shutdown or a revocation and memory grows with the run.
@@ -379,7 +408,9 @@ class Runner:
         )
         self.metrics.committed(len(valid), (flushed - started) * 1000)
 
-    def _write_sinks(self, batch: DecodedBatch, outputs: BatchOutputs) -> None:
+    def _write_sinks(self, batch: DecodedBatch, outputs: BatchOutputs) -> list[Row]:
+        """Write the sinks; returns every dead letter of the batch (input and hot-store failures), which
+        is in the DLQ store now and goes to market.dead-letters with the batch's transaction."""
         dead = list(batch.dead_letters)
         write_started = time.perf_counter()
         try:
@@ -411,6 +442,7 @@ class Runner:
                 self.cold.append_batch(topic, rows, positions, start=self._cold_next, flush=False)
         if dead:
             self.sink_retry(lambda: self.dlq.put(dead))
+        return dead
 
     @staticmethod
     def _sink_dead_letters(batch: DecodedBatch, outputs: BatchOutputs, exc: Exception) -> list[Row]:
@@ -434,24 +466,32 @@ class Runner:
                 )
         return letters
 
-    def _commit(self, outputs: BatchOutputs) -> None:
+    def _commit(self, outputs: BatchOutputs, dead_letters: list[Row]) -> None:
         producer, consumer = self.producer, self.consumer
         assert producer is not None and consumer is not None
         producer.begin_transaction()
         try:
             produce = producer.produce
             dumps = orjson.dumps
+
+            def send(topic: str, key: str, row: Row) -> None:
+                try:
+                    produce(topic, key=key.encode(), value=dumps(row))
+                except BufferError:
+                    producer.poll(0.05)  # local queue full: let deliveries drain
+                    produce(topic, key=key.encode(), value=dumps(row))
+
             for topic, rows in (
                 (FEATURES, outputs.features),
                 (ANOMALIES, outputs.anomalies),
                 (CORRELATIONS, outputs.correlations),
             ):
                 for row in rows:
-                    try:
-                        produce(topic, key=row["ticker"].encode(), value=dumps(row))
-                    except BufferError:
-                        producer.poll(0.05)  # local queue full: let deliveries drain
-                        produce(topic, key=row["ticker"].encode(), value=dumps(row))
+                    send(topic, row["ticker"], row)
+            # In the batch's transaction: an aborted attempt's letters are never seen by read_committed
+            # readers, and the replay produces them again (same deterministic ids), so each shows once.
+            for letter in dead_letters:
+                send(DEAD_LETTERS, letter["dead_letter_id"], topic_dead_letter(letter))
             self.metrics.outputs_produced += (
                 len(outputs.features) + len(outputs.anomalies) + len(outputs.correlations)
             )
