@@ -10,6 +10,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
 from fastapi.testclient import TestClient
 from moto import mock_aws
 
@@ -20,6 +21,7 @@ from tradepulse.api.health import (
     FileRunnerStatusSource,
     HotStoreRunnerStatusSource,
     RunnerStatus,
+    error_name,
     runner_status_path,
 )
 from tradepulse.bus.status import RunnerMetrics, status_path, write_json_atomic
@@ -263,3 +265,57 @@ def test_lambda_settings_read_the_dlq_depth_from_sqs(tmp_path: Path, store: Sqli
         with TestClient(create_app(settings, store)) as client:
             component = client.get("/health").json()["components"]["dlq"]
     assert component["metrics"]["dlq_depth"] == 4 and "sqs queue" in component["detail"]
+
+
+class UnreachableDynamoStore(SqliteHotStore):
+    """A real hot store whose runner-status read fails as DynamoDB's does when its endpoint is down (the
+    injected failure; everything else is the real store)."""
+
+    def get_runner_status(self, instance: str = "0") -> dict[str, object] | None:
+        raise EndpointConnectionError(endpoint_url="https://admin:s3cr3t@dynamodb.us-east-1.amazonaws.com")
+
+
+def test_hot_store_failing_the_status_read_is_a_503_naming_it(tmp_path: Path) -> None:
+    # Before: the exception escaped the handler and /health answered a bare 500.
+    settings = Settings(data_dir=tmp_path, kafka_bootstrap=None, hot_store="dynamodb")
+    store = UnreachableDynamoStore(tmp_path / "hot.sqlite3")
+    try:
+        with TestClient(create_app(settings, store)) as client:
+            res = client.get("/health")
+            metrics = client.get("/metrics")
+    finally:
+        store.close()
+    assert res.status_code == 503 and res.headers["cache-control"] == "no-store"
+    body = res.json()
+    assert body["status"] == "unhealthy"
+    hot = body["components"]["hot_store"]
+    assert hot["status"] == "down" and hot["error"] == "EndpointConnectionError"
+    assert hot["detail"] == "dynamodb runner status read failed: EndpointConnectionError"
+    assert body["components"]["runner"]["status"] == "unknown"
+    assert body["consumer_lag"] is None and body["components"]["consumer_lag"]["status"] == "unknown"
+    assert "s3cr3t" not in res.text and "amazonaws" not in res.text  # never the connection string
+    # The scrape goes on without the runner's numbers (and without claiming the runner never reported).
+    assert metrics.status_code == 200 and "tradepulse_runner_up" not in metrics.text
+    assert "tradepulse_broker_up 0.0" in metrics.text
+
+
+def test_error_names_carry_the_aws_error_code_but_never_the_message() -> None:
+    throttled = ClientError({"Error": {"Code": "ThrottlingException", "Message": "s3cr3t"}}, "GetItem")
+    assert error_name(throttled) == "ClientError (ThrottlingException)"
+    assert error_name(PermissionError(13, "denied", "/secret/path")) == "PermissionError"
+
+
+def test_unreadable_heartbeat_file_is_a_503_naming_the_runner(tmp_path: Path, store: SqliteHotStore) -> None:
+    settings = Settings(data_dir=tmp_path, kafka_bootstrap=None)
+    runner_status_path(settings).mkdir(parents=True)  # a directory where the file should be
+    with TestClient(create_app(settings, store)) as client:
+        res = client.get("/health")
+    assert res.status_code == 503
+    runner = res.json()["components"]["runner"]
+    assert runner == {
+        "status": "down",
+        "detail": "runner status read failed: IsADirectoryError",
+        "metrics": {},
+        "error": "IsADirectoryError",
+    }
+    assert str(tmp_path) not in res.text

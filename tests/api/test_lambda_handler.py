@@ -198,6 +198,29 @@ def test_health_in_lambda_reads_the_runner_status_from_dynamodb(
     assert body["components"]["runner"]["metrics"]["events_processed"] == 300
 
 
+@pytest.mark.kafka
+def test_health_in_lambda_is_a_503_naming_dynamodb_when_the_table_is_gone(
+    dynamo_lambda: tuple[ModuleType, DynamoHotStore],
+) -> None:
+    module, runner_side = dynamo_lambda
+    ddb = runner_side.client
+    ddb.delete_table(TableName=runner_side.table)  # DynamoDB answers, but not with the runner status
+    try:
+        out = invoke(module, "/health")
+        scrape = invoke(module, "/metrics")
+    finally:
+        create_hot_table(ddb, runner_side.table)
+    assert out["statusCode"] == 503
+    body = json.loads(out["body"])
+    assert body["status"] == "unhealthy"
+    hot = body["components"]["hot_store"]
+    assert hot["status"] == "down" and hot["error"] == "ResourceNotFoundException"
+    assert "dynamodb" in hot["detail"] and body["components"]["runner"]["status"] == "unknown"
+    assert body["components"]["broker"]["status"] == "ok"  # only the store is at fault
+    assert runner_side.table not in out["body"]  # the error class, not the message naming the table
+    assert scrape["statusCode"] == 200
+
+
 def test_dashboard_and_openapi_through_api_gateway_event(lambda_env: tuple[ModuleType, Market]) -> None:
     module, _ = lambda_env
     page = invoke(module, "/")

@@ -36,6 +36,9 @@ free); computing it here from committed offsets would cost two admin round trips
 - unhealthy (HTTP 503): no heartbeat at all, the heartbeat is older than `health_commit_stale_s`
   (runner dead or hung), the runner has not committed for `health_commit_stale_s` while it has lag
   (stuck; an idle, caught-up runner has nothing to commit and is fine), or the broker is unreachable.
+  Also when reading the heartbeat raises (DynamoDB unavailable, an unreadable file): the component that
+  failed (`hot_store`, or `runner` for the file) is `down` with the exception's class in `error` (never its
+  message, which may name endpoints or credentials), and the runner's state is `unknown`.
 - degraded: consumer lag > `health_lag_degraded` or hot-store write p99 > `health_write_p99_degraded_ms`.
 - healthy otherwise.
 """
@@ -58,6 +61,7 @@ from tradepulse.config import Settings
 BROKER_TIMEOUT_S = 1.0
 BROKER_CACHE_S = 3.0
 
+log = logging.getLogger(__name__)
 # librdkafka reports every failed connect attempt; /health already says the broker is down, so keep the
 # client's own log quiet instead of flooding the API's stderr while the broker is away.
 _rdkafka_log = logging.getLogger("tradepulse.api.broker_probe")
@@ -87,7 +91,17 @@ class RunnerStatus(BaseModel):
 
 class RunnerStatusSource(Protocol):
     def read(self) -> RunnerStatus | None:
-        """The latest heartbeat, or None if the runner has never reported."""
+        """The latest heartbeat, or None if the runner has never reported. May raise when its backing
+        component fails; a source may name that component in a `component` attribute (default: runner)."""
+
+
+def error_name(exc: BaseException) -> str:
+    """The exception's class, plus the AWS error code of a botocore ClientError when the class does not
+    already say it (modeled errors such as ResourceNotFoundException do); never its message."""
+    name = type(exc).__name__
+    response = getattr(exc, "response", None)
+    code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+    return f"{name} ({code})" if code and code != name else name
 
 
 def runner_status_path(settings: Settings) -> Path:
@@ -96,7 +110,10 @@ def runner_status_path(settings: Settings) -> Path:
 
 
 class FileRunnerStatusSource:
-    """Reads `<data_dir>/runner-status.json`; a missing or malformed file reads as no heartbeat."""
+    """Reads `<data_dir>/runner-status.json`; a missing or malformed file reads as no heartbeat, any other
+    read error (permissions, a directory in its place) raises."""
+
+    component = "runner"
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -109,7 +126,9 @@ class FileRunnerStatusSource:
 
 
 class HotStoreRunnerStatusSource:
-    """Reads the heartbeat the runner put in the hot store (AWS: DynamoDB item)."""
+    """Reads the heartbeat the runner put in the hot store (AWS: DynamoDB item); store errors raise."""
+
+    component = "hot_store"
 
     def __init__(self, hot_store: Any) -> None:
         self._store = hot_store
@@ -205,6 +224,15 @@ class HealthChecker:
     def runner_status(self) -> RunnerStatus | None:
         return self.runner_source.read()
 
+    def read_runner_status(self) -> tuple[RunnerStatus | None, BaseException | None]:
+        """The heartbeat, or the exception its source raised (a failing store must not fail /health)."""
+        try:
+            return self.runner_status(), None
+        except Exception as exc:
+            component = getattr(self.runner_source, "component", "runner")
+            log.warning("runner status unreadable (%s failed)", component, exc_info=True)
+            return None, exc
+
     def broker_check(self) -> BrokerCheck:
         if self._broker is None:
             return BrokerCheck(False, "no broker probe configured")
@@ -236,13 +264,25 @@ class HealthChecker:
     def check(self) -> HealthResponse:
         s = self._settings
         now = self._wall()
-        status = self.runner_status()
+        status, status_error = self.read_runner_status()
         broker = self.broker_check()
         unhealthy: list[str] = []
         degraded: list[str] = []
         components: dict[str, ComponentHealth] = {}
 
-        if status is None:
+        if status_error is not None:
+            failed = getattr(self.runner_source, "component", "runner")
+            error = error_name(status_error)
+            where = f"{s.hot_store} " if failed == "hot_store" else ""
+            components[failed] = ComponentHealth(
+                status="down", detail=f"{where}runner status read failed: {error}", error=error
+            )
+            if failed != "runner":
+                components["runner"] = ComponentHealth(
+                    status="unknown", detail=f"runner status unreadable: {failed} failed"
+                )
+            unhealthy.append(failed)
+        elif status is None:
             components["runner"] = ComponentHealth(
                 status="down", detail="the runner has never reported a heartbeat"
             )
@@ -295,7 +335,9 @@ class HealthChecker:
                 degraded.append("consumer_lag")
 
         p99 = self.write_p99_ms(status)
-        if p99 is None:
+        if "hot_store" in components:
+            pass  # already down: reading from it failed
+        elif p99 is None:
             components["hot_store"] = ComponentHealth(
                 status="unknown", detail=f"{s.hot_store}: no write latency reported yet"
             )

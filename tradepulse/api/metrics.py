@@ -31,10 +31,11 @@ class PipelineCollector(Collector):
         self._cache = cache
 
     def collect(self) -> Iterator[Metric]:
-        status = self._health.runner_status()
-        up = GaugeMetricFamily("tradepulse_runner_up", "1 if the runner has ever reported a heartbeat.")
-        up.add_metric([], 1.0 if status is not None else 0.0)
-        yield up
+        status, error = self._health.read_runner_status()
+        if error is None:  # unknown while its source fails (/health names the failure): no sample
+            up = GaugeMetricFamily("tradepulse_runner_up", "1 if the runner has ever reported a heartbeat.")
+            up.add_metric([], 1.0 if status is not None else 0.0)
+            yield up
         broker = self._health.broker_check()
         b = GaugeMetricFamily(
             "tradepulse_broker_up", "1 if a Kafka metadata request succeeded (cached ≤ 3 s)."

@@ -182,6 +182,11 @@ class ComponentHealth(_Response):
     status: ComponentState
     detail: str
     metrics: dict[str, float | int | None] = Field(default_factory=dict)
+    error: str | None = Field(
+        default=None,
+        description="Class of the exception that failed the check (never its message), e.g. "
+        "'ResourceNotFoundException', 'ClientError (ThrottlingException)'.",
+    )
 
 
 class HealthResponse(_Response):
