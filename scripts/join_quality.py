@@ -1,6 +1,11 @@
 """Precision / recall of the news ↔ volume-spike join on labelled news scenarios.
 
     .venv/bin/python scripts/join_quality.py [--minutes 60] [--seed 7] [--source auto|simulator|synthetic]
+                                             [--raw-zscore] [--tickers 5]
+
+`--raw-zscore` runs the feature core with the plain raw-volume z-score (no size cap, no log), the
+definition before the robust one, for comparison. `--tickers N` spreads the simulator's news and
+unrelated spikes (global rates) over N tickers (trade rate 120/s per ticker): fewer confounded windows.
 
 Source `simulator` (default when importable): the market simulator (`tradepulse.sources.simulator`)
 generates trades and news with ground truth (which articles the market reacts to, and when); trades go
@@ -75,15 +80,23 @@ Batch = tuple[int, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]
 
 
 def simulator_stream(
-    minutes: float, seed: int, batch_ms: int, truth: list[Truth], spikes: list[dict]
+    minutes: float,
+    seed: int,
+    batch_ms: int,
+    truth: list[Truth],
+    spikes: list[dict],
+    raw_zscore: bool = False,
+    tickers: int = 5,
 ) -> Iterator[Batch]:
     """Batches from the market simulator through the real feature core; fills `truth` and `spikes`."""
     from tradepulse.core.columns import QuoteColumns, TradeColumns
-    from tradepulse.core.features import FeatureEngine
-    from tradepulse.sources.simulator.market import MarketConfig, MarketModel
+    from tradepulse.core.features import FeatureConfig, FeatureEngine
+    from tradepulse.sources.simulator.market import MarketConfig, MarketModel, make_tickers
 
-    model = MarketModel(MarketConfig(seed=seed, rate=600.0, start_ms=START_MS))
-    engine = FeatureEngine()
+    market = MarketConfig(seed=seed, tickers=make_tickers(tickers), rate=120.0 * tickers, start_ms=START_MS)
+    model = MarketModel(market)
+    config = FeatureConfig(zscore_size_cap=0.0, zscore_log_volume=False) if raw_zscore else FeatureConfig()
+    engine = FeatureEngine(config)
     symbols = np.array(model.symbols, dtype=object)
     blocks = model.generate(minutes * 60)
     per_batch = max(1, batch_ms // model.tick_ms)
@@ -175,18 +188,39 @@ def synthetic_stream(
         yield b0 + batch_ms, zt, zts, zv, [a for a in news if b0 <= a["datetime"] * 1000 < b0 + batch_ms]
 
 
-def run(source: str, minutes: float, seed: int, batch_ms: int = 1000) -> dict[str, Any]:
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion (sound at small n and at 0 or n successes)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (round(float(centre - half), 3), round(float(centre + half), 3))
+
+
+def run(
+    source: str,
+    minutes: float,
+    seed: int,
+    batch_ms: int = 1000,
+    raw_zscore: bool = False,
+    tickers: int = 5,
+) -> dict[str, Any]:
     """Drive NewsJoiner over the stream like the runner does; return the metrics."""
     truth: list[Truth] = []
     spikes: list[dict] = []
-    make = simulator_stream if source == "simulator" else synthetic_stream
     rng = np.random.default_rng(seed + 1)
     joiner = NewsJoiner()
     delayed: list[tuple[int, dict[str, Any]]] = []  # (deliver at ms, article): polling delay 0-60 s
     results: list[dict[str, Any]] = []
     watermark: dict[str, int] = {}
     t0 = time.perf_counter()
-    for end_ms, zt, zts, zv, news in make(minutes, seed, batch_ms, truth, spikes):
+    stream = (
+        simulator_stream(minutes, seed, batch_ms, truth, spikes, raw_zscore, tickers)
+        if source == "simulator"
+        else synthetic_stream(minutes, seed, batch_ms, truth, spikes)
+    )
+    for end_ms, zt, zts, zv, news in stream:
         joiner.add_zscores(zt, zts, zv)
         for tk in np.unique(zt).tolist():
             watermark[tk] = max(watermark.get(tk, 0), int(zts[zt == tk].max()))
@@ -223,6 +257,7 @@ def run(source: str, minutes: float, seed: int, batch_ms: int = 1000) -> dict[st
         return sum(r["correlation_strength"] in kinds for _, r in pairs)
 
     tp = count(react, sm)
+    false_strong_clean = count(clean, {"strong"})
     in_spike = [
         any(
             s["cause"] == t.article_id
@@ -242,10 +277,14 @@ def run(source: str, minutes: float, seed: int, batch_ms: int = 1000) -> dict[st
         "no_reaction_clean": len(clean),
         "no_reaction_confounded": len(confounded),
         "recall_strong_moderate": tp / max(1, len(react)),
+        "recall_strong_moderate_ci95": wilson(tp, len(react)),
         "recall_any_correlation": count(react, {"strong", "moderate", "weak"}) / max(1, len(react)),
         "precision_strong_moderate": tp / max(1, tp + count(clean, sm)),
         "precision_strong_moderate_incl_confounded": tp / max(1, tp + count(clean + confounded, sm)),
-        "false_strong_rate_clean": count(clean, {"strong"}) / max(1, len(clean)),
+        "false_strong_rate_clean": false_strong_clean / max(1, len(clean)),
+        "false_strong_rate_clean_ci95": wilson(false_strong_clean, len(clean)),
+        "false_strong_rate_all_quiet": count(clean + confounded, {"strong"})
+        / max(1, len(clean + confounded)),
         "false_strong_rate_confounded": count(confounded, {"strong"}) / max(1, len(confounded)),
         "matched_peak_inside_reaction_spike": sum(in_spike) / max(1, len(in_spike)),
         "strengths": {
@@ -267,6 +306,8 @@ def main() -> int:
     ap.add_argument("--source", choices=["auto", "simulator", "synthetic"], default="auto")
     ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--raw-zscore", action="store_true", help="plain raw-volume z-score, for comparison")
+    ap.add_argument("--tickers", type=int, default=5, help="simulator tickers (news spread over them)")
     args = ap.parse_args()
     source = args.source
     if source == "auto":
@@ -277,7 +318,7 @@ def main() -> int:
             source = "simulator"
         except ImportError:
             source = "synthetic"
-    m = run(source, args.minutes, args.seed)
+    m = run(source, args.minutes, args.seed, raw_zscore=args.raw_zscore, tickers=args.tickers)
     for k, v in m.items():
         print(f"{k:36} {v:.3f}" if isinstance(v, float) else f"{k:36} {v}")
     return 0
