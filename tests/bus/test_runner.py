@@ -28,6 +28,7 @@ from tradepulse.bus.clients import consumer_config, producer_config
 from tradepulse.bus.pipeline import build_runner
 from tradepulse.bus.runner import Runner
 from tradepulse.config import Settings
+from tradepulse.core.features import FeatureConfig
 from tradepulse.core.news_join import correlation_id
 from tradepulse.models import Correlation, DeadLetter, FeatureVector
 from tradepulse.sources.news import article_records
@@ -226,6 +227,18 @@ def reference_snapshots(rec: Recording, grace_ms: int = 2000) -> dict[tuple[str,
             (q["bid_price"] > 0) & (q["ask_price"] > 0), q["ask_price"] - q["bid_price"], np.nan
         )
         vol_by_sec = pd.Series(size).groupby(sec).sum()
+        # volume_zscore counts each trade's size capped at `zscore_size_cap` × the mean size over the
+        # closed seconds of the previous `zscore_cap_window_buckets`; in order, closed = ≤ ts − grace.
+        cfg = FeatureConfig()
+        own = sec * 1000
+        closed_end = np.minimum((ts - grace_ms) // 1000 * 1000, own)
+        lo = np.searchsorted(ts, own - cfg.zscore_cap_window_buckets * 1000, side="left")
+        hi = np.maximum(np.searchsorted(ts, closed_end, side="left"), lo)
+        sums = np.r_[0.0, np.cumsum(size.astype(float))]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_size = (sums[hi] - sums[lo]) / (hi - lo)
+        capped = np.where(hi > lo, np.minimum(size, cfg.zscore_size_cap * mean_size), size)
+        x_by_sec = np.log1p(pd.Series(capped).groupby(sec).sum())
         closed_until = ts.max() - grace_ms
         last_of_second = np.flatnonzero(np.r_[sec[1:] != sec[:-1], True])
         for i in last_of_second:
@@ -243,7 +256,7 @@ def reference_snapshots(rec: Recording, grace_ms: int = 2000) -> dict[tuple[str,
             if len(ref) and t_up[ref[-1]] > t - 300_000:
                 momentum = (p - p_up[ref[-1]]) / p_up[ref[-1]] * 100
             volume = float(vol_by_sec[s])
-            hist = vol_by_sec[(vol_by_sec.index >= s - 300) & (vol_by_sec.index <= s - 1)]
+            hist = x_by_sec[(x_by_sec.index >= s - 300) & (x_by_sec.index <= s - 1)]
             z = 0.0
             if len(hist):
                 n = s - int(hist.index.min())
@@ -252,7 +265,7 @@ def reference_snapshots(rec: Recording, grace_ms: int = 2000) -> dict[tuple[str,
                 mean, mean_sq = values.mean(), float(np.mean(values**2))
                 var = mean_sq - mean * mean
                 if n >= 30 and var > 1e-12 * mean_sq:
-                    z = (volume - mean) / math.sqrt(var)
+                    z = (float(x_by_sec[s]) - mean) / math.sqrt(var)
             before = np.flatnonzero(q_ts <= t)
             spread = None
             if len(before) and not math.isnan(q_spread[before[-1]]):
