@@ -41,6 +41,10 @@ class Settings(BaseSettings):
         default="wss://socket.massive.com/stocks",
         description="Real-time feed; delayed feed is wss://delayed.massive.com/stocks.",
     )
+    massive_rest_url: str = Field(
+        default="https://api.massive.com",
+        description="REST API base; ingest backfills trades from its /v3/trades after a (re)connect.",
+    )
     finnhub_api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("FINNHUB_API_KEY", "TRADEPULSE_FINNHUB_API_KEY")
     )
@@ -66,6 +70,14 @@ class Settings(BaseSettings):
         default=10.0,
         description="How far back (s) the feed may resend events to a new subscription; a starting ingest "
         "reads this much (plus a margin) of the trades/quotes tail to skip what is already in Kafka.",
+    )
+    ingest_backfill_max_s: float = Field(
+        default=600.0,
+        description="After every (re)connect ingest fetches each ticker's trades since its last published one "
+        "from the REST trades endpoint (the feed does not replay), at most this many seconds back; 0 = off.",
+    )
+    ingest_backfill_page_limit: int = Field(
+        default=50_000, ge=1, le=50_000, description="Trades per REST page (Massive's maximum is 50000)."
     )
     news_lookback_days: int = Field(default=2, description="company-news `from` = today − this.")
 

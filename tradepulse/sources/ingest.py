@@ -16,6 +16,14 @@ window of recent ids — the idempotent producer only dedupes its own retries. O
 the topics' tail by time (`ingest_replay_horizon_s`) for each ticker's highest published sequence, so a
 feed that replays recent events to a restarted ingest (after a crash) gets exactly the ones its killed
 predecessor never got into Kafka published (`seed_published_sequences`).
+
+The real Massive feed replays nothing, so after every (re)connect — the first connection of a restarted
+service included — the publisher first backfills each subscribed ticker's trades since the last one it
+knows to be published (from its own produce calls, or the seed's highest sequence and its time) from
+the REST trades endpoint (`tradepulse.sources.backfill`), in order, through the same dedupe (sequence
+mark and event id) and producer; only then does it go on with the live frames, whose overlap with the
+backfill is dropped by event id. So each ticker's trades reach Kafka once and in sequence order.
+Bounded by `ingest_backfill_max_s`; off for a `*` subscription (one request per ticker of the market).
 """
 
 from __future__ import annotations
@@ -26,16 +34,21 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
+import httpx
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from pydantic import SecretStr
 
 from tradepulse.bus.clients import consumer_config, producer_config
 from tradepulse.config import Settings
+from tradepulse.sources.backfill import BackfillError, TradesRestClient, Window, backfill_window
 from tradepulse.sources.massive import MassiveClient, subscription_params
-from tradepulse.sources.parse import ParsedFrame, Reject
+from tradepulse.sources.parse import InvalidEvent, ParsedFrame, Reject, rest_trade_record, rest_trade_reject
 from tradepulse.stores.base import DeadLetterQueue
 from tradepulse.stores.dlq import make_dead_letter
 from tradepulse.topics import QUOTES, TRADES
@@ -46,6 +59,8 @@ log = logging.getLogger(__name__)
 BACKPRESSURE_SLEEP_S = 0.005
 #: How often delivery reports are served when no frames arrive.
 REPORT_INTERVAL_S = 0.05
+#: Tickers backfilled at the same time (each pages through its own gap in order).
+BACKFILL_CONCURRENCY = 8
 
 
 @dataclass
@@ -61,6 +76,9 @@ class IngestMetrics:
     backpressure_waits: int = 0  # times produce() found the producer queue full
     reconnects: int = 0
     queue_depth: int = 0  # frames waiting between reader and publisher
+    backfilled: int = 0  # trades fetched by REST after a (re)connect and handed to the producer
+    backfill_pages: int = 0
+    backfill_errors: int = 0  # tickers whose backfill failed (their gap may have lost trades)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -92,6 +110,16 @@ def client_from_settings(
     )
 
 
+def rest_endpoint(settings: Settings, client: MassiveClient) -> tuple[str, SecretStr]:
+    """(REST base URL, API key) for the trades backfill: Massive's REST API with the feed's key, or, in
+    simulator mode, the simulator the client streams from (it answers REST on its WebSocket port)."""
+    if settings.use_simulator:
+        parts = urlsplit(client.url)
+        return f"{'https' if parts.scheme == 'wss' else 'http'}://{parts.netloc}", client.api_key
+    assert settings.massive_api_key is not None
+    return settings.massive_rest_url, settings.massive_api_key
+
+
 class RecentIds:
     """The last `capacity` ids seen, with O(1) membership and eviction."""
 
@@ -116,11 +144,23 @@ class RecentIds:
 SEED_MARGIN_S = 10.0
 
 
-def seed_published_sequences(
-    settings: Settings, timeout_s: float = 60.0
-) -> tuple[dict[str, dict[str, int]], int]:
-    """Highest sequence per ticker already in market.trades / market.quotes, as {topic: {ticker: seq}},
-    and how many records were read to find it.
+@dataclass
+class Seed:
+    """What a starting ingest learns from the topics' tail (`seed_published_sequences`)."""
+
+    #: {topic: {ticker: highest sequence in Kafka}}
+    sequences: dict[str, dict[str, int]] = field(default_factory=lambda: {TRADES: {}, QUOTES: {}})
+    #: ticker → SIP time (ms) of its highest-sequence trade: where its trades backfill starts
+    trade_ms: dict[str, int] = field(default_factory=dict)
+    #: Kafka time (ms) the tail was read from; None if the topics are empty. A ticker without a trade
+    #: since then has none in Kafka after it either, so its backfill can start there.
+    since_ms: int | None = None
+    read: int = 0  # records read
+
+
+def seed_published_sequences(settings: Settings, timeout_s: float = 60.0) -> Seed:
+    """Highest sequence per ticker already in market.trades / market.quotes (and the time of each
+    ticker's highest trade), and how many records were read to find it.
 
     Every partition is read by *time*, from (newest record − `ingest_replay_horizon_s` − margin) to its
     end, so a busy partition and a quiet one cover the same span of the feed. A per-ticker high-water
@@ -128,9 +168,10 @@ def seed_published_sequences(
     prefix of what it was given in each partition, also when killed: whatever of a replay is at or below
     the mark is in Kafka, whatever is above is not (contiguity is not assumed).
     """
-    marks: dict[str, dict[str, int]] = {TRADES: {}, QUOTES: {}}
+    seed = Seed()
+    marks, trade_ms = seed.sequences, seed.trade_ms
     if settings.ingest_replay_horizon_s <= 0:
-        return marks, 0
+        return seed
     # read_committed is moot: ingest's producer is idempotent, not transactional, so LSO = high watermark.
     consumer = Consumer(consumer_config(settings, "tradepulse-ingest-seed", **{"enable.partition.eof": True}))
     deadline = time.monotonic() + timeout_s
@@ -143,26 +184,28 @@ def seed_published_sequences(
                 if high > low:
                     ends[(topic, p)] = high
         if not ends:
-            return marks, 0
+            return seed
         last = {k: high - 1 for k, high in ends.items()}
         newest = max((m.timestamp()[1] for m in _read_to_end(consumer, last, deadline)), default=None)
         if newest is None:
-            return marks, 0
-        since_ms = newest - int((settings.ingest_replay_horizon_s + SEED_MARGIN_S) * 1000)
+            return seed
+        since_ms = seed.since_ms = newest - int((settings.ingest_replay_horizon_s + SEED_MARGIN_S) * 1000)
         found = consumer.offsets_for_times(
             [TopicPartition(t, p, since_ms) for t, p in ends], timeout=max(1.0, deadline - time.monotonic())
         )
         # offset -1: no record at or after since_ms in that partition, nothing there can be resent.
         starts = {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
-        read = 0
         for message in _read_to_end(consumer, starts, deadline):
-            read += 1
+            seed.read += 1
             with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-                by_ticker = marks[message.topic()]
-                ticker, seq = message.key().decode(), int(orjson.loads(message.value())["sequence"])
+                topic, by_ticker = message.topic(), marks[message.topic()]
+                record = orjson.loads(message.value())
+                ticker, seq = message.key().decode(), int(record["sequence"])
                 if seq > by_ticker.get(ticker, -1):
                     by_ticker[ticker] = seq
-        return marks, read
+                    if topic == TRADES:
+                        trade_ms[ticker] = int(record["exchange_ts_ms"])
+        return seed
     finally:
         consumer.close()
 
@@ -212,6 +255,12 @@ class IngestService:
         self.settings = settings
         self.dlq = dlq
         self.client = client or client_from_settings(settings)
+        self._rest: TradesRestClient | None = None  # built in run(): it belongs to the running loop
+        # ticker → (SIP ms, sequence) of its newest trade known to be published: where a backfill starts.
+        self._last_trade: dict[str, tuple[int, int]] = {}
+        # Since when (ms) a trade of any subscribed ticker would have been seen (see Seed.since_ms).
+        self._floor_ms: int | None = None
+        self._connection = 0  # the client connection whose frames are being published
         self._producer = Producer(
             producer_config(settings, on_delivery=self._on_delivery, **(producer_overrides or {}))
         )
@@ -235,16 +284,25 @@ class IngestService:
     async def run(self) -> None:
         """Stream until `stop()` (returns after flushing) or a fatal feed error (raised after flushing)."""
         started = time.monotonic()
-        self._published, read = await asyncio.to_thread(seed_published_sequences, self.settings)
-        if read:
+        seed = await asyncio.to_thread(seed_published_sequences, self.settings)
+        self._published = seed.sequences
+        for ticker, ms in seed.trade_ms.items():
+            self._last_trade[ticker] = (ms, seed.sequences[TRADES][ticker])
+        self._floor_ms = seed.since_ms
+        if seed.read:
             log.info(
                 "ingest: %d tickers already in Kafka (read %d records of the last %.0f s + %.0f s in %.2f s)",
                 sum(map(len, self._published.values())),
-                read,
+                seed.read,
                 self.settings.ingest_replay_horizon_s,
                 SEED_MARGIN_S,
                 time.monotonic() - started,
             )
+        if self.settings.ingest_backfill_max_s > 0 and self._tickers is not None:
+            base_url, key = rest_endpoint(self.settings, self.client)
+            self._rest = TradesRestClient(base_url, key, page_limit=self.settings.ingest_backfill_page_limit)
+        elif self.settings.ingest_backfill_max_s > 0:
+            log.warning("ingest: no trades backfill for a '*' subscription (one REST request per ticker)")
         reader = asyncio.create_task(self._read(), name="ingest-reader")
         publisher = asyncio.create_task(self._publish(), name="ingest-publisher")
         reports = asyncio.create_task(self._serve_reports(), name="ingest-delivery-reports")
@@ -261,6 +319,8 @@ class IngestService:
             await asyncio.to_thread(self._producer.flush, 30)
             self._dead_letter_failed_deliveries()
             self._producer.close()
+            if self._rest is not None:
+                await self._rest.aclose()
         for task in (reader, publisher):
             if not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
@@ -280,7 +340,13 @@ class IngestService:
     async def _publish(self) -> None:
         queue, metrics, recent, tickers = self._queue, self._metrics, self._recent, self._tickers
         produce, poll = self._producer.produce, self._producer.poll
+        last_trade = self._last_trade
         while (frame := await queue.get()) is not None:
+            if frame.connection != self._connection:
+                # The first frame of a new connection: the subscription is live, so what the feed did not
+                # send since the last published trade is on the REST tape now. Fill that first.
+                self._connection = frame.connection
+                await self._backfill()
             metrics.received += frame.events
             for topic, records in ((TRADES, frame.trades), (QUOTES, frame.quotes)):
                 published = self._published[topic]
@@ -301,11 +367,103 @@ class IngestService:
                     except BufferError:
                         await self._wait_for_room(topic, value, key)
                     metrics.produced += 1
+                    if topic == TRADES:
+                        last_trade[key] = (record["exchange_ts_ms"], record["sequence"])
             if frame.rejects:
                 self._dead_letter(frame.rejects)
             poll(0)  # serve delivery reports
             if self._failed_deliveries:
                 self._dead_letter_failed_deliveries()
+
+    async def _backfill(self) -> None:
+        """Publish each subscribed ticker's trades missed before this connection (see the module doc)."""
+        if self._rest is None or self._tickers is None:
+            return
+        now_ms = time.time_ns() // 1_000_000
+        max_s = self.settings.ingest_backfill_max_s
+        windows: dict[str, Window] = {}
+        for ticker in sorted(self._tickers):
+            last = self._last_trade.get(ticker)
+            window = backfill_window(last[0] if last else None, self._floor_ms, now_ms, max_s)
+            if window is not None:
+                windows[ticker] = window
+        if self._floor_ms is None:
+            # A fresh start with nothing in Kafka: no gap yet. From now on every trade would be seen.
+            self._floor_ms = now_ms
+        if not windows:
+            return
+        clipped = sorted(t for t, w in windows.items() if w.clipped)
+        if clipped:
+            log.warning(
+                "ingest: backfill reaches back only %.0f s (ingest_backfill_max_s): trades of %s before %s "
+                "are not fetched",
+                max_s,
+                ", ".join(clipped[:10]) + (f" (+{len(clipped) - 10})" if len(clipped) > 10 else ""),
+                _iso(now_ms - int(max_s * 1000)),
+            )
+        started, before = time.monotonic(), (self._metrics.backfilled, self._metrics.backfill_pages)
+        duplicates = self._metrics.duplicates
+        gate = asyncio.Semaphore(BACKFILL_CONCURRENCY)
+        await asyncio.gather(*(self._backfill_ticker(t, w, gate) for t, w in windows.items()))
+        log.info(
+            "ingest: backfilled connection %d: %d tickers, %d pages, %d trades published, %d already in "
+            "Kafka, %d failed, %.2f s (from %s)",
+            self._connection,
+            len(windows),
+            self._metrics.backfill_pages - before[1],
+            self._metrics.backfilled - before[0],
+            self._metrics.duplicates - duplicates,
+            self._metrics.backfill_errors,
+            time.monotonic() - started,
+            _iso(min(w.start_ms for w in windows.values())),
+        )
+
+    async def _backfill_ticker(self, ticker: str, window: Window, gate: asyncio.Semaphore) -> None:
+        assert self._rest is not None
+        metrics, recent, last_trade = self._metrics, self._recent, self._last_trade
+        async with gate:
+            try:
+                async for page in self._rest.pages(
+                    ticker, window.start_ms * 1_000_000, window.end_ms * 1_000_000 + 999_999
+                ):
+                    metrics.backfill_pages += 1
+                    received_ts_us = time.time_ns() // 1000
+                    rejects: list[Reject] = []
+                    for result in page:
+                        try:
+                            record = rest_trade_record(ticker, result, received_ts_us)
+                        except (InvalidEvent, KeyError, TypeError) as exc:
+                            rejects.append(rest_trade_reject(ticker, result, exc))
+                            continue
+                        last = last_trade.get(ticker)
+                        # At or below the last published sequence: in Kafka (the window starts at that
+                        # trade's millisecond). The id window catches what the live stream already had.
+                        if (last is not None and record["sequence"] <= last[1]) or recent.seen(
+                            record["event_id"]
+                        ):
+                            metrics.duplicates += 1
+                            continue
+                        value = orjson.dumps(record)
+                        try:
+                            self._producer.produce(TRADES, value, ticker)
+                        except BufferError:
+                            await self._wait_for_room(TRADES, value, ticker)
+                        metrics.produced += 1
+                        metrics.backfilled += 1
+                        last_trade[ticker] = (record["exchange_ts_ms"], record["sequence"])
+                    if rejects:
+                        for reject in rejects:
+                            reject.topic = TRADES
+                        self._dead_letter(rejects)
+                    self._producer.poll(0)
+            except (BackfillError, httpx.HTTPError) as exc:
+                metrics.backfill_errors += 1
+                log.error(
+                    "ingest: backfill of %s failed (%s); its trades since %s may be missing",
+                    ticker,
+                    exc,
+                    _iso(last_trade[ticker][0] if ticker in last_trade else window.start_ms),
+                )
 
     async def _serve_reports(self) -> None:
         """Delivery reports arrive only through poll(): the publisher polls after every frame, this
@@ -369,6 +527,10 @@ class IngestService:
         failed, self._failed_deliveries = self._failed_deliveries, []
         if failed:
             self._dead_letter(failed)
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
 
 
 def _unknown_ticker(record: dict[str, Any], topic: str) -> Reject:

@@ -132,6 +132,7 @@ class MassiveClient:
                         received_ts_us = time.time_ns() // 1000
                         self.stats.frames += 1
                         frame = parse_frame(raw, received_ts_us, self.max_frame_bytes)
+                        frame.connection = self.stats.connections
                         if frame.statuses:
                             max_connections |= self._on_statuses(frame.statuses)
                         yield frame
@@ -165,6 +166,11 @@ class MassiveClient:
             log.warning("massive: disconnected (%s); reconnecting in %.2fs", self.stats.last_error, delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
+
+    @property
+    def api_key(self) -> SecretStr:
+        """The key (masked when printed); the REST backfill authenticates with the same one."""
+        return self._api_key
 
     async def close(self) -> None:
         """Stop streaming: the iterator ends after the current frame."""

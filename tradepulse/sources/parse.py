@@ -1,4 +1,5 @@
-"""Massive stocks WebSocket frames → validated Trade / Quote dicts, status events and dead letters.
+"""Massive stocks WebSocket frames (and REST `/v3/trades` results) → validated Trade / Quote dicts, status
+events and dead letters.
 
 This is the ingest hot path, so records are plain dicts with exactly the fields of
 `tradepulse.models.Trade` / `Quote` (no pydantic object per event) and validation is a handful of
@@ -49,6 +50,7 @@ class ParsedFrame:
     quotes: list[Record] = field(default_factory=list)
     statuses: list[Record] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
+    connection: int = 0  # which connection of the client it came on (1 = the first); set by the client
 
     @property
     def events(self) -> int:
@@ -112,7 +114,7 @@ def trade_record(e: dict[str, Any], received_ts_us: int) -> Record:
     if type(trade_id) is not str or not trade_id:
         raise InvalidEvent(f"field 'i' must be a non-empty string, got {trade_id!r}")
     price = _positive(e, "p")
-    size = _trade_size(e)
+    size = _trade_size(e, "s", "ds")
     ts = _int(e, "t")
     seq = _int(e, "q")
     return {
@@ -130,6 +132,46 @@ def trade_record(e: dict[str, Any], received_ts_us: int) -> Record:
         "trf_id": _optional_int(e, "trfi"),
         "trf_ts_ms": _optional_int(e, "trft"),
     }
+
+
+def rest_trade_record(ticker: str, r: dict[str, Any], received_ts_us: int) -> Record:
+    """A validated `models.Trade` dict from one result of Massive's REST `GET /v3/trades/{ticker}`.
+
+    It equals what `trade_record` makes of the WebSocket `T` event of the same trade (but for
+    `received_ts_us`), so both paths give the trade the same event id: the WebSocket's `t`/`trft` are the
+    SIP/TRF timestamps in ms, REST's `sip_timestamp`/`trf_timestamp` the same instants in ns.
+    """
+    if type(ticker) is not str or not ticker:
+        raise InvalidEvent(f"ticker must be a non-empty string, got {ticker!r}")
+    exchange = _int(r, "exchange")
+    trade_id = r["id"]
+    if type(trade_id) is not str or not trade_id:
+        raise InvalidEvent(f"field 'id' must be a non-empty string, got {trade_id!r}")
+    price = _positive(r, "price")
+    size = _trade_size(r, "size", "decimal_size")
+    ts = _int(r, "sip_timestamp") // 1_000_000
+    seq = _int(r, "sequence_number")
+    trf_ns = _optional_int(r, "trf_timestamp")
+    return {
+        "event_id": trade_event_id(ticker, exchange, trade_id, ts, seq),
+        "ticker": ticker,
+        "price": float(price),
+        "size": float(size),
+        "exchange": exchange,
+        "trade_id": trade_id,
+        "tape": _int(r, "tape"),
+        "conditions": _int_list(r, "conditions"),
+        "sequence": seq,
+        "exchange_ts_ms": ts,
+        "received_ts_us": received_ts_us,
+        "trf_id": _optional_int(r, "trf_id"),
+        "trf_ts_ms": None if trf_ns is None else trf_ns // 1_000_000,
+    }
+
+
+def rest_trade_reject(ticker: str, r: Any, exc: Exception) -> Reject:
+    """The dead letter of a REST trade result that `rest_trade_record` refused."""
+    return _reject(r, exc, lenient=False, ticker=ticker)
 
 
 def quote_record(e: dict[str, Any], received_ts_us: int) -> Record:
@@ -209,18 +251,20 @@ def _non_negative(e: dict[str, Any], key: str) -> float:
     return value
 
 
-def _trade_size(e: dict[str, Any]) -> float:
-    # Fractional-share trades carry the exact size as a decimal string in `ds`.
-    fractional = e.get("ds")
+def _trade_size(e: dict[str, Any], key: str, decimal_key: str) -> float:
+    # Fractional-share trades carry the exact size as a decimal string (WebSocket `ds`, REST `decimal_size`).
+    fractional = e.get(decimal_key)
     if fractional is not None:
         try:
             size = float(fractional)
         except (TypeError, ValueError):
-            raise InvalidEvent(f"field 'ds' must be a decimal string, got {fractional!r}") from None
+            raise InvalidEvent(
+                f"field {decimal_key!r} must be a decimal string, got {fractional!r}"
+            ) from None
         if not (math.isfinite(size) and size > 0):
-            raise InvalidEvent(f"field 'ds' must be > 0, got {fractional!r}")
+            raise InvalidEvent(f"field {decimal_key!r} must be > 0, got {fractional!r}")
         return size
-    return _positive(e, "s")
+    return _positive(e, key)
 
 
 def _int_list(e: dict[str, Any], key: str) -> list[int]:
@@ -232,14 +276,15 @@ def _int_list(e: dict[str, Any], key: str) -> list[int]:
     return value
 
 
-def _reject(event: Any, exc: Exception, lenient: bool) -> Reject:
+def _reject(event: Any, exc: Exception, lenient: bool, ticker: str | None = None) -> Reject:
     if isinstance(exc, KeyError):
         reason, error_type = f"missing field {exc.args[0]!r}", "MissingField"
     elif isinstance(exc, TypeError):
         reason, error_type = f"event is not an object: {type(event).__name__}", "BadEvent"
     else:
         reason, error_type = str(exc), "InvalidEvent"
-    ticker = event.get("sym") if isinstance(event, dict) else None
+    if ticker is None:
+        ticker = event.get("sym") if isinstance(event, dict) else None
     # orjson would write NaN as null, hiding the very reason; the stdlib keeps the original literal.
     payload = json.dumps(event, separators=(",", ":")) if lenient else orjson.dumps(event).decode()
     return Reject(payload, reason, error_type, ticker if isinstance(ticker, str) and ticker else None)

@@ -4,7 +4,8 @@
 `X-Finnhub-Token` header) returns Finnhub's article objects, newest first. A missing or wrong token is
 401; more than `calls_per_minute` calls in any 60 s window is 429, as Finnhub's free tier does.
 The stdlib server keeps the dependency set small and accepts the `//company-news` path that
-finnhub-python builds when its base URL ends without a slash.
+finnhub-python builds when its base URL ends without a slash. Other APIs can be mounted on path prefixes
+(`routes`): the simulator serves Massive's REST trades here too (`trades_api.TradesApi`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import contextlib
 import hmac
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -32,6 +33,9 @@ _REASONS = {
     429: "Too Many Requests",
 }
 
+#: (method, target, lower-case headers, base URL "http://host:port") → (status, JSON body, extra headers)
+Route = Callable[[str, str, dict[str, str], str], tuple[int, bytes, dict[str, str]]]
+
 
 class NewsServer:
     """Serves the articles returned by `articles()` (those published so far)."""
@@ -42,8 +46,10 @@ class NewsServer:
         api_key: str,
         calls_per_minute: int = 60,
         clock: Callable[[], float] = time.monotonic,
+        routes: Mapping[str, Route] | None = None,
     ) -> None:
         self._articles = articles
+        self.routes = dict(routes or {})
         self._api_key = api_key.encode()
         self.calls_per_minute = calls_per_minute
         self._clock = clock
@@ -114,6 +120,10 @@ class NewsServer:
         """Route one request; returns (status, JSON body, extra headers)."""
         url = urlsplit(target)
         path = "/" + "/".join(p for p in url.path.split("/") if p)  # finnhub-python sends "//company-news"
+        for prefix, route in self.routes.items():
+            if path.startswith(prefix):
+                host = headers.get("host") or f"127.0.0.1:{self.port}"
+                return route(method, path + (f"?{url.query}" if url.query else ""), headers, f"http://{host}")
         if path != NEWS_PATH:
             return 404, orjson.dumps({"error": "Not found"}), {}
         if method != "GET":

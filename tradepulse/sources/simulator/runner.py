@@ -1,4 +1,5 @@
-"""The simulator process: market (or replay) source → Massive WebSocket server + Finnhub news server.
+"""The simulator process: market (or replay) source → Massive WebSocket server + Finnhub news server, and
+Massive's REST trades endpoint (`/v3/trades/{ticker}`, over the recent history) on both ports.
 
 `Simulator` is asyncio-native (used by `tradepulse simulate`); `run_simulator_in_thread()` runs one
 in a background thread and returns a `SimulatorHandle` for tests and benchmark scripts.
@@ -20,6 +21,7 @@ from pydantic import SecretStr
 from tradepulse.config import DEFAULT_TICKERS
 from tradepulse.sources.simulator.market import Block, MarketConfig, MarketModel
 from tradepulse.sources.simulator.news_server import NewsServer
+from tradepulse.sources.simulator.trades_api import TRADES_PREFIX, TradesApi
 from tradepulse.sources.simulator.ws_server import MassiveWsServer
 
 T = TypeVar("T")
@@ -58,6 +60,10 @@ class SimulatorConfig:
     """On every subscription, first resend the last N blocks (ticks) dispatched: a feed with replay,
     so that a client restarted after a crash (kill -9) gets again what it had received but not yet
     published. Clients drop the duplicates by event id. 0 = the real Massive behaviour (no replay)."""
+    rest_history_s: float = 900.0
+    """How far back the REST trades endpoint reaches (simulated seconds)."""
+    rest_history_max_trades: int = 1_000_000
+    """...and at most this many trades (bounds memory at high rates)."""
     start_ms: int | None = None
     """Simulated time of the first event; None = now, so event times track the wall clock."""
     replay_root: str | Path | None = None
@@ -104,6 +110,7 @@ class Simulator:
         self.source: EventSource | None = None
         self.ws: MassiveWsServer | None = None
         self.news: NewsServer | None = None
+        self.trades_api: TradesApi | None = None
         self.articles: list[dict[str, Any]] = []
         self.generated = 0
         self.sim_now_ms = 0
@@ -127,6 +134,12 @@ class Simulator:
         cfg = self.config
         self.source = self._make_source()
         self.sim_now_ms = self.source.start_ms
+        self.trades_api = TradesApi(
+            self.source.symbols,
+            cfg.key,
+            history_s=cfg.rest_history_s,
+            max_trades=cfg.rest_history_max_trades,
+        )
         self.ws = MassiveWsServer(
             self.source.symbols,
             cfg.key,
@@ -135,9 +148,15 @@ class Simulator:
             queue_frames=cfg.client_queue_frames,
             record_sent=cfg.record_sent,
             resend_blocks=cfg.resend_blocks,
+            rest=self.trades_api,
         )
         await self.ws.start(cfg.host, cfg.ws_port)
-        self.news = NewsServer(lambda: self.articles, cfg.key, cfg.news_calls_per_minute)
+        self.news = NewsServer(
+            lambda: self.articles,
+            cfg.key,
+            cfg.news_calls_per_minute,
+            routes={TRADES_PREFIX: self.trades_api.handle},
+        )
         try:
             await self.news.start(cfg.host, cfg.http_port)
         except BaseException:
@@ -155,10 +174,16 @@ class Simulator:
         assert self.news is not None
         return f"http://{self.config.host}:{self.news.port}/api/v1"
 
+    @property
+    def rest_base_url(self) -> str:
+        """Massive REST base (`{base}/v3/trades/{ticker}`); the WebSocket port answers it too."""
+        assert self.news is not None
+        return f"http://{self.config.host}:{self.news.port}"
+
     async def _produce(self) -> None:
-        assert self.source is not None and self.ws is not None
+        assert self.source is not None and self.ws is not None and self.trades_api is not None
         loop = asyncio.get_running_loop()
-        src, ws = self.source, self.ws
+        src, ws, rest = self.source, self.ws, self.trades_api
         t0 = self._started_wall = loop.time()
         sim0 = src.start_ms
         end_ms = sim0 + self.config.duration_s * 1000 if self.config.duration_s is not None else None
@@ -171,6 +196,9 @@ class Simulator:
                 delay = t0 + (block.end_ms - sim0) / 1000.0 / src.speed - loop.time()
                 await asyncio.sleep(max(delay, 0.0))
                 self.articles.extend(block.news)
+                # On the tape (REST) before it is sent: a client that subscribed too late for this block
+                # finds it by REST once it sees its subscription confirmed.
+                rest.add(block)
                 await ws.dispatch(block)
                 self.generated += len(block)
                 self.sim_now_ms = block.end_ms
@@ -207,6 +235,8 @@ class Simulator:
             out.update(self.ws.stats())
         if self.news is not None:
             out.update(news_requests=self.news.requests, news_rejected_429=self.news.rejected_rate)
+        if self.trades_api is not None:
+            out.update(rest_trades=self.trades_api.trades, rest_requests=self.trades_api.requests)
         return out
 
 
@@ -261,6 +291,11 @@ class SimulatorHandle:
     def news_base_url(self) -> str:
         """Finnhub-style base URL, e.g. `http://127.0.0.1:PORT/api/v1`."""
         return self.sim.news_base_url
+
+    @property
+    def rest_base_url(self) -> str:
+        """Massive REST base URL, e.g. `http://127.0.0.1:PORT` (serves `/v3/trades/{ticker}`)."""
+        return self.sim.rest_base_url
 
     @property
     def ground_truth(self) -> list[dict[str, Any]]:

@@ -9,6 +9,10 @@ Protocol, as the real cluster behaves:
   (`subscribed to: T.AAPL`); `unsubscribe` likewise (`unsubscribed to: T.AAPL`)
 - data frames are JSON arrays holding many events, sent as text frames.
 
+Plain HTTP GETs of Massive's REST trades endpoint (`/v3/trades/{ticker}`, see `trades_api`) are answered
+on the same port when a `rest` handler is given, so a client that knows only the WebSocket URL (an ingest
+started with `--url`) can backfill from the same simulator.
+
 Events are produced once per tick by a source (market model or replay) and fanned out to every
 authenticated session according to its subscriptions. A frame is counted as sent only once
 `send()` returned, so tests can reconcile what a client published with what the server sent.
@@ -29,10 +33,12 @@ from typing import Any
 import numpy as np
 import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from tradepulse.sources.simulator.market import KIND_TRADE, Block
+from tradepulse.sources.simulator.trades_api import TRADES_PREFIX, TradesApi
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +117,10 @@ class MassiveWsServer:
         queue_frames: int = 1000,
         record_sent: bool = False,
         resend_blocks: int = 0,
+        rest: TradesApi | None = None,
     ) -> None:
         self.symbols = list(symbols)
+        self.rest = rest
         self._sym_array = np.array(self.symbols, dtype=object)
         self._index = {s: i for i, s in enumerate(self.symbols)}
         self._api_key = api_key
@@ -157,9 +165,23 @@ class MassiveWsServer:
             await self._server.wait_closed()
             self._server = None
 
-    @staticmethod
-    def _check_path(connection: ServerConnection, request: Request) -> Response | None:
-        if request.path.split("?", 1)[0] not in WS_PATHS:
+    def _check_path(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if self.rest is not None and path.startswith(TRADES_PREFIX):
+            headers = {k.lower(): v for k, v in request.headers.raw_items()}
+            host = headers.get("host") or f"127.0.0.1:{self.port}"
+            code, body, extra = self.rest.handle("GET", request.path, headers, f"http://{host}")
+            status = HTTPStatus(code)
+            response_headers = Headers(
+                [
+                    ("Connection", "close"),
+                    ("Content-Length", str(len(body))),
+                    ("Content-Type", "application/json; charset=utf-8"),
+                    *extra.items(),
+                ]
+            )
+            return Response(status.value, status.phrase, response_headers, body)
+        if path not in WS_PATHS:
             return connection.respond(HTTPStatus.NOT_FOUND, "unknown path; use /stocks\n")
         return None
 
