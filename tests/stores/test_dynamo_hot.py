@@ -246,3 +246,12 @@ def test_publish_status_writes_the_file_and_the_item(
     assert "not published to the hot store" in caplog.text
     store.close()
     missing.close()
+
+
+def test_default_client_has_bounded_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hung DynamoDB call must fail well inside API Gateway's 29 s, not after botocore's 60 s."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    config = DynamoHotStore(TABLE, region="us-east-1").client.meta.config
+    assert (config.connect_timeout, config.read_timeout) == (3, 10)
+    assert config.retries == {"mode": "standard", "total_max_attempts": 3}

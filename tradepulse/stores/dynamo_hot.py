@@ -111,8 +111,14 @@ class DynamoHotStore:
     ) -> None:
         if client is None:
             import boto3
+            from botocore.config import Config
 
-            client = boto3.client("dynamodb", region_name=region)
+            # Bounded calls: botocore's defaults (60 s connect/read timeouts) would let one hung
+            # request outlive API Gateway's 29 s and stall a runner batch; throttling is retried below.
+            timeouts = Config(
+                connect_timeout=3, read_timeout=10, retries={"mode": "standard", "total_max_attempts": 3}
+            )
+            client = boto3.client("dynamodb", region_name=region, config=timeouts)
         self.client = client
         self.table = table
         self.shards = shards
