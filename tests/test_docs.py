@@ -18,7 +18,7 @@ from tradepulse.topics import ALL_TOPICS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-OWN = ["architecture.md", "schema.md", "runbook.md", "postmortem.md", "README.md"]
+OWN = ["architecture.md", "schema.md", "runbook.md", "postmortem.md", "quality.md", "README.md"]
 
 
 def text(name: str) -> str:
