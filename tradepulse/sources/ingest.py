@@ -421,6 +421,9 @@ class IngestService:
     async def _backfill_ticker(self, ticker: str, window: Window, gate: asyncio.Semaphore) -> None:
         assert self._rest is not None
         metrics, recent, last_trade = self._metrics, self._recent, self._last_trade
+        # At or below the last published sequence: in Kafka (the window starts at that trade's millisecond).
+        # Fixed for the whole backfill, so REST's time order need not be sequence order.
+        mark = last_trade[ticker][1] if ticker in last_trade else -1
         async with gate:
             try:
                 async for page in self._rest.pages(
@@ -435,12 +438,8 @@ class IngestService:
                         except (InvalidEvent, KeyError, TypeError) as exc:
                             rejects.append(rest_trade_reject(ticker, result, exc))
                             continue
-                        last = last_trade.get(ticker)
-                        # At or below the last published sequence: in Kafka (the window starts at that
-                        # trade's millisecond). The id window catches what the live stream already had.
-                        if (last is not None and record["sequence"] <= last[1]) or recent.seen(
-                            record["event_id"]
-                        ):
+                        # The id window catches what this connection's live stream already had.
+                        if record["sequence"] <= mark or recent.seen(record["event_id"]):
                             metrics.duplicates += 1
                             continue
                         value = orjson.dumps(record)
@@ -450,7 +449,8 @@ class IngestService:
                             await self._wait_for_room(TRADES, value, ticker)
                         metrics.produced += 1
                         metrics.backfilled += 1
-                        last_trade[ticker] = (record["exchange_ts_ms"], record["sequence"])
+                        if ticker not in last_trade or record["sequence"] > last_trade[ticker][1]:
+                            last_trade[ticker] = (record["exchange_ts_ms"], record["sequence"])
                     if rejects:
                         for reject in rejects:
                             reject.topic = TRADES

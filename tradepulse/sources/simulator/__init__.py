@@ -1,5 +1,6 @@
 """Local market simulator: a synthetic (or replayed) market served over the Massive stocks WebSocket
-protocol and a Finnhub-compatible company-news endpoint, so the pipeline runs without API keys.
+protocol, Massive's REST trades endpoint (`/v3/trades/{ticker}`, for backfills) and a Finnhub-compatible
+company-news endpoint, so the pipeline runs without API keys.
 
 ```python
 from tradepulse.sources.simulator import SimulatorConfig, run_simulator_in_thread
