@@ -115,8 +115,38 @@ def trade_record(e: dict[str, Any], received_ts_us: int) -> Record:
         raise InvalidEvent(f"field 'i' must be a non-empty string, got {trade_id!r}")
     price = _positive(e, "p")
     size = _trade_size(e, "s", "ds")
-    ts = _int(e, "t")
-    seq = _int(e, "q")
+    return _trade(
+        ticker,
+        exchange,
+        trade_id,
+        price,
+        size,
+        ts=_int(e, "t"),
+        seq=_int(e, "q"),
+        tape=_int(e, "z"),
+        conditions=_int_list(e, "c"),
+        received_ts_us=received_ts_us,
+        trf_id=_optional_int(e, "trfi"),
+        trf_ts_ms=_optional_int(e, "trft"),
+    )
+
+
+def _trade(
+    ticker: str,
+    exchange: int,
+    trade_id: str,
+    price: Any,
+    size: Any,
+    *,
+    ts: int,
+    seq: int,
+    tape: int,
+    conditions: list[int],
+    received_ts_us: int,
+    trf_id: int | None,
+    trf_ts_ms: int | None,
+) -> Record:
+    """The `models.Trade` dict of validated fields (WebSocket and REST alike, so the ids agree)."""
     return {
         "event_id": trade_event_id(ticker, exchange, trade_id, ts, seq),
         "ticker": ticker,
@@ -124,13 +154,13 @@ def trade_record(e: dict[str, Any], received_ts_us: int) -> Record:
         "size": float(size),
         "exchange": exchange,
         "trade_id": trade_id,
-        "tape": _int(e, "z"),
-        "conditions": _int_list(e, "c"),
+        "tape": tape,
+        "conditions": conditions,
         "sequence": seq,
         "exchange_ts_ms": ts,
         "received_ts_us": received_ts_us,
-        "trf_id": _optional_int(e, "trfi"),
-        "trf_ts_ms": _optional_int(e, "trft"),
+        "trf_id": trf_id,
+        "trf_ts_ms": trf_ts_ms,
     }
 
 
@@ -149,24 +179,21 @@ def rest_trade_record(ticker: str, r: dict[str, Any], received_ts_us: int) -> Re
         raise InvalidEvent(f"field 'id' must be a non-empty string, got {trade_id!r}")
     price = _positive(r, "price")
     size = _trade_size(r, "size", "decimal_size")
-    ts = _int(r, "sip_timestamp") // 1_000_000
-    seq = _int(r, "sequence_number")
     trf_ns = _optional_int(r, "trf_timestamp")
-    return {
-        "event_id": trade_event_id(ticker, exchange, trade_id, ts, seq),
-        "ticker": ticker,
-        "price": float(price),
-        "size": float(size),
-        "exchange": exchange,
-        "trade_id": trade_id,
-        "tape": _int(r, "tape"),
-        "conditions": _int_list(r, "conditions"),
-        "sequence": seq,
-        "exchange_ts_ms": ts,
-        "received_ts_us": received_ts_us,
-        "trf_id": _optional_int(r, "trf_id"),
-        "trf_ts_ms": None if trf_ns is None else trf_ns // 1_000_000,
-    }
+    return _trade(
+        ticker,
+        exchange,
+        trade_id,
+        price,
+        size,
+        ts=_int(r, "sip_timestamp") // 1_000_000,
+        seq=_int(r, "sequence_number"),
+        tape=_int(r, "tape"),
+        conditions=_int_list(r, "conditions"),
+        received_ts_us=received_ts_us,
+        trf_id=_optional_int(r, "trf_id"),
+        trf_ts_ms=None if trf_ns is None else trf_ns // 1_000_000,
+    )
 
 
 def rest_trade_reject(ticker: str, r: Any, exc: Exception) -> Reject:
