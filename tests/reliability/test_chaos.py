@@ -4,7 +4,10 @@ trade set, and every feature snapshot equals an independent batch recomputation.
 
 The simulator runs with `resend_blocks`: on every (re)subscription it replays its last blocks, so a
 restarted ingest gets again what its killed predecessor had received but not yet published; the ingest
-drops what is already in Kafka (each ticker's highest sequence in the topics' last 60 s). The
+drops what is already in Kafka (each ticker's highest sequence in the topics' last 60 s). The real
+Massive feed does not replay: there the ingest backfills the gap from the REST trades endpoint, which
+`tests/reliability/test_ingest_backfill.py` proves with a non-replaying simulator (this run's simulator
+starts in the past, so the wall-clock-bounded backfill finds nothing and replay carries it). The
 runner needs nothing of the kind: offsets, outputs and sinks are committed together (see
 `tradepulse.bus.runner`).
 

@@ -77,7 +77,8 @@ def ingest(url: str | None, tickers: str | None, progress_s: float) -> None:
         click.echo(
             f"[ingest] received={m.received} published={m.published} rate={rate:.0f}/s failed={m.failed} "
             f"dlq={m.dead_lettered} duplicates={m.duplicates} reconnects={m.reconnects} "
-            f"backpressure_waits={m.backpressure_waits} queue={m.queue_depth}",
+            f"backpressure_waits={m.backpressure_waits} queue={m.queue_depth} "
+            f"backfilled={m.backfilled} backfill_errors={m.backfill_errors}",
             err=True,
         )
 
