@@ -20,6 +20,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--expect", type=int, required=True)
     parser.add_argument("--result", type=Path, required=True)
+    parser.add_argument("--cprofile", type=Path, help="Also write a cProfile of the run to this file.")
     args = parser.parse_args()
     runner = build_runner(get_settings())
     runner.install_signal_handlers()
@@ -28,13 +29,20 @@ def main() -> None:
     def done(m: RunnerMetrics) -> bool:
         # Called after every poll: the first batch's end starts the clock (its events are not counted).
         if m.events_processed and "first_s" not in marks:
-            marks.update(first_s=time.time(), first_batch=m.events_processed)
+            marks.update(first_s=time.time(), first_batch=m.events_processed, first_cpu_s=time.process_time())
         if m.events_processed >= args.expect:
-            marks["last_s"] = time.time()
+            marks.update(last_s=time.time(), last_cpu_s=time.process_time())
             return True
         return False
 
-    metrics = runner.run(stop_when=done)
+    if args.cprofile is None:
+        metrics = runner.run(stop_when=done)
+    else:
+        import cProfile
+
+        with cProfile.Profile() as profile:
+            metrics = runner.run(stop_when=done)
+        profile.dump_stats(args.cprofile)
     last_s = marks.get("last_s", time.time())
     write_json_atomic(
         args.result,
@@ -43,8 +51,14 @@ def main() -> None:
             "first_s": marks.get("first_s", last_s),
             "last_s": last_s,
             "first_batch": marks.get("first_batch", 0),
+            # CPU of the whole process (librdkafka threads too) over the same span: steadier than the
+            # wall time on a shared machine.
+            "cpu_s": marks.get("last_cpu_s", 0.0) - marks.get("first_cpu_s", 0.0),
             "outputs": metrics.outputs_produced,
             "batches": metrics.batches,
+            # Per batch (the last 2,048): total and per-stage milliseconds, for `scripts/bench_drain.py`.
+            "batch_ms": list(metrics.batch_ms),
+            "stage_ms": {stage: list(samples) for stage, samples in metrics.stage_ms.items()},
             "semantics": "exactly-once (Kafka transactions), hot + cold store writes",
         },
     )

@@ -137,7 +137,10 @@ def decode(topic: str, raw: bytes | None) -> Row:
 class DecodedBatch:
     """One micro-batch split by topic. `positions` are (partition, offset) of each valid row, in the same
     order, for the cold store. `trade_columns` / `quote_columns`, when set, are the same rows as columns
-    (built by `decode_batch` from the validated columns; whoever filters the rows must filter them too)."""
+    (built by `decode_batch` from the validated columns; whoever filters the rows must filter them too).
+    `trade_fields` / `quote_fields`, when set, are the validated required fields of the same rows by
+    name (numeric fields as numpy arrays, strings as sequences), for the cold store's Arrow conversion;
+    whoever filters the rows must filter or drop them too."""
 
     trades: list[Row] = field(default_factory=list)
     quotes: list[Row] = field(default_factory=list)
@@ -148,6 +151,8 @@ class DecodedBatch:
     dead_letters: list[Row] = field(default_factory=list)
     trade_columns: TradeColumns | None = None
     quote_columns: QuoteColumns | None = None
+    trade_fields: dict[str, Any] | None = None
+    quote_fields: dict[str, Any] | None = None
 
     def __len__(self) -> int:
         return len(self.trades) + len(self.quotes) + len(self.news) + len(self.dead_letters)
@@ -217,6 +222,17 @@ def _validate_columns(topic: str, rows: list[Row]) -> tuple[np.ndarray | None, d
         if ok is not None:
             suspect = ~ok if suspect is None else suspect | ~ok
     return suspect, out
+
+
+def _kept_fields(cols: dict[str, Any], keep: np.ndarray | None) -> dict[str, Any]:
+    """The field columns of the kept rows."""
+    if keep is None:
+        return cols
+    index = np.flatnonzero(keep)
+    return {
+        name: values[index] if isinstance(values, np.ndarray) else [values[i] for i in index.tolist()]
+        for name, values in cols.items()
+    }
 
 
 def _trade_columns(cols: dict[str, Any], keep: np.ndarray | None) -> TradeColumns:
@@ -324,7 +340,9 @@ def decode_batch(messages: list[Any], stage: str = "processor") -> DecodedBatch:
         if topic == TRADES:
             batch.trades, batch.trade_pos = parsed, positions
             batch.trade_columns = _trade_columns(cols, keep)
+            batch.trade_fields = _kept_fields(cols, keep)
         else:
             batch.quotes, batch.quote_pos = parsed, positions
             batch.quote_columns = _quote_columns(cols, keep)
+            batch.quote_fields = _kept_fields(cols, keep)
     return batch

@@ -318,13 +318,23 @@ class Runner:
             batch = decode_batch(messages)
             counts["invalid"] += len(batch.dead_letters)
             cold_rows = 0
+            fields = {TRADES: batch.trade_fields, QUOTES: batch.quote_fields}
+            # Filtered below; the column store (Arrow conversion) has only just used them.
+            batch.trade_fields = batch.quote_fields = None
             for topic, rows, positions in (
                 (TRADES, batch.trades, batch.trade_pos),
                 (QUOTES, batch.quotes, batch.quote_pos),
                 (NEWS, batch.news, batch.news_pos),
             ):
                 if rows:
-                    self.cold.append_batch(topic, rows, positions, start=plan.cold_start, flush=False)
+                    self.cold.append_batch(
+                        topic,
+                        rows,
+                        positions,
+                        start=plan.cold_start,
+                        flush=False,
+                        columns=fields.get(topic),
+                    )
                 keep = []
                 for i, (partition, offset) in enumerate(positions):
                     tp = (topic, partition)
@@ -431,15 +441,17 @@ class Runner:
         latency_ms = (time.perf_counter() - write_started) * 1000
         self.metrics.write_ms.append(latency_ms)
         self.backpressure.record(latency_ms)
-        for topic, rows, positions in (
-            (TRADES, batch.trades, batch.trade_pos),
-            (QUOTES, batch.quotes, batch.quote_pos),
-            (NEWS, batch.news, batch.news_pos),
+        for topic, rows, positions, columns in (
+            (TRADES, batch.trades, batch.trade_pos, batch.trade_fields),
+            (QUOTES, batch.quotes, batch.quote_pos, batch.quote_fields),
+            (NEWS, batch.news, batch.news_pos, None),
         ):
             if rows:
                 # Below cold_next a row is already in a flushed file (a replay after a crash). The flush
                 # runs after the commit (`_process`).
-                self.cold.append_batch(topic, rows, positions, start=self._cold_next, flush=False)
+                self.cold.append_batch(
+                    topic, rows, positions, start=self._cold_next, flush=False, columns=columns
+                )
         if dead:
             self.sink_retry(lambda: self.dlq.put(dead))
         return dead

@@ -1,0 +1,169 @@
+"""Drain-only benchmark of our runner: `tradepulse bench` phase 2 without the full path or the peers.
+
+Starts a throw-away local broker (or uses `--bootstrap`), re-creates the topics, pre-fills `market.trades`
+once with the drain's trades (`scripts.bench.drain.prefill_trades`), then drains them `--runs` times
+with `scripts.bench.drain_ours` (the real runner: core, SQLite hot store, Parquet cold store, one Kafka
+transaction per batch), each run in its own process with a fresh consumer group and data dir, exactly
+as the bench measures it. Prints events/s per run, their median and spread, batch p50/p99 and the
+share of each stage of the runner's batch time (plus the time between batches: consume and polling).
+
+    .venv/bin/python scripts/bench_drain.py --events 200000 --tickers 200 --runs 3
+    .venv/bin/python scripts/bench_drain.py --runs 1 --py-spy      # + collapsed stacks per run
+    .venv/bin/python scripts/bench_drain.py --runs 1 --cprofile    # + a cProfile per run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts.bench import drain
+from scripts.bench.harness import _child_env, _profile_summary
+from tradepulse.bus.admin import recreate_topics
+from tradepulse.bus.local_kafka import REPO_ROOT, LocalKafka
+from tradepulse.config import Settings
+
+SPY_RATE_HZ = 100
+
+
+def one_drain(settings: Settings, n: int, out: Path, run: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One drain by a fresh runner process; the result JSON of `drain_ours` plus events/s."""
+    tag = f"run{run}"
+    state = out / f"state-{tag}"
+    shutil.rmtree(state, ignore_errors=True)
+    ours = settings.model_copy(
+        update={"data_dir": state, "consumer_group": f"drain-bench-{uuid.uuid4().hex[:8]}"}
+    )
+    result_path = out / f"drain-{tag}.json"
+    (out / f"spy-{tag}.txt").unlink(missing_ok=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "scripts.bench.drain_ours",
+        "--expect",
+        str(n),
+        "--result",
+        str(result_path),
+    ]
+    if args.cprofile:
+        argv += ["--cprofile", str(out / f"drain-{tag}.prof")]
+    if args.py_spy:
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        argv = [
+            spy,
+            "record",
+            "-r",
+            str(SPY_RATE_HZ),
+            "-f",
+            "raw",
+            "-o",
+            str(out / f"spy-{tag}.txt"),
+            "--",
+            *argv,
+        ]
+    extra = {"TRADEPULSE_BATCH_MAX_MESSAGES": str(args.batch)} if args.batch else {}
+    result = drain.run_drain(
+        "tradepulse",
+        argv,
+        result_path,
+        env=_child_env(ours, **extra),
+        timeout_s=args.timeout,
+        log_path=out / f"drain-{tag}.log",
+    )
+    shutil.rmtree(state, ignore_errors=True)
+    return result
+
+
+def describe(result: dict[str, Any]) -> str:
+    """events/s, batch p50/p99 and stage shares of one drain."""
+    if "error" in result:
+        return f"FAILED: {result['error']}"
+    batch = np.asarray(result.get("batch_ms") or [0.0])
+    span_ms = (result["last_s"] - result["first_s"]) * 1000
+    counted = batch[1:]  # the first batch ends before the clock starts
+    between = max(span_ms - counted.sum(), 0.0)
+    parts = [
+        f"{result['events_per_s']:,.0f} ev/s, {result['events_per_s'] * span_ms / 1000 / max(result['cpu_s'], 1e-9):,.0f} "
+        f"ev/CPU-s ({result['events']:,} events, {result['batches']} batches, "
+        f"batch p50 {np.percentile(batch, 50):.1f} ms p99 {np.percentile(batch, 99):.1f} ms)"
+    ]
+    shares = []
+    for stage, samples in result.get("stage_ms", {}).items():
+        values = np.asarray(samples[1:] or [0.0])
+        shares.append(
+            f"{stage} {values.sum() / span_ms:5.1%} (p50 {np.percentile(values, 50):.1f} / "
+            f"p99 {np.percentile(values, 99):.1f} ms)"
+        )
+    shares.append(f"between batches {between / span_ms:5.1%}")
+    parts.append("    share of wall: " + ", ".join(shares))
+    return "\n".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--tickers", type=int, default=200)
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=0, help="TRADEPULSE_BATCH_MAX_MESSAGES (0: default)")
+    parser.add_argument("--bootstrap", help="An existing broker (default: start a throw-away one).")
+    parser.add_argument("--out", type=Path, help="Keep results, logs and profiles here.")
+    parser.add_argument("--py-spy", action="store_true", help="py-spy collapsed stacks of each run.")
+    parser.add_argument("--cprofile", action="store_true", help="A cProfile of each run.")
+    parser.add_argument("--timeout", type=float, default=600.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-drain-") as tmp:
+        out = args.out.resolve() if args.out else Path(tmp)
+        out.mkdir(parents=True, exist_ok=True)
+        broker = None
+        bootstrap = args.bootstrap
+        if not bootstrap:
+            broker = LocalKafka(
+                Path(tmp) / "kafka", heap="1g", libs_root=REPO_ROOT / ".tradepulse" / "kafka-libs"
+            )
+            bootstrap = broker.start(quiet=True).bootstrap
+        try:
+            settings = Settings(kafka_bootstrap=bootstrap, data_dir=out, topic_partitions=args.partitions)
+            recreate_topics(settings)
+            t0 = time.perf_counter()
+            n = drain.prefill_trades(settings, args.events, args.tickers)
+            print(f"pre-filled {n:,} trades ({args.tickers} tickers) in {time.perf_counter() - t0:.1f}s")
+            rates = []
+            for run in range(1, args.runs + 1):
+                load = os.getloadavg()
+                result = one_drain(settings, n, out, run, args)
+                print(f"run {run} (load {load[0]:.2f}): {describe(result)}")
+                rates.append(result.get("events_per_s", 0.0))
+                spy = _profile_summary(out / f"spy-run{run}.txt", rate_hz=SPY_RATE_HZ, top=25)
+                if spy:
+                    print(f"    py-spy: {spy['samples']} samples; inclusive % / self %:")
+                    for (frame, incl), (own_frame, own) in zip(
+                        spy["inclusive_pct"], spy["self_pct"], strict=False
+                    ):
+                        print(f"      {incl:5.1f}  {frame[:70]:<70} {own:5.1f}  {own_frame[:90]}")
+            if rates:
+                print(
+                    f"median {statistics.median(rates):,.0f} ev/s over {len(rates)} runs "
+                    f"(min {min(rates):,.0f}, max {max(rates):,.0f}); load now {os.getloadavg()[0]:.2f}"
+                )
+        finally:
+            if broker is not None:
+                broker.stop()
+
+
+if __name__ == "__main__":
+    main()
