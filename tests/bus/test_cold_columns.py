@@ -8,6 +8,7 @@ from pathlib import Path
 
 import orjson
 import pyarrow.parquet as pq
+import pytest
 
 from tests.bus.test_decode import QUOTE, TRADE, FakeMessage
 from tradepulse.bus.decode import decode_batch
@@ -17,7 +18,9 @@ from tradepulse.topics import QUOTES, TRADES
 HOUR_MS = 3_600_000
 
 
-def _messages() -> list[FakeMessage]:
+def _messages(complete: bool) -> list[FakeMessage]:
+    """Trades and quotes; with `complete`, every row has every optional model field (the decoder then
+    hands them over as columns too), else some rows lack them."""
     messages = []
     for i in range(60):
         partition, offset = i % 3, i // 3
@@ -30,14 +33,14 @@ def _messages() -> list[FakeMessage]:
         }
         if i % 5 == 0:
             trade |= {"conditions": [12, 37], "trf_id": 4, "trf_ts_ms": trade["exchange_ts_ms"] - 1}
-        elif i % 5 == 1:
+        elif i % 5 == 1 or complete:
             trade |= {"conditions": [], "trf_id": None, "trf_ts_ms": None}
         if i == 17:
             trade["price"] = -1.0  # a poison trade: dead-lettered, not in the cold store
         messages.append(FakeMessage(TRADES, orjson.dumps(trade), partition, offset))
         quote = QUOTE | {"event_id": f"q-{i}", "sequence": i, "exchange_ts_ms": QUOTE["exchange_ts_ms"] + i}
-        if i % 2:
-            quote["indicators"] = [1]
+        if i % 2 or complete:
+            quote |= {"conditions": [i % 3], "indicators": [1] if i % 2 else []}
         messages.append(FakeMessage(QUOTES, orjson.dumps(quote), partition, 100 + offset))
     return messages
 
@@ -46,10 +49,13 @@ def _files(root: Path, store: ParquetColdStore) -> dict[str, object]:
     return {rel: pq.read_table(root / rel) for rel in store.files()}
 
 
-def test_columns_write_the_same_files_as_rows(tmp_path: Path) -> None:
-    batch = decode_batch(_messages())
+@pytest.mark.parametrize("complete", [False, True], ids=["some-optional-absent", "all-fields"])
+def test_columns_write_the_same_files_as_rows(tmp_path: Path, complete: bool) -> None:
+    batch = decode_batch(_messages(complete))
     assert len(batch.dead_letters) == 1 and batch.trade_fields is not None and batch.quote_fields
     assert len(batch.trade_fields["price"]) == len(batch.trades) == 59
+    assert ("conditions" in batch.trade_fields) is complete
+    assert ("indicators" in batch.quote_fields) is complete
     written = {}
     for name, columns in (("rows", False), ("columns", True)):
         store = ParquetColdStore(tmp_path / name, block_offsets=8)

@@ -12,7 +12,9 @@ alone decide the error type and reason, so both paths dead-letter exactly the sa
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
@@ -71,6 +73,12 @@ _REQUIRED: dict[str, dict[str, str]] = {
         "published_ts_ms": "ts",
         "received_ts_us": "int",
     },
+}
+
+# The other fields of the Trade / Quote models: optional on the wire, not checked here.
+_OPTIONAL: dict[str, tuple[str, ...]] = {
+    TRADES: ("conditions", "trf_id", "trf_ts_ms"),
+    QUOTES: ("conditions", "indicators"),
 }
 
 
@@ -168,7 +176,7 @@ _ALLOWED_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def _column_ok(kind: str, values: tuple[Any, ...]) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _column_ok(kind: str, values: Sequence[Any]) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Which values of one field pass its rule (None: all of them), and the numeric column (None for
     strings). Same rules as `_check`, a column at a time; bool is not int here (exact `type` checks)."""
     n = len(values)
@@ -205,22 +213,32 @@ def _column_ok(kind: str, values: tuple[Any, ...]) -> tuple[np.ndarray | None, n
     return ok, column
 
 
+def _field(rows: list[Row], name: str) -> list[Any]:
+    """One field of every row (None where absent). `map(itemgetter)` runs in C, a field at a time
+    (faster than transposing row tuples)."""
+    try:
+        return list(map(itemgetter(name), rows))
+    except KeyError:
+        return [row.get(name) for row in rows]
+
+
 def _validate_columns(topic: str, rows: list[Row]) -> tuple[np.ndarray | None, dict[str, Any]]:
     """Rows of one topic (all dicts) that may break a rule (mask of suspects, None: none), and the
-    columns by field name."""
+    columns by field name: the required fields (a missing one is None, which fails its rule), and the
+    optional model fields that every row has (as they are, unvalidated: for the cold store)."""
     spec = _REQUIRED[topic]
-    names = list(spec)
-    try:
-        columns = list(zip(*map(itemgetter(*names), rows), strict=True))
-    except KeyError:  # a field is absent from some row: None stands in, and fails its rule
-        columns = [tuple(row.get(name) for row in rows) for name in names]
     suspect: np.ndarray | None = None
     out: dict[str, Any] = {}
-    for name, values in zip(names, columns, strict=True):
-        ok, column = _column_ok(spec[name], values)
+    for name, kind in spec.items():
+        values = _field(rows, name)
+        ok, column = _column_ok(kind, values)
         out[name] = values if column is None else column
         if ok is not None:
             suspect = ~ok if suspect is None else suspect | ~ok
+    for name in _OPTIONAL.get(topic, ()):
+        # Absent from some row: the cold store reads this field from the rows instead.
+        with contextlib.suppress(KeyError):
+            out[name] = list(map(itemgetter(name), rows))
     return suspect, out
 
 
