@@ -326,8 +326,10 @@ class ParquetColdStore:
             pos = np.asarray(positions, dtype=np.int64).reshape(n, 2)
             keep = None
             if start:
-                first = np.array([start.get((topic, int(p)), 0) for p in pos[:, 0]], dtype=np.int64)
-                keep = np.flatnonzero(pos[:, 1] >= first)
+                # Per partition of the batch (a handful), not per row.
+                partitions, first_of = np.unique(pos[:, 0], return_inverse=True)
+                firsts = np.array([start.get((topic, p), 0) for p in partitions.tolist()], dtype=np.int64)
+                keep = np.flatnonzero(pos[:, 1] >= firsts[first_of.reshape(-1)])
                 if len(keep) == n:
                     keep = None
             if keep is None:
