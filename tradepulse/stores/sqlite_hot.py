@@ -48,8 +48,10 @@ import logging
 import sqlite3
 import threading
 import time
+import typing
 from collections import deque
 from collections.abc import Iterable, Sequence
+from itertools import chain
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -111,9 +113,34 @@ CREATE TABLE IF NOT EXISTS tickers (
 CHECKPOINT_INTERVAL_S = 0.25
 """Least time between two background checkpoints (each is an fsync of the WAL and of the database)."""
 
-_UPSERT_TRADE = (
-    "INSERT INTO trades (ticker, exchange_ts_ms, sequence, event_id, vals) VALUES (?, ?, ?, ?, ?) "
-    "ON CONFLICT (exchange_ts_ms, ticker, sequence, event_id) DO UPDATE SET vals = excluded.vals"
+
+class _Upsert(typing.NamedTuple):
+    """An `INSERT ... VALUES ... ON CONFLICT ...` statement for one row (`one`) and for MULTI_ROWS rows
+    (`multi`, one value tuple per row)."""
+
+    one: str
+    multi: str
+    width: int
+
+    @classmethod
+    def of(cls, insert: str, width: int, conflict: str) -> _Upsert:
+        row = f"({', '.join(['?'] * width)})"
+        return cls(
+            f"{insert} VALUES {row} {conflict}",
+            f"{insert} VALUES {', '.join([row] * MULTI_ROWS)} {conflict}",
+            width,
+        )
+
+
+# Rows per statement of the bulk upserts (trades, features): one INSERT with MULTI_ROWS value tuples
+# costs about a quarter less per row than a statement per row (`executemany` steps and resets the
+# statement for every row). The rows are still applied in order, so a key repeated within a batch ends
+# with its last row, as before.
+MULTI_ROWS = 100
+_UPSERT_TRADE = _Upsert.of(
+    "INSERT INTO trades (ticker, exchange_ts_ms, sequence, event_id, vals)",
+    5,
+    "ON CONFLICT (exchange_ts_ms, ticker, sequence, event_id) DO UPDATE SET vals = excluded.vals",
 )
 _UPSERT_LATEST_TRADE = (
     "INSERT INTO latest_trades (ticker, exchange_ts_ms, sequence, event_id, vals) VALUES (?, ?, ?, ?, ?) "
@@ -126,9 +153,10 @@ _TRADE_FIELDS = tuple(Trade.model_fields)
 _TRADE_REST = tuple(f for f in _TRADE_FIELDS if f not in _TRADE_KEY)
 _trade_rest = itemgetter(*_TRADE_REST)
 _TRADE_COLUMNS = "ticker, exchange_ts_ms, sequence, event_id, vals"
-_UPSERT_FEATURE = (
-    "INSERT INTO features (ticker, ts_ms, doc) VALUES (?, ?, ?) "
-    "ON CONFLICT (ticker, ts_ms) DO UPDATE SET doc = excluded.doc"
+_UPSERT_FEATURE = _Upsert.of(
+    "INSERT INTO features (ticker, ts_ms, doc)",
+    3,
+    "ON CONFLICT (ticker, ts_ms) DO UPDATE SET doc = excluded.doc",
 )
 _UPSERT_ANOMALY = (
     "INSERT INTO anomalies (anomaly_id, ticker, ts_ms, doc) VALUES (?, ?, ?, ?) "
@@ -144,6 +172,19 @@ _UPSERT_TICKER = (
     "INSERT INTO tickers (ticker, last_ts_ms) VALUES (?, ?) "
     "ON CONFLICT (ticker) DO UPDATE SET last_ts_ms = max(last_ts_ms, excluded.last_ts_ms)"
 )
+
+
+def _upsert_many(conn: sqlite3.Connection, upsert: _Upsert, rows: list[tuple[Any, ...]]) -> None:
+    """Upsert `rows` in order: MULTI_ROWS per statement, the rest one by one."""
+    full = len(rows) // MULTI_ROWS * MULTI_ROWS
+    if full:
+        flat = list(chain.from_iterable(rows[:full]))
+        step = MULTI_ROWS * upsert.width
+        if len(flat) != full * upsert.width:
+            raise ValueError(f"rows must have {upsert.width} values each")
+        conn.executemany(upsert.multi, [flat[i : i + step] for i in range(0, len(flat), step)])
+    if full < len(rows):
+        conn.executemany(upsert.one, rows[full:])
 
 
 class SchemaMismatch(RuntimeError):
@@ -317,14 +358,14 @@ class SqliteHotStore:
             try:
                 last_seen: dict[str, int] = {}
                 if trade_rows:
-                    conn.executemany(_UPSERT_TRADE, trade_rows)
+                    _upsert_many(conn, _UPSERT_TRADE, trade_rows)
                     # After the insert, which has rejected rows with a NULL key.
                     newest = _newest_per_ticker(trade_rows)
                     conn.executemany(_UPSERT_LATEST_TRADE, newest)
                     # A ticker's newest trade has its latest event time.
                     last_seen = {row[0]: row[1] for row in newest}
                 if feature_rows:
-                    conn.executemany(_UPSERT_FEATURE, feature_rows)
+                    _upsert_many(conn, _UPSERT_FEATURE, feature_rows)
                     for ticker, ts, _ in feature_rows:
                         if ts > last_seen.get(ticker, -1):
                             last_seen[ticker] = ts
