@@ -12,7 +12,6 @@ alone decide the error type and reason, so both paths dead-letter exactly the sa
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -213,32 +212,31 @@ def _column_ok(kind: str, values: Sequence[Any]) -> tuple[np.ndarray | None, np.
     return ok, column
 
 
-def _field(rows: list[Row], name: str) -> list[Any]:
-    """One field of every row (None where absent). `map(itemgetter)` runs in C, a field at a time
-    (faster than transposing row tuples)."""
-    try:
-        return list(map(itemgetter(name), rows))
-    except KeyError:
-        return [row.get(name) for row in rows]
-
-
 def _validate_columns(topic: str, rows: list[Row]) -> tuple[np.ndarray | None, dict[str, Any]]:
     """Rows of one topic (all dicts) that may break a rule (mask of suspects, None: none), and the
     columns by field name: the required fields (a missing one is None, which fails its rule), and the
-    optional model fields that every row has (as they are, unvalidated: for the cold store)."""
+    optional model fields when every row has them (as they are, unvalidated: for the cold store)."""
     spec = _REQUIRED[topic]
+    names = list(spec)
+    optional = _OPTIONAL.get(topic, ())
+    # Row by row (one itemgetter call per row), then transposed: each row dict is visited once, which
+    # in the runner (5,000 freshly parsed dicts, cold in the CPU cache) beats a pass per field.
+    try:
+        columns = list(zip(*map(itemgetter(*names, *optional), rows), strict=True))
+    except KeyError:
+        optional = ()
+        try:
+            columns = list(zip(*map(itemgetter(*names), rows), strict=True))
+        except KeyError:  # a field is absent from some row: None stands in, and fails its rule
+            columns = [tuple(row.get(name) for row in rows) for name in names]
     suspect: np.ndarray | None = None
     out: dict[str, Any] = {}
-    for name, kind in spec.items():
-        values = _field(rows, name)
-        ok, column = _column_ok(kind, values)
+    for name, values in zip(names, columns, strict=False):
+        ok, column = _column_ok(spec[name], values)
         out[name] = values if column is None else column
         if ok is not None:
             suspect = ~ok if suspect is None else suspect | ~ok
-    for name in _OPTIONAL.get(topic, ()):
-        # Absent from some row: the cold store reads this field from the rows instead.
-        with contextlib.suppress(KeyError):
-            out[name] = list(map(itemgetter(name), rows))
+    out.update(zip(optional, columns[len(names) :], strict=True))
     return suspect, out
 
 

@@ -110,7 +110,7 @@ CREATE TABLE IF NOT EXISTS tickers (
 ) WITHOUT ROWID;
 """
 
-CHECKPOINT_INTERVAL_S = 0.25
+CHECKPOINT_INTERVAL_S = 1.0
 """Least time between two background checkpoints (each is an fsync of the WAL and of the database)."""
 
 
