@@ -339,6 +339,20 @@ def test_single_batch_and_one_event_batches(stream: list[Event], whole_reference
     compare(run_engine(split(head, [1] * len(head))), reference(split(head, [])), same_split=False)
 
 
+def test_raw_volume_zscore_config_matches_the_reference(stream: list[Event]) -> None:
+    """No size cap, no log: the plain raw-volume z-score, same engine paths otherwise."""
+    raw = FeatureConfig(zscore_size_cap=0.0, zscore_log_volume=False)
+    batches = split(stream, random_sizes(5, 60, 400))
+    want = reference(batches, raw)
+    compare(run_engine(batches, raw), want)
+    default = flat(reference(batches), "per_trade")
+    differ = sum(
+        w["volume_zscore"] != d["volume_zscore"]
+        for w, d in zip(flat(want, "per_trade"), default, strict=True)
+    )
+    assert differ > 100  # the two definitions really differ on this stream
+
+
 def test_out_of_order_within_grace_equals_sorted() -> None:
     """A trade arriving 1.5 s late gets the vector it would have had in a sorted stream, and the
     trades after it (and the snapshot of its second) include it."""

@@ -396,7 +396,7 @@ class _TradeState:
         self._resum(dst, grp)
         self._resum_buckets(bdst, bgrp)
 
-    def _resum(self, rows: np.ndarray, grp: np.ndarray) -> None:
+    def _resum(self, rows: np.ndarray, grp: np.ndarray, capped: bool = True) -> None:
         """Recompute the prefix sums at `rows` (ascending runs, one per `grp`, each continuing from the
         row just before it when that row is in the same region)."""
         if len(rows) == 0:
@@ -404,13 +404,8 @@ class _TradeState:
         centred = self.price[rows] - self.centre[self.code[rows]]
         self.v_p[rows] = centred
         self.v_ps[rows] = centred * self.size[rows]
-        pairs = (
-            (self.v_ps, self.t_ps),
-            (self.size, self.t_size),
-            (self.v_p, self.t_p),
-            (self.csize, self.t_csize),
-        )
-        self._prefix(rows, grp, pairs)
+        pairs = ((self.v_ps, self.t_ps), (self.size, self.t_size), (self.v_p, self.t_p))
+        self._prefix(rows, grp, pairs + (((self.csize, self.t_csize),) if capped else ()))
 
     def _prefix(
         self, rows: np.ndarray, grp: np.ndarray, pairs: tuple[tuple[np.ndarray, np.ndarray], ...]
@@ -465,7 +460,8 @@ class _TradeState:
         self.late[dest] = np.r_[self.late[sidx], late][order]
         self.csize[dest] = np.r_[self.csize[sidx], size][order]  # the batch's caps follow
         self.tail[ucode] = tail + ucount
-        self._resum(dest, grp)
+        # With a cap, the batch's capped sizes need the size sums first; their own sums follow below.
+        self._resum(dest, grp, capped=self.cap_multiple <= 0)
         rows = np.empty(len(code), dtype=np.int64)
         is_batch = order >= ns
         rows[order[is_batch] - ns] = dest[is_batch]
