@@ -253,6 +253,8 @@ class ChaosReport:
     name: str
     sent_trades: int
     sent_quotes: int
+    market_trades: int  # the market's trades from each ticker's first one published (the oracle)
+    sent_not_in_kafka: int
     runner_kills: int
     ingest_kills: int
     kafka: Reconciliation
@@ -261,6 +263,7 @@ class ChaosReport:
     features_checked: int
     seconds: float
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    contention: dict[str, float] = field(default_factory=dict)
 
     def save(self) -> Path:
         ARTIFACTS.mkdir(exist_ok=True)

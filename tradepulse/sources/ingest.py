@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 BACKPRESSURE_SLEEP_S = 0.005
 #: How often delivery reports are served when no frames arrive.
 REPORT_INTERVAL_S = 0.05
+#: How long a stopping service waits for the brokers to acknowledge what it produced.
+FLUSH_TIMEOUT_S = 30.0
 #: Tickers backfilled at the same time (each pages through its own gap in order).
 BACKFILL_CONCURRENCY = 8
 
@@ -152,9 +154,10 @@ class Seed:
     sequences: dict[str, dict[str, int]] = field(default_factory=lambda: {TRADES: {}, QUOTES: {}})
     #: ticker → SIP time (ms) of its highest-sequence trade: where its trades backfill starts
     trade_ms: dict[str, int] = field(default_factory=dict)
-    #: Kafka time (ms) the tail was read from; None if the topics are empty. A ticker without a trade
-    #: since then has none in Kafka after it either, so its backfill can start there.
-    since_ms: int | None = None
+    #: Feed (exchange) time of the oldest record read from the tail; None if the topics are empty. A
+    #: ticker without a trade in the tail has none in Kafka after it either, so its backfill can start
+    #: there. Feed time, not Kafka time: backfill windows are on the feed's clock (see `_backfill`).
+    floor_ms: int | None = None
     read: int = 0  # records read
 
 
@@ -189,7 +192,7 @@ def seed_published_sequences(settings: Settings, timeout_s: float = 60.0) -> See
         newest = max((m.timestamp()[1] for m in _read_to_end(consumer, last, deadline)), default=None)
         if newest is None:
             return seed
-        since_ms = seed.since_ms = newest - int((settings.ingest_replay_horizon_s + SEED_MARGIN_S) * 1000)
+        since_ms = newest - int((settings.ingest_replay_horizon_s + SEED_MARGIN_S) * 1000)
         found = consumer.offsets_for_times(
             [TopicPartition(t, p, since_ms) for t, p in ends], timeout=max(1.0, deadline - time.monotonic())
         )
@@ -200,11 +203,17 @@ def seed_published_sequences(settings: Settings, timeout_s: float = 60.0) -> See
             with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
                 topic, by_ticker = message.topic(), marks[message.topic()]
                 record = orjson.loads(message.value())
-                ticker, seq = message.key().decode(), int(record["sequence"])
+                ticker, seq, ms = (
+                    message.key().decode(),
+                    int(record["sequence"]),
+                    int(record["exchange_ts_ms"]),
+                )
+                if seed.floor_ms is None or ms < seed.floor_ms:
+                    seed.floor_ms = ms
                 if seq > by_ticker.get(ticker, -1):
                     by_ticker[ticker] = seq
                     if topic == TRADES:
-                        trade_ms[ticker] = int(record["exchange_ts_ms"])
+                        trade_ms[ticker] = ms
         return seed
     finally:
         consumer.close()
@@ -258,7 +267,7 @@ class IngestService:
         self._rest: TradesRestClient | None = None  # built in run(): it belongs to the running loop
         # ticker → (SIP ms, sequence) of its newest trade known to be published: where a backfill starts.
         self._last_trade: dict[str, tuple[int, int]] = {}
-        # Since when (ms) a trade of any subscribed ticker would have been seen (see Seed.since_ms).
+        # Since when (feed ms) a trade of any subscribed ticker would have been seen (see Seed.floor_ms).
         self._floor_ms: int | None = None
         self._connection = 0  # the client connection whose frames are being published
         self._producer = Producer(
@@ -288,7 +297,7 @@ class IngestService:
         self._published = seed.sequences
         for ticker, ms in seed.trade_ms.items():
             self._last_trade[ticker] = (ms, seed.sequences[TRADES][ticker])
-        self._floor_ms = seed.since_ms
+        self._floor_ms = seed.floor_ms
         if seed.read:
             log.info(
                 "ingest: %d tickers already in Kafka (read %d records of the last %.0f s + %.0f s in %.2f s)",
@@ -316,7 +325,16 @@ class IngestService:
             for task in (reader, publisher, reports):
                 task.cancel()
             await asyncio.gather(reader, publisher, reports, return_exceptions=True)
-            await asyncio.to_thread(self._producer.flush, 30)
+            undelivered = await asyncio.to_thread(self._producer.flush, FLUSH_TIMEOUT_S)
+            if undelivered:
+                # Not lost for good: what is not in Kafka is above the next start's marks, so its trades
+                # are backfilled then. Said loudly, since quotes are not.
+                log.error(
+                    "ingest: %d messages still undelivered after %.0f s at shutdown; the next start "
+                    "backfills the trades among them",
+                    undelivered,
+                    FLUSH_TIMEOUT_S,
+                )
             self._dead_letter_failed_deliveries()
             self._producer.close()
             if self._rest is not None:
@@ -342,11 +360,13 @@ class IngestService:
         produce, poll = self._producer.produce, self._producer.poll
         last_trade = self._last_trade
         while (frame := await queue.get()) is not None:
-            if frame.connection != self._connection:
-                # The first frame of a new connection: the subscription is live, so what the feed did not
-                # send since the last published trade is on the REST tape now. Fill that first.
+            if frame.connection != self._connection and (frame.trades or frame.quotes):
+                # The first events of a new connection: the subscription is live, so what the feed did not
+                # send since the last published trade is on the REST tape now. Fill that first, up to the
+                # feed's own clock (its newest event time here), not the wall clock: a feed that replays
+                # the past or runs behind must be backfilled all the same.
                 self._connection = frame.connection
-                await self._backfill()
+                await self._backfill(feed_time_ms(frame))
             metrics.received += frame.events
             for topic, records in ((TRADES, frame.trades), (QUOTES, frame.quotes)):
                 published = self._published[topic]
@@ -375,11 +395,12 @@ class IngestService:
             if self._failed_deliveries:
                 self._dead_letter_failed_deliveries()
 
-    async def _backfill(self) -> None:
-        """Publish each subscribed ticker's trades missed before this connection (see the module doc)."""
+    async def _backfill(self, now_ms: int) -> None:
+        """Publish each subscribed ticker's trades missed before this connection (see the module doc):
+        those after its last published trade up to `now_ms`, the feed time of the connection's first
+        events (the live stream has everything after it; the overlap is dropped by event id)."""
         if self._rest is None or self._tickers is None:
             return
-        now_ms = time.time_ns() // 1_000_000
         max_s = self.settings.ingest_backfill_max_s
         windows: dict[str, Window] = {}
         for ticker in sorted(self._tickers):
@@ -388,7 +409,7 @@ class IngestService:
             if window is not None:
                 windows[ticker] = window
         if self._floor_ms is None:
-            # A fresh start with nothing in Kafka: no gap yet. From now on every trade would be seen.
+            # A fresh start with nothing in Kafka: no gap yet. From now (feed time) every trade is seen.
             self._floor_ms = now_ms
         if not windows:
             return
@@ -527,6 +548,11 @@ class IngestService:
         failed, self._failed_deliveries = self._failed_deliveries, []
         if failed:
             self._dead_letter(failed)
+
+
+def feed_time_ms(frame: ParsedFrame) -> int:
+    """The feed's clock as of `frame`: the newest exchange (SIP) time of its trades and quotes."""
+    return max(r["exchange_ts_ms"] for records in (frame.trades, frame.quotes) for r in records)
 
 
 def _iso(ms: int) -> str:
