@@ -16,7 +16,7 @@ help:
 	@echo "make lint    ruff check + format check"
 	@echo "make synth   synthesize the CDK app offline (cdk.out/)"
 	@echo "make bench   full-path market-open benchmark (results/)"
-	@echo "make chaos   the full reliability suite (kill -9, broker restart, poison, slow sink)"
+	@echo "make chaos   the full reliability suite (kill -9 idle and under contention, broker restart, poison, slow sink)"
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'

@@ -204,9 +204,10 @@ def read_topic(settings: Settings, topic: str) -> list[dict[str, Any]]:
 # --- stores read-back ---------------------------------------------------------------------------------
 
 
-def cold_trade_keys(settings: Settings) -> list[tuple[str, int]]:
-    """(ticker, sequence) of every trade row in the cold store's Parquet files (duplicates kept)."""
-    files = sorted((settings.cold_dir / "trades").rglob("*.parquet"))
+def cold_keys(settings: Settings, dataset: str = "trades") -> list[tuple[str, int]]:
+    """(ticker, sequence) of every row of a cold dataset (`trades`, `quotes`) in its Parquet files
+    (duplicates kept)."""
+    files = sorted((settings.cold_dir / dataset).rglob("*.parquet"))
     keys: list[tuple[str, int]] = []
     for path in files:
         table = pq.read_table(path, columns=["ticker", "sequence"])
@@ -260,6 +261,8 @@ class ChaosReport:
     kafka: Reconciliation
     hot: Reconciliation
     cold: Reconciliation
+    kafka_quotes: Reconciliation  # against the quotes sent
+    cold_quotes: Reconciliation  # against the quotes in Kafka
     features_checked: int
     seconds: float
     peak_rss_mb: dict[str, float] = field(default_factory=dict)

@@ -18,7 +18,7 @@ from tests.reliability.harness import (
     Reconciliation,
     Services,
     child_env,
-    cold_trade_keys,
+    cold_keys,
     committed_total,
     drained,
     high_watermarks,
@@ -118,7 +118,7 @@ def test_broker_restart_mid_stream_loses_nothing_and_every_service_recovers(tmp_
         for where in (
             Reconciliation.of([(t["ticker"], t["sequence"]) for t in trades], sent),
             Reconciliation.of(hot_trade_keys(settings), sent),
-            Reconciliation.of(cold_trade_keys(settings), sent),
+            Reconciliation.of(cold_keys(settings), sent),
         ):
             assert where.exact, where
         assert len(sent) > 40_000 and outage_s >= 3
