@@ -74,7 +74,8 @@ class Settings(BaseSettings):
     ingest_backfill_max_s: float = Field(
         default=600.0,
         description="After every (re)connect ingest fetches each ticker's trades since its last published one "
-        "from the REST trades endpoint (the feed does not replay), at most this many seconds back; 0 = off.",
+        "from the REST trades endpoint (the feed does not replay), up to the feed time of the connection's "
+        "first events and at most this many seconds (of feed time) back; 0 = off.",
     )
     ingest_backfill_page_limit: int = Field(
         default=50_000, ge=1, le=50_000, description="Trades per REST page (Massive's maximum is 50000)."

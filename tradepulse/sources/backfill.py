@@ -59,6 +59,8 @@ def backfill_window(last_ms: int | None, floor_ms: int | None, now_ms: int, max_
     trades had there been any (see `IngestService`); without either there is no known gap. The window
     starts at the last trade's millisecond itself (the WebSocket's times are whole ms; the trades of
     that ms already published are dropped by sequence) and never more than `max_s` before `now_ms`.
+    All times are the feed's (exchange/SIP time): `now_ms` is the feed's clock where the live stream
+    takes over, not the wall clock.
     """
     start = last_ms if last_ms is not None else floor_ms
     if start is None or max_s <= 0:

@@ -23,7 +23,10 @@ knows to be published (from its own produce calls, or the seed's highest sequenc
 the REST trades endpoint (`tradepulse.sources.backfill`), in order, through the same dedupe (sequence
 mark and event id) and producer; only then does it go on with the live frames, whose overlap with the
 backfill is dropped by event id. So each ticker's trades reach Kafka once and in sequence order.
-Bounded by `ingest_backfill_max_s`; off for a `*` subscription (one request per ticker of the market).
+The backfill runs at the connection's first events and reaches up to their exchange time: the feed's
+clock, not the wall clock, so a delayed feed, a replayed day or a simulator behind schedule is covered
+like the live feed (on the wall clock it was not, and a starved restart lost trades: postmortem 4).
+Bounded by `ingest_backfill_max_s` of feed time; off for a `*` subscription (one request per ticker).
 """
 
 from __future__ import annotations
