@@ -12,6 +12,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tradepulse.sources.simulator import SimulatorConfig, SimulatorHandle, run_simulator_in_thread
+from tradepulse.sources.simulator.market import MarketConfig, MarketModel
+from tradepulse.sources.simulator.ws_server import MassiveWsServer, Session
 
 KEY = "test-key"
 
@@ -208,3 +210,30 @@ def test_drop_connections_and_sent_accounting() -> None:
         sent = s.sent_trade_keys()
         assert len(sent) == s.sent_trades() > 0
         assert received == sent
+
+
+def test_a_session_whose_send_fails_with_any_error_is_closed_and_never_stalls_the_market() -> None:
+    """websockets' send() can fail with other errors than ConnectionClosed on a connection that died
+    mid-write (seen in the throttled chaos run: `AttributeError: 'NoneType' object has no attribute
+    'call_soon'` from aborting an already closed transport). The session must then be closed, so that
+    neither the market's dispatch nor a replay waits forever on its full queue (the whole market stalled
+    and every later client received nothing)."""
+
+    class DeadSocket:
+        async def send(self, *args: object, **kwargs: object) -> None:
+            raise AttributeError("'NoneType' object has no attribute 'call_soon'")
+
+    async def scenario() -> Session:
+        server = MassiveWsServer(["AAPL", "MSFT"], KEY, queue_frames=2, resend_blocks=5)
+        session = Session(DeadSocket(), len(server.symbols), server.queue_frames)  # type: ignore[arg-type]
+        session.authed, session.subs = True, {"T.AAPL", "Q.AAPL"}
+        session.update_masks(server._index)
+        server.sessions.add(session)
+        session.sender = asyncio.create_task(server._sender(session))
+        market = MarketModel(MarketConfig(seed=3, tickers=["AAPL", "MSFT"], rate=4000))
+        for _ in range(20):  # many more frames than the session's queue holds
+            await asyncio.wait_for(server.dispatch(market.next_block()), 5)
+        return session
+
+    session = asyncio.run(scenario())
+    assert session.closed

@@ -279,9 +279,14 @@ class MassiveWsServer:
                     return
                 try:
                     await session.ws.send(item.frame)
-                except ConnectionClosed:
+                except Exception as exc:
                     # Close now: its handler may be busy in a replay and not notice, and a dispatch or
-                    # replay blocked on this full queue must be released.
+                    # replay blocked on this full queue must be released. Any error, not only
+                    # ConnectionClosed: a connection that dies mid-write can make websockets raise others
+                    # (AttributeError from aborting a closed transport, seen under SIGSTOP throttling),
+                    # and a dead sender with an open session stalled the whole market.
+                    if not isinstance(exc, ConnectionClosed):
+                        log.warning("simulator: closing a session whose send failed: %r", exc)
                     self._close_session(session)
                     return
                 self._account(item)
