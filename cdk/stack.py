@@ -139,12 +139,15 @@ class TradePulseStack(Stack):
             http_api=self.lambdas.http_api,
             api_p99_ms=config.api_p99_alarm_ms,
             services=self.services.services,
+            min_tasks={name: getattr(config, name).min_tasks for name in self.services.services},
             functions={
                 "api": self.lambdas.api_function,
                 "dlq_redrive": self.lambdas.redrive_function,
                 "archival": self.lambdas.archival_function,
             },
             alarm_email=config.alarm_email,
+            alarm_https_endpoint=config.alarm_https_endpoint,
+            runbook_url=config.runbook_url,
         )
         self._outputs()
 
