@@ -1,5 +1,5 @@
-"""Deploys after the first one (issue 14, defect 7): a schema edit registers a new Glue schema version
-instead of replacing the schema.
+"""Deploys after the first one (issue 14, defects 7 and 8): a schema edit registers a new Glue schema
+version instead of replacing the schema, and a deploy does not reset the processor's scaled task count.
 
 "Would CloudFormation replace it" is decided with CloudFormation's own resource schemas (shipped with
 cfn-lint): changing a `createOnlyProperties` member of an existing resource means replacement.
@@ -18,7 +18,7 @@ import pytest
 from aws_cdk import App, Stack
 
 from cdk import schema_registry
-from tests.cdk.conftest import resources
+from tests.cdk.conftest import one, resources, synth_template
 from tradepulse import topics
 
 PROVIDER_SCHEMAS = Path(cfnlint.__file__).parent / "data" / "schemas"
@@ -141,3 +141,26 @@ def test_every_topic_is_recorded_and_the_latest_version_is_the_committed_schema(
         ]  # fmt: skip
         assert (schema["Compatibility"], schema["DataFormat"]) == ("BACKWARD", "JSON")
         assert json.loads(schema["SchemaDefinition"]) == versions[0]
+
+
+# --- scaling ------------------------------------------------------------------------------------
+
+
+def test_a_deploy_keeps_the_processors_scaled_task_count(tmp_path: Path) -> None:
+    """With DesiredCount in the template, every deploy sets the processor back to it, whatever auto scaling
+    had reached. Without it CloudFormation keeps the current count on update; the scalable target
+    (min..max) owns the count."""
+    template = synth_template(tmp_path, env="prod")
+    services = {
+        r["Properties"]["TaskDefinition"]["Ref"]: r["Properties"]
+        for r in resources(template, "AWS::ECS::Service").values()
+    }
+    by_name = {
+        template["Resources"][task]["Properties"]["ContainerDefinitions"][0]["Name"]: props
+        for task, props in services.items()
+    }
+    assert "DesiredCount" not in by_name["processor"]
+    assert by_name["ingest"]["DesiredCount"] == 1 and by_name["news"]["DesiredCount"] == 1  # never scaled
+    target = one(template, "AWS::ApplicationAutoScaling::ScalableTarget")["Properties"]
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (2, 6)
+    assert "ServicesProcessorService" in json.dumps(target["ResourceId"])
