@@ -198,6 +198,7 @@ class Monitoring(Construct):
             description="No news progress line (EMF EventsPublished) for 5 minutes: news is dead or hung",
             section=heartbeat_section,
         )
+        running_tasks: list[cloudwatch.IMetric] = []
         for service_name, service in services.items():
             running = cloudwatch.Metric(
                 namespace=CONTAINER_INSIGHTS,
@@ -209,6 +210,7 @@ class Monitoring(Construct):
                 statistic="Minimum",
                 period=Duration.minutes(1),
             )
+            running_tasks.append(running.with_(label=service_name))
             minimum = min_tasks.get(service_name, 1)
             alarm(
                 f"{service_name.capitalize()}TasksRunning",
@@ -431,6 +433,7 @@ class Monitoring(Construct):
                     table.metric_consumed_read_capacity_units(),
                 ],
             ),
+            cloudwatch.GraphWidget(title="Running tasks", left=running_tasks),
             cloudwatch.GraphWidget(
                 title="Service CPU %",
                 left=[service.metric_cpu_utilization(label=name) for name, service in services.items()],
@@ -438,5 +441,7 @@ class Monitoring(Construct):
             cloudwatch.GraphWidget(
                 title="Lambda errors",
                 left=[fn.metric_errors(label=name) for name, fn in functions.items()],
+                right=[fn.metric_throttles(label=f"{name} throttles") for name, fn in functions.items()],
             ),
+            cloudwatch.GraphWidget(title="API 5xx / DLQ oldest (s)", left=[api_5xx], right=[oldest]),
         )
