@@ -45,6 +45,10 @@ class DeployConfig:
     ia_after_days: int
     glacier_after_days: int
     alarm_email: str | None = None
+    #: HTTPS endpoint (PagerDuty/Opsgenie-style) subscribed to the page topic.
+    alarm_https_endpoint: str | None = None
+    #: Base URL of docs/runbook.md that alarm descriptions link to (e.g. the repository's web view).
+    runbook_url: str | None = None
     #: "latest" = only the newest trade per ticker per micro-batch goes to DynamoDB (every trade is in
     #: S3 Parquet anyway); "all" = every trade (the seed design, ≈ $34/h at 15,000 trades/s).
     dynamodb_trades: str = "latest"
@@ -78,6 +82,8 @@ _CAMEL = {
     "ia_after_days": "infrequentAccessAfterDays",
     "glacier_after_days": "glacierAfterDays",
     "alarm_email": "alarmEmail",
+    "alarm_https_endpoint": "alarmHttpsEndpoint",
+    "runbook_url": "runbookUrl",
     "dynamodb_trades": "dynamodbTrades",
     "batch_max_wait_ms": "batchMaxWaitMs",
 }

@@ -104,8 +104,8 @@ class Lambdas(Construct):
             environment=env("api"),
         )
         streaming.grant_connect(self.api_function)
-        storage.table.grant_read_data(self.api_function)
-        storage.grant_athena_query(self.api_function)
+        storage.grant_hot_reads(self.api_function)
+        # No Athena/Glue/S3: the API serves the hot store only (tradepulse/api reads DynamoDB and the DLQ).
         dlq.grant(self.api_function, "sqs:GetQueueAttributes")  # /health reports the DLQ depth
 
         self.http_api = apigwv2.HttpApi(

@@ -8,14 +8,13 @@ from aws_cdk import aws_lambda as lambda_
 from constructs import IConstruct
 
 from cdk.stack import TradePulseStack
-from cdk.storage import ATHENA_RESULTS_PREFIX, DEAD_LETTERS_PREFIX
+from cdk.storage import DEAD_LETTERS_PREFIX
 from cdk.streaming import TRANSACTIONAL_ID_PREFIX
 
 LAMBDA_BASIC = (
     "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]"
 )
 LAMBDA_VPC = "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole]"
-S3_OBJECT_ACTIONS = ("s3:Abort*", "s3:DeleteObject*", "s3:GetBucket*", "s3:GetObject*", "s3:List*")
 
 
 def ack(scope: IConstruct, rule: str, reason: str) -> None:
@@ -44,20 +43,10 @@ def acknowledge_findings(stack: TradePulseStack) -> None:
     s3_reason = (
         "CDK grant helper: object-level actions only, limited to TradePulse prefixes of the cold bucket."
     )
-    for scope in (stack.lambdas.api_function, stack.services.task_definitions["processor"]):
-        for action in S3_OBJECT_ACTIONS:
-            ack(scope, f"AwsSolutions-IAM5[Action::{action}]", s3_reason)
     for fn in (stack.lambdas.redrive_function, stack.lambdas.archival_function):
         ack(fn, "AwsSolutions-IAM5[Action::s3:Abort*]", s3_reason)
         ack(fn, f"AwsSolutions-IAM5[Resource::{bucket_arn}/{prefix}/{DEAD_LETTERS_PREFIX}/*]",
             "Writes one archive object per dead letter under the dead-letters prefix (keys known only at run time).")  # fmt: skip
-    ack(stack.lambdas.api_function, f"AwsSolutions-IAM5[Resource::{bucket_arn}/{prefix}/*]",
-        "Athena reads the Parquet objects of every dataset under the cold-store prefix.")  # fmt: skip
-    ack(stack.lambdas.api_function, f"AwsSolutions-IAM5[Resource::{bucket_arn}/{ATHENA_RESULTS_PREFIX}/*]",
-        "Athena writes and the API reads query results under the workgroup's result prefix.")  # fmt: skip
-    ack(stack.lambdas.api_function,
-        f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:glue:<AWS::Region>:<AWS::AccountId>:table/{stack.storage.glue_database}/*]",
-        "Athena needs the table metadata of every TradePulse dataset table in our own database.")  # fmt: skip
     ack(stack.services.task_definitions["processor"], f"AwsSolutions-IAM5[Resource::{bucket_arn}/{prefix}/*]",
         "The processor writes Parquet files of every dataset under the cold-store prefix (keys known at run time).")  # fmt: skip
 
@@ -70,8 +59,9 @@ def acknowledge_findings(stack: TradePulseStack) -> None:
     ack(stack.services.task_definitions["processor"],
         f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:kafka:<AWS::Region>:<AWS::AccountId>:transactional-id/{stack.streaming.cluster_name}/*/{TRANSACTIONAL_ID_PREFIX}*]",
         "Each processor instance has its own transactional.id (prefix + instance), created at run time.")  # fmt: skip
-    ack(stack.services.api_keys, "AwsSolutions-SMG4",
-        "Third-party API keys (Massive, Finnhub): rotated in the vendors' consoles, then put into the secret; no rotation Lambda can do it.")  # fmt: skip
+    for secret in (stack.services.massive_key, stack.services.finnhub_key):
+        ack(secret, "AwsSolutions-SMG4",
+            "Third-party API key (Massive or Finnhub): rotated in the vendor's console, then put into the secret; no rotation Lambda can do it.")  # fmt: skip
 
     # --- API --------------------------------------------------------------------------------------
     ack(stack.lambdas.http_api, "AwsSolutions-APIG4",

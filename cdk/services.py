@@ -7,6 +7,7 @@ builds and pushes them (see docs/deployment.md). Configuration is the `TRADEPULS
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from aws_cdk import Duration, IgnoreMode, RemovalPolicy, Stack
@@ -46,6 +47,20 @@ def metric(
     )
 
 
+def provider_secret(scope: Construct, id: str, variable: str, provider: str) -> secretsmanager.Secret:
+    """A secret holding one provider key as `{"<variable>": "set-me"}` until the operator puts the real
+    one (the ECS container reads it by that JSON key)."""
+    return secretsmanager.Secret(
+        scope,
+        id,
+        description=f"TradePulse {provider} API key: {variable}",
+        generate_secret_string=secretsmanager.SecretStringGenerator(
+            secret_string_template=json.dumps({variable: "set-me"}),
+            generate_string_key="unused",
+        ),
+    )
+
+
 @dataclass(frozen=True)
 class ServiceSizes:
     ingest: ServiceSize
@@ -54,7 +69,8 @@ class ServiceSizes:
 
 
 class Services(Construct):
-    """`cluster`, `services[name]` (FargateService), `task_definitions[name]`, `api_keys` secret."""
+    """`cluster`, `services[name]` (FargateService), `task_definitions[name]`, the provider secrets
+    `massive_key` (ingest) and `finnhub_key` (news), `secrets[service]`."""
 
     def __init__(
         self,
@@ -72,19 +88,15 @@ class Services(Construct):
         self.cluster = ecs.Cluster(
             self, "Cluster", vpc=vpc, container_insights_v2=ecs.ContainerInsights.ENABLED
         )
-        # Placeholders; set the real keys with `aws secretsmanager put-secret-value` (docs/deployment.md).
-        self.api_keys = secretsmanager.Secret(
-            self,
-            "ApiKeys",
-            description="TradePulse provider API keys: MASSIVE_API_KEY, FINNHUB_API_KEY",
-            generate_secret_string=secretsmanager.SecretStringGenerator(
-                secret_string_template='{"MASSIVE_API_KEY": "set-me", "FINNHUB_API_KEY": "set-me"}',
-                generate_string_key="unused",
-            ),
-        )
-        secrets = {
-            "MASSIVE_API_KEY": ecs.Secret.from_secrets_manager(self.api_keys, "MASSIVE_API_KEY"),
-            "FINNHUB_API_KEY": ecs.Secret.from_secrets_manager(self.api_keys, "FINNHUB_API_KEY"),
+        # One secret per provider, so each service can read only its own key (an ECS secret that names a
+        # JSON key still needs GetSecretValue on the whole secret). Placeholders; set the real keys with
+        # `aws secretsmanager put-secret-value` (docs/deployment.md).
+        self.massive_key = provider_secret(self, "MassiveApiKey", "MASSIVE_API_KEY", "Massive (ingest)")
+        self.finnhub_key = provider_secret(self, "FinnhubApiKey", "FINNHUB_API_KEY", "Finnhub (news)")
+        #: service → {environment variable: secret}; only ingest and news hold a key, each its own.
+        self.secrets: dict[str, dict[str, secretsmanager.Secret]] = {
+            "ingest": {"MASSIVE_API_KEY": self.massive_key},
+            "news": {"FINNHUB_API_KEY": self.finnhub_key},
         }
         self.task_definitions: dict[str, ecs.FargateTaskDefinition] = {}
         self.services: dict[str, ecs.FargateService] = {}
@@ -125,7 +137,11 @@ class Services(Construct):
                     "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
                     "AWS_REGION": Stack.of(self).region,
                 },
-                secrets=secrets if name in ("ingest", "news") else None,
+                secrets={
+                    variable: ecs.Secret.from_secrets_manager(secret, variable)
+                    for variable, secret in self.secrets.get(name, {}).items()
+                }
+                or None,
                 stop_timeout=Duration.seconds(60),
             )
             self.task_definitions[name] = task
@@ -134,7 +150,11 @@ class Services(Construct):
                 f"{name.capitalize()}Service",
                 cluster=self.cluster,
                 task_definition=task,
-                desired_count=size.min_tasks,
+                # The processor's count belongs to its auto scaling: with a DesiredCount in the template
+                # every deploy would reset it to the minimum. Left out, CloudFormation creates the service
+                # with 1 task and keeps the current count on updates; registering the scalable target
+                # then raises it to min_tasks. Ingest and news never scale: pinned to their count.
+                desired_count=None if name == "processor" else size.min_tasks,
                 vpc_subnets=subnets,
                 security_groups=[security_group],
                 circuit_breaker=ecs.DeploymentCircuitBreaker(rollback=True),

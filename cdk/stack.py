@@ -139,12 +139,15 @@ class TradePulseStack(Stack):
             http_api=self.lambdas.http_api,
             api_p99_ms=config.api_p99_alarm_ms,
             services=self.services.services,
+            min_tasks={name: getattr(config, name).min_tasks for name in self.services.services},
             functions={
                 "api": self.lambdas.api_function,
                 "dlq_redrive": self.lambdas.redrive_function,
                 "archival": self.lambdas.archival_function,
             },
             alarm_email=config.alarm_email,
+            alarm_https_endpoint=config.alarm_https_endpoint,
+            runbook_url=config.runbook_url,
         )
         self._outputs()
 
@@ -158,8 +161,11 @@ class TradePulseStack(Stack):
         streaming.grant_produce(processor, topics.OUTPUT_TOPICS, transactional=True)
         for role in (ingest, news, processor):
             dlq.grant_send_messages(role)
-        storage.table.grant_read_write_data(processor)
-        storage.bucket.grant_read_write(processor, f"{S3_PREFIX}/*")
+        # The processor's stores call exactly these (tradepulse/stores/dynamo_hot.py: BatchWriteItem,
+        # conditional PutItem; parquet_cold.py S3Target: GetObject, PutObject, ListObjectsV2); it never
+        # reads the table back nor deletes objects. tests/cdk/test_least_privilege.py records the calls.
+        storage.grant_hot_writes(processor)
+        storage.grant_cold_read_write(processor, S3_PREFIX)
 
     def _outputs(self) -> None:
         outputs = {
@@ -169,7 +175,8 @@ class TradePulseStack(Stack):
             "DlqUrl": self.queues.queue.queue_url,
             "MskClusterArn": self.streaming.cluster.attr_arn,
             "KafkaBootstrap": self.streaming.bootstrap_brokers,
-            "ApiKeysSecretArn": self.services.api_keys.secret_arn,
+            "MassiveApiKeySecretArn": self.services.massive_key.secret_arn,
+            "FinnhubApiKeySecretArn": self.services.finnhub_key.secret_arn,
             "PageTopicArn": self.monitoring.page_topic.topic_arn,
             "DashboardName": self.monitoring.dashboard.dashboard_name,
         }

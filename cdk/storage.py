@@ -9,7 +9,7 @@ timestamp + sequence), TTL on `expires_at`. The cold layout is
 from __future__ import annotations
 
 import pyarrow as pa
-from aws_cdk import Aws, Duration, RemovalPolicy, Stack
+from aws_cdk import Aws, Duration, RemovalPolicy
 from aws_cdk import aws_athena as athena
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_glue as glue
@@ -22,6 +22,8 @@ from tradepulse.stores.parquet_cold import DATASETS, DEAD_LETTERS, SCHEMAS
 DEAD_LETTERS_PREFIX = DEAD_LETTERS
 ATHENA_RESULTS_PREFIX = "athena-results"
 PROJECTION_START = "2024-01-01"
+HOT_READ_ACTIONS = ("dynamodb:Query", "dynamodb:GetItem")
+HOT_WRITE_ACTIONS = ("dynamodb:BatchWriteItem", "dynamodb:PutItem")
 
 
 def hive_type(arrow_type: pa.DataType) -> str:
@@ -216,32 +218,33 @@ class Storage(Construct):
         return table
 
     # --- grants ---------------------------------------------------------------------------------
-    def grant_athena_query(self, grantee: iam.IGrantable) -> None:
-        """Run Athena queries in the workgroup over the Glue tables and read/write the data they touch."""
-        stack = Stack.of(self)
-        workgroup_arn = stack.format_arn(
-            service="athena", resource="workgroup", resource_name=self.workgroup.name
+    def grant_hot_reads(self, grantee: iam.IGrantable) -> None:
+        """What `DynamoHotStore`'s readers (the API) call: Query and GetItem (the runner heartbeat)."""
+        iam.Grant.add_to_principal(
+            grantee=grantee, actions=list(HOT_READ_ACTIONS), resource_arns=[self.table.table_arn]
         )
-        glue_arns = [
-            stack.format_arn(service="glue", resource="catalog"),
-            stack.format_arn(service="glue", resource="database", resource_name=self.glue_database),
-            stack.format_arn(service="glue", resource="table", resource_name=f"{self.glue_database}/*"),
-        ]
+
+    def grant_hot_writes(self, grantee: iam.IGrantable) -> None:
+        """What `DynamoHotStore`'s writer calls: BatchWriteItem (trades, snapshots, the ticker set) and
+        PutItem (conditional puts, the runner heartbeat). No reads, no deletes (TTL expires items)."""
         iam.Grant.add_to_principal(
             grantee=grantee,
-            actions=[
-                "athena:StartQueryExecution",
-                "athena:GetQueryExecution",
-                "athena:GetQueryResults",
-                "athena:StopQueryExecution",
-                "athena:GetWorkGroup",
-            ],
-            resource_arns=[workgroup_arn],
+            actions=list(HOT_WRITE_ACTIONS),
+            resource_arns=[self.table.table_arn],
         )
+
+    def grant_cold_read_write(self, grantee: iam.IGrantable, prefix: str) -> None:
+        """What the Parquet cold store's `S3Target` calls under `prefix/`: GetObject (re-reading a block
+        file and the offset checkpoints after a restart), PutObject, ListObjectsV2. Never a delete.
+
+        s3:ListBucket is on the bucket without an `s3:prefix` condition: a GetObject of a missing key is
+        answered NoSuchKey (which the store expects for a first checkpoint) only with ListBucket, and a
+        GetObject request carries no `s3:prefix`, so a conditioned grant would turn it into AccessDenied."""
         iam.Grant.add_to_principal(
             grantee=grantee,
-            actions=["glue:GetDatabase", "glue:GetTable", "glue:GetTables", "glue:GetPartitions"],
-            resource_arns=glue_arns,
+            actions=["s3:GetObject", "s3:PutObject"],
+            resource_arns=[self.bucket.arn_for_objects(f"{prefix}/*")],
         )
-        self.bucket.grant_read(grantee, f"{self.s3_prefix}/*")
-        self.bucket.grant_read_write(grantee, f"{ATHENA_RESULTS_PREFIX}/*")
+        iam.Grant.add_to_principal(
+            grantee=grantee, actions=["s3:ListBucket"], resource_arns=[self.bucket.bucket_arn]
+        )

@@ -28,3 +28,41 @@ def one(template: dict[str, Any], type_: str, id_contains: str = "") -> dict[str
     found = [r for lid, r in resources(template, type_).items() if id_contains in lid]
     assert len(found) == 1, f"expected one {type_} matching {id_contains!r}, found {len(found)}"
     return found[0]
+
+
+_SYNTHESIZED: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
+
+
+def synth_template(tmp_root: Path, **context: str) -> dict[str, Any]:
+    """The template of the app synthesized with `cdk.json`'s context plus `context` (cdk-nag attached, as
+    `app.py` does); cached per context for the test session."""
+    key = tuple(sorted(context.items()))
+    if key not in _SYNTHESIZED:
+        from cdk.app import build_app
+        from cdk.config import load_config
+
+        ctx = cdk_context(**context)
+        outdir = tmp_root / f"cdk.out-{len(_SYNTHESIZED)}"
+        build_app(outdir=str(outdir), context=ctx).synth()
+        stack = load_config(ctx.get).stack_name
+        _SYNTHESIZED[key] = json.loads((outdir / f"{stack}.template.json").read_text())
+    return _SYNTHESIZED[key]
+
+
+def policy_actions(template: dict[str, Any], role_id_contains: str) -> dict[str, set[str]]:
+    """Action → the JSON of the resources it is granted on, over the IAM policies attached to the role
+    whose logical id contains the text."""
+    (role_id,) = [lid for lid in resources(template, "AWS::IAM::Role") if role_id_contains in lid]
+    granted: dict[str, set[str]] = {}
+    for policy in resources(template, "AWS::IAM::Policy").values():
+        if {"Ref": role_id} not in policy["Properties"]["Roles"]:
+            continue
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            assert statement["Effect"] == "Allow"
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            targets = (
+                statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            )
+            for action in actions:
+                granted.setdefault(action, set()).update(json.dumps(t, sort_keys=True) for t in targets)
+    return granted

@@ -26,6 +26,12 @@ def test_single_values_are_overridable_from_the_command_line() -> None:
     config = config_of(env="prod", natGateways="1", alarmEmail="oncall@example.com", tickers="AAPL,MSFT")
     assert config.nat_gateways == 1
     assert config.alarm_email == "oncall@example.com"
+    assert config_of().alarm_https_endpoint is None and config_of().runbook_url is None
+    paging = config_of(alarmHttpsEndpoint="https://events.example.com/x", runbookUrl="https://git/runbook.md")
+    assert (paging.alarm_https_endpoint, paging.runbook_url) == (
+        "https://events.example.com/x",
+        "https://git/runbook.md",
+    )
     assert config.tickers == ("AAPL", "MSFT")
 
 
