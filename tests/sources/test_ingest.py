@@ -338,3 +338,51 @@ def test_restart_with_a_replaying_feed_publishes_exactly_once_on_uneven_partitio
         assert in_kafka_order == list(range(1, last + 1))  # exactly once, in sequence order
     assert dlq.depth() == 0
     dlq.close()
+
+
+def test_a_resend_longer_than_the_id_window_after_a_reconnect_is_published_once(
+    kafka_settings: Settings,
+) -> None:
+    """After a reconnect the feed resends more than the event-id window holds (in the throttled chaos run
+    a 60 s replay met a window of 480,000 ids that a 330,000-trade backfill had filled): what this
+    service already published is recognised by its per-ticker sequence mark, kept up to date on every
+    publish, not only by the bounded id window. Before, trades 1–15 went to Kafka twice, behind 20."""
+    settings = fast_settings(
+        kafka_settings, tickers=["AAPL"], ingest_dedupe_window=5, ingest_backfill_max_s=0
+    )
+    first = [orjson.dumps([trade(q) for q in range(1, 21)])]
+    second = [orjson.dumps([trade(q) for q in range(1, 21)]), orjson.dumps([trade(q) for q in range(21, 26)])]
+    dlq = open_dlq(settings)
+    service, feed = asyncio.run(run_scripted(settings, [first, second], dlq))
+
+    assert feed.connections == 2
+    assert service.metrics.duplicates == 20
+    records = [orjson.loads(m.value()) for m in consume(settings, TRADES, expect=25)]
+    assert [r["sequence"] for r in records] == list(range(1, 26))  # once each, in sequence order
+    dlq.close()
+
+
+DAY_MS = 86_400_000
+
+
+def test_sequences_restarting_on_a_new_day_are_not_taken_for_resends(kafka_settings: Settings) -> None:
+    """Sequence numbers restart every day. A mark (highest sequence published) compared by sequence alone
+    dropped the next day's trades until their sequence passed the previous day's: in a long-running
+    ingest, and in one restarted overnight (its seed reads the last trades in Kafka, the previous
+    evening's). A resend is at or below the mark in sequence *and* in time."""
+    settings = fast_settings(kafka_settings, tickers=["AAPL"], ingest_backfill_max_s=0)
+    day1 = [orjson.dumps([trade(q) for q in range(1, 11)])]
+    next_day = [orjson.dumps([trade(q, t=TRADE["t"] + DAY_MS + q) for q in range(1, 6)])]
+    dlq = open_dlq(settings)
+    # One process across the day boundary (a reconnect between the days)...
+    service, _ = asyncio.run(run_scripted(settings, [day1, next_day], dlq))
+    assert service.metrics.duplicates == 0
+    # ...and a restart overnight: the seed's marks are the previous day's.
+    third_day = [orjson.dumps([trade(q, t=TRADE["t"] + 2 * DAY_MS + q) for q in range(1, 4)])]
+    restarted, _ = asyncio.run(run_scripted(settings, [third_day], dlq))
+    assert restarted.metrics.duplicates == 0
+
+    records = [orjson.loads(m.value()) for m in consume(settings, TRADES, expect=18)]
+    assert [(r["exchange_ts_ms"] - TRADE["t"]) // DAY_MS for r in records] == [0] * 10 + [1] * 5 + [2] * 3
+    assert [r["sequence"] for r in records] == [*range(1, 11), *range(1, 6), *range(1, 4)]
+    dlq.close()

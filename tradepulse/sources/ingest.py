@@ -11,11 +11,15 @@ slowed by TCP flow control. Memory stays bounded by the producer queue plus N fr
 
 Invalid events go to the dead-letter queue with their raw payload and reason; the stream continues. So do
 events of a ticker the service did not subscribe to (`UnknownTicker`; not checked for a `*` subscription).
-Events already published (a server resending after a reconnect) are dropped by event id using a bounded
-window of recent ids — the idempotent producer only dedupes its own retries. On start the service reads
-the topics' tail by time (`ingest_replay_horizon_s`) for each ticker's highest published sequence, so a
-feed that replays recent events to a restarted ingest (after a crash) gets exactly the ones its killed
-predecessor never got into Kafka published (`seed_published_sequences`).
+Events already published are dropped — the idempotent producer only dedupes its own retries — by two
+means. Per topic and ticker a *mark*, the (sequence, exchange time) of the newest record published: a
+feed's resend after a reconnect is everything at or below the marks as they were when the connection's
+events began (`covered`). On start the marks come from the topics' tail, read by time
+(`ingest_replay_horizon_s`, `seed_published_sequences`), so a feed that replays recent events to a
+restarted ingest (after a crash) gets exactly the ones its killed predecessor never got into Kafka
+published. And a bounded window of recent event ids, for what the marks cannot tell: the overlap of a
+backfill with the live stream that follows it (REST may lack a trade the live stream has, so a live
+trade below the backfill's newest one is not necessarily a copy).
 
 The real Massive feed replays nothing, so after every (re)connect — the first connection of a restarted
 service included — the publisher first backfills each subscribed ticker's trades since the last one it
@@ -144,6 +148,24 @@ class RecentIds:
         return False
 
 
+#: (sequence, exchange time in ms) of the newest record of a ticker known to be in Kafka or on its way.
+Mark = tuple[int, int]
+
+
+def covered(mark: Mark | None, sequence: int, ts_ms: int) -> bool:
+    """Whether a record is at or below `mark`, i.e. already published. Both must hold: sequence numbers
+    restart every day, so a lower sequence with a later time is the next day's trade, not a resend."""
+    return mark is not None and sequence <= mark[0] and ts_ms <= mark[1]
+
+
+def advance(marks: dict[str, Mark], ticker: str, sequence: int, ts_ms: int) -> None:
+    """Move `ticker`'s mark to the record if it is newer: by time first (a day's restart of the
+    sequences is newer), then by sequence."""
+    mark = marks.get(ticker)
+    if mark is None or (ts_ms, sequence) > (mark[1], mark[0]):
+        marks[ticker] = (sequence, ts_ms)
+
+
 #: Added to `ingest_replay_horizon_s` when seeding: slack for a feed whose resend spans a little more
 #: wall time than nominal (e.g. a simulator behind schedule).
 SEED_MARGIN_S = 10.0
@@ -153,10 +175,8 @@ SEED_MARGIN_S = 10.0
 class Seed:
     """What a starting ingest learns from the topics' tail (`seed_published_sequences`)."""
 
-    #: {topic: {ticker: highest sequence in Kafka}}
-    sequences: dict[str, dict[str, int]] = field(default_factory=lambda: {TRADES: {}, QUOTES: {}})
-    #: ticker → SIP time (ms) of its highest-sequence trade: where its trades backfill starts
-    trade_ms: dict[str, int] = field(default_factory=dict)
+    #: {topic: {ticker: mark of its newest record in Kafka}}; a trade mark is where its backfill starts
+    marks: dict[str, dict[str, Mark]] = field(default_factory=lambda: {TRADES: {}, QUOTES: {}})
     #: Feed (exchange) time of the oldest record read from the tail; None if the topics are empty. A
     #: ticker without a trade in the tail has none in Kafka after it either, so its backfill can start
     #: there. Feed time, not Kafka time: backfill windows are on the feed's clock (see `_backfill`).
@@ -165,8 +185,8 @@ class Seed:
 
 
 def seed_published_sequences(settings: Settings, timeout_s: float = 60.0) -> Seed:
-    """Highest sequence per ticker already in market.trades / market.quotes (and the time of each
-    ticker's highest trade), and how many records were read to find it.
+    """The mark (sequence and time of the newest record) per ticker already in market.trades /
+    market.quotes, and how many records were read to find it.
 
     Every partition is read by *time*, from (newest record − `ingest_replay_horizon_s` − margin) to its
     end, so a busy partition and a quiet one cover the same span of the feed. A per-ticker high-water
@@ -175,7 +195,6 @@ def seed_published_sequences(settings: Settings, timeout_s: float = 60.0) -> See
     the mark is in Kafka, whatever is above is not (contiguity is not assumed).
     """
     seed = Seed()
-    marks, trade_ms = seed.sequences, seed.trade_ms
     if settings.ingest_replay_horizon_s <= 0:
         return seed
     # read_committed is moot: ingest's producer is idempotent, not transactional, so LSO = high watermark.
@@ -204,7 +223,6 @@ def seed_published_sequences(settings: Settings, timeout_s: float = 60.0) -> See
         for message in _read_to_end(consumer, starts, deadline):
             seed.read += 1
             with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-                topic, by_ticker = message.topic(), marks[message.topic()]
                 record = orjson.loads(message.value())
                 ticker, seq, ms = (
                     message.key().decode(),
@@ -213,10 +231,7 @@ def seed_published_sequences(settings: Settings, timeout_s: float = 60.0) -> See
                 )
                 if seed.floor_ms is None or ms < seed.floor_ms:
                     seed.floor_ms = ms
-                if seq > by_ticker.get(ticker, -1):
-                    by_ticker[ticker] = seq
-                    if topic == TRADES:
-                        trade_ms[ticker] = ms
+                advance(seed.marks[message.topic()], ticker, seq, ms)
         return seed
     finally:
         consumer.close()
@@ -268,8 +283,11 @@ class IngestService:
         self.dlq = dlq
         self.client = client or client_from_settings(settings)
         self._rest: TradesRestClient | None = None  # built in run(): it belongs to the running loop
-        # ticker → (SIP ms, sequence) of its newest trade known to be published: where a backfill starts.
-        self._last_trade: dict[str, tuple[int, int]] = {}
+        # Per topic, ticker → mark of its newest record published (the seed's, then every produce's);
+        # a trade mark is also where the ticker's next backfill starts.
+        self._marks: dict[str, dict[str, Mark]] = {TRADES: {}, QUOTES: {}}
+        # The marks as they were when the current connection's events began: its resends are below them.
+        self._resend_marks: dict[str, dict[str, Mark]] = {TRADES: {}, QUOTES: {}}
         # Since when (feed ms) a trade of any subscribed ticker would have been seen (see Seed.floor_ms).
         self._floor_ms: int | None = None
         self._connection = 0  # the client connection whose frames are being published
@@ -279,8 +297,6 @@ class IngestService:
         self._on_ack_latency = on_ack_latency
         self._queue: asyncio.Queue[ParsedFrame | None] = asyncio.Queue(maxsize=settings.ingest_queue_frames)
         self._recent = RecentIds(settings.ingest_dedupe_window)
-        # Per topic, ticker → highest sequence already in Kafka when this service started (see run()).
-        self._published: dict[str, dict[str, int]] = {TRADES: {}, QUOTES: {}}
         self._failed_deliveries: list[Reject] = []
         self._metrics = IngestMetrics()
         subscribed = {sub.split(".", 1)[-1] for sub in self.client.subscriptions}
@@ -297,14 +313,12 @@ class IngestService:
         """Stream until `stop()` (returns after flushing) or a fatal feed error (raised after flushing)."""
         started = time.monotonic()
         seed = await asyncio.to_thread(seed_published_sequences, self.settings)
-        self._published = seed.sequences
-        for ticker, ms in seed.trade_ms.items():
-            self._last_trade[ticker] = (ms, seed.sequences[TRADES][ticker])
+        self._marks = seed.marks
         self._floor_ms = seed.floor_ms
         if seed.read:
             log.info(
                 "ingest: %d tickers already in Kafka (read %d records of the last %.0f s + %.0f s in %.2f s)",
-                sum(map(len, self._published.values())),
+                sum(map(len, self._marks.values())),
                 seed.read,
                 self.settings.ingest_replay_horizon_s,
                 SEED_MARGIN_S,
@@ -361,37 +375,36 @@ class IngestService:
     async def _publish(self) -> None:
         queue, metrics, recent, tickers = self._queue, self._metrics, self._recent, self._tickers
         produce, poll = self._producer.produce, self._producer.poll
-        last_trade = self._last_trade
+        marks = self._marks
         while (frame := await queue.get()) is not None:
             if frame.connection != self._connection and (frame.trades or frame.quotes):
                 # The first events of a new connection: the subscription is live, so what the feed did not
                 # send since the last published trade is on the REST tape now. Fill that first, up to the
                 # feed's own clock (its newest event time here), not the wall clock: a feed that replays
                 # the past or runs behind must be backfilled all the same.
+                # Whatever this connection resends is below the marks as they are now, before the
+                # backfill: a live trade below a backfilled one may be one REST lacked.
                 self._connection = frame.connection
+                self._resend_marks = {topic: dict(by_ticker) for topic, by_ticker in marks.items()}
                 await self._backfill(feed_time_ms(frame))
             metrics.received += frame.events
             for topic, records in ((TRADES, frame.trades), (QUOTES, frame.quotes)):
-                published = self._published[topic]
+                resent, published = self._resend_marks[topic], marks[topic]
                 for record in records:
-                    if tickers is not None and record["ticker"] not in tickers:
+                    key, sequence, ts_ms = record["ticker"], record["sequence"], record["exchange_ts_ms"]
+                    if tickers is not None and key not in tickers:
                         frame.rejects.append(_unknown_ticker(record, topic))
                         continue
-                    # A feed's replay to this (restarted) service: at or below the mark it is in Kafka.
-                    # Resends after a reconnect of this service are caught by the id window.
-                    if record["sequence"] <= published.get(record["ticker"], -1) or recent.seen(
-                        record["event_id"]
-                    ):
+                    if covered(resent.get(key), sequence, ts_ms) or recent.seen(record["event_id"]):
                         metrics.duplicates += 1
                         continue
-                    value, key = orjson.dumps(record), record["ticker"]
+                    value = orjson.dumps(record)
                     try:
                         produce(topic, value, key)
                     except BufferError:
                         await self._wait_for_room(topic, value, key)
                     metrics.produced += 1
-                    if topic == TRADES:
-                        last_trade[key] = (record["exchange_ts_ms"], record["sequence"])
+                    advance(published, key, sequence, ts_ms)
             if frame.rejects:
                 self._dead_letter(frame.rejects)
             poll(0)  # serve delivery reports
@@ -407,8 +420,8 @@ class IngestService:
         max_s = self.settings.ingest_backfill_max_s
         windows: dict[str, Window] = {}
         for ticker in sorted(self._tickers):
-            last = self._last_trade.get(ticker)
-            window = backfill_window(last[0] if last else None, self._floor_ms, now_ms, max_s)
+            last = self._marks[TRADES].get(ticker)
+            window = backfill_window(last[1] if last else None, self._floor_ms, now_ms, max_s)
             if window is not None:
                 windows[ticker] = window
         if self._floor_ms is None:
@@ -444,10 +457,10 @@ class IngestService:
 
     async def _backfill_ticker(self, ticker: str, window: Window, gate: asyncio.Semaphore) -> None:
         assert self._rest is not None
-        metrics, recent, last_trade = self._metrics, self._recent, self._last_trade
-        # At or below the last published sequence: in Kafka (the window starts at that trade's millisecond).
+        metrics, recent, marks = self._metrics, self._recent, self._marks[TRADES]
+        # At or below the last published trade: in Kafka (the window starts at that trade's millisecond).
         # Fixed for the whole backfill, so REST's time order need not be sequence order.
-        mark = last_trade[ticker][1] if ticker in last_trade else -1
+        mark = marks.get(ticker)
         async with gate:
             try:
                 async for page in self._rest.pages(
@@ -463,7 +476,8 @@ class IngestService:
                             rejects.append(rest_trade_reject(ticker, result, exc))
                             continue
                         # The id window catches what this connection's live stream already had.
-                        if record["sequence"] <= mark or recent.seen(record["event_id"]):
+                        sequence, ts_ms = record["sequence"], record["exchange_ts_ms"]
+                        if covered(mark, sequence, ts_ms) or recent.seen(record["event_id"]):
                             metrics.duplicates += 1
                             continue
                         value = orjson.dumps(record)
@@ -473,8 +487,7 @@ class IngestService:
                             await self._wait_for_room(TRADES, value, ticker)
                         metrics.produced += 1
                         metrics.backfilled += 1
-                        if ticker not in last_trade or record["sequence"] > last_trade[ticker][1]:
-                            last_trade[ticker] = (record["exchange_ts_ms"], record["sequence"])
+                        advance(marks, ticker, sequence, ts_ms)
                     if rejects:
                         for reject in rejects:
                             reject.topic = TRADES
@@ -486,7 +499,7 @@ class IngestService:
                     "ingest: backfill of %s failed (%s); its trades since %s may be missing",
                     ticker,
                     exc,
-                    _iso(last_trade[ticker][0] if ticker in last_trade else window.start_ms),
+                    _iso(marks[ticker][1] if ticker in marks else window.start_ms),
                 )
 
     async def _serve_reports(self) -> None:
