@@ -14,7 +14,7 @@ import pytest
 from aws_cdk.assertions import Match, Template
 
 from cdk.schema_registry import load_schema, to_draft07
-from tests.cdk.conftest import REPO_ROOT, cdk_context, one, resources
+from tests.cdk.conftest import REPO_ROOT, one, resources
 from tradepulse import topics
 from tradepulse.stores.parquet_cold import DATASETS
 
@@ -22,13 +22,9 @@ STACK = "TradePulse-prod"
 
 
 @pytest.fixture(scope="module")
-def synth(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
-    """(template, cloud assembly dir) of the prod stack, synthesized once with cdk-nag."""
-    from cdk.app import build_app
-
-    outdir = tmp_path_factory.mktemp("cdk.out")
-    build_app(outdir=str(outdir), context=cdk_context(env="prod")).synth()
-    return json.loads((outdir / f"{STACK}.template.json").read_text()), outdir
+def synth(prod_synth: tuple[dict[str, Any], Path]) -> tuple[dict[str, Any], Path]:
+    """(template, cloud assembly dir) of the prod stack, synthesized once per session with cdk-nag."""
+    return prod_synth
 
 
 @pytest.fixture(scope="module")
@@ -227,9 +223,14 @@ def test_topics_custom_resource_creates_every_topic(template: dict[str, Any]) ->
     assert function["Handler"] == "topics.handler.handler"
     assert "VpcConfig" in function
     statements = policy_statements(template, "StreamingTopicsFnServiceRole")
-    assert {"kafka:GetBootstrapBrokers", "kafka-cluster:CreateTopic", "kafka-cluster:Connect"} <= actions_of(
-        statements
-    )
+    assert {
+        "kafka:GetBootstrapBrokers",
+        "kafka-cluster:Connect",
+        "kafka-cluster:CreateTopic",
+        # Update applies partition increases and retention changes (tests/cdk/test_msk_acl.py runs it).
+        "kafka-cluster:AlterTopic",
+        "kafka-cluster:AlterTopicDynamicConfiguration",
+    } <= actions_of(statements)
 
 
 # --- services -----------------------------------------------------------------------------------
@@ -326,18 +327,33 @@ def test_least_privilege_grants(template: dict[str, Any]) -> None:
     } <= actions_of(processor)
     assert {"kafka-cluster:AlterTransactionalId", "kafka-cluster:AlterGroup"} <= actions_of(processor)
     assert "kafka-cluster:WriteData" in actions_of(ingest)
-    assert not {"kafka-cluster:ReadData", "dynamodb:BatchWriteItem"} & actions_of(ingest)
+    assert "dynamodb:BatchWriteItem" not in actions_of(ingest)
+    # Ingest reads the tail of what it publishes (its dedupe seed) and nothing else.
+    assert reads(ingest) == {topics.TRADES, topics.QUOTES}
+    assert reads(processor) == set(topics.INPUT_TOPICS)
     assert {"dynamodb:Query", "athena:StartQueryExecution", "glue:GetTable"} <= actions_of(api)
     assert not {"dynamodb:PutItem", "dynamodb:BatchWriteItem"} & actions_of(api)
 
-    def writes_to(statements: list[dict[str, Any]], topic: str) -> bool:
-        return any(
-            "kafka-cluster:WriteData" in s["Action"] and f"/{topic}" in json.dumps(s["Resource"])
-            for s in statements
-        )
-
     assert writes_to(ingest, topics.TRADES) and not writes_to(ingest, topics.FEATURES)
     assert writes_to(processor, topics.FEATURES) and not writes_to(processor, topics.TRADES)
+
+
+def reads(statements: list[dict[str, Any]]) -> set[str]:
+    """Topics a role has kafka-cluster:ReadData on."""
+    return {
+        topic
+        for s in statements
+        if "kafka-cluster:ReadData" in s["Action"]
+        for topic in topics.ALL_TOPICS
+        if f"/{topic}" in json.dumps(s["Resource"])
+    }
+
+
+def writes_to(statements: list[dict[str, Any]], topic: str) -> bool:
+    return any(
+        "kafka-cluster:WriteData" in s["Action"] and f"/{topic}" in json.dumps(s["Resource"])
+        for s in statements
+    )
 
 
 # --- lambdas, API, DLQ --------------------------------------------------------------------------

@@ -81,7 +81,9 @@ def test_create_makes_the_topics_and_returns_the_bootstrap(
 
     names = [f"cr-{uuid.uuid4().hex[:8]}.{n}" for n in ("trades", "news")]
     event = request("Create", cloudformation["url"], names)
-    result = handle(event, lambda_context, lookup_bootstrap=lambda _arn: kafka_bootstrap, client_settings=plaintext)
+    result = handle(
+        event, lambda_context, lookup_bootstrap=lambda _arn: kafka_bootstrap, client_settings=plaintext
+    )
 
     (answer,) = cloudformation["received"]
     assert answer["Status"] == "SUCCESS" == result["Status"]
@@ -115,7 +117,9 @@ def test_update_raises_partitions_and_applies_retention(
     handle(create, lambda_context, lookup_bootstrap=lambda _arn: kafka_bootstrap, client_settings=plaintext)
     physical_id = cloudformation["received"][0]["PhysicalResourceId"]
 
-    update = request("Update", cloudformation["url"], names, physical_id, partitions=6, retention_ms=7_200_000)
+    update = request(
+        "Update", cloudformation["url"], names, physical_id, partitions=6, retention_ms=7_200_000
+    )
     handle(update, lambda_context, lookup_bootstrap=lambda _arn: kafka_bootstrap, client_settings=plaintext)
     answer = cloudformation["received"][1]
     assert answer["Status"] == "SUCCESS", answer["Reason"]

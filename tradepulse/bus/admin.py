@@ -8,9 +8,12 @@ service that "creates what it cannot see" asks for CreateTopic, which it is not 
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, TopicCollection
 from confluent_kafka.admin import (
@@ -39,6 +42,36 @@ class TopicState:
 
 def admin_client(settings: Settings) -> AdminClient:
     return AdminClient(base_config(settings))
+
+
+#: Errors after which waiting for an admin request is pointless (bad or missing credentials).
+_AUTH_FAILURES = (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED)
+
+
+class _Admin:
+    """An admin client whose waits end as soon as authentication fails (instead of at the request
+    timeout): a principal without credentials or without kafka-cluster:Connect fails in a second."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.auth_errors: list[KafkaError] = []
+        self.client = AdminClient(base_config(settings) | {"error_cb": self._on_error})
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.code() in _AUTH_FAILURES:
+            self.auth_errors.append(error)
+
+    def wait(self, futures: dict[Any, Future[Any]], timeout_s: float) -> None:
+        """Return when every future is done (their results may still raise), or raise the
+        authentication error, or TimeoutError."""
+        deadline = time.monotonic() + timeout_s
+        pending = set(futures.values())
+        while pending:
+            _, pending = concurrent.futures.wait(pending, timeout=0.05)
+            self.client.poll(0)  # serves error_cb
+            if self.auth_errors:
+                raise KafkaException(self.auth_errors[0])
+            if pending and time.monotonic() > deadline:
+                raise TimeoutError(f"admin request not answered within {timeout_s:.0f}s")
 
 
 def ensure_topics(
@@ -83,9 +116,9 @@ def require_topics(settings: Settings, names: Iterable[str], *, timeout_s: float
     may not describe (to a principal without DESCRIBE, Kafka reports an existing topic as unauthorized and
     hides it from listings). Needs DESCRIBE on the topics only."""
     names = list(dict.fromkeys(names))
-    futures = admin_client(settings).describe_topics(
-        TopicCollection(names), request_timeout=timeout_s
-    )
+    admin = _Admin(settings)
+    futures = admin.client.describe_topics(TopicCollection(names), request_timeout=timeout_s)
+    admin.wait(futures, timeout_s + 1)
     missing, hidden = [], []
     for name, future in futures.items():
         try:
@@ -134,9 +167,11 @@ def apply_topic_specs(
     Needs, per topic: DESCRIBE, CREATE (missing ones), ALTER (partitions), DESCRIBE_CONFIGS and
     ALTER_CONFIGS (configs) - on MSK DescribeTopic, CreateTopic, AlterTopic,
     DescribeTopicDynamicConfiguration and AlterTopicDynamicConfiguration."""
-    admin = admin_client(settings)
+    checked = _Admin(settings)
+    admin = checked.client
     existing: dict[str, int] = {}
     futures = admin.describe_topics(TopicCollection([s.name for s in specs]), request_timeout=timeout_s)
+    checked.wait(futures, timeout_s + 1)
     for name, future in futures.items():
         try:
             existing[name] = len(future.result().partitions)
@@ -160,9 +195,10 @@ def apply_topic_specs(
         changes.created = ensure_topics(settings, missing, replication=replication)
     grow = [s for s in specs if s.name in existing and s.partitions > existing[s.name]]
     if grow:
-        for name, future in admin.create_partitions(
+        futures = admin.create_partitions(
             [NewPartitions(s.name, s.partitions) for s in grow], operation_timeout=timeout_s
-        ).items():
+        )
+        for future in futures.values():
             future.result()
         changes.partitions = {s.name: (existing[s.name], s.partitions) for s in grow}
     present = [s for s in specs if s.name in existing]
@@ -174,20 +210,28 @@ def apply_topic_specs(
             wanted = {k: v for k, v in spec.config().items() if current[spec.name][k].value != v}
             if wanted:
                 changes.configs[spec.name] = wanted
-                entries = [ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in wanted.items()]
+                entries = [
+                    ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in wanted.items()
+                ]
                 alter.append(ConfigResource(ResourceType.TOPIC, spec.name, incremental_configs=entries))
         if alter:
             for future in admin.incremental_alter_configs(alter).values():
                 future.result()
     if changes.partitions:
-        _wait_for_leaders(admin, list(changes.partitions), timeout_s, min_partitions={
-            name: after for name, (_, after) in changes.partitions.items()
-        })
+        _wait_for_leaders(
+            admin,
+            list(changes.partitions),
+            timeout_s,
+            min_partitions={name: after for name, (_, after) in changes.partitions.items()},
+        )
     return changes
 
 
 def _wait_for_leaders(
-    admin: AdminClient, names: list[str], timeout_s: float = 30.0, min_partitions: dict[str, int] | None = None
+    admin: AdminClient,
+    names: list[str],
+    timeout_s: float = 30.0,
+    min_partitions: dict[str, int] | None = None,
 ) -> None:
     """Creation returns before partitions have leaders; producing or reading offsets fails until then."""
     deadline = time.monotonic() + timeout_s

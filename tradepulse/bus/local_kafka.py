@@ -335,8 +335,22 @@ class LocalKafka:
             "log4j.appender.stdout.layout=org.apache.log4j.PatternLayout\n"
             "log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n\n"
             "log4j.logger.kafka.server.BrokerServer=INFO\n"
+            + (self._security_log_config() if self.secure else "")
         )
         return properties
+
+    def _security_log_config(self) -> str:
+        """Authorization denials and failed authentications go to `security.log` (tests read it)."""
+        return (
+            "log4j.appender.security=org.apache.log4j.FileAppender\n"
+            f"log4j.appender.security.File={self.home / 'security.log'}\n"
+            "log4j.appender.security.layout=org.apache.log4j.PatternLayout\n"
+            "log4j.appender.security.layout.ConversionPattern=[%d] %m%n\n"
+            "log4j.logger.kafka.authorizer.logger=INFO, security\n"
+            "log4j.additivity.kafka.authorizer.logger=false\n"
+            "log4j.logger.org.apache.kafka.common.network.Selector=INFO, security\n"
+            "log4j.additivity.org.apache.kafka.common.network.Selector=false\n"
+        )
 
     def _log_tail(self, lines: int = 20) -> str:
         try:

@@ -21,7 +21,9 @@ client-side SASL signer: the mapping is enforced by MSK's brokers and documented
   the implied operation on the same pattern keeps the local broker as strict as MSK.
 - Not emulated: Kafka (KIP-679) also accepts WRITE on any topic in place of IDEMPOTENT_WRITE on the
   cluster for an idempotent producer's InitProducerId, so a missing `WriteDataIdempotently` is only
-  caught by `missing_required` (which also checks the other "Required actions" of the guide's table).
+  caught by `missing_required` (which also checks the other "Required actions" of the guide's table;
+  ReadData's AlterGroup is taken to mean a group grant of the reader: DescribeGroup suffices for one
+  that only assign()s, see `missing_required`).
 """
 
 from __future__ import annotations
@@ -58,7 +60,9 @@ ACTIONS: dict[str, Action] = {
     "kafka-cluster:AlterClusterDynamicConfiguration": Action(
         CLUSTER, "ALTER_CONFIGS", (_C, "kafka-cluster:DescribeClusterDynamicConfiguration")
     ),
-    "kafka-cluster:WriteDataIdempotently": Action(CLUSTER, "IDEMPOTENT_WRITE", (_C, "kafka-cluster:WriteData")),
+    "kafka-cluster:WriteDataIdempotently": Action(
+        CLUSTER, "IDEMPOTENT_WRITE", (_C, "kafka-cluster:WriteData")
+    ),
     "kafka-cluster:CreateTopic": Action(TOPIC, "CREATE", (_C,)),
     "kafka-cluster:DescribeTopic": Action(TOPIC, "DESCRIBE", (_C,)),
     "kafka-cluster:AlterTopic": Action(TOPIC, "ALTER", (_C, "kafka-cluster:DescribeTopic")),
@@ -180,7 +184,9 @@ def principal_acls(principal: str, grants: Sequence[IamGrant], cluster_arn: str)
                 connect = True
                 continue
             pattern_type, name = pattern
-            allows.add(KafkaAcl(user, spec.resource_type, pattern_type, name, spec.operation, "ALLOW", action))
+            allows.add(
+                KafkaAcl(user, spec.resource_type, pattern_type, name, spec.operation, "ALLOW", action)
+            )
     denies = _strict_denies(allows)
     return PrincipalAcls(principal, connect, tuple(sorted(allows | denies)))
 
@@ -190,7 +196,9 @@ def missing_required(grants: Sequence[IamGrant], cluster_arn: str) -> list[str]:
     any resource of its type otherwise); one line per gap, empty when the policy is complete."""
     cluster = ClusterArn.parse(cluster_arn)
     acls = principal_acls("p", grants, cluster_arn)
-    granted = {(a.action, a.resource_type, a.pattern_type, a.name) for a in acls.acls if a.permission == "ALLOW"}
+    granted = {
+        (a.action, a.resource_type, a.pattern_type, a.name) for a in acls.acls if a.permission == "ALLOW"
+    }
     problems = []
     for grant in grants:
         for action in expand_action(grant.action):
@@ -202,6 +210,10 @@ def missing_required(grants: Sequence[IamGrant], cluster_arn: str) -> list[str]:
                 needed = ACTIONS[required]
                 if required == CONNECT:
                     ok = acls.connect
+                elif (action, required) == ("kafka-cluster:ReadData", "kafka-cluster:AlterGroup"):
+                    # A Fetch names no group: AlterGroup (join, commit) concerns group members. A reader
+                    # that only assign()s still needs DescribeGroup on its group.id (FindCoordinator).
+                    ok = any(a in (required, "kafka-cluster:DescribeGroup") for a, *_ in granted)
                 elif needed.resource_type == spec.resource_type and spec.resource_type != CLUSTER:
                     ok = any(
                         a == required and t == spec.resource_type and _pattern_covers((pt, n), pattern)
@@ -224,9 +236,12 @@ def acl_bindings(acls: Iterable[KafkaAcl]) -> list[Any]:
         ResourceType,
     )
 
+    # librdkafka calls Kafka's CLUSTER resource type (code 4) BROKER.
+    kinds = {CLUSTER: ResourceType.BROKER, TOPIC: ResourceType.TOPIC, GROUP: ResourceType.GROUP}
+    kinds[TRANSACTIONAL_ID] = ResourceType.TRANSACTIONAL_ID
     return [
         AclBinding(
-            getattr(ResourceType, acl.resource_type),
+            kinds[acl.resource_type],
             acl.name,
             getattr(ResourcePatternType, acl.pattern_type),
             acl.principal,
@@ -261,14 +276,20 @@ def _resource_pattern(resource: str, resource_type: str, cluster: ClusterArn) ->
         return None  # another resource type, account or region
     rest = resource[len(head) :]
     if resource_type == CLUSTER:
-        return ("LITERAL", KAFKA_CLUSTER_NAME) if _glob_regex(rest).fullmatch(f"{cluster.name}/{cluster.uuid}") else None
+        return (
+            ("LITERAL", KAFKA_CLUSTER_NAME)
+            if _glob_regex(rest).fullmatch(f"{cluster.name}/{cluster.uuid}")
+            else None
+        )
     parts = rest.split("/", 2)
     if len(parts) < 3:  # e.g. "<cluster-name>/*": the last * spans the uuid and the name
         if not (parts[-1] == "*" and _glob_regex("/".join(parts)).match(f"{cluster.name}/{cluster.uuid}/")):
             return None
         return ("LITERAL", "*")
     name_glob, uuid_glob, resource_glob = parts
-    if not (_glob_regex(name_glob).fullmatch(cluster.name) and _glob_regex(uuid_glob).fullmatch(cluster.uuid)):
+    if not (
+        _glob_regex(name_glob).fullmatch(cluster.name) and _glob_regex(uuid_glob).fullmatch(cluster.uuid)
+    ):
         return None
     if "?" in resource_glob or "*" in resource_glob.rstrip("*") or resource_glob.count("*") > 1:
         raise UnsupportedGrant(f"{resource}: Kafka ACLs can express a name, `*` or `prefix*` only")
@@ -293,8 +314,10 @@ def _pattern_covers(outer: tuple[str, str], inner: tuple[str, str]) -> bool:
 
 
 def _patterns_overlap(a: tuple[str, str], b: tuple[str, str]) -> bool:
-    return _pattern_covers(a, b) or _pattern_covers(b, a) or (
-        a[0] == b[0] == "PREFIXED" and (a[1].startswith(b[1]) or b[1].startswith(a[1]))
+    return (
+        _pattern_covers(a, b)
+        or _pattern_covers(b, a)
+        or (a[0] == b[0] == "PREFIXED" and (a[1].startswith(b[1]) or b[1].startswith(a[1])))
     )
 
 
@@ -309,13 +332,17 @@ def _strict_denies(allows: set[KafkaAcl]) -> set[KafkaAcl]:
             same = [
                 (a.pattern_type, a.name)
                 for a in allows
-                if a.operation == implied and a.resource_type == acl.resource_type and a.principal == acl.principal
+                if a.operation == implied
+                and a.resource_type == acl.resource_type
+                and a.principal == acl.principal
             ]
             if any(_pattern_covers(p, pattern) for p in same):
                 continue
             if any(_patterns_overlap(p, pattern) for p in same):
                 raise UnsupportedGrant(f"{implied} is granted on part of {pattern} only: cannot emulate MSK")
             denies.add(
-                KafkaAcl(acl.principal, acl.resource_type, acl.pattern_type, acl.name, implied, "DENY", "(implied)")
+                KafkaAcl(
+                    acl.principal, acl.resource_type, acl.pattern_type, acl.name, implied, "DENY", "(implied)"
+                )
             )
     return denies

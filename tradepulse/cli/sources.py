@@ -24,6 +24,18 @@ def _setup(settings: Settings) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+def _require_topics(settings: Settings, names: tuple[str, ...]) -> None:
+    """Exit with a clear message if a topic the service uses is missing (services never create topics:
+    on MSK a principal sees only what it may describe and has no CreateTopic)."""
+    from tradepulse.bus.admin import MissingTopicsError, require_topics
+
+    try:
+        require_topics(settings, names)
+    except MissingTopicsError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(3)
+
+
 async def _run_until_signal(
     run: Awaitable[None], stop: Callable[[], Awaitable[None]], progress: Callable[[], None], every_s: float
 ) -> None:
@@ -49,14 +61,14 @@ def ingest(url: str | None, tickers: str | None, progress_s: float) -> None:
 
     Invalid events go to the dead-letter queue; SIGINT/SIGTERM flush the producer and exit.
     """
-    from tradepulse.bus.admin import ensure_topics
     from tradepulse.sources.ingest import IngestService, client_from_settings
     from tradepulse.sources.massive import MassiveError
     from tradepulse.stores.factory import open_dlq
+    from tradepulse.topics import INGEST_TOPICS
 
     settings = get_settings()
     _setup(settings)
-    ensure_topics(settings)
+    _require_topics(settings, INGEST_TOPICS)
     ticker_list = [t.strip() for t in tickers.split(",") if t.strip()] if tickers else None
     dlq = open_dlq(settings)
     service = IngestService(
@@ -100,9 +112,9 @@ def ingest(url: str | None, tickers: str | None, progress_s: float) -> None:
 )
 def news(base_url: str | None, once: bool, progress_s: float) -> None:
     """Poll Finnhub company news for every ticker and publish new articles to market.news."""
-    from tradepulse.bus.admin import ensure_topics
     from tradepulse.sources.news import NewsPoller, news_endpoint
     from tradepulse.stores.factory import open_dlq
+    from tradepulse.topics import NEWS_TOPICS
 
     settings = get_settings()
     _setup(settings)
@@ -114,7 +126,7 @@ def news(base_url: str | None, once: bool, progress_s: float) -> None:
             with contextlib.suppress(KeyboardInterrupt):
                 signal.sigwait({signal.SIGINT, signal.SIGTERM})
         return
-    ensure_topics(settings)
+    _require_topics(settings, NEWS_TOPICS)
     dlq = open_dlq(settings)
     poller = NewsPoller(settings, dlq=dlq, base_url=base_url)
     click.echo(f"[news] polling {len(poller.tickers)} tickers at {poller.base_url}", err=True)
