@@ -12,6 +12,11 @@ with the broker logging the denial (or the failed authentication, for Connect).
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -218,3 +223,59 @@ def test_removing_a_grant_breaks_its_service(
         assert "Failed authentication" in security, failure.value
     else:
         assert f"Principal = User:{service} is Denied" in security, failure.value
+
+
+def cli_env(broker: msk_authz.AuthzBroker, principal: str, data_dir: Path) -> dict[str, str]:
+    """The environment of a service container running as `principal` (SCRAM instead of IAM)."""
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("TRADEPULSE_", "MASSIVE_", "FINNHUB_"))}
+    return keep | {
+        "TRADEPULSE_KAFKA_BOOTSTRAP": broker.bootstrap,
+        "TRADEPULSE_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "TRADEPULSE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "TRADEPULSE_KAFKA_SASL_USERNAME": principal,
+        "TRADEPULSE_KAFKA_SASL_PASSWORD": broker.passwords[principal],
+        "TRADEPULSE_DATA_DIR": str(data_dir),
+        "TRADEPULSE_TICKERS": '["AAPL", "MSFT"]',
+        "TRADEPULSE_INGEST_BACKFILL_MAX_S": "0",
+    }
+
+
+def test_ingest_command_starts_under_its_principal_and_names_a_missing_topic(
+    broker: msk_authz.AuthzBroker, tmp_path: Path
+) -> None:
+    """`tradepulse ingest` as the ingest principal: it publishes (before: it listed the topics, saw only
+    its own, asked for CreateTopic on the others and exited), and a missing topic is named."""
+    from tradepulse.sources.simulator import SimulatorConfig, run_simulator_in_thread
+
+    msk_authz.ensure_topics_as_admin(broker)
+    env = cli_env(broker, "ingest", tmp_path / "state")
+    command = [sys.executable, "-m", "tradepulse.cli.main", "ingest", "--progress-s", "0.3"]
+    config = SimulatorConfig(seed=9, tickers=["AAPL", "MSFT"], ws_port=0, http_port=0, rate=300)
+    with run_simulator_in_thread(config) as sim:
+        command += ["--url", sim.ws_url + "/stocks"]
+        process = subprocess.Popen(command, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+        published, lines = 0, []
+        try:
+            assert process.stderr is not None
+            deadline = time.monotonic() + 30
+            while published == 0 and time.monotonic() < deadline:
+                line = process.stderr.readline()
+                if not line:
+                    break  # exited
+                lines.append(line)
+                if match := re.search(r" published=(\d+)", line):
+                    published = int(match.group(1))
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(30)
+        assert published > 0, "".join(lines[-20:])
+
+        msk_authz.reset_topics(broker, ("market.quotes",))
+        try:
+            result = subprocess.run(
+                command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+            )
+        finally:
+            msk_authz.ensure_topics_as_admin(broker)
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "missing topic(s) market.quotes" in result.stderr
