@@ -7,6 +7,7 @@ builds and pushes them (see docs/deployment.md). Configuration is the `TRADEPULS
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from aws_cdk import Duration, IgnoreMode, RemovalPolicy, Stack
@@ -22,6 +23,7 @@ from constructs import Construct
 from cdk.config import ServiceSize
 from cdk.layer import REPO_ROOT
 from tradepulse import metrics_emf
+from tradepulse.sources import api_keys
 
 METRICS_NAMESPACE = metrics_emf.NAMESPACE
 SERVICE_NAMES = ("ingest", "news", "processor")
@@ -73,12 +75,15 @@ class Services(Construct):
             self, "Cluster", vpc=vpc, container_insights_v2=ecs.ContainerInsights.ENABLED
         )
         # Placeholders; set the real keys with `aws secretsmanager put-secret-value` (docs/deployment.md).
+        # Until then ingest and news wait, re-reading the secret (tradepulse/sources/api_keys.py).
         self.api_keys = secretsmanager.Secret(
             self,
             "ApiKeys",
             description="TradePulse provider API keys: MASSIVE_API_KEY, FINNHUB_API_KEY",
             generate_secret_string=secretsmanager.SecretStringGenerator(
-                secret_string_template='{"MASSIVE_API_KEY": "set-me", "FINNHUB_API_KEY": "set-me"}',
+                secret_string_template=json.dumps(
+                    {"MASSIVE_API_KEY": api_keys.PLACEHOLDER, "FINNHUB_API_KEY": api_keys.PLACEHOLDER}
+                ),
                 generate_string_key="unused",
             ),
         )
@@ -86,6 +91,7 @@ class Services(Construct):
             "MASSIVE_API_KEY": ecs.Secret.from_secrets_manager(self.api_keys, "MASSIVE_API_KEY"),
             "FINNHUB_API_KEY": ecs.Secret.from_secrets_manager(self.api_keys, "FINNHUB_API_KEY"),
         }
+        keyed = ("ingest", "news")
         self.task_definitions: dict[str, ecs.FargateTaskDefinition] = {}
         self.services: dict[str, ecs.FargateService] = {}
         for name in SERVICE_NAMES:
@@ -119,15 +125,18 @@ class Services(Construct):
                 # (PutLogEvents; no agent sidecar needed: see tradepulse/metrics_emf.py).
                 logging=ecs.LogDriver.aws_logs(stream_prefix=name, log_group=log_group),
                 environment=environment
+                | ({"TRADEPULSE_API_KEYS_SECRET_ID": self.api_keys.secret_arn} if name in keyed else {})
                 | {
                     "TRADEPULSE_METRICS": "emf",
                     "POWERTOOLS_SERVICE_NAME": name,
                     "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
                     "AWS_REGION": Stack.of(self).region,
                 },
-                secrets=secrets if name in ("ingest", "news") else None,
+                secrets=secrets if name in keyed else None,
                 stop_timeout=Duration.seconds(60),
             )
+            if name in keyed:
+                self.api_keys.grant_read(task.task_role)  # re-read while the key is a placeholder
             self.task_definitions[name] = task
             self.services[name] = ecs.FargateService(
                 self,

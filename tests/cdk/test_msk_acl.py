@@ -12,6 +12,7 @@ with the broker logging the denial (or the failed authentication, for Connect).
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import signal
@@ -97,6 +98,7 @@ def broker(
             broker.apply(generated[name])
         yield broker
     finally:
+        gc.collect()  # clients of the paths (held by failed runs' tracebacks) stop retrying a dead broker
         stop()
 
 

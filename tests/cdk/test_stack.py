@@ -16,6 +16,7 @@ from aws_cdk.assertions import Match, Template
 from cdk.schema_registry import load_schema, to_draft07
 from tests.cdk.conftest import REPO_ROOT, one, resources
 from tradepulse import topics
+from tradepulse.sources.api_keys import PLACEHOLDER
 from tradepulse.stores.parquet_cold import DATASETS
 
 STACK = "TradePulse-prod"
@@ -280,7 +281,20 @@ def test_api_keys_come_from_secrets_manager(template: dict[str, Any]) -> None:
         assert "MASSIVE_API_KEY" not in service["env"]
         value_from = json.dumps(service["secrets"]["MASSIVE_API_KEY"])
         assert secret_id in value_from and ":MASSIVE_API_KEY::" in value_from
+        # While the secret holds the placeholders the service re-reads it itself (first deploy).
+        assert service["env"]["TRADEPULSE_API_KEYS_SECRET_ID"] == {"Ref": secret_id}
+        role = policy_statements(template, f"{name.capitalize()}TaskTaskRole")
+        assert any(
+            "secretsmanager:GetSecretValue" in s["Action"] and s["Resource"] == {"Ref": secret_id}
+            for s in role
+        )
     assert env_of(template, "processor")["secrets"] == {}
+    assert "TRADEPULSE_API_KEYS_SECRET_ID" not in env_of(template, "processor")["env"]
+    template_string = one(template, "AWS::SecretsManager::Secret")["Properties"]["GenerateSecretString"]
+    assert json.loads(template_string["SecretStringTemplate"]) == {
+        "MASSIVE_API_KEY": PLACEHOLDER,
+        "FINNHUB_API_KEY": PLACEHOLDER,
+    }
 
 
 def test_service_images_are_staged_from_the_service_dockerfiles(synth: tuple[dict[str, Any], Path]) -> None:

@@ -191,9 +191,10 @@ class LocalKafka:
             if self.secure:
                 user, password = self.secure.admin_user, self.secure.admin_password
                 scram = ["--add-scram", f"{SCRAM_MECHANISM}=[name={user},password={password}]"]
+            # `--cluster-id=` form: a base64 id may start with "-", which the parser took for an option.
             fmt = subprocess.run(
                 [java, "-cp", classpath, *java_opts, "kafka.tools.StorageTool", "format",
-                 "-t", cluster_id, "-c", str(properties), "--ignore-formatted", *scram],
+                 f"--cluster-id={cluster_id}", "-c", str(properties), "--ignore-formatted", *scram],
                 capture_output=True, text=True,
             )  # fmt: skip
             if fmt.returncode != 0:

@@ -24,6 +24,17 @@ def _setup(settings: Settings) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+def _await_api_key(settings: Settings, name: str) -> Settings:
+    """The settings with a real provider key: a placeholder is re-read from the secret until set."""
+    from tradepulse.sources.api_keys import PlaceholderKeyError, wait_for_api_key
+
+    try:
+        return wait_for_api_key(settings, name)
+    except PlaceholderKeyError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(2)
+
+
 def _require_topics(settings: Settings, names: tuple[str, ...]) -> None:
     """Exit with a clear message if a topic the service uses is missing (services never create topics:
     on MSK a principal sees only what it may describe and has no CreateTopic)."""
@@ -68,6 +79,7 @@ def ingest(url: str | None, tickers: str | None, progress_s: float) -> None:
 
     settings = get_settings()
     _setup(settings)
+    settings = _await_api_key(settings, "MASSIVE_API_KEY")
     _require_topics(settings, INGEST_TOPICS)
     ticker_list = [t.strip() for t in tickers.split(",") if t.strip()] if tickers else None
     dlq = open_dlq(settings)
@@ -118,6 +130,7 @@ def news(base_url: str | None, once: bool, progress_s: float) -> None:
 
     settings = get_settings()
     _setup(settings)
+    settings = _await_api_key(settings, "FINNHUB_API_KEY")
     if news_endpoint(settings)[1] is None:
         # Not an error for `tradepulse up` with only a Massive key: news is optional, so stay idle
         # (exiting would make the supervisor stop the whole pipeline).
