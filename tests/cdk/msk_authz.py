@@ -13,6 +13,7 @@ import contextlib
 import logging
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,15 +168,15 @@ class AuthzBroker:
 
     def settings(self, principal: str, **update: Any) -> Settings:
         """What a service running as `principal` is configured with (SCRAM over SASL_PLAINTEXT)."""
-        return Settings(
-            kafka_bootstrap=self.bootstrap,
-            kafka_security_protocol="SASL_PLAINTEXT",
-            kafka_sasl_mechanism=SCRAM_MECHANISM,
-            kafka_sasl_username=principal,
-            kafka_sasl_password=SecretStr(self.passwords.setdefault(principal, f"{principal}-pw")),
-            data_dir=self.data_dir / principal,
-            **update,
-        )
+        values: dict[str, Any] = {
+            "kafka_bootstrap": self.bootstrap,
+            "kafka_security_protocol": "SASL_PLAINTEXT",
+            "kafka_sasl_mechanism": SCRAM_MECHANISM,
+            "kafka_sasl_username": principal,
+            "kafka_sasl_password": SecretStr(self.passwords.setdefault(principal, f"{principal}-pw")),
+            "data_dir": self.data_dir / principal,
+        }
+        return Settings(**(values | update))
 
     def apply(self, acls: msk_acl.PrincipalAcls) -> None:
         """Make the broker hold exactly `acls` for the principal (credentials only with Connect)."""
@@ -410,7 +411,13 @@ def news_path(broker: AuthzBroker) -> None:
     from tradepulse.topics import NEWS_TOPICS
 
     ensure_topics_as_admin(broker)
-    settings = broker.settings("news", tickers=SIM_TICKERS, finnhub_calls_per_minute=60_000)
+    # A fresh state dir per run: the poller remembers what it published and would publish nothing again.
+    settings = broker.settings(
+        "news",
+        tickers=SIM_TICKERS,
+        finnhub_calls_per_minute=60_000,
+        data_dir=broker.data_dir / f"news-{uuid.uuid4().hex[:8]}",
+    )
     config = SimulatorConfig(
         seed=5, tickers=SIM_TICKERS, api_key=SIM_KEY, ws_port=0, http_port=0, rate=10, backfill_news=6
     )
