@@ -98,9 +98,11 @@ def role_statements(template: dict[str, Any], role_contains: str) -> list[dict[s
     for policy in resources(template, "AWS::IAM::Policy").values():
         if {"Ref": role_id} in policy["Properties"]["Roles"]:
             out += policy["Properties"]["PolicyDocument"]["Statement"]
-    kafka = [
-        s for s in out if any(str(a).startswith("kafka-cluster:") for a in msk_acl._as_list(s["Action"]))
-    ]
+
+    def actions(statement: dict[str, Any]) -> list[Any]:
+        return statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+
+    kafka = [s for s in out if any(str(a).startswith("kafka-cluster:") for a in actions(s))]
     return [resolve(s, template) for s in kafka]
 
 
