@@ -23,6 +23,7 @@ from constructs import Construct
 from cdk.config import ServiceSize
 from cdk.layer import REPO_ROOT
 from tradepulse import metrics_emf
+from tradepulse.sources import api_keys
 
 METRICS_NAMESPACE = metrics_emf.NAMESPACE
 SERVICE_NAMES = ("ingest", "news", "processor")
@@ -55,7 +56,7 @@ def provider_secret(scope: Construct, id: str, variable: str, provider: str) -> 
         id,
         description=f"TradePulse {provider} API key: {variable}",
         generate_secret_string=secretsmanager.SecretStringGenerator(
-            secret_string_template=json.dumps({variable: "set-me"}),
+            secret_string_template=json.dumps({variable: api_keys.PLACEHOLDER}),
             generate_string_key="unused",
         ),
     )
@@ -90,18 +91,20 @@ class Services(Construct):
         )
         # One secret per provider, so each service can read only its own key (an ECS secret that names a
         # JSON key still needs GetSecretValue on the whole secret). Placeholders; set the real keys with
-        # `aws secretsmanager put-secret-value` (docs/deployment.md).
+        # `aws secretsmanager put-secret-value` (docs/deployment.md). Until then ingest and news wait,
+        # re-reading their own secret (tradepulse/sources/api_keys.py).
         self.massive_key = provider_secret(self, "MassiveApiKey", "MASSIVE_API_KEY", "Massive (ingest)")
         self.finnhub_key = provider_secret(self, "FinnhubApiKey", "FINNHUB_API_KEY", "Finnhub (news)")
-        #: service → {environment variable: secret}; only ingest and news hold a key, each its own.
-        self.secrets: dict[str, dict[str, secretsmanager.Secret]] = {
-            "ingest": {"MASSIVE_API_KEY": self.massive_key},
-            "news": {"FINNHUB_API_KEY": self.finnhub_key},
+        #: service → (environment variable, secret); only ingest and news hold a key, each its own.
+        self.secrets: dict[str, tuple[str, secretsmanager.Secret]] = {
+            "ingest": ("MASSIVE_API_KEY", self.massive_key),
+            "news": ("FINNHUB_API_KEY", self.finnhub_key),
         }
         self.task_definitions: dict[str, ecs.FargateTaskDefinition] = {}
         self.services: dict[str, ecs.FargateService] = {}
         for name in SERVICE_NAMES:
             size: ServiceSize = getattr(sizes, name)
+            variable, key_secret = self.secrets.get(name, ("", None))
             task = ecs.FargateTaskDefinition(
                 self,
                 f"{name.capitalize()}Task",
@@ -131,19 +134,20 @@ class Services(Construct):
                 # (PutLogEvents; no agent sidecar needed: see tradepulse/metrics_emf.py).
                 logging=ecs.LogDriver.aws_logs(stream_prefix=name, log_group=log_group),
                 environment=environment
+                | ({"TRADEPULSE_API_KEYS_SECRET_ID": key_secret.secret_arn} if key_secret else {})
                 | {
                     "TRADEPULSE_METRICS": "emf",
                     "POWERTOOLS_SERVICE_NAME": name,
                     "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
                     "AWS_REGION": Stack.of(self).region,
                 },
-                secrets={
-                    variable: ecs.Secret.from_secrets_manager(secret, variable)
-                    for variable, secret in self.secrets.get(name, {}).items()
-                }
-                or None,
+                secrets={variable: ecs.Secret.from_secrets_manager(key_secret, variable)}
+                if key_secret
+                else None,
                 stop_timeout=Duration.seconds(60),
             )
+            if key_secret:
+                key_secret.grant_read(task.task_role)  # its own key only: re-read while a placeholder
             self.task_definitions[name] = task
             self.services[name] = ecs.FargateService(
                 self,

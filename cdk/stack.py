@@ -25,6 +25,8 @@ S3_PREFIX = "tradepulse"
 DYNAMODB_SHARDS = 8
 HOT_TTL_HOURS = 48
 CONSUMER_GROUP = "tradepulse-processor"
+#: group.id of ingest's dedupe-seed consumer (`seed_published_sequences` in tradepulse/sources/ingest.py).
+INGEST_SEED_GROUP = "tradepulse-ingest-seed"
 
 
 class TradePulseStack(Stack):
@@ -155,9 +157,14 @@ class TradePulseStack(Stack):
         """Least privilege per service: what each one's code reads and writes."""
         streaming, storage, dlq = self.streaming, self.storage, self.queues.queue
         ingest, news, processor = (self.services.role(n) for n in ("ingest", "news", "processor"))
-        streaming.grant_produce(ingest, [topics.TRADES, topics.QUOTES, topics.DEAD_LETTERS])
-        streaming.grant_produce(news, [topics.NEWS, topics.DEAD_LETTERS])
+        # Ingest's and news' dead letters go to the DLQ queue, not to market.dead-letters. Ingest reads the
+        # tail of trades/quotes at start (its dedupe seed; assign(), no group).
+        streaming.grant_produce(ingest, topics.INGEST_TOPICS)
+        streaming.grant_read(ingest, topics.INGEST_TOPICS, INGEST_SEED_GROUP)
+        streaming.grant_produce(news, topics.NEWS_TOPICS)
         streaming.grant_consume(processor, topics.INPUT_TOPICS, CONSUMER_GROUP)
+        # The state rebuild after an assignment reads the inputs with its own assign()-only consumer.
+        streaming.grant_read(processor, topics.INPUT_TOPICS, f"{CONSUMER_GROUP}-rebuild")
         streaming.grant_produce(processor, topics.OUTPUT_TOPICS, transactional=True)
         for role in (ingest, news, processor):
             dlq.grant_send_messages(role)

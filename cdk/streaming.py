@@ -1,8 +1,12 @@
 """Streaming: MSK Serverless (IAM auth) and the topics, created at deploy by a custom resource.
 
-The custom resource's Lambda (lambdas/topics) creates every topic of `tradepulse.topics` with
-`tradepulse.bus.admin.ensure_topics` over IAM auth and returns the SASL/IAM bootstrap brokers, which
-CloudFormation has no attribute for on serverless clusters.
+The custom resource's Lambda (lambdas/topics) brings every topic of `tradepulse.topics` to its spec
+with `tradepulse.bus.admin.apply_topic_specs` over IAM auth (creates missing topics, raises partition
+counts, sets retention) and returns the SASL/IAM bootstrap brokers, which CloudFormation has no
+attribute for on serverless clusters.
+
+Grants are exactly what the code calls: tests/cdk/test_msk_acl.py turns them into Kafka ACLs on a
+local authorizing broker, runs every service under its own, and shows that removing any one breaks it.
 """
 
 from __future__ import annotations
@@ -93,18 +97,17 @@ class Streaming(Construct):
         self.topics_function.add_to_role_policy(
             iam.PolicyStatement(actions=["kafka:GetBootstrapBrokers"], resources=[self.cluster.attr_arn])
         )
+        self.grant_connect(self.topics_function)
         self.topics_function.add_to_role_policy(
             iam.PolicyStatement(
-                actions=["kafka-cluster:Connect", "kafka-cluster:DescribeCluster"],
-                resources=[self.cluster.attr_arn],
-            )
-        )
-        self.topics_function.add_to_role_policy(
-            iam.PolicyStatement(
+                # Create missing topics; on Update raise partition counts (CreatePartitions = ALTER)
+                # and set retention (DescribeConfigs + IncrementalAlterConfigs).
                 actions=[
                     "kafka-cluster:CreateTopic",
                     "kafka-cluster:DescribeTopic",
+                    "kafka-cluster:AlterTopic",
                     "kafka-cluster:DescribeTopicDynamicConfiguration",
+                    "kafka-cluster:AlterTopicDynamicConfiguration",
                 ],
                 resources=[self.topic_arn(t) for t in ALL_TOPICS],
             )
@@ -117,7 +120,7 @@ class Streaming(Construct):
             resource_type="Custom::KafkaTopics",
             properties={
                 "ClusterArn": self.cluster.attr_arn,
-                # Changing a count or the retention re-runs the (idempotent) creation.
+                # Changing a count or the retention is applied on Update (a decrease fails it).
                 "Topics": [
                     {"Name": s.name, "Partitions": str(s.partitions), "RetentionMs": str(s.retention_ms)}
                     for s in specs
@@ -137,10 +140,10 @@ class Streaming(Construct):
         return self._arn("topic", topic)
 
     def grant_connect(self, grantee: iam.IGrantable) -> None:
+        """Authenticate. (No DescribeCluster: metadata requests do not need it and no code calls
+        the DescribeCluster API.)"""
         iam.Grant.add_to_principal(
-            grantee=grantee,
-            actions=["kafka-cluster:Connect", "kafka-cluster:DescribeCluster"],
-            resource_arns=[self.cluster.attr_arn],
+            grantee=grantee, actions=["kafka-cluster:Connect"], resource_arns=[self.cluster.attr_arn]
         )
 
     def grant_produce(
@@ -169,7 +172,9 @@ class Streaming(Construct):
                 ],
             )
 
-    def grant_consume(self, grantee: iam.IGrantable, topics: Iterable[str], group: str) -> None:
+    def grant_read(self, grantee: iam.IGrantable, topics: Iterable[str], group: str) -> None:
+        """Read `topics` with assign() (no group membership, no offset commits). librdkafka still looks
+        up the coordinator of the client's `group.id` (FindCoordinator = DESCRIBE on the group)."""
         self.grant_connect(grantee)
         iam.Grant.add_to_principal(
             grantee=grantee,
@@ -178,8 +183,15 @@ class Streaming(Construct):
         )
         iam.Grant.add_to_principal(
             grantee=grantee,
-            actions=["kafka-cluster:AlterGroup", "kafka-cluster:DescribeGroup"],
+            actions=["kafka-cluster:DescribeGroup"],
             resource_arns=[self._arn("group", group)],
+        )
+
+    def grant_consume(self, grantee: iam.IGrantable, topics: Iterable[str], group: str) -> None:
+        """Consume `topics` as a member of `group`, committing offsets (join/sync/commit = READ group)."""
+        self.grant_read(grantee, topics, group)
+        iam.Grant.add_to_principal(
+            grantee=grantee, actions=["kafka-cluster:AlterGroup"], resource_arns=[self._arn("group", group)]
         )
 
     @property

@@ -49,6 +49,15 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("FINNHUB_API_KEY", "TRADEPULSE_FINNHUB_API_KEY")
     )
     finnhub_base_url: str = "https://finnhub.io/api/v1"
+    api_keys_secret_id: str | None = Field(
+        default=None,
+        description="Secrets Manager secret (JSON: MASSIVE_API_KEY, FINNHUB_API_KEY) that ingest/news re-read "
+        "while their key is the stack's placeholder (tradepulse/sources/api_keys.py).",
+    )
+    api_key_wait_initial_s: float = Field(
+        default=10.0, description="First re-read delay of a placeholder key."
+    )
+    api_key_wait_max_s: float = Field(default=60.0, description="Re-read delay cap (the delay doubles).")
     news_poll_interval_s: float = 60.0
     finnhub_calls_per_minute: int = 60
     tickers: list[str] = Field(default_factory=lambda: list(DEFAULT_TICKERS))

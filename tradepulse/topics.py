@@ -15,6 +15,10 @@ DEAD_LETTERS = "market.dead-letters"
 INPUT_TOPICS = (TRADES, QUOTES, NEWS)
 OUTPUT_TOPICS = (FEATURES, ANOMALIES, CORRELATIONS, DEAD_LETTERS)
 ALL_TOPICS = INPUT_TOPICS + OUTPUT_TOPICS
+#: The topics each service uses; it checks at start that they exist (services never create topics).
+INGEST_TOPICS = (TRADES, QUOTES)
+NEWS_TOPICS = (NEWS,)
+PROCESSOR_TOPICS = ALL_TOPICS
 
 
 @dataclass(frozen=True)

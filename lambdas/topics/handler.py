@@ -1,8 +1,11 @@
 """Custom::KafkaTopics: create the TradePulse topics on MSK Serverless at deploy time and return the
 SASL/IAM bootstrap brokers (CloudFormation has no attribute for them on serverless clusters).
 
-Properties: ClusterArn, Topics = [{Name, Partitions, RetentionMs}]. Creation is idempotent (existing
-topics are left alone), so Update re-runs it; Delete does nothing (topics go with the cluster).
+Properties: ClusterArn, Topics = [{Name, Partitions, RetentionMs}]. Create and Update bring the topics
+to the properties (`tradepulse.bus.admin.apply_topic_specs`): missing topics are created, partition
+counts raised, retention/cleanup configs set. A partition decrease fails the deployment with a reason
+(Kafka cannot remove partitions) before anything is changed. Delete does nothing (topics go with the
+cluster).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from tradepulse.bus.admin import ensure_topics
+from tradepulse.bus.admin import TopicChanges, apply_topic_specs
 from tradepulse.config import Settings
 from tradepulse.topics import TopicSpec
 
@@ -27,15 +30,17 @@ def topic_specs(properties: dict[str, Any]) -> list[TopicSpec]:
     return [TopicSpec(t["Name"], int(t["Partitions"]), int(t["RetentionMs"])) for t in properties["Topics"]]
 
 
-def create_topics(properties: dict[str, Any], bootstrap: str, *, msk_iam: bool = True) -> list[str]:
-    """Create the missing topics; returns the names created. MSK Serverless fixes the replication
-    factor, so ask for the broker default (-1)."""
-    settings = Settings(
-        kafka_bootstrap=bootstrap,
-        kafka_msk_iam=msk_iam,
-        aws_region=os.environ.get("AWS_REGION", "us-east-1"),
+def msk_settings(bootstrap: str) -> Settings:
+    """Client settings of the function: IAM auth (its role) to the cluster's SASL/IAM brokers."""
+    return Settings(
+        kafka_bootstrap=bootstrap, kafka_msk_iam=True, aws_region=os.environ.get("AWS_REGION", "us-east-1")
     )
-    return ensure_topics(settings, topic_specs(properties), replication=-1)
+
+
+def apply_topics(properties: dict[str, Any], settings: Settings) -> TopicChanges:
+    """Create/grow/reconfigure the topics. MSK Serverless fixes the replication factor, so ask for the
+    broker default (-1)."""
+    return apply_topic_specs(settings, topic_specs(properties), replication=-1)
 
 
 def msk_bootstrap(cluster_arn: str) -> str:
@@ -82,7 +87,7 @@ def handle(
     context: Any,
     *,
     lookup_bootstrap: Callable[[str], str] = msk_bootstrap,
-    msk_iam: bool = True,
+    client_settings: Callable[[str], Settings] = msk_settings,
 ) -> dict[str, str]:
     """Run one custom-resource request and always answer CloudFormation (a missing answer would hang
     the stack for an hour)."""
@@ -92,11 +97,22 @@ def handle(
     try:
         if event["RequestType"] in ("Create", "Update"):
             bootstrap = lookup_bootstrap(properties["ClusterArn"])
-            created = create_topics(properties, bootstrap, msk_iam=msk_iam)
-            logger.info("topics ready", extra={"topics_created": created})
-            data = {"BootstrapBrokers": bootstrap, "Created": ",".join(created)}
+            changes = apply_topics(properties, client_settings(bootstrap))
+            logger.info(
+                "topics ready",
+                extra={
+                    "topics_created": changes.created,
+                    "partitions_raised": changes.partitions,
+                    "configs_set": changes.configs,
+                },
+            )
+            data = {
+                "BootstrapBrokers": bootstrap,
+                "Created": ",".join(changes.created),
+                "Altered": ",".join(sorted(set(changes.partitions) | set(changes.configs))),
+            }
     except Exception as exc:
-        logger.exception("topic creation failed")
+        logger.exception("topic creation/update failed")
         send_response(event, context, "FAILED", physical_id, reason=f"{type(exc).__name__}: {exc}")
         return {"Status": "FAILED"}
     send_response(event, context, "SUCCESS", physical_id, data)

@@ -1,4 +1,4 @@
-"""Shared helpers of the CDK tests. The template itself is synthesized once per module (module fixtures)."""
+"""Shared helpers of the CDK tests. The prod template is synthesized once per session (`prod_synth`)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,23 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 # Node 20 is Debian 12's; jsii would print an end-of-life banner on every start.
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "18,20")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+PROD_STACK = "TradePulse-prod"
+
+
+@pytest.fixture(scope="session")
+def prod_synth(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    """(template, cloud assembly dir) of the prod stack, synthesized once with cdk-nag (as `app.py` does)."""
+    from cdk.app import build_app
+
+    outdir = tmp_path_factory.mktemp("cdk.out")
+    build_app(outdir=str(outdir), context=cdk_context(env="prod")).synth()
+    return json.loads((outdir / f"{PROD_STACK}.template.json").read_text()), outdir
 
 
 def cdk_context(**overrides: Any) -> dict[str, Any]:

@@ -171,7 +171,8 @@ def test_api_gets_exactly_what_it_calls(template: dict[str, Any], aws: Any, tmp_
 
 def test_ingest_and_news_each_read_only_their_own_provider_key(template: dict[str, Any]) -> None:
     """ECS reads a container's secrets with the task's execution role, and GetSecretValue is granted on
-    the whole secret even when the container names one JSON key: so one secret per provider."""
+    the whole secret even when the container names one JSON key: so one secret per provider. The task
+    role reads the same secret (and no other) while it holds the placeholder (first deploy)."""
     massive = logical(template, "AWS::SecretsManager::Secret", "MassiveApiKey")
     finnhub = logical(template, "AWS::SecretsManager::Secret", "FinnhubApiKey")
     expected = {"ingest": ("MASSIVE_API_KEY", massive), "news": ("FINNHUB_API_KEY", finnhub)}
@@ -180,15 +181,16 @@ def test_ingest_and_news_each_read_only_their_own_provider_key(template: dict[st
         secrets = {s["Name"]: json.dumps(s["ValueFrom"]) for s in definition.get("Secrets", [])}
         execution = scoped(policy_actions(template, f"{service.capitalize()}TaskExecutionRole"))
         task = scoped(policy_actions(template, f"{service.capitalize()}TaskTaskRole"))
-        assert not any(a.startswith("secretsmanager:") for a in task)  # the application never reads them
         if service == "processor":
             assert secrets == {} and execution == {}
+            assert not any(a.startswith("secretsmanager:") for a in task)
             continue
         variable, secret = expected[service]
         assert list(secrets) == [variable]
         assert secret in secrets[variable] and f":{variable}::" in secrets[variable]
-        readable = {r for a, res in execution.items() if a.startswith("secretsmanager:") for r in res}
-        assert readable == {json.dumps({"Ref": secret})}, f"{service} can read {readable}"
+        for role, actions in (("execution", execution), ("task", task)):
+            readable = {r for a, res in actions.items() if a.startswith("secretsmanager:") for r in res}
+            assert readable == {json.dumps({"Ref": secret})}, f"{service}'s {role} role can read {readable}"
 
 
 def logical(template: dict[str, Any], type_: str, contains: str) -> str:

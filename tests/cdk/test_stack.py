@@ -14,21 +14,18 @@ import pytest
 from aws_cdk.assertions import Match, Template
 
 from cdk.schema_registry import load_schema, to_draft07
-from tests.cdk.conftest import REPO_ROOT, cdk_context, one, resources
+from tests.cdk.conftest import REPO_ROOT, one, resources
 from tradepulse import topics
+from tradepulse.sources.api_keys import PLACEHOLDER
 from tradepulse.stores.parquet_cold import DATASETS
 
 STACK = "TradePulse-prod"
 
 
 @pytest.fixture(scope="module")
-def synth(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
-    """(template, cloud assembly dir) of the prod stack, synthesized once with cdk-nag."""
-    from cdk.app import build_app
-
-    outdir = tmp_path_factory.mktemp("cdk.out")
-    build_app(outdir=str(outdir), context=cdk_context(env="prod")).synth()
-    return json.loads((outdir / f"{STACK}.template.json").read_text()), outdir
+def synth(prod_synth: tuple[dict[str, Any], Path]) -> tuple[dict[str, Any], Path]:
+    """(template, cloud assembly dir) of the prod stack, synthesized once per session with cdk-nag."""
+    return prod_synth
 
 
 @pytest.fixture(scope="module")
@@ -227,9 +224,14 @@ def test_topics_custom_resource_creates_every_topic(template: dict[str, Any]) ->
     assert function["Handler"] == "topics.handler.handler"
     assert "VpcConfig" in function
     statements = policy_statements(template, "StreamingTopicsFnServiceRole")
-    assert {"kafka:GetBootstrapBrokers", "kafka-cluster:CreateTopic", "kafka-cluster:Connect"} <= actions_of(
-        statements
-    )
+    assert {
+        "kafka:GetBootstrapBrokers",
+        "kafka-cluster:Connect",
+        "kafka-cluster:CreateTopic",
+        # Update applies partition increases and retention changes (tests/cdk/test_msk_acl.py runs it).
+        "kafka-cluster:AlterTopic",
+        "kafka-cluster:AlterTopicDynamicConfiguration",
+    } <= actions_of(statements)
 
 
 # --- services -----------------------------------------------------------------------------------
@@ -282,7 +284,16 @@ def test_api_keys_come_from_secrets_manager(template: dict[str, Any]) -> None:
         assert variable not in service["env"]
         value_from = json.dumps(service["secrets"][variable])
         assert secret_id in value_from and f":{variable}::" in value_from
+        # While the secret holds the placeholder the service re-reads it itself (first deploy): its own.
+        assert service["env"]["TRADEPULSE_API_KEYS_SECRET_ID"] == {"Ref": secret_id}
+        role = policy_statements(template, f"{name.capitalize()}TaskTaskRole")
+        readable = [s["Resource"] for s in role if "secretsmanager:GetSecretValue" in s["Action"]]
+        assert readable == [{"Ref": secret_id}]
     assert env_of(template, "processor")["secrets"] == {}
+    assert "TRADEPULSE_API_KEYS_SECRET_ID" not in env_of(template, "processor")["env"]
+    for variable, secret in (("MASSIVE_API_KEY", "MassiveApiKey"), ("FINNHUB_API_KEY", "FinnhubApiKey")):
+        generated = one(template, "AWS::SecretsManager::Secret", secret)["Properties"]["GenerateSecretString"]
+        assert json.loads(generated["SecretStringTemplate"]) == {variable: PLACEHOLDER}
 
 
 def test_service_images_are_staged_from_the_service_dockerfiles(synth: tuple[dict[str, Any], Path]) -> None:
@@ -329,19 +340,34 @@ def test_least_privilege_grants(template: dict[str, Any]) -> None:
     } <= actions_of(processor)
     assert {"kafka-cluster:AlterTransactionalId", "kafka-cluster:AlterGroup"} <= actions_of(processor)
     assert "kafka-cluster:WriteData" in actions_of(ingest)
-    assert not {"kafka-cluster:ReadData", "dynamodb:BatchWriteItem"} & actions_of(ingest)
+    assert "dynamodb:BatchWriteItem" not in actions_of(ingest)
+    # Ingest reads the tail of what it publishes (its dedupe seed) and nothing else.
+    assert reads(ingest) == {topics.TRADES, topics.QUOTES}
+    assert reads(processor) == set(topics.INPUT_TOPICS)
     assert "dynamodb:Query" in actions_of(api)
     assert not {a for a in actions_of(api) if a.startswith(("athena:", "glue:", "s3:"))}  # hot store only
     assert not {"dynamodb:PutItem", "dynamodb:BatchWriteItem"} & actions_of(api)
 
-    def writes_to(statements: list[dict[str, Any]], topic: str) -> bool:
-        return any(
-            "kafka-cluster:WriteData" in s["Action"] and f"/{topic}" in json.dumps(s["Resource"])
-            for s in statements
-        )
-
     assert writes_to(ingest, topics.TRADES) and not writes_to(ingest, topics.FEATURES)
     assert writes_to(processor, topics.FEATURES) and not writes_to(processor, topics.TRADES)
+
+
+def reads(statements: list[dict[str, Any]]) -> set[str]:
+    """Topics a role has kafka-cluster:ReadData on."""
+    return {
+        topic
+        for s in statements
+        if "kafka-cluster:ReadData" in s["Action"]
+        for topic in topics.ALL_TOPICS
+        if f"/{topic}" in json.dumps(s["Resource"])
+    }
+
+
+def writes_to(statements: list[dict[str, Any]], topic: str) -> bool:
+    return any(
+        "kafka-cluster:WriteData" in s["Action"] and f"/{topic}" in json.dumps(s["Resource"])
+        for s in statements
+    )
 
 
 # --- lambdas, API, DLQ --------------------------------------------------------------------------

@@ -10,9 +10,16 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import pytest
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+
+from tradepulse.config import Settings
 
 from .conftest import LambdaContext
+
+
+def plaintext(bootstrap: str) -> Settings:
+    """The session broker has no authentication (the authorizing broker is in tests/cdk/test_msk_acl.py)."""
+    return Settings(kafka_bootstrap=bootstrap)
 
 
 @pytest.fixture
@@ -39,7 +46,15 @@ def cloudformation() -> Iterator[dict[str, Any]]:
         server.server_close()
 
 
-def request(kind: str, url: str, names: list[str], physical_id: str | None = None) -> dict[str, Any]:
+def request(
+    kind: str,
+    url: str,
+    names: list[str],
+    physical_id: str | None = None,
+    *,
+    partitions: int = 3,
+    retention_ms: int = 3_600_000,
+) -> dict[str, Any]:
     event = {
         "RequestType": kind,
         "ResponseURL": url,
@@ -48,7 +63,9 @@ def request(kind: str, url: str, names: list[str], physical_id: str | None = Non
         "LogicalResourceId": "StreamingTopics",
         "ResourceProperties": {
             "ClusterArn": "arn:aws:kafka:us-east-1:123456789012:cluster/tradepulse-dev/abc-1",
-            "Topics": [{"Name": n, "Partitions": "3", "RetentionMs": "3600000"} for n in names],
+            "Topics": [
+                {"Name": n, "Partitions": str(partitions), "RetentionMs": str(retention_ms)} for n in names
+            ],
         },
     }
     if physical_id:
@@ -64,7 +81,9 @@ def test_create_makes_the_topics_and_returns_the_bootstrap(
 
     names = [f"cr-{uuid.uuid4().hex[:8]}.{n}" for n in ("trades", "news")]
     event = request("Create", cloudformation["url"], names)
-    result = handle(event, lambda_context, lookup_bootstrap=lambda _arn: kafka_bootstrap, msk_iam=False)
+    result = handle(
+        event, lambda_context, lookup_bootstrap=lambda _arn: kafka_bootstrap, client_settings=plaintext
+    )
 
     (answer,) = cloudformation["received"]
     assert answer["Status"] == "SUCCESS" == result["Status"]
@@ -76,9 +95,64 @@ def test_create_makes_the_topics_and_returns_the_bootstrap(
 
     # Update re-runs creation idempotently and keeps the physical id.
     update = request("Update", cloudformation["url"], names, physical_id=answer["PhysicalResourceId"])
-    handle(update, lambda_context, lookup_bootstrap=lambda _arn: kafka_bootstrap, msk_iam=False)
+    handle(update, lambda_context, lookup_bootstrap=lambda _arn: kafka_bootstrap, client_settings=plaintext)
     assert cloudformation["received"][1]["Status"] == "SUCCESS"
     assert cloudformation["received"][1]["Data"]["Created"] == ""
+
+
+def retention(admin: AdminClient, name: str) -> str:
+    resource = ConfigResource(ResourceType.TOPIC, name)
+    return admin.describe_configs([resource])[resource].result()["retention.ms"].value
+
+
+@pytest.mark.kafka
+def test_update_raises_partitions_and_applies_retention(
+    kafka_bootstrap: str, cloudformation: dict[str, Any], lambda_context: LambdaContext
+) -> None:
+    """Raising topicPartitions/maxTasks or the retention after the first deploy reaches the topics."""
+    from topics.handler import handle
+
+    names = [f"cr-{uuid.uuid4().hex[:8]}.{n}" for n in ("trades", "quotes")]
+    create = request("Create", cloudformation["url"], names)
+    handle(create, lambda_context, lookup_bootstrap=lambda _arn: kafka_bootstrap, client_settings=plaintext)
+    physical_id = cloudformation["received"][0]["PhysicalResourceId"]
+
+    update = request(
+        "Update", cloudformation["url"], names, physical_id, partitions=6, retention_ms=7_200_000
+    )
+    handle(update, lambda_context, lookup_bootstrap=lambda _arn: kafka_bootstrap, client_settings=plaintext)
+    answer = cloudformation["received"][1]
+    assert answer["Status"] == "SUCCESS", answer["Reason"]
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    metadata = admin.list_topics(timeout=10).topics
+    assert [len(metadata[n].partitions) for n in names] == [6, 6]
+    assert [retention(admin, n) for n in names] == ["7200000", "7200000"]
+    assert answer["Data"]["Altered"] == ",".join(sorted(names))
+
+
+@pytest.mark.kafka
+def test_update_refuses_a_partition_decrease_and_changes_nothing(
+    kafka_bootstrap: str, cloudformation: dict[str, Any], lambda_context: LambdaContext
+) -> None:
+    from topics.handler import handle
+
+    names = [f"cr-{uuid.uuid4().hex[:8]}.{n}" for n in ("trades", "news")]
+    create = request("Create", cloudformation["url"], names, partitions=4)
+    handle(create, lambda_context, lookup_bootstrap=lambda _arn: kafka_bootstrap, client_settings=plaintext)
+    physical_id = cloudformation["received"][0]["PhysicalResourceId"]
+
+    update = request("Update", cloudformation["url"], names, physical_id, partitions=2, retention_ms=1000)
+    result = handle(
+        update, lambda_context, lookup_bootstrap=lambda _arn: kafka_bootstrap, client_settings=plaintext
+    )
+    answer = cloudformation["received"][1]
+    assert answer["Status"] == "FAILED" == result["Status"]
+    assert answer["Reason"].startswith("PartitionDecreaseError: Kafka cannot decrease")
+    assert f"{names[0]} has 4 partitions, spec asks for 2" in answer["Reason"]
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    metadata = admin.list_topics(timeout=10).topics
+    assert [len(metadata[n].partitions) for n in names] == [4, 4]
+    assert retention(admin, names[0]) == "3600000"  # refused as a whole: nothing half-applied
 
 
 def test_failure_is_reported_to_cloudformation(

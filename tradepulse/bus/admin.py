@@ -1,12 +1,30 @@
-"""Topic administration: create every topic idempotently from configuration, describe them."""
+"""Topic administration: create topics from configuration (locally `tradepulse topics`/`up`; on AWS the
+topics custom resource, which also applies partition and config changes), check that the topics a
+service uses exist, describe them.
+
+Services never create topics: with MSK IAM a principal sees only the topics it may describe, so a
+service that "creates what it cannot see" asks for CreateTopic, which it is not granted.
+"""
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
+from collections.abc import Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import KafkaError, KafkaException, TopicCollection
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewPartitions,
+    NewTopic,
+    ResourceType,
+)
 
 from tradepulse.bus.clients import base_config
 from tradepulse.config import Settings
@@ -24,6 +42,36 @@ class TopicState:
 
 def admin_client(settings: Settings) -> AdminClient:
     return AdminClient(base_config(settings))
+
+
+#: Errors after which waiting for an admin request is pointless (bad or missing credentials).
+_AUTH_FAILURES = (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED)
+
+
+class _Admin:
+    """An admin client whose waits end as soon as authentication fails (instead of at the request
+    timeout): a principal without credentials or without kafka-cluster:Connect fails in a second."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.auth_errors: list[KafkaError] = []
+        self.client = AdminClient(base_config(settings) | {"error_cb": self._on_error})
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.code() in _AUTH_FAILURES:
+            self.auth_errors.append(error)
+
+    def wait(self, futures: dict[Any, Future[Any]], timeout_s: float) -> None:
+        """Return when every future is done (their results may still raise), or raise the
+        authentication error, or TimeoutError."""
+        deadline = time.monotonic() + timeout_s
+        pending = set(futures.values())
+        while pending:
+            _, pending = concurrent.futures.wait(pending, timeout=0.05)
+            self.client.poll(0)  # serves error_cb
+            if self.auth_errors:
+                raise KafkaException(self.auth_errors[0])
+            if pending and time.monotonic() > deadline:
+                raise TimeoutError(f"admin request not answered within {timeout_s:.0f}s")
 
 
 def ensure_topics(
@@ -55,14 +103,144 @@ def ensure_topics(
     return created
 
 
-def _wait_for_leaders(admin: AdminClient, names: list[str], timeout_s: float = 30.0) -> None:
+class MissingTopicsError(RuntimeError):
+    """Topics a service needs are missing or not visible to its principal; the message names them."""
+
+
+class PartitionDecreaseError(ValueError):
+    """A topic spec asks for fewer partitions than the topic has (Kafka cannot remove partitions)."""
+
+
+def require_topics(settings: Settings, names: Iterable[str], *, timeout_s: float = 15.0) -> None:
+    """Raise `MissingTopicsError` naming every topic of `names` that does not exist or that this principal
+    may not describe (to a principal without DESCRIBE, Kafka reports an existing topic as unauthorized and
+    hides it from listings). Needs DESCRIBE on the topics only."""
+    names = list(dict.fromkeys(names))
+    admin = _Admin(settings)
+    futures = admin.client.describe_topics(TopicCollection(names), request_timeout=timeout_s)
+    admin.wait(futures, timeout_s + 1)
+    missing, hidden = [], []
+    for name, future in futures.items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            code = exc.args[0].code()
+            if code == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                missing.append(name)
+            elif code == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                hidden.append(name)
+            else:
+                raise
+    problems = []
+    if missing:
+        problems.append(f"missing topic(s) {', '.join(sorted(missing))}")
+    if hidden:
+        problems.append(
+            f"topic(s) {', '.join(sorted(hidden))} not visible to this principal "
+            "(missing, or no DESCRIBE / kafka-cluster:DescribeTopic grant)"
+        )
+    if problems:
+        raise MissingTopicsError(
+            "; ".join(problems) + ". Services do not create topics: run `tradepulse topics` (local broker); "
+            "on AWS the stack's topics custom resource creates them."
+        )
+
+
+@dataclass
+class TopicChanges:
+    """What `apply_topic_specs` changed."""
+
+    created: list[str]
+    #: topic → (partitions before, after)
+    partitions: dict[str, tuple[int, int]]
+    #: topic → {config key: new value}
+    configs: dict[str, dict[str, str]]
+
+
+def apply_topic_specs(
+    settings: Settings, specs: list[TopicSpec], *, replication: int = 1, timeout_s: float = 30.0
+) -> TopicChanges:
+    """Bring the topics to `specs`: create missing ones, raise partition counts (CreatePartitions) and
+    set differing configs (IncrementalAlterConfigs SET; other keys untouched). A spec with fewer
+    partitions than its topic raises `PartitionDecreaseError` before anything is changed.
+
+    Needs, per topic: DESCRIBE, CREATE (missing ones), ALTER (partitions), DESCRIBE_CONFIGS and
+    ALTER_CONFIGS (configs) - on MSK DescribeTopic, CreateTopic, AlterTopic,
+    DescribeTopicDynamicConfiguration and AlterTopicDynamicConfiguration."""
+    checked = _Admin(settings)
+    admin = checked.client
+    existing: dict[str, int] = {}
+    futures = admin.describe_topics(TopicCollection([s.name for s in specs]), request_timeout=timeout_s)
+    checked.wait(futures, timeout_s + 1)
+    for name, future in futures.items():
+        try:
+            existing[name] = len(future.result().partitions)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise
+    decreases = [
+        f"{s.name} has {existing[s.name]} partitions, spec asks for {s.partitions}"
+        for s in specs
+        if s.name in existing and s.partitions < existing[s.name]
+    ]
+    if decreases:
+        raise PartitionDecreaseError(
+            "Kafka cannot decrease a topic's partition count: "
+            + "; ".join(decreases)
+            + " (keep the count, or create a new topic and migrate)"
+        )
+    changes = TopicChanges([], {}, {})
+    missing = [s for s in specs if s.name not in existing]
+    if missing:
+        changes.created = ensure_topics(settings, missing, replication=replication)
+    grow = [s for s in specs if s.name in existing and s.partitions > existing[s.name]]
+    if grow:
+        futures = admin.create_partitions(
+            [NewPartitions(s.name, s.partitions) for s in grow], operation_timeout=timeout_s
+        )
+        for future in futures.values():
+            future.result()
+        changes.partitions = {s.name: (existing[s.name], s.partitions) for s in grow}
+    present = [s for s in specs if s.name in existing]
+    if present:
+        described = admin.describe_configs([ConfigResource(ResourceType.TOPIC, s.name) for s in present])
+        current = {resource.name: future.result() for resource, future in described.items()}
+        alter = []
+        for spec in present:
+            wanted = {k: v for k, v in spec.config().items() if current[spec.name][k].value != v}
+            if wanted:
+                changes.configs[spec.name] = wanted
+                entries = [
+                    ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in wanted.items()
+                ]
+                alter.append(ConfigResource(ResourceType.TOPIC, spec.name, incremental_configs=entries))
+        if alter:
+            for future in admin.incremental_alter_configs(alter).values():
+                future.result()
+    if changes.partitions:
+        _wait_for_leaders(
+            admin,
+            list(changes.partitions),
+            timeout_s,
+            min_partitions={name: after for name, (_, after) in changes.partitions.items()},
+        )
+    return changes
+
+
+def _wait_for_leaders(
+    admin: AdminClient,
+    names: list[str],
+    timeout_s: float = 30.0,
+    min_partitions: dict[str, int] | None = None,
+) -> None:
     """Creation returns before partitions have leaders; producing or reading offsets fails until then."""
     deadline = time.monotonic() + timeout_s
+    wanted = min_partitions or {}
     while time.monotonic() < deadline:
         topics = admin.list_topics(timeout=10).topics
         if all(
             name in topics
-            and topics[name].partitions
+            and len(topics[name].partitions) >= wanted.get(name, 1)
             and all(p.leader >= 0 for p in topics[name].partitions.values())
             for name in names
         ):

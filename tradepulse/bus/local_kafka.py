@@ -31,6 +31,25 @@ POM_PATH = REPO_ROOT / "kafka" / "pom.xml"
 MIN_JAVA = 17
 
 
+#: The standard authorizer of KRaft brokers (ACLs stored in the metadata log).
+STANDARD_AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+#: SASL mechanism of the secured listener; credentials are created at runtime (AlterUserScramCredentials).
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+
+
+@dataclass(frozen=True)
+class SecureListener:
+    """Run the broker like an authorizing cluster: clients connect over SASL_PLAINTEXT (SCRAM) as named
+    principals, the StandardAuthorizer checks every request against ACLs and nothing is allowed without
+    one. `admin` is a super user whose SCRAM credential is written when the storage is formatted, so it
+    can create the other principals' credentials and ACLs. The broker's own inter-broker and controller
+    listeners stay PLAINTEXT on loopback (their principal, ANONYMOUS, must be a super user for the
+    controller and transaction-marker requests)."""
+
+    admin_user: str = "admin"
+    admin_password: str = "admin-secret"
+
+
 class KafkaSetupError(RuntimeError):
     """A prerequisite is missing or the broker could not start; the message says what to do."""
 
@@ -91,6 +110,7 @@ class LocalKafka:
         controller_port: int = 0,
         heap: str = "1g",
         libs_root: Path | None = None,
+        secure: SecureListener | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         # The jar cache can be shared (tests run brokers in temp dirs but reuse one download).
@@ -102,6 +122,7 @@ class LocalKafka:
         self.requested_port = port
         self.requested_controller_port = controller_port
         self.heap = heap
+        self.secure = secure
         self.process: subprocess.Popen[bytes] | None = None
 
     # --- fetch ------------------------------------------------------------------------------
@@ -158,16 +179,22 @@ class LocalKafka:
         started = time.monotonic()
         port = self.requested_port or free_port()
         controller_port = self.requested_controller_port or free_port()
+        internal_port = free_port() if self.secure else 0
         self.home.mkdir(parents=True, exist_ok=True)
-        properties = self._write_config(port, controller_port)
+        properties = self._write_config(port, controller_port, internal_port)
         classpath = str(self.libs_dir / "*")
         java_opts = [f"-Xms{self.heap}", f"-Xmx{self.heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
                      "-Djava.awt.headless=true", f"-Dlog4j.configuration=file:{self.home / 'log4j.properties'}"]  # fmt: skip
         if not (self.log_dir / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            scram = []
+            if self.secure:
+                user, password = self.secure.admin_user, self.secure.admin_password
+                scram = ["--add-scram", f"{SCRAM_MECHANISM}=[name={user},password={password}]"]
+            # `--cluster-id=` form: a base64 id may start with "-", which the parser took for an option.
             fmt = subprocess.run(
                 [java, "-cp", classpath, *java_opts, "kafka.tools.StorageTool", "format",
-                 "-t", cluster_id, "-c", str(properties), "--ignore-formatted"],
+                 f"--cluster-id={cluster_id}", "-c", str(properties), "--ignore-formatted", *scram],
                 capture_output=True, text=True,
             )  # fmt: skip
             if fmt.returncode != 0:
@@ -183,7 +210,7 @@ class LocalKafka:
         bootstrap = f"127.0.0.1:{port}"
         info = BrokerInfo(self.process.pid, bootstrap, controller_port, kafka_version(), time.time())
         try:
-            self._wait_ready(bootstrap, timeout_s)
+            self._wait_ready(bootstrap, timeout_s, self.admin_config(bootstrap) if self.secure else {})
         except KafkaSetupError:
             self.stop()
             raise
@@ -196,8 +223,20 @@ class LocalKafka:
             )
         return info
 
-    def _wait_ready(self, bootstrap: str, timeout_s: float) -> None:
-        admin = AdminClient({"bootstrap.servers": bootstrap, "logger": _quiet_logger})
+    def admin_config(self, bootstrap: str) -> dict[str, str]:
+        """Client settings of the super user on the secured listener (empty without one)."""
+        if self.secure is None:
+            return {}
+        return {
+            "bootstrap.servers": bootstrap,
+            "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanisms": SCRAM_MECHANISM,
+            "sasl.username": self.secure.admin_user,
+            "sasl.password": self.secure.admin_password,
+        }
+
+    def _wait_ready(self, bootstrap: str, timeout_s: float, security: dict[str, str]) -> None:
+        admin = AdminClient({"bootstrap.servers": bootstrap, "logger": _quiet_logger} | security)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
@@ -239,7 +278,32 @@ class LocalKafka:
         self.process = None
         return True
 
-    def _write_config(self, port: int, controller_port: int) -> Path:
+    def _listener_lines(self, port: int, controller_port: int, internal_port: int) -> list[str]:
+        if self.secure is None:
+            return [
+                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+                "controller.listener.names=CONTROLLER",
+                "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            ]
+        scram = SCRAM_MECHANISM.lower()
+        return [
+            f"listeners=SASL_PLAINTEXT://127.0.0.1:{port},INTERNAL://127.0.0.1:{internal_port},"
+            f"CONTROLLER://127.0.0.1:{controller_port}",
+            f"advertised.listeners=SASL_PLAINTEXT://127.0.0.1:{port},INTERNAL://127.0.0.1:{internal_port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=INTERNAL",
+            "listener.security.protocol.map=SASL_PLAINTEXT:SASL_PLAINTEXT,INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"sasl.enabled.mechanisms={SCRAM_MECHANISM}",
+            f"listener.name.sasl_plaintext.{scram}.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            f"authorizer.class.name={STANDARD_AUTHORIZER}",
+            "allow.everyone.if.no.acl.found=false",
+            f"super.users=User:ANONYMOUS;User:{self.secure.admin_user}",
+        ]
+
+    def _write_config(self, port: int, controller_port: int, internal_port: int = 0) -> Path:
         properties = self.home / "server.properties"
         properties.write_text(
             "\n".join(
@@ -247,11 +311,7 @@ class LocalKafka:
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
-                    "controller.listener.names=CONTROLLER",
-                    "inter.broker.listener.name=PLAINTEXT",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    *self._listener_lines(port, controller_port, internal_port),
                     f"log.dirs={self.log_dir}",
                     # One broker: internal topics cannot be replicated.
                     "offsets.topic.replication.factor=1",
@@ -276,8 +336,22 @@ class LocalKafka:
             "log4j.appender.stdout.layout=org.apache.log4j.PatternLayout\n"
             "log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n\n"
             "log4j.logger.kafka.server.BrokerServer=INFO\n"
+            + (self._security_log_config() if self.secure else "")
         )
         return properties
+
+    def _security_log_config(self) -> str:
+        """Authorization denials and failed authentications go to `security.log` (tests read it)."""
+        return (
+            "log4j.appender.security=org.apache.log4j.FileAppender\n"
+            f"log4j.appender.security.File={self.home / 'security.log'}\n"
+            "log4j.appender.security.layout=org.apache.log4j.PatternLayout\n"
+            "log4j.appender.security.layout.ConversionPattern=[%d] %m%n\n"
+            "log4j.logger.kafka.authorizer.logger=INFO, security\n"
+            "log4j.additivity.kafka.authorizer.logger=false\n"
+            "log4j.logger.org.apache.kafka.common.network.Selector=INFO, security\n"
+            "log4j.additivity.org.apache.kafka.common.network.Selector=false\n"
+        )
 
     def _log_tail(self, lines: int = 20) -> str:
         try:

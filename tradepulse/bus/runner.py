@@ -142,6 +142,15 @@ class Backpressure(Protocol):
     def pause_remaining_s(self) -> float: ...
 
 
+#: Errors that mean this principal may not do what the runner needs; retrying cannot help.
+_DENIED = (
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.GROUP_AUTHORIZATION_FAILED,
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+)
+
+
 class Runner:
     """One runner process (one consumer group member, one transactional producer)."""
 
@@ -385,7 +394,8 @@ class Runner:
             error = message.error()
             if error is None:
                 valid.append(message)
-            elif error.fatal():
+            elif error.fatal() or error.code() in _DENIED:
+                # A missing grant does not heal by retrying: stop with it instead of spinning.
                 raise KafkaException(error)
             elif error.code() != KafkaError._PARTITION_EOF:
                 log.warning("consume error: %s", error)
@@ -513,10 +523,12 @@ class Runner:
         except KafkaException as exc:
             error = exc.args[0]
             if error.txn_requires_abort():
+                producer.abort_transaction(30)
+                if error.code() in _DENIED:
+                    raise  # a missing grant (e.g. WRITE on an output topic): a replay would fail the same
                 # Typically fenced by a rebalance: our offsets were rejected. Abort the outputs and
                 # replay from the committed offsets with freshly rebuilt state.
                 log.warning("transaction aborted (%s); rewinding to the committed offsets", error)
-                producer.abort_transaction(30)
                 self._rewind()
                 return
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 
@@ -31,13 +32,20 @@ from tradepulse.config import get_settings
 def process(instance: str, progress_s: float, exit_when_idle: float | None) -> None:
     """Consume trades/quotes/news, compute features, anomalies and news correlations, write the stores
     and produce the outputs, exactly once. SIGTERM/SIGINT finish the batch, commit and exit."""
+    from tradepulse.bus.admin import MissingTopicsError, require_topics
     from tradepulse.bus.pipeline import build_runner
     from tradepulse.bus.watchdog import Watchdog
+    from tradepulse.topics import PROCESSOR_TOPICS
 
     settings = get_settings()
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
+    try:
+        require_topics(settings, PROCESSOR_TOPICS)
+    except MissingTopicsError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(3)
     runner = build_runner(settings, instance=instance, commit_watchdog=Watchdog(settings.commit_watchdog_s))
     runner.install_signal_handlers()
     metrics = runner.metrics

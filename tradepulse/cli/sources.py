@@ -24,6 +24,29 @@ def _setup(settings: Settings) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+def _await_api_key(settings: Settings, name: str) -> Settings:
+    """The settings with a real provider key: a placeholder is re-read from the secret until set."""
+    from tradepulse.sources.api_keys import PlaceholderKeyError, wait_for_api_key
+
+    try:
+        return wait_for_api_key(settings, name)
+    except PlaceholderKeyError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(2)
+
+
+def _require_topics(settings: Settings, names: tuple[str, ...]) -> None:
+    """Exit with a clear message if a topic the service uses is missing (services never create topics:
+    on MSK a principal sees only what it may describe and has no CreateTopic)."""
+    from tradepulse.bus.admin import MissingTopicsError, require_topics
+
+    try:
+        require_topics(settings, names)
+    except MissingTopicsError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(3)
+
+
 async def _run_until_signal(
     run: Awaitable[None], stop: Callable[[], Awaitable[None]], progress: Callable[[], None], every_s: float
 ) -> None:
@@ -49,14 +72,15 @@ def ingest(url: str | None, tickers: str | None, progress_s: float) -> None:
 
     Invalid events go to the dead-letter queue; SIGINT/SIGTERM flush the producer and exit.
     """
-    from tradepulse.bus.admin import ensure_topics
     from tradepulse.sources.ingest import IngestService, client_from_settings
     from tradepulse.sources.massive import MassiveError
     from tradepulse.stores.factory import open_dlq
+    from tradepulse.topics import INGEST_TOPICS
 
     settings = get_settings()
     _setup(settings)
-    ensure_topics(settings)
+    settings = _await_api_key(settings, "MASSIVE_API_KEY")
+    _require_topics(settings, INGEST_TOPICS)
     ticker_list = [t.strip() for t in tickers.split(",") if t.strip()] if tickers else None
     dlq = open_dlq(settings)
     service = IngestService(
@@ -100,12 +124,13 @@ def ingest(url: str | None, tickers: str | None, progress_s: float) -> None:
 )
 def news(base_url: str | None, once: bool, progress_s: float) -> None:
     """Poll Finnhub company news for every ticker and publish new articles to market.news."""
-    from tradepulse.bus.admin import ensure_topics
     from tradepulse.sources.news import NewsPoller, news_endpoint
     from tradepulse.stores.factory import open_dlq
+    from tradepulse.topics import NEWS_TOPICS
 
     settings = get_settings()
     _setup(settings)
+    settings = _await_api_key(settings, "FINNHUB_API_KEY")
     if news_endpoint(settings)[1] is None:
         # Not an error for `tradepulse up` with only a Massive key: news is optional, so stay idle
         # (exiting would make the supervisor stop the whole pipeline).
@@ -114,7 +139,7 @@ def news(base_url: str | None, once: bool, progress_s: float) -> None:
             with contextlib.suppress(KeyboardInterrupt):
                 signal.sigwait({signal.SIGINT, signal.SIGTERM})
         return
-    ensure_topics(settings)
+    _require_topics(settings, NEWS_TOPICS)
     dlq = open_dlq(settings)
     poller = NewsPoller(settings, dlq=dlq, base_url=base_url)
     click.echo(f"[news] polling {len(poller.tickers)} tickers at {poller.base_url}", err=True)

@@ -252,6 +252,8 @@ def _read_to_end(
                 yield message
             elif error.code() == KafkaError._PARTITION_EOF:
                 pending.discard((message.topic(), message.partition()))
+            elif error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                raise KafkaException(error)  # no ReadData: fail now, not after the whole timeout
     if pending:
         log.warning("ingest: dedupe seed did not reach the end of %s", sorted(pending))
 
