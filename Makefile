@@ -96,7 +96,7 @@ chaos: kafka-jars
 	$(BIN)/pytest -m "" tests/reliability $(PYTEST_ARGS)
 
 clean:
-	rm -rf .pytest_cache .ruff_cache cdk.out test-artifacts results layers/build
+	rm -rf .pytest_cache .ruff_cache cdk.out test-artifacts results layers/build build
 
 distclean: clean
 	rm -rf $(VENV) .tradepulse node_modules
