@@ -436,7 +436,9 @@ class HealthChecker:
                     "down",
                 )
             elif stuck:
-                detail, state = "; ".join(f"{v.instance}: {v.detail}" for v in stuck), "down"
+                named = len(views) > 1  # with one runner, its name adds nothing
+                detail = "; ".join(f"{v.instance}: {v.detail}" if named else v.detail for v in stuck)
+                state = "down"
             elif missing:
                 names = ", ".join(f"{v.instance} ({v.detail})" for v in missing)
                 detail, state = f"{len(live)} of {len(views)} runners live; missing: {names}", "degraded"
