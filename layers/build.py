@@ -30,7 +30,7 @@ BUILD_DIR = LAYERS_DIR / "build"
 # Lambda's Python 3.14 runtime is Amazon Linux 2023 (glibc 2.34): manylinux 2014 and 2_28 wheels both fit
 # (confluent-kafka publishes 2_28 only).
 PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_28_x86_64")
-PYTHON_VERSION = "3.14"  # must match the Lambda runtime in cdk/lambdas.py
+PYTHON_VERSION = "3.14"  # = cdk/layer.py RUNTIME (checked there); `make lock` compiles the layer locks for it
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo")
 
 
