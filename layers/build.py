@@ -41,13 +41,17 @@ class LayerBuildError(RuntimeError):
 # Dead weight in a layer: console scripts, C/C++ headers and sources, test suites, Cython sources.
 STRIP_DIRS = ("bin", "*/include", "*/tests", "*/test", "pyarrow/src", "pyarrow/includes")
 STRIP_FILES = ("*.pyx", "*.pxd", "*.pxi", "*.h", "*.hpp", "*.cc", "*.c")
+# Arrow Flight (RPC): ~32 MB only pyarrow.flight loads (Substrait stays: pyarrow.lib links it; tests/ship
+# caught that by importing the layer).
+STRIP_PATHS = ("pyarrow/*flight*",)
 
 
 def deps_dir(requirements: Path = REQUIREMENTS, python_version: str = PYTHON_VERSION) -> Path:
     """Cache directory of the third-party wheels of this lock for this target (the Lambda runtime's
     Python by default; the tests also build the same lock for the local Python)."""
     key = hashlib.sha256(
-        requirements.read_bytes() + f"{PLATFORMS}/{python_version}/{STRIP_DIRS}/{STRIP_FILES}".encode()
+        requirements.read_bytes()
+        + f"{PLATFORMS}/{python_version}/{STRIP_DIRS}/{STRIP_FILES}/{STRIP_PATHS}".encode()
     ).hexdigest()
     return BUILD_DIR / f"deps-{key[:16]}"
 
@@ -79,6 +83,9 @@ def install_deps(requirements: Path = REQUIREMENTS, python_version: str = PYTHON
     for pattern in STRIP_FILES:
         for path in partial.rglob(pattern):
             path.unlink()
+    for pattern in STRIP_PATHS:
+        for path in partial.glob(pattern):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     (partial / ".complete").write_text("ok\n")
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
