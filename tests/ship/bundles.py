@@ -9,6 +9,7 @@ only for the local interpreter. Sizes are always measured on the real assets.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -117,6 +118,7 @@ def local_opt(layers: list[Path], dest: Path) -> Path:
     """/opt as Lambda extracts these layers, with the wheels built for the local Python from the same
     locks (`layers/build.py install_deps`, cached by lock hash). Returns `dest/python`."""
     build = layer_build()
+    (dest / "python").mkdir(parents=True, exist_ok=True)
     for layer in layers:
         lock = _layer_lock(layer)
         lambda_deps = {p.name for p in build.deps_dir(lock).iterdir()}
@@ -128,7 +130,10 @@ def local_opt(layers: list[Path], dest: Path) -> Path:
         for entry in (layer / "python").iterdir():  # the asset's own content, e.g. `tradepulse/`
             if entry.name not in lambda_deps:
                 target = dest / "python" / entry.name
-                _link_tree(entry, target) if entry.is_dir() else shutil.copy2(entry, target)
+                if entry.is_dir():
+                    _link_tree(entry, target)
+                else:
+                    shutil.copy2(entry, target)
         _link_tree(local_deps, dest / "python")
     (dest / "python" / ".complete").unlink(missing_ok=True)
     return dest / "python"
@@ -139,8 +144,6 @@ def runtime_packages(cache: Path) -> Path:
     installed hash-checked into a folder cached by their pins."""
     pins = pins_for(LOCK, LOCAL_PYTHON)
     lines = [pins[name].requirement_text() for name in RUNTIME_PACKAGES]
-    import hashlib
-
     target = cache / f"runtime-{hashlib.sha256(''.join(lines).encode()).hexdigest()[:16]}"
     if (target / ".complete").exists():
         return target
