@@ -28,7 +28,15 @@ from tradepulse.sources import api_keys
 METRICS_NAMESPACE = metrics_emf.NAMESPACE
 SERVICE_NAMES = ("ingest", "news", "processor")
 # Docker build context = the repository, reduced to what the images install (docker ignore syntax).
-IMAGE_CONTEXT_EXCLUDE = ["*", "!pyproject.toml", "!README.md", "!tradepulse", "!services", "**/__pycache__"]
+IMAGE_CONTEXT_EXCLUDE = [
+    "*",
+    "!requirements.txt",
+    "!pyproject.toml",
+    "!README.md",
+    "!tradepulse",
+    "!services",
+    "**/__pycache__",
+]
 CONSUMER_LAG_SCALE_OUT = 5_000
 CONSUMER_LAG_SCALE_OUT_FAST = 10_000
 CONSUMER_LAG_SCALE_IN = 500

@@ -179,6 +179,8 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     health_commit_stale_s: float = 30.0
+    # A runner whose last heartbeat is older than this is no longer listed as missing (a replaced task).
+    health_runner_forget_s: float = 900.0
     health_lag_degraded: int = 10_000
     health_write_p99_degraded_ms: float = 100.0
 

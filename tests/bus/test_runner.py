@@ -395,6 +395,8 @@ def test_every_emitted_feature_matches_an_independent_recomputation(
     status = orjson.loads(runner.status_file.read_bytes())
     assert status["events_processed"] == len(recording.events)
     assert status["last_commit_at"] > 0 and status["pid"] > 0
+    # The last heartbeat of a clean stop says the runner left (/health then does not list it as missing).
+    assert status["stopped_at"] >= status["last_commit_at"]
 
 
 POISON: list[tuple[str, bytes, str]] = [

@@ -305,6 +305,7 @@ def test_service_images_are_staged_from_the_service_dockerfiles(synth: tuple[dic
         context = outdir / asset["source"]["directory"]
         staged = {p.name for p in context.iterdir()}
         assert staged == {
+            "requirements.txt",  # the lock the images install
             "pyproject.toml",
             "README.md",
             "tradepulse",

@@ -21,25 +21,33 @@ object describing itself (`tradepulse.bus.status.RunnerMetrics.snapshot()` build
     }
 
 - Locally the runner writes it atomically to `<data_dir>/runner-status.json`
-  (`tradepulse.bus.status.status_path` + `write_json_atomic`: temp file + `os.replace`), so a reader never
-  sees half a file. Additional runner instances write `runner-status-<n>.json`; /health reads instance 0.
-- In AWS (no shared disk between the ECS runner and the Lambda API) the same object also goes to the hot
-  store: `DynamoHotStore.put_runner_status(status, instance)` / `get_runner_status(instance) -> dict | None`
-  (optional methods beyond the HotStore protocol, SQLite has none). The runner always publishes through
-  `tradepulse.bus.status.publish_status` (file, plus the store when it has `put_runner_status`); the API
-  reads the store when `hot_store == "dynamodb"` (`HotStoreRunnerStatusSource`), else the file.
+  (`tradepulse.bus.heartbeat.status_path` + `write_json_atomic`: temp file + `os.replace`), so a reader
+  never sees half a file. Other runner instances write `runner-status-<instance>.json`.
+- In AWS (no shared disk between the ECS runners and the Lambda API) the same object also goes to the hot
+  store: `DynamoHotStore.put_runner_status(status, instance)`; `get_runner_statuses()` lists every
+  instance (optional methods beyond the HotStore protocol, SQLite has none). On ECS each processor task
+  is an instance named by its hostname. The runner always publishes through `publish_status` (file, plus
+  the store when it has `put_runner_status`); the API reads the store when `hot_store == "dynamodb"`
+  (`HotStoreRunnerStatusSource`), else the files (`FileRunnerStatusSource`).
+- A runner that stops gracefully publishes a last heartbeat with `stopped_at` set: it left, it is not lost.
 
 Consumer lag comes from the runner's own view (its consumer knows positions and high watermarks for
 free); computing it here from committed offsets would cost two admin round trips per check.
 
 ## Rules
-- unhealthy (HTTP 503): no heartbeat at all, the heartbeat is older than `health_commit_stale_s`
-  (runner dead or hung), the runner has not committed for `health_commit_stale_s` while it has lag
-  (stuck; an idle, caught-up runner has nothing to commit and is fine), or the broker is unreachable.
+Every runner instance that reported is judged on its own and listed as a component `runner:<instance>`;
+the `runner` component sums them up. Stopped runners, and runners silent for longer than
+`health_runner_forget_s` (a replaced task), are not listed.
+- unhealthy (HTTP 503): no heartbeat at all, no runner with a heartbeat younger than
+  `health_commit_stale_s` (all dead or hung), a runner that has not committed for `health_commit_stale_s`
+  while it has lag (stuck; an idle, caught-up runner has nothing to commit and is fine), or the broker is
+  unreachable.
   Also when reading the heartbeat raises (DynamoDB unavailable, an unreadable file): the component that
   failed (`hot_store`, or `runner` for the file) is `down` with the exception's class in `error` (never its
   message, which may name endpoints or credentials), and the runner's state is `unknown`.
-- degraded: consumer lag > `health_lag_degraded` or hot-store write p99 > `health_write_p99_degraded_ms`.
+- degraded: some runners live but another is missing (its heartbeat went stale: a crashed task whose
+  partitions wait for the group to reassign them), consumer lag (summed over the live runners) >
+  `health_lag_degraded`, or hot-store write p99 (the worst runner's) > `health_write_p99_degraded_ms`.
 - healthy otherwise.
 """
 
@@ -55,7 +63,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tradepulse.api.responses import ComponentHealth, HealthResponse, iso_ms
-from tradepulse.bus.status import status_path
+from tradepulse.bus.heartbeat import status_files, status_path
 from tradepulse.config import Settings
 
 BROKER_TIMEOUT_S = 1.0
@@ -84,15 +92,22 @@ class RunnerStatus(BaseModel):
     e2e_latency_p99_ms: float | None = None
     batch_p99_ms: float | None = None
 
+    stopped_at: float | None = None
+
     @property
     def heartbeat_at(self) -> float:
         return self.updated_at if self.updated_at is not None else self.last_commit_at
 
 
+def _newest(statuses: dict[str, RunnerStatus]) -> RunnerStatus | None:
+    return max(statuses.values(), key=lambda s: s.heartbeat_at, default=None)
+
+
 class RunnerStatusSource(Protocol):
-    def read(self) -> RunnerStatus | None:
-        """The latest heartbeat, or None if the runner has never reported. May raise when its backing
-        component fails; a source may name that component in a `component` attribute (default: runner)."""
+    def read_all(self) -> dict[str, RunnerStatus]:
+        """instance → latest heartbeat, of every runner instance that reported ({} if none). May raise
+        when its backing component fails; a source may name that component in a `component` attribute
+        (default: runner)."""
 
 
 def error_name(exc: BaseException) -> str:
@@ -110,38 +125,123 @@ def runner_status_path(settings: Settings) -> Path:
 
 
 class FileRunnerStatusSource:
-    """Reads `<data_dir>/runner-status.json`; a missing or malformed file reads as no heartbeat, any other
-    read error (permissions, a directory in its place) raises."""
+    """Reads `<data_dir>/runner-status.json` (instance "0", the given `path`) and the
+    `runner-status-<instance>.json` files beside it; a missing or malformed file reads as no heartbeat,
+    any other read error (permissions, a directory in its place) raises."""
 
     component = "runner"
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
+    def read_all(self) -> dict[str, RunnerStatus]:
+        paths = {"0": self.path} | {i: p for i, p in status_files(self.path.parent).items() if i != "0"}
+        statuses: dict[str, RunnerStatus] = {}
+        for instance, path in paths.items():
+            try:
+                statuses[instance] = RunnerStatus.model_validate_json(path.read_bytes())
+            except (FileNotFoundError, ValidationError):
+                continue
+        return statuses
+
     def read(self) -> RunnerStatus | None:
-        try:
-            return RunnerStatus.model_validate_json(self.path.read_bytes())
-        except (FileNotFoundError, ValidationError):
-            return None
+        """The newest heartbeat of any instance (None if none reported)."""
+        return _newest(self.read_all())
 
 
 class HotStoreRunnerStatusSource:
-    """Reads the heartbeat the runner put in the hot store (AWS: DynamoDB item); store errors raise."""
+    """Reads the heartbeats the runners put in the hot store (AWS: DynamoDB items, all instances with one
+    query when the store can list them); store errors raise."""
 
     component = "hot_store"
 
     def __init__(self, hot_store: Any) -> None:
         self._store = hot_store
 
+    def read_all(self) -> dict[str, RunnerStatus]:
+        listing = getattr(self._store, "get_runner_statuses", None)
+        if listing is not None:
+            raw: dict[str, Any] = listing()
+        else:
+            getter = getattr(self._store, "get_runner_status", None)
+            one = getter() if getter is not None else None
+            raw = {"0": one} if one else {}
+        statuses: dict[str, RunnerStatus] = {}
+        for instance, document in raw.items():
+            try:
+                statuses[instance] = RunnerStatus.model_validate(document)
+            except ValidationError:
+                continue
+        return statuses
+
     def read(self) -> RunnerStatus | None:
-        getter = getattr(self._store, "get_runner_status", None)
-        if getter is None:
-            return None
-        raw = getter()
-        try:
-            return RunnerStatus.model_validate(raw) if raw else None
-        except ValidationError:
-            return None
+        """The newest heartbeat of any instance (None if none reported)."""
+        return _newest(self.read_all())
+
+
+@dataclass(frozen=True)
+class RunnerView:
+    """One runner instance as /health judges it at `now`."""
+
+    instance: str
+    status: RunnerStatus
+    heartbeat_age: float
+    commit_age: float
+    state: str  # "ok", "missing" (heartbeat stale), "stuck" (lag but no commit)
+
+    @property
+    def detail(self) -> str:
+        if self.state == "missing":
+            return f"no heartbeat for {self.heartbeat_age:.0f} s (runner down?)"
+        if self.state == "stuck":
+            return f"no commit for {self.commit_age:.0f} s with {self.status.consumer_lag} messages of lag"
+        return f"committed {self.commit_age:.1f} s ago"
+
+
+def judge_runners(
+    statuses: dict[str, RunnerStatus], now: float, stale_s: float, forget_s: float
+) -> list[RunnerView]:
+    """The runners /health reports (sorted by instance): not stopped, heard from within `forget_s`."""
+    views = []
+    for instance, status in sorted(statuses.items()):
+        heartbeat_age = max(0.0, now - status.heartbeat_at)
+        if status.stopped_at is not None or heartbeat_age > forget_s:
+            continue
+        commit_age = max(0.0, now - status.last_commit_at)
+        if heartbeat_age > stale_s:
+            state = "missing"
+        elif commit_age > stale_s and status.consumer_lag > 0:
+            state = "stuck"
+        else:
+            state = "ok"
+        views.append(RunnerView(instance, status, heartbeat_age, commit_age, state))
+    return views
+
+
+def combine(views: list[RunnerView]) -> RunnerStatus | None:
+    """One pipeline-wide status over the runners that are not missing (all of them when every one is):
+    lag, events, throughput and backpressure summed; latencies and DLQ depth the worst; the newest
+    heartbeat and commit."""
+    basis = [v.status for v in views if v.state != "missing"] or [v.status for v in views]
+    if not basis:
+        return None
+
+    def worst(values: list[float | None]) -> float | None:
+        present = [v for v in values if v is not None]
+        return max(present) if present else None
+
+    return RunnerStatus(
+        updated_at=max(s.heartbeat_at for s in basis),
+        last_commit_at=max(s.last_commit_at for s in basis),
+        consumer_lag=sum(s.consumer_lag for s in basis),
+        events_processed=sum(s.events_processed for s in basis),
+        events_per_s=round(sum(s.events_per_s for s in basis), 1),
+        write_p99_ms=worst([s.write_p99_ms for s in basis]),
+        backpressure_activations=sum(s.backpressure_activations for s in basis),
+        dlq_depth=max(s.dlq_depth for s in basis),
+        e2e_latency_p99_ms=worst([s.e2e_latency_p99_ms for s in basis]),
+        batch_p99_ms=worst([s.batch_p99_ms for s in basis]),
+    )
 
 
 @dataclass(frozen=True)
@@ -221,17 +321,23 @@ class HealthChecker:
         self._monotonic = monotonic
         self._started = monotonic()
 
-    def runner_status(self) -> RunnerStatus | None:
-        return self.runner_source.read()
-
-    def read_runner_status(self) -> tuple[RunnerStatus | None, BaseException | None]:
-        """The heartbeat, or the exception its source raised (a failing store must not fail /health)."""
+    def read_runners(self) -> tuple[list[RunnerView], BaseException | None, bool]:
+        """(the runners to report, the exception their source raised, whether any runner ever reported).
+        A failing store must not fail /health."""
         try:
-            return self.runner_status(), None
+            statuses = self.runner_source.read_all()
         except Exception as exc:
             component = getattr(self.runner_source, "component", "runner")
             log.warning("runner status unreadable (%s failed)", component, exc_info=True)
-            return None, exc
+            return [], exc, False
+        s = self._settings
+        views = judge_runners(statuses, self._wall(), s.health_commit_stale_s, s.health_runner_forget_s)
+        return views, None, bool(statuses)
+
+    def read_runner_status(self) -> tuple[RunnerStatus | None, BaseException | None]:
+        """The pipeline-wide view over the runners (`combine`), or the exception their source raised."""
+        views, error, _ = self.read_runners()
+        return combine(views), error
 
     def broker_check(self) -> BrokerCheck:
         if self._broker is None:
@@ -264,7 +370,8 @@ class HealthChecker:
     def check(self) -> HealthResponse:
         s = self._settings
         now = self._wall()
-        status, status_error = self.read_runner_status()
+        views, status_error, ever_reported = self.read_runners()
+        status = combine(views)
         broker = self.broker_check()
         unhealthy: list[str] = []
         degraded: list[str] = []
@@ -283,35 +390,65 @@ class HealthChecker:
                 )
             unhealthy.append(failed)
         elif status is None:
-            components["runner"] = ComponentHealth(
-                status="down", detail="the runner has never reported a heartbeat"
+            detail = (
+                "no runner is running (the last one stopped or went silent long ago)"
+                if ever_reported
+                else "the runner has never reported a heartbeat"
             )
+            components["runner"] = ComponentHealth(status="down", detail=detail)
             unhealthy.append("runner")
         else:
-            heartbeat_age = max(0.0, now - status.heartbeat_at)
-            commit_age = max(0.0, now - status.last_commit_at)
+            live = [v for v in views if v.state != "missing"]
+            missing = [v for v in views if v.state == "missing"]
+            stuck = [v for v in views if v.state == "stuck"]
+            for v in views:
+                components[f"runner:{v.instance}"] = ComponentHealth(
+                    status="ok" if v.state == "ok" else "down",
+                    detail=v.detail,
+                    metrics={
+                        "heartbeat_age_s": round(v.heartbeat_age, 3),
+                        "last_commit_age_s": round(v.commit_age, 3),
+                        "consumer_lag": v.status.consumer_lag,
+                        "events_per_s": v.status.events_per_s,
+                    },
+                )
             metrics = {
-                "heartbeat_age_s": round(heartbeat_age, 3),
-                "last_commit_age_s": round(commit_age, 3),
+                "heartbeat_age_s": round(max(0.0, now - status.heartbeat_at), 3),
+                "last_commit_age_s": round(max(0.0, now - status.last_commit_at), 3),
                 "events_processed": status.events_processed,
                 "events_per_s": status.events_per_s,
                 "backpressure_activations": status.backpressure_activations,
                 "dlq_depth": status.dlq_depth,
                 "e2e_latency_p99_ms": status.e2e_latency_p99_ms,
                 "batch_p99_ms": status.batch_p99_ms,
+                "runners_live": len(live),
+                "runners_missing": len(missing),
             }
-            if heartbeat_age > s.health_commit_stale_s:
-                detail, state = f"no heartbeat for {heartbeat_age:.0f} s (runner down?)", "down"
-            elif commit_age > s.health_commit_stale_s and status.consumer_lag > 0:
+            runs = f" ({len(live)} runners)" if len(live) > 1 else ""
+            if not live:
                 detail, state = (
-                    f"no commit for {commit_age:.0f} s with {status.consumer_lag} messages of lag",
+                    missing[0].detail
+                    if len(missing) == 1
+                    else (
+                        f"no heartbeat from any of {len(missing)} runners for "
+                        f"{min(v.heartbeat_age for v in missing):.0f} s (runners down?)"
+                    ),
                     "down",
                 )
+            elif stuck:
+                named = len(views) > 1  # with one runner, its name adds nothing
+                detail = "; ".join(f"{v.instance}: {v.detail}" if named else v.detail for v in stuck)
+                state = "down"
+            elif missing:
+                names = ", ".join(f"{v.instance} ({v.detail})" for v in missing)
+                detail, state = f"{len(live)} of {len(views)} runners live; missing: {names}", "degraded"
             else:
-                detail, state = f"committed {commit_age:.1f} s ago", "ok"
+                detail, state = f"committed {max(0.0, now - status.last_commit_at):.1f} s ago{runs}", "ok"
             components["runner"] = ComponentHealth(status=state, detail=detail, metrics=metrics)
             if state == "down":
                 unhealthy.append("runner")
+            elif state == "degraded":
+                degraded.append("runner")
 
         components["broker"] = ComponentHealth(
             status="ok" if broker.reachable else "down",

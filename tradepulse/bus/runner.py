@@ -262,6 +262,7 @@ class Runner:
             self.cold.close()
         except Exception:
             log.exception("cold store flush on shutdown failed; the rows are replayed on restart")
+        self.metrics.stopped_at = time.time()  # the last heartbeat: left, not lost (for /health)
         self._write_status()
         if self.consumer is not None:
             self.consumer.close()

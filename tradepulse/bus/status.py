@@ -1,64 +1,30 @@
 """Runner metrics and the status heartbeat that `/health` reads.
 
 After each committed batch (at most once per `interval_s`) the runner publishes its status through
-`publish_status`: always to `<data_dir>/runner-status.json`, atomically (temporary file + rename) so a
-reader never sees half a file, and also to the hot store when it holds heartbeats (DynamoDB: the Lambda
-API has no shared disk with the runner).
+`publish_status`: always to `<data_dir>/runner-status.json` (`runner-status-<instance>.json` for other
+instances), atomically (temporary file + rename) so a reader never sees half a file, and also to the hot
+store when it holds heartbeats (DynamoDB: the Lambda API has no shared disk with the runner). The
+transport lives in `tradepulse.bus.heartbeat` (re-exported here), which readers import without numpy.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 from hdrh.histogram import HdrHistogram
 
-STATUS_FILE = "runner-status.json"
-
-log = logging.getLogger(__name__)
-
-
-def status_path(data_dir: Path, instance: str = "0") -> Path:
-    """Status file of one runner instance; instance "0" (the default, single runner) uses the plain name
-    the API reads, others get a suffix so that two runners sharing a data dir do not overwrite each other."""
-    return data_dir / (STATUS_FILE if instance == "0" else f"runner-status-{instance}.json")
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON to `path` via a temporary sibling and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(orjson.dumps(payload, option=orjson.OPT_INDENT_2))
-    os.replace(tmp, path)
-
-
-def publish_status(
-    status: dict[str, Any], path: Path, hot_store: Any = None, instance: str = "0", emf: Any = None
-) -> None:
-    """Publish one runner heartbeat: the file at `path` (local readers: the API, `tradepulse up`, the
-    bench harness), the CloudWatch metrics when `emf` (a `tradepulse.metrics_emf.EmfEmitter`, at its own
-    cadence) is given, and the hot store's `put_runner_status` when it has one (DynamoDB, read in Lambda)."""
-    write_json_atomic(path, status)
-    if emf is not None:
-        try:
-            emf.emit_runner(status, hot_store)
-        except Exception as exc:  # metrics are best effort; never stop the runner
-            log.warning("runner metrics not emitted: %s", exc)
-    put = getattr(hot_store, "put_runner_status", None)
-    if put is None:
-        return
-    try:
-        put(status, instance)
-    except Exception as exc:  # a missed heartbeat is replaced by the next one; never stop the runner
-        log.warning("runner status not published to the hot store: %s", exc)
+# Re-exported: the runner and older callers import the transport from here.
+from tradepulse.bus.heartbeat import STATUS_FILE as STATUS_FILE
+from tradepulse.bus.heartbeat import publish_status as publish_status
+from tradepulse.bus.heartbeat import status_files as status_files
+from tradepulse.bus.heartbeat import status_path as status_path
+from tradepulse.bus.heartbeat import write_json_atomic as write_json_atomic
 
 
 def percentile(samples: deque[float] | list[float], q: float) -> float:
@@ -113,6 +79,8 @@ class RunnerMetrics:
     assignments: int = 0
     last_commit_at: float | None = None
     started_at: float = field(default_factory=time.time)
+    # Set by a graceful shutdown: the last heartbeat says the runner left (not lost), see api.health.
+    stopped_at: float | None = None
     batch_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2048))
     write_ms: deque[float] = field(default_factory=lambda: deque(maxlen=256))
     stage_ms: dict[str, deque[float]] = field(
@@ -195,5 +163,6 @@ class RunnerMetrics:
             "assigned_partitions": self.assigned_partitions,
             "assignments": self.assignments,
             "started_at": self.started_at,
+            "stopped_at": self.stopped_at,
             "pid": os.getpid(),
         }

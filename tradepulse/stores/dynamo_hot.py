@@ -10,8 +10,9 @@ Item types (pk → sk):
   history range queries never see it);
 - anomalies: `ANOM#<TICKER>` → `<ts_ms:015>#<anomaly_id>`; correlations: `CORR#<TICKER>` →
   `<published_ts_ms:015>#<correlation_id>`; the ticker set: `TICKERS` → `<TICKER>`;
-- the runner heartbeat (what /health reads in Lambda): `STATUS` → `runner#<instance>`, the status document
-  as a JSON string attribute `status` (see `tradepulse.api.health`).
+- the runner heartbeats (what /health reads in Lambda): `STATUS` → `runner#<instance>` (one per processor
+  task, instance = the task's hostname on ECS), the status document as a JSON string attribute `status`
+  (see `tradepulse.api.health`); /health lists them all with one Query.
 
 Writes: trades, snapshots and the ticker set go through BatchWriteItem (idempotent overwrites of
 identical items; UnprocessedItems are retried). Anomalies and correlations are conditional PutItems
@@ -412,6 +413,23 @@ class DynamoHotStore:
         """The latest status document of a runner instance, None if it never reported."""
         item = self._call("get_item", TableName=self.table, Key=self._status_key(instance)).get("Item")
         return orjson.loads(item["status"]["S"]) if item else None
+
+    def get_runner_statuses(self) -> dict[str, dict[str, Any]]:
+        """instance → latest status document, of every runner instance that reported (one Query of the
+        `STATUS` partition; on ECS the instances are task hostnames, unknown in advance)."""
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :runner)",
+            "ExpressionAttributeValues": {":pk": {"S": "STATUS"}, ":runner": {"S": "runner#"}},
+        }
+        statuses: dict[str, dict[str, Any]] = {}
+        while True:
+            response = self._call("query", **kwargs)
+            for item in response.get("Items", []):
+                statuses[item["sk"]["S"].removeprefix("runner#")] = orjson.loads(item["status"]["S"])
+            if not response.get("LastEvaluatedKey"):
+                return statuses
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -43,9 +43,8 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from operator import methodcaller
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -63,6 +62,9 @@ from tradepulse.models import (
     Trade,
 )
 from tradepulse.stores.base import Row
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DEAD_LETTERS = "dead-letters"
 
@@ -319,6 +321,8 @@ class ParquetColdStore:
         sequences, e.g. the runner's decoded fields), with exactly the rows' values: those fields are
         converted to Arrow from the columns, the others from the rows (the per-row dict walk is most of
         the cost of a batch)."""
+        import numpy as np  # the runner's path only: the dead-letter Lambdas load pyarrow without numpy
+
         n = len(rows)
         if n != len(positions):
             raise ValueError(f"{n} rows but {len(positions)} positions")
@@ -342,6 +346,8 @@ class ParquetColdStore:
     def _buffer_table(
         self, topic: str, rows: list[Row], pos: np.ndarray, columns: dict[str, Any] | None
     ) -> None:
+        import numpy as np
+
         dataset = DATASETS[topic]
         field = dataset.time_field
         schema = _ROW_SCHEMAS[dataset.name]
@@ -519,6 +525,8 @@ def _group_rows(*keys: np.ndarray) -> tuple[list[list[int]], np.ndarray]:
     """The distinct rows of the int64 key columns in lexicographic order (as `np.unique(axis=0)`), and
     each row's group index. The columns are offset-packed into one int64 key, so this is one 1-D sort
     instead of a sort of row views (which costs 10× more)."""
+    import numpy as np
+
     lows = [int(k.min()) for k in keys]
     spans = [int(k.max()) - low + 1 for k, low in zip(keys, lows, strict=True)]
     if math.prod(spans) >= 2**62:  # cannot pack (never with partitions, blocks and hours)

@@ -1,0 +1,192 @@
+"""Ship what you test, for the ECS images (defect 10): each service's Docker build context is taken from
+the synthesized cloud assembly (what CDK stages), and the `pip install` commands of its Dockerfile run,
+as written, in a fresh venv (no Docker): the locked dependencies, hash-checked, then the project without
+dependencies. The venv (dependencies only) is cached by the lock and the commands. Then, in that venv:
+the entry point (`python main.py --help`), `pip check`, an import of every `tradepulse` module and of
+every third-party module the package imports anywhere (also lazily, inside functions)."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.ship.lockfile import REPO_ROOT
+
+SERVICES = ("ingest", "news", "processor")
+CACHE = REPO_ROOT / "build" / "ship"
+#: Imported by `tradepulse bench` only, from a repository checkout (the bench tooling is not shipped).
+NOT_SHIPPED = {"scripts"}
+
+
+def dockerfile_pip_commands(dockerfile: str) -> list[tuple[list[str], bool]]:
+    """(pip arguments, installs the project) of each `pip install` in the Dockerfile's RUN lines."""
+    commands = []
+    for line in dockerfile.splitlines():
+        if not line.startswith("RUN "):
+            continue
+        for part in line.removeprefix("RUN ").split("&&"):
+            words = shlex.split(part)
+            if words[:2] == ["pip", "install"]:
+                commands.append((words[1:], "." in words))
+    return commands
+
+
+@pytest.fixture(scope="session")
+def images(cloud_assembly: tuple[Path, str]) -> dict[str, tuple[Path, str]]:
+    """service → (its staged build context, its Dockerfile's text)."""
+    outdir, stack = cloud_assembly
+    assets = json.loads((outdir / f"{stack}.assets.json").read_text())["dockerImages"].values()
+    out = {}
+    for asset in assets:
+        context = outdir / asset["source"]["directory"]
+        dockerfile = asset["source"]["dockerFile"]
+        out[dockerfile.split("/")[1]] = (context, (context / dockerfile).read_text())
+    return out
+
+
+def python_of(dockerfile: str) -> str:
+    match = re.search(r"^FROM \S*python:(\d+\.\d+)", dockerfile, re.M)
+    assert match, "the image is not built FROM a python:<version> image"
+    return match[1]
+
+
+def pip(venv: Path, args: list[str], cwd: Path) -> None:
+    """Run the Dockerfile's pip arguments with the venv's pip (without byte-compiling: only faster)."""
+    if args[0] == "install":
+        args = ["install", "--no-compile", *args[1:]]
+    result = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-m",
+            "pip",
+            "--disable-pip-version-check",
+            "-q",
+            *args,
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
+    assert result.returncode == 0, (
+        f"pip {' '.join(args)} failed:\n{result.stdout[-2000:]}{result.stderr[-3000:]}"
+    )
+
+
+def image_venv(context: Path, dockerfile: str, workdir: Path) -> Path:
+    """A venv holding what the image holds: the Dockerfile's dependency installs (cached by the lock and
+    the commands), then its project install from the staged context (every time: the code changes)."""
+    commands = dockerfile_pip_commands(dockerfile)
+    deps = [args for args, project in commands if not project]
+    projects = [args for args, project in commands if project]
+    assert deps and projects, f"expected locked dependencies then the project: {commands}"
+    key = hashlib.sha256(
+        (context / "requirements.txt").read_bytes() + repr(deps).encode() + sys.version.encode()
+    ).hexdigest()[:16]
+    venv = CACHE / f"venv-{key}"
+    if not (venv / ".complete").exists():
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+        for args in deps:
+            pip(venv, args, context)
+        (venv / ".complete").write_text("ok\n")
+    build = workdir / "context"  # the build writes into the source tree: a copy of the staged context
+    shutil.copytree(context, build, ignore=shutil.ignore_patterns("__pycache__"))
+    for args in projects:
+        pip(venv, args, build)
+    return venv
+
+
+@pytest.fixture(scope="session")
+def venvs(images: dict[str, tuple[Path, str]], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """service → its image's venv (services with the same install commands share one)."""
+    out: dict[str, Path] = {}
+    by_commands: dict[str, Path] = {}
+    for service, (context, dockerfile) in sorted(images.items()):
+        commands = repr(dockerfile_pip_commands(dockerfile))
+        if commands not in by_commands:
+            by_commands[commands] = image_venv(context, dockerfile, tmp_path_factory.mktemp(service))
+        out[service] = by_commands[commands]
+    return out
+
+
+def run(venv: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(venv / "bin" / "python"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(cwd), "LANG": "C.UTF-8"},
+    )
+
+
+def test_every_service_image_is_checked(images: dict[str, tuple[Path, str]]) -> None:
+    assert sorted(images) == sorted(SERVICES)
+    for _, dockerfile in images.values():
+        assert python_of(dockerfile) == f"{sys.version_info.major}.{sys.version_info.minor}", (
+            "the image's Python differs from this machine's: the venv would not be the image's"
+        )
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_entry_point_runs_in_the_locked_venv(
+    service: str, images: dict[str, tuple[Path, str]], venvs: dict[str, Path]
+) -> None:
+    context, _ = images[service]
+    entry = context / "services" / service / "main.py"
+    result = run(venvs[service], str(entry), "--help", cwd=entry.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Usage:" in result.stdout
+    installed = run(venvs[service], "-c", "import tradepulse; print(tradepulse.__file__)", cwd=entry.parent)
+    assert str(venvs[service]) in installed.stdout, "tradepulse must come from the venv, as in the image"
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_every_module_the_package_imports_is_in_the_image(
+    service: str, images: dict[str, tuple[Path, str]], venvs: dict[str, Path]
+) -> None:
+    venv = venvs[service]
+    check = run(venv, "-m", "pip", "check", cwd=venv)
+    assert check.returncode == 0, f"the lock is inconsistent:\n{check.stdout}"
+    context, _ = images[service]
+    imported: set[str] = set()
+    for path in (context / "tradepulse").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module)
+    third_party = sorted(
+        name
+        for name in imported
+        if name.split(".")[0] not in sys.stdlib_module_names | NOT_SHIPPED | {"tradepulse", "__future__"}
+    )
+    script = (
+        "import importlib, pkgutil, tradepulse\n"
+        "names = [m.name for m in pkgutil.walk_packages(tradepulse.__path__, 'tradepulse.')]\n"
+        f"names += {third_party!r}\n"
+        "failed = {}\n"
+        "for name in names:\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except Exception as exc:\n"
+        "        failed[name] = repr(exc)\n"
+        "print(len(names), failed)\n"
+    )
+    result = run(venv, "-c", script, cwd=venv)
+    assert result.returncode == 0, result.stderr[-3000:]
+    count, failed = result.stdout.strip().split(" ", 1)
+    assert failed == "{}", f"not importable in the {service} image: {failed}"
+    assert int(count) > 50

@@ -1,0 +1,67 @@
+"""The runner heartbeat's transport: where each runner instance publishes its status, and how readers
+(`/health`, `/metrics`, `tradepulse up`) find every instance. Standard library + orjson only: the API
+Lambda imports this, and must not load the runner's numeric stack (numpy, hdrhistogram).
+
+Each runner instance publishes to `<data_dir>/runner-status.json` (instance "0") or
+`<data_dir>/runner-status-<instance>.json`, and to the hot store when it holds heartbeats (DynamoDB item
+`STATUS` / `runner#<instance>`). On ECS the instance is the task's hostname, so readers never assume
+instance names: they list them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+STATUS_FILE = "runner-status.json"
+_PREFIX, _SUFFIX = "runner-status-", ".json"
+
+log = logging.getLogger(__name__)
+
+
+def status_path(data_dir: Path, instance: str = "0") -> Path:
+    """Status file of one runner instance; instance "0" (the default, single runner) uses the plain name,
+    others get a suffix so that two runners sharing a data dir do not overwrite each other."""
+    return data_dir / (STATUS_FILE if instance == "0" else f"{_PREFIX}{instance}{_SUFFIX}")
+
+
+def status_files(data_dir: Path) -> dict[str, Path]:
+    """instance → status file, for every runner instance that published one in `data_dir`."""
+    found = {"0": data_dir / STATUS_FILE} if (data_dir / STATUS_FILE).exists() else {}
+    if data_dir.is_dir():
+        for path in data_dir.glob(f"{_PREFIX}*{_SUFFIX}"):
+            found[path.name[len(_PREFIX) : -len(_SUFFIX)]] = path
+    return found
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON to `path` via a temporary sibling and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(orjson.dumps(payload, option=orjson.OPT_INDENT_2))
+    os.replace(tmp, path)
+
+
+def publish_status(
+    status: dict[str, Any], path: Path, hot_store: Any = None, instance: str = "0", emf: Any = None
+) -> None:
+    """Publish one runner heartbeat: the file at `path` (local readers: the API, `tradepulse up`, the
+    bench harness), the CloudWatch metrics when `emf` (a `tradepulse.metrics_emf.EmfEmitter`, at its own
+    cadence) is given, and the hot store's `put_runner_status` when it has one (DynamoDB, read in Lambda)."""
+    write_json_atomic(path, status)
+    if emf is not None:
+        try:
+            emf.emit_runner(status, hot_store)
+        except Exception as exc:  # metrics are best effort; never stop the runner
+            log.warning("runner metrics not emitted: %s", exc)
+    put = getattr(hot_store, "put_runner_status", None)
+    if put is None:
+        return
+    try:
+        put(status, instance)
+    except Exception as exc:  # a missed heartbeat is replaced by the next one; never stop the runner
+        log.warning("runner status not published to the hot store: %s", exc)
