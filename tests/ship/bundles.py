@@ -56,6 +56,7 @@ class Bundle:
     code: Path
     layers: list[Path]
     environment: dict[str, Any] = field(default_factory=dict)
+    tracing: str = "PassThrough"
 
     @property
     def module(self) -> str:
@@ -94,6 +95,7 @@ def lambda_bundles(outdir: Path, stack: str) -> dict[str, Bundle]:
             asset_dir(props["Code"]),
             layers,
             props.get("Environment", {}).get("Variables", {}),
+            props.get("TracingConfig", {}).get("Mode", "PassThrough"),
         )
         assert bundle.module not in bundles, f"two functions with handler {bundle.handler}"
         bundles[bundle.module] = bundle

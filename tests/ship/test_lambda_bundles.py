@@ -139,6 +139,8 @@ def run(
     """Invoke the handler in the clean interpreter (Lambda's sys.path order: code, /opt/python, runtime);
     checks that every module it loaded came from those folders and that no analytics module did."""
     workdir.mkdir(parents=True, exist_ok=True)
+    if bundle.tracing == "Active":  # Powertools' Tracer loads the X-Ray SDK in Lambda (no daemon here)
+        kw.setdefault("also_import", ("aws_xray_sdk.core",))
     out = invoke_clean(
         name=bundle.module.split(".")[0],
         module=bundle.module,
