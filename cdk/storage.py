@@ -22,7 +22,7 @@ from tradepulse.stores.parquet_cold import DATASETS, DEAD_LETTERS, SCHEMAS
 DEAD_LETTERS_PREFIX = DEAD_LETTERS
 ATHENA_RESULTS_PREFIX = "athena-results"
 PROJECTION_START = "2024-01-01"
-HOT_READ_ACTIONS = ("dynamodb:Query", "dynamodb:GetItem")
+HOT_READ_ACTIONS = ("dynamodb:Query",)
 HOT_WRITE_ACTIONS = ("dynamodb:BatchWriteItem", "dynamodb:PutItem")
 
 
@@ -219,7 +219,7 @@ class Storage(Construct):
 
     # --- grants ---------------------------------------------------------------------------------
     def grant_hot_reads(self, grantee: iam.IGrantable) -> None:
-        """What `DynamoHotStore`'s readers (the API) call: Query and GetItem (the runner heartbeat)."""
+        """What `DynamoHotStore`'s readers (the API) call: Query only (the runner heartbeats included)."""
         iam.Grant.add_to_principal(
             grantee=grantee, actions=list(HOT_READ_ACTIONS), resource_arns=[self.table.table_arn]
         )
