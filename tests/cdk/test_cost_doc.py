@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -76,7 +77,7 @@ def ddb() -> Iterator[Any]:
         yield client
 
 
-def steady_second_write_units(ddb: Any, tickers: list[str], processors: int) -> int:
+def steady_second_write_units(ddb: Any, tickers: list[str], processors: int, status_file: Path) -> int:
     """Write units of one steady-state second at 15,000 events/s, over `processors` processors that own
     the tickers between them (Kafka keys by ticker), each with its own store, as in ECS."""
     counter = WriteUnits()
@@ -96,7 +97,7 @@ def steady_second_write_units(ddb: Any, tickers: list[str], processors: int) -> 
                 ]
                 features = [make_feature(t, ts_ms=ms) for t in mine] if batch == 0 else []
                 store.write_batch(trades=trades, features=features)
-            publish_status(status.snapshot(), REPO_ROOT / ".no-such-dir" / "s.json", store)
+            publish_status(status.snapshot(), status_file, store)
     for store in stores:
         store.close()
     assert "Query" not in counter.calls and "Scan" not in counter.calls
@@ -113,14 +114,15 @@ def documented_write_cost() -> dict[str, float]:
 
 @pytest.mark.parametrize("env", ["dev", "prod"])
 def test_documented_dynamodb_write_cost_is_what_the_hot_store_writes(
-    ddb: Any, env: str, monkeypatch: pytest.MonkeyPatch
+    ddb: Any, env: str, tmp_path: Path
 ) -> None:
     from cdk.config import load_config
 
-    monkeypatch.setattr("tradepulse.bus.status.write_json_atomic", lambda path, payload: None)
     config = load_config(cdk_context(env=env).get)
     assert (config.dynamodb_trades, config.batch_max_wait_ms) == ("latest", 10)
-    units = steady_second_write_units(ddb, list(config.tickers), config.processor.min_tasks)
+    units = steady_second_write_units(
+        ddb, list(config.tickers), config.processor.min_tasks, tmp_path / "s.json"
+    )
     per_hour = units * 3600 * WRU_PRICE
     # Trades dominate: one item per ticker per batch, so about 100 x tickers units a second.
     assert BATCHES_PER_S * len(config.tickers) <= units <= BATCHES_PER_S * len(config.tickers) * 1.1
