@@ -73,7 +73,9 @@ class Settings(BaseSettings):
         default=1000, description="Bounded hand-off between the socket reader and the producer."
     )
     ingest_dedupe_window: int = Field(
-        default=200_000, description="Recent event ids kept to drop events resent after a reconnect."
+        default=200_000,
+        description="Recent event ids kept to drop the live stream's overlap with a backfill (resends after a "
+        "reconnect are recognised by per-ticker marks).",
     )
     ingest_replay_horizon_s: float = Field(
         default=10.0,
