@@ -383,9 +383,9 @@ class IngestService:
                 # The first events of a new connection: the subscription is live, so what the feed did not
                 # send since the last published trade is on the REST tape now. Fill that first, up to the
                 # feed's own clock (its newest event time here), not the wall clock: a feed that replays
-                # the past or runs behind must be backfilled all the same.
-                # Whatever this connection resends is below the marks as they are now, before the
-                # backfill: a live trade below a backfilled one may be one REST lacked.
+                # the past or runs behind must be backfilled all the same. Whatever this connection
+                # resends is below the marks as they are now, before the backfill (a live trade below a
+                # backfilled one may be one that REST lacked: the id window decides those).
                 self._connection = frame.connection
                 self._resend_marks = {topic: dict(by_ticker) for topic, by_ticker in marks.items()}
                 await self._backfill(feed_time_ms(frame))
