@@ -53,12 +53,18 @@ class _Admin:
     timeout): a principal without credentials or without kafka-cluster:Connect fails in a second."""
 
     def __init__(self, settings: Settings) -> None:
-        self.auth_errors: list[KafkaError] = []
-        self.client = AdminClient(base_config(settings) | {"error_cb": self._on_error})
+        auth_errors: list[KafkaError] = []
 
-    def _on_error(self, error: KafkaError) -> None:
-        if error.code() in _AUTH_FAILURES:
-            self.auth_errors.append(error)
+        def on_error(error: KafkaError) -> None:
+            if error.code() in _AUTH_FAILURES:
+                auth_errors.append(error)
+
+        # A closure over the list, not a bound method: the client must not be in a reference cycle with
+        # this object. A cycle is freed by the garbage collector, whichever thread it runs on, and the
+        # admin client completes its futures on librdkafka's background thread: destroying a client
+        # there aborts the process ("Fatal Python error: Aborted" while garbage-collecting, seen once).
+        self.auth_errors = auth_errors
+        self.client = AdminClient(base_config(settings) | {"error_cb": on_error})
 
     def wait(self, futures: dict[Any, Future[Any]], timeout_s: float) -> None:
         """Return when every future is done (their results may still raise), or raise the
