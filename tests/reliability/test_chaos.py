@@ -114,7 +114,7 @@ def run_chaos(plan: Plan, kafka_bootstrap: str, tmp_path: Path) -> ChaosReport:
     # covers what a killed ingest had received but not yet published only while the outage is shorter
     # than the replay: a 5 s window lost 4,677 of 1,072,706 trades in the first full run, and under
     # contention even 60 s lost 96,427 (a starved ingest restarting for tens of seconds while the
-    # simulator raced ahead to catch up with its schedule, postmortem 2). The backfill from REST, on the
+    # simulator raced ahead to catch up with its schedule, postmortem 4). The backfill from REST, on the
     # feed's clock, covers the rest.
     sim = run_simulator_in_thread(
         SimulatorConfig(
