@@ -165,39 +165,27 @@ class Monitoring(Construct):
 
         # --- processes alive -----------------------------------------------------------------------
         heartbeat_section = "ProcessorHeartbeat / IngestHeartbeat / NewsHeartbeat"
-        alarm(
-            "ProcessorHeartbeat",
-            metric(emf.CONSUMER_LAG, "processor", statistic="SampleCount", period=PROCESSOR_SILENT),
-            1,
-            page,
-            periods=1,
-            below=True,
-            missing_is_death=True,
-            description="No processor status (EMF ConsumerLag) for 10 minutes: every runner is dead or hung",
-            section=heartbeat_section,
-        )
-        alarm(
-            "IngestHeartbeat",
-            metric(emf.EVENTS_PUBLISHED, "ingest", statistic="SampleCount", period=SOURCE_SILENT),
-            1,
-            page,
-            periods=1,
-            below=True,
-            missing_is_death=True,
-            description="No ingest progress line (EMF EventsPublished) for 5 minutes: ingest is dead or hung",
-            section=heartbeat_section,
-        )
-        alarm(
-            "NewsHeartbeat",
-            metric(emf.EVENTS_PUBLISHED, "news", statistic="SampleCount", period=SOURCE_SILENT),
-            1,
-            warn,
-            periods=1,
-            below=True,
-            missing_is_death=True,
-            description="No news progress line (EMF EventsPublished) for 5 minutes: news is dead or hung",
-            section=heartbeat_section,
-        )
+        # Each service's periodic EMF line is its heartbeat: no sample in the period = dead or hung.
+        heartbeats = (
+            ("Processor", "processor", emf.CONSUMER_LAG, PROCESSOR_SILENT, page,
+             "No processor status (EMF ConsumerLag) for 10 minutes: every runner is dead or hung"),
+            ("Ingest", "ingest", emf.EVENTS_PUBLISHED, SOURCE_SILENT, page,
+             "No ingest progress line (EMF EventsPublished) for 5 minutes: ingest is dead or hung"),
+            ("News", "news", emf.EVENTS_PUBLISHED, SOURCE_SILENT, warn,
+             "No news progress line (EMF EventsPublished) for 5 minutes: news is dead or hung"),
+        )  # fmt: skip
+        for prefix, service, metric_name, silent, topic, description in heartbeats:
+            alarm(
+                f"{prefix}Heartbeat",
+                metric(metric_name, service, statistic="SampleCount", period=silent),
+                1,
+                topic,
+                periods=1,
+                below=True,
+                missing_is_death=True,
+                description=description,
+                section=heartbeat_section,
+            )
         running_tasks: list[cloudwatch.IMetric] = []
         for service_name, service in services.items():
             running = cloudwatch.Metric(
