@@ -29,7 +29,7 @@ client-side SASL signer: the mapping is enforced by MSK's brokers and documented
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,25 +168,29 @@ def expand_action(action_glob: str) -> list[str]:
     return [name for name in ACTIONS if pattern.fullmatch(name.lower())]
 
 
-def principal_acls(principal: str, grants: Sequence[IamGrant], cluster_arn: str) -> PrincipalAcls:
-    """Kafka ACLs that allow `principal` what `grants` allow on the cluster `cluster_arn` (see module)."""
-    cluster = ClusterArn.parse(cluster_arn)
-    user = f"User:{principal}"
-    connect = False
-    allows: set[KafkaAcl] = set()
+def _granted_on_cluster(
+    grants: Sequence[IamGrant], cluster: ClusterArn
+) -> Iterator[tuple[IamGrant, str, Action, tuple[str, str]]]:
+    """(grant, action, its spec, Kafka resource pattern) of every action a grant gives on `cluster`
+    (wildcard actions expanded; resources of other clusters or types skipped)."""
     for grant in grants:
         for action in expand_action(grant.action):
             spec = ACTIONS[action]
             pattern = _resource_pattern(grant.resource, spec.resource_type, cluster)
-            if pattern is None:
-                continue
-            if spec.operation is None:
-                connect = True
-                continue
-            pattern_type, name = pattern
-            allows.add(
-                KafkaAcl(user, spec.resource_type, pattern_type, name, spec.operation, "ALLOW", action)
-            )
+            if pattern is not None:
+                yield grant, action, spec, pattern
+
+
+def principal_acls(principal: str, grants: Sequence[IamGrant], cluster_arn: str) -> PrincipalAcls:
+    """Kafka ACLs that allow `principal` what `grants` allow on the cluster `cluster_arn` (see module)."""
+    user = f"User:{principal}"
+    connect = False
+    allows: set[KafkaAcl] = set()
+    for _, action, spec, (pattern_type, name) in _granted_on_cluster(grants, ClusterArn.parse(cluster_arn)):
+        if spec.operation is None:
+            connect = True
+            continue
+        allows.add(KafkaAcl(user, spec.resource_type, pattern_type, name, spec.operation, "ALLOW", action))
     denies = _strict_denies(allows)
     return PrincipalAcls(principal, connect, tuple(sorted(allows | denies)))
 
@@ -194,35 +198,29 @@ def principal_acls(principal: str, grants: Sequence[IamGrant], cluster_arn: str)
 def missing_required(grants: Sequence[IamGrant], cluster_arn: str) -> list[str]:
     """Grants whose MSK "Required actions" are not granted too (same resource for same-type actions,
     any resource of its type otherwise); one line per gap, empty when the policy is complete."""
-    cluster = ClusterArn.parse(cluster_arn)
     acls = principal_acls("p", grants, cluster_arn)
     granted = {
         (a.action, a.resource_type, a.pattern_type, a.name) for a in acls.acls if a.permission == "ALLOW"
     }
     problems = []
-    for grant in grants:
-        for action in expand_action(grant.action):
-            spec = ACTIONS[action]
-            pattern = _resource_pattern(grant.resource, spec.resource_type, cluster)
-            if pattern is None:
-                continue
-            for required in spec.required:
-                needed = ACTIONS[required]
-                if required == CONNECT:
-                    ok = acls.connect
-                elif (action, required) == ("kafka-cluster:ReadData", "kafka-cluster:AlterGroup"):
-                    # A Fetch names no group: AlterGroup (join, commit) concerns group members. A reader
-                    # that only assign()s still needs DescribeGroup on its group.id (FindCoordinator).
-                    ok = any(a in (required, "kafka-cluster:DescribeGroup") for a, *_ in granted)
-                elif needed.resource_type == spec.resource_type and spec.resource_type != CLUSTER:
-                    ok = any(
-                        a == required and t == spec.resource_type and _pattern_covers((pt, n), pattern)
-                        for a, t, pt, n in granted
-                    )
-                else:
-                    ok = any(a == required for a, *_ in granted)
-                if not ok:
-                    problems.append(f"{action} on {grant.resource} requires {required}")
+    for grant, action, spec, pattern in _granted_on_cluster(grants, ClusterArn.parse(cluster_arn)):
+        for required in spec.required:
+            needed = ACTIONS[required]
+            if required == CONNECT:
+                ok = acls.connect
+            elif (action, required) == ("kafka-cluster:ReadData", "kafka-cluster:AlterGroup"):
+                # A Fetch names no group: AlterGroup (join, commit) concerns group members. A reader
+                # that only assign()s still needs DescribeGroup on its group.id (FindCoordinator).
+                ok = any(a in (required, "kafka-cluster:DescribeGroup") for a, *_ in granted)
+            elif needed.resource_type == spec.resource_type and spec.resource_type != CLUSTER:
+                ok = any(
+                    a == required and t == spec.resource_type and _pattern_covers((pt, n), pattern)
+                    for a, t, pt, n in granted
+                )
+            else:
+                ok = any(a == required for a, *_ in granted)
+            if not ok:
+                problems.append(f"{action} on {grant.resource} requires {required}")
     return sorted(set(problems))
 
 
