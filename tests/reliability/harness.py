@@ -322,13 +322,15 @@ def read_messages(settings: Settings, topics: tuple[str, ...] = INPUT_TOPICS) ->
     return by_partition
 
 
-def uninterrupted_outputs(settings: Settings, state_dir: Path) -> tuple[list[dict], list[dict]]:
+def uninterrupted_outputs(
+    settings: Settings, state_dir: Path, anomaly: dict[str, Any] = CHAOS_ANOMALY
+) -> tuple[list[dict], list[dict]]:
     """Anomalies and correlations of the pure core fed once with what reached the input topics: each
     partition's records in order (trades in offset order), in batches, no crash, no rebuild."""
     from tradepulse.bus.decode import decode_batch
     from tradepulse.bus.pipeline import CoreProcessor
 
-    processor = CoreProcessor(settings.model_copy(update={**CHAOS_ANOMALY, "data_dir": state_dir}))
+    processor = CoreProcessor(settings.model_copy(update={**anomaly, "data_dir": state_dir}))
     anomalies: list[dict] = []
     correlations: list[dict] = []
     try:

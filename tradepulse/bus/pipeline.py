@@ -35,6 +35,7 @@ class CoreProcessor:
         self.anomaly_config = AnomalyConfig.from_settings(settings)
         self.checkpoints = CheckpointStore(settings.anomaly_checkpoint_dir)
         self.detector = AnomalyDetector(self.anomaly_config)
+        self._refit_totals = {"refits": 0.0, "refit_s": 0.0, "refit_waits": 0.0, "refit_wait_s": 0.0}
         self.engine = FeatureEngine(self.config)
         self.joiner = NewsJoiner()
 
@@ -42,12 +43,23 @@ class CoreProcessor:
     def model_version(self) -> int:
         return self.detector.model_version
 
+    def refit_stats(self) -> dict[str, float]:
+        """Refits and waits for due ones since start (over every detector, resets included)."""
+        d = self.detector
+        return {
+            "refits": self._refit_totals["refits"] + d.refits,
+            "refit_s": self._refit_totals["refit_s"] + d.refit_seconds,
+            "refit_waits": self._refit_totals["refit_waits"] + d.refit_waits,
+            "refit_wait_s": self._refit_totals["refit_wait_s"] + d.refit_wait_seconds,
+        }
+
     def reset(self) -> None:
         """Forget all state, the anomaly models included: `restore` and the rebuild bring back exactly
         the state at the committed offsets."""
         self.engine = FeatureEngine(self.config)
         self.joiner = NewsJoiner()
         self.detector.close()
+        self._refit_totals = self.refit_stats()
         self.detector = AnomalyDetector(self.anomaly_config)
 
     def restore(self, committed: dict[tuple[str, int], int]) -> dict[int, int]:
