@@ -38,13 +38,13 @@ def test_a_runner_restarted_from_checkpoints_flags_what_an_uninterrupted_pass_fl
 ) -> None:
     settings = own_group(kafka_settings).model_copy(update={**ANOMALY, "batch_max_messages": 2000})
     recording = make_recording(duration_s=600, rate=60)
-    # Record timestamps spaced like event time, as a live feed has them: the rebuild's look-back (390 s
-    # of timestamps) then covers part of the input only, and the restored models must replay from their
+    # Record timestamps = receive times, as the live ingest has them: the rebuild's look-back (390 s of
+    # timestamps) then covers part of the input only, and the restored models must replay from their
     # checkpoints, not from the start of the topics. (Shifted to end now: older ones fall to retention.)
-    shift = int(time.time() * 1000) - max(r.get("exchange_ts_ms", 0) for _, _, r in recording.events)
+    shift = int(time.time() * 1000) - max(r["received_ts_us"] // 1000 for _, _, r in recording.events)
     producer = Producer(producer_config(settings))
     for topic, key, row in recording.events:
-        ts = row.get("exchange_ts_ms", row.get("published_ts_ms")) + shift
+        ts = row["received_ts_us"] // 1000 + shift
         while True:
             try:
                 producer.produce(topic, key=key.encode(), value=orjson.dumps(row), timestamp=ts)

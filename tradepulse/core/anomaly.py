@@ -59,7 +59,8 @@ a stream's restored offset are ignored, so a replay is never learned twice. Chec
 One pooled model per stream (default, `per_ticker=False`): a single forest over the rows of every
 ticker of the stream, each standardised with its own ticker's mean/std; `per_ticker=True` fits one
 forest per ticker on its own rows at the same points. Measured with `scripts/anomaly_quality.py`
-(simulator, seed 42, 2400 s, one stream): see docs/quality.md.
+(simulator, seed 42, 2400 s, one stream): pooled recall 0.92 (spikes 0.93, jumps 0.87) at alert
+precision 0.81, per-ticker 0.91 at 0.71 (docs/quality.md).
 """
 
 from __future__ import annotations
