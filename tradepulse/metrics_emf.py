@@ -33,9 +33,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
+
+if TYPE_CHECKING:
+    from tradepulse.stores.base import HotStore
 
 NAMESPACE = "TradePulse"
 DIMENSION = "service"  # Powertools' name for it; the value is POWERTOOLS_SERVICE_NAME
@@ -124,9 +127,9 @@ class EmfEmitter:
             stream.flush()  # stdout is block-buffered in a container; the line must leave now
             return True
 
-    def emit_runner(self, status: Mapping[str, Any], hot_store: Any = None) -> bool:
+    def emit_runner(self, status: Mapping[str, Any], hot_store: HotStore | None = None) -> bool:
         """The processor's metrics from one runner status document (`RunnerMetrics.snapshot()`) and the
-        hot store's throttle counter (DynamoDB; other stores have none and report 0)."""
+        hot store's throttle counter (SQLite never throttles: 0)."""
         gauges = {
             CONSUMER_LAG: status["consumer_lag"],
             HOT_WRITE_P99_MS: status["write_p99_ms"],
@@ -136,7 +139,7 @@ class EmfEmitter:
         if window.get("count"):
             gauges[E2E_P99_MS] = window["p99"]
         counters = {
-            HOT_WRITE_THROTTLES: getattr(hot_store, "throttles", 0),
+            HOT_WRITE_THROTTLES: hot_store.throttles if hot_store is not None else 0,
             BACKPRESSURE_ACTIVATIONS: status["backpressure_activations"],
             DEAD_LETTERS: status["dead_letters"],
         }

@@ -23,8 +23,11 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka.admin import AdminClient
+
+from tradepulse.errors import BusError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 POM_PATH = REPO_ROOT / "kafka" / "pom.xml"
@@ -50,7 +53,7 @@ class SecureListener:
     admin_password: str = "admin-secret"
 
 
-class KafkaSetupError(RuntimeError):
+class KafkaSetupError(BusError):
     """A prerequisite is missing or the broker could not start; the message says what to do."""
 
 
@@ -236,7 +239,9 @@ class LocalKafka:
         }
 
     def _wait_ready(self, bootstrap: str, timeout_s: float, security: dict[str, str]) -> None:
-        admin = AdminClient({"bootstrap.servers": bootstrap, "logger": _quiet_logger} | security)
+        # Any: confluent-kafka's stubs omit the `logger` entry (a logging.Logger) that the client accepts.
+        config: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": _quiet_logger} | security
+        admin = AdminClient(config)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:

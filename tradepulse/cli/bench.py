@@ -9,13 +9,14 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 import click
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _harness():  # type: ignore[no-untyped-def]
+def _harness() -> tuple[ModuleType, ModuleType]:
     if not (REPO_ROOT / "scripts" / "bench" / "harness.py").exists():
         raise click.ClickException("tradepulse bench runs from a source checkout (scripts/bench/ not found)")
     if str(REPO_ROOT) not in sys.path:

@@ -64,11 +64,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from tradepulse.core.columns import QuoteColumns, TradeColumns
+from tradepulse.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from tradepulse.config import Settings
 
 NO_TS = np.int64(-(2**62))  # "no watermark yet"; far below any real ts, and safe to subtract from
 _PAIR_CHUNK = 2_000_000  # disorder-correction pairs materialised at once
@@ -107,30 +112,35 @@ class FeatureConfig:
     def __post_init__(self) -> None:
         windows = (self.vwap_short_ms, self.vwap_long_ms, self.momentum_ms, self.frequency_ms)
         if self.late_grace_ms < 0 or self.zscore_bucket_ms <= 0 or self.snapshot_ms <= 0:
-            raise ValueError("grace must be >= 0 and bucket sizes > 0")
+            raise InvalidArgument("grace must be >= 0 and bucket sizes > 0")
         # A trade folded in within the grace must lie inside every window of the trades it arrives
         # after; that is what makes the disorder correction a plain subtraction.
         if min(windows) <= self.late_grace_ms:
-            raise ValueError("every window must be longer than the late grace")
+            raise InvalidArgument("every window must be longer than the late grace")
         if self.momentum_lookback_ms < self.momentum_ms:
-            raise ValueError("momentum_lookback_ms must be >= momentum_ms")
+            raise InvalidArgument("momentum_lookback_ms must be >= momentum_ms")
         if not (
             self.zscore_size_cap >= 0 and 0 < self.zscore_cap_window_buckets <= self.zscore_window_buckets
         ):
-            raise ValueError("need zscore_size_cap >= 0 and 0 < zscore_cap_window_buckets <= window buckets")
+            raise InvalidArgument(
+                "need zscore_size_cap >= 0 and 0 < zscore_cap_window_buckets <= window buckets"
+            )
         grace_buckets = -(-self.late_grace_ms // self.zscore_bucket_ms) + 1
         if not grace_buckets < self.zscore_min_history_buckets <= self.zscore_window_buckets:
-            raise ValueError("need ceil(grace/bucket) + 1 < zscore_min_history_buckets <= window buckets")
+            raise InvalidArgument(
+                "need ceil(grace/bucket) + 1 < zscore_min_history_buckets <= window buckets"
+            )
 
     @classmethod
-    def from_settings(cls, settings: object) -> FeatureConfig:
-        """Config from `tradepulse.config.Settings` (duck-typed, so the core stays import-free)."""
+    def from_settings(cls, settings: Settings) -> FeatureConfig:
+        """Config from `tradepulse.config.Settings` (imported for type checking only: the core loads no
+        pydantic at run time)."""
         return cls(
-            late_grace_ms=settings.late_grace_ms,  # type: ignore[attr-defined]
-            zscore_bucket_ms=settings.zscore_bucket_ms,  # type: ignore[attr-defined]
-            zscore_window_buckets=settings.zscore_window_buckets,  # type: ignore[attr-defined]
-            zscore_size_cap=settings.zscore_size_cap,  # type: ignore[attr-defined]
-            zscore_log_volume=settings.zscore_log_volume,  # type: ignore[attr-defined]
+            late_grace_ms=settings.late_grace_ms,
+            zscore_bucket_ms=settings.zscore_bucket_ms,
+            zscore_window_buckets=settings.zscore_window_buckets,
+            zscore_size_cap=settings.zscore_size_cap,
+            zscore_log_volume=settings.zscore_log_volume,
         )
 
     @property
@@ -239,7 +249,7 @@ def _group_starts(*keys: np.ndarray) -> np.ndarray:
 
 def _composite_span(ncodes: int, span: int) -> None:
     if ncodes * span >= 2**62:
-        raise ValueError("timestamp range of the batch is too wide for the composite key")
+        raise InvalidArgument("timestamp range of the batch is too wide for the composite key")
 
 
 _K = np.int64(2**43)  # composite key: code * _K + clipped ts (or bucket id)
@@ -357,7 +367,7 @@ class _TradeState:
         if ncodes == len(self.tail) and (self.tail[codes] + need <= self.reg0[codes] + self.cap[codes]).all():
             return
         if ncodes >= 2**62 // int(_K):
-            raise ValueError("too many tickers for the composite key")
+            raise InvalidArgument("too many tickers for the composite key")
         old = len(self.tail)
         grow = ncodes - old
         end = np.int64(len(self.key))
