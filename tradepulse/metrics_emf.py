@@ -1,4 +1,12 @@
-"""CloudWatch metrics of the ECS services as EMF (embedded metric format) lines on stdout.
+"""CloudWatch metrics of the `TradePulse` namespace as EMF (embedded metric format) lines on stdout: the
+one writer of the ECS services and of the Lambda functions.
+
+Why this writer and not Powertools' `Metrics` (which the Lambdas used before): one document shape and one
+list of metric names (below) for the whole namespace; no shared state (Powertools keeps its metric set
+at class level, shared by every instance in the process, while the services emit from worker threads);
+nothing to import but orjson (Powertools' metrics module costs ~0.4 s of import on a service start and
+is in the [aws] extra only). The documents are the same EMF either way; `tests/test_metrics_emf.py`
+checks a Lambda's and a service's against the specification and against each other.
 
 How they reach CloudWatch: each ECS container logs through the `awslogs` driver, which sends every
 stdout line as one log event with CloudWatch Logs' PutLogEvents. CloudWatch Logs extracts the metrics of
@@ -54,6 +62,16 @@ DEAD_LETTERS = "DeadLetters"
 # --- metric names (ingest, news) ------------------------------------------------------------------
 PRODUCER_ERRORS = "ProducerErrors"
 EVENTS_PUBLISHED = "EventsPublished"
+# --- metric names (Lambda functions: dead-letter archival and redrive) -----------------------------
+DEAD_LETTERS_ARCHIVED = "DeadLettersArchived"
+DEAD_LETTER_ARCHIVE_FAILURES = "DeadLetterArchiveFailures"
+REDRIVE_OUTCOMES = ("redriven", "requeued", "archived", "failed", "deferred")
+
+
+def redrive_metric(outcome: str) -> str:
+    """The metric counting the dead letters of one redrive outcome (`DeadLetters_<outcome>`)."""
+    return f"DeadLetters_{outcome}"
+
 
 UNITS = {
     CONSUMER_LAG: "Count",
@@ -65,6 +83,9 @@ UNITS = {
     DEAD_LETTERS: "Count",
     PRODUCER_ERRORS: "Count",
     EVENTS_PUBLISHED: "Count",
+    DEAD_LETTERS_ARCHIVED: "Count",
+    DEAD_LETTER_ARCHIVE_FAILURES: "Count",
+    **{redrive_metric(outcome): "Count" for outcome in REDRIVE_OUTCOMES},
 }
 
 
@@ -150,10 +171,14 @@ class EmfEmitter:
         return self.emit({}, {EVENTS_PUBLISHED: published, PRODUCER_ERRORS: failed}, force=force)
 
 
+def service_emitter(default_service: str, *, interval_s: float = 10.0) -> EmfEmitter:
+    """An emitter whose `service` dimension is POWERTOOLS_SERVICE_NAME (set per ECS service and per
+    Lambda function by the CDK app), `default_service` without it."""
+    return EmfEmitter(os.environ.get("POWERTOOLS_SERVICE_NAME") or default_service, interval_s=interval_s)
+
+
 def emitter_from_settings(settings: Any, default_service: str) -> EmfEmitter | None:
-    """The process's emitter when `settings.metrics == "emf"`, else None. The `service` dimension is
-    POWERTOOLS_SERVICE_NAME (set per ECS service by the CDK app), `default_service` without it."""
+    """The service process's emitter when `settings.metrics == "emf"`, else None."""
     if settings.metrics != "emf":
         return None
-    service = os.environ.get("POWERTOOLS_SERVICE_NAME") or default_service
-    return EmfEmitter(service, interval_s=settings.metrics_interval_s)
+    return service_emitter(default_service, interval_s=settings.metrics_interval_s)
