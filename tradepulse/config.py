@@ -177,11 +177,6 @@ class Settings(BaseSettings):
     # --- backpressure ---------------------------------------------------------------------------
     backpressure_latency_ms: float = 100.0
     backpressure_pause_ms: int = 500
-    backpressure_per_rows: int = Field(
-        default=0,
-        description="0 = the issue's rule (a write's latency as is). N > 0: a write of more than N rows is "
-        "judged by its latency per N rows, so large batches are not punished for their size.",
-    )
 
     # --- API ------------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
