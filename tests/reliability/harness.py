@@ -22,8 +22,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from tests.paths import REPO_ROOT
 from tradepulse.bus.clients import consumer_config
-from tradepulse.cli.supervisor import python_command
 from tradepulse.config import Settings
+from tradepulse.supervisor import python_command
 from tradepulse.topics import INPUT_TOPICS
 
 KEY = "chaos-simulator-key"

@@ -35,8 +35,8 @@ from tradepulse.bench.sampling import BrokerSampler, ProcessSampler
 from tradepulse.bus.admin import ensure_topics, recreate_topics
 from tradepulse.bus.local_kafka import LocalKafka
 from tradepulse.bus.status import STATUS_FILE
-from tradepulse.cli.supervisor import Service, Supervisor, port_open, python_command
 from tradepulse.config import Settings, get_settings
+from tradepulse.supervisor import Service, Supervisor, port_open, python_command
 from tradepulse.topics import QUOTES, TRADES, TopicSpec
 
 

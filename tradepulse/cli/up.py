@@ -10,8 +10,8 @@ import click
 from tradepulse.bus.admin import describe_topics, ensure_topics
 from tradepulse.bus.local_kafka import KafkaSetupError
 from tradepulse.cli.kafka import local_broker
-from tradepulse.cli.supervisor import Service, Supervisor, port_open, python_command
 from tradepulse.config import Settings, get_settings
+from tradepulse.supervisor import Service, Supervisor, port_open, python_command
 
 
 def pipeline_services(available: set[str], settings: Settings | None = None) -> list[Service]:
