@@ -1,10 +1,10 @@
 """A real single-node Apache Kafka (KRaft) that the project fetches from Maven Central and runs itself.
 
-No Docker: `pom.xml` (package data of `tradepulse.bus`, so an installed package works outside a
+No Docker: `data/pom.xml` (package data of `tradepulse.bus`, so an installed package works outside a
 checkout) names the broker jars, Maven copies them into the jar cache (`kafka_libs_dir`, by default
-`<data_dir>/kafka-libs`), and the broker runs as a child `java` process with its data under `<data_dir>/kafka/`. The storage is
-formatted on first start; ports are the configured ones or free ones, remembered in `broker.json` so
-`tradepulse kafka status` in another shell finds the running broker.
+`<data_dir>/kafka-libs`), and the broker runs as a child `java` process with its data under
+`<data_dir>/kafka/`. The storage is formatted on first start; ports are the configured ones or free
+ones, remembered in `broker.json` so `tradepulse kafka status` in another shell finds the running broker.
 """
 
 from __future__ import annotations
