@@ -48,8 +48,12 @@ def site_packages(venv: Path) -> Path:
     return Path(purelib)
 
 
-def run_checked(args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(args, capture_output=True, text=True, check=False, **kw)  # type: ignore[call-overload]
+def run_checked(
+    args: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        args, cwd=cwd, env=env, timeout=timeout, capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
     return result
 
@@ -105,8 +109,10 @@ def test_installed_wheel_runs_the_pipeline_outside_the_checkout(tmp_path: Path) 
     cwd = tmp_path / "cwd"
     home.mkdir()
     cwd.mkdir()
+    # Java and Maven from wherever this machine has them; nothing else of this environment.
+    tools = [str(Path(found).parent) for tool in ("java", "mvn") if (found := shutil.which(tool))]
     env = {
-        "PATH": f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+        "PATH": os.pathsep.join([str(venv / "bin"), *tools, "/usr/local/bin", "/usr/bin", "/bin"]),
         "HOME": str(home),
         "LANG": "C.UTF-8",
         # Maven's local repository (filled by `make kafka-jars`): the jars are not downloaded again.
