@@ -7,6 +7,7 @@ has its own branch, so a caller can catch "anything the stores raised" without s
     ├── BusError                              Kafka: broker, topics, ACLs, the runner
     ├── StoreError                            hot/cold stores and the dead-letter queue
     ├── SourceError                           feeds, the simulator, backfill
+    ├── BenchError                            the full-path benchmark (`tradepulse bench`)
     └── CliError                              the command line and the process supervisor
 
 The concrete classes live next to the code that raises them (`tradepulse.bus.clients.NoBrokerError`,
@@ -38,6 +39,10 @@ class StoreError(TradePulseError):
 
 class SourceError(TradePulseError):
     """Market-data and news feeds, the simulator, backfill."""
+
+
+class BenchError(TradePulseError):
+    """The full-path benchmark: a process of the run died or the workload did not finish."""
 
 
 class CliError(TradePulseError):

@@ -132,7 +132,7 @@ class Processor(Protocol):
 
 
 class Backpressure(Protocol):
-    """`tradepulse.stores.backpressure.BackpressureController`."""
+    """`tradepulse.bus.backpressure.BackpressureController`."""
 
     activations: int
 
