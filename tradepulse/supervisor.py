@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import click
 
+from tradepulse.errors import CliError
+
 ReadinessProbe = Callable[[], bool]
 COLORS = ["cyan", "green", "yellow", "magenta", "blue", "bright_cyan", "bright_green"]
 
@@ -85,11 +87,11 @@ class Supervisor:
         deadline = time.monotonic() + service.ready_timeout_s
         while not service.ready():
             if service.process.poll() is not None:
-                raise RuntimeError(
+                raise CliError(
                     f"{service.name} exited with code {service.process.returncode} before it was ready"
                 )
             if time.monotonic() > deadline or self.stopping.is_set():
-                raise RuntimeError(f"{service.name} not ready after {service.ready_timeout_s:.0f}s")
+                raise CliError(f"{service.name} not ready after {service.ready_timeout_s:.0f}s")
             time.sleep(0.2)
         self.log(
             "up", f"{service.name} ready in {time.monotonic() - started:.1f}s (pid {service.process.pid})"

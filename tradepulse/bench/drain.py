@@ -22,6 +22,7 @@ from tradepulse.bench import PEERS_DIR as PEERS_DIR
 from tradepulse.bench import PEERS_VENV as PEERS_VENV
 from tradepulse.bus.clients import producer_config
 from tradepulse.config import Settings
+from tradepulse.errors import BenchError
 from tradepulse.sources.parse import trade_record
 from tradepulse.sources.simulator import MarketConfig, MarketModel, make_tickers
 from tradepulse.topics import TRADES
@@ -57,7 +58,7 @@ def prefill_trades(settings: Settings, n: int, tickers: int, seed: int = 7) -> i
             sent += 1
         producer.poll(0)
     if producer.flush(60):
-        raise RuntimeError("prefill: messages still undelivered after 60 s")
+        raise BenchError("prefill: messages still undelivered after 60 s")
     return sent
 
 

@@ -36,6 +36,7 @@ from tradepulse.bus.admin import ensure_topics, recreate_topics
 from tradepulse.bus.local_kafka import LocalKafka
 from tradepulse.bus.status import STATUS_FILE
 from tradepulse.config import Settings, get_settings
+from tradepulse.errors import BenchError
 from tradepulse.supervisor import Service, Supervisor, port_open, python_command
 from tradepulse.topics import QUOTES, TRADES, TopicSpec
 
@@ -233,7 +234,7 @@ def _full_path(config: BenchConfig, settings: Settings, out: Path, broker_pid: i
             )
             for s in services:
                 if s.process is not None and s.process.poll() is not None:
-                    raise RuntimeError(f"{s.name} exited with code {s.process.returncode}")
+                    raise BenchError(f"{s.name} exited with code {s.process.returncode}")
             sent = sim.get("sent_trades", 0) + sim.get("sent_quotes", 0)
             if now - last_line >= 10:
                 last_line = now
@@ -249,7 +250,7 @@ def _full_path(config: BenchConfig, settings: Settings, out: Path, broker_pid: i
                     log("settle timeout: the pipeline did not catch up; reporting what it has")
                     break
             elif now > deadline_generation:
-                raise RuntimeError("the simulator did not finish its workload in time")
+                raise BenchError("the simulator did not finish its workload in time")
         final_status = _read_json(status_file) or {}
     finally:
         if spy is not None:

@@ -18,6 +18,7 @@ import click
 
 from tradepulse.bus.status import write_json_atomic
 from tradepulse.sources.simulator import MarketModel, Simulator, SimulatorConfig, make_tickers
+from tradepulse.sources.simulator.market import Profile
 
 #: The market-open burst peaks at this multiple of the base rate (the simulator's default is 9×).
 PEAK_MULTIPLIER = 10.0
@@ -37,8 +38,10 @@ class BenchSimulator(Simulator):
         assert self.ws is not None and self.source is not None
         while not any(s.wants_data for s in list(self.ws.sessions)):
             await asyncio.sleep(0.01)
-        self.source.start_ms = self.source.now_ms = int(time.time() * 1000)  # type: ignore[attr-defined]
-        self.sim_now_ms = self.source.start_ms
+        source = self.source
+        assert isinstance(source, MarketModel)  # what _make_source builds
+        source.start_ms = source.now_ms = int(time.time() * 1000)
+        self.sim_now_ms = source.start_ms
         await super()._produce()
 
 
@@ -90,7 +93,7 @@ async def _main(args: SimArgs) -> None:
 class SimArgs:
     rate: float
     tickers: int
-    profile: str
+    profile: Profile
     duration: float
     port: int
     seed: int
@@ -110,7 +113,7 @@ class SimArgs:
 def main(
     rate: float,
     tickers: int,
-    profile: str,
+    profile: Profile,  # click.Choice admits exactly these
     duration: float,
     port: int,
     seed: int,

@@ -26,8 +26,11 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka.admin import AdminClient
+
+from tradepulse.errors import BusError
 
 #: The Maven project naming the broker jars: package data (tradepulse/bus/data/pom.xml).
 POM_RESOURCE = resources.files("tradepulse.bus").joinpath("data", "pom.xml")
@@ -53,7 +56,7 @@ class SecureListener:
     admin_password: str = "admin-secret"
 
 
-class KafkaSetupError(RuntimeError):
+class KafkaSetupError(BusError):
     """A prerequisite is missing or the broker could not start; the message says what to do."""
 
 
@@ -249,7 +252,9 @@ class LocalKafka:
         }
 
     def _wait_ready(self, bootstrap: str, timeout_s: float, security: dict[str, str]) -> None:
-        admin = AdminClient({"bootstrap.servers": bootstrap, "logger": _quiet_logger} | security)
+        # Any: confluent-kafka's stubs omit the `logger` entry (a logging.Logger) that the client accepts.
+        config: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": _quiet_logger} | security
+        admin = AdminClient(config)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:

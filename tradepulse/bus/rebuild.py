@@ -101,6 +101,7 @@ def _read_ranges(
                 if tp not in pending:
                     continue
                 offset = message.offset()
+                assert offset is not None  # every record (a message without error) has an offset
                 if offset < ends[tp]:
                     keep.append(message)
                 if offset >= ends[tp] - 1:
@@ -138,6 +139,7 @@ def plan_rebuild(
             for message in messages:
                 _, ts = message.timestamp()
                 p = message.partition()
+                assert p is not None  # every record has a partition
                 if ts > last_ts.get(p, -1):
                     last_ts[p] = ts
 

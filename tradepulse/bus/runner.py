@@ -55,6 +55,7 @@ from tradepulse.bus.rebuild import plan_rebuild, read_plan
 from tradepulse.bus.status import RunnerMetrics, publish_status, status_path
 from tradepulse.bus.watchdog import Watchdog
 from tradepulse.config import Settings
+from tradepulse.errors import BusError
 from tradepulse.metrics_emf import emitter_from_settings
 from tradepulse.stores.dlq import make_dead_letter
 from tradepulse.topics import (
@@ -310,7 +311,7 @@ class Runner:
             except KafkaException as exc:
                 last_error = exc
                 log.warning("committed-offset fetch failed (%s); retrying", exc)
-        raise RuntimeError(f"cannot fetch committed offsets: {last_error}")
+        raise BusError(f"cannot fetch committed offsets: {last_error}")
 
     def _rebuild(self, committed: list[KafkaTopicPartition]) -> None:
         started = time.monotonic()

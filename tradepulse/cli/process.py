@@ -6,10 +6,14 @@ import logging
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import click
 
 from tradepulse.config import get_settings
+
+if TYPE_CHECKING:
+    from tradepulse.bus.status import RunnerMetrics
 
 
 @click.command()
@@ -69,7 +73,7 @@ def process(instance: str, progress_s: float, exit_when_idle: float | None) -> N
 
     last_seen = {"events": -1, "assignments": -1, "at": time.monotonic()}
 
-    def idle_for_long(m) -> bool:  # type: ignore[no-untyped-def]
+    def idle_for_long(m: RunnerMetrics) -> bool:
         # Idle = no new events since the later of the last event and the last (re)assignment, which
         # may have spent a while rebuilding; never idle without partitions.
         if (

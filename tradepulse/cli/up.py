@@ -8,9 +8,9 @@ import time
 import click
 
 from tradepulse.bus.admin import describe_topics, ensure_topics
-from tradepulse.bus.local_kafka import KafkaSetupError
 from tradepulse.cli.kafka import local_broker
 from tradepulse.config import Settings, get_settings
+from tradepulse.errors import TradePulseError
 from tradepulse.supervisor import Service, Supervisor, port_open, python_command
 
 
@@ -39,8 +39,10 @@ def pipeline_services(available: set[str], settings: Settings | None = None) -> 
 @click.command()
 def up() -> None:
     """Run everything locally: Kafka, simulator (without API keys), ingest, news, processor, API."""
-    from tradepulse.cli.main import cli
-
+    # The subcommands of the group `up` runs under (`tradepulse`, tradepulse.cli.main) are the services
+    # that can be started; read from click's context so that this module does not import main back.
+    root = click.get_current_context().find_root().command
+    commands = set(root.commands) if isinstance(root, click.Group) else set()
     settings = get_settings()
     supervisor = Supervisor()
     supervisor.install_signal_handlers()
@@ -67,18 +69,18 @@ def up() -> None:
             "market simulator (no MASSIVE_API_KEY set)" if settings.use_simulator else "Massive live feed"
         )
         supervisor.log("up", f"source: {source}")
-        for service in pipeline_services(set(cli.commands), settings):
+        for service in pipeline_services(commands, settings):
             service.env["TRADEPULSE_KAFKA_BOOTSTRAP"] = info.bootstrap
             if supervisor.stopping.is_set():
                 break
             supervisor.start(service)
         supervisor.log("up", f"pipeline up in {time.monotonic() - started:.1f}s — Ctrl-C stops everything")
-        if "api" in cli.commands:
+        if "api" in commands:
             supervisor.log(
                 "up", f"dashboard: http://{settings.api_host}:{settings.api_port}/   API docs: /docs"
             )
         reason = supervisor.wait()
-    except (KafkaSetupError, RuntimeError) as exc:
+    except TradePulseError as exc:  # KafkaSetupError, a service that exits or is not ready (CliError)
         click.secho(f"error: {exc}", fg="red", err=True)
         reason = str(exc)
     finally:

@@ -57,6 +57,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.ensemble._iforest import _average_path_length
 
 from tradepulse.core.features import FEATURE_COLUMNS
+from tradepulse.errors import InvalidArgument
 from tradepulse.ids import stable_id
 
 MODEL_FEATURES = (
@@ -106,7 +107,7 @@ class CompiledForest:
 
     def __init__(self, forest: IsolationForest) -> None:
         if any(len(f) != forest.n_features_in_ for f in forest.estimators_features_):
-            raise ValueError("feature subsampling is not supported")
+            raise InvalidArgument("feature subsampling is not supported")
         parts: dict[str, list[np.ndarray]] = {
             k: [] for k in ("left", "right", "feature", "threshold", "value")
         }
@@ -276,8 +277,9 @@ class AnomalyDetector:
                 thresholds[idx] = model.threshold
                 versions[idx] = model.version
         if pooled_rows:
+            assert pooled is not None  # rows are pooled only when a pooled model exists (not per_ticker)
             rows = np.concatenate(pooled_rows)
-            scores[rows] = pooled.forest.score_samples(np.concatenate(pooled_z))  # type: ignore[union-attr]
+            scores[rows] = pooled.forest.score_samples(np.concatenate(pooled_z))
         flagged = warm_all & (scores < thresholds)
 
         # Learn from the unflagged rows (and from flag runs long enough to be a regime change).

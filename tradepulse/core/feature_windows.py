@@ -15,7 +15,7 @@ import numpy as np
 from tradepulse.core.trade_state import TradeState, group_starts, ranges
 
 if TYPE_CHECKING:
-    from tradepulse.core.features import FeatureConfig
+    from tradepulse.core.feature_config import FeatureConfig
 
 PAIR_CHUNK = 2_000_000  # disorder-correction pairs materialised at once
 

@@ -13,7 +13,7 @@ from tradepulse.core.columns import QuoteColumns
 from tradepulse.core.trade_state import NO_TS, composite_span
 
 if TYPE_CHECKING:
-    from tradepulse.core.features import FeatureConfig
+    from tradepulse.core.feature_config import FeatureConfig
 
 
 class QuoteBook:

@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tradepulse.errors import InvalidArgument
+
 if TYPE_CHECKING:
-    from tradepulse.core.features import FeatureConfig
+    from tradepulse.core.feature_config import FeatureConfig
 
 
 NO_TS = np.int64(-(2**62))  # "no watermark yet"; far below any real ts, and safe to subtract from
@@ -18,7 +20,7 @@ NO_TS = np.int64(-(2**62))  # "no watermark yet"; far below any real ts, and saf
 
 def composite_span(ncodes: int, span: int) -> None:
     if ncodes * span >= 2**62:
-        raise ValueError("timestamp range of the batch is too wide for the composite key")
+        raise InvalidArgument("timestamp range of the batch is too wide for the composite key")
 
 
 def group_starts(*keys: np.ndarray) -> np.ndarray:
@@ -148,7 +150,7 @@ class TradeState:
         if ncodes == len(self.tail) and (self.tail[codes] + need <= self.reg0[codes] + self.cap[codes]).all():
             return
         if ncodes >= 2**62 // int(K):
-            raise ValueError("too many tickers for the composite key")
+            raise InvalidArgument("too many tickers for the composite key")
         old = len(self.tail)
         grow = ncodes - old
         end = np.int64(len(self.key))

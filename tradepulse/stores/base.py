@@ -49,6 +49,16 @@ class HotStore(Protocol):
     def write_latency_p99_ms(self) -> float:
         """p99 of recent write_batch latencies (the backpressure and /health signal)."""
 
+    @property
+    def throttles(self) -> int:
+        """Write calls the backend throttled since the store was opened (the HotWriteThrottles metric,
+        `tradepulse.metrics_emf`); 0 for a backend that never throttles."""
+
+    def put_runner_status(self, status: dict[str, Any], instance: str = "0") -> None:
+        """Keep a runner heartbeat where readers without the runner's disk find it (DynamoDB: the API
+        Lambda); a no-op for a backend whose readers share the runner's disk and read its status file
+        (`tradepulse.bus.heartbeat.publish_status` always writes that file)."""
+
     def close(self) -> None: ...
 
 
@@ -59,6 +69,9 @@ class ColdStore(Protocol):
 
     def flush(self, *, force: bool = False) -> int:
         """Write buffered rows whose size/time limit is reached (all, with force); returns files written."""
+
+    def archive_dead_letters(self, letters: list[Row]) -> int:
+        """Archive dead letters (idempotently: the same letters rewrite the same file); returns files written."""
 
     def close(self) -> None: ...
 

@@ -51,6 +51,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from tradepulse import topics
+from tradepulse.errors import InvalidArgument
 from tradepulse.ids import stable_id
 from tradepulse.models import (
     Anomaly,
@@ -269,7 +270,7 @@ class ParquetColdStore:
     def from_settings(cls, settings: Any, **kw: Any) -> ParquetColdStore:
         if settings.cold_store == "s3":
             if not settings.s3_bucket:
-                raise ValueError("TRADEPULSE_S3_BUCKET is required for the S3 cold store")
+                raise InvalidArgument("TRADEPULSE_S3_BUCKET is required for the S3 cold store")
             root: str | Path = f"s3://{settings.s3_bucket}/{settings.s3_prefix.strip('/')}"
         else:
             root = settings.cold_dir
@@ -325,7 +326,7 @@ class ParquetColdStore:
 
         n = len(rows)
         if n != len(positions):
-            raise ValueError(f"{n} rows but {len(positions)} positions")
+            raise InvalidArgument(f"{n} rows but {len(positions)} positions")
         if n:
             pos = np.asarray(positions, dtype=np.int64).reshape(n, 2)
             keep = None

@@ -58,6 +58,7 @@ from typing import Any
 
 import orjson
 
+from tradepulse.errors import InvalidArgument, StoreError
 from tradepulse.models import Trade
 from tradepulse.percentiles import nearest_rank
 from tradepulse.stores.base import Row
@@ -182,13 +183,13 @@ def _upsert_many(conn: sqlite3.Connection, upsert: _Upsert, rows: list[tuple[Any
         flat = list(chain.from_iterable(rows[:full]))
         step = MULTI_ROWS * upsert.width
         if len(flat) != full * upsert.width:
-            raise ValueError(f"rows must have {upsert.width} values each")
+            raise InvalidArgument(f"rows must have {upsert.width} values each")
         conn.executemany(upsert.multi, [flat[i : i + step] for i in range(0, len(flat), step)])
     if full < len(rows):
         conn.executemany(upsert.one, rows[full:])
 
 
-class SchemaMismatch(RuntimeError):
+class SchemaMismatch(StoreError):
     """The SQLite file was written with another schema version."""
 
 
@@ -311,7 +312,7 @@ class SqliteHotStore:
 
     def _reader(self) -> sqlite3.Connection:
         if self._closed:
-            raise RuntimeError("store is closed")
+            raise StoreError("store is closed")
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._connect()
@@ -344,7 +345,7 @@ class SqliteHotStore:
         started = time.perf_counter()
         with self._write_lock:
             if self._closed:
-                raise RuntimeError("store is closed")
+                raise StoreError("store is closed")
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -517,12 +518,19 @@ class SqliteHotStore:
     def count(self, table: str) -> int:
         """Row count of one table (trades, features, anomalies, correlations); for checks and tests."""
         if table not in {"trades", "features", "anomalies", "correlations"}:
-            raise ValueError(f"unknown table {table!r}")
+            raise InvalidArgument(f"unknown table {table!r}")
         return self._reader().execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
     def trade_ids(self) -> set[str]:
         """Every stored trade event_id (the chaos test compares this with the simulator's set)."""
         return {r[0] for r in self._reader().execute("SELECT event_id FROM trades")}
+
+    #: SQLite never throttles a write (the HotWriteThrottles metric reads 0).
+    throttles = 0
+
+    def put_runner_status(self, status: dict[str, Any], instance: str = "0") -> None:
+        """Nothing to keep: every reader of this store shares the runner's disk and reads the runner's
+        status file, which `publish_status` has already written."""
 
     def write_latency_p99_ms(self) -> float:
         return nearest_rank(list(self._latencies), 99)
