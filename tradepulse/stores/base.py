@@ -49,6 +49,11 @@ class HotStore(Protocol):
     def write_latency_p99_ms(self) -> float:
         """p99 of recent write_batch latencies (the backpressure and /health signal)."""
 
+    def get_runner_statuses(self) -> dict[str, dict[str, Any]]:
+        """Runner instance → its latest heartbeat document, where the runners publish them to the hot
+        store (DynamoDB: no shared disk in AWS); {} for a backend whose runners write status files
+        (SQLite). /health reads it through `HotStoreRunnerStatusSource`."""
+
     def close(self) -> None: ...
 
 

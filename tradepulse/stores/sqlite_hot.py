@@ -535,6 +535,10 @@ class SqliteHotStore:
     def write_latency_p99_ms(self) -> float:
         return _p99(list(self._latencies))
 
+    def get_runner_statuses(self) -> dict[str, dict[str, Any]]:
+        """Always {}: locally the runners write their heartbeat to files beside the database."""
+        return {}
+
     def close(self) -> None:
         if self._closed:
             return
