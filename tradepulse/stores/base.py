@@ -43,8 +43,8 @@ class HotStore(Protocol):
 
     def tickers(self) -> list[str]: ...
 
-    def purge_expired(self, now_ms: int) -> int:
-        """Delete rows older than the TTL; returns how many."""
+    def purge_expired(self, now_ms: int, *, chunk_rows: int = 5000) -> int:
+        """Delete rows older than the TTL, at most `chunk_rows` per transaction; returns how many."""
 
     def write_latency_p99_ms(self) -> float:
         """p99 of recent write_batch latencies (the backpressure and /health signal)."""
