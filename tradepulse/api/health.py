@@ -59,7 +59,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -295,6 +295,10 @@ class BrokerProbe:
         )
 
 
+State = Literal["ok", "degraded", "down", "unknown"]
+Overall = Literal["healthy", "degraded", "unhealthy"]
+
+
 @dataclass
 class Verdict:
     """The components of one /health answer and which of them make it unhealthy or degraded."""
@@ -312,7 +316,7 @@ class Verdict:
             self.degraded.append(name)
 
     @property
-    def status(self) -> str:
+    def status(self) -> Overall:
         return "unhealthy" if self.unhealthy else "degraded" if self.degraded else "healthy"
 
 
@@ -348,7 +352,7 @@ def runner_instances(views: list[RunnerView]) -> dict[str, ComponentHealth]:
     }
 
 
-def runner_state(views: list[RunnerView], status: RunnerStatus, now: float) -> tuple[str, str]:
+def runner_state(views: list[RunnerView], status: RunnerStatus, now: float) -> tuple[State, str]:
     """(state, detail) of the pipeline's runners: down when none is live or one is stuck, degraded when
     some are missing, else ok."""
     live = [v for v in views if v.state != "missing"]
