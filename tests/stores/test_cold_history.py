@@ -28,6 +28,7 @@ from tradepulse.stores.cold_history import (
     AthenaColdHistory,
     DuckDBColdHistory,
     HistoryQuery,
+    day_windows,
     history_sql,
     partition_predicate,
 )
@@ -166,3 +167,20 @@ def test_the_history_datasets_are_the_cold_stores() -> None:
     archived = {d.name: tuple(d) for d in DATASETS.values()}
     for name, history in HISTORY_DATASETS.items():
         assert tuple(history) == archived[name]
+
+
+def test_duckdb_reads_newest_day_first_and_stops_at_the_limit(
+    cold_rows: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    since, until = NOW_MS - 168 * HOUR_MS, NOW_MS - 47 * HOUR_MS
+    in_window = sorted(
+        (r for r in cold_rows["anomalies"] if since <= r["ts_ms"] < until), key=lambda r: -r["ts_ms"]
+    )
+    cold = DuckDBColdHistory(tmp_path)
+    assert cold.query(HistoryQuery("anomalies", "AAPL", since, until, limit=3)) == in_window[:3]
+    assert cold.queries == 1  # one row every 7 h: the newest day holds three
+    cold.queries = 0
+    assert cold.query(HistoryQuery("anomalies", "AAPL", since, until, limit=8)) == in_window[:8]
+    assert cold.queries == 3
+    assert day_windows(since, until)[0] == (since, since // (24 * HOUR_MS) * 24 * HOUR_MS + 24 * HOUR_MS)
+    assert len(day_windows(since, until)) == 6 and day_windows(since, until)[-1][1] == until

@@ -25,6 +25,8 @@ dependency outside the lock for a loop of three calls. boto3 ships with the Lamb
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import time
 import typing
 from collections.abc import Callable
@@ -117,6 +119,12 @@ def window_dates(since_ms: int, until_ms: int) -> list[str]:
     return [_date(day * _DAY_MS) for day in range(since_ms // _DAY_MS, (until_ms - 1) // _DAY_MS + 1)]
 
 
+def day_windows(since_ms: int, until_ms: int) -> list[tuple[int, int]]:
+    """[since_ms, until_ms) cut at UTC midnights, oldest first."""
+    cuts = [since_ms, *range((since_ms // _DAY_MS + 1) * _DAY_MS, until_ms, _DAY_MS), until_ms]
+    return list(itertools.pairwise(cuts))
+
+
 def partition_predicate(since_ms: int, until_ms: int) -> str:
     """The dt/hour partitions of [since_ms, until_ms): every UTC date listed, the first and last day
     bounded by hour. Literal values only, so Athena's partition projection and DuckDB's hive
@@ -183,25 +191,43 @@ class ColdHistory(Protocol):
 class DuckDBColdHistory:
     """DuckDB over the local Parquet cold store (`settings.cold_dir`).
 
-    A connection per query, with one view named like the dataset (so the SQL is the Athena text) over
-    the `dt=` folders of the window only: the view sees the files present at that moment, and its cost
-    does not grow with the history outside the window. The view reads the files with their own schema
-    first; only if that fails (a file written before a model gained a field lacks its column) does it
-    unify the files' schemas by column name, which reads every file's footer first (measured: 224 ms
-    instead of 11 ms for 240 files)."""
+    Newest day first: the window is read one UTC day at a time, from its end, until `limit` rows are
+    found. A busy ticker's newest 1000 anomalies are minutes old, so the query reads one day of files
+    instead of the whole window (DuckDB has to decode every file it reads: one file holds all tickers
+    of a partition hour). Each day is one query with the same SQL text as Athena's, over a view named
+    like the dataset on that day's `dt=` folder only, on a fresh connection (it sees the files present
+    at that moment). Athena instead gets the whole window in one query: its per-query overhead is
+    seconds, and partition pruning already bounds what it reads.
+
+    The view reads the files with their own schema first; only if that fails (a file written before a
+    model gained a field lacks its column) does it unify the files' schemas by column name, which reads
+    every file's footer first (measured: 224 ms instead of 11 ms for 240 files)."""
 
     def __init__(self, cold_dir: str | Path) -> None:
         self.cold_dir = Path(cold_dir)
+        self.queries = 0
 
     def query(self, query: HistoryQuery) -> list[Row]:
+        rows: list[Row] = []
+        for since_ms, until_ms in reversed(day_windows(query.since_ms, query.until_ms)):
+            day = dataclasses.replace(
+                query, since_ms=since_ms, until_ms=until_ms, limit=query.limit - len(rows)
+            )
+            rows += self._query_day(day)
+            if len(rows) >= query.limit:
+                break
+        return rows
+
+    def _query_day(self, query: HistoryQuery) -> list[Row]:
         import duckdb  # not on the Lambda API's path (it queries Athena)
 
-        folder = self.cold_dir / dataset(query.dataset).name
-        days = [folder / f"dt={d}" for d in window_dates(query.since_ms, query.until_ms)]
-        globs = [str(d / "hour=*" / "*.parquet") for d in days if any(d.glob("hour=*/*.parquet"))]
-        if not globs:
+        (date,) = window_dates(query.since_ms, query.until_ms)
+        folder = self.cold_dir / dataset(query.dataset).name / f"dt={date}"
+        if not any(folder.glob("hour=*/*.parquet")):
             return []
         sql = history_sql(query, DUCKDB)
+        globs = [str(folder / "hour=*" / "*.parquet")]
+        self.queries += 1
         try:
             return self._run(query.dataset, sql, globs, union_by_name=False)
         except duckdb.Error:
