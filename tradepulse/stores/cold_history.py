@@ -272,17 +272,24 @@ class AthenaColdHistory:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if client is None:
-            import boto3
-
-            client = boto3.client("athena", region_name=region)
-        self.client = client
+        self._client = client
+        self._region = region
         self.database = database
         self.workgroup = workgroup
         self.timeout_s = timeout_s
         self.poll_s = poll_s
         self._sleep = sleep
         self._clock = clock
+
+    @property
+    def client(self) -> Any:
+        """The boto3 Athena client, made on first use: most API requests never query history, and a
+        client costs tens of ms of the Lambda's cold start."""
+        if self._client is None:
+            import boto3
+
+            self._client = boto3.client("athena", region_name=self._region)
+        return self._client
 
     def query(self, query: HistoryQuery) -> list[Row]:
         sql = history_sql(query, ATHENA)
