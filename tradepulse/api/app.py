@@ -14,22 +14,22 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tradepulse import __version__
 from tradepulse.api.cache import TTLCache
 from tradepulse.api.deps import ApiContext
-from tradepulse.api.health import (
-    BrokerProbe,
+from tradepulse.api.health import BrokerProbe, HealthChecker
+from tradepulse.api.history import History
+from tradepulse.api.metrics import ApiMetrics
+from tradepulse.api.routes import analytics, market, operations
+from tradepulse.api.runner_status import (
     FileRunnerStatusSource,
-    HealthChecker,
     HotStoreRunnerStatusSource,
     RunnerStatusSource,
     runner_status_path,
 )
-from tradepulse.api.history import History
-from tradepulse.api.metrics import ApiMetrics
-from tradepulse.api.routes import analytics, market, operations
 from tradepulse.config import Settings, get_settings
 from tradepulse.stores.base import DeadLetterQueue, HotStore
 from tradepulse.stores.cold_history import ColdHistory, open_cold_history
@@ -176,5 +176,6 @@ class RequestMetrics:
             await self.app(scope, receive, send_and_note_status)
         finally:
             # The router stores the matched route in the (shared) scope.
-            template = getattr(scope.get("route"), "path", "unmatched")
+            route = scope.get("route")
+            template = route.path if isinstance(route, Route | Mount) else "unmatched"
             self.metrics.observe(template, scope["method"], status, time.perf_counter() - started)
