@@ -39,7 +39,7 @@ from typing import Any, Protocol
 import orjson
 from pydantic import BaseModel
 
-from tradepulse.models import Anomaly, Correlation, FeatureVector
+from tradepulse.models import Anomaly, Correlation
 from tradepulse.stores.base import Row
 
 _HOUR_MS = 3_600_000
@@ -61,7 +61,7 @@ ATHENA = Dialect("athena", lambda column: f"json_format(CAST({column} AS JSON))"
 class HistoryQuery:
     """Rows of one dataset with event time in [since_ms, until_ms), newest first, at most `limit`."""
 
-    dataset: str  # a DATASETS name: "anomalies", "correlations", "features"
+    dataset: str  # a HISTORY_DATASETS name: "anomalies", "correlations"
     ticker: str | None
     since_ms: int
     until_ms: int
@@ -80,12 +80,12 @@ class HistoryDataset(typing.NamedTuple):
 HISTORY_DATASETS: dict[str, HistoryDataset] = {
     d.name: d
     for d in (
-        HistoryDataset("features", FeatureVector, "ts_ms", ("ticker", "ts_ms")),
         HistoryDataset("anomalies", Anomaly, "ts_ms", ("anomaly_id",)),
         HistoryDataset("correlations", Correlation, "published_ts_ms", ("correlation_id",)),
     )
 }
-"""The same fields as those datasets' entries in `parquet_cold.DATASETS` (a test ties them). Not imported
+"""The datasets the API reads beyond the hot TTL (`/history` looks back 30 min at most, so features never
+need it), with the same fields as their entries in `parquet_cold.DATASETS` (a test ties them). Not imported
 from there: `parquet_cold` loads pyarrow, which the Lambda API's layer does not carry (it queries
 Athena and never touches Parquet itself)."""
 
