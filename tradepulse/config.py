@@ -156,6 +156,16 @@ class Settings(BaseSettings):
     dynamodb_table: str = "tradepulse-hot"
     dynamodb_shards: int = 8
     hot_ttl_hours: int = 48
+    hot_purge_interval_s: float = Field(
+        default=300.0,
+        description="SQLite hot store: seconds between purges of rows older than hot_ttl_hours, run by each "
+        "`tradepulse process` in a background thread (0 = never). DynamoDB expires items by its own TTL.",
+    )
+    hot_purge_chunk_rows: int = Field(
+        default=5000,
+        ge=1,
+        description="Rows one purge transaction deletes at most (bounds the write-lock hold).",
+    )
     s3_bucket: str | None = None
     s3_prefix: str = "tradepulse"
     sqs_dlq_url: str | None = None

@@ -57,6 +57,9 @@ def start_runner(settings: Settings, instance: str, *extra: str, batch: int = 30
         "TRADEPULSE_TOPIC_PARTITIONS": str(settings.topic_partitions),
         "TRADEPULSE_BATCH_MAX_MESSAGES": str(batch),
         "TRADEPULSE_LOG_LEVEL": "INFO",
+        # The recording's event times (START_MS, 2025-12) are older than the hot TTL by the wall clock:
+        # the retention purge would remove the rows these tests compare.
+        "TRADEPULSE_HOT_PURGE_INTERVAL_S": "0",
     }
     return subprocess.Popen(
         [

@@ -47,6 +47,9 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
         TRADEPULSE_MASSIVE_RECONNECT_INITIAL_S="0.05",
         TRADEPULSE_MASSIVE_RECONNECT_MAX_S="0.5",
         TRADEPULSE_LOG_LEVEL="INFO",
+        # The simulated market starts at START_MS (2025-12), older than the hot TTL by the wall clock:
+        # the runner's retention purge would remove the rows the reconciliation counts.
+        TRADEPULSE_HOT_PURGE_INTERVAL_S="0",
         PYTHONUNBUFFERED="1",
         PYTHONFAULTHANDLER="1",  # SIGABRT dumps every thread's stack into the service log
     )

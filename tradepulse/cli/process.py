@@ -39,6 +39,7 @@ def process(instance: str, progress_s: float, exit_when_idle: float | None) -> N
     from tradepulse.bus.admin import MissingTopicsError, require_topics
     from tradepulse.bus.pipeline import build_runner
     from tradepulse.bus.watchdog import Watchdog
+    from tradepulse.stores.retention import RetentionPurger
     from tradepulse.topics import PROCESSOR_TOPICS
 
     settings = get_settings()
@@ -85,10 +86,16 @@ def process(instance: str, progress_s: float, exit_when_idle: float | None) -> N
         return time.monotonic() - last_seen["at"] > (exit_when_idle or 0)
 
     click.echo(f"[process {instance}] runner started (transactional id {runner.transactional_id})", err=True)
+    # Retention beside the runner, on its own store object (see tradepulse.stores.retention for why here).
+    purger = RetentionPurger.for_settings(runner.hot, settings)
+    if purger is not None:
+        purger.start()
     try:
         runner.run(stop_when=idle_for_long if exit_when_idle is not None else None)
     finally:
         done.set()
+        if purger is not None:
+            purger.stop()
     snap = metrics.snapshot()
     click.echo(
         f"[process {instance}] stopped after {snap['events_processed']} events, "

@@ -43,8 +43,8 @@ class HotStore(Protocol):
 
     def tickers(self) -> list[str]: ...
 
-    def purge_expired(self, now_ms: int) -> int:
-        """Delete rows older than the TTL; returns how many."""
+    def purge_expired(self, now_ms: int, *, chunk_rows: int = 5000) -> int:
+        """Delete rows older than the TTL, at most `chunk_rows` per transaction; returns how many."""
 
     def write_latency_p99_ms(self) -> float:
         """p99 of recent write_batch latencies (the backpressure and /health signal)."""
@@ -58,6 +58,11 @@ class HotStore(Protocol):
         """Keep a runner heartbeat where readers without the runner's disk find it (DynamoDB: the API
         Lambda); a no-op for a backend whose readers share the runner's disk and read its status file
         (`tradepulse.bus.heartbeat.publish_status` always writes that file)."""
+
+    def get_runner_statuses(self) -> dict[str, dict[str, Any]]:
+        """Runner instance → its latest heartbeat document, where the runners publish them to the hot
+        store (DynamoDB: no shared disk in AWS); {} for a backend whose runners write status files
+        (SQLite). /health reads it through `HotStoreRunnerStatusSource`."""
 
     def close(self) -> None: ...
 

@@ -388,7 +388,7 @@ class DynamoHotStore:
     def tickers(self) -> list[str]:
         return sorted(r["ticker"] for r in self._query("TICKERS"))
 
-    def purge_expired(self, now_ms: int) -> int:
+    def purge_expired(self, now_ms: int, *, chunk_rows: int = 5000) -> int:
         """Nothing to do: DynamoDB's TTL deletes items after `expires_at`."""
         return 0
 
