@@ -39,6 +39,7 @@ from typing import Any, Protocol
 import orjson
 from pydantic import BaseModel
 
+from tradepulse.errors import InvalidArgument, StoreError
 from tradepulse.models import Anomaly, Correlation
 from tradepulse.stores.base import Row
 
@@ -94,7 +95,7 @@ def dataset(name: str) -> HistoryDataset:
     try:
         return HISTORY_DATASETS[name]
     except KeyError:
-        raise ValueError(f"cold dataset {name!r} is not readable as history") from None
+        raise InvalidArgument(f"cold dataset {name!r} is not readable as history") from None
 
 
 def _quote(text: str) -> str:
@@ -149,7 +150,7 @@ def _date(ts_ms: int) -> str:
 def history_sql(query: HistoryQuery, dialect: Dialect) -> str:
     """The SQL text of a history query on `dialect`."""
     if query.until_ms <= query.since_ms:
-        raise ValueError(f"empty window [{query.since_ms}, {query.until_ms})")
+        raise InvalidArgument(f"empty window [{query.since_ms}, {query.until_ms})")
     d = dataset(query.dataset)
     where = [
         partition_predicate(query.since_ms, query.until_ms),
@@ -253,7 +254,7 @@ class DuckDBColdHistory:
             con.close()
 
 
-class AthenaQueryFailed(RuntimeError):
+class AthenaQueryFailed(StoreError):
     """An Athena query ended FAILED or CANCELLED, or did not finish in time."""
 
 

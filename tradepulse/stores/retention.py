@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Self
 
 from tradepulse.config import Settings
+from tradepulse.errors import InvalidArgument
 from tradepulse.stores.base import HotStore
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class RetentionPurger:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if interval_s <= 0:
-            raise ValueError("interval_s must be > 0")
+            raise InvalidArgument("interval_s must be > 0")
         self._hot = hot
         self.interval_s = interval_s
         self.chunk_rows = chunk_rows

@@ -461,7 +461,7 @@ class SqliteHotStore:
         while True:
             with self._write_lock:
                 if self._closed:
-                    raise RuntimeError("store is closed")
+                    raise StoreError("store is closed")
                 conn = self._writer
                 conn.execute("BEGIN IMMEDIATE")
                 try:
