@@ -244,3 +244,18 @@ def test_append_batch_flushes_by_size_and_time_itself(tmp_path: Path) -> None:
     assert store.buffered_rows() == 3
     store.close()
     assert [r["anomaly_id"] for r in read_rows(tmp_path, "anomalies")] == [a["anomaly_id"] for a in anomalies]
+
+
+def test_rows_appended_again_before_the_first_flush_of_their_block_are_written_once(tmp_path: Path) -> None:
+    # The runner's rewind after an aborted transaction re-appends from the cold checkpoint; rows of the
+    # same block may still be buffered (committed but not flushed, or of the aborted batch). The first
+    # write of a block has no file to merge with, and must still not write a row twice.
+    store = ParquetColdStore(
+        tmp_path, block_offsets=100, flush_rows=10**6, flush_interval_s=1e9, clock=Clock()
+    )
+    rows = trades_at(range(10))
+    positions = [(0, o) for o in range(10)]
+    store.append_batch(topics.TRADES, rows[:6], positions[:6], flush=False)
+    store.append_batch(topics.TRADES, rows, positions, flush=False)  # the replay, from offset 0
+    store.close()
+    assert sorted(r["kafka_offset"] for r in read_rows(tmp_path)) == list(range(10))

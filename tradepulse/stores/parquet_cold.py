@@ -39,7 +39,7 @@ import time
 import types
 import typing
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from operator import methodcaller
 from pathlib import Path
@@ -308,9 +308,9 @@ class ParquetColdStore:
         rows: list[Row],
         positions: list[tuple[int, int]],
         *,
-        start: dict[tuple[str, int], int] | None = None,
+        start: Mapping[tuple[str, int], int] | None = None,
         flush: bool = True,
-        columns: dict[str, Any] | None = None,
+        columns: Mapping[str, Any] | None = None,
     ) -> int:
         """Buffer one micro-batch of `topic`: `rows[i]` was consumed at `positions[i]` =
         (partition, offset), in offset order per partition. Rows below `start[(topic, partition)]` are
@@ -344,7 +344,7 @@ class ParquetColdStore:
         return self.flush() if flush else 0
 
     def _buffer_table(
-        self, topic: str, rows: list[Row], pos: np.ndarray, columns: dict[str, Any] | None
+        self, topic: str, rows: list[Row], pos: np.ndarray, columns: Mapping[str, Any] | None
     ) -> None:
         import numpy as np
 
@@ -477,8 +477,10 @@ class ParquetColdStore:
             data = self.target.read(rel)  # after a restart: the file may hold rows of this block
             previous = pq.read_table(io.BytesIO(data)).cast(schema) if data is not None else None
         if previous is not None:
-            table = _dedupe(pa.concat_tables([previous, table]), dataset.key)
-        table = _sort(table, dataset)
+            table = pa.concat_tables([previous, table])
+        # Always, the first write of a block included: the buffer itself may hold a row twice (appended
+        # again by a replay that started below rows still buffered), and a file must never.
+        table = _sort(_dedupe(table, dataset.key), dataset)
         self._put(rel, table)
         if final:
             self._written.pop(key, None)
