@@ -1,6 +1,7 @@
 """Transaction failures against the real broker: an aborted transaction, a retriable commit error and a
 fenced producer (a second runner with the same transactional id). In each case the outputs (Kafka,
-read_committed), the hot store and the cold store (inputs and every archived output) stay exact.
+read_committed), the hot store and the cold store (inputs and every archived output) stay exact. And
+after a run, `tradepulse query` counts every output as the hot store holds it.
 
 The faults are injected through a thin seam, a wrapper around the runner's real transactional producer
 (`Runner._new_producer`); the broker, the stores and the core are real.
@@ -16,6 +17,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from tests.bus.test_runner import (
@@ -34,7 +36,8 @@ from tests.bus.test_runner import (
 from tests.reliability.harness import output_archive
 from tradepulse.bus.pipeline import build_runner
 from tradepulse.bus.runner import Runner
-from tradepulse.config import Settings
+from tradepulse.cli.storage import query
+from tradepulse.config import Settings, get_settings
 from tradepulse.stores.factory import open_hot_store
 from tradepulse.topics import CORRELATIONS, FEATURES, NEWS, QUOTES, TRADES
 
@@ -205,3 +208,27 @@ def test_a_fenced_runner_exits_and_its_successor_keeps_everything_exact(
     assert first.producer is None and first.consumer is None  # closed and released
     assert first.metrics.events_processed < len(recording.events)
     assert_exact(settings, recording)
+
+
+def test_tradepulse_query_counts_every_output_as_the_hot_store_holds_it(
+    settings: Settings, recording: Recording, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a new user tries after a run: the cold store's views hold the outputs, not only the inputs.
+    runner = build_runner(settings, instance="query")
+    run_to_the_end(runner, settings, recording)
+    monkeypatch.setenv("TRADEPULSE_DATA_DIR", str(settings.data_dir))
+    get_settings.cache_clear()
+    try:
+        cold = {}
+        for table in ("trades", "features", "anomalies", "correlations"):
+            result = CliRunner().invoke(query, ["--format", "csv", f"SELECT count(*) AS n FROM {table}"])
+            assert result.exit_code == 0, result.output
+            cold[table] = int(result.output.split()[1])
+    finally:
+        get_settings.cache_clear()
+    hot = open_hot_store(settings)
+    try:
+        assert cold == {table: hot.count(table) for table in cold}
+    finally:
+        hot.close()
+    assert cold["features"] > 1000 and cold["correlations"] > 0
