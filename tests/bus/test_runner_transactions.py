@@ -160,6 +160,11 @@ def test_a_retriable_commit_error_is_retried_and_the_runner_keeps_going(
     # Retried in place: no rewind, so every event was processed exactly once.
     assert runner.metrics.events_processed == len(recording.events)
     assert_exact(settings, recording)
+    # The stopped runner closed its transactional producer and let go of both clients (no reference
+    # cycle through the consumer's rebalance callbacks left for the garbage collector).
+    assert runner.producer is None and runner.consumer is None
+    with pytest.raises(RuntimeError, match="closed"):
+        runner.faults["producer"].inner.flush(0)  # type: ignore[attr-defined]
 
 
 @contextmanager

@@ -283,6 +283,34 @@ def hot_natural_keys(settings: Settings, topic: str) -> set[tuple[Any, ...]]:
         return set(conn.execute(f"SELECT {', '.join(key)} FROM {table}"))
 
 
+def seed_news(settings: Settings, duration_s: float, every_s: float = 2.0) -> tuple[int, int]:
+    """Produce, before the run, a fixed set of news articles (one every `every_s` of the market's event
+    time, round-robin over the tickers: the runner joins them into correlations once a ticker's trades
+    are 60 s past them) and poison messages between them (the runner dead-letters them to
+    market.dead-letters), so that those outputs and their cold datasets take part in the run.
+    Deterministic: the same records on every run. Returns (articles, poison messages)."""
+    from confluent_kafka import Producer
+
+    from tradepulse.bus.clients import producer_config
+    from tradepulse.sources.news import article_records
+    from tradepulse.topics import NEWS
+
+    producer = Producer(producer_config(settings))
+    articles = poison = 0
+    for i in range(int(duration_s / every_s)):
+        ticker = TICKERS[i % len(TICKERS)]
+        published_s = START_MS / 1000 + (i + 0.5) * every_s
+        item = {"id": 9_000_000 + i, "datetime": published_s, "headline": f"{ticker} news {i}", "related": ""}
+        for record in article_records(item, ticker, set(TICKERS), int(published_s * 1e6)):
+            producer.produce(NEWS, key=ticker.encode(), value=orjson.dumps(record))
+            articles += 1
+        if i % 2 == 0:
+            producer.produce(NEWS, key=ticker.encode(), value=b"{not json #%d" % i)
+            poison += 1
+    assert producer.flush(30) == 0
+    return articles, poison
+
+
 @dataclass
 class OutputArchive:
     """One output topic's cold dataset against the topic (read_committed) and the hot/DLQ store."""
@@ -334,6 +362,8 @@ class ChaosReport:
     seconds: float
     # The cold archive of every output topic (see `output_archive`), by dataset.
     cold_outputs: dict[str, OutputArchive] = field(default_factory=dict)
+    news_articles: int = 0  # articles seeded into market.news (`seed_news`)
+    news_poison: int = 0  # poison messages seeded into market.news (dead letters expected)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     contention: dict[str, float] = field(default_factory=dict)
 

@@ -1,6 +1,10 @@
 """Chaos: kill -9 the runner and the ingest service at random points of a deterministic simulator run,
 restarting each time; afterwards Kafka, the hot store and the cold store hold exactly the simulator's
-trade set, and every feature snapshot equals an independent batch recomputation.
+trade set, and every feature snapshot equals an independent batch recomputation. Every output topic
+(features, anomalies, correlations, dead letters) is in its cold dataset exactly once (0 duplicates,
+0 missing against the topic read read_committed), and the hot store (the DLQ store for dead letters)
+holds every row of it; news articles and poison messages seeded into market.news before the run
+(`harness.seed_news`) give the runner correlations and dead letters to produce.
 
 The simulator runs with `resend_blocks`: on every (re)subscription it replays its last blocks, so a
 restarted ingest gets again what its killed predecessor had received but not yet published; the ingest
@@ -45,6 +49,7 @@ from tests.reliability.harness import (
     hot_trade_keys,
     output_archive,
     read_topic,
+    seed_news,
     wait_until,
 )
 from tests.sources.test_backfill import generated_trades
@@ -111,6 +116,7 @@ def run_chaos(plan: Plan, kafka_bootstrap: str, tmp_path: Path) -> ChaosReport:
         tickers=TICKERS,
     )
     recreate_topics(settings)
+    news_articles, news_poison = seed_news(settings, plan.duration_s)
     # Resend the last blocks (60 s of 50 ms ticks by default) to every new subscription. Alone, a replay
     # covers what a killed ingest had received but not yet published only while the outage is shorter
     # than the replay: a 5 s window lost 4,677 of 1,072,706 trades in the first full run, and under
@@ -247,6 +253,8 @@ def run_chaos(plan: Plan, kafka_bootstrap: str, tmp_path: Path) -> ChaosReport:
         cold=cold,
         features_checked=len(emitted),
         cold_outputs=output_archive(settings, read_topic),
+        news_articles=news_articles,
+        news_poison=news_poison,
         seconds=time.monotonic() - started,
         peak_rss_mb={k: round(v, 1) for k, v in rss.peak.items()},
     )
@@ -280,6 +288,8 @@ def check_cold_outputs(report: ChaosReport) -> None:
         assert archive.exact, (name, archive)
         assert archive.hot.missing == 0, (name, archive)
     assert report.cold_outputs["features"].cold.distinct == report.features_checked
+    # One letter per poison message seeded into market.news (`seed_news`).
+    assert report.cold_outputs["dead-letters"].cold.distinct == report.news_poison > 0
     # Deterministic outputs: the hot store holds exactly what was committed. (Anomalies of an aborted
     # attempt may still be in the hot store until anomaly scoring is deterministic; the DLQ store also
     # holds the ingest's letters, which never go to market.dead-letters.)

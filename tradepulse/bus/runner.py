@@ -102,8 +102,9 @@ TRANSACTION_TIMEOUT_MS = 20_000
 SESSION_TIMEOUT_MS = 10_000
 #: The runner's own outputs, read back read_committed and archived to the cold store (module docstring).
 ARCHIVED_OUTPUTS = OUTPUT_TOPICS
-#: How long a graceful stop waits for the output partitions to be archived up to their end.
-DRAIN_OUTPUTS_S = 30.0
+#: How long a graceful stop waits for the output partitions to be archived up to their end (within the
+#: stop timeouts of `tradepulse up`, 20 s, and of ECS, 60 s).
+DRAIN_OUTPUTS_S = 10.0
 #: Attempts of a transactional call that fails with a retriable error (a timeout, a coordinator move).
 TXN_RETRIES = 5
 # On market.dead-letters a letter's payload is cut to this many characters: the topic tells readers what
