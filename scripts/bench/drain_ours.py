@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tradepulse.bus.pipeline import build_runner
 from tradepulse.bus.status import RunnerMetrics, write_json_atomic
+from tradepulse.cli.process import tune_gc
 from tradepulse.config import get_settings
 
 
@@ -24,6 +25,7 @@ def main() -> None:
     args = parser.parse_args()
     runner = build_runner(get_settings())
     runner.install_signal_handlers()
+    tune_gc()  # as `tradepulse process` does (process-wide, so not the Runner's business)
     marks: dict[str, float] = {}
 
     def done(m: RunnerMetrics) -> bool:

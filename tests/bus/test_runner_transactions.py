@@ -9,6 +9,7 @@ The faults are injected through a thin seam, a wrapper around the runner's real 
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ from tests.bus.test_runner import (
 from tests.reliability.harness import output_archive
 from tradepulse.bus.pipeline import build_runner
 from tradepulse.bus.runner import Runner
+from tradepulse.cli.process import GC_THRESHOLDS, tune_gc
 from tradepulse.cli.storage import query
 from tradepulse.config import Settings, get_settings
 from tradepulse.stores.factory import open_hot_store
@@ -220,7 +222,12 @@ def test_tradepulse_query_counts_every_output_as_the_hot_store_holds_it(
 ) -> None:
     # What a new user tries after a run: the cold store's views hold the outputs, not only the inputs.
     runner = build_runner(settings, instance="query")
-    run_to_the_end(runner, settings, recording)
+    thresholds = gc.get_threshold()
+    produce(settings, recording.events)
+    with running(runner):
+        wait_for(lambda: runner.metrics.events_processed >= len(recording.events), 120, "every event")
+        # Process-wide GC settings are the entry point's (`tradepulse process`), not the Runner's.
+        assert gc.get_threshold() == thresholds
     monkeypatch.setenv("TRADEPULSE_DATA_DIR", str(settings.data_dir))
     get_settings.cache_clear()
     try:
@@ -237,3 +244,14 @@ def test_tradepulse_query_counts_every_output_as_the_hot_store_holds_it(
     finally:
         hot.close()
     assert cold["features"] > 1000 and cold["correlations"] > 0
+
+
+def test_the_process_entry_point_sets_the_runner_gc_thresholds() -> None:
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0  # what was alive at start is out of the collector's walks
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
