@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from tradepulse.bus.clients import consumer_config
 from tradepulse.config import Settings
@@ -112,6 +112,28 @@ def _read_ranges(
         consumer.unassign()
 
 
+#: Errors of a watermark query that a moment heals: a freshly created topic's leader is not known yet.
+_LEADER_ERRORS = (
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._TIMED_OUT,
+)
+
+
+def _watermarks(consumer: Consumer, tp: TopicPartition, timeout_s: float = 30.0) -> tuple[int, int]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            return int(low), int(high)
+        except KafkaException as exc:
+            if exc.args[0].code() not in _LEADER_ERRORS or time.monotonic() > deadline:
+                raise
+            log.info("watermarks of %s[%d] not available yet (%s); retrying", tp.topic, tp.partition, exc)
+            time.sleep(0.2)
+
+
 def plan_rebuild(
     settings: Settings,
     committed: list[TopicPartition],
@@ -130,7 +152,7 @@ def plan_rebuild(
         lows: dict[TP, int] = {}
         for tp in committed:
             key = (tp.topic, tp.partition)
-            low, high = consumer.get_watermark_offsets(TopicPartition(*key), timeout=10)
+            low, high = _watermarks(consumer, TopicPartition(*key))
             lows[key] = low
             end = tp.offset if tp.offset != OFFSET_INVALID and tp.offset >= 0 else low
             plan.end[key] = max(low, min(end, high))

@@ -339,7 +339,11 @@ class Runner:
     def _outputs_archived(self, consumer: Consumer, outputs: list[KafkaTopicPartition]) -> bool:
         """Every output partition consumed up to its end (the position passes transaction markers)."""
         for tp in consumer.position(outputs):
-            _, high = consumer.get_watermark_offsets(tp, timeout=5)
+            try:
+                _, high = consumer.get_watermark_offsets(tp, timeout=5)
+            except KafkaException as exc:  # e.g. a leader moving: ask again until the drain's deadline
+                log.info("watermarks of %s[%d] unavailable (%s)", tp.topic, tp.partition, exc)
+                return False
             if high > 0 and self._position(tp) < high:
                 return False
         return True

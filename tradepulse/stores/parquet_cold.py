@@ -530,6 +530,10 @@ def _group_rows(*keys: np.ndarray) -> tuple[list[list[int]], np.ndarray]:
 
 def _dedupe(table: pa.Table, key: tuple[str, ...]) -> pa.Table:
     """Keep the last row of each key (new rows were concatenated after the old ones)."""
+    import pyarrow.compute as pc  # the runner's path only, like numpy (the Lambdas never get here)
+
+    if len(key) == 1 and pc.count_distinct(table[key[0]]).as_py() == table.num_rows:
+        return table  # the usual case, nothing to drop: a distinct count is 3-5x cheaper than the group-by
     indexed = table.append_column("__i", pa.array(range(table.num_rows), pa.int64()))
     last = indexed.group_by(list(key), use_threads=False).aggregate([("__i", "max")])
     return table.take(last["__i_max"])  # order does not matter: the caller sorts
