@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -255,3 +256,22 @@ def test_the_process_entry_point_sets_the_runner_gc_thresholds() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_a_stopped_runner_and_its_clients_are_freed_without_the_garbage_collector(settings: Settings) -> None:
+    # The consumer's rebalance callbacks are bound methods of the runner: while the runner held on to its
+    # consumer after closing it, the two formed a cycle that only the cyclic collector frees, on whatever
+    # thread it runs, and a Kafka client destroyed on a librdkafka thread aborts the process (see
+    # tests/bus/test_admin_lifetime.py).
+    runner = build_runner(settings, instance="lifetime")
+    metrics = runner.metrics
+    with running(runner):
+        wait_for(lambda: metrics.assignments > 0, 60, "the first assignment")
+    assert runner.consumer is None and runner.producer is None  # closed and dropped at shutdown
+    ref = weakref.ref(runner)  # (the clients themselves cannot be weakly referenced)
+    gc.disable()
+    try:
+        del runner
+        assert ref() is None  # freed at once: no cycle through the consumer's callbacks holds it
+    finally:
+        gc.enable()
