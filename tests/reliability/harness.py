@@ -283,6 +283,20 @@ def hot_natural_keys(settings: Settings, topic: str) -> set[tuple[Any, ...]]:
         return set(conn.execute(f"SELECT {', '.join(key)} FROM {table}"))
 
 
+def outputs_archived(settings: Settings, instance: str = "0") -> bool:
+    """The runner reports no lag on any partition it consumes, its output topics included: everything it
+    produced is in its cold store's buffers (written at the latest by the graceful stop). Waiting for this
+    before the stop keeps the stop's own drain (`Runner._drain_outputs`, bounded in time) out of the
+    result even on a throttled machine."""
+    from tradepulse.bus.status import status_path
+
+    try:
+        status = orjson.loads(status_path(settings.data_dir, instance).read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return False
+    return status.get("consumer_lag") == 0 and status.get("assigned_partitions", 0) > 0
+
+
 def seed_news(settings: Settings, duration_s: float, every_s: float = 2.0) -> tuple[int, int]:
     """Produce, before the run, a fixed set of news articles (one every `every_s` of the market's event
     time, round-robin over the tickers: the runner joins them into correlations once a ticker's trades

@@ -48,6 +48,7 @@ from tests.reliability.harness import (
     high_watermarks,
     hot_trade_keys,
     output_archive,
+    outputs_archived,
     read_topic,
     seed_news,
     wait_until,
@@ -204,6 +205,12 @@ def run_chaos(plan: Plan, kafka_bootstrap: str, tmp_path: Path) -> ChaosReport:
             assert services.stop("ingest") == 0
             wait_until(
                 lambda: drained(settings), 900, "the runner to commit every record", services.check_alive
+            )
+            wait_until(
+                lambda: outputs_archived(settings),
+                300,
+                "the runner to read back its outputs",
+                services.check_alive,
             )
             assert services.stop("runner") == 0, services.tail("runner")
         sent = sim.sent_trade_keys()
