@@ -12,11 +12,12 @@ trades and quotes go to the cold store, per row (`append`) and per batch (`appen
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+import click
 
 from tradepulse import topics
 from tradepulse.ids import quote_event_id, stable_id, trade_event_id
@@ -226,18 +227,19 @@ def bench_parquet(rows: list[dict], root: Path) -> None:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--batch", type=int, default=2000)
-    parser.add_argument("--mixed-batches", type=int, default=120, help="5,000-message batches (0 = skip)")
-    args = parser.parse_args()
-    rows = trades(args.rows)
+@click.command(help=__doc__)
+@click.option("--rows", "n_rows", type=int, default=200000, show_default=True)
+@click.option("--batch", type=int, default=2000, show_default=True)
+@click.option(
+    "--mixed-batches", type=int, default=120, show_default=True, help="5,000-message batches (0 = skip)"
+)
+def main(n_rows: int, batch: int, mixed_batches: int) -> None:
+    rows = trades(n_rows)
     with tempfile.TemporaryDirectory() as tmp:
-        bench_sqlite(rows, args.batch, Path(tmp))
+        bench_sqlite(rows, batch, Path(tmp))
         bench_parquet(rows, Path(tmp))
-        if args.mixed_batches:
-            bench_mixed(args.mixed_batches, Path(tmp))
+        if mixed_batches:
+            bench_mixed(mixed_batches, Path(tmp))
 
 
 if __name__ == "__main__":

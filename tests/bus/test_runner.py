@@ -24,6 +24,7 @@ import pandas as pd
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
+from tests.doubles import SlowHotStore
 from tradepulse.bus.clients import consumer_config, producer_config
 from tradepulse.bus.pipeline import build_runner
 from tradepulse.bus.runner import Runner
@@ -34,7 +35,6 @@ from tradepulse.models import Correlation, DeadLetter, FeatureVector
 from tradepulse.sources.news import article_records
 from tradepulse.sources.parse import quote_record, trade_record
 from tradepulse.sources.simulator.market import MarketConfig, MarketModel
-from tradepulse.stores.backpressure import SlowHotStore
 from tradepulse.stores.dlq import encode_payload
 from tradepulse.stores.factory import open_dlq, open_hot_store
 from tradepulse.topics import CORRELATIONS, DEAD_LETTERS, FEATURES, INPUT_TOPICS, NEWS, QUOTES, TRADES

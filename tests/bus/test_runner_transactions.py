@@ -37,8 +37,7 @@ from tests.bus.test_runner import (
 )
 from tests.reliability.harness import output_archive
 from tradepulse.bus.pipeline import build_runner
-from tradepulse.bus.runner import Runner
-from tradepulse.cli.process import GC_THRESHOLDS, tune_gc
+from tradepulse.bus.runner import GC_THRESHOLDS, Runner, tune_gc
 from tradepulse.cli.storage import query
 from tradepulse.config import Settings, get_settings
 from tradepulse.stores.factory import open_hot_store

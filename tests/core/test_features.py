@@ -517,7 +517,8 @@ def test_state_is_bounded(stream: list[Event]) -> None:
 def test_core_imports_nothing_from_kafka_or_storage() -> None:
     code = (
         "import sys\n"
-        "import tradepulse.core.columns, tradepulse.core.features, tradepulse.core.feature_store\n"
+        "import tradepulse.core.columns, tradepulse.core.features, tradepulse.core.trade_state\n"
+        "import tradepulse.core.feature_windows, tradepulse.core.quote_book\n"
         "import tradepulse.core.anomaly\n"
         "bad = [m for m in ('confluent_kafka', 'sqlite3', 'duckdb', 'boto3', 'botocore',"
         " 'httpx', 'websockets', 'fastapi') if m in sys.modules]\n"

@@ -20,11 +20,11 @@ import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from tests.paths import REPO_ROOT
 from tradepulse.bus.clients import consumer_config
-from tradepulse.bus.local_kafka import REPO_ROOT
-from tradepulse.cli.supervisor import python_command
 from tradepulse.config import Settings
 from tradepulse.stores.parquet_cold import DATASETS
+from tradepulse.supervisor import python_command
 from tradepulse.topics import ANOMALIES, CORRELATIONS, DEAD_LETTERS, FEATURES, INPUT_TOPICS, OUTPUT_TOPICS
 
 KEY = "chaos-simulator-key"

@@ -90,8 +90,8 @@ def build_runner(
 ) -> Runner:
     """A runner on the configured stores and the real core. The service passes a commit watchdog;
     in-process callers (tests, benchmarks) leave it out, since it restarts the whole process."""
+    from tradepulse.bus.backpressure import BackpressureController
     from tradepulse.core.anomaly import AnomalyDetector
-    from tradepulse.stores.backpressure import BackpressureController
     from tradepulse.stores.dlq import with_retries
     from tradepulse.stores.factory import open_cold_store, open_dlq, open_hot_store
 

@@ -10,17 +10,18 @@ import click
 from tradepulse.bus.admin import describe_topics, ensure_topics
 from tradepulse.bus.clients import NoBrokerError, bootstrap_servers
 from tradepulse.bus.local_kafka import KafkaSetupError, LocalKafka, kafka_version
-from tradepulse.config import get_settings
+from tradepulse.config import Settings, get_settings
 
 
-def local_broker() -> LocalKafka:
-    """The local broker of the configured data dir."""
-    settings = get_settings()
+def local_broker(settings: Settings | None = None) -> LocalKafka:
+    """The local broker of the configured data dir, with the configured jar cache."""
+    settings = settings or get_settings()
     return LocalKafka(
         settings.data_dir,
         port=settings.kafka_port,
         controller_port=settings.kafka_controller_port,
         heap=settings.kafka_heap,
+        libs_root=settings.kafka_libs_root,
     )
 
 

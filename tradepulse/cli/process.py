@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import sys
 import threading
@@ -11,23 +10,6 @@ import time
 import click
 
 from tradepulse.config import get_settings
-
-# Cyclic-GC thresholds of the runner process. Every event allocates a few GC-tracked objects (the row dict
-# and its `conditions` list, the Kafka message), and whatever stays alive across batches (window state,
-# buffers) is walked by every full collection; with the default (700, 10, 10) a full collection ran every
-# few batches (0.3–1 s each, ~40 % of the runner's CPU in a drain while the cold store still buffered
-# dicts). The rows form no reference cycles (reference counting frees them), so young collections run
-# every 50,000 allocations and full ones rarely; the objects alive at start (modules, the model) are
-# frozen out of the collector. Process-wide settings, so they belong to the process's entry point, not
-# to the `Runner` (which tests and benchmarks also run in-process).
-GC_THRESHOLDS = (50_000, 20, 100)
-
-
-def tune_gc() -> None:
-    """Set the runner process's GC thresholds (above); for entry points that run a `Runner`."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 @click.command()
@@ -52,6 +34,7 @@ def process(instance: str, progress_s: float, exit_when_idle: float | None) -> N
     and produce the outputs, exactly once. SIGTERM/SIGINT finish the batch, commit and exit."""
     from tradepulse.bus.admin import MissingTopicsError, require_topics
     from tradepulse.bus.pipeline import build_runner
+    from tradepulse.bus.runner import tune_gc
     from tradepulse.bus.watchdog import Watchdog
     from tradepulse.topics import PROCESSOR_TOPICS
 

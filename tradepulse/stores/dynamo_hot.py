@@ -42,9 +42,9 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from tradepulse.ids import shard_of
+from tradepulse.percentiles import nearest_rank
 from tradepulse.retry import backoff_delay
 from tradepulse.stores.base import Row
-from tradepulse.stores.sqlite_hot import _p99
 
 TICKERS_REFRESH_S = 3600.0
 
@@ -387,7 +387,7 @@ class DynamoHotStore:
         return 0
 
     def write_latency_p99_ms(self) -> float:
-        return _p99(list(self._latencies))
+        return nearest_rank(list(self._latencies), 99)
 
     # --- runner heartbeat (the contract is in tradepulse.api.health) -------------------------------
 

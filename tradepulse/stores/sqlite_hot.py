@@ -50,7 +50,7 @@ import threading
 import time
 import typing
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from itertools import chain
 from operator import itemgetter
 from pathlib import Path
@@ -59,6 +59,7 @@ from typing import Any
 import orjson
 
 from tradepulse.models import Trade
+from tradepulse.percentiles import nearest_rank
 from tradepulse.stores.base import Row
 
 log = logging.getLogger(__name__)
@@ -237,15 +238,6 @@ def _trade_doc(row: tuple[Any, ...]) -> Row:
     doc = dict(zip(_TRADE_KEY, row[:4], strict=True))
     doc.update(zip(_TRADE_REST, vals, strict=True))
     return {f: doc[f] for f in _TRADE_FIELDS}  # model field order, as emitted
-
-
-def _p99(samples: Iterable[float]) -> float:
-    ordered = sorted(samples)
-    if not ordered:
-        return 0.0
-    # Nearest-rank percentile: no interpolation, so the value is one that was actually observed.
-    rank = max(0, -(-99 * len(ordered) // 100) - 1)
-    return ordered[rank]
 
 
 class SqliteHotStore:
@@ -533,7 +525,7 @@ class SqliteHotStore:
         return {r[0] for r in self._reader().execute("SELECT event_id FROM trades")}
 
     def write_latency_p99_ms(self) -> float:
-        return _p99(list(self._latencies))
+        return nearest_rank(list(self._latencies), 99)
 
     def close(self) -> None:
         if self._closed:

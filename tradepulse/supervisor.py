@@ -1,5 +1,6 @@
-"""A small process supervisor for `tradepulse up`: starts services in readiness order, prefixes their
-logs, and stops everything (in reverse order) on Ctrl-C, SIGTERM or when any service dies.
+"""A small process supervisor for `tradepulse up` (and `tradepulse bench`): starts services in readiness
+order, prefixes their logs, and stops everything (in reverse order) on Ctrl-C, SIGTERM or when any
+service dies. Outside `tradepulse.cli` so the bench harness can use it without importing the CLI back.
 
 Children run in their own sessions so a terminal Ctrl-C reaches only the supervisor, which then stops
 them in order; each child also gets PR_SET_PDEATHSIG so that even a SIGKILLed supervisor leaves no
