@@ -542,10 +542,14 @@ def test_sink_failure_retries_three_times_then_dead_letters_and_continues(
 
 
 def _cold_rows_on_disk(settings: Settings) -> int:
-    """Rows in the cold store's Parquet files (temporary files are not *.parquet)."""
+    """Rows of the input datasets in the cold store's Parquet files (temporary files are not *.parquet)."""
     import pyarrow.parquet as pq
 
-    return sum(pq.ParquetFile(path).metadata.num_rows for path in settings.cold_dir.rglob("*.parquet"))
+    return sum(
+        pq.ParquetFile(path).metadata.num_rows
+        for dataset in ("trades", "quotes", "news")
+        for path in (settings.cold_dir / dataset).rglob("*.parquet")
+    )
 
 
 def test_cold_store_is_flushed_while_running_so_its_buffers_stay_bounded(

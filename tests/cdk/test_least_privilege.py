@@ -92,12 +92,10 @@ def processor_calls(aws: Callable[[str], Any]) -> set[str]:
     rows = [make_trade(seq=o, ts_ms=BASE_MS + o) for o in range(10)]
     first = ParquetColdStore(root, block_offsets=10, s3_client=client)
     assert first.next_offset(topics.TRADES, 3) is None  # no checkpoint yet: NoSuchKey
-    for offset in range(6):
-        first.append(topics.TRADES, 3, offset, rows[offset])
+    first.append_batch(topics.TRADES, rows[:6], [(3, offset) for offset in range(6)], flush=False)
     first.flush(force=True)  # then the process dies
     second = ParquetColdStore(root, block_offsets=10, s3_client=client)
-    for offset in range(4, 10):
-        second.append(topics.TRADES, 3, offset, rows[offset])
+    second.append_batch(topics.TRADES, rows[4:], [(3, offset) for offset in range(4, 10)], flush=False)
     second.archive_dead_letters(
         [
             make_dead_letter(

@@ -344,7 +344,8 @@ def test_least_privilege_grants(template: dict[str, Any]) -> None:
     assert "dynamodb:BatchWriteItem" not in actions_of(ingest)
     # Ingest reads the tail of what it publishes (its dedupe seed) and nothing else.
     assert reads(ingest) == {topics.TRADES, topics.QUOTES}
-    assert reads(processor) == set(topics.INPUT_TOPICS)
+    # Its inputs, and its outputs read back for the cold archive.
+    assert reads(processor) == {*topics.INPUT_TOPICS, *topics.OUTPUT_TOPICS}
     assert "dynamodb:Query" in actions_of(api)
     # History beyond the hot TTL through Athena: queries, reads; it writes only Athena's result objects.
     assert {a for a in actions_of(api) if a.startswith("athena:")} == {

@@ -16,6 +16,7 @@ from tradepulse.config import Settings
 from tradepulse.core.columns import QuoteColumns, TradeColumns
 from tradepulse.core.features import FeatureConfig, FeatureEngine
 from tradepulse.core.news_join import NewsJoiner
+from tradepulse.stores.base import HotStore
 
 
 class CoreProcessor:
@@ -83,7 +84,7 @@ def build_runner(
     settings: Settings,
     *,
     instance: str = "0",
-    hot: Any = None,
+    hot: HotStore | None = None,
     detector: Any = None,
     commit_watchdog: Watchdog | None = None,
 ) -> Runner:

@@ -12,7 +12,8 @@ assignment the runner reads, with a separate group-less consumer (assign(), read
   from the wall clock;
 - also the records the cold store has not durably written yet (`cold_next[tp]` .. committed), so that rows
   buffered in a crashed process's cold store are appended again (no gaps), and nothing below what the
-  cold store already has is appended twice (no duplicates).
+  cold store already has is appended twice (no duplicates). This includes the runner's archived output
+  topics, which carry no window state (`state_topics` excludes them: only their cold range is read).
 
 Nothing is produced or written to the hot store while rebuilding.
 """
@@ -21,10 +22,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from tradepulse.bus.clients import consumer_config
 from tradepulse.config import Settings
@@ -112,6 +113,28 @@ def _read_ranges(
         consumer.unassign()
 
 
+#: Errors of a watermark query that a moment heals: a freshly created topic's leader is not known yet.
+_LEADER_ERRORS = (
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._TIMED_OUT,
+)
+
+
+def _watermarks(consumer: Consumer, tp: TopicPartition, timeout_s: float = 30.0) -> tuple[int, int]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            return int(low), int(high)
+        except KafkaException as exc:
+            if exc.args[0].code() not in _LEADER_ERRORS or time.monotonic() > deadline:
+                raise
+            log.info("watermarks of %s[%d] not available yet (%s); retrying", tp.topic, tp.partition, exc)
+            time.sleep(0.2)
+
+
 def plan_rebuild(
     settings: Settings,
     committed: list[TopicPartition],
@@ -119,16 +142,18 @@ def plan_rebuild(
     *,
     group_id: str,
     lookback_s: float,
+    state_topics: Collection[str] | None = None,
     timeout_s: float = 120.0,
 ) -> RebuildPlan:
-    """Work out the ranges to read for the given committed offsets (see the module docstring)."""
+    """Work out the ranges to read for the given committed offsets (see the module docstring). Only
+    partitions of `state_topics` (all, if None) are read for state; the others only for the cold store."""
     plan = RebuildPlan()
     consumer = _rebuild_consumer(settings, group_id)
     try:
         lows: dict[TP, int] = {}
         for tp in committed:
             key = (tp.topic, tp.partition)
-            low, high = consumer.get_watermark_offsets(TopicPartition(*key), timeout=10)
+            low, high = _watermarks(consumer, TopicPartition(*key))
             lows[key] = low
             end = tp.offset if tp.offset != OFFSET_INVALID and tp.offset >= 0 else low
             plan.end[key] = max(low, min(end, high))
@@ -143,13 +168,14 @@ def plan_rebuild(
                 if ts > last_ts.get(p, -1):
                     last_ts[p] = ts
 
-        tail_starts = {tp: max(lows[tp], end - 8) for tp, end in plan.end.items()}
+        stateful = {tp for tp in plan.end if state_topics is None or tp[0] in state_topics}
+        tail_starts = {tp: max(lows[tp], plan.end[tp] - 8) for tp in stateful}
         _read_ranges(consumer, tail_starts, plan.end, note_ts, chunk=1000, timeout_s=timeout_s)
         lookback_ms = int(lookback_s * 1000)
         queries = [
             TopicPartition(t, p, last_ts[p] - lookback_ms)
-            for (t, p), end in plan.end.items()
-            if p in last_ts and end > lows[(t, p)]
+            for (t, p) in stateful
+            if p in last_ts and plan.end[(t, p)] > lows[(t, p)]
         ]
         found = (
             {(tp.topic, tp.partition): tp.offset for tp in consumer.offsets_for_times(queries, 10)}
@@ -157,7 +183,7 @@ def plan_rebuild(
             else {}
         )
         for key, end in plan.end.items():
-            start = found.get(key, end)
+            start = found.get(key, end) if key in stateful else end
             plan.state_start[key] = end if start < 0 else max(lows[key], min(start, end))
             known = cold_next(*key)
             plan.cold_start[key] = lows[key] if known is None else max(lows[key], min(known, end))

@@ -8,7 +8,7 @@ crash overwrites instead of duplicating.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 Row = dict[str, Any]
@@ -68,17 +68,35 @@ class HotStore(Protocol):
 
 
 class ColdStore(Protocol):
-    """History as Parquet (Snappy, Hive partitions), written idempotently per offset range."""
+    """History as Parquet (Snappy, Hive partitions), written idempotently per Kafka offset block: every
+    row of a topic the runner consumes (its inputs, and its own outputs read back), deduplicated by
+    the dataset's natural key. What the runner calls (`tradepulse.stores.parquet_cold`)."""
 
-    def append(self, topic: str, partition: int, offset: int, row: Row) -> None: ...
+    def append_batch(
+        self,
+        topic: str,
+        rows: list[Row],
+        positions: list[tuple[int, int]],
+        *,
+        start: Mapping[tuple[str, int], int] | None = None,
+        flush: bool = True,
+        columns: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Buffer one micro-batch of `topic` (`rows[i]` consumed at `positions[i]` = (partition,
+        offset)), skipping rows below `start[(topic, partition)]`; flush what is due unless
+        `flush=False`. Returns the files written."""
+
+    def next_offset(self, topic: str, partition: int) -> int | None:
+        """The next offset of (topic, partition) not yet durably written (None = nothing known)."""
 
     def flush(self, *, force: bool = False) -> int:
         """Write buffered rows whose size/time limit is reached (all, with force); returns files written."""
 
     def archive_dead_letters(self, letters: list[Row]) -> int:
-        """Archive dead letters (idempotently: the same letters rewrite the same file); returns files written."""
+        """Write letters the DLQ gave up on (the redrive policy's `archive`); returns files written."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Flush everything (a store that is dropped instead loses its buffers, by design)."""
 
 
 class DeadLetterQueue(Protocol):
