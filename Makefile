@@ -17,12 +17,13 @@ LOCK_FLAGS    := --quiet --generate-hashes --custom-compile-command "make lock"
 # Provided by the Lambda runtime (boto3 and what it depends on): never shipped in a layer.
 LAMBDA_RUNTIME_PACKAGES := boto3 botocore s3transfer jmespath python-dateutil six urllib3
 
-.PHONY: help install lock up test lint fmt kafka-jars browser node synth bench chaos clean distclean
+.PHONY: help install lock up test lint typecheck fmt kafka-jars browser node synth bench chaos clean distclean
 
 help:
 	@echo "make up      run the whole pipeline locally (Kafka, simulator, ingest, processor, API, dashboard)"
 	@echo "make test    install everything needed and run the whole test suite"
-	@echo "make lint    ruff check + format check"
+	@echo "make lint    the static checks: ruff (check + format), mypy, import contracts"
+	@echo "make typecheck  mypy over tradepulse/ alone (settings: [tool.mypy] in pyproject.toml)"
 	@echo "make synth   synthesize the CDK app offline (cdk.out/)"
 	@echo "make lock    re-resolve the dependency lock (requirements.txt, layers/requirements*.txt)"
 	@echo "make bench   full-path market-open benchmark (results/)"
@@ -73,14 +74,25 @@ node:
 up: kafka-jars
 	$(BIN)/tradepulse up
 
+# The static checks, run by `make lint` and first by `make test`: style and lint (ruff), types over
+# tradepulse/ ([tool.mypy] in pyproject.toml) and the import contracts between the packages
+# ([tool.importlinter]: the layering, the pure core, no cycles, no imports of scripts/ or tests/).
+define STATIC_CHECKS
+$(BIN)/ruff check .
+$(BIN)/ruff format --check .
+$(BIN)/mypy
+$(BIN)/lint-imports --no-cache
+endef
+
 test: kafka-jars browser node
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(STATIC_CHECKS)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(STATIC_CHECKS)
+
+typecheck: install
+	$(BIN)/mypy
 
 fmt: install
 	$(BIN)/ruff check --fix .
@@ -96,7 +108,7 @@ chaos: kafka-jars
 	$(BIN)/pytest -m "" tests/reliability $(PYTEST_ARGS)
 
 clean:
-	rm -rf .pytest_cache .ruff_cache cdk.out test-artifacts results layers/build build
+	rm -rf .pytest_cache .ruff_cache .mypy_cache cdk.out test-artifacts results layers/build build
 
 distclean: clean
 	rm -rf $(VENV) .tradepulse node_modules

@@ -105,7 +105,8 @@ class Lambdas(Construct):
         )
         streaming.grant_connect(self.api_function)
         storage.grant_hot_reads(self.api_function)
-        # No Athena/Glue/S3: the API serves the hot store only (tradepulse/api reads DynamoDB and the DLQ).
+        # /anomalies and /sentiment windows beyond the hot TTL read the cold store through Athena.
+        storage.grant_history_queries(self.api_function)
         dlq.grant(self.api_function, "sqs:GetQueueAttributes")  # /health reports the DLQ depth
 
         self.http_api = apigwv2.HttpApi(

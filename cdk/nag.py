@@ -8,7 +8,7 @@ from aws_cdk import aws_lambda as lambda_
 from constructs import IConstruct
 
 from cdk.stack import TradePulseStack
-from cdk.storage import DEAD_LETTERS_PREFIX
+from cdk.storage import ATHENA_RESULTS_PREFIX, DEAD_LETTERS_PREFIX, HISTORY_DATASETS
 from cdk.streaming import TRANSACTIONAL_ID_PREFIX
 
 LAMBDA_BASIC = (
@@ -47,6 +47,11 @@ def acknowledge_findings(stack: TradePulseStack) -> None:
         ack(fn, "AwsSolutions-IAM5[Action::s3:Abort*]", s3_reason)
         ack(fn, f"AwsSolutions-IAM5[Resource::{bucket_arn}/{prefix}/{DEAD_LETTERS_PREFIX}/*]",
             "Writes one archive object per dead letter under the dead-letters prefix (keys known only at run time).")  # fmt: skip
+    for dataset in HISTORY_DATASETS:
+        ack(stack.lambdas.api_function, f"AwsSolutions-IAM5[Resource::{bucket_arn}/{prefix}/{dataset}/*]",
+            "Athena reads the dataset's Parquet files for the API's history beyond the hot TTL (keys known at run time).")  # fmt: skip
+    ack(stack.lambdas.api_function, f"AwsSolutions-IAM5[Resource::{bucket_arn}/{ATHENA_RESULTS_PREFIX}/*]",
+        "Athena writes each query's result object under the workgroup's output prefix (query ids known at run time).")  # fmt: skip
     ack(stack.services.task_definitions["processor"], f"AwsSolutions-IAM5[Resource::{bucket_arn}/{prefix}/*]",
         "The processor writes Parquet files of every dataset under the cold-store prefix (keys known at run time).")  # fmt: skip
 

@@ -162,9 +162,12 @@ class TradePulseStack(Stack):
         streaming.grant_produce(ingest, topics.INGEST_TOPICS)
         streaming.grant_read(ingest, topics.INGEST_TOPICS, INGEST_SEED_GROUP)
         streaming.grant_produce(news, topics.NEWS_TOPICS)
-        streaming.grant_consume(processor, topics.INPUT_TOPICS, CONSUMER_GROUP)
-        # The state rebuild after an assignment reads the inputs with its own assign()-only consumer.
-        streaming.grant_read(processor, topics.INPUT_TOPICS, f"{CONSUMER_GROUP}-rebuild")
+        # The runner consumes its inputs and, to archive them to the cold store, its own outputs
+        # (tradepulse/bus/runner.py); the state rebuild after an assignment reads both with its own
+        # assign()-only consumer.
+        consumed = (*topics.INPUT_TOPICS, *topics.OUTPUT_TOPICS)
+        streaming.grant_consume(processor, consumed, CONSUMER_GROUP)
+        streaming.grant_read(processor, consumed, f"{CONSUMER_GROUP}-rebuild")
         streaming.grant_produce(processor, topics.OUTPUT_TOPICS, transactional=True)
         for role in (ingest, news, processor):
             dlq.grant_send_messages(role)

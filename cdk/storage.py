@@ -9,7 +9,7 @@ timestamp + sequence), TTL on `expires_at`. The cold layout is
 from __future__ import annotations
 
 import pyarrow as pa
-from aws_cdk import Aws, Duration, RemovalPolicy
+from aws_cdk import Aws, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_athena as athena
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_glue as glue
@@ -24,6 +24,13 @@ ATHENA_RESULTS_PREFIX = "athena-results"
 PROJECTION_START = "2024-01-01"
 HOT_READ_ACTIONS = ("dynamodb:Query",)
 HOT_WRITE_ACTIONS = ("dynamodb:BatchWriteItem", "dynamodb:PutItem")
+# What `tradepulse.stores.cold_history.AthenaColdHistory` calls (the API's history beyond the hot TTL).
+HISTORY_QUERY_ACTIONS = ("athena:StartQueryExecution", "athena:GetQueryExecution", "athena:GetQueryResults")
+# What Athena does with the caller's credentials to run such a query (AWS docs, "Access to the Glue
+# Data Catalog" and "Amazon S3 access" for Athena): read the table definitions, list and read the
+# dataset's objects, write and read the query's result object under the workgroup's output location.
+HISTORY_GLUE_ACTIONS = ("glue:GetDatabase", "glue:GetTable", "glue:GetPartitions")
+HISTORY_DATASETS = ("anomalies", "correlations")
 
 
 def hive_type(arrow_type: pa.DataType) -> str:
@@ -231,6 +238,43 @@ class Storage(Construct):
             grantee=grantee,
             actions=list(HOT_WRITE_ACTIONS),
             resource_arns=[self.table.table_arn],
+        )
+
+    def grant_history_queries(self, grantee: iam.IGrantable) -> None:
+        """Athena SELECTs over the history datasets the API reads beyond the hot TTL (anomalies,
+        correlations) in this workgroup, and nothing else: their Glue tables, their objects under
+        the cold prefix, and the workgroup's result objects. The workgroup's scan cutoff bounds each query."""
+        stack = Stack.of(self)
+        iam.Grant.add_to_principal(
+            grantee=grantee,
+            actions=list(HISTORY_QUERY_ACTIONS),
+            resource_arns=[
+                stack.format_arn(service="athena", resource="workgroup", resource_name=self.workgroup.name)
+            ],
+        )
+        glue_arn = lambda resource, name=None: stack.format_arn(  # noqa: E731
+            service="glue", resource=resource, resource_name=name
+        )
+        iam.Grant.add_to_principal(
+            grantee=grantee,
+            actions=list(HISTORY_GLUE_ACTIONS),
+            resource_arns=[glue_arn("catalog"), glue_arn("database", self.glue_database)]
+            + [glue_arn("table", f"{self.glue_database}/{glue_table_name(d)}") for d in HISTORY_DATASETS],
+        )
+        iam.Grant.add_to_principal(
+            grantee=grantee,
+            actions=["s3:GetObject"],
+            resource_arns=[self.bucket.arn_for_objects(f"{self.s3_prefix}/{d}/*") for d in HISTORY_DATASETS],
+        )
+        iam.Grant.add_to_principal(
+            grantee=grantee,
+            actions=["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
+            resource_arns=[self.bucket.arn_for_objects(f"{ATHENA_RESULTS_PREFIX}/*")],
+        )
+        iam.Grant.add_to_principal(
+            grantee=grantee,
+            actions=["s3:ListBucket", "s3:GetBucketLocation"],
+            resource_arns=[self.bucket.bucket_arn],
         )
 
     def grant_cold_read_write(self, grantee: iam.IGrantable, prefix: str) -> None:

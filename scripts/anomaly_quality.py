@@ -20,12 +20,12 @@ it falls back to a small built-in generator with the same kinds of injections.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import click
 import numpy as np
 import pandas as pd
 
@@ -250,17 +250,14 @@ def run(per_ticker: bool, seconds: float, seed: int, rate: float, batch_ms: int)
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--seconds", type=float, default=2400.0, help="simulated market time")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--rate", type=float, default=2000.0, help="events/s (trades + quotes)")
-    parser.add_argument("--batch-ms", type=int, default=1000, help="simulated time per batch")
-    args = parser.parse_args()
+@click.command(help=__doc__)
+@click.option("--seconds", type=float, default=2400.0, show_default=True, help="simulated market time")
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--rate", type=float, default=2000.0, show_default=True, help="events/s (trades + quotes)")
+@click.option("--batch-ms", type=int, default=1000, show_default=True, help="simulated time per batch")
+def main(seconds: float, seed: int, rate: float, batch_ms: int) -> None:
     for per_ticker in (True, False):
-        r = run(per_ticker, args.seconds, args.seed, args.rate, args.batch_ms)
+        r = run(per_ticker, seconds, seed, rate, batch_ms)
         label = "per-ticker models" if per_ticker else "pooled model    "
         print(
             f"{label}: episode recall {r['episode_recall']:.3f} (spikes {r['spike_recall']:.2f}, jumps "

@@ -9,10 +9,10 @@ concurrent clients on /quotes.
 
 from __future__ import annotations
 
-import argparse
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import click
 import httpx
 import numpy as np
 
@@ -48,16 +48,13 @@ def concurrent(url: str, path: str, clients: int, per_client: int) -> float:
         return clients * per_client / (time.perf_counter() - started)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--url", default="http://127.0.0.1:8000")
-    parser.add_argument("--ticker", default="AAPL")
-    parser.add_argument("--requests", type=int, default=1000)
-    parser.add_argument("--clients", type=int, default=16)
-    args = parser.parse_args()
-    t = args.ticker
+@click.command(help=__doc__)
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True)
+@click.option("--ticker", default="AAPL", show_default=True)
+@click.option("--requests", type=int, default=1000, show_default=True)
+@click.option("--clients", type=int, default=16, show_default=True)
+def main(url: str, ticker: str, requests: int, clients: int) -> None:
+    t = ticker
     paths = [
         f"/quotes/{t}",
         f"/aggregations/{t}",
@@ -67,12 +64,12 @@ def main() -> None:
         f"/sentiment/{t}?hours=24",
         "/health",
     ]
-    with httpx.Client(base_url=args.url, timeout=10) as client:
+    with httpx.Client(base_url=url, timeout=10) as client:
         for path in paths:
             sequential(client, path, 20)  # warm up connections, cache, SQLite reader
-            print(f"{path:32s} {percentiles(sequential(client, path, args.requests))}")
-    rate = concurrent(args.url, f"/quotes/{t}", args.clients, max(1, args.requests // args.clients))
-    print(f"/quotes/{t} with {args.clients} concurrent clients: {rate:,.0f} req/s")
+            print(f"{path:32s} {percentiles(sequential(client, path, requests))}")
+    rate = concurrent(url, f"/quotes/{t}", clients, max(1, requests // clients))
+    print(f"/quotes/{t} with {clients} concurrent clients: {rate:,.0f} req/s")
 
 
 if __name__ == "__main__":

@@ -15,10 +15,10 @@ warm-up in `--warm-batch` events.
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
+import click
 import numpy as np
 
 from tradepulse.core.anomaly import AnomalyConfig, AnomalyDetector
@@ -62,26 +62,27 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--rate", type=float, default=20_000.0, help="simulated events/s (trades + quotes)")
-    parser.add_argument("--batch", type=int, default=10_000, help="events per batch")
-    parser.add_argument("--batches", type=int, default=60, help="measured batches")
-    parser.add_argument(
-        "--warm-batch", type=int, default=10_000, help="events per batch while filling the windows"
-    )
-    parser.add_argument("--seed", type=int, default=7)
-    args = parser.parse_args()
+@click.command(help=__doc__)
+@click.option(
+    "--rate", type=float, default=20000.0, show_default=True, help="simulated events/s (trades + quotes)"
+)
+@click.option("--batch", type=int, default=10000, show_default=True, help="events per batch")
+@click.option("--batches", "n_batches", type=int, default=60, show_default=True, help="measured batches")
+@click.option(
+    "--warm-batch",
+    type=int,
+    default=10000,
+    show_default=True,
+    help="events per batch while filling the windows",
+)
+@click.option("--seed", type=int, default=7, show_default=True)
+def main(rate: float, batch: int, n_batches: int, warm_batch: int, seed: int) -> None:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core
 
     warm_s = 330.0  # fill the 5-minute windows (and the detector's warm-up) first
-    total_s = warm_s + args.batches * args.batch / args.rate + 1
-    data, n_warm = batches(
-        args.rate, total_s, args.batch, args.seed, int(warm_s * args.rate), args.warm_batch
-    )
+    total_s = warm_s + n_batches * batch / rate + 1
+    data, n_warm = batches(rate, total_s, batch, seed, int(warm_s * rate), warm_batch)
     engine = FeatureEngine()
     detectors = {
         "per-ticker": AnomalyDetector(AnomalyConfig(warmup_ms=0, min_train=300)),
@@ -90,7 +91,7 @@ def main() -> None:
     per_batch_ms, events = [], []
     score_us: dict[str, list[float]] = {k: [] for k in detectors}
     measured = 0
-    warm_batches = max(n_warm, len(data) - args.batches)
+    warm_batches = max(n_warm, len(data) - n_batches)
     for i, (trades, quotes) in enumerate(data):
         start = time.perf_counter()
         out = engine.process(trades, quotes)
@@ -111,7 +112,7 @@ def main() -> None:
     print(
         f"features: {total_events / total_s_wall:,.0f} events/s on one core; per {np.mean(events):,.0f}-event batch "
         f"p50 {pct(per_batch_ms, 50):.1f} ms, p99 {pct(per_batch_ms, 99):.1f} ms ({measured} batches, "
-        f"{args.rate:,.0f} events/s simulated)"
+        f"{rate:,.0f} events/s simulated)"
     )
     for name, values in score_us.items():
         print(f"scoring ({name}): p50 {pct(values, 50):.1f} µs/trade, p99 {pct(values, 99):.1f} µs/trade")

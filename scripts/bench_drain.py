@@ -1,8 +1,8 @@
 """Drain-only benchmark of our runner: `tradepulse bench` phase 2 without the full path or the peers.
 
 Starts a throw-away local broker (or uses `--bootstrap`), re-creates the topics, pre-fills `market.trades`
-once with the drain's trades (`scripts.bench.drain.prefill_trades`), then drains them `--runs` times
-with `scripts.bench.drain_ours` (the real runner: core, SQLite hot store, Parquet cold store, one Kafka
+once with the drain's trades (`tradepulse.bench.drain.prefill_trades`), then drains them `--runs` times
+with `tradepulse.bench.drain_ours` (the real runner: core, SQLite hot store, Parquet cold store, one Kafka
 transaction per batch), each run in its own process with a fresh consumer group and data dir, exactly
 as the bench measures it. Prints events/s per run, their median and spread, batch p50/p99 and the
 share of each stage of the runner's batch time (plus the time between batches: consume and polling).
@@ -21,7 +21,6 @@ long is printed per run).
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -29,18 +28,18 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from scripts.bench import drain
-from scripts.bench.harness import _child_env, _profile_summary
+from tradepulse.bench import drain
+from tradepulse.bench.harness import child_env, profile_summary
 from tradepulse.bus.admin import recreate_topics
-from tradepulse.bus.local_kafka import REPO_ROOT, LocalKafka
-from tradepulse.config import Settings
+from tradepulse.bus.local_kafka import LocalKafka
+from tradepulse.config import Settings, get_settings
 
 SPY_RATE_HZ = 100
 ANOMALY_REFITS = {
@@ -52,7 +51,16 @@ ANOMALY_REFITS = {
 }
 
 
-def one_drain(settings: Settings, n: int, out: Path, run: int, args: argparse.Namespace) -> dict[str, Any]:
+@dataclass(frozen=True)
+class DrainOptions:
+    batch: int  # TRADEPULSE_BATCH_MAX_MESSAGES (0: default)
+    py_spy: bool
+    cprofile: bool
+    timeout: float
+    anomaly_refits: bool = False  # scaled-down anomaly settings (ANOMALY_REFITS)
+
+
+def one_drain(settings: Settings, n: int, out: Path, run: int, args: DrainOptions) -> dict[str, Any]:
     """One drain by a fresh runner process; the result JSON of `drain_ours` plus events/s."""
     tag = f"run{run}"
     state = out / f"state-{tag}"
@@ -65,7 +73,7 @@ def one_drain(settings: Settings, n: int, out: Path, run: int, args: argparse.Na
     argv = [
         sys.executable,
         "-m",
-        "scripts.bench.drain_ours",
+        "tradepulse.bench.drain_ours",
         "--expect",
         str(n),
         "--result",
@@ -94,7 +102,7 @@ def one_drain(settings: Settings, n: int, out: Path, run: int, args: argparse.Na
         "tradepulse",
         argv,
         result_path,
-        env=_child_env(ours, **extra),
+        env=child_env(ours, **extra),
         timeout_s=args.timeout,
         log_path=out / f"drain-{tag}.log",
     )
@@ -130,49 +138,59 @@ def describe(result: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+@click.command(help=__doc__)
+@click.option("--events", type=int, default=200000, show_default=True)
+@click.option("--tickers", type=int, default=200, show_default=True)
+@click.option("--partitions", type=int, default=6, show_default=True)
+@click.option("--runs", type=int, default=3, show_default=True)
+@click.option(
+    "--batch", type=int, default=0, show_default=True, help="TRADEPULSE_BATCH_MAX_MESSAGES (0: default)"
+)
+@click.option("--bootstrap", help="An existing broker (default: start a throw-away one).")
+@click.option("--out", type=click.Path(path_type=Path), help="Keep results, logs and profiles here.")
+@click.option("--py-spy", is_flag=True, help="py-spy collapsed stacks of each run.")
+@click.option("--cprofile", is_flag=True, help="A cProfile of each run.")
+@click.option("--timeout", type=float, default=600.0, show_default=True)
+@click.option(
+    "--anomaly-refits", is_flag=True, help="Scaled-down anomaly settings: models live in the drain."
+)
+def main(
+    events: int,
+    tickers: int,
+    partitions: int,
+    runs: int,
+    batch: int,
+    bootstrap: str | None,
+    out: Path | None,
+    py_spy: bool,
+    cprofile: bool,
+    timeout: float,
+    anomaly_refits: bool,
+) -> None:
+    options = DrainOptions(
+        batch=batch, py_spy=py_spy, cprofile=cprofile, timeout=timeout, anomaly_refits=anomaly_refits
     )
-    parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--tickers", type=int, default=200)
-    parser.add_argument("--partitions", type=int, default=6)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=0, help="TRADEPULSE_BATCH_MAX_MESSAGES (0: default)")
-    parser.add_argument("--bootstrap", help="An existing broker (default: start a throw-away one).")
-    parser.add_argument("--out", type=Path, help="Keep results, logs and profiles here.")
-    parser.add_argument("--py-spy", action="store_true", help="py-spy collapsed stacks of each run.")
-    parser.add_argument("--cprofile", action="store_true", help="A cProfile of each run.")
-    parser.add_argument("--timeout", type=float, default=600.0)
-    parser.add_argument(
-        "--anomaly-refits",
-        action="store_true",
-        help="Scaled-down anomaly settings: models live in the drain.",
-    )
-    args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-drain-") as tmp:
-        out = args.out.resolve() if args.out else Path(tmp)
+        out = out.resolve() if out else Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
         broker = None
-        bootstrap = args.bootstrap
+        bootstrap = bootstrap
         if not bootstrap:
-            broker = LocalKafka(
-                Path(tmp) / "kafka", heap="1g", libs_root=REPO_ROOT / ".tradepulse" / "kafka-libs"
-            )
+            broker = LocalKafka(Path(tmp) / "kafka", heap="1g", libs_root=get_settings().kafka_libs_root)
             bootstrap = broker.start(quiet=True).bootstrap
         try:
-            settings = Settings(kafka_bootstrap=bootstrap, data_dir=out, topic_partitions=args.partitions)
+            settings = Settings(kafka_bootstrap=bootstrap, data_dir=out, topic_partitions=partitions)
             recreate_topics(settings)
             t0 = time.perf_counter()
-            n = drain.prefill_trades(settings, args.events, args.tickers)
-            print(f"pre-filled {n:,} trades ({args.tickers} tickers) in {time.perf_counter() - t0:.1f}s")
+            n = drain.prefill_trades(settings, events, tickers)
+            print(f"pre-filled {n:,} trades ({tickers} tickers) in {time.perf_counter() - t0:.1f}s")
             rates = []
-            for run in range(1, args.runs + 1):
+            for run in range(1, runs + 1):
                 load = os.getloadavg()
-                result = one_drain(settings, n, out, run, args)
+                result = one_drain(settings, n, out, run, options)
                 print(f"run {run} (load {load[0]:.2f}): {describe(result)}")
                 rates.append(result.get("events_per_s", 0.0))
-                spy = _profile_summary(out / f"spy-run{run}.txt", rate_hz=SPY_RATE_HZ, top=25)
+                spy = profile_summary(out / f"spy-run{run}.txt", rate_hz=SPY_RATE_HZ, top=25)
                 if spy:
                     print(f"    py-spy: {spy['samples']} samples; inclusive % / self %:")
                     for (frame, incl), (own_frame, own) in zip(

@@ -11,7 +11,6 @@ the broker and the produce→ack latency percentiles (librdkafka's per-message l
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import multiprocessing as mp
 import os
@@ -20,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import click
 from hdrh.histogram import HdrHistogram
 
 
@@ -49,34 +49,33 @@ def _simulator_process(conn, rate: float, duration: float, tickers: int, frame_e
     sim.stop()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--rate", type=float, default=100_000, help="Offered events/s (all tickers).")
-    parser.add_argument("--duration", type=float, default=15.0, help="Seconds of simulated market.")
-    parser.add_argument("--tickers", type=int, default=100)
-    parser.add_argument("--frame-events", type=int, default=1000, help="Max events per WebSocket frame.")
-    parser.add_argument("--bootstrap", default=None, help="Existing broker; default: start a local one.")
-    args = parser.parse_args()
+@click.command(help=__doc__)
+@click.option("--rate", type=float, default=100000, show_default=True, help="Offered events/s (all tickers).")
+@click.option("--duration", type=float, default=15.0, show_default=True, help="Seconds of simulated market.")
+@click.option("--tickers", type=int, default=100, show_default=True)
+@click.option(
+    "--frame-events", type=int, default=1000, show_default=True, help="Max events per WebSocket frame."
+)
+@click.option("--bootstrap", default=None, help="Existing broker; default: start a local one.")
+def main(rate: float, duration: float, tickers: int, frame_events: int, bootstrap: str | None) -> None:
 
     from tradepulse.bus.admin import ensure_topics
-    from tradepulse.bus.local_kafka import REPO_ROOT, LocalKafka
-    from tradepulse.config import Settings
+    from tradepulse.bus.local_kafka import LocalKafka
+    from tradepulse.config import Settings, get_settings
     from tradepulse.sources.ingest import IngestService, client_from_settings
     from tradepulse.stores.factory import open_dlq
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     broker = None
-    if args.bootstrap is None:
-        broker = LocalKafka(workdir / "kafka", heap="1g", libs_root=REPO_ROOT / ".tradepulse" / "kafka-libs")
-        args.bootstrap = broker.start(quiet=True).bootstrap
+    if bootstrap is None:
+        broker = LocalKafka(workdir / "kafka", heap="1g", libs_root=get_settings().kafka_libs_root)
+        bootstrap = broker.start(quiet=True).bootstrap
     parent, child = mp.get_context("spawn").Pipe()
     sim_proc = mp.get_context("spawn").Process(
-        target=_simulator_process, args=(child, args.rate, args.duration, args.tickers, args.frame_events)
+        target=_simulator_process, args=(child, rate, duration, tickers, frame_events)
     )
     try:
-        settings = Settings(kafka_bootstrap=args.bootstrap, data_dir=workdir / "state", tickers=["*"])
+        settings = Settings(kafka_bootstrap=bootstrap, data_dir=workdir / "state", tickers=["*"])
         ensure_topics(settings)
         sim_proc.start()
         ws_url = parent.recv()
@@ -106,7 +105,7 @@ def main() -> None:
         parent.send("stop")
         sim_proc.join(30)
         m = service.metrics
-        print(f"offered      {args.rate:,.0f} events/s for {args.duration:.0f}s, {args.tickers} tickers")
+        print(f"offered      {rate:,.0f} events/s for {duration:.0f}s, {tickers} tickers")
         print(f"sent         {sent:,} events by the simulator")
         print(
             f"acknowledged {m.published:,} in {elapsed:.2f}s = {m.published / elapsed:,.0f} events/s "

@@ -13,7 +13,6 @@ process RSS over the drain.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import gc
@@ -24,15 +23,17 @@ import time
 import uuid
 from pathlib import Path
 
+import click
 import numpy as np
 import orjson
 from confluent_kafka import Producer
 
 from tradepulse.bus.admin import ensure_topics
 from tradepulse.bus.clients import producer_config
-from tradepulse.bus.local_kafka import REPO_ROOT, LocalKafka
+from tradepulse.bus.local_kafka import LocalKafka
 from tradepulse.bus.pipeline import build_runner
-from tradepulse.config import Settings
+from tradepulse.bus.runner import tune_gc
+from tradepulse.config import Settings, get_settings
 from tradepulse.sources.news import article_records
 from tradepulse.sources.parse import quote_record, trade_record
 from tradepulse.sources.simulator.market import MarketConfig, MarketModel, make_tickers
@@ -81,6 +82,7 @@ def run(settings: Settings, events: int) -> None:
     print(f"pre-filled topics in {time.perf_counter() - t0:.1f}s")
 
     runner = build_runner(settings, instance="bench")
+    tune_gc()  # as `tradepulse process` does (process-wide, so not the Runner's business)
     started: dict[str, float] = {}
     rss: list[tuple[int, float]] = []  # (events processed, RSS MiB), about once a second
 
@@ -146,33 +148,32 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--batch", type=int, default=5000, help="batch_max_messages")
-    parser.add_argument("--partitions", type=int, default=6)
-    parser.add_argument("--tickers", type=int, default=0, help="simulated tickers (default: settings)")
-    args = parser.parse_args()
+@click.command(help=__doc__)
+@click.option("--events", type=int, default=200000, show_default=True)
+@click.option("--batch", type=int, default=5000, show_default=True, help="batch_max_messages")
+@click.option("--partitions", type=int, default=6, show_default=True)
+@click.option(
+    "--tickers", type=int, default=0, show_default=True, help="simulated tickers (default: settings)"
+)
+def main(events: int, batch: int, partitions: int, tickers: int) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-runner-") as tmp:
         data = Path(tmp)
         bootstrap = os.environ.get("TRADEPULSE_KAFKA_BOOTSTRAP")
         broker = None
         if not bootstrap:
-            broker = LocalKafka(data / "kafka", heap="1g", libs_root=REPO_ROOT / ".tradepulse" / "kafka-libs")
+            broker = LocalKafka(data / "kafka", heap="1g", libs_root=get_settings().kafka_libs_root)
             bootstrap = broker.start(quiet=True).bootstrap
         try:
             settings = Settings(
                 kafka_bootstrap=bootstrap,
                 data_dir=data / "state",
-                topic_partitions=args.partitions,
-                batch_max_messages=args.batch,
+                topic_partitions=partitions,
+                batch_max_messages=batch,
                 consumer_group=f"bench-{uuid.uuid4().hex[:8]}",
             )
-            if args.tickers:
-                settings = settings.model_copy(update={"tickers": make_tickers(args.tickers)})
-            run(settings, args.events)
+            if tickers:
+                settings = settings.model_copy(update={"tickers": make_tickers(tickers)})
+            run(settings, events)
         finally:
             if broker is not None:
                 broker.stop()

@@ -9,7 +9,6 @@ and the delay from event time to receipt (p50/p99), which grows without bound on
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import shutil
@@ -18,6 +17,7 @@ import subprocess
 import sys
 import time
 
+import click
 import numpy as np
 import orjson
 from websockets.asyncio.client import connect
@@ -106,17 +106,16 @@ def run(rate: float, seconds: float, tickers: int, clients: int, cpu: str) -> di
         proc.wait(10)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rates", default="50000,100000,200000")
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--tickers", type=int, default=500)
-    parser.add_argument("--clients", type=int, default=1)
-    parser.add_argument("--cpu", default="0", help="CPU to pin the server to ('' = no pinning).")
-    args = parser.parse_args()
+@click.command(help=__doc__)
+@click.option("--rates", default="50000,100000,200000", show_default=True)
+@click.option("--seconds", type=float, default=10.0, show_default=True)
+@click.option("--tickers", type=int, default=500, show_default=True)
+@click.option("--clients", type=int, default=1, show_default=True)
+@click.option("--cpu", default="0", show_default=True, help="CPU to pin the server to ('' = no pinning).")
+def main(rates: str, seconds: float, tickers: int, clients: int, cpu: str) -> None:
     print(f"{'target ev/s':>12} {'received ev/s':>14} {'delay p50 ms':>13} {'delay p99 ms':>13}")
-    for rate in (float(r) for r in args.rates.split(",")):
-        r = run(rate, args.seconds, args.tickers, args.clients, args.cpu)
+    for rate in (float(r) for r in rates.split(",")):
+        r = run(rate, seconds, tickers, clients, cpu)
         print(
             f"{r['target']:>12,.0f} {r['received_per_client']:>14,.0f} {r['delay_p50_ms']:>13.1f} "
             f"{r['delay_p99_ms']:>13.1f}",

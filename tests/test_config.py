@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from tradepulse.bus.local_kafka import REPO_ROOT
+from tests.paths import REPO_ROOT
 from tradepulse.config import Settings
 
 

@@ -8,8 +8,11 @@ import json
 import jsonschema
 import pytest
 
+from tests.paths import REPO_ROOT
 from tradepulse.ids import trade_event_id
-from tradepulse.schemas import SCHEMA_DIR, schema_documents
+from tradepulse.schemas import schema_documents
+
+SCHEMA_DIR = REPO_ROOT / "schemas"
 
 
 @pytest.mark.parametrize("name", sorted(schema_documents()))

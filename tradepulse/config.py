@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_TICKERS = ("AAPL", "MSFT", "AMZN", "TSLA", "NVDA")
@@ -119,6 +119,12 @@ class Settings(BaseSettings):
     kafka_heap: str = Field(
         default="1g", description="Local broker heap (-Xmx); 1g fits a 2-core/24 GiB laptop."
     )
+    kafka_libs_dir: Path | None = Field(
+        default=None,
+        description="Cache of the local broker's jars (`tradepulse kafka fetch`), one folder per Kafka "
+        "version. Empty = <data_dir>/kafka-libs. An installed package run from several folders can share "
+        "one download, e.g. ~/.cache/tradepulse/kafka-libs.",
+    )
     topic_partitions: int = 6
     topic_retention_ms: int = 7 * 24 * 3600 * 1000
 
@@ -164,6 +170,16 @@ class Settings(BaseSettings):
     dynamodb_table: str = "tradepulse-hot"
     dynamodb_shards: int = 8
     hot_ttl_hours: int = 48
+    hot_purge_interval_s: float = Field(
+        default=300.0,
+        description="SQLite hot store: seconds between purges of rows older than hot_ttl_hours, run by each "
+        "`tradepulse process` in a background thread (0 = never). DynamoDB expires items by its own TTL.",
+    )
+    hot_purge_chunk_rows: int = Field(
+        default=5000,
+        ge=1,
+        description="Rows one purge transaction deletes at most (bounds the write-lock hold).",
+    )
     s3_bucket: str | None = None
     s3_prefix: str = "tradepulse"
     sqs_dlq_url: str | None = None
@@ -185,11 +201,6 @@ class Settings(BaseSettings):
     # --- backpressure ---------------------------------------------------------------------------
     backpressure_latency_ms: float = 100.0
     backpressure_pause_ms: int = 500
-    backpressure_per_rows: int = Field(
-        default=0,
-        description="0 = the issue's rule (a write's latency as is). N > 0: a write of more than N rows is "
-        "judged by its latency per N rows, so large batches are not punished for their size.",
-    )
 
     # --- API ------------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
@@ -206,10 +217,21 @@ class Settings(BaseSettings):
     metrics: Literal["emf", "off"] = "off"
     metrics_interval_s: float = 10.0
 
+    @field_validator("kafka_libs_dir", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, value: object) -> object:
+        # `TRADEPULSE_KAFKA_LIBS_DIR=` as in .env.example means the default, not the current directory.
+        return None if value == "" else value
+
     @property
     def use_simulator(self) -> bool:
         """True when no real market-data key is configured, so the local simulator feeds the pipeline."""
         return self.massive_api_key is None
+
+    @property
+    def kafka_libs_root(self) -> Path:
+        """Where the broker jars are cached (`kafka_libs_dir`, else `<data_dir>/kafka-libs`)."""
+        return (self.kafka_libs_dir or self.data_dir / "kafka-libs").expanduser()
 
     @property
     def kafka_dir(self) -> Path:

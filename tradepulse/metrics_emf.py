@@ -1,4 +1,12 @@
-"""CloudWatch metrics of the ECS services as EMF (embedded metric format) lines on stdout.
+"""CloudWatch metrics of the `TradePulse` namespace as EMF (embedded metric format) lines on stdout: the
+one writer of the ECS services and of the Lambda functions.
+
+Why this writer and not Powertools' `Metrics` (which the Lambdas used before): one document shape and one
+list of metric names (below) for the whole namespace; no shared state (Powertools keeps its metric set
+at class level, shared by every instance in the process, while the services emit from worker threads);
+nothing to import but orjson (Powertools' metrics module costs ~0.4 s of import on a service start and
+is in the [aws] extra only). The documents are the same EMF either way; `tests/test_metrics_emf.py`
+checks a Lambda's and a service's against the specification and against each other.
 
 How they reach CloudWatch: each ECS container logs through the `awslogs` driver, which sends every
 stdout line as one log event with CloudWatch Logs' PutLogEvents. CloudWatch Logs extracts the metrics of
@@ -33,9 +41,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
+
+if TYPE_CHECKING:
+    from tradepulse.stores.base import HotStore
 
 NAMESPACE = "TradePulse"
 DIMENSION = "service"  # Powertools' name for it; the value is POWERTOOLS_SERVICE_NAME
@@ -51,6 +62,16 @@ DEAD_LETTERS = "DeadLetters"
 # --- metric names (ingest, news) ------------------------------------------------------------------
 PRODUCER_ERRORS = "ProducerErrors"
 EVENTS_PUBLISHED = "EventsPublished"
+# --- metric names (Lambda functions: dead-letter archival and redrive) -----------------------------
+DEAD_LETTERS_ARCHIVED = "DeadLettersArchived"
+DEAD_LETTER_ARCHIVE_FAILURES = "DeadLetterArchiveFailures"
+REDRIVE_OUTCOMES = ("redriven", "requeued", "archived", "failed", "deferred")
+
+
+def redrive_metric(outcome: str) -> str:
+    """The metric counting the dead letters of one redrive outcome (`DeadLetters_<outcome>`)."""
+    return f"DeadLetters_{outcome}"
+
 
 UNITS = {
     CONSUMER_LAG: "Count",
@@ -62,6 +83,9 @@ UNITS = {
     DEAD_LETTERS: "Count",
     PRODUCER_ERRORS: "Count",
     EVENTS_PUBLISHED: "Count",
+    DEAD_LETTERS_ARCHIVED: "Count",
+    DEAD_LETTER_ARCHIVE_FAILURES: "Count",
+    **{redrive_metric(outcome): "Count" for outcome in REDRIVE_OUTCOMES},
 }
 
 
@@ -124,9 +148,9 @@ class EmfEmitter:
             stream.flush()  # stdout is block-buffered in a container; the line must leave now
             return True
 
-    def emit_runner(self, status: Mapping[str, Any], hot_store: Any = None) -> bool:
+    def emit_runner(self, status: Mapping[str, Any], hot_store: HotStore | None = None) -> bool:
         """The processor's metrics from one runner status document (`RunnerMetrics.snapshot()`) and the
-        hot store's throttle counter (DynamoDB; other stores have none and report 0)."""
+        hot store's throttle counter (SQLite never throttles: 0)."""
         gauges = {
             CONSUMER_LAG: status["consumer_lag"],
             HOT_WRITE_P99_MS: status["write_p99_ms"],
@@ -136,7 +160,7 @@ class EmfEmitter:
         if window.get("count"):
             gauges[E2E_P99_MS] = window["p99"]
         counters = {
-            HOT_WRITE_THROTTLES: getattr(hot_store, "throttles", 0),
+            HOT_WRITE_THROTTLES: hot_store.throttles if hot_store is not None else 0,
             BACKPRESSURE_ACTIVATIONS: status["backpressure_activations"],
             DEAD_LETTERS: status["dead_letters"],
         }
@@ -147,10 +171,14 @@ class EmfEmitter:
         return self.emit({}, {EVENTS_PUBLISHED: published, PRODUCER_ERRORS: failed}, force=force)
 
 
+def service_emitter(default_service: str, *, interval_s: float = 10.0) -> EmfEmitter:
+    """An emitter whose `service` dimension is POWERTOOLS_SERVICE_NAME (set per ECS service and per
+    Lambda function by the CDK app), `default_service` without it."""
+    return EmfEmitter(os.environ.get("POWERTOOLS_SERVICE_NAME") or default_service, interval_s=interval_s)
+
+
 def emitter_from_settings(settings: Any, default_service: str) -> EmfEmitter | None:
-    """The process's emitter when `settings.metrics == "emf"`, else None. The `service` dimension is
-    POWERTOOLS_SERVICE_NAME (set per ECS service by the CDK app), `default_service` without it."""
+    """The service process's emitter when `settings.metrics == "emf"`, else None."""
     if settings.metrics != "emf":
         return None
-    service = os.environ.get("POWERTOOLS_SERVICE_NAME") or default_service
-    return EmfEmitter(service, interval_s=settings.metrics_interval_s)
+    return service_emitter(default_service, interval_s=settings.metrics_interval_s)

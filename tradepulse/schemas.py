@@ -1,7 +1,8 @@
 """JSON Schemas of every topic payload and stored item, generated from `tradepulse.models`.
 
 `schemas/` in the repository holds the generated files (the contracts the Glue Schema Registry
-serves in AWS); a test fails when they drift from the models. Regenerate with `tradepulse schemas`.
+serves in AWS); a test fails when they drift from the models. Regenerate with `tradepulse schemas` from
+the repository root (the package does not know where a checkout is: it also runs installed).
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from tradepulse.models import TOPIC_MODELS
-
-SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
 
 
 def schema_documents() -> dict[str, str]:
@@ -35,7 +34,7 @@ def render(model: type[BaseModel], topic: str) -> str:
     return json.dumps(schema, indent=2, sort_keys=False) + "\n"
 
 
-def write_schemas(directory: Path = SCHEMA_DIR) -> list[Path]:
+def write_schemas(directory: Path) -> list[Path]:
     """Write every schema file; returns the paths written."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []

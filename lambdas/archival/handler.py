@@ -9,18 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from sqs_letters import letter_from_record
 
+from tradepulse import metrics_emf
 from tradepulse.config import Settings
 from tradepulse.stores.parquet_cold import ParquetColdStore
 
 logger = Logger()
 tracer = Tracer()
-metrics = Metrics()
+metrics = metrics_emf.service_emitter("archival")
 processor = BatchProcessor(event_type=EventType.SQS)
 
 
@@ -46,10 +46,14 @@ class Archiver:
             event=event, record_handler=self.archive, processor=processor, context=context
         )
         failed = len(response.get("batchItemFailures", []))
-        metrics.add_metric(
-            name="DeadLettersArchived", unit=MetricUnit.Count, value=len(event["Records"]) - failed
+        # Counts of this invocation: written now, whatever the emitter's interval.
+        metrics.emit(
+            {
+                metrics_emf.DEAD_LETTERS_ARCHIVED: len(event["Records"]) - failed,
+                metrics_emf.DEAD_LETTER_ARCHIVE_FAILURES: failed,
+            },
+            force=True,
         )
-        metrics.add_metric(name="DeadLetterArchiveFailures", unit=MetricUnit.Count, value=failed)
         return response
 
 
@@ -58,7 +62,6 @@ _archiver: Archiver | None = None
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
-@metrics.log_metrics
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     global _archiver
     if _archiver is None:

@@ -18,19 +18,19 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from sqs_letters import letter_from_record, to_record
 
+from tradepulse import metrics_emf
 from tradepulse.config import Settings
 from tradepulse.stores.dlq import SqsDeadLetterQueue, iso_utc, republisher
 from tradepulse.stores.parquet_cold import ParquetColdStore
 
 logger = Logger()
 tracer = Tracer()
-metrics = Metrics()
+metrics = metrics_emf.service_emitter("dlq_redrive")
 processor = BatchProcessor(event_type=EventType.SQS)
 
 Publish = Callable[[str, bytes | None, bytes, dict[str, bytes]], None]
@@ -191,16 +191,14 @@ _redriver: Redriver | None = None
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
-@metrics.log_metrics
 def handler(event: dict[str, Any], context: Any) -> dict[str, int]:
     global _redriver
     if _redriver is None:
         settings = Settings()
         _redriver = Redriver(settings, publish=KafkaPublisher(settings))
     outcomes = _redriver.run(context)
-    for outcome in ("redriven", "requeued", "archived", "failed", "deferred"):
-        metrics.add_metric(
-            name=f"DeadLetters_{outcome}", unit=MetricUnit.Count, value=outcomes.get(outcome, 0)
-        )
+    metrics.emit(
+        {metrics_emf.redrive_metric(o): outcomes.get(o, 0) for o in metrics_emf.REDRIVE_OUTCOMES}, force=True
+    )
     logger.info("redrive pass done", extra={"outcomes": outcomes})
     return outcomes

@@ -46,6 +46,22 @@ def trade(ticker: str, ts_ms: int, price: float, size: float, sequence: int) -> 
     return Trade.model_validate(row).model_dump()
 
 
+def anomaly(ticker: str, ts_ms: int, n: int) -> dict[str, Any]:
+    """An anomaly whose numbers derive from `n`."""
+    return Anomaly.model_validate(
+        {
+            "anomaly_id": stable_id("A", ticker, ts_ms),
+            "ticker": ticker,
+            "ts_ms": ts_ms,
+            "anomaly_score": -0.7 - n / 100,
+            "threshold": -0.62,
+            "feature_vector": {"price": 200.0 + n, "volume_zscore": 5.0 + n / 10},
+            "model_version": n,
+            "event_id": stable_id("trade", ticker, ts_ms),
+        }
+    ).model_dump()
+
+
 def _series(ticker: str, now_ms: int, seconds: int, start_price: float, seed: int) -> Market:
     """`seconds` one-second snapshots ending one second before now, with a volume spike near the end."""
     rng = np.random.default_rng(seed)

@@ -15,8 +15,8 @@ import uvicorn
 
 from tests.api.conftest import filled_store, heartbeat
 from tests.api.market import Market, trade
+from tests.paths import REPO_ROOT
 from tradepulse.api.app import create_app
-from tradepulse.bus.local_kafka import REPO_ROOT
 from tradepulse.config import Settings
 from tradepulse.stores.sqlite_hot import SqliteHotStore
 

@@ -7,6 +7,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -214,15 +215,21 @@ def test_heartbeat_file_round_trip_keeps_unknown_fields(tmp_path: Path) -> None:
     assert status.model_extra == {"partitions_assigned": 6}
 
 
-def test_hot_store_status_source_uses_the_store_methods_when_present(store: SqliteHotStore) -> None:
-    # SqliteHotStore has no runner-status methods (locally the file is used): reads as "never reported".
+def test_hot_store_status_source_reads_the_stores_runner_statuses(
+    tmp_path: Path, store: SqliteHotStore
+) -> None:
+    # SqliteHotStore keeps no runner statuses (locally the file is used): reads as "never reported".
     assert HotStoreRunnerStatusSource(store).read() is None
 
-    class StoreWithStatus:
-        def get_runner_status(self) -> dict[str, float]:
-            return {"last_commit_at": 123.0, "updated_at": 124.0, "consumer_lag": 7}
+    class StoreWithStatus(SqliteHotStore):
+        def get_runner_statuses(self) -> dict[str, dict[str, Any]]:
+            return {
+                "0": {"last_commit_at": 123.0, "updated_at": 124.0, "consumer_lag": 7},
+                "1": {"last_commit_at": 100.0, "updated_at": 101.0, "consumer_lag": 2},
+            }
 
-    status = HotStoreRunnerStatusSource(StoreWithStatus()).read()
+    with StoreWithStatus(tmp_path / "with-status.sqlite3") as with_status:
+        status = HotStoreRunnerStatusSource(with_status).read()
     assert isinstance(status, RunnerStatus) and status.consumer_lag == 7 and status.heartbeat_at == 124.0
 
 
@@ -271,7 +278,7 @@ class UnreachableDynamoStore(SqliteHotStore):
     """A real hot store whose runner-status read fails as DynamoDB's does when its endpoint is down (the
     injected failure; everything else is the real store)."""
 
-    def get_runner_status(self, instance: str = "0") -> dict[str, object] | None:
+    def get_runner_statuses(self) -> dict[str, dict[str, Any]]:
         raise EndpointConnectionError(endpoint_url="https://admin:s3cr3t@dynamodb.us-east-1.amazonaws.com")
 
 

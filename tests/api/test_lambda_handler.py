@@ -20,7 +20,7 @@ from moto import mock_aws
 
 from tests.api.market import Market, build_market, write_market
 from tests.aws import create_hot_table
-from tradepulse.bus.local_kafka import REPO_ROOT
+from tests.paths import REPO_ROOT
 from tradepulse.bus.status import RunnerMetrics, publish_status
 from tradepulse.config import Settings, get_settings
 from tradepulse.stores.dynamo_hot import DynamoHotStore

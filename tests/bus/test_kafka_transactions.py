@@ -6,8 +6,9 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaError, Message, Producer
 
+from tests.bus.kafka_proxy import ProduceResponseDropper
 from tradepulse.bus.admin import describe_topics
 from tradepulse.bus.clients import consumer_config, producer_config
 from tradepulse.config import Settings
@@ -39,24 +40,49 @@ def test_topics_exist_with_configured_partitions(kafka_settings: Settings) -> No
     assert states[TRADES].partitions == kafka_settings.topic_partitions
 
 
-def test_idempotent_producer_delivers_every_record_once(kafka_settings: Settings) -> None:
-    producer = Producer(producer_config(kafka_settings))
+@pytest.mark.parametrize("idempotence", [True, False], ids=["idempotent", "control-not-idempotent"])
+def test_producer_retry_after_a_lost_response_writes_each_record_once_only_when_idempotent(
+    kafka_settings: Settings, idempotence: bool
+) -> None:
+    """The first Produce response is lost after the broker appended the batch (a proxy closes the
+    connection instead of forwarding it), so the client retries the batch. The pipeline's producer
+    (`producer_config`, idempotent) still delivers every record exactly once; the same producer with
+    `enable.idempotence=False` writes the retried batch twice, which proves the retry happened and that
+    idempotence is what removed the duplicate."""
     delivered: list[str] = []
 
-    def on_delivery(err, msg) -> None:  # type: ignore[no-untyped-def]
+    def on_delivery(err: KafkaError | None, msg: Message) -> None:
         assert err is None, err
-        delivered.append(msg.value().decode())
+        delivered.append((msg.value() or b"").decode())
 
     sent = [f"trade-{i}" for i in range(2000)]
-    for i, value in enumerate(sent):
-        producer.produce(TRADES, key=["AAPL", "MSFT", "NVDA"][i % 3], value=value, on_delivery=on_delivery)
-    assert producer.flush(30) == 0
+    # The partitions' leaders settled first, straight to the broker: the lost response must be one whose
+    # batch the broker appended, not an early "not leader yet" error (whose answer also names the
+    # broker's own address, which would take the client past the proxy).
+    warm_up = Producer(producer_config(kafka_settings))
+    for key in ("AAPL", "MSFT", "NVDA"):
+        warm_up.produce(TRADES, key=key, value="warm-up")
+    assert warm_up.flush(30) == 0
+    with ProduceResponseDropper(kafka_settings.kafka_bootstrap or "") as proxy:
+        through_proxy = kafka_settings.model_copy(update={"kafka_bootstrap": proxy.bootstrap})
+        producer = Producer(producer_config(through_proxy, **{"enable.idempotence": idempotence}))
+        proxy.drop_next(1)
+        for i, value in enumerate(sent):
+            producer.produce(
+                TRADES, key=["AAPL", "MSFT", "NVDA"][i % 3], value=value, on_delivery=on_delivery
+            )
+        assert producer.flush(60) == 0
+        assert proxy.dropped == 1  # one response really was lost: the retry below is forced
     consumer = Consumer(consumer_config(kafka_settings, f"t-{uuid.uuid4()}"))
     consumer.subscribe([TRADES])
-    received = _drain(consumer, len(sent))
+    received = sorted(v.decode() for v in _drain(consumer, len(sent) + 3) if v != b"warm-up")
     consumer.close()
-    assert sorted(delivered) == sorted(sent)
-    assert sorted(v.decode() for v in received) == sorted(sent)
+    assert sorted(delivered) == sorted(sent)  # each record acknowledged once either way
+    if idempotence:
+        assert received == sorted(sent)
+    else:
+        duplicated = len(received) - len(set(received))
+        assert set(received) == set(sent) and duplicated > 0
 
 
 def test_read_committed_consumer_sees_only_committed_transactions(kafka_settings: Settings) -> None:

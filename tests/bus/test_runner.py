@@ -24,6 +24,7 @@ import pandas as pd
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
+from tests.doubles import SlowHotStore
 from tradepulse.bus.clients import consumer_config, producer_config
 from tradepulse.bus.pipeline import build_runner
 from tradepulse.bus.runner import Runner
@@ -34,7 +35,6 @@ from tradepulse.models import Correlation, DeadLetter, FeatureVector
 from tradepulse.sources.news import article_records
 from tradepulse.sources.parse import quote_record, trade_record
 from tradepulse.sources.simulator.market import MarketConfig, MarketModel
-from tradepulse.stores.backpressure import SlowHotStore
 from tradepulse.stores.dlq import encode_payload
 from tradepulse.stores.factory import open_dlq, open_hot_store
 from tradepulse.topics import CORRELATIONS, DEAD_LETTERS, FEATURES, INPUT_TOPICS, NEWS, QUOTES, TRADES
@@ -542,10 +542,14 @@ def test_sink_failure_retries_three_times_then_dead_letters_and_continues(
 
 
 def _cold_rows_on_disk(settings: Settings) -> int:
-    """Rows in the cold store's Parquet files (temporary files are not *.parquet)."""
+    """Rows of the input datasets in the cold store's Parquet files (temporary files are not *.parquet)."""
     import pyarrow.parquet as pq
 
-    return sum(pq.ParquetFile(path).metadata.num_rows for path in settings.cold_dir.rglob("*.parquet"))
+    return sum(
+        pq.ParquetFile(path).metadata.num_rows
+        for dataset in ("trades", "quotes", "news")
+        for path in (settings.cold_dir / dataset).rglob("*.parquet")
+    )
 
 
 def test_cold_store_is_flushed_while_running_so_its_buffers_stay_bounded(

@@ -29,10 +29,21 @@ from tests.bus.test_runner import (
     read_topic,
     reference_snapshots,
 )
+from tests.reliability.harness import output_archive
 from tradepulse.bus.status import status_path
 from tradepulse.config import Settings
 from tradepulse.stores.factory import open_hot_store
-from tradepulse.topics import ANOMALIES, CORRELATIONS, FEATURES, NEWS, QUOTES, TRADES
+from tradepulse.topics import (
+    ANOMALIES,
+    CORRELATIONS,
+    FEATURES,
+    INPUT_TOPICS,
+    NEWS,
+    OUTPUT_TOPICS,
+    QUOTES,
+    TRADES,
+    topic_specs,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -57,6 +68,9 @@ def start_runner(settings: Settings, instance: str, *extra: str, batch: int = 30
         "TRADEPULSE_TOPIC_PARTITIONS": str(settings.topic_partitions),
         "TRADEPULSE_BATCH_MAX_MESSAGES": str(batch),
         "TRADEPULSE_LOG_LEVEL": "INFO",
+        # The recording's event times (START_MS, 2025-12) are older than the hot TTL by the wall clock:
+        # the retention purge would remove the rows these tests compare.
+        "TRADEPULSE_HOT_PURGE_INTERVAL_S": "0",
     }
     return subprocess.Popen(
         [
@@ -143,6 +157,11 @@ def assert_exactly_once(settings: Settings, rec: Recording) -> None:
         assert set(ids) == {r["event_id"] for r in rec.of(topic)}, (
             f"{dataset} rows missing from the cold store"
         )
+    # Every output topic archived: the cold dataset holds the topic's rows (read_committed) exactly once.
+    archives = output_archive(settings, read_topic)
+    for name, archive in archives.items():
+        assert archive.exact, (name, archive)
+    assert archives["features"].cold.distinct > 0 and archives["correlations"].cold.distinct > 0
 
 
 def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(
@@ -183,7 +202,10 @@ def test_two_processes_share_the_partitions_of_one_group(
     kafka_settings = runner_settings
     runners = {name: start_runner(kafka_settings, name) for name in ("a", "b")}
     procs = list(runners.values())
-    total_partitions = 3 * kafka_settings.topic_partitions
+    # Inputs and the outputs the runners read back for the cold archive.
+    consumed = {*INPUT_TOPICS, *OUTPUT_TOPICS}
+    specs = topic_specs(kafka_settings.topic_partitions, kafka_settings.topic_retention_ms)
+    total_partitions = sum(spec.partitions for spec in specs if spec.name in consumed)
 
     def both_assigned() -> bool:
         counts = [status(kafka_settings, name).get("assigned_partitions", 0) for name in runners]
@@ -200,9 +222,11 @@ def test_two_processes_share_the_partitions_of_one_group(
         "the two runners to process everything",
         *procs,
     )
+    # Graceful (finish the batch, commit, archive the outputs to their end, flush, exit 0), one after
+    # the other: the last batches of one runner may produce into output partitions the other archives,
+    # and the survivor takes all partitions over before it stops itself.
     for proc in procs:
-        proc.send_signal(signal.SIGTERM)  # graceful: finish the batch, commit, flush, exit 0
-    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
         finish(proc)
     processed = {name: status(kafka_settings, name)["events_processed"] for name in runners}
     assert all(processed.values()), processed

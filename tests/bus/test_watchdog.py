@@ -12,6 +12,15 @@ from pathlib import Path
 from tradepulse.bus.watchdog import Watchdog
 
 
+def wait_for_checks(dog: Watchdog, n: int, timeout_s: float = 5.0) -> None:
+    """Wait until the watchdog's checker has looked `n` more times: "it did not fire" means something
+    only once it has looked."""
+    target, deadline = dog.checks + n, time.monotonic() + timeout_s
+    while dog.checks < target:
+        assert time.monotonic() < deadline, f"the checker ran {dog.checks} times, not {target}"
+        time.sleep(0.005)
+
+
 def test_fires_once_for_a_guarded_block_that_outlives_the_bound() -> None:
     now = [0.0]
     fired = threading.Event()
@@ -19,9 +28,10 @@ def test_fires_once_for_a_guarded_block_that_outlives_the_bound() -> None:
     try:
         with dog.guard("quick commit"):
             now[0] = 9.0
+            wait_for_checks(dog, 5)  # armed, within its bound: looked at 5 times, never fired
         now[0] = 100.0  # unguarded time never fires
-        time.sleep(0.1)
-        assert not fired.is_set()
+        wait_for_checks(dog, 5)
+        assert not fired.is_set() and dog.expired == 0
 
         with dog.guard("stuck commit"):
             now[0] = 111.0

@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from moto import mock_aws
 
+from cdk.storage import HISTORY_GLUE_ACTIONS, HISTORY_QUERY_ACTIONS
 from tests.api.market import build_market, write_market
 from tests.aws import create_hot_table
 from tests.cdk.conftest import policy_actions, resources, synth_template
@@ -24,6 +25,7 @@ from tradepulse import topics
 from tradepulse.api.app import create_app
 from tradepulse.bus.status import RunnerMetrics, publish_status
 from tradepulse.config import Settings
+from tradepulse.stores.cold_history import AthenaColdHistory
 from tradepulse.stores.dlq import make_dead_letter
 from tradepulse.stores.dynamo_hot import DynamoHotStore
 from tradepulse.stores.parquet_cold import ParquetColdStore
@@ -90,12 +92,10 @@ def processor_calls(aws: Callable[[str], Any]) -> set[str]:
     rows = [make_trade(seq=o, ts_ms=BASE_MS + o) for o in range(10)]
     first = ParquetColdStore(root, block_offsets=10, s3_client=client)
     assert first.next_offset(topics.TRADES, 3) is None  # no checkpoint yet: NoSuchKey
-    for offset in range(6):
-        first.append(topics.TRADES, 3, offset, rows[offset])
+    first.append_batch(topics.TRADES, rows[:6], [(3, offset) for offset in range(6)], flush=False)
     first.flush(force=True)  # then the process dies
     second = ParquetColdStore(root, block_offsets=10, s3_client=client)
-    for offset in range(4, 10):
-        second.append(topics.TRADES, 3, offset, rows[offset])
+    second.append_batch(topics.TRADES, rows[4:], [(3, offset) for offset in range(4, 10)], flush=False)
     second.archive_dead_letters(
         [
             make_dead_letter(
@@ -115,7 +115,8 @@ def processor_calls(aws: Callable[[str], Any]) -> set[str]:
 
 
 def api_calls(aws: Callable[[str], Any], tmp_path: Path) -> set[str]:
-    """What the API calls when every endpoint (market data, /health, /metrics) is requested."""
+    """What the API calls when every endpoint (market data, /health, /metrics) is requested; the 168 h
+    windows reach past the hot TTL, so they query Athena."""
     calls: set[str] = set()
     ddb = aws("dynamodb")
     create_hot_table(ddb, TABLE)
@@ -123,11 +124,18 @@ def api_calls(aws: Callable[[str], Any], tmp_path: Path) -> set[str]:
     write_market(writer, build_market(int(time.time() * 1000)))
     publish_status(RunnerMetrics().snapshot(), tmp_path / "status.json", writer, instance="ip-10-0-1-2")
     store = DynamoHotStore(TABLE, client=recording(aws("dynamodb"), calls, "dynamodb"))
-    settings = Settings(data_dir=tmp_path, hot_store="dynamodb", kafka_bootstrap=None)
+    settings = Settings(data_dir=tmp_path, hot_store="dynamodb", cold_store="s3", kafka_bootstrap=None)
+    athena = aws("athena")
+    athena.create_work_group(Name=settings.athena_workgroup, Configuration={})
+    cold = AthenaColdHistory(
+        database=settings.glue_database,
+        workgroup=settings.athena_workgroup,
+        client=recording(athena, calls, "athena"),
+    )
     paths = ["/quotes/AAPL", "/aggregations/MSFT", "/features/AAPL", "/history/AAPL?minutes=15",
              "/anomalies/AAPL?hours=48", "/anomalies", "/sentiment/AAPL?hours=168", "/sentiment",
              "/tickers", "/quotes/ZZZZ", "/health", "/metrics", "/"]  # fmt: skip
-    with TestClient(create_app(settings, store)) as client:
+    with TestClient(create_app(settings, store, cold_history=cold)) as client:
         for path in paths:
             assert client.get(path).status_code < 500 or path == "/health", path
     return calls
@@ -164,9 +172,25 @@ def test_processor_gets_exactly_what_its_stores_call(template: dict[str, Any], a
 
 def test_api_gets_exactly_what_it_calls(template: dict[str, Any], aws: Any, tmp_path: Path) -> None:
     called = api_calls(aws, tmp_path)
-    assert called and all(c.startswith("dynamodb:") for c in called)  # no Athena, Glue or S3 at all
+    assert called == {"dynamodb:Query", *HISTORY_QUERY_ACTIONS}
     granted = scoped(policy_actions(template, "LambdasApiFnServiceRole"))
-    assert set(granted) == called, f"extra: {set(granted) - called}, missing: {called - set(granted)}"
+    # What Athena itself does with the caller's credentials (moto runs no query, so nothing records it).
+    on_behalf = {*HISTORY_GLUE_ACTIONS, "s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload",
+                 "s3:ListBucket", "s3:GetBucketLocation"}  # fmt: skip
+    expected = called | on_behalf
+    assert set(granted) == expected, f"extra: {set(granted) - expected}, missing: {expected - set(granted)}"
+    bucket = logical(template, "AWS::S3::Bucket", "ColdBucket")
+    objects = granted["s3:GetObject"]
+    assert len(objects) == 3 and all(bucket in o for o in objects)
+    assert {o.rsplit('"', 2)[-2] for o in objects} == {
+        "/tradepulse/anomalies/*",
+        "/tradepulse/correlations/*",
+        "/athena-results/*",
+    }  # the two history datasets and the query results, never the trades or the dead letters
+    (results,) = granted["s3:PutObject"]
+    assert results.endswith('"/athena-results/*"]]}')
+    tables = {r for r in granted["glue:GetTable"] if "table/" in r}
+    assert len(tables) == 2 and all("anomalies" in t or "correlations" in t for t in tables)
 
 
 def test_ingest_and_news_each_read_only_their_own_provider_key(template: dict[str, Any]) -> None:

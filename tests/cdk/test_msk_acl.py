@@ -123,7 +123,8 @@ def test_acl_matrix_is_generated_from_the_template(
     assert ops("processor", "GROUP", "tradepulse-processor") == {"DESCRIBE", "READ"}
     assert ops("processor", "GROUP", "tradepulse-processor-rebuild") == {"DESCRIBE"}
     assert ops("processor", "TOPIC", "market.trades") == {"DESCRIBE", "READ"}
-    assert ops("processor", "TOPIC", "market.features") == {"DESCRIBE", "WRITE"}
+    # Written, and read back for the cold archive (tradepulse/bus/runner.py).
+    assert ops("processor", "TOPIC", "market.features") == {"DESCRIBE", "WRITE", "READ"}
     assert {
         (a.pattern_type, a.name) for a in generated["processor"].acls if a.resource_type == "TRANSACTIONAL_ID"
     } == {("PREFIXED", "tradepulse-")}

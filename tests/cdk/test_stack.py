@@ -344,9 +344,15 @@ def test_least_privilege_grants(template: dict[str, Any]) -> None:
     assert "dynamodb:BatchWriteItem" not in actions_of(ingest)
     # Ingest reads the tail of what it publishes (its dedupe seed) and nothing else.
     assert reads(ingest) == {topics.TRADES, topics.QUOTES}
-    assert reads(processor) == set(topics.INPUT_TOPICS)
+    # Its inputs, and its outputs read back for the cold archive.
+    assert reads(processor) == {*topics.INPUT_TOPICS, *topics.OUTPUT_TOPICS}
     assert "dynamodb:Query" in actions_of(api)
-    assert not {a for a in actions_of(api) if a.startswith(("athena:", "glue:", "s3:"))}  # hot store only
+    # History beyond the hot TTL through Athena: queries, reads; it writes only Athena's result objects.
+    assert {a for a in actions_of(api) if a.startswith("athena:")} == {
+        "athena:StartQueryExecution", "athena:GetQueryExecution", "athena:GetQueryResults"
+    }  # fmt: skip
+    writes = [s for s in api if "s3:PutObject" in s["Action"]]
+    assert len(writes) == 1 and "/athena-results/*" in json.dumps(writes[0]["Resource"])
     assert not {"dynamodb:PutItem", "dynamodb:BatchWriteItem"} & actions_of(api)
 
     assert writes_to(ingest, topics.TRADES) and not writes_to(ingest, topics.FEATURES)

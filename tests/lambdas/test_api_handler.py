@@ -41,7 +41,6 @@ def http_event(path: str) -> dict[str, Any]:
 def test_tickers_route_through_mangum(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch, lambda_context: LambdaContext
 ) -> None:
-    pytest.importorskip("tradepulse.api.app", reason="the FastAPI app (tradepulse.api.app) is not there yet")
     monkeypatch.setenv("TRADEPULSE_DATA_DIR", str(tmp_path))  # an empty local hot store
     from tradepulse.config import get_settings
 

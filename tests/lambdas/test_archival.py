@@ -8,6 +8,9 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from tests.test_metrics_emf import parse_emf, values
+from tradepulse import metrics_emf
+from tradepulse.bus.status import RunnerMetrics
 from tradepulse.stores.dlq import SqsDeadLetterQueue, make_dead_letter
 
 from .conftest import REGION, LambdaContext
@@ -72,3 +75,41 @@ def test_message_that_is_no_dead_letter_is_reported_as_failed(
     garbage = next(r["messageId"] for r in event["Records"] if r["body"] == "garbage")
     assert response == {"batchItemFailures": [{"itemIdentifier": garbage}]}
     assert len(aws["s3"].list_objects_v2(Bucket=aws["bucket"])["Contents"]) == 1  # the good one was archived
+
+
+def emf_shape(doc: dict[str, Any]) -> dict[str, Any]:
+    """What an EMF document looks like, without its metric names and values: the members of `_aws` and
+    of its directive, the namespace and dimensions, each metric's definition keys and value type."""
+    (directive,) = doc["_aws"]["CloudWatchMetrics"]
+    names = [m["Name"] for m in directive["Metrics"]]
+    return {
+        "_aws": sorted(doc["_aws"]),
+        "directive": sorted(directive),
+        "namespace": directive["Namespace"],
+        "dimensions": directive["Dimensions"],
+        "definitions": {tuple(sorted(m)) for m in directive["Metrics"]},
+        "members": sorted(set(doc) - set(names)),
+        "value_types": {type(doc[name]).__name__ for name in names},
+    }
+
+
+def test_function_metrics_are_written_like_the_services(
+    aws: dict[str, Any],
+    archival: Any,
+    lambda_context: LambdaContext,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One EMF writer for the TradePulse namespace: the function's document (one archived, one failed)
+    passes the specification check and has the shape of a service's (the processor's)."""
+    event = parked_event(aws, bodies=["garbage"])
+    archival.handler({"Records": event["Records"]}, lambda_context)
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    function_doc = parse_emf(line + "\n")
+    assert values(function_doc) == {
+        metrics_emf.DEAD_LETTERS_ARCHIVED: 1.0,
+        metrics_emf.DEAD_LETTER_ARCHIVE_FAILURES: 1.0,
+    }
+    out = io.StringIO()
+    metrics_emf.EmfEmitter("processor", stream=out).emit_runner(RunnerMetrics().snapshot())
+    service_doc = parse_emf(out.getvalue())
+    assert emf_shape(function_doc) == emf_shape(service_doc)

@@ -20,11 +20,12 @@ import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from tests.paths import REPO_ROOT
 from tradepulse.bus.clients import consumer_config
-from tradepulse.bus.local_kafka import REPO_ROOT
-from tradepulse.cli.supervisor import python_command
 from tradepulse.config import Settings
-from tradepulse.topics import INPUT_TOPICS
+from tradepulse.stores.parquet_cold import DATASETS
+from tradepulse.supervisor import python_command
+from tradepulse.topics import ANOMALIES, CORRELATIONS, DEAD_LETTERS, FEATURES, INPUT_TOPICS, OUTPUT_TOPICS
 
 KEY = "chaos-simulator-key"
 TICKERS = ["AAPL", "MSFT", "NVDA", "TSLA", "AMZN"]
@@ -47,6 +48,9 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
         TRADEPULSE_MASSIVE_RECONNECT_INITIAL_S="0.05",
         TRADEPULSE_MASSIVE_RECONNECT_MAX_S="0.5",
         TRADEPULSE_LOG_LEVEL="INFO",
+        # The simulated market starts at START_MS (2025-12), older than the hot TTL by the wall clock:
+        # the runner's retention purge would remove the rows the reconciliation counts.
+        TRADEPULSE_HOT_PURGE_INTERVAL_S="0",
         PYTHONUNBUFFERED="1",
         PYTHONFAULTHANDLER="1",  # SIGABRT dumps every thread's stack into the service log
     )
@@ -234,7 +238,7 @@ class Reconciliation:
     unexpected: int
 
     @classmethod
-    def of(cls, keys: list[tuple[str, int]], sent: set[tuple[str, int]]) -> Reconciliation:
+    def of(cls, keys: list[tuple[Any, ...]], sent: set[tuple[Any, ...]]) -> Reconciliation:
         distinct = set(keys)
         return cls(
             rows=len(keys),
@@ -247,6 +251,114 @@ class Reconciliation:
     @property
     def exact(self) -> bool:
         return self.duplicates == 0 and self.missing == 0 and self.unexpected == 0
+
+
+# --- cold archive of the runner's outputs ---------------------------------------------------------------
+# (Kept apart from the trade reconciliation above: the anomaly assertions of tests/reliability build on
+# the trade part, this part checks that every output topic reached the cold store exactly once.)
+
+#: Per output topic: the table of the same rows in the SQLite hot store and its key columns (the dataset's
+#: natural key); dead letters are not in the hot store but in the DLQ store (`dlq.sqlite3`).
+_HOT_TABLES = {
+    FEATURES: ("hot.sqlite3", "features", ("ticker", "ts_ms")),
+    ANOMALIES: ("hot.sqlite3", "anomalies", ("anomaly_id",)),
+    CORRELATIONS: ("hot.sqlite3", "correlations", ("correlation_id",)),
+    DEAD_LETTERS: ("dlq.sqlite3", "dead_letters", ("dead_letter_id",)),
+}
+
+
+def cold_natural_keys(settings: Settings, topic: str) -> list[tuple[Any, ...]]:
+    """The natural key of every row of a topic's cold dataset (duplicates kept)."""
+    dataset = DATASETS[topic]
+    keys: list[tuple[Any, ...]] = []
+    for path in sorted((settings.cold_dir / dataset.name).rglob("*.parquet")):
+        table = pq.read_table(path, columns=list(dataset.key), partitioning=None)
+        keys.extend(zip(*(table[k].to_pylist() for k in dataset.key), strict=True))
+    return keys
+
+
+def hot_natural_keys(settings: Settings, topic: str) -> set[tuple[Any, ...]]:
+    """The keys of a topic's rows in the SQLite stores (primary keys: no duplicates possible)."""
+    import sqlite3
+
+    db, table, key = _HOT_TABLES[topic]
+    with sqlite3.connect(f"file:{settings.data_dir / db}?mode=ro", uri=True) as conn:
+        return set(conn.execute(f"SELECT {', '.join(key)} FROM {table}"))
+
+
+def outputs_archived(settings: Settings, instance: str = "0") -> bool:
+    """The runner reports no lag on any partition it consumes, its output topics included: everything it
+    produced is in its cold store's buffers (written at the latest by the graceful stop). Waiting for this
+    before the stop keeps the stop's own drain (`Runner._drain_outputs`, bounded in time) out of the
+    result even on a throttled machine."""
+    from tradepulse.bus.status import status_path
+
+    try:
+        status = orjson.loads(status_path(settings.data_dir, instance).read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return False
+    return status.get("consumer_lag") == 0 and status.get("assigned_partitions", 0) > 0
+
+
+def seed_news(settings: Settings, duration_s: float, every_s: float = 2.0) -> tuple[int, int]:
+    """Produce, before the run, a fixed set of news articles (one every `every_s` of the market's event
+    time, round-robin over the tickers: the runner joins them into correlations once a ticker's trades
+    are 60 s past them) and poison messages between them (the runner dead-letters them to
+    market.dead-letters), so that those outputs and their cold datasets take part in the run.
+    Deterministic: the same records on every run. Returns (articles, poison messages)."""
+    from confluent_kafka import Producer
+
+    from tradepulse.bus.clients import producer_config
+    from tradepulse.sources.news import article_records
+    from tradepulse.topics import NEWS
+
+    producer = Producer(producer_config(settings))
+    articles = poison = 0
+    for i in range(int(duration_s / every_s)):
+        ticker = TICKERS[i % len(TICKERS)]
+        published_s = START_MS / 1000 + (i + 0.5) * every_s
+        item = {"id": 9_000_000 + i, "datetime": published_s, "headline": f"{ticker} news {i}", "related": ""}
+        for record in article_records(item, ticker, set(TICKERS), int(published_s * 1e6)):
+            producer.produce(NEWS, key=ticker.encode(), value=orjson.dumps(record))
+            articles += 1
+        if i % 2 == 0:
+            producer.produce(NEWS, key=ticker.encode(), value=b"{not json #%d" % i)
+            poison += 1
+    assert producer.flush(30) == 0
+    return articles, poison
+
+
+@dataclass
+class OutputArchive:
+    """One output topic's cold dataset against the topic (read_committed) and the hot/DLQ store."""
+
+    kafka_rows: int
+    kafka_duplicates: int
+    cold: Reconciliation  # against the keys in Kafka
+    hot: Reconciliation  # the hot (or DLQ) store's keys against the keys in Kafka
+
+    @property
+    def exact(self) -> bool:
+        return self.kafka_duplicates == 0 and self.cold.exact
+
+
+def output_archive(
+    settings: Settings, read: Callable[[Settings, str], list[dict[str, Any]]]
+) -> dict[str, OutputArchive]:
+    """Every output topic's cold dataset reconciled with the topic and the stores, by dataset name.
+    `read(settings, topic)` reads a topic read_committed (the callers' own readers)."""
+    out = {}
+    for topic in OUTPUT_TOPICS:
+        dataset = DATASETS[topic]
+        in_kafka = [tuple(row[k] for k in dataset.key) for row in read(settings, topic)]
+        expected = set(in_kafka)
+        out[dataset.name] = OutputArchive(
+            kafka_rows=len(in_kafka),
+            kafka_duplicates=len(in_kafka) - len(expected),
+            cold=Reconciliation.of(cold_natural_keys(settings, topic), expected),
+            hot=Reconciliation.of(list(hot_natural_keys(settings, topic)), expected),
+        )
+    return out
 
 
 @dataclass
@@ -265,6 +377,10 @@ class ChaosReport:
     cold_quotes: Reconciliation  # against the quotes in Kafka
     features_checked: int
     seconds: float
+    # The cold archive of every output topic (see `output_archive`), by dataset.
+    cold_outputs: dict[str, OutputArchive] = field(default_factory=dict)
+    news_articles: int = 0  # articles seeded into market.news (`seed_news`)
+    news_poison: int = 0  # poison messages seeded into market.news (dead letters expected)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     contention: dict[str, float] = field(default_factory=dict)
     anomalies_checked: int = 0  # equal to an uninterrupted run (test_chaos.assert_outputs_like_uninterrupted)

@@ -1,6 +1,10 @@
 """Chaos: kill -9 the runner and the ingest service at random points of a deterministic simulator run,
 restarting each time; afterwards Kafka, the hot store and the cold store hold exactly the simulator's
-trade set, every feature snapshot equals an independent batch recomputation, and the anomalies and
+trade set, and every feature snapshot equals an independent batch recomputation. Every output topic
+(features, anomalies, correlations, dead letters) is in its cold dataset exactly once (0 duplicates,
+0 missing against the topic read read_committed), and the hot store (the DLQ store for dead letters)
+holds every row of it; news articles and poison messages seeded into market.news before the run
+(`harness.seed_news`) give the runner correlations and dead letters to produce. The anomalies and
 correlations (topic and hot store) are exactly those of an uninterrupted run: the pure core fed once
 with the input topics' final contents, partition by partition in offset order.
 
@@ -49,7 +53,10 @@ from tests.reliability.harness import (
     high_watermarks,
     hot_anomalies,
     hot_trade_keys,
+    output_archive,
+    outputs_archived,
     read_topic,
+    seed_news,
     uninterrupted_outputs,
     wait_until,
 )
@@ -117,6 +124,7 @@ def run_chaos(plan: Plan, kafka_bootstrap: str, tmp_path: Path) -> ChaosReport:
         tickers=TICKERS,
     )
     recreate_topics(settings)
+    news_articles, news_poison = seed_news(settings, plan.duration_s)
     # Resend the last blocks (60 s of 50 ms ticks by default) to every new subscription. Alone, a replay
     # covers what a killed ingest had received but not yet published only while the outage is shorter
     # than the replay: a 5 s window lost 4,677 of 1,072,706 trades in the first full run, and under
@@ -208,6 +216,12 @@ def run_chaos(plan: Plan, kafka_bootstrap: str, tmp_path: Path) -> ChaosReport:
             wait_until(
                 lambda: drained(settings), 900, "the runner to commit every record", services.check_alive
             )
+            wait_until(
+                lambda: outputs_archived(settings),
+                300,
+                "the runner to read back its outputs",
+                services.check_alive,
+            )
             assert services.stop("runner") == 0, services.tail("runner")
         sent = sim.sent_trade_keys()
         sent_quotes = sim.sent_quote_keys()
@@ -261,6 +275,9 @@ def run_chaos(plan: Plan, kafka_bootstrap: str, tmp_path: Path) -> ChaosReport:
         hot=hot,
         cold=cold,
         features_checked=len(emitted),
+        cold_outputs=output_archive(settings, read_topic),
+        news_articles=news_articles,
+        news_poison=news_poison,
         seconds=time.monotonic() - started,
         peak_rss_mb={k: round(v, 1) for k, v in rss.peak.items()},
         anomalies_checked=anomalies,
@@ -301,6 +318,25 @@ def check(report: ChaosReport, plan: Plan) -> None:
     assert report.cold_quotes.exact, report
     assert report.sent_trades >= 0.7 * plan.expected_trades, report
     assert report.features_checked > 0
+    check_cold_outputs(report)
+
+
+def check_cold_outputs(report: ChaosReport) -> None:
+    """Every output topic (features, anomalies, correlations, dead letters) is in its cold dataset exactly
+    once: 0 duplicates, 0 missing, nothing else, against the topic read read_committed; and the hot store
+    (the DLQ store for dead letters) holds every row of the topic."""
+    assert set(report.cold_outputs) == {"features", "anomalies", "correlations", "dead-letters"}, report
+    for name, archive in report.cold_outputs.items():
+        assert archive.exact, (name, archive)
+        assert archive.hot.missing == 0, (name, archive)
+    assert report.cold_outputs["features"].cold.distinct == report.features_checked
+    # One letter per poison message seeded into market.news (`seed_news`).
+    assert report.cold_outputs["dead-letters"].cold.distinct == report.news_poison > 0
+    # Deterministic outputs: the hot store holds exactly what was committed. (Anomalies of an aborted
+    # attempt may still be in the hot store until anomaly scoring is deterministic; the DLQ store also
+    # holds the ingest's letters, which never go to market.dead-letters.)
+    for name in ("features", "correlations"):
+        assert report.cold_outputs[name].hot.exact, (name, report.cold_outputs[name])
 
 
 SHORT = Plan("short", duration_s=16, rate=4000, runner_kills=3, ingest_kills=2)

@@ -11,9 +11,9 @@ import psutil
 import pytest
 
 from tests.bus.test_runner import make_recording, produce, running, wait_for
+from tests.doubles import SlowHotStore
 from tradepulse.bus.pipeline import build_runner
 from tradepulse.config import Settings
-from tradepulse.stores.backpressure import SlowHotStore
 from tradepulse.stores.factory import open_hot_store
 from tradepulse.topics import TRADES
 

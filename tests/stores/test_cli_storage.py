@@ -25,8 +25,8 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 def test_query_prints_a_table(settings: Settings) -> None:
     cold = open_cold_store(settings)
-    for o in range(3):
-        cold.append(topics.TRADES, 0, o, make_trade("NVDA", seq=o, price=10.0 + o))
+    trades = [make_trade("NVDA", seq=o, price=10.0 + o) for o in range(3)]
+    cold.append_batch(topics.TRADES, trades, [(0, o) for o in range(3)])
     cold.close()
     result = CliRunner().invoke(
         query, ["SELECT ticker, COUNT(*) AS n, MAX(price) AS hi FROM trades GROUP BY ticker"]

@@ -1,5 +1,5 @@
-"""Parquet cold store: Hive layout, Snappy, flush by block/size/time/close, replay without duplicates,
-local and S3 (moto)."""
+"""Parquet cold store through `append_batch` (the runner's path): Hive layout, Snappy, flush by
+block/size/time/close, replay without duplicates, local and S3 (moto)."""
 
 from __future__ import annotations
 
@@ -45,10 +45,9 @@ def read_rows(root: Path, dataset: str = "trades") -> list[dict]:
 def test_layout_snappy_sorted_and_round_trip(tmp_path: Path) -> None:
     store = ParquetColdStore(tmp_path, block_offsets=1000)
     rows = trades_at(range(6), ts=lambda o: T9 if o < 4 else T10)
-    for o, row in enumerate(rows):
-        store.append(topics.TRADES, 2, o, row)
-    store.append(topics.TRADES, 5, 42, make_trade("TSLA", seq=1))
-    store.append(topics.ANOMALIES, 0, 7, make_anomaly())
+    store.append_batch(topics.TRADES, rows, [(2, o) for o in range(6)], flush=False)
+    store.append_batch(topics.TRADES, [make_trade("TSLA", seq=1)], [(5, 42)], flush=False)
+    store.append_batch(topics.ANOMALIES, [make_anomaly()], [(0, 7)], flush=False)
     assert store.flush() == 0  # nothing due yet: no complete block, no size/time limit
     store.close()
     assert store.files() == [
@@ -73,8 +72,7 @@ def test_layout_snappy_sorted_and_round_trip(tmp_path: Path) -> None:
 def test_complete_blocks_flush_and_the_open_block_waits(tmp_path: Path) -> None:
     clock = Clock()
     store = ParquetColdStore(tmp_path, block_offsets=10, flush_rows=1000, flush_interval_s=60, clock=clock)
-    for o, row in zip(range(15), trades_at(range(15)), strict=True):
-        store.append(topics.TRADES, 0, o, row)
+    store.append_batch(topics.TRADES, trades_at(range(15)), [(0, o) for o in range(15)], flush=False)
     assert store.flush() == 1  # offsets 0–9 form a complete block
     assert len(read_rows(tmp_path)) == 10 and store.buffered_rows() == 5
     clock.now = 59
@@ -87,14 +85,10 @@ def test_complete_blocks_flush_and_the_open_block_waits(tmp_path: Path) -> None:
 def test_size_limit_flushes_a_partial_block_and_later_flushes_extend_the_same_file(tmp_path: Path) -> None:
     store = ParquetColdStore(tmp_path, block_offsets=100, flush_rows=4, flush_interval_s=1e9, clock=Clock())
     rows = trades_at(range(10))
-    for o in range(3):
-        store.append(topics.TRADES, 0, o, rows[o])
-    assert store.flush() == 0
-    store.append(topics.TRADES, 0, 3, rows[3])
-    assert store.flush() == 1
-    for o in range(4, 10):
-        store.append(topics.TRADES, 0, o, rows[o])
-    assert store.flush() == 1
+    positions = [(0, o) for o in range(10)]
+    assert store.append_batch(topics.TRADES, rows[:3], positions[:3]) == 0
+    assert store.append_batch(topics.TRADES, rows[3:4], positions[3:4]) == 1
+    assert store.append_batch(topics.TRADES, rows[4:], positions[4:]) == 1
     store.close()
     assert len(store.files()) == 1
     assert sorted(r["kafka_offset"] for r in read_rows(tmp_path)) == list(range(10))
@@ -105,7 +99,7 @@ def _run(root: Path, events: list[tuple[int, dict]], flush_after: set[int], **kw
         root, block_offsets=10, flush_rows=10**6, flush_interval_s=1e9, clock=Clock(), **kw
     )
     for o, row in events:
-        store.append(topics.TRADES, 1, o, row)
+        store.append_batch(topics.TRADES, [row], [(1, o)], flush=False)
         if o in flush_after:
             store.flush(force=True)
     return store
@@ -156,7 +150,7 @@ def test_dead_letters_are_archived_idempotently(tmp_path: Path) -> None:
 
 def test_factory_local_cold_store(store_settings: Settings) -> None:
     store = open_cold_store(store_settings)
-    store.append(topics.TRADES, 0, 0, make_trade())
+    store.append_batch(topics.TRADES, [make_trade()], [(0, 0)])
     store.close()
     assert store.files() and (store_settings.cold_dir / store.files()[0]).exists()
 
@@ -168,12 +162,10 @@ def test_s3_cold_store_layout_and_replay_reads_back_the_object() -> None:
     settings = Settings(cold_store="s3", s3_bucket="tp-lake", s3_prefix="lake/", cold_block_offsets=10)
     rows = trades_at(range(10))
     first = open_cold_store(settings)
-    for o in range(6):
-        first.append(topics.TRADES, 3, o, rows[o])
+    first.append_batch(topics.TRADES, rows[:6], [(3, o) for o in range(6)], flush=False)
     first.flush(force=True)  # then the process dies
     second = ParquetColdStore.from_settings(settings)  # fresh process: nothing cached
-    for o in range(4, 10):
-        second.append(topics.TRADES, 3, o, rows[o])
+    second.append_batch(topics.TRADES, rows[4:], [(3, o) for o in range(4, 10)], flush=False)
     second.close()
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="tp-lake", Prefix="lake/trades/")["Contents"]]
     assert keys == [
@@ -190,8 +182,7 @@ def test_next_offset_checkpoint_survives_a_restart(tmp_path: Path) -> None:
     clock = Clock()
     store = ParquetColdStore(tmp_path, block_offsets=10, flush_rows=10**6, flush_interval_s=60, clock=clock)
     assert store.next_offset(topics.TRADES, 4) is None
-    for o, row in zip(range(14), trades_at(range(14)), strict=True):
-        store.append(topics.TRADES, 4, o, row)
+    store.append_batch(topics.TRADES, trades_at(range(14)), [(4, o) for o in range(14)], flush=False)
     store.flush()  # only block 0 is complete: 10–13 are still buffered
     assert store.next_offset(topics.TRADES, 4) == 10
     assert ParquetColdStore(tmp_path).next_offset(topics.TRADES, 4) == 10  # a new process reads it back
@@ -202,17 +193,17 @@ def test_next_offset_checkpoint_survives_a_restart(tmp_path: Path) -> None:
     assert all(not f.startswith("_checkpoints") for f in store.files())
 
 
-def test_append_batch_writes_the_same_files_as_append(tmp_path: Path) -> None:
-    """One micro-batch over two partitions, two blocks and two event hours: the per-batch path splits
-    it exactly like per-row appends (same names, same rows), and skips rows below `start`."""
+def test_one_batch_writes_the_same_files_as_one_row_batches(tmp_path: Path) -> None:
+    """One micro-batch over two partitions, two blocks and two event hours: it is split exactly like the
+    same rows appended one by one (same names, same rows), and rows below `start` are skipped."""
     rows = trades_at(range(40), ts=lambda o: T9 if o < 30 else T10)
     positions = [(o % 2, o // 2) for o in range(40)]  # partition 0/1, offsets 0..19 each
     per_row, per_batch = (
         ParquetColdStore(tmp_path / "a", block_offsets=8),
         ParquetColdStore(tmp_path / "b", block_offsets=8),
     )
-    for row, (partition, offset) in zip(rows, positions, strict=True):
-        per_row.append(topics.TRADES, partition, offset, row)
+    for row, position in zip(rows, positions, strict=True):
+        per_row.append_batch(topics.TRADES, [row], [position], flush=False)
     per_batch.append_batch(topics.TRADES, rows, positions)
     # append_batch flushed the complete blocks 0–7 and 8–15 (both hours) itself; 16–19 stay open.
     assert per_row.flush() == 6 and per_batch.buffered_rows() == per_row.buffered_rows() == 8
@@ -244,3 +235,18 @@ def test_append_batch_flushes_by_size_and_time_itself(tmp_path: Path) -> None:
     assert store.buffered_rows() == 3
     store.close()
     assert [r["anomaly_id"] for r in read_rows(tmp_path, "anomalies")] == [a["anomaly_id"] for a in anomalies]
+
+
+def test_rows_appended_again_before_the_first_flush_of_their_block_are_written_once(tmp_path: Path) -> None:
+    # The runner's rewind after an aborted transaction re-appends from the cold checkpoint; rows of the
+    # same block may still be buffered (committed but not flushed, or of the aborted batch). The first
+    # write of a block has no file to merge with, and must still not write a row twice.
+    store = ParquetColdStore(
+        tmp_path, block_offsets=100, flush_rows=10**6, flush_interval_s=1e9, clock=Clock()
+    )
+    rows = trades_at(range(10))
+    positions = [(0, o) for o in range(10)]
+    store.append_batch(topics.TRADES, rows[:6], positions[:6], flush=False)
+    store.append_batch(topics.TRADES, rows, positions, flush=False)  # the replay, from offset 0
+    store.close()
+    assert sorted(r["kafka_offset"] for r in read_rows(tmp_path)) == list(range(10))

@@ -30,15 +30,14 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
         make_trade("MSFT", 2, BASE_MS + 24 * HOUR, 410.0),  # next day
     ]
     for o, t in enumerate(trades):
-        store.append(topics.TRADES, o % 2, o, t)
-    for o, f in enumerate([make_feature("AAPL", BASE_MS), make_feature("MSFT", BASE_MS + HOUR)]):
-        store.append(topics.FEATURES, 0, o, f)
-    store.append(topics.ANOMALIES, 0, 0, make_anomaly("AAPL", BASE_MS, -0.8))
-    store.append(topics.ANOMALIES, 0, 1, make_anomaly("MSFT", BASE_MS + HOUR, -0.7))
+        store.append_batch(topics.TRADES, [t], [(o % 2, o)], flush=False)
+    features = [make_feature("AAPL", BASE_MS), make_feature("MSFT", BASE_MS + HOUR)]
+    store.append_batch(topics.FEATURES, features, [(0, 0), (0, 1)], flush=False)
+    anomalies = [make_anomaly("AAPL", BASE_MS, -0.8), make_anomaly("MSFT", BASE_MS + HOUR, -0.7)]
+    store.append_batch(topics.ANOMALIES, anomalies, [(0, 0), (0, 1)], flush=False)
     strong = make_correlation("AAPL", 1, BASE_MS)
     none = dict(make_correlation("MSFT", 2, BASE_MS + 10), correlation_strength="none")
-    store.append(topics.CORRELATIONS, 0, 0, strong)
-    store.append(topics.CORRELATIONS, 0, 1, none)
+    store.append_batch(topics.CORRELATIONS, [strong, none], [(0, 0), (0, 1)], flush=False)
     store.close()
     return root
 

@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from tests.stores.conftest import (
     make_trade,
 )
 from tradepulse.stores.base import HotStore
-from tradepulse.stores.sqlite_hot import SCHEMA_VERSION, SchemaMismatch, SqliteHotStore, _p99
+from tradepulse.stores.sqlite_hot import SCHEMA_VERSION, SchemaMismatch, SqliteHotStore
 
 
 @pytest.fixture
@@ -143,8 +144,6 @@ def test_write_latency_p99(store: SqliteHotStore) -> None:
     for i in range(5):
         store.write_batch(trades=[make_trade(seq=i)])
     assert store.write_latency_p99_ms() > 0
-    assert _p99(range(1, 101)) == 99
-    assert _p99([5.0]) == 5.0
 
 
 def test_wal_mode_and_file_location(store: SqliteHotStore) -> None:
@@ -264,3 +263,46 @@ def test_latest_trade_expires_with_its_ticker_and_never_moves_back(store: Sqlite
     assert store.latest_trade("IBM")["sequence"] == 2
     store.purge_expired(BASE_MS + 49 * hour)
     assert store.latest_trade("IBM") is None and store.count("trades") == 0
+
+
+class CountingLock:
+    """The store's write lock, counting how often it is taken and the longest time it was held."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.acquisitions = 0
+        self.longest_s = 0.0
+        self._since = 0.0
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        self.acquisitions += 1
+        self._since = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.longest_s = max(self.longest_s, time.perf_counter() - self._since)
+        self._lock.release()
+
+
+def test_purge_deletes_in_chunks_releasing_the_write_lock_in_between(tmp_path: Path) -> None:
+    hour = 3600 * 1000
+    now = BASE_MS + 100 * hour
+    old, fresh = now - 60 * hour, now - hour
+    with SqliteHotStore(tmp_path / "hot.sqlite3", ttl_hours=48) as store:
+        store.write_batch(
+            trades=[make_trade(seq=i, ts_ms=old + i) for i in range(250)]
+            + [make_trade(seq=999, ts_ms=fresh)],
+            features=[
+                make_feature(ticker=t, ts_ms=old + 1000 * i) for t in ("AAPL", "MSFT") for i in range(65)
+            ]
+            + [make_feature(ts_ms=fresh)],
+            anomalies=[make_anomaly(ts_ms=old + i) for i in range(25)] + [make_anomaly(ts_ms=fresh)],
+        )
+        lock = CountingLock()
+        store._write_lock = lock  # type: ignore[assignment]
+        assert store.purge_expired(now, chunk_rows=10) == 250 + 130 + 25
+        # 26 trade chunks, 7 + 7 feature chunks, 3 anomaly chunks, 1 correlations, latest + tickers.
+        assert lock.acquisitions == 26 + 14 + 3 + 1 + 2
+        assert store.count("trades") == store.count("anomalies") == 1
+        assert [f["ts_ms"] for f in store.feature_history("AAPL", 0)] == [fresh]
+        assert store.feature_history("MSFT", 0) == []

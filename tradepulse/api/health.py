@@ -25,7 +25,7 @@ object describing itself (`tradepulse.bus.status.RunnerMetrics.snapshot()` build
   never sees half a file. Other runner instances write `runner-status-<instance>.json`.
 - In AWS (no shared disk between the ECS runners and the Lambda API) the same object also goes to the hot
   store: `DynamoHotStore.put_runner_status(status, instance)`; `get_runner_statuses()` lists every
-  instance (optional methods beyond the HotStore protocol, SQLite has none). On ECS each processor task
+  instance (`HotStore.get_runner_statuses`; SQLite answers {}, its runners write files). On ECS each processor task
   is an instance named by its hostname. The runner always publishes through `publish_status` (file, plus
   the store when it has `put_runner_status`); the API reads the store when `hot_store == "dynamodb"`
   (`HotStoreRunnerStatusSource`), else the files (`FileRunnerStatusSource`).
@@ -56,15 +56,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
-
-from pydantic import BaseModel, ConfigDict, ValidationError
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from tradepulse.api.responses import ComponentHealth, HealthResponse, iso_ms
-from tradepulse.bus.heartbeat import status_files, status_path
+
+# The runner-status readers moved to runner_status.py; importable from here as before (explicit re-export).
+from tradepulse.api.runner_status import FileRunnerStatusSource as FileRunnerStatusSource
+from tradepulse.api.runner_status import HotStoreRunnerStatusSource as HotStoreRunnerStatusSource
+from tradepulse.api.runner_status import RunnerStatus, RunnerStatusSource
+from tradepulse.api.runner_status import runner_status_path as runner_status_path
 from tradepulse.config import Settings
+from tradepulse.stores.base import DeadLetterQueue, HotStore
 
 BROKER_TIMEOUT_S = 1.0
 BROKER_CACHE_S = 3.0
@@ -76,107 +80,14 @@ _rdkafka_log = logging.getLogger("tradepulse.api.broker_probe")
 _rdkafka_log.setLevel(logging.CRITICAL)
 
 
-class RunnerStatus(BaseModel):
-    """The runner heartbeat (see the module docstring for the contract)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    updated_at: float | None = None
-    last_commit_at: float
-    consumer_lag: int = 0
-    events_processed: int = 0
-    events_per_s: float = 0.0
-    write_p99_ms: float | None = None
-    backpressure_activations: int = 0
-    dlq_depth: int = 0
-    e2e_latency_p99_ms: float | None = None
-    batch_p99_ms: float | None = None
-
-    stopped_at: float | None = None
-
-    @property
-    def heartbeat_at(self) -> float:
-        return self.updated_at if self.updated_at is not None else self.last_commit_at
-
-
-def _newest(statuses: dict[str, RunnerStatus]) -> RunnerStatus | None:
-    return max(statuses.values(), key=lambda s: s.heartbeat_at, default=None)
-
-
-class RunnerStatusSource(Protocol):
-    def read_all(self) -> dict[str, RunnerStatus]:
-        """instance → latest heartbeat, of every runner instance that reported ({} if none). May raise
-        when its backing component fails; a source may name that component in a `component` attribute
-        (default: runner)."""
-
-
 def error_name(exc: BaseException) -> str:
     """The exception's class, plus the AWS error code of a botocore ClientError when the class does not
     already say it (modeled errors such as ResourceNotFoundException do); never its message."""
+    from botocore.exceptions import ClientError  # only the message of an AWS error carries a code
+
     name = type(exc).__name__
-    response = getattr(exc, "response", None)
-    code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+    code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
     return f"{name} ({code})" if code and code != name else name
-
-
-def runner_status_path(settings: Settings) -> Path:
-    """The heartbeat file of the (first) runner under `settings.data_dir`."""
-    return status_path(settings.data_dir)
-
-
-class FileRunnerStatusSource:
-    """Reads `<data_dir>/runner-status.json` (instance "0", the given `path`) and the
-    `runner-status-<instance>.json` files beside it; a missing or malformed file reads as no heartbeat,
-    any other read error (permissions, a directory in its place) raises."""
-
-    component = "runner"
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def read_all(self) -> dict[str, RunnerStatus]:
-        paths = {"0": self.path} | {i: p for i, p in status_files(self.path.parent).items() if i != "0"}
-        statuses: dict[str, RunnerStatus] = {}
-        for instance, path in paths.items():
-            try:
-                statuses[instance] = RunnerStatus.model_validate_json(path.read_bytes())
-            except (FileNotFoundError, ValidationError):
-                continue
-        return statuses
-
-    def read(self) -> RunnerStatus | None:
-        """The newest heartbeat of any instance (None if none reported)."""
-        return _newest(self.read_all())
-
-
-class HotStoreRunnerStatusSource:
-    """Reads the heartbeats the runners put in the hot store (AWS: DynamoDB items, all instances with one
-    query when the store can list them); store errors raise."""
-
-    component = "hot_store"
-
-    def __init__(self, hot_store: Any) -> None:
-        self._store = hot_store
-
-    def read_all(self) -> dict[str, RunnerStatus]:
-        listing = getattr(self._store, "get_runner_statuses", None)
-        if listing is not None:
-            raw: dict[str, Any] = listing()
-        else:
-            getter = getattr(self._store, "get_runner_status", None)
-            one = getter() if getter is not None else None
-            raw = {"0": one} if one else {}
-        statuses: dict[str, RunnerStatus] = {}
-        for instance, document in raw.items():
-            try:
-                statuses[instance] = RunnerStatus.model_validate(document)
-            except ValidationError:
-                continue
-        return statuses
-
-    def read(self) -> RunnerStatus | None:
-        """The newest heartbeat of any instance (None if none reported)."""
-        return _newest(self.read_all())
 
 
 @dataclass(frozen=True)
@@ -297,6 +208,138 @@ class BrokerProbe:
         )
 
 
+State = Literal["ok", "degraded", "down", "unknown"]
+Overall = Literal["healthy", "degraded", "unhealthy"]
+
+
+@dataclass
+class Verdict:
+    """The components of one /health answer and which of them make it unhealthy or degraded."""
+
+    components: dict[str, ComponentHealth] = field(default_factory=dict)
+    unhealthy: list[str] = field(default_factory=list)
+    degraded: list[str] = field(default_factory=list)
+
+    def add(self, name: str, component: ComponentHealth) -> None:
+        """Record a component; `down` makes the answer unhealthy, `degraded` degraded."""
+        self.components[name] = component
+        if component.status == "down":
+            self.unhealthy.append(name)
+        elif component.status == "degraded":
+            self.degraded.append(name)
+
+    @property
+    def status(self) -> Overall:
+        return "unhealthy" if self.unhealthy else "degraded" if self.degraded else "healthy"
+
+
+def runner_read_failed(failed: str, error: BaseException, hot_store: str) -> dict[str, ComponentHealth]:
+    """The components when the runner status could not be read: the failed source down, and the runner
+    unknown when the source is another component (the hot store)."""
+    name = error_name(error)
+    where = f"{hot_store} " if failed == "hot_store" else ""
+    components = {
+        failed: ComponentHealth(status="down", detail=f"{where}runner status read failed: {name}", error=name)
+    }
+    if failed != "runner":
+        components["runner"] = ComponentHealth(
+            status="unknown", detail=f"runner status unreadable: {failed} failed"
+        )
+    return components
+
+
+def runner_instances(views: list[RunnerView]) -> dict[str, ComponentHealth]:
+    """One `runner:<instance>` component per reported runner."""
+    return {
+        f"runner:{v.instance}": ComponentHealth(
+            status="ok" if v.state == "ok" else "down",
+            detail=v.detail,
+            metrics={
+                "heartbeat_age_s": round(v.heartbeat_age, 3),
+                "last_commit_age_s": round(v.commit_age, 3),
+                "consumer_lag": v.status.consumer_lag,
+                "events_per_s": v.status.events_per_s,
+            },
+        )
+        for v in views
+    }
+
+
+def runner_state(views: list[RunnerView], status: RunnerStatus, now: float) -> tuple[State, str]:
+    """(state, detail) of the pipeline's runners: down when none is live or one is stuck, degraded when
+    some are missing, else ok."""
+    live = [v for v in views if v.state != "missing"]
+    missing = [v for v in views if v.state == "missing"]
+    stuck = [v for v in views if v.state == "stuck"]
+    if not live:
+        if len(missing) == 1:
+            return "down", missing[0].detail
+        silent = min(v.heartbeat_age for v in missing)
+        return "down", f"no heartbeat from any of {len(missing)} runners for {silent:.0f} s (runners down?)"
+    if stuck:
+        named = len(views) > 1  # with one runner, its name adds nothing
+        return "down", "; ".join(f"{v.instance}: {v.detail}" if named else v.detail for v in stuck)
+    if missing:
+        names = ", ".join(f"{v.instance} ({v.detail})" for v in missing)
+        return "degraded", f"{len(live)} of {len(views)} runners live; missing: {names}"
+    runs = f" ({len(live)} runners)" if len(live) > 1 else ""
+    return "ok", f"committed {max(0.0, now - status.last_commit_at):.1f} s ago{runs}"
+
+
+def runner_summary(views: list[RunnerView], status: RunnerStatus, now: float) -> ComponentHealth:
+    """The `runner` component: the state over all instances and the combined numbers."""
+    state, detail = runner_state(views, status, now)
+    metrics = {
+        "heartbeat_age_s": round(max(0.0, now - status.heartbeat_at), 3),
+        "last_commit_age_s": round(max(0.0, now - status.last_commit_at), 3),
+        "events_processed": status.events_processed,
+        "events_per_s": status.events_per_s,
+        "backpressure_activations": status.backpressure_activations,
+        "dlq_depth": status.dlq_depth,
+        "e2e_latency_p99_ms": status.e2e_latency_p99_ms,
+        "batch_p99_ms": status.batch_p99_ms,
+        "runners_live": sum(1 for v in views if v.state != "missing"),
+        "runners_missing": sum(1 for v in views if v.state == "missing"),
+    }
+    return ComponentHealth(status=state, detail=detail, metrics=metrics)
+
+
+def broker_component(broker: BrokerCheck) -> ComponentHealth:
+    return ComponentHealth(
+        status="ok" if broker.reachable else "down",
+        detail=broker.detail,
+        metrics={"metadata_latency_ms": broker.latency_ms},
+    )
+
+
+def lag_component(lag: int | None, threshold: int) -> ComponentHealth:
+    if lag is None:
+        return ComponentHealth(status="unknown", detail="no runner status")
+    return ComponentHealth(
+        status="degraded" if lag > threshold else "ok",
+        detail=f"{lag} messages behind (degraded above {threshold})",
+        metrics={"consumer_lag": lag},
+    )
+
+
+def hot_store_component(p99: float | None, backend: str, threshold_ms: float) -> ComponentHealth:
+    if p99 is None:
+        return ComponentHealth(status="unknown", detail=f"{backend}: no write latency reported yet")
+    return ComponentHealth(
+        status="degraded" if p99 > threshold_ms else "ok",
+        detail=f"{backend} write p99 {p99:.1f} ms (degraded above {threshold_ms:g} ms)",
+        metrics={"write_p99_ms": p99},
+    )
+
+
+def dlq_component(depth: int | None, source: str) -> ComponentHealth:
+    return ComponentHealth(
+        status="unknown" if depth is None else "ok",
+        detail=f"{'?' if depth is None else depth} dead letters pending ({source})",
+        metrics={"dlq_depth": depth},
+    )
+
+
 class HealthChecker:
     """Combines the signals into the /health answer."""
 
@@ -305,11 +348,11 @@ class HealthChecker:
         settings: Settings,
         runner: RunnerStatusSource,
         broker: BrokerProbe | None,
-        hot_store: Any,
+        hot_store: HotStore | None,
         *,
-        dlq: Any = None,
-        wall_clock: Any = time.time,
-        monotonic: Any = time.monotonic,
+        dlq: DeadLetterQueue | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
         self._dlq = dlq
@@ -327,8 +370,7 @@ class HealthChecker:
         try:
             statuses = self.runner_source.read_all()
         except Exception as exc:
-            component = getattr(self.runner_source, "component", "runner")
-            log.warning("runner status unreadable (%s failed)", component, exc_info=True)
+            log.warning("runner status unreadable (%s failed)", self.runner_source.component, exc_info=True)
             return [], exc, False
         s = self._settings
         views = judge_runners(statuses, self._wall(), s.health_commit_stale_s, s.health_runner_forget_s)
@@ -372,135 +414,47 @@ class HealthChecker:
         now = self._wall()
         views, status_error, ever_reported = self.read_runners()
         status = combine(views)
-        broker = self.broker_check()
-        unhealthy: list[str] = []
-        degraded: list[str] = []
-        components: dict[str, ComponentHealth] = {}
+        verdict = Verdict()
+        self._add_runner(verdict, views, status, status_error, ever_reported, now)
+        verdict.add("broker", broker_component(self.broker_check()))
+        lag = status.consumer_lag if status is not None else None
+        verdict.add("consumer_lag", lag_component(lag, s.health_lag_degraded))
+        p99 = self.write_p99_ms(status)
+        if "hot_store" not in verdict.components:  # else already down: reading from it failed
+            verdict.add("hot_store", hot_store_component(p99, s.hot_store, s.health_write_p99_degraded_ms))
+        verdict.add("dlq", dlq_component(*self.dlq_depth(status)))
+        return HealthResponse(
+            status=verdict.status,
+            consumer_lag=lag,
+            dynamo_latency_p99=p99,
+            uptime_seconds=round(self._monotonic() - self._started, 3),
+            checked_at=iso_ms(int(now * 1000)),
+            components=verdict.components,
+        )
 
-        if status_error is not None:
-            failed = getattr(self.runner_source, "component", "runner")
-            error = error_name(status_error)
-            where = f"{s.hot_store} " if failed == "hot_store" else ""
-            components[failed] = ComponentHealth(
-                status="down", detail=f"{where}runner status read failed: {error}", error=error
-            )
-            if failed != "runner":
-                components["runner"] = ComponentHealth(
-                    status="unknown", detail=f"runner status unreadable: {failed} failed"
-                )
-            unhealthy.append(failed)
-        elif status is None:
+    def _add_runner(
+        self,
+        verdict: Verdict,
+        views: list[RunnerView],
+        status: RunnerStatus | None,
+        error: BaseException | None,
+        ever_reported: bool,
+        now: float,
+    ) -> None:
+        """The runner components: the failed status source, no runner at all, or one per instance plus
+        the summary."""
+        if error is not None:
+            failed = self.runner_source.component
+            for name, component in runner_read_failed(failed, error, self._settings.hot_store).items():
+                verdict.add(name, component)
+            return
+        if status is None:
             detail = (
                 "no runner is running (the last one stopped or went silent long ago)"
                 if ever_reported
                 else "the runner has never reported a heartbeat"
             )
-            components["runner"] = ComponentHealth(status="down", detail=detail)
-            unhealthy.append("runner")
-        else:
-            live = [v for v in views if v.state != "missing"]
-            missing = [v for v in views if v.state == "missing"]
-            stuck = [v for v in views if v.state == "stuck"]
-            for v in views:
-                components[f"runner:{v.instance}"] = ComponentHealth(
-                    status="ok" if v.state == "ok" else "down",
-                    detail=v.detail,
-                    metrics={
-                        "heartbeat_age_s": round(v.heartbeat_age, 3),
-                        "last_commit_age_s": round(v.commit_age, 3),
-                        "consumer_lag": v.status.consumer_lag,
-                        "events_per_s": v.status.events_per_s,
-                    },
-                )
-            metrics = {
-                "heartbeat_age_s": round(max(0.0, now - status.heartbeat_at), 3),
-                "last_commit_age_s": round(max(0.0, now - status.last_commit_at), 3),
-                "events_processed": status.events_processed,
-                "events_per_s": status.events_per_s,
-                "backpressure_activations": status.backpressure_activations,
-                "dlq_depth": status.dlq_depth,
-                "e2e_latency_p99_ms": status.e2e_latency_p99_ms,
-                "batch_p99_ms": status.batch_p99_ms,
-                "runners_live": len(live),
-                "runners_missing": len(missing),
-            }
-            runs = f" ({len(live)} runners)" if len(live) > 1 else ""
-            if not live:
-                detail, state = (
-                    missing[0].detail
-                    if len(missing) == 1
-                    else (
-                        f"no heartbeat from any of {len(missing)} runners for "
-                        f"{min(v.heartbeat_age for v in missing):.0f} s (runners down?)"
-                    ),
-                    "down",
-                )
-            elif stuck:
-                named = len(views) > 1  # with one runner, its name adds nothing
-                detail = "; ".join(f"{v.instance}: {v.detail}" if named else v.detail for v in stuck)
-                state = "down"
-            elif missing:
-                names = ", ".join(f"{v.instance} ({v.detail})" for v in missing)
-                detail, state = f"{len(live)} of {len(views)} runners live; missing: {names}", "degraded"
-            else:
-                detail, state = f"committed {max(0.0, now - status.last_commit_at):.1f} s ago{runs}", "ok"
-            components["runner"] = ComponentHealth(status=state, detail=detail, metrics=metrics)
-            if state == "down":
-                unhealthy.append("runner")
-            elif state == "degraded":
-                degraded.append("runner")
-
-        components["broker"] = ComponentHealth(
-            status="ok" if broker.reachable else "down",
-            detail=broker.detail,
-            metrics={"metadata_latency_ms": broker.latency_ms},
-        )
-        if not broker.reachable:
-            unhealthy.append("broker")
-
-        lag = status.consumer_lag if status is not None else None
-        if lag is None:
-            components["consumer_lag"] = ComponentHealth(status="unknown", detail="no runner status")
-        else:
-            over = lag > s.health_lag_degraded
-            components["consumer_lag"] = ComponentHealth(
-                status="degraded" if over else "ok",
-                detail=f"{lag} messages behind (degraded above {s.health_lag_degraded})",
-                metrics={"consumer_lag": lag},
-            )
-            if over:
-                degraded.append("consumer_lag")
-
-        p99 = self.write_p99_ms(status)
-        if "hot_store" in components:
-            pass  # already down: reading from it failed
-        elif p99 is None:
-            components["hot_store"] = ComponentHealth(
-                status="unknown", detail=f"{s.hot_store}: no write latency reported yet"
-            )
-        else:
-            over = p99 > s.health_write_p99_degraded_ms
-            components["hot_store"] = ComponentHealth(
-                status="degraded" if over else "ok",
-                detail=f"{s.hot_store} write p99 {p99:.1f} ms (degraded above {s.health_write_p99_degraded_ms:g} ms)",
-                metrics={"write_p99_ms": p99},
-            )
-            if over:
-                degraded.append("hot_store")
-
-        depth, source = self.dlq_depth(status)
-        components["dlq"] = ComponentHealth(
-            status="unknown" if depth is None else "ok",
-            detail=f"{'?' if depth is None else depth} dead letters pending ({source})",
-            metrics={"dlq_depth": depth},
-        )
-
-        overall = "unhealthy" if unhealthy else "degraded" if degraded else "healthy"
-        return HealthResponse(
-            status=overall,
-            consumer_lag=lag,
-            dynamo_latency_p99=p99,
-            uptime_seconds=round(self._monotonic() - self._started, 3),
-            checked_at=iso_ms(int(now * 1000)),
-            components=components,
-        )
+            verdict.add("runner", ComponentHealth(status="down", detail=detail))
+            return
+        verdict.components.update(runner_instances(views))  # the summary below judges them
+        verdict.add("runner", runner_summary(views, status, now))

@@ -282,8 +282,17 @@ def article_from_row(row: Row) -> ArticleItem:
 
 
 def sentiment_summary(articles: list[ArticleItem]) -> SentimentSummary:
-    by_label = {"positive": 0, "negative": 0, "neutral": 0}
-    by_strength = {"strong": 0, "moderate": 0, "weak": 0, "none": 0}
+    by_label: dict[Literal["positive", "negative", "neutral"], int] = {
+        "positive": 0,
+        "negative": 0,
+        "neutral": 0,
+    }
+    by_strength: dict[Literal["strong", "moderate", "weak", "none"], int] = {
+        "strong": 0,
+        "moderate": 0,
+        "weak": 0,
+        "none": 0,
+    }
     for article in articles:
         by_label[article.sentiment.label] += 1
         by_strength[article.correlation_strength] += 1

@@ -15,7 +15,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, TopicCollection
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -28,6 +28,7 @@ from confluent_kafka.admin import (
 
 from tradepulse.bus.clients import base_config
 from tradepulse.config import Settings
+from tradepulse.errors import BusError, InvalidArgument
 from tradepulse.topics import ALL_TOPICS, TopicSpec, topic_specs
 
 
@@ -109,11 +110,11 @@ def ensure_topics(
     return created
 
 
-class MissingTopicsError(RuntimeError):
+class MissingTopicsError(BusError):
     """Topics a service needs are missing or not visible to its principal; the message names them."""
 
 
-class PartitionDecreaseError(ValueError):
+class PartitionDecreaseError(InvalidArgument):
     """A topic spec asks for fewer partitions than the topic has (Kafka cannot remove partitions)."""
 
 
@@ -276,7 +277,6 @@ def recreate_topics(settings: Settings, timeout_s: float = 60.0) -> None:
 
 def describe_topics(settings: Settings) -> list[TopicState]:
     """Every non-internal topic with its partition count and number of retained messages."""
-    from confluent_kafka import Consumer, TopicPartition
 
     config = base_config(settings) | {"group.id": "tradepulse-status", "enable.auto.commit": False}
     consumer = Consumer(config)
@@ -296,7 +296,7 @@ def describe_topics(settings: Settings) -> list[TopicState]:
         consumer.close()
 
 
-def _watermarks(consumer, partition, attempts: int = 50) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+def _watermarks(consumer: Consumer, partition: TopicPartition, attempts: int = 50) -> tuple[int, int]:
     """Watermark offsets, retrying while a just-created partition's leader is still being elected."""
     for attempt in range(attempts):
         try:

@@ -7,12 +7,14 @@ security settings (PLAINTEXT locally, SASL/OAUTHBEARER with IAM on MSK) and the 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from tradepulse.config import Settings
+from tradepulse.errors import BusError
 
 
-class NoBrokerError(RuntimeError):
+class NoBrokerError(BusError):
     """No bootstrap servers are configured and no local broker is running."""
 
 
@@ -87,7 +89,7 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
     return config | overrides
 
 
-def _msk_iam_token_callback(region: str):  # type: ignore[no-untyped-def]
+def _msk_iam_token_callback(region: str) -> Callable[[str], tuple[str, float]]:
     """OAUTHBEARER token callback for MSK IAM auth (aws-msk-iam-sasl-signer-python)."""
 
     def callback(_config: str) -> tuple[str, float]:

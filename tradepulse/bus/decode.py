@@ -22,6 +22,7 @@ import numpy as np
 import orjson
 
 from tradepulse.core.columns import QuoteColumns, TradeColumns, object_array
+from tradepulse.errors import BusError
 from tradepulse.stores.dlq import make_dead_letter
 from tradepulse.topics import NEWS, QUOTES, TRADES
 
@@ -81,7 +82,7 @@ _OPTIONAL: dict[str, tuple[str, ...]] = {
 }
 
 
-class InvalidMessage(ValueError):
+class InvalidMessage(BusError, ValueError):
     """A message that cannot be processed; `error_type` classifies it for the dead-letter queue."""
 
     def __init__(self, error_type: str, reason: str) -> None:

@@ -13,9 +13,13 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:  # types only: this module stays standard library + orjson at run time
+    from tradepulse.metrics_emf import EmfEmitter
+    from tradepulse.stores.base import HotStore
 
 STATUS_FILE = "runner-status.json"
 _PREFIX, _SUFFIX = "runner-status-", ".json"
@@ -47,21 +51,24 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
 
 
 def publish_status(
-    status: dict[str, Any], path: Path, hot_store: Any = None, instance: str = "0", emf: Any = None
+    status: dict[str, Any],
+    path: Path,
+    hot_store: HotStore | None = None,
+    instance: str = "0",
+    emf: EmfEmitter | None = None,
 ) -> None:
     """Publish one runner heartbeat: the file at `path` (local readers: the API, `tradepulse up`, the
-    bench harness), the CloudWatch metrics when `emf` (a `tradepulse.metrics_emf.EmfEmitter`, at its own
-    cadence) is given, and the hot store's `put_runner_status` when it has one (DynamoDB, read in Lambda)."""
+    bench harness), the CloudWatch metrics when `emf` is given (at its own cadence), and the hot store's
+    `put_runner_status` (DynamoDB keeps it for the Lambda API; SQLite's readers read the file)."""
     write_json_atomic(path, status)
     if emf is not None:
         try:
             emf.emit_runner(status, hot_store)
         except Exception as exc:  # metrics are best effort; never stop the runner
             log.warning("runner metrics not emitted: %s", exc)
-    put = getattr(hot_store, "put_runner_status", None)
-    if put is None:
+    if hot_store is None:
         return
     try:
-        put(status, instance)
+        hot_store.put_runner_status(status, instance)
     except Exception as exc:  # a missed heartbeat is replaced by the next one; never stop the runner
         log.warning("runner status not published to the hot store: %s", exc)

@@ -1,9 +1,10 @@
 """A real single-node Apache Kafka (KRaft) that the project fetches from Maven Central and runs itself.
 
-No Docker: `kafka/pom.xml` names the broker jars, Maven copies them into `<data_dir>/kafka-libs`, and
-the broker runs as a child `java` process with its data under `<data_dir>/kafka/`. The storage is
-formatted on first start; ports are the configured ones or free ones, remembered in `broker.json` so
-`tradepulse kafka status` in another shell finds the running broker.
+No Docker: `data/pom.xml` (package data of `tradepulse.bus`, so an installed package works outside a
+checkout) names the broker jars, Maven copies them into the jar cache (`kafka_libs_dir`, by default
+`<data_dir>/kafka-libs`), and the broker runs as a child `java` process with its data under
+`<data_dir>/kafka/`. The storage is formatted on first start; ports are the configured ones or free
+ones, remembered in `broker.json` so `tradepulse kafka status` in another shell finds the running broker.
 """
 
 from __future__ import annotations
@@ -21,13 +22,18 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka.admin import AdminClient
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-POM_PATH = REPO_ROOT / "kafka" / "pom.xml"
+from tradepulse.errors import BusError
+
+#: The Maven project naming the broker jars: package data (tradepulse/bus/data/pom.xml).
+POM_RESOURCE = resources.files("tradepulse.bus").joinpath("data", "pom.xml")
 MIN_JAVA = 17
 
 
@@ -50,7 +56,7 @@ class SecureListener:
     admin_password: str = "admin-secret"
 
 
-class KafkaSetupError(RuntimeError):
+class KafkaSetupError(BusError):
     """A prerequisite is missing or the broker could not start; the message says what to do."""
 
 
@@ -66,11 +72,18 @@ class BrokerInfo:
 
 
 def kafka_version() -> str:
-    """The broker version pinned in kafka/pom.xml."""
-    match = re.search(r"<kafka.version>([^<]+)</kafka.version>", POM_PATH.read_text())
+    """The broker version pinned in the packaged pom.xml."""
+    match = re.search(r"<kafka.version>([^<]+)</kafka.version>", POM_RESOURCE.read_text("utf-8"))
     if not match:
-        raise KafkaSetupError(f"no <kafka.version> in {POM_PATH}")
+        raise KafkaSetupError(f"no <kafka.version> in {POM_RESOURCE}")
     return match.group(1)
+
+
+@contextlib.contextmanager
+def pom_file() -> Iterator[Path]:
+    """The packaged pom.xml as a file Maven can read (a real path for a normal install)."""
+    with resources.as_file(POM_RESOURCE) as path:
+        yield path
 
 
 def check_java() -> str:
@@ -113,8 +126,10 @@ class LocalKafka:
         secure: SecureListener | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
-        # The jar cache can be shared (tests run brokers in temp dirs but reuse one download).
-        self.libs_dir = (Path(libs_root) if libs_root else self.data_dir / "kafka-libs") / kafka_version()
+        # The jar cache can be shared (tests run brokers in temp dirs but reuse one download). Absolute:
+        # Maven resolves a relative output directory against the pom's folder (inside the package).
+        root = Path(libs_root).expanduser().resolve() if libs_root else self.data_dir / "kafka-libs"
+        self.libs_dir = root / kafka_version()
         self.home = self.data_dir / "kafka"
         self.log_dir = self.home / "data"
         self.info_path = self.home / "broker.json"
@@ -145,11 +160,12 @@ class LocalKafka:
                 flush=True,
             )
         self.libs_dir.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run(
-            [mvn, "-B", "-q", "-f", str(POM_PATH), "dependency:copy-dependencies",
-             "-DincludeScope=runtime", f"-DoutputDirectory={self.libs_dir}"],
-            capture_output=True, text=True,
-        )  # fmt: skip
+        with pom_file() as pom:
+            result = subprocess.run(
+                [mvn, "-B", "-q", "-f", str(pom), "dependency:copy-dependencies",
+                 "-DincludeScope=runtime", f"-DoutputDirectory={self.libs_dir}"],
+                capture_output=True, text=True,
+            )  # fmt: skip
         if result.returncode != 0:
             raise KafkaSetupError(
                 f"mvn could not fetch Kafka jars:\n{result.stdout[-2000:]}{result.stderr[-2000:]}"
@@ -236,7 +252,9 @@ class LocalKafka:
         }
 
     def _wait_ready(self, bootstrap: str, timeout_s: float, security: dict[str, str]) -> None:
-        admin = AdminClient({"bootstrap.servers": bootstrap, "logger": _quiet_logger} | security)
+        # Any: confluent-kafka's stubs omit the `logger` entry (a logging.Logger) that the client accepts.
+        config: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": _quiet_logger} | security
+        admin = AdminClient(config)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:

@@ -33,6 +33,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tradepulse.errors import BusError, InvalidArgument
+
 CLUSTER, TOPIC, GROUP, TRANSACTIONAL_ID = "CLUSTER", "TOPIC", "GROUP", "TRANSACTIONAL_ID"
 #: ARN resource-type segment (`arn:…:kafka:<region>:<account>:<segment>/…`) of each Kafka resource type.
 ARN_KINDS = {CLUSTER: "cluster", TOPIC: "topic", GROUP: "group", TRANSACTIONAL_ID: "transactional-id"}
@@ -89,7 +91,7 @@ ACTIONS: dict[str, Action] = {
 KAFKA_IMPLIED = {"DESCRIBE": ("READ", "WRITE", "DELETE", "ALTER"), "DESCRIBE_CONFIGS": ("ALTER_CONFIGS",)}
 
 
-class UnsupportedGrant(ValueError):
+class UnsupportedGrant(BusError, ValueError):
     """An IAM grant that Kafka ACLs cannot express (or a policy feature this module does not model)."""
 
 
@@ -138,7 +140,7 @@ class ClusterArn:
     def parse(cls, arn: str) -> ClusterArn:
         match = re.fullmatch(r"(arn:[^:]+:kafka:[^:]*:[^:]*:)cluster/([^/]+)/([^/]+)", arn)
         if not match:
-            raise ValueError(f"not an MSK cluster ARN: {arn}")
+            raise InvalidArgument(f"not an MSK cluster ARN: {arn}")
         return cls(*match.groups())
 
 

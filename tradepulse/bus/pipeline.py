@@ -22,6 +22,7 @@ from tradepulse.core.anomaly import AnomalyConfig, AnomalyDetector
 from tradepulse.core.columns import QuoteColumns, TradeColumns
 from tradepulse.core.features import FeatureConfig, FeatureEngine, FeatureOutput
 from tradepulse.core.news_join import NewsJoiner
+from tradepulse.stores.base import HotStore
 from tradepulse.topics import TRADES
 
 log = logging.getLogger(__name__)
@@ -147,12 +148,12 @@ def build_runner(
     settings: Settings,
     *,
     instance: str = "0",
-    hot: Any = None,
+    hot: HotStore | None = None,
     commit_watchdog: Watchdog | None = None,
 ) -> Runner:
     """A runner on the configured stores and the real core. The service passes a commit watchdog;
     in-process callers (tests, benchmarks) leave it out, since it restarts the whole process."""
-    from tradepulse.stores.backpressure import BackpressureController
+    from tradepulse.bus.backpressure import BackpressureController
     from tradepulse.stores.dlq import with_retries
     from tradepulse.stores.factory import open_cold_store, open_dlq, open_hot_store
 

@@ -15,7 +15,8 @@ assignment the runner reads, with a separate group-less consumer (assign(), read
   replays from its checkpoint with features computed over full windows;
 - also the records the cold store has not durably written yet (`cold_next[tp]` .. committed), so that rows
   buffered in a crashed process's cold store are appended again (no gaps), and nothing below what the
-  cold store already has is appended twice (no duplicates).
+  cold store already has is appended twice (no duplicates). This includes the runner's archived output
+  topics, which carry no window state (`state_topics` excludes them: only their cold range is read).
 
 Nothing is produced or written to the hot store while rebuilding.
 """
@@ -24,10 +25,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from tradepulse.bus.clients import consumer_config
 from tradepulse.config import Settings
@@ -105,6 +106,7 @@ def _read_ranges(
                 if tp not in pending:
                     continue
                 offset = message.offset()
+                assert offset is not None  # every record (a message without error) has an offset
                 if offset < ends[tp]:
                     keep.append(message)
                 if offset >= ends[tp] - 1:
@@ -115,6 +117,28 @@ def _read_ranges(
         consumer.unassign()
 
 
+#: Errors of a watermark query that a moment heals: a freshly created topic's leader is not known yet.
+_LEADER_ERRORS = (
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._TIMED_OUT,
+)
+
+
+def _watermarks(consumer: Consumer, tp: TopicPartition, timeout_s: float = 30.0) -> tuple[int, int]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            return int(low), int(high)
+        except KafkaException as exc:
+            if exc.args[0].code() not in _LEADER_ERRORS or time.monotonic() > deadline:
+                raise
+            log.info("watermarks of %s[%d] not available yet (%s); retrying", tp.topic, tp.partition, exc)
+            time.sleep(0.2)
+
+
 def plan_rebuild(
     settings: Settings,
     committed: list[TopicPartition],
@@ -122,17 +146,19 @@ def plan_rebuild(
     *,
     group_id: str,
     lookback_s: float,
+    state_topics: Collection[str] | None = None,
     replay_from: dict[int, int] | None = None,
     timeout_s: float = 120.0,
 ) -> RebuildPlan:
-    """Work out the ranges to read for the given committed offsets (see the module docstring)."""
+    """Work out the ranges to read for the given committed offsets (see the module docstring). Only
+    partitions of `state_topics` (all, if None) are read for state; the others only for the cold store."""
     plan = RebuildPlan()
     consumer = _rebuild_consumer(settings, group_id)
     try:
         lows: dict[TP, int] = {}
         for tp in committed:
             key = (tp.topic, tp.partition)
-            low, high = consumer.get_watermark_offsets(TopicPartition(*key), timeout=10)
+            low, high = _watermarks(consumer, TopicPartition(*key))
             lows[key] = low
             end = tp.offset if tp.offset != OFFSET_INVALID and tp.offset >= 0 else low
             plan.end[key] = max(low, min(end, high))
@@ -143,10 +169,12 @@ def plan_rebuild(
             for message in messages:
                 _, ts = message.timestamp()
                 p = message.partition()
+                assert p is not None  # every record has a partition
                 if ts > last_ts.get(p, -1):
                     last_ts[p] = ts
 
-        tail_starts = {tp: max(lows[tp], end - 8) for tp, end in plan.end.items()}
+        stateful = {tp for tp in plan.end if state_topics is None or tp[0] in state_topics}
+        tail_starts = {tp: max(lows[tp], plan.end[tp] - 8) for tp in stateful}
         _read_ranges(consumer, tail_starts, plan.end, note_ts, chunk=1000, timeout_s=timeout_s)
         # Checkpointed trades offsets: the look-back is taken from the earlier of the two timestamps.
         checkpoints = {
@@ -158,7 +186,9 @@ def plan_rebuild(
 
         def note_checkpoint_ts(messages: list[Message]) -> None:
             for message in messages:
-                checkpoint_ts[message.partition()] = message.timestamp()[1]
+                p = message.partition()
+                assert p is not None  # every record has a partition
+                checkpoint_ts[p] = message.timestamp()[1]
 
         ends = {tp: offset + 1 for tp, offset in checkpoints.items()}
         _read_ranges(consumer, checkpoints, ends, note_checkpoint_ts, chunk=1000, timeout_s=timeout_s)
@@ -167,8 +197,8 @@ def plan_rebuild(
         lookback_ms = int(lookback_s * 1000)
         queries = [
             TopicPartition(t, p, last_ts[p] - lookback_ms)
-            for (t, p), end in plan.end.items()
-            if p in last_ts and end > lows[(t, p)]
+            for (t, p) in stateful
+            if p in last_ts and plan.end[(t, p)] > lows[(t, p)]
         ]
         found = (
             {(tp.topic, tp.partition): tp.offset for tp in consumer.offsets_for_times(queries, 10)}
@@ -176,7 +206,7 @@ def plan_rebuild(
             else {}
         )
         for key, end in plan.end.items():
-            start = found.get(key, end)
+            start = found.get(key, end) if key in stateful else end
             plan.state_start[key] = end if start < 0 else max(lows[key], min(start, end))
             if key in checkpoints:  # whatever the timestamps say, the model replays from its checkpoint
                 plan.state_start[key] = min(plan.state_start[key], checkpoints[key])

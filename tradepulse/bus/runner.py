@@ -1,13 +1,14 @@
-"""The exactly-once micro-batch runner: Kafka inputs → pure core → sinks → Kafka outputs.
+"""The exactly-once micro-batch runner: Kafka inputs → pure core → sinks → Kafka outputs → cold archive.
 
 Loop, per micro-batch (at most `batch_max_messages` or `batch_max_wait_ms`):
 
-1. `consumer.consume()` from market.trades / market.quotes / market.news (read_committed), orjson decode,
-   validation; invalid messages become dead letters with their topic/partition/offset.
-2. The core (`Processor`) turns the batch into feature snapshots, anomalies and correlations.
+1. `consumer.consume()` from the input topics market.trades / market.quotes / market.news and from the
+   runner's own output topics (below), all read_committed; orjson decode, validation; invalid input
+   messages become dead letters with their topic/partition/offset.
+2. The core (`Processor`) turns the batch's input into feature snapshots, anomalies and correlations.
 3. Sinks, all idempotent by deterministic keys: hot store `write_batch` (3 attempts with backoff, then
-   the rows go to the DLQ), cold store `append_batch` of every input row, DLQ `put` of the dead letters
-   (the store carries the redrive policy).
+   the rows go to the DLQ), cold store `append_batch` of every consumed row (inputs and outputs), DLQ
+   `put` of the dead letters (the store carries the redrive policy).
 4. One Kafka transaction: produce market.features / market.anomalies / market.correlations, and every
    dead letter of the batch to market.dead-letters keyed by its `dead_letter_id`, then
    `send_offsets_to_transaction(positions, consumer_group_metadata())` and commit.
@@ -15,6 +16,17 @@ Loop, per micro-batch (at most `batch_max_messages` or `batch_max_wait_ms`):
 A crash anywhere before step 4 completes aborts the outputs and leaves the offsets uncommitted: the batch
 is replayed, the keyed sinks overwrite what they already hold, and the outputs (dead letters included)
 appear exactly once to read_committed readers.
+
+Cold archive of the outputs: the runner's consumer also subscribes to the output topics
+(`ARCHIVED_OUTPUTS`) and appends what it reads there to the cold store exactly like an input row, by
+(topic, partition, offset), with the offsets committed in the same transactions. The alternative, the
+runner appending the outputs it has just produced, has no stable position to name and checkpoint the
+files by: an aborted attempt's rows are not the replay's (anomalies depend on the model's refits), their
+offsets are only known after delivery, and every member writes to every output partition. Read back
+read_committed, an output row exists once, at one offset, owned by one member of the group, so the
+input topics' proof carries over unchanged: a kill -9 at any point leaves each cold dataset with 0
+duplicates and 0 missing rows. The price is one batch of delay (a batch's outputs are archived with the
+next batch) and, on a graceful stop, a drain of the output partitions up to their end (`_drain_outputs`).
 
 Zombie fencing (KIP-447, librdkafka ≥ 1.6 and brokers ≥ 2.5): there is one transactional producer per
 runner process, `transactional.id = <consumer_group>-runner-<instance>`. Offsets are committed with the
@@ -25,11 +37,21 @@ stable across restarts (`--instance`), so a restarted runner's `init_transaction
 predecessor and aborts its open transaction at once, instead of read_committed readers waiting for the
 transaction timeout.
 
+Transaction errors, as librdkafka documents them (`rd_kafka_commit_transaction`, its transactions
+example): a *retriable* error of `send_offsets_to_transaction` or `commit_transaction` (a timeout, a
+coordinator moving) → call it again, the transaction is still open; an *abortable* one
+(`txn_requires_abort`, e.g. offsets rejected after a rebalance) → `abort_transaction`, then rewind to the
+committed offsets with state rebuilt and the cold store's buffers dropped (they are re-appended from its
+checkpoint, see `_rewind`); a *fatal* one (the producer was fenced by another process with the same
+transactional id) → the runner drops its cold buffers without writing them (the partitions are someone
+else's now), closes, and raises, and the supervisor (`tradepulse up`, ECS) restarts the process.
+
 Rebalances: the range assignor is eager, so every assignment is the member's full new set. On each
 assignment the runner resets the core and rebuilds it from the look-back of the assigned partitions
 (`tradepulse.bus.rebuild`), which is simpler than tracking state per partition and always correct. On
 revocation it only flushes the cold store: every batch is already committed when the consume call that
-runs the callback starts.
+runs the callback starts. Lost partitions (session timeout) are another member's already: their buffered
+cold rows are dropped, never written.
 """
 
 from __future__ import annotations
@@ -55,7 +77,9 @@ from tradepulse.bus.rebuild import plan_rebuild, read_plan
 from tradepulse.bus.status import RunnerMetrics, publish_status, status_path
 from tradepulse.bus.watchdog import Watchdog
 from tradepulse.config import Settings
+from tradepulse.errors import BusError
 from tradepulse.metrics_emf import emitter_from_settings
+from tradepulse.stores.base import ColdStore, DeadLetterQueue, HotStore
 from tradepulse.stores.dlq import make_dead_letter
 from tradepulse.topics import (
     ANOMALIES,
@@ -64,6 +88,7 @@ from tradepulse.topics import (
     FEATURES,
     INPUT_TOPICS,
     NEWS,
+    OUTPUT_TOPICS,
     QUOTES,
     TRADES,
 )
@@ -77,14 +102,31 @@ Row = dict[str, Any]
 TRANSACTION_TIMEOUT_MS = 20_000
 # How long the partitions of an instance that died and does not come back stay unowned.
 SESSION_TIMEOUT_MS = 10_000
-# Cyclic-GC thresholds while running. Every event allocates a few GC-tracked objects (the row dict and its
-# `conditions` list, the Kafka message), and whatever stays alive across batches (window state, buffers)
-# is walked by every full collection; with the default (700, 10, 10) a full collection ran every few
-# batches (0.3–1 s each, ~40 % of the runner's CPU in a drain while the cold store still buffered dicts).
-# The rows form no reference cycles (reference counting frees them), so young collections run every
-# 50,000 allocations and full ones rarely; the objects alive at start (modules, the model) are frozen out
-# of the collector.
+# Cyclic-GC thresholds of the runner process. Every event allocates a few GC-tracked objects (the row dict
+# and its `conditions` list, the Kafka message), and whatever stays alive across batches (window state,
+# buffers) is walked by every full collection; with the default (700, 10, 10) a full collection ran every
+# few batches (0.3–1 s each, ~40 % of the runner's CPU in a drain while the cold store still buffered
+# dicts). The rows form no reference cycles (reference counting frees them), so young collections run
+# every 50,000 allocations and full ones rarely; the objects alive at start (modules, the model) are
+# frozen out of the collector. Process-wide settings: the process's entry point applies them (`tune_gc`,
+# called by `tradepulse process` and the benchmarks), never `Runner.run` (tests run runners in-process).
 GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Set the runner process's GC thresholds (above); for entry points that run a `Runner`."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
+#: The runner's own outputs, read back read_committed and archived to the cold store (module docstring).
+ARCHIVED_OUTPUTS = OUTPUT_TOPICS
+#: How long a graceful stop waits for the output partitions to be archived up to their end (within the
+#: stop timeouts of `tradepulse up`, 20 s, and of ECS, 60 s).
+DRAIN_OUTPUTS_S = 10.0
+#: Attempts of a transactional call that fails with a retriable error (a timeout, a coordinator move).
+TXN_RETRIES = 5
 # On market.dead-letters a letter's payload is cut to this many characters: the topic tells readers what
 # failed and where, the DLQ store keeps the whole payload for redrive. Without the cut, the letter of an
 # input message near the 1 MB message limit (a third larger again if binary, as base64) would not fit in
@@ -135,7 +177,7 @@ class Processor(Protocol):
 
 
 class Backpressure(Protocol):
-    """`tradepulse.stores.backpressure.BackpressureController`."""
+    """`tradepulse.bus.backpressure.BackpressureController`."""
 
     activations: int
 
@@ -163,11 +205,11 @@ class Runner:
         settings: Settings,
         *,
         processor: Processor,
-        hot: Any,
-        cold_factory: Callable[[], Any],
-        dlq: Any,
+        hot: HotStore,
+        cold_factory: Callable[[], ColdStore],
+        dlq: DeadLetterQueue,
         backpressure: Backpressure,
-        sink_retry: Callable[[Callable[[], Any]], Any],
+        sink_retry: Callable[[Callable[[], object]], object],
         instance: str = "0",
         status_file: Path | None = None,
         status_interval_s: float = 1.0,
@@ -194,7 +236,7 @@ class Runner:
         self.emf = emitter_from_settings(settings, "processor")
         self._stop = threading.Event()
         self._assignment: list[KafkaTopicPartition] = []
-        # Next offset the cold store still needs, per input partition; lower offsets are already there.
+        # Next offset the cold store still needs, per consumed partition; lower offsets are already there.
         self._cold_next: dict[tuple[str, int], int] = {}
         self._last_status = 0.0
         self._last_lag = 0.0
@@ -211,41 +253,47 @@ class Runner:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
 
-    def run(self, stop_when: Callable[[RunnerMetrics], bool] | None = None) -> RunnerMetrics:
-        """Consume until a stop is requested, or `stop_when(metrics)` is true (checked every poll)."""
-        self.producer = Producer(
+    def _new_producer(self) -> Producer:
+        """The transactional producer (a method, so a test can wrap it to inject transaction errors)."""
+        return Producer(
             producer_config(
                 self.settings,
                 transactional_id=self.transactional_id,
                 **{"transaction.timeout.ms": TRANSACTION_TIMEOUT_MS},
             )
         )
-        # Before joining the group: fences a crashed predecessor with the same id and aborts its
-        # open transaction, so its pending offset commit does not stall the committed-offset fetch.
-        self.producer.init_transactions(30)
-        self.consumer = Consumer(
-            consumer_config(
-                self.settings,
-                self.group_id,
-                **{
-                    "queued.max.messages.kbytes": 32768,
-                    "max.poll.interval.ms": 600_000,
-                    # Static membership (KIP-345): a restarted instance takes its partitions back at
-                    # once instead of waiting for the group to expire its crashed predecessor.
-                    "group.instance.id": self.transactional_id,
-                    "session.timeout.ms": SESSION_TIMEOUT_MS,
-                },
-            )
-        )
-        self.consumer.subscribe(
-            list(INPUT_TOPICS), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
-        )
-        timeout = self.settings.batch_max_wait_ms / 1000
-        thresholds = gc.get_threshold()
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(*GC_THRESHOLDS)
+
+    def run(self, stop_when: Callable[[RunnerMetrics], bool] | None = None) -> RunnerMetrics:
+        """Consume until a stop is requested, or `stop_when(metrics)` is true (checked every poll);
+        then archive the outputs up to their end, commit, flush and close. A fatal Kafka error (e.g.
+        fenced by another process with the same instance id) is raised after the clients are closed."""
+        self.producer = self._new_producer()
+        clean = False
         try:
+            # Before joining the group: fences a crashed predecessor with the same id and aborts its
+            # open transaction, so its pending offset commit does not stall the committed-offset fetch.
+            self.producer.init_transactions(30)
+            self.consumer = Consumer(
+                consumer_config(
+                    self.settings,
+                    self.group_id,
+                    **{
+                        "queued.max.messages.kbytes": 32768,
+                        "max.poll.interval.ms": 600_000,
+                        # Static membership (KIP-345): a restarted instance takes its partitions back at
+                        # once instead of waiting for the group to expire its crashed predecessor.
+                        "group.instance.id": self.transactional_id,
+                        "session.timeout.ms": SESSION_TIMEOUT_MS,
+                    },
+                )
+            )
+            self.consumer.subscribe(
+                [*INPUT_TOPICS, *ARCHIVED_OUTPUTS],
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
+            timeout = self.settings.batch_max_wait_ms / 1000
             while not self._stop.is_set():
                 messages = self.consumer.consume(self.settings.batch_max_messages, timeout)
                 if messages:
@@ -255,22 +303,81 @@ class Runner:
                 self._maybe_status()
                 if stop_when is not None and stop_when(self.metrics):
                     break
+            self._drain_outputs()
+            clean = True
         finally:
-            gc.set_threshold(*thresholds)
-            gc.unfreeze()
-            self._shutdown()
+            self._shutdown(clean)
         return self.metrics
 
-    def _shutdown(self) -> None:
-        try:
-            self.cold.close()
-        except Exception:
-            log.exception("cold store flush on shutdown failed; the rows are replayed on restart")
+    def _shutdown(self, clean: bool) -> None:
+        if clean:
+            try:
+                self.cold.close()
+            except Exception:
+                log.exception("cold store flush on shutdown failed; the rows are replayed on restart")
+        else:
+            # After a failure the partitions may already be another member's (fenced, lost): writing
+            # the buffered rows could overwrite its files. The restart re-appends them from the
+            # checkpoint instead.
+            self.cold = self.cold_factory()
         self.metrics.stopped_at = time.time()  # the last heartbeat: left, not lost (for /health)
         self._write_status()
-        if self.consumer is not None:
-            self.consumer.close()
-        self.processor.close()
+        # Dropping the clients here, on this thread, breaks the runner ↔ consumer reference cycle (the
+        # rebalance callbacks are bound methods): a client freed later by the garbage collector, on
+        # whatever thread it runs, can abort the process (see tradepulse.bus.admin).
+        consumer, self.consumer = self.consumer, None
+        producer, self.producer = self.producer, None
+        try:
+            if consumer is not None:
+                consumer.close()
+        finally:
+            if producer is not None:
+                # A transaction left open by a failure is aborted by the broker (or by the restarted
+                # instance's init_transactions); close only releases the client.
+                producer.close()
+            self.processor.close()
+
+    def _drain_outputs(self) -> None:
+        """Before a graceful stop: archive the output partitions of this member up to their end, so the
+        outputs of the last batches are in the cold store too (otherwise the next owner archives them).
+        Input partitions are paused; input already fetched is processed normally (its outputs then
+        extend the drain). Bounded by `DRAIN_OUTPUTS_S`: another member's open transaction on one of
+        these partitions is left to the partition's next owner."""
+        consumer = self.consumer
+        assert consumer is not None
+        outputs = [tp for tp in consumer.assignment() if tp.topic in ARCHIVED_OUTPUTS]
+        if not outputs:
+            return
+        inputs = [tp for tp in consumer.assignment() if tp.topic not in ARCHIVED_OUTPUTS]
+        if inputs:
+            consumer.pause(inputs)
+        deadline = time.monotonic() + DRAIN_OUTPUTS_S
+        while time.monotonic() < deadline:
+            messages = consumer.consume(self.settings.batch_max_messages, 0.1)
+            if messages:
+                self._process(messages)
+            elif self._outputs_archived(consumer, outputs):
+                return
+        log.warning("output partitions not archived to their end within %.0fs", DRAIN_OUTPUTS_S)
+
+    def _outputs_archived(self, consumer: Consumer, outputs: list[KafkaTopicPartition]) -> bool:
+        """Every output partition consumed up to its end (the position passes transaction markers)."""
+        for tp in consumer.position(outputs):
+            try:
+                _, high = consumer.get_watermark_offsets(tp, timeout=5)
+            except KafkaException as exc:  # e.g. a leader moving: ask again until the drain's deadline
+                log.info("watermarks of %s[%d] unavailable (%s)", tp.topic, tp.partition, exc)
+                return False
+            if high > 0 and self._position(tp) < high:
+                return False
+        return True
+
+    def _position(self, tp: KafkaTopicPartition) -> int:
+        """The next offset to consume: the consumer's position, or, while nothing was consumed since the
+        assignment (position unset), the committed offset it started from (-1 if none)."""
+        if tp.offset >= 0:
+            return int(tp.offset)
+        return self._cold_next.get((tp.topic, tp.partition), -1)
 
     # --- rebalance --------------------------------------------------------------------------------
 
@@ -300,6 +407,10 @@ class Runner:
     def _on_lost(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
         log.warning("partitions lost %s", sorted((p.topic, p.partition) for p in partitions))
         self.processor.reset()
+        # Another member owns them already: its files must not be overwritten with our buffers (the
+        # next assignment's close() would flush them). Dropped rows are re-appended by their owner.
+        self.cold = self.cold_factory()
+        self._cold_next.clear()
         self._assignment = []
         self.metrics.assigned_partitions = 0
 
@@ -314,7 +425,7 @@ class Runner:
             except KafkaException as exc:
                 last_error = exc
                 log.warning("committed-offset fetch failed (%s); retrying", exc)
-        raise RuntimeError(f"cannot fetch committed offsets: {last_error}")
+        raise BusError(f"cannot fetch committed offsets: {last_error}")
 
     def _rebuild(self, committed: list[KafkaTopicPartition]) -> None:
         started = time.monotonic()
@@ -323,16 +434,22 @@ class Runner:
         plan = plan_rebuild(
             self.settings,
             committed,
-            self._cold_next_offset,
+            self.cold.next_offset,
             group_id=f"{self.group_id}-rebuild",
             lookback_s=self.settings.rebuild_lookback_s,
+            state_topics=INPUT_TOPICS,
             replay_from=replay_from,
         )
         self._cold_next.update(plan.end)
         counts = {"state": 0, "cold": 0, "invalid": 0}
 
         def feed(messages: list[Message]) -> None:
-            batch = decode_batch(messages)
+            inputs, outputs = _split_outputs(messages)
+            if outputs:
+                counts["cold"] += self._archive_outputs(outputs, plan.cold_start)
+            if not inputs:
+                return
+            batch = decode_batch(inputs)
             counts["invalid"] += len(batch.dead_letters)
             cold_rows = 0
             fields = {TRADES: batch.trade_fields, QUOTES: batch.quote_fields}
@@ -389,9 +506,27 @@ class Runner:
             time.monotonic() - started,
         )
 
-    def _cold_next_offset(self, topic: str, partition: int) -> int | None:
-        next_offset = getattr(self.cold, "next_offset", None)
-        return next_offset(topic, partition) if next_offset is not None else None
+    def _archive_outputs(self, messages: list[Message], start: dict[tuple[str, int], int]) -> int:
+        """Append output records (read back read_committed) to the cold store by (topic, partition,
+        offset); rows below `start` are already in a flushed file. Returns the rows at or above it."""
+        by_topic: dict[str, tuple[list[Row], list[tuple[int, int]]]] = {}
+        appended = 0
+        for message in messages:
+            topic, partition, offset = _position(message)
+            try:
+                row = orjson.loads(message.value() or b"")
+            except orjson.JSONDecodeError:
+                # Only this runner writes these topics; a record it cannot read is a bug to see, not
+                # a reason to stop archiving the rest.
+                log.error("unreadable record at %s[%d]@%d not archived", topic, partition, offset)
+                continue
+            rows, positions = by_topic.setdefault(topic, ([], []))
+            rows.append(row)
+            positions.append((partition, offset))
+            appended += offset >= start.get((topic, partition), 0)
+        for topic, (rows, positions) in by_topic.items():
+            self.cold.append_batch(topic, rows, positions, start=start, flush=False)
+        return appended
 
     # --- one batch ----------------------------------------------------------------------------------
 
@@ -407,20 +542,26 @@ class Runner:
                 raise KafkaException(error)
             elif error.code() != KafkaError._PARTITION_EOF:
                 log.warning("consume error: %s", error)
-        batch = decode_batch(valid)
+        inputs, outputs_read = _split_outputs(valid)
+        batch = decode_batch(inputs)
         decoded = time.perf_counter()
-        outputs = self.processor.process(batch, emit=True)
+        # A batch of archived outputs only has nothing for the core and the hot store.
+        outputs = self.processor.process(batch, emit=True) if len(batch) else BatchOutputs()
         processed = time.perf_counter()
-        dead_letters = self._write_sinks(batch, outputs)
+        dead_letters = self._write_sinks(batch, outputs) if len(batch) else []
+        if outputs_read:
+            self._archive_outputs(outputs_read, self._cold_next)
         written = time.perf_counter()
         if self.commit_watchdog is None:
-            self._commit(outputs, dead_letters)
+            done = self._commit(outputs, dead_letters)
         else:
             with self.commit_watchdog.guard("transaction commit"):
-                self._commit(outputs, dead_letters)
+                done = self._commit(outputs, dead_letters)
+        if not done:
+            return  # aborted and rewound: the batch is consumed (and counted) again
         committed = time.perf_counter()
         # Writes the groups that are due (flush_rows / flush_interval_s / complete blocks): without it
-        # every input row stays buffered until shutdown or a revocation and memory grows with the run.
+        # every consumed row stays buffered until shutdown or a revocation and memory grows with the run.
         # A failure propagates: the restart re-appends from the cold store's checkpoint.
         self.cold.flush()
         flushed = time.perf_counter()
@@ -434,7 +575,8 @@ class Runner:
             commit=(committed - written) * 1000,
             cold_flush=(flushed - committed) * 1000,
         )
-        self.metrics.committed(len(valid), (flushed - started) * 1000)
+        # Events are input messages: the archived outputs are this runner's own records.
+        self.metrics.committed(len(inputs), (flushed - started) * 1000)
 
     def _write_sinks(self, batch: DecodedBatch, outputs: BatchOutputs) -> list[Row]:
         """Write the sinks; returns every dead letter of the batch (input and hot-store failures), which
@@ -496,7 +638,9 @@ class Runner:
                 )
         return letters
 
-    def _commit(self, outputs: BatchOutputs, dead_letters: list[Row]) -> None:
+    def _commit(self, outputs: BatchOutputs, dead_letters: list[Row]) -> bool:
+        """Produce the outputs and commit them with the offsets; False if the transaction was aborted
+        (and the runner rewound)."""
         producer, consumer = self.producer, self.consumer
         assert producer is not None and consumer is not None
         producer.begin_transaction()
@@ -522,30 +666,40 @@ class Runner:
             # readers, and the replay produces them again (same deterministic ids), so each shows once.
             for letter in dead_letters:
                 send(DEAD_LETTERS, letter["dead_letter_id"], topic_dead_letter(letter))
-            self.metrics.outputs_produced += (
-                len(outputs.features) + len(outputs.anomalies) + len(outputs.correlations)
-            )
             positions = [tp for tp in consumer.position(consumer.assignment()) if tp.offset >= 0]
-            producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata(), 30)
-            producer.commit_transaction(60)
+            metadata = consumer.consumer_group_metadata()
+            _retrying(lambda: producer.send_offsets_to_transaction(positions, metadata, 30), "send offsets")
+            _retrying(lambda: producer.commit_transaction(60), "commit")
         except KafkaException as exc:
             error = exc.args[0]
-            if error.txn_requires_abort():
-                producer.abort_transaction(30)
-                if error.code() in _DENIED:
-                    raise  # a missing grant (e.g. WRITE on an output topic): a replay would fail the same
-                # Typically fenced by a rebalance: our offsets were rejected. Abort the outputs and
-                # replay from the committed offsets with freshly rebuilt state.
-                log.warning("transaction aborted (%s); rewinding to the committed offsets", error)
-                self._rewind()
-                return
-            raise
+            if not error.txn_requires_abort():
+                # Fatal (fenced by a newer producer with our transactional id, or a broken producer)
+                # or retriable too often: the runner closes and the supervisor restarts it.
+                raise
+            producer.abort_transaction(30)
+            if error.code() in _DENIED:
+                raise  # a missing grant (e.g. WRITE on an output topic): a replay would fail the same
+            # Typically fenced by a rebalance: our offsets were rejected. Abort the outputs and
+            # replay from the committed offsets with freshly rebuilt state.
+            log.warning("transaction aborted (%s); rewinding to the committed offsets", error)
+            self._rewind()
+            return False
+        self.metrics.outputs_produced += (
+            len(outputs.features) + len(outputs.anomalies) + len(outputs.correlations)
+        )
+        return True
 
     def _rewind(self) -> None:
+        """After an aborted transaction: back to the committed offsets with state rebuilt. The cold
+        store's buffers hold the aborted batch's rows and possibly committed rows not yet written; both
+        are dropped and the rebuild re-appends everything from the cold checkpoint to the committed
+        offsets (keeping them would append those rows twice)."""
         consumer = self.consumer
         assert consumer is not None
         assignment = consumer.assignment()
         self.processor.reset()
+        self.cold = self.cold_factory()
+        self._cold_next.clear()
         if not assignment:
             return
         committed = self._committed(consumer, assignment)
@@ -607,8 +761,41 @@ class Runner:
                 low, high = consumer.get_watermark_offsets(tp, cached=True)
                 if high < 0:
                     continue
-                position = tp.offset if tp.offset >= 0 else low
+                position = self._position(tp)
+                position = position if position >= 0 else low
                 lag += max(0, high - position)
         except KafkaException:
             return self.metrics.consumer_lag
         return lag
+
+
+def _split_outputs(messages: list[Message]) -> tuple[list[Message], list[Message]]:
+    """(input messages, archived output messages) of a consumed batch."""
+    inputs: list[Message] = []
+    outputs: list[Message] = []
+    for message in messages:
+        (outputs if message.topic() in ARCHIVED_OUTPUTS else inputs).append(message)
+    return inputs, outputs
+
+
+def _retrying(call: Callable[[], None], what: str) -> None:
+    """A transactional call, again while it fails with a retriable error (librdkafka: the operation may
+    still be in progress and calling it again is safe); any other error propagates."""
+    for attempt in range(1, TXN_RETRIES + 1):
+        try:
+            call()
+            return
+        except KafkaException as exc:
+            error = exc.args[0]
+            if not error.retriable() or error.txn_requires_abort() or attempt == TXN_RETRIES:
+                raise
+            log.warning("transaction %s failed with a retriable error (%s); retrying", what, error)
+
+
+def _position(message: Message) -> tuple[str, int, int]:
+    """(topic, partition, offset) of a consumed record; librdkafka sets all three on every record that
+    carries no error (None only on error events, which never reach the archive)."""
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    if topic is None or partition is None or offset is None:
+        raise BusError(f"consumed record without a position: {message.error()}")
+    return topic, partition, offset

@@ -25,11 +25,13 @@ from tradepulse.bus.heartbeat import publish_status as publish_status
 from tradepulse.bus.heartbeat import status_files as status_files
 from tradepulse.bus.heartbeat import status_path as status_path
 from tradepulse.bus.heartbeat import write_json_atomic as write_json_atomic
+from tradepulse.percentiles import nearest_rank
 
 
 def percentile(samples: deque[float] | list[float], q: float) -> float:
-    """The q-th percentile of the samples, 0.0 when there are none."""
-    return float(np.percentile(np.fromiter(samples, dtype=float), q)) if samples else 0.0
+    """The q-th percentile of the samples (nearest rank: the one definition, tradepulse.percentiles),
+    0.0 when there are none."""
+    return nearest_rank(samples, q)
 
 
 # End-to-end latency (WebSocket receive → hot-store commit) in µs: 1 µs .. 1 h, 3 significant digits.

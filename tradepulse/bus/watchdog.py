@@ -46,6 +46,8 @@ class Watchdog:
         self.check_every_s = check_every_s
         self.clock = clock
         self.expired = 0
+        # Checks made so far: shows the checker is alive (a watchdog that never looks never fires).
+        self.checks = 0
         self._deadline: float | None = None
         self._what = ""
         self._stop = threading.Event()
@@ -75,6 +77,7 @@ class Watchdog:
                     self.timeout_s,
                 )
                 self.on_expire()
+            self.checks += 1
 
     def close(self) -> None:
         self._stop.set()

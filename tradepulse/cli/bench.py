@@ -1,7 +1,9 @@
 """`tradepulse bench`: the full-path market-open load test, side by side with the faust/Quix peers.
 
-The harness lives in the source checkout (`scripts/bench/`, peers in `benchmarks/peers/`), not in the
-installed package: benchmarking is a developer task, and the peers need their own venv.
+The harness is part of the package (`tradepulse.bench`). The peers are not: they import faust-streaming
+and Quix Streams, which pin their own dependencies, so they run from the checkout's `benchmarks/peers/`
+in a venv of their own (`--peers-dir`, `--no-peers` without a checkout). The chart (bench.png) needs
+matplotlib (the `dev` extra).
 """
 
 from __future__ import annotations
@@ -12,17 +14,7 @@ from pathlib import Path
 
 import click
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _harness():  # type: ignore[no-untyped-def]
-    if not (REPO_ROOT / "scripts" / "bench" / "harness.py").exists():
-        raise click.ClickException("tradepulse bench runs from a source checkout (scripts/bench/ not found)")
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    from scripts.bench import harness, report
-
-    return harness, report
+from tradepulse.bench import PEERS_DIR
 
 
 @click.command()
@@ -35,6 +27,13 @@ def _harness():  # type: ignore[no-untyped-def]
     "--profile", type=click.Choice(["flat", "market_open"]), default="market_open", show_default=True
 )
 @click.option("--peers/--no-peers", default=True, show_default=True, help="Also drain with faust and Quix.")
+@click.option(
+    "--peers-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=PEERS_DIR,
+    show_default=True,
+    help="The peer scripts (the checkout's benchmarks/peers/).",
+)
 @click.option(
     "--drain-events",
     type=int,
@@ -57,6 +56,7 @@ def bench(
     duration: float,
     profile: str,
     peers: bool,
+    peers_dir: Path,
     drain_events: int,
     out: Path | None,
     bootstrap: str | None,
@@ -67,7 +67,13 @@ def bench(
     """Load-test the whole local path (simulator → ingest → Kafka → runner → hot store) and compare the
     runner with faust-streaming and Quix Streams on the same broker; writes results.json, summary.md
     and bench.png."""
-    harness, report = _harness()
+    from tradepulse.bench import harness, report
+
+    if peers and drain_events > 0 and not (peers_dir / "requirements.txt").exists():
+        raise click.ClickException(
+            f"benchmark peers not found in {peers_dir}/: run from the repository root, pass --peers-dir, "
+            "or --no-peers"
+        )
     out = out or Path("results") / time.strftime("%Y%m%d-%H%M%S")
     config = harness.BenchConfig(
         out=out,
@@ -76,6 +82,7 @@ def bench(
         duration_s=duration,
         profile=profile,
         peers=peers,
+        peers_dir=peers_dir,
         drain_events=drain_events,
         bootstrap=bootstrap,
         py_spy=py_spy,

@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterable
 
 import click
 
-from tradepulse.bus.admin import describe_topics, ensure_topics
+from tradepulse.bus.admin import TopicState, describe_topics, ensure_topics
 from tradepulse.bus.clients import NoBrokerError, bootstrap_servers
 from tradepulse.bus.local_kafka import KafkaSetupError, LocalKafka, kafka_version
-from tradepulse.config import get_settings
+from tradepulse.config import Settings, get_settings
 
 
-def local_broker() -> LocalKafka:
-    """The local broker of the configured data dir."""
-    settings = get_settings()
+def local_broker(settings: Settings | None = None) -> LocalKafka:
+    """The local broker of the configured data dir, with the configured jar cache."""
+    settings = settings or get_settings()
     return LocalKafka(
         settings.data_dir,
         port=settings.kafka_port,
         controller_port=settings.kafka_controller_port,
         heap=settings.kafka_heap,
+        libs_root=settings.kafka_libs_root,
     )
 
 
@@ -110,7 +112,7 @@ def topics() -> None:
     _print_topics(states)
 
 
-def _print_topics(states) -> None:  # type: ignore[no-untyped-def]
+def _print_topics(states: Iterable[TopicState]) -> None:
     click.echo(f"{'topic':<24}{'partitions':>11}{'messages':>12}")
     for state in states:
         click.echo(f"{state.name:<24}{state.partitions:>11}{state.messages:>12}")

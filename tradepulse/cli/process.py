@@ -6,10 +6,14 @@ import logging
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import click
 
 from tradepulse.config import get_settings
+
+if TYPE_CHECKING:
+    from tradepulse.bus.status import RunnerMetrics
 
 
 @click.command()
@@ -34,7 +38,9 @@ def process(instance: str, progress_s: float, exit_when_idle: float | None) -> N
     and produce the outputs, exactly once. SIGTERM/SIGINT finish the batch, commit and exit."""
     from tradepulse.bus.admin import MissingTopicsError, require_topics
     from tradepulse.bus.pipeline import build_runner
+    from tradepulse.bus.runner import tune_gc
     from tradepulse.bus.watchdog import Watchdog
+    from tradepulse.stores.retention import RetentionPurger
     from tradepulse.topics import PROCESSOR_TOPICS
 
     settings = get_settings()
@@ -69,7 +75,7 @@ def process(instance: str, progress_s: float, exit_when_idle: float | None) -> N
 
     last_seen = {"events": -1, "assignments": -1, "at": time.monotonic()}
 
-    def idle_for_long(m) -> bool:  # type: ignore[no-untyped-def]
+    def idle_for_long(m: RunnerMetrics) -> bool:
         # Idle = no new events since the later of the last event and the last (re)assignment, which
         # may have spent a while rebuilding; never idle without partitions.
         if (
@@ -81,10 +87,17 @@ def process(instance: str, progress_s: float, exit_when_idle: float | None) -> N
         return time.monotonic() - last_seen["at"] > (exit_when_idle or 0)
 
     click.echo(f"[process {instance}] runner started (transactional id {runner.transactional_id})", err=True)
+    tune_gc()
+    # Retention beside the runner, on its own store object (see tradepulse.stores.retention for why here).
+    purger = RetentionPurger.for_settings(runner.hot, settings)
+    if purger is not None:
+        purger.start()
     try:
         runner.run(stop_when=idle_for_long if exit_when_idle is not None else None)
     finally:
         done.set()
+        if purger is not None:
+            purger.stop()
     snap = metrics.snapshot()
     click.echo(
         f"[process {instance}] stopped after {snap['events_processed']} events, "

@@ -7,7 +7,7 @@ import contextlib
 import signal
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import click
 
@@ -62,7 +62,7 @@ def simulate(
     seed: int | None,
     tickers: str | None,
     n_tickers: int | None,
-    profile: str,
+    profile: Literal["flat", "market_open"],  # click.Choice admits exactly these
     duration: float | None,
     ground_truth: Path | None,
     news_interval: float,
@@ -90,7 +90,7 @@ def simulate(
         ws_port=settings.simulator_ws_port if ws_port is None else ws_port,
         http_port=settings.simulator_http_port if http_port is None else http_port,
         ground_truth_path=ground_truth or settings.data_dir / "simulator" / "ground_truth.jsonl",
-        profile=profile,  # type: ignore[arg-type]
+        profile=profile,
         max_connections=max_connections,
         duration_s=duration,
         news_interval_s=news_interval,

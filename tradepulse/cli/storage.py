@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from tradepulse.config import get_settings
+from tradepulse.errors import BusError
 
 
 @click.command()
@@ -65,7 +66,7 @@ def list_letters(status: str, limit: int) -> None:
 @click.option("--force", is_flag=True, help="Redrive every pending letter now, not only those 15 min old.")
 def redrive(force: bool) -> None:
     """Re-publish due letters to their source topics; archive those that failed 5 redrives."""
-    from confluent_kafka import Producer
+    from confluent_kafka import KafkaError, Message, Producer
 
     from tradepulse.bus.clients import producer_config
     from tradepulse.stores.dlq import DeadLetterPolicy, republisher
@@ -76,12 +77,16 @@ def redrive(force: bool) -> None:
 
     def publish(topic: str, key: bytes | None, value: bytes, headers: dict[str, bytes]) -> None:
         errors: list[str] = []
-        producer.produce(
-            topic, value, key, headers=headers, on_delivery=lambda e, m: e and errors.append(str(e))
-        )
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                errors.append(str(err))
+
+        kafka_headers: dict[str, str | bytes | None] = dict(headers)
+        producer.produce(topic, value, key, headers=kafka_headers, on_delivery=on_delivery)
         producer.flush(30)
         if errors:
-            raise RuntimeError(errors[0])
+            raise BusError(errors[0])
 
     queue, cold = open_dlq(settings), open_cold_store(settings)
     try:

@@ -8,14 +8,15 @@ import time
 import click
 
 from tradepulse.bus.admin import describe_topics, ensure_topics
-from tradepulse.bus.local_kafka import KafkaSetupError, LocalKafka
-from tradepulse.cli.supervisor import Service, Supervisor, port_open, python_command
-from tradepulse.config import get_settings
+from tradepulse.cli.kafka import local_broker
+from tradepulse.config import Settings, get_settings
+from tradepulse.errors import TradePulseError
+from tradepulse.supervisor import Service, Supervisor, port_open, python_command
 
 
-def pipeline_services(available: set[str]) -> list[Service]:
+def pipeline_services(available: set[str], settings: Settings | None = None) -> list[Service]:
     """The services of the local pipeline in readiness order, limited to the commands that exist."""
-    settings = get_settings()
+    settings = settings or get_settings()
     services: list[Service] = []
     if settings.use_simulator and "simulate" in available:
         services.append(
@@ -38,24 +39,22 @@ def pipeline_services(available: set[str]) -> list[Service]:
 @click.command()
 def up() -> None:
     """Run everything locally: Kafka, simulator (without API keys), ingest, news, processor, API."""
-    from tradepulse.cli.main import cli
-
+    # The subcommands of the group `up` runs under (`tradepulse`, tradepulse.cli.main) are the services
+    # that can be started; read from click's context so that this module does not import main back.
+    root = click.get_current_context().find_root().command
+    commands = set(root.commands) if isinstance(root, click.Group) else set()
     settings = get_settings()
     supervisor = Supervisor()
     supervisor.install_signal_handlers()
-    broker = LocalKafka(
-        settings.data_dir,
-        port=settings.kafka_port,
-        controller_port=settings.kafka_controller_port,
-        heap=settings.kafka_heap,
-    )
+    broker = local_broker(settings)
     started = time.monotonic()
     reason = "startup failed"
     try:
         supervisor.log("up", f"starting Kafka (data in {settings.data_dir}/kafka)")
         info = broker.start(quiet=True)
-        # Children find the broker through broker.json; pin it so they never guess.
-        settings.kafka_bootstrap = settings.kafka_bootstrap or info.bootstrap
+        # Children find the broker through broker.json; pin it so they never guess. A new Settings, not
+        # an edit of the process-wide cached one (other readers of get_settings() keep what they read).
+        settings = settings.model_copy(update={"kafka_bootstrap": settings.kafka_bootstrap or info.bootstrap})
         created = ensure_topics(settings)
         supervisor.log(
             "up",
@@ -70,18 +69,18 @@ def up() -> None:
             "market simulator (no MASSIVE_API_KEY set)" if settings.use_simulator else "Massive live feed"
         )
         supervisor.log("up", f"source: {source}")
-        for service in pipeline_services(set(cli.commands)):
+        for service in pipeline_services(commands, settings):
             service.env["TRADEPULSE_KAFKA_BOOTSTRAP"] = info.bootstrap
             if supervisor.stopping.is_set():
                 break
             supervisor.start(service)
         supervisor.log("up", f"pipeline up in {time.monotonic() - started:.1f}s — Ctrl-C stops everything")
-        if "api" in cli.commands:
+        if "api" in commands:
             supervisor.log(
                 "up", f"dashboard: http://{settings.api_host}:{settings.api_port}/   API docs: /docs"
             )
         reason = supervisor.wait()
-    except (KafkaSetupError, RuntimeError) as exc:
+    except TradePulseError as exc:  # KafkaSetupError, a service that exits or is not ready (CliError)
         click.secho(f"error: {exc}", fg="red", err=True)
         reason = str(exc)
     finally:

@@ -78,6 +78,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.ensemble._iforest import _average_path_length
 
 from tradepulse.core.features import FEATURE_COLUMNS
+from tradepulse.errors import InvalidArgument
 from tradepulse.ids import stable_id
 
 MODEL_FEATURES = (
@@ -124,9 +125,9 @@ class AnomalyConfig:
 
     def __post_init__(self) -> None:
         if not 0 < self.min_train <= self.train_size:
-            raise ValueError("need 0 < min_train <= train_size")
+            raise InvalidArgument("need 0 < min_train <= train_size")
         if self.refit_interval_ms <= 0 or self.refit_delay_ms < 0 or self.sample_ms <= 0:
-            raise ValueError("need refit_interval_ms > 0, refit_delay_ms >= 0, sample_ms > 0")
+            raise InvalidArgument("need refit_interval_ms > 0, refit_delay_ms >= 0, sample_ms > 0")
 
     @classmethod
     def from_settings(cls, settings: object) -> AnomalyConfig:
@@ -158,7 +159,7 @@ class CompiledForest:
 
     def __init__(self, forest: IsolationForest) -> None:
         if any(len(f) != forest.n_features_in_ for f in forest.estimators_features_):
-            raise ValueError("feature subsampling is not supported")
+            raise InvalidArgument("feature subsampling is not supported")
         parts: dict[str, list[np.ndarray]] = {
             k: [] for k in ("left", "right", "feature", "threshold", "value")
         }
@@ -376,7 +377,7 @@ class AnomalyDetector:
             arrays = {k: npz[k] for k in npz.files}
         meta = json.loads(str(arrays.pop("meta")))
         if meta["format"] != CHECKPOINT_FORMAT or meta["config"] != asdict(self.config):
-            raise ValueError("checkpoint made with another format or configuration")
+            raise InvalidArgument("checkpoint made with another format or configuration")
         stream = _Stream(
             key=meta["stream"],
             clock=meta["clock"],

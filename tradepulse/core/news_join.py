@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from tradepulse.errors import InvalidArgument
 from tradepulse.ids import stable_id
 
 STRONG_SENTIMENT = 0.5
@@ -266,7 +267,7 @@ class NewsJoiner:
         dedupe_horizon_ms: int = 86_400_000,
     ) -> None:
         if window_ms <= 0 or resolution_ms <= 0 or max_delay_ms < 0:
-            raise ValueError("window_ms and resolution_ms must be > 0, max_delay_ms >= 0")
+            raise InvalidArgument("window_ms and resolution_ms must be > 0, max_delay_ms >= 0")
         self.window_ms = int(window_ms)
         self.z_threshold = float(z_threshold)
         self.max_delay_ms = int(max_delay_ms)
@@ -306,7 +307,7 @@ class NewsJoiner:
         ts = np.asarray(ts_ms, dtype=np.int64)
         z = np.asarray(zscore, dtype=np.float64)
         if not (tk.shape == ts.shape == z.shape):
-            raise ValueError("ticker, ts_ms and zscore must have the same shape")
+            raise InvalidArgument("ticker, ts_ms and zscore must have the same shape")
         if z.size == 0:
             return
         ok = np.isfinite(z)

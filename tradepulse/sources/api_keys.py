@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pydantic import SecretStr
 
 from tradepulse.config import Settings
+from tradepulse.errors import SourceError
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ PLACEHOLDER = "set-me"
 FIELDS = {"MASSIVE_API_KEY": "massive_api_key", "FINNHUB_API_KEY": "finnhub_api_key"}
 
 
-class PlaceholderKeyError(RuntimeError):
+class PlaceholderKeyError(SourceError):
     """A key is a placeholder and there is no secret to re-read it from."""
 
 

@@ -29,6 +29,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 import httpx
 from pydantic import SecretStr
 
+from tradepulse.errors import InvalidArgument, SourceError
 from tradepulse.retry import backoff_delay
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ MAX_PAGE_LIMIT = 50_000
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
-class BackfillError(RuntimeError):
+class BackfillError(SourceError):
     """The REST API refused a request for a reason retrying does not fix (bad key, plan, query)."""
 
 
@@ -92,7 +93,7 @@ class TradesRestClient:
         backoff_max_s: float = 8.0,
     ) -> None:
         if not 1 <= page_limit <= MAX_PAGE_LIMIT:
-            raise ValueError(f"page_limit must be in 1..{MAX_PAGE_LIMIT}, got {page_limit}")
+            raise InvalidArgument(f"page_limit must be in 1..{MAX_PAGE_LIMIT}, got {page_limit}")
         self.base_url = base_url.rstrip("/")
         key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
         self.page_limit = page_limit

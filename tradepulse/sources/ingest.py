@@ -222,16 +222,19 @@ def seed_published_sequences(settings: Settings, timeout_s: float = 60.0) -> See
         starts = {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
         for message in _read_to_end(consumer, starts, deadline):
             seed.read += 1
+            source, key, value = message.topic(), message.key(), message.value()
+            if source is None or key is None or value is None:
+                continue  # not one of our records (they all have a key and a value)
             with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-                record = orjson.loads(message.value())
+                record = orjson.loads(value)
                 ticker, seq, ms = (
-                    message.key().decode(),
+                    key.decode(),
                     int(record["sequence"]),
                     int(record["exchange_ts_ms"]),
                 )
                 if seed.floor_ms is None or ms < seed.floor_ms:
                     seed.floor_ms = ms
-                advance(seed.marks[message.topic()], ticker, seq, ms)
+                advance(seed.marks[source], ticker, seq, ms)
         return seed
     finally:
         consumer.close()
@@ -359,8 +362,9 @@ class IngestService:
             if self._rest is not None:
                 await self._rest.aclose()
         for task in (reader, publisher):
-            if not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                raise error
 
     async def stop(self) -> None:
         """Close the feed; frames already received are still published."""
@@ -529,14 +533,15 @@ class IngestService:
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:
             self._metrics.published += 1
-            if self._on_ack_latency is not None:
-                self._on_ack_latency(msg.latency())
+            latency = msg.latency()  # set on every acknowledged message
+            if self._on_ack_latency is not None and latency is not None:
+                self._on_ack_latency(latency)
             return
         self._metrics.failed += 1
         key = msg.key()
         self._failed_deliveries.append(
             Reject(
-                msg.value(),
+                msg.value() or b"",
                 f"delivery to {msg.topic()} failed: {err.str()}",
                 "DeliveryFailed",
                 key.decode() if key else None,

@@ -32,6 +32,7 @@ from pydantic import SecretStr
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+from tradepulse.errors import SourceError
 from tradepulse.retry import backoff_delay
 from tradepulse.sources.parse import ParsedFrame, parse_frame
 
@@ -45,7 +46,7 @@ _ws_log.setLevel(logging.INFO)
 OK_STATUSES = frozenset({"connected", "auth_success", "success"})
 
 
-class MassiveError(RuntimeError):
+class MassiveError(SourceError):
     """A fatal Massive feed error: retrying would not help."""
 
 

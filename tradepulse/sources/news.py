@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sqlite3
 import time
@@ -33,6 +34,7 @@ from pydantic import SecretStr
 
 from tradepulse.bus.clients import producer_config
 from tradepulse.config import Settings
+from tradepulse.errors import InvalidArgument, SourceError
 from tradepulse.ids import news_event_id
 from tradepulse.retry import backoff_delay
 from tradepulse.sources.parse import Reject
@@ -124,21 +126,29 @@ class SeenArticles:
         self._db.close()
 
 
+class InvalidArticle(SourceError, ValueError):
+    """A Finnhub news item that does not validate (dead-lettered as "InvalidArticle")."""
+
+
+class InvalidResponse(SourceError, ValueError):
+    """A Finnhub response body of the wrong shape (retried like a transport error)."""
+
+
 def article_records(
     item: dict[str, Any], symbol: str, tracked: set[str], received_ts_us: int
 ) -> list[dict[str, Any]]:
     """One `models.NewsArticle` dict per ticker the item is about: the queried symbol plus every
-    tracked ticker in `related`. Raises ValueError for an item that does not validate."""
+    tracked ticker in `related`. Raises InvalidArticle for an item that does not validate."""
     article_id, published, headline = item.get("id"), item.get("datetime"), item.get("headline")
     if type(article_id) is not int:
-        raise ValueError(f"field 'id' must be an integer, got {article_id!r}")
-    if type(published) not in (int, float) or published <= 0:
-        raise ValueError(f"field 'datetime' must be positive UNIX seconds, got {published!r}")
+        raise InvalidArticle(f"field 'id' must be an integer, got {article_id!r}")
+    if isinstance(published, bool) or not isinstance(published, int | float) or published <= 0:
+        raise InvalidArticle(f"field 'datetime' must be positive UNIX seconds, got {published!r}")
     if not isinstance(headline, str) or not headline.strip():
-        raise ValueError("field 'headline' must be a non-empty string")
+        raise InvalidArticle("field 'headline' must be a non-empty string")
     related_raw = item.get("related") or ""
     if not isinstance(related_raw, str):
-        raise ValueError(f"field 'related' must be a comma-separated string, got {related_raw!r}")
+        raise InvalidArticle(f"field 'related' must be a comma-separated string, got {related_raw!r}")
     related = [t.strip() for t in related_raw.split(",") if t.strip()]
     tickers = list(dict.fromkeys([symbol, *(t for t in related if t in tracked)]))
     published_ts_ms = int(published * 1000)
@@ -183,7 +193,7 @@ class NewsPoller:
         default_url, default_token = news_endpoint(settings)
         token = token if token is not None else default_token
         if token is None:
-            raise ValueError("no Finnhub token: set FINNHUB_API_KEY (or run the simulator without keys)")
+            raise InvalidArgument("no Finnhub token: set FINNHUB_API_KEY (or run the simulator without keys)")
         self._token = token if isinstance(token, SecretStr) else SecretStr(token)
         self.base_url = (base_url or default_url).rstrip("/")
         self.settings = settings
@@ -267,7 +277,7 @@ class NewsPoller:
                     response.raise_for_status()  # other 4xx: retrying would not help
                     body = response.json()
                     if not isinstance(body, list):
-                        raise ValueError(f"expected a JSON list, got {type(body).__name__}")
+                        raise InvalidResponse(f"expected a JSON list, got {type(body).__name__}")
                     return body
             except httpx.HTTPStatusError as exc:
                 self.metrics.http_errors += 1
@@ -300,7 +310,7 @@ class NewsPoller:
         for item in items:
             try:
                 if not isinstance(item, dict):
-                    raise ValueError(f"item is not an object: {type(item).__name__}")
+                    raise InvalidArticle(f"item is not an object: {type(item).__name__}")
                 records.extend(article_records(item, symbol, tracked, received_ts_us))
             except ValueError as exc:
                 rejects.append(Reject(orjson.dumps(item).decode(), str(exc), "InvalidArticle", symbol))
@@ -329,7 +339,7 @@ class NewsPoller:
                 NEWS,
                 orjson.dumps(record),
                 record["ticker"],
-                on_delivery=lambda err, msg, record=record: on_delivery(err, msg, record),
+                on_delivery=functools.partial(on_delivery, record=record),
             )
         # News is a trickle; waiting for the acks keeps "recorded as seen" ⇒ "in Kafka".
         await asyncio.to_thread(self._producer.flush, 30)

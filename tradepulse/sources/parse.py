@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from tradepulse.errors import SourceError
 from tradepulse.ids import quote_event_id, trade_event_id
 
 Record = dict[str, Any]
@@ -26,7 +27,7 @@ OVERSIZE_PAYLOAD_BYTES = 64 * 1024
 _NUMBER = (int, float)
 
 
-class InvalidEvent(ValueError):
+class InvalidEvent(SourceError, ValueError):
     """An event that does not match the protocol; the message is the dead-letter reason."""
 
 

@@ -8,7 +8,7 @@ crash overwrites instead of duplicating.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 Row = dict[str, Any]
@@ -43,24 +43,60 @@ class HotStore(Protocol):
 
     def tickers(self) -> list[str]: ...
 
-    def purge_expired(self, now_ms: int) -> int:
-        """Delete rows older than the TTL; returns how many."""
+    def purge_expired(self, now_ms: int, *, chunk_rows: int = 5000) -> int:
+        """Delete rows older than the TTL, at most `chunk_rows` per transaction; returns how many."""
 
     def write_latency_p99_ms(self) -> float:
         """p99 of recent write_batch latencies (the backpressure and /health signal)."""
+
+    @property
+    def throttles(self) -> int:
+        """Write calls the backend throttled since the store was opened (the HotWriteThrottles metric,
+        `tradepulse.metrics_emf`); 0 for a backend that never throttles."""
+
+    def put_runner_status(self, status: dict[str, Any], instance: str = "0") -> None:
+        """Keep a runner heartbeat where readers without the runner's disk find it (DynamoDB: the API
+        Lambda); a no-op for a backend whose readers share the runner's disk and read its status file
+        (`tradepulse.bus.heartbeat.publish_status` always writes that file)."""
+
+    def get_runner_statuses(self) -> dict[str, dict[str, Any]]:
+        """Runner instance → its latest heartbeat document, where the runners publish them to the hot
+        store (DynamoDB: no shared disk in AWS); {} for a backend whose runners write status files
+        (SQLite). /health reads it through `HotStoreRunnerStatusSource`."""
 
     def close(self) -> None: ...
 
 
 class ColdStore(Protocol):
-    """History as Parquet (Snappy, Hive partitions), written idempotently per offset range."""
+    """History as Parquet (Snappy, Hive partitions), written idempotently per Kafka offset block: every
+    row of a topic the runner consumes (its inputs, and its own outputs read back), deduplicated by
+    the dataset's natural key. What the runner calls (`tradepulse.stores.parquet_cold`)."""
 
-    def append(self, topic: str, partition: int, offset: int, row: Row) -> None: ...
+    def append_batch(
+        self,
+        topic: str,
+        rows: list[Row],
+        positions: list[tuple[int, int]],
+        *,
+        start: Mapping[tuple[str, int], int] | None = None,
+        flush: bool = True,
+        columns: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Buffer one micro-batch of `topic` (`rows[i]` consumed at `positions[i]` = (partition,
+        offset)), skipping rows below `start[(topic, partition)]`; flush what is due unless
+        `flush=False`. Returns the files written."""
+
+    def next_offset(self, topic: str, partition: int) -> int | None:
+        """The next offset of (topic, partition) not yet durably written (None = nothing known)."""
 
     def flush(self, *, force: bool = False) -> int:
         """Write buffered rows whose size/time limit is reached (all, with force); returns files written."""
 
-    def close(self) -> None: ...
+    def archive_dead_letters(self, letters: list[Row]) -> int:
+        """Write letters the DLQ gave up on (the redrive policy's `archive`); returns files written."""
+
+    def close(self) -> None:
+        """Flush everything (a store that is dropped instead loses its buffers, by design)."""
 
 
 class DeadLetterQueue(Protocol):

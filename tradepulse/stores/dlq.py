@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from tradepulse.errors import InvalidArgument, StoreError
 from tradepulse.ids import stable_id
 from tradepulse.retry import backoff_delay
 from tradepulse.stores.base import DeadLetterQueue, Row
@@ -146,7 +147,7 @@ def with_retries(
             if attempt == attempts - 1:
                 raise
             sleep(backoff_delay(attempt, base_delay_s, max_delay_s, rng))
-    raise ValueError("attempts must be >= 1")
+    raise InvalidArgument("attempts must be >= 1")
 
 
 # --- local backend -------------------------------------------------------------------------------
@@ -304,7 +305,7 @@ class SqsDeadLetterQueue:
     @classmethod
     def from_settings(cls, settings: Any) -> SqsDeadLetterQueue:
         if not settings.sqs_dlq_url:
-            raise ValueError("TRADEPULSE_SQS_DLQ_URL is required for the SQS dead-letter queue")
+            raise InvalidArgument("TRADEPULSE_SQS_DLQ_URL is required for the SQS dead-letter queue")
         return cls(settings.sqs_dlq_url, region=settings.aws_region)
 
     def put(self, letters: Iterable[Row]) -> None:
@@ -316,7 +317,7 @@ class SqsDeadLetterQueue:
             chunk = entries[start : start + 10]
             response = self.client.send_message_batch(QueueUrl=self.queue_url, Entries=chunk)
             if response.get("Failed"):
-                raise RuntimeError(f"SQS rejected dead letters: {response['Failed']}")
+                raise StoreError(f"SQS rejected dead letters: {response['Failed']}")
 
     def letters(self, status: str | None = None, limit: int = 100) -> list[Row]:
         """Letters in the queue (pending, not in flight), oldest first; status filters on the attribute."""
@@ -382,7 +383,7 @@ def republisher(
 
     def redrive(letter: Row) -> None:
         if not letter.get("source_topic"):
-            raise ValueError("letter has no source topic to re-publish to")
+            raise InvalidArgument("letter has no source topic to re-publish to")
         key = letter["ticker"].encode() if letter.get("ticker") else None
         headers = {
             DLQ_ID_HEADER: letter["dead_letter_id"].encode(),

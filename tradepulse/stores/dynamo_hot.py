@@ -28,6 +28,7 @@ ticker of each micro-batch (what /quotes needs, ~100× fewer writes at market op
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
@@ -41,10 +42,11 @@ import orjson
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
+from tradepulse.errors import StoreError
 from tradepulse.ids import shard_of
+from tradepulse.percentiles import nearest_rank
 from tradepulse.retry import backoff_delay
 from tradepulse.stores.base import Row
-from tradepulse.stores.sqlite_hot import _p99
 
 TICKERS_REFRESH_S = 3600.0
 
@@ -182,7 +184,7 @@ class DynamoHotStore:
                     self.throttles += 1
                 self.sleep(backoff_delay(attempt, 0.05, 5.0))
             else:
-                raise RuntimeError(f"DynamoDB left {len(pending[self.table])} items unprocessed")
+                raise StoreError(f"DynamoDB left {len(pending[self.table])} items unprocessed")
 
     def _put_new(self, item: dict[str, Any]) -> bool:
         """Conditional put; False when the item already existed (a duplicate is a success)."""
@@ -303,30 +305,34 @@ class DynamoHotStore:
             if f["ticker"] not in latest or f["ts_ms"] > latest[f["ticker"]]["ts_ms"]:
                 latest[f["ticker"]] = f
         puts: list[Callable[[], Any]] = [
-            lambda f=f: self._put_latest(
-                {**f, "pk": f"FEAT#{f['ticker']}", "sk": "LATEST", "expires_at": expires}, f["ts_ms"]
+            functools.partial(
+                self._put_latest,
+                {**f, "pk": f"FEAT#{f['ticker']}", "sk": "LATEST", "expires_at": expires},
+                f["ts_ms"],
             )
             for f in latest.values()
         ]
         puts += [
-            lambda a=a: self._put_new(
+            functools.partial(
+                self._put_new,
                 {
                     **a,
                     "pk": f"ANOM#{a['ticker']}",
                     "sk": f"{_ts(a['ts_ms'])}#{a['anomaly_id']}",
                     "expires_at": expires,
-                }
+                },
             )
             for a in anomalies
         ]
         puts += [
-            lambda c=c: self._put_new(
+            functools.partial(
+                self._put_new,
                 {
                     **c,
                     "pk": f"CORR#{c['ticker']}",
                     "sk": f"{_ts(c['published_ts_ms'])}#{c['correlation_id']}",
                     "expires_at": expires,
-                }
+                },
             )
             for c in correlations
         ]
@@ -382,12 +388,12 @@ class DynamoHotStore:
     def tickers(self) -> list[str]:
         return sorted(r["ticker"] for r in self._query("TICKERS"))
 
-    def purge_expired(self, now_ms: int) -> int:
+    def purge_expired(self, now_ms: int, *, chunk_rows: int = 5000) -> int:
         """Nothing to do: DynamoDB's TTL deletes items after `expires_at`."""
         return 0
 
     def write_latency_p99_ms(self) -> float:
-        return _p99(list(self._latencies))
+        return nearest_rank(list(self._latencies), 99)
 
     # --- runner heartbeat (the contract is in tradepulse.api.health) -------------------------------
 

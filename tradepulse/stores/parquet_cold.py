@@ -24,6 +24,13 @@ converts them to Arrow once (no per-row dict copy or key computation in Python),
 (partition, offset block, event hour) with numpy, and then flushes whatever is due, so a long-running
 caller that never calls `flush` itself still writes files by size and time (memory stays bounded).
 
+What is archived: every topic the runner consumes, its input topics and its own output topics
+(features, anomalies, correlations, dead letters), which it reads back read_committed for this purpose
+(`tradepulse.bus.runner`: an output row then has one stable (partition, offset) and one owner, exactly
+like an input row, so the same naming, checkpoints and deduplication make it exactly once). Every write
+of a block deduplicates by the dataset's natural key, its first write included: a runner that rewinds
+after an aborted transaction may have appended a row twice before any file exists.
+
 Checkpoints: after each flush the store records, per (topic, partition), the next offset it still needs
 (`_checkpoints/<topic>-p<partition>.json`, written after the data files). The runner asks `next_offset`
 on assignment and re-appends only from there; a checkpoint that lags behind the files (crash in between)
@@ -39,7 +46,7 @@ import time
 import types
 import typing
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from operator import methodcaller
 from pathlib import Path
@@ -51,6 +58,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from tradepulse import topics
+from tradepulse.errors import InvalidArgument
 from tradepulse.ids import stable_id
 from tradepulse.models import (
     Anomaly,
@@ -252,8 +260,7 @@ class ParquetColdStore:
         self.flush_rows = flush_rows
         self.flush_interval_s = flush_interval_s
         self.clock = clock
-        self._buffers: dict[GroupKey, list[Row]] = defaultdict(list)
-        self._tables: dict[GroupKey, list[pa.Table]] = defaultdict(list)  # from append_batch
+        self._tables: dict[GroupKey, list[pa.Table]] = defaultdict(list)  # buffered, per group
         self._first: dict[GroupKey, int] = {}  # first (lowest) buffered offset per group
         self._buffered: dict[tuple[str, int], int] = defaultdict(int)  # rows per (topic, partition)
         self._since: dict[tuple[str, int], float] = {}  # first buffered row per (topic, partition)
@@ -269,7 +276,7 @@ class ParquetColdStore:
     def from_settings(cls, settings: Any, **kw: Any) -> ParquetColdStore:
         if settings.cold_store == "s3":
             if not settings.s3_bucket:
-                raise ValueError("TRADEPULSE_S3_BUCKET is required for the S3 cold store")
+                raise InvalidArgument("TRADEPULSE_S3_BUCKET is required for the S3 cold store")
             root: str | Path = f"s3://{settings.s3_bucket}/{settings.s3_prefix.strip('/')}"
         else:
             root = settings.cold_dir
@@ -284,33 +291,15 @@ class ParquetColdStore:
 
     # --- writes ----------------------------------------------------------------------------------
 
-    def append(self, topic: str, partition: int, offset: int, row: Row) -> None:
-        """Buffer one row consumed from (topic, partition) at offset."""
-        dataset = DATASETS[topic]
-        tp = (topic, partition)
-        key = (topic, partition, offset // self.block_offsets, _hour_bucket(row[dataset.time_field]))
-        self._buffers[key].append({**row, "kafka_partition": partition, "kafka_offset": offset})
-        self._first.setdefault(key, offset)
-        self._buffered[tp] += 1
-        if tp not in self._since:
-            self._since[tp] = self.clock()
-        if offset > self._max_offset.get(tp, -1):
-            self._max_offset[tp] = offset
-
-    def append_many(self, topic: str, partition: int, offsets: Iterable[int], rows: Iterable[Row]) -> None:
-        """Buffer rows with their offsets (same as calling `append` for each)."""
-        for offset, row in zip(offsets, rows, strict=True):
-            self.append(topic, partition, offset, row)
-
     def append_batch(
         self,
         topic: str,
         rows: list[Row],
         positions: list[tuple[int, int]],
         *,
-        start: dict[tuple[str, int], int] | None = None,
+        start: Mapping[tuple[str, int], int] | None = None,
         flush: bool = True,
-        columns: dict[str, Any] | None = None,
+        columns: Mapping[str, Any] | None = None,
     ) -> int:
         """Buffer one micro-batch of `topic`: `rows[i]` was consumed at `positions[i]` =
         (partition, offset), in offset order per partition. Rows below `start[(topic, partition)]` are
@@ -325,7 +314,7 @@ class ParquetColdStore:
 
         n = len(rows)
         if n != len(positions):
-            raise ValueError(f"{n} rows but {len(positions)} positions")
+            raise InvalidArgument(f"{n} rows but {len(positions)} positions")
         if n:
             pos = np.asarray(positions, dtype=np.int64).reshape(n, 2)
             keep = None
@@ -344,7 +333,7 @@ class ParquetColdStore:
         return self.flush() if flush else 0
 
     def _buffer_table(
-        self, topic: str, rows: list[Row], pos: np.ndarray, columns: dict[str, Any] | None
+        self, topic: str, rows: list[Row], pos: np.ndarray, columns: Mapping[str, Any] | None
     ) -> None:
         import numpy as np
 
@@ -402,14 +391,13 @@ class ParquetColdStore:
         }
         written = 0
         flushed_tps: set[tuple[str, int]] = set()
-        for key in list(self._buffers.keys() | self._tables.keys()):
+        for key in list(self._tables):
             topic, partition, block, _ = key
             tp = (topic, partition)
             complete = block < self._max_offset[tp] // self.block_offsets
             if complete or tp in due_tps:
                 self._first.pop(key, None)
-                rows, tables = self._buffers.pop(key, []), self._tables.pop(key, [])
-                self._write_group(key, rows, final=complete, tables=tables)
+                self._write_group(key, self._tables.pop(key), final=complete)
                 written += 1
                 flushed_tps.add(tp)
         for tp in due_tps:
@@ -417,9 +405,7 @@ class ParquetColdStore:
             self._since.pop(tp, None)
         # Partitions flushed only because of complete blocks still have their open block buffered.
         for tp in list(self._buffered):
-            remaining = sum(len(rows) for k, rows in self._buffers.items() if k[:2] == tp) + sum(
-                t.num_rows for k, ts in self._tables.items() if k[:2] == tp for t in ts
-            )
+            remaining = sum(t.num_rows for k, ts in self._tables.items() if k[:2] == tp for t in ts)
             if remaining:
                 self._buffered[tp] = remaining
             else:
@@ -464,21 +450,20 @@ class ParquetColdStore:
         dataset = DATASETS[topic].name
         return f"{dataset}/{partition_path(hour)}/{topic}-p{partition:03d}-{first:020d}-{last:020d}.parquet"
 
-    def _write_group(
-        self, key: GroupKey, rows: list[Row], *, final: bool, tables: list[pa.Table] | None = None
-    ) -> None:
+    def _write_group(self, key: GroupKey, tables: list[pa.Table], *, final: bool) -> None:
         dataset = DATASETS[key[0]]
         schema = SCHEMAS[dataset.name]
         rel = self.file_name(key)
-        parts = ([pa.Table.from_pylist(rows, schema=schema)] if rows else []) + (tables or [])
-        table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
         previous = self._written.get(key)
         if previous is None:
             data = self.target.read(rel)  # after a restart: the file may hold rows of this block
             previous = pq.read_table(io.BytesIO(data)).cast(schema) if data is not None else None
         if previous is not None:
-            table = _dedupe(pa.concat_tables([previous, table]), dataset.key)
-        table = _sort(table, dataset)
+            table = pa.concat_tables([previous, table])
+        # Always, the first write of a block included: the buffer itself may hold a row twice (appended
+        # again by a replay that started below rows still buffered), and a file must never.
+        table = _sort(_dedupe(table, dataset.key), dataset)
         self._put(rel, table)
         if final:
             self._written.pop(key, None)
@@ -512,9 +497,7 @@ class ParquetColdStore:
         return self.target.list(dataset)
 
     def buffered_rows(self) -> int:
-        return sum(len(rows) for rows in self._buffers.values()) + sum(
-            t.num_rows for ts in self._tables.values() for t in ts
-        )
+        return sum(t.num_rows for ts in self._tables.values() for t in ts)
 
     def close(self) -> None:
         self.flush(force=True)
@@ -548,6 +531,10 @@ def _group_rows(*keys: np.ndarray) -> tuple[list[list[int]], np.ndarray]:
 
 def _dedupe(table: pa.Table, key: tuple[str, ...]) -> pa.Table:
     """Keep the last row of each key (new rows were concatenated after the old ones)."""
+    import pyarrow.compute as pc  # the runner's path only, like numpy (the Lambdas never get here)
+
+    if len(key) == 1 and pc.count_distinct(table[key[0]]).as_py() == table.num_rows:
+        return table  # the usual case, nothing to drop: a distinct count is 3-5x cheaper than the group-by
     indexed = table.append_column("__i", pa.array(range(table.num_rows), pa.int64()))
     last = indexed.group_by(list(key), use_threads=False).aggregate([("__i", "max")])
     return table.take(last["__i_max"])  # order does not matter: the caller sorts

@@ -23,7 +23,9 @@ Keys (all writes are idempotent upserts, so a replayed batch overwrites instead 
 - feature snapshots by (ticker, ts_ms); the latest features are the newest snapshot;
 - anomalies by `anomaly_id`; correlations by `correlation_id`.
 
-Rows older than the TTL (event time, default 48 h) are removed by `purge_expired`.
+Rows older than the TTL (event time, default 48 h) are removed by `purge_expired`, in bounded chunks;
+`tradepulse process` runs it every `hot_purge_interval_s` in a background thread
+(`tradepulse.stores.retention`).
 
 Durability: `synchronous = NORMAL` in WAL mode. A commit survives a process crash (kill -9); an OS crash
 or power loss can drop the last commits. That is acceptable because the hot store is never the system
@@ -50,7 +52,7 @@ import threading
 import time
 import typing
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from itertools import chain
 from operator import itemgetter
 from pathlib import Path
@@ -58,7 +60,9 @@ from typing import Any
 
 import orjson
 
+from tradepulse.errors import InvalidArgument, StoreError
 from tradepulse.models import Trade
+from tradepulse.percentiles import nearest_rank
 from tradepulse.stores.base import Row
 
 log = logging.getLogger(__name__)
@@ -109,6 +113,9 @@ CREATE TABLE IF NOT EXISTS tickers (
     last_ts_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
+
+PURGE_CHUNK_ROWS = 5000
+"""Rows one purge transaction deletes at most (a few ms of the write lock)."""
 
 CHECKPOINT_INTERVAL_S = 1.0
 """Least time between two background checkpoints (each is an fsync of the WAL and of the database)."""
@@ -181,13 +188,13 @@ def _upsert_many(conn: sqlite3.Connection, upsert: _Upsert, rows: list[tuple[Any
         flat = list(chain.from_iterable(rows[:full]))
         step = MULTI_ROWS * upsert.width
         if len(flat) != full * upsert.width:
-            raise ValueError(f"rows must have {upsert.width} values each")
+            raise InvalidArgument(f"rows must have {upsert.width} values each")
         conn.executemany(upsert.multi, [flat[i : i + step] for i in range(0, len(flat), step)])
     if full < len(rows):
         conn.executemany(upsert.one, rows[full:])
 
 
-class SchemaMismatch(RuntimeError):
+class SchemaMismatch(StoreError):
     """The SQLite file was written with another schema version."""
 
 
@@ -237,15 +244,6 @@ def _trade_doc(row: tuple[Any, ...]) -> Row:
     doc = dict(zip(_TRADE_KEY, row[:4], strict=True))
     doc.update(zip(_TRADE_REST, vals, strict=True))
     return {f: doc[f] for f in _TRADE_FIELDS}  # model field order, as emitted
-
-
-def _p99(samples: Iterable[float]) -> float:
-    ordered = sorted(samples)
-    if not ordered:
-        return 0.0
-    # Nearest-rank percentile: no interpolation, so the value is one that was actually observed.
-    rank = max(0, -(-99 * len(ordered) // 100) - 1)
-    return ordered[rank]
 
 
 class SqliteHotStore:
@@ -319,7 +317,7 @@ class SqliteHotStore:
 
     def _reader(self) -> sqlite3.Connection:
         if self._closed:
-            raise RuntimeError("store is closed")
+            raise StoreError("store is closed")
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._connect()
@@ -352,7 +350,7 @@ class SqliteHotStore:
         started = time.perf_counter()
         with self._write_lock:
             if self._closed:
-                raise RuntimeError("store is closed")
+                raise StoreError("store is closed")
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -419,30 +417,63 @@ class SqliteHotStore:
         finally:
             conn.close()
 
-    def purge_expired(self, now_ms: int) -> int:
-        """Delete rows whose event time is older than the TTL; returns how many rows went."""
+    def purge_expired(self, now_ms: int, *, chunk_rows: int = PURGE_CHUNK_ROWS) -> int:
+        """Delete rows whose event time is older than the TTL; returns how many rows went.
+
+        In chunks of at most `chunk_rows` rows, each its own short transaction under the write lock, so
+        a purge running beside the runner (`tradepulse.stores.retention`) delays a micro-batch by one
+        chunk at most, never by the whole backlog (the first purge of a long-running file can be
+        millions of rows)."""
         cutoff = now_ms - self.ttl_ms
-        with self._write_lock:
-            conn = self._writer
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                tickers = [r[0] for r in conn.execute("SELECT ticker FROM tickers")]
-                # Trades are clustered by time: one range delete.
-                deleted = conn.execute("DELETE FROM trades WHERE exchange_ts_ms < ?", (cutoff,)).rowcount
-                conn.execute("DELETE FROM latest_trades WHERE exchange_ts_ms < ?", (cutoff,))
-                # Per ticker, so each delete is a range on the (ticker, time) key, not a table scan.
-                for ticker in tickers:
-                    deleted += conn.execute(
-                        "DELETE FROM features WHERE ticker = ? AND ts_ms < ?", (ticker, cutoff)
-                    ).rowcount
-                deleted += conn.execute("DELETE FROM anomalies WHERE ts_ms < ?", (cutoff,)).rowcount
-                deleted += conn.execute("DELETE FROM correlations WHERE ts_ms < ?", (cutoff,)).rowcount
-                conn.execute("DELETE FROM tickers WHERE last_ts_ms < ?", (cutoff,))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        deleted = 0
+        # Trades are clustered by time: each chunk is a range at the start of the key.
+        deleted += self._purge_chunks(
+            "DELETE FROM trades WHERE (exchange_ts_ms, ticker, sequence, event_id) IN ("
+            "SELECT exchange_ts_ms, ticker, sequence, event_id FROM trades WHERE exchange_ts_ms < ? "
+            "ORDER BY exchange_ts_ms LIMIT ?)",
+            (cutoff,),
+            chunk_rows,
+        )
+        # Per ticker, so each chunk is a range on the (ticker, time) key, not a table scan.
+        for ticker in [r[0] for r in self._reader().execute("SELECT ticker FROM tickers")]:
+            deleted += self._purge_chunks(
+                "DELETE FROM features WHERE (ticker, ts_ms) IN (SELECT ticker, ts_ms FROM features "
+                "WHERE ticker = ? AND ts_ms < ? ORDER BY ts_ms LIMIT ?)",
+                (ticker, cutoff),
+                chunk_rows,
+            )
+        for table in ("anomalies", "correlations"):  # rowid tables with a time index
+            deleted += self._purge_chunks(
+                f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE ts_ms < ? "
+                "ORDER BY ts_ms LIMIT ?)",
+                (cutoff,),
+                chunk_rows,
+            )
+        # One row per ticker: small enough for one statement each.
+        self._purge_chunks("DELETE FROM latest_trades WHERE exchange_ts_ms < ?", (cutoff,), None)
+        self._purge_chunks("DELETE FROM tickers WHERE last_ts_ms < ?", (cutoff,), None)
         return deleted
+
+    def _purge_chunks(self, sql: str, params: tuple[Any, ...], chunk_rows: int | None) -> int:
+        """Run a DELETE until it deletes fewer than `chunk_rows` rows (once when None), one transaction
+        per run, releasing the write lock in between so writers interleave."""
+        deleted = 0
+        while True:
+            with self._write_lock:
+                if self._closed:
+                    raise StoreError("store is closed")
+                conn = self._writer
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    args = params if chunk_rows is None else (*params, chunk_rows)
+                    count = conn.execute(sql, args).rowcount
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            deleted += count
+            if chunk_rows is None or count < chunk_rows:
+                return deleted
 
     # --- reads -----------------------------------------------------------------------------------
 
@@ -525,15 +556,26 @@ class SqliteHotStore:
     def count(self, table: str) -> int:
         """Row count of one table (trades, features, anomalies, correlations); for checks and tests."""
         if table not in {"trades", "features", "anomalies", "correlations"}:
-            raise ValueError(f"unknown table {table!r}")
+            raise InvalidArgument(f"unknown table {table!r}")
         return self._reader().execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
     def trade_ids(self) -> set[str]:
         """Every stored trade event_id (the chaos test compares this with the simulator's set)."""
         return {r[0] for r in self._reader().execute("SELECT event_id FROM trades")}
 
+    #: SQLite never throttles a write (the HotWriteThrottles metric reads 0).
+    throttles = 0
+
+    def put_runner_status(self, status: dict[str, Any], instance: str = "0") -> None:
+        """Nothing to keep: every reader of this store shares the runner's disk and reads the runner's
+        status file, which `publish_status` has already written."""
+
     def write_latency_p99_ms(self) -> float:
-        return _p99(list(self._latencies))
+        return nearest_rank(list(self._latencies), 99)
+
+    def get_runner_statuses(self) -> dict[str, dict[str, Any]]:
+        """Always {}: locally the runners write their heartbeat to files beside the database."""
+        return {}
 
     def close(self) -> None:
         if self._closed:

@@ -21,6 +21,7 @@ import numpy as np
 import orjson
 
 from tradepulse.config import DEFAULT_TICKERS
+from tradepulse.errors import InvalidArgument
 from tradepulse.ids import stable_id
 
 Profile = Literal["flat", "market_open"]
@@ -179,7 +180,7 @@ class MarketModel:
         self.speed = 1.0
         n = len(self.symbols)
         if n == 0:
-            raise ValueError("at least one ticker is required")
+            raise InvalidArgument("at least one ticker is required")
         self.tick_ms = int(config.tick_ms)
         self.start_ms = int(config.start_ms if config.start_ms is not None else time.time() * 1000)
         self.now_ms = self.start_ms

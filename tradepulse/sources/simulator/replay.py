@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow.dataset as ds
 
+from tradepulse.errors import InvalidArgument
 from tradepulse.sources.simulator.market import Block
 
 _COLUMNS = [
@@ -45,7 +46,7 @@ class ReplaySource:
         end_ms: int | None = None,
     ) -> None:
         if speed <= 0:
-            raise ValueError("speed must be > 0")
+            raise InvalidArgument("speed must be > 0")
         dataset = ds.dataset(Path(root) / "trades", format="parquet", partitioning="hive")
         where = None
         if start_ms is not None:
@@ -55,7 +56,7 @@ class ReplaySource:
             where = upper if where is None else where & upper
         frame = dataset.to_table(columns=_COLUMNS, filter=where).to_pandas()
         if frame.empty:
-            raise ValueError(f"no recorded trades under {Path(root) / 'trades'}")
+            raise InvalidArgument(f"no recorded trades under {Path(root) / 'trades'}")
         # At-least-once sinks may hold a row twice; the event id identifies it.
         frame = frame.drop_duplicates("event_id").sort_values(["exchange_ts_ms", "ticker", "sequence"])
         self.frame = frame.reset_index(drop=True)

@@ -34,6 +34,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import numpy as np
 import orjson
 
+from tradepulse.errors import InvalidArgument
 from tradepulse.sources.simulator.market import CONDITION_SETS, KIND_TRADE, Block
 
 TRADES_PREFIX = "/v3/trades/"
@@ -261,7 +262,7 @@ def _decode_cursor(cursor: str) -> dict[str, Any]:
             "after": (int(state["after"][0]), int(state["after"][1])),
         }
     except (ValueError, KeyError, TypeError, IndexError, orjson.JSONDecodeError):
-        raise ValueError("invalid cursor") from None
+        raise InvalidArgument("invalid cursor") from None
 
 
 def _parse_query(query: dict[str, str]) -> tuple[int, int, str, int, tuple[int, int] | None]:
@@ -287,15 +288,15 @@ def _parse_query(query: dict[str, str]) -> tuple[int, int, str, int, tuple[int, 
             hi = min(hi, first - 1)
     order = query.get("order", "desc")
     if order not in ("asc", "desc"):
-        raise ValueError(f"order must be asc or desc, got {order!r}")
+        raise InvalidArgument(f"order must be asc or desc, got {order!r}")
     if query.get("sort", "timestamp") != "timestamp":
-        raise ValueError("sort must be timestamp")
+        raise InvalidArgument("sort must be timestamp")
     try:
         limit = int(query.get("limit", DEFAULT_LIMIT))
     except ValueError:
-        raise ValueError("limit must be an integer") from None
+        raise InvalidArgument("limit must be an integer") from None
     if not 1 <= limit <= MAX_LIMIT:
-        raise ValueError(f"limit must be between 1 and {MAX_LIMIT}")
+        raise InvalidArgument(f"limit must be between 1 and {MAX_LIMIT}")
     return lo, hi, order, limit, None
 
 
@@ -306,6 +307,6 @@ def _day_or_ns(raw: str, name: str) -> tuple[int, int]:
     try:
         day = date.fromisoformat(raw)
     except ValueError:
-        raise ValueError(f"{name} must be a nanosecond timestamp or YYYY-MM-DD, got {raw!r}") from None
+        raise InvalidArgument(f"{name} must be a nanosecond timestamp or YYYY-MM-DD, got {raw!r}") from None
     first = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()) * 1_000_000_000
     return first, first + _NS_PER_DAY - 1

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 
+from tests.doubles import SlowHotStore
 from tests.stores.conftest import BASE_MS, make_trade
+from tradepulse.bus.backpressure import BackpressureController
 from tradepulse.config import Settings
-from tradepulse.stores.backpressure import BackpressureController, SlowHotStore
 from tradepulse.stores.sqlite_hot import SqliteHotStore
 
 
@@ -24,6 +26,13 @@ class Clock:
 
     def sleep(self, seconds: float) -> None:
         self.now += seconds
+
+
+def timed_write(bp: BackpressureController, clock: Callable[[], float], write: Callable[[], None]) -> None:
+    """Time one write and record it, as the runner does around each hot-store write_batch."""
+    started = clock()
+    write()
+    bp.record((clock() - started) * 1000)
 
 
 def test_controller_pauses_over_threshold_for_pause_ms_then_needs_new_evidence() -> None:
@@ -53,14 +62,13 @@ def test_controller_uses_p99_of_recent_writes() -> None:
     assert bp.latency_p99_ms() == 500 and bp.should_pause()
 
 
-def test_from_settings_and_measure() -> None:
+def test_from_settings() -> None:
     clock = Clock()
     bp = BackpressureController.from_settings(
         Settings(backpressure_latency_ms=50, backpressure_pause_ms=200), clock=clock
     )
     assert (bp.threshold_ms, bp.pause_ms) == (50, 200)
-    with bp.measure():
-        clock.now += 0.06
+    timed_write(bp, clock, lambda: clock.sleep(0.06))
     assert abs(bp.latency_p99_ms() - 60) < 1e-6
     assert bp.should_pause()
 
@@ -82,8 +90,7 @@ def test_slow_sink_engages_backpressure_without_loss_and_bounded_memory(tmp_path
             continue
         batch = [backlog.popleft() for _ in range(min(batch_max, len(backlog)))]
         max_in_flight = max(max_in_flight, len(batch))
-        with bp.measure():
-            slow.write_batch(trades=batch)
+        timed_write(bp, clock, lambda: slow.write_batch(trades=batch))  # noqa: B023 - called at once
     rss_growth = psutil.Process().memory_info().rss - rss_before
     assert slow.writes == 25
     # Every 300 ms write trips the 100 ms limit once (the last one ends the loop before the check).
@@ -98,28 +105,9 @@ def test_slow_sink_engages_backpressure_without_loss_and_bounded_memory(tmp_path
 def test_real_clock_pause_expires(tmp_path: Path) -> None:
     bp = BackpressureController(threshold_ms=5, pause_ms=30)
     slow = SlowHotStore(SqliteHotStore(tmp_path / "hot.sqlite3"), delay_s=0.01)
-    with bp.measure():
-        slow.write_batch(trades=[make_trade()])
+    timed_write(bp, time.perf_counter, lambda: slow.write_batch(trades=[make_trade()]))
     assert bp.should_pause()
     time.sleep(bp.pause_remaining_s() + 0.005)
     assert not bp.should_pause() and bp.activations == 1
     assert slow.latest_trade("AAPL") == make_trade()  # delegation
     slow.close()
-
-
-def test_per_rows_judges_large_writes_by_latency_per_rows_and_default_keeps_the_rule() -> None:
-    clock = Clock()
-    strict = BackpressureController(threshold_ms=100, pause_ms=500, clock=clock)
-    scaled = BackpressureController(threshold_ms=100, pause_ms=500, per_rows=2000, clock=clock)
-    for bp in (strict, scaled):
-        bp.record(120, rows=5000)  # 41,667 rows/s: 48 ms per 2,000 rows
-    assert strict.should_pause() and not scaled.should_pause()
-    assert round(scaled.rows_per_s()) == 41_667
-    scaled.record(120, rows=1500)  # a small batch keeps the plain rule
-    assert scaled.should_pause() and scaled.activations == 1
-    clock.now += 1
-    scaled.record(300, rows=5000)  # 120 ms per 2,000 rows: over the limit even scaled
-    assert scaled.should_pause() and scaled.activations == 2
-    assert BackpressureController.from_settings(Settings(backpressure_per_rows=2000)).per_rows == 2000
-    assert BackpressureController.from_settings(Settings()).per_rows == 0
-    assert BackpressureController().rows_per_s() == 0.0

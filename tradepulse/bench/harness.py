@@ -1,7 +1,7 @@
 """Orchestration of `tradepulse bench`.
 
 Phase 1, full path, each service its own process (started with `tradepulse up`'s Supervisor):
-runner (`tradepulse process`) → simulator (`scripts.bench.simproc`, market-open profile, 10× peak) →
+runner (`tradepulse process`) → simulator (`tradepulse.bench.simproc`, market-open profile, 10× peak) →
 ingest (`tradepulse ingest`). Once a second the bench samples the simulator's sent counters, the broker
 (high watermarks of the input topics, the runner group's committed offsets), the runner's status file
 (rate, lag, hot-store write p99, end-to-end latency percentiles from its HDR histogram) and CPU/RSS of
@@ -9,7 +9,7 @@ every process. When the simulator has sent its whole workload and the runner has
 high watermarks, the services are stopped and the hot store is reconciled against the simulator:
 events lost = trades sent − distinct trades in the hot store (+ quotes sent − quotes committed).
 
-Phase 2, drain comparison (`scripts.bench.drain`): the topics are re-created, N trades pre-filled, and
+Phase 2, drain comparison (`tradepulse.bench.drain`): the topics are re-created, N trades pre-filled, and
 TradePulse's runner, the faust-streaming peer and the Quix Streams peer each drain them.
 """
 
@@ -29,17 +29,16 @@ from typing import Any
 
 import orjson
 
-from scripts.bench import drain
-from scripts.bench.report import machine_spec, write_report
-from scripts.bench.sampling import BrokerSampler, ProcessSampler
+from tradepulse.bench import drain
+from tradepulse.bench.report import machine_spec, write_report
+from tradepulse.bench.sampling import BrokerSampler, ProcessSampler
 from tradepulse.bus.admin import ensure_topics, recreate_topics
 from tradepulse.bus.local_kafka import LocalKafka
 from tradepulse.bus.status import STATUS_FILE
-from tradepulse.cli.supervisor import Service, Supervisor, port_open, python_command
 from tradepulse.config import Settings, get_settings
+from tradepulse.errors import BenchError
+from tradepulse.supervisor import Service, Supervisor, port_open, python_command
 from tradepulse.topics import QUOTES, TRADES, TopicSpec
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -52,6 +51,10 @@ class BenchConfig:
     duration_s: float = 120.0
     profile: str = "market_open"
     peers: bool = True
+    peers_dir: Path = drain.PEERS_DIR
+    """The faust/Quix peer scripts (developer files of the checkout, not package data)."""
+    peers_venv: Path = drain.PEERS_VENV
+    """The peers' own venv, created on first use."""
     drain_events: int = 200_000
     bootstrap: str | None = None
     """An existing broker (tests); None = start a fresh local broker under `out`."""
@@ -68,6 +71,7 @@ class BenchConfig:
         out = asdict(self)
         out.pop("log")
         out["out"] = str(self.out)
+        out["peers_dir"], out["peers_venv"] = str(self.peers_dir), str(self.peers_venv)
         return out
 
 
@@ -104,7 +108,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     }
     try:
         if bootstrap is None:
-            broker = LocalKafka(out / "broker", heap="1g", libs_root=get_settings().data_dir / "kafka-libs")
+            broker = LocalKafka(out / "broker", heap="1g", libs_root=get_settings().kafka_libs_root)
             log("starting a local Kafka broker")
             bootstrap = broker.start(quiet=True).bootstrap
         settings = Settings(
@@ -133,15 +137,13 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     return results
 
 
-def _child_env(settings: Settings, **extra: str) -> dict[str, str]:
+def child_env(settings: Settings, **extra: str) -> dict[str, str]:
     return {
         "TRADEPULSE_KAFKA_BOOTSTRAP": str(settings.kafka_bootstrap),
         "TRADEPULSE_DATA_DIR": str(settings.data_dir),
         "TRADEPULSE_TOPIC_PARTITIONS": str(settings.topic_partitions),
         "TRADEPULSE_CONSUMER_GROUP": settings.consumer_group,
         "TRADEPULSE_LOG_LEVEL": "WARNING",
-        # The bench harness lives in the checkout, not in the installed package.
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
         **extra,
     }
 
@@ -152,7 +154,7 @@ def _full_path(config: BenchConfig, settings: Settings, out: Path, broker_pid: i
     sim_stats = out / "simulator-stats.json"
     sim_stats.unlink(missing_ok=True)
     status_file = settings.data_dir / STATUS_FILE
-    env = _child_env(settings, TRADEPULSE_SIMULATOR_WS_PORT=str(ws_port))
+    env = child_env(settings, TRADEPULSE_SIMULATOR_WS_PORT=str(ws_port))
 
     def runner_ready() -> bool:
         status = _read_json(status_file)
@@ -172,7 +174,7 @@ def _full_path(config: BenchConfig, settings: Settings, out: Path, broker_pid: i
             [
                 sys.executable,
                 "-m",
-                "scripts.bench.simproc",
+                "tradepulse.bench.simproc",
                 *("--rate", str(config.rate), "--tickers", str(config.tickers)),
                 *("--profile", config.profile, "--duration", str(config.duration_s)),
                 *("--port", str(ws_port), "--seed", str(config.seed), "--stats", str(sim_stats)),
@@ -232,7 +234,7 @@ def _full_path(config: BenchConfig, settings: Settings, out: Path, broker_pid: i
             )
             for s in services:
                 if s.process is not None and s.process.poll() is not None:
-                    raise RuntimeError(f"{s.name} exited with code {s.process.returncode}")
+                    raise BenchError(f"{s.name} exited with code {s.process.returncode}")
             sent = sim.get("sent_trades", 0) + sim.get("sent_quotes", 0)
             if now - last_line >= 10:
                 last_line = now
@@ -248,7 +250,7 @@ def _full_path(config: BenchConfig, settings: Settings, out: Path, broker_pid: i
                     log("settle timeout: the pipeline did not catch up; reporting what it has")
                     break
             elif now > deadline_generation:
-                raise RuntimeError("the simulator did not finish its workload in time")
+                raise BenchError("the simulator did not finish its workload in time")
         final_status = _read_json(status_file) or {}
     finally:
         if spy is not None:
@@ -287,13 +289,13 @@ def _full_path(config: BenchConfig, settings: Settings, out: Path, broker_pid: i
         "process_summary": procs.summary(),
         "reconcile": reconcile,
         "runner_status": final_status,
-        "runner_profile": _profile_summary(out / "runner-profile.txt", rate_hz=50)
+        "runner_profile": profile_summary(out / "runner-profile.txt", rate_hz=50)
         if spy is not None
         else None,
     }
 
 
-def _profile_summary(path: Path, rate_hz: float, top: int = 15) -> dict[str, Any] | None:
+def profile_summary(path: Path, rate_hz: float, top: int = 15) -> dict[str, Any] | None:
     """Self and inclusive shares of the runner's py-spy samples (collapsed stacks)."""
     if not path.exists():
         return None
@@ -369,28 +371,29 @@ def _drain_phase(config: BenchConfig, settings: Settings, out: Path, run_id: str
         [
             sys.executable,
             "-m",
-            "scripts.bench.drain_ours",
+            "tradepulse.bench.drain_ours",
             "--expect",
             str(n),
             "--result",
             str(out / "drain-tradepulse.json"),
         ],
         out / "drain-tradepulse.json",
-        env=_child_env(ours_settings),
+        env=child_env(ours_settings),
         timeout_s=config.drain_timeout_s,
         log_path=logs / "drain-tradepulse.log",
     )
     if config.peers:
-        python = drain.ensure_peers_venv(log)
+        python = drain.ensure_peers_venv(config.peers_dir, config.peers_venv, log)
         # The broker does not auto-create topics; each peer writes its features to its own topic.
         ensure_topics(
             settings,
             [
                 TopicSpec(f"bench.{name}.features", settings.topic_partitions, settings.topic_retention_ms)
-                for name in drain.PEER_SCRIPTS
+                for name in drain.PEERS
             ],
         )
-        for name, script in drain.PEER_SCRIPTS.items():
+        for name in drain.PEERS:
+            script = drain.peer_script(config.peers_dir, name)
             log(f"drain: {name} peer")
             result_path = out / f"drain-{name}.json"
             systems[name] = drain.run_drain(

@@ -1,21 +1,24 @@
 """The benchmark's simulator process: the market simulator with a 10× market-open peak, writing its sent
 counters to a JSON file twice a second (the bench reconciles them against the hot store).
 
-Run as `python -m scripts.bench.simproc --stats FILE ...`; SIGTERM/SIGINT stop it.
+Run as `python -m tradepulse.bench.simproc --stats FILE ...`; SIGTERM/SIGINT stop it.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import click
 
 from tradepulse.bus.status import write_json_atomic
 from tradepulse.sources.simulator import MarketModel, Simulator, SimulatorConfig, make_tickers
+from tradepulse.sources.simulator.market import Profile
 
 #: The market-open burst peaks at this multiple of the base rate (the simulator's default is 9×).
 PEAK_MULTIPLIER = 10.0
@@ -35,12 +38,14 @@ class BenchSimulator(Simulator):
         assert self.ws is not None and self.source is not None
         while not any(s.wants_data for s in list(self.ws.sessions)):
             await asyncio.sleep(0.01)
-        self.source.start_ms = self.source.now_ms = int(time.time() * 1000)  # type: ignore[attr-defined]
-        self.sim_now_ms = self.source.start_ms
+        source = self.source
+        assert isinstance(source, MarketModel)  # what _make_source builds
+        source.start_ms = source.now_ms = int(time.time() * 1000)
+        self.sim_now_ms = source.start_ms
         await super()._produce()
 
 
-async def _main(args: argparse.Namespace) -> None:
+async def _main(args: SimArgs) -> None:
     config = SimulatorConfig(
         seed=args.seed,
         tickers=make_tickers(args.tickers),
@@ -84,17 +89,38 @@ async def _main(args: argparse.Namespace) -> None:
         await sim.stop()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rate", type=float, required=True)
-    parser.add_argument("--tickers", type=int, required=True)
-    parser.add_argument("--profile", choices=["flat", "market_open"], default="flat")
-    parser.add_argument("--duration", type=float, required=True)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--news-interval", type=float, default=30.0)
-    parser.add_argument("--stats", required=True)
-    asyncio.run(_main(parser.parse_args()))
+@dataclass(frozen=True)
+class SimArgs:
+    rate: float
+    tickers: int
+    profile: Profile
+    duration: float
+    port: int
+    seed: int
+    news_interval: float
+    stats: str
+
+
+@click.command(help=__doc__)
+@click.option("--rate", type=float, required=True)
+@click.option("--tickers", type=int, required=True)
+@click.option("--profile", type=click.Choice(["flat", "market_open"]), default="flat", show_default=True)
+@click.option("--duration", type=float, required=True)
+@click.option("--port", type=int, required=True)
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--news-interval", type=float, default=30.0, show_default=True)
+@click.option("--stats", required=True)
+def main(
+    rate: float,
+    tickers: int,
+    profile: Profile,  # click.Choice admits exactly these
+    duration: float,
+    port: int,
+    seed: int,
+    news_interval: float,
+    stats: str,
+) -> None:
+    asyncio.run(_main(SimArgs(rate, tickers, profile, duration, port, seed, news_interval, stats)))
 
 
 if __name__ == "__main__":

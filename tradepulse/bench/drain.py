@@ -18,19 +18,21 @@ from typing import Any
 import orjson
 from confluent_kafka import Producer
 
+from tradepulse.bench import PEERS_DIR as PEERS_DIR
+from tradepulse.bench import PEERS_VENV as PEERS_VENV
 from tradepulse.bus.clients import producer_config
 from tradepulse.config import Settings
+from tradepulse.errors import BenchError
 from tradepulse.sources.parse import trade_record
 from tradepulse.sources.simulator import MarketConfig, MarketModel, make_tickers
 from tradepulse.topics import TRADES
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-PEERS_VENV = REPO_ROOT / ".venv-peers"
-PEERS_REQUIREMENTS = REPO_ROOT / "benchmarks" / "peers" / "requirements.txt"
-PEER_SCRIPTS = {
-    "faust": REPO_ROOT / "benchmarks" / "peers" / "faust_peer.py",
-    "quix": REPO_ROOT / "benchmarks" / "peers" / "quix_peer.py",
-}
+#: The peers: `<peers_dir>/<name>_peer.py`, each run with the peers' venv.
+PEERS = ("faust", "quix")
+
+
+def peer_script(peers_dir: Path, name: str) -> Path:
+    return peers_dir / f"{name}_peer.py"
 
 
 def prefill_trades(settings: Settings, n: int, tickers: int, seed: int = 7) -> int:
@@ -56,20 +58,25 @@ def prefill_trades(settings: Settings, n: int, tickers: int, seed: int = 7) -> i
             sent += 1
         producer.poll(0)
     if producer.flush(60):
-        raise RuntimeError("prefill: messages still undelivered after 60 s")
+        raise BenchError("prefill: messages still undelivered after 60 s")
     return sent
 
 
-def ensure_peers_venv(log: Any = print) -> Path:
+def ensure_peers_venv(peers_dir: Path, venv: Path, log: Any = print) -> Path:
     """The peers' own venv (faust-streaming and quixstreams pin their own dependencies); created once."""
-    python = PEERS_VENV / "bin" / "python"
-    marker = PEERS_VENV / ".installed"
-    if marker.exists() and marker.read_text() == PEERS_REQUIREMENTS.read_text():
+    requirements = peers_dir / "requirements.txt"
+    if not requirements.exists():
+        raise FileNotFoundError(
+            f"benchmark peers not found in {peers_dir}/: run from the repository root, or pass --no-peers"
+        )
+    python = venv / "bin" / "python"
+    marker = venv / ".installed"
+    if marker.exists() and marker.read_text() == requirements.read_text():
         return python
-    log(f"creating {PEERS_VENV} (faust-streaming, quixstreams)")
-    subprocess.run([sys.executable, "-m", "venv", str(PEERS_VENV)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(PEERS_REQUIREMENTS)], check=True)
-    marker.write_text(PEERS_REQUIREMENTS.read_text())
+    log(f"creating {venv} (faust-streaming, quixstreams)")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(requirements)], check=True)
+    marker.write_text(requirements.read_text())
     return python
 
 

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 import orjson
 
@@ -367,21 +368,23 @@ def write_docs(results: dict[str, Any], path: Path, command: str, extra: str = "
     )
 
 
-def main() -> None:
+@click.command()
+@click.argument("results_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--docs", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--command", default="tradepulse bench", show_default=True)
+@click.option(
+    "--notes",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Markdown appended to the docs page.",
+)
+def main(results_dir: Path, docs: Path | None, command: str, notes: Path | None) -> None:
     """Re-render a results folder (summary.md, bench.png; optionally docs) from its results.json."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("results_dir", type=Path)
-    parser.add_argument("--docs", type=Path, default=None)
-    parser.add_argument("--command", default="tradepulse bench")
-    parser.add_argument("--notes", type=Path, default=None, help="Markdown appended to the docs page.")
-    args = parser.parse_args()
-    results = orjson.loads((args.results_dir / "results.json").read_bytes())
-    write_report(results, args.results_dir)
-    if args.docs:
-        extra = args.notes.read_text() if args.notes else ""
-        write_docs(results, args.docs, args.command, extra)
+    results = orjson.loads((results_dir / "results.json").read_bytes())
+    write_report(results, results_dir)
+    if docs:
+        extra = notes.read_text() if notes else ""
+        write_docs(results, docs, command, extra)
 
 
 if __name__ == "__main__":

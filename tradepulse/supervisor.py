@@ -1,5 +1,6 @@
-"""A small process supervisor for `tradepulse up`: starts services in readiness order, prefixes their
-logs, and stops everything (in reverse order) on Ctrl-C, SIGTERM or when any service dies.
+"""A small process supervisor for `tradepulse up` (and `tradepulse bench`): starts services in readiness
+order, prefixes their logs, and stops everything (in reverse order) on Ctrl-C, SIGTERM or when any
+service dies. Outside `tradepulse.cli` so the bench harness can use it without importing the CLI back.
 
 Children run in their own sessions so a terminal Ctrl-C reaches only the supervisor, which then stops
 them in order; each child also gets PR_SET_PDEATHSIG so that even a SIGKILLed supervisor leaves no
@@ -21,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import click
+
+from tradepulse.errors import CliError
 
 ReadinessProbe = Callable[[], bool]
 COLORS = ["cyan", "green", "yellow", "magenta", "blue", "bright_cyan", "bright_green"]
@@ -84,11 +87,11 @@ class Supervisor:
         deadline = time.monotonic() + service.ready_timeout_s
         while not service.ready():
             if service.process.poll() is not None:
-                raise RuntimeError(
+                raise CliError(
                     f"{service.name} exited with code {service.process.returncode} before it was ready"
                 )
             if time.monotonic() > deadline or self.stopping.is_set():
-                raise RuntimeError(f"{service.name} not ready after {service.ready_timeout_s:.0f}s")
+                raise CliError(f"{service.name} not ready after {service.ready_timeout_s:.0f}s")
             time.sleep(0.2)
         self.log(
             "up", f"{service.name} ready in {time.monotonic() - started:.1f}s (pid {service.process.pid})"

@@ -1,0 +1,189 @@
+"""A TCP proxy in front of the real broker that loses Produce responses: the broker has appended the
+batch, the client never hears so, and retries it. That is the duplicate an idempotent producer exists
+to prevent (the broker recognises the retried batch by producer id and sequence number), produced on
+demand instead of waiting for a network fault.
+
+The proxy speaks just enough of the Kafka protocol (https://kafka.apache.org/protocol) to do this:
+- every frame is a big-endian int32 size and that many bytes; a request's header starts with api_key
+  (int16), api_version (int16), correlation_id (int32); its response starts with the correlation_id;
+- Metadata responses (api_key 3) name the broker's own host and port, so the proxy rewrites each
+  broker's port to its own, and the client keeps talking through it after bootstrap;
+- the first `drop` Produce responses (api_key 0) are not forwarded: the proxy closes the client's
+  connection instead, as a network failure after the broker's append would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+from types import TracebackType
+
+PRODUCE, METADATA = 0, 3
+FIRST_FLEXIBLE_METADATA = 9  # compact arrays/strings and tagged fields from Metadata v9 on
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    data = bytearray()
+    while len(data) < n:
+        try:
+            chunk = sock.recv(n - len(data))
+        except OSError:
+            return None
+        if not chunk:
+            return None
+        data += chunk
+    return bytes(data)
+
+
+def _read_frame(sock: socket.socket) -> bytes | None:
+    size = _recv_exact(sock, 4)
+    if size is None:
+        return None
+    return _recv_exact(sock, struct.unpack(">i", size)[0])
+
+
+def _uvarint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _skip_tagged_fields(buf: bytes, pos: int) -> int:
+    count, pos = _uvarint(buf, pos)
+    for _ in range(count):
+        _, pos = _uvarint(buf, pos)  # tag
+        size, pos = _uvarint(buf, pos)
+        pos += size
+    return pos
+
+
+def rewrite_metadata_ports(response: bytes, version: int, port: int) -> bytes:
+    """The Metadata response with every broker's port replaced by `port` (hosts unchanged)."""
+    buf = bytearray(response)
+    flexible = version >= FIRST_FLEXIBLE_METADATA
+    pos = 4  # correlation id
+    if flexible:
+        pos = _skip_tagged_fields(buf, pos)  # response header v1
+    if version >= 3:
+        pos += 4  # throttle_time_ms
+    if flexible:
+        count, pos = _uvarint(buf, pos)
+        count -= 1
+    else:
+        (count,), pos = struct.unpack_from(">i", buf, pos), pos + 4
+    for _ in range(count):
+        pos += 4  # node_id
+        if flexible:
+            length, pos = _uvarint(buf, pos)
+            pos += length - 1
+        else:
+            (length,), pos = struct.unpack_from(">h", buf, pos), pos + 2
+            pos += length
+        struct.pack_into(">i", buf, pos, port)
+        pos += 4
+        if version >= 1:  # rack, a nullable string
+            if flexible:
+                length, pos = _uvarint(buf, pos)
+                pos += max(length - 1, 0)
+            else:
+                (length,), pos = struct.unpack_from(">h", buf, pos), pos + 2
+                pos += max(length, 0)
+        if flexible:
+            pos = _skip_tagged_fields(buf, pos)
+    return bytes(buf)
+
+
+class ProduceResponseDropper:
+    """Listens on 127.0.0.1 (`bootstrap`), forwards to the broker at `upstream`, and swallows the next
+    `drop_next(n)` Produce responses by closing that client connection (counted in `dropped`)."""
+
+    def __init__(self, upstream: str) -> None:
+        host, port = upstream.rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.remaining = 0
+        self.dropped = 0
+        self._lock = threading.Lock()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self._sockets: list[socket.socket] = []
+        self._closed = False
+        threading.Thread(target=self._accept, name="kafka-proxy", daemon=True).start()
+
+    def drop_next(self, n: int) -> None:
+        """Lose the next `n` Produce responses."""
+        with self._lock:
+            self.remaining = n
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.upstream)
+            except OSError:  # the broker is gone (teardown): the client sees a closed connection
+                self._close(client)
+                continue
+            self._sockets += [client, upstream]
+            requests: dict[int, tuple[int, int]] = {}  # correlation id → (api_key, api_version)
+            threading.Thread(target=self._requests, args=(client, upstream, requests), daemon=True).start()
+            threading.Thread(target=self._responses, args=(upstream, client, requests), daemon=True).start()
+
+    def _requests(self, client: socket.socket, upstream: socket.socket, requests: dict) -> None:
+        while (frame := _read_frame(client)) is not None:
+            api_key, api_version, correlation_id = struct.unpack_from(">hhi", frame)
+            requests[correlation_id] = (api_key, api_version)
+            try:
+                upstream.sendall(struct.pack(">i", len(frame)) + frame)
+            except OSError:
+                break
+        self._close(client, upstream)
+
+    def _responses(self, upstream: socket.socket, client: socket.socket, requests: dict) -> None:
+        while (frame := _read_frame(upstream)) is not None:
+            (correlation_id,) = struct.unpack_from(">i", frame)
+            api_key, api_version = requests.pop(correlation_id, (-1, -1))
+            if api_key == PRODUCE:
+                with self._lock:
+                    drop = self.remaining > 0
+                    if drop:
+                        self.remaining -= 1
+                        self.dropped += 1
+                if drop:  # the broker has appended the batch; the client never learns it did
+                    break
+            if api_key == METADATA:
+                frame = rewrite_metadata_ports(frame, api_version, self.port)
+            try:
+                client.sendall(struct.pack(">i", len(frame)) + frame)
+            except OSError:
+                break
+        self._close(client, upstream)
+
+    @staticmethod
+    def _close(*sockets: socket.socket) -> None:
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self._server.close()
+        self._close(*self._sockets)
+
+    def __enter__(self) -> ProduceResponseDropper:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

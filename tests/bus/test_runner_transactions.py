@@ -1,0 +1,276 @@
+"""Transaction failures against the real broker: an aborted transaction, a retriable commit error and a
+fenced producer (a second runner with the same transactional id). In each case the outputs (Kafka,
+read_committed), the hot store and the cold store (inputs and every archived output) stay exact. And
+after a run, `tradepulse query` counts every output as the hot store holds it.
+
+The faults are injected through a thin seam, a wrapper around the runner's real transactional producer
+(`Runner._new_producer`); the broker, the stores and the core are real.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from tests.bus.test_runner import (
+    TICKERS,
+    Recording,
+    assert_features_match,
+    expected_correlation_ids,
+    make_recording,
+    own_group,
+    produce,
+    read_topic,
+    reference_snapshots,
+    running,
+    wait_for,
+)
+from tests.reliability.harness import output_archive
+from tradepulse.bus.pipeline import build_runner
+from tradepulse.bus.runner import GC_THRESHOLDS, Runner, tune_gc
+from tradepulse.cli.storage import query
+from tradepulse.config import Settings, get_settings
+from tradepulse.stores.factory import open_hot_store
+from tradepulse.topics import CORRELATIONS, FEATURES, NEWS, QUOTES, TRADES
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture(scope="module")
+def recording() -> Recording:
+    # Longer than the 5-minute windows, with news (correlations) on every partition.
+    return make_recording(duration_s=330, rate=30, seed=5)
+
+
+@pytest.fixture
+def settings(kafka_settings: Settings) -> Settings:
+    # Small batches: many transactions. The cold store flushes by size only after a few of them, so a
+    # fault hits rows still buffered (the first write of their block) as well as rows already written.
+    return own_group(kafka_settings).model_copy(update={"batch_max_messages": 300, "cold_flush_rows": 1500})
+
+
+class FaultyProducer:
+    """The runner's real transactional producer; `commit_transaction` raises `error` instead of
+    committing on the commits numbered in `fail_on` (1-based), and otherwise commits."""
+
+    def __init__(self, inner: Producer, error: KafkaError, fail_on: set[int]) -> None:
+        self.inner, self.error, self.fail_on = inner, error, fail_on
+        self.commits = 0
+        self.injected = 0
+
+    def commit_transaction(self, *args: Any) -> None:
+        self.commits += 1
+        if self.commits in self.fail_on:
+            self.injected += 1
+            raise KafkaException(self.error)
+        self.inner.commit_transaction(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def faulty_runner(settings: Settings, instance: str, error: KafkaError, fail_on: set[int]) -> Runner:
+    runner = build_runner(settings, instance=instance)
+    real = runner._new_producer
+    holder: dict[str, FaultyProducer] = {}
+
+    def new_producer() -> Any:
+        holder["producer"] = FaultyProducer(real(), error, fail_on)
+        return holder["producer"]
+
+    runner._new_producer = new_producer  # type: ignore[method-assign]
+    runner.faults = holder  # type: ignore[attr-defined]
+    return runner
+
+
+def cold_ids(settings: Settings, dataset: str) -> list[str]:
+    ids: list[str] = []
+    for path in sorted((settings.cold_dir / dataset).rglob("*.parquet")):
+        ids += pq.read_table(path, columns=["event_id"], partitioning=None)["event_id"].to_pylist()
+    return ids
+
+
+def assert_exact(settings: Settings, rec: Recording) -> None:
+    """Outputs, hot store and cold store hold every input-derived item exactly once."""
+    expected = reference_snapshots(rec)
+    features = read_topic(settings, FEATURES)
+    assert_features_match(features, expected, spread=False)
+    correlations = [c["correlation_id"] for c in read_topic(settings, CORRELATIONS)]
+    assert len(correlations) == len(set(correlations))
+    assert set(correlations) == expected_correlation_ids(rec) and correlations
+
+    hot = open_hot_store(settings)
+    try:
+        stored = [row for t in TICKERS for row in hot.feature_history(t, 0, limit=100_000)]
+        assert_features_match(stored, expected, spread=False)
+        assert hot.trade_ids() == {t["event_id"] for t in rec.of(TRADES)}
+        assert {c["correlation_id"] for c in hot.correlations(None, 0, limit=10_000)} == set(correlations)
+    finally:
+        hot.close()
+
+    for topic, dataset in ((TRADES, "trades"), (QUOTES, "quotes"), (NEWS, "news")):
+        ids = cold_ids(settings, dataset)
+        assert len(ids) == len(set(ids)), f"duplicate {dataset} rows in the cold store"
+        assert set(ids) == {r["event_id"] for r in rec.of(topic)}, (
+            f"{dataset} rows missing from the cold store"
+        )
+    archive = output_archive(settings, read_topic)
+    for name, result in archive.items():
+        assert result.exact, (name, result)  # cold = the topic, read_committed: 0 duplicates, 0 missing
+        assert result.hot.missing == 0, (name, result)
+    assert archive["features"].cold.distinct == len(expected)
+    assert archive["correlations"].cold.distinct == len(correlations)
+
+
+def run_to_the_end(runner: Runner, settings: Settings, rec: Recording) -> None:
+    produce(settings, rec.events)
+    with running(runner):
+        wait_for(lambda: runner.metrics.events_processed >= len(rec.events), 120, "every event")
+
+
+def test_an_aborted_transaction_is_replayed_without_duplicates_anywhere(
+    settings: Settings, recording: Recording
+) -> None:
+    # Abortable (txn_requires_abort): the runner aborts, rewinds to the committed offsets and replays.
+    # The 3rd commit fails before the first cold flush, the later ones after flushes.
+    error = KafkaError(KafkaError._STATE, "injected abortable error", txn_requires_abort=True)
+    runner = faulty_runner(settings, "abort", error, fail_on={3, 12, 13, 25})
+    run_to_the_end(runner, settings, recording)
+    assert runner.faults["producer"].injected == 4  # type: ignore[attr-defined]
+    # An aborted batch is not counted: it is consumed again after the rewind, and counted then.
+    assert runner.metrics.events_processed == len(recording.events)
+    assert_exact(settings, recording)
+
+
+def test_a_retriable_commit_error_is_retried_and_the_runner_keeps_going(
+    settings: Settings, recording: Recording
+) -> None:
+    error = KafkaError(KafkaError._TIMED_OUT, "injected retriable error", retriable=True)
+    runner = faulty_runner(settings, "retriable", error, fail_on={3, 10, 11})
+    run_to_the_end(runner, settings, recording)
+    assert runner.faults["producer"].injected == 3  # type: ignore[attr-defined]
+    # Retried in place: no rewind, so every event was processed exactly once.
+    assert runner.metrics.events_processed == len(recording.events)
+    assert_exact(settings, recording)
+    # The stopped runner closed its transactional producer and let go of both clients (no reference
+    # cycle through the consumer's rebalance callbacks left for the garbage collector).
+    assert runner.producer is None and runner.consumer is None
+    with pytest.raises(RuntimeError, match="closed"):
+        runner.faults["producer"].inner.flush(0)  # type: ignore[attr-defined]
+
+
+@contextmanager
+def in_thread(runner: Runner) -> Iterator[list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            runner.run()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name=f"runner-{runner.instance}", daemon=True)
+    thread.start()
+    try:
+        yield errors
+    finally:
+        runner.request_stop()
+        thread.join(90)
+        assert not thread.is_alive(), "runner did not stop"
+
+
+def test_a_fenced_runner_exits_and_its_successor_keeps_everything_exact(
+    settings: Settings, recording: Recording
+) -> None:
+    produce(settings, recording.events)
+    first = build_runner(settings, instance="fenced")
+    with in_thread(first) as first_errors:
+        wait_for(lambda: first.metrics.events_processed >= 3000, 60, "the first runner's progress")
+        # A second process with the same instance id: its init_transactions() fences the first
+        # producer (and its static membership the first consumer) while the first is mid-stream.
+        second = build_runner(settings, instance="fenced")
+        with running(second):
+            deadline = time.monotonic() + 60
+            while not first_errors and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert first_errors, "the fenced runner kept running"
+            total = len(recording.events)
+            wait_for(
+                lambda: first.metrics.events_processed + second.metrics.events_processed >= total,
+                120,
+                "the successor to process the rest",
+            )
+    (error,) = first_errors
+    assert isinstance(error, KafkaException) and error.args[0].fatal(), error
+    assert first.producer is None and first.consumer is None  # closed and released
+    assert first.metrics.events_processed < len(recording.events)
+    assert_exact(settings, recording)
+
+
+def test_tradepulse_query_counts_every_output_as_the_hot_store_holds_it(
+    settings: Settings, recording: Recording, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a new user tries after a run: the cold store's views hold the outputs, not only the inputs.
+    runner = build_runner(settings, instance="query")
+    thresholds = gc.get_threshold()
+    produce(settings, recording.events)
+    with running(runner):
+        wait_for(lambda: runner.metrics.events_processed >= len(recording.events), 120, "every event")
+        # Process-wide GC settings are the entry point's (`tradepulse process`), not the Runner's.
+        assert gc.get_threshold() == thresholds
+    monkeypatch.setenv("TRADEPULSE_DATA_DIR", str(settings.data_dir))
+    get_settings.cache_clear()
+    try:
+        cold = {}
+        for table in ("trades", "features", "anomalies", "correlations"):
+            result = CliRunner().invoke(query, ["--format", "csv", f"SELECT count(*) AS n FROM {table}"])
+            assert result.exit_code == 0, result.output
+            cold[table] = int(result.output.split()[1])
+    finally:
+        get_settings.cache_clear()
+    hot = open_hot_store(settings)
+    try:
+        assert cold == {table: hot.count(table) for table in cold}
+    finally:
+        hot.close()
+    assert cold["features"] > 1000 and cold["correlations"] > 0
+
+
+def test_the_process_entry_point_sets_the_runner_gc_thresholds() -> None:
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0  # what was alive at start is out of the collector's walks
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+def test_a_stopped_runner_and_its_clients_are_freed_without_the_garbage_collector(settings: Settings) -> None:
+    # The consumer's rebalance callbacks are bound methods of the runner: while the runner held on to its
+    # consumer after closing it, the two formed a cycle that only the cyclic collector frees, on whatever
+    # thread it runs, and a Kafka client destroyed on a librdkafka thread aborts the process (see
+    # tests/bus/test_admin_lifetime.py).
+    runner = build_runner(settings, instance="lifetime")
+    metrics = runner.metrics
+    with running(runner):
+        wait_for(lambda: metrics.assignments > 0, 60, "the first assignment")
+    assert runner.consumer is None and runner.producer is None  # closed and dropped at shutdown
+    ref = weakref.ref(runner)  # (the clients themselves cannot be weakly referenced)
+    gc.disable()
+    try:
+        del runner
+        assert ref() is None  # freed at once: no cycle through the consumer's callbacks holds it
+    finally:
+        gc.enable()

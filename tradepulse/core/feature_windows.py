@@ -1,0 +1,224 @@
+"""Window features of the feature core, computed from the accepted-trade state (`TradeState`): the
+feature columns of vectors ending at given rows, the corrections for within-batch disorder (the arrival
+view), and the rows of the snapshots that close in a batch. `tradepulse.core.features` documents the
+definitions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tradepulse.core.trade_state import TradeState, group_starts, ranges
+
+if TYPE_CHECKING:
+    from tradepulse.core.feature_config import FeatureConfig
+
+PAIR_CHUNK = 2_000_000  # disorder-correction pairs materialised at once
+
+
+@dataclass
+class Corrections:
+    """Contributions to subtract from each accepted trade's sums (trades that arrived after it)."""
+
+    ps: np.ndarray
+    size: np.ndarray
+    price: np.ndarray
+    count: np.ndarray
+    bucket_volume: np.ndarray  # in the trade's own z-score bucket
+    bucket_capped: np.ndarray  # capped size in the trade's own z-score bucket
+    hist_s1: np.ndarray  # change of Σx over the history buckets
+    hist_s2: np.ndarray  # change of Σx² over the history buckets
+
+
+def window_features(
+    cfg: FeatureConfig,
+    st: TradeState,
+    rows: np.ndarray,
+    code: np.ndarray,
+    ts: np.ndarray,
+    price: np.ndarray,
+    corr: Corrections | None,
+) -> dict[str, np.ndarray]:
+    """Feature columns of the vectors ending at state `rows` (minus the corrections, if any)."""
+    end = rows + 1
+    zero = np.zeros(len(rows))
+    c = corr or Corrections(zero, zero, zero, zero.astype(np.int64), zero, zero, zero, zero)
+
+    def window(ms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        start = st.first_after(code, ts - ms)  # <= rows: a window holds its own trade
+        return (
+            (st.t_ps[rows] - (st.t_ps[start] - st.v_ps[start])).astype(np.float64) - c.ps,
+            (st.t_size[rows] - (st.t_size[start] - st.size[start])).astype(np.float64) - c.size,
+            (st.t_p[rows] - (st.t_p[start] - st.v_p[start])).astype(np.float64) - c.price,
+            end - start - c.count,
+        )
+
+    ps1, s1, _, _ = window(cfg.vwap_short_ms)
+    ps5, s5, p5, n5 = window(cfg.vwap_long_ms)
+    nfreq = window(cfg.frequency_ms)[3]
+    centre = st.centre[code]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel1 = np.where(s1 > 0, ps1 / s1, price - centre)  # vwap − centre
+        rel5 = np.where(s5 > 0, ps5 / s5, price - centre)
+        vwap1, vwap5 = centre + rel1, centre + rel5
+        avg5 = centre + np.where(n5 > 0, p5 / np.maximum(n5, 1), price - centre)
+        dev = ((price - centre) - rel5) / vwap5 * 1e4
+
+    # Momentum: last row with ts <= t − M (all such rows arrived before the trade: see docstring).
+    ref = st.first_after(code, ts - cfg.momentum_ms) - 1
+    ref_ok = ref >= 0
+    ref_c = np.where(ref_ok, ref, 0)
+    ref_ok &= (st.code[ref_c] == code) & (st.ts[ref_c] > ts - cfg.momentum_lookback_ms)
+    ref_price = np.where(ref_ok, st.price[ref_c], price)
+    momentum = np.where(ref_ok, (price - ref_price) / ref_price * 100.0, 0.0)
+
+    # Volume z-score.
+    b_now = ts // cfg.zscore_bucket_ms
+    b_row = st.first_at(code, b_now * cfg.zscore_bucket_ms)  # first row of the trade's bucket
+    volume = (st.t_size[rows] - (st.t_size[b_row] - st.size[b_row])).astype(np.float64) - c.bucket_volume
+    capped = (st.t_csize[rows] - (st.t_csize[b_row] - st.csize[b_row])).astype(np.float64) - c.bucket_capped
+    x_now = st.bucket_value(capped)
+    bidx = st.bucket_slot(code, b_now)
+    h_lo = st.bucket_slot(code, b_now - cfg.zscore_window_buckets)
+    has_hist = h_lo < bidx
+    first = st.b_id[np.where(has_hist, h_lo, bidx)]
+    n_hist = np.where(has_hist, b_now - first, 0)
+    h_last = np.maximum(bidx - 1, 0)
+    x_lo = st.b_val[h_lo]
+    s1h = (st.b_t1[h_last] - (st.b_t1[h_lo] - x_lo)).astype(np.float64)
+    s2h = (st.b_t2[h_last] - (st.b_t2[h_lo] - x_lo * x_lo)).astype(np.float64)
+    s1h = np.where(has_hist, s1h, 0.0) - c.hist_s1
+    s2h = np.where(has_hist, s2h, 0.0) - c.hist_s2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        nf = np.maximum(n_hist, 1)
+        mean = s1h / nf
+        mean_sq = s2h / nf
+        var = mean_sq - mean * mean
+        ok = (n_hist >= cfg.zscore_min_history_buckets) & (var > 1e-12 * mean_sq)
+        z = np.where(ok, (x_now - mean) / np.sqrt(np.where(ok, var, 1.0)), 0.0)
+
+    out = {
+        "vwap_1min": vwap1,
+        "vwap_5min": vwap5,
+        "rolling_avg_5min": avg5,
+        "volume": volume,
+        "volume_zscore": z,
+        "price_momentum": momentum,
+        "trade_frequency": nfreq.astype(np.int64),
+        "vwap_deviation_bps": dev,
+    }
+    for key in ("vwap_1min", "vwap_5min", "rolling_avg_5min", "volume", "volume_zscore"):
+        out[key] = np.where(np.isfinite(out[key]), out[key], 0.0)
+    for key in ("price_momentum", "vwap_deviation_bps"):
+        out[key] = np.where(np.isfinite(out[key]), out[key], 0.0)
+    return out
+
+
+def pair_chunks(counts: np.ndarray) -> Iterator[slice]:
+    """Slices of `counts` whose sums stay around `PAIR_CHUNK` (bounded memory for adversarial input)."""
+    total = np.cumsum(counts)
+    start = 0
+    while start < len(counts):
+        offset = total[start - 1] if start else 0
+        stop = int(np.searchsorted(total, offset + PAIR_CHUNK, side="right"))
+        stop = max(stop, start + 1)
+        yield slice(start, stop)
+        start = stop
+
+
+def disorder_corrections(pos: np.ndarray, group: np.ndarray, st: TradeState) -> Corrections | None:
+    """Contributions of trades that arrived after a trade but sort before it (same code, same batch).
+
+    `pos` is the state row of each accepted trade in code-grouped arrival order, `group` its code
+    group. Prefix sums up to `pos` include such later arrivals; the arrival view must not.
+    """
+    price, size, csize = st.price, st.size, st.csize
+    n = len(pos)
+    if n < 2:
+        return None
+    # Merged positions of different codes occupy disjoint ascending ranges, so plain running min/max
+    # over the code-grouped sequence never mix codes.
+    suffix_min = np.minimum.accumulate(pos[::-1])[::-1]
+    later_min = np.r_[suffix_min[1:], np.iinfo(np.int64).max]
+    disordered = np.flatnonzero(pos > later_min)
+    if len(disordered) == 0:
+        return None
+    prefix_max = np.maximum.accumulate(pos)
+    earlier_max = np.r_[-1, prefix_max[:-1]]
+    overtaken = np.flatnonzero(pos < earlier_max)  # arrived after a later-keyed trade
+    group_end = np.searchsorted(group, group[disordered], side="right")
+    lo = np.searchsorted(overtaken, disordered, side="right")
+    hi = np.searchsorted(overtaken, group_end, side="left")
+    counts = hi - lo
+
+    zero = np.zeros(n)
+    c = Corrections(
+        zero.copy(),
+        zero.copy(),
+        zero.copy(),
+        np.zeros(n, dtype=np.int64),
+        zero.copy(),
+        zero.copy(),
+        zero.copy(),
+        zero.copy(),
+    )
+    for chunk in pair_chunks(counts):
+        d = np.repeat(disordered[chunk], counts[chunk])
+        starts = np.repeat(lo[chunk] - np.r_[0, np.cumsum(counts[chunk])[:-1]], counts[chunk])
+        j = overtaken[np.arange(len(d)) + starts]
+        hit = pos[j] < pos[d]
+        d, j = d[hit], j[hit]
+        if len(d) == 0:
+            continue
+        pj = pos[j]
+        centred = price[pj] - st.centre[st.code[pj]]  # the sums are over centred prices
+        np.add.at(c.ps, d, centred * size[pj])
+        np.add.at(c.size, d, size[pj])
+        np.add.at(c.price, d, centred)
+        np.add.at(c.count, d, 1)
+        bd, bj = st.ts[pos[d]] // st.bucket_ms, st.ts[pj] // st.bucket_ms
+        same = bd == bj
+        np.add.at(c.bucket_volume, d[same], size[pj[same]])
+        np.add.at(c.bucket_capped, d[same], csize[pj[same]])
+        # History buckets: aggregate the missing capped volume per (trade, bucket), then fix Σx, Σx².
+        prev = ~same
+        if prev.any():
+            pair_key = np.stack([d[prev], st.bucket_of(pj[prev])], axis=1)
+            keys, inv = np.unique(pair_key, axis=0, return_inverse=True)
+            missing = np.bincount(inv.ravel(), weights=csize[pj[prev]], minlength=len(keys))
+            slots = keys[:, 1]
+            full, seen = st.b_val[slots], st.bucket_value(st.b_cap[slots] - missing)
+            np.add.at(c.hist_s1, keys[:, 0], full - seen)
+            np.add.at(c.hist_s2, keys[:, 0], full * full - seen * seen)
+    return c
+
+
+def closing_snapshots(
+    cfg: FeatureConfig,
+    st: TradeState,
+    codes: np.ndarray,
+    wm_before: np.ndarray,
+    wm_after: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Last row of every (code, second) that closes in this batch, and its attached late count.
+
+    Only the codes of the batch moved their watermark, and a closing second lies in
+    [wm_before − grace − snapshot, wm_after − grace), so only those rows are looked at."""
+    lo = st.first_at(codes, wm_before[codes] - cfg.late_grace_ms - cfg.snapshot_ms)
+    hi = st.first_at(codes, wm_after[codes] - cfg.late_grace_ms)
+    rows, _ = ranges(lo, hi)
+    code, ts = st.code[rows], st.ts[rows]
+    second = ts // cfg.snapshot_ms
+    starts = group_starts(code, second)
+    last = np.r_[starts[1:], len(ts)] - 1
+    s_code, s_end = code[starts], (second[starts] + 1) * cfg.snapshot_ms
+    closing = (s_end <= wm_after[s_code] - cfg.late_grace_ms) & (
+        s_end > wm_before[s_code] - cfg.late_grace_ms
+    )
+    late = st.late[rows]
+    late_sum = np.add.reduceat(late, starts) if len(starts) else np.empty(0, dtype=np.int64)
+    return rows[last[closing]], late_sum[closing]

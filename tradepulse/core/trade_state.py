@@ -1,0 +1,293 @@
+"""The accepted-trade state of the feature core: per-ticker regions of one set of row arrays, sorted by
+a composite (ticker code, ts) key, with persistent prefix sums (see `TradeState`), and the array
+helpers it is built from. Pure numpy; `tradepulse.core.features` documents what is computed from it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tradepulse.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from tradepulse.core.feature_config import FeatureConfig
+
+
+NO_TS = np.int64(-(2**62))  # "no watermark yet"; far below any real ts, and safe to subtract from
+
+
+def composite_span(ncodes: int, span: int) -> None:
+    if ncodes * span >= 2**62:
+        raise InvalidArgument("timestamp range of the batch is too wide for the composite key")
+
+
+def group_starts(*keys: np.ndarray) -> np.ndarray:
+    """Start index of each run of equal consecutive values of (keys...)."""
+    n = len(keys[0])
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    change = np.zeros(n, dtype=bool)
+    change[0] = True
+    for key in keys:
+        change[1:] |= key[1:] != key[:-1]
+    return np.flatnonzero(change)
+
+
+K = np.int64(2**43)  # composite key: code * K + clipped ts (or bucket id)
+KOFF = 2**42
+MIN_CAP = 64
+ACC = np.longdouble  # prefix-sum accumulator (80-bit extended on x86-64)
+
+
+def kts(values: np.ndarray | int) -> np.ndarray:
+    """A ts (or bucket id) as the low part of a composite key; K − 1 is the gap sentinel."""
+    return np.clip(np.asarray(values, dtype=np.int64) + KOFF, 0, int(K) - 2)
+
+
+def ranges(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenated indices of [lo_i, hi_i) and the i of each."""
+    n = np.maximum(hi - lo, 0)
+    grp = np.repeat(np.arange(len(lo)), n)
+    offs = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+    return lo[grp] + offs, grp
+
+
+def seg_cumsum(values: np.ndarray, starts: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """Inclusive prefix sums that restart at each group start from that group's `base`. The restart
+    keeps the rounding relative to the group's own (batch-sized) sums, not to other groups'. The
+    sums are extended precision: they run over up to ~2 windows of rows, and window sums are their
+    differences (float64 would lose ~1e-9 of a VWAP deviation over a busy 5-minute window)."""
+    x = values.astype(ACC)
+    if len(x) == 0:
+        return x
+    if len(starts) > 1:
+        totals = np.add.reduceat(x, starts)
+        x[starts[1:]] -= totals[:-1]
+    through = np.cumsum(x)
+    return through + np.repeat(base.astype(ACC), np.diff(np.r_[starts, len(x)]))
+
+
+class TradeState:
+    """Accepted trades per code in a gapped layout, with persistent prefix sums.
+
+    Code c owns slots [reg0[c], reg0[c] + cap[c]) of every row array (regions in code order, so the
+    composite key code·K + ts is sorted globally); its rows occupy [.., tail[c]), sorted by (ts,
+    arrival), and the rest of the region holds the gap sentinel key. Rows below the eviction cutoff
+    stay until the region fills (they can never fall inside a future window), then everything is
+    re-laid out: dead rows dropped, prefix sums re-based at zero and prices re-centred, so the sums
+    never span more than ~2 regions' worth of rows. A batch only rewrites each code's suffix from
+    its earliest trade (bounded by the late grace) and the buckets from that trade's bucket on.
+    The z-score bucket table (one slot per (code, bucket) with a trade) shares the region layout:
+    a bucket always has a row, so it never needs more slots than the rows.
+    """
+
+    def __init__(self, config: FeatureConfig) -> None:
+        self.bucket_ms = config.zscore_bucket_ms
+        self.cap_multiple = config.zscore_size_cap
+        self.cap_window_ms = config.zscore_cap_window_buckets * config.zscore_bucket_ms
+        self.log_volume = config.zscore_log_volume
+        self.reg0 = np.empty(0, dtype=np.int64)
+        self.cap = np.empty(0, dtype=np.int64)
+        self.tail = np.empty(0, dtype=np.int64)
+        self.btail = np.empty(0, dtype=np.int64)
+        self.centre = np.empty(0, dtype=np.float64)  # per code: prices are summed as price − centre
+        self._alloc(0, np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
+
+    def _alloc(self, n: int, codes: np.ndarray, caps: np.ndarray) -> None:
+        owner = np.repeat(codes, caps)
+        self.code = owner.copy()
+        self.key = owner * K + (K - 1)
+        self.ts = np.full(n, np.iinfo(np.int64).max // 2, dtype=np.int64)
+        self.price = np.zeros(n)
+        self.size = np.zeros(n)
+        self.late = np.zeros(n, dtype=np.int64)
+        self.v_ps = np.zeros(n)  # (price − centre) · size
+        self.v_p = np.zeros(n)  # price − centre
+        self.t_ps = np.zeros(n, dtype=ACC)  # inclusive prefix sums of the three, per code
+        self.t_size = np.zeros(n, dtype=ACC)
+        self.t_p = np.zeros(n, dtype=ACC)
+        self.csize = np.zeros(n)  # capped size (see the volume_zscore definition), fixed at acceptance
+        self.t_csize = np.zeros(n, dtype=ACC)
+        self.b_key = owner * K + (K - 1)
+        self.b_id = np.zeros(n, dtype=np.int64)
+        self.b_cap = np.zeros(n)  # Σ capped size of the bucket
+        self.b_val = np.zeros(n)  # its z-score value x = bucket_value(b_cap)
+        self.b_t1 = np.zeros(n, dtype=ACC)  # inclusive prefix sums of bucket values and squares
+        self.b_t2 = np.zeros(n, dtype=ACC)
+
+    def bucket_value(self, capped_volume: np.ndarray) -> np.ndarray:
+        """A bucket's z-score value from its capped volume (log(1 + v), or v itself)."""
+        v = np.maximum(capped_volume, 0.0)  # a difference of sums may round to a hair below 0
+        return np.log1p(v) if self.log_volume else v
+
+    # --- lookups ------------------------------------------------------------------------------
+    def first_after(self, code: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """First row of `code` with ts > t (its tail if none)."""
+        return np.searchsorted(self.key, code * K + kts(t), side="right")
+
+    def first_at(self, code: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """First row of `code` with ts >= t."""
+        return np.searchsorted(self.key, code * K + kts(t), side="left")
+
+    def bucket_slot(self, code: np.ndarray, bucket: np.ndarray) -> np.ndarray:
+        """First bucket slot of `code` with id >= bucket."""
+        return np.searchsorted(self.b_key, code * K + kts(bucket), side="left")
+
+    def bucket_of(self, rows: np.ndarray) -> np.ndarray:
+        return self.bucket_slot(self.code[rows], self.ts[rows] // self.bucket_ms)
+
+    def live_rows(self, cutoff: np.ndarray) -> int:
+        """Rows with ts > cutoff[code]."""
+        codes = np.arange(len(self.tail))
+        return int((self.tail - np.minimum(self.first_after(codes, cutoff[codes]), self.tail)).sum())
+
+    # --- updates ------------------------------------------------------------------------------
+    def reserve(self, ncodes: int, codes: np.ndarray, need: np.ndarray, cutoff: np.ndarray) -> None:
+        """Room for `need` more rows of each of `codes`; re-lays out (dropping rows with
+        ts <= cutoff[code]) when a region is full or codes are new."""
+        if ncodes == len(self.tail) and (self.tail[codes] + need <= self.reg0[codes] + self.cap[codes]).all():
+            return
+        if ncodes >= 2**62 // int(K):
+            raise InvalidArgument("too many tickers for the composite key")
+        old = len(self.tail)
+        grow = ncodes - old
+        end = np.int64(len(self.key))
+        tail = np.r_[self.tail, np.full(grow, end)]
+        btail = np.r_[self.btail, np.full(grow, end)]
+        self.centre = np.r_[self.centre, np.zeros(grow)]
+        all_codes = np.arange(ncodes, dtype=np.int64)
+        first = np.minimum(self.first_after(all_codes, cutoff), tail)
+        first[old:] = end
+        live = tail - first
+        has = live > 0
+        bfirst = btail.copy()
+        bfirst[has] = self.bucket_slot(all_codes[has], self.ts[first[has]] // self.bucket_ms)
+        want = np.zeros(ncodes, dtype=np.int64)
+        want[codes] = need
+        cap = np.maximum(MIN_CAP, 2 * (live + want))
+        new0 = np.r_[0, np.cumsum(cap)[:-1]].astype(np.int64)
+        src, grp = ranges(first, tail)
+        bsrc, bgrp = ranges(bfirst, btail)
+        keep = (
+            self.key[src], self.ts[src], self.price[src], self.size[src], self.late[src], self.csize[src],
+            self.b_key[bsrc], self.b_id[bsrc], self.b_cap[bsrc], self.b_val[bsrc],
+        )  # fmt: skip
+        self.centre[has] = self.price[first[has]]
+        self._alloc(int(cap.sum()), all_codes, cap)
+        dst = new0[grp] + (src - first[grp])
+        bdst = new0[bgrp] + (bsrc - bfirst[bgrp])
+        row_arrays = (self.key, self.ts, self.price, self.size, self.late, self.csize)
+        for array, values in zip(row_arrays, keep[:6], strict=True):
+            array[dst] = values
+        for array, values in zip((self.b_key, self.b_id, self.b_cap, self.b_val), keep[6:], strict=True):
+            array[bdst] = values
+        self.reg0, self.cap = new0, cap
+        self.tail = new0 + live
+        self.btail = new0 + (btail - bfirst)
+        self._resum(dst, grp)
+        self._resum_buckets(bdst, bgrp)
+
+    def _resum(self, rows: np.ndarray, grp: np.ndarray, capped: bool = True) -> None:
+        """Recompute the prefix sums at `rows` (ascending runs, one per `grp`, each continuing from the
+        row just before it when that row is in the same region)."""
+        if len(rows) == 0:
+            return
+        centred = self.price[rows] - self.centre[self.code[rows]]
+        self.v_p[rows] = centred
+        self.v_ps[rows] = centred * self.size[rows]
+        pairs = ((self.v_ps, self.t_ps), (self.size, self.t_size), (self.v_p, self.t_p))
+        self._prefix(rows, grp, pairs + (((self.csize, self.t_csize),) if capped else ()))
+
+    def _prefix(
+        self, rows: np.ndarray, grp: np.ndarray, pairs: tuple[tuple[np.ndarray, np.ndarray], ...]
+    ) -> None:
+        starts = group_starts(grp)
+        prev = rows[starts] - 1
+        cont = prev >= self.reg0[self.code[rows[starts]]]
+        for values, through in pairs:
+            base = np.where(cont, through[np.maximum(prev, 0)], ACC(0))
+            through[rows] = seg_cumsum(values[rows], starts, base)
+
+    def _resum_buckets(self, slots: np.ndarray, grp: np.ndarray) -> None:
+        if len(slots) == 0:
+            return
+        starts = group_starts(grp)
+        prev = slots[starts] - 1
+        cont = prev >= self.reg0[self.code[slots[starts]]]
+        val = self.b_val[slots]
+        for values, through in ((val, self.b_t1), (val * val, self.b_t2)):
+            base = np.where(cont, through[np.maximum(prev, 0)], ACC(0))
+            through[slots] = seg_cumsum(values, starts, base)
+
+    def merge(
+        self,
+        code: np.ndarray,
+        ts: np.ndarray,
+        price: np.ndarray,
+        size: np.ndarray,
+        late: np.ndarray,
+        closed_end: np.ndarray,
+    ) -> np.ndarray:
+        """Insert trades sorted by (code, ts, arrival) (room reserved); returns their rows.
+        `closed_end[i]`: end of the last z-score bucket closed when trade i was accepted (its cap)."""
+        ustart = group_starts(code)
+        ucode, ucount = code[ustart], np.diff(np.r_[ustart, len(code)])
+        ins = self.first_after(ucode, ts[ustart])  # equal ts: earlier arrivals (the state) first
+        tail = self.tail[ucode]
+        fresh = tail == self.reg0[ucode]
+        self.centre[ucode[fresh]] = price[ustart[fresh]]
+        sidx, _ = ranges(ins, tail)
+        ns = len(sidx)
+        ckey = np.r_[self.key[sidx], code * K + kts(ts)]
+        order = np.argsort(ckey, kind="stable")  # state suffix before the batch on equal keys
+        total = (tail - ins) + ucount
+        grp = np.repeat(np.arange(len(ucode)), total)
+        dest = ins[grp] + np.arange(len(grp)) - np.repeat(np.cumsum(total) - total, total)
+        self.key[dest] = ckey[order]
+        self.code[dest] = ucode[grp]
+        self.ts[dest] = np.r_[self.ts[sidx], ts][order]
+        self.price[dest] = np.r_[self.price[sidx], price][order]
+        self.size[dest] = np.r_[self.size[sidx], size][order]
+        self.late[dest] = np.r_[self.late[sidx], late][order]
+        self.csize[dest] = np.r_[self.csize[sidx], size][order]  # the batch's caps follow
+        self.tail[ucode] = tail + ucount
+        # With a cap, the batch's capped sizes need the size sums first; their own sums follow below.
+        self._resum(dest, grp, capped=self.cap_multiple <= 0)
+        rows = np.empty(len(code), dtype=np.int64)
+        is_batch = order >= ns
+        rows[order[is_batch] - ns] = dest[is_batch]
+        if self.cap_multiple > 0:
+            # Cap = multiple × mean size over the closed buckets of the cap window. Every row there was
+            # accepted before the trade (a later arrival in a closed bucket is late), so the state's
+            # plain prefix sums are exact.
+            own = ts // self.bucket_ms * self.bucket_ms
+            lo = self.first_at(code, own - self.cap_window_ms)
+            hi = np.maximum(self.first_at(code, np.minimum(closed_end, own)), lo)
+            n = hi - lo
+            has = n > 0
+            lo_h, hi_h = lo[has], hi[has]
+            total = (self.t_size[hi_h - 1] - (self.t_size[lo_h] - self.size[lo_h])).astype(np.float64)
+            capped = size.copy()
+            capped[has] = np.minimum(size[has], self.cap_multiple * total / n[has])
+            self.csize[rows] = capped
+            self._prefix(dest, grp, ((self.csize, self.t_csize),))
+
+        # Buckets from the batch's earliest bucket of each code on, recomputed from the rows.
+        bucket_ms = self.bucket_ms
+        minb = ts[ustart] // bucket_ms
+        ridx, rgrp = ranges(self.first_at(ucode, minb * bucket_ms), self.tail[ucode])
+        rb = self.ts[ridx] // bucket_ms
+        bstart = group_starts(rgrp, rb)
+        bgrp = rgrp[bstart]
+        nb = np.bincount(bgrp, minlength=len(ucode))
+        slot0 = self.bucket_slot(ucode, minb)
+        slots = slot0[bgrp] + np.arange(len(bgrp)) - np.repeat(np.cumsum(nb) - nb, nb)
+        self.b_id[slots] = rb[bstart]
+        self.b_key[slots] = ucode[bgrp] * K + kts(rb[bstart])
+        self.b_cap[slots] = np.add.reduceat(self.csize[ridx], bstart) if len(ridx) else 0.0
+        self.b_val[slots] = self.bucket_value(self.b_cap[slots])
+        self.btail[ucode] = slot0 + nb
+        self._resum_buckets(slots, bgrp)
+        return rows
