@@ -71,6 +71,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -629,7 +630,7 @@ class AnomalyDetector:
             ],
         }
         dim = len(MODEL_FEATURES)
-        arrays = {
+        arrays: dict[str, Any] = {
             "meta": np.array(json.dumps(meta)),
             "rings": np.concatenate(rings) if rings else np.empty((0, dim)),
             "free_rows": np.array([s.free_row for s in states]).reshape(-1, dim),
