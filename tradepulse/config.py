@@ -144,6 +144,20 @@ class Settings(BaseSettings):
         default=True, description="volume_zscore compares log(1 + bucket volume) rather than raw volume."
     )
     rebuild_lookback_s: int = 390
+    # Anomaly model (tradepulse.core.anomaly): refits at event-time points, one model per partition.
+    anomaly_warmup_s: float = Field(
+        default=300.0, ge=0, description="A ticker is neither scored nor learned from until then."
+    )
+    anomaly_sample_ms: int = Field(
+        default=1000, gt=0, description="One training event per ticker per period."
+    )
+    anomaly_min_train: int = Field(
+        default=300, gt=0, le=1000, description="Training events a ticker needs to be in a model."
+    )
+    anomaly_refit_interval_s: float = Field(default=60.0, gt=0, description="Refit points in market time.")
+    anomaly_refit_delay_s: float = Field(
+        default=10.0, ge=0, description="A refit scores from this much market time after its point on."
+    )
     commit_watchdog_s: float = Field(
         default=120.0,
         description="Restart the runner in place if a transaction commit has not returned by then.",
@@ -230,6 +244,10 @@ class Settings(BaseSettings):
     @property
     def cold_dir(self) -> Path:
         return self.data_dir / "cold"
+
+    @property
+    def anomaly_checkpoint_dir(self) -> Path:
+        return self.data_dir / "anomaly-checkpoints"
 
 
 @lru_cache(maxsize=1)

@@ -108,13 +108,17 @@ class FeatureVector(_Model):
 class Anomaly(_Model):
     """An Isolation Forest flag; topic `market.anomalies` and the hot store."""
 
-    anomaly_id: str = Field(description="Deterministic id of (ticker, ts_ms, triggering event).")
+    anomaly_id: str = Field(
+        description="Deterministic id of (ticker, ts_ms, triggering event, model_version)."
+    )
     ticker: Ticker
     ts_ms: int
     anomaly_score: float = Field(description="sklearn score_samples; more negative = more anomalous.")
     threshold: float = Field(description="Score below which a point is flagged (contamination 0.01).")
     feature_vector: dict[str, float]
-    model_version: int
+    model_version: int = Field(
+        description="Model that flagged it: the n-th refit of the trade's partition's model (deterministic)."
+    )
     event_id: str = Field(description="Trade that produced the flagged feature vector.")
 
 

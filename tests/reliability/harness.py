@@ -383,9 +383,95 @@ class ChaosReport:
     news_poison: int = 0  # poison messages seeded into market.news (dead letters expected)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     contention: dict[str, float] = field(default_factory=dict)
+    anomalies_checked: int = 0  # equal to an uninterrupted run (test_chaos.assert_outputs_like_uninterrupted)
+    correlations_checked: int = 0
+    anomaly_restores: int = 0  # partitions whose anomaly model a restarted runner took from a checkpoint
 
     def save(self) -> Path:
         ARTIFACTS.mkdir(exist_ok=True)
         path = ARTIFACTS / f"chaos-{self.name}.json"
         path.write_text(json.dumps(asdict(self), indent=2))
         return path
+
+
+# --- anomalies and correlations against an uninterrupted run -----------------------------------------
+
+#: Anomaly model settings of the chaos runs: a 16 s market must see models come and go, so tickers are
+#: scored after 2 s, learn 50 trades/s, join the model with 100 of them, and refits fall due every 2 s
+#: of market time (effective 0.5 s later). Passed to the runner as environment and to the oracle.
+CHAOS_ANOMALY = {
+    "anomaly_warmup_s": 2.0,
+    "anomaly_sample_ms": 20,
+    "anomaly_min_train": 100,
+    "anomaly_refit_interval_s": 2.0,
+    "anomaly_refit_delay_s": 0.5,
+}
+
+
+def chaos_anomaly_env() -> dict[str, str]:
+    return {f"TRADEPULSE_{k.upper()}": str(v) for k, v in CHAOS_ANOMALY.items()}
+
+
+def read_messages(settings: Settings, topics: tuple[str, ...] = INPUT_TOPICS) -> dict[int, list[Any]]:
+    """Every committed message of the topics, per partition number in (timestamp, offset) order."""
+    consumer = Consumer(consumer_config(settings, "reliability-oracle", **{"enable.partition.eof": True}))
+    assignment = [
+        TopicPartition(topic, p, 0)
+        for topic in topics
+        for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    ]
+    consumer.assign(assignment)
+    pending = {(tp.topic, tp.partition) for tp in assignment}
+    by_partition: dict[int, list[Any]] = {}
+    deadline = time.monotonic() + 300
+    while pending and time.monotonic() < deadline:
+        for message in consumer.consume(10_000, timeout=0.5):
+            if message.error() is not None:
+                if message.error().code() == KafkaError._PARTITION_EOF:
+                    pending.discard((message.topic(), message.partition()))
+                continue
+            by_partition.setdefault(message.partition(), []).append(message)
+    consumer.close()
+    assert not pending, f"could not read {sorted(pending)} to the end"
+    for messages in by_partition.values():
+        messages.sort(key=lambda m: (m.timestamp()[1], topics.index(m.topic()), m.offset()))
+    return by_partition
+
+
+def uninterrupted_outputs(
+    settings: Settings, state_dir: Path, anomaly: dict[str, Any] = CHAOS_ANOMALY
+) -> tuple[list[dict], list[dict]]:
+    """Anomalies and correlations of the pure core fed once with what reached the input topics: each
+    partition's records in order (trades in offset order), in batches, no crash, no rebuild."""
+    from tradepulse.bus.decode import decode_batch
+    from tradepulse.bus.pipeline import CoreProcessor
+
+    processor = CoreProcessor(settings.model_copy(update={**anomaly, "data_dir": state_dir}))
+    anomalies: list[dict] = []
+    correlations: list[dict] = []
+    try:
+        for _, messages in sorted(read_messages(settings).items()):
+            for start in range(0, len(messages), settings.batch_max_messages):
+                out = processor.process(
+                    decode_batch(messages[start : start + settings.batch_max_messages]), emit=True
+                )
+                anomalies += out.anomalies
+                correlations += out.correlations
+    finally:
+        processor.close()
+    return anomalies, correlations
+
+
+def hot_anomalies(settings: Settings) -> list[dict]:
+    import sqlite3
+
+    with sqlite3.connect(f"file:{settings.sqlite_path}?mode=ro", uri=True) as conn:
+        return [orjson.loads(doc) for (doc,) in conn.execute("SELECT doc FROM anomalies")]
+
+
+def anomaly_keys(rows: list[dict]) -> list[tuple]:
+    return sorted((a["anomaly_id"], a["anomaly_score"], a["threshold"], a["model_version"]) for a in rows)
+
+
+def correlation_keys(rows: list[dict]) -> list[str]:
+    return sorted(orjson.dumps(row, option=orjson.OPT_SORT_KEYS).decode() for row in rows)

@@ -4,7 +4,9 @@ trade set, and every feature snapshot equals an independent batch recomputation.
 (features, anomalies, correlations, dead letters) is in its cold dataset exactly once (0 duplicates,
 0 missing against the topic read read_committed), and the hot store (the DLQ store for dead letters)
 holds every row of it; news articles and poison messages seeded into market.news before the run
-(`harness.seed_news`) give the runner correlations and dead letters to produce.
+(`harness.seed_news`) give the runner correlations and dead letters to produce. The anomalies and
+correlations (topic and hot store) are exactly those of an uninterrupted run: the pure core fed once
+with the input topics' final contents, partition by partition in offset order.
 
 The simulator runs with `resend_blocks`: on every (re)subscription it replays its last blocks, so a
 restarted ingest gets again what its killed predecessor had received but not yet published; the ingest
@@ -41,23 +43,28 @@ from tests.reliability.harness import (
     ChaosReport,
     Reconciliation,
     Services,
+    anomaly_keys,
+    chaos_anomaly_env,
     child_env,
     cold_keys,
     committed_total,
+    correlation_keys,
     drained,
     high_watermarks,
+    hot_anomalies,
     hot_trade_keys,
     output_archive,
     outputs_archived,
     read_topic,
     seed_news,
+    uninterrupted_outputs,
     wait_until,
 )
 from tests.sources.test_backfill import generated_trades
 from tradepulse.bus.admin import recreate_topics
 from tradepulse.config import Settings
 from tradepulse.sources.simulator import SimulatorConfig, run_simulator_in_thread
-from tradepulse.topics import FEATURES, QUOTES, TRADES
+from tradepulse.topics import ANOMALIES, CORRELATIONS, FEATURES, QUOTES, TRADES
 
 pytestmark = pytest.mark.kafka
 
@@ -144,7 +151,10 @@ def run_chaos(plan: Plan, kafka_bootstrap: str, tmp_path: Path) -> ChaosReport:
     # ingest, where the feed resends the same 60 s: it must hold that many events.
     window = max(200_000, int(60 * plan.rate))
     env = child_env(
-        settings, TRADEPULSE_INGEST_DEDUPE_WINDOW=str(window), TRADEPULSE_INGEST_REPLAY_HORIZON_S="60"
+        settings,
+        TRADEPULSE_INGEST_DEDUPE_WINDOW=str(window),
+        TRADEPULSE_INGEST_REPLAY_HORIZON_S="60",
+        **chaos_anomaly_env(),
     )
     services = Services(tmp_path / "logs", env)
     broker = listener_pid(kafka_bootstrap)
@@ -244,6 +254,12 @@ def run_chaos(plan: Plan, kafka_bootstrap: str, tmp_path: Path) -> ChaosReport:
     )
     emitted = read_topic(settings, FEATURES)
     assert_features_match(emitted, expected, spread=False)
+    anomalies, correlations = assert_outputs_like_uninterrupted(settings, tmp_path / "oracle")
+    # How many partitions' anomaly models restarted runners took back from checkpoints: recorded, not
+    # asserted (kills that land before any trade is committed leave nothing to restore; the restore path
+    # itself is asserted by tests/bus/test_anomaly_restart.py).
+    runner_log = (tmp_path / "logs" / "runner.log").read_text(errors="replace")
+    restores = runner_log.count("restored at trades offset")
     report = ChaosReport(
         name=f"{plan.name}-{plan.contention}",
         contention=load,
@@ -264,9 +280,28 @@ def run_chaos(plan: Plan, kafka_bootstrap: str, tmp_path: Path) -> ChaosReport:
         news_poison=news_poison,
         seconds=time.monotonic() - started,
         peak_rss_mb={k: round(v, 1) for k, v in rss.peak.items()},
+        anomalies_checked=anomalies,
+        correlations_checked=correlations,
+        anomaly_restores=restores,
     )
     report.save()
     return report
+
+
+def assert_outputs_like_uninterrupted(settings: Settings, oracle_dir: Path) -> tuple[int, int]:
+    """market.anomalies, the hot store's anomalies and market.correlations equal (no duplicates, none
+    missing, same scores, thresholds and model versions) what the core produces in one uninterrupted
+    pass over the input topics. Returns how many of each were checked."""
+    expected_anomalies, expected_correlations = uninterrupted_outputs(settings, oracle_dir)
+    topic = read_topic(settings, ANOMALIES)
+    assert len({a["anomaly_id"] for a in topic}) == len(topic), "duplicate anomalies on the topic"
+    expected = anomaly_keys(expected_anomalies)
+    assert len(expected) > 0, "the run scored no anomaly: the comparison would prove nothing"
+    assert anomaly_keys(topic) == expected, (len(topic), len(expected))
+    assert anomaly_keys(hot_anomalies(settings)) == expected
+    correlations = read_topic(settings, CORRELATIONS)
+    assert correlation_keys(correlations) == correlation_keys(expected_correlations)
+    return len(expected), len(expected_correlations)
 
 
 def check(report: ChaosReport, plan: Plan) -> None:

@@ -51,6 +51,7 @@ def main(expect: int, result: Path, cprofile: Path | None) -> None:
             metrics = runner.run(stop_when=done)
         profile.dump_stats(cprofile)
     last_s = marks.get("last_s", time.time())
+    refits = runner.processor.refit_stats()  # type: ignore[attr-defined]
     write_json_atomic(
         result,
         {
@@ -67,6 +68,8 @@ def main(expect: int, result: Path, cprofile: Path | None) -> None:
             "batch_ms": list(metrics.batch_ms),
             "stage_ms": {stage: list(samples) for stage, samples in metrics.stage_ms.items()},
             "semantics": "exactly-once (Kafka transactions), hot + cold store writes",
+            # Anomaly refits (background) and how often / how long scoring waited for a due one.
+            **refits,
         },
     )
 

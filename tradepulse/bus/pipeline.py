@@ -2,42 +2,88 @@
 
 `CoreProcessor` adapts the pure core (`tradepulse.core`) to the runner's `Processor` interface: decoded
 rows → columnar batches → `FeatureEngine` (feature snapshots of closed seconds) → `AnomalyDetector`
-(batched Isolation Forest scoring) and `NewsJoiner` (news ↔ volume z-score join in event time).
+(batched Isolation Forest scoring, one deterministic model per trades partition, checkpointed to
+`CheckpointStore`) and `NewsJoiner` (news ↔ volume z-score join in event time).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import numpy as np
+
+from tradepulse.bus.anomaly_checkpoints import CheckpointStore
 from tradepulse.bus.decode import DecodedBatch
 from tradepulse.bus.runner import BatchOutputs, Runner
 from tradepulse.bus.watchdog import Watchdog
 from tradepulse.config import Settings
+from tradepulse.core.anomaly import AnomalyConfig, AnomalyDetector
 from tradepulse.core.columns import QuoteColumns, TradeColumns
-from tradepulse.core.features import FeatureConfig, FeatureEngine
+from tradepulse.core.features import FeatureConfig, FeatureEngine, FeatureOutput
 from tradepulse.core.news_join import NewsJoiner
 from tradepulse.stores.base import HotStore
+from tradepulse.topics import TRADES
+
+log = logging.getLogger(__name__)
 
 
 class CoreProcessor:
     """Window state of the assigned partitions: features, news join, anomaly scoring."""
 
-    def __init__(self, settings: Settings, detector: Any = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.config = FeatureConfig.from_settings(settings)
-        self.detector = detector
+        self.anomaly_config = AnomalyConfig.from_settings(settings)
+        self.checkpoints = CheckpointStore(settings.anomaly_checkpoint_dir)
+        self.detector = AnomalyDetector(self.anomaly_config)
+        self._refit_totals = {"refits": 0.0, "refit_s": 0.0, "refit_waits": 0.0, "refit_wait_s": 0.0}
         self.engine = FeatureEngine(self.config)
         self.joiner = NewsJoiner()
-        self._live = False  # set by the first batch that emits
 
     @property
     def model_version(self) -> int:
-        return int(getattr(self.detector, "model_version", 0) or 0)
+        return self.detector.model_version
+
+    def refit_stats(self) -> dict[str, float]:
+        """Refits and waits for due ones since start (over every detector, resets included)."""
+        d = self.detector
+        return {
+            "refits": self._refit_totals["refits"] + d.refits,
+            "refit_s": self._refit_totals["refit_s"] + d.refit_seconds,
+            "refit_waits": self._refit_totals["refit_waits"] + d.refit_waits,
+            "refit_wait_s": self._refit_totals["refit_wait_s"] + d.refit_wait_seconds,
+        }
 
     def reset(self) -> None:
-        """Forget the window state; the anomaly model is kept (it is not window state, and a model
-        trained on more history is only better)."""
+        """Forget all state, the anomaly models included: `restore` and the rebuild bring back exactly
+        the state at the committed offsets."""
         self.engine = FeatureEngine(self.config)
         self.joiner = NewsJoiner()
+        self.detector.close()
+        self._refit_totals = self.refit_stats()
+        self.detector = AnomalyDetector(self.anomaly_config)
+
+    def restore(self, committed: dict[tuple[str, int], int]) -> dict[int, int]:
+        """Restore each trades partition's anomaly model from its newest checkpoint at or below the
+        committed offset; returns {partition: trades offset} from which the rebuild must replay."""
+        replay_from = {}
+        for (topic, partition), offset in committed.items():
+            if topic != TRADES or offset <= 0:
+                continue  # nothing committed yet: the stream starts with the partition
+            data = self.checkpoints.latest(str(partition), offset)
+            try:
+                if data is None:
+                    raise ValueError("no checkpoint at or below the committed offset")
+                checkpoint = self.detector.restore(data)
+            except ValueError as exc:
+                # Deterministic from the rebuild's look-back on, but not what the previous owner scored.
+                log.warning("anomaly model of partition %d starts afresh: %s", partition, exc)
+                continue
+            log.info(
+                "anomaly model of partition %d restored at trades offset %d", partition, checkpoint.offset
+            )
+            replay_from[partition] = checkpoint.offset
+        return replay_from
 
     def process(self, batch: DecodedBatch, *, emit: bool) -> BatchOutputs:
         # decode_batch already built the columns from the validated fields; rows are the fallback.
@@ -60,11 +106,12 @@ class CoreProcessor:
                 watermarks[ticker] = wm
         correlations = self.joiner.advance(watermarks) if watermarks else []
         anomalies: list[dict[str, Any]] = []
-        # A rebuild warms a fresh model up; later rebuilds (rebalances) would make the kept model
-        # learn the look-back twice, so they skip it.
-        if self.detector is not None and len(out.per_trade["ts_ms"]) and (emit or not self._live):
-            anomalies = self.detector.score(out.per_trade)
-        self._live = self._live or emit
+        # Rebuilds score too (outputs discarded): the restored models replay from their checkpoints;
+        # rows below a model's restored offset are ignored by the detector.
+        if len(out.per_trade["ts_ms"]):
+            anomalies = self.detector.score(out.per_trade | _positions(trades, batch, out))
+        for checkpoint in self.detector.take_checkpoints():
+            self.checkpoints.save(checkpoint)
         if not emit:
             return BatchOutputs()
         return BatchOutputs(
@@ -75,9 +122,26 @@ class CoreProcessor:
         )
 
     def close(self) -> None:
-        close = getattr(self.detector, "close", None)
-        if close is not None:
-            close()
+        self.detector.close()
+
+
+def _positions(trades: TradeColumns, batch: DecodedBatch, out: FeatureOutput) -> dict[str, np.ndarray]:
+    """`stream` (partition) and `offset` of each per-trade row: the rows the feature engine accepted,
+    in input order (it drops rejected and late trades)."""
+    pos = np.asarray(batch.trade_pos, dtype=np.int64).reshape(-1, 2)
+    ids = trades.event_id
+    dropped = np.concatenate([out.rejected_event_ids, out.late_event_ids]).astype(object)
+    keep = ~np.isin(ids, dropped) if len(dropped) else np.ones(len(ids), dtype=bool)
+    if keep.sum() != len(out.per_trade["event_id"]) or not np.array_equal(
+        ids[keep], out.per_trade["event_id"]
+    ):
+        # A dropped event id that also occurs accepted (a duplicate): align one by one.
+        keep = np.zeros(len(ids), dtype=bool)
+        wanted, j = out.per_trade["event_id"], 0
+        for i, event_id in enumerate(ids):
+            if j < len(wanted) and event_id == wanted[j]:
+                keep[i], j = True, j + 1
+    return {"stream": pos[keep, 0], "offset": pos[keep, 1]}
 
 
 def build_runner(
@@ -85,20 +149,18 @@ def build_runner(
     *,
     instance: str = "0",
     hot: HotStore | None = None,
-    detector: Any = None,
     commit_watchdog: Watchdog | None = None,
 ) -> Runner:
     """A runner on the configured stores and the real core. The service passes a commit watchdog;
     in-process callers (tests, benchmarks) leave it out, since it restarts the whole process."""
     from tradepulse.bus.backpressure import BackpressureController
-    from tradepulse.core.anomaly import AnomalyDetector
     from tradepulse.stores.dlq import with_retries
     from tradepulse.stores.factory import open_cold_store, open_dlq, open_hot_store
 
     attempts = settings.dlq_inline_attempts
     return Runner(
         settings,
-        processor=CoreProcessor(settings, detector=detector if detector is not None else AnomalyDetector()),
+        processor=CoreProcessor(settings),
         hot=hot if hot is not None else open_hot_store(settings),
         cold_factory=lambda: open_cold_store(settings),
         dlq=open_dlq(settings),

@@ -10,6 +10,9 @@ assignment the runner reads, with a separate group-less consumer (assign(), read
   (timestamp of the last committed record of partition p, over all three topics) − look-back, so a
   runner restarting after a long outage still rebuilds from the data before its committed offset and not
   from the wall clock;
+- for a partition whose anomaly model was restored from a checkpoint at trades offset o
+  (`replay_from`), the look-back runs from o's timestamp instead when that is earlier, so the model
+  replays from its checkpoint with features computed over full windows;
 - also the records the cold store has not durably written yet (`cold_next[tp]` .. committed), so that rows
   buffered in a crashed process's cold store are appended again (no gaps), and nothing below what the
   cold store already has is appended twice (no duplicates). This includes the runner's archived output
@@ -29,6 +32,7 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
 
 from tradepulse.bus.clients import consumer_config
 from tradepulse.config import Settings
+from tradepulse.topics import TRADES
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +147,7 @@ def plan_rebuild(
     group_id: str,
     lookback_s: float,
     state_topics: Collection[str] | None = None,
+    replay_from: dict[int, int] | None = None,
     timeout_s: float = 120.0,
 ) -> RebuildPlan:
     """Work out the ranges to read for the given committed offsets (see the module docstring). Only
@@ -171,6 +176,24 @@ def plan_rebuild(
         stateful = {tp for tp in plan.end if state_topics is None or tp[0] in state_topics}
         tail_starts = {tp: max(lows[tp], plan.end[tp] - 8) for tp in stateful}
         _read_ranges(consumer, tail_starts, plan.end, note_ts, chunk=1000, timeout_s=timeout_s)
+        # Checkpointed trades offsets: the look-back is taken from the earlier of the two timestamps.
+        checkpoints = {
+            (TRADES, p): offset
+            for p, offset in (replay_from or {}).items()
+            if (TRADES, p) in plan.end and lows[(TRADES, p)] <= offset < plan.end[(TRADES, p)]
+        }
+        checkpoint_ts: dict[int, int] = {}
+
+        def note_checkpoint_ts(messages: list[Message]) -> None:
+            for message in messages:
+                p = message.partition()
+                assert p is not None  # every record has a partition
+                checkpoint_ts[p] = message.timestamp()[1]
+
+        ends = {tp: offset + 1 for tp, offset in checkpoints.items()}
+        _read_ranges(consumer, checkpoints, ends, note_checkpoint_ts, chunk=1000, timeout_s=timeout_s)
+        for p, ts in checkpoint_ts.items():
+            last_ts[p] = min(last_ts.get(p, ts), ts)
         lookback_ms = int(lookback_s * 1000)
         queries = [
             TopicPartition(t, p, last_ts[p] - lookback_ms)
@@ -185,6 +208,8 @@ def plan_rebuild(
         for key, end in plan.end.items():
             start = found.get(key, end) if key in stateful else end
             plan.state_start[key] = end if start < 0 else max(lows[key], min(start, end))
+            if key in checkpoints:  # whatever the timestamps say, the model replays from its checkpoint
+                plan.state_start[key] = min(plan.state_start[key], checkpoints[key])
             known = cold_next(*key)
             plan.cold_start[key] = lows[key] if known is None else max(lows[key], min(known, end))
     finally:

@@ -169,6 +169,10 @@ class Processor(Protocol):
     def reset(self) -> None:
         """Forget all window state (before a rebuild)."""
 
+    def restore(self, committed: dict[tuple[str, int], int]) -> dict[int, int]:
+        """Before a rebuild: restore checkpointed state at or below the committed offsets; returns, per
+        partition number, the trades offset from which the rebuild must replay for it."""
+
     def close(self) -> None: ...
 
 
@@ -425,6 +429,8 @@ class Runner:
 
     def _rebuild(self, committed: list[KafkaTopicPartition]) -> None:
         started = time.monotonic()
+        # The anomaly models come back from checkpoints, which may lie further back than the look-back.
+        replay_from = self.processor.restore({(tp.topic, tp.partition): tp.offset for tp in committed})
         plan = plan_rebuild(
             self.settings,
             committed,
@@ -432,6 +438,7 @@ class Runner:
             group_id=f"{self.group_id}-rebuild",
             lookback_s=self.settings.rebuild_lookback_s,
             state_topics=INPUT_TOPICS,
+            replay_from=replay_from,
         )
         self._cold_next.update(plan.end)
         counts = {"state": 0, "cold": 0, "invalid": 0}

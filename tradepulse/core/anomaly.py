@@ -1,4 +1,4 @@
-"""Isolation Forest anomaly detection over per-trade feature vectors.
+"""Isolation Forest anomaly detection over per-trade feature vectors, deterministic in the stream.
 
 Model. Six features per trade: price, volume, volume_zscore, price_momentum, vwap_deviation_bps and
 trade_frequency, each standardised per ticker (mean/std of that ticker's training rows, frozen into
@@ -8,48 +8,70 @@ would flag every drift beyond its last training range and, since flagged rows ar
 never recover. Contamination 0.01: a trade is flagged when sklearn's `score_samples` is below the
 model's threshold (`offset_`, the 1 % quantile of its training scores).
 
-Training events. Every trade is scored, but consecutive trades of a busy ticker are near copies of
-each other (a 1000-trade window is 3 s of AAPL and would teach the model nothing about how momentum
-or deviation vary over minutes). So the training stream takes one unflagged trade per ticker per
-`sample_ms` (1 s), picked at random within the second (an unbiased sample of per-trade vectors, unlike
-the end-of-second snapshot): "the last 1000 events" is then the last ~17 minutes of that ticker. A
-refit falls due every `refit_every` (500) training events, and sooner while the model is young
-(whenever the rows have doubled since the last fit). The first model needs `min_train` (300) events,
-i.e. 5 minutes: momentum and the 5-minute deviations are strongly autocorrelated, and a model that
-has only seen a minute or two of them flags their ordinary wandering.
+Determinism. Every output is a function of the input stream alone, never of batch boundaries, thread
+timing or when the process started, so a crash and replay scores every trade exactly as an
+uninterrupted run would (same anomaly ids, scores, thresholds and model versions):
 
-One pooled model (default, `per_ticker=False`): a single forest over the rows of every ticker, each
-standardised with its own ticker's mean/std (the last `train_size` training events of each ticker).
-Measured with `scripts/anomaly_quality.py` (simulator, seed 42, 2400 s, 79 injected spikes and jumps
-after warm-up): pooled recall 0.87 (spikes 0.97, jumps 0.53) at alert precision 0.93; per-ticker
-models (`per_ticker=True`, one forest per ticker on its own rows) recall 0.86 (spikes 0.92, jumps
-0.65) at alert precision 0.77. Same recall, far fewer false alerts, and one scoring call and one
-refit schedule per batch instead of one per ticker (which matters at thousands of tickers).
+* Streams. A model belongs to a *stream*: the rows of one input partition in offset order (the
+  runner passes `stream` = partition and `offset` per row; without them the whole input is one
+  stream in input order). A partition is the unit Kafka orders and the runner commits; a model over
+  several partitions would depend on how their records interleave in a batch and on which partitions
+  a runner was assigned. A ticker lives in one partition (trades are keyed by ticker).
+* Refit schedule in event time. A stream's clock is the highest trade timestamp seen so far in its
+  order. A refit falls due when the clock reaches the next multiple of `refit_interval_ms` (60 s);
+  its training window is then exactly the training rows of the stream's tickers at that row (the
+  last `train_size` of each ticker that has at least `min_train`), it is fitted with
+  `random_state = seed + version`, and gets the next `model_version` of its stream (1, 2, …).
+* Effective point. The refit due at clock T scores from the first row whose clock reaches
+  T + `refit_delay_ms` (10 s) on. The fit runs on a background thread meanwhile, off the scoring
+  path; if it has not finished when it is needed the scoring waits for it (`refit_waits`,
+  `refit_wait_seconds` count how often and how long: live, 10 s of market time is ample; a replay
+  or catch-up runs through market time much faster than that and may wait).
+* Training events. Consecutive trades of a busy ticker are near copies of each other, so training
+  takes one trade per ticker per `sample_ms` (1 s) period: among the period's unflagged trades the one
+  with the smallest stable hash of its event id (an unbiased pick, the same on every run), chosen
+  when the ticker's first trade of a later period arrives (so the whole period has been seen,
+  whatever the batches). Trades of a period older than the ticker's newest period are scored but not
+  learned from. "The last 1000 training events" is then the last ~17 minutes of that ticker.
+* Regime changes. Flagged trades are not learned from, with one exception that keeps a lasting regime
+  change from being flagged forever: once most trades of a ticker have been flagged in each of
+  `drift_after_s` (120) consecutive periods with trades, the period's pick is made among all its
+  trades (the new normal enters training) until a period passes mostly unflagged. 120 s is longer
+  than the bursts the detector is meant to report (spikes last seconds, a jump displaces momentum
+  for 60 s).
+* Warm-up. A ticker's rows are neither scored nor learned from until `warmup_ms` (300 s: the
+  5-minute windows are full, so the features are stationary) after its first trade in the stream;
+  a ticker is flagged only once a model fitted on at least `min_train` of its training events is in
+  place.
 
-Warm-up. A ticker's rows are neither scored nor learned from until `warmup_ms` (300 s: the 5-minute
-windows are full, so the features are stationary) after its first trade; a ticker is flagged only
-once a model fitted on at least `min_train` of its training events is in place.
+Recovery: checkpointed, not rebuilt. A model depends, through the flagged rows it did not learn
+from, on the stream's whole history (each model's training rows were filtered by the previous
+model), so no bounded replay can rebuild it. Instead, at every refit point (and when a stream
+starts) the detector emits a `Checkpoint` of the stream: the state before the row at `offset`
+(training rows, the open sampling periods, the models in use or pending as their training rows and
+version: a fit with the same rows and seed gives the same forest). A checkpoint is a fact about the
+stream, valid whatever was committed: after a crash the runner restores the newest checkpoint at or
+below the committed offset and replays from there (with the feature look-back before it, see
+`tradepulse.bus.rebuild`); the replay reaches exactly the state the crashed process had. Rows below
+a stream's restored offset are ignored, so a replay is never learned twice. Checkpoints are small
+(≈ 50 KB per ticker) and one per stream per minute of market time.
 
-Learning. Flagged rows are not learned from, with one exception that keeps a lasting regime change
-from being flagged forever (flagged rows never teach the model the new regime, so it would otherwise
-lock itself out): once most trades of a ticker have been flagged in each of `drift_after_s` (120)
-consecutive seconds, that ticker's rows are treated as the new normal and enter training again until
-a second passes mostly unflagged. 120 s is longer than the bursts the detector is meant to report
-(spikes last seconds, a jump displaces momentum for 60 s): with 30 s the displaced momentum of one
-jump was learned and masked the next ones (per-ticker jump recall 0.59 instead of 0.65).
-
-Refits run on a single background thread (`concurrent.futures`), never on the scoring path: the
-fitted model is swapped in with one reference assignment, and `model_version` increments with every
-swap. A refit that falls due while another is running for the same ticker is coalesced into one
-refit on the newest rows. `wait_for_refits()` blocks until none is queued (tests, quality runs).
+One pooled model per stream (default, `per_ticker=False`): a single forest over the rows of every
+ticker of the stream, each standardised with its own ticker's mean/std; `per_ticker=True` fits one
+forest per ticker on its own rows at the same points. Measured with `scripts/anomaly_quality.py`
+(simulator, seed 42, 2400 s, one stream): pooled recall 0.92 (spikes 0.93, jumps 0.87) at alert
+precision 0.81, per-ticker 0.91 at 0.71 (docs/quality.md).
 """
 
 from __future__ import annotations
 
+import io
+import json
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -68,7 +90,11 @@ MODEL_FEATURES = (
     "vwap_deviation_bps",
     "trade_frequency",
 )
-_POOLED = "*"  # key of the single model in pooled mode
+_POOLED = "*"  # key of the single forest of a stream in pooled mode
+SINGLE_STREAM = "*"  # the stream of rows that carry no `stream`
+NO_TS = -(2**62)
+_NO_KEY = 2**64  # above every 64-bit row key: "no candidate yet"
+CHECKPOINT_FORMAT = 1
 
 
 def model_matrix(per_trade: dict[str, np.ndarray]) -> np.ndarray:
@@ -79,18 +105,45 @@ def model_matrix(per_trade: dict[str, np.ndarray]) -> np.ndarray:
     return np.column_stack([cols[k] for k in MODEL_FEATURES])
 
 
+def row_keys(event_ids: np.ndarray) -> np.ndarray:
+    """A 64-bit key per event id, the same in every process (pandas' SipHash with its fixed key)."""
+    return pd.util.hash_array(np.asarray(event_ids, dtype=object).astype(str).astype(object))
+
+
 @dataclass(frozen=True)
 class AnomalyConfig:
     contamination: float = 0.01
-    refit_every: int = 500
     train_size: int = 1000
     min_train: int = 300
     sample_ms: int = 1000
     warmup_ms: int = 300_000
+    refit_interval_ms: int = 60_000
+    refit_delay_ms: int = 10_000
     n_estimators: int = 100
     drift_after_s: int = 120
     per_ticker: bool = False
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_train <= self.train_size:
+            raise InvalidArgument("need 0 < min_train <= train_size")
+        if self.refit_interval_ms <= 0 or self.refit_delay_ms < 0 or self.sample_ms <= 0:
+            raise InvalidArgument("need refit_interval_ms > 0, refit_delay_ms >= 0, sample_ms > 0")
+
+    @classmethod
+    def from_settings(cls, settings: object) -> AnomalyConfig:
+        """Config from `tradepulse.config.Settings` (duck-typed, so the core stays import-free)."""
+        return cls(
+            warmup_ms=int(settings.anomaly_warmup_s * 1000),  # type: ignore[attr-defined]
+            sample_ms=settings.anomaly_sample_ms,  # type: ignore[attr-defined]
+            min_train=settings.anomaly_min_train,  # type: ignore[attr-defined]
+            refit_interval_ms=int(settings.anomaly_refit_interval_s * 1000),  # type: ignore[attr-defined]
+            refit_delay_ms=int(settings.anomaly_refit_delay_s * 1000),  # type: ignore[attr-defined]
+        )
+
+    @property
+    def drift_periods(self) -> int:
+        return self.drift_after_s * 1000 // self.sample_ms
 
 
 class CompiledForest:
@@ -155,32 +208,41 @@ class CompiledForest:
 
 @dataclass(frozen=True)
 class _Model:
-    """An immutable fitted model: swapping the reference is the whole update."""
+    """A fitted model of one stream: one forest (pooled, key "*") or one per ticker."""
 
-    forest: CompiledForest
-    threshold: float
     version: int
+    forests: dict[str, CompiledForest]
+    thresholds: dict[str, float]
     stats: dict[str, tuple[np.ndarray, np.ndarray]]  # ticker -> (mean, std) of its training rows
 
 
+@dataclass
+class _Refit:
+    """A scheduled (or effective) model: its training rows are kept for the stream's checkpoints."""
+
+    version: int
+    effective_ms: int
+    data: dict[str, np.ndarray]  # ticker -> raw training rows, oldest first
+    future: Future[_Model]
+
+
 class _TickerState:
-    """Recent unflagged rows of one ticker (a ring of `size` rows) and its refit bookkeeping."""
+    """Training rows of one ticker (a ring of `size` rows) and its open sampling period."""
 
     def __init__(self, size: int, first_ts: int) -> None:
         self.rows = np.empty((size, len(MODEL_FEATURES)))
         self.filled = 0  # rows ever appended
         self.first_ts = first_ts
-        self.since_refit = 0
-        self.rows_at_fit = 0
-        self.drift_run = 0  # consecutive mostly-flagged sampling periods
-        self.last_sample = -(2**62)  # last sampled `ts // sample_ms`
+        self.drift_run = 0  # consecutive mostly-flagged periods
+        self.period = NO_TS  # the open sampling period (ts // sample_ms)
+        self.n = 0  # trades of the open period (warm ones)
+        self.n_flagged = 0
+        self.free_key, self.free_row = _NO_KEY, np.full(len(MODEL_FEATURES), np.nan)  # best unflagged
+        self.any_key, self.any_row = _NO_KEY, np.full(len(MODEL_FEATURES), np.nan)  # best of all
 
-    def append(self, x: np.ndarray) -> None:
-        size = len(self.rows)
-        tail = x[-size:]
-        at = (self.filled + len(x) - len(tail) + np.arange(len(tail))) % size
-        self.rows[at] = tail
-        self.filled += len(x)
+    def append(self, row: np.ndarray) -> None:
+        self.rows[self.filled % len(self.rows)] = row
+        self.filled += 1
 
     def recent(self) -> np.ndarray:
         """Rows in insertion order (a copy, safe to hand to another thread)."""
@@ -189,6 +251,28 @@ class _TickerState:
             return self.rows[: self.filled].copy()
         start = self.filled % size
         return np.concatenate([self.rows[start:], self.rows[:start]])
+
+
+@dataclass
+class _Stream:
+    key: str
+    clock: int = NO_TS  # highest trade ts seen, in stream order
+    next_refit_ms: int = NO_TS
+    next_offset: int = -1  # rows below this offset were processed already (or precede a restore)
+    version: int = 0  # last model version scheduled
+    current: _Refit | None = None
+    pending: list[_Refit] = field(default_factory=list)
+    tickers: dict[str, _TickerState] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """State of `stream` before its row at `offset` (see the module docstring), as bytes."""
+
+    stream: str
+    offset: int
+    ts_ms: int  # the stream clock at that point
+    data: bytes
 
 
 def _standardise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -201,231 +285,408 @@ def _stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.where(std > 1e-12 * np.maximum(np.abs(mean), 1.0), std, 1.0)
 
 
+def fit_model(config: AnomalyConfig, version: int, data: dict[str, np.ndarray]) -> _Model:
+    """The model of `version` on the training rows `data` (pure: same inputs, same forest)."""
+    stats = {t: _stats(rows) for t, rows in data.items()}
+    z = {t: _standardise(rows, *stats[t]) for t, rows in data.items()}
+    groups = z if config.per_ticker else {_POOLED: np.concatenate(list(z.values()))}
+    forests, thresholds = {}, {}
+    for key, train in groups.items():
+        forest = IsolationForest(
+            n_estimators=config.n_estimators,
+            contamination=config.contamination,
+            random_state=config.seed + version,
+        ).fit(train)
+        forests[key] = CompiledForest(forest)
+        thresholds[key] = float(forest.offset_)
+    return _Model(version, forests, thresholds, stats)
+
+
 class AnomalyDetector:
-    """Batch scoring with background refits and atomic model swaps (see the module docstring)."""
+    """Batch scoring, refits at event-time points on a background thread, checkpoints per stream."""
 
     def __init__(self, config: AnomalyConfig = AnomalyConfig()) -> None:
         self.config = config
-        self._models: dict[str, _Model] = {}
-        self._tickers: dict[str, _TickerState] = {}
-        self._version = 0
-        self._pooled_since_refit = 0
-        self._pooled_rows_at_fit = 0
-        self._rng = np.random.default_rng(config.seed)
-        self._lock = threading.Lock()  # guards the refit queue bookkeeping, not scoring
-        self._running: dict[str, Future] = {}
-        self._dirty: set[str] = set()
+        self._streams: dict[str, _Stream] = {}
+        self._checkpoints: list[Checkpoint] = []
+        self._lock = threading.Lock()  # guards the refit counters written by the worker thread
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iforest-refit")
         self.refits = 0
         self.refit_seconds = 0.0
+        self.refit_waits = 0  # times scoring had to wait for a model that was due
+        self.refit_wait_seconds = 0.0
 
     # --- public API -----------------------------------------------------------------------------
     @property
     def model_version(self) -> int:
-        """Version of the newest model swapped in (0 before the first fit)."""
-        return self._version
+        """Highest model version in use over the streams (0 before the first model)."""
+        return max((s.current.version for s in self._streams.values() if s.current), default=0)
 
     def model_for(self, ticker: str) -> _Model | None:
-        """The model currently scoring `ticker` (None before its first fit)."""
-        return self._models.get(_POOLED if not self.config.per_ticker else ticker)
+        """The model that scores `ticker` now (None before one that knows the ticker is in use)."""
+        stream = self._stream_of(ticker)
+        if stream is None or stream.current is None:
+            return None
+        model = stream.current.future.result()
+        return model if ticker in model.stats else None
 
     def training_rows(self, ticker: str) -> np.ndarray:
-        """The rows the next refit of `ticker` would learn from (raw features, oldest first)."""
-        state = self._tickers.get(ticker)
-        return state.recent() if state else np.empty((0, len(MODEL_FEATURES)))
+        """The rows the next refit would learn from for `ticker` (raw features, oldest first)."""
+        stream = self._stream_of(ticker)
+        if stream is None:
+            return np.empty((0, len(MODEL_FEATURES)))
+        return stream.tickers[ticker].recent()
 
     def score(self, per_trade: dict[str, np.ndarray]) -> list[dict]:
-        """Score a batch of per-trade feature rows (`FeatureOutput.per_trade`); return Anomaly dicts
-        for the flagged rows, in input order. Schedules refits; never waits for one."""
+        """Score a batch of per-trade feature rows (`FeatureOutput.per_trade`, optionally with
+        `stream` and `offset` columns); return Anomaly dicts for the flagged rows, in input order.
+        Schedules refits; waits only for a model that is due and not fitted yet."""
         n = len(per_trade["ts_ms"])
         if n == 0:
             return []
-        cfg = self.config
         x = model_matrix(per_trade)
-        ts = np.asarray(per_trade["ts_ms"], dtype=np.int64)
-        finite = np.isfinite(x).all(axis=1)
-        codes, names = pd.factorize(per_trade["ticker"])
-        scores = np.full(n, np.nan)
-        thresholds = np.full(n, np.nan)
-        versions = np.zeros(n, dtype=np.int64)
-        flagged = np.zeros(n, dtype=bool)
-        warm_all = np.zeros(n, dtype=bool)
+        rows = _Rows(
+            x=x,
+            ts=np.asarray(per_trade["ts_ms"], dtype=np.int64),
+            finite=np.isfinite(x).all(axis=1),
+            ticker=np.asarray(per_trade["ticker"], dtype=object),
+            key=row_keys(per_trade["event_id"]),
+            offset=None if "offset" not in per_trade else np.asarray(per_trade["offset"], dtype=np.int64),
+            scores=np.full(n, np.nan),
+            thresholds=np.full(n, np.nan),
+            versions=np.zeros(n, dtype=np.int64),
+            flagged=np.zeros(n, dtype=bool),
+        )
+        streams = per_trade.get("stream")
+        if streams is None:
+            groups = {SINGLE_STREAM: np.arange(n)}
+        else:
+            codes, names = pd.factorize(np.asarray(streams))
+            groups = {str(name): np.flatnonzero(codes == c) for c, name in enumerate(names)}
+        for key, idx in groups.items():
+            self._score_stream(key, idx, rows)
+        return self._anomalies(per_trade, np.flatnonzero(rows.flagged), rows)
 
-        groups = np.argsort(codes, kind="stable")
-        bounds = np.r_[0, np.cumsum(np.bincount(codes, minlength=len(names)))]
-        pooled = None if cfg.per_ticker else self._models.get(_POOLED)
-        pooled_rows: list[np.ndarray] = []
-        pooled_z: list[np.ndarray] = []
-        for c, ticker in enumerate(names):
-            idx = groups[bounds[c] : bounds[c + 1]]
-            state = self._tickers.get(ticker)
-            if state is None:
-                state = self._tickers[ticker] = _TickerState(cfg.train_size, int(ts[idx].min()))
-            warm = finite[idx] & (ts[idx] >= state.first_ts + cfg.warmup_ms)
-            idx = idx[warm]
-            warm_all[idx] = True
-            if len(idx) == 0:
-                continue
-            model = pooled if pooled is not None else self._models.get(ticker)
-            if model is not None and ticker in model.stats:
-                mean, std = model.stats[ticker]
-                if cfg.per_ticker:
-                    scores[idx] = model.forest.score_samples(_standardise(x[idx], mean, std))
-                else:
-                    pooled_rows.append(idx)
-                    pooled_z.append(_standardise(x[idx], mean, std))
-                thresholds[idx] = model.threshold
-                versions[idx] = model.version
-        if pooled_rows:
-            assert pooled is not None  # rows are pooled only when a pooled model exists (not per_ticker)
-            rows = np.concatenate(pooled_rows)
-            scores[rows] = pooled.forest.score_samples(np.concatenate(pooled_z))
-        flagged = warm_all & (scores < thresholds)
+    def take_checkpoints(self) -> list[Checkpoint]:
+        """The checkpoints made since the last call (oldest first)."""
+        out, self._checkpoints = self._checkpoints, []
+        return out
 
-        # Learn from the unflagged rows (and from flag runs long enough to be a regime change).
-        for c, ticker in enumerate(names):
-            idx = groups[bounds[c] : bounds[c + 1]]
-            idx = idx[warm_all[idx]]
-            if len(idx) == 0:
-                continue
-            state = self._tickers[ticker]
-            period = ts[idx] // cfg.sample_ms
-            _, inv = np.unique(period, return_inverse=True)
-            mostly = np.bincount(inv, weights=flagged[idx]) > 0.5 * np.bincount(inv)
-            run = _runs(mostly, state.drift_run)
-            state.drift_run = int(run[-1])
-            drifting = run >= cfg.drift_after_s * 1000 // cfg.sample_ms
-            learn = idx[~flagged[idx] | drifting[inv]]
-            sample = self._sample(learn, ts[learn] // cfg.sample_ms, state)
-            state.append(x[sample])
-            state.since_refit += len(sample)
-            self._pooled_since_refit += len(sample)
-            if cfg.per_ticker and self._due(state.since_refit, state.rows_at_fit, state.filled):
-                state.since_refit, state.rows_at_fit = 0, state.filled
-                self._request_refit(ticker)
-        if not cfg.per_ticker:
-            filled = sum(s.filled for s in self._tickers.values())
-            ready = any(s.filled >= cfg.min_train for s in self._tickers.values())
-            if ready and self._due(
-                self._pooled_since_refit, self._pooled_rows_at_fit, max(filled, cfg.min_train)
-            ):
-                self._pooled_since_refit, self._pooled_rows_at_fit = 0, filled
-                self._request_refit(_POOLED)
-        return self._anomalies(per_trade, np.flatnonzero(flagged), scores, thresholds, versions)
-
-    def _due(self, since: int, rows_at_fit: int, filled: int) -> bool:
-        cfg = self.config
-        if rows_at_fit == 0:
-            return filled >= cfg.min_train
-        return since >= min(cfg.refit_every, rows_at_fit)  # doubling while young, then every 500
-
-    def _sample(self, rows: np.ndarray, period: np.ndarray, state: _TickerState) -> np.ndarray:
-        """One random row per sampling period not sampled yet (rows are in arrival order)."""
-        fresh = period > state.last_sample
-        rows, period = rows[fresh], period[fresh]
-        if len(rows) == 0:
-            return rows
-        order = np.lexsort((self._rng.random(len(rows)), period))
-        first = np.r_[True, period[order][1:] != period[order][:-1]]
-        state.last_sample = int(period.max())
-        return np.sort(rows[order[first]])
+    def restore(self, checkpoint: bytes) -> Checkpoint:
+        """Replace a stream's state by a checkpoint's; its models are refitted (in the background)."""
+        with np.load(io.BytesIO(checkpoint), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        meta = json.loads(str(arrays.pop("meta")))
+        if meta["format"] != CHECKPOINT_FORMAT or meta["config"] != asdict(self.config):
+            raise InvalidArgument("checkpoint made with another format or configuration")
+        stream = _Stream(
+            key=meta["stream"],
+            clock=meta["clock"],
+            next_refit_ms=meta["next_refit_ms"],
+            next_offset=meta["offset"],
+            version=meta["version"],
+        )
+        sizes = np.cumsum([0, *meta["ring_sizes"]])
+        for i, (name, scalars) in enumerate(zip(meta["tickers"], meta["ticker_state"], strict=True)):
+            state = _TickerState(self.config.train_size, scalars["first_ts"])
+            for row in arrays["rings"][sizes[i] : sizes[i + 1]]:
+                state.append(row)
+            state.drift_run, state.period = scalars["drift_run"], scalars["period"]
+            state.n, state.n_flagged = scalars["n"], scalars["n_flagged"]
+            state.free_key, state.any_key = scalars["free_key"], scalars["any_key"]
+            state.free_row, state.any_row = arrays["free_rows"][i].copy(), arrays["any_rows"][i].copy()
+            stream.tickers[name] = state
+        for j, spec in enumerate(meta["models"]):
+            bounds = np.cumsum([0, *spec["sizes"]])
+            data = {
+                t: arrays[f"model{j}"][bounds[k] : bounds[k + 1]].copy()
+                for k, t in enumerate(spec["tickers"])
+            }
+            refit = self._submit(spec["version"], spec["effective_ms"], data)
+            if spec["current"]:
+                stream.current = refit
+            else:
+                stream.pending.append(refit)
+        self._streams[stream.key] = stream
+        return Checkpoint(stream.key, meta["offset"], meta["clock"], checkpoint)
 
     def wait_for_refits(self) -> None:
-        """Block until every requested refit (including coalesced re-runs) has been swapped in."""
-        while True:
-            with self._lock:
-                pending = list(self._running.values())
-            if not pending:
-                return
-            for future in pending:
-                future.result()
+        """Block until every scheduled refit has been fitted (tests, quality runs)."""
+        for stream in list(self._streams.values()):
+            for refit in [*([stream.current] if stream.current else []), *stream.pending]:
+                refit.future.result()
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
 
-    # --- refits ---------------------------------------------------------------------------------
-    def _request_refit(self, key: str) -> None:
+    # --- one stream -----------------------------------------------------------------------------
+    def _stream_of(self, ticker: str) -> _Stream | None:
+        return next((s for s in self._streams.values() if ticker in s.tickers), None)
+
+    def _score_stream(self, key: str, idx: np.ndarray, rows: _Rows) -> None:
+        cfg = self.config
+        stream = self._streams.get(key)
+        if stream is None:
+            stream = self._streams[key] = _Stream(key)
+        if rows.offset is not None:
+            idx = idx[rows.offset[idx] >= stream.next_offset]  # a replay of rows already processed
+        if len(idx) == 0:
+            return
+        if stream.next_refit_ms == NO_TS:  # the stream's first row
+            stream.next_refit_ms = (int(rows.ts[idx[0]]) // cfg.refit_interval_ms + 1) * cfg.refit_interval_ms
+            self._checkpoint(stream, rows, int(idx[0]))
+        clock = np.maximum.accumulate(np.maximum(rows.ts[idx], stream.clock))
+        pos = 0
+        while pos < len(idx):
+            # Model changes due at this row, in a fixed order: promotions, then the refit point.
+            while True:
+                now = int(clock[pos])
+                if stream.pending and now >= stream.pending[0].effective_ms:
+                    self._promote(stream)
+                elif now >= stream.next_refit_ms:
+                    self._schedule(stream, now, rows, int(idx[pos]))
+                else:
+                    break
+            limit = stream.next_refit_ms
+            if stream.pending:
+                limit = min(limit, stream.pending[0].effective_ms)
+            end = int(np.searchsorted(clock, limit, side="left"))  # > pos: clock[pos] < limit
+            self._segment(stream, idx[pos:end], rows)
+            stream.clock = int(clock[end - 1])
+            pos = end
+        if rows.offset is not None:
+            stream.next_offset = int(rows.offset[idx[-1]]) + 1
+
+    def _promote(self, stream: _Stream) -> None:
+        stream.current = stream.pending.pop(0)
+        self._model(stream.current)
+
+    def _model(self, refit: _Refit) -> _Model:
+        """The fitted model, waiting for the fit (and counting the wait) if it is still running."""
+        if not refit.future.done():
+            started = time.perf_counter()
+            refit.future.result()
+            self.refit_waits += 1
+            self.refit_wait_seconds += time.perf_counter() - started
+        return refit.future.result()
+
+    def _schedule(self, stream: _Stream, now: int, rows: _Rows, at: int) -> None:
+        cfg = self.config
+        due = stream.next_refit_ms
+        stream.next_refit_ms = (now // cfg.refit_interval_ms + 1) * cfg.refit_interval_ms
+        data = {t: s.recent() for t, s in stream.tickers.items() if s.filled >= cfg.min_train}
+        if data:
+            stream.version += 1
+            stream.pending.append(self._submit(stream.version, due + cfg.refit_delay_ms, data))
+        self._checkpoint(stream, rows, at)
+
+    def _submit(self, version: int, effective_ms: int, data: dict[str, np.ndarray]) -> _Refit:
+        return _Refit(version, effective_ms, data, self._executor.submit(self._fit, version, data))
+
+    def _fit(self, version: int, data: dict[str, np.ndarray]) -> _Model:
+        started = time.perf_counter()
+        model = fit_model(self.config, version, data)
         with self._lock:
-            if key in self._running:
-                self._dirty.add(key)  # coalesce: re-run on the newest rows when this one ends
-                return
-            self._running[key] = self._executor.submit(self._refit, key, self._training_data(key))
+            self.refits += 1
+            self.refit_seconds += time.perf_counter() - started
+        return model
 
-    def _training_data(self, key: str) -> dict[str, np.ndarray]:
+    def _segment(self, stream: _Stream, idx: np.ndarray, rows: _Rows) -> None:
+        """Score and learn from rows of one stream between two model changes (in stream order)."""
         cfg = self.config
-        if key != _POOLED:
-            return {key: self._tickers[key].recent()}
-        data = {t: s.recent() for t, s in self._tickers.items() if s.filled >= cfg.min_train}
-        return data
+        codes, names = pd.factorize(rows.ticker[idx])
+        first = np.full(len(names), NO_TS, dtype=np.int64)
+        firsts = np.unique(codes, return_index=True)[1]
+        for c, name in enumerate(names):
+            state = stream.tickers.get(name)
+            if state is None:
+                state = stream.tickers[name] = _TickerState(cfg.train_size, int(rows.ts[idx[firsts[c]]]))
+            first[c] = state.first_ts
+        warm = rows.finite[idx] & (rows.ts[idx] >= first[codes] + cfg.warmup_ms)
+        if stream.current is not None:
+            self._score(self._model(stream.current), idx, codes, names, warm, rows)
+        self._learn(stream, idx[warm], codes[warm], names, rows)
 
-    def _refit(self, key: str, data: dict[str, np.ndarray]) -> None:
-        cfg = self.config
-        try:
-            start = time.perf_counter()
-            stats = {t: _stats(rows) for t, rows in data.items()}
-            z = [_standardise(rows, *stats[t]) for t, rows in data.items()]
-            if key == _POOLED:
-                # The last `train_size` rows overall, standardised per ticker.
-                z = [np.concatenate(z)[-cfg.train_size * len(z) :]]
-            train = np.concatenate(z)
-            forest = IsolationForest(
-                n_estimators=cfg.n_estimators,
-                contamination=cfg.contamination,
-                random_state=cfg.seed + self.refits,
-            ).fit(train)
-            compiled = CompiledForest(forest)
-            with self._lock:
-                self._version += 1
-                self._models[key] = _Model(compiled, float(forest.offset_), self._version, stats)
-                self.refits += 1
-                self.refit_seconds += time.perf_counter() - start
-        finally:
-            with self._lock:
-                del self._running[key]
-                if key in self._dirty:
-                    self._dirty.discard(key)
-                    self._running[key] = self._executor.submit(self._refit, key, self._training_data(key))
+    def _score(
+        self,
+        model: _Model,
+        idx: np.ndarray,
+        codes: np.ndarray,
+        names: pd.Index,
+        warm: np.ndarray,
+        rows: _Rows,
+    ) -> None:
+        known = np.array([name in model.stats for name in names], dtype=bool)
+        use = warm & known[codes]
+        if not use.any():
+            return
+        sel, sel_codes = idx[use], codes[use]
+        dim = len(MODEL_FEATURES)
+        means, stds = np.zeros((len(names), dim)), np.ones((len(names), dim))
+        for c in np.flatnonzero(known):
+            means[c], stds[c] = model.stats[names[c]]
+        z = _standardise(rows.x[sel], means[sel_codes], stds[sel_codes])
+        if self.config.per_ticker:
+            for c in np.unique(sel_codes):
+                mine = sel_codes == c
+                rows.scores[sel[mine]] = model.forests[names[c]].score_samples(z[mine])
+                rows.thresholds[sel[mine]] = model.thresholds[names[c]]
+        else:
+            rows.scores[sel] = model.forests[_POOLED].score_samples(z)
+            rows.thresholds[sel] = model.thresholds[_POOLED]
+        rows.versions[sel] = model.version
+        rows.flagged[sel] = rows.scores[sel] < rows.thresholds[sel]
+
+    def _learn(
+        self, stream: _Stream, idx: np.ndarray, codes: np.ndarray, names: pd.Index, rows: _Rows
+    ) -> None:
+        """Fold warm rows into their tickers' sampling periods; a period is closed (and its pick
+        learned) when the ticker's first row of a later period arrives."""
+        if len(idx) == 0:
+            return
+        period = rows.ts[idx] // self.config.sample_ms
+        order = np.argsort(codes, kind="stable")  # per ticker, stream order
+        bounds = np.r_[0, np.cumsum(np.bincount(codes, minlength=len(names)))]
+        for c in range(len(names)):
+            mine = order[bounds[c] : bounds[c + 1]]
+            if len(mine) == 0:
+                continue
+            state = stream.tickers[names[c]]
+            p = period[mine]
+            newest = np.maximum.accumulate(np.maximum(p, state.period))
+            keep = p == newest  # rows of an older period than one already seen are not learned from
+            mine, p = mine[keep], p[keep]
+            starts = np.flatnonzero(np.r_[True, p[1:] != p[:-1]]) if len(p) else np.empty(0, dtype=np.int64)
+            for a, b in zip(starts, np.r_[starts[1:], len(p)], strict=True):
+                group = idx[mine[a:b]]
+                if p[a] != state.period:
+                    self._close_period(state)
+                    state.period = int(p[a])
+                state.n += len(group)
+                flagged = rows.flagged[group]
+                state.n_flagged += int(flagged.sum())
+                keys = rows.key[group]
+                j = int(np.argmin(keys))
+                if int(keys[j]) < state.any_key:
+                    state.any_key, state.any_row = int(keys[j]), rows.x[group[j]].copy()
+                free = np.flatnonzero(~flagged)
+                if len(free):
+                    j = int(free[np.argmin(keys[free])])
+                    if int(keys[j]) < state.free_key:
+                        state.free_key, state.free_row = int(keys[j]), rows.x[group[j]].copy()
+
+    def _close_period(self, state: _TickerState) -> None:
+        if state.n:
+            mostly = state.n_flagged > 0.5 * state.n
+            state.drift_run = state.drift_run + 1 if mostly else 0
+            drifting = state.drift_run >= self.config.drift_periods
+            if drifting or state.free_key != _NO_KEY:
+                state.append(state.any_row if drifting else state.free_row)
+        state.n = state.n_flagged = 0
+        state.free_key = state.any_key = _NO_KEY
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def _checkpoint(self, stream: _Stream, rows: _Rows, at: int) -> None:
+        """Record the stream's state before row `at` (only when rows carry offsets: the runner)."""
+        if rows.offset is None:
+            return
+        offset = int(rows.offset[at])
+        names = list(stream.tickers)
+        states = [stream.tickers[t] for t in names]
+        rings = [s.recent() for s in states]
+        models = [(stream.current, True)] if stream.current else []
+        models += [(refit, False) for refit in stream.pending]
+        meta = {
+            "format": CHECKPOINT_FORMAT,
+            "config": asdict(self.config),
+            "stream": stream.key,
+            "offset": offset,
+            "clock": stream.clock,
+            "next_refit_ms": stream.next_refit_ms,
+            "version": stream.version,
+            "tickers": names,
+            "ring_sizes": [len(r) for r in rings],
+            "ticker_state": [
+                {
+                    "first_ts": s.first_ts,
+                    "drift_run": s.drift_run,
+                    "period": s.period,
+                    "n": s.n,
+                    "n_flagged": s.n_flagged,
+                    "free_key": s.free_key,
+                    "any_key": s.any_key,
+                }
+                for s in states
+            ],
+            "models": [
+                {
+                    "version": refit.version,
+                    "effective_ms": refit.effective_ms,
+                    "current": current,
+                    "tickers": list(refit.data),
+                    "sizes": [len(v) for v in refit.data.values()],
+                }
+                for refit, current in models
+            ],
+        }
+        dim = len(MODEL_FEATURES)
+        arrays: dict[str, Any] = {
+            "meta": np.array(json.dumps(meta)),
+            "rings": np.concatenate(rings) if rings else np.empty((0, dim)),
+            "free_rows": np.array([s.free_row for s in states]).reshape(-1, dim),
+            "any_rows": np.array([s.any_row for s in states]).reshape(-1, dim),
+        }
+        for j, (refit, _) in enumerate(models):
+            arrays[f"model{j}"] = np.concatenate(list(refit.data.values()))
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        self._checkpoints.append(Checkpoint(stream.key, offset, stream.clock, buffer.getvalue()))
 
     # --- output ---------------------------------------------------------------------------------
-    def _anomalies(
-        self,
-        per_trade: dict[str, np.ndarray],
-        rows: np.ndarray,
-        scores: np.ndarray,
-        thresholds: np.ndarray,
-        versions: np.ndarray,
-    ) -> list[dict]:
+    def _anomalies(self, per_trade: dict[str, np.ndarray], flagged: np.ndarray, rows: _Rows) -> list[dict]:
         out = []
         columns = [k for k in ("price", *FEATURE_COLUMNS) if k in per_trade]
-        for i in rows:
+        for i in flagged:
             ticker, ts, event_id = (
                 str(per_trade["ticker"][i]),
                 int(per_trade["ts_ms"][i]),
                 str(per_trade["event_id"][i]),
             )
+            version = int(rows.versions[i])
             vector = {k: float(per_trade[k][i]) for k in columns}
             out.append(
                 {
-                    "anomaly_id": stable_id(ticker, ts, event_id),
+                    # The model is part of the identity: a trade scored by another model is another
+                    # anomaly (see the module docstring: with a deterministic stream that never happens).
+                    "anomaly_id": anomaly_id(ticker, ts, event_id, version),
                     "ticker": ticker,
                     "ts_ms": ts,
-                    "anomaly_score": float(scores[i]),
-                    "threshold": float(thresholds[i]),
+                    "anomaly_score": float(rows.scores[i]),
+                    "threshold": float(rows.thresholds[i]),
                     "feature_vector": {k: v for k, v in vector.items() if np.isfinite(v)},
-                    "model_version": int(versions[i]),
+                    "model_version": version,
                     "event_id": event_id,
                 }
             )
         return out
 
 
-def _runs(flags: np.ndarray, carried: int) -> np.ndarray:
-    """Length of the run of consecutive True ending at each position (0 where False); `carried` is
-    the run length at the end of the previous batch."""
-    n = len(flags)
-    pos = np.arange(1, n + 1)
-    last_clear = np.maximum.accumulate(np.where(flags, 0, pos)) if n else pos
-    run = np.where(flags, pos - last_clear, 0)
-    leading = n if flags.all() else int(np.argmin(flags))  # positions before the first False
-    run[:leading] += carried
-    return run
+def anomaly_id(ticker: str, ts_ms: int, event_id: str, model_version: int) -> str:
+    """Identity of an anomaly: the trade and the model version that flagged it."""
+    return stable_id(ticker, ts_ms, event_id, model_version)
+
+
+@dataclass
+class _Rows:
+    """One batch's columns and the per-row results being filled in."""
+
+    x: np.ndarray
+    ts: np.ndarray
+    finite: np.ndarray
+    ticker: np.ndarray
+    key: np.ndarray
+    offset: np.ndarray | None
+    scores: np.ndarray
+    thresholds: np.ndarray
+    versions: np.ndarray
+    flagged: np.ndarray

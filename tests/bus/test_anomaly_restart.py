@@ -1,0 +1,74 @@
+"""Anomaly models across a runner restart, against the real broker: a runner that stops half-way and a
+second one that takes its partitions over (restoring each partition's model from its newest checkpoint
+at the committed offset and replaying from there) emit exactly the anomalies of one uninterrupted pass
+of the core over the same input."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import Producer
+
+from tests.bus.test_runner import make_recording, own_group, read_topic
+from tests.reliability.harness import anomaly_keys, uninterrupted_outputs
+from tradepulse.bus.clients import producer_config
+from tradepulse.bus.pipeline import build_runner
+from tradepulse.config import Settings
+from tradepulse.topics import ANOMALIES
+
+pytestmark = pytest.mark.kafka
+
+# Models within a 10-minute market: scored 10 s after a ticker's first trade, 10 training events a
+# second, refits every 10 s of market time (so a checkpoint every 10 s), effective 2 s later.
+ANOMALY = {
+    "anomaly_warmup_s": 10.0,
+    "anomaly_sample_ms": 100,
+    "anomaly_min_train": 100,
+    "anomaly_refit_interval_s": 10.0,
+    "anomaly_refit_delay_s": 2.0,
+}
+
+
+def test_a_runner_restarted_from_checkpoints_flags_what_an_uninterrupted_pass_flags(
+    kafka_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = own_group(kafka_settings).model_copy(update={**ANOMALY, "batch_max_messages": 2000})
+    recording = make_recording(duration_s=600, rate=60)
+    # Record timestamps = receive times, as the live ingest has them: the rebuild's look-back (390 s of
+    # timestamps) then covers part of the input only, and the restored models must replay from their
+    # checkpoints, not from the start of the topics. (Shifted to end now: older ones fall to retention.)
+    shift = int(time.time() * 1000) - max(r["received_ts_us"] // 1000 for _, _, r in recording.events)
+    producer = Producer(producer_config(settings))
+    for topic, key, row in recording.events:
+        ts = row["received_ts_us"] // 1000 + shift
+        while True:
+            try:
+                producer.produce(topic, key=key.encode(), value=orjson.dumps(row), timestamp=ts)
+                break
+            except BufferError:
+                producer.poll(0.1)
+    assert producer.flush(60) == 0
+    total = len(recording.events)
+
+    first = build_runner(settings, instance="anomaly-restart")
+    first.run(stop_when=lambda m: m.events_processed >= total * 2 // 3)
+    done_first = first.metrics.events_processed
+    assert done_first < total
+    with caplog.at_level(logging.INFO, logger="tradepulse.bus.pipeline"):
+        second = build_runner(settings, instance="anomaly-restart")
+        second.run(stop_when=lambda m: m.events_processed >= total - done_first)
+    restored = [r.args for r in caplog.records if "restored at trades offset" in r.getMessage()]
+    assert restored and all(offset > 0 for _, offset in restored), restored  # type: ignore[misc]
+
+    expected_anomalies, _ = uninterrupted_outputs(settings, tmp_path / "oracle", ANOMALY)
+    anomalies = read_topic(settings, ANOMALIES)
+    expected = anomaly_keys(expected_anomalies)
+    assert len(expected) > 100 and len({a["model_version"] for a in expected_anomalies}) > 10
+    assert anomaly_keys(anomalies) == expected
+    # Correlations are not compared here: in this scenario the restarted runner emitted 18 of the 23
+    # correlations of the uninterrupted pass, one with a peak_zscore different in the 16th digit (found
+    # while writing this test; the news join's restart behaviour is outside the anomaly change).
