@@ -73,4 +73,12 @@ def test_a_runner_restarted_from_checkpoints_flags_what_an_uninterrupted_pass_fl
     # emitted by the second runner with the z-scores the first one would have joined it with.
     correlations = read_topic(settings, CORRELATIONS)
     assert len(expected_correlations) > 10
-    assert correlation_keys(correlations) == correlation_keys(expected_correlations)
+    got = {c["correlation_id"]: c for c in correlations}
+    want = {c["correlation_id"]: c for c in expected_correlations}
+    differing = {
+        cid: {k: (got[cid].get(k), v) for k, v in row.items() if got[cid].get(k) != v}
+        for cid, row in want.items()
+        if cid in got and got[cid] != row
+    }
+    assert (sorted(got.keys() - want.keys()), sorted(want.keys() - got.keys()), differing) == ([], [], {})
+    assert correlation_keys(correlations) == correlation_keys(expected_correlations)  # no duplicates either
