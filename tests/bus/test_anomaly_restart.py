@@ -1,11 +1,14 @@
 """Anomaly models across a runner restart, against the real broker: a runner that stops half-way and a
 second one that takes its partitions over (restoring each partition's model from its newest checkpoint
 at the committed offset and replaying from there) emit exactly the anomalies of one uninterrupted pass
-of the core over the same input."""
+of the core over the same input, and the news↔volume correlations of that pass: the articles the first
+runner still held at its committed offset are re-read by the second one (their offsets are committed as
+metadata) and joined against the same z-score memory."""
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import pytest
 from confluent_kafka import Producer
 
 from tests.bus.test_runner import make_recording, own_group, read_topic
-from tests.reliability.harness import anomaly_keys, correlation_keys, uninterrupted_outputs
+from tests.reliability.harness import anomaly_keys, uninterrupted_outputs
 from tradepulse.bus.clients import producer_config
 from tradepulse.bus.pipeline import build_runner
 from tradepulse.config import Settings
@@ -73,12 +76,27 @@ def test_a_runner_restarted_from_checkpoints_flags_what_an_uninterrupted_pass_fl
     # emitted by the second runner with the z-scores the first one would have joined it with.
     correlations = read_topic(settings, CORRELATIONS)
     assert len(expected_correlations) > 10
+    assert len(correlations) == len({c["correlation_id"] for c in correlations})  # no duplicates
     got = {c["correlation_id"]: c for c in correlations}
     want = {c["correlation_id"]: c for c in expected_correlations}
     differing = {
-        cid: {k: (got[cid].get(k), v) for k, v in row.items() if got[cid].get(k) != v}
+        cid: {k: (got[cid].get(k), v) for k, v in row.items() if not _same(k, got[cid].get(k), v)}
         for cid, row in want.items()
-        if cid in got and got[cid] != row
+        if cid in got
     }
+    differing = {cid: fields for cid, fields in differing.items() if fields}
     assert (sorted(got.keys() - want.keys()), sorted(want.keys() - got.keys()), differing) == ([], [], {})
-    assert correlation_keys(correlations) == correlation_keys(expected_correlations)  # no duplicates either
+
+
+#: The z-scores a correlation reports. The feature engine's per-trade `volume_zscore` depends on how the
+#: stream is split into batches in its last bits (window sums are differences of extended-precision
+#: prefix sums that restart from each batch's base, `trade_state.seg_cumsum`): 8 of 17,516 trades of
+#: this recording differ by ~1e-14 between batches of 2000 and 997, with no restart at all. Until
+#: that is exact, these fields are compared to 1e-12 (a missing spike changes them in the first digits).
+_ZSCORE_FIELDS = {"peak_zscore", "matched_zscore", "volume_zscore_at_publish"}
+
+
+def _same(field: str, got: object, want: object) -> bool:
+    if field in _ZSCORE_FIELDS and isinstance(got, float) and isinstance(want, float):
+        return math.isclose(got, want, rel_tol=1e-12, abs_tol=1e-12)
+    return got == want
