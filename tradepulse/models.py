@@ -150,8 +150,27 @@ class Correlation(_Model):
     correlation_strength: Literal["strong", "moderate", "weak", "none"]
 
 
+class RedriveAttempt(_Model):
+    """One entry of a dead letter's history: a redrive attempt, or a later failure of what it redrove."""
+
+    at: str = Field(description="ISO 8601 UTC.")
+    outcome: Literal["redriven", "failed", "failed_again"] = Field(
+        description=(
+            "redriven: handed back (re-published or re-written); failed: the redrive itself raised; "
+            "failed_again: the redriven message failed again downstream."
+        )
+    )
+    stage: str | None = Field(default=None, description="Where a `failed_again` happened.")
+    error_type: str | None = None
+    reason: str | None = None
+
+
 class DeadLetter(_Model):
-    """A message that could not be processed, with everything needed to redrive or inspect it."""
+    """A message that could not be processed, with everything needed to redrive or inspect it.
+
+    `stage`, `error_type`, `reason` and the source fields describe the original failure and are never
+    overwritten; every later attempt is appended to `history`.
+    """
 
     dead_letter_id: str = Field(
         description="Deterministic id of (stage, source topic, partition, offset, payload)."
@@ -164,10 +183,20 @@ class DeadLetter(_Model):
     source_partition: int | None = None
     source_offset: int | None = None
     ticker: Ticker | None = None
-    retry_count: int = 0
+    failure_class: Literal["transient", "permanent"] = Field(
+        default="permanent",
+        description=(
+            "transient (a sink, timeout or throttling: redriven every 15 min, archived after 5 attempts) "
+            "or permanent (the payload can never become valid: never redriven, kept for inspection)."
+        ),
+    )
+    retry_count: int = Field(default=0, description="Redrive attempts so far.")
     first_failure_at: str = Field(description="ISO 8601 UTC.")
     last_failure_at: str = Field(description="ISO 8601 UTC.")
     status: Literal["pending", "redriven", "archived"] = "pending"
+    history: list[RedriveAttempt] = Field(
+        default_factory=list, description="Redrive attempts and later failures, oldest first."
+    )
 
 
 TOPIC_MODELS: dict[str, type[BaseModel]] = {
