@@ -154,7 +154,7 @@ def test_a_redriven_message_that_fails_again_keeps_the_original_failure() -> Non
         stage="processor",
         payload=value,
         error_type="bad_value",
-        reason="'price'=-1.0 out of range",
+        reason="field 'price' must be > 0, got -1.0",
         source_topic="market.trades",
         source_partition=0,
         source_offset=77,
@@ -171,7 +171,7 @@ def test_a_redriven_message_that_fails_again_keeps_the_original_failure() -> Non
         "outcome": "failed_again",
         "stage": "processor",
         "error_type": "bad_value",
-        "reason": "'price'=-1.0 out of range",
+        "reason": "field 'price' must be > 0, got -1.0",
     }
     assert again["failure_class"] == PERMANENT  # it can never succeed now: not redriven again
 

@@ -2,8 +2,10 @@
 events and dead letters.
 
 This is the ingest hot path, so records are plain dicts with exactly the fields of
-`tradepulse.models.Trade` / `Quote` (no pydantic object per event) and validation is a handful of
-exact type checks. Anything that does not validate becomes a `Reject` (raw payload + reason) for the
+`tradepulse.models.Trade` / `Quote` (no pydantic object per event). Each wire field is checked with the
+rule of the model field it becomes (`tradepulse.validation.RULES`, the runner's rules too), so ingest
+and the runner accept and reject the same values, with the same reasons (under the wire names: `p`,
+not `price`). Anything that does not validate becomes a `Reject` (raw payload + reason) for the
 dead-letter queue; one bad event never takes its frame-mates down with it.
 """
 
@@ -17,13 +19,40 @@ from typing import Any
 import orjson
 
 from tradepulse.ids import quote_event_id, trade_event_id
+from tradepulse.topics import QUOTES, TRADES
+from tradepulse.validation import RULES, InvalidField, Rule
 
 Record = dict[str, Any]
 
 #: Dead-letter payloads of oversize frames keep only this many bytes (the reason says so).
 OVERSIZE_PAYLOAD_BYTES = 64 * 1024
 
-_NUMBER = (int, float)
+_TRADE = RULES[TRADES]
+_QUOTE = RULES[QUOTES]
+#: Massive wire field → the model field it becomes (and whose rule checks it).
+TRADE_WIRE = {
+    "sym": "ticker",
+    "x": "exchange",
+    "i": "trade_id",
+    "p": "price",
+    "s": "size",
+    "t": "exchange_ts_ms",
+    "q": "sequence",
+    "z": "tape",
+}
+QUOTE_WIRE = {
+    "sym": "ticker",
+    "bp": "bid_price",
+    "bs": "bid_size",
+    "bx": "bid_exchange",
+    "ap": "ask_price",
+    "as": "ask_size",
+    "ax": "ask_exchange",
+    "z": "tape",
+    "q": "sequence",
+    "t": "exchange_ts_ms",
+}
+_INT = Rule(int)  # a wire integer that is no model field as such (REST's ns timestamps)
 
 
 class InvalidEvent(ValueError):
@@ -108,12 +137,10 @@ def parse_frame(raw: str | bytes, received_ts_us: int, max_frame_bytes: int = 4 
 
 def trade_record(e: dict[str, Any], received_ts_us: int) -> Record:
     """A validated `models.Trade` dict from a Massive `T` event (raises InvalidEvent/KeyError)."""
-    ticker = _ticker(e)
-    exchange = _int(e, "x")
-    trade_id = e["i"]
-    if type(trade_id) is not str or not trade_id:
-        raise InvalidEvent(f"field 'i' must be a non-empty string, got {trade_id!r}")
-    price = _positive(e, "p")
+    ticker = _field(e, "sym", _TRADE["ticker"])
+    exchange = _field(e, "x", _TRADE["exchange"])
+    trade_id = _field(e, "i", _TRADE["trade_id"])
+    price = _field(e, "p", _TRADE["price"])
     size = _trade_size(e, "s", "ds")
     return _trade(
         ticker,
@@ -121,9 +148,9 @@ def trade_record(e: dict[str, Any], received_ts_us: int) -> Record:
         trade_id,
         price,
         size,
-        ts=_int(e, "t"),
-        seq=_int(e, "q"),
-        tape=_int(e, "z"),
+        ts=_field(e, "t", _TRADE["exchange_ts_ms"]),
+        seq=_field(e, "q", _TRADE["sequence"]),
+        tape=_field(e, "z", _TRADE["tape"]),
         conditions=_int_list(e, "c"),
         received_ts_us=received_ts_us,
         trf_id=_optional_int(e, "trfi"),
@@ -171,24 +198,22 @@ def rest_trade_record(ticker: str, r: dict[str, Any], received_ts_us: int) -> Re
     `received_ts_us`), so both paths give the trade the same event id: the WebSocket's `t`/`trft` are the
     SIP/TRF timestamps in ms, REST's `sip_timestamp`/`trf_timestamp` the same instants in ns.
     """
-    if type(ticker) is not str or not ticker:
-        raise InvalidEvent(f"ticker must be a non-empty string, got {ticker!r}")
-    exchange = _int(r, "exchange")
-    trade_id = r["id"]
-    if type(trade_id) is not str or not trade_id:
-        raise InvalidEvent(f"field 'id' must be a non-empty string, got {trade_id!r}")
-    price = _positive(r, "price")
+    _field({"ticker": ticker}, "ticker", _TRADE["ticker"])
+    exchange = _field(r, "exchange", _TRADE["exchange"])
+    trade_id = _field(r, "id", _TRADE["trade_id"])
+    price = _field(r, "price", _TRADE["price"])
     size = _trade_size(r, "size", "decimal_size")
     trf_ns = _optional_int(r, "trf_timestamp")
+    ts_ms = _field(r, "sip_timestamp", _INT) // 1_000_000
     return _trade(
         ticker,
         exchange,
         trade_id,
         price,
         size,
-        ts=_int(r, "sip_timestamp") // 1_000_000,
-        seq=_int(r, "sequence_number"),
-        tape=_int(r, "tape"),
+        ts=_field({"sip_timestamp (ms)": ts_ms}, "sip_timestamp (ms)", _TRADE["exchange_ts_ms"]),
+        seq=_field(r, "sequence_number", _TRADE["sequence"]),
+        tape=_field(r, "tape", _TRADE["tape"]),
         conditions=_int_list(r, "conditions"),
         received_ts_us=received_ts_us,
         trf_id=_optional_int(r, "trf_id"),
@@ -203,9 +228,9 @@ def rest_trade_reject(ticker: str, r: Any, exc: Exception) -> Reject:
 
 def quote_record(e: dict[str, Any], received_ts_us: int) -> Record:
     """A validated `models.Quote` dict from a Massive `Q` event (raises InvalidEvent/KeyError)."""
-    ticker = _ticker(e)
-    ts = _int(e, "t")
-    seq = _int(e, "q")
+    ticker = _field(e, "sym", _QUOTE["ticker"])
+    ts = _field(e, "t", _QUOTE["exchange_ts_ms"])
+    seq = _field(e, "q", _QUOTE["sequence"])
     # A quote's condition `c` is a single int on the wire; the model keeps a list like trades do.
     condition = e.get("c")
     if condition is None:
@@ -217,15 +242,15 @@ def quote_record(e: dict[str, Any], received_ts_us: int) -> Record:
     return {
         "event_id": quote_event_id(ticker, ts, seq),
         "ticker": ticker,
-        "bid_price": float(_non_negative(e, "bp")),
-        "bid_size": float(_non_negative(e, "bs")),
-        "bid_exchange": _int(e, "bx"),
-        "ask_price": float(_non_negative(e, "ap")),
-        "ask_size": float(_non_negative(e, "as")),
-        "ask_exchange": _int(e, "ax"),
+        "bid_price": float(_field(e, "bp", _QUOTE["bid_price"])),
+        "bid_size": float(_field(e, "bs", _QUOTE["bid_size"])),
+        "bid_exchange": _field(e, "bx", _QUOTE["bid_exchange"]),
+        "ask_price": float(_field(e, "ap", _QUOTE["ask_price"])),
+        "ask_size": float(_field(e, "as", _QUOTE["ask_size"])),
+        "ask_exchange": _field(e, "ax", _QUOTE["ask_exchange"]),
         "conditions": conditions,
         "indicators": _int_list(e, "i"),
-        "tape": _int(e, "z"),
+        "tape": _field(e, "z", _QUOTE["tape"]),
         "sequence": seq,
         "exchange_ts_ms": ts,
         "received_ts_us": received_ts_us,
@@ -233,48 +258,23 @@ def quote_record(e: dict[str, Any], received_ts_us: int) -> Record:
 
 
 # --- field checks -------------------------------------------------------------------------------
-# `type(x) is int` on purpose: bool is a subclass of int and `true` is not an exchange id.
 
 
-def _ticker(e: dict[str, Any]) -> str:
-    sym = e["sym"]
-    if type(sym) is not str or not sym:
-        raise InvalidEvent(f"field 'sym' must be a non-empty string, got {sym!r}")
-    return sym
-
-
-def _int(e: dict[str, Any], key: str) -> int:
-    value = e[key]
-    if type(value) is not int:
-        raise InvalidEvent(f"field {key!r} must be an integer, got {value!r}")
-    return value
+def _field(e: dict[str, Any], key: str, rule: Rule) -> Any:
+    """`e[key]` checked with the model field's rule; a missing (or null) field is a KeyError, which the
+    caller reports as MissingField."""
+    try:
+        return rule.check(key, e[key])
+    except InvalidField as exc:
+        if exc.missing:
+            raise KeyError(key) from None
+        raise InvalidEvent(exc.reason) from None
 
 
 def _optional_int(e: dict[str, Any], key: str) -> int | None:
     value = e.get(key)
     if value is not None and type(value) is not int:
         raise InvalidEvent(f"field {key!r} must be an integer, got {value!r}")
-    return value
-
-
-def _number(e: dict[str, Any], key: str) -> float:
-    value = e[key]
-    if type(value) not in _NUMBER or not math.isfinite(value):
-        raise InvalidEvent(f"field {key!r} must be a finite number, got {value!r}")
-    return value
-
-
-def _positive(e: dict[str, Any], key: str) -> float:
-    value = _number(e, key)
-    if value <= 0:
-        raise InvalidEvent(f"field {key!r} must be > 0, got {value!r}")
-    return value
-
-
-def _non_negative(e: dict[str, Any], key: str) -> float:
-    value = _number(e, key)
-    if value < 0:
-        raise InvalidEvent(f"field {key!r} must be >= 0, got {value!r}")
     return value
 
 
@@ -291,7 +291,7 @@ def _trade_size(e: dict[str, Any], key: str, decimal_key: str) -> float:
         if not (math.isfinite(size) and size > 0):
             raise InvalidEvent(f"field {decimal_key!r} must be > 0, got {fractional!r}")
         return size
-    return _positive(e, key)
+    return _field(e, key, _TRADE["size"])
 
 
 def _int_list(e: dict[str, Any], key: str) -> list[int]:
