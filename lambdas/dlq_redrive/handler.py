@@ -31,12 +31,12 @@ from tradepulse.config import Settings
 from tradepulse.stores.base import HotStore
 from tradepulse.stores.dlq import (
     PERMANENT,
-    SqsDeadLetterQueue,
     attempt_redrive,
     class_of,
     lazy,
     redrive_route,
 )
+from tradepulse.stores.dlq_queues import SqsDeadLetterQueue
 from tradepulse.stores.parquet_cold import ParquetColdStore
 
 logger = Logger()

@@ -9,7 +9,8 @@ from fastapi.testclient import TestClient
 from tests.api.conftest import FakeClock
 from tradepulse.api.app import create_app
 from tradepulse.config import Settings
-from tradepulse.stores.dlq import SqliteDeadLetterQueue, make_dead_letter
+from tradepulse.stores.dlq import make_dead_letter
+from tradepulse.stores.dlq_queues import SqliteDeadLetterQueue
 from tradepulse.stores.sqlite_hot import SqliteHotStore
 
 T0 = 1_767_000_000.0

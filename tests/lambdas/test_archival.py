@@ -8,7 +8,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from tradepulse.stores.dlq import SqsDeadLetterQueue, make_dead_letter
+from tradepulse.stores.dlq import make_dead_letter
+from tradepulse.stores.dlq_queues import SqsDeadLetterQueue
 
 from .conftest import REGION, LambdaContext
 

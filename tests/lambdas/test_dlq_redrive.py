@@ -13,7 +13,8 @@ from confluent_kafka import Consumer
 
 from tradepulse import topics
 from tradepulse.config import Settings
-from tradepulse.stores.dlq import DLQ_RETRIES_HEADER, SqsDeadLetterQueue, make_dead_letter
+from tradepulse.stores.dlq import DLQ_RETRIES_HEADER, make_dead_letter
+from tradepulse.stores.dlq_queues import SqsDeadLetterQueue
 
 from .conftest import REGION, LambdaContext
 

@@ -18,8 +18,6 @@ from tradepulse.stores.dlq import (
     TRANSIENT,
     DeadLetterPolicy,
     NoRedriveRoute,
-    SqliteDeadLetterQueue,
-    SqsDeadLetterQueue,
     decode_payload,
     encode_payload,
     iso_utc,
@@ -28,6 +26,7 @@ from tradepulse.stores.dlq import (
     redrive_route,
     republisher,
 )
+from tradepulse.stores.dlq_queues import SqliteDeadLetterQueue, SqsDeadLetterQueue
 
 T0 = 1_767_000_000.0
 MIN = 60.0

@@ -52,11 +52,21 @@ QUOTE_WIRE = {
     "q": "sequence",
     "t": "exchange_ts_ms",
 }
-_INT = Rule(int)  # a wire integer that is no model field as such (REST's ns timestamps)
+# The checks of the model fields, bound once: the per-event path calls them directly.
+_TICKER = _TRADE["ticker"].check
+_EXCHANGE, _TRADE_ID = _TRADE["exchange"].check, _TRADE["trade_id"].check
+_PRICE, _SIZE = _TRADE["price"].check, _TRADE["size"].check
+_TS, _SEQUENCE, _TAPE = _TRADE["exchange_ts_ms"].check, _TRADE["sequence"].check, _TRADE["tape"].check
+_BID_PRICE, _BID_SIZE, _BID_EXCHANGE = (_QUOTE[f].check for f in ("bid_price", "bid_size", "bid_exchange"))
+_ASK_PRICE, _ASK_SIZE, _ASK_EXCHANGE = (_QUOTE[f].check for f in ("ask_price", "ask_size", "ask_exchange"))
+_QUOTE_TICKER, _QUOTE_TS = _QUOTE["ticker"].check, _QUOTE["exchange_ts_ms"].check
+_QUOTE_SEQUENCE, _QUOTE_TAPE = _QUOTE["sequence"].check, _QUOTE["tape"].check
+_INT = Rule(int).check  # a wire integer that is no model field as such (REST's ns timestamps)
 
 
-class InvalidEvent(ValueError):
-    """An event that does not match the protocol; the message is the dead-letter reason."""
+InvalidEvent = InvalidField
+"""An event that does not match the protocol; the message is the dead-letter reason. The exception the
+model rules raise (`tradepulse.validation`), so one `except` catches both."""
 
 
 @dataclass(slots=True)
@@ -137,10 +147,10 @@ def parse_frame(raw: str | bytes, received_ts_us: int, max_frame_bytes: int = 4 
 
 def trade_record(e: dict[str, Any], received_ts_us: int) -> Record:
     """A validated `models.Trade` dict from a Massive `T` event (raises InvalidEvent/KeyError)."""
-    ticker = _field(e, "sym", _TRADE["ticker"])
-    exchange = _field(e, "x", _TRADE["exchange"])
-    trade_id = _field(e, "i", _TRADE["trade_id"])
-    price = _field(e, "p", _TRADE["price"])
+    ticker = _TICKER("sym", e["sym"])
+    exchange = _EXCHANGE("x", e["x"])
+    trade_id = _TRADE_ID("i", e["i"])
+    price = _PRICE("p", e["p"])
     size = _trade_size(e, "s", "ds")
     return _trade(
         ticker,
@@ -148,9 +158,9 @@ def trade_record(e: dict[str, Any], received_ts_us: int) -> Record:
         trade_id,
         price,
         size,
-        ts=_field(e, "t", _TRADE["exchange_ts_ms"]),
-        seq=_field(e, "q", _TRADE["sequence"]),
-        tape=_field(e, "z", _TRADE["tape"]),
+        ts=_TS("t", e["t"]),
+        seq=_SEQUENCE("q", e["q"]),
+        tape=_TAPE("z", e["z"]),
         conditions=_int_list(e, "c"),
         received_ts_us=received_ts_us,
         trf_id=_optional_int(e, "trfi"),
@@ -198,22 +208,22 @@ def rest_trade_record(ticker: str, r: dict[str, Any], received_ts_us: int) -> Re
     `received_ts_us`), so both paths give the trade the same event id: the WebSocket's `t`/`trft` are the
     SIP/TRF timestamps in ms, REST's `sip_timestamp`/`trf_timestamp` the same instants in ns.
     """
-    _field({"ticker": ticker}, "ticker", _TRADE["ticker"])
-    exchange = _field(r, "exchange", _TRADE["exchange"])
-    trade_id = _field(r, "id", _TRADE["trade_id"])
-    price = _field(r, "price", _TRADE["price"])
+    _TICKER("ticker", ticker)
+    exchange = _EXCHANGE("exchange", r["exchange"])
+    trade_id = _TRADE_ID("id", r["id"])
+    price = _PRICE("price", r["price"])
     size = _trade_size(r, "size", "decimal_size")
     trf_ns = _optional_int(r, "trf_timestamp")
-    ts_ms = _field(r, "sip_timestamp", _INT) // 1_000_000
+    ts_ms = _INT("sip_timestamp", r["sip_timestamp"]) // 1_000_000
     return _trade(
         ticker,
         exchange,
         trade_id,
         price,
         size,
-        ts=_field({"sip_timestamp (ms)": ts_ms}, "sip_timestamp (ms)", _TRADE["exchange_ts_ms"]),
-        seq=_field(r, "sequence_number", _TRADE["sequence"]),
-        tape=_field(r, "tape", _TRADE["tape"]),
+        ts=_TS("sip_timestamp (ms)", ts_ms),
+        seq=_SEQUENCE("sequence_number", r["sequence_number"]),
+        tape=_TAPE("tape", r["tape"]),
         conditions=_int_list(r, "conditions"),
         received_ts_us=received_ts_us,
         trf_id=_optional_int(r, "trf_id"),
@@ -228,9 +238,9 @@ def rest_trade_reject(ticker: str, r: Any, exc: Exception) -> Reject:
 
 def quote_record(e: dict[str, Any], received_ts_us: int) -> Record:
     """A validated `models.Quote` dict from a Massive `Q` event (raises InvalidEvent/KeyError)."""
-    ticker = _field(e, "sym", _QUOTE["ticker"])
-    ts = _field(e, "t", _QUOTE["exchange_ts_ms"])
-    seq = _field(e, "q", _QUOTE["sequence"])
+    ticker = _QUOTE_TICKER("sym", e["sym"])
+    ts = _QUOTE_TS("t", e["t"])
+    seq = _QUOTE_SEQUENCE("q", e["q"])
     # A quote's condition `c` is a single int on the wire; the model keeps a list like trades do.
     condition = e.get("c")
     if condition is None:
@@ -242,15 +252,15 @@ def quote_record(e: dict[str, Any], received_ts_us: int) -> Record:
     return {
         "event_id": quote_event_id(ticker, ts, seq),
         "ticker": ticker,
-        "bid_price": float(_field(e, "bp", _QUOTE["bid_price"])),
-        "bid_size": float(_field(e, "bs", _QUOTE["bid_size"])),
-        "bid_exchange": _field(e, "bx", _QUOTE["bid_exchange"]),
-        "ask_price": float(_field(e, "ap", _QUOTE["ask_price"])),
-        "ask_size": float(_field(e, "as", _QUOTE["ask_size"])),
-        "ask_exchange": _field(e, "ax", _QUOTE["ask_exchange"]),
+        "bid_price": float(_BID_PRICE("bp", e["bp"])),
+        "bid_size": float(_BID_SIZE("bs", e["bs"])),
+        "bid_exchange": _BID_EXCHANGE("bx", e["bx"]),
+        "ask_price": float(_ASK_PRICE("ap", e["ap"])),
+        "ask_size": float(_ASK_SIZE("as", e["as"])),
+        "ask_exchange": _ASK_EXCHANGE("ax", e["ax"]),
         "conditions": conditions,
         "indicators": _int_list(e, "i"),
-        "tape": _field(e, "z", _QUOTE["tape"]),
+        "tape": _QUOTE_TAPE("z", e["z"]),
         "sequence": seq,
         "exchange_ts_ms": ts,
         "received_ts_us": received_ts_us,
@@ -258,17 +268,6 @@ def quote_record(e: dict[str, Any], received_ts_us: int) -> Record:
 
 
 # --- field checks -------------------------------------------------------------------------------
-
-
-def _field(e: dict[str, Any], key: str, rule: Rule) -> Any:
-    """`e[key]` checked with the model field's rule; a missing (or null) field is a KeyError, which the
-    caller reports as MissingField."""
-    try:
-        return rule.check(key, e[key])
-    except InvalidField as exc:
-        if exc.missing:
-            raise KeyError(key) from None
-        raise InvalidEvent(exc.reason) from None
 
 
 def _optional_int(e: dict[str, Any], key: str) -> int | None:
@@ -291,7 +290,7 @@ def _trade_size(e: dict[str, Any], key: str, decimal_key: str) -> float:
         if not (math.isfinite(size) and size > 0):
             raise InvalidEvent(f"field {decimal_key!r} must be > 0, got {fractional!r}")
         return size
-    return _field(e, key, _TRADE["size"])
+    return _SIZE(key, e[key])
 
 
 def _int_list(e: dict[str, Any], key: str) -> list[int]:
@@ -306,6 +305,8 @@ def _int_list(e: dict[str, Any], key: str) -> list[int]:
 def _reject(event: Any, exc: Exception, lenient: bool, ticker: str | None = None) -> Reject:
     if isinstance(exc, KeyError):
         reason, error_type = f"missing field {exc.args[0]!r}", "MissingField"
+    elif isinstance(exc, InvalidField) and exc.missing:  # present but null
+        reason, error_type = exc.reason, "MissingField"
     elif isinstance(exc, TypeError):
         reason, error_type = f"event is not an object: {type(event).__name__}", "BadEvent"
     else:
