@@ -64,21 +64,13 @@ def missing(name: str) -> InvalidField:
 def _checker(rule: Rule) -> Callable[[str, Any], Any]:
     """`check(name, value)`: the value if it passes, else raises InvalidField with the reason. Built per
     rule, for speed (ingest calls it per field of every event): exact `type` checks (bool is not an
-    int, and `true` is not an exchange id) and the bounds as plain comparisons."""
+    int, and `true` is not an exchange id) and the bounds as inline comparisons."""
     gt, ge, lt, le = rule.gt, rule.ge, rule.lt, rule.le
     bounded = bool(rule.bounds)
 
     def out_of_bounds(name: str, value: Any) -> InvalidField:
         op, limit = next((op, limit) for op, limit in rule.bounds if not _OPERATORS[op](value, limit))
         return InvalidField(f"field {name!r} must be {op} {limit}, got {value!r}")
-
-    def outside(value: Any) -> bool:
-        return (
-            (gt is not None and not value > gt)
-            or (ge is not None and not value >= ge)
-            or (lt is not None and not value < lt)
-            or (le is not None and not value <= le)
-        )
 
     if rule.kind is str:
         need = "a non-empty string" if rule.min_length else "a string"
@@ -101,7 +93,12 @@ def _checker(rule: Rule) -> Callable[[str, Any], Any]:
                 raise InvalidField(f"field {name!r} must be an integer, got {value!r}")
             if not INT64_MIN <= value <= INT64_MAX:
                 raise InvalidField(f"field {name!r} must fit in 64 bits, got {value!r}")
-            if bounded and outside(value):
+            if bounded and (
+                (gt is not None and not value > gt)
+                or (ge is not None and not value >= ge)
+                or (lt is not None and not value < lt)
+                or (le is not None and not value <= le)
+            ):
                 raise out_of_bounds(name, value)
             return value
 
@@ -115,7 +112,12 @@ def _checker(rule: Rule) -> Callable[[str, Any], Any]:
             if value is None:
                 raise missing(name)
             raise InvalidField(f"field {name!r} must be a finite number, got {value!r}")
-        if bounded and outside(value):
+        if bounded and (
+            (gt is not None and not value > gt)
+            or (ge is not None and not value >= ge)
+            or (lt is not None and not value < lt)
+            or (le is not None and not value <= le)
+        ):
             raise out_of_bounds(name, value)
         return value
 
