@@ -11,7 +11,8 @@ import pytest
 from tests.test_metrics_emf import parse_emf, values
 from tradepulse import metrics_emf
 from tradepulse.bus.status import RunnerMetrics
-from tradepulse.stores.dlq import SqsDeadLetterQueue, make_dead_letter
+from tradepulse.stores.dlq import make_dead_letter
+from tradepulse.stores.dlq_queues import SqsDeadLetterQueue
 
 from .conftest import REGION, LambdaContext
 

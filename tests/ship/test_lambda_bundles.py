@@ -245,7 +245,8 @@ def _sqs_letters() -> Any:
 
 
 def _put_letter(aws: dict[str, Any], queue_url: str, retry_count: int, ticker: str) -> dict[str, Any]:
-    from tradepulse.stores.dlq import SqsDeadLetterQueue, make_dead_letter
+    from tradepulse.stores.dlq import make_dead_letter
+    from tradepulse.stores.dlq_queues import SqsDeadLetterQueue
 
     letter = make_dead_letter(
         stage="sink:hot", payload=ticker.encode() + b"\xff\x00binary", error_type="ThrottlingError", reason="throttled",

@@ -9,7 +9,8 @@ import pytest
 from tests.stores.conftest import BASE_MS, make_anomaly, make_correlation, make_feature, make_trade
 from tradepulse import topics
 from tradepulse.config import Settings
-from tradepulse.stores.dlq import DeadLetterPolicy, SqliteDeadLetterQueue, make_dead_letter
+from tradepulse.stores.dlq import DeadLetterPolicy, make_dead_letter
+from tradepulse.stores.dlq_queues import SqliteDeadLetterQueue
 from tradepulse.stores.parquet_cold import ParquetColdStore
 from tradepulse.stores.sql import EXAMPLE_QUERIES, VIEWS, run_query
 

@@ -154,10 +154,10 @@ def build_runner(
     """A runner on the configured stores and the real core. The service passes a commit watchdog;
     in-process callers (tests, benchmarks) leave it out, since it restarts the whole process."""
     from tradepulse.bus.backpressure import BackpressureController
-    from tradepulse.stores.dlq import with_retries
+    from tradepulse.retry import retry_call
     from tradepulse.stores.factory import open_cold_store, open_dlq, open_hot_store
 
-    attempts = settings.dlq_inline_attempts
+    attempts, deadline_s = settings.dlq_inline_attempts, settings.dlq_inline_deadline_s
     return Runner(
         settings,
         processor=CoreProcessor(settings),
@@ -165,7 +165,7 @@ def build_runner(
         cold_factory=lambda: open_cold_store(settings),
         dlq=open_dlq(settings),
         backpressure=BackpressureController.from_settings(settings),
-        sink_retry=lambda fn: with_retries(fn, attempts=attempts),
+        sink_retry=lambda fn: retry_call(fn, attempts=attempts, deadline_s=deadline_s),
         instance=instance,
         commit_watchdog=commit_watchdog,
     )
