@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from tradepulse.errors import InvalidArgument
+
 T = TypeVar("T")
 
 
@@ -45,7 +47,7 @@ def retry_call(
     One layer retries per call path: wrap a call here only when nothing below it retries already (the
     AWS clients retry themselves, botocore's standard mode, see `tradepulse.stores.dynamo_hot`)."""
     if attempts < 1:
-        raise ValueError("attempts must be >= 1")
+        raise InvalidArgument("attempts must be >= 1")
     give_up_at = None if deadline_s is None else clock() + deadline_s
     for attempt in range(attempts):
         try:

@@ -22,6 +22,7 @@ from tradepulse.core.anomaly import AnomalyConfig, AnomalyDetector
 from tradepulse.core.columns import QuoteColumns, TradeColumns
 from tradepulse.core.features import FeatureConfig, FeatureEngine, FeatureOutput
 from tradepulse.core.news_join import NewsJoiner
+from tradepulse.errors import InvalidArgument
 from tradepulse.stores.base import HotStore
 from tradepulse.topics import TRADES
 
@@ -73,7 +74,7 @@ class CoreProcessor:
             data = self.checkpoints.latest(str(partition), offset)
             try:
                 if data is None:
-                    raise ValueError("no checkpoint at or below the committed offset")
+                    raise InvalidArgument("no checkpoint at or below the committed offset")
                 checkpoint = self.detector.restore(data)
             except ValueError as exc:
                 # Deterministic from the rebuild's look-back on, but not what the previous owner scored.

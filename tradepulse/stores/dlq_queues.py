@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from tradepulse.errors import InvalidArgument, StoreError
 from tradepulse.stores.base import Row
 from tradepulse.stores.dlq import ORIGIN_FIELDS, PERMANENT, TRANSIENT, class_of
 
@@ -225,7 +226,7 @@ class SqsDeadLetterQueue:
     @classmethod
     def from_settings(cls, settings: Any) -> SqsDeadLetterQueue:
         if not settings.sqs_dlq_url:
-            raise ValueError("TRADEPULSE_SQS_DLQ_URL is required for the SQS dead-letter queue")
+            raise InvalidArgument("TRADEPULSE_SQS_DLQ_URL is required for the SQS dead-letter queue")
         return cls(settings.sqs_dlq_url, region=settings.aws_region)
 
     def put(self, letters: Iterable[Row]) -> None:
@@ -237,7 +238,7 @@ class SqsDeadLetterQueue:
             chunk = entries[start : start + 10]
             response = self.client.send_message_batch(QueueUrl=self.queue_url, Entries=chunk)
             if response.get("Failed"):
-                raise RuntimeError(f"SQS rejected dead letters: {response['Failed']}")
+                raise StoreError(f"SQS rejected dead letters: {response['Failed']}")
 
     def letters(
         self, status: str | None = None, limit: int = 100, failure_class: str | None = None
