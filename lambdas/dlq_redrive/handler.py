@@ -3,7 +3,7 @@
 The function drains the queue itself (a schedule brings no records) and feeds each batch of up to 10
 messages to Powertools' BatchProcessor. Per letter, the policy of `tradepulse.stores.dlq`:
 - a permanent letter (validation: it can never succeed) is never redriven: it is archived to S3 at once
-  (Parquet, `dead-letters/`, queryable in Athena) and counted (`DeadLetters_permanent`);
+  (Parquet, `dead-letter-archive/`, queryable in Athena) and counted (`DeadLetters_permanent`);
 - `retry_count` already at TRADEPULSE_DLQ_MAX_REDRIVES (5) → archived to S3;
 - otherwise redriven along its route: a `sink:hot` letter is written to DynamoDB again, any other is
   re-published to its source topic with the `tp-dlq-*` headers (a repeat failure returns to the same

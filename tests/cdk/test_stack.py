@@ -18,7 +18,7 @@ from cdk.schema_registry import load_schema, to_draft07
 from tests.cdk.conftest import REPO_ROOT, one, resources
 from tradepulse import topics
 from tradepulse.sources.api_keys import PLACEHOLDER
-from tradepulse.stores.parquet_cold import DATASETS
+from tradepulse.stores.parquet_cold import ALL_DATASETS
 
 STACK = "TradePulse-prod"
 
@@ -142,8 +142,8 @@ def test_glue_tables_cover_every_dataset_with_partition_projection(template: dic
         t["Properties"]["TableInput"]["Name"]: t["Properties"]
         for t in resources(template, "AWS::Glue::Table").values()
     }
-    assert set(tables) == {d.name.replace("-", "_") for d in DATASETS.values()}
-    for dataset in DATASETS.values():
+    assert set(tables) == {d.name.replace("-", "_") for d in ALL_DATASETS}
+    for dataset in ALL_DATASETS:
         props = tables[dataset.name.replace("-", "_")]
         assert props["DatabaseName"] == database
         table = props["TableInput"]

@@ -48,7 +48,9 @@ def archived(aws: dict[str, Any]) -> list[dict[str, Any]]:
     keys = [o["Key"] for o in aws["s3"].list_objects_v2(Bucket=aws["bucket"]).get("Contents", [])]
     rows = []
     for key in keys:
-        assert key.startswith("tradepulse/dead-letters/dt=2025-12-29/hour=09/") and key.endswith(".parquet")
+        assert key.startswith("tradepulse/dead-letter-archive/dt=2025-12-29/hour=09/") and key.endswith(
+            ".parquet"
+        )
         body = aws["s3"].get_object(Bucket=aws["bucket"], Key=key)["Body"].read()
         rows += pq.read_table(io.BytesIO(body)).to_pylist()
     return rows

@@ -258,7 +258,7 @@ def _put_letter(aws: dict[str, Any], queue_url: str, retry_count: int, ticker: s
 
 
 def _archived_keys(aws: dict[str, Any]) -> list[str]:
-    listing = aws["s3"].list_objects_v2(Bucket=aws["bucket"], Prefix="tradepulse/dead-letters/")
+    listing = aws["s3"].list_objects_v2(Bucket=aws["bucket"], Prefix="tradepulse/dead-letter-archive/")
     return [o["Key"] for o in listing.get("Contents", [])]
 
 

@@ -50,7 +50,7 @@ def test_dlq_list_and_archive(settings: Settings) -> None:
     assert archived.output.strip() == "archived 1"
     assert "0 pending" in CliRunner().invoke(dlq, ["list"]).output
     assert "archived" in CliRunner().invoke(dlq, ["list", "--status", "all"]).output
-    out = CliRunner().invoke(query, ["SELECT reason FROM dead_letters"])
+    out = CliRunner().invoke(query, ["SELECT reason FROM dead_letter_archive"])
     assert "invalid JSON" in out.output
 
 

@@ -17,7 +17,7 @@ from tradepulse.errors import BusError
 )
 def query(sql: str, fmt: str) -> None:
     """Run SQL over the cold store (views: trades, quotes, news, features, anomalies, correlations,
-    dead_letters; partition columns dt, hour)."""
+    dead_letters, dead_letter_archive; partition columns dt, hour)."""
     import duckdb
 
     from tradepulse.stores.sql import run_query
@@ -134,7 +134,7 @@ def redrive(force: bool) -> None:
     show_default=True,
 )
 def archive(failure_class: str) -> None:
-    """Archive every pending letter (of one class) to the cold store (dead-letters/) now."""
+    """Archive every pending letter (of one class) to the cold store (dead-letter-archive/) now."""
     from tradepulse.stores.dlq import DeadLetterPolicy
     from tradepulse.stores.factory import open_cold_store, open_dlq
 

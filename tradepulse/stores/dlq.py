@@ -10,7 +10,7 @@ Policy (times from an injectable clock so the whole lifecycle is testable withou
    each due *transient* letter along its route (`redrive_route`): a `sink:hot` letter is written to
    the hot store again, any other is re-published to its source topic. Permanent letters are never
    redriven: they stay pending for inspection until archived (`tradepulse dlq archive`);
-4. a letter whose 5th redrive failed is archived to the cold store under `dead-letters/`.
+4. a letter whose 5th redrive failed is archived to the cold store under `dead-letter-archive/` (table `dead_letter_archive`).
 
 The original failure (stage, error type, reason, source) is never overwritten: each redrive attempt,
 and each later failure of a redriven message, is appended to the letter's `history`.
