@@ -132,10 +132,10 @@ class Lambdas(Construct):
             destination_arn=access_logs.log_group_arn, format=ACCESS_LOG_FORMAT
         )
 
-        # --- DLQ redrive: every 15 min, back to Kafka; archived to S3 after 5 retries --------------
+        # --- DLQ redrive: every 15 min, back to Kafka / DynamoDB; archived to S3 after 5 retries ----
         self.redrive_function = function(
             "dlq_redrive",
-            description="Redrives TradePulse dead letters to Kafka; archives them to S3 after 5 retries",
+            description="Redrives TradePulse dead letters to Kafka or DynamoDB; archives them to S3",
             memory_size=512,
             timeout=REDRIVE_TIMEOUT,
             vpc=vpc,
@@ -149,6 +149,7 @@ class Lambdas(Construct):
         dlq.grant_consume_messages(self.redrive_function)
         storage.bucket.grant_put(self.redrive_function, f"{storage.s3_prefix}/{DEAD_LETTERS_PREFIX}/*")
         streaming.grant_produce(self.redrive_function, ALL_TOPICS)
+        storage.grant_hot_writes(self.redrive_function)  # sink:hot letters are written to the table again
         self.redrive_rule = events.Rule(
             self,
             "RedriveSchedule",

@@ -17,9 +17,9 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from tradepulse.stores.parquet_cold import DATASETS, DEAD_LETTERS, SCHEMAS
+from tradepulse.stores.parquet_cold import ARCHIVE, DATASETS, SCHEMAS
 
-DEAD_LETTERS_PREFIX = DEAD_LETTERS
+DEAD_LETTERS_PREFIX = ARCHIVE.name  # where the DLQ Lambdas archive letters (the runner writes dead-letters/)
 ATHENA_RESULTS_PREFIX = "athena-results"
 PROJECTION_START = "2024-01-01"
 HOT_READ_ACTIONS = ("dynamodb:Query",)
@@ -153,7 +153,8 @@ class Storage(Construct):
         self.glue_database = glue_database
         self.tables: dict[str, glue.CfnTable] = {}
         for topic, dataset in DATASETS.items():
-            self.tables[dataset.name] = self._parquet_table(dataset.name, topic)
+            self.tables[dataset.name] = self._parquet_table(dataset.name, f"topic {topic}")
+        self.tables[ARCHIVE.name] = self._parquet_table(ARCHIVE.name, "letters the DLQ archived")
 
         self.workgroup = athena.CfnWorkGroup(
             self,
@@ -185,7 +186,7 @@ class Storage(Construct):
             database_name=self.glue_database,
             table_input=glue.CfnTable.TableInputProperty(
                 name=glue_table_name(dataset),
-                description=f"{dataset} history (topic {topic}), Parquet, partitioned by dt/hour",
+                description=f"{dataset} history ({topic}), Parquet, partitioned by dt/hour",
                 table_type="EXTERNAL_TABLE",
                 partition_keys=[
                     glue.CfnTable.ColumnProperty(name="dt", type="string", comment="UTC date YYYY-MM-DD"),

@@ -1,6 +1,6 @@
 """Shared by the DLQ functions: dead letters in SQS messages and SQS event records.
 
-Wire format (`tradepulse.stores.dlq.SqsDeadLetterQueue`): body = the original payload, the rest of the
+Wire format (`tradepulse.stores.dlq_queues.SqsDeadLetterQueue`): body = the original payload, the rest of the
 DeadLetter row in the `context` message attribute.
 """
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from tradepulse.stores.dlq import from_message
+from tradepulse.stores.dlq_queues import from_message
 
 
 def letter_from_record(record: SQSRecord) -> dict[str, Any]:

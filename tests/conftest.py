@@ -3,9 +3,11 @@ ports in a temporary directory, and torn down at the end (no Docker)."""
 
 from __future__ import annotations
 
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
+import botocore.endpoint
 import pytest
 
 from tests.paths import JAR_CACHE
@@ -32,3 +34,11 @@ def kafka_settings(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Settings]:
     settings = Settings(kafka_bootstrap=kafka_bootstrap, data_dir=tmp_path / "state", topic_partitions=3)
     recreate_topics(settings)
     yield settings
+
+
+@pytest.fixture
+def botocore_sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """botocore's retry backoffs, recorded instead of slept (botocore.endpoint uses `time` only to sleep)."""
+    sleeps: list[float] = []
+    monkeypatch.setattr(botocore.endpoint, "time", types.SimpleNamespace(sleep=sleeps.append))
+    return sleeps

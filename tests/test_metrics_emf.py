@@ -16,15 +16,15 @@ import orjson
 import pytest
 from moto import mock_aws
 
-from tests.aws import create_hot_table
+from tests.aws import ThrottledSends, create_hot_table
 from tests.stores.conftest import make_trade
-from tests.stores.test_dynamo_hot import TABLE, Flaky
+from tests.stores.test_dynamo_hot import TABLE, PartialWrites
 from tradepulse import metrics_emf as emf
 from tradepulse.bus.pipeline import build_runner
 from tradepulse.bus.status import RunnerMetrics, publish_status
 from tradepulse.config import Settings
 from tradepulse.sources.ingest import IngestService
-from tradepulse.stores.dynamo_hot import DynamoHotStore
+from tradepulse.stores.dynamo_hot import DynamoHotStore, client_config
 from tradepulse.stores.factory import open_dlq
 from tradepulse.topics import TRADES
 
@@ -156,18 +156,21 @@ def test_runner_status_publication_emits_only_when_enabled(
 @pytest.fixture
 def ddb() -> Iterator[Any]:
     with mock_aws():
-        client = boto3.client("dynamodb", region_name="us-east-1")
+        client = boto3.client("dynamodb", region_name="us-east-1", config=client_config())
         create_hot_table(client, TABLE)
         yield client
 
 
-def test_dynamodb_throttles_reach_hot_write_throttles(ddb: Any, tmp_path: Path) -> None:
-    store = DynamoHotStore(TABLE, client=Flaky(ddb), sleep=lambda s: None)
+def test_dynamodb_throttles_reach_hot_write_throttles(
+    ddb: Any, tmp_path: Path, botocore_sleeps: list[float]
+) -> None:
+    ThrottledSends(ddb, "BatchWriteItem", times=2)  # retried by botocore
+    store = DynamoHotStore(TABLE, client=PartialWrites(ddb), sleep=lambda s: None)
     out, clock = io.StringIO(), Clock()
     emitter = emf.EmfEmitter("processor", stream=out, clock=clock)
     try:
         store.write_batch(trades=[make_trade(seq=i) for i in range(10)])
-        assert store.throttles == 3  # 2 throttled calls + 1 response with UnprocessedItems
+        assert store.throttles == 3  # 2 throttled attempts + 1 response with UnprocessedItems
         publish_status(RunnerMetrics().snapshot(), tmp_path / "status.json", store, emf=emitter)
         clock.now += 10
         store.write_batch(trades=[make_trade(seq=20)])  # no more throttling

@@ -194,7 +194,13 @@ class Settings(BaseSettings):
     )
     cold_flush_rows: int = Field(default=50_000, description="Buffered rows that force a cold flush.")
     cold_flush_interval_s: float = Field(default=60.0, description="Max age of buffered cold rows.")
-    dlq_inline_attempts: int = 3
+    dlq_inline_attempts: int = Field(
+        default=3, description="Attempts of a failed sink write (hot store, DLQ) before dead-lettering."
+    )
+    dlq_inline_deadline_s: float = Field(
+        default=10.0,
+        description="Total time bound of those attempts: no retry starts (or sleeps) past it.",
+    )
     dlq_redrive_interval_s: int = 900
     dlq_max_redrives: int = 5
 

@@ -65,7 +65,7 @@ EVENTS_PUBLISHED = "EventsPublished"
 # --- metric names (Lambda functions: dead-letter archival and redrive) -----------------------------
 DEAD_LETTERS_ARCHIVED = "DeadLettersArchived"
 DEAD_LETTER_ARCHIVE_FAILURES = "DeadLetterArchiveFailures"
-REDRIVE_OUTCOMES = ("redriven", "requeued", "archived", "failed", "deferred")
+REDRIVE_OUTCOMES = ("redriven", "requeued", "archived", "permanent", "failed", "deferred")
 
 
 def redrive_metric(outcome: str) -> str:

@@ -11,73 +11,91 @@ local receive time in Unix epoch microseconds (for end-to-end latency).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Event times outside [2000-01-01, 2100-01-01) are unit mistakes (seconds, µs) that would wreck windows.
+EPOCH_MS_MIN, EPOCH_MS_MAX = 946_684_800_000, 4_102_444_800_000
+
 Ticker = str
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+"""Integers are stored as int64 (numpy columns, SQLite, Parquet); a larger one would crash the core."""
+EpochMs = Annotated[int, Field(ge=EPOCH_MS_MIN, lt=EPOCH_MS_MAX)]
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Trade(_Model):
+class _Input(BaseModel):
+    """An input contract (what ingest and news publish, what the runner consumes). Strict, like the hot
+    paths' checks derived from it (`tradepulse.validation`): no coercion ("1" is not 1, true is not an
+    int), no NaN or infinity."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class Trade(_Input):
     """A trade from the Massive stocks feed (`ev: "T"`); topic `market.trades`, key = ticker."""
 
-    event_id: str = Field(description="Deterministic id (ticker, exchange, trade id, time, sequence).")
-    ticker: Ticker
+    event_id: NonEmptyStr = Field(
+        description="Deterministic id (ticker, exchange, trade id, time, sequence)."
+    )
+    ticker: NonEmptyStr
     price: float = Field(gt=0)
     size: float = Field(gt=0)
-    exchange: int = Field(description="Massive exchange id (`x`).")
-    trade_id: str = Field(description="Trade id on the exchange (`i`).")
-    tape: int = Field(description="1 = NYSE (A), 2 = AMEX (B), 3 = Nasdaq (C) (`z`).")
+    exchange: Int64 = Field(description="Massive exchange id (`x`).")
+    trade_id: NonEmptyStr = Field(description="Trade id on the exchange (`i`).")
+    tape: Int64 = Field(description="1 = NYSE (A), 2 = AMEX (B), 3 = Nasdaq (C) (`z`).")
     conditions: list[int] = Field(default_factory=list, description="Trade conditions (`c`).")
-    sequence: int = Field(description="Sequence number (`q`), increasing per ticker.")
-    exchange_ts_ms: int = Field(description="SIP timestamp (`t`), Unix ms; the event time.")
-    received_ts_us: int = Field(description="When ingest received the frame, Unix µs.")
+    sequence: Int64 = Field(description="Sequence number (`q`), increasing per ticker.")
+    exchange_ts_ms: EpochMs = Field(description="SIP timestamp (`t`), Unix ms; the event time.")
+    received_ts_us: Int64 = Field(description="When ingest received the frame, Unix µs.")
     trf_id: int | None = Field(default=None, description="Trade reporting facility id (`trfi`).")
     trf_ts_ms: int | None = Field(default=None, description="Trade reporting facility timestamp (`trft`).")
 
 
-class Quote(_Model):
+class Quote(_Input):
     """An NBBO quote (`ev: "Q"`); topic `market.quotes`, key = ticker."""
 
-    event_id: str
-    ticker: Ticker
+    event_id: NonEmptyStr
+    ticker: NonEmptyStr
     bid_price: float = Field(ge=0)
     bid_size: float = Field(ge=0)
-    bid_exchange: int
+    bid_exchange: Int64
     ask_price: float = Field(ge=0)
     ask_size: float = Field(ge=0)
-    ask_exchange: int
+    ask_exchange: Int64
     conditions: list[int] = Field(default_factory=list)
     indicators: list[int] = Field(default_factory=list)
-    tape: int
-    sequence: int
-    exchange_ts_ms: int
-    received_ts_us: int
+    tape: Int64
+    sequence: Int64
+    exchange_ts_ms: EpochMs
+    received_ts_us: Int64
 
 
-class NewsArticle(_Model):
+class NewsArticle(_Input):
     """A company-news article for one ticker (Finnhub `company-news`); topic `market.news`, key = ticker.
 
     An article whose `related` field names several tickers is published once per ticker.
     """
 
-    event_id: str = Field(description="Deterministic id of (article_id, ticker).")
-    article_id: int
-    ticker: Ticker
-    related: list[Ticker] = Field(default_factory=list)
-    headline: str
+    event_id: NonEmptyStr = Field(description="Deterministic id of (article_id, ticker).")
+    article_id: Int64
+    ticker: NonEmptyStr
+    related: list[str] = Field(default_factory=list, description="Tickers the article names.")
+    headline: NonEmptyStr
     summary: str = ""
     source: str = ""
     url: str = ""
     image: str = ""
     category: str = ""
-    published_at: str = Field(description="ISO 8601 UTC, e.g. 2026-11-24T14:30:00Z.")
-    published_ts_ms: int = Field(description="Publication time, Unix ms; the event time of the join.")
-    received_ts_us: int
+    published_at: NonEmptyStr = Field(description="ISO 8601 UTC, e.g. 2026-11-24T14:30:00Z.")
+    published_ts_ms: EpochMs = Field(description="Publication time, Unix ms; the event time of the join.")
+    received_ts_us: Int64
 
 
 class FeatureVector(_Model):
@@ -154,8 +172,27 @@ class Correlation(_Model):
     correlation_strength: Literal["strong", "moderate", "weak", "none"]
 
 
+class RedriveAttempt(_Model):
+    """One entry of a dead letter's history: a redrive attempt, or a later failure of what it redrove."""
+
+    at: str = Field(description="ISO 8601 UTC.")
+    outcome: Literal["redriven", "failed", "failed_again"] = Field(
+        description=(
+            "redriven: handed back (re-published or re-written); failed: the redrive itself raised; "
+            "failed_again: the redriven message failed again downstream."
+        )
+    )
+    stage: str | None = Field(default=None, description="Where a `failed_again` happened.")
+    error_type: str | None = None
+    reason: str | None = None
+
+
 class DeadLetter(_Model):
-    """A message that could not be processed, with everything needed to redrive or inspect it."""
+    """A message that could not be processed, with everything needed to redrive or inspect it.
+
+    `stage`, `error_type`, `reason` and the source fields describe the original failure and are never
+    overwritten; every later attempt is appended to `history`.
+    """
 
     dead_letter_id: str = Field(
         description="Deterministic id of (stage, source topic, partition, offset, payload)."
@@ -168,10 +205,20 @@ class DeadLetter(_Model):
     source_partition: int | None = None
     source_offset: int | None = None
     ticker: Ticker | None = None
-    retry_count: int = 0
+    failure_class: Literal["transient", "permanent"] = Field(
+        default="permanent",
+        description=(
+            "transient (a sink, timeout or throttling: redriven every 15 min, archived after 5 attempts) "
+            "or permanent (the payload can never become valid: never redriven, kept for inspection)."
+        ),
+    )
+    retry_count: int = Field(default=0, description="Redrive attempts so far.")
     first_failure_at: str = Field(description="ISO 8601 UTC.")
     last_failure_at: str = Field(description="ISO 8601 UTC.")
     status: Literal["pending", "redriven", "archived"] = "pending"
+    history: list[RedriveAttempt] = Field(
+        default_factory=list, description="Redrive attempts and later failures, oldest first."
+    )
 
 
 TOPIC_MODELS: dict[str, type[BaseModel]] = {

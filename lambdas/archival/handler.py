@@ -1,5 +1,5 @@
 """Archive dead letters that SQS parked (after 5 failed redrives) to the cold store on S3, as Parquet
-under `<prefix>/dead-letters/dt=YYYY-MM-DD/hour=HH/`.
+under `<prefix>/dead-letter-archive/dt=YYYY-MM-DD/hour=HH/` (table `dead_letter_archive`).
 
 Triggered by the parking queue (SQS event source, ReportBatchItemFailures); Powertools'
 BatchProcessor reports the letters that could not be archived, so only those come back.

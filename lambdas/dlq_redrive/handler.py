@@ -2,10 +2,13 @@
 
 The function drains the queue itself (a schedule brings no records) and feeds each batch of up to 10
 messages to Powertools' BatchProcessor. Per letter, the policy of `tradepulse.stores.dlq`:
-- `retry_count` already at TRADEPULSE_DLQ_MAX_REDRIVES (5) → archived to S3 (Parquet, `dead-letters/`);
-- otherwise re-published to its source topic with the `tp-dlq-*` headers (a repeat failure returns to
-  the same letter with the count kept); if publishing fails, the letter goes back to the queue with
-  the count + 1, or to the archive when that was its last redrive.
+- a permanent letter (validation: it can never succeed) is never redriven: it is archived to S3 at once
+  (Parquet, `dead-letter-archive/`, queryable in Athena) and counted (`DeadLetters_permanent`);
+- `retry_count` already at TRADEPULSE_DLQ_MAX_REDRIVES (5) → archived to S3;
+- otherwise redriven along its route: a `sink:hot` letter is written to DynamoDB again, any other is
+  re-published to its source topic with the `tp-dlq-*` headers (a repeat failure returns to the same
+  letter with the count and original failure kept); if that fails, the letter goes back to the queue
+  with the count + 1 and the attempt in its history, or to the archive when that was its last redrive.
 A record whose handling raised (S3 or SQS unavailable) is a partial batch failure: its message is not
 deleted and comes back after the visibility timeout; after 5 such receives SQS parks it, and the
 archival function takes it from there.
@@ -25,7 +28,15 @@ from sqs_letters import letter_from_record, to_record
 
 from tradepulse import metrics_emf
 from tradepulse.config import Settings
-from tradepulse.stores.dlq import SqsDeadLetterQueue, iso_utc, republisher
+from tradepulse.stores.base import HotStore
+from tradepulse.stores.dlq import (
+    PERMANENT,
+    attempt_redrive,
+    class_of,
+    lazy,
+    redrive_route,
+)
+from tradepulse.stores.dlq_queues import SqsDeadLetterQueue
 from tradepulse.stores.parquet_cold import ParquetColdStore
 
 logger = Logger()
@@ -72,6 +83,7 @@ class Redriver:
         settings: Settings,
         *,
         publish: Publish,
+        hot: Callable[[], HotStore] | None = None,
         sqs_client: Any = None,
         s3_client: Any = None,
         clock: Callable[[], float] = time.time,
@@ -86,7 +98,11 @@ class Redriver:
             region=settings.aws_region,
         )
         self.publish = publish
-        self.redrive = republisher(publish)
+        if hot is None:
+            from tradepulse.stores.factory import open_hot_store
+
+            hot = lazy(lambda: open_hot_store(settings))
+        self.redrive = redrive_route(publish=publish, hot=hot)
         self.clock = clock
         self.max_redrives = settings.dlq_max_redrives
         self._requeued: set[str] = set()
@@ -97,17 +113,15 @@ class Redriver:
     def handle_record(self, record: SQSRecord) -> str:
         """One letter through the policy; returns the outcome (raising = partial batch failure)."""
         letter = letter_from_record(record)
+        if class_of(letter) == PERMANENT:
+            self._archive(letter)
+            return "permanent"
         if letter["retry_count"] >= self.max_redrives:
             return self._archive(letter)
-        letter = dict(letter, retry_count=letter["retry_count"] + 1)
-        try:
-            self.redrive(letter)
-        except Exception as exc:
-            letter.update(
-                last_failure_at=iso_utc(self.clock()), error_type=type(exc).__name__, reason=str(exc)[:4000]
-            )
-            if letter["retry_count"] >= self.max_redrives:
-                return self._archive(letter)
+        outcome, letter = attempt_redrive(letter, self.redrive, self.clock(), self.max_redrives)
+        if outcome == "archive":
+            return self._archive(letter)
+        if outcome == "failed":
             self.dlq.put([letter])  # SQS messages are immutable: the new state is a new message
             self._requeued.add(letter["dead_letter_id"])
             return "requeued"

@@ -28,7 +28,7 @@ from tradepulse.api.health import (
 from tradepulse.bus.status import RunnerMetrics, status_path, write_json_atomic
 from tradepulse.config import Settings
 from tradepulse.models import DeadLetter
-from tradepulse.stores.dlq import SqliteDeadLetterQueue
+from tradepulse.stores.dlq_queues import SqliteDeadLetterQueue
 from tradepulse.stores.sqlite_hot import SqliteHotStore
 
 

@@ -19,7 +19,7 @@ TRADE = {
     "price": 187.25,
     "size": 100,
     "exchange": 4,
-    "trade_id": "",
+    "trade_id": "71675577",
     "tape": 3,
     "sequence": 17,
     "exchange_ts_ms": 1_767_000_000_000,

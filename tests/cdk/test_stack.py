@@ -7,6 +7,7 @@ The app is synthesized once for the module (with cdk-nag attached, as `app.py` d
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from cdk.schema_registry import load_schema, to_draft07
 from tests.cdk.conftest import REPO_ROOT, one, resources
 from tradepulse import topics
 from tradepulse.sources.api_keys import PLACEHOLDER
-from tradepulse.stores.parquet_cold import DATASETS
+from tradepulse.stores.parquet_cold import ALL_DATASETS
 
 STACK = "TradePulse-prod"
 
@@ -141,8 +142,8 @@ def test_glue_tables_cover_every_dataset_with_partition_projection(template: dic
         t["Properties"]["TableInput"]["Name"]: t["Properties"]
         for t in resources(template, "AWS::Glue::Table").values()
     }
-    assert set(tables) == {d.name.replace("-", "_") for d in DATASETS.values()}
-    for dataset in DATASETS.values():
+    assert set(tables) == {d.name.replace("-", "_") for d in ALL_DATASETS}
+    for dataset in ALL_DATASETS:
         props = tables[dataset.name.replace("-", "_")]
         assert props["DatabaseName"] == database
         table = props["TableInput"]
@@ -490,9 +491,17 @@ def test_schema_registry_holds_every_topic_contract(template: dict[str, Any]) ->
         s["Properties"]["Name"]: s["Properties"] for s in resources(template, "AWS::Glue::Schema").values()
     }
     assert set(schemas) == set(topics.ALL_TOPICS)
+    # The schema resource holds the first definition; each later one is a version resource (v2, v3, ...).
+    latest: dict[str, tuple[int, dict[str, Any]]] = {}
+    for logical_id, version in resources(template, "AWS::Glue::SchemaVersion").items():
+        for topic in topics.ALL_TOPICS:
+            found = re.search(f"SchemaVersion{re.sub('[^A-Za-z0-9]', '', topic)}v(\\d+)", logical_id)
+            if found and int(found.group(1)) > latest.get(topic, (1, {}))[0]:
+                latest[topic] = (int(found.group(1)), json.loads(version["Properties"]["SchemaDefinition"]))
     for topic, props in schemas.items():
         assert (props["DataFormat"], props["Compatibility"]) == ("JSON", "BACKWARD")
-        assert json.loads(props["SchemaDefinition"]) == to_draft07(load_schema(topic))
+        current = latest.get(topic, (1, json.loads(props["SchemaDefinition"])))[1]
+        assert current == to_draft07(load_schema(topic)), topic
 
 
 def test_draft07_conversion_still_validates_payloads() -> None:

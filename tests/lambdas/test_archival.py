@@ -1,4 +1,4 @@
-"""The archival function: parked dead letters (SQS event, moto) → Parquet under dead-letters/ on S3."""
+"""The archival function: parked dead letters (SQS event, moto) → Parquet under dead-letter-archive/ on S3."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 from tests.test_metrics_emf import parse_emf, values
 from tradepulse import metrics_emf
 from tradepulse.bus.status import RunnerMetrics
-from tradepulse.stores.dlq import SqsDeadLetterQueue, make_dead_letter
+from tradepulse.stores.dlq import make_dead_letter
+from tradepulse.stores.dlq_queues import SqsDeadLetterQueue
 
 from .conftest import REGION, LambdaContext
 
@@ -54,7 +55,7 @@ def test_parked_letter_is_archived_with_its_payload(
     event = parked_event(aws)
     assert archival.handler({"Records": event["Records"]}, lambda_context) == {"batchItemFailures": []}
     (key,) = [o["Key"] for o in aws["s3"].list_objects_v2(Bucket=aws["bucket"])["Contents"]]
-    assert key.startswith("tradepulse/dead-letters/dt=2025-12-29/hour=09/dead-letters-")
+    assert key.startswith("tradepulse/dead-letter-archive/dt=2025-12-29/hour=09/dead-letter-archive-")
     (row,) = pq.read_table(
         io.BytesIO(aws["s3"].get_object(Bucket=aws["bucket"], Key=key)["Body"].read())
     ).to_pylist()

@@ -13,22 +13,25 @@ from confluent_kafka import Consumer
 
 from tradepulse import topics
 from tradepulse.config import Settings
-from tradepulse.stores.dlq import DLQ_RETRIES_HEADER, SqsDeadLetterQueue, make_dead_letter
+from tradepulse.stores.dlq import DLQ_RETRIES_HEADER, make_dead_letter
+from tradepulse.stores.dlq_queues import SqsDeadLetterQueue
 
 from .conftest import REGION, LambdaContext
 
 
 def put_letter(
-    aws: dict[str, Any], *, retry_count: int = 0, source_topic: str | None = topics.TRADES
+    aws: dict[str, Any],
+    *,
+    retry_count: int = 0,
+    source_topic: str | None = topics.TRADES,
+    error_type: str = "DeliveryFailed",  # transient: Kafka did not take it in time
 ) -> dict[str, Any]:
     letter = make_dead_letter(
-        stage="processor",
+        stage="ingest",
         payload=json.dumps({"probe": uuid.uuid4().hex}),
-        error_type="ValidationError",
-        reason="price must be > 0",
+        error_type=error_type,
+        reason="delivery to market.trades failed: Local: Message timed out",
         source_topic=source_topic,
-        source_partition=0,
-        source_offset=42,
         ticker="AAPL",
         now_s=1_767_000_000,
     )
@@ -45,7 +48,9 @@ def archived(aws: dict[str, Any]) -> list[dict[str, Any]]:
     keys = [o["Key"] for o in aws["s3"].list_objects_v2(Bucket=aws["bucket"]).get("Contents", [])]
     rows = []
     for key in keys:
-        assert key.startswith("tradepulse/dead-letters/dt=2025-12-29/hour=09/") and key.endswith(".parquet")
+        assert key.startswith("tradepulse/dead-letter-archive/dt=2025-12-29/hour=09/") and key.endswith(
+            ".parquet"
+        )
         body = aws["s3"].get_object(Bucket=aws["bucket"], Key=key)["Body"].read()
         rows += pq.read_table(io.BytesIO(body)).to_pylist()
     return rows
@@ -88,11 +93,15 @@ def test_failed_redrive_requeues_the_letter_with_one_more_retry(
     assert outcomes == {"requeued": 1, "deferred": 1, "failed": 0}
     (again,) = queued(aws)
     assert again["dead_letter_id"] == letter["dead_letter_id"]
+    # The original failure stays; the failed attempt is in the history.
     assert (again["retry_count"], again["error_type"], again["reason"]) == (
         3,
-        "RuntimeError",
-        "broker unreachable",
+        letter["error_type"],
+        letter["reason"],
     )
+    assert [(h["outcome"], h["error_type"], h["reason"]) for h in again["history"]] == [
+        ("failed", "RuntimeError", "broker unreachable")
+    ]
     assert archived(aws) == []
 
 
@@ -100,8 +109,62 @@ def test_fifth_failed_redrive_archives(aws: dict[str, Any], lambda_context: Lamb
     put_letter(aws, retry_count=4)
     assert redriver(aws).run(lambda_context)["archived"] == 1
     (row,) = archived(aws)
-    assert row["retry_count"] == 5 and row["error_type"] == "RuntimeError"
+    assert row["retry_count"] == 5 and row["error_type"] == "DeliveryFailed"
+    assert [h["error_type"] for h in row["history"]] == ["RuntimeError"]
     assert queued(aws) == []
+
+
+def test_permanent_letter_is_archived_at_once_never_redriven(
+    aws: dict[str, Any], lambda_context: LambdaContext
+) -> None:
+    published: list[Any] = []
+    letter = put_letter(aws, source_topic=None, error_type="InvalidEvent")
+    outcomes = redriver(aws, publish=lambda *msg: published.append(msg)).run(lambda_context)
+    assert outcomes == {"permanent": 1, "deferred": 0, "failed": 0}
+    assert published == [] and queued(aws) == []
+    (row,) = archived(aws)
+    assert (row["dead_letter_id"], row["failure_class"], row["retry_count"]) == (
+        letter["dead_letter_id"],
+        "permanent",
+        0,
+    )
+    assert (row["error_type"], row["reason"]) == ("InvalidEvent", letter["reason"])
+
+
+def test_sink_hot_letter_is_written_to_dynamodb_again(
+    aws: dict[str, Any], lambda_context: LambdaContext
+) -> None:
+    import boto3
+
+    from tests.aws import create_hot_table
+    from tests.stores.conftest import make_trade
+    from tradepulse.stores.dynamo_hot import DynamoHotStore
+
+    ddb = boto3.client("dynamodb", region_name=REGION)
+    create_hot_table(ddb, "tradepulse-hot")
+    trade = make_trade("AAPL", seq=7)
+    letter = make_dead_letter(
+        stage="sink:hot",
+        payload=json.dumps({"kind": "trade", "row": trade}),
+        error_type="ProvisionedThroughputExceededException",
+        reason="throttled",
+        ticker="AAPL",
+        now_s=1_767_000_000,
+    )
+    SqsDeadLetterQueue(aws["queue_url"], client=aws["sqs"]).put([letter])
+    store = DynamoHotStore("tradepulse-hot", client=ddb, sleep=lambda s: None)
+    from dlq_redrive.handler import Redriver
+
+    outcomes = Redriver(
+        settings_for(aws),
+        publish=failing_publish,
+        hot=lambda: store,
+        sqs_client=aws["sqs"],
+        s3_client=aws["s3"],
+    ).run(lambda_context)
+    assert outcomes == {"redriven": 1, "deferred": 0, "failed": 0}
+    assert store.latest_trade("AAPL") == trade and queued(aws) == []
+    store.close()
 
 
 def test_unprocessable_message_is_a_partial_batch_failure(

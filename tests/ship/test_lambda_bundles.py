@@ -245,7 +245,8 @@ def _sqs_letters() -> Any:
 
 
 def _put_letter(aws: dict[str, Any], queue_url: str, retry_count: int, ticker: str) -> dict[str, Any]:
-    from tradepulse.stores.dlq import SqsDeadLetterQueue, make_dead_letter
+    from tradepulse.stores.dlq import make_dead_letter
+    from tradepulse.stores.dlq_queues import SqsDeadLetterQueue
 
     letter = make_dead_letter(
         stage="sink:hot", payload=ticker.encode() + b"\xff\x00binary", error_type="ThrottlingError", reason="throttled",
@@ -257,7 +258,7 @@ def _put_letter(aws: dict[str, Any], queue_url: str, retry_count: int, ticker: s
 
 
 def _archived_keys(aws: dict[str, Any]) -> list[str]:
-    listing = aws["s3"].list_objects_v2(Bucket=aws["bucket"], Prefix="tradepulse/dead-letters/")
+    listing = aws["s3"].list_objects_v2(Bucket=aws["bucket"], Prefix="tradepulse/dead-letter-archive/")
     return [o["Key"] for o in listing.get("Contents", [])]
 
 

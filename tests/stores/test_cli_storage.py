@@ -50,5 +50,36 @@ def test_dlq_list_and_archive(settings: Settings) -> None:
     assert archived.output.strip() == "archived 1"
     assert "0 pending" in CliRunner().invoke(dlq, ["list"]).output
     assert "archived" in CliRunner().invoke(dlq, ["list", "--status", "all"]).output
-    out = CliRunner().invoke(query, ["SELECT reason FROM dead_letters"])
+    out = CliRunner().invoke(query, ["SELECT reason FROM dead_letter_archive"])
     assert "invalid JSON" in out.output
+
+
+def test_dlq_redrive_leaves_permanent_ingest_letters_with_their_reason(settings: Settings) -> None:
+    """Issue 16's reproduction: `dlq redrive --force` on ingest letters (a negative price, NaN, a missing id,
+    bad JSON) replaced each reason with "letter has no source topic"; they are permanent now."""
+    rejects = {
+        "field 'p' must be > 0, got -1.0": '{"ev":"T","sym":"AAPL","p":-1.0}',
+        "field 'p' must be a finite number, got nan": '{"ev":"T","sym":"AAPL","p":NaN}',
+        "missing field 'i'": '{"ev":"T","sym":"AAPL"}',
+        "bad JSON frame: unexpected character": "[{bad",
+    }
+    queue = open_dlq(settings)
+    queue.put(
+        [
+            make_dead_letter(
+                stage="ingest", payload=p, error_type="InvalidEvent", reason=r, now_s=BASE_MS / 1000
+            )
+            for r, p in rejects.items()
+        ]
+    )
+    queue.close()
+    result = CliRunner().invoke(dlq, ["redrive", "--force"])
+    assert result.exit_code == 0, result.output
+    assert "redriven 0, failed 0, archived 0, not due 0, permanent (not redriven) 4" in result.output
+    listed = CliRunner().invoke(dlq, ["list", "--class", "permanent", "--history"])
+    assert "4 pending (0 transient, 4 permanent)" in listed.output
+    for reason in rejects:
+        assert reason in listed.output
+    assert "no source topic" not in listed.output
+    assert CliRunner().invoke(dlq, ["archive", "--class", "transient"]).output.strip() == "archived 0"
+    assert CliRunner().invoke(dlq, ["archive", "--class", "permanent"]).output.strip() == "archived 4"

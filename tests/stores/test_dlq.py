@@ -1,8 +1,7 @@
-"""Dead letters: in-line retries, DLQ backends (SQLite, SQS on moto), redrive and archive lifecycle."""
+"""Dead letters: classes, history, DLQ backends (SQLite, SQS on moto), redrive and archive lifecycle."""
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,18 +12,21 @@ from moto import mock_aws
 from tradepulse.models import DeadLetter
 from tradepulse.stores.dlq import (
     DLQ_ID_HEADER,
+    DLQ_ORIGIN_HEADER,
     DLQ_RETRIES_HEADER,
+    PERMANENT,
+    TRANSIENT,
     DeadLetterPolicy,
-    SqliteDeadLetterQueue,
-    SqsDeadLetterQueue,
+    NoRedriveRoute,
     decode_payload,
     encode_payload,
     iso_utc,
     make_dead_letter,
     parse_iso,
+    redrive_route,
     republisher,
-    with_retries,
 )
+from tradepulse.stores.dlq_queues import SqliteDeadLetterQueue, SqsDeadLetterQueue
 
 T0 = 1_767_000_000.0
 MIN = 60.0
@@ -54,6 +56,22 @@ def letter(offset: int = 5, payload: str | bytes = '{"ev":"T","sym":"AAPL","p":-
     return row
 
 
+def transient(offset: int = 5, **kw) -> dict:
+    """A letter that may succeed later: ingest could not deliver a trade to Kafka."""
+    row = make_dead_letter(
+        stage="ingest",
+        payload=f'{{"event_id":"e{offset}","ticker":"AAPL"}}',
+        error_type="DeliveryFailed",
+        reason="delivery to market.trades failed: Local: Message timed out",
+        source_topic="market.trades",
+        ticker="AAPL",
+        now_s=kw.pop("now_s", T0),
+        **kw,
+    )
+    DeadLetter.model_validate(row)
+    return row
+
+
 @pytest.fixture(params=["sqlite", "sqs"])
 def dlq(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator:
     if request.param == "sqlite":
@@ -74,49 +92,6 @@ def dlq(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator:
         yield SqsDeadLetterQueue(url, client=sqs)
 
 
-# --- in-line retries ---------------------------------------------------------------------------------
-
-
-def test_with_retries_backs_off_exponentially_then_succeeds() -> None:
-    calls, sleeps = [], []
-
-    def flaky() -> str:
-        calls.append(1)
-        if len(calls) < 3:
-            raise ConnectionError("sink down")
-        return "ok"
-
-    assert (
-        with_retries(flaky, attempts=3, base_delay_s=0.1, sleep=sleeps.append, rng=random.Random(1)) == "ok"
-    )
-    assert len(calls) == 3 and len(sleeps) == 2
-    assert 0 <= sleeps[0] <= 0.1 and 0 <= sleeps[1] <= 0.2  # full jitter under 0.1 * 2**attempt
-
-
-def test_with_retries_reraises_after_the_last_attempt() -> None:
-    calls, sleeps = [], []
-
-    def broken() -> None:
-        calls.append(1)
-        raise TimeoutError(f"attempt {len(calls)}")
-
-    with pytest.raises(TimeoutError, match="attempt 3"):
-        with_retries(broken, attempts=3, sleep=sleeps.append)
-    assert len(calls) == 3 and len(sleeps) == 2
-
-
-def test_with_retries_does_not_retry_other_errors() -> None:
-    calls = []
-
-    def bug() -> None:
-        calls.append(1)
-        raise KeyError("x")
-
-    with pytest.raises(KeyError):
-        with_retries(bug, retry_on=(ConnectionError,), sleep=lambda s: None)
-    assert len(calls) == 1
-
-
 # --- letters ---------------------------------------------------------------------------------------
 
 
@@ -130,7 +105,7 @@ def test_dead_letter_is_deterministic_and_carries_context() -> None:
         5,
         "AAPL",
     )
-    assert a["retry_count"] == 0 and a["status"] == "pending"
+    assert a["retry_count"] == 0 and a["status"] == "pending" and a["history"] == []
     assert parse_iso(a["first_failure_at"]) == T0 == parse_iso(iso_utc(T0))
 
 
@@ -144,6 +119,60 @@ def test_payload_round_trip(raw: str | bytes) -> None:
 def test_headers_of_a_redriven_message_return_it_to_its_letter() -> None:
     again = letter(offset=999, headers=[(DLQ_ID_HEADER, b"abc123"), (DLQ_RETRIES_HEADER, b"2")])
     assert again["dead_letter_id"] == "abc123" and again["retry_count"] == 2
+
+
+@pytest.mark.parametrize(
+    ("stage", "error_type", "expected"),
+    [
+        ("sink:hot", "OperationalError", TRANSIENT),
+        ("sink:hot", "ValueError", TRANSIENT),  # whatever broke the sink, the row itself was valid
+        ("ingest", "DeliveryFailed", TRANSIENT),
+        ("processor", "TimeoutError", TRANSIENT),
+        ("ingest", "InvalidEvent", PERMANENT),
+        ("ingest", "BadJSON", PERMANENT),
+        ("ingest", "MissingField", PERMANENT),
+        ("processor", "bad_value", PERMANENT),
+        ("news", "InvalidArticle", PERMANENT),
+    ],
+)
+def test_failures_are_classified(stage: str, error_type: str, expected: str) -> None:
+    row = make_dead_letter(stage=stage, payload="x", error_type=error_type, reason="r", now_s=T0)
+    assert row["failure_class"] == expected
+
+
+def test_a_redriven_message_that_fails_again_keeps_the_original_failure() -> None:
+    """The new failure goes to the history; stage, error type, reason and source stay the first ones."""
+    original = transient()
+    redriven = dict(original, retry_count=1, history=[{"at": iso_utc(T0 + 900), "outcome": "redriven"}])
+    captured: list[tuple] = []
+    republisher(lambda *msg: captured.append(msg))(redriven)
+    (_topic, _key, value, headers) = captured[0]
+    assert set(headers) >= {DLQ_ID_HEADER, DLQ_RETRIES_HEADER, DLQ_ORIGIN_HEADER}
+    # The runner consumes it, rejects it, and dead-letters it with the message headers.
+    again = make_dead_letter(
+        stage="processor",
+        payload=value,
+        error_type="bad_value",
+        reason="field 'price' must be > 0, got -1.0",
+        source_topic="market.trades",
+        source_partition=0,
+        source_offset=77,
+        headers=list(headers.items()),
+        now_s=T0 + 901,
+    )
+    DeadLetter.model_validate(again)
+    assert again["dead_letter_id"] == original["dead_letter_id"] and again["retry_count"] == 1
+    for name in ("stage", "error_type", "reason", "source_topic", "source_partition", "source_offset"):
+        assert again[name] == original[name], name
+    assert [h["outcome"] for h in again["history"]] == ["redriven", "failed_again"]
+    assert again["history"][1] | {"at": None} == {
+        "at": None,
+        "outcome": "failed_again",
+        "stage": "processor",
+        "error_type": "bad_value",
+        "reason": "field 'price' must be > 0, got -1.0",
+    }
+    assert again["failure_class"] == PERMANENT  # it can never succeed now: not redriven again
 
 
 # --- backends --------------------------------------------------------------------------------------
@@ -169,38 +198,76 @@ def test_lifecycle_redrive_every_15_min_then_archive_after_5(dlq) -> None:
     attempts: list[tuple[float, int]] = []
     archived: list[dict] = []
 
-    def failing_sink_retry(row: dict) -> None:
+    def failing_sink(row: dict) -> None:
         attempts.append((clock.now, row["retry_count"]))
-        raise ConnectionError("sink still down")
+        raise ConnectionError(f"sink still down ({row['retry_count']})")
 
-    policy = DeadLetterPolicy(dlq, redrive=failing_sink_retry, archive=archived.extend, clock=clock)
-    dlq.put([letter(now_s=clock.now)])
+    policy = DeadLetterPolicy(dlq, redrive=failing_sink, archive=archived.extend, clock=clock)
+    original = transient(now_s=clock.now)
+    dlq.put([original])
 
-    report = policy.maybe_redrive()  # first pass right away: the letter is not due yet
-    assert report is not None and report.not_due == 1 and not attempts
     clock.now += 5 * MIN
-    assert policy.maybe_redrive() is None  # passes run every 15 min
+    assert policy.redrive_due().not_due == 1 and not attempts  # due 15 min after its last failure
     for n in range(1, 5):
         clock.now = T0 + n * 15 * MIN
-        report = policy.maybe_redrive()
-        assert report.failed == [letter()["dead_letter_id"]]
+        report = policy.redrive_due()
+        assert report.failed == [original["dead_letter_id"]]
         (pending,) = dlq.pending()
         assert pending["retry_count"] == n
         assert parse_iso(pending["last_failure_at"]) == clock.now
         assert parse_iso(pending["first_failure_at"]) == T0
-        assert pending["reason"] == "sink still down" and pending["error_type"] == "ConnectionError"
+        # The original failure is intact; each attempt is in the history.
+        assert (pending["error_type"], pending["reason"]) == (original["error_type"], original["reason"])
+        assert [(h["outcome"], h["error_type"], h["reason"]) for h in pending["history"]] == [
+            ("failed", "ConnectionError", f"sink still down ({i})") for i in range(1, n + 1)
+        ]
+        assert [parse_iso(h["at"]) for h in pending["history"]] == [
+            T0 + i * 15 * MIN for i in range(1, n + 1)
+        ]
     assert not archived
     clock.now = T0 + 5 * 15 * MIN
-    report = policy.maybe_redrive()  # the 5th failed redrive archives
-    assert report.archived == [letter()["dead_letter_id"]]
+    report = policy.redrive_due()  # the 5th failed redrive archives
+    assert report.archived == [original["dead_letter_id"]]
     assert [t for t, _ in attempts] == [T0 + n * 15 * MIN for n in range(1, 6)]
     assert [n for _, n in attempts] == [1, 2, 3, 4, 5]
-    assert len(archived) == 1 and archived[0]["status"] == "archived" and archived[0]["retry_count"] == 5
-    DeadLetter.model_validate(archived[0])
+    (done,) = archived
+    assert done["status"] == "archived" and done["retry_count"] == 5 and len(done["history"]) == 5
+    assert (done["error_type"], done["reason"]) == (original["error_type"], original["reason"])
+    DeadLetter.model_validate(done)
     assert dlq.depth() == 0 and dlq.pending() == []
 
 
-def test_redrive_by_republishing_and_a_poison_message_ends_archived(dlq) -> None:
+def test_permanent_letters_are_never_redriven_but_stay_visible_and_archivable(dlq) -> None:
+    """The issue-16 reproduction: ingest letters of a negative price, NaN, a missing id and bad JSON."""
+    clock = FakeClock(T0 + 60 * MIN)
+    tried: list[dict] = []
+    archived: list[dict] = []
+    policy = DeadLetterPolicy(dlq, redrive=tried.append, archive=archived.extend, clock=clock)
+    rejects = [
+        ("InvalidEvent", "field 'p' must be > 0, got -1.0", '{"ev":"T","sym":"AAPL","p":-1.0}'),
+        ("InvalidEvent", "field 'p' must be a finite number, got nan", '{"ev":"T","sym":"AAPL","p":NaN}'),
+        ("MissingField", "missing field 'i'", '{"ev":"T","sym":"AAPL","p":1.0}'),
+        ("BadJSON", "bad JSON frame: unexpected end of data", '[{"ev":"T"'),
+    ]
+    letters = [
+        make_dead_letter(stage="ingest", payload=p, error_type=t, reason=r, ticker="AAPL", now_s=T0)
+        for t, r, p in rejects
+    ]
+    dlq.put(letters)
+    for force in (False, True):
+        report = policy.redrive_due(force=force)
+        assert (report.redriven, report.failed, report.archived, report.permanent) == ([], [], [], 4)
+    assert tried == []
+    pending = dlq.pending()
+    assert sorted((x["error_type"], x["reason"]) for x in pending) == sorted((t, r) for t, r, _ in rejects)
+    assert all(x["failure_class"] == PERMANENT and x["history"] == [] for x in pending)
+    assert dlq.counts() == {TRANSIENT: 0, PERMANENT: 4}
+    assert sorted(policy.archive_pending(PERMANENT)) == sorted(x["dead_letter_id"] for x in letters)
+    assert sorted(x["reason"] for x in archived) == sorted(r for _, r, _ in rejects)
+    assert dlq.depth() == 0
+
+
+def test_redrive_by_republishing_and_a_repeat_failure_returns_to_its_letter(dlq) -> None:
     clock = FakeClock()
     published: list[tuple] = []
     archived: list[dict] = []
@@ -210,7 +277,7 @@ def test_redrive_by_republishing_and_a_poison_message_ends_archived(dlq) -> None
         archive=archived.extend,
         clock=clock,
     )
-    original = letter(now_s=clock.now)
+    original = transient(now_s=clock.now)
     dlq.put([original])
     for n in range(1, 7):
         clock.now = T0 + n * 15 * MIN
@@ -222,18 +289,51 @@ def test_redrive_by_republishing_and_a_poison_message_ends_archived(dlq) -> None
             assert headers[DLQ_ID_HEADER] == original["dead_letter_id"].encode()
             assert headers[DLQ_RETRIES_HEADER] == str(n).encode()
             assert dlq.depth() == 0
-            # The consumer fails on it again, in line, and dead-letters it with the message headers.
-            again = letter(offset=1000 + n, headers=list(headers.items()), now_s=clock.now)
+            # Delivery times out again, in line, and ingest dead-letters it with the message headers.
+            again = transient(headers=list(headers.items()), now_s=clock.now)
             dlq.put([again])
             (pending,) = dlq.pending()
             assert pending["dead_letter_id"] == original["dead_letter_id"]
             assert pending["retry_count"] == n
             assert parse_iso(pending["first_failure_at"]) == T0
+            assert [h["outcome"] for h in pending["history"]] == ["redriven", "failed_again"] * n
         else:
             assert report.archived == [original["dead_letter_id"]] and not report.redriven
     assert len(published) == 5
     assert len(archived) == 1 and archived[0]["retry_count"] == 5
     assert dlq.depth() == 0
+
+
+def test_a_late_redriven_update_does_not_hide_a_newer_failure(tmp_path: Path) -> None:
+    """The runner can fail the re-published message before the redrive pass records its success."""
+    q = SqliteDeadLetterQueue(tmp_path / "dlq.sqlite3")
+    clock = FakeClock(T0 + 15 * MIN)
+
+    def publish_and_fail_downstream(topic: str, key: bytes | None, value: bytes, headers: dict) -> None:
+        q.put([transient(headers=list(headers.items()), now_s=clock.now)])
+
+    policy = DeadLetterPolicy(
+        q, redrive=republisher(publish_and_fail_downstream), archive=lambda rows: None, clock=clock
+    )
+    q.put([transient()])
+    assert len(policy.redrive_due().redriven) == 1
+    (pending,) = q.pending()
+    assert [h["outcome"] for h in pending["history"]] == ["redriven", "failed_again"]
+    q.close()
+
+
+def test_a_letter_without_a_route_fails_its_attempt_and_keeps_its_reason(dlq) -> None:
+    clock = FakeClock(T0 + 15 * MIN)
+    policy = DeadLetterPolicy(dlq, redrive=redrive_route(), archive=lambda rows: None, clock=clock)
+    original = make_dead_letter(
+        stage="sink:hot", payload='{"kind":"trade","row":{}}', error_type="OperationalError",
+        reason="database is locked", now_s=T0,
+    )  # fmt: skip
+    dlq.put([original])
+    assert policy.redrive_due().failed == [original["dead_letter_id"]]
+    (pending,) = dlq.pending()
+    assert (pending["error_type"], pending["reason"]) == ("OperationalError", "database is locked")
+    assert pending["history"][-1]["error_type"] == NoRedriveRoute.__name__
 
 
 def test_successful_redrive_and_archive_now(dlq) -> None:
@@ -243,7 +343,7 @@ def test_successful_redrive_and_archive_now(dlq) -> None:
     policy = DeadLetterPolicy(
         dlq, redrive=lambda r: done.append(r["dead_letter_id"]), archive=archived.extend, clock=clock
     )
-    a, b = letter(1), letter(2)
+    a, b = transient(1), transient(2)
     dlq.put([a, b])
     assert sorted(policy.redrive_due(force=True).redriven) == sorted(
         [a["dead_letter_id"], b["dead_letter_id"]]

@@ -3,6 +3,7 @@ UnprocessedItems and throttling retries, the runner heartbeat item."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,13 @@ import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from tests.aws import create_hot_table
+from tests.aws import ThrottledSends, create_hot_table
 from tests.stores.conftest import BASE_MS, make_anomaly, make_correlation, make_feature, make_trade
 from tradepulse.bus.status import RunnerMetrics, publish_status
 from tradepulse.config import Settings
 from tradepulse.ids import shard_of
-from tradepulse.stores.dynamo_hot import DynamoHotStore
+from tradepulse.retry import retry_call
+from tradepulse.stores.dynamo_hot import CALL_ATTEMPTS, DynamoHotStore, client_config
 from tradepulse.stores.factory import open_hot_store
 
 NOW = 1_767_000_000.0
@@ -28,7 +30,7 @@ TABLE = "tradepulse-hot"
 @pytest.fixture
 def ddb() -> Iterator[Any]:
     with mock_aws():
-        client = boto3.client("dynamodb", region_name="us-east-1")
+        client = boto3.client("dynamodb", region_name="us-east-1", config=client_config())
         # Exactly the table the CDK stack builds.
         create_hot_table(client, TABLE)
         yield client
@@ -131,23 +133,15 @@ def test_latest_mode_stores_only_the_newest_trade_per_ticker(ddb: Any) -> None:
     store.close()
 
 
-class Flaky:
-    """A client that throttles and leaves items unprocessed before delegating to moto."""
+class PartialWrites:
+    """A client whose first multi-item BatchWriteItem writes one item and returns the rest as
+    UnprocessedItems (a partial success, which botocore does not retry); then it delegates to moto."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
-        self.throttles = 2
         self.unprocessed = 1
-        self.calls: list[str] = []
 
     def batch_write_item(self, **kw: Any) -> Any:
-        self.calls.append("batch_write_item")
-        if self.throttles:
-            self.throttles -= 1
-            raise ClientError(
-                {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow"}},
-                "BatchWriteItem",
-            )
         ((table, requests),) = kw["RequestItems"].items()
         if self.unprocessed and len(requests) > 1:
             self.unprocessed -= 1
@@ -159,22 +153,66 @@ class Flaky:
         return getattr(self.inner, name)
 
 
-def test_throttling_and_unprocessed_items_are_retried_with_backoff(ddb: Any) -> None:
+def test_throttling_is_retried_by_botocore_and_unprocessed_items_by_the_store(
+    ddb: Any, botocore_sleeps: list[float]
+) -> None:
+    throttled = ThrottledSends(ddb, "BatchWriteItem", times=2)
     sleeps: list[float] = []
-    flaky = Flaky(ddb)
-    store = DynamoHotStore(TABLE, client=flaky, clock=lambda: NOW, sleep=sleeps.append)
+    store = DynamoHotStore(TABLE, client=PartialWrites(ddb), clock=lambda: NOW, sleep=sleeps.append)
     trades = [make_trade(seq=i, ts_ms=BASE_MS + i) for i in range(10)]
     store.write_batch(trades=trades)
-    assert flaky.calls.count("batch_write_item") == 4  # 2 throttled, 1 partial, 1 for the rest
-    assert len(sleeps) == 3 and all(0 <= s <= 5 for s in sleeps)
+    # 2 throttled sends + the partial write, retried by botocore; then 1 send for the unprocessed rest.
+    assert throttled.sends == 4 and len(botocore_sleeps) == 2
+    assert len(sleeps) == 1 and 0 <= sleeps[0] <= 5  # the store's one UnprocessedItems round
+    assert store.throttles == 3  # 2 throttled attempts + 1 response with UnprocessedItems
     assert len([i for i in items(ddb) if i["pk"]["S"].startswith("TRADE#")]) == 10
+    store.close()
+
+
+def test_a_throttled_batch_is_bounded_one_retry_layer_per_call(
+    ddb: Any, botocore_sleeps: list[float]
+) -> None:
+    """Issue 15: retries used to stack (botocore 3 × the store's call loop 8 × its batch loop 8 × the
+    runner's 3). Now a call is retried by botocore alone, and the runner's retry has a deadline: a table
+    that throttles every request costs CALL_ATTEMPTS sends per started runner attempt, and no runner
+    attempt starts (or sleeps) past the deadline."""
+    throttled = ThrottledSends(ddb, "BatchWriteItem", times=10_000)
+    store_sleeps: list[float] = []
+    store = DynamoHotStore(TABLE, client=ddb, clock=lambda: NOW, sleep=store_sleeps.append)
+    elapsed = [0.0]
+
+    def sleep(seconds: float) -> None:
+        elapsed[0] += seconds
+
+    def write() -> None:
+        before = len(botocore_sleeps)
+        try:
+            store.write_batch(trades=[make_trade(seq=1)])
+        finally:
+            elapsed[0] += sum(botocore_sleeps[before:])  # botocore's backoffs inside this attempt
+
+    attempts, deadline_s = 3, 10.0
+    with pytest.raises(ClientError, match="ProvisionedThroughputExceeded"):
+        retry_call(
+            write, attempts=attempts, base_delay_s=1.0, max_delay_s=4.0, deadline_s=deadline_s,
+            sleep=sleep, clock=lambda: elapsed[0], rng=random.Random(5),
+        )  # fmt: skip
+    started = throttled.sends // CALL_ATTEMPTS
+    assert throttled.sends == started * CALL_ATTEMPTS and 1 <= started <= attempts
+    assert store_sleeps == []  # the store did not re-loop the failed call
+    assert store.throttles == throttled.sends
+    # Each started attempt sleeps at most 1 + 2 s in botocore (standard mode, 3 attempts); the runner's
+    # own backoffs end before the deadline.
+    assert elapsed[0] <= deadline_s + 3.0
     store.close()
 
 
 def test_other_errors_are_not_retried(ddb: Any) -> None:
     store = DynamoHotStore("no-such-table", client=ddb, sleep=lambda s: pytest.fail("retried"))
+    sends = ThrottledSends(ddb, "BatchWriteItem", times=0)  # counts sends only
     with pytest.raises(ClientError):
         store.write_batch(trades=[make_trade()])
+    assert sends.sends == 1  # botocore does not retry a missing table either
     store.close()
 
 
@@ -254,4 +292,4 @@ def test_default_client_has_bounded_timeouts(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     config = DynamoHotStore(TABLE, region="us-east-1").client.meta.config
     assert (config.connect_timeout, config.read_timeout) == (3, 10)
-    assert config.retries == {"mode": "standard", "total_max_attempts": 3}
+    assert config.retries == {"mode": "standard", "total_max_attempts": CALL_ATTEMPTS}

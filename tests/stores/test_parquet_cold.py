@@ -143,9 +143,27 @@ def test_dead_letters_are_archived_idempotently(tmp_path: Path) -> None:
     ]
     assert store.archive_dead_letters(letters) == 1
     assert store.archive_dead_letters(letters) == 1
-    (rel,) = store.files("dead-letters")
-    assert rel.startswith("dead-letters/dt=2025-12-29/hour=09/dead-letters-")
-    assert sorted(r["payload"] for r in read_rows(tmp_path, "dead-letters")) == ["bad 0", "bad 1", "bad 2"]
+    (rel,) = store.files("dead-letter-archive")
+    assert rel.startswith("dead-letter-archive/dt=2025-12-29/hour=09/dead-letter-archive-")
+    assert sorted(r["payload"] for r in read_rows(tmp_path, "dead-letter-archive")) == [
+        "bad 0",
+        "bad 1",
+        "bad 2",
+    ]
+
+
+def test_a_published_letter_that_is_archived_later_is_once_in_each_dataset(tmp_path: Path) -> None:
+    """The runner's read-back of market.dead-letters and the DLQ's archive write different folders: a
+    letter that went both ways is in `dead-letters` once and in `dead-letter-archive` once."""
+    store = ParquetColdStore(tmp_path)
+    letter = make_dead_letter(stage="processor", payload="bad", reason="schema", now_s=BASE_MS / 1000)
+    store.append_batch(topics.DEAD_LETTERS, [letter], [(0, 7)], start={})
+    store.flush(force=True)
+    store.archive_dead_letters([dict(letter, status="archived")])
+    published = read_rows(tmp_path, "dead-letters")
+    archived = read_rows(tmp_path, "dead-letter-archive")
+    assert [(r["dead_letter_id"], r["kafka_offset"]) for r in published] == [(letter["dead_letter_id"], 7)]
+    assert [(r["dead_letter_id"], r["status"]) for r in archived] == [(letter["dead_letter_id"], "archived")]
 
 
 def test_factory_local_cold_store(store_settings: Settings) -> None:

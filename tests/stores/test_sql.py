@@ -9,7 +9,8 @@ import pytest
 from tests.stores.conftest import BASE_MS, make_anomaly, make_correlation, make_feature, make_trade
 from tradepulse import topics
 from tradepulse.config import Settings
-from tradepulse.stores.dlq import DeadLetterPolicy, SqliteDeadLetterQueue, make_dead_letter
+from tradepulse.stores.dlq import DeadLetterPolicy, make_dead_letter
+from tradepulse.stores.dlq_queues import SqliteDeadLetterQueue
 from tradepulse.stores.parquet_cold import ParquetColdStore
 from tradepulse.stores.sql import EXAMPLE_QUERIES, VIEWS, run_query
 
@@ -103,14 +104,14 @@ def test_every_view_exists_even_without_files(tmp_path: Path) -> None:
 
 
 def test_archived_dead_letters_are_queryable(tmp_path: Path) -> None:
-    """The DLQ policy archives to the cold store; the archive is the dead_letters view."""
+    """The DLQ policy archives to the cold store; the archive is the dead_letter_archive view."""
     clock = lambda: BASE_MS / 1000 + 10_000  # noqa: E731
     dlq = SqliteDeadLetterQueue(tmp_path / "dlq.sqlite3")
     cold = ParquetColdStore(tmp_path / "cold")
     policy = DeadLetterPolicy(dlq, redrive=lambda r: None, archive=cold.archive_dead_letters, clock=clock)
     dlq.put([make_dead_letter(stage="sink:hot", payload="x", reason="disk full", now_s=BASE_MS / 1000)])
     policy.archive_pending()
-    df = run_query("SELECT stage, reason, status, dt FROM dead_letters", cold_dir=tmp_path / "cold")
+    df = run_query("SELECT stage, reason, status, dt FROM dead_letter_archive", cold_dir=tmp_path / "cold")
     assert df.to_dict("records") == [
         {"stage": "sink:hot", "reason": "disk full", "status": "archived", "dt": "2025-12-29"}
     ]

@@ -357,6 +357,7 @@ class HealthChecker:
         self._settings = settings
         self._dlq = dlq
         self._dlq_cached: tuple[float, int | None] | None = None
+        self._permanent_cached: tuple[float, int | None] | None = None
         self.runner_source = runner
         self._broker = broker
         self._store = hot_store
@@ -401,6 +402,20 @@ class HealthChecker:
         if status is not None:
             return status.dlq_depth, "runner status"
         return None, "no runner status"
+
+    def dlq_permanent(self) -> int | None:
+        """Pending permanent dead letters (never redriven; waiting for inspection), from the DLQ itself
+        when this process has one (cached a few seconds); None without one or when it fails."""
+        if self._dlq is None:
+            return None
+        now = self._monotonic()
+        if self._permanent_cached is None or now - self._permanent_cached[0] >= BROKER_CACHE_S:
+            try:
+                count: int | None = int(self._dlq.counts()["permanent"])
+            except Exception:
+                count = None
+            self._permanent_cached = (now, count)
+        return self._permanent_cached[1]
 
     def write_p99_ms(self, status: RunnerStatus | None) -> float | None:
         """The runner's measured write p99 (it does the writing); else this process's store, if it wrote."""

@@ -60,6 +60,13 @@ class PipelineCollector(Collector):
             d = GaugeMetricFamily("tradepulse_dlq_depth", "Dead letters pending.")
             d.add_metric([], float(depth))
             yield d
+        permanent = self._health.dlq_permanent()
+        if permanent is not None:
+            g = GaugeMetricFamily(
+                "tradepulse_dlq_permanent", "Pending dead letters that can never succeed (never redriven)."
+            )
+            g.add_metric([], float(permanent))
+            yield g
         if status is None:
             return
         gauges = {

@@ -22,6 +22,7 @@ from tradepulse.core.anomaly import AnomalyConfig, AnomalyDetector
 from tradepulse.core.columns import QuoteColumns, TradeColumns
 from tradepulse.core.features import FeatureConfig, FeatureEngine, FeatureOutput
 from tradepulse.core.news_join import NewsJoiner, correlation_id
+from tradepulse.errors import InvalidArgument
 from tradepulse.stores.base import HotStore
 from tradepulse.topics import TRADES
 
@@ -92,7 +93,7 @@ class CoreProcessor:
             data = self.checkpoints.latest(str(partition), offset)
             try:
                 if data is None:
-                    raise ValueError("no checkpoint at or below the committed offset")
+                    raise InvalidArgument("no checkpoint at or below the committed offset")
                 checkpoint = self.detector.restore(data)
             except ValueError as exc:
                 # Deterministic from the rebuild's look-back on, but not what the previous owner scored.
@@ -179,10 +180,10 @@ def build_runner(
     """A runner on the configured stores and the real core. The service passes a commit watchdog;
     in-process callers (tests, benchmarks) leave it out, since it restarts the whole process."""
     from tradepulse.bus.backpressure import BackpressureController
-    from tradepulse.stores.dlq import with_retries
+    from tradepulse.retry import retry_call
     from tradepulse.stores.factory import open_cold_store, open_dlq, open_hot_store
 
-    attempts = settings.dlq_inline_attempts
+    attempts, deadline_s = settings.dlq_inline_attempts, settings.dlq_inline_deadline_s
     return Runner(
         settings,
         processor=CoreProcessor(settings),
@@ -190,7 +191,7 @@ def build_runner(
         cold_factory=lambda: open_cold_store(settings),
         dlq=open_dlq(settings),
         backpressure=BackpressureController.from_settings(settings),
-        sink_retry=lambda fn: with_retries(fn, attempts=attempts),
+        sink_retry=lambda fn: retry_call(fn, attempts=attempts, deadline_s=deadline_s),
         instance=instance,
         commit_watchdog=commit_watchdog,
     )

@@ -15,10 +15,12 @@ def api(host: str | None, port: int | None) -> None:
     import uvicorn
 
     from tradepulse.api.app import create_app
+    from tradepulse.stores.factory import open_dlq
 
     settings = get_settings()
     uvicorn.run(
-        create_app(settings),
+        # The API reads the DLQ itself: depth and the permanent-letter count on /health and /metrics.
+        create_app(settings, dlq=open_dlq(settings)),
         host=host or settings.api_host,
         port=port or settings.api_port,
         log_level=settings.log_level.lower(),

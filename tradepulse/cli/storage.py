@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import click
 
 from tradepulse.config import get_settings
@@ -15,7 +17,7 @@ from tradepulse.errors import BusError
 )
 def query(sql: str, fmt: str) -> None:
     """Run SQL over the cold store (views: trades, quotes, news, features, anomalies, correlations,
-    dead_letters; partition columns dt, hour)."""
+    dead_letters, dead_letter_archive; partition columns dt, hour)."""
     import duckdb
 
     from tradepulse.stores.sql import run_query
@@ -39,15 +41,22 @@ def dlq() -> None:
 
 @dlq.command("list")
 @click.option("--status", type=click.Choice(["pending", "redriven", "archived", "all"]), default="pending")
+@click.option("--class", "failure_class", type=click.Choice(["transient", "permanent", "all"]), default="all")
 @click.option("--limit", type=int, default=50, show_default=True)
-def list_letters(status: str, limit: int) -> None:
-    """Show dead letters (oldest first)."""
+@click.option("--history", "show_history", is_flag=True, help="Show each letter's redrive attempts.")
+def list_letters(status: str, failure_class: str, limit: int, show_history: bool) -> None:
+    """Show dead letters (oldest first) with their original failure."""
     from tradepulse.stores.factory import open_dlq
 
     queue = open_dlq(get_settings())
     try:
-        letters = queue.letters(None if status == "all" else status, limit)
-        click.echo(f"{queue.depth()} pending")
+        letters = queue.letters(
+            None if status == "all" else status, limit, None if failure_class == "all" else failure_class
+        )
+        counts = queue.counts()
+        click.echo(
+            f"{queue.depth()} pending ({counts['transient']} transient, {counts['permanent']} permanent)"
+        )
         for x in letters:
             source = (
                 f"{x['source_topic']}[{x['source_partition']}]@{x['source_offset']}"
@@ -55,28 +64,36 @@ def list_letters(status: str, limit: int) -> None:
                 else "-"
             )
             click.echo(
-                f"{x['dead_letter_id']}  {x['status']:<8} retries={x['retry_count']}  {x['stage']:<10} "
-                f"{source}  {x['error_type']}: {x['reason'][:80]}  last={x['last_failure_at']}"
+                f"{x['dead_letter_id']}  {x['status']:<8} {x['failure_class']:<9} "
+                f"retries={x['retry_count']}  {x['stage']:<10} {source}  "
+                f"{x['error_type']}: {x['reason'][:80]}  last={x['last_failure_at']}"
             )
+            for attempt in x["history"] if show_history else ():
+                why = f"  {attempt['error_type']}: {attempt['reason'][:80]}" if attempt["error_type"] else ""
+                where = f" in {attempt['stage']}" if attempt.get("stage") else ""
+                click.echo(f"    {attempt['at']}  {attempt['outcome']}{where}{why}")
     finally:
         queue.close()
 
 
 @dlq.command()
-@click.option("--force", is_flag=True, help="Redrive every pending letter now, not only those 15 min old.")
+@click.option("--force", is_flag=True, help="Redrive every pending transient letter now, not only due ones.")
 def redrive(force: bool) -> None:
-    """Re-publish due letters to their source topics; archive those that failed 5 redrives."""
+    """Redrive due transient letters (sink:hot → the hot store; others → their source topic); archive
+    those whose 5th redrive failed. Permanent letters (validation) are never redriven."""
     from confluent_kafka import KafkaError, Message, Producer
 
     from tradepulse.bus.clients import producer_config
-    from tradepulse.stores.dlq import DeadLetterPolicy, republisher
-    from tradepulse.stores.factory import open_cold_store, open_dlq
+    from tradepulse.stores.dlq import DeadLetterPolicy, lazy, redrive_route
+    from tradepulse.stores.factory import open_cold_store, open_dlq, open_hot_store
 
     settings = get_settings()
-    producer = Producer(producer_config(settings))
+    # Connected on first use: redriving only sink:hot letters needs no broker.
+    connect = functools.cache(lambda: Producer(producer_config(settings)))
 
     def publish(topic: str, key: bytes | None, value: bytes, headers: dict[str, bytes]) -> None:
         errors: list[str] = []
+        producer = connect()
 
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
             if err is not None:
@@ -84,28 +101,40 @@ def redrive(force: bool) -> None:
 
         kafka_headers: dict[str, str | bytes | None] = dict(headers)
         producer.produce(topic, value, key, headers=kafka_headers, on_delivery=on_delivery)
-        producer.flush(30)
-        if errors:
-            raise BusError(errors[0])
+        if producer.flush(30) or errors:
+            raise BusError(errors[0] if errors else "delivery not acknowledged within 30 s")
 
+    hot = lazy(lambda: open_hot_store(settings))
     queue, cold = open_dlq(settings), open_cold_store(settings)
     try:
         policy = DeadLetterPolicy.from_settings(
-            queue, settings, redrive=republisher(publish), archive=cold.archive_dead_letters
+            queue,
+            settings,
+            redrive=redrive_route(publish=publish, hot=hot),
+            archive=cold.archive_dead_letters,
         )
         report = policy.redrive_due(force=force)
     finally:
+        if hot.cache_info().currsize:
+            hot().close()
         cold.close()
         queue.close()
     click.echo(
         f"redriven {len(report.redriven)}, failed {len(report.failed)}, archived {len(report.archived)}, "
-        f"not due {report.not_due}"
+        f"not due {report.not_due}, permanent (not redriven) {report.permanent}"
     )
 
 
 @dlq.command()
-def archive() -> None:
-    """Archive every pending letter to the cold store (dead-letters/) now."""
+@click.option(
+    "--class",
+    "failure_class",
+    type=click.Choice(["transient", "permanent", "all"]),
+    default="all",
+    show_default=True,
+)
+def archive(failure_class: str) -> None:
+    """Archive every pending letter (of one class) to the cold store (dead-letter-archive/) now."""
     from tradepulse.stores.dlq import DeadLetterPolicy
     from tradepulse.stores.factory import open_cold_store, open_dlq
 
@@ -115,7 +144,7 @@ def archive() -> None:
         policy = DeadLetterPolicy.from_settings(
             queue, settings, redrive=lambda letter: None, archive=cold.archive_dead_letters
         )
-        archived = policy.archive_pending()
+        archived = policy.archive_pending(None if failure_class == "all" else failure_class)
     finally:
         cold.close()
         queue.close()

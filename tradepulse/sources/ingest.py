@@ -31,6 +31,11 @@ The backfill runs at the connection's first events and reaches up to their excha
 clock, not the wall clock, so a delayed feed, a replayed day or a simulator behind schedule is covered
 like the live feed (on the wall clock it was not, and a starved restart lost trades: postmortem 4).
 Bounded by `ingest_backfill_max_s` of feed time; off for a `*` subscription (one request per ticker).
+
+Why one module of this size: the reader, the publisher, the backfill after every (re)connect and the
+dedupe marks are one no-loss/no-duplicate argument (docs/postmortem.md section 4) whose invariants
+must be read together; the parsing (`parse.py`), the REST backfill client (`backfill.py`) and the
+WebSocket client (`massive.py`) already live apart.
 """
 
 from __future__ import annotations

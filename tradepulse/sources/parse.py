@@ -2,8 +2,10 @@
 events and dead letters.
 
 This is the ingest hot path, so records are plain dicts with exactly the fields of
-`tradepulse.models.Trade` / `Quote` (no pydantic object per event) and validation is a handful of
-exact type checks. Anything that does not validate becomes a `Reject` (raw payload + reason) for the
+`tradepulse.models.Trade` / `Quote` (no pydantic object per event). Each wire field is checked with the
+rule of the model field it becomes (`tradepulse.validation.RULES`, the runner's rules too), so ingest
+and the runner accept and reject the same values, with the same reasons (under the wire names: `p`,
+not `price`). Anything that does not validate becomes a `Reject` (raw payload + reason) for the
 dead-letter queue; one bad event never takes its frame-mates down with it.
 """
 
@@ -16,19 +18,55 @@ from typing import Any
 
 import orjson
 
-from tradepulse.errors import SourceError
 from tradepulse.ids import quote_event_id, trade_event_id
+from tradepulse.topics import QUOTES, TRADES
+from tradepulse.validation import RULES, InvalidField, Rule
 
 Record = dict[str, Any]
 
 #: Dead-letter payloads of oversize frames keep only this many bytes (the reason says so).
 OVERSIZE_PAYLOAD_BYTES = 64 * 1024
 
-_NUMBER = (int, float)
+_TRADE = RULES[TRADES]
+_QUOTE = RULES[QUOTES]
+#: Massive wire field → the model field it becomes (and whose rule checks it).
+TRADE_WIRE = {
+    "sym": "ticker",
+    "x": "exchange",
+    "i": "trade_id",
+    "p": "price",
+    "s": "size",
+    "t": "exchange_ts_ms",
+    "q": "sequence",
+    "z": "tape",
+}
+QUOTE_WIRE = {
+    "sym": "ticker",
+    "bp": "bid_price",
+    "bs": "bid_size",
+    "bx": "bid_exchange",
+    "ap": "ask_price",
+    "as": "ask_size",
+    "ax": "ask_exchange",
+    "z": "tape",
+    "q": "sequence",
+    "t": "exchange_ts_ms",
+}
+# The checks of the model fields, bound once: the per-event path calls them directly.
+_TICKER = _TRADE["ticker"].check
+_EXCHANGE, _TRADE_ID = _TRADE["exchange"].check, _TRADE["trade_id"].check
+_PRICE, _SIZE = _TRADE["price"].check, _TRADE["size"].check
+_TS, _SEQUENCE, _TAPE = _TRADE["exchange_ts_ms"].check, _TRADE["sequence"].check, _TRADE["tape"].check
+_BID_PRICE, _BID_SIZE, _BID_EXCHANGE = (_QUOTE[f].check for f in ("bid_price", "bid_size", "bid_exchange"))
+_ASK_PRICE, _ASK_SIZE, _ASK_EXCHANGE = (_QUOTE[f].check for f in ("ask_price", "ask_size", "ask_exchange"))
+_QUOTE_TICKER, _QUOTE_TS = _QUOTE["ticker"].check, _QUOTE["exchange_ts_ms"].check
+_QUOTE_SEQUENCE, _QUOTE_TAPE = _QUOTE["sequence"].check, _QUOTE["tape"].check
+_INT = Rule(int).check  # a wire integer that is no model field as such (REST's ns timestamps)
 
 
-class InvalidEvent(SourceError, ValueError):
-    """An event that does not match the protocol; the message is the dead-letter reason."""
+InvalidEvent = InvalidField
+"""An event that does not match the protocol; the message is the dead-letter reason. The exception the
+model rules raise (`tradepulse.validation`), so one `except` catches both."""
 
 
 @dataclass(slots=True)
@@ -109,12 +147,10 @@ def parse_frame(raw: str | bytes, received_ts_us: int, max_frame_bytes: int = 4 
 
 def trade_record(e: dict[str, Any], received_ts_us: int) -> Record:
     """A validated `models.Trade` dict from a Massive `T` event (raises InvalidEvent/KeyError)."""
-    ticker = _ticker(e)
-    exchange = _int(e, "x")
-    trade_id = e["i"]
-    if type(trade_id) is not str or not trade_id:
-        raise InvalidEvent(f"field 'i' must be a non-empty string, got {trade_id!r}")
-    price = _positive(e, "p")
+    ticker = _TICKER("sym", e["sym"])
+    exchange = _EXCHANGE("x", e["x"])
+    trade_id = _TRADE_ID("i", e["i"])
+    price = _PRICE("p", e["p"])
     size = _trade_size(e, "s", "ds")
     return _trade(
         ticker,
@@ -122,9 +158,9 @@ def trade_record(e: dict[str, Any], received_ts_us: int) -> Record:
         trade_id,
         price,
         size,
-        ts=_int(e, "t"),
-        seq=_int(e, "q"),
-        tape=_int(e, "z"),
+        ts=_TS("t", e["t"]),
+        seq=_SEQUENCE("q", e["q"]),
+        tape=_TAPE("z", e["z"]),
         conditions=_int_list(e, "c"),
         received_ts_us=received_ts_us,
         trf_id=_optional_int(e, "trfi"),
@@ -172,24 +208,22 @@ def rest_trade_record(ticker: str, r: dict[str, Any], received_ts_us: int) -> Re
     `received_ts_us`), so both paths give the trade the same event id: the WebSocket's `t`/`trft` are the
     SIP/TRF timestamps in ms, REST's `sip_timestamp`/`trf_timestamp` the same instants in ns.
     """
-    if type(ticker) is not str or not ticker:
-        raise InvalidEvent(f"ticker must be a non-empty string, got {ticker!r}")
-    exchange = _int(r, "exchange")
-    trade_id = r["id"]
-    if type(trade_id) is not str or not trade_id:
-        raise InvalidEvent(f"field 'id' must be a non-empty string, got {trade_id!r}")
-    price = _positive(r, "price")
+    _TICKER("ticker", ticker)
+    exchange = _EXCHANGE("exchange", r["exchange"])
+    trade_id = _TRADE_ID("id", r["id"])
+    price = _PRICE("price", r["price"])
     size = _trade_size(r, "size", "decimal_size")
     trf_ns = _optional_int(r, "trf_timestamp")
+    ts_ms = _INT("sip_timestamp", r["sip_timestamp"]) // 1_000_000
     return _trade(
         ticker,
         exchange,
         trade_id,
         price,
         size,
-        ts=_int(r, "sip_timestamp") // 1_000_000,
-        seq=_int(r, "sequence_number"),
-        tape=_int(r, "tape"),
+        ts=_TS("sip_timestamp (ms)", ts_ms),
+        seq=_SEQUENCE("sequence_number", r["sequence_number"]),
+        tape=_TAPE("tape", r["tape"]),
         conditions=_int_list(r, "conditions"),
         received_ts_us=received_ts_us,
         trf_id=_optional_int(r, "trf_id"),
@@ -204,9 +238,9 @@ def rest_trade_reject(ticker: str, r: Any, exc: Exception) -> Reject:
 
 def quote_record(e: dict[str, Any], received_ts_us: int) -> Record:
     """A validated `models.Quote` dict from a Massive `Q` event (raises InvalidEvent/KeyError)."""
-    ticker = _ticker(e)
-    ts = _int(e, "t")
-    seq = _int(e, "q")
+    ticker = _QUOTE_TICKER("sym", e["sym"])
+    ts = _QUOTE_TS("t", e["t"])
+    seq = _QUOTE_SEQUENCE("q", e["q"])
     # A quote's condition `c` is a single int on the wire; the model keeps a list like trades do.
     condition = e.get("c")
     if condition is None:
@@ -218,15 +252,15 @@ def quote_record(e: dict[str, Any], received_ts_us: int) -> Record:
     return {
         "event_id": quote_event_id(ticker, ts, seq),
         "ticker": ticker,
-        "bid_price": float(_non_negative(e, "bp")),
-        "bid_size": float(_non_negative(e, "bs")),
-        "bid_exchange": _int(e, "bx"),
-        "ask_price": float(_non_negative(e, "ap")),
-        "ask_size": float(_non_negative(e, "as")),
-        "ask_exchange": _int(e, "ax"),
+        "bid_price": float(_BID_PRICE("bp", e["bp"])),
+        "bid_size": float(_BID_SIZE("bs", e["bs"])),
+        "bid_exchange": _BID_EXCHANGE("bx", e["bx"]),
+        "ask_price": float(_ASK_PRICE("ap", e["ap"])),
+        "ask_size": float(_ASK_SIZE("as", e["as"])),
+        "ask_exchange": _ASK_EXCHANGE("ax", e["ax"]),
         "conditions": conditions,
         "indicators": _int_list(e, "i"),
-        "tape": _int(e, "z"),
+        "tape": _QUOTE_TAPE("z", e["z"]),
         "sequence": seq,
         "exchange_ts_ms": ts,
         "received_ts_us": received_ts_us,
@@ -234,48 +268,12 @@ def quote_record(e: dict[str, Any], received_ts_us: int) -> Record:
 
 
 # --- field checks -------------------------------------------------------------------------------
-# `type(x) is int` on purpose: bool is a subclass of int and `true` is not an exchange id.
-
-
-def _ticker(e: dict[str, Any]) -> str:
-    sym = e["sym"]
-    if type(sym) is not str or not sym:
-        raise InvalidEvent(f"field 'sym' must be a non-empty string, got {sym!r}")
-    return sym
-
-
-def _int(e: dict[str, Any], key: str) -> int:
-    value = e[key]
-    if type(value) is not int:
-        raise InvalidEvent(f"field {key!r} must be an integer, got {value!r}")
-    return value
 
 
 def _optional_int(e: dict[str, Any], key: str) -> int | None:
     value = e.get(key)
     if value is not None and type(value) is not int:
         raise InvalidEvent(f"field {key!r} must be an integer, got {value!r}")
-    return value
-
-
-def _number(e: dict[str, Any], key: str) -> float:
-    value = e[key]
-    if type(value) not in _NUMBER or not math.isfinite(value):
-        raise InvalidEvent(f"field {key!r} must be a finite number, got {value!r}")
-    return value
-
-
-def _positive(e: dict[str, Any], key: str) -> float:
-    value = _number(e, key)
-    if value <= 0:
-        raise InvalidEvent(f"field {key!r} must be > 0, got {value!r}")
-    return value
-
-
-def _non_negative(e: dict[str, Any], key: str) -> float:
-    value = _number(e, key)
-    if value < 0:
-        raise InvalidEvent(f"field {key!r} must be >= 0, got {value!r}")
     return value
 
 
@@ -292,7 +290,7 @@ def _trade_size(e: dict[str, Any], key: str, decimal_key: str) -> float:
         if not (math.isfinite(size) and size > 0):
             raise InvalidEvent(f"field {decimal_key!r} must be > 0, got {fractional!r}")
         return size
-    return _positive(e, key)
+    return _SIZE(key, e[key])
 
 
 def _int_list(e: dict[str, Any], key: str) -> list[int]:
@@ -307,6 +305,8 @@ def _int_list(e: dict[str, Any], key: str) -> list[int]:
 def _reject(event: Any, exc: Exception, lenient: bool, ticker: str | None = None) -> Reject:
     if isinstance(exc, KeyError):
         reason, error_type = f"missing field {exc.args[0]!r}", "MissingField"
+    elif isinstance(exc, InvalidField) and exc.missing:  # present but null
+        reason, error_type = exc.reason, "MissingField"
     elif isinstance(exc, TypeError):
         reason, error_type = f"event is not an object: {type(event).__name__}", "BadEvent"
     else:

@@ -100,21 +100,27 @@ class ColdStore(Protocol):
 
 
 class DeadLetterQueue(Protocol):
-    """Messages that failed validation or processing, with context, retries and redrive."""
+    """Messages that failed validation or processing, with context, class, history and redrive."""
 
     def put(self, letters: Iterable[Row]) -> None:
-        """Add letters; a letter whose id is already queued becomes pending again (retries kept)."""
+        """Add letters; a letter whose id is already queued becomes pending again (retries, original
+        failure and history kept)."""
 
-    def pending(self, limit: int = 100) -> list[Row]:
-        """Pending letters, oldest first."""
+    def pending(self, limit: int = 100, failure_class: str | None = None) -> list[Row]:
+        """Pending letters (of one failure class: transient, permanent; both when None), oldest first."""
 
-    def letters(self, status: str | None = None, limit: int = 100) -> list[Row]:
-        """Letters with a status (pending, redriven, archived; all when None), oldest first."""
+    def letters(
+        self, status: str | None = None, limit: int = 100, failure_class: str | None = None
+    ) -> list[Row]:
+        """Letters with a status (pending, redriven, archived) and class (all when None), oldest first."""
 
     def update(self, letter: Row) -> None:
         """Store a letter's new state after a redrive attempt."""
 
     def depth(self) -> int:
         """Pending letters."""
+
+    def counts(self) -> dict[str, int]:
+        """Pending letters per failure class."""
 
     def close(self) -> None: ...

@@ -17,9 +17,12 @@ Item types (pk → sk):
 Writes: trades, snapshots and the ticker set go through BatchWriteItem (idempotent overwrites of
 identical items; UnprocessedItems are retried). Anomalies and correlations are conditional PutItems
 (`attribute_not_exists(pk)`) because a duplicate must be detected (it is not new, so it is not counted
-or alerted again); ConditionalCheckFailedException is a success. Throttling is retried with exponential
-backoff and full jitter. Floats are stored as Decimal (via their shortest repr, so they round-trip
-exactly); non-finite floats become null. Every item carries `expires_at` = now + TTL (epoch seconds) and
+or alerted again); ConditionalCheckFailedException is a success. One retry layer per call:
+botocore's standard retry mode (`client_config`: throttling, 5xx and connection errors, exponential
+backoff with jitter, `CALL_ATTEMPTS` attempts); the store never re-loops a failed call. The only loop
+here re-sends a BatchWriteItem's UnprocessedItems (a partial success, which botocore does not retry).
+Floats are stored as Decimal (via their shortest repr, so they round-trip exactly); non-finite floats
+become null. Every item carries `expires_at` = now + TTL (epoch seconds) and
 DynamoDB deletes it after that, so `purge_expired` has nothing to do.
 
 Cost knob `dynamodb_trades`: "all" stores every trade (like SQLite), "latest" only the newest trade per
@@ -50,12 +53,29 @@ from tradepulse.stores.base import Row
 
 TICKERS_REFRESH_S = 3600.0
 
+CALL_ATTEMPTS = 3
+"""Attempts of one DynamoDB call (botocore standard mode); the runner bounds the whole batch write."""
+
 THROTTLING = {
     "ProvisionedThroughputExceededException",
     "ThrottlingException",
     "RequestLimitExceeded",
     "InternalServerError",
 }
+
+
+def client_config() -> Any:
+    """The botocore config of the store's client: bounded calls (botocore's default 60 s timeouts would let
+    one hung request outlive API Gateway's 29 s and stall a runner batch) and the one retry layer."""
+    from botocore.config import Config
+
+    return Config(
+        connect_timeout=3,
+        read_timeout=10,
+        retries={"mode": "standard", "total_max_attempts": CALL_ATTEMPTS},
+    )
+
+
 _SERIALIZER = TypeSerializer()
 _DESERIALIZER = TypeDeserializer()
 _KEY_FIELDS = {"pk", "sk", "expires_at", "item_type"}
@@ -109,19 +129,15 @@ class DynamoHotStore:
         trades_mode: str = "all",
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
-        max_attempts: int = 8,
+        max_attempts: int = 5,
         latency_window: int = 256,
     ) -> None:
         if client is None:
             import boto3
-            from botocore.config import Config
 
-            # Bounded calls: botocore's defaults (60 s connect/read timeouts) would let one hung
-            # request outlive API Gateway's 29 s and stall a runner batch; throttling is retried below.
-            timeouts = Config(
-                connect_timeout=3, read_timeout=10, retries={"mode": "standard", "total_max_attempts": 3}
-            )
-            client = boto3.client("dynamodb", region_name=region, config=timeouts)
+            client = boto3.client("dynamodb", region_name=region, config=client_config())
+        # Every throttled attempt (botocore retries them) counts towards HotWriteThrottles.
+        client.meta.events.register("needs-retry.dynamodb", self._count_throttle)
         self.client = client
         self.table = table
         self.shards = shards
@@ -129,7 +145,7 @@ class DynamoHotStore:
         self.trades_mode = trades_mode
         self.clock = clock
         self.sleep = sleep
-        self.max_attempts = max_attempts
+        self.max_attempts = max_attempts  # BatchWriteItem rounds for UnprocessedItems
         self._latencies: deque[float] = deque(maxlen=latency_window)
         # Ticker → when its TICKERS item was last written; rewriting it every batch would be about
         # half of all write units, so it is written once and refreshed well inside the TTL.
@@ -137,8 +153,8 @@ class DynamoHotStore:
         self._pool = ThreadPoolExecutor(max_workers=max(shards, 4), thread_name_prefix="ddb")
         self._lock = threading.Lock()
         self.duplicates = 0  # conditional puts that found the item already there
-        # Throttled calls and BatchWriteItem responses with UnprocessedItems (each retried with backoff):
-        # the HotWriteThrottles metric (tradepulse.metrics_emf).
+        # Throttled attempts and BatchWriteItem responses with UnprocessedItems (each retried with
+        # backoff): the HotWriteThrottles metric (tradepulse.metrics_emf).
         self.throttles = 0
 
     @classmethod
@@ -155,22 +171,17 @@ class DynamoHotStore:
     # --- low level -----------------------------------------------------------------------------
 
     def _call(self, op: str, **kwargs: Any) -> Any:
-        """One API call, retried on throttling with exponential backoff and full jitter."""
-        for attempt in range(self.max_attempts):
-            try:
-                return getattr(self.client, op)(**kwargs)
-            except ClientError as exc:
-                if exc.response["Error"]["Code"] not in THROTTLING:
-                    raise
-                with self._lock:
-                    self.throttles += 1
-                if attempt == self.max_attempts - 1:
-                    raise
-                self.sleep(backoff_delay(attempt, 0.05, 5.0))
-        raise AssertionError("unreachable")
+        """One API call (botocore retries it; see `client_config`)."""
+        return getattr(self.client, op)(**kwargs)
+
+    def _count_throttle(self, response: Any = None, **_: Any) -> None:
+        """botocore `needs-retry` hook: count a throttled attempt; the retry decision stays botocore's."""
+        if response is not None and response[1].get("Error", {}).get("Code") in THROTTLING:
+            with self._lock:
+                self.throttles += 1
 
     def _batch_write(self, items: list[dict[str, Any]]) -> None:
-        """BatchWriteItem in chunks of 25, retrying UnprocessedItems with backoff."""
+        """BatchWriteItem in chunks of 25, re-sending UnprocessedItems with backoff (`max_attempts` rounds)."""
         unique = {(i["pk"], i["sk"]): i for i in items}  # a request may not name a key twice
         requests = [{"PutRequest": {"Item": _serialize(i)}} for i in unique.values()]
         for start in range(0, len(requests), 25):
@@ -404,7 +415,7 @@ class DynamoHotStore:
         """Store one runner's status document, replacing the previous one.
 
         Kept as a JSON string: it round-trips exactly (floats, nested maps) without Decimal conversion and
-        nothing queries inside it. One attempt, no throttling retries: the next heartbeat supersedes it
+        nothing queries inside it. No retry beyond botocore's own: the next heartbeat supersedes it
         a second later, and the runner must not stall on it."""
         self.client.put_item(
             TableName=self.table,

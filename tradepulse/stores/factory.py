@@ -34,9 +34,9 @@ def open_dlq(settings: Settings | None = None) -> DeadLetterQueue:
     """SQLite file under `data_dir` (default) or the SQS queue."""
     settings = settings or get_settings()
     if settings.dlq_backend == "sqs":
-        from tradepulse.stores.dlq import SqsDeadLetterQueue
+        from tradepulse.stores.dlq_queues import SqsDeadLetterQueue
 
         return SqsDeadLetterQueue.from_settings(settings)
-    from tradepulse.stores.dlq import SqliteDeadLetterQueue
+    from tradepulse.stores.dlq_queues import SqliteDeadLetterQueue
 
     return SqliteDeadLetterQueue(settings.data_dir / "dlq.sqlite3")

@@ -35,6 +35,10 @@ Checkpoints: after each flush the store records, per (topic, partition), the nex
 (`_checkpoints/<topic>-p<partition>.json`, written after the data files). The runner asks `next_offset`
 on assignment and re-appends only from there; a checkpoint that lags behind the files (crash in between)
 only causes rows to be merged again, never duplicated.
+
+Why one module of this size: the layout, the dataset table, the Arrow schemas and the one write path
+(`append_batch` → blocks → dedupe → checkpoint) are one idempotence argument; splitting them would
+scatter the proof that a replay rewrites the same files.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 DEAD_LETTERS = "dead-letters"
+DEAD_LETTER_ARCHIVE = "dead-letter-archive"
 
 
 class Dataset(typing.NamedTuple):
@@ -96,6 +101,15 @@ DATASETS: dict[str, Dataset] = {
     topics.DEAD_LETTERS: Dataset(DEAD_LETTERS, DeadLetter, "first_failure_at", ("dead_letter_id",)),
 }
 """Topic → dataset. The dataset folder is also the DuckDB view / Glue table name (`-` → `_`)."""
+
+ARCHIVE = Dataset(DEAD_LETTER_ARCHIVE, DeadLetter, "first_failure_at", ("dead_letter_id",))
+"""Letters the DLQ gave up on or archived by hand (`archive_dead_letters`), with their final status and
+redrive history. A folder of its own, not `dead-letters/`: that one holds every letter the runner
+published on market.dead-letters exactly once (read back from the topic), and a letter archived later
+would otherwise appear there twice."""
+
+ALL_DATASETS: tuple[Dataset, ...] = (*DATASETS.values(), ARCHIVE)
+"""Every dataset folder of the cold store: one DuckDB view and one Glue table each."""
 
 LINEAGE = [pa.field("kafka_partition", pa.int32()), pa.field("kafka_offset", pa.int64())]
 
@@ -133,7 +147,7 @@ def arrow_schema(dataset: Dataset) -> pa.Schema:
     return pa.schema(_fields(dataset.model) + LINEAGE)
 
 
-SCHEMAS: dict[str, pa.Schema] = {d.name: arrow_schema(d) for d in DATASETS.values()}
+SCHEMAS: dict[str, pa.Schema] = {d.name: arrow_schema(d) for d in ALL_DATASETS}
 _ROW_SCHEMAS = {name: pa.schema(list(schema)[: -len(LINEAGE)]) for name, schema in SCHEMAS.items()}
 """The schemas without the lineage columns: what `append_batch` converts rows with."""
 
@@ -478,18 +492,18 @@ class ParquetColdStore:
         self.rows_written += table.num_rows
 
     def archive_dead_letters(self, letters: list[Row]) -> int:
-        """Write dead letters under `dead-letters/dt=/hour=/` (by first failure time); the file name is
-        derived from the letter ids, so archiving the same letters again rewrites the same file."""
+        """Write dead letters under `dead-letter-archive/dt=/hour=/` (by first failure time); the file
+        name is derived from the letter ids, so archiving the same letters again rewrites the same file."""
         if not letters:
             return 0
-        dataset = DATASETS[topics.DEAD_LETTERS]
+        dataset = ARCHIVE
         by_hour: dict[int, list[Row]] = defaultdict(list)
         for letter in letters:
             by_hour[_hour_bucket(letter[dataset.time_field])].append(letter)
         for hour, rows in by_hour.items():
             name = stable_id(*sorted(r["dead_letter_id"] for r in rows))
             table = _sort(pa.Table.from_pylist(rows, schema=SCHEMAS[dataset.name]), dataset)
-            self._put(f"{DEAD_LETTERS}/{partition_path(hour)}/dead-letters-{name}.parquet", table)
+            self._put(f"{dataset.name}/{partition_path(hour)}/{dataset.name}-{name}.parquet", table)
         return len(by_hour)
 
     def files(self, dataset: str = "") -> list[str]:

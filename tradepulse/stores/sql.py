@@ -1,7 +1,7 @@
 """SQL over the cold store: DuckDB locally, the same SQL on Athena against the Glue tables.
 
 Each dataset is a view named after it (trades, quotes, news, features, anomalies, correlations,
-dead_letters) over `read_parquet(..., hive_partitioning = true)`, with the partition columns typed as
+dead_letters, dead_letter_archive) over `read_parquet(..., hive_partitioning = true)`, with the partition columns typed as
 in Glue: `dt` string (YYYY-MM-DD) and `hour` integer. A dataset without files yet is an empty view with
 the right columns, so queries never fail just because nothing has been flushed.
 
@@ -25,9 +25,9 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from tradepulse.stores.parquet_cold import DATASETS, SCHEMAS
+from tradepulse.stores.parquet_cold import ALL_DATASETS, SCHEMAS
 
-VIEWS: dict[str, str] = {d.name.replace("-", "_"): d.name for d in DATASETS.values()}
+VIEWS: dict[str, str] = {d.name.replace("-", "_"): d.name for d in ALL_DATASETS}
 """View / Glue table name → dataset folder."""
 
 EXAMPLE_QUERIES: dict[str, str] = {

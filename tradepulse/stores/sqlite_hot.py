@@ -42,6 +42,10 @@ either way, and the WAL still restarts from the beginning after each complete ch
 Schema versions: the file carries `PRAGMA user_version` = `SCHEMA_VERSION`. A file written with an older
 layout is not migrated (it is a 48 h cache): opening it raises `SchemaMismatch`, which says to delete
 the file (the runner refills it from Kafka as it consumes).
+
+Why one module of this size: one backend behind the `HotStore` Protocol, its schema, upserts, reads
+and chunked purge share one connection/lock discipline (WAL, one writer) that is easiest to check in
+one place; the shared helpers are elsewhere (`tradepulse.percentiles`, `tradepulse.stores.base`).
 """
 
 from __future__ import annotations

@@ -6,6 +6,11 @@ a batch generator for tests and quality scripts. Everything random comes from `n
 seeded from `seed`: the market stream and the injection schedule use separate generators, so the
 schedule of injected events does not shift when the event rate changes, and the same seed (and start
 time) always yields the same events, the same news and the same ground truth.
+
+Why one module of this size: the market model is one vectorised generator whose random streams must
+be drawn in a fixed order for the output to be deterministic; its wire encoders (`_build_records`,
+`_build_fragments`) sit beside it because they are its hot path. The servers that speak the
+protocols are separate modules (`ws_server.py`, `trades_api.py`, `news_server.py`).
 """
 
 from __future__ import annotations
