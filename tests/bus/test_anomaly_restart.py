@@ -1,24 +1,28 @@
 """Anomaly models across a runner restart, against the real broker: a runner that stops half-way and a
 second one that takes its partitions over (restoring each partition's model from its newest checkpoint
 at the committed offset and replaying from there) emit exactly the anomalies of one uninterrupted pass
-of the core over the same input."""
+of the core over the same input, and the news↔volume correlations of that pass: the articles the first
+runner still held at its committed offset are re-read by the second one (their offsets are committed as
+metadata) and joined against the same z-score memory."""
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 
 import orjson
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from tests.bus.test_runner import make_recording, own_group, read_topic
 from tests.reliability.harness import anomaly_keys, uninterrupted_outputs
-from tradepulse.bus.clients import producer_config
+from tradepulse.bus.clients import consumer_config, producer_config
 from tradepulse.bus.pipeline import build_runner
+from tradepulse.bus.rebuild import decode_pending
 from tradepulse.config import Settings
-from tradepulse.topics import ANOMALIES
+from tradepulse.topics import ANOMALIES, CORRELATIONS, NEWS
 
 pytestmark = pytest.mark.kafka
 
@@ -58,17 +62,59 @@ def test_a_runner_restarted_from_checkpoints_flags_what_an_uninterrupted_pass_fl
     first.run(stop_when=lambda m: m.events_processed >= total * 2 // 3)
     done_first = first.metrics.events_processed
     assert done_first < total
+    # The articles still waiting for their join window went with the news offsets the first runner
+    # committed: the second one re-reads exactly those.
+    pending = committed_pending(settings)
+    assert sum(len(offsets) for offsets in pending.values()) > 0, pending
     with caplog.at_level(logging.INFO, logger="tradepulse.bus.pipeline"):
         second = build_runner(settings, instance="anomaly-restart")
         second.run(stop_when=lambda m: m.events_processed >= total - done_first)
     restored = [r.args for r in caplog.records if "restored at trades offset" in r.getMessage()]
     assert restored and all(offset > 0 for _, offset in restored), restored  # type: ignore[misc]
 
-    expected_anomalies, _ = uninterrupted_outputs(settings, tmp_path / "oracle", ANOMALY)
+    expected_anomalies, expected_correlations = uninterrupted_outputs(settings, tmp_path / "oracle", ANOMALY)
     anomalies = read_topic(settings, ANOMALIES)
     expected = anomaly_keys(expected_anomalies)
     assert len(expected) > 100 and len({a["model_version"] for a in expected_anomalies}) > 10
     assert anomaly_keys(anomalies) == expected
-    # Correlations are not compared here: in this scenario the restarted runner emitted 18 of the 23
-    # correlations of the uninterrupted pass, one with a peak_zscore different in the 16th digit (found
-    # while writing this test; the news join's restart behaviour is outside the anomaly change).
+    # Correlations too, every field: an article still waiting for its window at the committed offset is
+    # emitted by the second runner with the z-scores the first one would have joined it with.
+    correlations = read_topic(settings, CORRELATIONS)
+    assert len(expected_correlations) > 10
+    assert len(correlations) == len({c["correlation_id"] for c in correlations})  # no duplicates
+    got = {c["correlation_id"]: c for c in correlations}
+    want = {c["correlation_id"]: c for c in expected_correlations}
+    differing = {
+        cid: {k: (got[cid].get(k), v) for k, v in row.items() if not _same(k, got[cid].get(k), v)}
+        for cid, row in want.items()
+        if cid in got
+    }
+    differing = {cid: fields for cid, fields in differing.items() if fields}
+    assert (sorted(got.keys() - want.keys()), sorted(want.keys() - got.keys()), differing) == ([], [], {})
+
+
+def committed_pending(settings: Settings) -> dict[int, frozenset[int]]:
+    """Per news partition, the pending articles' offsets committed by the runner's group."""
+    consumer = Consumer(consumer_config(settings, settings.consumer_group))
+    try:
+        partitions = consumer.list_topics(NEWS, timeout=10).topics[NEWS].partitions
+        committed = consumer.committed([TopicPartition(NEWS, p) for p in partitions], timeout=30)
+    finally:
+        consumer.close()
+    return {tp.partition: offsets for tp in committed if (offsets := decode_pending(tp.metadata)) is not None}
+
+
+#: The z-scores a correlation reports. The feature engine's per-trade `volume_zscore` depends on the
+#: batch split in its last bits, restart or not: window sums are differences of extended-precision
+#: prefix sums that `trade_state.seg_cumsum` computes as (batch-local cumsum) + base, and within-batch
+#: disorder is corrected in float64 (`hist_s1`/`hist_s2`). On this recording 8 of 17,516 trades differ
+#: by ~1e-14 between batches of 2000 and 997, and a restart at 2/3 changes 4 more (one of them the
+#: peak_zscore 1.0953765170792913 of the issue). Until that is exact, these fields are compared to
+#: 1e-12 (a missing spike or a truncated z-score memory changes them in the first digits).
+_ZSCORE_FIELDS = {"peak_zscore", "matched_zscore", "volume_zscore_at_publish"}
+
+
+def _same(field: str, got: object, want: object) -> bool:
+    if field in _ZSCORE_FIELDS and isinstance(got, float) and isinstance(want, float):
+        return math.isclose(got, want, rel_tol=1e-12, abs_tol=1e-12)
+    return got == want

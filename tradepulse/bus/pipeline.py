@@ -21,7 +21,7 @@ from tradepulse.config import Settings
 from tradepulse.core.anomaly import AnomalyConfig, AnomalyDetector
 from tradepulse.core.columns import QuoteColumns, TradeColumns
 from tradepulse.core.features import FeatureConfig, FeatureEngine, FeatureOutput
-from tradepulse.core.news_join import NewsJoiner
+from tradepulse.core.news_join import NewsJoiner, correlation_id
 from tradepulse.errors import InvalidArgument
 from tradepulse.stores.base import HotStore
 from tradepulse.topics import TRADES
@@ -34,12 +34,16 @@ class CoreProcessor:
 
     def __init__(self, settings: Settings) -> None:
         self.config = FeatureConfig.from_settings(settings)
+        self._rebuild_lookback_s = float(settings.rebuild_lookback_s)
         self.anomaly_config = AnomalyConfig.from_settings(settings)
         self.checkpoints = CheckpointStore(settings.anomaly_checkpoint_dir)
         self.detector = AnomalyDetector(self.anomaly_config)
         self._refit_totals = {"refits": 0.0, "refit_s": 0.0, "refit_waits": 0.0, "refit_wait_s": 0.0}
         self.engine = FeatureEngine(self.config)
         self.joiner = NewsJoiner()
+        # Position (news partition, offset) of every article the joiner still holds: committed with the
+        # offsets, so that a rebuild re-reads exactly these articles (`pending_news`).
+        self._pending_pos: dict[str, tuple[int, int]] = {}
 
     @property
     def model_version(self) -> int:
@@ -60,9 +64,24 @@ class CoreProcessor:
         the state at the committed offsets."""
         self.engine = FeatureEngine(self.config)
         self.joiner = NewsJoiner()
+        self._pending_pos = {}
         self.detector.close()
         self._refit_totals = self.refit_stats()
         self.detector = AnomalyDetector(self.anomaly_config)
+
+    @property
+    def state_lookback_s(self) -> float:
+        """Input time the rebuild replays: the features' windows (`rebuild_lookback_s`), plus the news join's z-score memory
+        (a late article after a restart joins against z-scores up to that far behind the watermark, and
+        each of them needs the features' windows before it to come out bit-identical)."""
+        return self._rebuild_lookback_s + self.joiner.history_ms / 1000
+
+    def pending_news(self) -> dict[int, list[int]]:
+        """Per news partition, the offsets of the articles still waiting for their join window."""
+        out: dict[int, list[int]] = {}
+        for partition, offset in sorted(self._pending_pos.values()):
+            out.setdefault(partition, []).append(offset)
+        return out
 
     def restore(self, committed: dict[tuple[str, int], int]) -> dict[int, int]:
         """Restore each trades partition's anomaly model from its newest checkpoint at or below the
@@ -97,6 +116,10 @@ class CoreProcessor:
         out = self.engine.process(trades, quotes)
         if batch.news:
             self.joiner.add_articles(batch.news)
+            for row, (partition, offset) in zip(batch.news, batch.news_pos, strict=True):
+                cid = correlation_id(row["article_id"], row["ticker"])
+                if self.joiner.is_pending(cid):
+                    self._pending_pos.setdefault(cid, (partition, offset))
         z = out.zscores
         if len(z["ts_ms"]):
             self.joiner.add_zscores(z["ticker"], z["ts_ms"], z["volume_zscore"])
@@ -106,6 +129,8 @@ class CoreProcessor:
             if wm is not None:
                 watermarks[ticker] = wm
         correlations = self.joiner.advance(watermarks) if watermarks else []
+        for row in correlations:
+            self._pending_pos.pop(row["correlation_id"], None)
         anomalies: list[dict[str, Any]] = []
         # Rebuilds score too (outputs discarded): the restored models replay from their checkpoints;
         # rows below a model's restored offset are ignored by the detector.

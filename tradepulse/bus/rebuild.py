@@ -1,15 +1,27 @@
 """Rebuilding window state after a start or a rebalance by reading back the input topics.
 
-The runner's windows are at most 5 minutes (plus grace), so the state of a partition at its committed
-offset is a function of the last `rebuild_lookback_s` (390 s: the windows plus the volume z-score's size-cap
-window, `FeatureConfig.rebuild_ms`) of that partition's input. On every
-assignment the runner reads, with a separate group-less consumer (assign(), read_committed):
+The feature windows are at most 5 minutes (plus grace), so the feature state of a partition at its
+committed offset is a function of the last `rebuild_lookback_s` (390 s: the windows plus the volume
+z-score's size-cap window, `FeatureConfig.rebuild_ms`) of that partition's input. The news join
+(`tradepulse.core.news_join`) needs more: it remembers volume z-scores for 11 min behind the watermark
+(a late article joins against them), each of which is only bit-identical to an uninterrupted run's when
+the features' 390 s before it are replayed too, and it holds articles until their ticker's watermark is
+60 s past them, however long ago they were produced. So on every assignment the runner reads, with a
+separate group-less consumer (assign(), read_committed):
 
-- per partition number p, the records of trades/quotes/news p from the look-back start up to (not
-  including) the committed offset. The look-back start is found with `offsets_for_times` at
-  (timestamp of the last committed record of partition p, over all three topics) − look-back, so a
-  runner restarting after a long outage still rebuilds from the data before its committed offset and not
-  from the wall clock;
+- per partition number p, the records of trades/quotes p from the look-back start up to (not including)
+  the committed offset, the look-back being the processor's `state_lookback_s` (`rebuild_lookback_s` +
+  the join's z-score memory: 390 + 660 s by default). The look-back start is found with
+  `offsets_for_times` at (timestamp of the last committed record of partition p, over all three topics)
+  − look-back, so a runner restarting after a long outage still rebuilds from the data before its
+  committed offset and not from the wall clock. Trades are produced when received, so their record
+  timestamps follow event time closely (late trades beyond the 2 s grace are dropped anyway);
+- of news p, exactly the articles still pending in the join at the committed offset: the runner commits
+  their offsets as the metadata of the news offset (`encode_pending`, atomically with the offsets), so
+  an article polled long ago, or published with an event time ahead of the market, is re-read wherever
+  it lies, and no article already emitted is read again (it would be emitted twice if its ticker has
+  no trades in the look-back). Without that metadata (committed by an older runner, or a pending list
+  too long for Kafka's 4 KB metadata limit) news falls back to the time look-back;
 - for a partition whose anomaly model was restored from a checkpoint at trades offset o
   (`replay_from`), the look-back runs from o's timestamp instead when that is earlier, so the model
   replays from its checkpoint with features computed over full windows;
@@ -39,13 +51,58 @@ log = logging.getLogger(__name__)
 TP = tuple[str, int]
 
 
+#: Prefix of the committed news offsets' metadata that lists the articles pending in the join.
+PENDING_PREFIX = "pending:"
+#: Kafka's default `offset.metadata.max.bytes` is 4096; beyond this the list is not committed.
+MAX_PENDING_METADATA = 3500
+
+
+def encode_pending(offsets: list[int]) -> str | None:
+    """Commit metadata of a news partition: the sorted offsets of its pending articles, as base-36
+    deltas. None when the list does not fit (the rebuild then falls back to the time look-back)."""
+    parts, previous = [], 0
+    for offset in offsets:
+        parts.append(_base36(offset - previous))
+        previous = offset
+    text = PENDING_PREFIX + ",".join(parts)
+    return text if len(text) <= MAX_PENDING_METADATA else None
+
+
+def decode_pending(metadata: str | None) -> frozenset[int] | None:
+    """The pending offsets of `encode_pending`, or None if the metadata carries none (not written by
+    this runner version, or too long to commit)."""
+    if not metadata or not metadata.startswith(PENDING_PREFIX):
+        return None
+    offsets, total = [], 0
+    for part in filter(None, metadata[len(PENDING_PREFIX) :].split(",")):
+        total += int(part, 36)
+        offsets.append(total)
+    return frozenset(offsets)
+
+
+def _base36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if n == 0:
+            return out
+
+
 @dataclass
 class RebuildPlan:
-    """What to read per partition: state records in [state_start, end), cold records in [cold_start, end)."""
+    """What to read per partition: state records in [state_start, end), cold records in [cold_start, end).
+    For a partition in `state_only`, only the records at those offsets are state (the pending news)."""
 
     end: dict[TP, int] = field(default_factory=dict)
     state_start: dict[TP, int] = field(default_factory=dict)
     cold_start: dict[TP, int] = field(default_factory=dict)
+    state_only: dict[TP, frozenset[int]] = field(default_factory=dict)
+
+    def is_state(self, tp: TP, offset: int) -> bool:
+        only = self.state_only.get(tp)
+        return offset >= self.state_start[tp] and (only is None or offset in only)
 
     def scan_start(self, tp: TP) -> int:
         return min(self.state_start[tp], self.cold_start[tp])
@@ -148,10 +205,13 @@ def plan_rebuild(
     lookback_s: float,
     state_topics: Collection[str] | None = None,
     replay_from: dict[int, int] | None = None,
+    pending: dict[TP, frozenset[int]] | None = None,
     timeout_s: float = 120.0,
 ) -> RebuildPlan:
     """Work out the ranges to read for the given committed offsets (see the module docstring). Only
-    partitions of `state_topics` (all, if None) are read for state; the others only for the cold store."""
+    partitions of `state_topics` (all, if None) are read for state; the others only for the cold store.
+    A partition in `pending` (news with the pending articles' offsets committed) reads exactly those
+    offsets for state, however old."""
     plan = RebuildPlan()
     consumer = _rebuild_consumer(settings, group_id)
     try:
@@ -210,6 +270,16 @@ def plan_rebuild(
             plan.state_start[key] = end if start < 0 else max(lows[key], min(start, end))
             if key in checkpoints:  # whatever the timestamps say, the model replays from its checkpoint
                 plan.state_start[key] = min(plan.state_start[key], checkpoints[key])
+            only = (pending or {}).get(key)
+            if only is not None and key in stateful:
+                # Exactly the articles the join still holds at the committed offset, wherever they lie.
+                kept = frozenset(o for o in only if lows[key] <= o < end)
+                if len(kept) < len(only):
+                    log.warning(
+                        "%d pending articles of %s[%d] are below the log start", len(only) - len(kept), *key
+                    )
+                plan.state_only[key] = kept
+                plan.state_start[key] = min(kept, default=end)
             known = cold_next(*key)
             plan.cold_start[key] = lows[key] if known is None else max(lows[key], min(known, end))
     finally:

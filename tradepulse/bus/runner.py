@@ -73,7 +73,7 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from tradepulse.bus.clients import consumer_config, producer_config
 from tradepulse.bus.decode import DecodedBatch, decode_batch
-from tradepulse.bus.rebuild import plan_rebuild, read_plan
+from tradepulse.bus.rebuild import decode_pending, encode_pending, plan_rebuild, read_plan
 from tradepulse.bus.status import RunnerMetrics, publish_status, status_path
 from tradepulse.bus.watchdog import Watchdog
 from tradepulse.config import Settings
@@ -168,6 +168,14 @@ class Processor(Protocol):
 
     def reset(self) -> None:
         """Forget all window state (before a rebuild)."""
+
+    @property
+    def state_lookback_s(self) -> float:
+        """How much input time before the committed offsets the rebuild replays for window state."""
+
+    def pending_news(self) -> dict[int, list[int]]:
+        """Per news partition, the offsets of the articles the state still holds (committed with the
+        offsets, so a rebuild re-reads exactly them)."""
 
     def restore(self, committed: dict[tuple[str, int], int]) -> dict[int, int]:
         """Before a rebuild: restore checkpointed state at or below the committed offsets; returns, per
@@ -436,9 +444,14 @@ class Runner:
             committed,
             self.cold.next_offset,
             group_id=f"{self.group_id}-rebuild",
-            lookback_s=self.settings.rebuild_lookback_s,
+            lookback_s=self.processor.state_lookback_s,
             state_topics=INPUT_TOPICS,
             replay_from=replay_from,
+            pending={
+                (tp.topic, tp.partition): offsets
+                for tp in committed
+                if tp.topic == NEWS and (offsets := decode_pending(tp.metadata)) is not None
+            },
         )
         self._cold_next.update(plan.end)
         counts = {"state": 0, "cold": 0, "invalid": 0}
@@ -474,7 +487,7 @@ class Runner:
                     tp = (topic, partition)
                     if offset >= plan.cold_start[tp]:
                         cold_rows += 1
-                    if offset >= plan.state_start[tp]:
+                    if plan.is_state(tp, offset):
                         keep.append(i)
                 if len(keep) < len(rows):
                     rows[:] = [rows[i] for i in keep]
@@ -666,7 +679,9 @@ class Runner:
             # readers, and the replay produces them again (same deterministic ids), so each shows once.
             for letter in dead_letters:
                 send(DEAD_LETTERS, letter["dead_letter_id"], topic_dead_letter(letter))
-            positions = [tp for tp in consumer.position(consumer.assignment()) if tp.offset >= 0]
+            positions = self._with_pending(
+                [tp for tp in consumer.position(consumer.assignment()) if tp.offset >= 0]
+            )
             metadata = consumer.consumer_group_metadata()
             _retrying(lambda: producer.send_offsets_to_transaction(positions, metadata, 30), "send offsets")
             _retrying(lambda: producer.commit_transaction(60), "commit")
@@ -688,6 +703,28 @@ class Runner:
             len(outputs.features) + len(outputs.anomalies) + len(outputs.correlations)
         )
         return True
+
+    def _with_pending(self, positions: list[KafkaTopicPartition]) -> list[KafkaTopicPartition]:
+        """The positions to commit, each news offset carrying the offsets of that partition's articles
+        still pending in the join: the rebuild re-reads exactly them, however long ago they were
+        produced (`tradepulse.bus.rebuild`)."""
+        pending = self.processor.pending_news()
+        out = []
+        for tp in positions:
+            metadata = encode_pending(pending.get(tp.partition, [])) if tp.topic == NEWS else None
+            if tp.topic == NEWS and metadata is None:
+                log.warning(
+                    "%d pending articles of %s[%d] do not fit the commit metadata; a rebuild falls back "
+                    "to the time look-back for them",
+                    len(pending[tp.partition]),
+                    tp.topic,
+                    tp.partition,
+                )
+            if metadata is not None:
+                epoch = {} if tp.leader_epoch is None else {"leader_epoch": tp.leader_epoch}
+                tp = KafkaTopicPartition(tp.topic, tp.partition, tp.offset, metadata, **epoch)
+            out.append(tp)
+        return out
 
     def _rewind(self) -> None:
         """After an aborted transaction: back to the committed offsets with state rebuilt. The cold

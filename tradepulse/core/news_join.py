@@ -405,6 +405,10 @@ class NewsJoiner:
         """Articles still waiting for their window to close."""
         return len(self._pending)
 
+    def is_pending(self, cid: str) -> bool:
+        """Whether the article of correlation id `cid` is still waiting for its window to close."""
+        return cid in self._pending
+
     def history_size(self) -> int:
         """Remembered z-score buckets over all tickers (bounded by time × tickers / resolution)."""
         return self._rings.count()
