@@ -31,8 +31,8 @@ from tests.bus.test_runner import (
     wait_for,
 )
 from tests.sources.test_ingest import fast_settings, published_keys, quote, run_scripted, trade
+from tradepulse.bus.outputs import TOPIC_PAYLOAD_CHARS
 from tradepulse.bus.pipeline import build_runner
-from tradepulse.bus.runner import TOPIC_PAYLOAD_CHARS
 from tradepulse.config import Settings
 from tradepulse.models import DeadLetter
 from tradepulse.stores.dlq import decode_payload

@@ -15,7 +15,8 @@ import numpy as np
 
 from tradepulse.bus.anomaly_checkpoints import CheckpointStore
 from tradepulse.bus.decode import DecodedBatch
-from tradepulse.bus.runner import BatchOutputs, Runner
+from tradepulse.bus.outputs import BatchOutputs
+from tradepulse.bus.runner import Runner
 from tradepulse.bus.watchdog import Watchdog
 from tradepulse.config import Settings
 from tradepulse.core.anomaly import AnomalyConfig, AnomalyDetector

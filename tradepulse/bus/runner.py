@@ -52,6 +52,12 @@ assignment the runner resets the core and rebuilds it from the look-back of the 
 revocation it only flushes the cold store: every batch is already committed when the consume call that
 runs the callback starts. Lost partitions (session timeout) are another member's already: their buffered
 cold rows are dropped, never written.
+
+What a batch produces and how it is produced, retried and archived back is in `tradepulse.bus.outputs`;
+the rebuild's reading in `tradepulse.bus.rebuild`. Why the rest is one module of this size: the
+loop, the transaction boundaries, the rewind and the rebalance callbacks share the consumer, the
+producer and the cold store's checkpoints, and the exactly-once argument above needs them read
+together.
 """
 
 from __future__ import annotations
@@ -62,7 +68,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -73,6 +78,14 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from tradepulse.bus.clients import consumer_config, producer_config
 from tradepulse.bus.decode import DecodedBatch, decode_batch
+from tradepulse.bus.outputs import (
+    ARCHIVED_OUTPUTS,
+    BatchOutputs,
+    archive_outputs,
+    produce_outputs,
+    retry_transactional,
+    split_outputs,
+)
 from tradepulse.bus.rebuild import decode_pending, encode_pending, plan_rebuild, read_plan
 from tradepulse.bus.status import RunnerMetrics, publish_status, status_path
 from tradepulse.bus.watchdog import Watchdog
@@ -82,13 +95,8 @@ from tradepulse.metrics_emf import emitter_from_settings
 from tradepulse.stores.base import ColdStore, DeadLetterQueue, HotStore
 from tradepulse.stores.dlq import make_dead_letter
 from tradepulse.topics import (
-    ANOMALIES,
-    CORRELATIONS,
-    DEAD_LETTERS,
-    FEATURES,
     INPUT_TOPICS,
     NEWS,
-    OUTPUT_TOPICS,
     QUOTES,
     TRADES,
 )
@@ -120,41 +128,9 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-#: The runner's own outputs, read back read_committed and archived to the cold store (module docstring).
-ARCHIVED_OUTPUTS = OUTPUT_TOPICS
 #: How long a graceful stop waits for the output partitions to be archived up to their end (within the
 #: stop timeouts of `tradepulse up`, 20 s, and of ECS, 60 s).
 DRAIN_OUTPUTS_S = 10.0
-#: Attempts of a transactional call that fails with a retriable error (a timeout, a coordinator move).
-TXN_RETRIES = 5
-# On market.dead-letters a letter's payload is cut to this many characters: the topic tells readers what
-# failed and where, the DLQ store keeps the whole payload for redrive. Without the cut, the letter of an
-# input message near the 1 MB message limit (a third larger again if binary, as base64) would not fit in
-# one Kafka message and would fail the batch's transaction.
-TOPIC_PAYLOAD_CHARS = 64 * 1024
-
-
-def topic_dead_letter(letter: Row) -> Row:
-    """The letter as produced to market.dead-letters: a payload over `TOPIC_PAYLOAD_CHARS` is cut (a
-    base64 one on a 4-character boundary, so it still decodes) and the reason says so."""
-    payload = letter["payload"]
-    if len(payload) <= TOPIC_PAYLOAD_CHARS:
-        return letter
-    keep = TOPIC_PAYLOAD_CHARS
-    if payload.startswith("b64:"):
-        keep = 4 + (TOPIC_PAYLOAD_CHARS - 4) // 4 * 4
-    note = f" (payload cut to {keep} of {len(payload)} characters; the DLQ store holds it whole)"
-    return letter | {"payload": payload[:keep], "reason": letter["reason"] + note}
-
-
-@dataclass
-class BatchOutputs:
-    """What the core produced for one batch."""
-
-    features: list[Row] = field(default_factory=list)
-    anomalies: list[Row] = field(default_factory=list)
-    correlations: list[Row] = field(default_factory=list)
-    late_events: int = 0
 
 
 class Processor(Protocol):
@@ -457,9 +433,9 @@ class Runner:
         counts = {"state": 0, "cold": 0, "invalid": 0}
 
         def feed(messages: list[Message]) -> None:
-            inputs, outputs = _split_outputs(messages)
+            inputs, outputs = split_outputs(messages)
             if outputs:
-                counts["cold"] += self._archive_outputs(outputs, plan.cold_start)
+                counts["cold"] += archive_outputs(self.cold, outputs, plan.cold_start)
             if not inputs:
                 return
             batch = decode_batch(inputs)
@@ -519,28 +495,6 @@ class Runner:
             time.monotonic() - started,
         )
 
-    def _archive_outputs(self, messages: list[Message], start: dict[tuple[str, int], int]) -> int:
-        """Append output records (read back read_committed) to the cold store by (topic, partition,
-        offset); rows below `start` are already in a flushed file. Returns the rows at or above it."""
-        by_topic: dict[str, tuple[list[Row], list[tuple[int, int]]]] = {}
-        appended = 0
-        for message in messages:
-            topic, partition, offset = _position(message)
-            try:
-                row = orjson.loads(message.value() or b"")
-            except orjson.JSONDecodeError:
-                # Only this runner writes these topics; a record it cannot read is a bug to see, not
-                # a reason to stop archiving the rest.
-                log.error("unreadable record at %s[%d]@%d not archived", topic, partition, offset)
-                continue
-            rows, positions = by_topic.setdefault(topic, ([], []))
-            rows.append(row)
-            positions.append((partition, offset))
-            appended += offset >= start.get((topic, partition), 0)
-        for topic, (rows, positions) in by_topic.items():
-            self.cold.append_batch(topic, rows, positions, start=start, flush=False)
-        return appended
-
     # --- one batch ----------------------------------------------------------------------------------
 
     def _process(self, messages: list[Message]) -> None:
@@ -555,7 +509,7 @@ class Runner:
                 raise KafkaException(error)
             elif error.code() != KafkaError._PARTITION_EOF:
                 log.warning("consume error: %s", error)
-        inputs, outputs_read = _split_outputs(valid)
+        inputs, outputs_read = split_outputs(valid)
         batch = decode_batch(inputs)
         decoded = time.perf_counter()
         # A batch of archived outputs only has nothing for the core and the hot store.
@@ -563,7 +517,7 @@ class Runner:
         processed = time.perf_counter()
         dead_letters = self._write_sinks(batch, outputs) if len(batch) else []
         if outputs_read:
-            self._archive_outputs(outputs_read, self._cold_next)
+            archive_outputs(self.cold, outputs_read, self._cold_next)
         written = time.perf_counter()
         if self.commit_watchdog is None:
             done = self._commit(outputs, dead_letters)
@@ -658,33 +612,15 @@ class Runner:
         assert producer is not None and consumer is not None
         producer.begin_transaction()
         try:
-            produce = producer.produce
-            dumps = orjson.dumps
-
-            def send(topic: str, key: str, row: Row) -> None:
-                try:
-                    produce(topic, key=key.encode(), value=dumps(row))
-                except BufferError:
-                    producer.poll(0.05)  # local queue full: let deliveries drain
-                    produce(topic, key=key.encode(), value=dumps(row))
-
-            for topic, rows in (
-                (FEATURES, outputs.features),
-                (ANOMALIES, outputs.anomalies),
-                (CORRELATIONS, outputs.correlations),
-            ):
-                for row in rows:
-                    send(topic, row["ticker"], row)
-            # In the batch's transaction: an aborted attempt's letters are never seen by read_committed
-            # readers, and the replay produces them again (same deterministic ids), so each shows once.
-            for letter in dead_letters:
-                send(DEAD_LETTERS, letter["dead_letter_id"], topic_dead_letter(letter))
+            produce_outputs(producer, outputs, dead_letters)
             positions = self._with_pending(
                 [tp for tp in consumer.position(consumer.assignment()) if tp.offset >= 0]
             )
             metadata = consumer.consumer_group_metadata()
-            _retrying(lambda: producer.send_offsets_to_transaction(positions, metadata, 30), "send offsets")
-            _retrying(lambda: producer.commit_transaction(60), "commit")
+            retry_transactional(
+                lambda: producer.send_offsets_to_transaction(positions, metadata, 30), "send offsets"
+            )
+            retry_transactional(lambda: producer.commit_transaction(60), "commit")
         except KafkaException as exc:
             error = exc.args[0]
             if not error.txn_requires_abort():
@@ -721,7 +657,9 @@ class Runner:
                     tp.partition,
                 )
             if metadata is not None:
-                epoch = {} if tp.leader_epoch is None else {"leader_epoch": tp.leader_epoch}
+                # The client's stubs say int; at run time an unknown epoch is None.
+                leader_epoch: int | None = tp.leader_epoch
+                epoch = {} if leader_epoch is None else {"leader_epoch": leader_epoch}
                 tp = KafkaTopicPartition(tp.topic, tp.partition, tp.offset, metadata, **epoch)
             out.append(tp)
         return out
@@ -804,35 +742,3 @@ class Runner:
         except KafkaException:
             return self.metrics.consumer_lag
         return lag
-
-
-def _split_outputs(messages: list[Message]) -> tuple[list[Message], list[Message]]:
-    """(input messages, archived output messages) of a consumed batch."""
-    inputs: list[Message] = []
-    outputs: list[Message] = []
-    for message in messages:
-        (outputs if message.topic() in ARCHIVED_OUTPUTS else inputs).append(message)
-    return inputs, outputs
-
-
-def _retrying(call: Callable[[], None], what: str) -> None:
-    """A transactional call, again while it fails with a retriable error (librdkafka: the operation may
-    still be in progress and calling it again is safe); any other error propagates."""
-    for attempt in range(1, TXN_RETRIES + 1):
-        try:
-            call()
-            return
-        except KafkaException as exc:
-            error = exc.args[0]
-            if not error.retriable() or error.txn_requires_abort() or attempt == TXN_RETRIES:
-                raise
-            log.warning("transaction %s failed with a retriable error (%s); retrying", what, error)
-
-
-def _position(message: Message) -> tuple[str, int, int]:
-    """(topic, partition, offset) of a consumed record; librdkafka sets all three on every record that
-    carries no error (None only on error events, which never reach the archive)."""
-    topic, partition, offset = message.topic(), message.partition(), message.offset()
-    if topic is None or partition is None or offset is None:
-        raise BusError(f"consumed record without a position: {message.error()}")
-    return topic, partition, offset
