@@ -41,7 +41,7 @@ class CoreProcessor:
         self.detector = AnomalyDetector(self.anomaly_config)
         self._refit_totals = {"refits": 0.0, "refit_s": 0.0, "refit_waits": 0.0, "refit_wait_s": 0.0}
         self.engine = FeatureEngine(self.config)
-        self.joiner = NewsJoiner()
+        self.joiner = NewsJoiner(settle_ms=self.config.zscore_settle_ms)
         # Position (news partition, offset) of every article the joiner still holds: committed with the
         # offsets, so that a rebuild re-reads exactly these articles (`pending_news`).
         self._pending_pos: dict[str, tuple[int, int]] = {}
@@ -64,7 +64,7 @@ class CoreProcessor:
         """Forget all state, the anomaly models included: `restore` and the rebuild bring back exactly
         the state at the committed offsets."""
         self.engine = FeatureEngine(self.config)
-        self.joiner = NewsJoiner()
+        self.joiner = NewsJoiner(settle_ms=self.config.zscore_settle_ms)
         self._pending_pos = {}
         self.detector.close()
         self._refit_totals = self.refit_stats()
@@ -75,7 +75,7 @@ class CoreProcessor:
         """Input time the rebuild replays: the features' windows (`rebuild_lookback_s`), plus the news join's z-score memory
         (a late article after a restart joins against z-scores up to that far behind the watermark, and
         each of them needs the features' windows before it to come out bit-identical)."""
-        return self._rebuild_lookback_s + self.joiner.history_ms / 1000
+        return self._rebuild_lookback_s + self.joiner.memory_ms / 1000
 
     def pending_news(self) -> dict[int, list[int]]:
         """Per news partition, the offsets of the articles still waiting for their join window."""
