@@ -2,8 +2,8 @@
 
 `CoreProcessor` adapts the pure core (`tradepulse.core`) to the runner's `Processor` interface: decoded
 rows → columnar batches → `FeatureEngine` (feature snapshots of closed seconds) → `AnomalyDetector`
-(batched Isolation Forest scoring, one deterministic model per trades partition, checkpointed to
-`CheckpointStore`) and `NewsJoiner` (news ↔ volume z-score join in event time).
+(batched Isolation Forest scoring, one deterministic model per trades partition, checkpointed by
+`CheckpointStore` into the cold store's folder or bucket) and `NewsJoiner` (news ↔ volume z-score join in event time).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class CoreProcessor:
         self.config = FeatureConfig.from_settings(settings)
         self._rebuild_lookback_s = float(settings.rebuild_lookback_s)
         self.anomaly_config = AnomalyConfig.from_settings(settings)
-        self.checkpoints = CheckpointStore(settings.anomaly_checkpoint_dir)
+        self.checkpoints = CheckpointStore.from_settings(settings)
         self.detector = AnomalyDetector(self.anomaly_config)
         self._refit_totals = {"refits": 0.0, "refit_s": 0.0, "refit_waits": 0.0, "refit_wait_s": 0.0}
         self.engine = FeatureEngine(self.config)
