@@ -71,7 +71,7 @@ from tradepulse.models import (
     FeatureVector,
     NewsArticle,
     Quote,
-    Trade,
+    StoredTrade,
 )
 from tradepulse.stores.base import Row
 
@@ -92,7 +92,7 @@ class Dataset(typing.NamedTuple):
 
 
 DATASETS: dict[str, Dataset] = {
-    topics.TRADES: Dataset("trades", Trade, "exchange_ts_ms", ("event_id",)),
+    topics.TRADES: Dataset("trades", StoredTrade, "exchange_ts_ms", ("event_id",)),
     topics.QUOTES: Dataset("quotes", Quote, "exchange_ts_ms", ("event_id",)),
     topics.NEWS: Dataset("news", NewsArticle, "published_ts_ms", ("event_id",)),
     topics.FEATURES: Dataset("features", FeatureVector, "ts_ms", ("ticker", "ts_ms")),
