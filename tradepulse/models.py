@@ -17,6 +17,8 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, model_validator
 from pydantic_core import CoreSchema, core_schema
 
+from tradepulse.errors import InvalidArgument
+
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # Event times outside [2000-01-01, 2100-01-01) are unit mistakes (seconds, µs) that would wreck windows.
 EPOCH_MS_MIN, EPOCH_MS_MAX = 946_684_800_000, 4_102_444_800_000
@@ -55,7 +57,7 @@ class StructuralMax:
 
     def _check(self, value: float) -> float:
         if not value <= self.le:
-            raise ValueError(f"must be <= {self.le}")
+            raise InvalidArgument(f"must be <= {self.le}")
         return value
 
 
@@ -91,7 +93,7 @@ class _Input(BaseModel):
         for price_name, size_name in self.NOTIONALS:
             error = notional_error(price_name, getattr(self, price_name), size_name, getattr(self, size_name))
             if error is not None:
-                raise ValueError(error)
+                raise InvalidArgument(error)
         return self
 
 
