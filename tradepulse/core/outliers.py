@@ -178,7 +178,9 @@ def flag_outliers(
     valid = idx >= starts[:, None]
     idx = np.where(valid, idx, 0)
     t_now = all_t[batch_pos]
-    valid &= all_e[idx] & (all_t[idx] >= (t_now - config.reference_window_ms)[:, None])
+    valid &= all_t[idx] >= (t_now - config.reference_window_ms)[:, None]
+    if not all_e.all():  # (the usual case without condition masks: every trade is eligible)
+        valid &= all_e[idx]
     # Median of the valid prices of each row: invalid ones sort last as +inf (np.nanmedian's masked
     # arrays cost ~10× more), then the middle one or two of the `count` valid ones.
     window = np.sort(np.where(valid, all_p[idx], np.inf), axis=1)
