@@ -17,6 +17,7 @@ object describing itself (`tradepulse.bus.status.RunnerMetrics.snapshot()` build
       "dlq_depth": 0,                   # dead letters pending
       "batch_p99_ms": 9.0,              # optional: one micro-batch, p99
       "e2e_latency_p99_ms": 85.0,       # optional: receive → hot store, p99
+      "outliers": {"above_band": 2},    # optional: suspect trades flagged per reason, since start
       ...                               # any other fields: accepted and ignored
     }
 
@@ -152,6 +153,10 @@ def combine(views: list[RunnerView]) -> RunnerStatus | None:
         dlq_depth=max(s.dlq_depth for s in basis),
         e2e_latency_p99_ms=worst([s.e2e_latency_p99_ms for s in basis]),
         batch_p99_ms=worst([s.batch_p99_ms for s in basis]),
+        outliers={
+            r: sum(s.outliers.get(r, 0) for s in basis)
+            for r in sorted({r for s in basis for r in s.outliers})
+        },
     )
 
 

@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from tradepulse.core.outliers import OUTLIER_REASONS
+
 if TYPE_CHECKING:
     from tradepulse.api.cache import TTLCache
     from tradepulse.api.health import HealthChecker
@@ -105,6 +107,14 @@ class PipelineCollector(Collector):
             c = CounterMetricFamily(name, doc)
             c.add_metric([], float(value))
             yield c
+        outliers = CounterMetricFamily(
+            "tradepulse_outliers",
+            "Trades flagged outlier (kept, left out of features) since the runner started, per reason.",
+            labels=["reason"],
+        )
+        for reason in OUTLIER_REASONS:
+            outliers.add_metric([reason], float(status.outliers.get(reason, 0)))
+        yield outliers
 
 
 class ApiMetrics:

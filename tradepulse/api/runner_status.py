@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tradepulse.bus.heartbeat import status_files, status_path
 from tradepulse.config import Settings
@@ -31,6 +31,7 @@ class RunnerStatus(BaseModel):
     dlq_depth: int = 0
     e2e_latency_p99_ms: float | None = None
     batch_p99_ms: float | None = None
+    outliers: dict[str, int] = Field(default_factory=dict)  # suspect trades flagged per reason, since start
 
     stopped_at: float | None = None
 

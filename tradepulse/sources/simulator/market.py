@@ -27,7 +27,8 @@ import orjson
 
 from tradepulse.config import DEFAULT_TICKERS
 from tradepulse.errors import InvalidArgument
-from tradepulse.ids import stable_id
+from tradepulse.ids import stable_id, trade_event_id
+from tradepulse.models import MAX_NOTIONAL, MAX_SIZE
 
 Profile = Literal["flat", "market_open"]
 
@@ -54,6 +55,11 @@ _TRF_IDS = np.array([201, 202, 203], dtype=np.int64)
 # Trade condition sets (Massive condition codes): 37 odd lot, 14 intermarket sweep, 41 trade-through
 # exempt. Index 0 = regular trade, for which the real feed omits `c`.
 CONDITION_SETS: tuple[tuple[int, ...], ...] = ((), (37,), (14, 41), (14, 37, 41), (41,))
+
+# Bad ticks (`MarketConfig.bad_tick_rate`): the structurally impossible kinds (tradepulse.models bounds),
+# and the ticker's trades that are never replaced (a fat finger needs a market to be off from).
+BAD_TICK_DEFECTS = ("huge_price", "zero_price", "negative_price", "zero_size", "huge_size", "notional")
+_BAD_TICK_MIN_SEQUENCE = 10
 
 # Seconds per trading year at 6.5 h/day, to turn annualised volatility into per-tick volatility.
 _TRADING_SECONDS_PER_YEAR = 252 * 6.5 * 3600
@@ -112,6 +118,10 @@ class MarketConfig:
     news_reaction_fraction: float = 0.6
     backfill_news: int = 0
     ground_truth_path: Path | None = None
+    bad_tick_rate: float = 0.0
+    """Fraction of trades replaced by a labelled bad tick (`_inject_bad_ticks`); 0 = none."""
+    bad_tick_impossible_share: float = 0.5
+    """Of those, the share that is structurally impossible; the rest are fat fingers."""
 
 
 def profile_multiplier(profile: Profile, elapsed_s: float | np.ndarray, peak: float = 9.0) -> Any:
@@ -191,9 +201,12 @@ class MarketModel:
         self.now_ms = self.start_ms
         self._tick = 0
         root = np.random.SeedSequence(config.seed)
-        setup_ss, market_ss, inject_ss = root.spawn(3)
+        # A fourth stream for the bad ticks: the first three are those of spawn(3), so enabling bad
+        # ticks changes no other event of a seed.
+        setup_ss, market_ss, inject_ss, bad_ss = root.spawn(4)
         self._rng = np.random.default_rng(market_ss)
         self._inj = np.random.default_rng(inject_ss)
+        self._bad = np.random.default_rng(bad_ss)
         setup = np.random.default_rng(setup_ss)
 
         known = [_KNOWN.get(s) for s in self.symbols]
@@ -430,6 +443,8 @@ class MarketModel:
         n_t = rng.poisson(lam_k * cfg.trade_fraction)
         n_q = rng.poisson(lam_k * (1.0 - cfg.trade_fraction))
         trades = self._trades(n_t, prev, size_mult, t0)
+        if cfg.bad_tick_rate > 0:
+            self._inject_bad_ticks(trades)
         quotes = self._quotes(n_q, prev, t0)
 
         kind = np.concatenate([np.zeros(len(trades["t"]), np.uint8), np.ones(len(quotes["t"]), np.uint8)])
@@ -500,6 +515,64 @@ class MarketModel:
             trft=np.where(trf, d["t"] - rng.integers(0, 5, m), 0),
         )
         return d
+
+    def _inject_bad_ticks(self, d: dict[str, np.ndarray]) -> None:
+        """Replace a `bad_tick_rate` fraction of this tick's trades (never among a ticker's first
+        `_BAD_TICK_MIN_SEQUENCE` trades: a fat finger is relative to a market that has printed) by bad
+        ticks, each labelled in the ground truth (`type: bad_tick`) with its event id:
+
+        - `impossible` (`bad_tick_impossible_share` of them): a value no US-equity print can have, one of
+          `BAD_TICK_DEFECTS`; ingest must dead-letter it;
+        - `fat_finger`: the price 30–60 % above or below the market; the runner must flag it outlier.
+
+        Fixed draws per trade from their own generator: the same seed gives the same bad ticks."""
+        bad, m = self._bad, len(d["t"])
+        u = bad.random(m)
+        chosen = np.flatnonzero((u < self.config.bad_tick_rate) & (d["q"] > _BAD_TICK_MIN_SEQUENCE))
+        k = len(chosen)
+        if not k:
+            return
+        impossible = bad.random(k) < self.config.bad_tick_impossible_share
+        defect = bad.integers(len(BAD_TICK_DEFECTS), size=k)
+        move = bad.uniform(0.3, 0.6, k) * np.where(bad.random(k) < 0.5, 1.0, -1.0)
+        p, s = d["p"].astype(float), d["s"].copy()
+        for j, i in enumerate(chosen.tolist()):
+            if impossible[j]:
+                name = BAD_TICK_DEFECTS[int(defect[j])]
+                if name == "huge_price":
+                    p[i] = 1e308
+                elif name == "zero_price":
+                    p[i] = 0.0
+                elif name == "negative_price":
+                    p[i] = -p[i]
+                elif name == "zero_size":
+                    s[i] = 0
+                elif name == "huge_size":
+                    s[i] = 10 * int(MAX_SIZE)
+                else:  # notional: each field within its bound, the product not
+                    s[i] = min(int(2 * MAX_NOTIONAL / p[i]) + 1, int(MAX_SIZE))
+                    p[i] = max(p[i], 2 * MAX_NOTIONAL / s[i])
+            else:
+                name = "fat_finger"
+                p[i] = round(p[i] * (1 + move[j]), 2)
+            sym, x, t, q = int(d["sym"][i]), int(d["x"][i]), int(d["t"][i]), int(d["q"][i])
+            ticker, trade_id = self.symbols[sym], str(int(d["i"][i]))
+            self._label(
+                {
+                    "type": "bad_tick",
+                    "kind": "impossible" if impossible[j] else "fat_finger",
+                    "defect": name,
+                    "ticker": ticker,
+                    "start_ms": t,
+                    "end_ms": t,
+                    "trade_id": trade_id,
+                    "sequence": q,
+                    "event_id": trade_event_id(ticker, x, trade_id, t, q),
+                    "price": float(p[i]),
+                    "size": int(s[i]),
+                }
+            )
+        d["p"], d["s"] = p, s
 
     def _quotes(self, counts: np.ndarray, prev: np.ndarray, t0: int) -> dict[str, np.ndarray]:
         rng = self._rng

@@ -69,6 +69,9 @@ class SimulatorConfig:
     replay_root: str | Path | None = None
     """Serve recorded trades from this cold-store root instead of the synthetic market."""
     replay_speed: float = 1.0
+    bad_tick_rate: float = 0.0
+    """Fraction of trades replaced by labelled bad ticks (`MarketConfig.bad_tick_rate`); 0 = none."""
+    bad_tick_impossible_share: float = 0.5
 
     @property
     def key(self) -> str:
@@ -89,6 +92,8 @@ class SimulatorConfig:
             news_reaction_fraction=self.news_reaction_fraction,
             backfill_news=self.backfill_news,
             ground_truth_path=Path(self.ground_truth_path) if self.ground_truth_path else None,
+            bad_tick_rate=self.bad_tick_rate,
+            bad_tick_impossible_share=self.bad_tick_impossible_share,
         )
 
 
