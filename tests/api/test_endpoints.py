@@ -271,7 +271,12 @@ def test_dashboard_and_vendored_chart_library_are_served_locally(client: TestCli
 
 def test_metrics_exposes_pipeline_and_api_signals(client: TestClient, settings: Settings) -> None:
     status = heartbeat(
-        settings, events_processed=777_000, consumer_lag=4321, dlq_depth=9, backpressure_activations=5
+        settings,
+        events_processed=777_000,
+        consumer_lag=4321,
+        dlq_depth=9,
+        backpressure_activations=5,
+        unknown_conditions=12,
     )
     client.get("/quotes/AAPL")
     client.get("/quotes/ZZZZ")
@@ -286,6 +291,7 @@ def test_metrics_exposes_pipeline_and_api_signals(client: TestClient, settings: 
     assert samples[("tradepulse_consumer_lag_messages", ())] == 4321
     assert samples[("tradepulse_dlq_depth", ())] == 9
     assert samples[("tradepulse_backpressure_activations_total", ())] == 5
+    assert samples[("tradepulse_unknown_condition_trades_total", ())] == 12
     assert samples[("tradepulse_events_per_second", ())] == status["events_per_s"]
     assert samples[("tradepulse_hot_store_write_p99_seconds", ())] == pytest.approx(
         status["write_p99_ms"] / 1000

@@ -60,7 +60,7 @@ def test_unknown_codes_default_to_regular_counted_and_logged_once(caplog: pytest
     assert first.volume.tolist() == [True] * 7
     assert first.last_price.tolist() == [True, False, True, True, True, True, True]
     assert rules.unknown_counts == {999: 3, 998: 1, MALFORMED: 2}
-    assert rules.unknown_total == 6
+    assert rules.unknown_trades == 6
     logged = [r.getMessage() for r in caplog.records]
     assert len(logged) == 3  # 999, 998 and the malformed values, once each
     assert sum("999" in m for m in logged) == 1

@@ -534,6 +534,7 @@ class Runner:
         flushed = time.perf_counter()
         self.metrics.dead_letters += len(batch.dead_letters)
         self.metrics.late_events += outputs.late_events
+        self.metrics.unknown_conditions += outputs.unknown_conditions
         self.metrics.model_version = self.processor.model_version
         self.metrics.record_stages(
             decode=(decoded - started) * 1000,

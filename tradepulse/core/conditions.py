@@ -87,6 +87,8 @@ class ConditionRules:
         self.unknown_rule = unknown
         self.unknown_counts: dict[int, int] = {}
         """Trades seen per unknown condition code (MALFORMED for values that are not ints)."""
+        self.unknown_trades = 0
+        """Trades with at least one unknown code."""
         self._cache: dict[tuple[Any, ...], tuple[UpdateRule, tuple[int, ...]]] = {}
         self._logged: set[int] = set()
 
@@ -165,6 +167,7 @@ class ConditionRules:
                 if counts is None:
                     counts = np.bincount(local, minlength=len(uniques))
                 self._count_unknown(unknown, int(counts[j]))
+                self.unknown_trades += int(counts[j])
         rows = table[local]
         return EligibilityMasks(rows[:, 0], rows[:, 1], rows[:, 2])
 
@@ -178,10 +181,6 @@ class ConditionRules:
                     "`tradepulse conditions refresh`); logged once per code",
                     "(not an int)" if code == MALFORMED else code,
                 )
-
-    @property
-    def unknown_total(self) -> int:
-        return sum(self.unknown_counts.values())
 
 
 class _Permissive(ConditionRules):
