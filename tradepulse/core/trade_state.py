@@ -120,8 +120,8 @@ class TradeState:
         # size: 0 for a trade that does not count toward volume.
         self.vol_ok = np.zeros(n)  # 1.0: counts toward volume, VWAP and the trade count
         self.price_ok = np.zeros(n)  # 1.0: may set the last price
-        self.t_vol_ok = np.zeros(n, dtype=ACC)  # inclusive prefix counts of the two, per code
-        self.t_price_ok = np.zeros(n, dtype=ACC)
+        self.t_vol_ok = np.zeros(n, dtype=np.int64)  # inclusive prefix counts of the two, per code
+        self.t_price_ok = np.zeros(n, dtype=np.int64)
         self.last_ok = np.full(n, -1, dtype=np.int64)  # latest price-eligible row <= this one (-1: none)
 
     def bucket_value(self, capped_volume: np.ndarray) -> np.ndarray:
@@ -205,14 +205,24 @@ class TradeState:
         centred = self.price[rows] - self.centre[self.code[rows]]
         self.v_p[rows] = centred * self.price_ok[rows]  # the rolling average is over eligible prices
         self.v_ps[rows] = centred * self.size[rows]
-        pairs = (
-            (self.v_ps, self.t_ps),
-            (self.size, self.t_size),
-            (self.v_p, self.t_p),
-            (self.vol_ok, self.t_vol_ok),
-            (self.price_ok, self.t_price_ok),
-        )
+        pairs = ((self.v_ps, self.t_ps), (self.size, self.t_size), (self.v_p, self.t_p))
         self._prefix(rows, grp, pairs + (((self.csize, self.t_csize),) if capped else ()))
+        self._eligibility_sums(rows, grp)
+
+    def _eligibility_sums(self, rows: np.ndarray, grp: np.ndarray) -> None:
+        """The prefix counts of the two eligibility flags (int64: exact and cheap) and `last_ok` at
+        `rows` (ascending runs per `grp`), each run continuing from the row just before it when that
+        row is in the same region."""
+        starts = group_starts(grp)
+        sizes = np.diff(np.r_[starts, len(rows)])
+        prev = rows[starts] - 1
+        cont = prev >= self.reg0[self.code[rows[starts]]]
+        prev = np.maximum(prev, 0)
+        for values, through in ((self.vol_ok, self.t_vol_ok), (self.price_ok, self.t_price_ok)):
+            counts = np.cumsum(values[rows].astype(np.int64))
+            before = np.r_[0, counts][starts]  # the batch's count before each run
+            base = np.where(cont, through[prev], 0)
+            through[rows] = counts + np.repeat(base - before, sizes)
         self._fill_last_ok(rows, grp)
 
     def _fill_last_ok(self, rows: np.ndarray, grp: np.ndarray) -> None:
@@ -235,8 +245,8 @@ class TradeState:
     def window_count(
         values: np.ndarray, through: np.ndarray, start: np.ndarray, end: np.ndarray
     ) -> np.ndarray:
-        """Σ of a 0/1 row column (`values`, prefix sums `through`) over rows [start, end], exact."""
-        return np.rint((through[end] - (through[start] - values[start])).astype(np.float64)).astype(np.int64)
+        """Σ of a 0/1 flag (`values`, int64 prefix counts `through`) over rows [start, end]: exact."""
+        return through[end] - through[start] + values[start].astype(np.int64)
 
     def _prefix(
         self, rows: np.ndarray, grp: np.ndarray, pairs: tuple[tuple[np.ndarray, np.ndarray], ...]
