@@ -297,6 +297,7 @@ def test_metrics_exposes_pipeline_and_api_signals(client: TestClient, settings: 
         dlq_depth=9,
         backpressure_activations=5,
         outliers={"above_band": 4, "below_band": 2},
+        unknown_conditions=12,
     )
     client.get("/quotes/AAPL")
     client.get("/quotes/ZZZZ")
@@ -311,6 +312,7 @@ def test_metrics_exposes_pipeline_and_api_signals(client: TestClient, settings: 
     assert samples[("tradepulse_consumer_lag_messages", ())] == 4321
     assert samples[("tradepulse_dlq_depth", ())] == 9
     assert samples[("tradepulse_backpressure_activations_total", ())] == 5
+    assert samples[("tradepulse_unknown_condition_trades_total", ())] == 12
     assert samples[("tradepulse_events_per_second", ())] == status["events_per_s"]
     assert samples[("tradepulse_hot_store_write_p99_seconds", ())] == pytest.approx(
         status["write_p99_ms"] / 1000

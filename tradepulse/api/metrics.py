@@ -102,6 +102,11 @@ class PipelineCollector(Collector):
                 "Times consumption paused for a slow sink since the runner started.",
                 status.backpressure_activations,
             ),
+            "tradepulse_unknown_condition_trades": (
+                "Trades with a condition code missing from the condition rules (treated as regular "
+                "sales) since the runner started; `tradepulse conditions refresh` updates the table.",
+                status.unknown_conditions,
+            ),
         }
         for name, (doc, value) in counters.items():
             c = CounterMetricFamily(name, doc)

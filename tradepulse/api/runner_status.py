@@ -28,6 +28,7 @@ class RunnerStatus(BaseModel):
     events_per_s: float = 0.0
     write_p99_ms: float | None = None
     backpressure_activations: int = 0
+    unknown_conditions: int = 0
     dlq_depth: int = 0
     e2e_latency_p99_ms: float | None = None
     batch_p99_ms: float | None = None

@@ -195,7 +195,12 @@ def _kept_fields(cols: dict[str, Any], keep: np.ndarray | None) -> dict[str, Any
     }
 
 
-def _trade_columns(cols: dict[str, Any], keep: np.ndarray | None) -> TradeColumns:
+def _trade_columns(cols: dict[str, Any], keep: np.ndarray | None, rows: list[Row]) -> TradeColumns:
+    # Conditions decide which features a trade updates (tradepulse.core.conditions); the column is
+    # there when every row has the field, else it is read row by row (absent: a regular sale).
+    conditions = cols.get("conditions")
+    if conditions is None:
+        conditions = [row.get("conditions") for row in rows]
     columns = TradeColumns(
         ticker=object_array(cols["ticker"]),
         price=cols["price"],
@@ -203,6 +208,7 @@ def _trade_columns(cols: dict[str, Any], keep: np.ndarray | None) -> TradeColumn
         ts_ms=cols["exchange_ts_ms"],
         sequence=cols["sequence"],
         event_id=object_array(cols["event_id"]),
+        conditions=object_array(conditions),
     )
     return columns if keep is None else columns.take(keep)
 
@@ -289,6 +295,7 @@ def _decode_columns(topic: str, group: list[Any], batch: DecodedBatch, dead: Dea
         return
     suspect, cols = _validate_columns(topic, parsed)
     keep = _recheck_suspects(topic, group, parsed, suspect, dead)
+    all_rows = parsed
     if keep is not None:
         index = np.flatnonzero(keep).tolist()
         group = [group[i] for i in index]
@@ -296,7 +303,7 @@ def _decode_columns(topic: str, group: list[Any], batch: DecodedBatch, dead: Dea
     positions = list(zip(map(_PARTITION, group), map(_OFFSET, group), strict=True))
     if topic == TRADES:
         batch.trades, batch.trade_pos = parsed, positions
-        batch.trade_columns = _trade_columns(cols, keep)
+        batch.trade_columns = _trade_columns(cols, keep, all_rows)
         batch.trade_fields = _kept_fields(cols, keep)
     else:
         batch.quotes, batch.quote_pos = parsed, positions

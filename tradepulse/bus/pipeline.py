@@ -184,6 +184,7 @@ class CoreProcessor:
             anomalies=anomalies,
             correlations=correlations,
             late_events=len(out.late_event_ids),
+            unknown_conditions=out.unknown_conditions,
         )
 
     def close(self) -> None:

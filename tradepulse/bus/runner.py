@@ -542,6 +542,7 @@ class Runner:
         self.metrics.late_events += outputs.late_events
         for reason, count in outliers.items():
             self.metrics.outliers[reason] = self.metrics.outliers.get(reason, 0) + count
+        self.metrics.unknown_conditions += outputs.unknown_conditions
         self.metrics.model_version = self.processor.model_version
         self.metrics.record_stages(
             decode=(decoded - started) * 1000,

@@ -153,6 +153,13 @@ class TradeState:
         self.b_val = np.zeros(n, dtype=np.int64)  # its z-score value x = bucket_value(b_cap)
         self.b_t1 = np.zeros(n, dtype=np.int64)  # inclusive prefix sums of bucket values
         self.b_t2 = np.zeros((3, n), dtype=np.int64)  # and of their squares' limbs (`square_limbs`)
+        # Trade-condition eligibility (`tradepulse.core.conditions`). `size` above is the effective
+        # size: 0 for a trade that does not count toward volume.
+        self.vol_ok = np.zeros(n)  # 1.0: counts toward volume, VWAP and the trade count
+        self.price_ok = np.zeros(n)  # 1.0: may set the last price
+        self.t_vol_ok = np.zeros(n, dtype=np.int64)  # inclusive prefix counts of the two, per code
+        self.t_price_ok = np.zeros(n, dtype=np.int64)
+        self.last_ok = np.full(n, -1, dtype=np.int64)  # latest price-eligible row <= this one (-1: none)
 
     def bucket_value(self, capped_volume: np.ndarray) -> np.ndarray:
         """A bucket's z-score value x from its fixed-point capped volume, itself fixed point:
@@ -213,16 +220,19 @@ class TradeState:
         bsrc, bgrp = ranges(bfirst, btail)
         keep = (
             self.key[src], self.ts[src], self.price[src], self.size[src], self.late[src], self.csize[src],
-            self.qsize[src], self.b_key[bsrc], self.b_id[bsrc], self.b_cap[bsrc], self.b_val[bsrc],
+            self.qsize[src], self.vol_ok[src], self.price_ok[src],
+            self.b_key[bsrc], self.b_id[bsrc], self.b_cap[bsrc], self.b_val[bsrc],
         )  # fmt: skip
         self.centre[has] = self.price[first[has]]
         self._alloc(int(cap.sum()), all_codes, cap)
         dst = new0[grp] + (src - first[grp])
         bdst = new0[bgrp] + (bsrc - bfirst[bgrp])
-        row_arrays = (self.key, self.ts, self.price, self.size, self.late, self.csize, self.qsize)
-        for array, values in zip(row_arrays, keep[:7], strict=True):
+        row_arrays = (
+            self.key, self.ts, self.price, self.size, self.late, self.csize, self.qsize, self.vol_ok, self.price_ok,
+        )  # fmt: skip
+        for array, values in zip(row_arrays, keep[:9], strict=True):
             array[dst] = values
-        for array, values in zip((self.b_key, self.b_id, self.b_cap, self.b_val), keep[7:], strict=True):
+        for array, values in zip((self.b_key, self.b_id, self.b_cap, self.b_val), keep[9:], strict=True):
             array[bdst] = values
         self.reg0, self.cap = new0, cap
         self.tail = new0 + live
@@ -236,13 +246,53 @@ class TradeState:
         if len(rows) == 0:
             return
         centred = self.price[rows] - self.centre[self.code[rows]]
-        self.v_p[rows] = centred
+        self.v_p[rows] = centred * self.price_ok[rows]  # the rolling average is over eligible prices
         self.v_ps[rows] = centred * self.size[rows]
         pairs: list[tuple[np.ndarray, np.ndarray]] = [(self.v_ps, self.t_ps), (self.size, self.t_size)]
         pairs += [(self.v_p, self.t_p), (self.qsize, self.t_qsize)]
         if capped:
             pairs.append((self.csize, self.t_csize))
         self._prefix(rows, grp, tuple(pairs))
+        self._eligibility_sums(rows, grp)
+
+    def _eligibility_sums(self, rows: np.ndarray, grp: np.ndarray) -> None:
+        """The prefix counts of the two eligibility flags (int64: exact and cheap) and `last_ok` at
+        `rows` (ascending runs per `grp`), each run continuing from the row just before it when that
+        row is in the same region."""
+        starts = group_starts(grp)
+        sizes = np.diff(np.r_[starts, len(rows)])
+        prev = rows[starts] - 1
+        cont = prev >= self.reg0[self.code[rows[starts]]]
+        prev = np.maximum(prev, 0)
+        for values, through in ((self.vol_ok, self.t_vol_ok), (self.price_ok, self.t_price_ok)):
+            counts = np.cumsum(values[rows].astype(np.int64))
+            before = np.r_[0, counts][starts]  # the batch's count before each run
+            base = np.where(cont, through[prev], 0)
+            through[rows] = counts + np.repeat(base - before, sizes)
+        self._fill_last_ok(rows, grp)
+
+    def _fill_last_ok(self, rows: np.ndarray, grp: np.ndarray) -> None:
+        """`last_ok` at `rows` (ascending runs per `grp`): a forward fill of the price-eligible rows,
+        continuing from the row just before each run when it is in the same region."""
+        starts = group_starts(grp)
+        prev = rows[starts] - 1
+        cont = prev >= self.reg0[self.code[rows[starts]]]
+        base = np.where(cont, self.last_ok[np.maximum(prev, 0)], -1)
+        ok = self.price_ok[rows] > 0
+        marker = np.arange(len(rows))
+        is_start = np.zeros(len(rows), dtype=bool)
+        is_start[starts] = True
+        # Runs start at a marked position, so the running max never reaches into the previous run.
+        src = np.maximum.accumulate(np.where(ok | is_start, marker, -1))
+        run = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(rows)]))
+        self.last_ok[rows] = np.where(ok[src], rows[src], base[run])
+
+    @staticmethod
+    def window_count(
+        values: np.ndarray, through: np.ndarray, start: np.ndarray, end: np.ndarray
+    ) -> np.ndarray:
+        """Σ of a 0/1 flag (`values`, int64 prefix counts `through`) over rows [start, end]: exact."""
+        return through[end] - through[start] + values[start].astype(np.int64)
 
     def _prefix(
         self, rows: np.ndarray, grp: np.ndarray, pairs: tuple[tuple[np.ndarray, np.ndarray], ...]
@@ -274,9 +324,12 @@ class TradeState:
         size: np.ndarray,
         late: np.ndarray,
         closed_end: np.ndarray,
+        vol_ok: np.ndarray,
+        price_ok: np.ndarray,
     ) -> np.ndarray:
         """Insert trades sorted by (code, ts, arrival) (room reserved); returns their rows.
-        `closed_end[i]`: end of the last z-score bucket closed when trade i was accepted (its cap)."""
+        `closed_end[i]`: end of the last z-score bucket closed when trade i was accepted (its cap).
+        `size` is the effective size (0 when not volume-eligible); `vol_ok` / `price_ok` the masks."""
         ustart = group_starts(code)
         ucode, ucount = code[ustart], np.diff(np.r_[ustart, len(code)])
         ins = self.first_after(ucode, ts[ustart])  # equal ts: earlier arrivals (the state) first
@@ -299,6 +352,8 @@ class TradeState:
         qsize = quantise_size(size)
         self.qsize[dest] = np.r_[self.qsize[sidx], qsize][order]
         self.csize[dest] = np.r_[self.csize[sidx], qsize][order]  # the batch's caps follow
+        self.vol_ok[dest] = np.r_[self.vol_ok[sidx], vol_ok][order]
+        self.price_ok[dest] = np.r_[self.price_ok[sidx], price_ok][order]
         self.tail[ucode] = tail + ucount
         # With a cap, the batch's capped sizes need the size sums first; their own sums follow below.
         self._resum(dest, grp, capped=self.cap_multiple <= 0)
@@ -312,7 +367,10 @@ class TradeState:
             own = ts // self.bucket_ms * self.bucket_ms
             lo = self.first_at(code, own - self.cap_window_ms)
             hi = np.maximum(self.first_at(code, np.minimum(closed_end, own)), lo)
-            n = hi - lo
+            # The mean is over the volume-eligible trades (the others have effective size 0).
+            n = np.zeros(len(code), dtype=np.int64)
+            rows_in = hi > lo
+            n[rows_in] = self.window_count(self.vol_ok, self.t_vol_ok, lo[rows_in], hi[rows_in] - 1)
             has = n > 0
             lo_h, hi_h = lo[has], hi[has]
             total = self.t_qsize[hi_h - 1] - (self.t_qsize[lo_h] - self.qsize[lo_h])

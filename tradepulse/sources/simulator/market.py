@@ -53,8 +53,43 @@ _QUOTE_EX_P = _TRADE_EX_P[1:]
 _TRF_IDS = np.array([201, 202, 203], dtype=np.int64)
 
 # Trade condition sets (Massive condition codes): 37 odd lot, 14 intermarket sweep, 41 trade-through
-# exempt. Index 0 = regular trade, for which the real feed omits `c`.
-CONDITION_SETS: tuple[tuple[int, ...], ...] = ((), (37,), (14, 41), (14, 37, 41), (41,))
+# exempt, 2 average price, 12 Form T, 13 extended hours sold out of sequence, 15 / 16 market center
+# official close / open, 53 qualified contingent trade. Index 0 = regular trade, for which the real
+# feed omits `c`. Indices 0-4 are the original sets (unchanged, recorded streams keep their meaning).
+CONDITION_SETS: tuple[tuple[int, ...], ...] = (
+    (),
+    (37,),
+    (14, 41),
+    (14, 37, 41),
+    (41,),
+    (2,),
+    (12,),
+    (13,),
+    (15,),
+    (16,),
+    (53,),
+    (12, 37),
+)
+# The condition mix, as a share of each kind of trade (seeded: drawn from the one uniform `c_draw` per
+# trade the model always drew, so adding conditions changed no other random stream). Odd lots (s < 100,
+# ~45 % of trades): 15 % (14, 37, 41), 1 % (12, 37), the rest (37,). Round lots: 10 % (14, 41), 5 %
+# (41,), 1 % (2,), 1.5 % (12,), 0.5 % (13,), 0.2 % (15,), 0.2 % (16,), 0.3 % (53,), the rest regular.
+# Of the prints that may not set the last price under the consolidated rules, 2, 12 and 13 sit ±0.3 %
+# away from the market (an average of earlier fills, an out-of-hours or late report), so applying the
+# rules visibly matters; odd lots, 53 and the official open / close prints (15 / 16: not volume
+# either, their size is already counted) are at the market.
+_ROUND_MIX = ((0.10, 2), (0.15, 4), (0.16, 5), (0.175, 6), (0.18, 7), (0.182, 8), (0.184, 9), (0.187, 10))
+_ODD_MIX = ((0.15, 3), (0.16, 11))
+_OFF_MARKET = np.array([c in (5, 6, 7) for c in range(len(CONDITION_SETS))])
+
+
+def _mix(draw: np.ndarray, cuts: tuple[tuple[float, int], ...], rest: int) -> np.ndarray:
+    """Condition-set index per trade: the first cut with draw < bound, else `rest`."""
+    out = np.full(len(draw), rest, dtype=np.int64)
+    for bound, index in reversed(cuts):
+        out[draw < bound] = index
+    return out
+
 
 # Bad ticks (`MarketConfig.bad_tick_rate`): the structurally impossible kinds (tradepulse.models bounds),
 # and the ticker's trades that are never replaced (a fat finger needs a market to be off from).
@@ -501,9 +536,11 @@ class MarketModel:
         size = np.where(odd, odd_size, 100 * lots).astype(float) * size_mult[sym]
         s = np.maximum(np.round(size), 1).astype(np.int64)
         c_draw = rng.random(m)
-        cond = np.where(
-            s < 100, np.where(c_draw < 0.15, 3, 1), np.where(c_draw < 0.1, 2, np.where(c_draw < 0.15, 4, 0))
-        )
+        cond = np.where(s < 100, _mix(c_draw, _ODD_MIX, 1), _mix(c_draw, _ROUND_MIX, 0))
+        # Off-market prints: ±0.3 %, the side from a digit of the same draw (no new random stream).
+        side = np.where((c_draw * 1e6).astype(np.int64) % 2 == 0, 1.0, -1.0)
+        off = _OFF_MARKET[cond]
+        p = np.where(off, np.round(p * (1.0 + 0.003 * side), 2), p)
         d.update(
             p=p,
             s=s,

@@ -19,6 +19,7 @@ from typing import Any, Literal, Protocol, TypeVar
 from pydantic import SecretStr
 
 from tradepulse.config import DEFAULT_TICKERS
+from tradepulse.sources.simulator.conditions_api import CONDITIONS_PATH, ConditionsApi
 from tradepulse.sources.simulator.market import Block, MarketConfig, MarketModel
 from tradepulse.sources.simulator.news_server import NewsServer
 from tradepulse.sources.simulator.trades_api import TRADES_PREFIX, TradesApi
@@ -145,6 +146,7 @@ class Simulator:
             history_s=cfg.rest_history_s,
             max_trades=cfg.rest_history_max_trades,
         )
+        self.conditions_api = ConditionsApi(cfg.key)
         self.ws = MassiveWsServer(
             self.source.symbols,
             cfg.key,
@@ -154,13 +156,14 @@ class Simulator:
             record_sent=cfg.record_sent,
             resend_blocks=cfg.resend_blocks,
             rest=self.trades_api,
+            conditions=self.conditions_api,
         )
         await self.ws.start(cfg.host, cfg.ws_port)
         self.news = NewsServer(
             lambda: self.articles,
             cfg.key,
             cfg.news_calls_per_minute,
-            routes={TRADES_PREFIX: self.trades_api.handle},
+            routes={TRADES_PREFIX: self.trades_api.handle, CONDITIONS_PATH: self.conditions_api.handle},
         )
         try:
             await self.news.start(cfg.host, cfg.http_port)
