@@ -172,6 +172,28 @@ class Correlation(_Model):
     correlation_strength: Literal["strong", "moderate", "weak", "none"]
 
 
+class Bar(_Model):
+    """One-minute OHLCV bar of a ticker, closed by event time; topic `market.bars` and the bar store.
+
+    Exactly one per (ticker, start_ms). Field eligibility follows the trade conditions' consolidated
+    update rules (`tradepulse.core.bars`)."""
+
+    bar_id: str = Field(description="Deterministic id of (ticker, start_ms).")
+    ticker: Ticker
+    start_ms: int = Field(description="Start of the minute, Unix ms (UTC minute boundary).")
+    end_ms: int = Field(description="End of the minute (exclusive): start_ms + 60,000.")
+    open: float | None = Field(description="First open/close-eligible trade price; None if none.")
+    high: float | None = Field(description="Highest high/low-eligible trade price; None if none.")
+    low: float | None = Field(description="Lowest high/low-eligible trade price; None if none.")
+    close: float | None = Field(description="Last open/close-eligible trade price; None if none.")
+    volume: float = Field(ge=0, description="Size of the volume-eligible trades.")
+    vwap: float | None = Field(description="Σ price·size / Σ size of the volume-eligible trades.")
+    trade_count: int = Field(ge=0, description="Number of volume-eligible trades.")
+    session: Literal["pre_market", "regular", "after_hours", "closed", "unknown"] = Field(
+        description="Trading session of the minute's start in America/New_York (NYSE calendar)."
+    )
+
+
 class RedriveAttempt(_Model):
     """One entry of a dead letter's history: a redrive attempt, or a later failure of what it redrove."""
 
@@ -229,4 +251,5 @@ TOPIC_MODELS: dict[str, type[BaseModel]] = {
     "market.anomalies": Anomaly,
     "market.correlations": Correlation,
     "market.dead-letters": DeadLetter,
+    "market.bars": Bar,
 }

@@ -23,6 +23,7 @@ TICKER_ENDPOINTS = [
     "/anomalies/{}",
     "/sentiment/{}",
     "/history/{}",
+    "/bars/{}",
 ]
 
 
@@ -99,6 +100,23 @@ def test_history_is_oldest_first_columns(client: TestClient, market: Market) -> 
     assert 110 <= len(short["ts_ms"]) <= 121 and short["ts_ms"] == body["ts_ms"][-len(short["ts_ms"]) :]
 
 
+def test_bars_are_oldest_first_columns_of_the_stored_bars(client: TestClient, market: Market) -> None:
+    stored = market.bars["AAPL"]
+    assert len(stored) >= 9  # 10 minutes of trades: every closed minute
+    body = client.get("/bars/AAPL", params={"minutes": 30}).json()
+    assert body["ticker"] == "AAPL" and body["minutes"] == 30
+    assert body["start_ms"] == [b["start_ms"] for b in stored]
+    for key in ("open", "high", "low", "close", "volume", "vwap", "trade_count", "session"):
+        assert body[key] == [b[key] for b in stored], key
+    assert all(lo <= o <= hi for lo, o, hi in zip(body["low"], body["open"], body["high"], strict=True))
+    # The window: bars that started in the last 3 minutes only (60 = the default).
+    short = client.get("/bars/AAPL", params={"minutes": 3}).json()
+    assert short["start_ms"] == [s for s in body["start_ms"] if s >= market.now_ms - 3 * 60_000]
+    assert client.get("/bars/AAPL").json()["minutes"] == 60
+    for bad in (0, 1441, "x"):
+        assert client.get("/bars/AAPL", params={"minutes": bad}).status_code == 422
+
+
 def test_anomalies_respect_the_window_and_are_newest_first(client: TestClient, market: Market) -> None:
     res = client.get("/anomalies/AAPL")
     assert res.status_code == 200
@@ -163,7 +181,7 @@ def test_unknown_ticker_is_404_with_a_clear_message(client: TestClient, path: st
 
 
 def test_ticker_with_trades_but_no_features_is_404_for_features(client: TestClient) -> None:
-    for path in ("/aggregations/BRK.B", "/features/BRK.B", "/history/BRK.B"):
+    for path in ("/aggregations/BRK.B", "/features/BRK.B", "/history/BRK.B", "/bars/BRK.B"):
         res = client.get(path)
         assert res.status_code == 404, path
         assert "BRK.B" in res.json()["detail"]

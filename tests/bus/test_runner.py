@@ -29,15 +29,18 @@ from tradepulse.bus.clients import consumer_config, producer_config
 from tradepulse.bus.pipeline import build_runner
 from tradepulse.bus.runner import Runner
 from tradepulse.config import Settings
+from tradepulse.core.bars import BarEngine
+from tradepulse.core.columns import TradeColumns
 from tradepulse.core.features import FeatureConfig
 from tradepulse.core.news_join import correlation_id
-from tradepulse.models import Correlation, DeadLetter, FeatureVector
+from tradepulse.core.sessions import SessionTable
+from tradepulse.models import Bar, Correlation, DeadLetter, FeatureVector
 from tradepulse.sources.news import article_records
 from tradepulse.sources.parse import quote_record, trade_record
 from tradepulse.sources.simulator.market import MarketConfig, MarketModel
 from tradepulse.stores.dlq import encode_payload
 from tradepulse.stores.factory import open_dlq, open_hot_store
-from tradepulse.topics import CORRELATIONS, DEAD_LETTERS, FEATURES, INPUT_TOPICS, NEWS, QUOTES, TRADES
+from tradepulse.topics import BARS, CORRELATIONS, DEAD_LETTERS, FEATURES, INPUT_TOPICS, NEWS, QUOTES, TRADES
 
 pytestmark = pytest.mark.kafka
 
@@ -390,6 +393,20 @@ def test_every_emitted_feature_matches_an_independent_recomputation(
     for row in correlations:
         Correlation.model_validate(row)
     assert {c["correlation_id"] for c in hot.correlations(None, 0, limit=10_000)} == set(ids)
+
+    # One-minute bars: exactly the pure bar core's over the recording's trades (a ticker's trades keep
+    # their order in its partition), once each, on the topic and in the hot store.
+    bars = read_topic(settings, BARS)
+    expected_bars = BarEngine(settings.late_grace_ms, SessionTable.nyse()).process(
+        TradeColumns.from_records(recording.of(TRADES))
+    )
+    assert len(expected_bars) >= 5 * len(TICKERS)
+    assert sorted(bars, key=lambda b: (b["start_ms"], b["ticker"])) == expected_bars
+    for row in bars:
+        Bar.model_validate(row)
+    assert [b for t in TICKERS for b in hot.bars(t, 0)] == sorted(
+        expected_bars, key=lambda b: (TICKERS.index(b["ticker"]), b["start_ms"])
+    )
     hot.close()
 
     status = orjson.loads(runner.status_file.read_bytes())

@@ -3,7 +3,8 @@
 `CoreProcessor` adapts the pure core (`tradepulse.core`) to the runner's `Processor` interface: decoded
 rows → columnar batches → `FeatureEngine` (feature snapshots of closed seconds) → `AnomalyDetector`
 (batched Isolation Forest scoring, one deterministic model per trades partition, checkpointed to
-`CheckpointStore`) and `NewsJoiner` (news ↔ volume z-score join in event time).
+`CheckpointStore`) and `NewsJoiner` (news ↔ volume z-score join in event time); `BarEngine` (one-minute
+OHLCV bars of closed minutes, tagged with their NYSE session) over the same trades.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from tradepulse.bus.runner import Runner
 from tradepulse.bus.watchdog import Watchdog
 from tradepulse.config import Settings
 from tradepulse.core.anomaly import AnomalyConfig, AnomalyDetector
+from tradepulse.core.bars import BarEngine
 from tradepulse.core.columns import QuoteColumns, TradeColumns
 from tradepulse.core.features import FeatureConfig, FeatureEngine, FeatureOutput
 from tradepulse.core.news_join import NewsJoiner, correlation_id
+from tradepulse.core.sessions import SessionTable
 from tradepulse.errors import InvalidArgument
 from tradepulse.stores.base import HotStore
 from tradepulse.topics import TRADES
@@ -41,6 +44,8 @@ class CoreProcessor:
         self.detector = AnomalyDetector(self.anomaly_config)
         self._refit_totals = {"refits": 0.0, "refit_s": 0.0, "refit_waits": 0.0, "refit_wait_s": 0.0}
         self.engine = FeatureEngine(self.config)
+        self.sessions = SessionTable.nyse()
+        self.bars = BarEngine(self.config.late_grace_ms, self.sessions)
         self.joiner = NewsJoiner()
         # Position (news partition, offset) of every article the joiner still holds: committed with the
         # offsets, so that a rebuild re-reads exactly these articles (`pending_news`).
@@ -64,6 +69,7 @@ class CoreProcessor:
         """Forget all state, the anomaly models included: `restore` and the rebuild bring back exactly
         the state at the committed offsets."""
         self.engine = FeatureEngine(self.config)
+        self.bars = BarEngine(self.config.late_grace_ms, self.sessions)
         self.joiner = NewsJoiner()
         self._pending_pos = {}
         self.detector.close()
@@ -115,6 +121,9 @@ class CoreProcessor:
         if quotes is None:
             quotes = QuoteColumns.from_records(batch.quotes) if batch.quotes else QuoteColumns.empty()
         out = self.engine.process(trades, quotes)
+        # The trades the feature core saw; the condition masks (`tradepulse.core.conditions`) go here as
+        # volume_eligible / high_low_eligible / open_close_eligible.
+        bars = self.bars.process(trades)
         if batch.news:
             self.joiner.add_articles(batch.news)
             for row, (partition, offset) in zip(batch.news, batch.news_pos, strict=True):
@@ -146,6 +155,7 @@ class CoreProcessor:
             anomalies=anomalies,
             correlations=correlations,
             late_events=len(out.late_event_ids),
+            bars=bars,
         )
 
     def close(self) -> None:
