@@ -26,6 +26,10 @@ Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 EpochMs = Annotated[int, Field(ge=EPOCH_MS_MIN, lt=EPOCH_MS_MAX)]
 
 
+Session = Literal["pre_market", "regular", "after_hours", "closed", "unknown"]
+"""Trading sessions (`tradepulse.core.sessions`)."""
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -121,6 +125,10 @@ class FeatureVector(_Model):
     window_start_ms: int
     window_end_ms: int
     late_events: int = Field(default=0, description="Events after the grace period, excluded from windows.")
+    session: Session | None = Field(
+        default=None,
+        description="Trading session of ts_ms in America/New_York (NYSE calendar); None if not tagged.",
+    )
 
 
 class Anomaly(_Model):
@@ -189,7 +197,7 @@ class Bar(_Model):
     volume: float = Field(ge=0, description="Size of the volume-eligible trades.")
     vwap: float | None = Field(description="Σ price·size / Σ size of the volume-eligible trades.")
     trade_count: int = Field(ge=0, description="Number of volume-eligible trades.")
-    session: Literal["pre_market", "regular", "after_hours", "closed", "unknown"] = Field(
+    session: Session = Field(
         description="Trading session of the minute's start in America/New_York (NYSE calendar)."
     )
 

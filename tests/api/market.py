@@ -19,6 +19,9 @@ from tradepulse.ids import news_event_id, stable_id, trade_event_id
 from tradepulse.models import Anomaly, Bar, Correlation, FeatureVector, Trade
 
 HOUR_MS = 3_600_000
+# Built on import, before a test takes its `now`: the calendar takes seconds to build, and the API tests'
+# windows are relative to the wall clock.
+SESSIONS = SessionTable.nyse()
 
 
 @dataclass
@@ -109,7 +112,7 @@ def _series(ticker: str, now_ms: int, seconds: int, start_price: float, seed: in
     market.trades[ticker] = trades
     market.features[ticker] = features
     # The bars of those trades, from the real bar core (the minutes its watermark closed).
-    bars = BarEngine(2000, SessionTable.nyse()).process(TradeColumns.from_records(trades))
+    bars = BarEngine(2000, SESSIONS).process(TradeColumns.from_records(trades))
     market.bars[ticker] = [Bar.model_validate(b).model_dump() for b in bars]
     anomalies = []
     for s in spikes:

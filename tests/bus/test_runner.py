@@ -379,6 +379,9 @@ def test_every_emitted_feature_matches_an_independent_recomputation(
 
     emitted = read_topic(settings, FEATURES)
     assert_features_match(emitted, expected)
+    # Every snapshot is tagged with the session of its event time (04:20 ET on a Monday: pre-market).
+    sessions = SessionTable.nyse().session_of(np.array([f["ts_ms"] for f in emitted]))
+    assert [f["session"] for f in emitted] == list(sessions) and set(sessions) == {"pre_market"}
     for row in emitted[:50]:
         FeatureVector.model_validate(row)
 

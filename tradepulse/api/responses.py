@@ -83,6 +83,9 @@ class FeaturesResponse(_Response):
     window_start_ms: int
     window_end_ms: int
     late_events: int = 0
+    session: Literal["pre_market", "regular", "after_hours", "closed", "unknown"] | None = Field(
+        default=None, description="Trading session of ts_ms (America/New_York, NYSE calendar)."
+    )
 
 
 class HistoryResponse(_Response):

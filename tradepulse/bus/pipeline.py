@@ -121,6 +121,10 @@ class CoreProcessor:
         if quotes is None:
             quotes = QuoteColumns.from_records(batch.quotes) if batch.quotes else QuoteColumns.empty()
         out = self.engine.process(trades, quotes)
+        if out.snapshots:
+            snapshot_ts = np.fromiter((s["ts_ms"] for s in out.snapshots), np.int64, len(out.snapshots))
+            for snapshot, session in zip(out.snapshots, self.sessions.session_of(snapshot_ts), strict=True):
+                snapshot["session"] = session
         # The trades the feature core saw; the condition masks (`tradepulse.core.conditions`) go here as
         # volume_eligible / high_low_eligible / open_close_eligible.
         bars = self.bars.process(trades)
