@@ -137,7 +137,7 @@ def test_dashboard_renders_live_data_in_chromium(
             bars = market.bars["AAPL"]
             assert len(bars) >= 9
             candles = page.evaluate("() => window.tradepulse.charts.candles.data")
-            assert candles[0] == [b["start_ms"] / 1000 for b in bars]
+            assert candles[0] == [b["start_ms"] / 1000 + 30 for b in bars]  # minute centres
             assert candles[1:5] == [[b[k] for b in bars] for k in ("open", "high", "low", "close")]
             volume = page.evaluate("() => window.tradepulse.charts.volume.data[1]")
             assert volume == [b["volume"] for b in bars]

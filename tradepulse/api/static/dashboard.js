@@ -124,7 +124,7 @@
     ctx.save();
     for (let i = 0; i < xs.length; i++) {
       if (open[i] === null || close[i] === null) continue; // no open/close-eligible trade that minute
-      const x = Math.round(u.valToPos(xs[i] + 30, "x", true)); // centred on its minute
+      const x = Math.round(u.valToPos(xs[i], "x", true)); // xs are the minutes' centres
       const up = close[i] >= open[i];
       ctx.strokeStyle = ctx.fillStyle = up ? color("--good") : color("--bad");
       if (high[i] !== null && low[i] !== null) {
@@ -141,19 +141,22 @@
     ctx.restore();
   }
 
+  // Both bar charts span whole minutes: from the first bar's start to the last one's end.
+  const minuteRange = (u, min, max) => (min === null ? [min, max] : [min - 30, max + 30]);
+
   function makeCandleChart(el) {
     const hidden = (label) => ({ label, paths: () => null, points: { show: false }, value: (u, v) => fmt(v) });
     const opts = {
       width: chartWidth(el),
       height: 260,
-      scales: { x: { time: true } },
+      scales: { x: { time: true, range: minuteRange } },
       series: [
         { value: (u, v) => (v === null || v === undefined ? "–" : timeOf(v * 1000)) },
         hidden("Open"),
         hidden("High"),
         hidden("Low"),
         hidden("Close"),
-        { label: "VWAP", stroke: color("--vwap1"), width: 1, value: (u, v) => fmt(v) },
+        { label: "VWAP", stroke: color("--vwap1"), width: 1, points: { show: false }, value: (u, v) => fmt(v) },
       ],
       axes: [timeAxis(), Object.assign(axis(), { size: 70, values: (u, vals) => vals.map((v) => fmt(v)) })],
       legend: { live: true },
@@ -167,7 +170,7 @@
     const opts = {
       width: chartWidth(el),
       height: 120,
-      scales: { x: { time: true } },
+      scales: { x: { time: true, range: minuteRange }, y: { range: (u, min, max) => [0, Math.max(1, max)] } },
       series: [
         { value: (u, v) => (v === null || v === undefined ? "–" : timeOf(v * 1000)) },
         {
@@ -175,7 +178,7 @@
           stroke: color("--z"),
           fill: "rgba(88,166,255,0.45)",
           width: 1,
-          paths: uPlot.paths.bars({ size: [0.6, 14], align: 1 }),
+          paths: uPlot.paths.bars({ size: [0.6, 14] }),
           points: { show: false },
           value: (u, v) => fmt(v, 0),
         },
@@ -196,7 +199,7 @@
       $("bars-caption").textContent = "";
       return;
     }
-    const xs = bars.start_ms.map((ms) => ms / 1000);
+    const xs = bars.start_ms.map((ms) => ms / 1000 + 30); // each bar at the centre of its minute
     charts.candles.setData([xs, bars.open, bars.high, bars.low, bars.close, bars.vwap]);
     charts.volume.setData([xs, bars.volume]);
     for (const chart of [charts.candles, charts.volume]) {
