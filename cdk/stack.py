@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 from aws_cdk import CfnOutput, Stack, Tags
 from aws_cdk import aws_logs as logs
@@ -70,6 +71,8 @@ class TradePulseStack(Stack):
             retain_data=config.retain_data,
             ia_after_days=config.ia_after_days,
             glacier_after_days=config.glacier_after_days,
+            # A day past the trades' retention: after that no checkpoint's offset can be replayed.
+            checkpoint_expiry_days=math.ceil(config.topic_retention_hours / 24) + 1,
         )
         self.queues = DeadLetterQueues(
             self, "DeadLetters", redrive_visibility=REDRIVE_TIMEOUT.plus(REDRIVE_TIMEOUT)

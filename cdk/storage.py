@@ -3,7 +3,9 @@
 The key design matches `tradepulse/stores/dynamo_hot.py`: one table, `pk` (e.g. `TRADE#AAPL#3`, a
 write-sharded `TICKER#n`; features/anomalies/correlations use their own prefixes), `sk` (zero-padded
 timestamp + sequence), TTL on `expires_at`. The cold layout is
-`s3://<bucket>/<prefix>/<dataset>/dt=YYYY-MM-DD/hour=HH/*.parquet`.
+`s3://<bucket>/<prefix>/<dataset>/dt=YYYY-MM-DD/hour=HH/*.parquet`; the runner's anomaly model
+checkpoints are under `s3://<bucket>/<prefix>/_anomaly-checkpoints/` (no table reads them; a lifecycle
+rule expires them).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from tradepulse.stores.parquet_cold import ARCHIVE, DATASETS, SCHEMAS
+from tradepulse.stores.parquet_cold import ANOMALY_CHECKPOINTS, ARCHIVE, DATASETS, SCHEMAS
 
 DEAD_LETTERS_PREFIX = ARCHIVE.name  # where the DLQ Lambdas archive letters (the runner writes dead-letters/)
 ATHENA_RESULTS_PREFIX = "athena-results"
@@ -77,6 +79,7 @@ class Storage(Construct):
         retain_data: bool,
         ia_after_days: int,
         glacier_after_days: int,
+        checkpoint_expiry_days: int,
     ) -> None:
         super().__init__(scope, id)
         removal = RemovalPolicy.RETAIN if retain_data else RemovalPolicy.DESTROY
@@ -128,6 +131,14 @@ class Storage(Construct):
                             transition_after=Duration.days(glacier_after_days),
                         ),
                     ],
+                ),
+                # The runner's anomaly model checkpoints: a restore needs the newest one at or below the
+                # committed offset and replays the trades from it, which is possible only while Kafka
+                # still holds them; older ones are expired here (the processor never deletes).
+                s3.LifecycleRule(
+                    id="expire-anomaly-checkpoints",
+                    prefix=f"{s3_prefix}/{ANOMALY_CHECKPOINTS}/",
+                    expiration=Duration.days(checkpoint_expiry_days),
                 ),
                 s3.LifecycleRule(
                     id="expire-query-results",
@@ -280,7 +291,8 @@ class Storage(Construct):
 
     def grant_cold_read_write(self, grantee: iam.IGrantable, prefix: str) -> None:
         """What the Parquet cold store's `S3Target` calls under `prefix/`: GetObject (re-reading a block
-        file and the offset checkpoints after a restart), PutObject, ListObjectsV2. Never a delete.
+        file, the offset checkpoints and the anomaly model checkpoints after a restart), PutObject,
+        ListObjectsV2. Never a delete (lifecycle rules expire what must go).
 
         s3:ListBucket is on the bucket without an `s3:prefix` condition: a GetObject of a missing key is
         answered NoSuchKey (which the store expects for a first checkpoint) only with ListBucket, and a

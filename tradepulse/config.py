@@ -251,10 +251,6 @@ class Settings(BaseSettings):
     def cold_dir(self) -> Path:
         return self.data_dir / "cold"
 
-    @property
-    def anomaly_checkpoint_dir(self) -> Path:
-        return self.data_dir / "anomaly-checkpoints"
-
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -173,7 +173,9 @@ class Correlation(_Model):
     published_at: str
     published_ts_ms: int
     sentiment: Sentiment
-    volume_zscore_at_publish: float | None = Field(description="z-score at (or just before) publication.")
+    volume_zscore_at_publish: float | None = Field(
+        description="z-score of the last point in [t − 60 s, t] (t: publication)."
+    )
     matched_zscore: float | None = Field(description="z-score of the spike that matched, if any.")
     peak_zscore: float | None = Field(description="Highest z-score in [t − 60 s, t + 60 s].")
     lag_seconds: float | None = Field(description="Spike time − publication time; negative = spike first.")

@@ -23,12 +23,14 @@ from tests.cdk.conftest import policy_actions, resources, synth_template
 from tests.stores.conftest import BASE_MS, make_anomaly, make_bar, make_correlation, make_feature, make_trade
 from tradepulse import topics
 from tradepulse.api.app import create_app
+from tradepulse.bus.anomaly_checkpoints import CheckpointStore
 from tradepulse.bus.status import RunnerMetrics, publish_status
 from tradepulse.config import Settings
+from tradepulse.core.anomaly import Checkpoint
 from tradepulse.stores.cold_history import AthenaColdHistory
 from tradepulse.stores.dlq import make_dead_letter
 from tradepulse.stores.dynamo_hot import DynamoHotStore
-from tradepulse.stores.parquet_cold import ParquetColdStore
+from tradepulse.stores.parquet_cold import ParquetColdStore, S3Target
 
 TABLE = "tradepulse-hot"
 BUCKET = "tradepulse-cold"
@@ -68,8 +70,9 @@ def aws() -> Iterator[Callable[[str], Any]]:
 
 def processor_calls(aws: Callable[[str], Any]) -> set[str]:
     """What the processor's hot and cold stores call, over every code path they have: a full batch (trades,
-    features, anomalies, correlations, bars, twice for the duplicate paths), the heartbeat, and a cold store
-    that flushes, dies, restarts from its checkpoints, and archives dead letters."""
+    features, anomalies, correlations, bars, twice for the duplicate paths), the heartbeat, a cold store
+    that flushes, dies, restarts from its checkpoints, and archives dead letters, and the anomaly model
+    checkpoints saved and restored on the cold bucket."""
     calls: set[str] = set()
     ddb = aws("dynamodb")
     create_hot_table(ddb, TABLE)
@@ -112,6 +115,12 @@ def processor_calls(aws: Callable[[str], Any]) -> set[str]:
     )
     second.close()
     assert second.files("trades") and second.next_offset(topics.TRADES, 3) == 10
+    # The anomaly model checkpoints, on the same target: saved, then restored by another task.
+    checkpoints = CheckpointStore(S3Target(BUCKET, "tradepulse", client=client))
+    for offset in range(0, 4000, 600):
+        checkpoints.save(Checkpoint("3", offset, BASE_MS + offset, b"model state"))
+    restored = CheckpointStore(S3Target(BUCKET, "tradepulse", client=client))
+    assert restored.latest("3", 1799) == b"model state" and restored.offsets("3")[-1] == 3600
     return calls
 
 

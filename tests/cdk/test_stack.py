@@ -125,6 +125,9 @@ def test_cold_bucket_is_encrypted_tls_only_private_and_tiered(template: dict[str
         ("GLACIER_IR", 90),
     ]
     assert rules["expire-query-results"]["ExpirationInDays"] == 7
+    # The anomaly model checkpoints expire a day after the trades they precede left Kafka (prod: 168 h).
+    checkpoints = rules["expire-anomaly-checkpoints"]
+    assert (checkpoints["Prefix"], checkpoints["ExpirationInDays"]) == ("tradepulse/_anomaly-checkpoints/", 8)
     policy = next(
         p["Properties"]["PolicyDocument"] for p in resources(template, "AWS::S3::BucketPolicy").values()
         if p["Properties"]["Bucket"] == {"Ref": bucket_id}

@@ -2,7 +2,10 @@
 
 The reference below walks the stream event by event in arrival order and recomputes every feature of
 every trade from scratch with plain numpy over the accepted trades it may see (no prefix sums, no
-searchsorted), following the definitions in `tradepulse.core.features`.
+searchsorted), following the definitions in `tradepulse.core.features`. That includes the volume
+z-score's fixed point (sizes and bucket values rounded as defined there, `quantised`/`bucket_value`):
+the rounding is part of the definition, so the reference applies it too; its sums and statistics
+are still plain float numpy.
 """
 
 from __future__ import annotations
@@ -122,16 +125,31 @@ class Seen:
         return self.__dict__["_cols"][key][: self.n]
 
 
+# The z-score's fixed point (the definition in `tradepulse.core.features`): sizes in units of 2^-16,
+# at most 2^24; bucket values log(1 + v) to 2^-32 (raw mode: v itself, at most 2^48 units).
+def quantised(size: np.ndarray | float) -> np.ndarray:
+    return np.minimum(np.rint(np.asarray(size, dtype=np.float64) * 2**16), 2**40).astype(np.int64)
+
+
+def bucket_value(capped_volume: np.ndarray | float, cfg: FeatureConfig) -> np.ndarray:
+    if cfg.zscore_log_volume:
+        return np.rint(np.log1p(capped_volume) * 2**32) / 2**32
+    return np.minimum(capped_volume, (2**48 - 1) / 2**16)
+
+
 def capped_size(seen: Seen, ts: int, size: float, watermark: int, cfg: FeatureConfig) -> float:
     """The z-score size of a trade accepted with `watermark` (including itself), over the trades
-    accepted before it: at most cap × their mean size in the closed buckets of the cap window."""
+    accepted before it: at most cap × their mean size in the closed buckets of the cap window (in the
+    fixed point: a multiple of 2^-16)."""
     bucket_ms = cfg.zscore_bucket_ms
     own = ts // bucket_ms * bucket_ms
     closed_end = (watermark - cfg.late_grace_ms) // bucket_ms * bucket_ms
     inside = (seen.ts >= own - cfg.zscore_cap_window_buckets * bucket_ms) & (seen.ts < min(closed_end, own))
-    if cfg.zscore_size_cap <= 0 or not inside.any():
-        return size
-    return min(size, cfg.zscore_size_cap * float(seen.size[inside].mean()))
+    q = int(quantised(size))
+    if cfg.zscore_size_cap > 0 and inside.any():
+        total = int(quantised(seen.size[inside]).sum())
+        q = min(q, math.floor(cfg.zscore_size_cap * float(total) / int(inside.sum())))
+    return q / 2**16
 
 
 def naive_vector(seen: Seen, me: Row, quotes: Seen, cfg: FeatureConfig) -> dict:
@@ -151,17 +169,16 @@ def naive_vector(seen: Seen, me: Row, quotes: Seen, cfg: FeatureConfig) -> dict:
     bucket = t // cfg.zscore_bucket_ms
     buckets = ts // cfg.zscore_bucket_ms
     volume = float(size[buckets == bucket].sum())
-    value = np.log1p if cfg.zscore_log_volume else (lambda v: v)
     in_hist = (buckets >= bucket - cfg.zscore_window_buckets) & (buckets < bucket)
     z = 0.0
     if in_hist.any():
         first = int(buckets[in_hist].min())
         hist = np.zeros(bucket - first)  # every bucket from the first traded one, empty ones as 0
         np.add.at(hist, buckets[in_hist] - first, capped[in_hist])
-        hist = value(hist)
+        hist = bucket_value(hist, cfg)
         mean, var = hist.mean(), hist.var()
         if len(hist) >= cfg.zscore_min_history_buckets and var > 1e-12 * (hist**2).mean():
-            z = float((value(capped[buckets == bucket].sum()) - mean) / math.sqrt(var))
+            z = float((bucket_value(capped[buckets == bucket].sum(), cfg) - mean) / math.sqrt(var))
     momentum = 0.0
     ref = np.flatnonzero((ts > t - cfg.momentum_lookback_ms) & (ts <= t - cfg.momentum_ms))
     if len(ref):
@@ -456,9 +473,10 @@ def test_zero_volume_buckets_count_in_history() -> None:
     out = FeatureEngine().process(TradeColumns.from_records(trades), QuoteColumns.empty())
     z = out.per_trade["volume_zscore"]
     assert (z[:3] == 0).all()  # < 30 history buckets
+    x = round(math.log1p(10.0) * 2**32) / 2**32  # a bucket's value, in the z-score's fixed point
     hist = np.zeros(300)
-    hist[::10] = math.log1p(10.0)  # the 30 trades in the previous 300 s, one per 10 buckets
-    expected = (math.log1p(10.0) - hist.mean()) / hist.std()
+    hist[::10] = x  # the 30 trades in the previous 300 s, one per 10 buckets
+    expected = (x - hist.mean()) / hist.std()
     assert z[-1] == pytest.approx(expected, rel=1e-12)
     assert len(out.snapshots) == 39  # every second with a trade, except the still-open last one
 
@@ -560,19 +578,20 @@ def test_long_stream_prefix_sums_do_not_drift() -> None:
     by_ticker = {tk: np.flatnonzero(ticker == tk) for tk in tickers}  # arrival order
     # Capped sizes (`capped_size`, vectorised): nothing is late here, so every trade in a bucket closed
     # by a trade's watermark arrived before it, and the cap window is a plain ts range.
-    capped = size.copy()
+    capped = quantised(size)
     bucket_ms = CFG.zscore_bucket_ms
     for rows in by_ticker.values():
         watermark = np.maximum.accumulate(ts[rows])
         own = ts[rows] // bucket_ms * bucket_ms
         closed_end = np.minimum((watermark - CFG.late_grace_ms) // bucket_ms * bucket_ms, own)
         by_ts = np.sort(ts[rows])
-        sums = np.r_[0.0, np.cumsum(size[rows][np.argsort(ts[rows], kind="stable")])]
+        sums = np.r_[0, np.cumsum(quantised(size[rows])[np.argsort(ts[rows], kind="stable")])]
         lo = np.searchsorted(by_ts, own - CFG.zscore_cap_window_buckets * bucket_ms, side="left")
         hi = np.maximum(np.searchsorted(by_ts, closed_end, side="left"), lo)
         has = hi > lo
-        mean = (sums[hi[has]] - sums[lo[has]]) / (hi - lo)[has]
-        capped[rows[has]] = np.minimum(size[rows][has], CFG.zscore_size_cap * mean)
+        cap = np.floor(CFG.zscore_size_cap * (sums[hi[has]] - sums[lo[has]]).astype(float) / (hi - lo)[has])
+        capped[rows[has]] = np.minimum(quantised(size[rows][has]), cap)
+    capped = capped / 2**16
     assert (capped < size).sum() > 1000  # the 40x block trades get capped
     for i in sorted(got):
         rows = by_ticker[ticker[i]]

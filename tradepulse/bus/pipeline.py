@@ -2,9 +2,10 @@
 
 `CoreProcessor` adapts the pure core (`tradepulse.core`) to the runner's `Processor` interface: decoded
 rows → columnar batches → `FeatureEngine` (feature snapshots of closed seconds) → `AnomalyDetector`
-(batched Isolation Forest scoring, one deterministic model per trades partition, checkpointed to
-`CheckpointStore`) and `NewsJoiner` (news ↔ volume z-score join in event time); `BarEngine` (one-minute
-OHLCV bars of closed minutes, tagged with their NYSE session) over the same trades.
+(batched Isolation Forest scoring, one deterministic model per trades partition, checkpointed by
+`CheckpointStore` into the cold store's folder or bucket) and `NewsJoiner` (news ↔ volume z-score join in
+event time); `BarEngine` (one-minute OHLCV bars of closed minutes, tagged with their NYSE session) over the
+same trades.
 """
 
 from __future__ import annotations
@@ -40,13 +41,13 @@ class CoreProcessor:
         self.config = FeatureConfig.from_settings(settings)
         self._rebuild_lookback_s = float(settings.rebuild_lookback_s)
         self.anomaly_config = AnomalyConfig.from_settings(settings)
-        self.checkpoints = CheckpointStore(settings.anomaly_checkpoint_dir)
+        self.checkpoints = CheckpointStore.from_settings(settings)
         self.detector = AnomalyDetector(self.anomaly_config)
         self._refit_totals = {"refits": 0.0, "refit_s": 0.0, "refit_waits": 0.0, "refit_wait_s": 0.0}
         self.engine = FeatureEngine(self.config)
         self.sessions = SessionTable.nyse()
         self.bars = BarEngine(self.config.late_grace_ms, self.sessions)
-        self.joiner = NewsJoiner()
+        self.joiner = NewsJoiner(settle_ms=self.config.zscore_settle_ms)
         # Position (news partition, offset) of every article the joiner still holds: committed with the
         # offsets, so that a rebuild re-reads exactly these articles (`pending_news`).
         self._pending_pos: dict[str, tuple[int, int]] = {}
@@ -70,7 +71,7 @@ class CoreProcessor:
         the state at the committed offsets."""
         self.engine = FeatureEngine(self.config)
         self.bars = BarEngine(self.config.late_grace_ms, self.sessions)
-        self.joiner = NewsJoiner()
+        self.joiner = NewsJoiner(settle_ms=self.config.zscore_settle_ms)
         self._pending_pos = {}
         self.detector.close()
         self._refit_totals = self.refit_stats()
@@ -81,7 +82,7 @@ class CoreProcessor:
         """Input time the rebuild replays: the features' windows (`rebuild_lookback_s`), plus the news join's z-score memory
         (a late article after a restart joins against z-scores up to that far behind the watermark, and
         each of them needs the features' windows before it to come out bit-identical)."""
-        return self._rebuild_lookback_s + self.joiner.history_ms / 1000
+        return self._rebuild_lookback_s + self.joiner.memory_ms / 1000
 
     def pending_news(self) -> dict[int, list[int]]:
         """Per news partition, the offsets of the articles still waiting for their join window."""

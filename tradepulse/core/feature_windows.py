@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tradepulse.core.trade_state import TradeState, group_starts, ranges
+from tradepulse.core.trade_state import TradeState, group_starts, limbs_value, ranges, square_limbs
 
 if TYPE_CHECKING:
     from tradepulse.core.feature_config import FeatureConfig
@@ -29,9 +29,24 @@ class Corrections:
     price: np.ndarray
     count: np.ndarray
     bucket_volume: np.ndarray  # in the trade's own z-score bucket
+    # The z-score's, in its fixed point (int64, exact: see `TradeState`).
     bucket_capped: np.ndarray  # capped size in the trade's own z-score bucket
     hist_s1: np.ndarray  # change of Σx over the history buckets
-    hist_s2: np.ndarray  # change of Σx² over the history buckets
+    hist_s2: np.ndarray  # change of Σx² over the history buckets, as (3, n) limbs (`square_limbs`)
+
+    @classmethod
+    def zeros(cls, n: int) -> Corrections:
+        zero, izero = np.zeros(n), np.zeros(n, dtype=np.int64)
+        return cls(
+            zero,
+            zero.copy(),
+            zero.copy(),
+            izero,
+            zero.copy(),
+            izero.copy(),
+            izero.copy(),
+            np.zeros((3, n), dtype=np.int64),
+        )
 
 
 def window_features(
@@ -45,8 +60,7 @@ def window_features(
 ) -> dict[str, np.ndarray]:
     """Feature columns of the vectors ending at state `rows` (minus the corrections, if any)."""
     end = rows + 1
-    zero = np.zeros(len(rows))
-    c = corr or Corrections(zero, zero, zero, zero.astype(np.int64), zero, zero, zero, zero)
+    c = corr or Corrections.zeros(len(rows))
 
     def window(ms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         start = st.first_after(code, ts - ms)  # <= rows: a window holds its own trade
@@ -76,11 +90,13 @@ def window_features(
     ref_price = np.where(ref_ok, st.price[ref_c], price)
     momentum = np.where(ref_ok, (price - ref_price) / ref_price * 100.0, 0.0)
 
-    # Volume z-score.
+    # Volume z-score: exact integer sums (fixed point), then one float formula of those integers, so
+    # the result does not depend on the batch split or the state's layout. z is scale-free, so it is
+    # computed in the fixed-point units.
     b_now = ts // cfg.zscore_bucket_ms
     b_row = st.first_at(code, b_now * cfg.zscore_bucket_ms)  # first row of the trade's bucket
     volume = (st.t_size[rows] - (st.t_size[b_row] - st.size[b_row])).astype(np.float64) - c.bucket_volume
-    capped = (st.t_csize[rows] - (st.t_csize[b_row] - st.csize[b_row])).astype(np.float64) - c.bucket_capped
+    capped = (st.t_csize[rows] - (st.t_csize[b_row] - st.csize[b_row])) - c.bucket_capped
     x_now = st.bucket_value(capped)
     bidx = st.bucket_slot(code, b_now)
     h_lo = st.bucket_slot(code, b_now - cfg.zscore_window_buckets)
@@ -89,14 +105,12 @@ def window_features(
     n_hist = np.where(has_hist, b_now - first, 0)
     h_last = np.maximum(bidx - 1, 0)
     x_lo = st.b_val[h_lo]
-    s1h = (st.b_t1[h_last] - (st.b_t1[h_lo] - x_lo)).astype(np.float64)
-    s2h = (st.b_t2[h_last] - (st.b_t2[h_lo] - x_lo * x_lo)).astype(np.float64)
-    s1h = np.where(has_hist, s1h, 0.0) - c.hist_s1
-    s2h = np.where(has_hist, s2h, 0.0) - c.hist_s2
+    s1h = np.where(has_hist, st.b_t1[h_last] - (st.b_t1[h_lo] - x_lo), 0) - c.hist_s1
+    s2h = np.where(has_hist, st.b_t2[:, h_last] - (st.b_t2[:, h_lo] - square_limbs(x_lo)), 0) - c.hist_s2
     with np.errstate(divide="ignore", invalid="ignore"):
         nf = np.maximum(n_hist, 1)
-        mean = s1h / nf
-        mean_sq = s2h / nf
+        mean = s1h.astype(np.float64) / nf
+        mean_sq = limbs_value(s2h) / nf
         var = mean_sq - mean * mean
         ok = (n_hist >= cfg.zscore_min_history_buckets) & (var > 1e-12 * mean_sq)
         z = np.where(ok, (x_now - mean) / np.sqrt(np.where(ok, var, 1.0)), 0.0)
@@ -155,17 +169,7 @@ def disorder_corrections(pos: np.ndarray, group: np.ndarray, st: TradeState) -> 
     hi = np.searchsorted(overtaken, group_end, side="left")
     counts = hi - lo
 
-    zero = np.zeros(n)
-    c = Corrections(
-        zero.copy(),
-        zero.copy(),
-        zero.copy(),
-        np.zeros(n, dtype=np.int64),
-        zero.copy(),
-        zero.copy(),
-        zero.copy(),
-        zero.copy(),
-    )
+    c = Corrections.zeros(n)
     for chunk in pair_chunks(counts):
         d = np.repeat(disordered[chunk], counts[chunk])
         starts = np.repeat(lo[chunk] - np.r_[0, np.cumsum(counts[chunk])[:-1]], counts[chunk])
@@ -184,16 +188,19 @@ def disorder_corrections(pos: np.ndarray, group: np.ndarray, st: TradeState) -> 
         same = bd == bj
         np.add.at(c.bucket_volume, d[same], size[pj[same]])
         np.add.at(c.bucket_capped, d[same], csize[pj[same]])
-        # History buckets: aggregate the missing capped volume per (trade, bucket), then fix Σx, Σx².
+        # History buckets: aggregate the missing capped volume per (trade, bucket), then fix Σx, Σx²
+        # (integers: exact).
         prev = ~same
         if prev.any():
             pair_key = np.stack([d[prev], st.bucket_of(pj[prev])], axis=1)
             keys, inv = np.unique(pair_key, axis=0, return_inverse=True)
-            missing = np.bincount(inv.ravel(), weights=csize[pj[prev]], minlength=len(keys))
+            missing = np.zeros(len(keys), dtype=np.int64)
+            np.add.at(missing, inv.ravel(), csize[pj[prev]])
             slots = keys[:, 1]
             full, seen = st.b_val[slots], st.bucket_value(st.b_cap[slots] - missing)
             np.add.at(c.hist_s1, keys[:, 0], full - seen)
-            np.add.at(c.hist_s2, keys[:, 0], full * full - seen * seen)
+            for k, delta in enumerate(square_limbs(full) - square_limbs(seen)):
+                np.add.at(c.hist_s2[k], keys[:, 0], delta)
     return c
 
 

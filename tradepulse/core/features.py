@@ -33,6 +33,14 @@ Definitions (all per ticker; event time = exchange timestamp `ts`; windows are h
   in the simulator), so one block print makes a 1-s bucket "extreme" on raw mean/std many times a
   minute per ticker, and a few such prints inflate the std so that a real sustained surge scores
   low. With `zscore_size_cap=0` and `zscore_log_volume=false` z is the raw-volume z-score.
+  Exactness: the z-score is computed in fixed point, so that it is a function of the accepted trades
+  (and their arrival order) to the bit, whatever the batch split, the state's re-layouts or a restart
+  (a correlation or anomaly replayed after a crash must be the same output). Sizes are rounded to
+  multiples of 2^-16 and clamped at 2^24 for the z-score (q = min(round(size·2^16), 2^40)); the cap
+  is floor(`zscore_size_cap` × Σq / n) in those units; a bucket's value x is log(1 + Σc) rounded to a
+  multiple of 2^-32 (raw mode: Σc itself in the 2^-16 units, clamped at 2^48 units). All sums are
+  exact int64 sums; mean and std are then computed in float64 from those integers. The z-score path
+  stays exact while the sizes in a window sum below 2^47 (e.g. 2^23 trades of the clamp size).
 * `price_momentum`: (price − ref) / ref × 100, ref = price of the last trade with ts ≤ t − 60 s, looked
   up no further back than `momentum_lookback_ms` (300 s); 0 when there is no such trade.
 * `vwap_deviation_bps`: (price − vwap_5min) / vwap_5min × 10,000.
@@ -55,7 +63,8 @@ positions, so the cost per batch follows the batch, not the 5-minute state. Trad
 later-keyed trade of the same batch (within-grace disorder) are corrected for by subtracting their
 contributions from the earlier arrivals' sums (cost proportional to the number of such pairs; zero for
 in-order feeds). State is bounded: per ticker only trades with ts > watermark − grace − horizon
-(300 s + one bucket) can be reached; older rows are dropped, and the prefix sums re-based, when a
+(300 s + one bucket) can be reached; older rows are dropped, and the float prefix sums re-based (the z-score's are exact
+integers), when a
 ticker's region fills (amortised), and only the quotes a future trade can still use are kept.
 """
 

@@ -36,6 +36,11 @@ Checkpoints: after each flush the store records, per (topic, partition), the nex
 on assignment and re-appends only from there; a checkpoint that lags behind the files (crash in between)
 only causes rows to be merged again, never duplicated.
 
+Reserved folders: names starting with `_` are not datasets: `_checkpoints/` (above) and
+`_anomaly-checkpoints/` (the runner's anomaly models, `tradepulse.bus.anomaly_checkpoints`). No Glue table
+or DuckDB view points at them, Athena and Hive treat `_`-prefixed paths as hidden, and `files` lists only
+`*.parquet`.
+
 Why one module of this size: the layout, the dataset table, the Arrow schemas and the one write path
 (`append_batch` → blocks → dedupe → checkpoint) are one idempotence argument; splitting them would
 scatter the proof that a replay rewrites the same files.
@@ -113,6 +118,10 @@ would otherwise appear there twice."""
 ALL_DATASETS: tuple[Dataset, ...] = (*DATASETS.values(), ARCHIVE)
 """Every dataset folder of the cold store: one DuckDB view and one Glue table each."""
 
+ANOMALY_CHECKPOINTS = "_anomaly-checkpoints"
+"""Folder of the runner's anomaly model checkpoints (`tradepulse.bus.anomaly_checkpoints`) under the cold
+root; `_`-prefixed like `_checkpoints/`, so no dataset scan reads it."""
+
 LINEAGE = [pa.field("kafka_partition", pa.int32()), pa.field("kafka_offset", pa.int64())]
 
 
@@ -172,19 +181,29 @@ class LocalTarget:
         except FileNotFoundError:
             return None
 
-    def write(self, rel: str, data: bytes) -> None:
+    def write(self, rel: str, data: bytes, *, sync: bool = False) -> None:
+        """`sync`: fsync the file before the rename, so it survives a host crash, not only a process's."""
         path = self.root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         # Not *.parquet, so a reader globbing the dataset never picks up a half-written file.
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
 
-    def list(self, prefix: str) -> list[str]:
+    def list(self, prefix: str, suffix: str = ".parquet") -> list[str]:
         base = self.root / prefix
         if not base.exists():
             return []
-        return sorted(str(p.relative_to(self.root)) for p in base.rglob("*.parquet"))
+        return sorted(str(p.relative_to(self.root)) for p in base.rglob(f"*{suffix}"))
+
+    def delete(self, rel: str) -> None:
+        """Local pruning only: `S3Target` has no delete (the processor's role has no s3:DeleteObject;
+        lifecycle rules expire objects there)."""
+        (self.root / rel).unlink(missing_ok=True)
 
 
 class S3Target:
@@ -213,26 +232,40 @@ class S3Target:
         except self.client.exceptions.NoSuchKey:
             return None
 
-    def write(self, rel: str, data: bytes) -> None:
+    def write(self, rel: str, data: bytes, *, sync: bool = False) -> None:
+        """One PUT: durable once it returns, so `sync` changes nothing here."""
         self.client.put_object(Bucket=self.bucket, Key=self._key(rel), Body=data)
 
-    def list(self, prefix: str) -> list[str]:
+    def list(self, prefix: str, suffix: str = ".parquet") -> list[str]:
         keys = []
         strip = len(self.prefix) + 1 if self.prefix else 0
         for page in self.client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=self._key(prefix)
         ):
-            keys += [o["Key"][strip:] for o in page.get("Contents", []) if o["Key"].endswith(".parquet")]
+            keys += [o["Key"][strip:] for o in page.get("Contents", []) if o["Key"].endswith(suffix)]
         return sorted(keys)
 
 
-def open_target(root: str | Path, *, client: Any = None, region: str | None = None) -> LocalTarget | S3Target:
+Target = LocalTarget | S3Target
+
+
+def open_target(root: str | Path, *, client: Any = None, region: str | None = None) -> Target:
     """`s3://bucket/prefix` or a local folder."""
     text = str(root)
     if text.startswith("s3://"):
         bucket, _, prefix = text[5:].partition("/")
         return S3Target(bucket, prefix, client=client, region=region)
     return LocalTarget(text)
+
+
+def cold_root(settings: Any) -> str | Path:
+    """The configured cold store location: `s3://<bucket>/<prefix>` or the local `cold_dir`."""
+    if settings.cold_store == "s3":
+        if not settings.s3_bucket:
+            raise InvalidArgument("TRADEPULSE_S3_BUCKET is required for the S3 cold store")
+        return f"s3://{settings.s3_bucket}/{settings.s3_prefix.strip('/')}"
+    path: Path = settings.cold_dir
+    return path
 
 
 # --- the store ----------------------------------------------------------------------------------------
@@ -290,14 +323,8 @@ class ParquetColdStore:
 
     @classmethod
     def from_settings(cls, settings: Any, **kw: Any) -> ParquetColdStore:
-        if settings.cold_store == "s3":
-            if not settings.s3_bucket:
-                raise InvalidArgument("TRADEPULSE_S3_BUCKET is required for the S3 cold store")
-            root: str | Path = f"s3://{settings.s3_bucket}/{settings.s3_prefix.strip('/')}"
-        else:
-            root = settings.cold_dir
         return cls(
-            root,
+            cold_root(settings),
             block_offsets=settings.cold_block_offsets,
             flush_rows=settings.cold_flush_rows,
             flush_interval_s=settings.cold_flush_interval_s,
