@@ -74,6 +74,10 @@ def notional_error(price_name: str, price: float, size_name: str, size: float) -
     return f"notional {price_name!r} × {size_name!r} must be <= {MAX_NOTIONAL}, got {notional!r}"
 
 
+Session = Literal["pre_market", "regular", "after_hours", "closed", "unknown"]
+"""Trading sessions (`tradepulse.core.sessions`)."""
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -199,6 +203,10 @@ class FeatureVector(_Model):
     window_start_ms: int
     window_end_ms: int
     late_events: int = Field(default=0, description="Events after the grace period, excluded from windows.")
+    session: Session | None = Field(
+        default=None,
+        description="Trading session of ts_ms in America/New_York (NYSE calendar); None if not tagged.",
+    )
 
 
 class Anomaly(_Model):
@@ -250,6 +258,28 @@ class Correlation(_Model):
     peak_zscore: float | None = Field(description="Highest z-score in [t − 60 s, t + 60 s].")
     lag_seconds: float | None = Field(description="Spike time − publication time; negative = spike first.")
     correlation_strength: Literal["strong", "moderate", "weak", "none"]
+
+
+class Bar(_Model):
+    """One-minute OHLCV bar of a ticker, closed by event time; topic `market.bars` and the bar store.
+
+    Exactly one per (ticker, start_ms). Field eligibility follows the trade conditions' consolidated
+    update rules (`tradepulse.core.bars`)."""
+
+    bar_id: str = Field(description="Deterministic id of (ticker, start_ms).")
+    ticker: Ticker
+    start_ms: int = Field(description="Start of the minute, Unix ms (UTC minute boundary).")
+    end_ms: int = Field(description="End of the minute (exclusive): start_ms + 60,000.")
+    open: float | None = Field(description="First open/close-eligible trade price; None if none.")
+    high: float | None = Field(description="Highest high/low-eligible trade price; None if none.")
+    low: float | None = Field(description="Lowest high/low-eligible trade price; None if none.")
+    close: float | None = Field(description="Last open/close-eligible trade price; None if none.")
+    volume: float = Field(ge=0, description="Size of the volume-eligible trades.")
+    vwap: float | None = Field(description="Σ price·size / Σ size of the volume-eligible trades.")
+    trade_count: int = Field(ge=0, description="Number of volume-eligible trades.")
+    session: Session = Field(
+        description="Trading session of the minute's start in America/New_York (NYSE calendar)."
+    )
 
 
 class RedriveAttempt(_Model):
@@ -309,4 +339,5 @@ TOPIC_MODELS: dict[str, type[BaseModel]] = {
     "market.anomalies": Anomaly,
     "market.correlations": Correlation,
     "market.dead-letters": DeadLetter,
+    "market.bars": Bar,
 }

@@ -11,9 +11,10 @@ FEATURES = "market.features"
 ANOMALIES = "market.anomalies"
 CORRELATIONS = "market.correlations"
 DEAD_LETTERS = "market.dead-letters"
+BARS = "market.bars"
 
 INPUT_TOPICS = (TRADES, QUOTES, NEWS)
-OUTPUT_TOPICS = (FEATURES, ANOMALIES, CORRELATIONS, DEAD_LETTERS)
+OUTPUT_TOPICS = (FEATURES, ANOMALIES, CORRELATIONS, DEAD_LETTERS, BARS)
 ALL_TOPICS = INPUT_TOPICS + OUTPUT_TOPICS
 #: The topics each service uses; it checks at start that they exist (services never create topics).
 INGEST_TOPICS = (TRADES, QUOTES)
@@ -41,7 +42,7 @@ def topic_specs(partitions: int, retention_ms: int) -> list[TopicSpec]:
     consumer that owns partition p of trades also owns partition p of news and can join them locally.
     Low-volume outputs get fewer partitions.
     """
-    low_volume = {DEAD_LETTERS, CORRELATIONS}
+    low_volume = {DEAD_LETTERS, CORRELATIONS, BARS}
     return [
         TopicSpec(name, max(1, partitions // 3) if name in low_volume else partitions, retention_ms)
         for name in ALL_TOPICS

@@ -12,10 +12,16 @@ from typing import Any
 import numpy as np
 
 from tradepulse.api.responses import iso_ms
+from tradepulse.core.bars import BarEngine
+from tradepulse.core.columns import TradeColumns
+from tradepulse.core.sessions import SessionTable
 from tradepulse.ids import news_event_id, stable_id, trade_event_id
-from tradepulse.models import Anomaly, Correlation, FeatureVector, StoredTrade, Trade
+from tradepulse.models import Anomaly, Bar, Correlation, FeatureVector, StoredTrade, Trade
 
 HOUR_MS = 3_600_000
+# Built on import, before a test takes its `now`: the calendar takes seconds to build, and the API tests'
+# windows are relative to the wall clock.
+SESSIONS = SessionTable.nyse()
 
 
 @dataclass
@@ -28,6 +34,7 @@ class Market:
     anomalies: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     correlations: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     outliers: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    bars: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 def trade(ticker: str, ts_ms: int, price: float, size: float, sequence: int) -> dict[str, Any]:
@@ -105,6 +112,9 @@ def _series(ticker: str, now_ms: int, seconds: int, start_price: float, seed: in
         )
     market.trades[ticker] = trades
     market.features[ticker] = features
+    # The bars of those trades, from the real bar core (the minutes its watermark closed).
+    bars = BarEngine(2000, SESSIONS).process(TradeColumns.from_records(trades))
+    market.bars[ticker] = [Bar.model_validate(b).model_dump() for b in bars]
     anomalies = []
     for s in spikes:
         f = features[s]
@@ -230,6 +240,7 @@ def build_market(now_ms: int) -> Market:
         market.trades.update(part.trades)
         market.features.update(part.features)
         market.anomalies.update(part.anomalies)
+        market.bars.update(part.bars)
     market.anomalies["MSFT"] = []
     market.correlations = {"AAPL": aapl.correlations["AAPL"], "MSFT": []}
     market.trades["BRK.B"] = [trade("BRK.B", now_ms - 2000, 462.5, 100, 1)]
@@ -261,6 +272,7 @@ def write_market(store: Any, market: Market) -> None:
             features=market.features.get(ticker, []),
             anomalies=market.anomalies.get(ticker, []),
             correlations=market.correlations.get(ticker, []),
+            bars=market.bars.get(ticker, []),
         )
     for rows in market.outliers.values():
         store.write_batch(trades=rows)

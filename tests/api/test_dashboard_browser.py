@@ -133,6 +133,22 @@ def test_dashboard_renders_live_data_in_chromium(
             assert page.evaluate(COUNT_PIXELS, ["#price-chart", [255, 181, 71]]) > 150  # VWAP 1 min
             assert page.evaluate(COUNT_PIXELS, ["#z-chart", [88, 166, 255]]) > 300  # z-score bars
 
+            # The candlestick and volume charts hold exactly the API's one-minute bars and drew them.
+            bars = market.bars["AAPL"]
+            assert len(bars) >= 9
+            candles = page.evaluate("() => window.tradepulse.charts.candles.data")
+            assert candles[0] == [b["start_ms"] / 1000 + 30 for b in bars]  # minute centres
+            assert candles[1:5] == [[b[k] for b in bars] for k in ("open", "high", "low", "close")]
+            volume = page.evaluate("() => window.tradepulse.charts.volume.data[1]")
+            assert volume == [b["volume"] for b in bars]
+            up = sum(b["close"] >= b["open"] for b in bars)
+            green = page.evaluate(COUNT_PIXELS, ["#candle-chart", [63, 185, 80]])
+            red = page.evaluate(COUNT_PIXELS, ["#candle-chart", [248, 81, 73]])
+            # Candle bodies and wicks, in each direction's colour.
+            assert green >= 20 * up and red >= 20 * (len(bars) - up) and green + red > 300, (green, red, up)
+            assert page.evaluate(COUNT_PIXELS, ["#volume-chart", [88, 166, 255]]) > 200  # volume bars
+            assert page.inner_text("#bars-caption").startswith(f"· last 60 min, {len(bars)} bars")
+
             # Panels show the stored values.
             assert page.inner_text("#kpi-price") == f"{market.trades['AAPL'][-1]['price']:,.2f}"
             assert page.inner_text("#kpi-vwap5") == f"{aapl[-1]['vwap_5min']:,.2f}"

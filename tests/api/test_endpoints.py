@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,7 @@ TICKER_ENDPOINTS = [
     "/sentiment/{}",
     "/history/{}",
     "/outliers/{}",
+    "/bars/{}",
 ]
 
 
@@ -99,6 +101,27 @@ def test_history_is_oldest_first_columns(client: TestClient, market: Market) -> 
     assert body["volume_zscore"] == [f["volume_zscore"] for f in stored]
     short = client.get("/history/AAPL", params={"minutes": 2}).json()
     assert 110 <= len(short["ts_ms"]) <= 121 and short["ts_ms"] == body["ts_ms"][-len(short["ts_ms"]) :]
+
+
+def test_bars_are_oldest_first_columns_of_the_stored_bars(client: TestClient, market: Market) -> None:
+    stored = market.bars["AAPL"]
+    assert len(stored) >= 9  # 10 minutes of trades: every closed minute
+    body = client.get("/bars/AAPL", params={"minutes": 30}).json()
+    assert body["ticker"] == "AAPL" and body["minutes"] == 30
+    assert body["start_ms"] == [b["start_ms"] for b in stored]
+    for key in ("open", "high", "low", "close", "volume", "vwap", "trade_count", "session"):
+        assert body[key] == [b[key] for b in stored], key
+    assert all(lo <= o <= hi for lo, o, hi in zip(body["low"], body["open"], body["high"], strict=True))
+    # The window: bars that started in the last 3 minutes only (60 = the default). The API's clock is
+    # the wall clock, a little after the market was built.
+    short = client.get("/bars/AAPL", params={"minutes": 3}).json()["start_ms"]
+    cutoff_then, cutoff_now = market.now_ms - 3 * 60_000, int(time.time() * 1000) - 3 * 60_000
+    assert short and short == body["start_ms"][-len(short) :]
+    assert all(s >= cutoff_then for s in short)
+    assert {s for s in body["start_ms"] if s >= cutoff_now} <= set(short)
+    assert client.get("/bars/AAPL").json()["minutes"] == 60
+    for bad in (0, 1441, "x"):
+        assert client.get("/bars/AAPL", params={"minutes": bad}).status_code == 422
 
 
 def test_anomalies_respect_the_window_and_are_newest_first(client: TestClient, market: Market) -> None:
@@ -182,7 +205,7 @@ def test_unknown_ticker_is_404_with_a_clear_message(client: TestClient, path: st
 
 
 def test_ticker_with_trades_but_no_features_is_404_for_features(client: TestClient) -> None:
-    for path in ("/aggregations/BRK.B", "/features/BRK.B", "/history/BRK.B"):
+    for path in ("/aggregations/BRK.B", "/features/BRK.B", "/history/BRK.B", "/bars/BRK.B"):
         res = client.get(path)
         assert res.status_code == 404, path
         assert "BRK.B" in res.json()["detail"]

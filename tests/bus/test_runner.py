@@ -24,21 +24,25 @@ import pandas as pd
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
+from tests.core.zscore_fixed_point import bucket_value, quantised
 from tests.doubles import SlowHotStore
 from tradepulse.bus.clients import consumer_config, producer_config
 from tradepulse.bus.pipeline import build_runner
 from tradepulse.bus.runner import Runner
 from tradepulse.config import Settings
+from tradepulse.core.bars import BarEngine
+from tradepulse.core.columns import TradeColumns
 from tradepulse.core.conditions import ConditionRules
 from tradepulse.core.features import FeatureConfig
 from tradepulse.core.news_join import correlation_id
-from tradepulse.models import Correlation, DeadLetter, FeatureVector
+from tradepulse.core.sessions import SessionTable
+from tradepulse.models import Bar, Correlation, DeadLetter, FeatureVector
 from tradepulse.sources.news import article_records
 from tradepulse.sources.parse import quote_record, trade_record
 from tradepulse.sources.simulator.market import MarketConfig, MarketModel
 from tradepulse.stores.dlq import encode_payload
 from tradepulse.stores.factory import open_dlq, open_hot_store
-from tradepulse.topics import CORRELATIONS, DEAD_LETTERS, FEATURES, INPUT_TOPICS, NEWS, QUOTES, TRADES
+from tradepulse.topics import BARS, CORRELATIONS, DEAD_LETTERS, FEATURES, INPUT_TOPICS, NEWS, QUOTES, TRADES
 
 pytestmark = pytest.mark.kafka
 
@@ -240,12 +244,16 @@ def reference_snapshots(rec: Recording, grace_ms: int = 2000) -> dict[tuple[str,
         closed_end = np.minimum((ts - grace_ms) // 1000 * 1000, own)
         lo = np.searchsorted(ts, own - cfg.zscore_cap_window_buckets * 1000, side="left")
         hi = np.maximum(np.searchsorted(ts, closed_end, side="left"), lo)
-        sums = np.r_[0.0, np.cumsum(size.astype(float))]
+        # In the z-score's fixed point (sizes in 2^-16 units, the cap floored, x rounded to 2^-32).
+        qsize = quantised(size)
+        sums = np.r_[0, np.cumsum(qsize)]
         n_vol = np.r_[0, np.cumsum(vol)]
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean_size = (sums[hi] - sums[lo]) / (n_vol[hi] - n_vol[lo])
-        capped = np.where(n_vol[hi] > n_vol[lo], np.minimum(size, cfg.zscore_size_cap * mean_size), size)
-        x_by_sec = np.log1p(pd.Series(capped).groupby(sec).sum())
+            cap_q = np.floor(
+                cfg.zscore_size_cap * (sums[hi] - sums[lo]).astype(float) / (n_vol[hi] - n_vol[lo])
+            )
+        capped = np.where(n_vol[hi] > n_vol[lo], np.minimum(qsize, cap_q), qsize) / 2**16
+        x_by_sec = bucket_value(pd.Series(capped).groupby(sec).sum(), cfg)
         closed_until = ts.max() - grace_ms
         last_of_second = np.flatnonzero(np.r_[sec[1:] != sec[:-1], True])
         for i in last_of_second:
@@ -386,6 +394,9 @@ def test_every_emitted_feature_matches_an_independent_recomputation(
 
     emitted = read_topic(settings, FEATURES)
     assert_features_match(emitted, expected)
+    # Every snapshot is tagged with the session of its event time (04:20 ET on a Monday: pre-market).
+    sessions = SessionTable.nyse().session_of(np.array([f["ts_ms"] for f in emitted]))
+    assert [f["session"] for f in emitted] == list(sessions) and set(sessions) == {"pre_market"}
     for row in emitted[:50]:
         FeatureVector.model_validate(row)
 
@@ -400,6 +411,26 @@ def test_every_emitted_feature_matches_an_independent_recomputation(
     for row in correlations:
         Correlation.model_validate(row)
     assert {c["correlation_id"] for c in hot.correlations(None, 0, limit=10_000)} == set(ids)
+
+    # One-minute bars: exactly the pure bar core's, by the condition rules, over the recording's trades (a ticker's trades keep
+    # their order in its partition), once each, on the topic and in the hot store.
+    bars = read_topic(settings, BARS)
+    columns = TradeColumns.from_records(recording.of(TRADES))
+    rule = ConditionRules.bundled().masks(columns.conditions)  # the simulator's condition mix
+    expected_bars = BarEngine(settings.late_grace_ms, SessionTable.nyse()).process(
+        columns,
+        volume_eligible=rule.volume,
+        high_low_eligible=rule.high_low,
+        open_close_eligible=rule.open_close,
+    )
+    assert not rule.volume.all() and not rule.last_price.all()  # the rules matter to these bars
+    assert len(expected_bars) >= 5 * len(TICKERS)
+    assert sorted(bars, key=lambda b: (b["start_ms"], b["ticker"])) == expected_bars
+    for row in bars:
+        Bar.model_validate(row)
+    assert [b for t in TICKERS for b in hot.bars(t, 0)] == sorted(
+        expected_bars, key=lambda b: (TICKERS.index(b["ticker"]), b["start_ms"])
+    )
     hot.close()
 
     status = orjson.loads(runner.status_file.read_bytes())

@@ -20,7 +20,7 @@ from cdk.storage import HISTORY_GLUE_ACTIONS, HISTORY_QUERY_ACTIONS
 from tests.api.market import build_market, write_market
 from tests.aws import create_hot_table
 from tests.cdk.conftest import policy_actions, resources, synth_template
-from tests.stores.conftest import BASE_MS, make_anomaly, make_correlation, make_feature, make_trade
+from tests.stores.conftest import BASE_MS, make_anomaly, make_bar, make_correlation, make_feature, make_trade
 from tradepulse import topics
 from tradepulse.api.app import create_app
 from tradepulse.bus.anomaly_checkpoints import CheckpointStore
@@ -70,8 +70,8 @@ def aws() -> Iterator[Callable[[str], Any]]:
 
 def processor_calls(aws: Callable[[str], Any]) -> set[str]:
     """What the processor's hot and cold stores call, over every code path they have: a full batch (trades,
-        features, anomalies, correlations, twice for the duplicate paths), the heartbeat, and a cold store
-        that flushes, dies, restarts from its checkpoints, and archives dead letters, and the anomaly model
+    features, anomalies, correlations, bars, twice for the duplicate paths), the heartbeat, a cold store
+    that flushes, dies, restarts from its checkpoints, and archives dead letters, and the anomaly model
     checkpoints saved and restored on the cold bucket."""
     calls: set[str] = set()
     ddb = aws("dynamodb")
@@ -82,6 +82,7 @@ def processor_calls(aws: Callable[[str], Any]) -> set[str]:
         "features": [make_feature(ts_ms=BASE_MS + 1000 * i) for i in range(3)],
         "anomalies": [make_anomaly()],
         "correlations": [make_correlation()],
+        "bars": [make_bar()],
     }
     for _ in range(2):
         hot.write_batch(**batch)

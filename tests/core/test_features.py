@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from tests.core.zscore_fixed_point import bucket_value, quantised
 from tradepulse.core.columns import QuoteColumns, TradeColumns
 from tradepulse.core.conditions import ConditionRules
 from tradepulse.core.features import FEATURE_COLUMNS, FeatureConfig, FeatureEngine, vector_dict
@@ -171,18 +172,6 @@ class Seen:
 
     def __getattr__(self, key: str) -> np.ndarray:
         return self.__dict__["_cols"][key][: self.n]
-
-
-# The z-score's fixed point (the definition in `tradepulse.core.features`): sizes in units of 2^-16,
-# at most 2^24; bucket values log(1 + v) to 2^-32 (raw mode: v itself, at most 2^48 units).
-def quantised(size: np.ndarray | float) -> np.ndarray:
-    return np.minimum(np.rint(np.asarray(size, dtype=np.float64) * 2**16), 2**40).astype(np.int64)
-
-
-def bucket_value(capped_volume: np.ndarray | float, cfg: FeatureConfig) -> np.ndarray:
-    if cfg.zscore_log_volume:
-        return np.rint(np.log1p(capped_volume) * 2**32) / 2**32
-    return np.minimum(capped_volume, (2**48 - 1) / 2**16)
 
 
 def capped_size(seen: Seen, ts: int, size: float, watermark: int, cfg: FeatureConfig) -> float:

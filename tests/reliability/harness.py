@@ -25,7 +25,15 @@ from tradepulse.bus.clients import consumer_config
 from tradepulse.config import Settings
 from tradepulse.stores.parquet_cold import DATASETS
 from tradepulse.supervisor import python_command
-from tradepulse.topics import ANOMALIES, CORRELATIONS, DEAD_LETTERS, FEATURES, INPUT_TOPICS, OUTPUT_TOPICS
+from tradepulse.topics import (
+    ANOMALIES,
+    BARS,
+    CORRELATIONS,
+    DEAD_LETTERS,
+    FEATURES,
+    INPUT_TOPICS,
+    OUTPUT_TOPICS,
+)
 
 KEY = "chaos-simulator-key"
 TICKERS = ["AAPL", "MSFT", "NVDA", "TSLA", "AMZN"]
@@ -263,6 +271,7 @@ _HOT_TABLES = {
     FEATURES: ("hot.sqlite3", "features", ("ticker", "ts_ms")),
     ANOMALIES: ("hot.sqlite3", "anomalies", ("anomaly_id",)),
     CORRELATIONS: ("hot.sqlite3", "correlations", ("correlation_id",)),
+    BARS: ("hot.sqlite3", "bars", ("ticker", "start_ms")),
     DEAD_LETTERS: ("dlq.sqlite3", "dead_letters", ("dead_letter_id",)),
 }
 

@@ -322,10 +322,12 @@ def check(report: ChaosReport, plan: Plan) -> None:
 
 
 def check_cold_outputs(report: ChaosReport) -> None:
-    """Every output topic (features, anomalies, correlations, dead letters) is in its cold dataset exactly
+    """Every output topic (features, anomalies, correlations, dead letters, bars) is in its cold dataset exactly
     once: 0 duplicates, 0 missing, nothing else, against the topic read read_committed; and the hot store
     (the DLQ store for dead letters) holds every row of the topic."""
-    assert set(report.cold_outputs) == {"features", "anomalies", "correlations", "dead-letters"}, report
+    assert set(report.cold_outputs) == {"features", "anomalies", "correlations", "dead-letters", "bars"}, (
+        report
+    )
     for name, archive in report.cold_outputs.items():
         assert archive.exact, (name, archive)
         assert archive.hot.missing == 0, (name, archive)
@@ -335,7 +337,7 @@ def check_cold_outputs(report: ChaosReport) -> None:
     # Deterministic outputs: the hot store holds exactly what was committed. (Anomalies of an aborted
     # attempt may still be in the hot store until anomaly scoring is deterministic; the DLQ store also
     # holds the ingest's letters, which never go to market.dead-letters.)
-    for name in ("features", "correlations"):
+    for name in ("features", "correlations", "bars"):
         assert report.cold_outputs[name].hot.exact, (name, report.cold_outputs[name])
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from tradepulse.config import Settings
 from tradepulse.ids import stable_id, trade_event_id
-from tradepulse.models import Anomaly, Correlation, FeatureVector, StoredTrade, Trade
+from tradepulse.models import Anomaly, Bar, Correlation, FeatureVector, StoredTrade, Trade
 
 BASE_MS = 1_767_000_000_000  # a fixed event time (2025-12-29 UTC), far from "now" on purpose
 
@@ -96,6 +96,24 @@ def make_correlation(ticker: str = "AAPL", article_id: int = 7, ts_ms: int = BAS
     }
     Correlation.model_validate(row)
     return row
+
+
+def make_bar(ticker: str = "AAPL", start_ms: int = BASE_MS, close: float | None = 100.5) -> dict:
+    row = {
+        "bar_id": stable_id("B", ticker, start_ms),
+        "ticker": ticker,
+        "start_ms": start_ms,
+        "end_ms": start_ms + 60_000,
+        "open": 100.0,
+        "high": 101.25,
+        "low": 99.5,
+        "close": close,
+        "volume": 1234.0,
+        "vwap": 100.3125,
+        "trade_count": 17,
+        "session": "regular",
+    }
+    return Bar.model_validate(row).model_dump()
 
 
 @pytest.fixture

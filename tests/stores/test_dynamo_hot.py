@@ -18,6 +18,7 @@ from tests.aws import ThrottledSends, create_hot_table
 from tests.stores.conftest import (
     BASE_MS,
     make_anomaly,
+    make_bar,
     make_correlation,
     make_feature,
     make_outlier,
@@ -129,6 +130,22 @@ def test_anomalies_across_tickers(store: DynamoHotStore) -> None:
     store.write_batch(trades=[make_trade("AAPL"), make_trade("TSLA")], anomalies=[a1, a2, a3])
     assert store.anomalies(None, 0) == [a1, a2, a3]
     assert store.anomalies(None, BASE_MS + 1, limit=1) == [a3]
+
+
+def test_bars_by_ticker_oldest_first_and_idempotent(store: DynamoHotStore, ddb: Any) -> None:
+    minute = 60_000
+    bars = [make_bar("AAPL", BASE_MS + i * minute) for i in range(4)] + [make_bar("TSLA", BASE_MS)]
+    store.write_batch(bars=bars)
+    store.write_batch(bars=bars[:2])  # a replayed batch overwrites its items
+    assert store.bars("AAPL", 0) == bars[:4]  # round-trip exactly, the null-free floats included
+    assert [b["start_ms"] for b in store.bars("AAPL", BASE_MS + 2 * minute)] == [
+        BASE_MS + 2 * minute,
+        BASE_MS + 3 * minute,
+    ]
+    assert [b["start_ms"] for b in store.bars("AAPL", 0, limit=1)] == [BASE_MS + 3 * minute]
+    store.write_batch(bars=[make_bar("TSLA", BASE_MS, close=None)])
+    assert store.bars("TSLA", 0)[0]["close"] is None
+    assert sum(i["pk"]["S"].startswith("BAR#") for i in items(ddb)) == 5
 
 
 def test_latest_mode_stores_only_the_newest_trade_per_ticker(ddb: Any) -> None:

@@ -14,6 +14,7 @@ import pytest
 from tests.stores.conftest import (
     BASE_MS,
     make_anomaly,
+    make_bar,
     make_correlation,
     make_feature,
     make_outlier,
@@ -108,6 +109,23 @@ def test_anomalies_and_correlations_since_and_across_tickers(store: SqliteHotSto
     assert [c["article_id"] for c in store.correlations(None, BASE_MS + 1)] == [2]
 
 
+def test_bars_by_ticker_and_start_oldest_first_and_upserted(store: SqliteHotStore) -> None:
+    minute = 60_000
+    store.write_batch(
+        bars=[make_bar("AAPL", BASE_MS + i * minute) for i in range(5)] + [make_bar("TSLA", BASE_MS)]
+    )
+    assert [b["start_ms"] for b in store.bars("AAPL", BASE_MS + minute)] == [
+        BASE_MS + i * minute for i in range(1, 5)
+    ]
+    assert [b["start_ms"] for b in store.bars("AAPL", 0, limit=2)] == [
+        BASE_MS + 3 * minute,
+        BASE_MS + 4 * minute,
+    ]
+    assert store.bars("TSLA", 0) == [make_bar("TSLA", BASE_MS)]  # the document round-trips exactly
+    store.write_batch(bars=[make_bar("AAPL", BASE_MS, close=None)])  # a replay overwrites its key
+    assert store.count("bars") == 6 and store.bars("AAPL", 0)[0]["close"] is None
+
+
 def test_failed_batch_is_rolled_back_entirely(store: SqliteHotStore) -> None:
     good = make_trade(seq=1)
     bad = dict(make_trade(seq=2), sequence=None)  # violates NOT NULL inside the transaction
@@ -132,10 +150,12 @@ def test_purge_expired_removes_rows_older_than_ttl(tmp_path: Path) -> None:
                 make_correlation(article_id=1, ts_ms=old),
                 make_correlation(article_id=2, ts_ms=fresh),
             ],
+            bars=[make_bar(start_ms=old), make_bar(start_ms=fresh)],
         )
-        assert store.purge_expired(now) == 5
+        assert store.purge_expired(now) == 6
         assert store.count("trades") == 1 and store.latest_trade("AAPL")["sequence"] == 2
         assert store.count("features") == store.count("anomalies") == store.count("correlations") == 1
+        assert [b["start_ms"] for b in store.bars("AAPL", 0)] == [fresh]
         assert store.tickers() == ["AAPL"]  # IBM had only expired rows
         assert store.purge_expired(now) == 0
 
@@ -303,9 +323,9 @@ def test_purge_deletes_in_chunks_releasing_the_write_lock_in_between(tmp_path: P
         lock = CountingLock()
         store._write_lock = lock  # type: ignore[assignment]
         assert store.purge_expired(now, chunk_rows=10) == 250 + 130 + 25 + 12
-        # 26 trade chunks, 7 + 7 feature chunks, 3 anomaly chunks, 1 correlations, 2 outlier chunks,
-        # latest + tickers.
-        assert lock.acquisitions == 26 + 14 + 3 + 1 + 2 + 2
+        # 26 trade chunks, 7 + 7 feature chunks, 1 + 1 bar chunks (one per ticker), 3 anomaly chunks,
+        # 1 correlations, 2 outlier chunks, latest + tickers.
+        assert lock.acquisitions == 26 + 14 + 2 + 3 + 1 + 2 + 2
         assert store.count("outliers") == 0
         assert store.count("trades") == store.count("anomalies") == 1
         assert [f["ts_ms"] for f in store.feature_history("AAPL", 0)] == [fresh]

@@ -31,6 +31,7 @@ AGGREGATION_TTL_S = 5
 FEATURES_TTL_S = 1
 HISTORY_TTL_S = 1
 TICKERS_TTL_S = 2
+BARS_TTL_S = 5  # a bar is final when stored and a new one comes once a minute per ticker
 
 NO_STORE = "no-store"
 

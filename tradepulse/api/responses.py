@@ -83,6 +83,9 @@ class FeaturesResponse(_Response):
     window_start_ms: int
     window_end_ms: int
     late_events: int = 0
+    session: Literal["pre_market", "regular", "after_hours", "closed", "unknown"] | None = Field(
+        default=None, description="Trading session of ts_ms (America/New_York, NYSE calendar)."
+    )
 
 
 class HistoryResponse(_Response):
@@ -95,6 +98,25 @@ class HistoryResponse(_Response):
     vwap_1min: list[float]
     vwap_5min: list[float]
     volume_zscore: list[float]
+
+
+class BarsResponse(_Response):
+    """One-minute OHLCV bars as columns (oldest first), the shape a candlestick chart wants. A price
+    entry is null when no trade of the minute was eligible for it (trade-condition update rules)."""
+
+    ticker: str
+    minutes: int
+    start_ms: list[int] = Field(description="Start of each bar's minute, Unix ms.")
+    open: list[float | None]
+    high: list[float | None]
+    low: list[float | None]
+    close: list[float | None]
+    volume: list[float]
+    vwap: list[float | None]
+    trade_count: list[int]
+    session: list[Literal["pre_market", "regular", "after_hours", "closed", "unknown"]] = Field(
+        description="Trading session of each bar (America/New_York, NYSE calendar)."
+    )
 
 
 class AnomalyItem(_Response):
@@ -271,6 +293,22 @@ def history_from_rows(ticker: str, minutes: int, rows: list[Row]) -> HistoryResp
         vwap_1min=[r["vwap_1min"] for r in rows],
         vwap_5min=[r["vwap_5min"] for r in rows],
         volume_zscore=[r["volume_zscore"] for r in rows],
+    )
+
+
+def bars_from_rows(ticker: str, minutes: int, rows: list[Row]) -> BarsResponse:
+    return BarsResponse(
+        ticker=ticker,
+        minutes=minutes,
+        start_ms=[r["start_ms"] for r in rows],
+        open=[r["open"] for r in rows],
+        high=[r["high"] for r in rows],
+        low=[r["low"] for r in rows],
+        close=[r["close"] for r in rows],
+        volume=[r["volume"] for r in rows],
+        vwap=[r["vwap"] for r in rows],
+        trade_count=[r["trade_count"] for r in rows],
+        session=[r["session"] for r in rows],
     )
 
 

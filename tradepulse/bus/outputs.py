@@ -4,7 +4,7 @@ batch's Kafka transaction, and how the runner archives its own output topics to 
 Split from `tradepulse.bus.runner` (which owns the loop, the transaction's boundaries and the
 rebalances): these are the pieces that touch one producer call or one consumed record at a time.
 
-- `produce_outputs`: features / anomalies / correlations keyed by ticker, dead letters keyed by their
+- `produce_outputs`: features / anomalies / correlations / bars keyed by ticker, dead letters keyed by their
   id (payload cut by `topic_dead_letter`), all in the caller's open transaction.
 - `retry_transactional`: a transactional call again while librdkafka reports a retriable error.
 - `split_outputs` / `archive_outputs`: the runner consumes its own output topics (`ARCHIVED_OUTPUTS`,
@@ -24,7 +24,7 @@ from confluent_kafka import KafkaException, Message, Producer
 
 from tradepulse.errors import BusError
 from tradepulse.stores.base import ColdStore
-from tradepulse.topics import ANOMALIES, CORRELATIONS, DEAD_LETTERS, FEATURES, OUTPUT_TOPICS
+from tradepulse.topics import ANOMALIES, BARS, CORRELATIONS, DEAD_LETTERS, FEATURES, OUTPUT_TOPICS
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class BatchOutputs:
     correlations: list[Row] = field(default_factory=list)
     late_events: int = 0
     unknown_conditions: int = 0  # trades with a condition code the rules do not know
+    bars: list[Row] = field(default_factory=list)
 
 
 def topic_dead_letter(letter: Row) -> Row:
@@ -81,6 +82,7 @@ def produce_outputs(producer: Producer, outputs: BatchOutputs, dead_letters: lis
         (FEATURES, outputs.features),
         (ANOMALIES, outputs.anomalies),
         (CORRELATIONS, outputs.correlations),
+        (BARS, outputs.bars),
     ):
         for row in rows:
             send(topic, row["ticker"], row)

@@ -3,7 +3,9 @@
 `CoreProcessor` adapts the pure core (`tradepulse.core`) to the runner's `Processor` interface: decoded
 rows → columnar batches → `FeatureEngine` (feature snapshots of closed seconds) → `AnomalyDetector`
 (batched Isolation Forest scoring, one deterministic model per trades partition, checkpointed by
-`CheckpointStore` into the cold store's folder or bucket) and `NewsJoiner` (news ↔ volume z-score join in event time).
+`CheckpointStore` into the cold store's folder or bucket) and `NewsJoiner` (news ↔ volume z-score join in
+event time); `BarEngine` (one-minute OHLCV bars of closed minutes, tagged with their NYSE session) over the
+same trades.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from tradepulse.bus.runner import Runner
 from tradepulse.bus.watchdog import Watchdog
 from tradepulse.config import Settings
 from tradepulse.core.anomaly import AnomalyConfig, AnomalyDetector
+from tradepulse.core.bars import BarEngine
 from tradepulse.core.columns import QuoteColumns, TradeColumns
 from tradepulse.core.features import FeatureConfig, FeatureEngine, FeatureOutput
 from tradepulse.core.news_join import NewsJoiner, correlation_id
 from tradepulse.core.outliers import OutlierConfig, OutlierFlagger
+from tradepulse.core.sessions import SessionTable
 from tradepulse.errors import InvalidArgument
 from tradepulse.stores.base import HotStore
 from tradepulse.topics import TRADES
@@ -43,6 +47,8 @@ class CoreProcessor:
         self.detector = AnomalyDetector(self.anomaly_config)
         self._refit_totals = {"refits": 0.0, "refit_s": 0.0, "refit_waits": 0.0, "refit_wait_s": 0.0}
         self.engine = FeatureEngine(self.config)
+        self.sessions = SessionTable.nyse()
+        self.bars = BarEngine(self.config.late_grace_ms, self.sessions)
         self.joiner = NewsJoiner(settle_ms=self.config.zscore_settle_ms)
         # Position (news partition, offset) of every article the joiner still holds: committed with the
         # offsets, so that a rebuild re-reads exactly these articles (`pending_news`).
@@ -67,6 +73,7 @@ class CoreProcessor:
         """Forget all state, the anomaly models included: `restore` and the rebuild bring back exactly
         the state at the committed offsets."""
         self.engine = FeatureEngine(self.config)
+        self.bars = BarEngine(self.config.late_grace_ms, self.sessions)
         self.joiner = NewsJoiner(settle_ms=self.config.zscore_settle_ms)
         self._pending_pos = {}
         self.outliers.reset()
@@ -92,7 +99,12 @@ class CoreProcessor:
         columns = batch.trade_columns
         if columns is None:
             columns = batch.trade_columns = TradeColumns.from_records(batch.trades)
-        result = self.outliers.flag(columns)
+        # The reference price follows the trades that may set the last price (not average-price or
+        # out-of-sequence prints); the feature core counts unknown condition codes, not this look.
+        eligible = None
+        if columns.conditions is not None:
+            eligible = self.engine.rules.masks(columns.conditions, count_unknown=False).last_price
+        result = self.outliers.flag(columns, eligible)
         flags = result.outlier
         if batch.trade_fields is not None:
             batch.trade_fields["outlier"] = flags
@@ -153,6 +165,21 @@ class CoreProcessor:
         if quotes is None:
             quotes = QuoteColumns.from_records(batch.quotes) if batch.quotes else QuoteColumns.empty()
         out = self.engine.process(trades, quotes)
+        if out.snapshots:
+            snapshot_ts = np.fromiter((s["ts_ms"] for s in out.snapshots), np.int64, len(out.snapshots))
+            for snapshot, session in zip(out.snapshots, self.sessions.session_of(snapshot_ts), strict=True):
+                snapshot["session"] = session
+        # The trades the feature core saw, by the same condition update rules.
+        if trades.conditions is None:
+            bars = self.bars.process(trades)
+        else:
+            rule = self.engine.rules.masks(trades.conditions, count_unknown=False)
+            bars = self.bars.process(
+                trades,
+                volume_eligible=rule.volume,
+                high_low_eligible=rule.high_low,
+                open_close_eligible=rule.open_close,
+            )
         if batch.news:
             self.joiner.add_articles(batch.news)
             for row, (partition, offset) in zip(batch.news, batch.news_pos, strict=True):
@@ -185,6 +212,7 @@ class CoreProcessor:
             correlations=correlations,
             late_events=len(out.late_event_ids),
             unknown_conditions=out.unknown_conditions,
+            bars=bars,
         )
 
     def close(self) -> None:

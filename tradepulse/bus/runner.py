@@ -5,11 +5,13 @@ Loop, per micro-batch (at most `batch_max_messages` or `batch_max_wait_ms`):
 1. `consumer.consume()` from the input topics market.trades / market.quotes / market.news and from the
    runner's own output topics (below), all read_committed; orjson decode, validation; invalid input
    messages become dead letters with their topic/partition/offset.
-2. The core (`Processor`) turns the batch's input into feature snapshots, anomalies and correlations.
+2. The core (`Processor`) turns the batch's input into feature snapshots, anomalies, correlations and
+   closed one-minute bars.
 3. Sinks, all idempotent by deterministic keys: hot store `write_batch` (3 attempts with backoff, then
    the rows go to the DLQ), cold store `append_batch` of every consumed row (inputs and outputs), DLQ
    `put` of the dead letters (the store carries the redrive policy).
-4. One Kafka transaction: produce market.features / market.anomalies / market.correlations, and every
+4. One Kafka transaction: produce market.features / market.anomalies / market.correlations /
+   market.bars, and every
    dead letter of the batch to market.dead-letters keyed by its `dead_letter_id`, then
    `send_offsets_to_transaction(positions, consumer_group_metadata())` and commit.
 
@@ -566,6 +568,7 @@ class Runner:
                     features=outputs.features,
                     anomalies=outputs.anomalies,
                     correlations=outputs.correlations,
+                    bars=outputs.bars,
                 )
             )
         except Exception as exc:
@@ -601,6 +604,7 @@ class Runner:
             ("features", outputs.features),
             ("anomaly", outputs.anomalies),
             ("correlation", outputs.correlations),
+            ("bar", outputs.bars),
         )
         for kind, rows in kinds:
             for row in rows:
@@ -645,7 +649,7 @@ class Runner:
             self._rewind()
             return False
         self.metrics.outputs_produced += (
-            len(outputs.features) + len(outputs.anomalies) + len(outputs.correlations)
+            len(outputs.features) + len(outputs.anomalies) + len(outputs.correlations) + len(outputs.bars)
         )
         return True
 

@@ -150,9 +150,12 @@ class ConditionRules:
             self._cache[key] = hit
         return hit
 
-    def masks(self, conditions: Sequence[Any] | np.ndarray) -> EligibilityMasks:
+    def masks(
+        self, conditions: Sequence[Any] | np.ndarray, *, count_unknown: bool = True
+    ) -> EligibilityMasks:
         """Masks for a batch, one entry of `conditions` per trade (a list/tuple of codes; None or an
-        empty list is a regular sale). Counts the unknown codes."""
+        empty list is a regular sale). Counts the unknown codes unless `count_unknown` is false (a
+        second look at trades the feature core already counted)."""
         n = len(conditions)
         if n == 0:
             empty = np.empty(0, dtype=bool)
@@ -163,7 +166,7 @@ class ConditionRules:
         for j, key in enumerate(uniques):
             rule, unknown = self._lookup(key)
             table[j] = (rule.volume, rule.high_low, rule.open_close)
-            if unknown:
+            if unknown and count_unknown:
                 if counts is None:
                     counts = np.bincount(local, minlength=len(uniques))
                 self._count_unknown(unknown, int(counts[j]))
@@ -186,7 +189,9 @@ class ConditionRules:
 class _Permissive(ConditionRules):
     """Rules off: every trade eligible for everything, nothing counted."""
 
-    def masks(self, conditions: Sequence[Any] | np.ndarray) -> EligibilityMasks:
+    def masks(
+        self, conditions: Sequence[Any] | np.ndarray, *, count_unknown: bool = True
+    ) -> EligibilityMasks:
         ones = np.ones(len(conditions), dtype=bool)
         return EligibilityMasks(ones, ones.copy(), ones.copy())
 

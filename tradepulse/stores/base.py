@@ -16,7 +16,7 @@ Row = dict[str, Any]
 
 class HotStore(Protocol):
     """Last 48 h, single-digit-ms reads. Keys: trades by event_id, features by (ticker, ts_ms),
-    anomalies by anomaly_id, correlations by correlation_id."""
+    anomalies by anomaly_id, correlations by correlation_id, bars by (ticker, start_ms)."""
 
     def write_batch(
         self,
@@ -25,6 +25,7 @@ class HotStore(Protocol):
         features: Sequence[Row] = (),
         anomalies: Sequence[Row] = (),
         correlations: Sequence[Row] = (),
+        bars: Sequence[Row] = (),
     ) -> None:
         """Upsert everything of one micro-batch (one transaction where the backend has them)."""
 
@@ -44,6 +45,9 @@ class HotStore(Protocol):
     def outliers(self, ticker: str | None, since_ms: int, limit: int = 1000) -> list[Row]:
         """Trades the runner flagged `outlier` (with `outlier_reason`, `reference_price`, `band_usd`)
         since `since_ms`, oldest first (newest `limit`); `ticker=None` = all tickers."""
+
+    def bars(self, ticker: str, since_ms: int, limit: int = 1000) -> list[Row]:
+        """One-minute bars of a ticker starting at or after `since_ms`, oldest first (newest `limit`)."""
 
     def tickers(self) -> list[str]: ...
 

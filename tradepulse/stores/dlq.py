@@ -222,6 +222,7 @@ _HOT_ARGUMENTS = {
     "features": "features",
     "anomaly": "anomalies",
     "correlation": "correlations",
+    "bar": "bars",
 }
 
 

@@ -9,7 +9,8 @@ Item types (pk → sk):
   (a conditional put that only replaces an older vector; "LATEST" sorts after every digit string, so
   history range queries never see it);
 - anomalies: `ANOM#<TICKER>` → `<ts_ms:015>#<anomaly_id>`; correlations: `CORR#<TICKER>` →
-  `<published_ts_ms:015>#<correlation_id>`; the ticker set: `TICKERS` → `<TICKER>`;
+  `<published_ts_ms:015>#<correlation_id>`; one-minute bars: `BAR#<TICKER>` → `<start_ms:015>` (a bar
+  is final when emitted, so a replayed one overwrites an identical item); the ticker set: `TICKERS` → `<TICKER>`;
 - trades flagged outlier by the runner: `OUTL#<TICKER>` → `<exchange_ts_ms:015>#<event_id>` (whatever
   `dynamodb_trades` is; GET /outliers reads them);
 - the runner heartbeats (what /health reads in Lambda): `STATUS` → `runner#<instance>` (one per processor
@@ -281,6 +282,7 @@ class DynamoHotStore:
         features: Sequence[Row] = (),
         anomalies: Sequence[Row] = (),
         correlations: Sequence[Row] = (),
+        bars: Sequence[Row] = (),
     ) -> None:
         """Upsert one micro-batch (no cross-item transaction in DynamoDB; every write is idempotent)."""
         started = time.perf_counter()
@@ -317,6 +319,9 @@ class DynamoHotStore:
         ]
         items += [
             {**f, "pk": f"FEAT#{f['ticker']}", "sk": _ts(f["ts_ms"]), "expires_at": expires} for f in features
+        ]
+        items += [
+            {**b, "pk": f"BAR#{b['ticker']}", "sk": _ts(b["start_ms"]), "expires_at": expires} for b in bars
         ]
         due_tickers = self._tickers_to_refresh(trades, features)
         items += [{"pk": "TICKERS", "sk": t, "ticker": t, "expires_at": expires} for t in due_tickers]
@@ -411,6 +416,11 @@ class DynamoHotStore:
 
     def outliers(self, ticker: str | None, since_ms: int, limit: int = 1000) -> list[Row]:
         return self._ranged("OUTL", ticker, since_ms, limit, "exchange_ts_ms")
+
+    def bars(self, ticker: str, since_ms: int, limit: int = 1000) -> list[Row]:
+        rows = self._query(f"BAR#{ticker}", lo=_ts(since_ms), hi="9" * 15, newest_first=True, limit=limit)
+        rows.reverse()
+        return rows
 
     def tickers(self) -> list[str]:
         return sorted(r["ticker"] for r in self._query("TICKERS"))

@@ -25,7 +25,7 @@ converts them to Arrow once (no per-row dict copy or key computation in Python),
 caller that never calls `flush` itself still writes files by size and time (memory stays bounded).
 
 What is archived: every topic the runner consumes, its input topics and its own output topics
-(features, anomalies, correlations, dead letters), which it reads back read_committed for this purpose
+(features, anomalies, correlations, dead letters, bars), which it reads back read_committed for this purpose
 (`tradepulse.bus.runner`: an output row then has one stable (partition, offset) and one owner, exactly
 like an input row, so the same naming, checkpoints and deduplication make it exactly once). Every write
 of a block deduplicates by the dataset's natural key, its first write included: a runner that rewinds
@@ -71,6 +71,7 @@ from tradepulse.errors import InvalidArgument
 from tradepulse.ids import stable_id
 from tradepulse.models import (
     Anomaly,
+    Bar,
     Correlation,
     DeadLetter,
     FeatureVector,
@@ -104,6 +105,7 @@ DATASETS: dict[str, Dataset] = {
     topics.ANOMALIES: Dataset("anomalies", Anomaly, "ts_ms", ("anomaly_id",)),
     topics.CORRELATIONS: Dataset("correlations", Correlation, "published_ts_ms", ("correlation_id",)),
     topics.DEAD_LETTERS: Dataset(DEAD_LETTERS, DeadLetter, "first_failure_at", ("dead_letter_id",)),
+    topics.BARS: Dataset("bars", Bar, "start_ms", ("ticker", "start_ms")),
 }
 """Topic → dataset. The dataset folder is also the DuckDB view / Glue table name (`-` → `_`)."""
 

@@ -21,7 +21,8 @@ Keys (all writes are idempotent upserts, so a replayed batch overwrites instead 
   batch, computed once per batch in Python, replaces the stored one only when it is newer (a late or
   replayed batch never moves it back), so `latest_trade` is one key lookup;
 - feature snapshots by (ticker, ts_ms); the latest features are the newest snapshot;
-- anomalies by `anomaly_id`; correlations by `correlation_id`.
+- anomalies by `anomaly_id`; correlations by `correlation_id`;
+- one-minute bars by (ticker, start_ms) (one bar per ticker-minute; its `bar_id` is a function of both).
 
 Rows older than the TTL (event time, default 48 h) are removed by `purge_expired`, in bounded chunks;
 `tradepulse process` runs it every `hot_purge_interval_s` in a background thread
@@ -120,6 +121,12 @@ CREATE TABLE IF NOT EXISTS outliers (
 );
 CREATE INDEX IF NOT EXISTS outliers_by_ticker_time ON outliers (ticker, ts_ms);
 CREATE INDEX IF NOT EXISTS outliers_by_time ON outliers (ts_ms);
+CREATE TABLE IF NOT EXISTS bars (
+    ticker TEXT NOT NULL,
+    start_ms INTEGER NOT NULL,
+    doc BLOB NOT NULL,
+    PRIMARY KEY (ticker, start_ms)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tickers (
     ticker TEXT PRIMARY KEY,
     last_ts_ms INTEGER NOT NULL
@@ -192,6 +199,10 @@ _UPSERT_CORRELATION = (
 _UPSERT_OUTLIER = (
     "INSERT INTO outliers (event_id, ticker, ts_ms, doc) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (event_id) DO UPDATE SET ticker = excluded.ticker, ts_ms = excluded.ts_ms, doc = excluded.doc"
+)
+_UPSERT_BAR = (
+    "INSERT INTO bars (ticker, start_ms, doc) VALUES (?, ?, ?) "
+    "ON CONFLICT (ticker, start_ms) DO UPDATE SET doc = excluded.doc"
 )
 _UPSERT_TICKER = (
     "INSERT INTO tickers (ticker, last_ts_ms) VALUES (?, ?) "
@@ -355,9 +366,10 @@ class SqliteHotStore:
         features: Sequence[Row] = (),
         anomalies: Sequence[Row] = (),
         correlations: Sequence[Row] = (),
+        bars: Sequence[Row] = (),
     ) -> None:
         """Upsert one micro-batch in a single transaction."""
-        if not (trades or features or anomalies or correlations):
+        if not (trades or features or anomalies or correlations or bars):
             return
         dumps = orjson.dumps
         trade_rows = _trade_rows(trades)
@@ -369,6 +381,7 @@ class SqliteHotStore:
         outlier_rows = [
             (t["event_id"], t["ticker"], t["exchange_ts_ms"], dumps(t)) for t in trades if t.get("outlier")
         ]
+        bar_rows = [(b["ticker"], b["start_ms"], dumps(b)) for b in bars]
         started = time.perf_counter()
         with self._write_lock:
             if self._closed:
@@ -395,6 +408,8 @@ class SqliteHotStore:
                     conn.executemany(_UPSERT_CORRELATION, correlation_rows)
                 if outlier_rows:
                     conn.executemany(_UPSERT_OUTLIER, outlier_rows)
+                if bar_rows:
+                    conn.executemany(_UPSERT_BAR, bar_rows)
                 if last_seen:
                     conn.executemany(_UPSERT_TICKER, list(last_seen.items()))
                 conn.execute("COMMIT")
@@ -466,6 +481,12 @@ class SqliteHotStore:
                 (ticker, cutoff),
                 chunk_rows,
             )
+            deleted += self._purge_chunks(
+                "DELETE FROM bars WHERE (ticker, start_ms) IN (SELECT ticker, start_ms FROM bars "
+                "WHERE ticker = ? AND start_ms < ? ORDER BY start_ms LIMIT ?)",
+                (ticker, cutoff),
+                chunk_rows,
+            )
         for table in ("anomalies", "correlations", "outliers"):  # rowid tables with a time index
             deleted += self._purge_chunks(
                 f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE ts_ms < ? "
@@ -526,6 +547,15 @@ class SqliteHotStore:
         """Feature snapshots since `since_ms`, oldest first (the newest `limit` of them)."""
         rows = self._many(
             "SELECT doc FROM features WHERE ticker = ? AND ts_ms >= ? ORDER BY ts_ms DESC LIMIT ?",
+            (ticker, since_ms, limit),
+        )
+        rows.reverse()
+        return rows
+
+    def bars(self, ticker: str, since_ms: int, limit: int = 1000) -> list[Row]:
+        """One-minute bars of a ticker starting at or after `since_ms`, oldest first (the newest `limit`)."""
+        rows = self._many(
+            "SELECT doc FROM bars WHERE ticker = ? AND start_ms >= ? ORDER BY start_ms DESC LIMIT ?",
             (ticker, since_ms, limit),
         )
         rows.reverse()
@@ -592,8 +622,8 @@ class SqliteHotStore:
         return [r[0] for r in self._reader().execute("SELECT ticker FROM tickers ORDER BY ticker")]
 
     def count(self, table: str) -> int:
-        """Row count of one table (trades, features, anomalies, correlations); for checks and tests."""
-        if table not in {"trades", "features", "anomalies", "correlations", "outliers"}:
+        """Row count of one table (trades, features, anomalies, correlations, outliers, bars); for checks and tests."""
+        if table not in {"trades", "features", "anomalies", "correlations", "outliers", "bars"}:
             raise InvalidArgument(f"unknown table {table!r}")
         return self._reader().execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 

@@ -1,4 +1,5 @@
-"""Market data: latest trade, aggregations, feature vector, feature history, tickers (hot store, cached)."""
+"""Market data: latest trade, aggregations, feature vector, feature history, one-minute bars, tickers (hot
+store, cached)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from fastapi import APIRouter, Query
 from tradepulse.api import responses as r
 from tradepulse.api.deps import (
     AGGREGATION_TTL_S,
+    BARS_TTL_S,
     FEATURES_TTL_S,
     HISTORY_TTL_S,
     NOT_FOUND,
@@ -74,6 +76,29 @@ def get_history(
         HISTORY_TTL_S,
         produce,
         f"no feature snapshots for ticker {ticker} in the last {minutes} min",
+    )
+
+
+@router.get("/bars/{ticker}", response_model=r.BarsResponse, responses=NOT_FOUND)
+def get_bars(
+    ticker: Ticker,
+    ctx: Context,
+    minutes: Annotated[int, Query(ge=1, le=1440, description="Look-back in minutes (1–1440).")] = 60,
+) -> Any:
+    """Closed one-minute OHLCV bars that started in the last minutes, as columns, oldest first (for
+    candlestick charts). A bar appears once its minute is closed (watermark − 2 s grace past its end).
+    Cached for 5 s."""
+
+    def produce() -> r.BarsResponse | None:
+        # At most a day: always inside the hot store's TTL, so never a cold read.
+        rows = ctx.store.bars(ticker, ctx.now_ms() - minutes * 60_000, limit=minutes)
+        return r.bars_from_rows(ticker, minutes, rows) if rows else None
+
+    return ctx.cached(
+        ("bars", ticker, str(minutes)),
+        BARS_TTL_S,
+        produce,
+        f"no bars for ticker {ticker} in the last {minutes} min",
     )
 
 

@@ -8,7 +8,8 @@
   const color = (name) => css.getPropertyValue(name).trim();
 
   const state = { ticker: null, tickers: [], tick: 0, lastOk: null, errors: 0 };
-  const charts = { price: null, z: null };
+  const charts = { price: null, z: null, candles: null, volume: null };
+  const BAR_MINUTES = 60;
   // Exposed for the browser test and for debugging in the console.
   window.tradepulse = { state, charts };
 
@@ -109,6 +110,105 @@
       cursor: { drag: { x: false, y: false } },
     };
     return new uPlot(opts, [[], []], el);
+  }
+
+  // Candlesticks: uPlot has no candlestick series, so the open/high/low/close series carry the data
+  // (legend, scales, cursor) without paths and a draw hook paints a wick and a body per bar.
+  function drawCandles(u) {
+    const [xs, open, high, low, close] = u.data;
+    if (!xs || xs.length === 0) return;
+    const ctx = u.ctx;
+    const step = xs.length > 1 ? (xs[xs.length - 1] - xs[0]) / (xs.length - 1) : 60;
+    const px = Math.abs(u.valToPos(xs[0] + step, "x", true) - u.valToPos(xs[0], "x", true));
+    const bodyWidth = Math.max(1, Math.min(14, px * 0.6));
+    ctx.save();
+    for (let i = 0; i < xs.length; i++) {
+      if (open[i] === null || close[i] === null) continue; // no open/close-eligible trade that minute
+      const x = Math.round(u.valToPos(xs[i], "x", true)); // xs are the minutes' centres
+      const up = close[i] >= open[i];
+      ctx.strokeStyle = ctx.fillStyle = up ? color("--good") : color("--bad");
+      if (high[i] !== null && low[i] !== null) {
+        ctx.beginPath();
+        ctx.lineWidth = 1;
+        ctx.moveTo(x, u.valToPos(high[i], "y", true));
+        ctx.lineTo(x, u.valToPos(low[i], "y", true));
+        ctx.stroke();
+      }
+      const top = u.valToPos(Math.max(open[i], close[i]), "y", true);
+      const bottom = u.valToPos(Math.min(open[i], close[i]), "y", true);
+      ctx.fillRect(x - bodyWidth / 2, top, bodyWidth, Math.max(1, bottom - top));
+    }
+    ctx.restore();
+  }
+
+  // Both bar charts span whole minutes: from the first bar's start to the last one's end.
+  const minuteRange = (u, min, max) => (min === null ? [min, max] : [min - 30, max + 30]);
+
+  function makeCandleChart(el) {
+    const hidden = (label) => ({ label, paths: () => null, points: { show: false }, value: (u, v) => fmt(v) });
+    const opts = {
+      width: chartWidth(el),
+      height: 260,
+      scales: { x: { time: true, range: minuteRange } },
+      series: [
+        { value: (u, v) => (v === null || v === undefined ? "–" : timeOf(v * 1000)) },
+        hidden("Open"),
+        hidden("High"),
+        hidden("Low"),
+        hidden("Close"),
+        { label: "VWAP", stroke: color("--vwap1"), width: 1, points: { show: false }, value: (u, v) => fmt(v) },
+      ],
+      axes: [timeAxis(), Object.assign(axis(), { size: 70, values: (u, vals) => vals.map((v) => fmt(v)) })],
+      legend: { live: true },
+      cursor: { drag: { x: false, y: false } },
+      hooks: { draw: [drawCandles] },
+    };
+    return new uPlot(opts, [[], [], [], [], [], []], el);
+  }
+
+  function makeVolumeChart(el) {
+    const opts = {
+      width: chartWidth(el),
+      height: 120,
+      scales: { x: { time: true, range: minuteRange }, y: { range: (u, min, max) => [0, Math.max(1, max)] } },
+      series: [
+        { value: (u, v) => (v === null || v === undefined ? "–" : timeOf(v * 1000)) },
+        {
+          label: "Volume",
+          stroke: color("--z"),
+          fill: "rgba(88,166,255,0.45)",
+          width: 1,
+          paths: uPlot.paths.bars({ size: [0.6, 14] }),
+          points: { show: false },
+          value: (u, v) => fmt(v, 0),
+        },
+      ],
+      axes: [timeAxis(), Object.assign(axis(), { size: 70, values: (u, vals) => vals.map((v) => fmt(v, 0)) })],
+      legend: { live: true },
+      cursor: { drag: { x: false, y: false } },
+    };
+    return new uPlot(opts, [[], []], el);
+  }
+
+  function renderBars(bars) {
+    const empty = !bars || bars.start_ms.length === 0;
+    $("bars-empty").hidden = !empty;
+    if (empty) {
+      charts.candles.setData([[], [], [], [], [], []]);
+      charts.volume.setData([[], []]);
+      $("bars-caption").textContent = "";
+      return;
+    }
+    const xs = bars.start_ms.map((ms) => ms / 1000 + 30); // each bar at the centre of its minute
+    charts.candles.setData([xs, bars.open, bars.high, bars.low, bars.close, bars.vwap]);
+    charts.volume.setData([xs, bars.volume]);
+    for (const chart of [charts.candles, charts.volume]) {
+      if (chart.cursor.idx === null || chart.cursor.idx === undefined) chart.setLegend({ idx: xs.length - 1 });
+    }
+    const last = bars.start_ms.length - 1;
+    $("bars-caption").textContent =
+      `· last ${bars.minutes} min, ${bars.start_ms.length} bars · latest ${timeOf(bars.start_ms[last])} ` +
+      `(${bars.session[last].replace("_", "-")})`;
   }
 
   function nearestIndex(xs, x) {
@@ -317,7 +417,7 @@
       if (state.tick % TICKERS_EVERY === 0 || !state.ticker) await refreshTickers();
       state.tick += 1;
       const t = state.ticker ? encodeURIComponent(state.ticker) : null;
-      const [health, quote, agg, features, hist, anomalies, sentiment] = await Promise.all([
+      const [health, quote, agg, features, hist, anomalies, sentiment, bars] = await Promise.all([
         getJSON("/health"),
         t ? getJSON(`/quotes/${t}`) : null,
         t ? getJSON(`/aggregations/${t}`) : null,
@@ -325,6 +425,7 @@
         t ? getJSON(`/history/${t}?minutes=15`) : null,
         t ? getJSON(`/anomalies/${t}?hours=24`) : null,
         t ? getJSON(`/sentiment/${t}?hours=24`) : null,
+        t ? getJSON(`/bars/${t}?minutes=${BAR_MINUTES}`) : null,
       ]);
       renderHealth(health);
       renderKpis(quote, agg, features);
@@ -334,6 +435,7 @@
         renderTickers();
       }
       renderHistory(hist, anomalies);
+      renderBars(bars);
       renderAnomalies(anomalies);
       renderNews(sentiment);
       state.lastOk = Date.now();
@@ -352,6 +454,8 @@
     for (const [chart, id] of [
       [charts.price, "price-chart"],
       [charts.z, "z-chart"],
+      [charts.candles, "candle-chart"],
+      [charts.volume, "volume-chart"],
     ]) {
       if (chart) chart.setSize({ width: chartWidth($(id)), height: chart.height });
     }
@@ -359,6 +463,8 @@
 
   charts.price = makePriceChart($("price-chart"));
   charts.z = makeZChart($("z-chart"));
+  charts.candles = makeCandleChart($("candle-chart"));
+  charts.volume = makeVolumeChart($("volume-chart"));
   window.addEventListener("resize", resize);
   refresh();
   setInterval(refresh, REFRESH_MS);
