@@ -13,9 +13,10 @@ the stores compute from raw samples uses it:
 
 The same write latencies feed backpressure and `write_p99_ms` (the runner records each write in both),
 so the two differ only by their windows. With n ≤ 100 samples the p99 is the largest sample.
-End-to-end latencies are the exception: they are recorded into an HDR histogram (`tradepulse.bus.status`
-`e2e_percentiles`), which answers percentiles from its buckets (3 significant digits) rather than from
-raw samples, because they are far too many to keep.
+Per-record and per-stage latencies (end-to-end included) are the exception in what they keep, not in the
+definition: they are counted into log-bucketed histograms (`tradepulse.bus.stages`, buckets 0.1 % wide)
+because they are far too many to keep, and the same nearest rank (`nearest_rank_index`) is taken over the
+bucketed samples.
 """
 
 from __future__ import annotations
@@ -24,10 +25,14 @@ import math
 from collections.abc import Iterable
 
 
+def nearest_rank_index(n: int, q: float) -> int:
+    """The 0-based index, in n ordered samples (n ≥ 1), of their q-th percentile by nearest rank."""
+    return max(0, math.ceil(q * n / 100) - 1)
+
+
 def nearest_rank(samples: Iterable[float], q: float) -> float:
     """The q-th percentile (0 < q ≤ 100) by nearest rank; 0.0 when there are no samples."""
     ordered = sorted(samples)
     if not ordered:
         return 0.0
-    rank = max(0, math.ceil(q * len(ordered) / 100) - 1)
-    return float(ordered[rank])
+    return float(ordered[nearest_rank_index(len(ordered), q)])

@@ -29,6 +29,7 @@ class RunnerStatus(BaseModel):
     write_p99_ms: float | None = None
     backpressure_activations: int = 0
     dlq_depth: int = 0
+    e2e_latency_p50_ms: float | None = None
     e2e_latency_p99_ms: float | None = None
     batch_p99_ms: float | None = None
 

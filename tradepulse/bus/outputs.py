@@ -49,6 +49,8 @@ class BatchOutputs:
     anomalies: list[Row] = field(default_factory=list)
     correlations: list[Row] = field(default_factory=list)
     late_events: int = 0
+    #: Milliseconds of the core's own stages (`features`, `anomaly`; see `tradepulse.bus.stages`).
+    stage_ms: dict[str, float] = field(default_factory=dict)
 
 
 def topic_dead_letter(letter: Row) -> Row:

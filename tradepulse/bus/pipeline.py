@@ -9,6 +9,7 @@ rows → columnar batches → `FeatureEngine` (feature snapshots of closed secon
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -114,7 +115,9 @@ class CoreProcessor:
         quotes = batch.quote_columns
         if quotes is None:
             quotes = QuoteColumns.from_records(batch.quotes) if batch.quotes else QuoteColumns.empty()
+        started = time.perf_counter()
         out = self.engine.process(trades, quotes)
+        featured = time.perf_counter()
         if batch.news:
             self.joiner.add_articles(batch.news)
             for row, (partition, offset) in zip(batch.news, batch.news_pos, strict=True):
@@ -133,12 +136,14 @@ class CoreProcessor:
         for row in correlations:
             self._pending_pos.pop(row["correlation_id"], None)
         anomalies: list[dict[str, Any]] = []
+        scoring = time.perf_counter()
         # Rebuilds score too (outputs discarded): the restored models replay from their checkpoints;
         # rows below a model's restored offset are ignored by the detector.
         if len(out.per_trade["ts_ms"]):
             anomalies = self.detector.score(out.per_trade | _positions(trades, batch, out))
         for checkpoint in self.detector.take_checkpoints():
             self.checkpoints.save(checkpoint)
+        scored = time.perf_counter()
         if not emit:
             return BatchOutputs()
         return BatchOutputs(
@@ -146,6 +151,7 @@ class CoreProcessor:
             anomalies=anomalies,
             correlations=correlations,
             late_events=len(out.late_event_ids),
+            stage_ms={"features": (featured - started) * 1000, "anomaly": (scored - scoring) * 1000},
         )
 
     def close(self) -> None:

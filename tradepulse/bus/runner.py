@@ -1,6 +1,7 @@
 """The exactly-once micro-batch runner: Kafka inputs → pure core → sinks → Kafka outputs → cold archive.
 
-Loop, per micro-batch (at most `batch_max_messages` or `batch_max_wait_ms`):
+Loop, per micro-batch (what the consumer has queued, at most `batch_max_messages`, taken as soon as
+there is a first message: `_next_batch`):
 
 1. `consumer.consume()` from the input topics market.trades / market.quotes / market.news and from the
    runner's own output topics (below), all read_committed; orjson decode, validation; invalid input
@@ -87,6 +88,7 @@ from tradepulse.bus.outputs import (
     split_outputs,
 )
 from tradepulse.bus.rebuild import decode_pending, encode_pending, plan_rebuild, read_plan
+from tradepulse.bus.stages import record_arrivals
 from tradepulse.bus.status import RunnerMetrics, publish_status, status_path
 from tradepulse.bus.watchdog import Watchdog
 from tradepulse.config import Settings
@@ -277,11 +279,10 @@ class Runner:
                 on_revoke=self._on_revoke,
                 on_lost=self._on_lost,
             )
-            timeout = self.settings.batch_max_wait_ms / 1000
             while not self._stop.is_set():
-                messages = self.consumer.consume(self.settings.batch_max_messages, timeout)
+                messages, wait_ms = self._next_batch()
                 if messages:
-                    self._process(messages)
+                    self._process(messages, wait_ms)
                     if self.backpressure.should_pause():
                         self._pause()
                 self._maybe_status()
@@ -292,6 +293,31 @@ class Runner:
         finally:
             self._shutdown(clean)
         return self.metrics
+
+    def _next_batch(self) -> tuple[list[Message], float]:
+        """The next micro-batch and how long it waited to be gathered (ms, the `batch_wait` stage).
+
+        Adaptive: whatever the consumer has queued is taken at once, up to `batch_max_messages`. When
+        caught up that is a small batch, taken as soon as its first message arrives (no batch wait); under
+        backlog the queue is full and the batches are large. `batch_linger_ms` > 0 waits that long for
+        more after the first message (fewer, larger batches: fewer transactions at a latency cost); it is
+        what a plain `consume(batch_max_messages, timeout)` did before. Idle, it blocks up to
+        `batch_max_wait_ms` for a first message (the loop then writes the status and checks for a stop)."""
+        consumer = self.consumer
+        assert consumer is not None
+        most = self.settings.batch_max_messages
+        messages = consumer.consume(most, 0)
+        if not messages:
+            first = consumer.poll(self.settings.batch_max_wait_ms / 1000)
+            if first is None:
+                return [], 0.0
+            # Whatever arrived with it (one fetch response fills the queue at once).
+            messages = [first, *consumer.consume(most - 1, 0)]
+        gathered = time.perf_counter()
+        linger = self.settings.batch_linger_ms / 1000
+        if linger > 0 and len(messages) < most:
+            messages += consumer.consume(most - len(messages), linger)
+        return messages, (time.perf_counter() - gathered) * 1000
 
     def _shutdown(self, clean: bool) -> None:
         if clean:
@@ -497,8 +523,9 @@ class Runner:
 
     # --- one batch ----------------------------------------------------------------------------------
 
-    def _process(self, messages: list[Message]) -> None:
+    def _process(self, messages: list[Message], wait_ms: float = 0.0) -> None:
         started = time.perf_counter()
+        consumed_us = time.time_ns() // 1000
         valid = []
         for message in messages:
             error = message.error()
@@ -515,15 +542,20 @@ class Runner:
         # A batch of archived outputs only has nothing for the core and the hot store.
         outputs = self.processor.process(batch, emit=True) if len(batch) else BatchOutputs()
         processed = time.perf_counter()
-        dead_letters = self._write_sinks(batch, outputs) if len(batch) else []
+        stage_ms = {"batch_wait": wait_ms, "decode": (decoded - started) * 1000}
+        stage_ms |= {"core": (processed - decoded) * 1000, **outputs.stage_ms}
+        dead_letters = self._write_sinks(batch, outputs, stage_ms) if len(batch) else []
         if outputs_read:
+            appended = time.perf_counter()
             archive_outputs(self.cold, outputs_read, self._cold_next)
-        written = time.perf_counter()
+            stage_ms["cold_append"] = (
+                stage_ms.get("cold_append", 0.0) + (time.perf_counter() - appended) * 1000
+            )
         if self.commit_watchdog is None:
-            done = self._commit(outputs, dead_letters)
+            done = self._commit(outputs, dead_letters, stage_ms)
         else:
             with self.commit_watchdog.guard("transaction commit"):
-                done = self._commit(outputs, dead_letters)
+                done = self._commit(outputs, dead_letters, stage_ms)
         if not done:
             return  # aborted and rewound: the batch is consumed (and counted) again
         committed = time.perf_counter()
@@ -536,18 +568,18 @@ class Runner:
         self.metrics.late_events += outputs.late_events
         self.metrics.model_version = self.processor.model_version
         self.metrics.record_stages(
-            decode=(decoded - started) * 1000,
-            core=(processed - decoded) * 1000,
-            sinks=(written - processed) * 1000,
-            commit=(committed - written) * 1000,
-            cold_flush=(flushed - committed) * 1000,
+            **stage_ms, cold_flush=(flushed - committed) * 1000, batch=(flushed - started) * 1000
         )
+        record_arrivals(self.metrics.stages, inputs, consumed_us)
         # Events are input messages: the archived outputs are this runner's own records.
         self.metrics.committed(len(inputs), (flushed - started) * 1000)
 
-    def _write_sinks(self, batch: DecodedBatch, outputs: BatchOutputs) -> list[Row]:
+    def _write_sinks(
+        self, batch: DecodedBatch, outputs: BatchOutputs, stage_ms: dict[str, float]
+    ) -> list[Row]:
         """Write the sinks; returns every dead letter of the batch (input and hot-store failures), which
-        is in the DLQ store now and goes to market.dead-letters with the batch's transaction."""
+        is in the DLQ store now and goes to market.dead-letters with the batch's transaction. Adds the
+        hot_write and cold_append times to `stage_ms`."""
         dead = list(batch.dead_letters)
         write_started = time.perf_counter()
         try:
@@ -565,7 +597,8 @@ class Runner:
         else:
             # The trades are in the hot store now: end-to-end latency from WebSocket receive.
             self.metrics.record_e2e(batch.trades)
-        latency_ms = (time.perf_counter() - write_started) * 1000
+        written = time.perf_counter()
+        latency_ms = (written - write_started) * 1000
         self.metrics.write_ms.append(latency_ms)
         self.backpressure.record(latency_ms)
         for topic, rows, positions, columns in (
@@ -581,6 +614,8 @@ class Runner:
                 )
         if dead:
             self.sink_retry(lambda: self.dlq.put(dead))
+        stage_ms["hot_write"] = latency_ms
+        stage_ms["cold_append"] = (time.perf_counter() - written) * 1000
         return dead
 
     @staticmethod
@@ -605,14 +640,16 @@ class Runner:
                 )
         return letters
 
-    def _commit(self, outputs: BatchOutputs, dead_letters: list[Row]) -> bool:
+    def _commit(self, outputs: BatchOutputs, dead_letters: list[Row], stage_ms: dict[str, float]) -> bool:
         """Produce the outputs and commit them with the offsets; False if the transaction was aborted
-        (and the runner rewound)."""
+        (and the runner rewound). Adds the produce and commit times to `stage_ms`."""
         producer, consumer = self.producer, self.consumer
         assert producer is not None and consumer is not None
+        started = time.perf_counter()
         producer.begin_transaction()
         try:
             produce_outputs(producer, outputs, dead_letters)
+            produced = time.perf_counter()
             positions = self._with_pending(
                 [tp for tp in consumer.position(consumer.assignment()) if tp.offset >= 0]
             )
@@ -621,6 +658,8 @@ class Runner:
                 lambda: producer.send_offsets_to_transaction(positions, metadata, 30), "send offsets"
             )
             retry_transactional(lambda: producer.commit_transaction(60), "commit")
+            stage_ms["produce"] = (produced - started) * 1000
+            stage_ms["commit"] = (time.perf_counter() - produced) * 1000
         except KafkaException as exc:
             error = exc.args[0]
             if not error.txn_requires_abort():
