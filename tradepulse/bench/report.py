@@ -424,10 +424,14 @@ base with a 4-minute time constant)
 → `tradepulse ingest` → Kafka (local KRaft broker, 6 partitions) → `tradepulse process` (the
 exactly-once runner: features, news join, SQLite hot store, Parquet cold store, output topics in
 transactions). End-to-end latency is per trade, from the ingest's WebSocket receive (`received_ts_us`)
-to the runner's hot-store commit, recorded in an HDR histogram by the runner (strided sample of ≤ 256
-trades per batch, each weighted by the stride). Lag and throughput come from the broker (high
-watermarks vs the runner group's committed offsets); loss is reconciled against the simulator's sent
-counters. Phase 2 drains the same pre-filled `market.trades` with our runner and with the
+to the runner's hot-store commit, recorded in a log-bucketed histogram by the runner (strided sample of
+≤ 256 trades per batch, each weighted by the stride); the runner times every stage the same way
+(`tradepulse.bus.stages`: ingest, kafka, batch wait, decode, features, anomaly, core, hot write, cold
+append, produce, commit, cold flush; the stage breakdown below), and the simulator records how far it
+fell behind its own schedule (publish delay). Lag and throughput come from the broker (the runner
+group's committed offsets, then the high watermarks, in that order so the lag is never negative); loss
+is reconciled against the simulator's sent counters. `--variant NAME:KEY=VALUE` runs more runners with
+other settings under the same load (each its own consumer group) and compares them. Phase 2 drains the same pre-filled `market.trades` with our runner and with the
 faust-streaming and Quix Streams peers (`benchmarks/peers/`, same feature set, each in its own
 process, from the earliest offset with its own consumer group).
 
