@@ -408,7 +408,7 @@ def plot_stages(results: dict[str, Any], ax: Any) -> None:
     ax.set_xticks(range(len(labels)), labels)
     ax.set_ylabel("ms")
     ax.set_title("stage breakdown of e2e latency (stacked per-stage percentiles; black: e2e measured)")
-    ax.legend(loc="upper left", fontsize=8, ncol=4)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     ax.grid(alpha=0.3, axis="y")
 
 

@@ -54,6 +54,10 @@ revocation it only flushes the cold store: every batch is already committed when
 runs the callback starts. Lost partitions (session timeout) are another member's already: their buffered
 cold rows are dropped, never written.
 
+Every stage of a batch (batch wait, decode, core, hot write, cold append, produce, commit, cold flush)
+and the per-record ingest, Kafka and end-to-end latencies are recorded into `tradepulse.bus.stages`'
+histograms (`RunnerMetrics.stages`), which the heartbeat publishes.
+
 What a batch produces and how it is produced, retried and archived back is in `tradepulse.bus.outputs`;
 the rebuild's reading in `tradepulse.bus.rebuild`. Why the rest is one module of this size: the
 loop, the transaction boundaries, the rewind and the rebalance callbacks share the consumer, the

@@ -33,6 +33,7 @@ bucketed samples, reported as the bucket's geometric middle (within 0.05 % of th
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -219,15 +220,19 @@ class StageTimes:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.hist = {stage: WindowedHistogram(clock) for stage in STAGES}
+        # The runner records, while a progress thread (`tradepulse process`) may read a summary.
+        self._lock = threading.Lock()
 
     def record_batch(self, **ms: float) -> None:
         """One batch's time per stage (ms; names from BATCH_STAGES)."""
-        for stage, value in ms.items():
-            self.hist[stage].record(value * 1000)
+        with self._lock:
+            for stage, value in ms.items():
+                self.hist[stage].record(value * 1000)
 
     def record_latencies(self, stage: str, us: np.ndarray, weight: int = 1) -> None:
         """Per-record latencies (µs) of one batch, each standing for `weight` records."""
-        self.hist[stage].record_many(us, weight)
+        with self._lock:
+            self.hist[stage].record_many(us, weight)
 
     def summary(self, *, last_minute: bool = False) -> dict[str, dict[str, float]]:
         """Per stage: count, p50/p90/p99/p99.9, max and total ms (the run, or the last minute)."""
@@ -238,11 +243,12 @@ class StageTimes:
         """(the run, the last minute), as `summary`, merging each stage's slots once."""
         run: dict[str, dict[str, float]] = {}
         minute: dict[str, dict[str, float]] = {}
-        for stage, h in self.hist.items():
-            merged = h.last_minute()
-            minute[stage] = merged.summary_ms()
-            merged.add(h.retired)
-            run[stage] = merged.summary_ms()
+        with self._lock:
+            for stage, h in self.hist.items():
+                merged = h.last_minute()
+                minute[stage] = merged.summary_ms()
+                merged.add(h.retired)
+                run[stage] = merged.summary_ms()
         return run, minute
 
 

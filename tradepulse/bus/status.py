@@ -82,10 +82,6 @@ class RunnerMetrics:
         """Account the time of each stage of one batch (ms; names from `stages.BATCH_STAGES`)."""
         self.stages.record_batch(**ms)
 
-    def stage_percentiles(self, q: float) -> dict[str, float]:
-        """The q-th percentile of each stage over the run (ms)."""
-        return {stage: round(h.run.percentile_us(q) / 1000, 3) for stage, h in self.stages.hist.items()}
-
     def record_e2e(self, trades: Sequence[Mapping[str, Any]], now_us: int | None = None) -> None:
         """Record now − received_ts_us for a batch of trades just committed to the hot store (a strided
         sample of at most E2E_SAMPLES_PER_BATCH of them, each weighted by the stride)."""
