@@ -6,6 +6,7 @@ an explicit setting). Timings are never asserted as goals here, only what the se
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import orjson
 import pytest
@@ -79,3 +80,22 @@ def test_a_caught_up_runner_waits_for_more_only_with_a_linger(
         assert wait["max"] < 5.0  # no consume call after the first message: bookkeeping only
     else:
         assert wait["p50"] >= linger_ms * 0.99
+
+
+def test_a_runner_behind_by_more_than_a_batch_waits_to_fill_it(tmp_path: Path) -> None:
+    """The linger `_next_batch` applies: none when caught up, the backlog linger when behind by more than
+    a batch (from the lag of the last status), and `batch_linger_ms` whenever it is the longer."""
+    settings = Settings(data_dir=tmp_path, batch_max_messages=1000, batch_backlog_linger_ms=20)
+    runner = build_runner(settings, instance="linger")
+    assert runner._linger_s() == 0.0
+    runner.metrics.consumer_lag = 1000
+    assert runner._linger_s() == 0.0  # one batch behind: the next batch takes it all anyway
+    runner.metrics.consumer_lag = 1001
+    assert runner._linger_s() == 0.020
+    longer = build_runner(settings.model_copy(update={"batch_linger_ms": 30}), instance="longer")
+    assert longer._linger_s() == 0.030
+    longer.metrics.consumer_lag = 50_000
+    assert longer._linger_s() == 0.030
+    never = build_runner(settings.model_copy(update={"batch_backlog_linger_ms": 0}), instance="never")
+    never.metrics.consumer_lag = 50_000
+    assert never._linger_s() == 0.0

@@ -15,7 +15,7 @@ batch's records, each sample weighted by the stride). Stages, in the order a tra
 | `anomaly` | anomaly scoring (batched Isolation Forest) and its checkpoints | batch |
 | `core` | the whole core: features + anomaly + news join | batch |
 | `hot_write` | hot-store `write_batch` (with its retries) | batch |
-| `cold_append` | cold-store buffering of the batch's rows (and the archived outputs) | batch |
+| `cold_append` | cold-store buffering of the batch's rows and archived outputs (and the DLQ put of its dead letters, if any) | batch |
 | `produce` | producing the outputs into the transaction | batch |
 | `commit` | `send_offsets_to_transaction` + `commit_transaction` | batch |
 | `cold_flush` | the cold store's periodic flush after the commit | batch |
