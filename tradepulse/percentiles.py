@@ -7,7 +7,7 @@ the stores compute from raw samples uses it:
 - backpressure (`tradepulse.bus.backpressure`): p99 of the hot-store write latencies since the last
   pause, at most the last 20; above `backpressure_latency_ms` consumption pauses;
 - the runner status (`tradepulse.bus.status`: `write_p99_ms`, the one /health, /metrics and CloudWatch
-  report, over the last 256 writes; batch and per-stage p50/p99 over the last 2,048 batches);
+  report, over the last 256 writes; batch p50/p99 over the last 2,048 batches);
 - a hot store's own `write_latency_p99_ms` (/health's fallback when no runner reports), its last 256
   writes.
 
