@@ -39,6 +39,7 @@ from tradepulse.bench import drain
 from tradepulse.bench.harness import child_env, profile_summary
 from tradepulse.bus.admin import recreate_topics
 from tradepulse.bus.local_kafka import LocalKafka
+from tradepulse.bus.stages import BATCH_PARTS
 from tradepulse.config import Settings, get_settings
 
 SPY_RATE_HZ = 100
@@ -127,12 +128,12 @@ def describe(result: dict[str, Any]) -> str:
         f"{result.get('refit_wait_s', 0.0):.2f} s in all ({result.get('refit_wait_s', 0.0) * 1000 / max(span_ms, 1e-9):.1%} of the drain)",
     ]
     shares = []
-    for stage, samples in result.get("stage_ms", {}).items():
-        values = np.asarray(samples[1:] or [0.0])
-        shares.append(
-            f"{stage} {values.sum() / span_ms:5.1%} (p50 {np.percentile(values, 50):.1f} / "
-            f"p99 {np.percentile(values, 99):.1f} ms)"
-        )
+    for stage, summary in result.get("stages_ms", {}).items():
+        if stage in BATCH_PARTS and summary["count"]:
+            shares.append(
+                f"{stage} {summary['total'] / span_ms:5.1%} (p50 {summary['p50']:.1f} / "
+                f"p99 {summary['p99']:.1f} ms)"
+            )
     shares.append(f"between batches {between / span_ms:5.1%}")
     parts.append("    share of wall: " + ", ".join(shares))
     return "\n".join(parts)

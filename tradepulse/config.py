@@ -132,6 +132,18 @@ class Settings(BaseSettings):
     consumer_group: str = "tradepulse-processor"
     batch_max_messages: int = 5000
     batch_max_wait_ms: int = 10
+    batch_linger_ms: int = Field(
+        default=0,
+        ge=0,
+        description="After a batch's first message, wait this long for more (0 = take what is queued at once: "
+        "small batches when caught up, up to batch_max_messages under backlog).",
+    )
+    batch_backlog_linger_ms: int = Field(
+        default=10,
+        ge=0,
+        description="While the runner is behind by more than batch_max_messages, wait up to this long to fill "
+        "a batch (fewer transaction commits when throughput matters; 0 = never).",
+    )
     late_grace_ms: int = 2000
     zscore_bucket_ms: int = 1000
     zscore_window_buckets: int = 300

@@ -7,15 +7,16 @@ the stores compute from raw samples uses it:
 - backpressure (`tradepulse.bus.backpressure`): p99 of the hot-store write latencies since the last
   pause, at most the last 20; above `backpressure_latency_ms` consumption pauses;
 - the runner status (`tradepulse.bus.status`: `write_p99_ms`, the one /health, /metrics and CloudWatch
-  report, over the last 256 writes; batch and per-stage p50/p99 over the last 2,048 batches);
+  report, over the last 256 writes; batch p50/p99 over the last 2,048 batches);
 - a hot store's own `write_latency_p99_ms` (/health's fallback when no runner reports), its last 256
   writes.
 
 The same write latencies feed backpressure and `write_p99_ms` (the runner records each write in both),
 so the two differ only by their windows. With n ≤ 100 samples the p99 is the largest sample.
-End-to-end latencies are the exception: they are recorded into an HDR histogram (`tradepulse.bus.status`
-`e2e_percentiles`), which answers percentiles from its buckets (3 significant digits) rather than from
-raw samples, because they are far too many to keep.
+Per-record and per-stage latencies (end-to-end included) are the exception in what they keep, not in the
+definition: they are counted into log-bucketed histograms (`tradepulse.bus.stages`, buckets 0.1 % wide)
+because they are far too many to keep, and the same nearest rank (`nearest_rank_index`) is taken over the
+bucketed samples.
 """
 
 from __future__ import annotations
@@ -24,10 +25,14 @@ import math
 from collections.abc import Iterable
 
 
+def nearest_rank_index(n: int, q: float) -> int:
+    """The 0-based index, in n ordered samples (n ≥ 1), of their q-th percentile by nearest rank."""
+    return max(0, math.ceil(q * n / 100) - 1)
+
+
 def nearest_rank(samples: Iterable[float], q: float) -> float:
     """The q-th percentile (0 < q ≤ 100) by nearest rank; 0.0 when there are no samples."""
     ordered = sorted(samples)
     if not ordered:
         return 0.0
-    rank = max(0, math.ceil(q * len(ordered) / 100) - 1)
-    return float(ordered[rank])
+    return float(ordered[nearest_rank_index(len(ordered), q)])

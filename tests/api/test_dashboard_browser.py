@@ -4,9 +4,11 @@ A screenshot is saved to test-artifacts/dashboard.png."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from tests.api.conftest import filled_store, heartbeat
 from tests.api.market import Market, trade
 from tests.paths import REPO_ROOT
 from tradepulse.api.app import create_app
+from tradepulse.bus.status import RunnerMetrics, status_path, write_json_atomic
 from tradepulse.config import Settings
 from tradepulse.stores.sqlite_hot import SqliteHotStore
 
@@ -188,3 +191,34 @@ def test_dashboard_renders_live_data_in_chromium(
         finally:
             context.close()
     assert not errors, errors
+
+
+@pytest.mark.kafka
+@pytest.mark.browser
+def test_dashboard_shows_the_runners_own_e2e_latency(
+    served: tuple[str, SqliteHotStore, Market, Settings],
+) -> None:
+    """The "End-to-end p99" tile from the heartbeat the runner itself writes (`RunnerMetrics`), not a
+    hand-made one: before issue 19 it showed "–" in every normal run."""
+    executable = chromium_path()
+    if executable is None:
+        pytest.skip("Debian chromium not found (install it with `make browser` / scripts/install_browser.sh)")
+    from playwright.sync_api import sync_playwright
+
+    base_url, _, _, settings = served
+    metrics = RunnerMetrics()
+    now_us = time.time_ns() // 1000
+    metrics.record_e2e([{"received_ts_us": now_us - ms * 1000} for ms in range(1, 101)], now_us=now_us)
+    metrics.committed(events=100, batch_ms=2.5)
+    write_json_atomic(status_path(settings.data_dir), metrics.snapshot())
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page()
+            page.goto(f"{base_url}/#AAPL")
+            page.wait_for_function(
+                "() => document.getElementById('h-e2e').textContent !== '–'", timeout=15_000
+            )
+            assert re.fullmatch(r"99\.\d ms \(p50 50\.\d\)", page.inner_text("#h-e2e"))
+        finally:
+            browser.close()

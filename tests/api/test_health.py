@@ -14,6 +14,7 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 from fastapi.testclient import TestClient
 from moto import mock_aws
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.api.conftest import FakeClock, heartbeat
 from tradepulse.api.app import create_app
@@ -99,6 +100,29 @@ def test_reads_the_runners_own_status_document(live: TestClient, live_settings: 
     runner = body["components"]["runner"]["metrics"]
     assert runner["events_processed"] == 500 and runner["dlq_depth"] == 1
     assert runner["backpressure_activations"] == 4
+
+
+@pytest.mark.kafka
+def test_the_runners_e2e_latency_of_the_last_minute_is_on_health_and_metrics(
+    live: TestClient, live_settings: Settings
+) -> None:
+    # The runner's own document again: e2e percentiles are there in every run, not only under the bench
+    # (before issue 19 the runner wrote none, and /health, /metrics and the dashboard showed nothing).
+    metrics = RunnerMetrics()
+    now_us = time.time_ns() // 1000
+    metrics.record_e2e([{"received_ts_us": now_us - ms * 1000} for ms in range(1, 101)], now_us=now_us)
+    metrics.committed(events=100, batch_ms=2.5)
+    write_json_atomic(status_path(live_settings.data_dir), metrics.snapshot())
+    runner = live.get("/health").json()["components"]["runner"]["metrics"]
+    assert runner["e2e_latency_p50_ms"] == pytest.approx(50, rel=0.001)
+    assert runner["e2e_latency_p99_ms"] == pytest.approx(99, rel=0.001)
+    samples = {
+        s.name: s.value
+        for family in text_string_to_metric_families(live.get("/metrics").text)
+        for s in family.samples
+    }
+    assert samples["tradepulse_e2e_latency_p50_seconds"] == pytest.approx(0.050, rel=0.001)
+    assert samples["tradepulse_e2e_latency_p99_seconds"] == pytest.approx(0.099, rel=0.001)
 
 
 @pytest.mark.kafka

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from tradepulse.cli.bench import parse_variant
 from tradepulse.cli.main import cli
 
 
@@ -33,3 +34,16 @@ def test_bench_imports_no_checkout_module(tmp_path: Path) -> None:
         "assert 'scripts' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, timeout=120)
+
+
+def test_variants_are_parsed_and_malformed_ones_rejected_before_anything_starts(tmp_path: Path) -> None:
+    assert parse_variant("linger10:TRADEPULSE_BATCH_LINGER_MS=10,TRADEPULSE_BATCH_MAX_MESSAGES=500") == (
+        "linger10",
+        {"TRADEPULSE_BATCH_LINGER_MS": "10", "TRADEPULSE_BATCH_MAX_MESSAGES": "500"},
+    )
+    for bad in ("linger10", "linger10:", "x:KEY", "not a name:K=V", ":K=V"):
+        result = CliRunner().invoke(
+            cli, ["bench", "--no-peers", "--variant", bad, "--out", str(tmp_path / "out")]
+        )
+        assert result.exit_code != 0 and "NAME:KEY=VALUE" in result.output, bad
+        assert not (tmp_path / "out").exists()

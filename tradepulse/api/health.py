@@ -17,7 +17,8 @@ object describing itself (`tradepulse.bus.status.RunnerMetrics.snapshot()` build
       "unknown_conditions": 0,          # optional: trades with an unknown condition code, since start
       "dlq_depth": 0,                   # dead letters pending
       "batch_p99_ms": 9.0,              # optional: one micro-batch, p99
-      "e2e_latency_p99_ms": 85.0,       # optional: receive → hot store, p99
+      "e2e_latency_p50_ms": 12.0,       # optional: WebSocket receive → hot-store commit, p50 and p99
+      "e2e_latency_p99_ms": 85.0,       #   of the trades of the last minute (null: none in that minute)
       "outliers": {"above_band": 2},    # optional: suspect trades flagged per reason, since start
       ...                               # any other fields: accepted and ignored
     }
@@ -153,6 +154,7 @@ def combine(views: list[RunnerView]) -> RunnerStatus | None:
         backpressure_activations=sum(s.backpressure_activations for s in basis),
         unknown_conditions=sum(s.unknown_conditions for s in basis),
         dlq_depth=max(s.dlq_depth for s in basis),
+        e2e_latency_p50_ms=worst([s.e2e_latency_p50_ms for s in basis]),
         e2e_latency_p99_ms=worst([s.e2e_latency_p99_ms for s in basis]),
         batch_p99_ms=worst([s.batch_p99_ms for s in basis]),
         outliers={
@@ -303,6 +305,7 @@ def runner_summary(views: list[RunnerView], status: RunnerStatus, now: float) ->
         "events_per_s": status.events_per_s,
         "backpressure_activations": status.backpressure_activations,
         "dlq_depth": status.dlq_depth,
+        "e2e_latency_p50_ms": status.e2e_latency_p50_ms,
         "e2e_latency_p99_ms": status.e2e_latency_p99_ms,
         "batch_p99_ms": status.batch_p99_ms,
         "runners_live": sum(1 for v in views if v.state != "missing"),

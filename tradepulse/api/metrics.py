@@ -79,9 +79,14 @@ class PipelineCollector(Collector):
                 max(0.0, time.time() - status.last_commit_at),
             ),
         }
+        if status.e2e_latency_p50_ms is not None:
+            gauges["tradepulse_e2e_latency_p50_seconds"] = (
+                "p50 latency from WebSocket receive to hot-store commit, trades of the last minute.",
+                status.e2e_latency_p50_ms / 1000,
+            )
         if status.e2e_latency_p99_ms is not None:
             gauges["tradepulse_e2e_latency_p99_seconds"] = (
-                "p99 latency from receive to hot store.",
+                "p99 latency from WebSocket receive to hot-store commit, trades of the last minute.",
                 status.e2e_latency_p99_ms / 1000,
             )
         if status.batch_p99_ms is not None:

@@ -30,6 +30,7 @@ class RunnerStatus(BaseModel):
     backpressure_activations: int = 0
     unknown_conditions: int = 0
     dlq_depth: int = 0
+    e2e_latency_p50_ms: float | None = None
     e2e_latency_p99_ms: float | None = None
     batch_p99_ms: float | None = None
     outliers: dict[str, int] = Field(default_factory=dict)  # suspect trades flagged per reason, since start

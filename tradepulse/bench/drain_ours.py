@@ -64,9 +64,10 @@ def main(expect: int, result: Path, cprofile: Path | None) -> None:
             "cpu_s": marks.get("last_cpu_s", 0.0) - marks.get("first_cpu_s", 0.0),
             "outputs": metrics.outputs_produced,
             "batches": metrics.batches,
-            # Per batch (the last 2,048): total and per-stage milliseconds, for `scripts/bench_drain.py`.
+            # Per batch (the last 2,048) total milliseconds, and the per-stage histograms' summaries
+            # (count, percentiles, total ms), for `scripts/bench_drain.py`.
             "batch_ms": list(metrics.batch_ms),
-            "stage_ms": {stage: list(samples) for stage, samples in metrics.stage_ms.items()},
+            "stages_ms": metrics.stages.summary(),
             "semantics": "exactly-once (Kafka transactions), hot + cold store writes",
             # Anomaly refits (background) and how often / how long scoring waited for a due one.
             **refits,

@@ -65,6 +65,10 @@ class BenchConfig:
     keep_state: bool = False
     py_spy: bool = False
     """Record a py-spy flame graph of the runner (needs py-spy installed)."""
+    variants: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Extra runners under the same load, name → environment overrides (e.g. TRADEPULSE_BATCH_LINGER_MS):
+    each its own process, consumer group and data dir on the same input topics, so runner settings
+    are compared in one run. They share the CPU (and the output topics) with the main runner."""
     log: Callable[[str], None] = field(default=print, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
@@ -129,6 +133,8 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                 shutil.rmtree(out / "broker", ignore_errors=True)
         if not config.keep_state:
             shutil.rmtree(out / "state", ignore_errors=True)
+            for name in config.variants:
+                shutil.rmtree(out / f"state-{name}", ignore_errors=True)
             shutil.rmtree(out / "drain-state", ignore_errors=True)
     results["finished_at"] = time.time()
     results["loadavg_end"] = list(os.getloadavg())
@@ -156,19 +162,42 @@ def _full_path(config: BenchConfig, settings: Settings, out: Path, broker_pid: i
     status_file = settings.data_dir / STATUS_FILE
     env = child_env(settings, TRADEPULSE_SIMULATOR_WS_PORT=str(ws_port))
 
-    def runner_ready() -> bool:
-        status = _read_json(status_file)
-        return bool(status and status.get("assigned_partitions"))
+    def ready(path: Path) -> Callable[[], bool]:
+        def check() -> bool:
+            status = _read_json(path)
+            return bool(status and status.get("assigned_partitions"))
+
+        return check
 
     supervisor = Supervisor()
+    variant_status = {name: out / f"state-{name}" / STATUS_FILE for name in config.variants}
+    variant_services = [
+        Service(
+            f"processor-{name}",
+            python_command("process", "--progress-s", "10"),
+            ready=ready(variant_status[name]),
+            ready_timeout_s=120,
+            env=child_env(
+                settings.model_copy(
+                    update={
+                        "data_dir": variant_status[name].parent,
+                        "consumer_group": f"{settings.consumer_group}-{name}",
+                    }
+                ),
+                **overrides,
+            ),
+        )
+        for name, overrides in config.variants.items()
+    ]
     services = [
         Service(
             "processor",
             python_command("process", "--progress-s", "10"),
-            ready=runner_ready,
+            ready=ready(status_file),
             ready_timeout_s=120,
             env=env,
         ),
+        *variant_services,
         Service(
             "simulator",
             [
@@ -230,6 +259,13 @@ def _full_path(config: BenchConfig, settings: Settings, out: Path, broker_pid: i
                     "write_p99_ms": status.get("write_p99_ms"),
                     "e2e_window": status.get("e2e_latency_window_ms") or {},
                     "pending_frames": sim.get("pending_frames", 0),
+                    "variants": {
+                        name: {
+                            "runner_events": (v := _read_json(path) or {}).get("events_processed", 0),
+                            "e2e_window": v.get("e2e_latency_window_ms") or {},
+                        }
+                        for name, path in variant_status.items()
+                    },
                 }
             )
             for s in services:
@@ -263,6 +299,7 @@ def _full_path(config: BenchConfig, settings: Settings, out: Path, broker_pid: i
             final_broker = sampler.sample()
         sampler.close()
     final_status = _read_json(status_file) or final_status
+    variants_final = {name: _read_json(path) or {} for name, path in variant_status.items()}
     hot_trades = _hot_store_trades(settings.sqlite_path)
     last = final_broker if final_broker is not None else samples[-1]
     sent_trades, sent_quotes = sim.get("sent_trades", 0), sim.get("sent_quotes", 0)
@@ -289,6 +326,10 @@ def _full_path(config: BenchConfig, settings: Settings, out: Path, broker_pid: i
         "process_summary": procs.summary(),
         "reconcile": reconcile,
         "runner_status": final_status,
+        "variant_status": variants_final,
+        "variant_settings": config.variants,
+        # The simulator's last counters, its publish delay (behind schedule) included.
+        "simulator": sim,
         "runner_profile": profile_summary(out / "runner-profile.txt", rate_hz=50)
         if spy is not None
         else None,

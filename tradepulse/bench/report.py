@@ -12,6 +12,8 @@ import click
 import numpy as np
 import orjson
 
+from tradepulse.bus.stages import BATCH_PARTS, E2E_PARTS, RECORD_STAGES, STAGES
+
 LAG_TARGET_S = 1.0
 BURST_END_S = 60.0  # the market-open plateau ends 60 s after the first event
 
@@ -99,7 +101,11 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
             base = float(rss[int(np.searchsorted(ts, ts[0] + warm_s))])
             rss_drift[name] = (rss[-1] - base) / base * 100 if base else 0.0
     status = fp.get("runner_status", {})
+    runners = {"main": status, **fp.get("variant_status", {})}
     return {
+        "stages_ms": status.get("stages_ms", {}),
+        "publish_delay_ms": (fp.get("simulator") or {}).get("publish_delay_ms", {}),
+        "runners": {name: runner_summary(s) for name, s in runners.items()},
         "workload_s": float(window_s),
         "events_total": int(committed[-1]) if len(committed) else 0,
         "sustained_events_per_s": float(sustained),
@@ -126,6 +132,91 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
             "e2e_p99": [s["e2e_window"].get("p99") for s in samples],
         },
     }
+
+
+def runner_summary(status: dict[str, Any]) -> dict[str, Any]:
+    """One runner's headline latencies from its final status (the run's histograms)."""
+    stages = status.get("stages_ms", {})
+    batch = stages.get("batch", {})
+    batches = status.get("batches", 0)
+    return {
+        "e2e_ms": status.get("e2e_latency_ms", {}),
+        "batch_p50_ms": batch.get("p50"),
+        "batch_p99_ms": batch.get("p99"),
+        "batches": batches,
+        "events": status.get("events_processed", 0),
+        "events_per_batch": status.get("events_processed", 0) / batches if batches else None,
+        "stage_p50_ms": {k: v.get("p50") for k, v in stages.items()},
+        "stage_p99_ms": {k: v.get("p99") for k, v in stages.items()},
+    }
+
+
+def stage_markdown(d: dict[str, Any], fp: dict[str, Any]) -> list[str]:
+    """The stage breakdown table, the publish delay, and the runner variants compared under one load."""
+    stages = d.get("stages_ms") or {}
+    if not stages:
+        return []
+    parts_total = sum(stages.get(stage, {}).get("total", 0.0) for stage in BATCH_PARTS)
+    lines = [
+        "",
+        "#### Stage breakdown (main runner, whole run; `tradepulse.bus.stages`)",
+        "",
+        "| stage | per | count | p50 | p90 | p99 | p99.9 | max (ms) | share of the runner loop |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for stage in STAGES:
+        h = stages.get(stage)
+        if not h:
+            continue
+        share = f"{h['total'] / parts_total:.1%}" if stage in BATCH_PARTS and parts_total else ""
+        lines.append(
+            f"| {stage} | {'record' if stage in RECORD_STAGES else 'batch'} | {_fmt(int(h['count']))} | "
+            f"{_fmt(h['p50'], 2)} | {_fmt(h['p90'], 2)} | {_fmt(h['p99'], 2)} | {_fmt(h['p99_9'], 2)} | "
+            f"{_fmt(h['max'], 1)} | {share} |"
+        )
+    delay = d.get("publish_delay_ms") or {}
+    if delay.get("count"):
+        lines += [
+            "",
+            f"Publish delay (simulator behind its schedule, per block of events, OpenMessaging-style): p50 "
+            f"{_fmt(delay['p50'], 2)} / p99 {_fmt(delay['p99'], 2)} / max {_fmt(delay['max'], 1)} ms "
+            f"over {_fmt(int(delay['count']))} blocks.",
+        ]
+    runners = d.get("runners") or {}
+    if len(runners) > 1:
+        settings = fp.get("variant_settings", {})
+        stage_cols = ("batch_wait", "core", "hot_write", "commit")
+        lines += [
+            "",
+            "#### Runner variants, same load (each its own process and consumer group, all at once)",
+            "",
+            "| runner | settings | e2e p50 / p99 / p99.9 (ms) | batch p50 / p99 (ms) | batches | events/batch | "
+            + " | ".join(f"{c} p50 / p99" for c in stage_cols)
+            + " |",
+            "| --- | --- | --- | --- | --- | --- | " + " | ".join("---" for _ in stage_cols) + " |",
+        ]
+        for name, r in runners.items():
+            e2e = r["e2e_ms"] or {}
+            env = ", ".join(f"{k}={v}" for k, v in settings.get(name, {}).items()) or "defaults"
+            lines.append(
+                f"| {name} | {env} | {_fmt(e2e.get('p50'))} / {_fmt(e2e.get('p99'))} / {_fmt(e2e.get('p99_9'))} | "
+                f"{_fmt(r['batch_p50_ms'])} / {_fmt(r['batch_p99_ms'])} | {_fmt(r['batches'])} | "
+                f"{_fmt(r['events_per_batch'], 0)} | "
+                + " | ".join(
+                    f"{_fmt(r['stage_p50_ms'].get(c), 2)} / {_fmt(r['stage_p99_ms'].get(c), 2)}"
+                    for c in stage_cols
+                )
+                + " |"
+            )
+        main = runners.get("main", {}).get("e2e_ms") or {}
+        for name, r in runners.items():
+            e2e = r["e2e_ms"] or {}
+            if name != "main" and e2e.get("p50") and main.get("p50"):
+                lines.append(
+                    f"\nmain ÷ {name}: e2e p50 {main['p50'] / e2e['p50']:.2f}×, p99 "
+                    f"{main['p99'] / e2e['p99']:.2f}× (below 1: the main runner is faster)."
+                )
+    return lines
 
 
 def write_report(results: dict[str, Any], out: Path) -> None:
@@ -201,6 +292,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
             f"{p['rss_first_mib']:.0f} / {p['rss_last_mib']:.0f} / {p['rss_max_mib']:.0f} | "
             f"{'—' if drift is None else f'{drift:+.1f} %'} |"
         )
+    lines += stage_markdown(d, fp)
     drain = results.get("drain")
     if drain:
         lines += [
@@ -244,7 +336,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     s = results["derived"]["series"]
     t = s["t"]
-    fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(11, 9), sharex=True)
+    fig = plt.figure(figsize=(11, 12))
+    grid = fig.add_gridspec(4, 1, height_ratios=[1, 1, 1, 1.1])
+    ax1 = fig.add_subplot(grid[0])
+    ax2 = fig.add_subplot(grid[1], sharex=ax1)
+    ax3 = fig.add_subplot(grid[2], sharex=ax1)
+    plot_stages(results, fig.add_subplot(grid[3]))
     ax1.plot(t, s["offered_rate"], label="offered (simulator sent)", lw=1)
     ax1.plot(t, s["ingest_rate"], label="ingest → Kafka", lw=1)
     ax1.plot(t, s["runner_rate"], label="runner committed", lw=1.5)
@@ -278,6 +375,43 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_stages(results: dict[str, Any], ax: Any) -> None:
+    """Stacked bars: the per-stage p50 and p99 of what a trade's e2e latency is made of, per runner,
+    with the measured e2e percentile as a marker (percentiles do not add up: the stack of p99s is an
+    upper bound of the e2e p99, the stack of p50s only a rough guide to the e2e p50)."""
+    import matplotlib.pyplot as plt
+
+    fp = results["full_path"]
+    runners = {"main": fp.get("runner_status", {}), **fp.get("variant_status", {})}
+    labels: list[str] = []
+    colors = plt.get_cmap("tab10")
+    x = 0
+    for name, status in runners.items():
+        stages = status.get("stages_ms") or {}
+        for q in ("p50", "p99"):
+            bottom = 0.0
+            for i, stage in enumerate(E2E_PARTS):
+                value = (stages.get(stage) or {}).get(q, 0.0) or 0.0
+                ax.bar(x, value, bottom=bottom, color=colors(i), label=stage if x == 0 else None)
+                bottom += value
+            e2e = (stages.get("e2e") or {}).get(q)
+            if e2e:
+                ax.plot(
+                    [x - 0.4, x + 0.4],
+                    [e2e, e2e],
+                    color="black",
+                    lw=2,
+                    label="e2e measured" if x == 0 else None,
+                )
+            labels.append(f"{name}\n{q}")
+            x += 1
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_ylabel("ms")
+    ax.set_title("stage breakdown of e2e latency (stacked per-stage percentiles; black: e2e measured)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+
+
 DOC_HEADER = """# Benchmarks
 
 Generated by `tradepulse bench` from a real run on the machine below (`{command}`); re-run it to
@@ -290,10 +424,14 @@ base with a 4-minute time constant)
 → `tradepulse ingest` → Kafka (local KRaft broker, 6 partitions) → `tradepulse process` (the
 exactly-once runner: features, news join, SQLite hot store, Parquet cold store, output topics in
 transactions). End-to-end latency is per trade, from the ingest's WebSocket receive (`received_ts_us`)
-to the runner's hot-store commit, recorded in an HDR histogram by the runner (strided sample of ≤ 256
-trades per batch, each weighted by the stride). Lag and throughput come from the broker (high
-watermarks vs the runner group's committed offsets); loss is reconciled against the simulator's sent
-counters. Phase 2 drains the same pre-filled `market.trades` with our runner and with the
+to the runner's hot-store commit, recorded in a log-bucketed histogram by the runner (strided sample of
+≤ 256 trades per batch, each weighted by the stride); the runner times every stage the same way
+(`tradepulse.bus.stages`: ingest, kafka, batch wait, decode, features, anomaly, core, hot write, cold
+append, produce, commit, cold flush; the stage breakdown below), and the simulator records how far it
+fell behind its own schedule (publish delay). Lag and throughput come from the broker (the runner
+group's committed offsets, then the high watermarks, in that order so the lag is never negative); loss
+is reconciled against the simulator's sent counters. `--variant NAME:KEY=VALUE` runs more runners with
+other settings under the same load (each its own consumer group) and compares them. Phase 2 drains the same pre-filled `market.trades` with our runner and with the
 faust-streaming and Quix Streams peers (`benchmarks/peers/`, same feature set, each in its own
 process, from the earliest offset with its own consumer group).
 

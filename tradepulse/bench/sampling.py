@@ -108,7 +108,14 @@ class BrokerSampler:
         return out
 
     def sample(self) -> dict[str, Any]:
-        high, committed = self.high_watermarks(), self.committed()
+        """One consistent sample: the committed offsets first, then the high watermarks. The runner
+        commits every few milliseconds and each read takes a round trip per partition, so the two reads
+        are apart in time; read the other way round, offsets committed between them (of records appended
+        after the watermark read) made the lag negative. In this order it cannot be: a committed offset
+        never passes its partition's high watermark, which only grows (lag here is ≥ the true lag, by
+        what was appended during the read)."""
+        committed = self.committed()
+        high = self.high_watermarks()
         return {
             "high": sum(high.values()),
             "committed": sum(committed.values()),

@@ -1,6 +1,6 @@
 """The runner heartbeat's transport: where each runner instance publishes its status, and how readers
 (`/health`, `/metrics`, `tradepulse up`) find every instance. Standard library + orjson only: the API
-Lambda imports this, and must not load the runner's numeric stack (numpy, hdrhistogram).
+Lambda imports this, and must not load the runner's numeric stack (numpy).
 
 Each runner instance publishes to `<data_dir>/runner-status.json` (instance "0") or
 `<data_dir>/runner-status-<instance>.json`, and to the hot store when it holds heartbeats (DynamoDB item

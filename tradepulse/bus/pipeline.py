@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -164,7 +165,9 @@ class CoreProcessor:
         quotes = batch.quote_columns
         if quotes is None:
             quotes = QuoteColumns.from_records(batch.quotes) if batch.quotes else QuoteColumns.empty()
+        started = time.perf_counter()
         out = self.engine.process(trades, quotes)
+        featured = time.perf_counter()
         if out.snapshots:
             snapshot_ts = np.fromiter((s["ts_ms"] for s in out.snapshots), np.int64, len(out.snapshots))
             for snapshot, session in zip(out.snapshots, self.sessions.session_of(snapshot_ts), strict=True):
@@ -198,12 +201,14 @@ class CoreProcessor:
         for row in correlations:
             self._pending_pos.pop(row["correlation_id"], None)
         anomalies: list[dict[str, Any]] = []
+        scoring = time.perf_counter()
         # Rebuilds score too (outputs discarded): the restored models replay from their checkpoints;
         # rows below a model's restored offset are ignored by the detector.
         if len(out.per_trade["ts_ms"]):
             anomalies = self.detector.score(out.per_trade | _positions(trades, batch, out))
         for checkpoint in self.detector.take_checkpoints():
             self.checkpoints.save(checkpoint)
+        scored = time.perf_counter()
         if not emit:
             return BatchOutputs()
         return BatchOutputs(
@@ -213,6 +218,7 @@ class CoreProcessor:
             late_events=len(out.late_event_ids),
             unknown_conditions=out.unknown_conditions,
             bars=bars,
+            stage_ms={"features": (featured - started) * 1000, "anomaly": (scored - scoring) * 1000},
         )
 
     def close(self) -> None:

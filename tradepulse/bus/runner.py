@@ -1,6 +1,7 @@
 """The exactly-once micro-batch runner: Kafka inputs → pure core → sinks → Kafka outputs → cold archive.
 
-Loop, per micro-batch (at most `batch_max_messages` or `batch_max_wait_ms`):
+Loop, per micro-batch (what the consumer has queued, at most `batch_max_messages`, taken as soon as
+there is a first message: `_next_batch`):
 
 1. `consumer.consume()` from the input topics market.trades / market.quotes / market.news and from the
    runner's own output topics (below), all read_committed; orjson decode, validation; invalid input
@@ -55,6 +56,10 @@ revocation it only flushes the cold store: every batch is already committed when
 runs the callback starts. Lost partitions (session timeout) are another member's already: their buffered
 cold rows are dropped, never written.
 
+Every stage of a batch (batch wait, decode, core, hot write, cold append, produce, commit, cold flush)
+and the per-record ingest, Kafka and end-to-end latencies are recorded into `tradepulse.bus.stages`'
+histograms (`RunnerMetrics.stages`), which the heartbeat publishes.
+
 What a batch produces and how it is produced, retried and archived back is in `tradepulse.bus.outputs`;
 the rebuild's reading in `tradepulse.bus.rebuild`. Why the rest is one module of this size: the
 loop, the transaction boundaries, the rewind and the rebalance callbacks share the consumer, the
@@ -89,6 +94,7 @@ from tradepulse.bus.outputs import (
     split_outputs,
 )
 from tradepulse.bus.rebuild import decode_pending, encode_pending, plan_rebuild, read_plan
+from tradepulse.bus.stages import record_arrivals
 from tradepulse.bus.status import RunnerMetrics, publish_status, status_path
 from tradepulse.bus.watchdog import Watchdog
 from tradepulse.config import Settings
@@ -283,11 +289,10 @@ class Runner:
                 on_revoke=self._on_revoke,
                 on_lost=self._on_lost,
             )
-            timeout = self.settings.batch_max_wait_ms / 1000
             while not self._stop.is_set():
-                messages = self.consumer.consume(self.settings.batch_max_messages, timeout)
+                messages, wait_ms = self._next_batch()
                 if messages:
-                    self._process(messages)
+                    self._process(messages, wait_ms)
                     if self.backpressure.should_pause():
                         self._pause()
                 self._maybe_status()
@@ -298,6 +303,42 @@ class Runner:
         finally:
             self._shutdown(clean)
         return self.metrics
+
+    def _next_batch(self) -> tuple[list[Message], float]:
+        """The next micro-batch and how long it waited to be gathered (ms, the `batch_wait` stage).
+
+        Adaptive: whatever the consumer has queued is taken at once, up to `batch_max_messages`. When
+        caught up that is a small batch, taken as soon as its first message arrives (no batch wait);
+        behind by more than a batch it waits up to `batch_backlog_linger_ms` to fill the batch
+        (`_linger_s`). `batch_linger_ms` > 0 always waits that long for more after the first message
+        (fewer, larger batches at a latency cost); 10 ms is what a plain `consume(batch_max_messages,
+        10 ms)` did before. Idle, it blocks up to
+        `batch_max_wait_ms` for a first message (the loop then writes the status and checks for a stop)."""
+        consumer = self.consumer
+        assert consumer is not None
+        most = self.settings.batch_max_messages
+        messages = consumer.consume(most, 0)
+        if not messages:
+            first = consumer.poll(self.settings.batch_max_wait_ms / 1000)
+            if first is None:
+                return [], 0.0
+            # Whatever arrived with it (one fetch response fills the queue at once).
+            messages = [first, *consumer.consume(most - 1, 0)]
+        gathered = time.perf_counter()
+        linger = self._linger_s()
+        if linger > 0 and len(messages) < most:
+            messages += consumer.consume(most - len(messages), linger)
+        return messages, (time.perf_counter() - gathered) * 1000
+
+    def _linger_s(self) -> float:
+        """How long `_next_batch` waits for more after a batch's first messages: `batch_linger_ms`, or
+        `batch_backlog_linger_ms` if longer while the runner is behind by more than a batch (lag from the
+        last status, ≤ 1 s old). Behind, fewer and fuller batches pay the per-batch transaction commit
+        (the largest fixed cost, docs/benchmarks.md) less often; caught up, nothing waits."""
+        linger_ms = self.settings.batch_linger_ms
+        if self.metrics.consumer_lag > self.settings.batch_max_messages:
+            linger_ms = max(linger_ms, self.settings.batch_backlog_linger_ms)
+        return linger_ms / 1000
 
     def _shutdown(self, clean: bool) -> None:
         if clean:
@@ -504,8 +545,9 @@ class Runner:
 
     # --- one batch ----------------------------------------------------------------------------------
 
-    def _process(self, messages: list[Message]) -> None:
+    def _process(self, messages: list[Message], wait_ms: float = 0.0) -> None:
         started = time.perf_counter()
+        consumed_us = time.time_ns() // 1000
         valid = []
         for message in messages:
             error = message.error()
@@ -523,15 +565,20 @@ class Runner:
         # A batch of archived outputs only has nothing for the core and the hot store.
         outputs = self.processor.process(batch, emit=True) if len(batch) else BatchOutputs()
         processed = time.perf_counter()
-        dead_letters = self._write_sinks(batch, outputs) if len(batch) else []
+        stage_ms = {"batch_wait": wait_ms, "decode": (decoded - started) * 1000}
+        stage_ms |= {"core": (processed - decoded) * 1000, **outputs.stage_ms}
+        dead_letters = self._write_sinks(batch, outputs, stage_ms) if len(batch) else []
         if outputs_read:
+            appended = time.perf_counter()
             archive_outputs(self.cold, outputs_read, self._cold_next)
-        written = time.perf_counter()
+            stage_ms["cold_append"] = (
+                stage_ms.get("cold_append", 0.0) + (time.perf_counter() - appended) * 1000
+            )
         if self.commit_watchdog is None:
-            done = self._commit(outputs, dead_letters)
+            done = self._commit(outputs, dead_letters, stage_ms)
         else:
             with self.commit_watchdog.guard("transaction commit"):
-                done = self._commit(outputs, dead_letters)
+                done = self._commit(outputs, dead_letters, stage_ms)
         if not done:
             return  # aborted and rewound: the batch is consumed (and counted) again
         committed = time.perf_counter()
@@ -547,18 +594,18 @@ class Runner:
         self.metrics.unknown_conditions += outputs.unknown_conditions
         self.metrics.model_version = self.processor.model_version
         self.metrics.record_stages(
-            decode=(decoded - started) * 1000,
-            core=(processed - decoded) * 1000,
-            sinks=(written - processed) * 1000,
-            commit=(committed - written) * 1000,
-            cold_flush=(flushed - committed) * 1000,
+            **stage_ms, cold_flush=(flushed - committed) * 1000, batch=(flushed - started) * 1000
         )
+        record_arrivals(self.metrics.stages, inputs, consumed_us)
         # Events are input messages: the archived outputs are this runner's own records.
         self.metrics.committed(len(inputs), (flushed - started) * 1000)
 
-    def _write_sinks(self, batch: DecodedBatch, outputs: BatchOutputs) -> list[Row]:
+    def _write_sinks(
+        self, batch: DecodedBatch, outputs: BatchOutputs, stage_ms: dict[str, float]
+    ) -> list[Row]:
         """Write the sinks; returns every dead letter of the batch (input and hot-store failures), which
-        is in the DLQ store now and goes to market.dead-letters with the batch's transaction."""
+        is in the DLQ store now and goes to market.dead-letters with the batch's transaction. Adds the
+        hot_write and cold_append times to `stage_ms`."""
         dead = list(batch.dead_letters)
         write_started = time.perf_counter()
         try:
@@ -577,7 +624,8 @@ class Runner:
         else:
             # The trades are in the hot store now: end-to-end latency from WebSocket receive.
             self.metrics.record_e2e(batch.trades)
-        latency_ms = (time.perf_counter() - write_started) * 1000
+        written = time.perf_counter()
+        latency_ms = (written - write_started) * 1000
         self.metrics.write_ms.append(latency_ms)
         self.backpressure.record(latency_ms)
         for topic, rows, positions, columns in (
@@ -593,6 +641,8 @@ class Runner:
                 )
         if dead:
             self.sink_retry(lambda: self.dlq.put(dead))
+        stage_ms["hot_write"] = latency_ms
+        stage_ms["cold_append"] = (time.perf_counter() - written) * 1000
         return dead
 
     @staticmethod
@@ -618,14 +668,16 @@ class Runner:
                 )
         return letters
 
-    def _commit(self, outputs: BatchOutputs, dead_letters: list[Row]) -> bool:
+    def _commit(self, outputs: BatchOutputs, dead_letters: list[Row], stage_ms: dict[str, float]) -> bool:
         """Produce the outputs and commit them with the offsets; False if the transaction was aborted
-        (and the runner rewound)."""
+        (and the runner rewound). Adds the produce and commit times to `stage_ms`."""
         producer, consumer = self.producer, self.consumer
         assert producer is not None and consumer is not None
+        started = time.perf_counter()
         producer.begin_transaction()
         try:
             produce_outputs(producer, outputs, dead_letters)
+            produced = time.perf_counter()
             positions = self._with_pending(
                 [tp for tp in consumer.position(consumer.assignment()) if tp.offset >= 0]
             )
@@ -634,6 +686,8 @@ class Runner:
                 lambda: producer.send_offsets_to_transaction(positions, metadata, 30), "send offsets"
             )
             retry_transactional(lambda: producer.commit_transaction(60), "commit")
+            stage_ms["produce"] = (produced - started) * 1000
+            stage_ms["commit"] = (time.perf_counter() - produced) * 1000
         except KafkaException as exc:
             error = exc.args[0]
             if not error.txn_requires_abort():

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from hdrh.histogram import HdrHistogram
 
 # Re-exported: the runner and older callers import the transport from here.
 from tradepulse.bus.heartbeat import STATUS_FILE as STATUS_FILE
@@ -25,6 +24,7 @@ from tradepulse.bus.heartbeat import publish_status as publish_status
 from tradepulse.bus.heartbeat import status_files as status_files
 from tradepulse.bus.heartbeat import status_path as status_path
 from tradepulse.bus.heartbeat import write_json_atomic as write_json_atomic
+from tradepulse.bus.stages import LatencyHistogram, StageTimes, strided
 from tradepulse.percentiles import nearest_rank
 
 
@@ -34,34 +34,11 @@ def percentile(samples: deque[float] | list[float], q: float) -> float:
     return nearest_rank(samples, q)
 
 
-# End-to-end latency (WebSocket receive → hot-store commit) in µs: 1 µs .. 1 h, 3 significant digits.
-_E2E_MAX_US = 3_600_000_000
 # Trades recorded per batch at most; each sample stands for `stride` trades, so counts stay exact-ish
 # while the recording cost per batch stays bounded whatever the batch size.
 E2E_SAMPLES_PER_BATCH = 256
+#: The bench's e2e chart: percentiles of each complete window of this length.
 E2E_WINDOW_S = 1.0
-# Stages of one batch, timed by the runner (ms): decode + validation, the core, hot/cold/DLQ sinks,
-# the Kafka transaction, the cold store's periodic flush.
-STAGES = ("decode", "core", "sinks", "commit", "cold_flush")
-
-
-def _e2e_histogram() -> HdrHistogram:
-    return HdrHistogram(1, _E2E_MAX_US, 3)
-
-
-def e2e_percentiles(hist: HdrHistogram) -> dict[str, float]:
-    """p50/p90/p99/p99.9/max (ms) and the count of a latency histogram in µs."""
-    if hist.get_total_count() == 0:
-        return {"count": 0, "p50": 0.0, "p90": 0.0, "p99": 0.0, "p99_9": 0.0, "max": 0.0}
-    at = hist.get_percentile_to_value_dict([50, 90, 99, 99.9])
-    return {
-        "count": int(hist.get_total_count()),
-        "p50": at[50] / 1000,
-        "p90": at[90] / 1000,
-        "p99": at[99] / 1000,
-        "p99_9": at[99.9] / 1000,
-        "max": hist.get_max_value() / 1000,
-    }
 
 
 @dataclass
@@ -87,14 +64,12 @@ class RunnerMetrics:
     stopped_at: float | None = None
     batch_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2048))
     write_ms: deque[float] = field(default_factory=lambda: deque(maxlen=256))
-    stage_ms: dict[str, deque[float]] = field(
-        default_factory=lambda: {stage: deque(maxlen=2048) for stage in STAGES}
-    )
     # (monotonic time, events_processed) samples over the last ~10 s for the rate.
     _rate: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
-    # End-to-end latency of committed trades: the whole run, and the last complete ~1 s window.
-    e2e_us: HdrHistogram = field(default_factory=_e2e_histogram)
-    _e2e_window: HdrHistogram = field(default_factory=_e2e_histogram)
+    # Per-stage latency histograms (the run and the last minute), e2e (per trade) included.
+    stages: StageTimes = field(default_factory=StageTimes)
+    # End-to-end latency of the last complete ~1 s window (the bench's latency chart).
+    _e2e_window: LatencyHistogram = field(default_factory=LatencyHistogram)
     _e2e_last_window: dict[str, float] = field(default_factory=dict)
     _e2e_window_started: float = field(default_factory=time.time)
 
@@ -106,31 +81,23 @@ class RunnerMetrics:
         self.last_commit_at = time.time()
 
     def record_stages(self, **ms: float) -> None:
-        """Account the time of each stage of one batch (names from STAGES)."""
-        for stage, value in ms.items():
-            self.stage_ms[stage].append(value)
-
-    def stage_percentiles(self, q: float) -> dict[str, float]:
-        """The q-th percentile of each stage's recent batch times (ms)."""
-        return {stage: round(percentile(samples, q), 3) for stage, samples in self.stage_ms.items()}
+        """Account the time of each stage of one batch (ms; names from `stages.BATCH_STAGES`)."""
+        self.stages.record_batch(**ms)
 
     def record_e2e(self, trades: Sequence[Mapping[str, Any]], now_us: int | None = None) -> None:
         """Record now − received_ts_us for a batch of trades just committed to the hot store (a strided
         sample of at most E2E_SAMPLES_PER_BATCH of them, each weighted by the stride)."""
-        n = len(trades)
-        if n == 0:
+        if not trades:
             return
         now_us = time.time_ns() // 1000 if now_us is None else now_us
-        stride = -(-n // E2E_SAMPLES_PER_BATCH)
-        received = np.fromiter((row["received_ts_us"] for row in trades[::stride]), np.int64)
-        latency = np.clip(now_us - received, 1, _E2E_MAX_US)
-        values, counts = np.unique(latency, return_counts=True)
-        for value, count in zip(values.tolist(), (counts * stride).tolist(), strict=True):
-            self.e2e_us.record_value(value, count)
-            self._e2e_window.record_value(value, count)
+        sample, stride = strided(trades, E2E_SAMPLES_PER_BATCH)
+        received = np.fromiter((row["received_ts_us"] for row in sample), np.int64, len(sample))
+        latency = now_us - received
+        self.stages.record_latencies("e2e", latency, stride)
+        self._e2e_window.record_many(latency, stride)
         if now_us / 1e6 - self._e2e_window_started >= E2E_WINDOW_S:
-            self._e2e_last_window = {"end": now_us / 1e6, **e2e_percentiles(self._e2e_window)}
-            self._e2e_window = _e2e_histogram()
+            self._e2e_last_window = {"end": now_us / 1e6, **self._e2e_window.summary_ms()}
+            self._e2e_window = LatencyHistogram()
             self._e2e_window_started = now_us / 1e6
 
     def events_per_s(self) -> float:
@@ -144,6 +111,7 @@ class RunnerMetrics:
 
     def snapshot(self) -> dict[str, Any]:
         """The status document (field names are the contract with `tradepulse.api.health`)."""
+        run, minute = self.stages.summaries()
         return {
             "updated_at": time.time(),
             # Until the first commit the start time stands in, so /health can tell "idle" from "never ran".
@@ -154,9 +122,15 @@ class RunnerMetrics:
             "batch_p50_ms": round(percentile(self.batch_ms, 50), 3),
             "batch_p99_ms": round(percentile(self.batch_ms, 99), 3),
             "write_p99_ms": round(percentile(self.write_ms, 99), 3),
-            "stage_p50_ms": self.stage_percentiles(50),
-            "stage_p99_ms": self.stage_percentiles(99),
-            "e2e_latency_ms": e2e_percentiles(self.e2e_us),
+            # The whole run per stage (count, p50 … p99.9, max, total ms): the bench's stage breakdown.
+            "stages_ms": run,
+            # The last minute per stage, and e2e of the last minute: what /health, /metrics and the
+            # dashboard show live.
+            "stage_p50_ms": {stage: s["p50"] for stage, s in minute.items()},
+            "stage_p99_ms": {stage: s["p99"] for stage, s in minute.items()},
+            "e2e_latency_p50_ms": minute["e2e"]["p50"] if minute["e2e"]["count"] else None,
+            "e2e_latency_p99_ms": minute["e2e"]["p99"] if minute["e2e"]["count"] else None,
+            "e2e_latency_ms": run["e2e"],
             "e2e_latency_window_ms": self._e2e_last_window,
             "backpressure_activations": self.backpressure_activations,
             "dlq_depth": self.dlq_depth,

@@ -48,6 +48,14 @@ from tradepulse.bench import PEERS_DIR
 @click.option(
     "--py-spy", is_flag=True, help="Record a py-spy flame graph of the runner (runner-profile.svg)."
 )
+@click.option(
+    "--variant",
+    "variants",
+    multiple=True,
+    metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+    help="Also run a runner with these settings under the same load (own consumer group and data dir), "
+    "e.g. linger10:TRADEPULSE_BATCH_LINGER_MS=10; repeatable. The report compares them.",
+)
 @click.option("--docs", type=click.Path(path_type=Path), default=None, help="Also write docs/benchmarks.md.")
 @click.option("--keep-state", is_flag=True, help="Keep the broker and store files of the run.")
 def bench(
@@ -61,6 +69,7 @@ def bench(
     out: Path | None,
     bootstrap: str | None,
     py_spy: bool,
+    variants: tuple[str, ...],
     docs: Path | None,
     keep_state: bool,
 ) -> None:
@@ -86,6 +95,7 @@ def bench(
         drain_events=drain_events,
         bootstrap=bootstrap,
         py_spy=py_spy,
+        variants=dict(parse_variant(v) for v in variants),
         keep_state=keep_state,
         log=lambda line: click.echo(f"[bench] {line}", err=True),
     )
@@ -98,3 +108,12 @@ def bench(
     lost = results["full_path"]["reconcile"]["events_lost"]
     if lost:
         raise click.ClickException(f"{lost} events lost")
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    """`NAME:KEY=VALUE[,KEY=VALUE]` → (name, {key: value})."""
+    name, sep, assignments = text.partition(":")
+    pairs = [a.partition("=") for a in assignments.split(",") if a]
+    if not sep or not name.isidentifier() or not pairs or any(not k or not eq for k, eq, _ in pairs):
+        raise click.BadParameter(f"expected NAME:KEY=VALUE[,KEY=VALUE], got {text!r}", param_hint="--variant")
+    return name, {key: value for key, _, value in pairs}

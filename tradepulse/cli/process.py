@@ -64,7 +64,9 @@ def process(instance: str, progress_s: float, exit_when_idle: float | None) -> N
                 f"[process {instance}] events={snap['events_processed']} "
                 f"rate={snap['events_per_s']:.0f}/s lag={snap['consumer_lag']} "
                 f"batch p50={snap['batch_p50_ms']:.1f}ms p99={snap['batch_p99_ms']:.1f}ms "
-                f"write p99={snap['write_p99_ms']:.1f}ms backpressure={snap['backpressure_activations']} "
+                f"write p99={snap['write_p99_ms']:.1f}ms e2e p50={snap['e2e_latency_p50_ms'] or 0:.1f}ms "
+                f"p99={snap['e2e_latency_p99_ms'] or 0:.1f}ms (1 min) "
+                f"backpressure={snap['backpressure_activations']} "
                 f"dlq={snap['dead_letters']} late={snap['late_events']} model=v{snap['model_version']}",
                 err=True,
             )

@@ -358,10 +358,12 @@
     $("h-throughput").textContent = runner.events_per_s === undefined ? "–" : `${fmt(runner.events_per_s, 0)} ev/s`;
     $("h-lag").textContent = h.consumer_lag === null ? "–" : `${fmt(h.consumer_lag, 0)} msgs`;
     $("h-p99").textContent = h.dynamo_latency_p99 === null ? "–" : `${fmt(h.dynamo_latency_p99, 1)} ms`;
+    // The runner's last minute of trades (null when none arrived in it).
     $("h-e2e").textContent =
       runner.e2e_latency_p99_ms === undefined || runner.e2e_latency_p99_ms === null
         ? "–"
-        : `${fmt(runner.e2e_latency_p99_ms, 1)} ms`;
+        : `${fmt(runner.e2e_latency_p99_ms, 1)} ms` +
+          (runner.e2e_latency_p50_ms == null ? "" : ` (p50 ${fmt(runner.e2e_latency_p50_ms, 1)})`);
     $("h-commit").textContent = runner.last_commit_age_s === undefined ? "–" : `${fmt(runner.last_commit_age_s, 1)} s ago`;
     const dlq = ((h.components.dlq || {}).metrics || {}).dlq_depth;
     $("h-dlq").textContent = dlq === undefined || dlq === null ? "–" : fmt(dlq, 0);

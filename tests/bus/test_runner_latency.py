@@ -1,0 +1,101 @@
+"""Latency instrumentation and adaptive batching of the real runner on the real broker (issue 19): every
+stage is recorded, the heartbeat carries the last minute's e2e percentiles that /health, /metrics and the
+dashboard show, and a caught-up runner takes a batch as soon as its first message is there (a linger is
+an explicit setting). Timings are never asserted as goals here, only what the settings guarantee."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import Producer
+
+from tests.bus.test_runner import make_recording, own_group, produce, running, wait_for
+from tradepulse.bus.clients import producer_config
+from tradepulse.bus.pipeline import build_runner
+from tradepulse.bus.stages import BATCH_STAGES, RECORD_STAGES
+from tradepulse.config import Settings
+from tradepulse.topics import TRADES
+
+pytestmark = pytest.mark.kafka
+
+
+def _live(events: list[tuple[str, str, dict[str, object]]]) -> list[tuple[str, str, dict[str, object]]]:
+    """The events as if received now (e2e and ingest are measured from `received_ts_us`)."""
+    now_us = time.time_ns() // 1000
+    return [(topic, key, row | {"received_ts_us": now_us}) for topic, key, row in events]
+
+
+def test_every_stage_is_recorded_and_the_heartbeat_has_the_last_minutes_e2e(kafka_settings: Settings) -> None:
+    settings = own_group(kafka_settings)
+    events = make_recording(duration_s=20, rate=40, seed=5).events
+    runner = build_runner(settings, instance="latency")
+    producer = Producer(producer_config(settings, **{"linger.ms": 0}))
+    with running(runner):
+        for start in range(0, len(events), 100):
+            produce(settings, _live(events[start : start + 100]), producer)
+            wait_for(
+                lambda n=start + 100: runner.metrics.events_processed >= min(n, len(events)), 60, "a chunk"
+            )
+    # The last heartbeat (written by the graceful stop), after the runner's last batch.
+    status = orjson.loads(runner.status_file.read_bytes())
+    stages = status["stages_ms"]
+    batches = status["batches"]
+    # Batch stages: once per committed batch with inputs (archived-output-only batches skip the core).
+    for stage in BATCH_STAGES:
+        assert 0 < stages[stage]["count"] <= batches, stage
+    assert stages["batch"]["count"] == batches
+    trades = sum(1 for topic, _, _ in events if topic == TRADES)
+    # One e2e sample per trade (small batches are not strided); kafka/ingest at least one per batch.
+    assert stages["e2e"]["count"] == trades
+    for stage in RECORD_STAGES:
+        assert stages[stage]["p50"] <= stages[stage]["p99"] <= stages[stage]["max"], stage
+    # The e2e of a trade includes its kafka and ingest times (p50s of the same trades, roughly).
+    assert stages["e2e"]["max"] >= stages["kafka"]["p50"]
+    assert 0 < status["e2e_latency_p50_ms"] <= status["e2e_latency_p99_ms"]
+    assert status["e2e_latency_ms"]["count"] == trades
+    assert set(status["stage_p99_ms"]) >= {*BATCH_STAGES, *RECORD_STAGES}
+
+
+@pytest.mark.parametrize("linger_ms", [0, 300])
+def test_a_caught_up_runner_waits_for_more_only_with_a_linger(
+    kafka_settings: Settings, linger_ms: int
+) -> None:
+    """One trade at a time into an idle runner: without a linger each is its own batch with no batch wait;
+    with one, every batch waited the whole linger for more (it never got batch_max_messages)."""
+    settings = own_group(kafka_settings).model_copy(update={"batch_linger_ms": linger_ms})
+    trades = [e for e in make_recording(duration_s=10, rate=20, seed=9).events if e[0] == TRADES][:5]
+    runner = build_runner(settings, instance=f"linger{linger_ms}")
+    producer = Producer(producer_config(settings, **{"linger.ms": 0}))
+    with running(runner):
+        wait_for(lambda: bool(runner._assignment), 60, "the assignment")
+        for i, event in enumerate(trades, start=1):
+            produce(settings, _live([event]), producer)
+            wait_for(lambda i=i: runner.metrics.events_processed >= i, 60, "the trade")
+    wait = runner.metrics.stages.summary()["batch_wait"]
+    assert wait["count"] >= len(trades)
+    if linger_ms == 0:
+        assert wait["max"] < 5.0  # no consume call after the first message: bookkeeping only
+    else:
+        assert wait["p50"] >= linger_ms * 0.99
+
+
+def test_a_runner_behind_by_more_than_a_batch_waits_to_fill_it(tmp_path: Path) -> None:
+    """The linger `_next_batch` applies: none when caught up, the backlog linger when behind by more than
+    a batch (from the lag of the last status), and `batch_linger_ms` whenever it is the longer."""
+    settings = Settings(data_dir=tmp_path, batch_max_messages=1000, batch_backlog_linger_ms=20)
+    runner = build_runner(settings, instance="linger")
+    assert runner._linger_s() == 0.0
+    runner.metrics.consumer_lag = 1000
+    assert runner._linger_s() == 0.0  # one batch behind: the next batch takes it all anyway
+    runner.metrics.consumer_lag = 1001
+    assert runner._linger_s() == 0.020
+    longer = build_runner(settings.model_copy(update={"batch_linger_ms": 30}), instance="longer")
+    assert longer._linger_s() == 0.030
+    longer.metrics.consumer_lag = 50_000
+    assert longer._linger_s() == 0.030
+    never = build_runner(settings.model_copy(update={"batch_backlog_linger_ms": 0}), instance="never")
+    never.metrics.consumer_lag = 50_000
+    assert never._linger_s() == 0.0
