@@ -22,9 +22,9 @@ import click
 import numpy as np
 
 from tradepulse.core.anomaly import AnomalyConfig, AnomalyDetector
-from tradepulse.core.columns import QuoteColumns, TradeColumns
+from tradepulse.core.columns import QuoteColumns, TradeColumns, object_array
 from tradepulse.core.features import FeatureEngine
-from tradepulse.sources.simulator.market import MarketConfig, MarketModel
+from tradepulse.sources.simulator.market import CONDITION_SETS, MarketConfig, MarketModel
 
 
 def batches(
@@ -48,11 +48,12 @@ def batches(
 
 
 def _columns(blocks: list, names: np.ndarray) -> tuple[TradeColumns, QuoteColumns]:
-    tr = {k: np.concatenate([b.trades[k] for b in blocks]) for k in ("sym", "p", "s", "t", "q")}
+    tr = {k: np.concatenate([b.trades[k] for b in blocks]) for k in ("sym", "p", "s", "t", "q", "c")}
     qu = {k: np.concatenate([b.quotes[k] for b in blocks]) for k in ("sym", "bp", "ap", "t", "q")}
     event_id = np.char.add(names[tr["sym"]].astype(str), tr["q"].astype(str)).astype(object)
+    conditions = object_array([list(CONDITION_SETS[c]) for c in tr["c"].tolist()])  # the rules apply
     trades = TradeColumns(
-        names[tr["sym"]], tr["p"].astype(float), tr["s"].astype(float), tr["t"], tr["q"], event_id
+        names[tr["sym"]], tr["p"].astype(float), tr["s"].astype(float), tr["t"], tr["q"], event_id, conditions
     )
     quotes = QuoteColumns(names[qu["sym"]], qu["bp"].astype(float), qu["ap"].astype(float), qu["t"], qu["q"])
     return trades, quotes

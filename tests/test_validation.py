@@ -14,10 +14,10 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from tradepulse.bus.decode import InvalidMessage, decode, decode_batch
-from tradepulse.models import INT64_MAX, NewsArticle, Quote, Trade
+from tradepulse.models import INT64_MAX, MAX_NOTIONAL, MAX_PRICE, NewsArticle, Quote, Trade
 from tradepulse.sources.parse import QUOTE_WIRE, TRADE_WIRE, parse_frame
 from tradepulse.topics import NEWS, QUOTES, TRADES
-from tradepulse.validation import RULES, Rule
+from tradepulse.validation import NOTIONALS, RULES, Rule
 
 MODELS: dict[str, type[BaseModel]] = {TRADES: Trade, QUOTES: Quote, NEWS: NewsArticle}
 VALID: dict[str, dict[str, Any]] = {
@@ -132,6 +132,43 @@ def test_models_runner_and_ingest_reject_the_same_values_with_the_same_reason(
     frame = json.dumps([with_value(event, key, value)])
     (reject,) = parse_frame(frame, 1_767_000_000_000_000).rejects
     assert reject.reason == reason.replace(repr(name), repr(key))
+
+
+NOTIONAL_CASES = [
+    pytest.param(topic, notional.price, notional.size, id=f"{topic}.{notional.price}*{notional.size}")
+    for topic, notionals in NOTIONALS.items()
+    for notional in notionals
+]
+
+
+@pytest.mark.parametrize(("topic", "price", "size"), NOTIONAL_CASES)
+def test_every_path_bounds_the_notional_with_the_same_reason(topic: str, price: str, size: str) -> None:
+    """price × size beyond MAX_NOTIONAL, each field within its own bound: rejected by the model, the
+    runner (per message and a column at a time) and ingest; exactly at the bound: accepted."""
+    at_bound = with_value(
+        with_value(VALID[topic], price, MAX_PRICE / 10), size, MAX_NOTIONAL / (MAX_PRICE / 10)
+    )
+    MODELS[topic].model_validate(at_bound)
+    assert decode(topic, orjson.dumps(at_bound)) == at_bound
+    row = with_value(at_bound, size, at_bound[size] * 2)
+    with pytest.raises(ValidationError):
+        MODELS[topic].model_validate(row)
+    reason = f"notional {price!r} × {size!r} must be <= {MAX_NOTIONAL}, got {row[price] * row[size]!r}"
+    with pytest.raises(InvalidMessage) as rejected:
+        decode(topic, orjson.dumps(row))
+    assert (rejected.value.error_type, rejected.value.reason) == ("bad_value", reason)
+    batch = decode_batch(
+        [_Message(topic, orjson.dumps(VALID[topic]), 0), _Message(topic, orjson.dumps(row), 1)]
+    )
+    assert [(d["source_offset"], d["reason"]) for d in batch.dead_letters] == [(1, reason)]
+    assert batch.trade_columns is None or len(batch.trade_columns.price) == 1
+
+    event, wire = WIRE_EVENTS[topic]
+    (price_key,) = [k for k, f in wire.items() if f == price]
+    (size_key,) = [k for k, f in wire.items() if f == size]
+    event = with_value(with_value(event, price_key, row[price]), size_key, row[size])
+    (reject,) = parse_frame(orjson.dumps([event]), 1_767_000_000_000_000).rejects
+    assert reject.reason == reason.replace(repr(price), repr(price_key)).replace(repr(size), repr(size_key))
 
 
 class _Message:

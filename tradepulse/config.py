@@ -162,6 +162,23 @@ class Settings(BaseSettings):
         default=120.0,
         description="Restart the runner in place if a transaction commit has not returned by then.",
     )
+    # Suspect prints (tradepulse.core.outliers): flagged `outlier`, kept, left out of the features.
+    outlier_enabled: bool = Field(default=True, description="Flag trades outside the band (false: none).")
+    outlier_band_multiplier: float = Field(
+        default=1.0, gt=0, description="Scales every tier of the LULD Tier 2 bands (2 = twice as wide)."
+    )
+    outlier_reference_trades: int = Field(
+        default=20, gt=0, le=1000, description="Reference = median price of this many previous trades."
+    )
+    outlier_reference_window_s: float = Field(
+        default=300.0,
+        gt=0,
+        le=3600,
+        description="Only previous trades this recent count toward the reference.",
+    )
+    outlier_min_reference_trades: int = Field(
+        default=3, gt=0, description="Fewer previous trades in the window: no reference, no flag."
+    )
 
     # --- storage --------------------------------------------------------------------------------
     hot_store: Literal["sqlite", "dynamodb"] = "sqlite"

@@ -11,9 +11,13 @@ local receive time in Unix epoch microseconds (for end-to-end latency).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, model_validator
+from pydantic_core import CoreSchema, core_schema
+
+from tradepulse.errors import InvalidArgument
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # Event times outside [2000-01-01, 2100-01-01) are unit mistakes (seconds, µs) that would wreck windows.
@@ -24,6 +28,50 @@ NonEmptyStr = Annotated[str, Field(min_length=1)]
 Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 """Integers are stored as int64 (numpy columns, SQLite, Parquet); a larger one would crash the core."""
 EpochMs = Annotated[int, Field(ge=EPOCH_MS_MIN, lt=EPOCH_MS_MAX)]
+
+# Structural bounds of a US-equity print (issue 17): beyond them a value is impossible, not merely
+# suspect, and is dead-lettered at ingest. Far from anything real, so no genuine print is refused:
+# the highest-priced US stock (BRK.A) trades below $1M, the most shares any company has outstanding
+# are ~2.5e10 (NVDA), and the largest block prints are single-digit billions of dollars. Bounding the
+# notional also keeps p × s, and any sum of them in a VWAP, finite. Plausible-but-wrong prints (a
+# fat finger 50 % off the market) are the runner's outlier flag (`tradepulse.core.outliers`).
+MAX_PRICE = 10_000_000.0
+"""USD per share, for trade prices and bid/ask prices."""
+MAX_SIZE = 100_000_000_000.0
+"""Shares, for trade and bid/ask sizes."""
+MAX_NOTIONAL = 100_000_000_000.0
+"""USD, price × size of one print or one side of a quote."""
+
+
+@dataclass(frozen=True)
+class StructuralMax:
+    """An upper bound enforced like `Field(le=...)`, by the model and by the hot paths' rules
+    (`tradepulse.validation` reads `le`), but kept out of the topic's JSON Schema: a new `maximum` there
+    narrows what the schema accepts, which the Glue Schema Registry's BACKWARD compatibility refuses as
+    a new version (cdk/schema_registry.py). docs/schema.md documents the bounds instead."""
+
+    le: float
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(self._check, handler(source))
+
+    def _check(self, value: float) -> float:
+        if not value <= self.le:
+            raise InvalidArgument(f"must be <= {self.le}")
+        return value
+
+
+Price = Annotated[float, StructuralMax(MAX_PRICE)]
+Size = Annotated[float, StructuralMax(MAX_SIZE)]
+
+
+def notional_error(price_name: str, price: float, size_name: str, size: float) -> str | None:
+    """Why price × size is impossible (None if it is not): the one wording of the notional rule, for
+    the models and the hand-written paths (`tradepulse.validation.Notional`)."""
+    notional = price * size
+    if notional <= MAX_NOTIONAL:  # False for NaN too
+        return None
+    return f"notional {price_name!r} × {size_name!r} must be <= {MAX_NOTIONAL}, got {notional!r}"
 
 
 class _Model(BaseModel):
@@ -37,6 +85,17 @@ class _Input(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
+    NOTIONALS: ClassVar[tuple[tuple[str, str], ...]] = ()
+    """(price field, size field) pairs whose product is bounded by MAX_NOTIONAL."""
+
+    @model_validator(mode="after")
+    def _notional_bounded(self) -> _Input:
+        for price_name, size_name in self.NOTIONALS:
+            error = notional_error(price_name, getattr(self, price_name), size_name, getattr(self, size_name))
+            if error is not None:
+                raise InvalidArgument(error)
+        return self
+
 
 class Trade(_Input):
     """A trade from the Massive stocks feed (`ev: "T"`); topic `market.trades`, key = ticker."""
@@ -45,8 +104,10 @@ class Trade(_Input):
         description="Deterministic id (ticker, exchange, trade id, time, sequence)."
     )
     ticker: NonEmptyStr
-    price: float = Field(gt=0)
-    size: float = Field(gt=0)
+    NOTIONALS = (("price", "size"),)
+
+    price: Price = Field(gt=0)
+    size: Size = Field(gt=0)
     exchange: Int64 = Field(description="Massive exchange id (`x`).")
     trade_id: NonEmptyStr = Field(description="Trade id on the exchange (`i`).")
     tape: Int64 = Field(description="1 = NYSE (A), 2 = AMEX (B), 3 = Nasdaq (C) (`z`).")
@@ -58,16 +119,33 @@ class Trade(_Input):
     trf_ts_ms: int | None = Field(default=None, description="Trade reporting facility timestamp (`trft`).")
 
 
+class StoredTrade(Trade):
+    """A trade as the runner stores it (hot store, cold dataset `trades`): the input trade and its
+    outlier flag, which the runner sets from the stream (`tradepulse.core.outliers`); market.trades keeps
+    the trade as ingest published it."""
+
+    outlier: bool = Field(
+        default=False,
+        description=(
+            "Suspect print: further from the ticker's recent reference price than its LULD-style band. "
+            "Kept, but left out of every feature and anomaly input."
+        ),
+    )
+
+
 class Quote(_Input):
     """An NBBO quote (`ev: "Q"`); topic `market.quotes`, key = ticker."""
 
     event_id: NonEmptyStr
     ticker: NonEmptyStr
-    bid_price: float = Field(ge=0)
-    bid_size: float = Field(ge=0)
+    NOTIONALS = (("bid_price", "bid_size"), ("ask_price", "ask_size"))
+
+    # 0 is no quote on that side (a one-sided quote), so ≥ 0 here where trades need > 0.
+    bid_price: Price = Field(ge=0)
+    bid_size: Size = Field(ge=0)
     bid_exchange: Int64
-    ask_price: float = Field(ge=0)
-    ask_size: float = Field(ge=0)
+    ask_price: Price = Field(ge=0)
+    ask_size: Size = Field(ge=0)
     ask_exchange: Int64
     conditions: list[int] = Field(default_factory=list)
     indicators: list[int] = Field(default_factory=list)
@@ -165,7 +243,9 @@ class Correlation(_Model):
     published_at: str
     published_ts_ms: int
     sentiment: Sentiment
-    volume_zscore_at_publish: float | None = Field(description="z-score at (or just before) publication.")
+    volume_zscore_at_publish: float | None = Field(
+        description="z-score of the last point in [t − 60 s, t] (t: publication)."
+    )
     matched_zscore: float | None = Field(description="z-score of the spike that matched, if any.")
     peak_zscore: float | None = Field(description="Highest z-score in [t − 60 s, t + 60 s].")
     lag_seconds: float | None = Field(description="Spike time − publication time; negative = spike first.")

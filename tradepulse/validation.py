@@ -6,7 +6,9 @@ The hot paths do not build a pydantic object per event (~10× slower); they chec
 `Trade`, `Quote` and `NewsArticle` with the `Rule` of each, read here from the field's annotation and
 constraints (`min_length`, `gt`, `ge`, `lt`, `le`). The models are strict (no type coercion, no NaN),
 so each rule is exactly what `Model.model_validate` enforces on that field, and the reason of a
-rejection is worded once, here, for every path.
+rejection is worded once, here, for every path. The one rule across fields, the bounded notional
+(price × size, `models.MAX_NOTIONAL`), is `NOTIONALS`: read from each model's `NOTIONALS` pairs and
+worded by `models.notional_error`, which the model's own validator calls too.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import annotated_types
 from pydantic import BaseModel
 
 from tradepulse.errors import InvalidArgument
-from tradepulse.models import INT64_MAX, INT64_MIN, NewsArticle, Quote, Trade
+from tradepulse.models import INT64_MAX, INT64_MIN, MAX_NOTIONAL, NewsArticle, Quote, Trade, notional_error
 from tradepulse.topics import NEWS, QUOTES, TRADES
 
 
@@ -172,3 +174,27 @@ RULES: dict[str, dict[str, Rule]] = {
     NEWS: rules_of(NewsArticle),
 }
 """Input topic → field → rule: what the runner checks on every input message."""
+
+
+@dataclass(frozen=True)
+class Notional:
+    """price × size of one print (or one side of a quote) at most `models.MAX_NOTIONAL`: checked after
+    both fields passed their own rules (so both are finite numbers)."""
+
+    price: str
+    size: str
+    limit: float = MAX_NOTIONAL
+
+    def check(self, price_name: str, price: float, size_name: str, size: float) -> None:
+        """Raises InvalidField with the reason, under the given (e.g. wire) names."""
+        error = notional_error(price_name, price, size_name, size)
+        if error is not None:
+            raise InvalidField(error)
+
+
+NOTIONALS: dict[str, tuple[Notional, ...]] = {
+    TRADES: tuple(Notional(p, s) for p, s in Trade.NOTIONALS),
+    QUOTES: tuple(Notional(p, s) for p, s in Quote.NOTIONALS),
+    NEWS: (),
+}
+"""Input topic → its bounded notionals (checked after the field rules)."""

@@ -13,7 +13,7 @@ import numpy as np
 
 from tradepulse.api.responses import iso_ms
 from tradepulse.ids import news_event_id, stable_id, trade_event_id
-from tradepulse.models import Anomaly, Correlation, FeatureVector, Trade
+from tradepulse.models import Anomaly, Correlation, FeatureVector, StoredTrade, Trade
 
 HOUR_MS = 3_600_000
 
@@ -27,6 +27,7 @@ class Market:
     features: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     anomalies: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     correlations: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    outliers: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 def trade(ticker: str, ts_ms: int, price: float, size: float, sequence: int) -> dict[str, Any]:
@@ -232,7 +233,24 @@ def build_market(now_ms: int) -> Market:
     market.anomalies["MSFT"] = []
     market.correlations = {"AAPL": aapl.correlations["AAPL"], "MSFT": []}
     market.trades["BRK.B"] = [trade("BRK.B", now_ms - 2000, 462.5, 100, 1)]
+    # Two fat fingers the runner flagged (one 30 h old, outside the 24 h default): older than the
+    # latest trade, so they are not what /quotes answers.
+    market.outliers["AAPL"] = [
+        outlier("AAPL", old, 342.0, 231.0, 9_001),
+        outlier("AAPL", now_ms - 7 * 60_000, 115.5, 231.2, 9_002),
+    ]
     return market
+
+
+def outlier(ticker: str, ts_ms: int, price: float, reference: float, sequence: int) -> dict[str, Any]:
+    """A trade as the runner writes a flagged one (`CoreProcessor.flag_outliers`)."""
+    row = StoredTrade.model_validate({**trade(ticker, ts_ms, price, 100, sequence), "outlier": True})
+    reason = "above_band" if price > reference else "below_band"
+    return row.model_dump() | {
+        "outlier_reason": reason,
+        "reference_price": reference,
+        "band_usd": reference / 10,
+    }
 
 
 def write_market(store: Any, market: Market) -> None:
@@ -244,3 +262,5 @@ def write_market(store: Any, market: Market) -> None:
             anomalies=market.anomalies.get(ticker, []),
             correlations=market.correlations.get(ticker, []),
         )
+    for rows in market.outliers.values():
+        store.write_batch(trades=rows)

@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.api.conftest import FakeClock, filled_store, heartbeat
 from tests.api.market import HOUR_MS, Market, trade
 from tradepulse.api.app import create_app
+from tradepulse.api.responses import iso_ms
 from tradepulse.config import Settings
 from tradepulse.stores.sqlite_hot import SqliteHotStore
 
@@ -23,6 +24,7 @@ TICKER_ENDPOINTS = [
     "/anomalies/{}",
     "/sentiment/{}",
     "/history/{}",
+    "/outliers/{}",
 ]
 
 
@@ -115,6 +117,23 @@ def test_anomalies_respect_the_window_and_are_newest_first(client: TestClient, m
     assert first["feature_vector"] == recent[0]["feature_vector"] and first["model_version"] == 3
     # 48 h reaches the 30 h old anomaly too
     assert client.get("/anomalies/AAPL", params={"hours": 48}).json()["count"] == 3
+
+
+def test_outliers_respect_the_window_and_are_newest_first(client: TestClient, market: Market) -> None:
+    res = client.get("/outliers/AAPL")
+    assert res.status_code == 200 and res.headers["cache-control"] == "no-store"
+    body = res.json()
+    recent = market.outliers["AAPL"][1]
+    assert body["count"] == 1 and body["hours"] == 24
+    (item,) = body["outliers"]
+    assert (item["event_id"], item["price"], item["reason"]) == (recent["event_id"], 115.5, "below_band")
+    assert item["reference_price"] == 231.2 and item["band_usd"] == pytest.approx(23.12)
+    assert item["deviation_pct"] == pytest.approx((115.5 - 231.2) / 231.2 * 100)
+    assert item["timestamp"] == iso_ms(recent["exchange_ts_ms"])
+    both = client.get("/outliers/AAPL", params={"hours": 48}).json()
+    assert [o["price"] for o in both["outliers"]] == [115.5, 342.0]  # newest first
+    assert client.get("/outliers/MSFT").json() == {"ticker": "MSFT", "hours": 24, "count": 0, "outliers": []}
+    assert client.get("/outliers/AAPL", params={"hours": 49}).status_code == 422  # the hot store's 48 h
 
 
 def test_known_ticker_without_anomalies_or_news_is_an_empty_200(client: TestClient) -> None:
@@ -248,6 +267,7 @@ def test_openapi_and_docs(client: TestClient) -> None:
         "/features/{ticker}",
         "/sentiment/{ticker}",
         "/history/{ticker}",
+        "/outliers/{ticker}",
         "/tickers",
         "/health",
         "/metrics",
@@ -271,7 +291,13 @@ def test_dashboard_and_vendored_chart_library_are_served_locally(client: TestCli
 
 def test_metrics_exposes_pipeline_and_api_signals(client: TestClient, settings: Settings) -> None:
     status = heartbeat(
-        settings, events_processed=777_000, consumer_lag=4321, dlq_depth=9, backpressure_activations=5
+        settings,
+        events_processed=777_000,
+        consumer_lag=4321,
+        dlq_depth=9,
+        backpressure_activations=5,
+        outliers={"above_band": 4, "below_band": 2},
+        unknown_conditions=12,
     )
     client.get("/quotes/AAPL")
     client.get("/quotes/ZZZZ")
@@ -286,11 +312,14 @@ def test_metrics_exposes_pipeline_and_api_signals(client: TestClient, settings: 
     assert samples[("tradepulse_consumer_lag_messages", ())] == 4321
     assert samples[("tradepulse_dlq_depth", ())] == 9
     assert samples[("tradepulse_backpressure_activations_total", ())] == 5
+    assert samples[("tradepulse_unknown_condition_trades_total", ())] == 12
     assert samples[("tradepulse_events_per_second", ())] == status["events_per_s"]
     assert samples[("tradepulse_hot_store_write_p99_seconds", ())] == pytest.approx(
         status["write_p99_ms"] / 1000
     )
     assert samples[("tradepulse_e2e_latency_p99_seconds", ())] == pytest.approx(0.048)
+    assert samples[("tradepulse_outliers_total", (("reason", "above_band"),))] == 4
+    assert samples[("tradepulse_outliers_total", (("reason", "below_band"),))] == 2
     assert samples[("tradepulse_runner_up", ())] == 1
     assert samples[("tradepulse_broker_up", ())] == 0  # no broker configured in this module
     route_404 = (("method", "GET"), ("route", "/quotes/{ticker}"), ("status", "404"))

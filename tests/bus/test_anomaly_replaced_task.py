@@ -2,7 +2,7 @@
 runner with an empty data dir takes its partitions over. It restores each partition's anomaly model from
 the checkpoints in the cold store (S3, on moto) and flags exactly what an uninterrupted pass of the core
 flags. Every partition stops 20 minutes into the market, past the rebuild's look-back (390 s of features
-+ 660 s of the news join's z-score memory), so a model started afresh from the look-back would not be the
++ 662 s of the news join's z-score memory), so a model started afresh from the look-back would not be the
 uninterrupted one (with checkpoints on the lost local disk, the anomalies differ)."""
 
 from __future__ import annotations

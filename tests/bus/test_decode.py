@@ -148,3 +148,18 @@ def test_out_of_int64_integers_are_dead_lettered_not_a_crash() -> None:
     batch = decode_batch([FakeMessage(TRADES, raw, 0, 1), FakeMessage(TRADES, orjson.dumps(TRADE), 0, 2)])
     assert [d["error_type"] for d in batch.dead_letters] == ["bad_value"]
     assert batch.trade_pos == [(0, 2)] and len(batch.trade_columns or ()) == 1
+
+
+def test_trade_conditions_reach_the_core_columns() -> None:
+    # The core applies the condition rules (tradepulse.core.conditions): the codes must survive the
+    # column path, whether every row has the field (column) or only some do (row by row), and the
+    # rows dropped as invalid must not shift them.
+    rows = [{**TRADE, "conditions": [37]}, {**TRADE, "price": -1.0, "conditions": [15]}, {**TRADE}]
+    rows.append({**TRADE, "conditions": [14, 41]})
+    batch = decode_batch([FakeMessage(TRADES, orjson.dumps(r), 0, i) for i, r in enumerate(rows)])
+    assert batch.trade_columns is not None
+    assert list(batch.trade_columns.conditions) == [[37], None, [14, 41]]
+    every = [{**TRADE, "conditions": c} for c in ([], [12], [2, 37])]
+    batch = decode_batch([FakeMessage(TRADES, orjson.dumps(r), 0, i) for i, r in enumerate(every)])
+    assert batch.trade_columns is not None
+    assert list(batch.trade_columns.conditions) == [[], [12], [2, 37]]

@@ -29,6 +29,7 @@ from tradepulse.bus.clients import consumer_config, producer_config
 from tradepulse.bus.pipeline import build_runner
 from tradepulse.bus.runner import Runner
 from tradepulse.config import Settings
+from tradepulse.core.conditions import ConditionRules
 from tradepulse.core.features import FeatureConfig
 from tradepulse.core.news_join import correlation_id
 from tradepulse.models import Correlation, DeadLetter, FeatureVector
@@ -219,7 +220,12 @@ def reference_snapshots(rec: Recording, grace_ms: int = 2000) -> dict[tuple[str,
         ts = tr["exchange_ts_ms"].to_numpy()
         # The reference assumes an in-order tape (no late events), which the simulator produces.
         assert (np.diff(ts) >= 0).all()
-        price, size = tr["price"].to_numpy(), tr["size"].to_numpy()
+        price, raw_size = tr["price"].to_numpy(), tr["size"].to_numpy()
+        # Trade conditions (the simulator's mix): volume-eligible trades count with their size, the
+        # others with 0; only price-eligible trades set the last price (tradepulse.core.conditions).
+        masks = ConditionRules.bundled().masks(list(tr["conditions"]))
+        vol, ok = masks.volume, masks.last_price
+        size = np.where(vol, raw_size, 0.0)
         sec = ts // 1000
         q = quotes[quotes["ticker"] == ticker]
         q_ts = q["exchange_ts_ms"].to_numpy()
@@ -235,9 +241,10 @@ def reference_snapshots(rec: Recording, grace_ms: int = 2000) -> dict[tuple[str,
         lo = np.searchsorted(ts, own - cfg.zscore_cap_window_buckets * 1000, side="left")
         hi = np.maximum(np.searchsorted(ts, closed_end, side="left"), lo)
         sums = np.r_[0.0, np.cumsum(size.astype(float))]
+        n_vol = np.r_[0, np.cumsum(vol)]
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean_size = (sums[hi] - sums[lo]) / (hi - lo)
-        capped = np.where(hi > lo, np.minimum(size, cfg.zscore_size_cap * mean_size), size)
+            mean_size = (sums[hi] - sums[lo]) / (n_vol[hi] - n_vol[lo])
+        capped = np.where(n_vol[hi] > n_vol[lo], np.minimum(size, cfg.zscore_size_cap * mean_size), size)
         x_by_sec = np.log1p(pd.Series(capped).groupby(sec).sum())
         closed_until = ts.max() - grace_ms
         last_of_second = np.flatnonzero(np.r_[sec[1:] != sec[:-1], True])
@@ -246,12 +253,15 @@ def reference_snapshots(rec: Recording, grace_ms: int = 2000) -> dict[tuple[str,
             if (s + 1) * 1000 > closed_until:
                 continue
             upto = slice(0, i + 1)
-            t_up, p_up, s_up = ts[upto], price[upto], size[upto]
-            w1, w5 = t_up > t - 60_000, t_up > t - 300_000
-            vwap1 = float(np.sum(p_up[w1] * s_up[w1]) / np.sum(s_up[w1]))
-            vwap5 = float(np.sum(p_up[w5] * s_up[w5]) / np.sum(s_up[w5]))
-            avg5 = float(np.mean(p_up[w5]))
-            ref = np.flatnonzero(t_up <= t - 60_000)
+            t_up, p_up, s_up, v_up, ok_up = ts[upto], price[upto], size[upto], vol[upto], ok[upto]
+            last = np.flatnonzero(ok_up & (t_up > t - 300_000))
+            p = float(p_up[last[-1]]) if len(last) else p  # the last price
+            w1, w5 = (t_up > t - 60_000) & v_up, (t_up > t - 300_000) & v_up
+            vwap1 = float(np.sum(p_up[w1] * s_up[w1]) / np.sum(s_up[w1])) if w1.any() else p
+            vwap5 = float(np.sum(p_up[w5] * s_up[w5]) / np.sum(s_up[w5])) if w5.any() else p
+            a5 = (t_up > t - 300_000) & ok_up
+            avg5 = float(np.mean(p_up[a5])) if a5.any() else p
+            ref = np.flatnonzero((t_up <= t - 60_000) & ok_up)
             momentum = 0.0
             if len(ref) and t_up[ref[-1]] > t - 300_000:
                 momentum = (p - p_up[ref[-1]]) / p_up[ref[-1]] * 100
@@ -280,7 +290,7 @@ def reference_snapshots(rec: Recording, grace_ms: int = 2000) -> dict[tuple[str,
                 "rolling_avg_5min": avg5,
                 "volume_zscore": z,
                 "price_momentum": momentum,
-                "trade_frequency": int(np.sum(t_up > t - 60_000)),
+                "trade_frequency": int(np.sum((t_up > t - 60_000) & v_up)),
                 "vwap_deviation_bps": (p - vwap5) / vwap5 * 1e4,
                 "bid_ask_spread": spread,
                 "window_start_ms": t - 300_000,

@@ -2,7 +2,12 @@
 
 The reference below walks the stream event by event in arrival order and recomputes every feature of
 every trade from scratch with plain numpy over the accepted trades it may see (no prefix sums, no
-searchsorted), following the definitions in `tradepulse.core.features`.
+searchsorted), following the definitions in `tradepulse.core.features`. That includes the volume
+z-score's fixed point (sizes and bucket values rounded as defined there, `quantised`/`bucket_value`):
+the rounding is part of the definition, so the reference applies it too; its sums and statistics
+are still plain float numpy. Trade conditions: the reference has its own table of the consolidated
+rules of the codes the stream uses (`RULES`, written out from the CTA/UTP matrices, not read from the
+engine's snapshot) and combines a trade's codes one by one.
 """
 
 from __future__ import annotations
@@ -16,11 +21,49 @@ import numpy as np
 import pytest
 
 from tradepulse.core.columns import QuoteColumns, TradeColumns
+from tradepulse.core.conditions import ConditionRules
 from tradepulse.core.features import FEATURE_COLUMNS, FeatureConfig, FeatureEngine, vector_dict
 from tradepulse.models import FeatureVector
 
 CFG = FeatureConfig()
 Event = tuple[str, dict]  # ("T" | "Q", record)
+
+# Consolidated rules of the codes in the test stream: (updates volume, may set the last price).
+RULES = {
+    14: (True, True),  # intermarket sweep
+    41: (True, True),  # trade-through exempt
+    37: (True, False),  # odd lot: volume only
+    2: (True, False),  # average price: volume only
+    12: (True, False),  # Form T: volume only
+    15: (False, False),  # official close: neither
+    16: (False, False),  # official open: neither
+    38: (False, True),  # corrected consolidated close: price only
+    22: (True, False),  # prior reference price: high/low but not last, so not price-eligible
+}
+# Condition mixes of the stream, by class, with their weights. 999 is unknown: a regular sale.
+CONDITION_MIX = (
+    ((), 0.50),
+    ((14, 41), 0.10),  # both
+    ((37,), 0.12),  # volume only
+    ((2,), 0.03),
+    ((12,), 0.03),
+    ((14, 37, 41), 0.04),
+    ((22,), 0.02),
+    ((15,), 0.03),  # neither
+    ((16,), 0.02),
+    ((38,), 0.04),  # price only
+    ((999,), 0.03),  # unknown
+    ((999, 37), 0.04),
+)
+
+
+def eligibility(codes: tuple[int, ...]) -> tuple[bool, bool]:
+    """(volume-eligible, price-eligible): every code must allow it; unknown codes allow everything."""
+    volume = price = True
+    for code in codes:
+        v, p = RULES.get(code, (True, True))
+        volume, price = volume and v, price and p
+    return volume, price
 
 
 # --- stream generation ---------------------------------------------------------------------------
@@ -33,6 +76,7 @@ def make_stream(
     beyond it); quotes are never delayed, so every quote at or before a trade arrives before it.
     """
     rng = np.random.default_rng(seed)
+    mix_p = np.array([w for _, w in CONDITION_MIX]) / sum(w for _, w in CONDITION_MIX)
     t0 = 1_700_000_000_000
     keyed: list[tuple[float, int, Event]] = []
     seq = 0
@@ -52,13 +96,17 @@ def make_stream(
             price *= math.exp(rng.normal(0, 0.002))
             seq += 1
             size = float(rng.choice([1, 10, 100, 250])) * (50.0 if ts in bursts else 1.0)
+            codes = CONDITION_MIX[rng.choice(len(CONDITION_MIX), p=mix_p)][0]
+            # Ineligible prints sit away from the market, so using them would show in every feature.
+            off = 1.0 if eligibility(codes)[1] else 1.0 + rng.choice([-1, 1]) * rng.uniform(0.01, 0.03)
             record = {
                 "ticker": ticker,
-                "price": round(price, 4),
+                "price": round(price * off, 4),
                 "size": size,
                 "exchange_ts_ms": int(t0 + ts),
                 "sequence": seq,
                 "event_id": f"{ticker}-{seq}",
+                "conditions": list(codes),
             }
             delay = rng.uniform(0, 3500) if rng.random() < 0.08 else 0.0
             keyed.append((ts + delay, 1, ("T", record)))
@@ -101,6 +149,8 @@ class Row:
     size: float
     late: int
     capped: float = math.nan  # the size counted by the volume z-score (see `capped_size`)
+    vol: float = 1.0  # 1: volume-eligible
+    ok: float = 1.0  # 1: price-eligible
 
 
 class Seen:
@@ -110,6 +160,7 @@ class Seen:
         self.n = 0
         self._cols = {"ts": np.empty(64, np.int64), "arrival": np.empty(64, np.int64)}
         self._cols |= {"price": np.empty(64), "size": np.empty(64), "capped": np.empty(64)}
+        self._cols |= {"vol": np.empty(64), "ok": np.empty(64)}
 
     def add(self, row: Row) -> None:
         if self.n == len(self._cols["ts"]):
@@ -122,16 +173,33 @@ class Seen:
         return self.__dict__["_cols"][key][: self.n]
 
 
+# The z-score's fixed point (the definition in `tradepulse.core.features`): sizes in units of 2^-16,
+# at most 2^24; bucket values log(1 + v) to 2^-32 (raw mode: v itself, at most 2^48 units).
+def quantised(size: np.ndarray | float) -> np.ndarray:
+    return np.minimum(np.rint(np.asarray(size, dtype=np.float64) * 2**16), 2**40).astype(np.int64)
+
+
+def bucket_value(capped_volume: np.ndarray | float, cfg: FeatureConfig) -> np.ndarray:
+    if cfg.zscore_log_volume:
+        return np.rint(np.log1p(capped_volume) * 2**32) / 2**32
+    return np.minimum(capped_volume, (2**48 - 1) / 2**16)
+
+
 def capped_size(seen: Seen, ts: int, size: float, watermark: int, cfg: FeatureConfig) -> float:
     """The z-score size of a trade accepted with `watermark` (including itself), over the trades
-    accepted before it: at most cap × their mean size in the closed buckets of the cap window."""
+    accepted before it: at most cap × the mean size of their volume-eligible trades in the closed
+    buckets of the cap window (in the fixed point: a multiple of 2^-16). `size` is the trade's
+    effective size (0 if not volume-eligible)."""
     bucket_ms = cfg.zscore_bucket_ms
     own = ts // bucket_ms * bucket_ms
     closed_end = (watermark - cfg.late_grace_ms) // bucket_ms * bucket_ms
     inside = (seen.ts >= own - cfg.zscore_cap_window_buckets * bucket_ms) & (seen.ts < min(closed_end, own))
-    if cfg.zscore_size_cap <= 0 or not inside.any():
-        return size
-    return min(size, cfg.zscore_size_cap * float(seen.size[inside].mean()))
+    inside &= seen.vol > 0
+    q = int(quantised(size))
+    if cfg.zscore_size_cap > 0 and inside.any():
+        total = int(quantised(seen.size[inside]).sum())
+        q = min(q, math.floor(cfg.zscore_size_cap * float(total) / int(inside.sum())))
+    return q / 2**16
 
 
 def naive_vector(seen: Seen, me: Row, quotes: Seen, cfg: FeatureConfig) -> dict:
@@ -140,33 +208,44 @@ def naive_vector(seen: Seen, me: Row, quotes: Seen, cfg: FeatureConfig) -> dict:
     mine = (all_ts < me.ts) | ((all_ts == me.ts) & (all_arrival <= me.arrival))
     ts, arrival = all_ts[mine], all_arrival[mine]
     price, size, capped = seen.price[mine], seen.size[mine], seen.capped[mine]
+    vol, ok = seen.vol[mine] > 0, seen.ok[mine] > 0
     t = me.ts
+
+    def latest(index: np.ndarray) -> int:
+        return int(index[np.lexsort((arrival[index], ts[index]))[-1]])  # latest by (ts, arrival)
+
+    # Last price: the latest price-eligible trade within the look-back, else the trade's own price.
+    eligible = np.flatnonzero(ok & (ts > t - cfg.momentum_lookback_ms))
+    last = float(price[latest(eligible)]) if len(eligible) else me.price
 
     def in_window(ms: int) -> np.ndarray:
         return ts > t - ms
 
+    def vwap(w: np.ndarray) -> float:
+        w = w & vol
+        return float((price[w] * size[w]).sum() / size[w].sum()) if w.any() else last
+
     w1, w5, wf = in_window(cfg.vwap_short_ms), in_window(cfg.vwap_long_ms), in_window(cfg.frequency_ms)
-    vwap1 = float((price[w1] * size[w1]).sum() / size[w1].sum())
-    vwap5 = float((price[w5] * size[w5]).sum() / size[w5].sum())
+    vwap1, vwap5 = vwap(w1), vwap(w5)
+    avg5 = float(price[w5 & ok].mean()) if (w5 & ok).any() else last
     bucket = t // cfg.zscore_bucket_ms
     buckets = ts // cfg.zscore_bucket_ms
-    volume = float(size[buckets == bucket].sum())
-    value = np.log1p if cfg.zscore_log_volume else (lambda v: v)
+    volume = float(size[(buckets == bucket) & vol].sum())
     in_hist = (buckets >= bucket - cfg.zscore_window_buckets) & (buckets < bucket)
     z = 0.0
     if in_hist.any():
         first = int(buckets[in_hist].min())
         hist = np.zeros(bucket - first)  # every bucket from the first traded one, empty ones as 0
         np.add.at(hist, buckets[in_hist] - first, capped[in_hist])
-        hist = value(hist)
+        hist = bucket_value(hist, cfg)
         mean, var = hist.mean(), hist.var()
         if len(hist) >= cfg.zscore_min_history_buckets and var > 1e-12 * (hist**2).mean():
-            z = float((value(capped[buckets == bucket].sum()) - mean) / math.sqrt(var))
+            z = float((bucket_value(capped[buckets == bucket].sum(), cfg) - mean) / math.sqrt(var))
     momentum = 0.0
-    ref = np.flatnonzero((ts > t - cfg.momentum_lookback_ms) & (ts <= t - cfg.momentum_ms))
+    ref = np.flatnonzero(ok & (ts > t - cfg.momentum_lookback_ms) & (ts <= t - cfg.momentum_ms))
     if len(ref):
-        last = ref[np.lexsort((arrival[ref], ts[ref]))[-1]]  # latest by (ts, arrival)
-        momentum = (me.price - price[last]) / price[last] * 100
+        ref_price = price[latest(ref)]
+        momentum = (last - ref_price) / ref_price * 100
     spread = None
     q_ts, q_arrival = quotes.ts, quotes.arrival
     visible = np.flatnonzero(q_ts <= t)
@@ -174,21 +253,24 @@ def naive_vector(seen: Seen, me: Row, quotes: Seen, cfg: FeatureConfig) -> dict:
         q = visible[np.lexsort((q_arrival[visible], q_ts[visible]))[-1]]
         spread = None if math.isnan(quotes.price[q]) else quotes.price[q]
     return {
-        "price": me.price,
+        "price": last,
         "vwap_1min": vwap1,
         "vwap_5min": vwap5,
-        "rolling_avg_5min": float(price[w5].mean()),
+        "rolling_avg_5min": avg5,
         "volume": volume,
         "volume_zscore": z,
         "price_momentum": momentum,
-        "trade_frequency": int(wf.sum()),
-        "vwap_deviation_bps": (me.price - vwap5) / vwap5 * 1e4,
+        "trade_frequency": int((wf & vol).sum()),
+        "vwap_deviation_bps": (last - vwap5) / vwap5 * 1e4,
         "bid_ask_spread": spread,
     }
 
 
-def reference(batches: list[tuple[list[dict], list[dict]]], cfg: FeatureConfig = CFG) -> list[dict]:
-    """Per batch: per-trade vectors (arrival order), snapshots and late ids, recomputed naively."""
+def reference(
+    batches: list[tuple[list[dict], list[dict]]], cfg: FeatureConfig = CFG, rules: bool = True
+) -> list[dict]:
+    """Per batch: per-trade vectors (arrival order), snapshots and late ids, recomputed naively
+    (`rules=False`: every trade counts as a regular sale)."""
     accepted: dict[str, Seen] = defaultdict(Seen)
     rows_by_second: dict[tuple[str, int], list[Row]] = defaultdict(list)  # snapshots not yet emitted
     quotes: dict[str, Seen] = defaultdict(Seen)  # spread in the price column
@@ -210,8 +292,9 @@ def reference(batches: list[tuple[list[dict], list[dict]]], cfg: FeatureConfig =
                 pending[tk] += 1
                 continue
             watermark[tk] = max(watermark.get(tk, ts), ts)
-            capped = capped_size(accepted[tk], ts, tr["size"], watermark[tk], cfg)
-            row = Row(ts, arrival, tr["price"], tr["size"], pending[tk], capped)
+            vol, ok = eligibility(tuple(tr.get("conditions", ()))) if rules else (True, True)
+            capped = capped_size(accepted[tk], ts, tr["size"] if vol else 0.0, watermark[tk], cfg)
+            row = Row(ts, arrival, tr["price"], tr["size"], pending[tk], capped, float(vol), float(ok))
             pending[tk] = 0
             arrival += 1
             accepted[tk].add(row)
@@ -236,8 +319,12 @@ def reference(batches: list[tuple[list[dict], list[dict]]], cfg: FeatureConfig =
 
 
 # --- running the engine -----------------------------------------------------------------------
-def run_engine(batches: list[tuple[list[dict], list[dict]]], cfg: FeatureConfig = CFG) -> list[dict]:
-    engine = FeatureEngine(cfg)
+def run_engine(
+    batches: list[tuple[list[dict], list[dict]]],
+    cfg: FeatureConfig = CFG,
+    rules: ConditionRules | None = None,
+) -> list[dict]:
+    engine = FeatureEngine(cfg, rules)
     out = []
     for trades, quotes in batches:
         result = engine.process(TradeColumns.from_records(trades), QuoteColumns.from_records(quotes))
@@ -318,6 +405,33 @@ def test_stream_exercises_the_edge_cases(stream: list[Event], whole_reference: l
     assert any(v["late_events"] > 0 for v in trades)
     arrival_ts = [v["ts_ms"] for v in trades]
     assert any(b < a for a, b in itertools.pairwise(arrival_ts))  # folded-in disorder
+    # Every condition class occurs, and the rules change the vectors.
+    records = [r for kind, r in stream if kind == "T"]
+    classes = {eligibility(tuple(r["conditions"])) for r in records}
+    assert classes == {(True, True), (True, False), (False, True), (False, False)}
+    assert sum(999 in r["conditions"] for r in records) > 50  # unknown code
+    own = {r["event_id"]: r["price"] for r in records}
+    assert sum(v["price"] != own[v["event_id"]] for v in trades) > 300  # ineligible: last price kept
+    no_rules = flat(reference(split(stream, []), rules=False), "per_trade")
+    for key in ("vwap_5min", "volume", "trade_frequency", "price_momentum", "rolling_avg_5min"):
+        assert sum(a[key] != b[key] for a, b in zip(trades, no_rules, strict=True)) > 300, key
+
+
+def test_rules_off_matches_the_reference_without_rules(stream: list[Event]) -> None:
+    batches = split(stream, random_sizes(4, 80, 300))
+    compare(run_engine(batches, rules=ConditionRules.permissive()), reference(batches, rules=False))
+
+
+def test_unknown_codes_are_counted_by_the_engine(stream: list[Event]) -> None:
+    engine = FeatureEngine()
+    trades = [r for kind, r in stream if kind == "T"]
+    out = engine.process(TradeColumns.from_records(trades), QuoteColumns.empty())
+    unknown = sum(999 in r["conditions"] for r in trades)
+    assert engine.rules.unknown_counts == {999: unknown} and out.unknown_conditions == unknown
+    # Counted per valid trade of a batch, whether it is then accepted or late.
+    again = engine.process(TradeColumns.from_records(trades[:40]), QuoteColumns.empty())
+    assert len(again.late_event_ids) == 40
+    assert again.unknown_conditions == sum(999 in r["conditions"] for r in trades[:40])
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -456,9 +570,10 @@ def test_zero_volume_buckets_count_in_history() -> None:
     out = FeatureEngine().process(TradeColumns.from_records(trades), QuoteColumns.empty())
     z = out.per_trade["volume_zscore"]
     assert (z[:3] == 0).all()  # < 30 history buckets
+    x = round(math.log1p(10.0) * 2**32) / 2**32  # a bucket's value, in the z-score's fixed point
     hist = np.zeros(300)
-    hist[::10] = math.log1p(10.0)  # the 30 trades in the previous 300 s, one per 10 buckets
-    expected = (math.log1p(10.0) - hist.mean()) / hist.std()
+    hist[::10] = x  # the 30 trades in the previous 300 s, one per 10 buckets
+    expected = (x - hist.mean()) / hist.std()
     assert z[-1] == pytest.approx(expected, rel=1e-12)
     assert len(out.snapshots) == 39  # every second with a trade, except the still-open last one
 
@@ -560,19 +675,20 @@ def test_long_stream_prefix_sums_do_not_drift() -> None:
     by_ticker = {tk: np.flatnonzero(ticker == tk) for tk in tickers}  # arrival order
     # Capped sizes (`capped_size`, vectorised): nothing is late here, so every trade in a bucket closed
     # by a trade's watermark arrived before it, and the cap window is a plain ts range.
-    capped = size.copy()
+    capped = quantised(size)
     bucket_ms = CFG.zscore_bucket_ms
     for rows in by_ticker.values():
         watermark = np.maximum.accumulate(ts[rows])
         own = ts[rows] // bucket_ms * bucket_ms
         closed_end = np.minimum((watermark - CFG.late_grace_ms) // bucket_ms * bucket_ms, own)
         by_ts = np.sort(ts[rows])
-        sums = np.r_[0.0, np.cumsum(size[rows][np.argsort(ts[rows], kind="stable")])]
+        sums = np.r_[0, np.cumsum(quantised(size[rows])[np.argsort(ts[rows], kind="stable")])]
         lo = np.searchsorted(by_ts, own - CFG.zscore_cap_window_buckets * bucket_ms, side="left")
         hi = np.maximum(np.searchsorted(by_ts, closed_end, side="left"), lo)
         has = hi > lo
-        mean = (sums[hi[has]] - sums[lo[has]]) / (hi - lo)[has]
-        capped[rows[has]] = np.minimum(size[rows][has], CFG.zscore_size_cap * mean)
+        cap = np.floor(CFG.zscore_size_cap * (sums[hi[has]] - sums[lo[has]]).astype(float) / (hi - lo)[has])
+        capped[rows[has]] = np.minimum(quantised(size[rows][has]), cap)
+    capped = capped / 2**16
     assert (capped < size).sum() > 1000  # the 40x block trades get capped
     for i in sorted(got):
         rows = by_ticker[ticker[i]]
@@ -588,6 +704,8 @@ def test_long_stream_prefix_sums_do_not_drift() -> None:
             "price": price[rows],
             "size": size[rows],
             "capped": capped[rows],
+            "vol": np.ones(len(rows)),  # no conditions: every trade is a regular sale
+            "ok": np.ones(len(rows)),
         }
         me = Row(int(ts[i]), i, float(price[i]), float(size[i]), 0)
         want = naive_vector(seen, me, no_quotes, CFG)

@@ -110,6 +110,28 @@ def test_spike_before_article_has_negative_lag_and_at_publish_is_last_z_before_t
     assert res["correlation_strength"] == "strong"
 
 
+@pytest.mark.parametrize(("before_ms", "expected"), [(60_000, 1.1), (60_001, None)])
+def test_at_publish_looks_back_over_the_window_only(before_ms: int, expected: float | None) -> None:
+    """Older points may or may not be evicted yet when the article is final (that depends on how
+    often the watermark advanced), so they never count: the result is the same for any schedule."""
+    j = NewsJoiner()
+    zs(j, "AAPL", [(T0 - before_ms, 1.1), (T0 + 1, 0.9)])
+    j.add_articles([article(1, "AAPL", T0, -0.7)])
+    (res,) = check(j.advance({"AAPL": T0 + 60_000}))
+    assert res["volume_zscore_at_publish"] == expected
+
+
+def test_an_article_waits_for_the_settle_time() -> None:
+    """With settle_ms, z-scores up to watermark − settle_ms are complete: the article waits for it."""
+    j = NewsJoiner(settle_ms=2_001)
+    zs(j, "AAPL", background(T0 - 10_000, T0 + 62_000))
+    j.add_articles([article(1, "AAPL", T0)])
+    assert j.advance({"AAPL": T0 + 62_000}) == []
+    zs(j, "AAPL", [(T0 + 60_000, 5.0)])  # still accepted by the features 2 s behind their watermark
+    (res,) = check(j.advance({"AAPL": T0 + 62_001}))
+    assert res["matched_zscore"] == 5.0
+
+
 def test_peak_is_the_highest_in_window_and_ties_go_to_the_earliest() -> None:
     j = NewsJoiner()
     zs(j, "AAPL", [(T0 - 10_000, 2.2), (T0 + 5_000, 6.0), (T0 + 30_000, 6.0), (T0 + 70_000, 9.0)])
@@ -309,11 +331,12 @@ class _ReferenceJoin:
         cands = [p for pair in buckets.values() for p in pair if t - self.window <= p[1] <= t + self.window]
         peak = max(cands, key=lambda p: (p[0], -p[1])) if cands else None
         at_publish = None
+        lo = t - self.window  # the last point of the window's first half, [t − window, t]
         for b in sorted((b for b in buckets if b <= t // self.res), reverse=True):
             (pz, pts), (lz, lts) = buckets[b]
-            if lts <= t and lts > pts:
+            if lo <= lts <= t and lts > pts:
                 at_publish = lz
-            elif pts <= t:
+            elif lo <= pts <= t:
                 at_publish = pz  # equal times: the peak point
             if at_publish is not None:
                 break

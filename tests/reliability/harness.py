@@ -452,9 +452,9 @@ def uninterrupted_outputs(
     try:
         for _, messages in sorted(read_messages(settings).items()):
             for start in range(0, len(messages), settings.batch_max_messages):
-                out = processor.process(
-                    decode_batch(messages[start : start + settings.batch_max_messages]), emit=True
-                )
+                batch = decode_batch(messages[start : start + settings.batch_max_messages])
+                processor.flag_outliers(batch)  # as the runner does, before the core
+                out = processor.process(batch, emit=True)
                 anomalies += out.anomalies
                 correlations += out.correlations
     finally:

@@ -3,7 +3,8 @@
 API serves trades and the dashboard.
 
 What the wheel must carry is what the product reads at run time: the broker's pom.xml (package data of
-`tradepulse.bus`), the finance lexicon (`tradepulse.core`), the dashboard (`tradepulse.api`). Nothing may
+`tradepulse.bus`), the finance lexicon and the trade-condition rules (`tradepulse.core`: the processor
+reads both at start), the dashboard (`tradepulse.api`). Nothing may
 come from the checkout: the wheel is built from a copy of what it is built from (pyproject.toml,
 README.md, tradepulse/), every command runs with the temp dir as its working directory, an environment
 without PYTHONPATH, and `tradepulse.__file__` must be inside the temp venv.

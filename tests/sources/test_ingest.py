@@ -289,6 +289,38 @@ def test_malformed_frames_and_events_are_dead_lettered_and_the_stream_continues(
     dlq.close()
 
 
+def test_structurally_impossible_prints_are_dead_lettered_at_ingest_with_the_reason(
+    kafka_settings: Settings,
+) -> None:
+    """Issue 17: a print no US equity can have (a 1e308 price with a valid size, whose p × s is inf in
+    any VWAP) never reaches Kafka: ingest dead-letters it with the reason, like every broken event."""
+    settings = fast_settings(kafka_settings, tickers=["AAPL", "MSFT"])
+    script: list[bytes | str] = [
+        orjson.dumps([trade(1), trade(2, p=1e308), quote(1)]),
+        orjson.dumps([trade(3, s=2e11), trade(4, p=900_000.0, s=1_000_000)]),  # size; notional $9e11
+        orjson.dumps([quote(2, bp=1e308), quote(3, **{"as": 1e12}), trade(5), quote(4)]),
+    ]
+    dlq = open_dlq(settings)
+    service, _ = asyncio.run(run_scripted(settings, [script], dlq))
+
+    letters = {}
+    for letter in dlq.pending(limit=100):
+        event = orjson.loads(letter["payload"])
+        letters[(event["ev"], event["q"])] = letter
+    assert service.metrics.dead_lettered == 5
+    assert {key: letter["reason"] for key, letter in letters.items()} == {
+        ("T", 2): "field 'p' must be <= 10000000.0, got 1e+308",
+        ("T", 3): "field 's' must be <= 100000000000.0, got 200000000000.0",
+        ("T", 4): "notional 'p' × 's' must be <= 100000000000.0, got 900000000000.0",
+        ("Q", 2): "field 'bp' must be <= 10000000.0, got 1e+308",
+        ("Q", 3): "field 'as' must be <= 100000000000.0, got 1000000000000.0",
+    }
+    assert all(letter["failure_class"] == "permanent" for letter in letters.values())
+    assert sorted(published_keys(settings, TRADES, 2)) == [("AAPL", 1), ("AAPL", 5)]
+    assert sorted(published_keys(settings, QUOTES, 2)) == [("MSFT", 1), ("MSFT", 4)]
+    dlq.close()
+
+
 def test_recent_ids_window_is_bounded() -> None:
     recent = RecentIds(capacity=3)
     assert [recent.seen(i) for i in "abca"] == [False, False, False, True]

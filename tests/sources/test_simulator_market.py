@@ -195,3 +195,47 @@ def test_trade_counts_match_block_columns() -> None:
         assert [r["sym"] for r in records] == [model.symbols[i] for i in block.sym]
         # The server's fast text path must produce exactly what serialising the records would.
         assert block.fragments() == [orjson.dumps(r).decode() for r in records]
+
+
+def test_trade_condition_mix_is_seeded_and_realistic() -> None:
+    """The documented mix (`market.CONDITION_SETS`): every condition class of the consolidated rules
+    occurs at its rate, and the off-market classes (2, 12, 13) are priced away from the other trades."""
+    from tradepulse.core.conditions import ConditionRules
+    from tradepulse.sources.simulator.market import CONDITION_SETS
+
+    def trades(seed: int) -> dict[str, np.ndarray]:
+        model = MarketModel(MarketConfig(seed=seed, tickers=["AAPL"], rate=4000, start_ms=1_767_000_000_000))
+        blocks = [b.trades for b in model.generate(60) if b.trades is not None]
+        return {k: np.concatenate([b[k] for b in blocks]) for k in ("c", "s", "p")}
+
+    tr = trades(9)
+    again = trades(9)
+    assert all(np.array_equal(tr[k], again[k]) for k in tr)
+    conds = [list(CONDITION_SETS[c]) for c in tr["c"].tolist()]
+    share = {
+        k: float(np.mean([tuple(c) == CONDITION_SETS[k] for c in conds])) for k in range(len(CONDITION_SETS))
+    }
+    round_lots, odd = tr["s"] >= 100, tr["s"] < 100
+    assert len(conds) > 50_000 and 0.35 < odd.mean() < 0.55
+    for k, rate in (
+        (2, 0.10),
+        (4, 0.05),
+        (5, 0.01),
+        (6, 0.015),
+        (7, 0.005),
+        (8, 0.002),
+        (9, 0.002),
+        (10, 0.003),
+    ):
+        got = share[k] / round_lots.mean()
+        assert abs(got - rate) < 0.25 * rate + 0.0005, (CONDITION_SETS[k], got, rate)
+    assert abs(share[11] / odd.mean() - 0.01) < 0.003 and abs(share[3] / odd.mean() - 0.15) < 0.01
+    masks = ConditionRules.bundled().masks(conds)
+    assert 0.001 < 1 - masks.volume.mean() < 0.01  # 15 / 16 only
+    assert 0.3 < 1 - masks.last_price.mean() < 0.6  # odd lots above all
+    # Off-market prints: ~0.3 % from the regular trades around them.
+    regular = tr["c"] == 0
+    off = np.isin(tr["c"], [5, 6, 7])
+    ref = np.interp(np.flatnonzero(off), np.flatnonzero(regular), tr["p"][regular])
+    gap = np.abs(tr["p"][off] / ref - 1)
+    assert np.median(gap) > 0.002

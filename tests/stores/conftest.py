@@ -8,7 +8,7 @@ import pytest
 
 from tradepulse.config import Settings
 from tradepulse.ids import stable_id, trade_event_id
-from tradepulse.models import Anomaly, Correlation, FeatureVector, Trade
+from tradepulse.models import Anomaly, Correlation, FeatureVector, StoredTrade, Trade
 
 BASE_MS = 1_767_000_000_000  # a fixed event time (2025-12-29 UTC), far from "now" on purpose
 
@@ -31,6 +31,13 @@ def make_trade(ticker: str = "AAPL", seq: int = 1, ts_ms: int = BASE_MS, price: 
     }
     Trade.model_validate(row)
     return row
+
+
+def make_outlier(ticker: str = "AAPL", seq: int = 1, ts_ms: int = BASE_MS, price: float = 150.0) -> dict:
+    """A trade as the runner writes a flagged one (`CoreProcessor.flag_outliers`)."""
+    row = {**make_trade(ticker, seq, ts_ms, price), "outlier": True}
+    StoredTrade.model_validate(row)
+    return row | {"outlier_reason": "above_band", "reference_price": 100.0, "band_usd": 10.0}
 
 
 def make_feature(ticker: str = "AAPL", ts_ms: int = BASE_MS, price: float = 100.0) -> dict:

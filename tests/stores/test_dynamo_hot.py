@@ -15,7 +15,14 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from tests.aws import ThrottledSends, create_hot_table
-from tests.stores.conftest import BASE_MS, make_anomaly, make_correlation, make_feature, make_trade
+from tests.stores.conftest import (
+    BASE_MS,
+    make_anomaly,
+    make_correlation,
+    make_feature,
+    make_outlier,
+    make_trade,
+)
 from tradepulse.bus.status import RunnerMetrics, publish_status
 from tradepulse.config import Settings
 from tradepulse.ids import shard_of
@@ -130,6 +137,17 @@ def test_latest_mode_stores_only_the_newest_trade_per_ticker(ddb: Any) -> None:
     store.write_batch(trades=trades)
     assert len([i for i in items(ddb) if i["pk"]["S"].startswith("TRADE#")]) == 2
     assert store.latest_trade("AAPL") == trades[29]
+    store.close()
+
+
+def test_outlier_trades_are_listed_by_ticker_and_time_whatever_the_trades_mode(ddb: Any) -> None:
+    store = DynamoHotStore(TABLE, client=ddb, trades_mode="latest", clock=lambda: NOW)
+    flagged = [make_outlier(seq=2, ts_ms=BASE_MS + 1), make_outlier("MSFT", seq=3, ts_ms=BASE_MS + 2)]
+    store.write_batch(trades=[*flagged, make_trade(seq=4, ts_ms=BASE_MS + 3), make_trade("MSFT", seq=5)])
+    store.write_batch(trades=flagged)  # a replay overwrites the same items
+    assert store.outliers("AAPL", 0) == [flagged[0]]
+    assert store.outliers(None, 0) == flagged
+    assert store.outliers(None, BASE_MS + 2) == [flagged[1]]
     store.close()
 
 

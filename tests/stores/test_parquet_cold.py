@@ -63,7 +63,8 @@ def test_layout_snappy_sorted_and_round_trip(tmp_path: Path) -> None:
     assert table.column("ticker").to_pylist() == ["AAPL", "AAPL", "MSFT", "MSFT"]  # sorted by ticker
     back = {r["event_id"]: r for r in read_rows(tmp_path)}
     for o, row in enumerate(rows):
-        assert back[row["event_id"]] == {**row, "kafka_partition": 2, "kafka_offset": o}
+        # `outlier` is null: these rows come without the runner's flag.
+        assert back[row["event_id"]] == {**row, "outlier": None, "kafka_partition": 2, "kafka_offset": o}
     (anomaly,) = read_rows(tmp_path, "anomalies")
     assert anomaly["feature_vector"] == list(make_anomaly()["feature_vector"].items())  # Parquet map
     assert not list(tmp_path.rglob("*.tmp"))
@@ -268,3 +269,24 @@ def test_rows_appended_again_before_the_first_flush_of_their_block_are_written_o
     store.append_batch(topics.TRADES, rows, positions, flush=False)  # the replay, from offset 0
     store.close()
     assert sorted(r["kafka_offset"] for r in read_rows(tmp_path)) == list(range(10))
+
+
+def test_a_block_written_before_a_new_column_merges_with_new_rows(tmp_path: Path) -> None:
+    """A file of an open block written by a runner without trades' `outlier` column (an upgrade
+    mid-block): the next write of that block keeps its rows, with the new column null."""
+    store = ParquetColdStore(tmp_path, block_offsets=1000)
+    old_rows = trades_at(range(3))
+    store.append_batch(topics.TRADES, old_rows, [(0, o) for o in range(3)])
+    store.close()
+    (name,) = store.files("trades")
+    path = tmp_path / name
+    pq.write_table(pq.read_table(path, partitioning=None).drop_columns(["outlier"]), path)
+
+    restarted = ParquetColdStore(tmp_path, block_offsets=1000)
+    new_rows = [
+        {**row, "outlier": o == 4} for o, row in zip(range(3, 5), trades_at(range(3, 5)), strict=True)
+    ]
+    restarted.append_batch(topics.TRADES, new_rows, [(0, o) for o in range(3, 5)])
+    restarted.close()
+    back = {r["kafka_offset"]: r["outlier"] for r in read_rows(tmp_path)}
+    assert back == {0: None, 1: None, 2: None, 3: False, 4: True}

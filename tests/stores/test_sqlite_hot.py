@@ -16,6 +16,7 @@ from tests.stores.conftest import (
     make_anomaly,
     make_correlation,
     make_feature,
+    make_outlier,
     make_trade,
 )
 from tradepulse.stores.base import HotStore
@@ -290,7 +291,8 @@ def test_purge_deletes_in_chunks_releasing_the_write_lock_in_between(tmp_path: P
     old, fresh = now - 60 * hour, now - hour
     with SqliteHotStore(tmp_path / "hot.sqlite3", ttl_hours=48) as store:
         store.write_batch(
-            trades=[make_trade(seq=i, ts_ms=old + i) for i in range(250)]
+            trades=[make_trade(seq=i, ts_ms=old + i) for i in range(238)]
+            + [make_outlier(seq=i, ts_ms=old + i) for i in range(238, 250)]
             + [make_trade(seq=999, ts_ms=fresh)],
             features=[
                 make_feature(ticker=t, ts_ms=old + 1000 * i) for t in ("AAPL", "MSFT") for i in range(65)
@@ -300,9 +302,27 @@ def test_purge_deletes_in_chunks_releasing_the_write_lock_in_between(tmp_path: P
         )
         lock = CountingLock()
         store._write_lock = lock  # type: ignore[assignment]
-        assert store.purge_expired(now, chunk_rows=10) == 250 + 130 + 25
-        # 26 trade chunks, 7 + 7 feature chunks, 3 anomaly chunks, 1 correlations, latest + tickers.
-        assert lock.acquisitions == 26 + 14 + 3 + 1 + 2
+        assert store.purge_expired(now, chunk_rows=10) == 250 + 130 + 25 + 12
+        # 26 trade chunks, 7 + 7 feature chunks, 3 anomaly chunks, 1 correlations, 2 outlier chunks,
+        # latest + tickers.
+        assert lock.acquisitions == 26 + 14 + 3 + 1 + 2 + 2
+        assert store.count("outliers") == 0
         assert store.count("trades") == store.count("anomalies") == 1
         assert [f["ts_ms"] for f in store.feature_history("AAPL", 0)] == [fresh]
         assert store.feature_history("MSFT", 0) == []
+
+
+def test_outlier_trades_are_kept_as_trades_and_listed_by_ticker_and_time(tmp_path: Path) -> None:
+    with SqliteHotStore(tmp_path / "hot.sqlite3") as store:
+        normal = make_trade(seq=1, ts_ms=BASE_MS)
+        flagged = [make_outlier(seq=2, ts_ms=BASE_MS + 1), make_outlier("MSFT", seq=3, ts_ms=BASE_MS + 2)]
+        store.write_batch(trades=[normal, *flagged])
+        store.write_batch(trades=flagged)  # a replay: upserts, no duplicates
+        assert store.count("trades") == 3 and store.count("outliers") == 2
+        assert store.outliers("AAPL", 0) == [flagged[0]]
+        assert store.outliers(None, 0) == flagged  # oldest first
+        assert store.outliers(None, BASE_MS + 2) == [flagged[1]]
+        assert {t["event_id"]: t.get("outlier") for t in store.trades("AAPL", 0)} == {
+            normal["event_id"]: None,  # written without the flag (not by a runner), kept as written
+            flagged[0]["event_id"]: True,
+        }

@@ -43,6 +43,9 @@ Ticker = Annotated[
     ),
 ]
 Hours = Annotated[int, Query(ge=1, le=168, description="Look-back window in hours (1–168).")]
+HotHours = Annotated[
+    int, Query(ge=1, le=48, description="Look-back window in hours (1–48: the hot store's retention).")
+]
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": r.ErrorResponse, "description": "No data for this ticker in the hot store."}

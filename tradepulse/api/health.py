@@ -14,9 +14,11 @@ object describing itself (`tradepulse.bus.status.RunnerMetrics.snapshot()` build
       "events_per_s": 4100.0,           # recent throughput (over the last ~10 s)
       "write_p99_ms": 12.5,             # p99 of recent hot-store write_batch latencies
       "backpressure_activations": 3,    # times consumption was paused for a slow sink, since start
+      "unknown_conditions": 0,          # optional: trades with an unknown condition code, since start
       "dlq_depth": 0,                   # dead letters pending
       "batch_p99_ms": 9.0,              # optional: one micro-batch, p99
       "e2e_latency_p99_ms": 85.0,       # optional: receive → hot store, p99
+      "outliers": {"above_band": 2},    # optional: suspect trades flagged per reason, since start
       ...                               # any other fields: accepted and ignored
     }
 
@@ -149,9 +151,14 @@ def combine(views: list[RunnerView]) -> RunnerStatus | None:
         events_per_s=round(sum(s.events_per_s for s in basis), 1),
         write_p99_ms=worst([s.write_p99_ms for s in basis]),
         backpressure_activations=sum(s.backpressure_activations for s in basis),
+        unknown_conditions=sum(s.unknown_conditions for s in basis),
         dlq_depth=max(s.dlq_depth for s in basis),
         e2e_latency_p99_ms=worst([s.e2e_latency_p99_ms for s in basis]),
         batch_p99_ms=worst([s.batch_p99_ms for s in basis]),
+        outliers={
+            r: sum(s.outliers.get(r, 0) for s in basis)
+            for r in sorted({r for s in basis for r in s.outliers})
+        },
     )
 
 

@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from tradepulse.core.outliers import OUTLIER_REASONS
+
 if TYPE_CHECKING:
     from tradepulse.api.cache import TTLCache
     from tradepulse.api.health import HealthChecker
@@ -100,11 +102,24 @@ class PipelineCollector(Collector):
                 "Times consumption paused for a slow sink since the runner started.",
                 status.backpressure_activations,
             ),
+            "tradepulse_unknown_condition_trades": (
+                "Trades with a condition code missing from the condition rules (treated as regular "
+                "sales) since the runner started; `tradepulse conditions refresh` updates the table.",
+                status.unknown_conditions,
+            ),
         }
         for name, (doc, value) in counters.items():
             c = CounterMetricFamily(name, doc)
             c.add_metric([], float(value))
             yield c
+        outliers = CounterMetricFamily(
+            "tradepulse_outliers",
+            "Trades flagged outlier (kept, left out of features) since the runner started, per reason.",
+            labels=["reason"],
+        )
+        for reason in OUTLIER_REASONS:
+            outliers.add_metric([reason], float(status.outliers.get(reason, 0)))
+        yield outliers
 
 
 class ApiMetrics:

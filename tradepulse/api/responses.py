@@ -115,6 +115,30 @@ class AnomaliesResponse(_Response):
     anomalies: list[AnomalyItem] = Field(description="Newest first.")
 
 
+class OutlierItem(_Response):
+    """A trade the runner flagged outlier: kept in the stores, left out of every feature."""
+
+    event_id: str
+    timestamp: str = Field(description="ISO 8601 UTC of the exchange timestamp.")
+    ts_ms: int
+    price: float
+    size: float
+    exchange: int
+    trade_id: str
+    conditions: list[int]
+    reason: Literal["above_band", "below_band"]
+    reference_price: float = Field(description="Median of the ticker's recent trades before this one.")
+    band_usd: float = Field(description="Half-width of the band around the reference (LULD Tier 2 style).")
+    deviation_pct: float = Field(description="(price − reference) / reference × 100.")
+
+
+class OutliersResponse(_Response):
+    ticker: str
+    hours: int
+    count: int
+    outliers: list[OutlierItem] = Field(description="Newest first.")
+
+
 class ArticleSentiment(_Response):
     """VADER scores; `score` is the compound score."""
 
@@ -260,6 +284,24 @@ def anomaly_from_row(row: Row) -> AnomalyItem:
         feature_vector=row["feature_vector"],
         model_version=row["model_version"],
         event_id=row["event_id"],
+    )
+
+
+def outlier_from_row(row: Row) -> OutlierItem:
+    reference = row["reference_price"]
+    return OutlierItem(
+        event_id=row["event_id"],
+        timestamp=iso_ms(row["exchange_ts_ms"]),
+        ts_ms=row["exchange_ts_ms"],
+        price=row["price"],
+        size=row["size"],
+        exchange=row["exchange"],
+        trade_id=row["trade_id"],
+        conditions=row.get("conditions") or [],
+        reason=row["outlier_reason"],
+        reference_price=reference,
+        band_usd=row["band_usd"],
+        deviation_pct=(row["price"] - reference) / reference * 100,
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tradepulse.bus.heartbeat import status_files, status_path
 from tradepulse.config import Settings
@@ -28,9 +28,11 @@ class RunnerStatus(BaseModel):
     events_per_s: float = 0.0
     write_p99_ms: float | None = None
     backpressure_activations: int = 0
+    unknown_conditions: int = 0
     dlq_depth: int = 0
     e2e_latency_p99_ms: float | None = None
     batch_p99_ms: float | None = None
+    outliers: dict[str, int] = Field(default_factory=dict)  # suspect trades flagged per reason, since start
 
     stopped_at: float | None = None
 

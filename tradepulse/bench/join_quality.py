@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from tradepulse.core.feature_config import FeatureConfig
 from tradepulse.core.news_join import NewsJoiner
 from tradepulse.ids import news_event_id
 
@@ -209,7 +210,7 @@ def run(
     truth: list[Truth] = []
     spikes: list[dict] = []
     rng = np.random.default_rng(seed + 1)
-    joiner = NewsJoiner()
+    joiner = NewsJoiner(settle_ms=FeatureConfig().zscore_settle_ms)  # as the runner builds it
     delayed: list[tuple[int, dict[str, Any]]] = []  # (deliver at ms, article): polling delay 0-60 s
     results: list[dict[str, Any]] = []
     watermark: dict[str, int] = {}

@@ -1,8 +1,8 @@
 """Decoding and validation of input messages for the runner.
 
-The rules are those of the input models (`tradepulse.validation.RULES`, derived from `Trade`, `Quote`
-and `NewsArticle`; ingest checks the same rules): every required field present with the right type,
-numbers finite and in range. They are applied by hand, not through a pydantic model per event (~10×
+The rules are those of the input models (`tradepulse.validation.RULES` and `NOTIONALS`, derived from
+`Trade`, `Quote` and `NewsArticle`; ingest checks the same rules): every required field present with the
+right type, numbers finite and in range, price × size within the notional bound. They are applied by hand, not through a pydantic model per event (~10×
 slower). Whatever fails becomes a dead letter carrying its source context; the runner never crashes on
 input.
 
@@ -27,7 +27,7 @@ from tradepulse.errors import BusError
 from tradepulse.models import INT64_MAX, INT64_MIN, Quote, Trade
 from tradepulse.stores.dlq import make_dead_letter
 from tradepulse.topics import NEWS, QUOTES, TRADES
-from tradepulse.validation import RULES, InvalidField, Rule
+from tradepulse.validation import NOTIONALS, RULES, InvalidField, Rule
 
 Row = dict[str, Any]
 
@@ -66,6 +66,8 @@ def _validate(topic: str, row: Any) -> Row:
     try:
         for name, rule in rules.items():
             rule.check(name, row.get(name))
+        for notional in NOTIONALS.get(topic, ()):
+            notional.check(notional.price, row[notional.price], notional.size, row[notional.size])
     except InvalidField as exc:
         raise InvalidMessage("missing_field" if exc.missing else "bad_value", exc.reason) from None
     if topic == NEWS and not isinstance(row.get("related", []), list):
@@ -98,6 +100,8 @@ class DecodedBatch:
     quote_columns: QuoteColumns | None = None
     trade_fields: dict[str, Any] | None = None
     quote_fields: dict[str, Any] | None = None
+    # Set by the processor's `flag_outliers` when some trades are suspect: True per flagged trade row.
+    trade_outliers: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.trades) + len(self.quotes) + len(self.news) + len(self.dead_letters)
@@ -170,6 +174,12 @@ def _validate_columns(topic: str, rows: list[Row]) -> tuple[np.ndarray | None, d
         out[name] = values if column is None else column
         if ok is not None:
             suspect = ~ok if suspect is None else suspect | ~ok
+    with np.errstate(invalid="ignore", over="ignore"):
+        for notional in NOTIONALS[topic]:
+            # NaN (a field that failed its rule) compares False: a suspect either way.
+            inside = out[notional.price] * out[notional.size] <= notional.limit
+            if not inside.all():
+                suspect = ~inside if suspect is None else suspect | ~inside
     out.update(zip(optional, columns[len(names) :], strict=True))
     return suspect, out
 
@@ -185,7 +195,12 @@ def _kept_fields(cols: dict[str, Any], keep: np.ndarray | None) -> dict[str, Any
     }
 
 
-def _trade_columns(cols: dict[str, Any], keep: np.ndarray | None) -> TradeColumns:
+def _trade_columns(cols: dict[str, Any], keep: np.ndarray | None, rows: list[Row]) -> TradeColumns:
+    # Conditions decide which features a trade updates (tradepulse.core.conditions); the column is
+    # there when every row has the field, else it is read row by row (absent: a regular sale).
+    conditions = cols.get("conditions")
+    if conditions is None:
+        conditions = [row.get("conditions") for row in rows]
     columns = TradeColumns(
         ticker=object_array(cols["ticker"]),
         price=cols["price"],
@@ -193,6 +208,7 @@ def _trade_columns(cols: dict[str, Any], keep: np.ndarray | None) -> TradeColumn
         ts_ms=cols["exchange_ts_ms"],
         sequence=cols["sequence"],
         event_id=object_array(cols["event_id"]),
+        conditions=object_array(conditions),
     )
     return columns if keep is None else columns.take(keep)
 
@@ -279,6 +295,7 @@ def _decode_columns(topic: str, group: list[Any], batch: DecodedBatch, dead: Dea
         return
     suspect, cols = _validate_columns(topic, parsed)
     keep = _recheck_suspects(topic, group, parsed, suspect, dead)
+    all_rows = parsed
     if keep is not None:
         index = np.flatnonzero(keep).tolist()
         group = [group[i] for i in index]
@@ -286,7 +303,7 @@ def _decode_columns(topic: str, group: list[Any], batch: DecodedBatch, dead: Dea
     positions = list(zip(map(_PARTITION, group), map(_OFFSET, group), strict=True))
     if topic == TRADES:
         batch.trades, batch.trade_pos = parsed, positions
-        batch.trade_columns = _trade_columns(cols, keep)
+        batch.trade_columns = _trade_columns(cols, keep, all_rows)
         batch.trade_fields = _kept_fields(cols, keep)
     else:
         batch.quotes, batch.quote_pos = parsed, positions

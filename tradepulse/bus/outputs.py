@@ -49,6 +49,7 @@ class BatchOutputs:
     anomalies: list[Row] = field(default_factory=list)
     correlations: list[Row] = field(default_factory=list)
     late_events: int = 0
+    unknown_conditions: int = 0  # trades with a condition code the rules do not know
 
 
 def topic_dead_letter(letter: Row) -> Row:

@@ -8,6 +8,7 @@ rows → columnar batches → `FeatureEngine` (feature snapshots of closed secon
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -23,6 +24,7 @@ from tradepulse.core.anomaly import AnomalyConfig, AnomalyDetector
 from tradepulse.core.columns import QuoteColumns, TradeColumns
 from tradepulse.core.features import FeatureConfig, FeatureEngine, FeatureOutput
 from tradepulse.core.news_join import NewsJoiner, correlation_id
+from tradepulse.core.outliers import OutlierConfig, OutlierFlagger
 from tradepulse.errors import InvalidArgument
 from tradepulse.stores.base import HotStore
 from tradepulse.topics import TRADES
@@ -41,10 +43,11 @@ class CoreProcessor:
         self.detector = AnomalyDetector(self.anomaly_config)
         self._refit_totals = {"refits": 0.0, "refit_s": 0.0, "refit_waits": 0.0, "refit_wait_s": 0.0}
         self.engine = FeatureEngine(self.config)
-        self.joiner = NewsJoiner()
+        self.joiner = NewsJoiner(settle_ms=self.config.zscore_settle_ms)
         # Position (news partition, offset) of every article the joiner still holds: committed with the
         # offsets, so that a rebuild re-reads exactly these articles (`pending_news`).
         self._pending_pos: dict[str, tuple[int, int]] = {}
+        self.outliers = OutlierFlagger(OutlierConfig.from_settings(settings))
 
     @property
     def model_version(self) -> int:
@@ -64,8 +67,9 @@ class CoreProcessor:
         """Forget all state, the anomaly models included: `restore` and the rebuild bring back exactly
         the state at the committed offsets."""
         self.engine = FeatureEngine(self.config)
-        self.joiner = NewsJoiner()
+        self.joiner = NewsJoiner(settle_ms=self.config.zscore_settle_ms)
         self._pending_pos = {}
+        self.outliers.reset()
         self.detector.close()
         self._refit_totals = self.refit_stats()
         self.detector = AnomalyDetector(self.anomaly_config)
@@ -74,8 +78,35 @@ class CoreProcessor:
     def state_lookback_s(self) -> float:
         """Input time the rebuild replays: the features' windows (`rebuild_lookback_s`), plus the news join's z-score memory
         (a late article after a restart joins against z-scores up to that far behind the watermark, and
-        each of them needs the features' windows before it to come out bit-identical)."""
-        return self._rebuild_lookback_s + self.joiner.history_ms / 1000
+        each of them needs the features' windows before it to come out bit-identical), plus the outlier
+        reference window (the first replayed trades the features see are flagged as they were)."""
+        reference_s = self.outliers.config.reference_window_ms / 1000
+        return self._rebuild_lookback_s + self.joiner.memory_ms / 1000 + reference_s
+
+    def flag_outliers(self, batch: DecodedBatch) -> dict[str, int]:
+        """Flag the batch's suspect trades (`tradepulse.core.outliers`) before anything stores or
+        processes them: `outlier` is set on every trade row (and added to `trade_fields` for the cold
+        store), and `process` leaves the flagged ones out of the features. Returns flagged per reason."""
+        if not batch.trades:
+            return {}
+        columns = batch.trade_columns
+        if columns is None:
+            columns = batch.trade_columns = TradeColumns.from_records(batch.trades)
+        result = self.outliers.flag(columns)
+        flags = result.outlier
+        if batch.trade_fields is not None:
+            batch.trade_fields["outlier"] = flags
+        for row, flag in zip(batch.trades, flags.tolist(), strict=True):
+            row["outlier"] = flag
+        if not flags.any():
+            return {}
+        for i in np.flatnonzero(flags).tolist():
+            # For the hot store's outlier view (GET /outliers): why, against what.
+            batch.trades[i]["outlier_reason"] = result.reason[i]
+            batch.trades[i]["reference_price"] = float(result.reference[i])
+            batch.trades[i]["band_usd"] = float(result.half_width[i])
+        batch.trade_outliers = flags  # some are flagged: `process` filters them out
+        return {reason: count for reason, count in result.counts().items() if count}
 
     def pending_news(self) -> dict[int, list[int]]:
         """Per news partition, the offsets of the articles still waiting for their join window."""
@@ -111,6 +142,13 @@ class CoreProcessor:
         trades = batch.trade_columns
         if trades is None:
             trades = TradeColumns.from_records(batch.trades) if batch.trades else TradeColumns.empty()
+        if batch.trade_outliers is not None:
+            # Suspect prints stay out of every feature and so out of the anomaly inputs. From the rows:
+            # the rebuild filters rows and columns (not the mask) down to the state range.
+            flagged = np.fromiter((row["outlier"] for row in batch.trades), bool, len(batch.trades))
+            keep = np.flatnonzero(~flagged)
+            trades = trades.take(keep)
+            batch = dataclasses.replace(batch, trade_pos=[batch.trade_pos[i] for i in keep.tolist()])
         quotes = batch.quote_columns
         if quotes is None:
             quotes = QuoteColumns.from_records(batch.quotes) if batch.quotes else QuoteColumns.empty()
@@ -146,6 +184,7 @@ class CoreProcessor:
             anomalies=anomalies,
             correlations=correlations,
             late_events=len(out.late_event_ids),
+            unknown_conditions=out.unknown_conditions,
         )
 
     def close(self) -> None:

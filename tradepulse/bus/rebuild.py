@@ -11,8 +11,9 @@ separate group-less consumer (assign(), read_committed):
 
 - per partition number p, the records of trades/quotes p from the look-back start up to (not including)
   the committed offset, the look-back being the processor's `state_lookback_s` (`rebuild_lookback_s` +
-  the join's z-score memory: 390 + 660 s by default). The look-back start is found with
-  `offsets_for_times` at (timestamp of the last committed record of partition p, over all three topics)
+  the join's z-score memory — 660 s behind its settled watermark, itself the features' grace + 1 ms
+  behind theirs — + the outlier reference window: 390 + 662.001 + 300 s by default). The
+  look-back start is found with `offsets_for_times` at (timestamp of the last committed record of partition p, over all three topics)
   − look-back, so a runner restarting after a long outage still rebuilds from the data before its
   committed offset and not from the wall clock. Trades are produced when received, so their record
   timestamps follow event time closely (late trades beyond the 2 s grace are dropped anyway);

@@ -139,6 +139,10 @@ class Processor(Protocol):
     @property
     def model_version(self) -> int: ...
 
+    def flag_outliers(self, batch: DecodedBatch) -> dict[str, int]:
+        """Flag the batch's suspect trades (`outlier` on each trade row) before it is stored or
+        processed; returns flagged trades per reason. Stateful like `process`, and rebuilt with it."""
+
     def process(self, batch: DecodedBatch, *, emit: bool) -> BatchOutputs:
         """Fold a batch into the state. With emit=False (rebuild) outputs may be skipped."""
 
@@ -439,6 +443,7 @@ class Runner:
             if not inputs:
                 return
             batch = decode_batch(inputs)
+            self.processor.flag_outliers(batch)  # every replayed trade: the cold rows carry the flag too
             counts["invalid"] += len(batch.dead_letters)
             cold_rows = 0
             fields = {TRADES: batch.trade_fields, QUOTES: batch.quote_fields}
@@ -511,6 +516,7 @@ class Runner:
                 log.warning("consume error: %s", error)
         inputs, outputs_read = split_outputs(valid)
         batch = decode_batch(inputs)
+        outliers = self.processor.flag_outliers(batch)
         decoded = time.perf_counter()
         # A batch of archived outputs only has nothing for the core and the hot store.
         outputs = self.processor.process(batch, emit=True) if len(batch) else BatchOutputs()
@@ -534,6 +540,9 @@ class Runner:
         flushed = time.perf_counter()
         self.metrics.dead_letters += len(batch.dead_letters)
         self.metrics.late_events += outputs.late_events
+        for reason, count in outliers.items():
+            self.metrics.outliers[reason] = self.metrics.outliers.get(reason, 0) + count
+        self.metrics.unknown_conditions += outputs.unknown_conditions
         self.metrics.model_version = self.processor.model_version
         self.metrics.record_stages(
             decode=(decoded - started) * 1000,

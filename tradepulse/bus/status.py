@@ -72,6 +72,8 @@ class RunnerMetrics:
     batches: int = 0
     dead_letters: int = 0
     late_events: int = 0
+    outliers: dict[str, int] = field(default_factory=dict)  # suspect trades flagged, per reason
+    unknown_conditions: int = 0  # trades with a condition code the rules do not know (issue 17)
     backpressure_activations: int = 0
     outputs_produced: int = 0
     consumer_lag: int = 0
@@ -160,6 +162,8 @@ class RunnerMetrics:
             "dlq_depth": self.dlq_depth,
             "dead_letters": self.dead_letters,
             "late_events": self.late_events,
+            "outliers": dict(self.outliers),
+            "unknown_conditions": self.unknown_conditions,
             "model_version": self.model_version,
             "batches": self.batches,
             "assigned_partitions": self.assigned_partitions,

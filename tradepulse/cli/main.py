@@ -7,6 +7,7 @@ import click
 from tradepulse import __version__
 from tradepulse.cli.api import api
 from tradepulse.cli.bench import bench
+from tradepulse.cli.conditions import conditions
 from tradepulse.cli.kafka import kafka, topics
 from tradepulse.cli.process import process
 from tradepulse.cli.schemas import schemas
@@ -35,6 +36,7 @@ cli.add_command(news)
 cli.add_command(query)
 cli.add_command(dlq)
 cli.add_command(bench)
+cli.add_command(conditions)
 
 
 if __name__ == "__main__":

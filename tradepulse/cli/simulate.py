@@ -52,6 +52,13 @@ if TYPE_CHECKING:
 )
 @click.option("--speed", type=float, default=1.0, show_default=True, help="Replay speed (N× real time).")
 @click.option(
+    "--bad-tick-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Fraction of trades replaced by labelled bad ticks, half impossible, half fat fingers.",
+)
+@click.option(
     "--progress-every", type=float, default=5.0, show_default=True, help="Seconds between progress lines."
 )
 def simulate(
@@ -70,6 +77,7 @@ def simulate(
     max_connections: int | None,
     replay_root: Path | None,
     speed: float,
+    bad_tick_rate: float,
     progress_every: float,
 ) -> None:
     """Serve a synthetic market over the Massive WebSocket protocol and Finnhub company-news HTTP."""
@@ -98,6 +106,7 @@ def simulate(
         news_calls_per_minute=settings.finnhub_calls_per_minute,
         replay_root=replay_root,
         replay_speed=speed,
+        bad_tick_rate=bad_tick_rate,
     )
     asyncio.run(_run(config, progress_every))
 

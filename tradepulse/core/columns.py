@@ -30,10 +30,14 @@ class TradeColumns:
     ts_ms: np.ndarray  # int64, exchange (event) time
     sequence: np.ndarray  # int64
     event_id: np.ndarray  # object (str)
+    conditions: np.ndarray | None = None
+    """object: each trade's condition codes (a list; None or [] for a regular sale). None for the whole
+    batch: no conditions known, every trade is a regular sale."""
 
     @classmethod
     def from_records(cls, records: Sequence[Mapping]) -> TradeColumns:
-        """Columns from Trade dicts (`ticker, price, size, exchange_ts_ms, sequence, event_id`)."""
+        """Columns from Trade dicts (`ticker, price, size, exchange_ts_ms, sequence, event_id`, and
+        `conditions` when present)."""
         if not records:
             return cls.empty()
         return cls(
@@ -43,6 +47,7 @@ class TradeColumns:
             ts_ms=np.fromiter((r["exchange_ts_ms"] for r in records), dtype=np.int64, count=len(records)),
             sequence=np.fromiter((r["sequence"] for r in records), dtype=np.int64, count=len(records)),
             event_id=object_array([r["event_id"] for r in records]),
+            conditions=object_array([r.get("conditions") for r in records]),
         )
 
     @classmethod
@@ -65,6 +70,7 @@ class TradeColumns:
             ts_ms=self.ts_ms[index],
             sequence=self.sequence[index],
             event_id=self.event_id[index],
+            conditions=None if self.conditions is None else self.conditions[index],
         )
 
     def __len__(self) -> int:

@@ -79,6 +79,12 @@ class FeatureConfig:
         )
 
     @property
+    def zscore_settle_ms(self) -> int:
+        """How far behind the watermark a z-score can still be emitted: a trade at exactly
+        watermark − grace is still accepted."""
+        return self.late_grace_ms + 1
+
+    @property
     def rebuild_ms(self) -> int:
         """Event time of input a fresh engine must replay to reproduce a running one exactly: the
         windows, plus the cap window of the oldest z-score history bucket's trades, plus the grace."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tradepulse.core.trade_state import TradeState, group_starts, ranges
+from tradepulse.core.trade_state import TradeState, group_starts, limbs_value, ranges, square_limbs
 
 if TYPE_CHECKING:
     from tradepulse.core.feature_config import FeatureConfig
@@ -29,9 +29,31 @@ class Corrections:
     price: np.ndarray
     count: np.ndarray
     bucket_volume: np.ndarray  # in the trade's own z-score bucket
+    # The z-score's, in its fixed point (int64, exact: see `TradeState`).
     bucket_capped: np.ndarray  # capped size in the trade's own z-score bucket
     hist_s1: np.ndarray  # change of Σx over the history buckets
-    hist_s2: np.ndarray  # change of Σx² over the history buckets
+    hist_s2: np.ndarray  # change of Σx² over the history buckets, as (3, n) limbs (`square_limbs`)
+    # Trade conditions: `count` above counts volume-eligible trades, `price` sums eligible prices.
+    count_price: np.ndarray  # price-eligible trades
+    last_row: np.ndarray  # latest price-eligible row among the trades that arrived before (-1: none)
+
+    @classmethod
+    def zeros(cls, last_row: np.ndarray) -> Corrections:
+        """No corrections for `len(last_row)` trades whose latest price-eligible rows are `last_row`."""
+        n = len(last_row)
+        zero, izero = np.zeros(n), np.zeros(n, dtype=np.int64)
+        return cls(
+            zero,
+            zero.copy(),
+            zero.copy(),
+            izero,
+            zero.copy(),
+            izero.copy(),
+            izero.copy(),
+            np.zeros((3, n), dtype=np.int64),
+            izero.copy(),
+            last_row,
+        )
 
 
 def window_features(
@@ -43,44 +65,58 @@ def window_features(
     price: np.ndarray,
     corr: Corrections | None,
 ) -> dict[str, np.ndarray]:
-    """Feature columns of the vectors ending at state `rows` (minus the corrections, if any)."""
-    end = rows + 1
-    zero = np.zeros(len(rows))
-    c = corr or Corrections(zero, zero, zero, zero.astype(np.int64), zero, zero, zero, zero)
+    """Feature columns of the vectors ending at state `rows` (minus the corrections, if any), and
+    `price`: the last price (the trade's own `price` when no price-eligible trade is in reach)."""
+    c = corr or Corrections.zeros(st.last_ok[rows])
 
-    def window(ms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def window(ms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         start = st.first_after(code, ts - ms)  # <= rows: a window holds its own trade
         return (
             (st.t_ps[rows] - (st.t_ps[start] - st.v_ps[start])).astype(np.float64) - c.ps,
             (st.t_size[rows] - (st.t_size[start] - st.size[start])).astype(np.float64) - c.size,
             (st.t_p[rows] - (st.t_p[start] - st.v_p[start])).astype(np.float64) - c.price,
-            end - start - c.count,
+            st.window_count(st.vol_ok, st.t_vol_ok, start, rows) - c.count,
+            st.window_count(st.price_ok, st.t_price_ok, start, rows) - c.count_price,
         )
 
-    ps1, s1, _, _ = window(cfg.vwap_short_ms)
-    ps5, s5, p5, n5 = window(cfg.vwap_long_ms)
+    # Last price: the latest price-eligible trade the vector may see, within the momentum look-back.
+    last = c.last_row
+    last_c = np.maximum(last, 0)
+    has_last = (last >= 0) & (st.ts[last_c] > ts - cfg.momentum_lookback_ms)
+    price = np.where(has_last, st.price[last_c], price)
+
+    ps1, s1, _, v1, _ = window(cfg.vwap_short_ms)
+    ps5, s5, p5, v5, n5 = window(cfg.vwap_long_ms)
     nfreq = window(cfg.frequency_ms)[3]
     centre = st.centre[code]
     with np.errstate(divide="ignore", invalid="ignore"):
-        rel1 = np.where(s1 > 0, ps1 / s1, price - centre)  # vwap − centre
-        rel5 = np.where(s5 > 0, ps5 / s5, price - centre)
+        # VWAP over the volume-eligible trades (an exact count decides "none": sums may round).
+        rel1 = np.where((v1 > 0) & (s1 > 0), ps1 / s1, price - centre)  # vwap − centre
+        rel5 = np.where((v5 > 0) & (s5 > 0), ps5 / s5, price - centre)
         vwap1, vwap5 = centre + rel1, centre + rel5
         avg5 = centre + np.where(n5 > 0, p5 / np.maximum(n5, 1), price - centre)
         dev = ((price - centre) - rel5) / vwap5 * 1e4
 
-    # Momentum: last row with ts <= t − M (all such rows arrived before the trade: see docstring).
+    # Momentum: the last price-eligible row with ts <= t − M (all rows up to t − M arrived before the
+    # trade: see docstring).
     ref = st.first_after(code, ts - cfg.momentum_ms) - 1
     ref_ok = ref >= 0
     ref_c = np.where(ref_ok, ref, 0)
-    ref_ok &= (st.code[ref_c] == code) & (st.ts[ref_c] > ts - cfg.momentum_lookback_ms)
+    ref_ok &= st.code[ref_c] == code
+    ref_c = np.where(ref_ok, st.last_ok[ref_c], 0)
+    ref_ok &= ref_c >= 0
+    ref_c = np.maximum(ref_c, 0)
+    ref_ok &= st.ts[ref_c] > ts - cfg.momentum_lookback_ms
     ref_price = np.where(ref_ok, st.price[ref_c], price)
     momentum = np.where(ref_ok, (price - ref_price) / ref_price * 100.0, 0.0)
 
-    # Volume z-score.
+    # Volume z-score: exact integer sums (fixed point), then one float formula of those integers, so
+    # the result does not depend on the batch split or the state's layout. z is scale-free, so it is
+    # computed in the fixed-point units.
     b_now = ts // cfg.zscore_bucket_ms
     b_row = st.first_at(code, b_now * cfg.zscore_bucket_ms)  # first row of the trade's bucket
     volume = (st.t_size[rows] - (st.t_size[b_row] - st.size[b_row])).astype(np.float64) - c.bucket_volume
-    capped = (st.t_csize[rows] - (st.t_csize[b_row] - st.csize[b_row])).astype(np.float64) - c.bucket_capped
+    capped = (st.t_csize[rows] - (st.t_csize[b_row] - st.csize[b_row])) - c.bucket_capped
     x_now = st.bucket_value(capped)
     bidx = st.bucket_slot(code, b_now)
     h_lo = st.bucket_slot(code, b_now - cfg.zscore_window_buckets)
@@ -89,14 +125,12 @@ def window_features(
     n_hist = np.where(has_hist, b_now - first, 0)
     h_last = np.maximum(bidx - 1, 0)
     x_lo = st.b_val[h_lo]
-    s1h = (st.b_t1[h_last] - (st.b_t1[h_lo] - x_lo)).astype(np.float64)
-    s2h = (st.b_t2[h_last] - (st.b_t2[h_lo] - x_lo * x_lo)).astype(np.float64)
-    s1h = np.where(has_hist, s1h, 0.0) - c.hist_s1
-    s2h = np.where(has_hist, s2h, 0.0) - c.hist_s2
+    s1h = np.where(has_hist, st.b_t1[h_last] - (st.b_t1[h_lo] - x_lo), 0) - c.hist_s1
+    s2h = np.where(has_hist, st.b_t2[:, h_last] - (st.b_t2[:, h_lo] - square_limbs(x_lo)), 0) - c.hist_s2
     with np.errstate(divide="ignore", invalid="ignore"):
         nf = np.maximum(n_hist, 1)
-        mean = s1h / nf
-        mean_sq = s2h / nf
+        mean = s1h.astype(np.float64) / nf
+        mean_sq = limbs_value(s2h) / nf
         var = mean_sq - mean * mean
         ok = (n_hist >= cfg.zscore_min_history_buckets) & (var > 1e-12 * mean_sq)
         z = np.where(ok, (x_now - mean) / np.sqrt(np.where(ok, var, 1.0)), 0.0)
@@ -110,6 +144,7 @@ def window_features(
         "price_momentum": momentum,
         "trade_frequency": nfreq.astype(np.int64),
         "vwap_deviation_bps": dev,
+        "price": price,
     }
     for key in ("vwap_1min", "vwap_5min", "rolling_avg_5min", "volume", "volume_zscore"):
         out[key] = np.where(np.isfinite(out[key]), out[key], 0.0)
@@ -155,17 +190,7 @@ def disorder_corrections(pos: np.ndarray, group: np.ndarray, st: TradeState) -> 
     hi = np.searchsorted(overtaken, group_end, side="left")
     counts = hi - lo
 
-    zero = np.zeros(n)
-    c = Corrections(
-        zero.copy(),
-        zero.copy(),
-        zero.copy(),
-        np.zeros(n, dtype=np.int64),
-        zero.copy(),
-        zero.copy(),
-        zero.copy(),
-        zero.copy(),
-    )
+    c = Corrections.zeros(st.last_ok[pos])
     for chunk in pair_chunks(counts):
         d = np.repeat(disordered[chunk], counts[chunk])
         starts = np.repeat(lo[chunk] - np.r_[0, np.cumsum(counts[chunk])[:-1]], counts[chunk])
@@ -178,23 +203,47 @@ def disorder_corrections(pos: np.ndarray, group: np.ndarray, st: TradeState) -> 
         centred = price[pj] - st.centre[st.code[pj]]  # the sums are over centred prices
         np.add.at(c.ps, d, centred * size[pj])
         np.add.at(c.size, d, size[pj])
-        np.add.at(c.price, d, centred)
-        np.add.at(c.count, d, 1)
+        np.add.at(c.price, d, centred * st.price_ok[pj])
+        np.add.at(c.count, d, st.vol_ok[pj].astype(np.int64))
+        np.add.at(c.count_price, d, st.price_ok[pj].astype(np.int64))
+        _skip_later_arrivals(c.last_row, pos, d, pj, st)
         bd, bj = st.ts[pos[d]] // st.bucket_ms, st.ts[pj] // st.bucket_ms
         same = bd == bj
         np.add.at(c.bucket_volume, d[same], size[pj[same]])
         np.add.at(c.bucket_capped, d[same], csize[pj[same]])
-        # History buckets: aggregate the missing capped volume per (trade, bucket), then fix Σx, Σx².
+        # History buckets: aggregate the missing capped volume per (trade, bucket), then fix Σx, Σx²
+        # (integers: exact).
         prev = ~same
         if prev.any():
             pair_key = np.stack([d[prev], st.bucket_of(pj[prev])], axis=1)
             keys, inv = np.unique(pair_key, axis=0, return_inverse=True)
-            missing = np.bincount(inv.ravel(), weights=csize[pj[prev]], minlength=len(keys))
+            missing = np.zeros(len(keys), dtype=np.int64)
+            np.add.at(missing, inv.ravel(), csize[pj[prev]])
             slots = keys[:, 1]
             full, seen = st.b_val[slots], st.bucket_value(st.b_cap[slots] - missing)
             np.add.at(c.hist_s1, keys[:, 0], full - seen)
-            np.add.at(c.hist_s2, keys[:, 0], full * full - seen * seen)
+            for k, delta in enumerate(square_limbs(full) - square_limbs(seen)):
+                np.add.at(c.hist_s2[k], keys[:, 0], delta)
     return c
+
+
+def _skip_later_arrivals(
+    last_row: np.ndarray, pos: np.ndarray, d: np.ndarray, pj: np.ndarray, st: TradeState
+) -> None:
+    """Move `last_row` of the trades `d` back past the price-eligible rows `pj` that arrived after them
+    (pairs (d, pj)): one step back per pass, only for the trades whose candidate is such a row."""
+    n_rows = np.int64(len(st.key))
+    later = np.unique(d.astype(np.int64) * n_rows + pj)
+    todo = np.unique(d)
+    while len(todo):
+        cand = last_row[todo]
+        hit = (cand >= 0) & np.isin(todo.astype(np.int64) * n_rows + cand, later)
+        todo, cand = todo[hit], cand[hit]
+        if len(todo) == 0:
+            break
+        back = cand - 1
+        same_region = back >= st.reg0[st.code[pos[todo]]]
+        last_row[todo] = np.where(same_region, st.last_ok[np.maximum(back, 0)], -1)
 
 
 def closing_snapshots(

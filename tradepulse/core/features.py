@@ -13,19 +13,35 @@ Definitions (all per ticker; event time = exchange timestamp `ts`; windows are h
   and for every snapshot not yet closed. Vectors already emitted for later-keyed trades are not revised.
   Because S_i only depends on the arrival sequence, per-trade vectors and snapshots do not depend on how
   the stream is split into batches.
-* `vwap_1min` / `vwap_5min`: Σ price·size / Σ size over the last 60 s / 300 s of S_i.
-* `rolling_avg_5min`: mean trade price over the last 300 s of S_i.
-* `trade_frequency`: number of trades of S_i in the last 60 s.
-* `volume`: size traded in the current z-score bucket (floor(ts / 1000 ms)) by the trades of S_i.
+* Trade conditions (`tradepulse.core.conditions`: Massive's consolidated update rules, a trade's codes
+  combined with AND, unknown codes counted and treated as a regular sale). A trade is *volume-eligible*
+  when it updates volume (not 15/16 official open/close, 38 corrected close...) and *price-eligible*
+  when it updates both high/low and the last sale (not 2 average price, 7 cash, 12 Form T, 13 out of
+  sequence, 20 next day, 21 price variation, 22 prior reference, 37 odd lot, 52/53 contingent...).
+  Volume, VWAP, the z-score and the trade count use the volume-eligible trades (the others count with
+  size 0); last price, momentum, rolling average and VWAP deviation use the price-eligible ones. Every
+  accepted trade still produces its vector and its snapshot second (with the rules off,
+  `ConditionRules.permissive()`, every trade is both).
+* `price`: the *last price*: price of the latest (by key) price-eligible trade of S_i with
+  ts > t − `momentum_lookback_ms` (300 s); the trade's own price when there is none (e.g. a ticker
+  whose only recent prints are odd lots or Form T).
+* `vwap_1min` / `vwap_5min`: Σ price·size / Σ size over the volume-eligible trades of the last 60 s /
+  300 s of S_i; the last price when there is none.
+* `rolling_avg_5min`: mean price of the price-eligible trades of the last 300 s of S_i; the last
+  price when there is none.
+* `trade_frequency`: number of volume-eligible trades of S_i in the last 60 s.
+* `volume`: size traded in the current z-score bucket (floor(ts / 1000 ms)) by the volume-eligible
+  trades of S_i.
 * `volume_zscore`: how unusual the volume of the current z-score bucket is, robust to single block
-  trades. Each accepted trade j gets a *capped size* c_j = min(size_j, `zscore_size_cap` (10) × the
-  mean trade size of its ticker over the *closed* buckets among the previous `zscore_cap_window_buckets`
-  (60): buckets b_j−60 … whose end is ≤ (watermark after j) − grace, so no trade can still enter them;
-  c_j = size_j when there are none or the cap is 0). c_j is fixed when j is accepted. A bucket's value
-  is x = log(1 + Σc) over its trades (`zscore_log_volume`; plain Σc when off). Then
+  trades. Each accepted trade j gets a *capped size* c_j = min(s_j, `zscore_size_cap` (10) × the
+  mean size of the volume-eligible trades of its ticker over the *closed* buckets among the previous
+  `zscore_cap_window_buckets` (60): buckets b_j−60 … whose end is ≤ (watermark after j) − grace, so
+  no trade can still enter them; c_j = s_j when there are none or the cap is 0), s_j = size_j if j is
+  volume-eligible, else 0. c_j is fixed when j is accepted. A bucket's value is x = log(1 + Σc) over its trades (`zscore_log_volume`; plain Σc when off). Then
   z = (x_now − mean) / std, x_now over the trades of S_i in the current bucket, mean and std over the
   history buckets: the previous `zscore_window_buckets` (300) buckets b−300 … b−1 of S_i, *starting at
-  the first of them that has a trade* (empty buckets after that count as x = 0). With n history
+  the first of them that has a trade* (any accepted trade; empty buckets after that count as x = 0).
+  With n history
   buckets, mean = Σx/n and std is the population std (ddof 0). z = 0 while n <
   `zscore_min_history_buckets` (30, warm-up and after a quiet spell of ≥ 270 s), and 0 when the
   variance is ≤ 1e-12 × mean(x²) (a flat history has no scale).
@@ -33,9 +49,17 @@ Definitions (all per ticker; event time = exchange timestamp `ts`; windows are h
   in the simulator), so one block print makes a 1-s bucket "extreme" on raw mean/std many times a
   minute per ticker, and a few such prints inflate the std so that a real sustained surge scores
   low. With `zscore_size_cap=0` and `zscore_log_volume=false` z is the raw-volume z-score.
-* `price_momentum`: (price − ref) / ref × 100, ref = price of the last trade with ts ≤ t − 60 s, looked
-  up no further back than `momentum_lookback_ms` (300 s); 0 when there is no such trade.
-* `vwap_deviation_bps`: (price − vwap_5min) / vwap_5min × 10,000.
+  Exactness: the z-score is computed in fixed point, so that it is a function of the accepted trades
+  (and their arrival order) to the bit, whatever the batch split, the state's re-layouts or a restart
+  (a correlation or anomaly replayed after a crash must be the same output). Sizes are rounded to
+  multiples of 2^-16 and clamped at 2^24 for the z-score (q = min(round(size·2^16), 2^40)); the cap
+  is floor(`zscore_size_cap` × Σq / n) in those units; a bucket's value x is log(1 + Σc) rounded to a
+  multiple of 2^-32 (raw mode: Σc itself in the 2^-16 units, clamped at 2^48 units). All sums are
+  exact int64 sums; mean and std are then computed in float64 from those integers. The z-score path
+  stays exact while the sizes in a window sum below 2^47 (e.g. 2^23 trades of the clamp size).
+* `price_momentum`: (price − ref) / ref × 100, ref = price of the last price-eligible trade with
+  ts ≤ t − 60 s, looked up no further back than `momentum_lookback_ms` (300 s); 0 when there is none.
+* `vwap_deviation_bps`: (price − vwap_5min) / vwap_5min × 10,000 (price: the last price).
 * `bid_ask_spread`: ask − bid of the latest quote (by (ts, arrival)) with ts ≤ t among the quotes
   received up to and including the current batch (quotes of a batch are applied before its trades);
   undefined (NaN in arrays, None in dicts) when there is none or it has a zero side. This is the one
@@ -55,7 +79,8 @@ positions, so the cost per batch follows the batch, not the 5-minute state. Trad
 later-keyed trade of the same batch (within-grace disorder) are corrected for by subtracting their
 contributions from the earlier arrivals' sums (cost proportional to the number of such pairs; zero for
 in-order feeds). State is bounded: per ticker only trades with ts > watermark − grace − horizon
-(300 s + one bucket) can be reached; older rows are dropped, and the prefix sums re-based, when a
+(300 s + one bucket) can be reached; older rows are dropped, and the float prefix sums re-based (the z-score's are exact
+integers), when a
 ticker's region fills (amortised), and only the quotes a future trade can still use are kept.
 """
 
@@ -68,6 +93,7 @@ import numpy as np
 import pandas as pd
 
 from tradepulse.core.columns import QuoteColumns, TradeColumns
+from tradepulse.core.conditions import ConditionRules
 from tradepulse.core.feature_config import FeatureConfig
 from tradepulse.core.feature_windows import closing_snapshots, disorder_corrections, window_features
 from tradepulse.core.quote_book import QuoteBook
@@ -97,6 +123,8 @@ class FeatureOutput:
     zscores: dict[str, np.ndarray] = field(default_factory=dict)
     rejected_event_ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))
     """Trades with a non-finite or non-positive price or size: never folded in (dead-letter them)."""
+    unknown_conditions: int = 0
+    """Valid trades of the batch with a condition code the rules do not know (see `conditions`)."""
 
     def vectors(self) -> list[dict]:
         """Every per-trade row as a FeatureVector dict (processing order)."""
@@ -162,8 +190,10 @@ def vector_dict(cols: dict[str, np.ndarray], i: int) -> dict:
 class FeatureEngine:
     """Stateful per-ticker feature computation over micro-batches (see the module docstring)."""
 
-    def __init__(self, config: FeatureConfig = FeatureConfig()) -> None:
+    def __init__(self, config: FeatureConfig = FeatureConfig(), rules: ConditionRules | None = None) -> None:
         self.config = config
+        self.rules = rules if rules is not None else ConditionRules.bundled()
+        """Trade-condition rules (`ConditionRules.permissive()`: off); counts unknown codes."""
         self._codes: dict[str, int] = {}
         self._names: list[str] = []
         self._wm = np.empty(0, dtype=np.int64)  # trade watermark per code
@@ -232,18 +262,22 @@ class FeatureEngine:
             trades = trades.take(valid)
         if len(trades) == 0:
             return self._empty_output(rejected)
+        unknown_before = self.rules.unknown_trades
+        eligible = self._eligibility(trades)
+        unknown = self.rules.unknown_trades - unknown_before
         # 1. Lateness, per code in arrival order: watermark before each trade vs its ts.
         arrivals = self._lateness(self._codes_for(trades.ticker), trades.ts_ms.astype(np.int64))
         # 2. Late trades attach to the next accepted trade of their code (arrival order).
         accepted, attached = self._attach_late(arrivals)
         late_ids = trades.event_id[np.sort(arrivals.by_code[arrivals.late])]  # arrival order
         if len(accepted) == 0:
-            return self._empty_output(rejected, late_ids)
+            return self._empty_output(rejected, late_ids, unknown)
         # 3. Merge accepted trades into the state, key order (code, ts, arrival).
-        batch = self._merge(trades, arrivals, accepted, attached)
+        batch = self._merge(trades, arrivals, accepted, attached, eligible)
         # 4. Per-trade vectors (arrival view, corrected for within-batch disorder).
         corr = disorder_corrections(batch.pos, arrivals.gidx[accepted], self._trades)
         feats = window_features(self.config, self._trades, batch.pos, batch.code, batch.ts, batch.price, corr)
+        batch.last_price = feats.pop("price")
         feats["bid_ask_spread"] = self._spread_at(batch.code, batch.ts)
         # 5. Snapshots of the seconds that close in this batch (final view, no correction).
         snapshots = self._snapshots(batch.codes, arrivals.wm_before)
@@ -257,9 +291,12 @@ class FeatureEngine:
             late_event_ids=late_ids,
             zscores=_zscores(per_trade),
             rejected_event_ids=rejected,
+            unknown_conditions=unknown,
         )
 
-    def _empty_output(self, rejected: np.ndarray, late_ids: np.ndarray | None = None) -> FeatureOutput:
+    def _empty_output(
+        self, rejected: np.ndarray, late_ids: np.ndarray | None = None, unknown: int = 0
+    ) -> FeatureOutput:
         """The output of a batch without accepted trades (the quotes are still applied)."""
         self._trim_quotes()
         return FeatureOutput(
@@ -267,6 +304,7 @@ class FeatureEngine:
             late_event_ids=late_ids if late_ids is not None else np.empty(0, dtype=object),
             zscores=_zscores(_empty_per_trade()),
             rejected_event_ids=rejected,
+            unknown_conditions=unknown,
         )
 
     def _lateness(self, codes: np.ndarray, ts: np.ndarray) -> _Arrivals:
@@ -319,14 +357,28 @@ class FeatureEngine:
         self._pending_late[a.gcode[no_accept]] += late_per_group[no_accept]
         return acc_s, attached
 
+    def _eligibility(self, trades: TradeColumns) -> tuple[np.ndarray, np.ndarray]:
+        """Per trade of the batch: (volume-eligible, price-eligible) as 0/1 floats, from its conditions."""
+        if trades.conditions is None:  # no conditions known: every trade is a regular sale
+            ones = np.ones(len(trades))
+            return ones, ones
+        masks = self.rules.masks(trades.conditions)
+        return masks.volume.astype(np.float64), masks.last_price.astype(np.float64)
+
     def _merge(
-        self, trades: TradeColumns, a: _Arrivals, acc_s: np.ndarray, attached: np.ndarray
+        self,
+        trades: TradeColumns,
+        a: _Arrivals,
+        acc_s: np.ndarray,
+        attached: np.ndarray,
+        eligible: tuple[np.ndarray, np.ndarray],
     ) -> _Accepted:
         """Step 3: insert the accepted trades into the state (room reserved first)."""
         cfg = self.config
         arrival = a.by_code[acc_s]  # batch index of each accepted trade, code-grouped arrival order
         a_code, a_ts = a.code[acc_s], a.ts[acc_s]
         a_price, a_size = trades.price[arrival], trades.size[arrival]
+        vol_ok, price_ok = eligible[0][arrival], eligible[1][arrival]
         wm_at = np.maximum(a.wm_before_trade[acc_s], a_ts)  # the watermark once each trade is accepted
         bucket_ms = cfg.zscore_bucket_ms
         closed_end = (wm_at - cfg.late_grace_ms) // bucket_ms * bucket_ms
@@ -346,11 +398,15 @@ class FeatureEngine:
             k_code,
             a_ts[key_order],
             a_price[key_order],
-            a_size[key_order],
+            a_size[key_order] * vol_ok[key_order],  # effective size: 0 when not volume-eligible
             attached[key_order],
             closed_end[key_order],
+            vol_ok[key_order],
+            price_ok[key_order],
         )
-        return _Accepted(arrival, a_code, a_ts, a_price, a_size, attached, key_order, k_code[ustart], pos)
+        return _Accepted(
+            arrival, a_code, a_ts, a_price, a_size, attached, key_order, k_code[ustart], pos, a_price.copy()
+        )
 
     def _snapshots(self, codes: np.ndarray, wm_before: np.ndarray) -> list[dict]:
         """Step 5: snapshot vectors of the seconds of `codes` that close in this batch, by (ts, ticker)."""
@@ -363,7 +419,6 @@ class FeatureEngine:
             snap_cols["bid_ask_spread"] = self._spread_at(s_code, s_ts)
             snap_cols["ticker"] = np.asarray(self._names, dtype=object)[s_code]
             snap_cols["ts_ms"] = s_ts
-            snap_cols["price"] = state.price[snap_rows]
             snap_cols["late_events"] = snap_late
             snap_cols["window_start_ms"] = s_ts - cfg.vwap_long_ms
             snap_cols["window_end_ms"] = s_ts
@@ -382,7 +437,7 @@ class FeatureEngine:
             "ticker": names[b.code][out_order],
             "ts_ms": b.ts[out_order],
             "event_id": trades.event_id[b.arrival][out_order],
-            "price": b.price[out_order],
+            "price": b.last_price[out_order],
             "size": b.size[out_order],
         }
         for key in FEATURE_COLUMNS:
@@ -429,6 +484,7 @@ class _Accepted:
     key_order: np.ndarray  # order by (code, ts, arrival)
     codes: np.ndarray  # the distinct codes, ascending
     pos: np.ndarray  # state row of each
+    last_price: np.ndarray  # the vector's last price (set from the window features)
 
 
 def _zscores(per_trade: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -7,8 +7,15 @@ articles late, so the joiner
 * remembers z-scores per ticker, compressed to one *peak* point (highest z, its exact timestamp) and
   one *last* point per `resolution_ms` bucket (default 100 ms), for `window_ms + max_delay_ms`
   (default 11 min) behind the ticker's watermark: memory is bounded by time, not by trade rate;
-* holds each article until the ticker's event-time watermark reaches t + 60 s (a later spike can
-  still arrive), then emits exactly one `tradepulse.models.Correlation` dict for it.
+* holds each article until the ticker's event-time watermark reaches t + 60 s + `settle_ms` (a later
+  spike can still arrive until then: the feature engine still accepts trades up to its late grace
+  behind the watermark), then emits exactly one `tradepulse.models.Correlation` dict for it.
+
+The output is a function of the z-score and article streams alone (their order within a ticker, not
+how they are split into calls or how often `advance` is called): an article is only finalised once
+no z-score of its window can still arrive, and it only looks at points of its own window, which
+eviction never reaches before the article is final (unless it arrived more than `max_delay_ms`
+behind the watermark: counted as `beyond_retention`).
 
 Definitions (all in event time):
 
@@ -16,8 +23,8 @@ Definitions (all in event time):
 * `matched_zscore` — the peak, when it is ≥ `z_threshold` (the spike that matched); else None.
 * `lag_seconds` — (time of the matched peak − t) / 1000; negative when the spike came first. Ties go
   to the earliest point. None when nothing matched.
-* `volume_zscore_at_publish` — z of the last remembered point at or before t (exact to the bucket
-  resolution); None if none is remembered.
+* `volume_zscore_at_publish` — z of the last remembered point in [t − 60 s, t] (exact to the bucket
+  resolution); None if there is none.
 * `correlation_strength` — strong if |compound| ≥ 0.5 and matched z ≥ 3.0; moderate if
   |compound| ≥ 0.2 and matched z ≥ 2.0; weak if matched with a lower sentiment magnitude; none if no
   z ≥ 2.0 in the window. Thresholds are inclusive.
@@ -218,23 +225,23 @@ class _Rings:
                 z, ts = z[inside], ts[inside]
                 best = z.max()
                 peak_z, peak_ts = float(best), int(ts[z == best].min())  # ties: the earliest
-        # Last point at or before t: the bucket of t may hold only later points, then the one before.
+        # Last point in [lo, t]: the bucket of t may hold only later points, then the one before. Only
+        # the window's own buckets: older ones may or may not be evicted yet (the advance schedule).
         at_publish: float | None = None
         tb = t // res
-        if rb[tb % size] == tb:
-            at_publish = self._last_at_or_before(code, tb % size, t)
-        if at_publish is None:
-            older = np.flatnonzero((rb != _EMPTY) & (rb < tb))
-            if older.size:
-                at_publish = self._last_at_or_before(code, int(older[np.argmax(rb[older])]), t)
+        for b in range(tb, lo // res - 1, -1):
+            if rb[b % size] == b:
+                at_publish = self._last_in(code, b % size, lo, t)
+                if at_publish is not None:
+                    break
         return at_publish, peak_z, peak_ts
 
-    def _last_at_or_before(self, code: int, s: int, t: int) -> float | None:
+    def _last_in(self, code: int, s: int, lo: int, t: int) -> float | None:
         base = int(self.bucket[code, s]) * self.res
         pts, lts = int(self.peak_off[code, s]) + base, int(self.last_off[code, s]) + base
-        if lts <= t and lts > pts:
+        if lo <= lts <= t and lts > pts:
             return float(self.last_z[code, s])  # equal times: the peak point, below
-        if pts <= t:
+        if lo <= pts <= t:
             return float(self.peak_z[code, s])
         return None
 
@@ -248,6 +255,9 @@ class NewsJoiner:
         max_delay_ms: how far behind the ticker's watermark an article may arrive and still join against
             the full window; z-score history is kept for `window_ms + max_delay_ms`.
         resolution_ms: bucket width of the compressed z-score history.
+        settle_ms: how far behind the watermark z-scores can still arrive: the z-scores up to
+            (watermark − settle_ms) are complete. The runner's watermark is the feature engine's, which
+            still accepts trades at its late grace behind it (`FeatureConfig.zscore_settle_ms`).
         emitted_ids: correlation ids already emitted (restart after a crash): never emitted again.
         max_pending: bound on articles waiting for their window; beyond it the oldest is finalised early.
         dedupe_horizon_ms: how long (event time after publication) an emitted id is remembered; a
@@ -265,9 +275,10 @@ class NewsJoiner:
         emitted_ids: Iterable[str] = (),
         max_pending: int = 100_000,
         dedupe_horizon_ms: int = 86_400_000,
+        settle_ms: int = 0,
     ) -> None:
-        if window_ms <= 0 or resolution_ms <= 0 or max_delay_ms < 0:
-            raise InvalidArgument("window_ms and resolution_ms must be > 0, max_delay_ms >= 0")
+        if window_ms <= 0 or resolution_ms <= 0 or max_delay_ms < 0 or settle_ms < 0:
+            raise InvalidArgument("window_ms and resolution_ms must be > 0, max_delay_ms and settle_ms >= 0")
         self.window_ms = int(window_ms)
         self.z_threshold = float(z_threshold)
         self.max_delay_ms = int(max_delay_ms)
@@ -275,6 +286,7 @@ class NewsJoiner:
         self.max_pending = int(max_pending)
         self.dedupe_horizon_ms = int(dedupe_horizon_ms)
         self.history_ms = self.window_ms + self.max_delay_ms
+        self.settle_ms = int(settle_ms)
         self._evict_slack = max(1, 10_000 // self.resolution_ms)  # evict in ~10 s chunks
         # Ring slots per ticker: retention + eviction slack + one window of z-scores ahead of the
         # watermark (the runner's watermark is the ticker's newest trade, so nothing is ahead of it).
@@ -370,11 +382,12 @@ class NewsJoiner:
     def advance(self, watermark_ms: Mapping[str, int]) -> list[dict[str, Any]]:
         """Move per-ticker event-time watermarks forward; return the Correlation dicts now final.
 
-        An article at t is final once its ticker's watermark ≥ t + window. Watermarks never move
-        back: a smaller value than seen before is ignored.
+        An article at t is final once its ticker's watermark − settle_ms ≥ t + window. Watermarks never
+        move back: a smaller value than seen before is ignored. Everything below works on the settled
+        watermark (watermark − settle_ms).
         """
         for name, wm in watermark_ms.items():
-            wm = int(wm)
+            wm = int(wm) - self.settle_ms
             if wm > self._watermark.get(name, _NO_WATERMARK):
                 self._watermark[name] = wm
         out: list[dict[str, Any]] = []
@@ -399,6 +412,11 @@ class NewsJoiner:
         out = self._force_oldest(len(self._pending), count_forced=False)
         self._expire_emitted()
         return out
+
+    @property
+    def memory_ms(self) -> int:
+        """How far behind the (unsettled) watermark a z-score can still be needed."""
+        return self.history_ms + self.settle_ms
 
     @property
     def pending_count(self) -> int:

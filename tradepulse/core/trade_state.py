@@ -40,6 +40,37 @@ KOFF = 2**42
 MIN_CAP = 64
 ACC = np.longdouble  # prefix-sum accumulator (80-bit extended on x86-64)
 
+# The volume z-score is computed in fixed point, so that it is exact: integer sums do not depend on
+# where a batch starts or when a region was re-laid out (float sums round differently for each), and
+# a restart that replays the look-back in other batches gives the same bits (see `volume_zscore` in
+# `tradepulse.core.features`). int64 prefix sums wrap around on overflow; a difference of two of them
+# is still exact as long as the window's own sum stays below 2^63.
+SIZE_BITS = 16  # sizes in units of 2^-16
+SIZE_QMAX = 2**40  # per trade: 2^24 (~16.8 M) units of size at most (a window of 2^23 of them fits)
+LOG_X_BITS = 32  # log(1 + capped volume) in units of 2^-32
+X_QMAX = 2**48 - 1  # a bucket value; raw mode: capped volume up to ~4.3e9 (log mode: never reached)
+LIMB_BITS = 24  # x² is summed as three limbs of x = hi·2^24 + lo (each limb sum below 2^63)
+LIMB_MASK = 2**LIMB_BITS - 1
+
+
+def quantise_size(size: np.ndarray) -> np.ndarray:
+    """A size as the fixed-point integer of the z-score path (round to 2^-16, at most 2^24)."""
+    return np.minimum(np.rint(np.asarray(size, dtype=np.float64) * 2.0**SIZE_BITS), SIZE_QMAX).astype(
+        np.int64
+    )
+
+
+def square_limbs(x: np.ndarray) -> np.ndarray:
+    """(hi², 2·hi·lo, lo²) of x = hi·2^24 + lo, as a (3, n) int64 array: x² = Σ limb_k · 2^(24·(2−k))."""
+    hi, lo = x >> LIMB_BITS, x & LIMB_MASK
+    return np.stack([hi * hi, 2 * hi * lo, lo * lo])
+
+
+def limbs_value(limbs: np.ndarray) -> np.ndarray:
+    """The float64 value of Σ limb_k · 2^(24·(2−k)) (a function of the exact integers alone)."""
+    f = limbs.astype(np.float64)
+    return (f[0] * 2.0**LIMB_BITS + f[1]) * 2.0**LIMB_BITS + f[2]
+
 
 def kts(values: np.ndarray | int) -> np.ndarray:
     """A ts (or bucket id) as the low part of a composite key; K − 1 is the gap sentinel."""
@@ -54,19 +85,20 @@ def ranges(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lo[grp] + offs, grp
 
 
-def seg_cumsum(values: np.ndarray, starts: np.ndarray, base: np.ndarray) -> np.ndarray:
+def seg_cumsum(values: np.ndarray, starts: np.ndarray, base: np.ndarray, dtype: type = ACC) -> np.ndarray:
     """Inclusive prefix sums that restart at each group start from that group's `base`. The restart
-    keeps the rounding relative to the group's own (batch-sized) sums, not to other groups'. The
+    keeps the rounding relative to the group's own (batch-sized) sums, not to other groups'. Float
     sums are extended precision: they run over up to ~2 windows of rows, and window sums are their
-    differences (float64 would lose ~1e-9 of a VWAP deviation over a busy 5-minute window)."""
-    x = values.astype(ACC)
+    differences (float64 would lose ~1e-9 of a VWAP deviation over a busy 5-minute window). With
+    dtype int64 (the fixed-point z-score sums) they are exact, modulo 2^64."""
+    x: np.ndarray = values.astype(dtype)
     if len(x) == 0:
         return x
     if len(starts) > 1:
         totals = np.add.reduceat(x, starts)
         x[starts[1:]] -= totals[:-1]
     through = np.cumsum(x)
-    return through + np.repeat(base.astype(ACC), np.diff(np.r_[starts, len(x)]))
+    return through + np.repeat(base.astype(dtype), np.diff(np.r_[starts, len(x)]))
 
 
 class TradeState:
@@ -80,7 +112,8 @@ class TradeState:
     never span more than ~2 regions' worth of rows. A batch only rewrites each code's suffix from
     its earliest trade (bounded by the late grace) and the buckets from that trade's bucket on.
     The z-score bucket table (one slot per (code, bucket) with a trade) shares the region layout:
-    a bucket always has a row, so it never needs more slots than the rows.
+    a bucket always has a row, so it never needs more slots than the rows. The z-score's sums are
+    fixed-point int64 (`quantise_size`, `bucket_value`), exact whatever the batches and re-layouts.
     """
 
     def __init__(self, config: FeatureConfig) -> None:
@@ -108,19 +141,34 @@ class TradeState:
         self.t_ps = np.zeros(n, dtype=ACC)  # inclusive prefix sums of the three, per code
         self.t_size = np.zeros(n, dtype=ACC)
         self.t_p = np.zeros(n, dtype=ACC)
-        self.csize = np.zeros(n)  # capped size (see the volume_zscore definition), fixed at acceptance
-        self.t_csize = np.zeros(n, dtype=ACC)
+        # The z-score path, in fixed point (exact): sizes, capped sizes (see the volume_zscore
+        # definition; fixed at acceptance) and their prefix sums, per code (wrapping int64).
+        self.qsize = np.zeros(n, dtype=np.int64)
+        self.t_qsize = np.zeros(n, dtype=np.int64)
+        self.csize = np.zeros(n, dtype=np.int64)
+        self.t_csize = np.zeros(n, dtype=np.int64)
         self.b_key = owner * K + (K - 1)
         self.b_id = np.zeros(n, dtype=np.int64)
-        self.b_cap = np.zeros(n)  # Σ capped size of the bucket
-        self.b_val = np.zeros(n)  # its z-score value x = bucket_value(b_cap)
-        self.b_t1 = np.zeros(n, dtype=ACC)  # inclusive prefix sums of bucket values and squares
-        self.b_t2 = np.zeros(n, dtype=ACC)
+        self.b_cap = np.zeros(n, dtype=np.int64)  # Σ capped size of the bucket
+        self.b_val = np.zeros(n, dtype=np.int64)  # its z-score value x = bucket_value(b_cap)
+        self.b_t1 = np.zeros(n, dtype=np.int64)  # inclusive prefix sums of bucket values
+        self.b_t2 = np.zeros((3, n), dtype=np.int64)  # and of their squares' limbs (`square_limbs`)
+        # Trade-condition eligibility (`tradepulse.core.conditions`). `size` above is the effective
+        # size: 0 for a trade that does not count toward volume.
+        self.vol_ok = np.zeros(n)  # 1.0: counts toward volume, VWAP and the trade count
+        self.price_ok = np.zeros(n)  # 1.0: may set the last price
+        self.t_vol_ok = np.zeros(n, dtype=np.int64)  # inclusive prefix counts of the two, per code
+        self.t_price_ok = np.zeros(n, dtype=np.int64)
+        self.last_ok = np.full(n, -1, dtype=np.int64)  # latest price-eligible row <= this one (-1: none)
 
     def bucket_value(self, capped_volume: np.ndarray) -> np.ndarray:
-        """A bucket's z-score value from its capped volume (log(1 + v), or v itself)."""
-        v = np.maximum(capped_volume, 0.0)  # a difference of sums may round to a hair below 0
-        return np.log1p(v) if self.log_volume else v
+        """A bucket's z-score value x from its fixed-point capped volume, itself fixed point:
+        log(1 + v) in units of 2^-32, or (raw mode) v itself in the size units, at most `X_QMAX`."""
+        if self.log_volume:
+            x = np.rint(np.log1p(capped_volume * 2.0**-SIZE_BITS) * 2.0**LOG_X_BITS).astype(np.int64)
+        else:
+            x = capped_volume
+        return np.minimum(x, X_QMAX)
 
     # --- lookups ------------------------------------------------------------------------------
     def first_after(self, code: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -172,16 +220,19 @@ class TradeState:
         bsrc, bgrp = ranges(bfirst, btail)
         keep = (
             self.key[src], self.ts[src], self.price[src], self.size[src], self.late[src], self.csize[src],
+            self.qsize[src], self.vol_ok[src], self.price_ok[src],
             self.b_key[bsrc], self.b_id[bsrc], self.b_cap[bsrc], self.b_val[bsrc],
         )  # fmt: skip
         self.centre[has] = self.price[first[has]]
         self._alloc(int(cap.sum()), all_codes, cap)
         dst = new0[grp] + (src - first[grp])
         bdst = new0[bgrp] + (bsrc - bfirst[bgrp])
-        row_arrays = (self.key, self.ts, self.price, self.size, self.late, self.csize)
-        for array, values in zip(row_arrays, keep[:6], strict=True):
+        row_arrays = (
+            self.key, self.ts, self.price, self.size, self.late, self.csize, self.qsize, self.vol_ok, self.price_ok,
+        )  # fmt: skip
+        for array, values in zip(row_arrays, keep[:9], strict=True):
             array[dst] = values
-        for array, values in zip((self.b_key, self.b_id, self.b_cap, self.b_val), keep[6:], strict=True):
+        for array, values in zip((self.b_key, self.b_id, self.b_cap, self.b_val), keep[9:], strict=True):
             array[bdst] = values
         self.reg0, self.cap = new0, cap
         self.tail = new0 + live
@@ -195,10 +246,53 @@ class TradeState:
         if len(rows) == 0:
             return
         centred = self.price[rows] - self.centre[self.code[rows]]
-        self.v_p[rows] = centred
+        self.v_p[rows] = centred * self.price_ok[rows]  # the rolling average is over eligible prices
         self.v_ps[rows] = centred * self.size[rows]
-        pairs = ((self.v_ps, self.t_ps), (self.size, self.t_size), (self.v_p, self.t_p))
-        self._prefix(rows, grp, pairs + (((self.csize, self.t_csize),) if capped else ()))
+        pairs: list[tuple[np.ndarray, np.ndarray]] = [(self.v_ps, self.t_ps), (self.size, self.t_size)]
+        pairs += [(self.v_p, self.t_p), (self.qsize, self.t_qsize)]
+        if capped:
+            pairs.append((self.csize, self.t_csize))
+        self._prefix(rows, grp, tuple(pairs))
+        self._eligibility_sums(rows, grp)
+
+    def _eligibility_sums(self, rows: np.ndarray, grp: np.ndarray) -> None:
+        """The prefix counts of the two eligibility flags (int64: exact and cheap) and `last_ok` at
+        `rows` (ascending runs per `grp`), each run continuing from the row just before it when that
+        row is in the same region."""
+        starts = group_starts(grp)
+        sizes = np.diff(np.r_[starts, len(rows)])
+        prev = rows[starts] - 1
+        cont = prev >= self.reg0[self.code[rows[starts]]]
+        prev = np.maximum(prev, 0)
+        for values, through in ((self.vol_ok, self.t_vol_ok), (self.price_ok, self.t_price_ok)):
+            counts = np.cumsum(values[rows].astype(np.int64))
+            before = np.r_[0, counts][starts]  # the batch's count before each run
+            base = np.where(cont, through[prev], 0)
+            through[rows] = counts + np.repeat(base - before, sizes)
+        self._fill_last_ok(rows, grp)
+
+    def _fill_last_ok(self, rows: np.ndarray, grp: np.ndarray) -> None:
+        """`last_ok` at `rows` (ascending runs per `grp`): a forward fill of the price-eligible rows,
+        continuing from the row just before each run when it is in the same region."""
+        starts = group_starts(grp)
+        prev = rows[starts] - 1
+        cont = prev >= self.reg0[self.code[rows[starts]]]
+        base = np.where(cont, self.last_ok[np.maximum(prev, 0)], -1)
+        ok = self.price_ok[rows] > 0
+        marker = np.arange(len(rows))
+        is_start = np.zeros(len(rows), dtype=bool)
+        is_start[starts] = True
+        # Runs start at a marked position, so the running max never reaches into the previous run.
+        src = np.maximum.accumulate(np.where(ok | is_start, marker, -1))
+        run = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(rows)]))
+        self.last_ok[rows] = np.where(ok[src], rows[src], base[run])
+
+    @staticmethod
+    def window_count(
+        values: np.ndarray, through: np.ndarray, start: np.ndarray, end: np.ndarray
+    ) -> np.ndarray:
+        """Σ of a 0/1 flag (`values`, int64 prefix counts `through`) over rows [start, end]: exact."""
+        return through[end] - through[start] + values[start].astype(np.int64)
 
     def _prefix(
         self, rows: np.ndarray, grp: np.ndarray, pairs: tuple[tuple[np.ndarray, np.ndarray], ...]
@@ -207,8 +301,8 @@ class TradeState:
         prev = rows[starts] - 1
         cont = prev >= self.reg0[self.code[rows[starts]]]
         for values, through in pairs:
-            base = np.where(cont, through[np.maximum(prev, 0)], ACC(0))
-            through[rows] = seg_cumsum(values[rows], starts, base)
+            base = np.where(cont, through[np.maximum(prev, 0)], through.dtype.type(0))
+            through[rows] = seg_cumsum(values[rows], starts, base, through.dtype.type)
 
     def _resum_buckets(self, slots: np.ndarray, grp: np.ndarray) -> None:
         if len(slots) == 0:
@@ -217,9 +311,10 @@ class TradeState:
         prev = slots[starts] - 1
         cont = prev >= self.reg0[self.code[slots[starts]]]
         val = self.b_val[slots]
-        for values, through in ((val, self.b_t1), (val * val, self.b_t2)):
-            base = np.where(cont, through[np.maximum(prev, 0)], ACC(0))
-            through[slots] = seg_cumsum(values, starts, base)
+        limbs = square_limbs(val)
+        for values, through in ((val, self.b_t1), *zip(limbs, self.b_t2, strict=True)):
+            base = np.where(cont, through[np.maximum(prev, 0)], 0)
+            through[slots] = seg_cumsum(values, starts, base, np.int64)
 
     def merge(
         self,
@@ -229,9 +324,12 @@ class TradeState:
         size: np.ndarray,
         late: np.ndarray,
         closed_end: np.ndarray,
+        vol_ok: np.ndarray,
+        price_ok: np.ndarray,
     ) -> np.ndarray:
         """Insert trades sorted by (code, ts, arrival) (room reserved); returns their rows.
-        `closed_end[i]`: end of the last z-score bucket closed when trade i was accepted (its cap)."""
+        `closed_end[i]`: end of the last z-score bucket closed when trade i was accepted (its cap).
+        `size` is the effective size (0 when not volume-eligible); `vol_ok` / `price_ok` the masks."""
         ustart = group_starts(code)
         ucode, ucount = code[ustart], np.diff(np.r_[ustart, len(code)])
         ins = self.first_after(ucode, ts[ustart])  # equal ts: earlier arrivals (the state) first
@@ -251,7 +349,11 @@ class TradeState:
         self.price[dest] = np.r_[self.price[sidx], price][order]
         self.size[dest] = np.r_[self.size[sidx], size][order]
         self.late[dest] = np.r_[self.late[sidx], late][order]
-        self.csize[dest] = np.r_[self.csize[sidx], size][order]  # the batch's caps follow
+        qsize = quantise_size(size)
+        self.qsize[dest] = np.r_[self.qsize[sidx], qsize][order]
+        self.csize[dest] = np.r_[self.csize[sidx], qsize][order]  # the batch's caps follow
+        self.vol_ok[dest] = np.r_[self.vol_ok[sidx], vol_ok][order]
+        self.price_ok[dest] = np.r_[self.price_ok[sidx], price_ok][order]
         self.tail[ucode] = tail + ucount
         # With a cap, the batch's capped sizes need the size sums first; their own sums follow below.
         self._resum(dest, grp, capped=self.cap_multiple <= 0)
@@ -261,16 +363,20 @@ class TradeState:
         if self.cap_multiple > 0:
             # Cap = multiple × mean size over the closed buckets of the cap window. Every row there was
             # accepted before the trade (a later arrival in a closed bucket is late), so the state's
-            # plain prefix sums are exact.
+            # plain prefix sums hold exactly those rows (and, fixed point, exactly their sum).
             own = ts // self.bucket_ms * self.bucket_ms
             lo = self.first_at(code, own - self.cap_window_ms)
             hi = np.maximum(self.first_at(code, np.minimum(closed_end, own)), lo)
-            n = hi - lo
+            # The mean is over the volume-eligible trades (the others have effective size 0).
+            n = np.zeros(len(code), dtype=np.int64)
+            rows_in = hi > lo
+            n[rows_in] = self.window_count(self.vol_ok, self.t_vol_ok, lo[rows_in], hi[rows_in] - 1)
             has = n > 0
             lo_h, hi_h = lo[has], hi[has]
-            total = (self.t_size[hi_h - 1] - (self.t_size[lo_h] - self.size[lo_h])).astype(np.float64)
-            capped = size.copy()
-            capped[has] = np.minimum(size[has], self.cap_multiple * total / n[has])
+            total = self.t_qsize[hi_h - 1] - (self.t_qsize[lo_h] - self.qsize[lo_h])
+            capped = qsize.copy()
+            cap = np.floor(self.cap_multiple * total.astype(np.float64) / n[has])
+            capped[has] = np.minimum(qsize[has], cap).astype(np.int64)
             self.csize[rows] = capped
             self._prefix(dest, grp, ((self.csize, self.t_csize),))
 
@@ -286,7 +392,7 @@ class TradeState:
         slots = slot0[bgrp] + np.arange(len(bgrp)) - np.repeat(np.cumsum(nb) - nb, nb)
         self.b_id[slots] = rb[bstart]
         self.b_key[slots] = ucode[bgrp] * K + kts(rb[bstart])
-        self.b_cap[slots] = np.add.reduceat(self.csize[ridx], bstart) if len(ridx) else 0.0
+        self.b_cap[slots] = np.add.reduceat(self.csize[ridx], bstart) if len(ridx) else 0
         self.b_val[slots] = self.bucket_value(self.b_cap[slots])
         self.btail[ucode] = slot0 + nb
         self._resum_buckets(slots, bgrp)

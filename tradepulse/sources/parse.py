@@ -20,7 +20,7 @@ import orjson
 
 from tradepulse.ids import quote_event_id, trade_event_id
 from tradepulse.topics import QUOTES, TRADES
-from tradepulse.validation import RULES, InvalidField, Rule
+from tradepulse.validation import NOTIONALS, RULES, InvalidField, Rule
 
 Record = dict[str, Any]
 
@@ -62,6 +62,8 @@ _ASK_PRICE, _ASK_SIZE, _ASK_EXCHANGE = (_QUOTE[f].check for f in ("ask_price", "
 _QUOTE_TICKER, _QUOTE_TS = _QUOTE["ticker"].check, _QUOTE["exchange_ts_ms"].check
 _QUOTE_SEQUENCE, _QUOTE_TAPE = _QUOTE["sequence"].check, _QUOTE["tape"].check
 _INT = Rule(int).check  # a wire integer that is no model field as such (REST's ns timestamps)
+(_TRADE_NOTIONAL,) = NOTIONALS[TRADES]
+_BID_NOTIONAL, _ASK_NOTIONAL = NOTIONALS[QUOTES]
 
 
 InvalidEvent = InvalidField
@@ -152,6 +154,7 @@ def trade_record(e: dict[str, Any], received_ts_us: int) -> Record:
     trade_id = _TRADE_ID("i", e["i"])
     price = _PRICE("p", e["p"])
     size = _trade_size(e, "s", "ds")
+    _TRADE_NOTIONAL.check("p", price, "ds" if "ds" in e else "s", size)
     return _trade(
         ticker,
         exchange,
@@ -213,6 +216,7 @@ def rest_trade_record(ticker: str, r: dict[str, Any], received_ts_us: int) -> Re
     trade_id = _TRADE_ID("id", r["id"])
     price = _PRICE("price", r["price"])
     size = _trade_size(r, "size", "decimal_size")
+    _TRADE_NOTIONAL.check("price", price, "decimal_size" if "decimal_size" in r else "size", size)
     trf_ns = _optional_int(r, "trf_timestamp")
     ts_ms = _INT("sip_timestamp", r["sip_timestamp"]) // 1_000_000
     return _trade(
@@ -249,15 +253,21 @@ def quote_record(e: dict[str, Any], received_ts_us: int) -> Record:
         conditions = [condition]
     else:
         conditions = _int_list(e, "c")
+    bid_price, bid_size = float(_BID_PRICE("bp", e["bp"])), float(_BID_SIZE("bs", e["bs"]))
+    bid_exchange = _BID_EXCHANGE("bx", e["bx"])
+    ask_price, ask_size = float(_ASK_PRICE("ap", e["ap"])), float(_ASK_SIZE("as", e["as"]))
+    ask_exchange = _ASK_EXCHANGE("ax", e["ax"])
+    _BID_NOTIONAL.check("bp", bid_price, "bs", bid_size)
+    _ASK_NOTIONAL.check("ap", ask_price, "as", ask_size)
     return {
         "event_id": quote_event_id(ticker, ts, seq),
         "ticker": ticker,
-        "bid_price": float(_BID_PRICE("bp", e["bp"])),
-        "bid_size": float(_BID_SIZE("bs", e["bs"])),
-        "bid_exchange": _BID_EXCHANGE("bx", e["bx"]),
-        "ask_price": float(_ASK_PRICE("ap", e["ap"])),
-        "ask_size": float(_ASK_SIZE("as", e["as"])),
-        "ask_exchange": _ASK_EXCHANGE("ax", e["ax"]),
+        "bid_price": bid_price,
+        "bid_size": bid_size,
+        "bid_exchange": bid_exchange,
+        "ask_price": ask_price,
+        "ask_size": ask_size,
+        "ask_exchange": ask_exchange,
         "conditions": conditions,
         "indicators": _int_list(e, "i"),
         "tape": _QUOTE_TAPE("z", e["z"]),
@@ -289,7 +299,7 @@ def _trade_size(e: dict[str, Any], key: str, decimal_key: str) -> float:
             ) from None
         if not (math.isfinite(size) and size > 0):
             raise InvalidEvent(f"field {decimal_key!r} must be > 0, got {fractional!r}")
-        return size
+        return float(_SIZE(decimal_key, size))  # and within the structural bound
     return _SIZE(key, e[key])
 
 

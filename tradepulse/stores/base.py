@@ -41,6 +41,10 @@ class HotStore(Protocol):
     def correlations(self, ticker: str | None, since_ms: int, limit: int = 1000) -> list[Row]:
         """Correlations published since `since_ms`, oldest first; `ticker=None` = all tickers."""
 
+    def outliers(self, ticker: str | None, since_ms: int, limit: int = 1000) -> list[Row]:
+        """Trades the runner flagged `outlier` (with `outlier_reason`, `reference_price`, `band_usd`)
+        since `since_ms`, oldest first (newest `limit`); `ticker=None` = all tickers."""
+
     def tickers(self) -> list[str]: ...
 
     def purge_expired(self, now_ms: int, *, chunk_rows: int = 5000) -> int:

@@ -10,6 +10,8 @@ Item types (pk → sk):
   history range queries never see it);
 - anomalies: `ANOM#<TICKER>` → `<ts_ms:015>#<anomaly_id>`; correlations: `CORR#<TICKER>` →
   `<published_ts_ms:015>#<correlation_id>`; the ticker set: `TICKERS` → `<TICKER>`;
+- trades flagged outlier by the runner: `OUTL#<TICKER>` → `<exchange_ts_ms:015>#<event_id>` (whatever
+  `dynamodb_trades` is; GET /outliers reads them);
 - the runner heartbeats (what /health reads in Lambda): `STATUS` → `runner#<instance>` (one per processor
   task, instance = the task's hostname on ECS), the status document as a JSON string attribute `status`
   (see `tradepulse.api.health`); /health lists them all with one Query.
@@ -283,6 +285,17 @@ class DynamoHotStore:
         """Upsert one micro-batch (no cross-item transaction in DynamoDB; every write is idempotent)."""
         started = time.perf_counter()
         expires = int(self.clock()) + self.ttl_s
+        # Outliers are few and what GET /outliers reads: always stored, whatever `trades_mode` keeps.
+        items = [
+            {
+                **t,
+                "pk": f"OUTL#{t['ticker']}",
+                "sk": f"{_ts(t['exchange_ts_ms'])}#{t['event_id']}",
+                "expires_at": expires,
+            }
+            for t in trades
+            if t.get("outlier")
+        ]
         if self.trades_mode == "latest":
             newest: dict[str, Row] = {}
             for t in trades:
@@ -293,7 +306,7 @@ class DynamoHotStore:
                 ):
                     newest[t["ticker"]] = t
             trades = list(newest.values())
-        items = [
+        items += [
             {
                 **t,
                 "pk": self.trade_pk(t),
@@ -395,6 +408,9 @@ class DynamoHotStore:
 
     def correlations(self, ticker: str | None, since_ms: int, limit: int = 1000) -> list[Row]:
         return self._ranged("CORR", ticker, since_ms, limit, "published_ts_ms")
+
+    def outliers(self, ticker: str | None, since_ms: int, limit: int = 1000) -> list[Row]:
+        return self._ranged("OUTL", ticker, since_ms, limit, "exchange_ts_ms")
 
     def tickers(self) -> list[str]:
         return sorted(r["ticker"] for r in self._query("TICKERS"))

@@ -76,7 +76,7 @@ from tradepulse.models import (
     FeatureVector,
     NewsArticle,
     Quote,
-    Trade,
+    StoredTrade,
 )
 from tradepulse.stores.base import Row
 
@@ -97,7 +97,7 @@ class Dataset(typing.NamedTuple):
 
 
 DATASETS: dict[str, Dataset] = {
-    topics.TRADES: Dataset("trades", Trade, "exchange_ts_ms", ("event_id",)),
+    topics.TRADES: Dataset("trades", StoredTrade, "exchange_ts_ms", ("event_id",)),
     topics.QUOTES: Dataset("quotes", Quote, "exchange_ts_ms", ("event_id",)),
     topics.NEWS: Dataset("news", NewsArticle, "published_ts_ms", ("event_id",)),
     topics.FEATURES: Dataset("features", FeatureVector, "ts_ms", ("ticker", "ts_ms")),
@@ -499,7 +499,7 @@ class ParquetColdStore:
         previous = self._written.get(key)
         if previous is None:
             data = self.target.read(rel)  # after a restart: the file may hold rows of this block
-            previous = pq.read_table(io.BytesIO(data)).cast(schema) if data is not None else None
+            previous = _conform(pq.read_table(io.BytesIO(data)), schema) if data is not None else None
         if previous is not None:
             table = pa.concat_tables([previous, table])
         # Always, the first write of a block included: the buffer itself may hold a row twice (appended
@@ -568,6 +568,14 @@ def _group_rows(*keys: np.ndarray) -> tuple[list[list[int]], np.ndarray]:
             parts.append(rest + low)
         groups.append(parts[::-1])
     return groups, inverse.reshape(-1)
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A file's rows in the current schema: a column added to the model since the file was written (e.g.
+    trades' `outlier`) is null there, so the block's next write merges old and new rows."""
+    n = table.num_rows
+    columns = [table.column(f.name) if f.name in table.column_names else pa.nulls(n, f.type) for f in schema]
+    return pa.Table.from_arrays(columns, names=schema.names).cast(schema)
 
 
 def _dedupe(table: pa.Table, key: tuple[str, ...]) -> pa.Table:

@@ -65,7 +65,7 @@ from typing import Any
 import orjson
 
 from tradepulse.errors import InvalidArgument, StoreError
-from tradepulse.models import Trade
+from tradepulse.models import StoredTrade
 from tradepulse.percentiles import nearest_rank
 from tradepulse.stores.base import Row
 
@@ -112,6 +112,14 @@ CREATE TABLE IF NOT EXISTS correlations (
 );
 CREATE INDEX IF NOT EXISTS correlations_by_ticker_time ON correlations (ticker, ts_ms);
 CREATE INDEX IF NOT EXISTS correlations_by_time ON correlations (ts_ms);
+CREATE TABLE IF NOT EXISTS outliers (
+    event_id TEXT PRIMARY KEY,
+    ticker TEXT NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    doc BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outliers_by_ticker_time ON outliers (ticker, ts_ms);
+CREATE INDEX IF NOT EXISTS outliers_by_time ON outliers (ts_ms);
 CREATE TABLE IF NOT EXISTS tickers (
     ticker TEXT PRIMARY KEY,
     last_ts_ms INTEGER NOT NULL
@@ -160,7 +168,7 @@ _UPSERT_LATEST_TRADE = (
     "WHERE (excluded.exchange_ts_ms, excluded.sequence) >= (latest_trades.exchange_ts_ms, latest_trades.sequence)"
 )
 _TRADE_KEY = ("ticker", "exchange_ts_ms", "sequence", "event_id")
-_TRADE_FIELDS = tuple(Trade.model_fields)
+_TRADE_FIELDS = tuple(StoredTrade.model_fields)
 _TRADE_REST = tuple(f for f in _TRADE_FIELDS if f not in _TRADE_KEY)
 _trade_rest = itemgetter(*_TRADE_REST)
 _TRADE_COLUMNS = "ticker, exchange_ts_ms, sequence, event_id, vals"
@@ -178,6 +186,12 @@ _UPSERT_CORRELATION = (
     "INSERT INTO correlations (correlation_id, ticker, ts_ms, doc) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (correlation_id) DO UPDATE SET ticker = excluded.ticker, ts_ms = excluded.ts_ms, "
     "doc = excluded.doc"
+)
+# Outlier trades (`outlier` set by the runner) also go here, a small table the API reads by ticker and
+# time (GET /outliers/{ticker}) without scanning the time-clustered trades.
+_UPSERT_OUTLIER = (
+    "INSERT INTO outliers (event_id, ticker, ts_ms, doc) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (event_id) DO UPDATE SET ticker = excluded.ticker, ts_ms = excluded.ts_ms, doc = excluded.doc"
 )
 _UPSERT_TICKER = (
     "INSERT INTO tickers (ticker, last_ts_ms) VALUES (?, ?) "
@@ -246,7 +260,8 @@ def _trade_doc(row: tuple[Any, ...]) -> Row:
     if isinstance(vals, dict):
         return vals
     doc = dict(zip(_TRADE_KEY, row[:4], strict=True))
-    doc.update(zip(_TRADE_REST, vals, strict=True))
+    doc.update(zip(_TRADE_REST, vals, strict=False))
+    doc.setdefault("outlier", False)  # stored before the flag existed
     return {f: doc[f] for f in _TRADE_FIELDS}  # model field order, as emitted
 
 
@@ -351,6 +366,9 @@ class SqliteHotStore:
         correlation_rows = [
             (c["correlation_id"], c["ticker"], c["published_ts_ms"], dumps(c)) for c in correlations
         ]
+        outlier_rows = [
+            (t["event_id"], t["ticker"], t["exchange_ts_ms"], dumps(t)) for t in trades if t.get("outlier")
+        ]
         started = time.perf_counter()
         with self._write_lock:
             if self._closed:
@@ -375,6 +393,8 @@ class SqliteHotStore:
                     conn.executemany(_UPSERT_ANOMALY, anomaly_rows)
                 if correlation_rows:
                     conn.executemany(_UPSERT_CORRELATION, correlation_rows)
+                if outlier_rows:
+                    conn.executemany(_UPSERT_OUTLIER, outlier_rows)
                 if last_seen:
                     conn.executemany(_UPSERT_TICKER, list(last_seen.items()))
                 conn.execute("COMMIT")
@@ -446,7 +466,7 @@ class SqliteHotStore:
                 (ticker, cutoff),
                 chunk_rows,
             )
-        for table in ("anomalies", "correlations"):  # rowid tables with a time index
+        for table in ("anomalies", "correlations", "outliers"):  # rowid tables with a time index
             deleted += self._purge_chunks(
                 f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE ts_ms < ? "
                 "ORDER BY ts_ms LIMIT ?)",
@@ -554,12 +574,26 @@ class SqliteHotStore:
         rows.reverse()
         return rows
 
+    def outliers(self, ticker: str | None, since_ms: int, limit: int = 1000) -> list[Row]:
+        """Trades flagged outlier since `since_ms` (all tickers when `ticker` is None), oldest first."""
+        if ticker is None:
+            rows = self._many(
+                "SELECT doc FROM outliers WHERE ts_ms >= ? ORDER BY ts_ms DESC LIMIT ?", (since_ms, limit)
+            )
+        else:
+            rows = self._many(
+                "SELECT doc FROM outliers WHERE ticker = ? AND ts_ms >= ? ORDER BY ts_ms DESC LIMIT ?",
+                (ticker, since_ms, limit),
+            )
+        rows.reverse()
+        return rows
+
     def tickers(self) -> list[str]:
         return [r[0] for r in self._reader().execute("SELECT ticker FROM tickers ORDER BY ticker")]
 
     def count(self, table: str) -> int:
         """Row count of one table (trades, features, anomalies, correlations); for checks and tests."""
-        if table not in {"trades", "features", "anomalies", "correlations"}:
+        if table not in {"trades", "features", "anomalies", "correlations", "outliers"}:
             raise InvalidArgument(f"unknown table {table!r}")
         return self._reader().execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 

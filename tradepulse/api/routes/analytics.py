@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from tradepulse.api import responses as r
-from tradepulse.api.deps import NO_STORE, NOT_FOUND, Context, Hours, Ticker
+from tradepulse.api.deps import NO_STORE, NOT_FOUND, Context, HotHours, Hours, Ticker
 
 router = APIRouter(tags=["analytics"])
 
@@ -37,3 +37,16 @@ def get_sentiment(ticker: Ticker, response: Response, ctx: Context, hours: Hours
     return r.SentimentResponse(
         ticker=ticker, hours=hours, articles=articles, summary=r.sentiment_summary(articles)
     )
+
+
+@router.get("/outliers/{ticker}", response_model=r.OutliersResponse, responses=NOT_FOUND)
+def get_outliers(ticker: Ticker, response: Response, ctx: Context, hours: HotHours = 24) -> Any:
+    """Trades of the last `hours` (newest 1000) the runner flagged outlier: further from the ticker's
+    recent reference price than its LULD-style band; kept, but left out of every feature. Newest first,
+    from the hot store (the cold store's `trades` keep the `outlier` column for longer look-backs).
+    Not cached."""
+    response.headers["Cache-Control"] = NO_STORE
+    ctx.require_known(ticker)
+    rows = ctx.store.outliers(ticker, ctx.now_ms() - hours * 3_600_000)
+    items = [r.outlier_from_row(row) for row in reversed(rows)]
+    return r.OutliersResponse(ticker=ticker, hours=hours, count=len(items), outliers=items)

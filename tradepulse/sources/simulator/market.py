@@ -27,7 +27,8 @@ import orjson
 
 from tradepulse.config import DEFAULT_TICKERS
 from tradepulse.errors import InvalidArgument
-from tradepulse.ids import stable_id
+from tradepulse.ids import stable_id, trade_event_id
+from tradepulse.models import MAX_NOTIONAL, MAX_SIZE
 
 Profile = Literal["flat", "market_open"]
 
@@ -52,8 +53,48 @@ _QUOTE_EX_P = _TRADE_EX_P[1:]
 _TRF_IDS = np.array([201, 202, 203], dtype=np.int64)
 
 # Trade condition sets (Massive condition codes): 37 odd lot, 14 intermarket sweep, 41 trade-through
-# exempt. Index 0 = regular trade, for which the real feed omits `c`.
-CONDITION_SETS: tuple[tuple[int, ...], ...] = ((), (37,), (14, 41), (14, 37, 41), (41,))
+# exempt, 2 average price, 12 Form T, 13 extended hours sold out of sequence, 15 / 16 market center
+# official close / open, 53 qualified contingent trade. Index 0 = regular trade, for which the real
+# feed omits `c`. Indices 0-4 are the original sets (unchanged, recorded streams keep their meaning).
+CONDITION_SETS: tuple[tuple[int, ...], ...] = (
+    (),
+    (37,),
+    (14, 41),
+    (14, 37, 41),
+    (41,),
+    (2,),
+    (12,),
+    (13,),
+    (15,),
+    (16,),
+    (53,),
+    (12, 37),
+)
+# The condition mix, as a share of each kind of trade (seeded: drawn from the one uniform `c_draw` per
+# trade the model always drew, so adding conditions changed no other random stream). Odd lots (s < 100,
+# ~45 % of trades): 15 % (14, 37, 41), 1 % (12, 37), the rest (37,). Round lots: 10 % (14, 41), 5 %
+# (41,), 1 % (2,), 1.5 % (12,), 0.5 % (13,), 0.2 % (15,), 0.2 % (16,), 0.3 % (53,), the rest regular.
+# Of the prints that may not set the last price under the consolidated rules, 2, 12 and 13 sit ±0.3 %
+# away from the market (an average of earlier fills, an out-of-hours or late report), so applying the
+# rules visibly matters; odd lots, 53 and the official open / close prints (15 / 16: not volume
+# either, their size is already counted) are at the market.
+_ROUND_MIX = ((0.10, 2), (0.15, 4), (0.16, 5), (0.175, 6), (0.18, 7), (0.182, 8), (0.184, 9), (0.187, 10))
+_ODD_MIX = ((0.15, 3), (0.16, 11))
+_OFF_MARKET = np.array([c in (5, 6, 7) for c in range(len(CONDITION_SETS))])
+
+
+def _mix(draw: np.ndarray, cuts: tuple[tuple[float, int], ...], rest: int) -> np.ndarray:
+    """Condition-set index per trade: the first cut with draw < bound, else `rest`."""
+    out = np.full(len(draw), rest, dtype=np.int64)
+    for bound, index in reversed(cuts):
+        out[draw < bound] = index
+    return out
+
+
+# Bad ticks (`MarketConfig.bad_tick_rate`): the structurally impossible kinds (tradepulse.models bounds),
+# and the ticker's trades that are never replaced (a fat finger needs a market to be off from).
+BAD_TICK_DEFECTS = ("huge_price", "zero_price", "negative_price", "zero_size", "huge_size", "notional")
+_BAD_TICK_MIN_SEQUENCE = 10
 
 # Seconds per trading year at 6.5 h/day, to turn annualised volatility into per-tick volatility.
 _TRADING_SECONDS_PER_YEAR = 252 * 6.5 * 3600
@@ -112,6 +153,10 @@ class MarketConfig:
     news_reaction_fraction: float = 0.6
     backfill_news: int = 0
     ground_truth_path: Path | None = None
+    bad_tick_rate: float = 0.0
+    """Fraction of trades replaced by a labelled bad tick (`_inject_bad_ticks`); 0 = none."""
+    bad_tick_impossible_share: float = 0.5
+    """Of those, the share that is structurally impossible; the rest are fat fingers."""
 
 
 def profile_multiplier(profile: Profile, elapsed_s: float | np.ndarray, peak: float = 9.0) -> Any:
@@ -191,9 +236,12 @@ class MarketModel:
         self.now_ms = self.start_ms
         self._tick = 0
         root = np.random.SeedSequence(config.seed)
-        setup_ss, market_ss, inject_ss = root.spawn(3)
+        # A fourth stream for the bad ticks: the first three are those of spawn(3), so enabling bad
+        # ticks changes no other event of a seed.
+        setup_ss, market_ss, inject_ss, bad_ss = root.spawn(4)
         self._rng = np.random.default_rng(market_ss)
         self._inj = np.random.default_rng(inject_ss)
+        self._bad = np.random.default_rng(bad_ss)
         setup = np.random.default_rng(setup_ss)
 
         known = [_KNOWN.get(s) for s in self.symbols]
@@ -430,6 +478,8 @@ class MarketModel:
         n_t = rng.poisson(lam_k * cfg.trade_fraction)
         n_q = rng.poisson(lam_k * (1.0 - cfg.trade_fraction))
         trades = self._trades(n_t, prev, size_mult, t0)
+        if cfg.bad_tick_rate > 0:
+            self._inject_bad_ticks(trades)
         quotes = self._quotes(n_q, prev, t0)
 
         kind = np.concatenate([np.zeros(len(trades["t"]), np.uint8), np.ones(len(quotes["t"]), np.uint8)])
@@ -486,9 +536,11 @@ class MarketModel:
         size = np.where(odd, odd_size, 100 * lots).astype(float) * size_mult[sym]
         s = np.maximum(np.round(size), 1).astype(np.int64)
         c_draw = rng.random(m)
-        cond = np.where(
-            s < 100, np.where(c_draw < 0.15, 3, 1), np.where(c_draw < 0.1, 2, np.where(c_draw < 0.15, 4, 0))
-        )
+        cond = np.where(s < 100, _mix(c_draw, _ODD_MIX, 1), _mix(c_draw, _ROUND_MIX, 0))
+        # Off-market prints: ±0.3 %, the side from a digit of the same draw (no new random stream).
+        side = np.where((c_draw * 1e6).astype(np.int64) % 2 == 0, 1.0, -1.0)
+        off = _OFF_MARKET[cond]
+        p = np.where(off, np.round(p * (1.0 + 0.003 * side), 2), p)
         d.update(
             p=p,
             s=s,
@@ -500,6 +552,64 @@ class MarketModel:
             trft=np.where(trf, d["t"] - rng.integers(0, 5, m), 0),
         )
         return d
+
+    def _inject_bad_ticks(self, d: dict[str, np.ndarray]) -> None:
+        """Replace a `bad_tick_rate` fraction of this tick's trades (never among a ticker's first
+        `_BAD_TICK_MIN_SEQUENCE` trades: a fat finger is relative to a market that has printed) by bad
+        ticks, each labelled in the ground truth (`type: bad_tick`) with its event id:
+
+        - `impossible` (`bad_tick_impossible_share` of them): a value no US-equity print can have, one of
+          `BAD_TICK_DEFECTS`; ingest must dead-letter it;
+        - `fat_finger`: the price 30–60 % above or below the market; the runner must flag it outlier.
+
+        Fixed draws per trade from their own generator: the same seed gives the same bad ticks."""
+        bad, m = self._bad, len(d["t"])
+        u = bad.random(m)
+        chosen = np.flatnonzero((u < self.config.bad_tick_rate) & (d["q"] > _BAD_TICK_MIN_SEQUENCE))
+        k = len(chosen)
+        if not k:
+            return
+        impossible = bad.random(k) < self.config.bad_tick_impossible_share
+        defect = bad.integers(len(BAD_TICK_DEFECTS), size=k)
+        move = bad.uniform(0.3, 0.6, k) * np.where(bad.random(k) < 0.5, 1.0, -1.0)
+        p, s = d["p"].astype(float), d["s"].copy()
+        for j, i in enumerate(chosen.tolist()):
+            if impossible[j]:
+                name = BAD_TICK_DEFECTS[int(defect[j])]
+                if name == "huge_price":
+                    p[i] = 1e308
+                elif name == "zero_price":
+                    p[i] = 0.0
+                elif name == "negative_price":
+                    p[i] = -p[i]
+                elif name == "zero_size":
+                    s[i] = 0
+                elif name == "huge_size":
+                    s[i] = 10 * int(MAX_SIZE)
+                else:  # notional: each field within its bound, the product not
+                    s[i] = min(int(2 * MAX_NOTIONAL / p[i]) + 1, int(MAX_SIZE))
+                    p[i] = max(p[i], 2 * MAX_NOTIONAL / s[i])
+            else:
+                name = "fat_finger"
+                p[i] = round(p[i] * (1 + move[j]), 2)
+            sym, x, t, q = int(d["sym"][i]), int(d["x"][i]), int(d["t"][i]), int(d["q"][i])
+            ticker, trade_id = self.symbols[sym], str(int(d["i"][i]))
+            self._label(
+                {
+                    "type": "bad_tick",
+                    "kind": "impossible" if impossible[j] else "fat_finger",
+                    "defect": name,
+                    "ticker": ticker,
+                    "start_ms": t,
+                    "end_ms": t,
+                    "trade_id": trade_id,
+                    "sequence": q,
+                    "event_id": trade_event_id(ticker, x, trade_id, t, q),
+                    "price": float(p[i]),
+                    "size": int(s[i]),
+                }
+            )
+        d["p"], d["s"] = p, s
 
     def _quotes(self, counts: np.ndarray, prev: np.ndarray, t0: int) -> dict[str, np.ndarray]:
         rng = self._rng

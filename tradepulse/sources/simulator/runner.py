@@ -19,6 +19,7 @@ from typing import Any, Literal, Protocol, TypeVar
 from pydantic import SecretStr
 
 from tradepulse.config import DEFAULT_TICKERS
+from tradepulse.sources.simulator.conditions_api import CONDITIONS_PATH, ConditionsApi
 from tradepulse.sources.simulator.market import Block, MarketConfig, MarketModel
 from tradepulse.sources.simulator.news_server import NewsServer
 from tradepulse.sources.simulator.trades_api import TRADES_PREFIX, TradesApi
@@ -69,6 +70,9 @@ class SimulatorConfig:
     replay_root: str | Path | None = None
     """Serve recorded trades from this cold-store root instead of the synthetic market."""
     replay_speed: float = 1.0
+    bad_tick_rate: float = 0.0
+    """Fraction of trades replaced by labelled bad ticks (`MarketConfig.bad_tick_rate`); 0 = none."""
+    bad_tick_impossible_share: float = 0.5
 
     @property
     def key(self) -> str:
@@ -89,6 +93,8 @@ class SimulatorConfig:
             news_reaction_fraction=self.news_reaction_fraction,
             backfill_news=self.backfill_news,
             ground_truth_path=Path(self.ground_truth_path) if self.ground_truth_path else None,
+            bad_tick_rate=self.bad_tick_rate,
+            bad_tick_impossible_share=self.bad_tick_impossible_share,
         )
 
 
@@ -140,6 +146,7 @@ class Simulator:
             history_s=cfg.rest_history_s,
             max_trades=cfg.rest_history_max_trades,
         )
+        self.conditions_api = ConditionsApi(cfg.key)
         self.ws = MassiveWsServer(
             self.source.symbols,
             cfg.key,
@@ -149,13 +156,14 @@ class Simulator:
             record_sent=cfg.record_sent,
             resend_blocks=cfg.resend_blocks,
             rest=self.trades_api,
+            conditions=self.conditions_api,
         )
         await self.ws.start(cfg.host, cfg.ws_port)
         self.news = NewsServer(
             lambda: self.articles,
             cfg.key,
             cfg.news_calls_per_minute,
-            routes={TRADES_PREFIX: self.trades_api.handle},
+            routes={TRADES_PREFIX: self.trades_api.handle, CONDITIONS_PATH: self.conditions_api.handle},
         )
         try:
             await self.news.start(cfg.host, cfg.http_port)

@@ -37,6 +37,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from tradepulse.sources.simulator.conditions_api import CONDITIONS_PATH, ConditionsApi
 from tradepulse.sources.simulator.market import KIND_TRADE, Block
 from tradepulse.sources.simulator.trades_api import TRADES_PREFIX, TradesApi
 
@@ -118,9 +119,11 @@ class MassiveWsServer:
         record_sent: bool = False,
         resend_blocks: int = 0,
         rest: TradesApi | None = None,
+        conditions: ConditionsApi | None = None,
     ) -> None:
         self.symbols = list(symbols)
         self.rest = rest
+        self.conditions = conditions  # GET /v3/reference/conditions, like Massive's REST
         self._sym_array = np.array(self.symbols, dtype=object)
         self._index = {s: i for i, s in enumerate(self.symbols)}
         self._api_key = api_key
@@ -167,10 +170,15 @@ class MassiveWsServer:
 
     def _check_path(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
+        route = None
         if self.rest is not None and path.startswith(TRADES_PREFIX):
+            route = self.rest.handle
+        elif self.conditions is not None and path.rstrip("/") == CONDITIONS_PATH:
+            route = self.conditions.handle
+        if route is not None:
             headers = {k.lower(): v for k, v in request.headers.raw_items()}
             host = headers.get("host") or f"127.0.0.1:{self.port}"
-            code, body, extra = self.rest.handle("GET", request.path, headers, f"http://{host}")
+            code, body, extra = route("GET", request.path, headers, f"http://{host}")
             status = HTTPStatus(code)
             response_headers = Headers(
                 [
