@@ -15,7 +15,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from tests.bus.test_runner import make_recording, own_group, read_topic
+from tests.bus.test_runner import Recording, make_recording, own_group, read_topic
 from tests.reliability.harness import anomaly_keys, uninterrupted_outputs
 from tradepulse.bus.clients import consumer_config, producer_config
 from tradepulse.bus.pipeline import build_runner
@@ -40,22 +40,7 @@ def test_a_runner_restarted_from_checkpoints_flags_what_an_uninterrupted_pass_fl
     kafka_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = own_group(kafka_settings).model_copy(update={**ANOMALY, "batch_max_messages": 2000})
-    recording = make_recording(duration_s=600, rate=60)
-    # Record timestamps = receive times, as the live ingest has them: the rebuild's look-back (390 s of
-    # timestamps) then covers part of the input only, and the restored models must replay from their
-    # checkpoints, not from the start of the topics. (Shifted to end now: older ones fall to retention.)
-    shift = int(time.time() * 1000) - max(r["received_ts_us"] // 1000 for _, _, r in recording.events)
-    producer = Producer(producer_config(settings))
-    for topic, key, row in recording.events:
-        ts = row["received_ts_us"] // 1000 + shift
-        while True:
-            try:
-                producer.produce(topic, key=key.encode(), value=orjson.dumps(row), timestamp=ts)
-                break
-            except BufferError:
-                producer.poll(0.1)
-    assert producer.flush(60) == 0
-    total = len(recording.events)
+    total = produce_at_receive_times(settings, make_recording(duration_s=600, rate=60))
 
     first = build_runner(settings, instance="anomaly-restart")
     first.run(stop_when=lambda m: m.events_processed >= total * 2 // 3)
@@ -92,6 +77,26 @@ def test_a_runner_restarted_from_checkpoints_flags_what_an_uninterrupted_pass_fl
     }
     differing = {cid: fields for cid, fields in differing.items() if fields}
     assert (sorted(got.keys() - want.keys()), sorted(want.keys() - got.keys()), differing) == ([], [], {})
+
+
+def produce_at_receive_times(settings: Settings, recording: Recording, part: slice = slice(None)) -> int:
+    """Produce the recording's events (or a `part` of them) with record timestamps = receive times, as
+    the live ingest has them: the rebuild's look-back is measured on them, so it leaves out the start of
+    a recording longer than the look-back. (Shifted so that the recording ends now: older ones fall to
+    retention.) Returns the number of records produced."""
+    shift = int(time.time() * 1000) - max(r["received_ts_us"] // 1000 for _, _, r in recording.events)
+    producer = Producer(producer_config(settings))
+    events = recording.events[part]
+    for topic, key, row in events:
+        ts = row["received_ts_us"] // 1000 + shift
+        while True:
+            try:
+                producer.produce(topic, key=key.encode(), value=orjson.dumps(row), timestamp=ts)
+                break
+            except BufferError:
+                producer.poll(0.1)
+    assert producer.flush(60) == 0
+    return len(events)
 
 
 def committed_pending(settings: Settings) -> dict[int, frozenset[int]]:
