@@ -577,42 +577,27 @@ class SqliteHotStore:
 
     def anomalies(self, ticker: str | None, since_ms: int, limit: int = 1000) -> list[Row]:
         """Anomalies since `since_ms` (all tickers when `ticker` is None), oldest first."""
-        if ticker is None:
-            rows = self._many(
-                "SELECT doc FROM anomalies WHERE ts_ms >= ? ORDER BY ts_ms DESC LIMIT ?", (since_ms, limit)
-            )
-        else:
-            rows = self._many(
-                "SELECT doc FROM anomalies WHERE ticker = ? AND ts_ms >= ? ORDER BY ts_ms DESC LIMIT ?",
-                (ticker, since_ms, limit),
-            )
-        rows.reverse()
-        return rows
+        return self._recent("anomalies", ticker, since_ms, limit)
 
     def correlations(self, ticker: str | None, since_ms: int, limit: int = 1000) -> list[Row]:
         """Correlations published since `since_ms` (all tickers when `ticker` is None), oldest first."""
-        if ticker is None:
-            rows = self._many(
-                "SELECT doc FROM correlations WHERE ts_ms >= ? ORDER BY ts_ms DESC LIMIT ?",
-                (since_ms, limit),
-            )
-        else:
-            rows = self._many(
-                "SELECT doc FROM correlations WHERE ticker = ? AND ts_ms >= ? ORDER BY ts_ms DESC LIMIT ?",
-                (ticker, since_ms, limit),
-            )
-        rows.reverse()
-        return rows
+        return self._recent("correlations", ticker, since_ms, limit)
 
     def outliers(self, ticker: str | None, since_ms: int, limit: int = 1000) -> list[Row]:
         """Trades flagged outlier since `since_ms` (all tickers when `ticker` is None), oldest first."""
+        return self._recent("outliers", ticker, since_ms, limit)
+
+    def _recent(self, table: str, ticker: str | None, since_ms: int, limit: int) -> list[Row]:
+        """The newest `limit` docs of a (ticker, ts_ms)-indexed table since `since_ms`, oldest first."""
+        if table not in {"anomalies", "correlations", "outliers"}:
+            raise InvalidArgument(f"not a time-indexed document table: {table!r}")
         if ticker is None:
             rows = self._many(
-                "SELECT doc FROM outliers WHERE ts_ms >= ? ORDER BY ts_ms DESC LIMIT ?", (since_ms, limit)
+                f"SELECT doc FROM {table} WHERE ts_ms >= ? ORDER BY ts_ms DESC LIMIT ?", (since_ms, limit)
             )
         else:
             rows = self._many(
-                "SELECT doc FROM outliers WHERE ticker = ? AND ts_ms >= ? ORDER BY ts_ms DESC LIMIT ?",
+                f"SELECT doc FROM {table} WHERE ticker = ? AND ts_ms >= ? ORDER BY ts_ms DESC LIMIT ?",
                 (ticker, since_ms, limit),
             )
         rows.reverse()

@@ -9,8 +9,6 @@ ordered by `id` (`order=asc|desc`).
 
 from __future__ import annotations
 
-import base64
-import hmac
 import uuid
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -19,12 +17,11 @@ import orjson
 
 from tradepulse.core.conditions import read_snapshot
 from tradepulse.errors import InvalidArgument
+from tradepulse.sources.simulator.rest import Reply, check_api_key, decode_cursor, encode_cursor, error
 
 CONDITIONS_PATH = "/v3/reference/conditions"
 DEFAULT_LIMIT = 10
 MAX_LIMIT = 1000
-
-Reply = tuple[int, bytes, dict[str, str]]
 
 
 class ConditionsApi:
@@ -39,31 +36,26 @@ class ConditionsApi:
         """Answer one request; `headers` have lower-case names."""
         url = urlsplit(target)
         if url.path.rstrip("/") != CONDITIONS_PATH:
-            return _error(404, "Not found")
+            return error(404, "Not found")
         if method != "GET":
-            return _error(405, "Method not allowed")
+            return error(405, "Method not allowed")
         query = {k: v[0] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
-        auth = headers.get("authorization", "")
-        key = auth[7:].strip() if auth[:7].lower() == "bearer " else query.get("apiKey", "")
-        if not key:
-            return _error(401, "API Key was not provided")
-        if not hmac.compare_digest(key.encode(), self._api_key):
-            return _error(401, "Unknown API Key")
+        denied = check_api_key(query, headers, self._api_key)
+        if denied is not None:
+            return denied
         self.requests += 1
         if "cursor" in query:
             try:
-                state = orjson.loads(
-                    base64.urlsafe_b64decode(query["cursor"] + "=" * (-len(query["cursor"]) % 4))
-                )
+                state = decode_cursor(query["cursor"])
                 query, offset = dict(state["query"]), int(state["offset"])
             except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
-                return _error(400, "invalid cursor")
+                return error(400, "invalid cursor")
         else:
             offset = 0
         try:
             rows, limit = self._select(query)
         except ValueError as exc:
-            return _error(400, str(exc))
+            return error(400, str(exc))
         page = rows[offset : offset + limit]
         body: dict[str, Any] = {
             "results": page,
@@ -73,7 +65,7 @@ class ConditionsApi:
         }
         if offset + limit < len(rows):
             state = {"query": query, "offset": offset + limit}
-            cursor = base64.urlsafe_b64encode(orjson.dumps(state)).decode().rstrip("=")
+            cursor = encode_cursor(state)
             body["next_url"] = f"{base_url}{CONDITIONS_PATH}?cursor={cursor}"
         return 200, orjson.dumps(body), {}
 
@@ -102,7 +94,3 @@ class ConditionsApi:
         if not 1 <= limit <= MAX_LIMIT:
             raise InvalidArgument(f"limit must be between 1 and {MAX_LIMIT}")
         return rows, limit
-
-
-def _error(status: int, message: str) -> Reply:
-    return status, orjson.dumps({"status": "ERROR", "request_id": uuid.uuid4().hex, "error": message}), {}

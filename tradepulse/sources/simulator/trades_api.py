@@ -20,9 +20,7 @@ give a trade the same event id. History is bounded by time and by count (whichev
 
 from __future__ import annotations
 
-import base64
 import bisect
-import hmac
 import uuid
 from collections import deque
 from collections.abc import Iterator
@@ -36,6 +34,7 @@ import orjson
 
 from tradepulse.errors import InvalidArgument
 from tradepulse.sources.simulator.market import CONDITION_SETS, KIND_TRADE, Block
+from tradepulse.sources.simulator.rest import Reply, check_api_key, decode_cursor, encode_cursor, error
 
 TRADES_PREFIX = "/v3/trades/"
 MAX_LIMIT = 50_000
@@ -43,8 +42,6 @@ DEFAULT_LIMIT = 1000
 _NS_PER_MS = 1_000_000
 _NS_PER_DAY = 86_400 * 1_000_000_000
 _FOREVER = 2**63 - 1
-
-Reply = tuple[int, bytes, dict[str, str]]
 
 
 @dataclass(slots=True)
@@ -211,26 +208,23 @@ class TradesApi:
         url = urlsplit(target)
         ticker = url.path[len(TRADES_PREFIX) :].strip("/")
         if method != "GET":
-            return _error(405, "Method not allowed")
+            return error(405, "Method not allowed")
         query = {k: v[0] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
-        auth = headers.get("authorization", "")
-        key = auth[7:].strip() if auth[:7].lower() == "bearer " else query.get("apiKey", "")
-        if not key:
-            return _error(401, "API Key was not provided")
-        if not hmac.compare_digest(key.encode(), self._api_key):
-            return _error(401, "Unknown API Key")
+        denied = check_api_key(query, headers, self._api_key)
+        if denied is not None:
+            return denied
         self.requests += 1
         if not ticker or "/" in ticker:
-            return _error(404, "Not found")
+            return error(404, "Not found")
         try:
             lo, hi, order, limit, after = _parse_query(query)
         except ValueError as exc:
-            return _error(400, str(exc))
+            return error(400, str(exc))
         results, more = self.query(ticker, lo, hi, order, limit, after)
         body: dict[str, Any] = {"results": results, "status": "OK", "request_id": uuid.uuid4().hex}
         if more:
             last = results[-1]
-            cursor = _encode_cursor(
+            cursor = encode_cursor(
                 {
                     "lo": lo,
                     "hi": hi,
@@ -243,17 +237,9 @@ class TradesApi:
         return 200, orjson.dumps(body), {}
 
 
-def _error(status: int, message: str) -> Reply:
-    return status, orjson.dumps({"status": "ERROR", "request_id": uuid.uuid4().hex, "error": message}), {}
-
-
-def _encode_cursor(state: dict[str, Any]) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps(state)).decode().rstrip("=")
-
-
 def _decode_cursor(cursor: str) -> dict[str, Any]:
     try:
-        state = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        state = decode_cursor(cursor)
         return {
             "lo": int(state["lo"]),
             "hi": int(state["hi"]),
