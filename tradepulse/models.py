@@ -123,6 +123,10 @@ class Trade(_Input):
     trf_ts_ms: int | None = Field(default=None, description="Trade reporting facility timestamp (`trft`).")
 
 
+OUTLIER_REASONS = ("above_band", "below_band")
+"""Why a trade is an outlier (`tradepulse.core.outliers`): above the band's upper or below its lower edge."""
+
+
 class StoredTrade(Trade):
     """A trade as the runner stores it (hot store, cold dataset `trades`): the input trade and its
     outlier flag, which the runner sets from the stream (`tradepulse.core.outliers`); market.trades keeps

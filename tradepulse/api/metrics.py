@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from tradepulse.core.outliers import OUTLIER_REASONS
+from tradepulse.models import OUTLIER_REASONS
 
 if TYPE_CHECKING:
     from tradepulse.api.cache import TTLCache

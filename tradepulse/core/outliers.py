@@ -37,9 +37,7 @@ from typing import Any
 import numpy as np
 
 from tradepulse.core.columns import TradeColumns
-
-OUTLIER_REASONS = ("above_band", "below_band")
-"""Why a trade is an outlier: above the band's upper or below its lower edge."""
+from tradepulse.models import OUTLIER_REASONS
 
 
 @dataclass(frozen=True)
