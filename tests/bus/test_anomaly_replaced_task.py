@@ -22,7 +22,9 @@ from tradepulse.bus.pipeline import build_runner
 from tradepulse.config import Settings
 from tradepulse.topics import ANOMALIES
 
-pytestmark = pytest.mark.kafka
+# A 25-minute market (past the rebuild look-back) takes ~2 min: part of `make chaos`, not `make test`
+# (the restart test in `make test` covers the checkpoint restore from the local cold store).
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 BUCKET = "tradepulse-cold"
 # Refits every minute of market time (as deployed) over a 25-minute market: fewer fits than the restart

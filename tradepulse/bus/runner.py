@@ -191,6 +191,10 @@ _DENIED = (
     KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
     KafkaError.CLUSTER_AUTHORIZATION_FAILED,
 )
+#: Consume errors that end the runner: the denials, and librdkafka's fatal consumer error (`_FATAL`, e.g.
+#: fenced by a static member with the same group.instance.id), whose KafkaError does not always say
+#: `fatal()`.
+_FATAL_CODES = (*_DENIED, KafkaError._FATAL)
 
 
 class Runner:
@@ -553,8 +557,9 @@ class Runner:
             error = message.error()
             if error is None:
                 valid.append(message)
-            elif error.fatal() or error.code() in _DENIED:
-                # A missing grant does not heal by retrying: stop with it instead of spinning.
+            elif error.fatal() or error.code() in _FATAL_CODES:
+                # A missing grant does not heal by retrying, and a fenced consumer (a successor with the
+                # same static group.instance.id) never gets another message: stop instead of spinning.
                 raise KafkaException(error)
             elif error.code() != KafkaError._PARTITION_EOF:
                 log.warning("consume error: %s", error)
