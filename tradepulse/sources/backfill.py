@@ -170,7 +170,7 @@ class TradesRestClient:
                     if not isinstance(body, dict):
                         raise BackfillError(f"{redact(target)}: response is not a JSON object")
                     return body
-                problem = f"HTTP {response.status_code}: {_message(response)}"
+                problem = f"HTTP {response.status_code}: {error_message(response)}"
                 if response.status_code not in _RETRY_STATUSES:
                     raise BackfillError(f"{redact(target)}: {problem}")
             if attempt >= self.retries:
@@ -181,7 +181,7 @@ class TradesRestClient:
             await asyncio.sleep(delay)
 
 
-def _message(response: httpx.Response) -> str:
+def error_message(response: httpx.Response) -> str:
     """Massive's error text (`error` or `message`), short; never the request URL."""
     try:
         body = response.json()

@@ -21,6 +21,7 @@ from pydantic import SecretStr
 
 from tradepulse.core.conditions import ConditionRules
 from tradepulse.errors import SourceError
+from tradepulse.sources.backfill import error_message
 
 CONDITIONS_PATH = "/v3/reference/conditions"
 QUERY = {"asset_class": "stocks", "data_type": "trade"}
@@ -91,7 +92,7 @@ def _get(http: httpx.Client, base: str, target: str) -> dict[str, Any]:
     except httpx.HTTPError as exc:
         raise ConditionsRefreshError(f"{where}: {type(exc).__name__}: {exc}") from None
     if response.status_code != 200:
-        raise ConditionsRefreshError(f"{where}: HTTP {response.status_code}: {_message(response)}")
+        raise ConditionsRefreshError(f"{where}: HTTP {response.status_code}: {error_message(response)}")
     try:
         body = response.json()
     except ValueError as exc:
@@ -107,13 +108,3 @@ def _follow(next_url: str) -> str:
         raise ConditionsRefreshError(f"unexpected next_url path {parts.path!r}")
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "apiKey"]
     return parts.path + ("?" + urlencode(query) if query else "")
-
-
-def _message(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:200]
-    if isinstance(body, dict):
-        return str(body.get("error") or body.get("message") or body.get("status") or "")[:200]
-    return ""
