@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import uuid
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import orjson
 
 from tradepulse.core.conditions import read_snapshot
 from tradepulse.errors import InvalidArgument
-from tradepulse.sources.simulator.rest import Reply, check_api_key, decode_cursor, encode_cursor, error
+from tradepulse.sources.simulator.rest import Reply, authorize, decode_cursor, encode_cursor, error
 
 CONDITIONS_PATH = "/v3/reference/conditions"
 DEFAULT_LIMIT = 10
@@ -39,8 +39,7 @@ class ConditionsApi:
             return error(404, "Not found")
         if method != "GET":
             return error(405, "Method not allowed")
-        query = {k: v[0] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
-        denied = check_api_key(query, headers, self._api_key)
+        query, denied = authorize(url.query, headers, self._api_key)
         if denied is not None:
             return denied
         self.requests += 1

@@ -7,6 +7,7 @@ import base64
 import hmac
 import uuid
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 
@@ -18,9 +19,17 @@ def error(status: int, message: str) -> Reply:
     return status, orjson.dumps({"status": "ERROR", "request_id": uuid.uuid4().hex, "error": message}), {}
 
 
+def authorize(
+    query_string: str, headers: dict[str, str], api_key: bytes
+) -> tuple[dict[str, str], Reply | None]:
+    """The request's query parameters (first value each), and the 401 reply for a missing or wrong key
+    or None when the key is right (constant-time compare); `headers` have lower-case names."""
+    query = {k: v[0] for k, v in parse_qs(query_string, keep_blank_values=True).items()}
+    return query, check_api_key(query, headers, api_key)
+
+
 def check_api_key(query: dict[str, str], headers: dict[str, str], api_key: bytes) -> Reply | None:
-    """The 401 reply for a missing or wrong key, or None when the key is right (constant-time compare);
-    `headers` have lower-case names."""
+    """The 401 reply for a missing or wrong key, or None when the key is right."""
     auth = headers.get("authorization", "")
     key = auth[7:].strip() if auth[:7].lower() == "bearer " else query.get("apiKey", "")
     if not key:

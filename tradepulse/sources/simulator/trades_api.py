@@ -27,14 +27,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import quote, urlsplit
 
 import numpy as np
 import orjson
 
 from tradepulse.errors import InvalidArgument
 from tradepulse.sources.simulator.market import CONDITION_SETS, KIND_TRADE, Block
-from tradepulse.sources.simulator.rest import Reply, check_api_key, decode_cursor, encode_cursor, error
+from tradepulse.sources.simulator.rest import Reply, authorize, decode_cursor, encode_cursor, error
 
 TRADES_PREFIX = "/v3/trades/"
 MAX_LIMIT = 50_000
@@ -209,8 +209,7 @@ class TradesApi:
         ticker = url.path[len(TRADES_PREFIX) :].strip("/")
         if method != "GET":
             return error(405, "Method not allowed")
-        query = {k: v[0] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
-        denied = check_api_key(query, headers, self._api_key)
+        query, denied = authorize(url.query, headers, self._api_key)
         if denied is not None:
             return denied
         self.requests += 1
