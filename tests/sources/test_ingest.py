@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 import pytest
+from confluent_kafka import Producer
 from websockets.asyncio.server import ServerConnection, serve
 
 from tests.sources.test_backfill import generated_trades
 from tests.sources.test_news_poller import consume
+from tradepulse.bus.clients import producer_config
 from tradepulse.config import Settings
 from tradepulse.models import DeadLetter, Quote, Trade
-from tradepulse.sources.ingest import IngestService, RecentIds, client_from_settings
+from tradepulse.sources.backfill import backfill_window
+from tradepulse.sources.ingest import IngestService, RecentIds, client_from_settings, seed_published_sequences
 from tradepulse.sources.simulator import SimulatorConfig, SimulatorHandle, run_simulator_in_thread
 from tradepulse.stores.factory import open_dlq
 from tradepulse.topics import QUOTES, TRADES
@@ -418,4 +422,87 @@ def test_sequences_restarting_on_a_new_day_are_not_taken_for_resends(kafka_setti
     records = [orjson.loads(m.value()) for m in consume(settings, TRADES, expect=18)]
     assert [(r["exchange_ts_ms"] - TRADE["t"]) // DAY_MS for r in records] == [0] * 10 + [1] * 5 + [2] * 3
     assert [r["sequence"] for r in records] == [*range(1, 11), *range(1, 6), *range(1, 4)]
+    dlq.close()
+
+
+def produce_at(settings: Settings, records: list[tuple[str, int, int, int]]) -> None:
+    """(ticker, sequence, exchange ms, Kafka timestamp ms) as ingest's trade records, with the Kafka time set
+    explicitly: what a killed ingest left behind, minutes of broker time collapsed into one test."""
+    producer = Producer(producer_config(settings))
+    for ticker, sequence, exchange_ms, kafka_ms in records:
+        value = orjson.dumps({"ticker": ticker, "sequence": sequence, "exchange_ts_ms": exchange_ms})
+        producer.produce(TRADES, value, ticker, timestamp=kafka_ms)
+    assert producer.flush(30) == 0
+
+
+def test_a_ticker_left_out_of_an_interrupted_backfill_is_backfilled_from_its_own_last_trade(
+    kafka_settings: Settings,
+) -> None:
+    """An ingest killed while backfilling leaves some tickers filled up to the reconnect and others not.
+    The next start's seed read only the tail (the replay horizon): a ticker absent from it got the oldest
+    exchange time read there as its backfill start, which is the *other* tickers' backfill, later than its
+    own last trade, so its trades in between were never fetched (busy chaos run: 132,499 trades lost).
+    Each subscribed ticker's backfill must start at its own last trade in Kafka, however far back."""
+    settings = kafka_settings.model_copy(
+        update={"ingest_replay_horizon_s": 10.0, "ingest_backfill_max_s": 600.0}
+    )
+    now = int(time.time() * 1000)
+    feed0 = now - 400_000
+    records = [(t, q, feed0 + q, now - 300_000 + q) for t in ("AAPL", "MSFT") for q in range(1, 6)]
+    # The interrupted backfill: AAPL's gap since its seq 5 was published just now, MSFT's never was.
+    records += [("AAPL", q, feed0 + 60_000 + q, now - 1_000 + q) for q in range(6, 50)]
+    produce_at(settings, records)
+
+    seed = seed_published_sequences(settings, ["AAPL", "MSFT", "NVDA"])
+
+    assert seed.marks[TRADES]["AAPL"] == (49, feed0 + 60_049)
+    assert seed.marks[TRADES]["MSFT"] == (5, feed0 + 5)  # 300 s of broker time before the tail
+    feed_now = feed0 + 120_000
+    msft = backfill_window(5 + feed0, seed.floor_ms, feed_now, settings.ingest_backfill_max_s)
+    assert msft is not None and msft.start_ms <= feed0 + 6  # MSFT's first trade not in Kafka is fetched
+    # NVDA has never been in Kafka: nothing vouches for any part of its history, so its backfill reaches
+    # back as far as backfills do (clipped), instead of from a time other tickers happened to have.
+    nvda = backfill_window(None, seed.floor_ms, feed_now, settings.ingest_backfill_max_s)
+    assert nvda is not None and nvda.clipped and nvda.start_ms == feed_now - 600_000
+
+
+def test_a_restart_after_the_market_went_quiet_backfills_without_waiting_for_events(
+    kafka_settings: Settings,
+) -> None:
+    """The backfill ran at a connection's first events, so an ingest restarted after the last trade of the
+    day (or, on a busy machine, after the simulator's market had ended) waited for an event that never
+    came and left the end of the session missing (test_ingest_backfill under load: 18,114 of 22,222). A
+    connection that stays quiet after subscribing is backfilled all the same, up to whatever REST has."""
+    settings = fast_settings(kafka_settings, tickers=TICKERS)
+    dlq = open_dlq(settings)
+    with simulator(rate=4000, duration_s=8.0) as sim:
+        first = IngestService(
+            settings, dlq=dlq, client=client_from_settings(settings, sim.ws_url + "/stocks", KEY)
+        )
+
+        async def until_some_published() -> None:
+            await until(lambda: first.metrics.published >= 1000)
+
+        asyncio.run(run_service(first, until_some_published))
+        assert sim.wait_finished(60)  # the market ends while no ingest is connected
+        generated = generated_trades(sim)
+        restarted = IngestService(
+            settings, dlq=dlq, client=client_from_settings(settings, sim.ws_url + "/stocks", KEY)
+        )
+
+        async def until_backfilled() -> None:
+            await until(
+                lambda: (
+                    restarted.metrics.backfilled > 0
+                    and restarted.metrics.published >= restarted.metrics.produced
+                )
+            )
+
+        asyncio.run(run_service(restarted, until_backfilled))
+
+    assert restarted.metrics.received == 0  # nothing came live: all of it came by REST
+    trades = published_keys(settings, TRADES, len(generated) // 2)
+    assert len(trades) == len(set(trades))
+    first_published = {t: min(q for tt, q in trades if tt == t) for t, _ in trades}
+    assert set(trades) == {(t, q) for t, q in generated if q >= first_published[t]}
     dlq.close()

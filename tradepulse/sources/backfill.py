@@ -45,15 +45,18 @@ class BackfillError(SourceError):
 
 @dataclass(frozen=True)
 class Window:
-    """The part of a ticker's gap to backfill: SIP time (ms) from `start_ms` to `end_ms` inclusive.
-    `clipped` = the gap began before the backfill horizon; trades older than `start_ms` are not fetched."""
+    """The part of a ticker's gap to backfill: SIP time (ms) from `start_ms` to `end_ms` inclusive (None:
+    up to the newest trade REST has). `clipped` = the gap began before the backfill horizon; trades older
+    than `start_ms` are not fetched."""
 
     start_ms: int
-    end_ms: int
+    end_ms: int | None
     clipped: bool
 
 
-def backfill_window(last_ms: int | None, floor_ms: int | None, now_ms: int, max_s: float) -> Window | None:
+def backfill_window(
+    last_ms: int | None, floor_ms: int | None, now_ms: int, max_s: float, *, open_end: bool = False
+) -> Window | None:
     """Which trades to fetch for a ticker whose last published trade is at `last_ms` (None: none known).
 
     Without a last trade, `floor_ms` is the time from which ingest would have seen one of the ticker's
@@ -61,12 +64,16 @@ def backfill_window(last_ms: int | None, floor_ms: int | None, now_ms: int, max_
     starts at the last trade's millisecond itself (the WebSocket's times are whole ms; the trades of
     that ms already published are dropped by sequence) and never more than `max_s` before `now_ms`.
     All times are the feed's (exchange/SIP time): `now_ms` is the feed's clock where the live stream
-    takes over, not the wall clock.
+    takes over, not the wall clock. `open_end`: the live stream has not said where it takes over (a
+    quiet connection); the window reaches to REST's newest trade, and `now_ms` is the newest feed time
+    known, which only sets the horizon.
     """
     start = last_ms if last_ms is not None else floor_ms
     if start is None or max_s <= 0:
         return None
     horizon = now_ms - int(max_s * 1000)
+    if open_end:
+        return Window(max(start, horizon), None, start < horizon)
     if start >= now_ms:
         return None
     return Window(max(start, horizon), now_ms, start < horizon)
@@ -116,17 +123,16 @@ class TradesRestClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def pages(self, ticker: str, start_ns: int, end_ns: int) -> AsyncIterator[list[dict[str, Any]]]:
-        """The ticker's trades with start_ns ≤ SIP time ≤ end_ns, oldest first, one page at a time."""
-        target = f"{TRADES_PATH}{quote(ticker, safe='')}?" + urlencode(
-            {
-                "timestamp.gte": start_ns,
-                "timestamp.lte": end_ns,
-                "order": "asc",
-                "sort": "timestamp",
-                "limit": self.page_limit,
-            }
-        )
+    async def pages(
+        self, ticker: str, start_ns: int, end_ns: int | None
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """The ticker's trades with start_ns ≤ SIP time ≤ end_ns (None: no upper bound), oldest first, one
+        page at a time."""
+        query: dict[str, int | str] = {"timestamp.gte": start_ns}
+        if end_ns is not None:
+            query["timestamp.lte"] = end_ns
+        query |= {"order": "asc", "sort": "timestamp", "limit": self.page_limit}
+        target = f"{TRADES_PATH}{quote(ticker, safe='')}?" + urlencode(query)
         seen: set[str] = set()
         while True:
             body = await self._get(target)

@@ -27,9 +27,13 @@ knows to be published (from its own produce calls, or the seed's highest sequenc
 the REST trades endpoint (`tradepulse.sources.backfill`), in order, through the same dedupe (sequence
 mark and event id) and producer; only then does it go on with the live frames, whose overlap with the
 backfill is dropped by event id. So each ticker's trades reach Kafka once and in sequence order.
+The seed finds each subscribed ticker's own last trade, reading market.trades further back than the
+tail where needed: a killed backfill leaves some tickers filled and others not (postmortem 5).
 The backfill runs at the connection's first events and reaches up to their exchange time: the feed's
 clock, not the wall clock, so a delayed feed, a replayed day or a simulator behind schedule is covered
-like the live feed (on the wall clock it was not, and a starved restart lost trades: postmortem 4).
+like the live feed (on the wall clock it was not, and a starved restart lost trades: postmortem 4). A
+connection that stays quiet for `QUIET_BACKFILL_S` after subscribing (the market closed, a replay that
+ended) is backfilled up to REST's newest trade instead of waiting for an event that may never come.
 Bounded by `ingest_backfill_max_s` of feed time; off for a `*` subscription (one request per ticker).
 
 Why one module of this size: the reader, the publisher, the backfill after every (re)connect and the
@@ -45,7 +49,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -73,6 +77,8 @@ BACKPRESSURE_SLEEP_S = 0.005
 REPORT_INTERVAL_S = 0.05
 #: How long a stopping service waits for the brokers to acknowledge what it produced.
 FLUSH_TIMEOUT_S = 30.0
+#: How long a new connection may stay quiet after subscribing before it is backfilled without events.
+QUIET_BACKFILL_S = 2.0
 #: Tickers backfilled at the same time (each pages through its own gap in order).
 BACKFILL_CONCURRENCY = 8
 
@@ -171,6 +177,9 @@ def advance(marks: dict[str, Mark], ticker: str, sequence: int, ts_ms: int) -> N
         marks[ticker] = (sequence, ts_ms)
 
 
+#: (oldest, newest) exchange time (ms) among records read.
+FeedSpan = tuple[int, int]
+
 #: Added to `ingest_replay_horizon_s` when seeding: slack for a feed whose resend spans a little more
 #: wall time than nominal (e.g. a simulator behind schedule).
 SEED_MARGIN_S = 10.0
@@ -178,26 +187,37 @@ SEED_MARGIN_S = 10.0
 
 @dataclass
 class Seed:
-    """What a starting ingest learns from the topics' tail (`seed_published_sequences`)."""
+    """What a starting ingest learns from the topics (`seed_published_sequences`)."""
 
     #: {topic: {ticker: mark of its newest record in Kafka}}; a trade mark is where its backfill starts
     marks: dict[str, dict[str, Mark]] = field(default_factory=lambda: {TRADES: {}, QUOTES: {}})
-    #: Feed (exchange) time of the oldest record read from the tail; None if the topics are empty. A
-    #: ticker without a trade in the tail has none in Kafka after it either, so its backfill can start
-    #: there. Feed time, not Kafka time: backfill windows are on the feed's clock (see `_backfill`).
+    #: Feed time from which a subscribed ticker without a trade mark is known to have had no trade in
+    #: Kafka: None if the topics are empty (there is no gap yet); otherwise 0, since such a ticker was not
+    #: found within the scan's reach (`ingest_backfill_max_s`), so its backfill reaches back as far as
+    #: backfills do. (The oldest exchange time of the tail was used before, and lost trades: postmortem 5.)
     floor_ms: int | None = None
     read: int = 0  # records read
 
 
-def seed_published_sequences(settings: Settings, timeout_s: float = 60.0) -> Seed:
+def seed_published_sequences(
+    settings: Settings, tickers: Collection[str] | None = None, timeout_s: float = 60.0
+) -> Seed:
     """The mark (sequence and time of the newest record) per ticker already in market.trades /
     market.quotes, and how many records were read to find it.
 
-    Every partition is read by *time*, from (newest record − `ingest_replay_horizon_s` − margin) to its
-    end, so a busy partition and a quiet one cover the same span of the feed. A per-ticker high-water
-    mark suffices because the feed's sequences increase per ticker and the idempotent producer lands a
-    prefix of what it was given in each partition, also when killed: whatever of a replay is at or below
-    the mark is in Kafka, whatever is above is not (contiguity is not assumed).
+    First every partition is read by *time*, from (newest record − `ingest_replay_horizon_s` − margin) to
+    its end, so a busy partition and a quiet one cover the same span of the feed: the marks that tell a
+    feed's resend from new events. A per-ticker high-water mark suffices because the feed's sequences
+    increase per ticker and the idempotent producer lands a prefix of what it was given in each
+    partition, also when killed: whatever of a replay is at or below the mark is in Kafka, whatever is
+    above is not (contiguity is not assumed).
+
+    Then, for each of `tickers` (the subscribed ones) without a trade in that tail, market.trades is read
+    further back, in spans doubling towards the partitions' start, until its newest trade is found: that
+    is where its backfill must start. A ticker absent from the tail is not thereby complete up to the
+    tail: a killed ingest may have backfilled some tickers and not others. The scan gives up on a ticker
+    once it has covered `ingest_backfill_max_s` (plus margin) of both broker and feed time, beyond which
+    a backfill is clipped anyway.
     """
     seed = Seed()
     if settings.ingest_replay_horizon_s <= 0:
@@ -207,59 +227,102 @@ def seed_published_sequences(settings: Settings, timeout_s: float = 60.0) -> See
     deadline = time.monotonic() + timeout_s
     try:
         metadata = consumer.list_topics(timeout=10).topics
-        ends: dict[tuple[str, int], int] = {}
+        ranges: dict[tuple[str, int], tuple[int, int]] = {}
         for topic in (TRADES, QUOTES):
             for p in metadata[topic].partitions if topic in metadata else ():
                 low, high = _watermarks(consumer, TopicPartition(topic, p), deadline)
                 if high > low:
-                    ends[(topic, p)] = high
-        if not ends:
+                    ranges[(topic, p)] = (low, high)
+        if not ranges:
             return seed
-        last = {k: high - 1 for k, high in ends.items()}
-        newest = max((m.timestamp()[1] for m in _read_to_end(consumer, last, deadline)), default=None)
+        seed.floor_ms = 0
+        last = {k: high - 1 for k, (_, high) in ranges.items()}
+        newest = max((m.timestamp()[1] for m in _read_range(consumer, last, {}, deadline)), default=None)
         if newest is None:
             return seed
-        since_ms = newest - int((settings.ingest_replay_horizon_s + SEED_MARGIN_S) * 1000)
-        found = consumer.offsets_for_times(
-            [TopicPartition(t, p, since_ms) for t, p in ends], timeout=max(1.0, deadline - time.monotonic())
-        )
-        # offset -1: no record at or after since_ms in that partition, nothing there can be resent.
-        starts = {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
-        for message in _read_to_end(consumer, starts, deadline):
-            seed.read += 1
-            source, key, value = message.topic(), message.key(), message.value()
-            if source is None or key is None or value is None:
-                continue  # not one of our records (they all have a key and a value)
-            with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-                record = orjson.loads(value)
-                ticker, seq, ms = (
-                    key.decode(),
-                    int(record["sequence"]),
-                    int(record["exchange_ts_ms"]),
-                )
-                if seed.floor_ms is None or ms < seed.floor_ms:
-                    seed.floor_ms = ms
-                advance(seed.marks[source], ticker, seq, ms)
+        span_ms = int((settings.ingest_replay_horizon_s + SEED_MARGIN_S) * 1000)
+        starts = _offsets_at(consumer, ranges, newest - span_ms, deadline)
+        feed = _read_marks(seed, _read_range(consumer, starts, {}, deadline), None)
+        missing = set(tickers or ()) - seed.marks[TRADES].keys()
+        # The deep scan, market.trades only: `ends` = where the part read so far begins, per partition.
+        reach_ms = int((settings.ingest_backfill_max_s + SEED_MARGIN_S) * 1000)
+        ends = {k: starts.get(k, high) for k, (_, high) in ranges.items() if k[0] == TRADES}
+        while missing and any(ends[k] > ranges[k][0] for k in ends) and time.monotonic() < deadline:
+            if span_ms >= reach_ms and feed is not None and feed[1] - feed[0] >= reach_ms:
+                break
+            span_ms *= 2
+            begins = _offsets_at(consumer, {k: ranges[k] for k in ends}, newest - span_ms, deadline)
+            chunk = {k: begins.get(k, end) for k, end in ends.items() if begins.get(k, end) < end}
+            feed = _read_marks(seed, _read_range(consumer, chunk, ends, deadline), feed)
+            missing -= seed.marks[TRADES].keys()
+            ends.update(chunk)
+        if missing:
+            log.info(
+                "ingest: no trade of %s in Kafka's last %.0f s: backfilling them from %.0f s back",
+                ", ".join(sorted(missing)),
+                span_ms / 1000,
+                settings.ingest_backfill_max_s,
+            )
         return seed
     finally:
         consumer.close()
 
 
-def _read_to_end(
-    consumer: Consumer, starts: dict[tuple[str, int], int], deadline: float
+def _offsets_at(
+    consumer: Consumer, ranges: dict[tuple[str, int], tuple[int, int]], since_ms: int, deadline: float
+) -> dict[tuple[str, int], int]:
+    """Per partition, the first offset with a broker timestamp ≥ `since_ms` (its start if `since_ms` is
+    before everything); partitions with no record that new are left out."""
+    found = consumer.offsets_for_times(
+        [TopicPartition(t, p, max(since_ms, 0)) for t, p in ranges],
+        timeout=max(1.0, deadline - time.monotonic()),
+    )
+    # offset -1: no record at or after since_ms in that partition.
+    return {
+        (tp.topic, tp.partition): max(tp.offset, ranges[(tp.topic, tp.partition)][0])
+        for tp in found
+        if tp.offset >= 0
+    }
+
+
+def _read_marks(seed: Seed, messages: Iterable[Message], feed: FeedSpan | None) -> FeedSpan | None:
+    """Advance the seed's marks over `messages`; `feed` widened by the exchange times read."""
+    for message in messages:
+        seed.read += 1
+        source, key, value = message.topic(), message.key(), message.value()
+        if source is None or key is None or value is None:
+            continue  # not one of our records (they all have a key and a value)
+        with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+            record = orjson.loads(value)
+            ticker, seq, ms = key.decode(), int(record["sequence"]), int(record["exchange_ts_ms"])
+            feed = (ms, ms) if feed is None else (min(feed[0], ms), max(feed[1], ms))
+            advance(seed.marks[source], ticker, seq, ms)
+    return feed
+
+
+def _read_range(
+    consumer: Consumer,
+    starts: dict[tuple[str, int], int],
+    ends: dict[tuple[str, int], int],
+    deadline: float,
 ) -> Iterator[Message]:
-    """Every record from each partition's start offset to its end (partition EOF), in a stream."""
+    """Every record from each partition's start offset up to its end offset (exclusive; the partition's
+    end where none is given), in a stream."""
     pending = set(starts)
     if not pending:
         return
     consumer.assign([TopicPartition(t, p, offset) for (t, p), offset in starts.items()])
     while pending and time.monotonic() < deadline:
         for message in consumer.consume(10_000, timeout=0.5):
-            error = message.error()
+            error, where = message.error(), (message.topic() or "", message.partition() or 0)
             if error is None:
-                yield message
+                offset, end = message.offset() or 0, ends.get(where)
+                if end is None or offset < end:
+                    yield message
+                if end is not None and offset >= end - 1:
+                    pending.discard(where)
             elif error.code() == KafkaError._PARTITION_EOF:
-                pending.discard((message.topic(), message.partition()))
+                pending.discard(where)
             elif error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
                 raise KafkaException(error)  # no ReadData: fail now, not after the whole timeout
     if pending:
@@ -322,7 +385,7 @@ class IngestService:
     async def run(self) -> None:
         """Stream until `stop()` (returns after flushing) or a fatal feed error (raised after flushing)."""
         started = time.monotonic()
-        seed = await asyncio.to_thread(seed_published_sequences, self.settings)
+        seed = await asyncio.to_thread(seed_published_sequences, self.settings, self._tickers)
         self._marks = seed.marks
         self._floor_ms = seed.floor_ms
         if seed.read:
@@ -387,17 +450,26 @@ class IngestService:
         queue, metrics, recent, tickers = self._queue, self._metrics, self._recent, self._tickers
         produce, poll = self._producer.produce, self._producer.poll
         marks = self._marks
-        while (frame := await queue.get()) is not None:
-            if frame.connection != self._connection and (frame.trades or frame.quotes):
-                # The first events of a new connection: the subscription is live, so what the feed did not
-                # send since the last published trade is on the REST tape now. Fill that first, up to the
-                # feed's own clock (its newest event time here), not the wall clock: a feed that replays
-                # the past or runs behind must be backfilled all the same. Whatever this connection
-                # resends is below the marks as they are now, before the backfill (a live trade below a
-                # backfilled one may be one that REST lacked: the id window decides those).
-                self._connection = frame.connection
-                self._resend_marks = {topic: dict(by_ticker) for topic, by_ticker in marks.items()}
-                await self._backfill(feed_time_ms(frame))
+        quiet: int | None = None  # a new connection, subscribed, that has sent no events yet
+        while True:
+            try:
+                async with asyncio.timeout(QUIET_BACKFILL_S if quiet is not None else None):
+                    frame = await queue.get()
+            except TimeoutError:
+                # A quiet feed (the market closed, or a replay that has ended) sends nothing to tell its
+                # clock by: backfill now, up to whatever REST has, or the end of the session stays lost.
+                assert quiet is not None
+                await self._begin_connection(quiet, None)
+                quiet = None
+                continue
+            if frame is None:
+                break
+            if frame.connection != self._connection:
+                if frame.trades or frame.quotes:
+                    await self._begin_connection(frame.connection, feed_time_ms(frame))
+                    quiet = None
+                else:
+                    quiet = frame.connection
             metrics.received += frame.events
             for topic, records in ((TRADES, frame.trades), (QUOTES, frame.quotes)):
                 resent, published = self._resend_marks[topic], marks[topic]
@@ -422,22 +494,40 @@ class IngestService:
             if self._failed_deliveries:
                 self._dead_letter_failed_deliveries()
 
-    async def _backfill(self, now_ms: int) -> None:
+    async def _begin_connection(self, connection: int, now_ms: int | None) -> None:
+        """Take connection `connection`'s events from now on, after backfilling what the feed did not send
+        since the last published trade: its subscription is live, so that is on the REST tape now. Up to
+        the feed's own clock, `now_ms` (the connection's newest event time), not the wall clock: a feed
+        that replays the past or runs behind must be backfilled all the same; None for a quiet connection
+        (everything REST has). Whatever this connection resends is below the marks as they are now, before
+        the backfill (a live trade below a backfilled one may be one that REST lacked: the id window
+        decides those)."""
+        self._connection = connection
+        self._resend_marks = {topic: dict(by_ticker) for topic, by_ticker in self._marks.items()}
+        await self._backfill(now_ms)
+
+    async def _backfill(self, now_ms: int | None) -> None:
         """Publish each subscribed ticker's trades missed before this connection (see the module doc):
         those after its last published trade up to `now_ms`, the feed time of the connection's first
-        events (the live stream has everything after it; the overlap is dropped by event id)."""
+        events (the live stream has everything after it; the overlap is dropped by event id); None: up to
+        REST's newest trade, with the horizon counted back from the newest feed time known."""
         if self._rest is None or self._tickers is None:
             return
+        clock_ms = now_ms if now_ms is not None else newest_feed_ms(self._marks)
+        if clock_ms is None:
+            return  # a quiet first connection with nothing in Kafka: no gap, and no clock to start from
         max_s = self.settings.ingest_backfill_max_s
         windows: dict[str, Window] = {}
         for ticker in sorted(self._tickers):
             last = self._marks[TRADES].get(ticker)
-            window = backfill_window(last[1] if last else None, self._floor_ms, now_ms, max_s)
+            window = backfill_window(
+                last[1] if last else None, self._floor_ms, clock_ms, max_s, open_end=now_ms is None
+            )
             if window is not None:
                 windows[ticker] = window
         if self._floor_ms is None:
             # A fresh start with nothing in Kafka: no gap yet. From now (feed time) every trade is seen.
-            self._floor_ms = now_ms
+            self._floor_ms = clock_ms
         if not windows:
             return
         clipped = sorted(t for t, w in windows.items() if w.clipped)
@@ -447,7 +537,7 @@ class IngestService:
                 "are not fetched",
                 max_s,
                 ", ".join(clipped[:10]) + (f" (+{len(clipped) - 10})" if len(clipped) > 10 else ""),
-                _iso(now_ms - int(max_s * 1000)),
+                _iso(clock_ms - int(max_s * 1000)),
             )
         started, before = time.monotonic(), (self._metrics.backfilled, self._metrics.backfill_pages)
         duplicates = self._metrics.duplicates
@@ -474,9 +564,8 @@ class IngestService:
         mark = marks.get(ticker)
         async with gate:
             try:
-                async for page in self._rest.pages(
-                    ticker, window.start_ms * 1_000_000, window.end_ms * 1_000_000 + 999_999
-                ):
+                end_ns = None if window.end_ms is None else window.end_ms * 1_000_000 + 999_999
+                async for page in self._rest.pages(ticker, window.start_ms * 1_000_000, end_ns):
                     metrics.backfill_pages += 1
                     received_ts_us = time.time_ns() // 1000
                     rejects: list[Reject] = []
@@ -576,6 +665,11 @@ class IngestService:
         failed, self._failed_deliveries = self._failed_deliveries, []
         if failed:
             self._dead_letter(failed)
+
+
+def newest_feed_ms(marks: dict[str, dict[str, Mark]]) -> int | None:
+    """The newest exchange time among the marks: the feed's clock as of the last record published."""
+    return max((ts for by_ticker in marks.values() for _, ts in by_ticker.values()), default=None)
 
 
 def feed_time_ms(frame: ParsedFrame) -> int:
