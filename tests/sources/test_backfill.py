@@ -5,6 +5,8 @@ as the WebSocket path), paging through `next_url` against the simulator's REST s
 from __future__ import annotations
 
 import asyncio
+import http.server
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -266,3 +268,55 @@ def test_history_is_bounded_by_time_and_by_count() -> None:
     assert 450 <= by_count.trades <= 500
     rows, more = by_time.query("MSFT", 0, 2**62, "asc", 50_000)
     assert not more and rows and rows[0]["sip_timestamp"] >= oldest_kept
+
+
+class FlakyApi:
+    """An HTTP front for the simulator's REST API that answers 503 to the first `failures` requests: a
+    vendor API having a bad minute, or, as in the busy chaos run, a server too starved to answer in time."""
+
+    def __init__(self, upstream: str, failures: int) -> None:
+        self.failures, self.requests = failures, 0
+        flaky = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                flaky.requests += 1
+                if flaky.requests <= flaky.failures:
+                    status, body = 503, b'{"status":"ERROR","error":"busy"}'
+                else:
+                    upstream_response = httpx.get(upstream + self.path, headers=dict(self.headers))
+                    status, body = upstream_response.status_code, upstream_response.content
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_retry_deadline_rides_out_more_transient_failures_than_the_retry_count(
+    sim: SimulatorHandle,
+) -> None:
+    """Ingest backfills with a retry deadline rather than a count: a backfill that gives up loses its
+    ticker's gap for good (busy chaos run: 5 tickers' backfills failed after 4 timed-out attempts)."""
+    time.sleep(0.5)  # some history on the tape
+    flaky = FlakyApi(sim.rest_base_url, failures=6)
+    try:
+        fast = {"backoff_initial_s": 0.01, "backoff_max_s": 0.02, "retries": 3}
+        with pytest.raises(BackfillError, match="HTTP 503: busy"):
+            fetch(flaky.url, "AAPL", 0, 10**19, **fast)
+        flaky.requests = 0
+        pages, requests = fetch(flaky.url, "AAPL", 0, 10**19, **fast, retry_deadline_s=30.0)
+        assert requests == 7 and sum(map(len, pages)) > 0
+    finally:
+        flaky.close()

@@ -10,8 +10,9 @@ pages through a ticker's trades in a time range the way Massive documents it:
   client does, never as the `apiKey` query parameter: URLs end up in logs and exception messages.
   Only the path and query of `next_url` are used, against the configured base URL, so the key is
   never sent to another host; a `next_url` that repeats ends the paging (a known Polygon bug looped).
-- 429 and 5xx answers and network errors are retried with backoff; other errors end the backfill of
-  that ticker (`BackfillError`).
+- 429 and 5xx answers, network errors and timeouts are retried with backoff (a number of times, or
+  until a deadline: ingest retries for `ingest_backfill_max_s`, since a backfill that gives up loses its
+  ticker's gap); other errors end the backfill of that ticker (`BackfillError`).
 
 Only trades are backfilled: a quote is superseded by the next one, so the first live quote after a gap
 restores the current book, while a lost trade is lost volume.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -96,15 +98,19 @@ class TradesRestClient:
         page_limit: int = MAX_PAGE_LIMIT,
         timeout_s: float = 10.0,
         retries: int = 3,
+        retry_deadline_s: float | None = None,
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 8.0,
     ) -> None:
+        """`retries`: transient failures (429, 5xx, network errors, timeouts) retried per request;
+        `retry_deadline_s`: instead, retried for this long since the request's first attempt."""
         if not 1 <= page_limit <= MAX_PAGE_LIMIT:
             raise InvalidArgument(f"page_limit must be in 1..{MAX_PAGE_LIMIT}, got {page_limit}")
         self.base_url = base_url.rstrip("/")
         key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
         self.page_limit = page_limit
         self.retries = retries
+        self.retry_deadline_s = retry_deadline_s
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.requests = 0
@@ -160,7 +166,7 @@ class TradesRestClient:
         return parts.path + ("?" + urlencode(query) if query else "")
 
     async def _get(self, target: str) -> dict[str, Any]:
-        attempt = 0
+        attempt, started = 0, time.monotonic()
         while True:
             self.requests += 1
             try:
@@ -179,7 +185,11 @@ class TradesRestClient:
                 problem = f"HTTP {response.status_code}: {error_message(response)}"
                 if response.status_code not in _RETRY_STATUSES:
                     raise BackfillError(f"{redact(target)}: {problem}")
-            if attempt >= self.retries:
+            if (
+                attempt >= self.retries
+                if self.retry_deadline_s is None
+                else time.monotonic() - started >= self.retry_deadline_s
+            ):
                 raise BackfillError(f"{redact(target)}: {problem} (after {attempt + 1} attempts)")
             delay = backoff_delay(attempt, self.backoff_initial_s, self.backoff_max_s, min_fraction=0.5)
             log.warning("backfill: %s: %s; retrying in %.2fs", redact(target), problem, delay)

@@ -79,6 +79,9 @@ REPORT_INTERVAL_S = 0.05
 FLUSH_TIMEOUT_S = 30.0
 #: How long a new connection may stay quiet after subscribing before it is backfilled without events.
 QUIET_BACKFILL_S = 2.0
+#: Per REST request: a page of 50,000 trades from a busy server takes seconds (the busy chaos run timed
+#: out at 10 s, four times in a row).
+BACKFILL_TIMEOUT_S = 30.0
 #: Tickers backfilled at the same time (each pages through its own gap in order).
 BACKFILL_CONCURRENCY = 8
 
@@ -399,7 +402,15 @@ class IngestService:
             )
         if self.settings.ingest_backfill_max_s > 0 and self._tickers is not None:
             base_url, key = rest_endpoint(self.settings, self.client)
-            self._rest = TradesRestClient(base_url, key, page_limit=self.settings.ingest_backfill_page_limit)
+            self._rest = TradesRestClient(
+                base_url,
+                key,
+                page_limit=self.settings.ingest_backfill_page_limit,
+                timeout_s=BACKFILL_TIMEOUT_S,
+                # Transient failures are retried as long as the gap is worth fetching: giving up loses it
+                # (a live trade of the ticker then moves its mark past the gap).
+                retry_deadline_s=self.settings.ingest_backfill_max_s,
+            )
         elif self.settings.ingest_backfill_max_s > 0:
             log.warning("ingest: no trades backfill for a '*' subscription (one REST request per ticker)")
         reader = asyncio.create_task(self._read(), name="ingest-reader")
