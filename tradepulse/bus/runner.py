@@ -1,24 +1,40 @@
 """The exactly-once micro-batch runner: Kafka inputs → pure core → sinks → Kafka outputs → cold archive.
 
 Loop, per micro-batch (what the consumer has queued, at most `batch_max_messages`, taken as soon as
-there is a first message: `_next_batch`):
+there is a first message: `_next_batch`), on the runner's thread (`_process`):
 
 1. `consumer.consume()` from the input topics market.trades / market.quotes / market.news and from the
    runner's own output topics (below), all read_committed; orjson decode, validation; invalid input
    messages become dead letters with their topic/partition/offset.
 2. The core (`Processor`) turns the batch's input into feature snapshots, anomalies, correlations and
    closed one-minute bars.
-3. Sinks, all idempotent by deterministic keys: hot store `write_batch` (3 attempts with backoff, then
-   the rows go to the DLQ), cold store `append_batch` of every consumed row (inputs and outputs), DLQ
-   `put` of the dead letters (the store carries the redrive policy).
-4. One Kafka transaction: produce market.features / market.anomalies / market.correlations /
-   market.bars, and every
-   dead letter of the batch to market.dead-letters keyed by its `dead_letter_id`, then
-   `send_offsets_to_transaction(positions, consumer_group_metadata())` and commit.
+3. Sinks, idempotent by deterministic keys: hot store `write_batch` (3 attempts with backoff, then the
+   rows go to the DLQ), DLQ `put` of the dead letters (the store carries the redrive policy).
+4. The batch, with the consumer's positions after it and its group metadata, is handed to the commit
+   thread (`_commit`), and the runner's thread goes on with the next batch.
 
-A crash anywhere before step 4 completes aborts the outputs and leaves the offsets uncommitted: the batch
-is replayed, the keyed sinks overwrite what they already hold, and the outputs (dead letters included)
-appear exactly once to read_committed readers.
+On the commit thread: one Kafka transaction for everything handed over since its previous transaction
+(a group commit, `tradepulse.bus.worker`: one batch when the runner keeps up with the commits, several
+when a commit takes longer than a batch, up to `COMMIT_BACKLOG_BATCHES`): produce market.features /
+market.anomalies / market.correlations / market.bars, and every dead letter to market.dead-letters
+keyed by its `dead_letter_id`, then `send_offsets_to_transaction(positions after the last batch, its
+group metadata)` and commit. Then the cold thread (`_archive`) appends the committed batches' rows to
+the cold store (inputs and outputs read back, by offset) and writes the files that are due; the cold
+store only ever holds committed rows.
+
+Why the threads (issue 19): the transaction commit is several round trips to the broker and the Parquet
+writes take up to seconds; on the runner's thread both delayed every trade queued behind them.
+Kafka transactions of one producer are sequential, so the overlap is between the runner's thread and
+one committing transaction, and grouping is what keeps the commits from falling behind. Ownership keeps
+it simple: the producer belongs to the commit thread and the cold store to the cold thread while they
+have work; the runner's thread touches them only once both are idle (`_settle`: rebalances, rewinds,
+shutdown), and handles their failures itself (`_recover`).
+
+A crash anywhere before a transaction commits aborts its outputs and leaves its offsets uncommitted:
+its batches are replayed, the keyed sinks overwrite what they already hold (the hot store may hold the
+writes of up to `COMMIT_BACKLOG_BATCHES` uncommitted batches, the same rows again in the replay), and
+the outputs (dead letters included) appear exactly once to read_committed readers. A transaction never
+commits after an earlier one failed: the commit thread drops what is queued behind a failure.
 
 Cold archive of the outputs: the runner's consumer also subscribes to the output topics
 (`ARCHIVED_OUTPUTS`) and appends what it reads there to the cold store exactly like an input row, by
@@ -52,13 +68,15 @@ else's now), closes, and raises, and the supervisor (`tradepulse up`, ECS) resta
 Rebalances: the range assignor is eager, so every assignment is the member's full new set. On each
 assignment the runner resets the core and rebuilds it from the look-back of the assigned partitions
 (`tradepulse.bus.rebuild`), which is simpler than tracking state per partition and always correct. On
-revocation it only flushes the cold store: every batch is already committed when the consume call that
-runs the callback starts. Lost partitions (session timeout) are another member's already: their buffered
-cold rows are dropped, never written.
+revocation it waits for the batches handed over to commit (still in the old generation: the group
+waits for the callback) and flushes the cold store. Lost partitions (session timeout) are another
+member's already: the transactions in flight fail and abort, the buffered cold rows are dropped, never
+written.
 
-Every stage of a batch (batch wait, decode, core, hot write, cold append, produce, commit, cold flush)
-and the per-record ingest, Kafka and end-to-end latencies are recorded into `tradepulse.bus.stages`'
-histograms (`RunnerMetrics.stages`), which the heartbeat publishes.
+Every stage (batch wait, decode, core, hot write and commit wait per batch on the runner's thread;
+produce and commit per transaction; cold append and cold flush per group of batches archived) and the
+per-record ingest, Kafka and end-to-end latencies are recorded into `tradepulse.bus.stages`' histograms
+(`RunnerMetrics.stages`), which the heartbeat publishes.
 
 What a batch produces and how it is produced, retried and archived back is in `tradepulse.bus.outputs`;
 the rebuild's reading in `tradepulse.bus.rebuild`. Why the rest is one module of this size: the
