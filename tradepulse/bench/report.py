@@ -185,7 +185,7 @@ def stage_markdown(d: dict[str, Any], fp: dict[str, Any]) -> list[str]:
     runners = d.get("runners") or {}
     if len(runners) > 1:
         settings = fp.get("variant_settings", {})
-        stage_cols = ("batch_wait", "core", "hot_write", "commit")
+        stage_cols = ("batch_wait", "core", "hot_write", "commit_wait", "commit")
         lines += [
             "",
             "#### Runner variants, same load (each its own process and consumer group, all at once)",
