@@ -21,6 +21,8 @@ batch's records, each sample weighted by the stride). Stages, in the order a tra
 | `cold_flush` | the cold store's periodic flush after the commit | batch |
 | `batch` | the whole batch after `consume()` returned it, decode to flush | batch |
 | `e2e` | WebSocket receive → hot-store commit | trade |
+| `fresh_first` | feature freshness: a trade's event time (exchange ts) → hot-store commit of the first feature revision that contains it (with provisional revisions: its own batch; without: its second's final revision) | trade |
+| `fresh_final` | a trade's event time → hot-store commit of its second's final revision (the second's end + the late grace, at least) | trade |
 
 The histograms are log-bucketed numpy arrays of counts (`LatencyHistogram`: 1 µs .. 1 h, buckets 0.1 %
 wide), recorded into a buffer that is folded into the buckets 256 recordings at a time (a batch's recording
@@ -59,9 +61,11 @@ BATCH_STAGES = (
     "cold_flush",
     "batch",
 )
+#: Feature freshness, per trade from its event time (`docs/schema.md#featurevector-revisions`).
+FRESHNESS_STAGES = ("fresh_first", "fresh_final")
 #: Stages timed per record (a strided sample of the batch's records).
-RECORD_STAGES = ("ingest", "kafka", "e2e")
-STAGES = (*RECORD_STAGES[:2], *BATCH_STAGES, "e2e")
+RECORD_STAGES = ("ingest", "kafka", "e2e", *FRESHNESS_STAGES)
+STAGES = (*RECORD_STAGES[:2], *BATCH_STAGES, "e2e", *FRESHNESS_STAGES)
 #: Disjoint parts of one loop iteration (gathering + processing a batch): their totals share the wall.
 BATCH_PARTS = ("batch_wait", "decode", "core", "hot_write", "cold_append", "produce", "commit", "cold_flush")
 #: The stages a trade's e2e latency is made of, for the stacked chart (the others are parts of `core`
