@@ -156,6 +156,11 @@ class Settings(BaseSettings):
         default=True, description="volume_zscore compares log(1 + bucket volume) rather than raw volume."
     )
     rebuild_lookback_s: int = 390
+    feature_revisions: bool = Field(
+        default=True,
+        description="Emit each ticker's feature vector as trades arrive (provisional revisions, at most one "
+        "per ticker per batch), not only once its second closed after the late grace (the final revision).",
+    )
     # Anomaly model (tradepulse.core.anomaly): refits at event-time points, one model per partition.
     anomaly_warmup_s: float = Field(
         default=300.0, ge=0, description="A ticker is neither scored nor learned from until then."

@@ -211,6 +211,24 @@ class FeatureVector(_Model):
         default=None,
         description="Trading session of ts_ms in America/New_York (NYSE calendar); None if not tagged.",
     )
+    # Revisions (docs/schema.md#featurevector-revisions): (ticker, snapshot_start_ms) is the vector's
+    # natural key; a second's vector is emitted as trades arrive and again when it closes.
+    snapshot_start_ms: int | None = Field(
+        default=None,
+        description="Start of the snapshot second this vector describes; with ticker, its natural key.",
+    )
+    revision: int = Field(
+        default=1,
+        ge=1,
+        description=(
+            "Trades of the ticker with ts in [second start − grace, second end) the vector has seen, "
+            "+1 when final: grows with every revision of the second; the final one is the highest."
+        ),
+    )
+    final: bool = Field(
+        default=True,
+        description="True for the last revision, emitted once the second closed (its end + the late grace).",
+    )
 
 
 class Anomaly(_Model):

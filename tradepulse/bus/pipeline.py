@@ -168,9 +168,11 @@ class CoreProcessor:
         started = time.perf_counter()
         out = self.engine.process(trades, quotes)
         featured = time.perf_counter()
-        if out.snapshots:
-            snapshot_ts = np.fromiter((s["ts_ms"] for s in out.snapshots), np.int64, len(out.snapshots))
-            for snapshot, session in zip(out.snapshots, self.sessions.session_of(snapshot_ts), strict=True):
+        # Final revisions of the closed seconds, then the provisional ones (docs/schema.md).
+        features = [*out.snapshots, *out.provisional]
+        if features:
+            snapshot_ts = np.fromiter((s["ts_ms"] for s in features), np.int64, len(features))
+            for snapshot, session in zip(features, self.sessions.session_of(snapshot_ts), strict=True):
                 snapshot["session"] = session
         # The trades the feature core saw, by the same condition update rules.
         if trades.conditions is None:
@@ -212,13 +214,19 @@ class CoreProcessor:
         if not emit:
             return BatchOutputs()
         return BatchOutputs(
-            features=out.snapshots,
+            features=features,
             anomalies=anomalies,
             correlations=correlations,
             late_events=len(out.late_event_ids),
             unknown_conditions=out.unknown_conditions,
             bars=bars,
             stage_ms={"features": (featured - started) * 1000, "anomaly": (scored - scoring) * 1000},
+            # Freshness (`tradepulse.bus.stages`): the event times of the trades whose first revision
+            # (every accepted trade, with provisional revisions) and final revision this batch writes.
+            fresh_ts_ms={
+                "fresh_first": out.per_trade["ts_ms"] if self.config.provisional else out.final_trade_ts_ms,
+                "fresh_final": out.final_trade_ts_ms,
+            },
         )
 
     def close(self) -> None:

@@ -706,6 +706,7 @@ class Runner:
         else:
             # The trades are in the hot store now: end-to-end latency from WebSocket receive.
             self.metrics.record_e2e(batch.trades)
+            self.metrics.record_freshness(outputs.fresh_ts_ms)
         written = time.perf_counter()
         latency_ms = (written - write_started) * 1000
         self.metrics.write_ms.append(latency_ms)

@@ -22,6 +22,8 @@ batch's records, each sample weighted by the stride). Stages, in the order a tra
 | `cold_flush` | the cold store's periodic flush after that (cold thread) | batch |
 | `batch` | the runner's thread's own work on the batch: from `consume()` returning it to handing it over, `commit_wait` excluded | batch |
 | `e2e` | WebSocket receive → hot-store commit | trade |
+| `fresh_first` | feature freshness: a trade's event time (exchange ts) → hot-store commit of the first feature revision that contains it (with provisional revisions: its own batch; without: its second's final revision) | trade |
+| `fresh_final` | a trade's event time → hot-store commit of its second's final revision (the second's end + the late grace, at least) | trade |
 
 The runner's thread does the stages up to `commit_wait`; the commit and the cold-store work run on two
 threads of their own, overlapping the next batches (`tradepulse.bus.runner`), so they are not part of
@@ -65,9 +67,11 @@ BATCH_STAGES = (
     "cold_flush",
     "batch",
 )
+#: Feature freshness, per trade from its event time (`docs/schema.md#featurevector-revisions`).
+FRESHNESS_STAGES = ("fresh_first", "fresh_final")
 #: Stages timed per record (a strided sample of the batch's records).
-RECORD_STAGES = ("ingest", "kafka", "e2e")
-STAGES = (*RECORD_STAGES[:2], *BATCH_STAGES, "e2e")
+RECORD_STAGES = ("ingest", "kafka", "e2e", *FRESHNESS_STAGES)
+STAGES = (*RECORD_STAGES[:2], *BATCH_STAGES, "e2e", *FRESHNESS_STAGES)
 #: Disjoint parts of one iteration of the runner's loop (gathering a batch, processing it, handing it to
 #: the commit thread): their totals share the wall. The commit and cold-store stages run on other threads.
 BATCH_PARTS = ("batch_wait", "decode", "core", "hot_write", "commit_wait")

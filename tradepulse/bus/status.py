@@ -100,6 +100,16 @@ class RunnerMetrics:
             self._e2e_window = LatencyHistogram()
             self._e2e_window_started = now_us / 1e6
 
+    def record_freshness(self, event_ts_ms: Mapping[str, np.ndarray], now_ms: float | None = None) -> None:
+        """Record now − event time per freshness stage for the trades whose feature revision was just
+        committed to the hot store (a strided sample, as `record_e2e`)."""
+        now_ms = time.time() * 1000 if now_ms is None else now_ms
+        for stage, ts in event_ts_ms.items():
+            if len(ts):
+                stride = max(1, -(-len(ts) // E2E_SAMPLES_PER_BATCH))  # as `strided`, on an array
+                sample = np.asarray(ts[::stride], dtype=np.float64)
+                self.stages.record_latencies(stage, (now_ms - sample) * 1000, stride)
+
     def events_per_s(self) -> float:
         """Events/s over the last ~10 s of samples (sampled when the status is written)."""
         now = time.monotonic()
