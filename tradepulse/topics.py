@@ -12,12 +12,14 @@ ANOMALIES = "market.anomalies"
 CORRELATIONS = "market.correlations"
 DEAD_LETTERS = "market.dead-letters"
 BARS = "market.bars"
+#: The vendor's per-minute aggregates (Massive `AM`), the reference our bars are reconciled against.
+VENDOR_BARS = "market.vendor_bars"
 
-INPUT_TOPICS = (TRADES, QUOTES, NEWS)
+INPUT_TOPICS = (TRADES, QUOTES, NEWS, VENDOR_BARS)
 OUTPUT_TOPICS = (FEATURES, ANOMALIES, CORRELATIONS, DEAD_LETTERS, BARS)
 ALL_TOPICS = INPUT_TOPICS + OUTPUT_TOPICS
 #: The topics each service uses; it checks at start that they exist (services never create topics).
-INGEST_TOPICS = (TRADES, QUOTES)
+INGEST_TOPICS = (TRADES, QUOTES, VENDOR_BARS)
 NEWS_TOPICS = (NEWS,)
 PROCESSOR_TOPICS = ALL_TOPICS
 

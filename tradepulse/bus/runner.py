@@ -107,6 +107,7 @@ from tradepulse.topics import (
     NEWS,
     QUOTES,
     TRADES,
+    VENDOR_BARS,
 )
 
 log = logging.getLogger(__name__)
@@ -500,6 +501,7 @@ class Runner:
                 (TRADES, batch.trades, batch.trade_pos),
                 (QUOTES, batch.quotes, batch.quote_pos),
                 (NEWS, batch.news, batch.news_pos),
+                (VENDOR_BARS, batch.vendor_bars, batch.vendor_bar_pos),
             ):
                 if rows:
                     self.cold.append_batch(
@@ -597,6 +599,7 @@ class Runner:
         for reason, count in outliers.items():
             self.metrics.outliers[reason] = self.metrics.outliers.get(reason, 0) + count
         self.metrics.unknown_conditions += outputs.unknown_conditions
+        self.metrics.count_bar_checks(outputs.bar_checks)
         self.metrics.model_version = self.processor.model_version
         self.metrics.record_stages(
             **stage_ms, cold_flush=(flushed - committed) * 1000, batch=(flushed - started) * 1000
@@ -637,6 +640,7 @@ class Runner:
             (TRADES, batch.trades, batch.trade_pos, batch.trade_fields),
             (QUOTES, batch.quotes, batch.quote_pos, batch.quote_fields),
             (NEWS, batch.news, batch.news_pos, None),
+            (VENDOR_BARS, batch.vendor_bars, batch.vendor_bar_pos, None),
         ):
             if rows:
                 # Below cold_next a row is already in a flushed file (a replay after a crash). The flush
