@@ -158,7 +158,7 @@ def run_simulator(
             tickers=["AAPL", "MSFT", "NVDA"],
             rate=60,
             start_ms=T0,
-            tick_ms=500,
+            tick_ms=2000,  # one batch per 2 s tick: few batches, a short test
             bad_tick_rate=bad_tick_rate,
         )
     )
