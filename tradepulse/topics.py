@@ -20,6 +20,8 @@ OUTPUT_TOPICS = (FEATURES, ANOMALIES, CORRELATIONS, DEAD_LETTERS, BARS)
 ALL_TOPICS = INPUT_TOPICS + OUTPUT_TOPICS
 #: The topics each service uses; it checks at start that they exist (services never create topics).
 INGEST_TOPICS = (TRADES, QUOTES, VENDOR_BARS)
+#: What ingest reads back at start (its dedupe seed): the trades and quotes, not the vendor's bars.
+INGEST_SEED_TOPICS = (TRADES, QUOTES)
 NEWS_TOPICS = (NEWS,)
 PROCESSOR_TOPICS = ALL_TOPICS
 
