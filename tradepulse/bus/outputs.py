@@ -55,6 +55,8 @@ class BatchOutputs:
     late_events: int = 0
     unknown_conditions: int = 0  # trades with a condition code the rules do not know
     bars: list[Row] = field(default_factory=list)
+    #: Bar reconciliation decisions of the batch (`tradepulse.core.reconcile`): counted, not produced.
+    bar_checks: list[Row] = field(default_factory=list)
     #: Milliseconds of the core's own stages (`features`, `anomaly`; see `tradepulse.bus.stages`).
     stage_ms: dict[str, float] = field(default_factory=dict)
     #: Per freshness stage (`stages.FRESHNESS_STAGES`), the event times (ms) of the trades it measures.

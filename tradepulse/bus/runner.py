@@ -128,6 +128,7 @@ from tradepulse.topics import (
     NEWS,
     QUOTES,
     TRADES,
+    VENDOR_BARS,
 )
 
 log = logging.getLogger(__name__)
@@ -583,6 +584,7 @@ class Runner:
                 (TRADES, batch.trades, batch.trade_pos),
                 (QUOTES, batch.quotes, batch.quote_pos),
                 (NEWS, batch.news, batch.news_pos),
+                (VENDOR_BARS, batch.vendor_bars, batch.vendor_bar_pos),
             ):
                 if rows:
                     self.cold.append_batch(
@@ -781,6 +783,7 @@ class Runner:
                 (TRADES, batch.trades, batch.trade_pos, batch.trade_fields),
                 (QUOTES, batch.quotes, batch.quote_pos, batch.quote_fields),
                 (NEWS, batch.news, batch.news_pos, None),
+                (VENDOR_BARS, batch.vendor_bars, batch.vendor_bar_pos, None),
             ):
                 if rows:
                     # Below cold_next a row is already in a flushed file (a replay after a crash).
@@ -809,6 +812,7 @@ class Runner:
             for reason, count in job.outliers.items():
                 metrics.outliers[reason] = metrics.outliers.get(reason, 0) + count
             metrics.unknown_conditions += outputs.unknown_conditions
+            metrics.count_bar_checks(outputs.bar_checks)
             metrics.model_version = job.model_version
             record_arrivals(metrics.stages, job.inputs, job.consumed_us)
             # Events are input messages: the archived outputs are this runner's own records.
