@@ -163,7 +163,7 @@ class TradePulseStack(Stack):
         # Ingest's and news' dead letters go to the DLQ queue, not to market.dead-letters. Ingest reads the
         # tail of trades/quotes at start (its dedupe seed; assign(), no group).
         streaming.grant_produce(ingest, topics.INGEST_TOPICS)
-        streaming.grant_read(ingest, topics.INGEST_TOPICS, INGEST_SEED_GROUP)
+        streaming.grant_read(ingest, topics.INGEST_SEED_TOPICS, INGEST_SEED_GROUP)
         streaming.grant_produce(news, topics.NEWS_TOPICS)
         # The runner consumes its inputs and, to archive them to the cold store, its own outputs
         # (tradepulse/bus/runner.py); the state rebuild after an assignment reads both with its own

@@ -156,6 +156,11 @@ class Settings(BaseSettings):
         default=True, description="volume_zscore compares log(1 + bucket volume) rather than raw volume."
     )
     rebuild_lookback_s: int = 390
+    feature_revisions: bool = Field(
+        default=True,
+        description="Emit each ticker's feature vector as trades arrive (provisional revisions, at most one "
+        "per ticker per batch), not only once its second closed after the late grace (the final revision).",
+    )
     # Anomaly model (tradepulse.core.anomaly): refits at event-time points, one model per partition.
     anomaly_warmup_s: float = Field(
         default=300.0, ge=0, description="A ticker is neither scored nor learned from until then."
@@ -190,6 +195,14 @@ class Settings(BaseSettings):
     )
     outlier_min_reference_trades: int = Field(
         default=3, gt=0, description="Fewer previous trades in the window: no reference, no flag."
+    )
+    # Bar reconciliation (tradepulse.core.reconcile): the vendor's per-minute aggregates (Massive `AM`).
+    vendor_bars: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description=(
+            "Subscribe ingest to AM.<ticker> too (→ market.vendor_bars) and reconcile our bars against "
+            "them in the runner; auto = on with the simulator, off with the real feed (a plan entitlement)."
+        ),
     )
 
     # --- storage --------------------------------------------------------------------------------
@@ -262,6 +275,12 @@ class Settings(BaseSettings):
     def use_simulator(self) -> bool:
         """True when no real market-data key is configured, so the local simulator feeds the pipeline."""
         return self.massive_api_key is None
+
+    @property
+    def vendor_bars_enabled(self) -> bool:
+        """Whether ingest subscribes to the vendor's `AM` aggregates (and the runner reconciles): the
+        `vendor_bars` setting, `auto` meaning on with the simulator only."""
+        return self.vendor_bars == "on" or (self.vendor_bars == "auto" and self.use_simulator)
 
     @property
     def kafka_libs_root(self) -> Path:

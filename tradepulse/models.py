@@ -123,6 +123,37 @@ class Trade(_Input):
     trf_ts_ms: int | None = Field(default=None, description="Trade reporting facility timestamp (`trft`).")
 
 
+class VendorBar(_Input):
+    """The vendor's one-minute aggregate of a ticker (Massive WebSocket `AM`, wire names in brackets); topic
+    `market.vendor_bars`, key = ticker. The reference the runner reconciles its bars against
+    (`tradepulse.core.reconcile`); fields the feed leaves out are None."""
+
+    ticker: NonEmptyStr = Field(description="`sym`.")
+    start_ms: EpochMs = Field(description="Start of the minute (`s`), Unix ms.")
+    end_ms: EpochMs = Field(description="End of the minute (`e`), Unix ms.")
+    volume: Size = Field(ge=0, description="Tick volume (`v`).")
+    received_ts_us: Int64 = Field(description="When ingest received the frame, Unix µs.")
+    open: float | None = Field(default=None, gt=0, le=MAX_PRICE, description="`o`.")
+    high: float | None = Field(default=None, gt=0, le=MAX_PRICE, description="`h`.")
+    low: float | None = Field(default=None, gt=0, le=MAX_PRICE, description="`l`.")
+    close: float | None = Field(default=None, gt=0, le=MAX_PRICE, description="`c`.")
+    vwap: float | None = Field(
+        default=None, gt=0, le=MAX_PRICE, description="Tick VWAP (`vw`), 4 decimals on the wire."
+    )
+    avg_trade_size: float | None = Field(default=None, ge=0, description="Average trade size (`z`).")
+    accumulated_volume: float | None = Field(default=None, ge=0, description="Today's volume (`av`).")
+    official_open: float | None = Field(
+        default=None, gt=0, le=MAX_PRICE, description="Today's official open (`op`)."
+    )
+    day_vwap: float | None = Field(default=None, gt=0, le=MAX_PRICE, description="Today's VWAP (`a`).")
+    otc: bool = Field(default=False, description="An OTC ticker (`otc`).")
+
+
+BAR_CHECK_STATUSES = ("match", "outlier", "mismatch", "vendor_only", "ours_only")
+"""Outcomes of reconciling a ticker-minute's bar with the vendor's (`tradepulse.core.reconcile`)."""
+BAR_CHECK_FIELDS = ("open", "high", "low", "close", "volume", "vwap", "avg_size")
+"""The fields the bar reconciliation compares (`tradepulse.core.reconcile.TOLERANCES`)."""
+
 OUTLIER_REASONS = ("above_band", "below_band")
 """Why a trade is an outlier (`tradepulse.core.outliers`): above the band's upper or below its lower edge."""
 
@@ -210,6 +241,24 @@ class FeatureVector(_Model):
     session: Session | None = Field(
         default=None,
         description="Trading session of ts_ms in America/New_York (NYSE calendar); None if not tagged.",
+    )
+    # Revisions (docs/schema.md#featurevector-revisions): (ticker, snapshot_start_ms) is the vector's
+    # natural key; a second's vector is emitted as trades arrive and again when it closes.
+    snapshot_start_ms: int | None = Field(
+        default=None,
+        description="Start of the snapshot second this vector describes; with ticker, its natural key.",
+    )
+    revision: int = Field(
+        default=1,
+        ge=1,
+        description=(
+            "Trades of the ticker with ts in [second start − grace, second end) the vector has seen, "
+            "+1 when final: grows with every revision of the second; the final one is the highest."
+        ),
+    )
+    final: bool = Field(
+        default=True,
+        description="True for the last revision, emitted once the second closed (its end + the late grace).",
     )
 
 
@@ -344,4 +393,5 @@ TOPIC_MODELS: dict[str, type[BaseModel]] = {
     "market.correlations": Correlation,
     "market.dead-letters": DeadLetter,
     "market.bars": Bar,
+    "market.vendor_bars": VendorBar,
 }

@@ -12,12 +12,16 @@ ANOMALIES = "market.anomalies"
 CORRELATIONS = "market.correlations"
 DEAD_LETTERS = "market.dead-letters"
 BARS = "market.bars"
+#: The vendor's per-minute aggregates (Massive `AM`), the reference our bars are reconciled against.
+VENDOR_BARS = "market.vendor_bars"
 
-INPUT_TOPICS = (TRADES, QUOTES, NEWS)
+INPUT_TOPICS = (TRADES, QUOTES, NEWS, VENDOR_BARS)
 OUTPUT_TOPICS = (FEATURES, ANOMALIES, CORRELATIONS, DEAD_LETTERS, BARS)
 ALL_TOPICS = INPUT_TOPICS + OUTPUT_TOPICS
 #: The topics each service uses; it checks at start that they exist (services never create topics).
-INGEST_TOPICS = (TRADES, QUOTES)
+INGEST_TOPICS = (TRADES, QUOTES, VENDOR_BARS)
+#: What ingest reads back at start (its dedupe seed): the trades and quotes, not the vendor's bars.
+INGEST_SEED_TOPICS = (TRADES, QUOTES)
 NEWS_TOPICS = (NEWS,)
 PROCESSOR_TOPICS = ALL_TOPICS
 

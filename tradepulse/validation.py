@@ -24,8 +24,17 @@ import annotated_types
 from pydantic import BaseModel
 
 from tradepulse.errors import InvalidArgument
-from tradepulse.models import INT64_MAX, INT64_MIN, MAX_NOTIONAL, NewsArticle, Quote, Trade, notional_error
-from tradepulse.topics import NEWS, QUOTES, TRADES
+from tradepulse.models import (
+    INT64_MAX,
+    INT64_MIN,
+    MAX_NOTIONAL,
+    NewsArticle,
+    Quote,
+    Trade,
+    VendorBar,
+    notional_error,
+)
+from tradepulse.topics import NEWS, QUOTES, TRADES, VENDOR_BARS
 
 
 class InvalidField(InvalidArgument):
@@ -172,6 +181,7 @@ RULES: dict[str, dict[str, Rule]] = {
     TRADES: rules_of(Trade),
     QUOTES: rules_of(Quote),
     NEWS: rules_of(NewsArticle),
+    VENDOR_BARS: rules_of(VendorBar),
 }
 """Input topic → field → rule: what the runner checks on every input message."""
 
@@ -196,5 +206,6 @@ NOTIONALS: dict[str, tuple[Notional, ...]] = {
     TRADES: tuple(Notional(p, s) for p, s in Trade.NOTIONALS),
     QUOTES: tuple(Notional(p, s) for p, s in Quote.NOTIONALS),
     NEWS: (),
+    VENDOR_BARS: (),
 }
 """Input topic → its bounded notionals (checked after the field rules)."""

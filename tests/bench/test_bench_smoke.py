@@ -37,8 +37,12 @@ def test_bench_smoke_completes_with_zero_loss_and_writes_report(kafka_bootstrap:
     e2e = results["derived"]["e2e_latency_ms"]
     assert e2e["count"] >= reconcile["sent_trades"]
     assert 0 < e2e["p50"] <= e2e["p99"] <= e2e["max"]
+    # Feature freshness (trade event time → hot store) of every committed trade's first revision.
+    fresh = results["derived"]["freshness_ms"]
+    assert fresh["fresh_first"]["count"] >= fresh["fresh_final"]["count"] > 0
+    assert 0 < fresh["fresh_first"]["p50"] <= fresh["fresh_first"]["p99"]
     drain = results["drain"]["systems"]["tradepulse"]
     assert drain["exit_code"] == 0 and drain["events"] == 3000
     summary = (out / "summary.md").read_text()
-    assert "events lost" in summary and "| tradepulse |" in summary
+    assert "events lost" in summary and "| tradepulse |" in summary and "feature freshness" in summary
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -51,7 +51,10 @@ def test_sink_hot_letters_are_redriven_once_the_hot_store_recovers(
     for body in rows.values():
         if body["kind"] == "features":
             row = body["row"]
-            assert any(f["ts_ms"] == row["ts_ms"] for f in hot.feature_history(row["ticker"], row["ts_ms"]))
+            # Its second holds this revision or a later one (the hot store never goes back a revision).
+            start = row["snapshot_start_ms"]
+            stored = {f["snapshot_start_ms"]: f for f in hot.feature_history(row["ticker"], start)}
+            assert stored[start]["revision"] >= row["revision"]
     hot.close()
     dlq = open_dlq(settings)
     redriven = dlq.letters("redriven", limit=10_000)

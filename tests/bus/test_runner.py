@@ -308,10 +308,27 @@ def reference_snapshots(rec: Recording, grace_ms: int = 2000) -> dict[tuple[str,
     return out
 
 
+def assert_revisions(emitted: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The revisions of market.features (docs/schema.md#featurevector-revisions), in topic order: per
+    (ticker, second) the revision numbers strictly grow (so no (key, revision) pair repeats) and only
+    the last one may be final. Returns the final revisions."""
+    by_key: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for f in emitted:
+        assert f["snapshot_start_ms"] <= f["ts_ms"] < f["snapshot_start_ms"] + 1000
+        by_key[f["ticker"], f["snapshot_start_ms"]].append(f)
+    for key, revisions in by_key.items():
+        numbers = [f["revision"] for f in revisions]
+        assert numbers == sorted(set(numbers)), (key, numbers)
+        assert not any(f["final"] for f in revisions[:-1]), key
+    return [f for f in emitted if f["final"]]
+
+
 def assert_features_match(
     emitted: list[dict[str, Any]], expected: dict[tuple[str, int], dict[str, Any]], *, spread: bool = True
-) -> None:
-    """Same snapshot keys, no duplicates, every numeric field within rtol 1e-9."""
+) -> list[dict[str, Any]]:
+    """Well-formed revisions, and the final ones: the same snapshot keys, no duplicates, every numeric
+    field within rtol 1e-9. Returns the final revisions."""
+    emitted = assert_revisions(emitted)
     keys = [(f["ticker"], f["ts_ms"]) for f in emitted]
     assert len(keys) == len(set(keys)), "duplicate feature snapshots"
     assert set(keys) == set(expected), (
@@ -332,6 +349,7 @@ def assert_features_match(
         np.testing.assert_allclose(
             [g for g in got if g is not None], [w for w in want if w is not None], rtol=1e-9, atol=1e-12
         )
+    return emitted
 
 
 def expected_correlation_ids(rec: Recording) -> set[str]:
@@ -393,7 +411,10 @@ def test_every_emitted_feature_matches_an_independent_recomputation(
         assert runner.metrics.events_processed == len(recording.events)
 
     emitted = read_topic(settings, FEATURES)
-    assert_features_match(emitted, expected)
+    finals = assert_features_match(emitted, expected)
+    # Fresh features: provisional revisions as the trades arrived, at least one per chunk (each chunk is
+    # one or more batches with trades of every ticker).
+    assert len(emitted) - len(finals) >= len(chunks)
     # Every snapshot is tagged with the session of its event time (04:20 ET on a Monday: pre-market).
     sessions = SessionTable.nyse().session_of(np.array([f["ts_ms"] for f in emitted]))
     assert [f["session"] for f in emitted] == list(sessions) and set(sessions) == {"pre_market"}
@@ -403,6 +424,9 @@ def test_every_emitted_feature_matches_an_independent_recomputation(
     hot = open_hot_store(settings)
     stored = [row for t in TICKERS for row in hot.feature_history(t, 0, limit=100_000)]
     assert_features_match(stored, expected)
+    # The hot store holds the latest revision of every second: the last one on the topic, bit for bit.
+    last_revision = {(f["ticker"], f["snapshot_start_ms"]): f for f in emitted}
+    assert {(f["ticker"], f["snapshot_start_ms"]): f for f in stored} == last_revision
     assert hot.trade_ids() == {t["event_id"] for t in recording.of(TRADES)}
 
     correlations = read_topic(settings, CORRELATIONS)

@@ -57,6 +57,9 @@ def test_every_stage_is_recorded_and_the_heartbeat_has_the_last_minutes_e2e(kafk
     assert 0 < status["e2e_latency_p50_ms"] <= status["e2e_latency_p99_ms"]
     assert status["e2e_latency_ms"]["count"] == trades
     assert set(status["stage_p99_ms"]) >= {*BATCH_STAGES, *RECORD_STAGES}
+    # Feature freshness: every accepted trade is in a provisional revision of its own batch; the final
+    # revisions cover the trades of the seconds closed by the end (the last ~3 s stay open).
+    assert stages["fresh_first"]["count"] > stages["fresh_final"]["count"] > 0.8 * trades
 
 
 @pytest.mark.parametrize("linger_ms", [0, 300])

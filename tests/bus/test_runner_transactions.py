@@ -79,13 +79,29 @@ class FaultyProducer:
         return getattr(self.inner, name)
 
 
-def faulty_runner(settings: Settings, instance: str, error: KafkaError, fail_on: set[int]) -> Runner:
+class SlowProducer(FaultyProducer):
+    """A `FaultyProducer` whose every commit first takes `delay_s` (a slow broker)."""
+
+    delay_s = 0.25
+
+    def commit_transaction(self, *args: Any) -> None:
+        time.sleep(self.delay_s)
+        super().commit_transaction(*args)
+
+
+def faulty_runner(
+    settings: Settings,
+    instance: str,
+    error: KafkaError,
+    fail_on: set[int],
+    producer_class: type[FaultyProducer] = FaultyProducer,
+) -> Runner:
     runner = build_runner(settings, instance=instance)
     real = runner._new_producer
     holder: dict[str, FaultyProducer] = {}
 
     def new_producer() -> Any:
-        holder["producer"] = FaultyProducer(real(), error, fail_on)
+        holder["producer"] = producer_class(real(), error, fail_on)
         return holder["producer"]
 
     runner._new_producer = new_producer  # type: ignore[method-assign]
@@ -142,9 +158,10 @@ def test_an_aborted_transaction_is_replayed_without_duplicates_anywhere(
     settings: Settings, recording: Recording
 ) -> None:
     # Abortable (txn_requires_abort): the runner aborts, rewinds to the committed offsets and replays.
-    # The 3rd commit fails before the first cold flush, the later ones after flushes.
+    # The 3rd commit fails before the first cold flush, the later ones after flushes. A transaction
+    # holds three batches of 300 records at most (COMMIT_BACKLOG_BATCHES): ≥ 13 commits in this run.
     error = KafkaError(KafkaError._STATE, "injected abortable error", txn_requires_abort=True)
-    runner = faulty_runner(settings, "abort", error, fail_on={3, 12, 13, 25})
+    runner = faulty_runner(settings, "abort", error, fail_on={3, 7, 8, 12})
     run_to_the_end(runner, settings, recording)
     assert runner.faults["producer"].injected == 4  # type: ignore[attr-defined]
     # An aborted batch is not counted: it is consumed again after the rewind, and counted then.
@@ -167,6 +184,26 @@ def test_a_retriable_commit_error_is_retried_and_the_runner_keeps_going(
     assert runner.producer is None and runner.consumer is None
     with pytest.raises(RuntimeError, match="closed"):
         runner.faults["producer"].inner.flush(0)  # type: ignore[attr-defined]
+
+
+def test_batches_processed_during_a_slow_commit_commit_together_and_an_abort_replays_them_all(
+    settings: Settings, recording: Recording
+) -> None:
+    # The runner's thread goes on with the next batches while one commits; the commit thread then
+    # commits all of them in one transaction (group commit). Aborting such a transaction rewinds to
+    # before all of them.
+    error = KafkaError(KafkaError._STATE, "injected abortable error", txn_requires_abort=True)
+    runner = faulty_runner(settings, "slow", error, fail_on={3, 6}, producer_class=SlowProducer)
+    run_to_the_end(runner, settings, recording)
+    producer = runner.faults["producer"]  # type: ignore[attr-defined]
+    assert producer.injected == 2
+    # Fewer transactions than batches: batches were grouped. Every commit took 0.25 s, and a batch of
+    # 300 events takes much less than that to process here.
+    assert producer.commits < runner.metrics.batches
+    stages = runner.metrics.stages.summary()
+    assert stages["commit"]["count"] == producer.commits - producer.injected
+    assert runner.metrics.events_processed == len(recording.events)
+    assert_exact(settings, recording)
 
 
 @contextmanager
@@ -243,7 +280,14 @@ def test_tradepulse_query_counts_every_output_as_the_hot_store_holds_it(
         get_settings.cache_clear()
     hot = open_hot_store(settings)
     try:
-        assert cold == {table: hot.count(table) for table in cold}
+        in_hot = {table: hot.count(table) for table in cold}
+        # The cold features are the final revisions; the hot store also has the latest (provisional)
+        # revision of the seconds still open at the end (docs/schema.md#featurevector-revisions).
+        in_hot["features"] = sum(
+            f["final"] for t in hot.tickers() for f in hot.feature_history(t, 0, limit=100_000)
+        )
+        assert cold == in_hot
+        assert hot.count("features") > cold["features"]
     finally:
         hot.close()
     assert cold["features"] > 1000 and cold["correlations"] > 0

@@ -18,12 +18,11 @@ PROD_STACK = "TradePulse-prod"
 
 @pytest.fixture(scope="session")
 def prod_synth(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
-    """(template, cloud assembly dir) of the prod stack, synthesized once with cdk-nag (as `app.py` does)."""
-    from cdk.app import build_app
-
-    outdir = tmp_path_factory.mktemp("cdk.out")
-    build_app(outdir=str(outdir), context=cdk_context(env="prod")).synth()
-    return json.loads((outdir / f"{PROD_STACK}.template.json").read_text()), outdir
+    """(template, cloud assembly dir) of the prod stack, synthesized once with cdk-nag (as `app.py` does);
+    the same synthesis as `synth_template(..., env="prod")`."""
+    template, outdir = synthesized(tmp_path_factory.mktemp("cdk.out"), env="prod")
+    assert (outdir / f"{PROD_STACK}.template.json").exists()
+    return template, outdir
 
 
 def cdk_context(**overrides: Any) -> dict[str, Any]:
@@ -43,12 +42,13 @@ def one(template: dict[str, Any], type_: str, id_contains: str = "") -> dict[str
     return found[0]
 
 
-_SYNTHESIZED: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
+_SYNTHESIZED: dict[tuple[tuple[str, str], ...], tuple[dict[str, Any], Path]] = {}
 
 
-def synth_template(tmp_root: Path, **context: str) -> dict[str, Any]:
-    """The template of the app synthesized with `cdk.json`'s context plus `context` (cdk-nag attached, as
-    `app.py` does); cached per context for the test session."""
+def synthesized(tmp_root: Path, **context: str) -> tuple[dict[str, Any], Path]:
+    """(template, cloud assembly dir) of the app synthesized with `cdk.json`'s context plus `context`
+    (cdk-nag attached, as `app.py` does); cached per context for the test session (a synthesis takes
+    ~20 s: `prod_synth` and the tests' `synth_template(..., env="prod")` share one)."""
     key = tuple(sorted(context.items()))
     if key not in _SYNTHESIZED:
         from cdk.app import build_app
@@ -58,8 +58,13 @@ def synth_template(tmp_root: Path, **context: str) -> dict[str, Any]:
         outdir = tmp_root / f"cdk.out-{len(_SYNTHESIZED)}"
         build_app(outdir=str(outdir), context=ctx).synth()
         stack = load_config(ctx.get).stack_name
-        _SYNTHESIZED[key] = json.loads((outdir / f"{stack}.template.json").read_text())
+        _SYNTHESIZED[key] = json.loads((outdir / f"{stack}.template.json").read_text()), outdir
     return _SYNTHESIZED[key]
+
+
+def synth_template(tmp_root: Path, **context: str) -> dict[str, Any]:
+    """The template of `synthesized(tmp_root, **context)`."""
+    return synthesized(tmp_root, **context)[0]
 
 
 def policy_actions(template: dict[str, Any], role_id_contains: str) -> dict[str, set[str]]:

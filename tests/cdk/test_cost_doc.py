@@ -2,9 +2,10 @@
 15,000 events/s is what the hot store really writes, counted from its requests on moto, not a guess.
 
 Per processor, per micro-batch (`batchMaxWaitMs` = 10 ms → at most 100 batches/s): the newest trade of
-each ticker in the batch (`dynamodbTrades=latest`); once per second per ticker the closed 1-s feature
-snapshot and its `LATEST` conditional put; once per second the runner heartbeat; the ticker set only
-when a ticker's item is older than an hour (so not in a steady-state second).
+each ticker in the batch (`dynamodbTrades=latest`) and the `LATEST` conditional put of its provisional
+feature revision (docs/schema.md#featurevector-revisions); once per second per ticker the closed 1-s
+feature snapshot (the final revision); once per second the runner heartbeat; the ticker set only when
+a ticker's item is older than an hour (so not in a steady-state second).
 """
 
 from __future__ import annotations
@@ -95,7 +96,11 @@ def steady_second_write_units(ddb: Any, tickers: list[str], processors: int, sta
                 trades = [
                     make_trade(mine[i % len(mine)], seq=ms + i, ts_ms=ms) for i in range(per_batch // 2)
                 ]
-                features = [make_feature(t, ts_ms=ms) for t in mine] if batch == 0 else []
+                # The final revision of each ticker's previous second, then a provisional revision of
+                # every ticker with a trade in the batch (all of them: 75 trades a batch per processor).
+                features = [make_feature(t, ts_ms=ms - 1) for t in mine] if batch == 0 else []
+                traded = sorted({t["ticker"] for t in trades})
+                features += [make_feature(t, ts_ms=ms, revision=batch + 1, final=False) for t in traded]
                 store.write_batch(trades=trades, features=features)
             publish_status(status.snapshot(), status_file, store)
     for store in stores:
@@ -124,6 +129,7 @@ def test_documented_dynamodb_write_cost_is_what_the_hot_store_writes(
         ddb, list(config.tickers), config.processor.min_tasks, tmp_path / "s.json"
     )
     per_hour = units * 3600 * WRU_PRICE
-    # Trades dominate: one item per ticker per batch, so about 100 x tickers units a second.
-    assert BATCHES_PER_S * len(config.tickers) <= units <= BATCHES_PER_S * len(config.tickers) * 1.1
+    # Trades and the provisional features' LATEST puts dominate: one item each per ticker per batch, so
+    # about 2 x 100 x tickers units a second.
+    assert 2 * BATCHES_PER_S * len(config.tickers) <= units <= 2 * BATCHES_PER_S * len(config.tickers) * 1.1
     assert documented_write_cost()[env] == pytest.approx(per_hour, rel=0.03), f"{units} WRU/s"

@@ -294,16 +294,40 @@ def reference(
                 | {"ticker": tk, "ts_ms": ts, "event_id": tr["event_id"], "late_events": row.late}
                 | {"size": row.size, "capped": row.capped}
             )
+
+        def revision_vector(tk: str, second: int, final: bool) -> dict:
+            """The vector of (tk, second) as of its latest trade so far, with its revision: the count
+            of the ticker's accepted trades with ts in [start − grace, end) (+ 1 when final)."""
+            mine = rows_by_second[tk, second]
+            last = max(mine, key=lambda r: (r.ts, r.arrival))
+            start = second * cfg.snapshot_ms
+            seen_ts = accepted[tk].ts
+            count = int(((seen_ts >= start - cfg.late_grace_ms) & (seen_ts < start + cfg.snapshot_ms)).sum())
+            vec = naive_vector(accepted[tk], last, quotes[tk], cfg)
+            return vec | {
+                "ticker": tk,
+                "ts_ms": last.ts,
+                "late_events": sum(r.late for r in mine),
+                "snapshot_start_ms": start,
+                "revision": count + 1 if final else count,
+                "final": final,
+            }
+
         snapshots = []
-        for (tk, second), mine in list(rows_by_second.items()):
+        for tk, second in list(rows_by_second):
             if (second + 1) * cfg.snapshot_ms > watermark[tk] - cfg.late_grace_ms:
                 continue  # not closed yet
+            snapshots.append(revision_vector(tk, second, final=True))
             del rows_by_second[tk, second]
-            last = max(mine, key=lambda r: (r.ts, r.arrival))
-            vec = naive_vector(accepted[tk], last, quotes[tk], cfg)
-            snapshots.append(vec | {"ticker": tk, "ts_ms": last.ts, "late_events": sum(r.late for r in mine)})
         snapshots.sort(key=lambda v: (v["ts_ms"], v["ticker"]))
-        out.append({"per_trade": per_trade, "snapshots": snapshots, "late": late})
+        # One provisional revision per ticker with accepted trades in the batch: its newest second
+        # (the one holding its watermark, never closed yet), as of every trade accepted so far.
+        provisional = [
+            revision_vector(tk, watermark[tk] // cfg.snapshot_ms, final=False)
+            for tk in sorted({v["ticker"] for v in per_trade})
+        ]
+        provisional.sort(key=lambda v: (v["ts_ms"], v["ticker"]))
+        out.append({"per_trade": per_trade, "snapshots": snapshots, "provisional": provisional, "late": late})
     return out
 
 
@@ -322,6 +346,7 @@ def run_engine(
                 "per_trade": result.vectors(),
                 "arrays": result.per_trade,
                 "snapshots": result.snapshots,
+                "provisional": result.provisional,
                 "late": list(result.late_event_ids),
                 "latest": result.latest,
                 "zscores": result.zscores,
@@ -333,9 +358,15 @@ def run_engine(
 FLOAT_KEYS = [k for k in FEATURE_COLUMNS if k != "trade_frequency"] + ["price"]
 
 
+REVISION_KEYS = ("snapshot_start_ms", "revision", "final")
+
+
 def assert_vector_equal(got: dict, want: dict, where: str) -> None:
     for key in ("ticker", "ts_ms", "trade_frequency", "late_events"):
         assert got[key] == want[key], f"{where}: {key} {got[key]} != {want[key]}"
+    for key in REVISION_KEYS:  # snapshots and provisional revisions (per-trade vectors have none)
+        if key in want:
+            assert got[key] == want[key], f"{where}: {key} {got[key]} != {want[key]}"
     for key in FLOAT_KEYS:
         g, w = got[key], want[key]
         if w is None:
@@ -370,6 +401,10 @@ def compare(got: list[dict], want: list[dict], same_split: bool = True) -> None:
     for i, (g, w) in enumerate(zip(g_snaps, w_snaps, strict=True)):
         assert_vector_equal(g, w, f"snapshot {i}")
     assert flat(got, "late") == flat(want, "late")
+    if same_split:  # provisional revisions depend on the batch boundaries (see test_features_revisions)
+        assert [len(r["provisional"]) for r in got] == [len(r["provisional"]) for r in want]
+        for i, (g, w) in enumerate(zip(flat(got, "provisional"), flat(want, "provisional"), strict=True)):
+            assert_vector_equal(g, w, f"provisional {i}")
 
 
 @pytest.fixture(scope="module")

@@ -253,7 +253,7 @@ def run_chaos(plan: Plan, kafka_bootstrap: str, tmp_path: Path) -> ChaosReport:
         Recording([(TRADES, t["ticker"], t) for t in trades] + [(QUOTES, q["ticker"], q) for q in quotes])
     )
     emitted = read_topic(settings, FEATURES)
-    assert_features_match(emitted, expected, spread=False)
+    finals = assert_features_match(emitted, expected, spread=False)
     anomalies, correlations = assert_outputs_like_uninterrupted(settings, tmp_path / "oracle")
     # How many partitions' anomaly models restarted runners took back from checkpoints: recorded, not
     # asserted (kills that land before any trade is committed leave nothing to restore; the restore path
@@ -274,7 +274,7 @@ def run_chaos(plan: Plan, kafka_bootstrap: str, tmp_path: Path) -> ChaosReport:
         kafka=kafka,
         hot=hot,
         cold=cold,
-        features_checked=len(emitted),
+        features_checked=len(finals),
         cold_outputs=output_archive(settings, read_topic),
         news_articles=news_articles,
         news_poison=news_poison,

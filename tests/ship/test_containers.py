@@ -1,17 +1,16 @@
 """Ship what you test, for the ECS images (defect 10): each service's Docker build context is taken from
 the synthesized cloud assembly (what CDK stages), and the `pip install` commands of its Dockerfile run,
-as written, in a fresh venv (no Docker): the locked dependencies, hash-checked, then the project without
-dependencies. The venv (dependencies only) is cached by the lock and the commands. Then, in that venv:
+as written (no Docker): the locked dependencies, hash-checked, into a fresh venv (dependencies only, cached
+by the lock and the commands, and shared with the wheel check: `tests.ship.venvs`), then the project
+without dependencies into a venv of its own over it. Then, in that venv:
 the entry point (`python main.py --help`), `pip check`, an import of every `tradepulse` module and of
 every third-party module the package imports anywhere (also lazily, inside functions)."""
 
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -19,26 +18,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.ship.lockfile import REPO_ROOT
+from tests.ship.venvs import (
+    dockerfile_pip_commands,
+    image_dependency_installs,
+    locked_venv,
+    pip,
+    venv_over,
+)
 
 SERVICES = ("ingest", "news", "processor")
-CACHE = REPO_ROOT / "build" / "ship"
 #: Imported (lazily) by `tradepulse bench` only, for its chart: the `dev` extra, not in the lock (the
 #: images never run the bench).
 NOT_SHIPPED = {"matplotlib"}
-
-
-def dockerfile_pip_commands(dockerfile: str) -> list[tuple[list[str], bool]]:
-    """(pip arguments, installs the project) of each `pip install` in the Dockerfile's RUN lines."""
-    commands = []
-    for line in dockerfile.splitlines():
-        if not line.startswith("RUN "):
-            continue
-        for part in line.removeprefix("RUN ").split("&&"):
-            words = shlex.split(part)
-            if words[:2] == ["pip", "install"]:
-                commands.append((words[1:], "." in words))
-    return commands
 
 
 @pytest.fixture(scope="session")
@@ -60,51 +51,20 @@ def python_of(dockerfile: str) -> str:
     return match[1]
 
 
-def pip(venv: Path, args: list[str], cwd: Path) -> None:
-    """Run the Dockerfile's pip arguments with the venv's pip (without byte-compiling: only faster)."""
-    if args[0] == "install":
-        args = ["install", "--no-compile", *args[1:]]
-    result = subprocess.run(
-        [
-            str(venv / "bin" / "python"),
-            "-m",
-            "pip",
-            "--disable-pip-version-check",
-            "-q",
-            *args,
-        ],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=900,
-    )
-    assert result.returncode == 0, (
-        f"pip {' '.join(args)} failed:\n{result.stdout[-2000:]}{result.stderr[-3000:]}"
-    )
-
-
 def image_venv(context: Path, dockerfile: str, workdir: Path) -> Path:
-    """A venv holding what the image holds: the Dockerfile's dependency installs (cached by the lock and
-    the commands), then its project install from the staged context (every time: the code changes)."""
+    """A venv holding what the image holds: the Dockerfile's dependency installs (in the dependencies-only
+    venv shared with the wheel check, `tests.ship.venvs`, cached by the lock and the commands), then its
+    project install from the staged context, into a venv of its own over those dependencies (every time:
+    the code changes)."""
     commands = dockerfile_pip_commands(dockerfile)
-    deps = [args for args, project in commands if not project]
+    deps = image_dependency_installs(dockerfile)
     projects = [args for args, project in commands if project]
     assert deps and projects, f"expected locked dependencies then the project: {commands}"
-    key = hashlib.sha256(
-        (context / "requirements.txt").read_bytes() + repr(deps).encode() + sys.version.encode()
-    ).hexdigest()[:16]
-    venv = CACHE / f"venv-{key}"
-    if not (venv / ".complete").exists():
-        shutil.rmtree(venv, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-        for args in deps:
-            pip(venv, args, context)
-        (venv / ".complete").write_text("ok\n")
+    venv = venv_over(workdir / "venv", locked_venv(context / "requirements.txt", deps))
     build = workdir / "context"  # the build writes into the source tree: a copy of the staged context
     shutil.copytree(context, build, ignore=shutil.ignore_patterns("__pycache__"))
     for args in projects:
-        pip(venv, args, build)
+        pip(venv / "bin" / "python", args, build)
     return venv
 
 

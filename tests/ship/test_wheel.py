@@ -11,22 +11,20 @@ without PYTHONPATH, and `tradepulse.__file__` must be inside the temp venv.
 
 The temp venv gets the locked dependencies (requirements.txt, hash-checked, exactly as the Makefile and
 the images install them) from a dependencies-only venv cached by the lock under build/ship/ (it holds no
-`tradepulse`): the temp venv is created without pip and one `.pth` line makes that site-packages
-visible, so a run installs only the wheel (with that pip) and `pip check` checks the wheel's
-requirements against the locked versions. The broker jars are fetched by the
-installed `tradepulse kafka fetch` into a temp jar cache (TRADEPULSE_KAFKA_LIBS_DIR) with the packaged
-pom.xml; Maven resolves them from its local repository, which `make kafka-jars` filled.
+`tradepulse`; the image checks use the same one, `tests.ship.venvs`): the temp venv is created without
+pip and one `.pth` line makes that site-packages visible, so a run installs only the wheel (with that
+pip) and `pip check` checks the wheel's requirements against the locked versions. The broker jars are
+fetched by the installed `tradepulse kafka fetch` into a temp jar cache (TRADEPULSE_KAFKA_LIBS_DIR) with
+the packaged pom.xml; Maven resolves them from its local repository, which `make kafka-jars` filled.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 import threading
 import time
 from pathlib import Path
@@ -35,18 +33,13 @@ import httpx
 import pytest
 
 from tests.ship.lockfile import LOCK, REPO_ROOT
+from tests.ship.venvs import image_dependency_installs, locked_venv, venv_over
 from tradepulse.bus.local_kafka import free_port
 
 pytestmark = pytest.mark.kafka
 
-CACHE = REPO_ROOT / "build" / "ship"
 #: What the wheel is built from (the rest of the checkout is not in it).
 SOURCES = ("pyproject.toml", "README.md", "tradepulse")
-
-
-def site_packages(venv: Path) -> Path:
-    purelib = sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)})
-    return Path(purelib)
 
 
 def run_checked(
@@ -60,19 +53,9 @@ def run_checked(
 
 
 def locked_dependencies() -> Path:
-    """site-packages of a venv holding exactly the lock (no tradepulse), cached by the lock's content."""
-    key = hashlib.sha256(LOCK.read_bytes() + sys.version.encode()).hexdigest()[:16]
-    venv = CACHE / f"deps-{key}"
-    if not (venv / ".complete").exists():
-        shutil.rmtree(venv, ignore_errors=True)
-        run_checked([sys.executable, "-m", "venv", str(venv)], timeout=300)
-        run_checked(
-            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-compile",
-             "--require-hashes", "--no-deps", "-r", str(LOCK)],
-            timeout=1800,
-        )  # fmt: skip
-        (venv / ".complete").write_text("ok\n")
-    return site_packages(venv)
+    """A venv holding exactly the lock (no tradepulse), installed by the images' dependency install."""
+    dockerfile = (REPO_ROOT / "services" / "ingest" / "Dockerfile").read_text()
+    return locked_venv(LOCK, image_dependency_installs(dockerfile))
 
 
 def build_wheel(workdir: Path) -> Path:
@@ -98,11 +81,9 @@ def build_wheel(workdir: Path) -> Path:
 def test_installed_wheel_runs_the_pipeline_outside_the_checkout(tmp_path: Path) -> None:
     deps = locked_dependencies()
     wheel = build_wheel(tmp_path)
-    venv = tmp_path / "venv"
     # Without its own pip/setuptools: every package but the wheel comes from the lock (pip included,
     # through the .pth), so nothing of the venv's bundled versions shadows a locked one.
-    run_checked([sys.executable, "-m", "venv", "--without-pip", str(venv)], timeout=300)
-    (site_packages(venv) / "_tradepulse_locked_deps.pth").write_text(f"{deps}\n")
+    venv = venv_over(tmp_path / "venv", deps)
     python = str(venv / "bin" / "python")
     run_checked([python, "-m", "pip", "install", "-q", "--no-compile", "--no-deps", str(wheel)], timeout=300)
 

@@ -243,7 +243,8 @@ def test_events_resent_after_a_reconnect_are_published_once(kafka_settings: Sett
     service, feed = asyncio.run(run_scripted(settings, [first, second], dlq))
 
     assert feed.connections == 2
-    assert feed.subscriptions == ["T.AAPL,Q.AAPL,T.MSFT,Q.MSFT"] * 2  # resubscribed
+    # resubscribed (with the simulator, `TRADEPULSE_VENDOR_BARS=auto` adds the per-minute aggregates)
+    assert feed.subscriptions == ["T.AAPL,Q.AAPL,AM.AAPL,T.MSFT,Q.MSFT,AM.MSFT"] * 2
     assert service.metrics.duplicates == 3
     assert sorted(published_keys(settings, TRADES, 4)) == [("AAPL", q) for q in (1, 2, 3, 4)]
     assert sorted(published_keys(settings, QUOTES, 3)) == [("MSFT", q) for q in (1, 2, 3)]

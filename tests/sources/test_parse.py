@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import orjson
 import pytest
 
@@ -153,3 +155,62 @@ def test_oversize_frame_is_one_truncated_reject() -> None:
     assert reject.error_type == "OversizeFrame"
     assert str(len(big)) in reject.reason
     assert len(reject.payload) <= 64 * 1024 < len(big)
+
+
+AM_EVENT = {
+    "ev": "AM",
+    "sym": "AAPL",
+    "v": 4110,
+    "av": 9470157,
+    "op": 189.9,
+    "vw": 190.0372,
+    "o": 190.01,
+    "c": 190.05,
+    "h": 190.09,
+    "l": 189.99,
+    "a": 189.8834,
+    "z": 685,
+    "s": 1_764_685_800_000,
+    "e": 1_764_685_860_000,
+}
+
+
+def test_an_am_aggregate_becomes_a_vendor_bar() -> None:
+    from tradepulse.models import VendorBar
+
+    frame = parse_frame(orjson.dumps([AM_EVENT]), 7)
+    assert not frame.rejects and frame.events == 0  # aggregates are not market events
+    (bar,) = frame.aggregates
+    VendorBar.model_validate(bar)
+    assert bar["ticker"] == "AAPL" and bar["volume"] == 4110.0 and bar["vwap"] == 190.0372
+    assert (bar["open"], bar["high"], bar["low"], bar["close"]) == (190.01, 190.09, 189.99, 190.05)
+    assert bar["avg_trade_size"] == 685.0 and bar["received_ts_us"] == 7 and bar["otc"] is False
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"v": -1}, "'v'"),
+        ({"vw": float("inf")}, "'vw'"),
+        ({"o": 0}, "'o'"),
+        ({"e": 1_764_685_900_000}, "one minute"),
+        ({"otc": "yes"}, "'otc'"),
+        ({"sym": ""}, "'sym'"),
+    ],
+)
+def test_a_malformed_am_aggregate_is_rejected_with_the_reason(change: dict, reason: str) -> None:
+    frame = parse_frame(json.dumps([AM_EVENT | change]), 0)
+    assert not frame.aggregates
+    (reject,) = frame.rejects
+    assert reason in reject.reason
+
+
+def test_ingest_subscribes_to_am_when_vendor_bars_is_on() -> None:
+    from tradepulse.config import Settings
+    from tradepulse.sources.ingest import client_from_settings
+
+    on = client_from_settings(Settings(vendor_bars="on", tickers=["AAPL"]))
+    off = client_from_settings(Settings(vendor_bars="off", tickers=["AAPL"]))
+    auto_simulator = client_from_settings(Settings(tickers=["AAPL"]))
+    assert on.subscriptions == ["T.AAPL", "Q.AAPL", "AM.AAPL"] == auto_simulator.subscriptions
+    assert off.subscriptions == ["T.AAPL", "Q.AAPL"]

@@ -237,3 +237,67 @@ def test_a_session_whose_send_fails_with_any_error_is_closed_and_never_stalls_th
 
     session = asyncio.run(scenario())
     assert session.closed
+
+
+def test_am_aggregates_go_to_am_subscribers_only_and_equal_the_bars_of_the_trades_sent() -> None:
+    """`AM.*` / `AM.<ticker>` get the per-minute aggregates of the minutes that ended, after their
+    trades; `T.*` alone gets none. Each equals our bar engine's bar over the trades the feed sent."""
+    from tradepulse.core.bars import BarEngine
+    from tradepulse.core.columns import TradeColumns
+    from tradepulse.core.conditions import ConditionRules
+    from tradepulse.core.reconcile import compare
+    from tradepulse.sources.parse import parse_frame
+
+    boundary = 1_764_685_800_000  # the first minute ends 3 s after the start
+    config = SimulatorConfig(
+        seed=5,
+        api_key=KEY,
+        ws_port=0,
+        http_port=0,
+        rate=2000,
+        news_interval_s=0,
+        spike_interval_s=0,
+        jump_interval_s=0,
+        start_ms=boundary - 3000,
+        duration_s=6.0,
+        resend_blocks=100_000,  # a subscription gets every block again: no race with the start
+    )
+    with run_simulator_in_thread(config) as s:
+        assert s.wait_finished(60)
+
+        async def session(params: str) -> list[bytes]:
+            ws, _, _ = await login(s.ws_url + "/stocks")
+            await subscribe(ws, params)
+            frames = []
+            while True:
+                try:
+                    frames.append(await asyncio.wait_for(ws.recv(), 2))
+                except TimeoutError:
+                    break
+            await ws.close()
+            return [f.encode() if isinstance(f, str) else f for f in frames]
+
+        every = asyncio.run(session("T.*,AM.*"))
+        one = asyncio.run(session("T.AAPL,AM.AAPL"))
+        trades_only = asyncio.run(session("T.*"))
+    parsed = [parse_frame(f, 0) for f in every]
+    vendor = [a for p in parsed for a in p.aggregates]
+    trades = [t for p in parsed for t in p.trades if t["exchange_ts_ms"] < boundary]
+    assert {a["ticker"] for a in vendor} == {t["ticker"] for t in trades} and len(vendor) == len(
+        {t["ticker"] for t in trades}
+    )
+    assert all(a["start_ms"] == boundary - 60_000 and a["end_ms"] == boundary for a in vendor)
+    columns = TradeColumns.from_records(trades)
+    assert columns.conditions is not None
+    masks = ConditionRules.bundled().masks(columns.conditions)
+    engine = BarEngine(2000)
+    bars = engine.process(
+        columns,
+        volume_eligible=masks.volume,
+        high_low_eligible=masks.high_low,
+        open_close_eligible=masks.open_close,
+    )
+    bars += engine.flush()
+    assert [r["status"] for r in compare(bars, vendor)] == ["match"] * len(vendor)
+    assert [a["ticker"] for f in one for a in parse_frame(f, 0).aggregates] == ["AAPL"]
+    assert not [a for f in trades_only for a in parse_frame(f, 0).aggregates]

@@ -9,6 +9,7 @@ import pytest
 from tradepulse.config import Settings
 from tradepulse.ids import stable_id, trade_event_id
 from tradepulse.models import Anomaly, Bar, Correlation, FeatureVector, StoredTrade, Trade
+from tradepulse.stores.base import HotStore
 
 BASE_MS = 1_767_000_000_000  # a fixed event time (2025-12-29 UTC), far from "now" on purpose
 
@@ -40,7 +41,9 @@ def make_outlier(ticker: str = "AAPL", seq: int = 1, ts_ms: int = BASE_MS, price
     return row | {"outlier_reason": "above_band", "reference_price": 100.0, "band_usd": 10.0}
 
 
-def make_feature(ticker: str = "AAPL", ts_ms: int = BASE_MS, price: float = 100.0) -> dict:
+def make_feature(
+    ticker: str = "AAPL", ts_ms: int = BASE_MS, price: float = 100.0, revision: int = 1, final: bool = True
+) -> dict:
     row = {
         "ticker": ticker,
         "ts_ms": ts_ms,
@@ -57,9 +60,36 @@ def make_feature(ticker: str = "AAPL", ts_ms: int = BASE_MS, price: float = 100.
         "window_start_ms": ts_ms - 300_000,
         "window_end_ms": ts_ms,
         "late_events": 0,
+        "snapshot_start_ms": ts_ms // 1000 * 1000,
+        "revision": revision,
+        "final": final,
     }
     FeatureVector.model_validate(row)
     return row
+
+
+def check_feature_revisions(store: HotStore, *, history_has_provisional: bool = True) -> None:
+    """Features are upserted by (ticker, second) and never go back to a lower revision: the API shows
+    the latest revision of each second, whatever order a replay writes them in (docs/schema.md).
+    `history_has_provisional=False`: the history holds final revisions only (DynamoDB)."""
+    first = make_feature(ts_ms=BASE_MS + 100, revision=1, final=False)
+    third = make_feature(ts_ms=BASE_MS + 400, revision=3, final=False, price=101.0)
+    final = make_feature(ts_ms=BASE_MS + 900, revision=5, final=True, price=102.0)
+    store.write_batch(features=[first])
+    assert store.latest_features("AAPL") == first
+    store.write_batch(features=[third])
+    assert store.latest_features("AAPL") == third
+    assert store.feature_history("AAPL", 0) == ([third] if history_has_provisional else [])
+    store.write_batch(features=[final])
+    store.write_batch(features=[first, third])  # a replay of lower revisions
+    assert store.latest_features("AAPL") == final
+    assert store.feature_history("AAPL", 0) == [final]
+    store.write_batch(features=[final])  # the same revision again: idempotent
+    assert store.feature_history("AAPL", 0) == [final]
+    nxt = make_feature(ts_ms=BASE_MS + 1200, revision=2, final=False, price=103.0)
+    store.write_batch(features=[nxt, first])
+    assert store.latest_features("AAPL") == nxt
+    assert store.feature_history("AAPL", 0) == ([final, nxt] if history_has_provisional else [final])
 
 
 def make_anomaly(ticker: str = "AAPL", ts_ms: int = BASE_MS, score: float = -0.71) -> dict:

@@ -17,6 +17,7 @@ from moto import mock_aws
 from tests.aws import ThrottledSends, create_hot_table
 from tests.stores.conftest import (
     BASE_MS,
+    check_feature_revisions,
     make_anomaly,
     make_bar,
     make_correlation,
@@ -328,3 +329,7 @@ def test_default_client_has_bounded_timeouts(monkeypatch: pytest.MonkeyPatch) ->
     config = DynamoHotStore(TABLE, region="us-east-1").client.meta.config
     assert (config.connect_timeout, config.read_timeout) == (3, 10)
     assert config.retries == {"mode": "standard", "total_max_attempts": CALL_ATTEMPTS}
+
+
+def test_feature_revisions_never_go_back(store: DynamoHotStore) -> None:
+    check_feature_revisions(store, history_has_provisional=False)

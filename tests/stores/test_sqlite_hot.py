@@ -13,6 +13,7 @@ import pytest
 
 from tests.stores.conftest import (
     BASE_MS,
+    check_feature_revisions,
     make_anomaly,
     make_bar,
     make_correlation,
@@ -346,3 +347,7 @@ def test_outlier_trades_are_kept_as_trades_and_listed_by_ticker_and_time(tmp_pat
             normal["event_id"]: None,  # written without the flag (not by a runner), kept as written
             flagged[0]["event_id"]: True,
         }
+
+
+def test_feature_revisions_never_go_back(store: SqliteHotStore) -> None:
+    check_feature_revisions(store)

@@ -20,6 +20,8 @@ object describing itself (`tradepulse.bus.status.RunnerMetrics.snapshot()` build
       "e2e_latency_p50_ms": 12.0,       # optional: WebSocket receive → hot-store commit, p50 and p99
       "e2e_latency_p99_ms": 85.0,       #   of the trades of the last minute (null: none in that minute)
       "outliers": {"above_band": 2},    # optional: suspect trades flagged per reason, since start
+      "bar_checks": {"match": 40},      # optional: ticker-minutes reconciled with the vendor, per status
+      "bar_mismatch_fields": {},        # optional: of those, mismatches per field
       ...                               # any other fields: accepted and ignored
     }
 
@@ -160,6 +162,14 @@ def combine(views: list[RunnerView]) -> RunnerStatus | None:
         outliers={
             r: sum(s.outliers.get(r, 0) for s in basis)
             for r in sorted({r for s in basis for r in s.outliers})
+        },
+        bar_checks={
+            k: sum(s.bar_checks.get(k, 0) for s in basis)
+            for k in sorted({k for s in basis for k in s.bar_checks})
+        },
+        bar_mismatch_fields={
+            k: sum(s.bar_mismatch_fields.get(k, 0) for s in basis)
+            for k in sorted({k for s in basis for k in s.bar_mismatch_fields})
         },
     )
 

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from tradepulse.models import OUTLIER_REASONS
+from tradepulse.models import BAR_CHECK_FIELDS, BAR_CHECK_STATUSES, OUTLIER_REASONS
 
 if TYPE_CHECKING:
     from tradepulse.api.cache import TTLCache
@@ -125,6 +125,23 @@ class PipelineCollector(Collector):
         for reason in OUTLIER_REASONS:
             outliers.add_metric([reason], float(status.outliers.get(reason, 0)))
         yield outliers
+        checks = CounterMetricFamily(
+            "tradepulse_bar_checks",
+            "Ticker-minutes whose bar the runner reconciled with the vendor's (`AM`) since it started, per "
+            "status (match, outlier: explained by flagged prints, mismatch, vendor_only, ours_only).",
+            labels=["status"],
+        )
+        for name in BAR_CHECK_STATUSES:
+            checks.add_metric([name], float(status.bar_checks.get(name, 0)))
+        yield checks
+        fields = CounterMetricFamily(
+            "tradepulse_bar_mismatches",
+            "Bar mismatches with the vendor since the runner started, per differing field.",
+            labels=["field"],
+        )
+        for name in BAR_CHECK_FIELDS:
+            fields.add_metric([name], float(status.bar_mismatch_fields.get(name, 0)))
+        yield fields
 
 
 class ApiMetrics:

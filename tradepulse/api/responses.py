@@ -86,6 +86,13 @@ class FeaturesResponse(_Response):
     session: Literal["pre_market", "regular", "after_hours", "closed", "unknown"] | None = Field(
         default=None, description="Trading session of ts_ms (America/New_York, NYSE calendar)."
     )
+    snapshot_start_ms: int | None = Field(
+        default=None, description="Start of the second this vector describes."
+    )
+    revision: int = Field(default=1, description="Revision of that second's vector (docs/schema.md).")
+    final: bool = Field(
+        default=True, description="False: provisional, a later revision may still fold in late trades."
+    )
 
 
 class HistoryResponse(_Response):

@@ -34,6 +34,8 @@ class RunnerStatus(BaseModel):
     e2e_latency_p99_ms: float | None = None
     batch_p99_ms: float | None = None
     outliers: dict[str, int] = Field(default_factory=dict)  # suspect trades flagged per reason, since start
+    bar_checks: dict[str, int] = Field(default_factory=dict)  # ticker-minutes reconciled per status
+    bar_mismatch_fields: dict[str, int] = Field(default_factory=dict)  # bar mismatches per field
 
     stopped_at: float | None = None
 

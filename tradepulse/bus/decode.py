@@ -26,7 +26,7 @@ from tradepulse.core.columns import QuoteColumns, TradeColumns, object_array
 from tradepulse.errors import BusError
 from tradepulse.models import INT64_MAX, INT64_MIN, Quote, Trade
 from tradepulse.stores.dlq import make_dead_letter
-from tradepulse.topics import NEWS, QUOTES, TRADES
+from tradepulse.topics import NEWS, QUOTES, TRADES, VENDOR_BARS
 from tradepulse.validation import NOTIONALS, RULES, InvalidField, Rule
 
 Row = dict[str, Any]
@@ -102,9 +102,18 @@ class DecodedBatch:
     quote_fields: dict[str, Any] | None = None
     # Set by the processor's `flag_outliers` when some trades are suspect: True per flagged trade row.
     trade_outliers: np.ndarray | None = None
+    # The vendor's per-minute aggregates (market.vendor_bars), the bar reconciliation's reference.
+    vendor_bars: list[Row] = field(default_factory=list)
+    vendor_bar_pos: list[tuple[int, int]] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.trades) + len(self.quotes) + len(self.news) + len(self.dead_letters)
+        return (
+            len(self.trades)
+            + len(self.quotes)
+            + len(self.news)
+            + len(self.vendor_bars)
+            + len(self.dead_letters)
+        )
 
 
 _ALLOWED_TYPES: dict[type, tuple[type, ...]] = {str: (str,), int: (int,), float: (int, float)}
@@ -277,8 +286,12 @@ def _dead_letterer(batch: DecodedBatch, stage: str) -> Dead:
 
 
 def _decode_each(topic: str, group: list[Any], batch: DecodedBatch, dead: Dead) -> None:
-    """News (and messages of a topic we have no decoder for: all dead letters), one at a time."""
-    rows, positions = (batch.news, batch.news_pos) if topic == NEWS else ([], [])
+    """News and vendor bars (and messages of a topic we have no decoder for: all dead letters), one at a
+    time."""
+    rows, positions = {
+        NEWS: (batch.news, batch.news_pos),
+        VENDOR_BARS: (batch.vendor_bars, batch.vendor_bar_pos),
+    }.get(topic, ([], []))
     for message in group:
         try:
             rows.append(decode(topic, message.value()))

@@ -10,6 +10,9 @@ rebalances): these are the pieces that touch one producer call or one consumed r
 - `split_outputs` / `archive_outputs`: the runner consumes its own output topics (`ARCHIVED_OUTPUTS`,
   read_committed) and appends those records to the cold store by (topic, partition, offset), exactly as
   its input rows (see the runner's docstring for why this gives every output once in the cold store).
+  Of market.features only the final revisions are archived: the cold `features` dataset keeps one
+  vector per (ticker, second), the final one, as before revisions existed; the provisional revisions
+  live on the topic and in the hot store only.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 from confluent_kafka import KafkaException, Message, Producer
 
@@ -51,8 +55,12 @@ class BatchOutputs:
     late_events: int = 0
     unknown_conditions: int = 0  # trades with a condition code the rules do not know
     bars: list[Row] = field(default_factory=list)
+    #: Bar reconciliation decisions of the batch (`tradepulse.core.reconcile`): counted, not produced.
+    bar_checks: list[Row] = field(default_factory=list)
     #: Milliseconds of the core's own stages (`features`, `anomaly`; see `tradepulse.bus.stages`).
     stage_ms: dict[str, float] = field(default_factory=dict)
+    #: Per freshness stage (`stages.FRESHNESS_STAGES`), the event times (ms) of the trades it measures.
+    fresh_ts_ms: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def topic_dead_letter(letter: Row) -> Row:
@@ -140,6 +148,8 @@ def archive_outputs(cold: ColdStore, messages: list[Message], start: Mapping[tup
             # a reason to stop archiving the rest.
             log.error("unreadable record at %s[%d]@%d not archived", topic, partition, offset)
             continue
+        if topic == FEATURES and not row.get("final", True):
+            continue  # the cold features are the final revisions only (docs/schema.md)
         rows, positions = by_topic.setdefault(topic, ([], []))
         rows.append(row)
         positions.append((partition, offset))

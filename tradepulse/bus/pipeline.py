@@ -5,7 +5,8 @@ rows → columnar batches → `FeatureEngine` (feature snapshots of closed secon
 (batched Isolation Forest scoring, one deterministic model per trades partition, checkpointed by
 `CheckpointStore` into the cold store's folder or bucket) and `NewsJoiner` (news ↔ volume z-score join in
 event time); `BarEngine` (one-minute OHLCV bars of closed minutes, tagged with their NYSE session) over the
-same trades.
+same trades; with `vendor_bars` on, `BarReconciler` compares those bars with the vendor's `AM` aggregates
+(market.vendor_bars) per ticker-minute (`VendorCheck`).
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from tradepulse.config import Settings
 from tradepulse.core.anomaly import AnomalyConfig, AnomalyDetector
 from tradepulse.core.bars import BarEngine
 from tradepulse.core.columns import QuoteColumns, TradeColumns
+from tradepulse.core.conditions import ConditionRules
 from tradepulse.core.features import FeatureConfig, FeatureEngine, FeatureOutput
 from tradepulse.core.news_join import NewsJoiner, correlation_id
 from tradepulse.core.outliers import OutlierConfig, OutlierFlagger
+from tradepulse.core.reconcile import BarReconciler
 from tradepulse.core.sessions import SessionTable
 from tradepulse.errors import InvalidArgument
 from tradepulse.stores.base import HotStore
@@ -55,6 +58,9 @@ class CoreProcessor:
         # offsets, so that a rebuild re-reads exactly these articles (`pending_news`).
         self._pending_pos: dict[str, tuple[int, int]] = {}
         self.outliers = OutlierFlagger(OutlierConfig.from_settings(settings))
+        self.vendor_check = (
+            VendorCheck(self.config.late_grace_ms, self.sessions) if settings.vendor_bars_enabled else None
+        )
 
     @property
     def model_version(self) -> int:
@@ -78,6 +84,8 @@ class CoreProcessor:
         self.joiner = NewsJoiner(settle_ms=self.config.zscore_settle_ms)
         self._pending_pos = {}
         self.outliers.reset()
+        if self.vendor_check is not None:
+            self.vendor_check = VendorCheck(self.config.late_grace_ms, self.sessions)
         self.detector.close()
         self._refit_totals = self.refit_stats()
         self.detector = AnomalyDetector(self.anomaly_config)
@@ -155,6 +163,7 @@ class CoreProcessor:
         trades = batch.trade_columns
         if trades is None:
             trades = TradeColumns.from_records(batch.trades) if batch.trades else TradeColumns.empty()
+        every_trade = trades  # the flagged prints included: the vendor's aggregates have them
         if batch.trade_outliers is not None:
             # Suspect prints stay out of every feature and so out of the anomaly inputs. From the rows:
             # the rebuild filters rows and columns (not the mask) down to the state range.
@@ -168,9 +177,11 @@ class CoreProcessor:
         started = time.perf_counter()
         out = self.engine.process(trades, quotes)
         featured = time.perf_counter()
-        if out.snapshots:
-            snapshot_ts = np.fromiter((s["ts_ms"] for s in out.snapshots), np.int64, len(out.snapshots))
-            for snapshot, session in zip(out.snapshots, self.sessions.session_of(snapshot_ts), strict=True):
+        # Final revisions of the closed seconds, then the provisional ones (docs/schema.md).
+        features = [*out.snapshots, *out.provisional]
+        if features:
+            snapshot_ts = np.fromiter((s["ts_ms"] for s in features), np.int64, len(features))
+            for snapshot, session in zip(features, self.sessions.session_of(snapshot_ts), strict=True):
                 snapshot["session"] = session
         # The trades the feature core saw, by the same condition update rules.
         if trades.conditions is None:
@@ -182,6 +193,11 @@ class CoreProcessor:
                 volume_eligible=rule.volume,
                 high_low_eligible=rule.high_low,
                 open_close_eligible=rule.open_close,
+            )
+        checks = []
+        if self.vendor_check is not None:
+            checks = self.vendor_check.process(
+                every_trade, self.engine.rules, self.bars, bars, batch.vendor_bars, emit=emit
             )
         if batch.news:
             self.joiner.add_articles(batch.news)
@@ -212,17 +228,93 @@ class CoreProcessor:
         if not emit:
             return BatchOutputs()
         return BatchOutputs(
-            features=out.snapshots,
+            features=features,
             anomalies=anomalies,
             correlations=correlations,
             late_events=len(out.late_event_ids),
             unknown_conditions=out.unknown_conditions,
             bars=bars,
+            bar_checks=checks,
             stage_ms={"features": (featured - started) * 1000, "anomaly": (scored - scoring) * 1000},
+            # Freshness (`tradepulse.bus.stages`): the event times of the trades whose first revision
+            # (every accepted trade, with provisional revisions) and final revision this batch writes.
+            fresh_ts_ms={
+                "fresh_first": out.per_trade["ts_ms"] if self.config.provisional else out.final_trade_ts_ms,
+                "fresh_final": out.final_trade_ts_ms,
+            },
         )
 
     def close(self) -> None:
         self.detector.close()
+
+
+class VendorCheck:
+    """The bar reconciliation of a `CoreProcessor` (`tradepulse.core.reconcile`): its own "tape" bar
+    engine over every trade, the flagged outliers included (what explains an `outlier` minute), and the
+    reconciler. Per batch: one bar-engine pass and one merge of the bars closed in the batch; rebuilt
+    with the processor (the rebuild replays market.vendor_bars with the trades). A mismatch is logged,
+    at most `LOG_PER_MINUTE` lines a minute (the rest are counted in the next line)."""
+
+    LOG_PER_MINUTE = 10
+
+    def __init__(self, late_grace_ms: int, sessions: SessionTable) -> None:
+        self.grace_ms = late_grace_ms
+        self.tape = BarEngine(late_grace_ms, sessions)
+        self.reconciler = BarReconciler()
+        self._log_window = (0.0, 0, 0)  # (window start, lines logged, lines suppressed)
+
+    def process(
+        self,
+        trades: TradeColumns,
+        rules: ConditionRules,
+        published: BarEngine,
+        bars: list[dict[str, Any]],
+        vendor: list[dict[str, Any]],
+        *,
+        emit: bool,
+    ) -> list[dict[str, Any]]:
+        """One batch: `trades` every trade of it (flagged ones included), `published` the engine that
+        made `bars` (the batch's closed bars, flagged trades left out), `vendor` its `AM` aggregates.
+        Returns the reconciliation decisions the batch completes."""
+        if trades.conditions is None:
+            tape = self.tape.process(trades)
+        else:
+            rule = rules.masks(trades.conditions, count_unknown=False)
+            tape = self.tape.process(
+                trades,
+                volume_eligible=rule.volume,
+                high_low_eligible=rule.high_low,
+                open_close_eligible=rule.open_close,
+            )
+        final = {}
+        for ticker in {*trades.ticker.tolist(), *(bar["ticker"] for bar in vendor)}:
+            marks = [published.watermark(ticker), self.tape.watermark(ticker)]
+            if all(m is not None for m in marks):
+                final[ticker] = min(m for m in marks if m is not None) - self.grace_ms
+        checks = self.reconciler.update(bars, vendor, final, tape)
+        if emit:
+            for check in checks:
+                if check["status"] == "mismatch":
+                    self._log(check)
+        return checks
+
+    def _log(self, check: dict[str, Any]) -> None:
+        now = time.monotonic()
+        start, logged, suppressed = self._log_window
+        if now - start >= 60:
+            start, logged, suppressed = now, 0, suppressed
+        if logged >= self.LOG_PER_MINUTE:
+            self._log_window = (start, logged, suppressed + 1)
+            return
+        minute = time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime(check["start_ms"] / 1000))
+        log.warning(
+            "bar mismatch %s %s: %s (ours → vendor's)%s",
+            check["ticker"],
+            minute,
+            ", ".join(f"{f} {a} → {b}" for f, (a, b) in check["diff"].items()),
+            f"; {suppressed} more not logged" if suppressed else "",
+        )
+        self._log_window = (start, logged + 1, 0)
 
 
 def _positions(trades: TradeColumns, batch: DecodedBatch, out: FeatureOutput) -> dict[str, np.ndarray]:

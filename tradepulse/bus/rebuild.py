@@ -158,6 +158,10 @@ def _read_ranges(
                     # EOF before `end` happens when the tail is transaction markers: nothing more to read.
                     if error.code() == KafkaError._PARTITION_EOF:
                         pending.discard(tp)
+                    elif error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                        # A missing READ grant does not heal by retrying (as in the runner's loop): fail
+                        # now with the denial instead of at the deadline with a timeout.
+                        raise KafkaException(error)
                     else:
                         log.warning("rebuild read error on %s: %s", tp, error)
                     continue

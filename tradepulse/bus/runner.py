@@ -1,24 +1,40 @@
 """The exactly-once micro-batch runner: Kafka inputs → pure core → sinks → Kafka outputs → cold archive.
 
 Loop, per micro-batch (what the consumer has queued, at most `batch_max_messages`, taken as soon as
-there is a first message: `_next_batch`):
+there is a first message: `_next_batch`), on the runner's thread (`_process`):
 
 1. `consumer.consume()` from the input topics market.trades / market.quotes / market.news and from the
    runner's own output topics (below), all read_committed; orjson decode, validation; invalid input
    messages become dead letters with their topic/partition/offset.
 2. The core (`Processor`) turns the batch's input into feature snapshots, anomalies, correlations and
    closed one-minute bars.
-3. Sinks, all idempotent by deterministic keys: hot store `write_batch` (3 attempts with backoff, then
-   the rows go to the DLQ), cold store `append_batch` of every consumed row (inputs and outputs), DLQ
-   `put` of the dead letters (the store carries the redrive policy).
-4. One Kafka transaction: produce market.features / market.anomalies / market.correlations /
-   market.bars, and every
-   dead letter of the batch to market.dead-letters keyed by its `dead_letter_id`, then
-   `send_offsets_to_transaction(positions, consumer_group_metadata())` and commit.
+3. Sinks, idempotent by deterministic keys: hot store `write_batch` (3 attempts with backoff, then the
+   rows go to the DLQ), DLQ `put` of the dead letters (the store carries the redrive policy).
+4. The batch, with the consumer's positions after it and its group metadata, is handed to the commit
+   thread (`_commit`), and the runner's thread goes on with the next batch.
 
-A crash anywhere before step 4 completes aborts the outputs and leaves the offsets uncommitted: the batch
-is replayed, the keyed sinks overwrite what they already hold, and the outputs (dead letters included)
-appear exactly once to read_committed readers.
+On the commit thread: one Kafka transaction for everything handed over since its previous transaction
+(a group commit, `tradepulse.bus.worker`: one batch when the runner keeps up with the commits, several
+when a commit takes longer than a batch, up to `COMMIT_BACKLOG_BATCHES`): produce market.features /
+market.anomalies / market.correlations / market.bars, and every dead letter to market.dead-letters
+keyed by its `dead_letter_id`, then `send_offsets_to_transaction(positions after the last batch, its
+group metadata)` and commit. Then the cold thread (`_archive`) appends the committed batches' rows to
+the cold store (inputs and outputs read back, by offset) and writes the files that are due; the cold
+store only ever holds committed rows.
+
+Why the threads (issue 19): the transaction commit is several round trips to the broker and the Parquet
+writes take up to seconds; on the runner's thread both delayed every trade queued behind them.
+Kafka transactions of one producer are sequential, so the overlap is between the runner's thread and
+one committing transaction, and grouping is what keeps the commits from falling behind. Ownership keeps
+it simple: the producer belongs to the commit thread and the cold store to the cold thread while they
+have work; the runner's thread touches them only once both are idle (`_settle`: rebalances, rewinds,
+shutdown), and handles their failures itself (`_recover`).
+
+A crash anywhere before a transaction commits aborts its outputs and leaves its offsets uncommitted:
+its batches are replayed, the keyed sinks overwrite what they already hold (the hot store may hold the
+writes of up to `COMMIT_BACKLOG_BATCHES` uncommitted batches, the same rows again in the replay), and
+the outputs (dead letters included) appear exactly once to read_committed readers. A transaction never
+commits after an earlier one failed: the commit thread drops what is queued behind a failure.
 
 Cold archive of the outputs: the runner's consumer also subscribes to the output topics
 (`ARCHIVED_OUTPUTS`) and appends what it reads there to the cold store exactly like an input row, by
@@ -52,13 +68,15 @@ else's now), closes, and raises, and the supervisor (`tradepulse up`, ECS) resta
 Rebalances: the range assignor is eager, so every assignment is the member's full new set. On each
 assignment the runner resets the core and rebuilds it from the look-back of the assigned partitions
 (`tradepulse.bus.rebuild`), which is simpler than tracking state per partition and always correct. On
-revocation it only flushes the cold store: every batch is already committed when the consume call that
-runs the callback starts. Lost partitions (session timeout) are another member's already: their buffered
-cold rows are dropped, never written.
+revocation it waits for the batches handed over to commit (still in the old generation: the group
+waits for the callback) and flushes the cold store. Lost partitions (session timeout) are another
+member's already: the transactions in flight fail and abort, the buffered cold rows are dropped, never
+written.
 
-Every stage of a batch (batch wait, decode, core, hot write, cold append, produce, commit, cold flush)
-and the per-record ingest, Kafka and end-to-end latencies are recorded into `tradepulse.bus.stages`'
-histograms (`RunnerMetrics.stages`), which the heartbeat publishes.
+Every stage (batch wait, decode, core, hot write and commit wait per batch on the runner's thread;
+produce and commit per transaction; cold append and cold flush per group of batches archived) and the
+per-record ingest, Kafka and end-to-end latencies are recorded into `tradepulse.bus.stages`' histograms
+(`RunnerMetrics.stages`), which the heartbeat publishes.
 
 What a batch produces and how it is produced, retried and archived back is in `tradepulse.bus.outputs`;
 the rebuild's reading in `tradepulse.bus.rebuild`. Why the rest is one module of this size: the
@@ -75,6 +93,8 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -97,6 +117,7 @@ from tradepulse.bus.rebuild import decode_pending, encode_pending, plan_rebuild,
 from tradepulse.bus.stages import record_arrivals
 from tradepulse.bus.status import RunnerMetrics, publish_status, status_path
 from tradepulse.bus.watchdog import Watchdog
+from tradepulse.bus.worker import SerialWorker
 from tradepulse.config import Settings
 from tradepulse.errors import BusError
 from tradepulse.metrics_emf import emitter_from_settings
@@ -107,6 +128,7 @@ from tradepulse.topics import (
     NEWS,
     QUOTES,
     TRADES,
+    VENDOR_BARS,
 )
 
 log = logging.getLogger(__name__)
@@ -135,6 +157,17 @@ def tune_gc() -> None:
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
 
+
+#: Records (inputs and archived outputs) handed to the commit thread and not yet committed, at most, in
+#: full batches (`batch_max_messages`). The commit thread commits everything handed over while its
+#: previous transaction was committing in one transaction (a group commit: `tradepulse.bus.worker`), so
+#: the runner's thread goes on consuming, processing and writing the hot store meanwhile: with one
+#: transaction committing, up to three full batches (or many small ones) wait to be grouped into the
+#: next. The bound caps what an abort replays and what is held in memory.
+COMMIT_BACKLOG_BATCHES = 4
+#: Records of committed batches waiting for the cold thread, at most (~3 s of 15k ev/s): absorbs a
+#: Parquet flush of a few seconds without stalling the commits, and bounds the memory held meanwhile.
+COLD_BACKLOG_RECORDS = 50_000
 
 #: How long a graceful stop waits for the output partitions to be archived up to their end (within the
 #: stop timeouts of `tradepulse up`, 20 s, and of ECS, 60 s).
@@ -197,6 +230,29 @@ _DENIED = (
 _FATAL_CODES = (*_DENIED, KafkaError._FATAL)
 
 
+@dataclass
+class _Batch:
+    """One batch on its way from the runner's thread (`_process`) through the commit thread (`_commit`)
+    to the cold thread (`_archive`); nothing in it changes once it is handed over."""
+
+    inputs: list[Message]
+    batch: DecodedBatch
+    outputs: BatchOutputs
+    outputs_read: list[Message]
+    dead_letters: list[Row]
+    positions: list[KafkaTopicPartition]
+    group_metadata: Any
+    outliers: dict[str, int]
+    model_version: int
+    consumed_us: int
+    batch_ms: float
+
+    @property
+    def records(self) -> int:
+        """Consumed records: input and archived output messages (at least 1, the workers' weight)."""
+        return max(1, len(self.inputs) + len(self.outputs_read))
+
+
 class Runner:
     """One runner process (one consumer group member, one transactional producer)."""
 
@@ -242,6 +298,14 @@ class Runner:
         self._last_lag = 0.0
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
+        # The producer is the commit thread's while a batch is handed over, the cold store the cold
+        # thread's while one is queued there; this thread uses them only once both are idle (`_settle`).
+        self._commits = SerialWorker[_Batch](
+            f"runner-{instance}-commit", self._commit, COMMIT_BACKLOG_BATCHES * settings.batch_max_messages
+        )
+        self._cold_writes = SerialWorker[_Batch](
+            f"runner-{instance}-cold", self._archive, COLD_BACKLOG_RECORDS
+        )
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -299,6 +363,8 @@ class Runner:
                     self._process(messages, wait_ms)
                     if self.backpressure.should_pause():
                         self._pause()
+                else:
+                    self._recover()  # a failed commit of the last batch, with nothing new to process
                 self._maybe_status()
                 if stop_when is not None and stop_when(self.metrics):
                     break
@@ -345,6 +411,16 @@ class Runner:
         return linger_ms / 1000
 
     def _shutdown(self, clean: bool) -> None:
+        error: BaseException | None = None
+        if clean:
+            try:
+                # The last batches' transactions; an abort leaves them to the restart's replay.
+                self._settle()
+            except BaseException as exc:  # raised once the clients are closed
+                error, clean = exc, False
+        # Idle after a clean stop; after a failure the batches still queued are dropped uncommitted.
+        self._commits.close(drop=True)
+        self._cold_writes.close(drop=True)
         if clean:
             try:
                 self.cold.close()
@@ -371,6 +447,8 @@ class Runner:
                 # instance's init_transactions); close only releases the client.
                 producer.close()
             self.processor.close()
+        if error is not None:
+            raise error
 
     def _drain_outputs(self) -> None:
         """Before a graceful stop: archive the output partitions of this member up to their end, so the
@@ -391,7 +469,8 @@ class Runner:
             messages = consumer.consume(self.settings.batch_max_messages, 0.1)
             if messages:
                 self._process(messages)
-            elif self._outputs_archived(consumer, outputs):
+            # The watermarks count only what was produced: every handed-over batch committed first.
+            elif not self._settle(rewind=True) and self._outputs_archived(consumer, outputs):
                 return
         log.warning("output partitions not archived to their end within %.0fs", DRAIN_OUTPUTS_S)
 
@@ -420,6 +499,7 @@ class Runner:
         self._assignment = list(partitions)
         self.metrics.assigned_partitions = len(partitions)
         log.info("assigned %s", sorted((p.topic, p.partition) for p in partitions))
+        self._settle()  # idle already: a revocation or loss came first
         self.processor.reset()
         self._cold_next.clear()
         self.cold.close()
@@ -432,8 +512,11 @@ class Runner:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
         log.info("revoked %s", sorted((p.topic, p.partition) for p in partitions))
-        # Rows of committed batches that are still buffered must be on disk before another member
-        # takes the partitions over and appends from where the cold store stands.
+        # The batches handed over commit with this generation (the group waits for this callback), or
+        # abort and are replayed by the partitions' next owner.
+        self._settle()
+        # Rows of committed batches that are still buffered (the cold store holds no others) must be on
+        # disk before another member takes the partitions over and appends from where it stands.
         self.cold.flush(force=True)
         self.processor.reset()
         self._assignment = []
@@ -441,6 +524,7 @@ class Runner:
 
     def _on_lost(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
         log.warning("partitions lost %s", sorted((p.topic, p.partition) for p in partitions))
+        self._settle()  # commits of the lost generation fail and abort; their batches are the owner's
         self.processor.reset()
         # Another member owns them already: its files must not be overwritten with our buffers (the
         # next assignment's close() would flush them). Dropped rows are re-appended by their owner.
@@ -500,6 +584,7 @@ class Runner:
                 (TRADES, batch.trades, batch.trade_pos),
                 (QUOTES, batch.quotes, batch.quote_pos),
                 (NEWS, batch.news, batch.news_pos),
+                (VENDOR_BARS, batch.vendor_bars, batch.vendor_bar_pos),
             ):
                 if rows:
                     self.cold.append_batch(
@@ -550,6 +635,12 @@ class Runner:
     # --- one batch ----------------------------------------------------------------------------------
 
     def _process(self, messages: list[Message], wait_ms: float = 0.0) -> None:
+        """The batch's part on the runner's thread: decode, core, hot store and DLQ, then hand it to the
+        commit thread (`_commit`), which archives it to the cold store after the commit (`_archive`)."""
+        if self._recover():
+            return  # aborted and rewound: these messages predate the seek and are consumed again
+        consumer = self.consumer
+        assert consumer is not None
         started = time.perf_counter()
         consumed_us = time.time_ns() // 1000
         valid = []
@@ -573,44 +664,32 @@ class Runner:
         stage_ms = {"batch_wait": wait_ms, "decode": (decoded - started) * 1000}
         stage_ms |= {"core": (processed - decoded) * 1000, **outputs.stage_ms}
         dead_letters = self._write_sinks(batch, outputs, stage_ms) if len(batch) else []
-        if outputs_read:
-            appended = time.perf_counter()
-            archive_outputs(self.cold, outputs_read, self._cold_next)
-            stage_ms["cold_append"] = (
-                stage_ms.get("cold_append", 0.0) + (time.perf_counter() - appended) * 1000
-            )
-        if self.commit_watchdog is None:
-            done = self._commit(outputs, dead_letters, stage_ms)
-        else:
-            with self.commit_watchdog.guard("transaction commit"):
-                done = self._commit(outputs, dead_letters, stage_ms)
-        if not done:
-            return  # aborted and rewound: the batch is consumed (and counted) again
-        committed = time.perf_counter()
-        # Writes the groups that are due (flush_rows / flush_interval_s / complete blocks): without it
-        # every consumed row stays buffered until shutdown or a revocation and memory grows with the run.
-        # A failure propagates: the restart re-appends from the cold store's checkpoint.
-        self.cold.flush()
-        flushed = time.perf_counter()
-        self.metrics.dead_letters += len(batch.dead_letters)
-        self.metrics.late_events += outputs.late_events
-        for reason, count in outliers.items():
-            self.metrics.outliers[reason] = self.metrics.outliers.get(reason, 0) + count
-        self.metrics.unknown_conditions += outputs.unknown_conditions
-        self.metrics.model_version = self.processor.model_version
-        self.metrics.record_stages(
-            **stage_ms, cold_flush=(flushed - committed) * 1000, batch=(flushed - started) * 1000
+        job = _Batch(
+            inputs=inputs,
+            batch=batch,
+            outputs=outputs,
+            outputs_read=outputs_read,
+            dead_letters=dead_letters,
+            # What this batch's transaction commits: the positions after it (before the next consume)
+            # with the news join's pending articles, and the group generation it was consumed in.
+            positions=self._with_pending(
+                [tp for tp in consumer.position(consumer.assignment()) if tp.offset >= 0]
+            ),
+            group_metadata=consumer.consumer_group_metadata(),
+            outliers=outliers,
+            model_version=self.processor.model_version,
+            consumed_us=consumed_us,
+            batch_ms=(time.perf_counter() - started) * 1000,
         )
-        record_arrivals(self.metrics.stages, inputs, consumed_us)
-        # Events are input messages: the archived outputs are this runner's own records.
-        self.metrics.committed(len(inputs), (flushed - started) * 1000)
+        stage_ms["commit_wait"] = self._commits.submit(job, weight=job.records)
+        self.metrics.record_stages(**stage_ms, batch=job.batch_ms)
 
     def _write_sinks(
         self, batch: DecodedBatch, outputs: BatchOutputs, stage_ms: dict[str, float]
     ) -> list[Row]:
-        """Write the sinks; returns every dead letter of the batch (input and hot-store failures), which
-        is in the DLQ store now and goes to market.dead-letters with the batch's transaction. Adds the
-        hot_write and cold_append times to `stage_ms`."""
+        """Write the hot store and the DLQ; returns every dead letter of the batch (input and hot-store
+        failures), which is in the DLQ store now and goes to market.dead-letters with the batch's
+        transaction. Adds the hot_write time (hot store and DLQ) to `stage_ms`."""
         dead = list(batch.dead_letters)
         write_started = time.perf_counter()
         try:
@@ -629,25 +708,14 @@ class Runner:
         else:
             # The trades are in the hot store now: end-to-end latency from WebSocket receive.
             self.metrics.record_e2e(batch.trades)
+            self.metrics.record_freshness(outputs.fresh_ts_ms)
         written = time.perf_counter()
         latency_ms = (written - write_started) * 1000
         self.metrics.write_ms.append(latency_ms)
         self.backpressure.record(latency_ms)
-        for topic, rows, positions, columns in (
-            (TRADES, batch.trades, batch.trade_pos, batch.trade_fields),
-            (QUOTES, batch.quotes, batch.quote_pos, batch.quote_fields),
-            (NEWS, batch.news, batch.news_pos, None),
-        ):
-            if rows:
-                # Below cold_next a row is already in a flushed file (a replay after a crash). The flush
-                # runs after the commit (`_process`).
-                self.cold.append_batch(
-                    topic, rows, positions, start=self._cold_next, flush=False, columns=columns
-                )
         if dead:
             self.sink_retry(lambda: self.dlq.put(dead))
-        stage_ms["hot_write"] = latency_ms
-        stage_ms["cold_append"] = (time.perf_counter() - written) * 1000
+        stage_ms["hot_write"] = (time.perf_counter() - write_started) * 1000
         return dead
 
     @staticmethod
@@ -673,44 +741,117 @@ class Runner:
                 )
         return letters
 
-    def _commit(self, outputs: BatchOutputs, dead_letters: list[Row], stage_ms: dict[str, float]) -> bool:
-        """Produce the outputs and commit them with the offsets; False if the transaction was aborted
-        (and the runner rewound). Adds the produce and commit times to `stage_ms`."""
-        producer, consumer = self.producer, self.consumer
-        assert producer is not None and consumer is not None
-        started = time.perf_counter()
-        producer.begin_transaction()
-        try:
-            produce_outputs(producer, outputs, dead_letters)
+    def _commit(self, jobs: list[_Batch]) -> None:
+        """On the commit thread: one transaction with the outputs of every batch handed over since the
+        last one, committed with the offsets after the last of them (they are cumulative, as are the
+        pending news articles it carries), then the batches go to the cold thread. A failure is handled
+        on the runner's thread (`_recover`): this thread stops, and the batches queued behind are
+        dropped (they are replayed after the rewind)."""
+        producer = self.producer
+        assert producer is not None
+        last = jobs[-1]
+        guard: AbstractContextManager[None] = (
+            nullcontext()
+            if self.commit_watchdog is None
+            else self.commit_watchdog.guard("transaction commit")
+        )
+        with guard:
+            started = time.perf_counter()
+            producer.begin_transaction()
+            for job in jobs:
+                produce_outputs(producer, job.outputs, job.dead_letters)
             produced = time.perf_counter()
-            positions = self._with_pending(
-                [tp for tp in consumer.position(consumer.assignment()) if tp.offset >= 0]
-            )
-            metadata = consumer.consumer_group_metadata()
             retry_transactional(
-                lambda: producer.send_offsets_to_transaction(positions, metadata, 30), "send offsets"
+                lambda: producer.send_offsets_to_transaction(last.positions, last.group_metadata, 30),
+                "send offsets",
             )
             retry_transactional(lambda: producer.commit_transaction(60), "commit")
-            stage_ms["produce"] = (produced - started) * 1000
-            stage_ms["commit"] = (time.perf_counter() - produced) * 1000
-        except KafkaException as exc:
-            error = exc.args[0]
-            if not error.txn_requires_abort():
-                # Fatal (fenced by a newer producer with our transactional id, or a broken producer)
-                # or retriable too often: the runner closes and the supervisor restarts it.
-                raise
-            producer.abort_transaction(30)
-            if error.code() in _DENIED:
-                raise  # a missing grant (e.g. WRITE on an output topic): a replay would fail the same
-            # Typically fenced by a rebalance: our offsets were rejected. Abort the outputs and
-            # replay from the committed offsets with freshly rebuilt state.
-            log.warning("transaction aborted (%s); rewinding to the committed offsets", error)
-            self._rewind()
-            return False
-        self.metrics.outputs_produced += (
-            len(outputs.features) + len(outputs.anomalies) + len(outputs.correlations) + len(outputs.bars)
+        self.metrics.record_stages(
+            produce=(produced - started) * 1000, commit=(time.perf_counter() - produced) * 1000
         )
+        for job in jobs:
+            self._cold_writes.submit(job, weight=job.records)
+
+    def _archive(self, jobs: list[_Batch]) -> None:
+        """On the cold thread, after the batches' commit: append their rows (inputs and archived
+        outputs) to the cold store, write the groups that are due, and account the batches. A failure is
+        raised on the runner's thread (`_recover`); the restart re-appends from the cold checkpoint."""
+        started = time.perf_counter()
+        for job in jobs:
+            batch = job.batch
+            for topic, rows, positions, columns in (
+                (TRADES, batch.trades, batch.trade_pos, batch.trade_fields),
+                (QUOTES, batch.quotes, batch.quote_pos, batch.quote_fields),
+                (NEWS, batch.news, batch.news_pos, None),
+                (VENDOR_BARS, batch.vendor_bars, batch.vendor_bar_pos, None),
+            ):
+                if rows:
+                    # Below cold_next a row is already in a flushed file (a replay after a crash).
+                    self.cold.append_batch(
+                        topic, rows, positions, start=self._cold_next, flush=False, columns=columns
+                    )
+            if job.outputs_read:
+                archive_outputs(self.cold, job.outputs_read, self._cold_next)
+        appended = time.perf_counter()
+        # Writes the groups that are due (flush_rows / flush_interval_s / complete blocks): without it
+        # every consumed row stays buffered until shutdown or a revocation and memory grows with the run.
+        self.cold.flush()
+        metrics = self.metrics
+        metrics.record_stages(
+            cold_append=(appended - started) * 1000, cold_flush=(time.perf_counter() - appended) * 1000
+        )
+        # A batch counts once committed and archived. Only this thread writes these counters (the
+        # runner's thread writes the lag and the assignment), so none is lost to a race.
+        for job in jobs:
+            outputs = job.outputs
+            metrics.outputs_produced += (
+                len(outputs.features) + len(outputs.anomalies) + len(outputs.correlations) + len(outputs.bars)
+            )
+            metrics.dead_letters += len(job.batch.dead_letters)
+            metrics.late_events += outputs.late_events
+            for reason, count in job.outliers.items():
+                metrics.outliers[reason] = metrics.outliers.get(reason, 0) + count
+            metrics.unknown_conditions += outputs.unknown_conditions
+            metrics.count_bar_checks(outputs.bar_checks)
+            metrics.model_version = job.model_version
+            record_arrivals(metrics.stages, job.inputs, job.consumed_us)
+            # Events are input messages: the archived outputs are this runner's own records.
+            metrics.committed(len(job.inputs), job.batch_ms)
+
+    def _recover(self, *, rewind: bool = True) -> bool:
+        """If the commit or the cold thread failed: wait for both to be idle and handle the failure on
+        this thread. A cold-store failure, a fatal transaction error (fenced by a newer producer with our
+        transactional id, or a broken producer), a denied one or one retried too often is raised (the
+        runner closes and the supervisor restarts it). An abortable one (`txn_requires_abort`, e.g. our
+        offsets rejected after a rebalance) aborts the transaction and, with `rewind`, replays from the
+        committed offsets with freshly rebuilt state (`_rewind`). Returns True if a transaction was
+        aborted."""
+        if self._commits.failure is None and self._cold_writes.failure is None:
+            return False
+        error = self._commits.reset()
+        cold_error = self._cold_writes.reset()
+        if cold_error is not None:
+            raise cold_error
+        assert error is not None
+        if not isinstance(error, KafkaException) or not error.args[0].txn_requires_abort():
+            raise error
+        producer = self.producer
+        assert producer is not None
+        producer.abort_transaction(30)
+        if error.args[0].code() in _DENIED:
+            raise error  # a missing grant (e.g. WRITE on an output topic): a replay would fail the same
+        log.warning("transaction aborted (%s); rewinding to the committed offsets", error.args[0])
+        if rewind:
+            self._rewind()
         return True
+
+    def _settle(self, *, rewind: bool = False) -> bool:
+        """Wait until every handed-over batch is committed and archived (`_recover` on a failure, which
+        rewinds only with `rewind`); True if a transaction was aborted instead. Afterwards this thread
+        may use the producer and the cold store."""
+        self._commits.wait_idle()
+        self._cold_writes.wait_idle()
+        return self._recover(rewind=rewind)
 
     def _with_pending(self, positions: list[KafkaTopicPartition]) -> list[KafkaTopicPartition]:
         """The positions to commit, each news offset carrying the offsets of that partition's articles
@@ -738,9 +879,9 @@ class Runner:
 
     def _rewind(self) -> None:
         """After an aborted transaction: back to the committed offsets with state rebuilt. The cold
-        store's buffers hold the aborted batch's rows and possibly committed rows not yet written; both
-        are dropped and the rebuild re-appends everything from the cold checkpoint to the committed
-        offsets (keeping them would append those rows twice)."""
+        store's buffers may hold committed rows not yet written; they are dropped and the rebuild
+        re-appends everything from the cold checkpoint to the committed offsets (keeping them would
+        append those rows twice)."""
         consumer = self.consumer
         assert consumer is not None
         assignment = consumer.assignment()

@@ -14,13 +14,20 @@ batch's records, each sample weighted by the stride). Stages, in the order a tra
 | `features` | the feature core (`FeatureEngine.process`) | batch |
 | `anomaly` | anomaly scoring (batched Isolation Forest) and its checkpoints | batch |
 | `core` | the whole core: features + anomaly + news join | batch |
-| `hot_write` | hot-store `write_batch` (with its retries) | batch |
-| `cold_append` | cold-store buffering of the batch's rows and archived outputs (and the DLQ put of its dead letters, if any) | batch |
-| `produce` | producing the outputs into the transaction | batch |
-| `commit` | `send_offsets_to_transaction` + `commit_transaction` | batch |
-| `cold_flush` | the cold store's periodic flush after the commit | batch |
-| `batch` | the whole batch after `consume()` returned it, decode to flush | batch |
+| `hot_write` | hot-store `write_batch` (with its retries), and the DLQ put of the batch's dead letters if any | batch |
+| `commit_wait` | the runner's thread waiting to hand the batch to the commit thread (the previous batch still committing) | batch |
+| `produce` | producing the outputs into the transaction (commit thread) | batch |
+| `commit` | `send_offsets_to_transaction` + `commit_transaction` (commit thread) | batch |
+| `cold_append` | cold-store buffering of the batch's rows and archived outputs, after its commit (cold thread) | batch |
+| `cold_flush` | the cold store's periodic flush after that (cold thread) | batch |
+| `batch` | the runner's thread's own work on the batch: from `consume()` returning it to handing it over, `commit_wait` excluded | batch |
 | `e2e` | WebSocket receive → hot-store commit | trade |
+| `fresh_first` | feature freshness: a trade's event time (exchange ts) → hot-store commit of the first feature revision that contains it (with provisional revisions: its own batch; without: its second's final revision) | trade |
+| `fresh_final` | a trade's event time → hot-store commit of its second's final revision (the second's end + the late grace, at least) | trade |
+
+The runner's thread does the stages up to `commit_wait`; the commit and the cold-store work run on two
+threads of their own, overlapping the next batches (`tradepulse.bus.runner`), so they are not part of
+the runner loop's time (`BATCH_PARTS`).
 
 The histograms are log-bucketed numpy arrays of counts (`LatencyHistogram`: 1 µs .. 1 h, buckets 0.1 %
 wide), recorded into a buffer that is folded into the buckets 256 recordings at a time (a batch's recording
@@ -53,17 +60,21 @@ BATCH_STAGES = (
     "anomaly",
     "core",
     "hot_write",
-    "cold_append",
+    "commit_wait",
     "produce",
     "commit",
+    "cold_append",
     "cold_flush",
     "batch",
 )
+#: Feature freshness, per trade from its event time (`docs/schema.md#featurevector-revisions`).
+FRESHNESS_STAGES = ("fresh_first", "fresh_final")
 #: Stages timed per record (a strided sample of the batch's records).
-RECORD_STAGES = ("ingest", "kafka", "e2e")
-STAGES = (*RECORD_STAGES[:2], *BATCH_STAGES, "e2e")
-#: Disjoint parts of one loop iteration (gathering + processing a batch): their totals share the wall.
-BATCH_PARTS = ("batch_wait", "decode", "core", "hot_write", "cold_append", "produce", "commit", "cold_flush")
+RECORD_STAGES = ("ingest", "kafka", "e2e", *FRESHNESS_STAGES)
+STAGES = (*RECORD_STAGES[:2], *BATCH_STAGES, "e2e", *FRESHNESS_STAGES)
+#: Disjoint parts of one iteration of the runner's loop (gathering a batch, processing it, handing it to
+#: the commit thread): their totals share the wall. The commit and cold-store stages run on other threads.
+BATCH_PARTS = ("batch_wait", "decode", "core", "hot_write", "commit_wait")
 #: The stages a trade's e2e latency is made of, for the stacked chart (the others are parts of `core`
 #: or after the hot-store commit).
 E2E_PARTS = ("ingest", "kafka", "batch_wait", "decode", "core", "hot_write")

@@ -51,6 +51,8 @@ class RunnerMetrics:
     late_events: int = 0
     outliers: dict[str, int] = field(default_factory=dict)  # suspect trades flagged, per reason
     unknown_conditions: int = 0  # trades with a condition code the rules do not know (issue 17)
+    bar_checks: dict[str, int] = field(default_factory=dict)  # ticker-minutes reconciled, per status
+    bar_mismatch_fields: dict[str, int] = field(default_factory=dict)  # mismatches per field
     backpressure_activations: int = 0
     outputs_produced: int = 0
     consumer_lag: int = 0
@@ -80,6 +82,14 @@ class RunnerMetrics:
         self.batch_ms.append(batch_ms)
         self.last_commit_at = time.time()
 
+    def count_bar_checks(self, checks: Sequence[Mapping[str, Any]]) -> None:
+        """Account one committed batch's bar reconciliation decisions (`tradepulse.core.reconcile`)."""
+        for check in checks:
+            self.bar_checks[check["status"]] = self.bar_checks.get(check["status"], 0) + 1
+            if check["status"] == "mismatch":
+                for name in check["fields"]:
+                    self.bar_mismatch_fields[name] = self.bar_mismatch_fields.get(name, 0) + 1
+
     def record_stages(self, **ms: float) -> None:
         """Account the time of each stage of one batch (ms; names from `stages.BATCH_STAGES`)."""
         self.stages.record_batch(**ms)
@@ -99,6 +109,16 @@ class RunnerMetrics:
             self._e2e_last_window = {"end": now_us / 1e6, **self._e2e_window.summary_ms()}
             self._e2e_window = LatencyHistogram()
             self._e2e_window_started = now_us / 1e6
+
+    def record_freshness(self, event_ts_ms: Mapping[str, np.ndarray], now_ms: float | None = None) -> None:
+        """Record now − event time per freshness stage for the trades whose feature revision was just
+        committed to the hot store (a strided sample, as `record_e2e`)."""
+        now_ms = time.time() * 1000 if now_ms is None else now_ms
+        for stage, ts in event_ts_ms.items():
+            if len(ts):
+                stride = max(1, -(-len(ts) // E2E_SAMPLES_PER_BATCH))  # as `strided`, on an array
+                sample = np.asarray(ts[::stride], dtype=np.float64)
+                self.stages.record_latencies(stage, (now_ms - sample) * 1000, stride)
 
     def events_per_s(self) -> float:
         """Events/s over the last ~10 s of samples (sampled when the status is written)."""
@@ -138,6 +158,8 @@ class RunnerMetrics:
             "late_events": self.late_events,
             "outliers": dict(self.outliers),
             "unknown_conditions": self.unknown_conditions,
+            "bar_checks": dict(self.bar_checks),
+            "bar_mismatch_fields": dict(self.bar_mismatch_fields),
             "model_version": self.model_version,
             "batches": self.batches,
             "assigned_partitions": self.assigned_partitions,

@@ -15,6 +15,7 @@ from tradepulse.cli.simulate import simulate
 from tradepulse.cli.sources import ingest, news
 from tradepulse.cli.storage import dlq, query
 from tradepulse.cli.up import up
+from tradepulse.cli.verify_bars import verify_bars
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -37,6 +38,7 @@ cli.add_command(query)
 cli.add_command(dlq)
 cli.add_command(bench)
 cli.add_command(conditions)
+cli.add_command(verify_bars)
 
 
 if __name__ == "__main__":

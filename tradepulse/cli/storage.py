@@ -17,7 +17,7 @@ from tradepulse.errors import BusError
 )
 def query(sql: str, fmt: str) -> None:
     """Run SQL over the cold store (views: trades, quotes, news, features, anomalies, correlations,
-    dead_letters, bars, dead_letter_archive; partition columns dt, hour)."""
+    dead_letters, bars, vendor_bars, dead_letter_archive; partition columns dt, hour)."""
     import duckdb
 
     from tradepulse.stores.sql import run_query

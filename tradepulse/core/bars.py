@@ -124,6 +124,16 @@ class BarEngine:
         )
         return self._close()
 
+    def flush(self) -> list[dict]:
+        """Close every open bar: the end of a finite stream (e.g. stored trades recomputed by
+        `tradepulse verify-bars`); never called by the runner, whose bars close by event time only."""
+        watermarks = self._wm
+        self._wm = np.full(len(watermarks), np.iinfo(np.int64).max // 2, dtype=np.int64)
+        try:
+            return self._close()
+        finally:
+            self._wm = watermarks
+
     # --- steps ----------------------------------------------------------------------------------
     def _codes_for(self, tickers: np.ndarray) -> np.ndarray:
         local, uniques = pd.factorize(tickers)

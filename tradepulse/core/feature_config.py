@@ -31,6 +31,8 @@ class FeatureConfig:
     zscore_log_volume: bool = True
     momentum_lookback_ms: int = 300_000
     snapshot_ms: int = 1000
+    provisional: bool = True
+    """Emit a provisional revision of each ticker's newest second per batch (not only final ones)."""
 
     def __post_init__(self) -> None:
         windows = (self.vwap_short_ms, self.vwap_long_ms, self.momentum_ms, self.frequency_ms)
@@ -64,6 +66,7 @@ class FeatureConfig:
             zscore_window_buckets=settings.zscore_window_buckets,
             zscore_size_cap=settings.zscore_size_cap,
             zscore_log_volume=settings.zscore_log_volume,
+            provisional=settings.feature_revisions,
         )
 
     @property

@@ -252,8 +252,9 @@ def closing_snapshots(
     codes: np.ndarray,
     wm_before: np.ndarray,
     wm_after: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Last row of every (code, second) that closes in this batch, and its attached late count.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Last row of every (code, second) that closes in this batch, its attached late count, and every
+    row of those seconds (the trades whose final revision this is).
 
     Only the codes of the batch moved their watermark, and a closing second lies in
     [wm_before − grace − snapshot, wm_after − grace), so only those rows are looked at."""
@@ -270,4 +271,32 @@ def closing_snapshots(
     )
     late = st.late[rows]
     late_sum = np.add.reduceat(late, starts) if len(starts) else np.empty(0, dtype=np.int64)
-    return rows[last[closing]], late_sum[closing]
+    closing_rows = rows[np.repeat(closing, np.diff(np.r_[starts, len(rows)]))]
+    return rows[last[closing]], late_sum[closing], closing_rows
+
+
+def open_snapshots(
+    cfg: FeatureConfig, st: TradeState, codes: np.ndarray, wm: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Last row of the newest second of each of `codes` (the second holding its watermark, never
+    closed: it ends after the watermark) and its attached late count, for the provisional revisions."""
+    start = wm[codes] // cfg.snapshot_ms * cfg.snapshot_ms
+    lo = st.first_at(codes, start)
+    hi = st.first_at(codes, start + cfg.snapshot_ms)  # > lo: the watermark's trade is in the second
+    rows, grp = ranges(lo, hi)
+    late_sum = np.bincount(grp, weights=st.late[rows], minlength=len(codes)).astype(np.int64)
+    return hi - 1, late_sum
+
+
+def revision_numbers(cfg: FeatureConfig, st: TradeState, rows: np.ndarray, final: bool) -> np.ndarray:
+    """Revision of the vector of the second of each of `rows`: the number of its ticker's accepted
+    trades with ts in [second start − grace, second end) so far, plus one for the final revision.
+
+    While a second is its ticker's newest, every trade accepted has ts >= watermark − grace >= start −
+    grace, so each provisional revision counts more trades than the one before; once the second has
+    closed no trade of that range can be accepted any more, so the final's count (+1) exceeds them all
+    and is a function of the accepted trades alone, like the vector."""
+    code = st.code[rows]
+    start = st.ts[rows] // cfg.snapshot_ms * cfg.snapshot_ms
+    count = st.first_at(code, start + cfg.snapshot_ms) - st.first_at(code, start - cfg.late_grace_ms)
+    return count + 1 if final else count

@@ -70,6 +70,21 @@ Definitions (all per ticker; event time = exchange timestamp `ts`; windows are h
 * Snapshots: for every second with trades, the vector as of the last trade (by key) of that second,
   computed once the ticker watermark passes the end of the second + grace. From then on no trade of
   that second can be accepted, so the snapshot is final: it is a function of the accepted trades alone.
+* Revisions (fresh features; `provisional`, on by default). A second's vector is also emitted before it
+  closes: every batch with accepted trades of a ticker emits one *provisional* revision of the ticker's
+  newest second (the one holding its watermark), as of the latest trade of that second so far, over
+  every trade accepted so far — so each accepted trade is in a vector emitted by its own batch. The
+  final snapshot above is the last revision (`final`). (ticker, `snapshot_start_ms`) is the natural
+  key; `revision` = the number of the ticker's accepted trades with ts in [start − grace, end) so far,
+  +1 for the final one. While a second is the newest, each accepted trade has ts ≥ watermark − grace ≥
+  start − grace, so every provisional revision counts more than the one before; after the close no
+  trade of that range can be accepted, so the final revision is the highest and, like the vector, a
+  function of the accepted trades. Which provisional revisions exist depends on the batch split; a
+  given (ticker, second, revision) is one vector whatever the split (its trades are the accepted
+  trades of the ticker before that range plus the first `revision` ones in it, in arrival order; the
+  spread, as always, depends on how the quote and trade topics interleave). A trade within the grace
+  that lands in an older, still open second is in the next provisional revision of the newest second
+  at once, and in the final revision of its own second.
 
 Vectorisation: accepted trades live in per-ticker regions of one set of arrays, sorted by a
 composite (ticker code, ts) key, with persistent per-ticker prefix sums (`TradeState`, in
@@ -95,7 +110,13 @@ import pandas as pd
 from tradepulse.core.columns import QuoteColumns, TradeColumns
 from tradepulse.core.conditions import ConditionRules
 from tradepulse.core.feature_config import FeatureConfig
-from tradepulse.core.feature_windows import closing_snapshots, disorder_corrections, window_features
+from tradepulse.core.feature_windows import (
+    closing_snapshots,
+    disorder_corrections,
+    open_snapshots,
+    revision_numbers,
+    window_features,
+)
 from tradepulse.core.quote_book import QuoteBook
 from tradepulse.core.trade_state import NO_TS, K, TradeState, composite_span, group_starts, kts
 
@@ -125,6 +146,11 @@ class FeatureOutput:
     """Trades with a non-finite or non-positive price or size: never folded in (dead-letter them)."""
     unknown_conditions: int = 0
     """Valid trades of the batch with a condition code the rules do not know (see `conditions`)."""
+    provisional: list[dict] = field(default_factory=list)
+    """Provisional revisions: per ticker with accepted trades in the batch, its newest second so far."""
+    final_trade_ticker: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))
+    final_trade_ts_ms: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    """Ticker and event time of every trade of the seconds whose final revision is in `snapshots`."""
 
     def vectors(self) -> list[dict]:
         """Every per-trade row as a FeatureVector dict (processing order)."""
@@ -279,8 +305,10 @@ class FeatureEngine:
         feats = window_features(self.config, self._trades, batch.pos, batch.code, batch.ts, batch.price, corr)
         batch.last_price = feats.pop("price")
         feats["bid_ask_spread"] = self._spread_at(batch.code, batch.ts)
-        # 5. Snapshots of the seconds that close in this batch (final view, no correction).
-        snapshots = self._snapshots(batch.codes, arrivals.wm_before)
+        # 5. Final revisions of the seconds that close in this batch (final view, no correction), and
+        # a provisional revision of each ticker's newest second.
+        snapshots, final_rows = self._snapshots(batch.codes, arrivals.wm_before)
+        provisional = self._provisional(batch.codes) if self.config.provisional else []
         # 6. Output in processing (arrival) order.
         per_trade, latest = self._outputs(trades, batch, feats)
         self._trim_quotes()
@@ -292,6 +320,9 @@ class FeatureEngine:
             zscores=_zscores(per_trade),
             rejected_event_ids=rejected,
             unknown_conditions=unknown,
+            provisional=provisional,
+            final_trade_ticker=np.asarray(self._names, dtype=object)[self._trades.code[final_rows]],
+            final_trade_ts_ms=self._trades.ts[final_rows],
         )
 
     def _empty_output(
@@ -408,23 +439,39 @@ class FeatureEngine:
             arrival, a_code, a_ts, a_price, a_size, attached, key_order, k_code[ustart], pos, a_price.copy()
         )
 
-    def _snapshots(self, codes: np.ndarray, wm_before: np.ndarray) -> list[dict]:
-        """Step 5: snapshot vectors of the seconds of `codes` that close in this batch, by (ts, ticker)."""
+    def _snapshots(self, codes: np.ndarray, wm_before: np.ndarray) -> tuple[list[dict], np.ndarray]:
+        """Step 5: final revisions of the seconds of `codes` that close in this batch, by (ts, ticker),
+        and the state rows of those seconds' trades."""
+        rows, late, closing_rows = closing_snapshots(self.config, self._trades, codes, wm_before, self._wm)
+        return self._revisions(rows, late, final=True), closing_rows
+
+    def _provisional(self, codes: np.ndarray) -> list[dict]:
+        """Step 5: a provisional revision of the newest second of each of `codes`, by (ts, ticker)."""
+        rows, late = open_snapshots(self.config, self._trades, codes, self._wm)
+        return self._revisions(rows, late, final=False)
+
+    def _revisions(self, rows: np.ndarray, late: np.ndarray, *, final: bool) -> list[dict]:
+        """The vectors as of state `rows` (each the latest row of its second so far), with their
+        revision numbers, by (ts, ticker)."""
         cfg, state = self.config, self._trades
-        snap_rows, snap_late = closing_snapshots(cfg, state, codes, wm_before, self._wm)
-        snap_cols: dict[str, np.ndarray] = {}
-        if len(snap_rows):
-            s_code, s_ts = state.code[snap_rows], state.ts[snap_rows]
-            snap_cols = window_features(cfg, state, snap_rows, s_code, s_ts, state.price[snap_rows], None)
-            snap_cols["bid_ask_spread"] = self._spread_at(s_code, s_ts)
-            snap_cols["ticker"] = np.asarray(self._names, dtype=object)[s_code]
-            snap_cols["ts_ms"] = s_ts
-            snap_cols["late_events"] = snap_late
-            snap_cols["window_start_ms"] = s_ts - cfg.vwap_long_ms
-            snap_cols["window_end_ms"] = s_ts
-        snapshots = [vector_dict(snap_cols, i) for i in range(len(snap_rows))]
-        snapshots.sort(key=lambda v: (v["ts_ms"], v["ticker"]))
-        return snapshots
+        cols: dict[str, np.ndarray] = {}
+        if len(rows):
+            s_code, s_ts = state.code[rows], state.ts[rows]
+            cols = window_features(cfg, state, rows, s_code, s_ts, state.price[rows], None)
+            cols["bid_ask_spread"] = self._spread_at(s_code, s_ts)
+            cols["ticker"] = np.asarray(self._names, dtype=object)[s_code]
+            cols["ts_ms"] = s_ts
+            cols["late_events"] = late
+            cols["window_start_ms"] = s_ts - cfg.vwap_long_ms
+            cols["window_end_ms"] = s_ts
+            starts = (s_ts // cfg.snapshot_ms * cfg.snapshot_ms).tolist()
+            revisions = revision_numbers(cfg, state, rows, final).tolist()
+        vectors = [
+            vector_dict(cols, i) | {"snapshot_start_ms": starts[i], "revision": revisions[i], "final": final}
+            for i in range(len(rows))
+        ]
+        vectors.sort(key=lambda v: (v["ts_ms"], v["ticker"]))
+        return vectors
 
     def _outputs(
         self, trades: TradeColumns, b: _Accepted, feats: dict[str, np.ndarray]

@@ -67,7 +67,7 @@ from tradepulse.sources.massive import MassiveClient, subscription_params
 from tradepulse.sources.parse import InvalidEvent, ParsedFrame, Reject, rest_trade_record, rest_trade_reject
 from tradepulse.stores.base import DeadLetterQueue
 from tradepulse.stores.dlq import make_dead_letter
-from tradepulse.topics import QUOTES, TRADES
+from tradepulse.topics import QUOTES, TRADES, VENDOR_BARS
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,8 @@ class IngestMetrics:
     backfilled: int = 0  # trades fetched by REST after a (re)connect and handed to the producer
     backfill_pages: int = 0
     backfill_errors: int = 0  # tickers whose backfill failed (their gap may have lost trades)
+    aggregates: int = 0  # the vendor's `AM` aggregates handed to the producer (market.vendor_bars)
+    aggregates_published: int = 0  # ... and acknowledged (not in `published`: trades and quotes)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -120,12 +122,14 @@ def feed_endpoint(settings: Settings) -> tuple[str, Any]:
 def client_from_settings(
     settings: Settings, url: str | None = None, api_key: Any = None, tickers: Sequence[str] | None = None
 ) -> MassiveClient:
-    """A MassiveClient for the configured (or given) endpoint, subscribed to trades and quotes."""
+    """A MassiveClient for the configured (or given) endpoint, subscribed to trades and quotes, and to
+    the per-minute aggregates (`AM`, the bar reconciliation's reference) if `vendor_bars` is on."""
     default_url, default_key = feed_endpoint(settings)
+    channels = ("T", "Q", "AM") if settings.vendor_bars_enabled else ("T", "Q")
     return MassiveClient(
         url or default_url,
         api_key if api_key is not None else default_key,
-        subscription_params(tickers or settings.tickers),
+        subscription_params(tickers or settings.tickers, channels),
         backoff_initial_s=settings.massive_reconnect_initial_s,
         backoff_max_s=settings.massive_reconnect_max_s,
         max_connections_retries=settings.massive_max_connections_retries,
@@ -499,6 +503,10 @@ class IngestService:
                         await self._wait_for_room(topic, value, key)
                     metrics.produced += 1
                     advance(published, key, sequence, ts_ms)
+            for record in frame.aggregates:
+                # The vendor's bars: a reference only (no marks, no backfill); a resent one is the same
+                # (ticker, minute), which the reconciliation keys on.
+                await self._publish_aggregate(record, tickers, frame.rejects)
             if frame.rejects:
                 self._dead_letter(frame.rejects)
             poll(0)  # serve delivery reports
@@ -621,6 +629,30 @@ class IngestService:
             self._producer.poll(0)
             if self._failed_deliveries:
                 self._dead_letter_failed_deliveries()
+
+    async def _publish_aggregate(
+        self, record: dict[str, Any], tickers: set[str] | None, rejects: list[Reject]
+    ) -> None:
+        """Publish one `AM` aggregate to market.vendor_bars, keyed by ticker like the trades."""
+        key = record["ticker"]
+        if tickers is not None and key not in tickers:
+            rejects.append(_unknown_ticker(record, VENDOR_BARS))
+            return
+        value = orjson.dumps(record)
+        while True:
+            try:
+                self._producer.produce(VENDOR_BARS, value, key, on_delivery=self._on_aggregate_delivery)
+                break
+            except BufferError:  # producer queue full: as `_wait_for_room`, with this callback
+                self._producer.poll(0)
+                await asyncio.sleep(BACKPRESSURE_SLEEP_S)
+        self._metrics.aggregates += 1
+
+    def _on_aggregate_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is None:
+            self._metrics.aggregates_published += 1
+        else:
+            self._on_delivery(err, msg)  # dead-lettered like a trade
 
     async def _wait_for_room(self, topic: str, value: bytes, key: str) -> None:
         """Producer queue full: serve delivery reports and yield until the message fits. While we

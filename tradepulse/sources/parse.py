@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from tradepulse.ids import quote_event_id, trade_event_id
-from tradepulse.topics import QUOTES, TRADES
+from tradepulse.topics import QUOTES, TRADES, VENDOR_BARS
 from tradepulse.validation import NOTIONALS, RULES, InvalidField, Rule
 
 Record = dict[str, Any]
@@ -64,6 +64,11 @@ _QUOTE_SEQUENCE, _QUOTE_TAPE = _QUOTE["sequence"].check, _QUOTE["tape"].check
 _INT = Rule(int).check  # a wire integer that is no model field as such (REST's ns timestamps)
 (_TRADE_NOTIONAL,) = NOTIONALS[TRADES]
 _BID_NOTIONAL, _ASK_NOTIONAL = NOTIONALS[QUOTES]
+_AGGREGATE = RULES[VENDOR_BARS]
+_AGG_TICKER, _AGG_START, _AGG_END = (_AGGREGATE[f].check for f in ("ticker", "start_ms", "end_ms"))
+_AGG_VOLUME = _AGGREGATE["volume"].check
+_AGG_PRICE = Rule(float, gt=0, le=_TRADE["price"].le).check  # o / h / l / c / vw / op / a: prices
+_AGG_AMOUNT = Rule(float, ge=0, le=_TRADE["size"].le).check  # z / av: sizes
 
 
 InvalidEvent = InvalidField
@@ -91,6 +96,7 @@ class ParsedFrame:
     quotes: list[Record] = field(default_factory=list)
     statuses: list[Record] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
+    aggregates: list[Record] = field(default_factory=list)  # `AM` events (not counted in `events`)
     connection: int = 0  # which connection of the client it came on (1 = the first); set by the client
 
     @property
@@ -138,6 +144,8 @@ def parse_frame(raw: str | bytes, received_ts_us: int, max_frame_bytes: int = 4 
                 trades.append(trade_record(event, received_ts_us))
             elif kind == "Q":
                 quotes.append(quote_record(event, received_ts_us))
+            elif kind == "AM":
+                frame.aggregates.append(aggregate_record(event, received_ts_us))
             elif kind == "status":
                 frame.statuses.append(event)
             else:
@@ -275,6 +283,45 @@ def quote_record(e: dict[str, Any], received_ts_us: int) -> Record:
         "exchange_ts_ms": ts,
         "received_ts_us": received_ts_us,
     }
+
+
+#: `AM` wire field → `models.VendorBar` field, for the optional ones (checked if present and not null).
+AGGREGATE_PRICES = {
+    "o": "open",
+    "h": "high",
+    "l": "low",
+    "c": "close",
+    "vw": "vwap",
+    "op": "official_open",
+    "a": "day_vwap",
+}
+AGGREGATE_AMOUNTS = {"z": "avg_trade_size", "av": "accumulated_volume"}
+
+
+def aggregate_record(e: dict[str, Any], received_ts_us: int) -> Record:
+    """A validated `models.VendorBar` dict from a Massive `AM` event (per-minute aggregate; raises
+    InvalidEvent/KeyError): `sym`, `s`, `e` (a one-minute window) and `v` required, the rest optional."""
+    start, end = _AGG_START("s", e["s"]), _AGG_END("e", e["e"])
+    if end - start != 60_000:
+        raise InvalidEvent(f"an AM window must span one minute, got s={start!r} e={end!r}")
+    record: Record = {
+        "ticker": _AGG_TICKER("sym", e["sym"]),
+        "start_ms": start,
+        "end_ms": end,
+        "volume": float(_AGG_VOLUME("v", e["v"])),
+        "received_ts_us": received_ts_us,
+    }
+    for wire, name in AGGREGATE_PRICES.items():
+        value = e.get(wire)
+        record[name] = None if value is None else float(_AGG_PRICE(wire, value))
+    for wire, name in AGGREGATE_AMOUNTS.items():
+        value = e.get(wire)
+        record[name] = None if value is None else float(_AGG_AMOUNT(wire, value))
+    otc = e.get("otc", False)
+    if type(otc) is not bool:
+        raise InvalidEvent(f"field 'otc' must be a boolean, got {otc!r}")
+    record["otc"] = otc
+    return record
 
 
 # --- field checks -------------------------------------------------------------------------------

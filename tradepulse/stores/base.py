@@ -14,8 +14,17 @@ from typing import Any, Protocol
 Row = dict[str, Any]
 
 
+def feature_key(row: Row) -> tuple[int, int]:
+    """(second start, revision) of a feature vector: the hot stores keep, per (ticker, second start),
+    the highest revision written (docs/schema.md#featurevector-revisions). A vector from before
+    revisions existed is the final revision of the second at its own ts_ms."""
+    start = row.get("snapshot_start_ms")
+    return (row["ts_ms"] if start is None else start), row.get("revision", 1)
+
+
 class HotStore(Protocol):
-    """Last 48 h, single-digit-ms reads. Keys: trades by event_id, features by (ticker, ts_ms),
+    """Last 48 h, single-digit-ms reads. Keys: trades by event_id, features by (ticker, second start)
+    keeping the highest revision (`feature_key`),
     anomalies by anomaly_id, correlations by correlation_id, bars by (ticker, start_ms)."""
 
     def write_batch(
@@ -34,7 +43,7 @@ class HotStore(Protocol):
     def latest_features(self, ticker: str) -> Row | None: ...
 
     def feature_history(self, ticker: str, since_ms: int, limit: int = 2000) -> list[Row]:
-        """1-second feature snapshots, oldest first."""
+        """1-second feature vectors (latest revision each; DynamoDB: final revisions), oldest first."""
 
     def anomalies(self, ticker: str | None, since_ms: int, limit: int = 1000) -> list[Row]:
         """Anomalies since `since_ms`, oldest first (newest `limit`); `ticker=None` = all tickers."""

@@ -5,9 +5,11 @@ Item types (pk → sk):
   n = shard_of(event_id, shards) (default 8) so a hot ticker spreads over 8 partitions. The latest trade
   of a ticker queries all shards in parallel (newest first, Limit 1) and takes the newest by
   (exchange_ts_ms, sequence), never the first shard that answers;
-- feature snapshots: `FEAT#<TICKER>` → `<ts_ms:015>`, and the latest features `FEAT#<TICKER>` → `LATEST`
-  (a conditional put that only replaces an older vector; "LATEST" sorts after every digit string, so
-  history range queries never see it);
+- feature vectors: the final revision of each second `FEAT#<TICKER>` → `<snapshot_start_ms:015>` (batch
+  writes cannot be conditional, and a final revision is the same vector on every write), and the latest
+  features `FEAT#<TICKER>` → `LATEST`: every revision, provisional ones included, by a conditional put
+  that only replaces a lower (second start, revision) (`feature_key`; "LATEST" sorts after every digit
+  string, so history range queries never see it);
 - anomalies: `ANOM#<TICKER>` → `<ts_ms:015>#<anomaly_id>`; correlations: `CORR#<TICKER>` →
   `<published_ts_ms:015>#<correlation_id>`; one-minute bars: `BAR#<TICKER>` → `<start_ms:015>` (a bar
   is final when emitted, so a replayed one overwrites an identical item); the ticker set: `TICKERS` → `<TICKER>`;
@@ -52,7 +54,7 @@ from tradepulse.errors import StoreError
 from tradepulse.ids import shard_of
 from tradepulse.percentiles import nearest_rank
 from tradepulse.retry import backoff_delay
-from tradepulse.stores.base import Row
+from tradepulse.stores.base import Row, feature_key
 
 TICKERS_REFRESH_S = 3600.0
 
@@ -217,15 +219,25 @@ class DynamoHotStore:
                 return False
             raise
 
-    def _put_latest(self, item: dict[str, Any], ts_ms: int) -> None:
-        """Replace the LATEST item only with a newer one."""
+    def _put_latest(self, item: dict[str, Any], key: tuple[int, int]) -> None:
+        """Replace the LATEST item only with a newer one: a later second, or a revision of the same
+        second at least as high (an item from before revisions: by ts_ms)."""
+        start, revision = key
         try:
             self._call(
                 "put_item",
                 TableName=self.table,
                 Item=_serialize(item),
-                ConditionExpression="attribute_not_exists(pk) OR ts_ms <= :ts",
-                ExpressionAttributeValues={":ts": {"N": str(int(ts_ms))}},
+                ConditionExpression=(
+                    "attribute_not_exists(pk) OR snapshot_start_ms < :start OR "
+                    "(snapshot_start_ms = :start AND revision <= :revision) OR "
+                    "(attribute_not_exists(snapshot_start_ms) AND ts_ms <= :ts)"
+                ),
+                ExpressionAttributeValues={
+                    ":start": {"N": str(int(start))},
+                    ":revision": {"N": str(int(revision))},
+                    ":ts": {"N": str(int(item["ts_ms"]))},
+                },
             )
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
@@ -318,7 +330,9 @@ class DynamoHotStore:
             for t in trades
         ]
         items += [
-            {**f, "pk": f"FEAT#{f['ticker']}", "sk": _ts(f["ts_ms"]), "expires_at": expires} for f in features
+            {**f, "pk": f"FEAT#{f['ticker']}", "sk": _ts(feature_key(f)[0]), "expires_at": expires}
+            for f in features
+            if f.get("final", True)
         ]
         items += [
             {**b, "pk": f"BAR#{b['ticker']}", "sk": _ts(b["start_ms"]), "expires_at": expires} for b in bars
@@ -331,13 +345,13 @@ class DynamoHotStore:
         self._tickers_written.update(dict.fromkeys(due_tickers, self.clock()))
         latest: dict[str, Row] = {}
         for f in features:
-            if f["ticker"] not in latest or f["ts_ms"] > latest[f["ticker"]]["ts_ms"]:
+            if f["ticker"] not in latest or feature_key(f) > feature_key(latest[f["ticker"]]):
                 latest[f["ticker"]] = f
         puts: list[Callable[[], Any]] = [
             functools.partial(
                 self._put_latest,
                 {**f, "pk": f"FEAT#{f['ticker']}", "sk": "LATEST", "expires_at": expires},
-                f["ts_ms"],
+                feature_key(f),
             )
             for f in latest.values()
         ]

@@ -78,6 +78,7 @@ from tradepulse.models import (
     NewsArticle,
     Quote,
     StoredTrade,
+    VendorBar,
 )
 from tradepulse.stores.base import Row
 
@@ -106,6 +107,7 @@ DATASETS: dict[str, Dataset] = {
     topics.CORRELATIONS: Dataset("correlations", Correlation, "published_ts_ms", ("correlation_id",)),
     topics.DEAD_LETTERS: Dataset(DEAD_LETTERS, DeadLetter, "first_failure_at", ("dead_letter_id",)),
     topics.BARS: Dataset("bars", Bar, "start_ms", ("ticker", "start_ms")),
+    topics.VENDOR_BARS: Dataset("vendor_bars", VendorBar, "start_ms", ("ticker", "start_ms")),
 }
 """Topic → dataset. The dataset folder is also the DuckDB view / Glue table name (`-` → `_`)."""
 

@@ -1,7 +1,7 @@
 """SQL over the cold store: DuckDB locally, the same SQL on Athena against the Glue tables.
 
 Each dataset is a view named after it (trades, quotes, news, features, anomalies, correlations,
-dead_letters, bars, dead_letter_archive) over `read_parquet(..., hive_partitioning = true)`, with the partition columns typed as
+dead_letters, bars, vendor_bars, dead_letter_archive) over `read_parquet(..., hive_partitioning = true)`, with the partition columns typed as
 in Glue: `dt` string (YYYY-MM-DD) and `hour` integer. A dataset without files yet is an empty view with
 the right columns, so queries never fail just because nothing has been flushed.
 

@@ -20,7 +20,10 @@ Keys (all writes are idempotent upserts, so a replayed batch overwrites instead 
 - the latest trade per ticker in `latest_trades`: the newest by (exchange_ts_ms, sequence) of each
   batch, computed once per batch in Python, replaces the stored one only when it is newer (a late or
   replayed batch never moves it back), so `latest_trade` is one key lookup;
-- feature snapshots by (ticker, ts_ms); the latest features are the newest snapshot;
+- feature vectors by (ticker, start_ms) (start_ms = the vector's `snapshot_start_ms`, its second), with
+  a revision guard: a row is replaced only by a revision at least as high (a replay after a crash may
+  write a lower revision again after a higher one; it never moves the row back). The latest features
+  are the latest revision of the newest second (docs/schema.md#featurevector-revisions);
 - anomalies by `anomaly_id`; correlations by `correlation_id`;
 - one-minute bars by (ticker, start_ms) (one bar per ticker-minute; its `bar_id` is a function of both).
 
@@ -68,12 +71,13 @@ import orjson
 from tradepulse.errors import InvalidArgument, StoreError
 from tradepulse.models import StoredTrade
 from tradepulse.percentiles import nearest_rank
-from tradepulse.stores.base import Row
+from tradepulse.stores.base import Row, feature_key
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
-"""1: trades keyed by a random event_id with a rowid and a time index; 2: clustered trades, compact docs."""
+SCHEMA_VERSION = 3
+"""1: trades keyed by a random event_id with a rowid and a time index; 2: clustered trades, compact docs;
+3: features keyed by (ticker, second start) with their revision (fresh features, issue 19)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS trades (
@@ -93,9 +97,10 @@ CREATE TABLE IF NOT EXISTS latest_trades (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS features (
     ticker TEXT NOT NULL,
-    ts_ms INTEGER NOT NULL,
+    start_ms INTEGER NOT NULL,
+    revision INTEGER NOT NULL,
     doc BLOB NOT NULL,
-    PRIMARY KEY (ticker, ts_ms)
+    PRIMARY KEY (ticker, start_ms)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS anomalies (
     anomaly_id TEXT PRIMARY KEY,
@@ -180,9 +185,10 @@ _TRADE_REST = tuple(f for f in _TRADE_FIELDS if f not in _TRADE_KEY)
 _trade_rest = itemgetter(*_TRADE_REST)
 _TRADE_COLUMNS = "ticker, exchange_ts_ms, sequence, event_id, vals"
 _UPSERT_FEATURE = _Upsert.of(
-    "INSERT INTO features (ticker, ts_ms, doc)",
-    3,
-    "ON CONFLICT (ticker, ts_ms) DO UPDATE SET doc = excluded.doc",
+    "INSERT INTO features (ticker, start_ms, revision, doc)",
+    4,
+    "ON CONFLICT (ticker, start_ms) DO UPDATE SET revision = excluded.revision, doc = excluded.doc "
+    "WHERE excluded.revision >= features.revision",
 )
 _UPSERT_ANOMALY = (
     "INSERT INTO anomalies (anomaly_id, ticker, ts_ms, doc) VALUES (?, ?, ?, ?) "
@@ -373,7 +379,7 @@ class SqliteHotStore:
             return
         dumps = orjson.dumps
         trade_rows = _trade_rows(trades)
-        feature_rows = [(f["ticker"], f["ts_ms"], dumps(f)) for f in features]
+        feature_rows = [(f["ticker"], *feature_key(f), dumps(f)) for f in features]
         anomaly_rows = [(a["anomaly_id"], a["ticker"], a["ts_ms"], dumps(a)) for a in anomalies]
         correlation_rows = [
             (c["correlation_id"], c["ticker"], c["published_ts_ms"], dumps(c)) for c in correlations
@@ -399,9 +405,9 @@ class SqliteHotStore:
                     last_seen = {row[0]: row[1] for row in newest}
                 if feature_rows:
                     _upsert_many(conn, _UPSERT_FEATURE, feature_rows)
-                    for ticker, ts, _ in feature_rows:
-                        if ts > last_seen.get(ticker, -1):
-                            last_seen[ticker] = ts
+                    for f in features:
+                        if f["ts_ms"] > last_seen.get(f["ticker"], -1):
+                            last_seen[f["ticker"]] = f["ts_ms"]
                 if anomaly_rows:
                     conn.executemany(_UPSERT_ANOMALY, anomaly_rows)
                 if correlation_rows:
@@ -476,8 +482,8 @@ class SqliteHotStore:
         # Per ticker, so each chunk is a range on the (ticker, time) key, not a table scan.
         for ticker in [r[0] for r in self._reader().execute("SELECT ticker FROM tickers")]:
             deleted += self._purge_chunks(
-                "DELETE FROM features WHERE (ticker, ts_ms) IN (SELECT ticker, ts_ms FROM features "
-                "WHERE ticker = ? AND ts_ms < ? ORDER BY ts_ms LIMIT ?)",
+                "DELETE FROM features WHERE (ticker, start_ms) IN (SELECT ticker, start_ms FROM features "
+                "WHERE ticker = ? AND start_ms < ? ORDER BY start_ms LIMIT ?)",
                 (ticker, cutoff),
                 chunk_rows,
             )
@@ -541,12 +547,15 @@ class SqliteHotStore:
         return _trade_doc(row) if row else None
 
     def latest_features(self, ticker: str) -> Row | None:
-        return self._one("SELECT doc FROM features WHERE ticker = ? ORDER BY ts_ms DESC LIMIT 1", (ticker,))
+        return self._one(
+            "SELECT doc FROM features WHERE ticker = ? ORDER BY start_ms DESC LIMIT 1", (ticker,)
+        )
 
     def feature_history(self, ticker: str, since_ms: int, limit: int = 2000) -> list[Row]:
-        """Feature snapshots since `since_ms`, oldest first (the newest `limit` of them)."""
+        """Feature vectors (the latest revision of each second) of the seconds starting at or after
+        `since_ms`, oldest first (the newest `limit` of them)."""
         rows = self._many(
-            "SELECT doc FROM features WHERE ticker = ? AND ts_ms >= ? ORDER BY ts_ms DESC LIMIT ?",
+            "SELECT doc FROM features WHERE ticker = ? AND start_ms >= ? ORDER BY start_ms DESC LIMIT ?",
             (ticker, since_ms, limit),
         )
         rows.reverse()

@@ -26,9 +26,16 @@ import numpy as np
 import orjson
 
 from tradepulse.config import DEFAULT_TICKERS
+from tradepulse.core.conditions import ConditionRules
 from tradepulse.errors import InvalidArgument
 from tradepulse.ids import stable_id, trade_event_id
 from tradepulse.models import MAX_NOTIONAL, MAX_SIZE
+from tradepulse.sources.simulator.aggregates import (
+    BAD_FAT_FINGER,
+    BAD_IMPOSSIBLE,
+    MinuteAggregates,
+    rule_table,
+)
 
 Profile = Literal["flat", "market_open"]
 
@@ -157,6 +164,8 @@ class MarketConfig:
     """Fraction of trades replaced by a labelled bad tick (`_inject_bad_ticks`); 0 = none."""
     bad_tick_impossible_share: float = 0.5
     """Of those, the share that is structurally impossible; the rest are fat fingers."""
+    minute_aggregates: bool = True
+    """Compute the per-minute `AM` aggregates of the trades (`Block.aggregates`, `aggregates.py`)."""
 
 
 def profile_multiplier(profile: Profile, elapsed_s: float | np.ndarray, peak: float = 9.0) -> Any:
@@ -197,6 +206,8 @@ class Block:
     _records: list[dict[str, Any]] | None = None
     _fragments: list[str] | None = None
     frame_cache: dict[Any, Any] = field(default_factory=dict)
+    aggregates: list[dict[str, Any]] = field(default_factory=list)
+    """`AM` events of the minutes that ended with this tick (not counted in `len`)."""
 
     def __len__(self) -> int:
         return len(self.kind)
@@ -282,6 +293,10 @@ class MarketModel:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._gt_file = path.open("wb")
         self.backfill: list[dict[str, Any]] = self._make_backfill(config.backfill_news)
+        self.aggregates: MinuteAggregates | None = None
+        if config.minute_aggregates:
+            table = rule_table(CONDITION_SETS, ConditionRules.bundled())
+            self.aggregates = MinuteAggregates(self.symbols, table)
 
     # ------------------------------------------------------------------ ground truth and news
     def _label(self, record: dict[str, Any]) -> None:
@@ -481,6 +496,7 @@ class MarketModel:
         if cfg.bad_tick_rate > 0:
             self._inject_bad_ticks(trades)
         quotes = self._quotes(n_q, prev, t0)
+        aggregates = self.aggregates.add(trades, t1) if self.aggregates is not None else []
 
         kind = np.concatenate([np.zeros(len(trades["t"]), np.uint8), np.ones(len(quotes["t"]), np.uint8)])
         order = np.argsort(np.concatenate([trades["u"], quotes["u"]]), kind="stable")
@@ -499,6 +515,7 @@ class MarketModel:
             quotes=quotes,
             _builder=lambda b, order=order: _build_records(b, self.symbols, order),
             _fragment_builder=lambda b, order=order: _build_fragments(b, self.symbols, order),
+            aggregates=aggregates,
         )
 
     def _times_and_seq(self, counts: np.ndarray, t0: int, seq: np.ndarray) -> dict[str, np.ndarray]:
@@ -550,6 +567,7 @@ class MarketModel:
             i=self.trade_id_base[sym] + d["q"],
             trfi=np.where(trf, rng.choice(_TRF_IDS, m), 0),
             trft=np.where(trf, d["t"] - rng.integers(0, 5, m), 0),
+            bad=np.zeros(m, dtype=np.int8),  # set by `_inject_bad_ticks`
         )
         return d
 
@@ -573,6 +591,7 @@ class MarketModel:
         defect = bad.integers(len(BAD_TICK_DEFECTS), size=k)
         move = bad.uniform(0.3, 0.6, k) * np.where(bad.random(k) < 0.5, 1.0, -1.0)
         p, s = d["p"].astype(float), d["s"].copy()
+        d["bad"][chosen] = np.where(impossible, BAD_IMPOSSIBLE, BAD_FAT_FINGER)
         for j, i in enumerate(chosen.tolist()):
             if impossible[j]:
                 name = BAD_TICK_DEFECTS[int(defect[j])]

@@ -8,6 +8,8 @@ Protocol, as the real cluster behaves:
 - `{"action":"subscribe","params":"T.AAPL,Q.*"}` → one `success` status per channel
   (`subscribed to: T.AAPL`); `unsubscribe` likewise (`unsubscribed to: T.AAPL`)
 - data frames are JSON arrays holding many events, sent as text frames.
+- `AM.<ticker>` / `AM.*`: the per-minute aggregates (`ev: "AM"`) of the minutes that ended with a tick,
+  one frame after that tick's trades and quotes (`aggregates.py`).
 
 Plain HTTP GETs of Massive's REST trades endpoint (`/v3/trades/{ticker}`, see `trades_api`) are answered
 on the same port when a `rest` handler is given, so a client that knows only the WebSocket URL (an ingest
@@ -90,15 +92,16 @@ class Session:
         self.queue: asyncio.Queue[_Item] = asyncio.Queue(self.queue_frames)
         self.t_mask = np.zeros(self.n_symbols, bool)
         self.q_mask = np.zeros(self.n_symbols, bool)
+        self.am_mask = np.zeros(self.n_symbols, bool)
         self.signature: frozenset[str] = frozenset()
 
     def update_masks(self, index: dict[str, int]) -> None:
-        for mask, prefix in ((self.t_mask, "T."), (self.q_mask, "Q.")):
+        for mask, prefix in ((self.t_mask, "T."), (self.q_mask, "Q."), (self.am_mask, "AM.")):
             mask[:] = f"{prefix}*" in self.subs
             for sub in self.subs:
-                if sub.startswith(prefix) and (i := index.get(sub[2:])) is not None:
+                if sub.startswith(prefix) and (i := index.get(sub[len(prefix) :])) is not None:
                     mask[i] = True
-        self.signature = frozenset(s for s in self.subs if s[:2] in ("T.", "Q."))
+        self.signature = frozenset(s for s in self.subs if s.split(".", 1)[0] in ("T", "Q", "AM"))
 
     @property
     def wants_data(self) -> bool:
@@ -332,12 +335,17 @@ class MassiveWsServer:
                 t = int(is_t[sel].sum())
                 frame = "[" + ",".join([fragments[i] for i in sel.tolist()]) + "]"
                 items.append(_Item(frame, block, sel, t, len(sel) - t))
+        if block.aggregates and session.am_mask.any():
+            chosen = [a for a in block.aggregates if session.am_mask[self._index[a["sym"]]]]
+            if chosen:
+                # No trades or quotes in it: an empty selection, so `_account` records none.
+                items.append(_Item(orjson.dumps(chosen).decode(), block, np.empty(0, np.int64), 0, 0))
         block.frame_cache[session.signature] = items
         return items
 
     async def dispatch(self, block: Block) -> None:
         """Queue the block's frames for every subscribed session (waits while a session's queue is full)."""
-        if not len(block):
+        if not len(block) and not block.aggregates:
             return
         async with self._dispatch_lock:
             if self._resend:
