@@ -507,3 +507,55 @@ def test_a_restart_after_the_market_went_quiet_backfills_without_waiting_for_eve
     first_published = {t: min(q for tt, q in trades if tt == t) for t, _ in trades}
     assert set(trades) == {(t, q) for t, q in generated if q >= first_published[t]}
     dlq.close()
+
+
+def rest_trade(q: int) -> dict[str, Any]:
+    """`trade(q)` as Massive's REST trades endpoint returns it (nanosecond times)."""
+    ns = (TRADE["t"] + q) * 1_000_000
+    return {
+        "exchange": 4,
+        "id": str(q),
+        "participant_timestamp": ns,
+        "price": 190.0,
+        "sequence_number": q,
+        "sip_timestamp": ns,
+        "size": 10,
+        "tape": 3,
+    }
+
+
+def test_a_feed_gone_silent_mid_connection_is_backfilled_up_to_rests_newest_trade(
+    kafka_settings: Settings,
+) -> None:
+    """The feed stops sending while the market has traded on (busy chaos run: a connection stalled by a
+    long backfill was dropped, the next one got only a replay of older blocks, and the market's last 9 s,
+    60,065 trades, were never published). Once the stream has been silent for a while, whatever REST has
+    beyond the last published trade is fetched, without waiting for an event that may never come."""
+    settings = fast_settings(kafka_settings, tickers=["AAPL"])
+    feed = ScriptedFeed([[orjson.dumps([trade(q) for q in range(1, 6)])]])
+    tape = [rest_trade(q) for q in range(1, 11)]  # REST has 6..10 too: the feed never sent them
+
+    def answer_rest(connection: ServerConnection, request: Any) -> Any:
+        if not request.path.startswith("/v3/trades/AAPL"):
+            return None  # the WebSocket
+        return connection.respond(200, orjson.dumps({"status": "OK", "results": tape}).decode())
+
+    async def main() -> IngestService:
+        async with serve(feed.handler, "127.0.0.1", 0, process_request=answer_rest) as server:
+            port = next(iter(server.sockets)).getsockname()[1]
+            service = IngestService(
+                settings, dlq=dlq, client=client_from_settings(settings, f"ws://127.0.0.1:{port}", KEY)
+            )
+
+            async def scenario() -> None:
+                await until(lambda: service.metrics.published >= 10, timeout_s=60)
+
+            await run_service(service, scenario)
+            return service
+
+    dlq = open_dlq(settings)
+    service = asyncio.run(main())
+    assert service.metrics.backfilled == 5 and service.metrics.duplicates == 5
+    records = [orjson.loads(m.value()) for m in consume(settings, TRADES, expect=10)]
+    assert [r["sequence"] for r in records] == list(range(1, 11))
+    dlq.close()

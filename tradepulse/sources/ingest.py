@@ -32,8 +32,9 @@ tail where needed: a killed backfill leaves some tickers filled and others not (
 The backfill runs at the connection's first events and reaches up to their exchange time: the feed's
 clock, not the wall clock, so a delayed feed, a replayed day or a simulator behind schedule is covered
 like the live feed (on the wall clock it was not, and a starved restart lost trades: postmortem 4). A
-connection that stays quiet for `QUIET_BACKFILL_S` after subscribing (the market closed, a replay that
-ended) is backfilled up to REST's newest trade instead of waiting for an event that may never come.
+stream that falls silent for `QUIET_BACKFILL_S` — a new connection after subscribing (the market
+closed, a replay that ended), or one that stopped sending while the market went on — is backfilled up to
+REST's newest trade instead of waiting for an event that may never come.
 Bounded by `ingest_backfill_max_s` of feed time; off for a `*` subscription (one request per ticker).
 
 Why one module of this size: the reader, the publisher, the backfill after every (re)connect and the
@@ -77,7 +78,8 @@ BACKPRESSURE_SLEEP_S = 0.005
 REPORT_INTERVAL_S = 0.05
 #: How long a stopping service waits for the brokers to acknowledge what it produced.
 FLUSH_TIMEOUT_S = 30.0
-#: How long a new connection may stay quiet after subscribing before it is backfilled without events.
+#: How long the stream may stay silent (after events or a new subscription) before a backfill up to REST's
+#: newest trade: once per silent spell.
 QUIET_BACKFILL_S = 2.0
 #: Per REST request: a page of 50,000 trades from a busy server takes seconds (the busy chaos run timed
 #: out at 10 s, four times in a row).
@@ -465,26 +467,33 @@ class IngestService:
         queue, metrics, recent, tickers = self._queue, self._metrics, self._recent, self._tickers
         produce, poll = self._producer.produce, self._producer.poll
         marks = self._marks
-        quiet: int | None = None  # a new connection, subscribed, that has sent no events yet
+        pending: int | None = None  # a new connection, subscribed, that has sent no events yet
+        # Whether a silent spell of QUIET_BACKFILL_S is to trigger a backfill: set by events (or a new
+        # subscription), cleared by the backfill, so each spell of silence costs one round of requests.
+        armed = False
         while True:
             try:
-                async with asyncio.timeout(QUIET_BACKFILL_S if quiet is not None else None):
+                async with asyncio.timeout(QUIET_BACKFILL_S if armed else None):
                     frame = await queue.get()
             except TimeoutError:
-                # A quiet feed (the market closed, or a replay that has ended) sends nothing to tell its
-                # clock by: backfill now, up to whatever REST has, or the end of the session stays lost.
-                assert quiet is not None
-                await self._begin_connection(quiet, None)
-                quiet = None
+                # A silent feed (the market closed, a replay that ended, a stream that stopped sending
+                # while the market went on) gives no clock to backfill up to and may never send again:
+                # fetch whatever REST has beyond the last published trades now.
+                if pending is not None:
+                    await self._begin_connection(pending, None)
+                    pending = None
+                else:
+                    await self._backfill(None)
+                armed = False
                 continue
             if frame is None:
                 break
-            if frame.connection != self._connection:
-                if frame.trades or frame.quotes:
-                    await self._begin_connection(frame.connection, feed_time_ms(frame))
-                    quiet = None
-                else:
-                    quiet = frame.connection
+            if frame.connection != self._connection and frame.connection != pending:
+                pending = frame.connection
+            if pending is not None and (frame.trades or frame.quotes):
+                await self._begin_connection(pending, feed_time_ms(frame))
+                pending = None
+            armed |= pending is not None or bool(frame.trades or frame.quotes)
             metrics.received += frame.events
             for topic, records in ((TRADES, frame.trades), (QUOTES, frame.quotes)):
                 resent, published = self._resend_marks[topic], marks[topic]
