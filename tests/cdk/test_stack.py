@@ -498,7 +498,12 @@ def test_schema_registry_holds_every_topic_contract(template: dict[str, Any]) ->
     latest: dict[str, tuple[int, dict[str, Any]]] = {}
     for logical_id, version in resources(template, "AWS::Glue::SchemaVersion").items():
         for topic in topics.ALL_TOPICS:
-            found = re.search(f"SchemaVersion{re.sub('[^A-Za-z0-9]', '', topic)}v(\\d+)", logical_id)
+            # `v<number><definition hash: 12 hex><CDK's 8-character suffix>`: anchored, or a hash that begins
+            # with digits would be read as part of the number (v2 + "99…" taken for v299).
+            found = re.search(
+                f"SchemaVersion{re.sub('[^A-Za-z0-9]', '', topic)}v(\\d+)[0-9a-f]{{12}}[0-9A-F]{{8}}$",
+                logical_id,
+            )
             if found and int(found.group(1)) > latest.get(topic, (1, {}))[0]:
                 latest[topic] = (int(found.group(1)), json.loads(version["Properties"]["SchemaDefinition"]))
     for topic, props in schemas.items():
