@@ -14,12 +14,22 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from tradepulse.bus.decode import InvalidMessage, decode, decode_batch
-from tradepulse.models import INT64_MAX, MAX_NOTIONAL, MAX_PRICE, NewsArticle, Quote, Trade
+from tradepulse.models import (
+    INT64_MAX,
+    MAX_NOTIONAL,
+    MAX_PRICE,
+    NewsArticle,
+    Quote,
+    Trade,
+    VendorBar,
+)
 from tradepulse.sources.parse import QUOTE_WIRE, TRADE_WIRE, parse_frame
-from tradepulse.topics import NEWS, QUOTES, TRADES
+from tradepulse.topics import NEWS, QUOTES, TRADES, VENDOR_BARS
 from tradepulse.validation import NOTIONALS, RULES, Rule
 
-MODELS: dict[str, type[BaseModel]] = {TRADES: Trade, QUOTES: Quote, NEWS: NewsArticle}
+MODELS: dict[str, type[BaseModel]] = {
+    TRADES: Trade, QUOTES: Quote, NEWS: NewsArticle, VENDOR_BARS: VendorBar
+}  # fmt: skip
 VALID: dict[str, dict[str, Any]] = {
     TRADES: {
         "event_id": "t-1", "ticker": "AAPL", "price": 187.25, "size": 100.0, "exchange": 4,
@@ -38,6 +48,12 @@ VALID: dict[str, dict[str, Any]] = {
         "published_at": "2026-01-01T00:00:00Z", "published_ts_ms": 1_767_000_000_000,
         "received_ts_us": 1_767_000_000_000_000,
     },
+    VENDOR_BARS: {
+        "ticker": "AAPL", "start_ms": 1_767_000_000_000, "end_ms": 1_767_000_060_000, "volume": 1200.0,
+        "received_ts_us": 1_767_000_060_000_500, "open": 187.0, "high": 187.5, "low": 186.9,
+        "close": 187.25, "vwap": 187.2, "avg_trade_size": 60.0, "accumulated_volume": 1_000_000.0,
+        "official_open": 185.0, "day_vwap": 186.1, "otc": False,
+    },
 }  # fmt: skip
 WIRE_EVENTS: dict[str, tuple[dict[str, Any], dict[str, str]]] = {
     TRADES: (
@@ -49,6 +65,10 @@ WIRE_EVENTS: dict[str, tuple[dict[str, Any], dict[str, str]]] = {
         {"ev": "Q", "sym": "MSFT", "bx": 11, "bp": 410.0, "bs": 0, "ax": 12, "ap": 410.05, "as": 3.5,
          "z": 3, "t": 1_767_000_000_001, "q": 18},
         QUOTE_WIRE,
+    ),
+    VENDOR_BARS: (
+        {"ev": "AM", "sym": "AAPL", "s": 1_767_000_000_000, "e": 1_767_000_060_000, "v": 1200},
+        {"sym": "ticker", "s": "start_ms", "e": "end_ms", "v": "volume"},
     ),
 }  # fmt: skip
 MISSING = object()
@@ -93,7 +113,7 @@ def test_the_valid_rows_pass_everywhere() -> None:
         assert decode(topic, orjson.dumps(row)) == row
     for event, _ in WIRE_EVENTS.values():
         frame = parse_frame(orjson.dumps([event]), 1_767_000_000_000_000)
-        assert not frame.rejects and len(frame.trades) + len(frame.quotes) == 1
+        assert not frame.rejects and len(frame.trades) + len(frame.quotes) + len(frame.aggregates) == 1
 
 
 @pytest.mark.parametrize(("topic", "name", "value"), CASES)
