@@ -71,6 +71,7 @@ def test_broker_restart_mid_stream_loses_nothing_and_every_service_recovers(
             record_sent=True,
             duration_s=stream_s,
             start_ms=START_MS,
+            hold_until_subscribed=True,  # the services may take seconds to start on a busy machine
         )
     )
     services = Services(tmp_path / "logs", child_env(settings, TRADEPULSE_COMMIT_WATCHDOG_S="20"))

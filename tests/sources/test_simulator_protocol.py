@@ -301,3 +301,32 @@ def test_am_aggregates_go_to_am_subscribers_only_and_equal_the_bars_of_the_trade
     assert [r["status"] for r in compare(bars, vendor)] == ["match"] * len(vendor)
     assert [a["ticker"] for f in one for a in parse_frame(f, 0).aggregates] == ["AAPL"]
     assert not [a for f in trades_only for a in parse_frame(f, 0).aggregates]
+
+
+def test_a_held_market_starts_its_clock_at_the_first_data_subscription() -> None:
+    """`hold_until_subscribed`: nothing is generated while only a status-only client is connected;
+    the first data subscription starts the market, and its first events reach that subscriber."""
+    config = SimulatorConfig(
+        seed=4,
+        api_key=KEY,
+        ws_port=0,
+        http_port=0,
+        rate=2000,
+        news_interval_s=0,
+        duration_s=1.0,
+        hold_until_subscribed=True,
+    )
+    with run_simulator_in_thread(config) as s:
+
+        async def session() -> list[dict[str, Any]]:
+            ws, _, _ = await login(s.ws_url + "/stocks")
+            await asyncio.sleep(1.5)  # longer than the whole market: it would be over if it ran
+            assert s.sim.generated == 0 and not s.sim.finished.is_set()
+            await subscribe(ws, "T.*")
+            events, _ = await data_events(ws, 100)
+            await ws.close()
+            return events
+
+        events = asyncio.run(session())
+        assert s.wait_finished(30)
+    assert min(e["q"] for e in events if e["sym"] == events[0]["sym"]) <= 2  # from the market's start

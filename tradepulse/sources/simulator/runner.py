@@ -68,6 +68,10 @@ class SimulatorConfig:
     """...and at most this many trades (bounds memory at high rates)."""
     start_ms: int | None = None
     """Simulated time of the first event; None = now, so event times track the wall clock."""
+    hold_until_subscribed: bool = False
+    """Start the market's clock only once a client has subscribed to data. For tests that start their
+    services after the simulator: on a busy machine a service can take seconds to start, and a market
+    that ran out before anyone listened tests nothing. False = the market runs from the start."""
     replay_root: str | Path | None = None
     """Serve recorded trades from this cold-store root instead of the synthetic market."""
     replay_speed: float = 1.0
@@ -194,6 +198,8 @@ class Simulator:
         assert self.source is not None and self.ws is not None and self.trades_api is not None
         loop = asyncio.get_running_loop()
         src, ws, rest = self.source, self.ws, self.trades_api
+        if self.config.hold_until_subscribed:
+            await ws.data_subscribed.wait()
         t0 = self._started_wall = loop.time()
         sim0 = src.start_ms
         end_ms = sim0 + self.config.duration_s * 1000 if self.config.duration_s is not None else None

@@ -147,6 +147,8 @@ class MassiveWsServer:
         # Held while fanning out a block and while queueing a resend, so that a new subscription gets the
         # history strictly before any newer block (per-ticker order is kept).
         self._dispatch_lock = asyncio.Lock()
+        self.data_subscribed = asyncio.Event()
+        """Set once any session has subscribed to a data channel."""
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, host: str, port: int) -> None:
@@ -242,6 +244,8 @@ class MassiveWsServer:
                     session.subs.discard(ch)
             async with self._dispatch_lock:
                 session.update_masks(self._index)
+                if session.wants_data:
+                    self.data_subscribed.set()
                 if action == "subscribe" and self._resend and session.wants_data:
                     for block in list(self._history):
                         for item in self._frames(block, session):
