@@ -134,7 +134,7 @@ def test_the_reconciler_decides_one_sided_minutes_from_each_streams_own_order() 
         assert got[:4] == expected, (split_ours, split_vendor)
     reconciler = BarReconciler()
     reconciler.update(our_bars, vendor_bars, final)
-    assert reconciler.pending == 1  # minute 4: the vendor has not sent a later minute yet
+    assert len(reconciler.pending_keys()) == 1  # minute 4: the vendor has not sent a later minute yet
 
 
 def test_summary_counts_statuses_and_mismatched_fields_per_ticker() -> None:

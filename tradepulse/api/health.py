@@ -159,19 +159,15 @@ def combine(views: list[RunnerView]) -> RunnerStatus | None:
         e2e_latency_p50_ms=worst([s.e2e_latency_p50_ms for s in basis]),
         e2e_latency_p99_ms=worst([s.e2e_latency_p99_ms for s in basis]),
         batch_p99_ms=worst([s.batch_p99_ms for s in basis]),
-        outliers={
-            r: sum(s.outliers.get(r, 0) for s in basis)
-            for r in sorted({r for s in basis for r in s.outliers})
-        },
-        bar_checks={
-            k: sum(s.bar_checks.get(k, 0) for s in basis)
-            for k in sorted({k for s in basis for k in s.bar_checks})
-        },
-        bar_mismatch_fields={
-            k: sum(s.bar_mismatch_fields.get(k, 0) for s in basis)
-            for k in sorted({k for s in basis for k in s.bar_mismatch_fields})
-        },
+        outliers=_sum_counts([s.outliers for s in basis]),
+        bar_checks=_sum_counts([s.bar_checks for s in basis]),
+        bar_mismatch_fields=_sum_counts([s.bar_mismatch_fields for s in basis]),
     )
+
+
+def _sum_counts(counts: list[dict[str, int]]) -> dict[str, int]:
+    """Per key, the sum over the runners' counts (keys sorted)."""
+    return {k: sum(c.get(k, 0) for c in counts) for k in sorted({k for c in counts for k in c})}
 
 
 @dataclass(frozen=True)

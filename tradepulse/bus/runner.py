@@ -15,7 +15,8 @@ there is a first message: `_next_batch`), on the runner's thread (`_process`):
 
 On the commit thread: one Kafka transaction for everything handed over since its previous transaction
 (a group commit, `tradepulse.bus.worker`: one batch when the runner keeps up with the commits, several
-when a commit takes longer than a batch, up to `COMMIT_BACKLOG_BATCHES`): produce market.features /
+when a commit takes longer than a batch, up to `COMMIT_BACKLOG_BATCHES` full batches' worth of records):
+produce market.features /
 market.anomalies / market.correlations / market.bars, and every dead letter to market.dead-letters
 keyed by its `dead_letter_id`, then `send_offsets_to_transaction(positions after the last batch, its
 group metadata)` and commit. Then the cold thread (`_archive`) appends the committed batches' rows to
@@ -32,7 +33,8 @@ shutdown), and handles their failures itself (`_recover`).
 
 A crash anywhere before a transaction commits aborts its outputs and leaves its offsets uncommitted:
 its batches are replayed, the keyed sinks overwrite what they already hold (the hot store may hold the
-writes of up to `COMMIT_BACKLOG_BATCHES` uncommitted batches, the same rows again in the replay), and
+writes of the uncommitted batches: up to `COMMIT_BACKLOG_BATCHES` full batches' worth of records, plus
+the one waiting to be handed over; the same rows again in the replay), and
 the outputs (dead letters included) appear exactly once to read_committed readers. A transaction never
 commits after an earlier one failed: the commit thread drops what is queued behind a failure.
 
@@ -421,6 +423,12 @@ class Runner:
         # Idle after a clean stop; after a failure the batches still queued are dropped uncommitted.
         self._commits.close(drop=True)
         self._cold_writes.close(drop=True)
+        for worker in (self._commits, self._cold_writes):
+            # A failure the runner stopped for has been raised already; one left behind is logged here,
+            # so that no error of either thread disappears (and the revoke callback, which consumer.close
+            # may run, finds none to raise in place of the one that stopped the runner).
+            if (failure := worker.reset()) is not None:
+                log.error("%s failed while the runner stopped", worker.name, exc_info=failure)
         if clean:
             try:
                 self.cold.close()
@@ -831,6 +839,8 @@ class Runner:
         error = self._commits.reset()
         cold_error = self._cold_writes.reset()
         if cold_error is not None:
+            if error is not None:  # the open transaction is left to the broker's timeout / the restart
+                log.error("the commit thread failed too", exc_info=error)
             raise cold_error
         assert error is not None
         if not isinstance(error, KafkaException) or not error.args[0].txn_requires_abort():

@@ -15,11 +15,11 @@ batch's records, each sample weighted by the stride). Stages, in the order a tra
 | `anomaly` | anomaly scoring (batched Isolation Forest) and its checkpoints | batch |
 | `core` | the whole core: features + anomaly + news join | batch |
 | `hot_write` | hot-store `write_batch` (with its retries), and the DLQ put of the batch's dead letters if any | batch |
-| `commit_wait` | the runner's thread waiting to hand the batch to the commit thread (the previous batch still committing) | batch |
-| `produce` | producing the outputs into the transaction (commit thread) | batch |
-| `commit` | `send_offsets_to_transaction` + `commit_transaction` (commit thread) | batch |
-| `cold_append` | cold-store buffering of the batch's rows and archived outputs, after its commit (cold thread) | batch |
-| `cold_flush` | the cold store's periodic flush after that (cold thread) | batch |
+| `commit_wait` | the runner's thread waiting to hand the batch to the commit thread (only while the records not yet committed would exceed `COMMIT_BACKLOG_BATCHES` full batches; usually 0) | batch |
+| `produce` | producing the outputs into the transaction (commit thread) | transaction (one or more batches) |
+| `commit` | `send_offsets_to_transaction` + `commit_transaction` (commit thread) | transaction |
+| `cold_append` | cold-store buffering of the committed batches' rows and archived outputs (cold thread) | group of batches |
+| `cold_flush` | the cold store's periodic flush after that (cold thread) | group of batches |
 | `batch` | the runner's thread's own work on the batch: from `consume()` returning it to handing it over, `commit_wait` excluded | batch |
 | `e2e` | WebSocket receive → hot-store commit | trade |
 | `fresh_first` | feature freshness: a trade's event time (exchange ts) → hot-store commit of the first feature revision that contains it (with provisional revisions: its own batch; without: its second's final revision) | trade |

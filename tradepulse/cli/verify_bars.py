@@ -5,7 +5,9 @@ market.vendor_bars is exactly once, so the summary depends only on what the topi
 restarts or replays the runner went through: the same comparison the runner makes live
 (`tradepulse.core.reconcile`; the runner counts it on /metrics and logs each mismatch), over the stored
 minutes. A minute that differs and holds prints flagged `outlier` is `outlier` if recomputing its bar
-over every stored print of the minute, the flagged ones included, gives the vendor's bar. A bar whose
+over every stored print of the minute, the flagged ones included, gives the vendor's bar (recomputed
+from that minute's prints alone: a straggler the live tape took for late, behind a later minute's
+print, counts here, so the outlier/mismatch split can differ from the runner's in that rare case). A bar whose
 counterpart may still come (the other side has not moved past its minute) is `pending`. The cold store
 lags the runner by its flush interval (`TRADEPULSE_COLD_FLUSH_INTERVAL_S`).
 """
@@ -30,7 +32,7 @@ VENDOR_COLUMNS = "ticker, start_ms, open, high, low, close, volume, vwap, avg_tr
 
 def verify(settings: Settings, minutes: int | None = None, ticker: str | None = None) -> dict[str, Any]:
     """{"tickers": {ticker: counts}, "total": counts, "mismatches": [...]} over the stored bars."""
-    from tradepulse.core.reconcile import BAR_MS, FIELDS, STATUSES, BarReconciler
+    from tradepulse.core.reconcile import BAR_MS, FIELDS, STATUSES, BarReconciler, summarize
     from tradepulse.stores.sql import run_query
 
     where = []
@@ -55,19 +57,10 @@ def verify(settings: Settings, minutes: int | None = None, ticker: str | None = 
     tape = _tape_bars(settings, clause)
     reconciler = BarReconciler(wait_ms=np.iinfo(np.int64).max // 4)
     results = reconciler.update(our_rows, vendor_rows, final, tape)
-    pending: dict[str, int] = {}
+    tickers: dict[str, dict[str, Any]] = {name: {**e, "pending": 0} for name, e in summarize(results).items()}
     for name, _ in reconciler.pending_keys():
-        pending[name] = pending.get(name, 0) + 1
-    empty = {**{s: 0 for s in STATUSES}, "pending": 0, "fields": {f: 0 for f in FIELDS}}
-    tickers: dict[str, dict[str, Any]] = {}
-    for r in results:
-        entry = tickers.setdefault(r["ticker"], orjson.loads(orjson.dumps(empty)))
-        entry[r["status"]] += 1
-        for name in r["fields"] if r["status"] == "mismatch" else ():
-            entry["fields"][name] += 1
-    for name, count in pending.items():
-        tickers.setdefault(name, orjson.loads(orjson.dumps(empty)))["pending"] = count
-    total = orjson.loads(orjson.dumps(empty))
+        tickers.setdefault(name, _counts())["pending"] += 1
+    total = _counts()
     for entry in tickers.values():
         for status in (*STATUSES, "pending"):
             total[status] += entry[status]
@@ -78,6 +71,13 @@ def verify(settings: Settings, minutes: int | None = None, ticker: str | None = 
         "total": total,
         "mismatches": [r for r in results if r["status"] == "mismatch"],
     }
+
+
+def _counts() -> dict[str, Any]:
+    """Zero counts per status (and "pending") and per mismatching field, as `summarize` counts them."""
+    from tradepulse.core.reconcile import FIELDS, STATUSES
+
+    return {**{s: 0 for s in (*STATUSES, "pending")}, "fields": {f: 0 for f in FIELDS}}
 
 
 def _tape_bars(settings: Settings, clause: str) -> list[dict]:

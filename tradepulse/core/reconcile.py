@@ -166,11 +166,6 @@ class BarReconciler:
         self._vendor_last: dict[str, int] = {}  # newest vendor minute per ticker
         self._final: dict[str, int] = {}  # our bars final up to here, per ticker
 
-    @property
-    def pending(self) -> int:
-        """Bars waiting for their counterpart (ours + the vendor's)."""
-        return len(self._ours) + len(self._vendor)
-
     def pending_keys(self) -> list[tuple[str, int]]:
         """(ticker, start_ms) of the bars waiting for their counterpart, ours and the vendor's."""
         return sorted([*self._ours, *self._vendor])
