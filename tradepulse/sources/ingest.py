@@ -399,8 +399,10 @@ class IngestService:
         self._floor_ms = seed.floor_ms
         if seed.read:
             log.info(
-                "ingest: %d tickers already in Kafka (read %d records of the last %.0f s + %.0f s in %.2f s)",
-                sum(map(len, self._marks.values())),
+                "ingest: trades of %d and quotes of %d tickers already in Kafka (read %d records of the last "
+                "%.0f s + %.0f s in %.2f s)",
+                len(self._marks[TRADES]),
+                len(self._marks[QUOTES]),
                 seed.read,
                 self.settings.ingest_replay_horizon_s,
                 SEED_MARGIN_S,
