@@ -10,6 +10,7 @@ The faults are injected through a thin seam, a wrapper around the runner's real 
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 import time
 import weakref
@@ -326,3 +327,54 @@ def test_a_stopped_runner_and_its_clients_are_freed_without_the_garbage_collecto
         assert ref() is None  # freed at once: no cycle through the consumer's callbacks holds it
     finally:
         gc.enable()
+
+
+def fail_both_threads(runner: Runner) -> tuple[BaseException, BaseException]:
+    """Make the runner's commit and cold threads each fail one handler call (their real threads, with
+    handlers that raise) and return the two errors, commit first."""
+    commit_error, cold_error = RuntimeError("injected commit failure"), OSError("injected cold failure")
+
+    def failing(error: BaseException) -> Any:
+        def handler(_jobs: list[Any]) -> None:
+            raise error
+
+        return handler
+
+    for worker, error in ((runner._commits, commit_error), (runner._cold_writes, cold_error)):
+        worker.handler = failing(error)
+        worker.submit(object())  # type: ignore[arg-type]
+        worker.wait_idle()
+        assert worker.failure is error
+    return commit_error, cold_error
+
+
+def logged_errors(caplog: pytest.LogCaptureFixture) -> list[BaseException | None]:
+    return [r.exc_info[1] if r.exc_info else None for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_a_commit_failure_behind_a_cold_failure_is_logged_not_dropped(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The cold store's failure is the one raised (the runner restarts); the commit thread's, which the
+    # restart also resolves, must still reach the log.
+    runner = build_runner(settings, instance="two-failures")
+    commit_error, cold_error = fail_both_threads(runner)
+    with caplog.at_level(logging.ERROR, logger="tradepulse.bus.runner"), pytest.raises(OSError) as raised:
+        runner._recover()
+    assert raised.value is cold_error
+    assert commit_error in logged_errors(caplog)
+    assert runner._commits.failure is None and runner._cold_writes.failure is None
+    runner._shutdown(clean=False)
+
+
+def test_a_thread_failure_left_at_shutdown_is_logged(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The runner stops for another reason while both threads hold a failure it never raised: each is
+    # logged, and neither is left behind for the revoke callback to raise in place of the first.
+    runner = build_runner(settings, instance="left-at-shutdown")
+    commit_error, cold_error = fail_both_threads(runner)
+    with caplog.at_level(logging.ERROR, logger="tradepulse.bus.runner"):
+        runner._shutdown(clean=False)
+    assert {id(e) for e in logged_errors(caplog)} >= {id(commit_error), id(cold_error)}
+    assert runner._commits.failure is None and runner._cold_writes.failure is None
