@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +24,7 @@ from tests.core.zscore_fixed_point import bucket_value, quantised
 from tradepulse.core.columns import QuoteColumns, TradeColumns
 from tradepulse.core.conditions import ConditionRules
 from tradepulse.core.features import FEATURE_COLUMNS, FeatureConfig, FeatureEngine, vector_dict
+from tradepulse.core.trade_state import TradeState
 from tradepulse.models import FeatureVector
 
 CFG = FeatureConfig()
@@ -649,6 +650,50 @@ def test_state_is_bounded(stream: list[Event]) -> None:
     # ~5 trades/s and ~2 quotes/s over 3 tickers: the 301 s horizon holds well under 3,000 rows,
     # while the stream has several times that.
     assert peak < 3000 < len(stream)
+
+
+def test_the_bucket_table_is_sized_by_its_buckets() -> None:
+    # 2 tickers, ~100 trades per second each for 400 s: one z-score bucket (a second) holds ~100 trades,
+    # so a bucket table sized like the rows would be ~99 % empty slots (it once was: 64 of the ~250
+    # bytes per row, docs/benchmarks.md).
+    rng = np.random.default_rng(3)
+    engine = FeatureEngine()
+    t0 = 1_700_000_000_000
+    for second in range(400):
+        n = 200
+        ts = np.sort(t0 + second * 1000 + rng.integers(0, 1000, n))
+        ticker = np.where(rng.random(n) < 0.5, "AAA", "BBB").astype(object)
+        seq = np.arange(second * n, (second + 1) * n)
+        engine.process(
+            TradeColumns(
+                ticker, 10 + rng.random(n), np.full(n, 100.0), ts, seq, seq.astype(str).astype(object)
+            ),
+            QuoteColumns.empty(),
+        )
+    state = engine._trades
+    assert len(state.key) > 60_000  # the rows of the 5-minute windows (and the slack of their regions)
+    assert len(state.b_key) * 20 < len(state.key)
+
+
+def test_a_bucket_table_relaid_out_alone_changes_no_vector(
+    stream: list[Event], whole_reference: list[dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The bucket table is re-laid out on its own when only its regions are full (the rows' float sums
+    # keep their base). Count both kinds of re-layout on a split that has bucket-only ones.
+    layouts: Counter[str] = Counter()
+    for name in ("_alloc_rows", "_alloc_buckets"):
+        original = getattr(TradeState, name)
+
+        def counting(self: TradeState, *args: np.ndarray, _name: str = name, _original=original) -> None:
+            layouts[_name] += 1
+            _original(self, *args)
+
+        monkeypatch.setattr(TradeState, name, counting)
+    batches = split(stream, random_sizes(2, 400, hi=60))
+    got = run_engine(batches)
+    assert layouts["_alloc_buckets"] > layouts["_alloc_rows"] > 1
+    compare(got, reference(batches))
+    compare(got, whole_reference, same_split=False)
 
 
 def test_long_stream_prefix_sums_do_not_drift() -> None:

@@ -71,10 +71,11 @@ def window_features(
 
     def window(ms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         start = st.first_after(code, ts - ms)  # <= rows: a window holds its own trade
+        ps_start, p_start = st.price_terms(start)
         return (
-            (st.t_ps[rows] - (st.t_ps[start] - st.v_ps[start])).astype(np.float64) - c.ps,
+            (st.t_ps[rows] - (st.t_ps[start] - ps_start)).astype(np.float64) - c.ps,
             (st.t_size[rows] - (st.t_size[start] - st.size[start])).astype(np.float64) - c.size,
-            (st.t_p[rows] - (st.t_p[start] - st.v_p[start])).astype(np.float64) - c.price,
+            (st.t_p[rows] - (st.t_p[start] - p_start)).astype(np.float64) - c.price,
             st.window_count(st.vol_ok, st.t_vol_ok, start, rows) - c.count,
             st.window_count(st.price_ok, st.t_price_ok, start, rows) - c.count_price,
         )

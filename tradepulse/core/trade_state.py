@@ -111,9 +111,12 @@ class TradeState:
     re-laid out: dead rows dropped, prefix sums re-based at zero and prices re-centred, so the sums
     never span more than ~2 regions' worth of rows. A batch only rewrites each code's suffix from
     its earliest trade (bounded by the late grace) and the buckets from that trade's bucket on.
-    The z-score bucket table (one slot per (code, bucket) with a trade) shares the region layout:
-    a bucket always has a row, so it never needs more slots than the rows. The z-score's sums are
-    fixed-point int64 (`quantise_size`, `bucket_value`), exact whatever the batches and re-layouts.
+    The z-score bucket table (one slot per (code, bucket) with a trade) has a gapped layout of its
+    own, regions [breg0[c], breg0[c] + bcap[c]) sized by the code's live buckets: a bucket (one
+    ticker-second) holds many trades, so sizing it like the rows would waste most of its slots. A
+    batch adds at most one bucket per trade, so room for the batch's trades in both layouts is room
+    enough. The z-score's sums are fixed-point int64 (`quantise_size`, `bucket_value`), exact
+    whatever the batches and re-layouts.
     """
 
     def __init__(self, config: FeatureConfig) -> None:
@@ -124,21 +127,26 @@ class TradeState:
         self.reg0 = np.empty(0, dtype=np.int64)
         self.cap = np.empty(0, dtype=np.int64)
         self.tail = np.empty(0, dtype=np.int64)
+        self.breg0 = np.empty(0, dtype=np.int64)
+        self.bcap = np.empty(0, dtype=np.int64)
         self.btail = np.empty(0, dtype=np.int64)
         self.centre = np.empty(0, dtype=np.float64)  # per code: prices are summed as price − centre
-        self._alloc(0, np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
+        none = np.empty(0, dtype=np.int64)
+        self._alloc_rows(none, none)
+        self._alloc_buckets(none, none)
 
-    def _alloc(self, n: int, codes: np.ndarray, caps: np.ndarray) -> None:
+    def _alloc_rows(self, codes: np.ndarray, caps: np.ndarray) -> None:
+        """Fresh row arrays with `caps[i]` slots for `codes[i]`."""
         owner = np.repeat(codes, caps)
+        n = len(owner)
         self.code = owner.copy()
         self.key = owner * K + (K - 1)
         self.ts = np.full(n, np.iinfo(np.int64).max // 2, dtype=np.int64)
         self.price = np.zeros(n)
         self.size = np.zeros(n)
         self.late = np.zeros(n, dtype=np.int64)
-        self.v_ps = np.zeros(n)  # (price − centre) · size
-        self.v_p = np.zeros(n)  # price − centre
-        self.t_ps = np.zeros(n, dtype=ACC)  # inclusive prefix sums of the three, per code
+        # Inclusive prefix sums, per code, of the `price_terms` and the effective size.
+        self.t_ps = np.zeros(n, dtype=ACC)
         self.t_size = np.zeros(n, dtype=ACC)
         self.t_p = np.zeros(n, dtype=ACC)
         # The z-score path, in fixed point (exact): sizes, capped sizes (see the volume_zscore
@@ -147,19 +155,24 @@ class TradeState:
         self.t_qsize = np.zeros(n, dtype=np.int64)
         self.csize = np.zeros(n, dtype=np.int64)
         self.t_csize = np.zeros(n, dtype=np.int64)
-        self.b_key = owner * K + (K - 1)
-        self.b_id = np.zeros(n, dtype=np.int64)
-        self.b_cap = np.zeros(n, dtype=np.int64)  # Σ capped size of the bucket
-        self.b_val = np.zeros(n, dtype=np.int64)  # its z-score value x = bucket_value(b_cap)
-        self.b_t1 = np.zeros(n, dtype=np.int64)  # inclusive prefix sums of bucket values
-        self.b_t2 = np.zeros((3, n), dtype=np.int64)  # and of their squares' limbs (`square_limbs`)
         # Trade-condition eligibility (`tradepulse.core.conditions`). `size` above is the effective
         # size: 0 for a trade that does not count toward volume.
-        self.vol_ok = np.zeros(n)  # 1.0: counts toward volume, VWAP and the trade count
-        self.price_ok = np.zeros(n)  # 1.0: may set the last price
+        self.vol_ok = np.zeros(n, dtype=bool)  # counts toward volume, VWAP and the trade count
+        self.price_ok = np.zeros(n, dtype=bool)  # may set the last price
         self.t_vol_ok = np.zeros(n, dtype=np.int64)  # inclusive prefix counts of the two, per code
         self.t_price_ok = np.zeros(n, dtype=np.int64)
         self.last_ok = np.full(n, -1, dtype=np.int64)  # latest price-eligible row <= this one (-1: none)
+
+    def _alloc_buckets(self, codes: np.ndarray, bcaps: np.ndarray) -> None:
+        """Fresh z-score bucket arrays with `bcaps[i]` slots for `codes[i]`."""
+        bowner = np.repeat(codes, bcaps)
+        nb = len(bowner)
+        self.b_key = bowner * K + (K - 1)
+        self.b_id = np.zeros(nb, dtype=np.int64)
+        self.b_cap = np.zeros(nb, dtype=np.int64)  # Σ capped size of the bucket
+        self.b_val = np.zeros(nb, dtype=np.int64)  # its z-score value x = bucket_value(b_cap)
+        self.b_t1 = np.zeros(nb, dtype=np.int64)  # inclusive prefix sums of bucket values
+        self.b_t2 = np.zeros((3, nb), dtype=np.int64)  # and of their squares' limbs (`square_limbs`)
 
     def bucket_value(self, capped_volume: np.ndarray) -> np.ndarray:
         """A bucket's z-score value x from its fixed-point capped volume, itself fixed point:
@@ -193,9 +206,14 @@ class TradeState:
 
     # --- updates ------------------------------------------------------------------------------
     def reserve(self, ncodes: int, codes: np.ndarray, need: np.ndarray, cutoff: np.ndarray) -> None:
-        """Room for `need` more rows of each of `codes`; re-lays out (dropping rows with
-        ts <= cutoff[code]) when a region is full or codes are new."""
-        if ncodes == len(self.tail) and (self.tail[codes] + need <= self.reg0[codes] + self.cap[codes]).all():
+        """Room for `need` more rows, and buckets, of each of `codes`. When a row region is full or
+        codes are new, re-lays out the rows and the buckets (dropping rows with ts <= cutoff[code], and
+        the buckets before the first row left); when only a bucket region is full, the buckets alone:
+        the rows' float prefix sums, whose rounding depends on where they were re-based, are re-laid
+        out exactly when they were before buckets had regions of their own."""
+        same_codes = ncodes == len(self.tail)
+        rows_fit = same_codes and bool((self.tail[codes] + need <= self.reg0[codes] + self.cap[codes]).all())
+        if rows_fit and (self.btail[codes] + need <= self.breg0[codes] + self.bcap[codes]).all():
             return
         if ncodes >= 2**62 // int(K):
             raise InvalidArgument("too many tickers for the composite key")
@@ -203,55 +221,70 @@ class TradeState:
         grow = ncodes - old
         end = np.int64(len(self.key))
         tail = np.r_[self.tail, np.full(grow, end)]
-        btail = np.r_[self.btail, np.full(grow, end)]
-        self.centre = np.r_[self.centre, np.zeros(grow)]
         all_codes = np.arange(ncodes, dtype=np.int64)
         first = np.minimum(self.first_after(all_codes, cutoff), tail)
         first[old:] = end
         live = tail - first
         has = live > 0
-        bfirst = btail.copy()
-        bfirst[has] = self.bucket_slot(all_codes[has], self.ts[first[has]] // self.bucket_ms)
         want = np.zeros(ncodes, dtype=np.int64)
         want[codes] = need
+        self._relayout_buckets(all_codes, has, first, want)
+        if rows_fit:
+            return
+        self.centre = np.r_[self.centre, np.zeros(grow)]
         cap = np.maximum(MIN_CAP, 2 * (live + want))
         new0 = np.r_[0, np.cumsum(cap)[:-1]].astype(np.int64)
         src, grp = ranges(first, tail)
-        bsrc, bgrp = ranges(bfirst, btail)
         keep = (
             self.key[src], self.ts[src], self.price[src], self.size[src], self.late[src], self.csize[src],
             self.qsize[src], self.vol_ok[src], self.price_ok[src],
-            self.b_key[bsrc], self.b_id[bsrc], self.b_cap[bsrc], self.b_val[bsrc],
         )  # fmt: skip
         self.centre[has] = self.price[first[has]]
-        self._alloc(int(cap.sum()), all_codes, cap)
+        self._alloc_rows(all_codes, cap)
         dst = new0[grp] + (src - first[grp])
-        bdst = new0[bgrp] + (bsrc - bfirst[bgrp])
         row_arrays = (
             self.key, self.ts, self.price, self.size, self.late, self.csize, self.qsize, self.vol_ok, self.price_ok,
         )  # fmt: skip
-        for array, values in zip(row_arrays, keep[:9], strict=True):
+        for array, values in zip(row_arrays, keep, strict=True):
             array[dst] = values
-        for array, values in zip((self.b_key, self.b_id, self.b_cap, self.b_val), keep[9:], strict=True):
-            array[bdst] = values
         self.reg0, self.cap = new0, cap
         self.tail = new0 + live
-        self.btail = new0 + (btail - bfirst)
         self._resum(dst, grp)
-        self._resum_buckets(bdst, bgrp)
+
+    def _relayout_buckets(
+        self, codes: np.ndarray, has: np.ndarray, first: np.ndarray, want: np.ndarray
+    ) -> None:
+        """New bucket regions for `codes` (all of them, in order), keeping each code's buckets from
+        that of its first live row (`first`, where `has`) on, with room for `want` more. Their sums
+        are exact integers: re-basing them changes no value."""
+        bend = np.int64(len(self.b_key))
+        btail = np.r_[self.btail, np.full(len(codes) - len(self.btail), bend)]
+        bfirst = btail.copy()
+        bfirst[has] = self.bucket_slot(codes[has], self.ts[first[has]] // self.bucket_ms)
+        blive = btail - bfirst
+        bcap = np.maximum(MIN_CAP, 2 * (blive + want))
+        bnew0 = np.r_[0, np.cumsum(bcap)[:-1]].astype(np.int64)
+        bsrc, bgrp = ranges(bfirst, btail)
+        bucket_arrays = ("b_key", "b_id", "b_cap", "b_val")
+        keep = [getattr(self, name)[bsrc] for name in bucket_arrays]
+        self._alloc_buckets(codes, bcap)
+        bdst = bnew0[bgrp] + (bsrc - bfirst[bgrp])
+        for name, values in zip(bucket_arrays, keep, strict=True):
+            getattr(self, name)[bdst] = values
+        self.breg0, self.bcap = bnew0, bcap
+        self.btail = bnew0 + blive
+        self._resum_buckets(bdst, codes[bgrp])
 
     def _resum(self, rows: np.ndarray, grp: np.ndarray, capped: bool = True) -> None:
         """Recompute the prefix sums at `rows` (ascending runs, one per `grp`, each continuing from the
         row just before it when that row is in the same region)."""
         if len(rows) == 0:
             return
-        centred = self.price[rows] - self.centre[self.code[rows]]
-        self.v_p[rows] = centred * self.price_ok[rows]  # the rolling average is over eligible prices
-        self.v_ps[rows] = centred * self.size[rows]
-        pairs: list[tuple[np.ndarray, np.ndarray]] = [(self.v_ps, self.t_ps), (self.size, self.t_size)]
-        pairs += [(self.v_p, self.t_p), (self.qsize, self.t_qsize)]
+        ps, p = self.price_terms(rows)
+        pairs: list[tuple[np.ndarray, np.ndarray]] = [(ps, self.t_ps), (self.size[rows], self.t_size)]
+        pairs += [(p, self.t_p), (self.qsize[rows], self.t_qsize)]
         if capped:
-            pairs.append((self.csize, self.t_csize))
+            pairs.append((self.csize[rows], self.t_csize))
         self._prefix(rows, grp, tuple(pairs))
         self._eligibility_sums(rows, grp)
 
@@ -294,22 +327,33 @@ class TradeState:
         """Σ of a 0/1 flag (`values`, int64 prefix counts `through`) over rows [start, end]: exact."""
         return through[end] - through[start] + values[start].astype(np.int64)
 
+    def price_terms(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """What `t_ps` and `t_p` sum at `rows`: (price − centre) · size and, over the price-eligible
+        trades only (the rolling average), price − centre. Computed, not stored: the same float64
+        operations on the same values give the same bits the sums were built from."""
+        centred = self.price[rows] - self.centre[self.code[rows]]
+        return centred * self.size[rows], centred * self.price_ok[rows]
+
     def _prefix(
         self, rows: np.ndarray, grp: np.ndarray, pairs: tuple[tuple[np.ndarray, np.ndarray], ...]
     ) -> None:
+        """Recompute each `through` prefix sum at `rows` (ascending runs per `grp`) from its `values`
+        at those rows, each run continuing from the row just before it when that is in the region."""
         starts = group_starts(grp)
         prev = rows[starts] - 1
         cont = prev >= self.reg0[self.code[rows[starts]]]
         for values, through in pairs:
             base = np.where(cont, through[np.maximum(prev, 0)], through.dtype.type(0))
-            through[rows] = seg_cumsum(values[rows], starts, base, through.dtype.type)
+            through[rows] = seg_cumsum(values, starts, base, through.dtype.type)
 
-    def _resum_buckets(self, slots: np.ndarray, grp: np.ndarray) -> None:
+    def _resum_buckets(self, slots: np.ndarray, codes: np.ndarray) -> None:
+        """Recompute the bucket prefix sums at `slots` (ascending runs, one per code; `codes[i]` is the
+        code of slot i), each run continuing from the slot before it when that is in the code's region."""
         if len(slots) == 0:
             return
-        starts = group_starts(grp)
+        starts = group_starts(codes)
         prev = slots[starts] - 1
-        cont = prev >= self.reg0[self.code[slots[starts]]]
+        cont = prev >= self.breg0[codes[starts]]
         val = self.b_val[slots]
         limbs = square_limbs(val)
         for values, through in ((val, self.b_t1), *zip(limbs, self.b_t2, strict=True)):
@@ -378,7 +422,7 @@ class TradeState:
             cap = np.floor(self.cap_multiple * total.astype(np.float64) / n[has])
             capped[has] = np.minimum(qsize[has], cap).astype(np.int64)
             self.csize[rows] = capped
-            self._prefix(dest, grp, ((self.csize, self.t_csize),))
+            self._prefix(dest, grp, ((self.csize[dest], self.t_csize),))
 
         # Buckets from the batch's earliest bucket of each code on, recomputed from the rows.
         bucket_ms = self.bucket_ms
@@ -395,5 +439,5 @@ class TradeState:
         self.b_cap[slots] = np.add.reduceat(self.csize[ridx], bstart) if len(ridx) else 0
         self.b_val[slots] = self.bucket_value(self.b_cap[slots])
         self.btail[ucode] = slot0 + nb
-        self._resum_buckets(slots, bgrp)
+        self._resum_buckets(slots, ucode[bgrp])
         return rows

@@ -1,0 +1,77 @@
+"""Memory of the feature core's trade state: the core alone (one process) fed the simulated market in
+batches, then the bytes of each `TradeState` array, the process RSS and a digest of every per-trade
+feature vector (equal digests: two builds computed the same bits).
+
+    .venv/bin/python scripts/bench_state_memory.py [--rate 15000] [--tickers 200] [--seconds 330] [--batch 5000]
+
+The defaults are the issue-19 load once the 5-minute windows are full (docs/benchmarks.md, "Memory").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import click
+import numpy as np
+import psutil
+from bench_core import _columns
+
+from tradepulse.core.features import FeatureEngine
+from tradepulse.sources.simulator.market import MarketConfig, MarketModel, make_tickers
+
+
+@click.command(help=__doc__)
+@click.option(
+    "--rate", type=float, default=15000.0, show_default=True, help="simulated events/s (trades + quotes)"
+)
+@click.option("--tickers", type=int, default=200, show_default=True)
+@click.option("--seconds", type=float, default=330.0, show_default=True, help="market time fed")
+@click.option("--batch", type=int, default=5000, show_default=True, help="events per batch")
+@click.option("--seed", type=int, default=7, show_default=True)
+def main(rate: float, tickers: int, seconds: float, batch: int, seed: int) -> None:
+    model = MarketModel(
+        MarketConfig(seed=seed, rate=rate, start_ms=1_767_000_000_000, tickers=make_tickers(tickers))
+    )
+    names = np.asarray(model.symbols, dtype=object)
+    engine = FeatureEngine()
+    digest = hashlib.sha256()
+    core_s, batches, pending, count = 0.0, 0, [], 0
+
+    def feed() -> None:
+        nonlocal core_s, batches
+        trades, quotes = _columns(pending, names)
+        started = time.perf_counter()
+        out = engine.process(trades, quotes)
+        core_s += time.perf_counter() - started
+        batches += 1
+        for name in sorted(out.per_trade):
+            values = np.asarray(out.per_trade[name])
+            digest.update(name.encode())
+            digest.update(repr(values.tolist()).encode() if values.dtype == object else values.tobytes())
+
+    for block in model.generate(seconds):
+        pending.append(block)
+        count += len(block)
+        if count >= batch:
+            feed()
+            pending, count = [], 0
+    state = engine._trades
+    arrays = {name: value for name, value in vars(state).items() if isinstance(value, np.ndarray)}
+    total = sum(value.nbytes for value in arrays.values())
+    live = int((state.tail - state.reg0).sum())
+    print(
+        f"{batches} batches of ~{batch:,} events, {seconds:.0f} s of market time; core {core_s:.1f} s\n"
+        f"trade state: {total / 2**20:,.0f} MiB = {total / max(len(state.key), 1):.0f} bytes per row slot; "
+        f"{len(state.key):,} row slots for {live:,} rows, {len(state.b_key):,} bucket slots\n"
+        "largest arrays (MiB): "
+        + ", ".join(
+            f"{n} {v.nbytes / 2**20:.0f}" for n, v in sorted(arrays.items(), key=lambda kv: -kv[1].nbytes)[:8]
+        )
+        + f"\nprocess RSS {psutil.Process().memory_info().rss / 2**20:,.0f} MiB\n"
+        f"feature digest {digest.hexdigest()[:16]}"
+    )
+
+
+if __name__ == "__main__":
+    main()
