@@ -208,9 +208,9 @@ class TradeState:
     def reserve(self, ncodes: int, codes: np.ndarray, need: np.ndarray, cutoff: np.ndarray) -> None:
         """Room for `need` more rows, and buckets, of each of `codes`. When a row region is full or
         codes are new, re-lays out the rows and the buckets (dropping rows with ts <= cutoff[code], and
-        the buckets before the first row left); when only a bucket region is full, the buckets alone:
-        the rows' float prefix sums, whose rounding depends on where they were re-based, are re-laid
-        out exactly when they were before buckets had regions of their own."""
+        the buckets before the first row left); when only a bucket region is full, the buckets alone.
+        The rows' float prefix sums round according to where they were re-based, so they are re-laid
+        out only when the rows need it: no vector depends on the bucket table's layout."""
         same_codes = ncodes == len(self.tail)
         rows_fit = same_codes and bool((self.tail[codes] + need <= self.reg0[codes] + self.cap[codes]).all())
         if rows_fit and (self.btail[codes] + need <= self.breg0[codes] + self.bcap[codes]).all():
