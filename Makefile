@@ -27,7 +27,7 @@ help:
 	@echo "make synth   synthesize the CDK app offline (cdk.out/)"
 	@echo "make lock    re-resolve the dependency lock (requirements.txt, layers/requirements*.txt)"
 	@echo "make bench   full-path market-open benchmark (results/)"
-	@echo "make chaos   the full reliability suite (kill -9 idle and under contention, broker restart, poison, slow sink, replaced task)"
+	@echo "make chaos   the full reliability suite (kill -9 idle and under contention, broker restart, poison, slow sink, transaction aborts and fencing, replaced task)"
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -105,7 +105,7 @@ bench: kafka-jars
 	$(BIN)/tradepulse bench
 
 chaos: kafka-jars
-	$(BIN)/pytest -m "" tests/reliability tests/bus/test_anomaly_replaced_task.py $(PYTEST_ARGS)
+	$(BIN)/pytest -m "" tests/reliability tests/bus/test_runner_transactions.py tests/bus/test_anomaly_replaced_task.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf .pytest_cache .ruff_cache .mypy_cache cdk.out test-artifacts results layers/build build
