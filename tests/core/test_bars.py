@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tradepulse.core.bars import BAR_MS, BarEngine, bar_id
+from tradepulse.core.bars import BAR_MS, BarEngine, OpenTrades, bar_id
 from tradepulse.core.columns import QuoteColumns, TradeColumns
 from tradepulse.core.features import FeatureEngine
 from tradepulse.core.sessions import SessionTable
@@ -163,6 +163,70 @@ def test_bars_are_bit_identical_across_batch_splits() -> None:
         cuts = sorted(rng.choice(np.arange(1, n), size=rng.integers(5, 200), replace=False).tolist())
         assert by_key(run(BarEngine(GRACE), t, cuts)) == whole
     assert by_key(run(BarEngine(GRACE), t, cuts=list(range(1, n)))) == whole  # one trade per batch
+
+
+def test_each_bar_is_emitted_by_the_batch_whose_watermark_closes_it() -> None:
+    """One trade per batch: a bar comes out of exactly the batch after which its ticker's watermark −
+    grace first reaches its end (the engine only looks at its open trades when some ticker's earliest
+    open bar is due, so this pins that shortcut to the definition)."""
+    t = make_trades(11, seconds=300)
+    engine = BarEngine(GRACE)
+    expected, _ = reference(t)
+    wm: dict[str, int] = {}
+    due: dict[tuple[str, int], int] = {}  # (ticker, start) -> batch that must emit it
+    emitted: dict[tuple[str, int], int] = {}
+    for i in range(len(t["ts_ms"])):
+        sl = slice(i, i + 1)
+        for bar in engine.process(
+            columns(t, sl),
+            volume_eligible=t["vol"][sl],
+            high_low_eligible=t["hl"][sl],
+            open_close_eligible=t["oc"][sl],
+        ):
+            assert (bar["ticker"], bar["start_ms"]) not in emitted
+            emitted[(bar["ticker"], bar["start_ms"])] = i
+        ticker, p, s = t["ticker"][i], t["price"][i], t["size"][i]
+        if math.isfinite(p) and p > 0 and math.isfinite(s) and s > 0:
+            wm[ticker] = max(wm.get(ticker, int(t["ts_ms"][i])), int(t["ts_ms"][i]))
+        for bar in expected:
+            key = (bar["ticker"], bar["start_ms"])
+            if (
+                key not in due
+                and bar["ticker"] in wm
+                and bar["start_ms"] + BAR_MS <= wm[bar["ticker"]] - GRACE
+            ):
+                due[key] = i
+    assert len(expected) > 10
+    assert emitted == due
+    assert engine.open_trades < len(t["ts_ms"]) // 3  # the closed minutes' trades were let go
+
+
+def test_a_bar_closes_when_the_watermark_minus_grace_reaches_its_end_exactly() -> None:
+    engine = BarEngine(GRACE)
+    minute = T0 // BAR_MS * BAR_MS
+    t = {
+        "ticker": np.array(["AAA"] * 3, dtype=object),
+        "price": np.array([10.0, 10.5, 11.0]),
+        "size": np.array([100.0, 100.0, 100.0]),
+        "ts_ms": np.array([minute + 1000, minute + BAR_MS + GRACE - 1, minute + BAR_MS + GRACE], np.int64),
+    }
+    emitted = [engine.process(columns(t, slice(i, i + 1))) for i in range(3)]
+    assert emitted[0] == emitted[1] == []
+    assert [(b["start_ms"], b["close"]) for b in emitted[2]] == [(minute, 10.0)]
+
+
+def test_open_trades_grow_by_doubling_not_per_batch() -> None:
+    """Appending a batch costs the batch, not a copy of every open trade: the columns are re-allocated
+    a logarithmic number of times, and taking rows out keeps the rest in arrival order."""
+    held = OpenTrades()
+    for i in range(5000):
+        one = np.array([i])
+        held.append(one, one, one, one.astype(float), one.astype(float), *(np.array([True]),) * 3)
+    assert len(held) == 5000
+    assert held.reallocations <= 4  # 1,024 → 10,000 slots
+    rows = held.take(held.ts % 3 == 0)
+    assert rows[1].tolist() == list(range(0, 5000, 3))
+    assert held.ts.tolist() == [i for i in range(5000) if i % 3]
 
 
 def test_restart_replaying_a_lookback_emits_each_bar_once_and_the_same() -> None:

@@ -48,6 +48,7 @@ from tradepulse.ids import stable_id
 
 BAR_MS = 60_000
 NO_TS = np.iinfo(np.int64).min // 2
+OPEN_NONE = np.iinfo(np.int64).max  # no open bar: later than any watermark
 
 
 def bar_id(ticker: str, start_ms: int) -> str:
@@ -67,20 +68,16 @@ class BarEngine:
         self._names: list[str] = []
         self._wm = np.empty(0, dtype=np.int64)
         self._seq = 0  # arrival counter: orders equal timestamps
-        # Accepted trades of the open minutes.
-        self._code = np.empty(0, dtype=np.int64)
-        self._ts = np.empty(0, dtype=np.int64)
-        self._arrival = np.empty(0, dtype=np.int64)
-        self._price = np.empty(0, dtype=np.float64)
-        self._size = np.empty(0, dtype=np.float64)
-        self._vol = np.empty(0, dtype=bool)
-        self._hl = np.empty(0, dtype=bool)
-        self._oc = np.empty(0, dtype=bool)
+        # Accepted trades of the open minutes, in arrival order.
+        self._open = OpenTrades()
+        # Per ticker code: the earliest end of its open bars (OPEN_NONE: none). A batch closes a bar only
+        # when some ticker's watermark − grace reaches it, so most batches look at this, not the trades.
+        self._open_end = np.empty(0, dtype=np.int64)
 
     @property
     def open_trades(self) -> int:
         """Accepted trades held for the bars not closed yet."""
-        return len(self._ts)
+        return len(self._open)
 
     def watermark(self, ticker: str) -> int | None:
         code = self._codes.get(ticker)
@@ -114,7 +111,7 @@ class BarEngine:
         self._seq += n
         accepted = self._accept(codes, ts)
         keep = np.flatnonzero(valid)[accepted]
-        self._append(
+        self._open.append(
             codes[accepted],
             ts[accepted],
             arrival[accepted],
@@ -122,6 +119,7 @@ class BarEngine:
             size[keep],
             *(m[keep] for m in masks),
         )
+        np.minimum.at(self._open_end, codes[accepted], _bar_end(ts[accepted]))
         return self._close()
 
     def flush(self) -> list[dict]:
@@ -146,6 +144,7 @@ class BarEngine:
             mapping[j] = code
         if len(self._names) > len(self._wm):
             self._wm = np.r_[self._wm, np.full(len(self._names) - len(self._wm), NO_TS)]
+            self._open_end = np.r_[self._open_end, np.full(len(self._names) - len(self._open_end), OPEN_NONE)]
         return mapping[local].astype(np.int64)
 
     def _accept(self, codes: np.ndarray, ts: np.ndarray) -> np.ndarray:
@@ -176,26 +175,15 @@ class BarEngine:
         np.maximum.at(self._wm, codes[accepted], ts[accepted])
         return np.asarray(accepted, dtype=bool)
 
-    def _append(self, *columns: np.ndarray) -> None:
-        names = ("_code", "_ts", "_arrival", "_price", "_size", "_vol", "_hl", "_oc")
-        for name, column in zip(names, columns, strict=True):
-            setattr(self, name, np.concatenate([getattr(self, name), column]))
-
     def _close(self) -> list[dict]:
         """Take the trades of the minutes closed by the watermarks out of the state and aggregate them."""
-        if len(self._ts) == 0:
-            return []
-        end = (self._ts // BAR_MS + 1) * BAR_MS
-        closed = end <= self._wm[self._code] - self.late_grace_ms
-        if not closed.any():
-            return []
-        take = np.flatnonzero(closed)
-        rest = np.flatnonzero(~closed)
-        code, ts, arrival = self._code[take], self._ts[take], self._arrival[take]
-        price, size = self._price[take], self._size[take]
-        vol, hl, oc = self._vol[take], self._hl[take], self._oc[take]
-        for name in ("_code", "_ts", "_arrival", "_price", "_size", "_vol", "_hl", "_oc"):
-            setattr(self, name, getattr(self, name)[rest])
+        if not (self._open_end <= self._wm - self.late_grace_ms).any():
+            return []  # no ticker's watermark reached the end of its earliest open bar
+        held = self._open
+        closed = _bar_end(held.ts) <= self._wm[held.code] - self.late_grace_ms
+        code, ts, arrival, price, size, vol, hl, oc = held.take(closed)
+        self._open_end[:] = OPEN_NONE
+        np.minimum.at(self._open_end, held.code, _bar_end(held.ts))
         # Key order (code, ts, arrival): a bar's trades are contiguous, in the order of the tape.
         order = np.lexsort((arrival, ts, code))
         code, ts, price, size = code[order], ts[order], price[order], size[order]
@@ -238,6 +226,66 @@ class BarEngine:
             )
         bars.sort(key=lambda bar: (bar["start_ms"], bar["ticker"]))
         return bars
+
+
+def _bar_end(ts: np.ndarray) -> np.ndarray:
+    """End of the bar (minute) each ts is in."""
+    return (ts // BAR_MS + 1) * BAR_MS
+
+
+class OpenTrades:
+    """The accepted trades of the open bars as columns with spare capacity: a batch is appended in
+    amortised O(batch), not by copying every open trade, and closed trades are compacted out at once."""
+
+    COLUMNS = (
+        ("code", np.int64),
+        ("ts", np.int64),
+        ("arrival", np.int64),
+        ("price", np.float64),
+        ("size", np.float64),
+        ("vol", bool),
+        ("hl", bool),
+        ("oc", bool),
+    )
+
+    def __init__(self) -> None:
+        self._n = 0
+        self._cols = [np.empty(0, dtype=dtype) for _, dtype in self.COLUMNS]
+        self.reallocations = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def code(self) -> np.ndarray:
+        return self._cols[0][: self._n]
+
+    @property
+    def ts(self) -> np.ndarray:
+        return self._cols[1][: self._n]
+
+    def append(self, *columns: np.ndarray) -> None:
+        """Add rows (one array per column, in `COLUMNS` order)."""
+        n, add = self._n, len(columns[0])
+        if n + add > len(self._cols[0]):
+            capacity = max(2 * (n + add), 1024)
+            grown = [np.empty(capacity, dtype=dtype) for _, dtype in self.COLUMNS]
+            for new, old in zip(grown, self._cols, strict=True):
+                new[:n] = old[:n]
+            self._cols = grown
+            self.reallocations += 1
+        for col, values in zip(self._cols, columns, strict=True):
+            col[n : n + add] = values
+        self._n = n + add
+
+    def take(self, mask: np.ndarray) -> list[np.ndarray]:
+        """Remove the rows where `mask` is true; returns them (one array per column, arrival order)."""
+        taken = [col[: self._n][mask] for col in self._cols]
+        rest = np.flatnonzero(~mask)
+        for col in self._cols:
+            col[: len(rest)] = col[rest]
+        self._n = len(rest)
+        return taken
 
 
 def _first_last(

@@ -68,9 +68,23 @@ def window_features(
     """Feature columns of the vectors ending at state `rows` (minus the corrections, if any), and
     `price`: the last price (the trade's own `price` when no price-eligible trade is in reach)."""
     c = corr or Corrections.zeros(st.last_ok[rows])
+    # By default the 1-minute VWAP, the trade frequency and the momentum reference share one window
+    # start: each distinct length is searched (and its sums gathered) once per batch.
+    starts: dict[int, np.ndarray] = {}
+    sums: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def first_after(ms: int) -> np.ndarray:
+        """Per vector, the first state row of its ticker with ts > t − ms."""
+        if ms not in starts:
+            starts[ms] = st.first_after(code, ts - ms)
+        return starts[ms]
 
     def window(ms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        start = st.first_after(code, ts - ms)  # <= rows: a window holds its own trade
+        if ms not in sums:
+            sums[ms] = window_sums(first_after(ms))  # start <= rows: a window holds its own trade
+        return sums[ms]
+
+    def window_sums(start: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         ps_start, p_start = st.price_terms(start)
         return (
             (st.t_ps[rows] - (st.t_ps[start] - ps_start)).astype(np.float64) - c.ps,
@@ -100,7 +114,7 @@ def window_features(
 
     # Momentum: the last price-eligible row with ts <= t − M (all rows up to t − M arrived before the
     # trade: see docstring).
-    ref = st.first_after(code, ts - cfg.momentum_ms) - 1
+    ref = first_after(cfg.momentum_ms) - 1
     ref_ok = ref >= 0
     ref_c = np.where(ref_ok, ref, 0)
     ref_ok &= st.code[ref_c] == code

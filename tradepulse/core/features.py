@@ -154,7 +154,7 @@ class FeatureOutput:
 
     def vectors(self) -> list[dict]:
         """Every per-trade row as a FeatureVector dict (processing order)."""
-        return [vector_dict(self.per_trade, i) for i in range(len(self.per_trade["ts_ms"]))]
+        return vector_dicts(self.per_trade, np.arange(len(self.per_trade["ts_ms"])))
 
 
 _PER_TRADE_KEYS = (
@@ -182,35 +182,57 @@ def _empty_per_trade() -> dict[str, np.ndarray]:
     return out
 
 
-def _finite_or_none(value: float) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
+_VECTOR_NUMBERS = (
+    "price",
+    "volume",
+    "vwap_1min",
+    "vwap_5min",
+    "rolling_avg_5min",
+    "volume_zscore",
+    "price_momentum",
+    "vwap_deviation_bps",
+)
+_VECTOR_INTS = ("trade_frequency", "window_start_ms", "window_end_ms", "late_events")
+_VECTOR_KEYS = (  # a FeatureVector dict's keys, in its order
+    "ticker",
+    "ts_ms",
+    "price",
+    "volume",
+    "vwap_1min",
+    "vwap_5min",
+    "rolling_avg_5min",
+    "volume_zscore",
+    "price_momentum",
+    "trade_frequency",
+    "vwap_deviation_bps",
+    "bid_ask_spread",
+    "window_start_ms",
+    "window_end_ms",
+    "late_events",
+)
+
+
+def vector_dicts(cols: dict[str, np.ndarray], rows: np.ndarray) -> list[dict]:
+    """Rows `rows` of per-trade (or snapshot) columns as `tradepulse.models.FeatureVector` dicts: non-finite
+    numbers are 0.0, a non-finite spread None. Converted a column at a time (a batch emits hundreds)."""
+    values: dict[str, list] = {
+        "ticker": [str(t) for t in cols["ticker"][rows].tolist()],
+        "ts_ms": cols["ts_ms"][rows].astype(np.int64).tolist(),
+    }
+    for key in _VECTOR_NUMBERS:
+        column = np.asarray(cols[key][rows], dtype=np.float64)
+        values[key] = np.where(np.isfinite(column), column, 0.0).tolist()
+    for key in _VECTOR_INTS:
+        values[key] = cols[key][rows].astype(np.int64).tolist()
+    spread = np.asarray(cols["bid_ask_spread"][rows], dtype=np.float64)
+    values["bid_ask_spread"] = [v if math.isfinite(v) else None for v in spread.tolist()]
+    columns = [values[key] for key in _VECTOR_KEYS]
+    return [dict(zip(_VECTOR_KEYS, row, strict=True)) for row in zip(*columns, strict=True)]
 
 
 def vector_dict(cols: dict[str, np.ndarray], i: int) -> dict:
     """Row `i` of per-trade (or snapshot) columns as a `tradepulse.models.FeatureVector` dict."""
-
-    def num(key: str) -> float:
-        value = float(cols[key][i])
-        return value if math.isfinite(value) else 0.0
-
-    return {
-        "ticker": str(cols["ticker"][i]),
-        "ts_ms": int(cols["ts_ms"][i]),
-        "price": num("price"),
-        "volume": num("volume"),
-        "vwap_1min": num("vwap_1min"),
-        "vwap_5min": num("vwap_5min"),
-        "rolling_avg_5min": num("rolling_avg_5min"),
-        "volume_zscore": num("volume_zscore"),
-        "price_momentum": num("price_momentum"),
-        "trade_frequency": int(cols["trade_frequency"][i]),
-        "vwap_deviation_bps": num("vwap_deviation_bps"),
-        "bid_ask_spread": _finite_or_none(cols["bid_ask_spread"][i]),
-        "window_start_ms": int(cols["window_start_ms"][i]),
-        "window_end_ms": int(cols["window_end_ms"][i]),
-        "late_events": int(cols["late_events"][i]),
-    }
+    return vector_dicts(cols, np.array([i]))[0]
 
 
 class FeatureEngine:
@@ -455,6 +477,8 @@ class FeatureEngine:
         revision numbers, by (ts, ticker)."""
         cfg, state = self.config, self._trades
         cols: dict[str, np.ndarray] = {}
+        starts: list[int] = []
+        revisions: list[int] = []
         if len(rows):
             s_code, s_ts = state.code[rows], state.ts[rows]
             cols = window_features(cfg, state, rows, s_code, s_ts, state.price[rows], None)
@@ -466,10 +490,9 @@ class FeatureEngine:
             cols["window_end_ms"] = s_ts
             starts = (s_ts // cfg.snapshot_ms * cfg.snapshot_ms).tolist()
             revisions = revision_numbers(cfg, state, rows, final).tolist()
-        vectors = [
-            vector_dict(cols, i) | {"snapshot_start_ms": starts[i], "revision": revisions[i], "final": final}
-            for i in range(len(rows))
-        ]
+        vectors = vector_dicts(cols, np.arange(len(rows))) if len(rows) else []
+        for vector, start, revision in zip(vectors, starts, revisions, strict=True):
+            vector |= {"snapshot_start_ms": start, "revision": revision, "final": final}
         vectors.sort(key=lambda v: (v["ts_ms"], v["ticker"]))
         return vectors
 
@@ -498,7 +521,8 @@ class FeatureEngine:
         last_in_code = key_order[np.r_[b.code[key_order][1:] != b.code[key_order][:-1], True]]
         row_of = np.empty(len(b.arrival), dtype=np.int64)
         row_of[out_order] = np.arange(len(b.arrival))
-        latest = {str(names[b.code[k]]): vector_dict(per_trade, int(row_of[k])) for k in last_in_code}
+        vectors = vector_dicts(per_trade, row_of[last_in_code])
+        latest = {vector["ticker"]: vector for vector in vectors}
         return per_trade, latest
 
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from tradepulse.core.columns import TradeColumns
 from tradepulse.models import OUTLIER_REASONS
@@ -145,8 +146,9 @@ def flag_outliers(
     if n == 0:
         return OutlierResult(np.zeros(0, bool), np.empty(0, object), reference, reference.copy())
     keep = config.reference_trades
-    names, codes = np.unique(ticker.astype(str), return_inverse=True)
-    codes = codes.reshape(-1)
+    # A hash factorisation (first-seen order), not np.unique's sort of the strings: each ticker's
+    # segment is computed on its own, so the order of the tickers does not matter.
+    codes, names = pd.factorize(np.asarray(ticker, dtype=object), use_na_sentinel=False)
     order = np.argsort(codes, kind="stable")  # grouped by ticker, stream order within each
     counts = np.bincount(codes, minlength=len(names))
     # Per ticker: its history, then its trades of this batch, one contiguous segment each.
