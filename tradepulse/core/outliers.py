@@ -31,13 +31,14 @@ Pure numpy: no I/O, no clocks, no randomness.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from tradepulse.core.columns import TradeColumns
+from tradepulse.errors import InvalidArgument
 from tradepulse.models import OUTLIER_REASONS
 
 
@@ -103,13 +104,39 @@ def band_half_width(reference: np.ndarray, bands: tuple[Band, ...], multiplier: 
     return width * multiplier
 
 
-@dataclass
 class ReferenceHistory:
-    """Per ticker, its last `reference_trades` trades (stream order): event times, prices, eligibility."""
+    """Per ticker, its last `reference_trades` trades (stream order): event times, prices, eligibility.
+    One row per ticker in `keep`-wide arrays, right-aligned: the last `count[row]` entries are its trades
+    (so a batch reads and writes every ticker's history with a few array operations, not a loop)."""
 
-    ts_ms: dict[str, np.ndarray] = field(default_factory=dict)
-    price: dict[str, np.ndarray] = field(default_factory=dict)
-    eligible: dict[str, np.ndarray] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self.rows: dict[str, int] = {}
+        self.ts_ms = np.zeros((0, 0), dtype=np.int64)
+        self.price = np.zeros((0, 0), dtype=np.float64)
+        self.eligible = np.zeros((0, 0), dtype=bool)
+        self.count = np.zeros(0, dtype=np.int64)
+
+    def rows_of(self, names: list[Any], keep: int) -> np.ndarray:
+        """The rows of `names` (new tickers get empty ones); the width is `keep` from the first call."""
+        if self.price.shape[1] != keep:
+            if self.rows:
+                raise InvalidArgument("reference_trades changed for an existing history")
+            self.ts_ms, self.price, self.eligible = (np.zeros((0, keep), dtype=a.dtype) for a in self._arrays)
+        rows = np.fromiter(
+            (self.rows.setdefault(name, len(self.rows)) for name in names), np.int64, len(names)
+        )
+        grow = len(self.rows) - len(self.count)
+        if grow > 0:
+            grow = max(grow, len(self.count) // 2)  # amortised: new tickers arrive a few per batch
+            self.ts_ms, self.price, self.eligible = (
+                np.concatenate([a, np.zeros((grow, keep), dtype=a.dtype)]) for a in self._arrays
+            )
+            self.count = np.concatenate([self.count, np.zeros(grow, dtype=np.int64)])
+        return rows
+
+    @property
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.ts_ms, self.price, self.eligible
 
 
 @dataclass
@@ -146,33 +173,32 @@ def flag_outliers(
     if n == 0:
         return OutlierResult(np.zeros(0, bool), np.empty(0, object), reference, reference.copy())
     keep = config.reference_trades
-    # A hash factorisation (first-seen order), not np.unique's sort of the strings: each ticker's
-    # segment is computed on its own, so the order of the tickers does not matter.
-    codes, names = pd.factorize(np.asarray(ticker, dtype=object), use_na_sentinel=False)
-    order = np.argsort(codes, kind="stable")  # grouped by ticker, stream order within each
-    counts = np.bincount(codes, minlength=len(names))
-    # Per ticker: its history, then its trades of this batch, one contiguous segment each.
-    parts_p, parts_t, parts_e, seg_start, hist_len = [], [], [], [], []
-    batch_pos = np.empty(n, dtype=np.int64)  # position of each (grouped) batch trade in the concatenation
-    at = 0
-    offset = 0
-    for g, name in enumerate(names.tolist()):
-        hp = history.price.get(name, np.empty(0))
-        ht = history.ts_ms.get(name, np.empty(0, np.int64))
-        he = history.eligible.get(name, np.empty(0, bool))
-        rows = order[offset : offset + counts[g]]
-        parts_p += [hp, price[rows]]
-        parts_t += [ht, ts_ms[rows]]
-        parts_e += [he, elig[rows]]
-        seg_start.append(at)
-        hist_len.append(len(hp))
-        batch_pos[offset : offset + counts[g]] = at + len(hp) + np.arange(counts[g])
-        at += len(hp) + counts[g]
-        offset += counts[g]
-    all_p = np.concatenate(parts_p)
-    all_t = np.concatenate(parts_t)
-    all_e = np.concatenate(parts_e)
-    starts = np.repeat(np.asarray(seg_start, dtype=np.int64), counts)
+    # A hash factorisation (first-seen order), not a sort of the strings: each ticker's segment is
+    # computed on its own, so the order of the tickers does not matter.
+    local, names = pd.factorize(np.asarray(ticker, dtype=object), use_na_sentinel=False)
+    rows = history.rows_of(names.tolist(), keep)
+    order = np.argsort(local, kind="stable")  # grouped by ticker, stream order within each
+    counts = np.bincount(local, minlength=len(names))
+    # Per ticker one contiguous segment: its `keep` history slots (the last `count` of them hold its
+    # trades), then its trades of this batch.
+    seg_len = keep + counts
+    seg_start = np.cumsum(seg_len) - seg_len
+    total = int(seg_len.sum())
+    all_p = np.empty(total, dtype=np.float64)
+    all_t = np.empty(total, dtype=np.int64)
+    all_e = np.empty(total, dtype=bool)
+    history_pos = (seg_start[:, None] + np.arange(keep)).ravel()
+    all_p[history_pos] = history.price[rows].ravel()
+    all_t[history_pos] = history.ts_ms[rows].ravel()
+    all_e[history_pos] = history.eligible[rows].ravel()
+    group = local[order]
+    rank = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)  # within its ticker
+    batch_pos = seg_start[group] + keep + rank  # of each (grouped) batch trade in the concatenation
+    all_p[batch_pos] = price[order]
+    all_t[batch_pos] = ts_ms[order]
+    all_e[batch_pos] = elig[order]
+    # The first position of a segment that holds a trade (its oldest remembered one).
+    starts = np.repeat(seg_start + keep - history.count[rows], counts)
     # The previous `keep` positions of each batch trade, within its ticker's segment and time window.
     idx = batch_pos[:, None] - keep + np.arange(keep)[None, :]
     valid = idx >= starts[:, None]
@@ -198,13 +224,12 @@ def flag_outliers(
     reason = np.full(n, None, dtype=object)
     reason[above] = "above_band"
     reason[below] = "below_band"
-    # History: each ticker's last `keep` trades of (history + batch).
-    for g, name in enumerate(names.tolist()):
-        end = seg_start[g] + hist_len[g] + counts[g]
-        begin = max(seg_start[g], end - keep)
-        history.price[name] = all_p[begin:end].copy()
-        history.ts_ms[name] = all_t[begin:end].copy()
-        history.eligible[name] = all_e[begin:end].copy()
+    # History: each ticker's last `keep` slots of (history + batch), of which the last count are trades.
+    last = (seg_start + seg_len)[:, None] - keep + np.arange(keep)
+    history.price[rows] = all_p[last]
+    history.ts_ms[rows] = all_t[last]
+    history.eligible[rows] = all_e[last]
+    history.count[rows] = np.minimum(history.count[rows] + counts, keep)
     return OutlierResult(above | below, reason, reference, half_width)
 
 
