@@ -137,6 +137,53 @@ def test_the_reconciler_decides_one_sided_minutes_from_each_streams_own_order() 
     assert len(reconciler.pending_keys()) == 1  # minute 4: the vendor has not sent a later minute yet
 
 
+@pytest.mark.parametrize("wait_ms", [None, 90_000])
+def test_the_reconciler_decides_in_the_same_update_as_a_sweep_on_every_call(wait_ms: int | None) -> None:
+    """The reconciler only sweeps its pending bars when a bar arrives or a ticker's final point reaches a
+    minute's end (or its end + wait_ms); against one that sweeps on every call, each update returns the
+    same decisions, with final points that creep up a few seconds per update past both thresholds."""
+
+    class SweepsEveryCall(BarReconciler):
+        """Sweeps on every call: each update also brings a tape bar and the first final point of tickers
+        that never trade (no decision, and the tape bar is never let go)."""
+
+        calls = 0
+
+        def update(self, ours, vendor, final_ms, tape=()):  # type: ignore[no-untyped-def]
+            self.calls += 1
+            dummy_tape = {"ticker": "~tape", "start_ms": self.calls}
+            dummy_final = {f"~final{self.calls}": 0}
+            return super().update(ours, vendor, {**final_ms, **dummy_final}, [*tape, dummy_tape])
+
+    rng = np.random.default_rng(3)
+    tickers = ("AAA", "BBB", "CCC")
+    steps = []
+    final = dict.fromkeys(tickers, T0)
+    for _ in range(2500):
+        our_bars, vendor_bars, tape_bars = [], [], []
+        for ticker in tickers:
+            final[ticker] += int(rng.integers(0, 9000))
+            minute = (final[ticker] - T0) // BAR_MS - int(rng.integers(0, 2))  # often not final yet
+            if rng.random() < 0.02:  # now and then a minute of ours, of the vendor's, or of both
+                kind = rng.integers(0, 3)
+                if kind != 1:
+                    our_bars.append(ours(ticker, int(minute)))
+                    tape_bars.append(ours(ticker, int(minute)))
+                if kind != 0:
+                    vendor_bars.append(vendor(ticker, int(minute) - int(rng.integers(0, 3))))
+        moved = {t: f for t, f in final.items() if rng.random() < 0.7}
+        steps.append((our_bars, vendor_bars, moved, tape_bars))
+    kw = {} if wait_ms is None else {"wait_ms": wait_ms}
+    gated, every = BarReconciler(**kw), SweepsEveryCall(**kw)
+    statuses: collections.Counter[str] = collections.Counter()
+    for our_bars, vendor_bars, moved, tape_bars in steps:
+        got = gated.update(our_bars, vendor_bars, moved, tape_bars)
+        assert got == every.update(our_bars, vendor_bars, moved, tape_bars)
+        statuses.update(r["status"] for r in got)
+    assert sum(statuses.values()) > 50
+    assert {"match", "ours_only", "vendor_only"} <= set(statuses)  # every kind of decision was made
+
+
 def test_summary_counts_statuses_and_mismatched_fields_per_ticker() -> None:
     results = compare([ours(), ours(minute=1)], [vendor(), vendor(minute=1, close=1.0, volume=5.0)])
     summary = summarize(results)

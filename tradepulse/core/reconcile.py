@@ -177,16 +177,29 @@ class BarReconciler:
         final_ms: Mapping[str, int],
         tape: Iterable[Mapping[str, Any]] = (),
     ) -> list[Row]:
+        added = 0
         for bar in ours:
             self._ours[(bar["ticker"], int(bar["start_ms"]))] = bar
+            added += 1
         for bar in tape:
             self._tape[(bar["ticker"], int(bar["start_ms"]))] = bar
+            added += 1
         for bar in vendor:
             key = (bar["ticker"], int(bar["start_ms"]))
             self._vendor[key] = bar  # a resent aggregate replaces the first one
             self._vendor_last[key[0]] = max(self._vendor_last.get(key[0], key[1]), key[1])
+            added += 1
+        crossed = False
         for ticker, ms in final_ms.items():
-            self._final[ticker] = max(self._final.get(ticker, ms), ms)
+            before = self._final.get(ticker)
+            after = ms if before is None else max(before, ms)
+            self._final[ticker] = after
+            crossed = crossed or before is None or self._crosses(before, after)
+        if not (added or crossed):
+            # Every decision below turns due when a bar arrives or when a ticker's final point reaches
+            # start + BAR_MS (+ wait_ms) of a pending minute; neither happened, so none can be due now
+            # (and the sweeps over every pending bar, the cost of a small batch, are skipped).
+            return []
         paired = sorted(self._ours.keys() & self._vendor.keys())
         results = []
         if paired:  # most batches close no minute: no frame work at all
@@ -217,6 +230,11 @@ class BarReconciler:
             del self._tape[key]
         results.sort(key=lambda r: (r["start_ms"], r["ticker"]))
         return results
+
+    def _crosses(self, before: int, after: int) -> bool:
+        """Whether a final point moving from `before` to `after` reaches a threshold of some minute:
+        start + BAR_MS or start + BAR_MS + wait_ms, start a multiple of BAR_MS."""
+        return any((after - c) // BAR_MS > (before - c) // BAR_MS for c in (0, self.wait_ms))
 
 
 def summarize(results: Iterable[Mapping[str, Any]]) -> dict[str, Row]:
