@@ -22,6 +22,7 @@ from tradepulse.core.anomaly import (
     CompiledForest,
     anomaly_id,
     model_matrix,
+    row_keys,
 )
 from tradepulse.core.columns import QuoteColumns, TradeColumns
 from tradepulse.core.features import FeatureConfig, FeatureEngine
@@ -422,3 +423,16 @@ def test_compiled_forest_scores_like_the_definition(rows: int) -> None:
     np.testing.assert_allclose(compiled, reference_scores(forest, x), rtol=1e-12, atol=0)
     if rows <= CompiledForest.SMALL_BATCH:
         assert np.array_equal(compiled, forest.score_samples(x))
+
+
+def test_row_keys_are_fixed_values_of_the_event_ids() -> None:
+    """The keys that pick a period's training row are stored in checkpoints: a restarted (or upgraded)
+    runner must compute the same ones. Pinned values (pandas' SipHash with its fixed key), duplicates
+    included."""
+    ids = np.array(["AAPL-1", "MSFT-42", "AAPL-1", "T:x:7"], dtype=object)
+    assert row_keys(ids).tolist() == [
+        1402087537774936940,
+        15531035983199011399,
+        1402087537774936940,
+        11228434866604646261,
+    ]
