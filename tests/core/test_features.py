@@ -696,6 +696,33 @@ def test_a_bucket_table_relaid_out_alone_changes_no_vector(
     compare(got, whole_reference, same_split=False)
 
 
+def test_a_full_region_compacted_in_place_changes_no_vector(
+    stream: list[Event], whole_reference: list[dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A full region whose live rows fit in half of it drops its dead rows in place (only that ticker's
+    # rows move and are re-based); a re-layout of every ticker is left for regions that outgrew theirs.
+    # Both happen on this split, and every vector is still the naive recomputation's.
+    layouts: Counter[str] = Counter()
+    alloc_rows, compact = TradeState._alloc_rows, TradeState._compact
+
+    def relayout(self: TradeState, *args: np.ndarray) -> None:
+        layouts["relayout"] += 1
+        alloc_rows(self, *args)
+
+    def compaction(self: TradeState, *args: np.ndarray) -> bool:
+        done = compact(self, *args)
+        layouts["compaction"] += done
+        return done
+
+    monkeypatch.setattr(TradeState, "_alloc_rows", relayout)
+    monkeypatch.setattr(TradeState, "_compact", compaction)
+    batches = split(stream, random_sizes(5, 600, hi=12))
+    got = run_engine(batches)
+    assert layouts["compaction"] > 0 and layouts["relayout"] > 1
+    compare(got, reference(batches))
+    compare(got, whole_reference, same_split=False)
+
+
 def test_long_stream_prefix_sums_do_not_drift() -> None:
     """15 simulated minutes at ~2,000 trades/s in small batches (so the per-ticker state is compacted
     and its prefix sums re-based many times), with wide price and size ranges and some in-grace
