@@ -95,8 +95,8 @@ later-keyed trade of the same batch (within-grace disorder) are corrected for by
 contributions from the earlier arrivals' sums (cost proportional to the number of such pairs; zero for
 in-order feeds). State is bounded: per ticker only trades with ts > watermark − grace − horizon
 (300 s + one bucket) can be reached; older rows are dropped, and the float prefix sums re-based (the z-score's are exact
-integers), when a
-ticker's region fills (amortised), and only the quotes a future trade can still use are kept.
+integers), when a ticker's region fills (amortised: in place for that ticker alone once its live rows
+have stopped growing), and only the quotes a future trade can still use are kept.
 """
 
 from __future__ import annotations

@@ -107,9 +107,11 @@ class TradeState:
     Code c owns slots [reg0[c], reg0[c] + cap[c]) of every row array (regions in code order, so the
     composite key code·K + ts is sorted globally); its rows occupy [.., tail[c]), sorted by (ts,
     arrival), and the rest of the region holds the gap sentinel key. Rows below the eviction cutoff
-    stay until the region fills (they can never fall inside a future window), then everything is
-    re-laid out: dead rows dropped, prefix sums re-based at zero and prices re-centred, so the sums
-    never span more than ~2 regions' worth of rows. A batch only rewrites each code's suffix from
+    stay until the region fills (they can never fall inside a future window); then, if the live rows
+    fit in three quarters of the region, that code alone is compacted in place (`_compact`), else
+    everything is re-laid out with regions of twice the live rows; either way dead rows are dropped,
+    prefix sums re-based at zero and prices re-centred, so the sums never span more than ~2 regions'
+    worth of rows. A batch only rewrites each code's suffix from
     its earliest trade (bounded by the late grace) and the buckets from that trade's bucket on.
     The z-score bucket table (one slot per (code, bucket) with a trade) has a gapped layout of its
     own, regions [breg0[c], breg0[c] + bcap[c]) sized by the code's live buckets: a bucket (one
