@@ -182,17 +182,6 @@ def _empty_per_trade() -> dict[str, np.ndarray]:
     return out
 
 
-_VECTOR_NUMBERS = (
-    "price",
-    "volume",
-    "vwap_1min",
-    "vwap_5min",
-    "rolling_avg_5min",
-    "volume_zscore",
-    "price_momentum",
-    "vwap_deviation_bps",
-)
-_VECTOR_INTS = ("trade_frequency", "window_start_ms", "window_end_ms", "late_events")
 _VECTOR_KEYS = (  # a FeatureVector dict's keys, in its order
     "ticker",
     "ts_ms",
@@ -209,6 +198,10 @@ _VECTOR_KEYS = (  # a FeatureVector dict's keys, in its order
     "window_start_ms",
     "window_end_ms",
     "late_events",
+)
+_VECTOR_INTS = ("trade_frequency", "window_start_ms", "window_end_ms", "late_events")
+_VECTOR_NUMBERS = tuple(
+    k for k in _VECTOR_KEYS if k not in {"ticker", "ts_ms", "bid_ask_spread", *_VECTOR_INTS}
 )
 
 
