@@ -23,7 +23,7 @@ import pytest
 from tests.core.zscore_fixed_point import bucket_value, quantised
 from tradepulse.core.columns import QuoteColumns, TradeColumns
 from tradepulse.core.conditions import ConditionRules
-from tradepulse.core.features import FEATURE_COLUMNS, FeatureConfig, FeatureEngine, vector_dict
+from tradepulse.core.features import FEATURE_COLUMNS, FeatureConfig, FeatureEngine, vector_dicts
 from tradepulse.core.trade_state import TradeState
 from tradepulse.models import FeatureVector
 
@@ -761,7 +761,7 @@ def test_long_stream_prefix_sums_do_not_drift() -> None:
         assert len(out.late_event_ids) == 0
         for i in range(start, stop):
             if i in sample:
-                got[i] = vector_dict(out.per_trade, i - start)
+                got[i] = vector_dicts(out.per_trade, np.array([i - start]))[0]
         start = stop
         if start == n:
             break

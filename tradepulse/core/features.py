@@ -223,11 +223,6 @@ def vector_dicts(cols: dict[str, np.ndarray], rows: np.ndarray) -> list[dict]:
     return [dict(zip(_VECTOR_KEYS, row, strict=True)) for row in zip(*columns, strict=True)]
 
 
-def vector_dict(cols: dict[str, np.ndarray], i: int) -> dict:
-    """Row `i` of per-trade (or snapshot) columns as a `tradepulse.models.FeatureVector` dict."""
-    return vector_dicts(cols, np.array([i]))[0]
-
-
 class FeatureEngine:
     """Stateful per-ticker feature computation over micro-batches (see the module docstring)."""
 
