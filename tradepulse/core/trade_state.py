@@ -133,7 +133,6 @@ class TradeState:
         self.bcap = np.empty(0, dtype=np.int64)
         self.btail = np.empty(0, dtype=np.int64)
         self.centre = np.empty(0, dtype=np.float64)  # per code: prices are summed as price − centre
-        self.compactions = 0  # `_compact` calls that made the room (a re-layout was not needed)
         none = np.empty(0, dtype=np.int64)
         self._alloc_rows(none, none)
         self._alloc_buckets(none, none)
@@ -292,7 +291,6 @@ class TradeState:
         for array, kept in zip(moved, values, strict=True):
             array[dst] = kept
         self.tail[fcodes] = reg0 + live
-        self.compactions += 1
         self._resum(dst, grp)
         return True
 
