@@ -119,6 +119,7 @@ from tradepulse.core.feature_windows import (
 )
 from tradepulse.core.quote_book import QuoteBook
 from tradepulse.core.trade_state import NO_TS, K, TradeState, composite_span, group_starts, kts
+from tradepulse.models import FeatureVector
 
 FEATURE_COLUMNS = (
     "vwap_1min",
@@ -182,22 +183,12 @@ def _empty_per_trade() -> dict[str, np.ndarray]:
     return out
 
 
-_VECTOR_KEYS = (  # a FeatureVector dict's keys, in its order
-    "ticker",
-    "ts_ms",
-    "price",
-    "volume",
-    "vwap_1min",
-    "vwap_5min",
-    "rolling_avg_5min",
-    "volume_zscore",
-    "price_momentum",
-    "trade_frequency",
-    "vwap_deviation_bps",
-    "bid_ask_spread",
-    "window_start_ms",
-    "window_end_ms",
-    "late_events",
+# The FeatureVector fields the core computes, in the model's order (the dicts' key order): the runner
+# adds `session`, the revisions `snapshot_start_ms`, `revision` and `final`.
+_VECTOR_KEYS = tuple(
+    name
+    for name in FeatureVector.model_fields
+    if name not in ("session", "snapshot_start_ms", "revision", "final")
 )
 _VECTOR_INTS = ("trade_frequency", "window_start_ms", "window_end_ms", "late_events")
 _VECTOR_NUMBERS = tuple(

@@ -239,21 +239,22 @@ class TradeState:
         cap = np.maximum(MIN_CAP, 2 * (live + want))
         new0 = np.r_[0, np.cumsum(cap)[:-1]].astype(np.int64)
         src, grp = ranges(first, tail)
-        keep = (
-            self.key[src], self.ts[src], self.price[src], self.size[src], self.late[src], self.csize[src],
-            self.qsize[src], self.vol_ok[src], self.price_ok[src],
-        )  # fmt: skip
+        keep = [array[src] for array in self._row_values()]
         self.centre[has] = self.price[first[has]]
         self._alloc_rows(all_codes, cap)
         dst = new0[grp] + (src - first[grp])
-        row_arrays = (
-            self.key, self.ts, self.price, self.size, self.late, self.csize, self.qsize, self.vol_ok, self.price_ok,
-        )  # fmt: skip
-        for array, values in zip(row_arrays, keep, strict=True):
+        for array, values in zip(self._row_values(), keep, strict=True):
             array[dst] = values
         self.reg0, self.cap = new0, cap
         self.tail = new0 + live
         self._resum(dst, grp)
+
+    def _row_values(self) -> tuple[np.ndarray, ...]:
+        """The row arrays a re-layout or a compaction moves; the prefix sums and `last_ok` are
+        recomputed from them (`_resum`) and `code` is the region's owner."""
+        return (
+            self.key, self.ts, self.price, self.size, self.late, self.csize, self.qsize, self.vol_ok, self.price_ok,
+        )  # fmt: skip
 
     def _compact(self, codes: np.ndarray, need: np.ndarray, cutoff: np.ndarray) -> bool:
         """Room for `need` more rows of each of `codes` by dropping, in place, the rows with ts <=
@@ -274,9 +275,7 @@ class TradeState:
         self.centre[fcodes[has]] = self.price[first[has]]
         src, grp = ranges(first, tail)
         dst = reg0[grp] + (src - first[grp])
-        moved = (
-            self.key, self.ts, self.price, self.size, self.late, self.csize, self.qsize, self.vol_ok, self.price_ok,
-        )  # fmt: skip
+        moved = self._row_values()
         values = [array[src] for array in moved]
         # The slots left behind get what a fresh region has (`_alloc_rows`): the gap sentinel key first.
         freed, fgrp = ranges(reg0 + live, tail)
