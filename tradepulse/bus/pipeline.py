@@ -2,8 +2,8 @@
 
 `CoreProcessor` adapts the pure core (`tradepulse.core`) to the runner's `Processor` interface: decoded
 rows → columnar batches → `FeatureEngine` (feature snapshots of closed seconds) → `AnomalyDetector`
-(batched Isolation Forest scoring, one deterministic model per trades partition, checkpointed by
-`CheckpointStore` into the cold store's folder or bucket) and `NewsJoiner` (news ↔ volume z-score join in
+(batched Isolation Forest scoring, one deterministic model per trades partition, fitted in a worker
+process (`RefitPool`), checkpointed by `CheckpointStore` into the cold store's folder or bucket) and `NewsJoiner` (news ↔ volume z-score join in
 event time); `BarEngine` (one-minute OHLCV bars of closed minutes, tagged with their NYSE session) over the
 same trades; with `vendor_bars` on, `BarReconciler` compares those bars with the vendor's `AM` aggregates
 (market.vendor_bars) per ticker-minute (`VendorCheck`).
@@ -21,6 +21,7 @@ import numpy as np
 from tradepulse.bus.anomaly_checkpoints import CheckpointStore
 from tradepulse.bus.decode import DecodedBatch
 from tradepulse.bus.outputs import BatchOutputs
+from tradepulse.bus.refit_pool import RefitPool
 from tradepulse.bus.runner import Runner
 from tradepulse.bus.watchdog import Watchdog
 from tradepulse.config import Settings
@@ -48,7 +49,8 @@ class CoreProcessor:
         self._rebuild_lookback_s = float(settings.rebuild_lookback_s)
         self.anomaly_config = AnomalyConfig.from_settings(settings)
         self.checkpoints = CheckpointStore.from_settings(settings)
-        self.detector = AnomalyDetector(self.anomaly_config)
+        self._refit_pool = RefitPool()
+        self.detector = AnomalyDetector(self.anomaly_config, self._refit_pool)
         self._refit_totals = {"refits": 0.0, "refit_s": 0.0, "refit_waits": 0.0, "refit_wait_s": 0.0}
         self.engine = FeatureEngine(self.config)
         self.sessions = SessionTable.nyse()
@@ -88,7 +90,7 @@ class CoreProcessor:
             self.vendor_check = VendorCheck(self.config.late_grace_ms, self.sessions)
         self.detector.close()
         self._refit_totals = self.refit_stats()
-        self.detector = AnomalyDetector(self.anomaly_config)
+        self.detector = AnomalyDetector(self.anomaly_config, self._refit_pool)
 
     @property
     def state_lookback_s(self) -> float:
@@ -246,6 +248,7 @@ class CoreProcessor:
 
     def close(self) -> None:
         self.detector.close()
+        self._refit_pool.shutdown(wait=False, cancel_futures=True)
 
 
 class VendorCheck:

@@ -23,8 +23,9 @@ uninterrupted run would (same anomaly ids, scores, thresholds and model versions
   last `train_size` of each ticker that has at least `min_train`), it is fitted with
   `random_state = seed + version`, and gets the next `model_version` of its stream (1, 2, …).
 * Effective point. The refit due at clock T scores from the first row whose clock reaches
-  T + `refit_delay_ms` (10 s) on. The fit runs on a background thread meanwhile, off the scoring
-  path; if it has not finished when it is needed the scoring waits for it (`refit_waits`,
+  T + `refit_delay_ms` (10 s) on. The fit runs on the detector's executor meanwhile, off the scoring
+  path (the runner passes a worker process, so a fit never holds the runner's GIL; by default a
+  background thread); if it has not finished when it is needed the scoring waits for it (`refit_waits`,
   `refit_wait_seconds` count how often and how long: live, 10 s of market time is ample; a replay
   or catch-up runs through market time much faster than that and may wait).
 * Training events. Consecutive trades of a busy ticker are near copies of each other, so training
@@ -73,7 +74,7 @@ import io
 import json
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -231,7 +232,7 @@ class _Refit:
     version: int
     effective_ms: int
     data: dict[str, np.ndarray]  # ticker -> raw training rows, oldest first
-    future: Future[_Model]
+    future: Future[tuple[_Model, float]]  # the model and the seconds its fit took
 
 
 class _TickerState:
@@ -310,15 +311,24 @@ def fit_model(config: AnomalyConfig, version: int, data: dict[str, np.ndarray]) 
     return _Model(version, forests, thresholds, stats)
 
 
-class AnomalyDetector:
-    """Batch scoring, refits at event-time points on a background thread, checkpoints per stream."""
+def timed_fit(config: AnomalyConfig, version: int, data: dict[str, np.ndarray]) -> tuple[_Model, float]:
+    """`fit_model` and the seconds it took (where it ran: a worker process measures its own fit)."""
+    started = time.perf_counter()
+    return fit_model(config, version, data), time.perf_counter() - started
 
-    def __init__(self, config: AnomalyConfig = AnomalyConfig()) -> None:
+
+class AnomalyDetector:
+    """Batch scoring, refits at event-time points off the scoring path, checkpoints per stream."""
+
+    def __init__(self, config: AnomalyConfig = AnomalyConfig(), executor: Executor | None = None) -> None:
+        """`executor` runs the fits (`timed_fit`, a pure function of picklable arguments, so a process
+        pool can run them); it is the caller's and outlives the detector. Default: a private thread."""
         self.config = config
         self._streams: dict[str, _Stream] = {}
         self._checkpoints: list[Checkpoint] = []
-        self._lock = threading.Lock()  # guards the refit counters written by the worker thread
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iforest-refit")
+        self._lock = threading.Lock()  # guards the refit counters written by the fits' callbacks
+        self._own_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="iforest-refit")
         self.refits = 0
         self.refit_seconds = 0.0
         self.refit_waits = 0  # times scoring had to wait for a model that was due
@@ -335,7 +345,7 @@ class AnomalyDetector:
         stream = self._stream_of(ticker)
         if stream is None or stream.current is None:
             return None
-        model = stream.current.future.result()
+        model = stream.current.future.result()[0]
         return model if ticker in model.stats else None
 
     def training_rows(self, ticker: str) -> np.ndarray:
@@ -425,7 +435,14 @@ class AnomalyDetector:
                 refit.future.result()
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        """Stop the private fit thread (waiting for its fit), or cancel this detector's fits that a
+        shared executor has not started."""
+        if self._own_executor:
+            self._executor.shutdown(wait=True)
+            return
+        for stream in self._streams.values():
+            for refit in [*([stream.current] if stream.current else []), *stream.pending]:
+                refit.future.cancel()
 
     # --- one stream -----------------------------------------------------------------------------
     def _stream_of(self, ticker: str) -> _Stream | None:
@@ -476,7 +493,7 @@ class AnomalyDetector:
             refit.future.result()
             self.refit_waits += 1
             self.refit_wait_seconds += time.perf_counter() - started
-        return refit.future.result()
+        return refit.future.result()[0]
 
     def _schedule(self, stream: _Stream, now: int, rows: _Rows, at: int) -> None:
         cfg = self.config
@@ -489,15 +506,16 @@ class AnomalyDetector:
         self._checkpoint(stream, rows, at)
 
     def _submit(self, version: int, effective_ms: int, data: dict[str, np.ndarray]) -> _Refit:
-        return _Refit(version, effective_ms, data, self._executor.submit(self._fit, version, data))
+        future = self._executor.submit(timed_fit, self.config, version, data)
+        future.add_done_callback(self._count_fit)
+        return _Refit(version, effective_ms, data, future)
 
-    def _fit(self, version: int, data: dict[str, np.ndarray]) -> _Model:
-        started = time.perf_counter()
-        model = fit_model(self.config, version, data)
+    def _count_fit(self, future: Future[tuple[_Model, float]]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
         with self._lock:
             self.refits += 1
-            self.refit_seconds += time.perf_counter() - started
-        return model
+            self.refit_seconds += future.result()[1]
 
     def _segment(self, stream: _Stream, idx: np.ndarray, rows: _Rows) -> None:
         """Score and learn from rows of one stream between two model changes (in stream order)."""
