@@ -291,6 +291,50 @@ def test_streams_are_independent_of_how_their_rows_interleave() -> None:
     b.close()
 
 
+class RowByRowDetector(AnomalyDetector):
+    """The training-event definition one row at a time, in stream order: the reference for the
+    vectorised `_learn`."""
+
+    def _learn(self, stream, idx, codes, names, rows) -> None:  # type: ignore[no-untyped-def]
+        for i, c in zip(idx.tolist(), codes.tolist(), strict=True):
+            state = stream.tickers[names[c]]
+            p = int(rows.ts[i]) // self.config.sample_ms
+            if p < state.period:  # an older period than one already seen
+                continue
+            if p != state.period:
+                self._close_period(state)
+                state.period = p
+            flagged, key = bool(rows.flagged[i]), int(rows.key[i])
+            state.n += 1
+            state.n_flagged += flagged
+            if key < state.any_key:
+                state.any_key, state.any_row = key, rows.x[i].copy()
+            if not flagged and key < state.free_key:
+                state.free_key, state.free_row = key, rows.x[i].copy()
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["a-stream-per-ticker", "one-stream"])
+def test_training_events_are_picked_as_the_row_by_row_definition_picks_them(shared: bool) -> None:
+    """The vectorised `_learn` against the per-row definition, with late rows (a period older than
+    one already seen) and batches of 1 … 40 rows, the two tickers on their own streams or on one:
+    the same anomalies and, at every refit point, the same checkpoint bytes (training rows, open
+    periods and their picks)."""
+    rows = market_rows(240, seed=17, spike_at=150, jump_at=200)
+    rng = np.random.default_rng(3)
+    late = rng.choice(len(rows) - 30, size=len(rows) // 20, replace=False)
+    for i in sorted(late.tolist(), reverse=True):  # each arrives up to 30 rows (~1 s) later
+        rows.insert(i + int(rng.integers(5, 30)), rows.pop(i))
+    where = {r["event_id"]: (0, i) for i, r in enumerate(rows)} if shared else positions(rows)
+    batches = split(rows, list(rng.integers(1, 40, len(rows))))
+    results = {}
+    for name, detector in (("vectorised", AnomalyDetector(FAST)), ("row by row", RowByRowDetector(FAST))):
+        flags = run(detector, batches, where=where)
+        results[name] = (identity(flags), [c.data for c in detector.take_checkpoints()])
+        detector.close()
+    assert len(results["vectorised"][0]) > 20 and len(results["vectorised"][1]) > 10
+    assert results["vectorised"] == results["row by row"]
+
+
 def _records(trades: TradeColumns) -> list[dict]:
     return [
         {"ticker": t, "price": p, "size": s, "exchange_ts_ms": int(ts), "sequence": int(q), "event_id": e}

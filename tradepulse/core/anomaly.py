@@ -567,39 +567,58 @@ class AnomalyDetector:
         self, stream: _Stream, idx: np.ndarray, codes: np.ndarray, names: pd.Index, rows: _Rows
     ) -> None:
         """Fold warm rows into their tickers' sampling periods; a period is closed (and its pick
-        learned) when the ticker's first row of a later period arrives."""
+        learned) when the ticker's first row of a later period arrives. Per row, in stream order: a
+        row of an older period than the ticker's newest is skipped; otherwise it joins the open period
+        (closing the previous one if its period is newer), and the smallest key among all rows and
+        among unflagged rows of the period is the pick. Vectorised: each run of one ticker's rows of
+        one period is folded at once (the per-row definition is `tests/core/test_anomaly.py`'s
+        reference)."""
         if len(idx) == 0:
             return
-        period = rows.ts[idx] // self.config.sample_ms
         order = np.argsort(codes, kind="stable")  # per ticker, stream order
-        bounds = np.r_[0, np.cumsum(np.bincount(codes, minlength=len(names)))]
-        for c in range(len(names)):
-            mine = order[bounds[c] : bounds[c + 1]]
-            if len(mine) == 0:
-                continue
-            state = stream.tickers[names[c]]
-            p = period[mine]
-            newest = np.maximum.accumulate(np.maximum(p, state.period))
-            keep = p == newest  # rows of an older period than one already seen are not learned from
-            mine, p = mine[keep], p[keep]
-            starts = np.flatnonzero(np.r_[True, p[1:] != p[:-1]]) if len(p) else np.empty(0, dtype=np.int64)
-            for a, b in zip(starts, np.r_[starts[1:], len(p)], strict=True):
-                group = idx[mine[a:b]]
-                if p[a] != state.period:
-                    self._close_period(state)
-                    state.period = int(p[a])
-                state.n += len(group)
-                flagged = rows.flagged[group]
-                state.n_flagged += int(flagged.sum())
-                keys = rows.key[group]
-                j = int(np.argmin(keys))
-                if int(keys[j]) < state.any_key:
-                    state.any_key, state.any_row = int(keys[j]), rows.x[group[j]].copy()
-                free = np.flatnonzero(~flagged)
-                if len(free):
-                    j = int(free[np.argmin(keys[free])])
-                    if int(keys[j]) < state.free_key:
-                        state.free_key, state.free_row = int(keys[j]), rows.x[group[j]].copy()
+        idx, codes = idx[order], codes[order]
+        period = rows.ts[idx] // self.config.sample_ms
+        states = [stream.tickers[name] for name in names]
+        seen = np.array([s.period for s in states], dtype=np.int64)[codes]
+        # The newest period per ticker so far: a running maximum, kept within each ticker (its rows
+        # are contiguous, in code order) by lifting each ticker's values above the previous ticker's.
+        base = np.maximum(period, seen)
+        low = int(base.min())
+        lift = codes.astype(np.int64) * (int(base.max()) - low + 1)
+        newest = np.maximum.accumulate(base - low + lift) - lift + low
+        keep = period == newest  # rows of an older period than one already seen are not learned from
+        idx, codes, period = idx[keep], codes[keep], period[keep]
+        if len(idx) == 0:
+            return
+        starts = np.flatnonzero(np.r_[True, (codes[1:] != codes[:-1]) | (period[1:] != period[:-1])])
+        sizes = np.diff(np.r_[starts, len(idx)])
+        run = np.repeat(np.arange(len(starts)), sizes)
+        flagged, keys = rows.flagged[idx], rows.key[idx]
+        n_flagged = np.add.reduceat(flagged.astype(np.int64), starts)
+        best_any = np.lexsort((keys, run))[starts]  # each run's smallest key (first one of equals)
+        best_free = np.lexsort((keys, flagged, run))[starts]  # … among its unflagged rows, if any
+        for c, p, n, n_flag, a, f in zip(
+            codes[starts].tolist(),
+            period[starts].tolist(),
+            sizes.tolist(),
+            n_flagged.tolist(),
+            best_any.tolist(),
+            best_free.tolist(),
+            strict=True,
+        ):
+            state = states[c]
+            if p != state.period:
+                self._close_period(state)
+                state.period = p
+            state.n += n
+            state.n_flagged += n_flag
+            key = int(keys[a])
+            if key < state.any_key:
+                state.any_key, state.any_row = key, rows.x[idx[a]].copy()
+            if n_flag < n:
+                key = int(keys[f])
+                if key < state.free_key:
+                    state.free_key, state.free_row = key, rows.x[idx[f]].copy()
 
     def _close_period(self, state: _TickerState) -> None:
         if state.n:
