@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from tests.core.zscore_fixed_point import bucket_value, quantised
+from tradepulse.core import trade_state
 from tradepulse.core.columns import QuoteColumns, TradeColumns
 from tradepulse.core.conditions import ConditionRules
 from tradepulse.core.features import FEATURE_COLUMNS, FeatureConfig, FeatureEngine, vector_dicts
@@ -701,7 +702,10 @@ def test_a_full_region_compacted_in_place_changes_no_vector(
 ) -> None:
     # A full region whose live rows fit in half of it drops its dead rows in place (only that ticker's
     # rows move and are re-based); a re-layout of every ticker is left for regions that outgrew theirs.
-    # Both happen on this split, and every vector is still the naive recomputation's.
+    # Both happen on this split, and every vector is still the naive recomputation's. (Without the
+    # projection of filling windows: this stream is shorter than a window, and projected regions
+    # would leave nothing to compact.)
+    monkeypatch.setattr(trade_state, "FILL_PROJECTION", 1.0)
     layouts: Counter[str] = Counter()
     alloc_rows, compact = TradeState._alloc_rows, TradeState._compact
 
@@ -719,6 +723,29 @@ def test_a_full_region_compacted_in_place_changes_no_vector(
     batches = split(stream, random_sizes(5, 600, hi=12))
     got = run_engine(batches)
     assert layouts["compaction"] > 0 and layouts["relayout"] > 1
+    compare(got, reference(batches))
+    compare(got, whole_reference, same_split=False)
+
+
+def test_filling_windows_are_sized_for_their_projected_rows(
+    stream: list[Event], whole_reference: list[dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # While a ticker's rows span less than its window, a re-layout sizes its region for the rows the
+    # full window will hold (at most FILL_PROJECTION × its live rows): fewer re-layouts of every
+    # ticker than regions sized at twice the live rows, and the same vectors.
+    batches = split(stream, random_sizes(5, 600, hi=12))
+    relayouts: Counter[float] = Counter()
+    alloc_rows = TradeState._alloc_rows
+
+    def relayout(self: TradeState, *args: np.ndarray) -> None:
+        relayouts[trade_state.FILL_PROJECTION] += 1
+        alloc_rows(self, *args)
+
+    monkeypatch.setattr(TradeState, "_alloc_rows", relayout)
+    got = run_engine(batches)
+    monkeypatch.setattr(trade_state, "FILL_PROJECTION", 1.0)
+    run_engine(batches)
+    assert 1 <= relayouts[4.0] < relayouts[1.0]
     compare(got, reference(batches))
     compare(got, whole_reference, same_split=False)
 
