@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     ingest_queue_frames: int = Field(
         default=1000, description="Bounded hand-off between the socket reader and the producer."
     )
+    ingest_linger_ms: float = Field(
+        default=5,
+        ge=0,
+        description="The ingest producer's linger.ms: how long a record waits for more to share its produce "
+        "request. Lower: less latency from WebSocket receive to the broker, more (smaller) requests.",
+    )
     ingest_dedupe_window: int = Field(
         default=200_000,
         description="Recent event ids kept to drop the live stream's overlap with a backfill (resends after a "

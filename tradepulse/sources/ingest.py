@@ -374,7 +374,11 @@ class IngestService:
         self._floor_ms: int | None = None
         self._connection = 0  # the client connection whose frames are being published
         self._producer = Producer(
-            producer_config(settings, on_delivery=self._on_delivery, **(producer_overrides or {}))
+            producer_config(
+                settings,
+                on_delivery=self._on_delivery,
+                **{"linger.ms": settings.ingest_linger_ms, **(producer_overrides or {})},
+            )
         )
         self._on_ack_latency = on_ack_latency
         self._queue: asyncio.Queue[ParsedFrame | None] = asyncio.Queue(maxsize=settings.ingest_queue_frames)
