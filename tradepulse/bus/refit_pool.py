@@ -7,7 +7,9 @@ once the models were in use (docs/benchmarks.md). In a process the fit competes 
 at a lower priority (`nice`), since a model is due 10 s of market time after its refit point.
 
 The worker is started with `spawn` (the runner has librdkafka threads, which `fork` would copy in an
-undefined state) as soon as the pool is made, so its imports (~1–2 s) are not paid by the first fit.
+undefined state) by the first fit, so a runner that never fits (most short runs: a model needs minutes
+of training events) never starts it; its imports (~1–2 s) are ample within the 10 s of market time
+before a model is due.
 A worker that dies (killed, out of memory) breaks the pool: its pending fits fail, which crashes the
 runner into its ordinary recovery (restore from the checkpoints, refit), and the next `submit` starts
 a new worker. The worker exits with the runner, however the runner ends (it watches its parent).
@@ -50,20 +52,20 @@ class RefitPool(Executor):
     def __init__(self, nice: int = NICE) -> None:
         self._nice = nice
         self._lock = threading.Lock()
-        self._pool = self._start()
+        self._pool: ProcessPoolExecutor | None = None
 
     def _start(self) -> ProcessPoolExecutor:
-        pool = ProcessPoolExecutor(
+        return ProcessPoolExecutor(
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
             initargs=(self._nice, os.getpid()),
         )
-        pool.submit(os.getpid)  # start the worker now, not at the first fit
-        return pool
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         with self._lock:
+            if self._pool is None:
+                self._pool = self._start()
             try:
                 return self._pool.submit(fn, *args, **kwargs)
             except BrokenProcessPool:
@@ -73,4 +75,6 @@ class RefitPool(Executor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
-            self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+            if self._pool is not None:
+                self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+                self._pool = None
