@@ -17,7 +17,9 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 @dataclass
 class ProcessSampler:
     """CPU (% of one core) and RSS (MiB) of named processes, each with its children (the Kafka broker
-    is a JVM under a launcher; the others are plain Python processes)."""
+    is a JVM under a launcher; the processor fits its anomaly models in a worker process started by
+    its first fit). The children are looked up again at every sample, so a child started or replaced
+    later is counted from then on."""
 
     pids: dict[str, int]
     leaf: set[str] = field(default_factory=set)
@@ -26,25 +28,35 @@ class ProcessSampler:
     _procs: dict[str, list[psutil.Process]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name, pid in self.pids.items():
-            self._procs[name] = self._tree(pid, children=name not in self.leaf)
-            for proc in self._procs[name]:
-                with contextlib.suppress(psutil.Error):
-                    proc.cpu_percent(None)  # prime: the first call always returns 0
+        for name in self.pids:
+            self._procs[name] = []
+            self._refresh(name)
             self.series[name] = []
 
-    @staticmethod
-    def _tree(pid: int, children: bool) -> list[psutil.Process]:
+    def _refresh(self, name: str) -> None:
+        """The process `name` and (unless a leaf) its children now; a process seen before keeps its
+        psutil object, whose CPU counter is primed (a new one's first reading is 0)."""
+        known = {proc.pid: proc for proc in self._procs[name]}
         try:
-            root = psutil.Process(pid)
-            return [root, *root.children(recursive=True)] if children else [root]
+            root = known.get(self.pids[name]) or psutil.Process(self.pids[name])
+            found = [root, *root.children(recursive=True)] if name not in self.leaf else [root]
         except psutil.Error:
-            return []
+            found = []
+        procs = []
+        for proc in found:
+            proc = known.get(proc.pid, proc)
+            if proc.pid not in known:
+                with contextlib.suppress(psutil.Error):
+                    proc.cpu_percent(None)  # prime: the first call always returns 0
+            procs.append(proc)
+        self._procs[name] = procs
 
     def sample(self, t: float) -> None:
-        for name, procs in self._procs.items():
+        for name in self._procs:
+            if name not in self.leaf:
+                self._refresh(name)
             cpu = rss = 0.0
-            for proc in procs:
+            for proc in self._procs[name]:
                 with contextlib.suppress(psutil.Error):
                     cpu += proc.cpu_percent(None)
                     rss += proc.memory_info().rss / 2**20
