@@ -57,7 +57,7 @@ def test_models_fitted_in_the_worker_score_like_models_fitted_in_process(pool: R
 def test_the_worker_runs_at_lower_priority_and_is_replaced_when_it_dies(pool: RefitPool) -> None:
     worker = pool.submit(os.getpid).result(timeout=60)
     assert worker != os.getpid()
-    assert pool.submit(os.nice, 0).result(timeout=60) == os.nice(0) + NICE
+    assert pool.submit(os.nice, 0).result(timeout=60) == min(os.nice(0) + NICE, 19)  # 19: the lowest
     running = pool.submit(time.sleep, 60)
     os.kill(worker, signal.SIGKILL)
     with pytest.raises(BrokenProcessPool):

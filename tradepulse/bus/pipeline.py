@@ -3,8 +3,8 @@
 `CoreProcessor` adapts the pure core (`tradepulse.core`) to the runner's `Processor` interface: decoded
 rows → columnar batches → `FeatureEngine` (feature snapshots of closed seconds) → `AnomalyDetector`
 (batched Isolation Forest scoring, one deterministic model per trades partition, fitted in a worker
-process (`RefitPool`), checkpointed by `CheckpointStore` into the cold store's folder or bucket) and `NewsJoiner` (news ↔ volume z-score join in
-event time); `BarEngine` (one-minute OHLCV bars of closed minutes, tagged with their NYSE session) over the
+process (`RefitPool`), checkpointed by `CheckpointStore` into the cold store's folder or bucket) and
+`NewsJoiner` (news ↔ volume z-score join in event time); `BarEngine` (one-minute OHLCV bars of closed minutes, tagged with their NYSE session) over the
 same trades; with `vendor_bars` on, `BarReconciler` compares those bars with the vendor's `AM` aggregates
 (market.vendor_bars) per ticker-minute (`VendorCheck`).
 """

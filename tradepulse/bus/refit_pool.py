@@ -1,18 +1,18 @@
 """The worker process that fits the runner's anomaly models (`tradepulse.core.anomaly.timed_fit`).
 
 Why a process: a fit (one Isolation Forest over a partition's training rows, then scoring those rows
-for the threshold) takes 0.1–0.3 s of CPU, and on a thread of the runner it holds the GIL for much of
+for the threshold) takes 0.1–0.5 s of CPU, and on a thread of the runner it holds the GIL for much of
 that, so every batch that runs meanwhile waits behind it; a 15k ev/s run showed e2e stalls of seconds
 once the models were in use (docs/benchmarks.md). In a process the fit competes only for a core, and
 at a lower priority (`nice`), since a model is due 10 s of market time after its refit point.
 
 The worker is started with `spawn` (the runner has librdkafka threads, which `fork` would copy in an
 undefined state) by the first fit, so a runner that never fits (most short runs: a model needs minutes
-of training events) never starts it; its imports (~1–2 s) are ample within the 10 s of market time
-before a model is due.
-A worker that dies (killed, out of memory) breaks the pool: its pending fits fail, which crashes the
-runner into its ordinary recovery (restore from the checkpoints, refit), and the next `submit` starts
-a new worker. The worker exits with the runner, however the runner ends (it watches its parent).
+of training events) never starts it; its imports (~1–2 s) fit well within the 10 s of market time
+before a model is due. A worker that dies (killed, out of memory) breaks the pool: its pending fits
+fail, which crashes the runner into its ordinary recovery (restore from the checkpoints, refit), and
+the next `submit` starts a new worker. The worker exits with the runner, however the runner ends (it
+watches its parent).
 """
 
 from __future__ import annotations
