@@ -38,7 +38,7 @@ def group_starts(*keys: np.ndarray) -> np.ndarray:
 K = np.int64(2**43)  # composite key: code * K + clipped ts (or bucket id)
 KOFF = 2**42
 MIN_CAP = 64
-FILL_PROJECTION = 4.0
+FILL_PROJECTION = 2.0
 """Most a re-layout sizes a region beyond its live rows while the code's window is still filling."""
 ACC = np.longdouble  # prefix-sum accumulator (80-bit extended on x86-64)
 
@@ -259,8 +259,10 @@ class TradeState:
         window is filling: the first minutes of a run), the rows the full window will hold at its rate
         so far, at most `FILL_PROJECTION` × the live rows. With regions sized at twice the live rows, a
         run's filling windows re-laid out everything ~11 times (at 1.5× the time of the previous one),
-        the last ones stalls of ~1 s at 15k ev/s; projected, ~3 times. Once the windows are full the
-        projection is the live rows: the steady-state size is unchanged."""
+        the last ones stalls of ~1 s at 15k ev/s; projected, 2–3 times. Once the windows are full the
+        projection is the live rows: the steady-state size is unchanged. 2×, not more: a projection
+        made during a burst (a market open) sizes for the burst's rate, and at 4× one re-layout of the
+        5k market-open run allocated 6.8 M slots and stalled the runner 3.6 s (docs/benchmarks.md)."""
         has = live > 0
         projected = live.astype(np.float64)
         newest = self.ts[tail[has] - 1]
