@@ -73,11 +73,12 @@ class Settings(BaseSettings):
         default=1000, description="Bounded hand-off between the socket reader and the producer."
     )
     ingest_linger_ms: float = Field(
-        default=1,
+        default=5,
         ge=0,
         description="The ingest producer's linger.ms: how long a record waits for more to share its produce "
         "request. Lower: less latency from WebSocket receive to the broker, more (smaller) requests. 1 ms "
-        "measured no costlier than 5 ms at 15k ev/s and 4 ms faster at p50 (docs/benchmarks.md).",
+        "took 4 ms off the e2e p50 at 2k ev/s but ~10 points more ingest CPU in the market-open burst, "
+        "which a 2-core box takes from the runner (docs/benchmarks.md).",
     )
     ingest_dedupe_window: int = Field(
         default=200_000,
