@@ -295,9 +295,9 @@ class RowByRowDetector(AnomalyDetector):
     """The training-event definition one row at a time, in stream order: the reference for the
     vectorised `_learn`."""
 
-    def _learn(self, stream, idx, codes, names, rows) -> None:  # type: ignore[no-untyped-def]
+    def _learn(self, states, idx, codes, rows) -> None:  # type: ignore[no-untyped-def]
         for i, c in zip(idx.tolist(), codes.tolist(), strict=True):
-            state = stream.tickers[names[c]]
+            state = states[c]
             p = int(rows.ts[i]) // self.config.sample_ms
             if p < state.period:  # an older period than one already seen
                 continue

@@ -523,15 +523,17 @@ class AnomalyDetector:
         codes, names = pd.factorize(rows.ticker[idx])
         first = np.full(len(names), NO_TS, dtype=np.int64)
         firsts = np.unique(codes, return_index=True)[1]
+        states = []  # per code
         for c, name in enumerate(names):
             state = stream.tickers.get(name)
             if state is None:
                 state = stream.tickers[name] = _TickerState(cfg.train_size, int(rows.ts[idx[firsts[c]]]))
+            states.append(state)
             first[c] = state.first_ts
         warm = rows.finite[idx] & (rows.ts[idx] >= first[codes] + cfg.warmup_ms)
         if stream.current is not None:
             self._score(self._model(stream.current), idx, codes, names, warm, rows)
-        self._learn(stream, idx[warm], codes[warm], names, rows)
+        self._learn(states, idx[warm], codes[warm], rows)
 
     def _score(
         self,
@@ -563,12 +565,11 @@ class AnomalyDetector:
         rows.versions[sel] = model.version
         rows.flagged[sel] = rows.scores[sel] < rows.thresholds[sel]
 
-    def _learn(
-        self, stream: _Stream, idx: np.ndarray, codes: np.ndarray, names: pd.Index, rows: _Rows
-    ) -> None:
+    def _learn(self, states: list[_TickerState], idx: np.ndarray, codes: np.ndarray, rows: _Rows) -> None:
         """Fold warm rows into their tickers' sampling periods; a period is closed (and its pick
-        learned) when the ticker's first row of a later period arrives. Per row, in stream order: a
-        row of an older period than the ticker's newest is skipped; otherwise it joins the open period
+        learned) when the ticker's first row of a later period arrives (`states[code]`: the code's
+        ticker state). Per row, in stream order: a row of an older period than the ticker's newest is
+        skipped; otherwise it joins the open period
         (closing the previous one if its period is newer), and the smallest key among all rows and
         among unflagged rows of the period is the pick. Vectorised: each run of one ticker's rows of
         one period is folded at once (the per-row definition is `tests/core/test_anomaly.py`'s
@@ -578,7 +579,6 @@ class AnomalyDetector:
         order = np.argsort(codes, kind="stable")  # per ticker, stream order
         idx, codes = idx[order], codes[order]
         period = rows.ts[idx] // self.config.sample_ms
-        states = [stream.tickers[name] for name in names]
         seen = np.array([s.period for s in states], dtype=np.int64)[codes]
         # The newest period per ticker so far: a running maximum, kept within each ticker (its rows
         # are contiguous, in code order) by lifting each ticker's values above the previous ticker's.
