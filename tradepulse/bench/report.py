@@ -275,7 +275,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
         f"{_fmt(e2e.get('p99_9'))} / {_fmt(e2e.get('max'))} ms ({_fmt(e2e.get('count'))} trades) |",
         *freshness_rows(d),
         f"| consumer lag max | {_fmt(d['max_lag_events'])} events = {_lag_seconds(d['max_lag_s'])} of data |",
-        f"| lag ≥ 1 s after the burst (t > 60 s) for | {d['lag_s_over_target_after_burst_s']:.0f} s |",
+        f"| lag ≥ 1 s after t = 60 s (the burst's plateau ends) for | {d['lag_s_over_target_after_burst_s']:.0f} s |",
         f"| hot-store write p99 (max of 1 s samples / final) | {_fmt(d['write_p99_ms_max'])} / "
         f"{_fmt(d['write_p99_ms_final'])} ms |",
         f"| events lost (simulator sent − delivered) | **{rec['events_lost']}** "
@@ -486,7 +486,9 @@ def targets_table(results: dict[str, Any]) -> str:
         ),
         (
             "10× burst: zero loss, lag < 1 s within 60 s after it",
-            f"lost {d['events_lost']}, lag ≥ 1 s for {d['lag_s_over_target_after_burst_s']:.0f} s after t = 60 s",
+            f"lost {d['events_lost']}, lag ≥ 1 s for {d['lag_s_over_target_after_burst_s']:.0f} s after t = 60 s"
+            if results["config"]["profile"] != "flat"
+            else "not measured: a `flat` run has no burst (`--profile market_open`)",
         ),
         (
             "e2e p50 ≤ 10 ms, p99 ≤ 50 ms (at 15,000 ev/s)",

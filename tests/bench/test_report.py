@@ -1,0 +1,39 @@
+"""The bench report's targets table says what a run measured, and nothing it did not."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tradepulse.bench.report import targets_table
+
+
+def _results(profile: str) -> dict[str, Any]:
+    derived = {
+        "sustained_events_per_s": 15_000.0,
+        "max_lag_s": 0.4,
+        "events_lost": 0,
+        "lag_s_over_target_after_burst_s": 0.0,
+        "e2e_latency_ms": {"p50": 60.0, "p99": 200.0},
+        "freshness_ms": {},
+        "rss_drift_pct": {"processor": 3.0},
+    }
+    return {"derived": derived, "config": {"rate": 15_000.0, "profile": profile}, "full_path": {}}
+
+
+def _burst_row(table: str) -> str:
+    (row,) = [line for line in table.splitlines() if line.startswith("| 10× burst")]
+    return row
+
+
+def test_a_flat_run_does_not_report_the_burst_target_as_measured() -> None:
+    row = _burst_row(targets_table(_results("flat")))
+    assert "not measured" in row and "lag ≥ 1 s for" not in row
+
+
+@pytest.mark.parametrize("recovery_s", [0.0, 175.0])
+def test_a_market_open_run_reports_how_long_the_lag_stayed_over_a_second(recovery_s: float) -> None:
+    results = _results("market_open")
+    results["derived"]["lag_s_over_target_after_burst_s"] = recovery_s
+    assert f"lag ≥ 1 s for {recovery_s:.0f} s after t = 60 s" in _burst_row(targets_table(results))
