@@ -40,7 +40,7 @@ def test_a_runner_restarted_from_checkpoints_flags_what_an_uninterrupted_pass_fl
     kafka_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = own_group(kafka_settings).model_copy(update={**ANOMALY, "batch_max_messages": 2000})
-    total = produce_at_receive_times(settings, make_recording(duration_s=600, rate=60))
+    total = produce_at_receive_times(settings, make_recording(duration_s=300, rate=60))
 
     first = build_runner(settings, instance="anomaly-restart")
     first.run(stop_when=lambda m: m.events_processed >= total * 2 // 3)
