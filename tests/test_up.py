@@ -8,12 +8,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
+from tests.processes import wait_ended
 from tradepulse.bus.local_kafka import free_port
 
 pytestmark = pytest.mark.kafka
@@ -74,11 +74,6 @@ def test_up_starts_everything_and_ctrl_c_leaves_no_process(tmp_path: Path) -> No
         exit_code = up.wait(120)
 
     assert exit_code == 0, "\n".join(lines[-40:])
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(
-        p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in descendants
-    ):
-        time.sleep(0.2)
-    left = [p for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    left = wait_ended(descendants, within_s=10)
     assert not left, f"processes left after Ctrl-C: {[p.cmdline() for p in left]}"
     assert any("all processes ended" in line for line in lines)

@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from tests.core.test_anomaly import FAST, identity, market_rows, positions, run, split
+from tests.processes import wait_ended
 from tradepulse.bus.refit_pool import NICE, RefitPool
 from tradepulse.core.anomaly import AnomalyDetector
 
@@ -25,18 +26,6 @@ def pool() -> RefitPool:
     pool = RefitPool()
     yield pool
     pool.shutdown(cancel_futures=True)
-
-
-def _gone(pid: int, within_s: float) -> bool:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_models_fitted_in_the_worker_score_like_models_fitted_in_process(pool: RefitPool) -> None:
@@ -79,10 +68,10 @@ def test_the_worker_exits_when_the_runner_is_killed() -> None:
     )
     runner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
-        worker = int(runner.stdout.readline())
-        assert psutil.Process(worker).ppid() == runner.pid
+        worker = psutil.Process(int(runner.stdout.readline()))
+        assert worker.ppid() == runner.pid
         runner.kill()
         runner.wait(10)
-        assert _gone(worker, within_s=10)
+        assert not wait_ended([worker], within_s=10)
     finally:
         runner.kill()
