@@ -36,7 +36,7 @@ pytestmark = pytest.mark.kafka
 
 RATE = 4000  # events/s
 TRADE_FRACTION = 0.6
-DURATION_S = 14.0
+DURATION_S = 10.0
 OUTAGE_S = 3.0  # simulated seconds the market runs between the kill and the restart
 
 
