@@ -25,7 +25,7 @@ from tradepulse.topics import ANOMALIES, CORRELATIONS, NEWS
 
 pytestmark = pytest.mark.kafka
 
-# Models within a 10-minute market: scored 10 s after a ticker's first trade, 10 training events a
+# Models within a 5-minute market: scored 10 s after a ticker's first trade, 10 training events a
 # second, refits every 10 s of market time (so a checkpoint every 10 s), effective 2 s later.
 ANOMALY = {
     "anomaly_warmup_s": 10.0,
