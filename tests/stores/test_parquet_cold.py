@@ -83,6 +83,24 @@ def test_complete_blocks_flush_and_the_open_block_waits(tmp_path: Path) -> None:
     assert store.buffered_rows() == 0 and len(read_rows(tmp_path)) == 15
 
 
+def test_after_its_complete_blocks_are_written_a_partition_counts_only_the_rows_left(tmp_path: Path) -> None:
+    """The size limit applies to what is still buffered: rows written with a complete block no longer
+    count toward it (nor do they toward the next flush's)."""
+    store = ParquetColdStore(tmp_path, block_offsets=10, flush_rows=20, flush_interval_s=60, clock=Clock())
+
+    def append(offsets: range) -> None:
+        store.append_batch(topics.TRADES, trades_at(offsets), [(0, o) for o in offsets], flush=False)
+
+    append(range(15))
+    assert store.flush() == 1  # block 0 (offsets 0–9); 5 rows left, below the limit
+    append(range(15, 27))  # 17 buffered: block 1 is complete, block 2 open (offsets 20–26)
+    assert store.flush() == 1 and store.buffered_rows() == 7
+    assert sorted(r["kafka_offset"] for r in read_rows(tmp_path)) == list(range(20))
+    append(range(27, 40))  # 20 buffered: the limit
+    assert store.flush() == 2 and store.buffered_rows() == 0
+    assert sorted(r["kafka_offset"] for r in read_rows(tmp_path)) == list(range(40))
+
+
 def test_size_limit_flushes_a_partial_block_and_later_flushes_extend_the_same_file(tmp_path: Path) -> None:
     store = ParquetColdStore(tmp_path, block_offsets=100, flush_rows=4, flush_interval_s=1e9, clock=Clock())
     rows = trades_at(range(10))

@@ -435,32 +435,35 @@ class ParquetColdStore:
             if force or count >= self.flush_rows or now - self._since[tp] >= self.flush_interval_s
         }
         written = 0
-        flushed_tps: set[tuple[str, int]] = set()
+        rows_written: dict[tuple[str, int], int] = defaultdict(int)
         for key in list(self._tables):
             topic, partition, block, _ = key
             tp = (topic, partition)
             complete = block < self._max_offset[tp] // self.block_offsets
             if complete or tp in due_tps:
                 self._first.pop(key, None)
-                self._write_group(key, self._tables.pop(key), final=complete)
+                tables = self._tables.pop(key)
+                rows_written[tp] += sum(t.num_rows for t in tables)
+                self._write_group(key, tables, final=complete)
                 written += 1
-                flushed_tps.add(tp)
+        # A due partition is written whole; one flushed only for its complete blocks keeps the rest of
+        # its rows buffered. (Counted from what was written: recounting every buffered table of every
+        # partition here, at each flush, took ~30 % of the cold thread's time under the GIL at 15k ev/s.)
+        for tp, count in rows_written.items():
+            left = 0 if tp in due_tps else self._buffered[tp] - count
+            if left > 0:
+                self._buffered[tp] = left
+            else:
+                self._buffered.pop(tp, None)
+                self._since.pop(tp, None)
         for tp in due_tps:
             self._buffered.pop(tp, None)
             self._since.pop(tp, None)
-        # Partitions flushed only because of complete blocks still have their open block buffered.
-        for tp in list(self._buffered):
-            remaining = sum(t.num_rows for k, ts in self._tables.items() if k[:2] == tp for t in ts)
-            if remaining:
-                self._buffered[tp] = remaining
-            else:
-                self._buffered.pop(tp)
-                self._since.pop(tp, None)
         # Blocks closed by later offsets no longer need their cached rows.
         for key in [k for k in self._written if k[2] < self._max_offset[k[:2]] // self.block_offsets]:
             del self._written[key]
         if written:
-            self._checkpoint(flushed_tps)
+            self._checkpoint(rows_written.keys())
         return written
 
     def _checkpoint(self, tps: Iterable[tuple[str, int]]) -> None:
