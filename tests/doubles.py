@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,24 @@ class SlowHotStore:
         self.sleep(self.delay_s)
         self.inner.write_batch(**rows)
         self.writes += 1
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class HangingDepthDlq:
+    """A DLQ whose `depth()` hangs until `release` is set (an SQS call that does not come back);
+    `entered` is set when it was called. Everything else is delegated."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def depth(self) -> int:
+        self.entered.set()
+        self.release.wait(120)
+        return int(self.inner.depth())
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

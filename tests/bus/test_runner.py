@@ -25,7 +25,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from tests.core.zscore_fixed_point import bucket_value, quantised
-from tests.doubles import SlowHotStore
+from tests.doubles import HangingDepthDlq, SlowHotStore
 from tradepulse.bus.clients import consumer_config, producer_config
 from tradepulse.bus.pipeline import build_runner
 from tradepulse.bus.runner import Runner
@@ -577,6 +577,76 @@ class FailingHotStore:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+
+def test_a_hanging_heartbeat_does_not_hold_up_the_batches(
+    runner_settings: Settings, recording: Recording
+) -> None:
+    """The heartbeat's DLQ depth (an SQS call in AWS) hangs: the runner's thread goes on with the
+    batches, since the heartbeat is published on a thread of its own."""
+    events = recording.events[:3000]
+    runner = build_runner(runner_settings, instance="heartbeat")
+    hanging = HangingDepthDlq(runner.dlq)
+    runner.dlq = hanging
+    with running(runner):
+        try:
+            # Idle, the loop asks for a heartbeat within `batch_max_wait_ms`; the events come after.
+            assert hanging.entered.wait(30), "no heartbeat was published"
+            produce(runner_settings, events)
+            wait_for(
+                lambda: runner.metrics.events_processed >= len(events),
+                30,
+                "the batches, the heartbeat hanging",
+            )
+            assert not hanging.release.is_set()
+        finally:
+            hanging.release.set()
+    status = orjson.loads(runner.status_file.read_bytes())
+    assert status["events_processed"] == len(events) and status["stopped_at"] is not None
+
+
+def test_the_heartbeat_stops_while_the_runners_thread_is_stuck(
+    runner_settings: Settings, recording: Recording
+) -> None:
+    """The heartbeat is published by its own thread but only when the runner's loop asks for it, so a
+    loop that hangs (here in a hot-store write) stops it, and /health sees a stale `updated_at`."""
+    armed, entered, release = threading.Event(), threading.Event(), threading.Event()
+
+    def hang(_delay_s: float) -> None:
+        if armed.is_set():
+            entered.set()
+            release.wait(120)
+
+    before, after = recording.events[:1000], recording.events[1000:2000]
+    hot = SlowHotStore(open_hot_store(runner_settings), sleep=hang)
+    runner = build_runner(runner_settings, instance="stuck", hot=hot)
+    with running(runner):
+        produce(runner_settings, before)
+        wait_for(
+            lambda: runner.metrics.events_processed >= len(before) and runner.status_file.exists(),
+            30,
+            "the first events and a heartbeat",
+        )
+        armed.set()
+        produce(runner_settings, after)
+        try:
+            assert entered.wait(30), "the hot store was never written"
+            time.sleep(2 * runner.status_interval_s)  # a heartbeat asked for just before lands
+            stuck_at = orjson.loads(runner.status_file.read_bytes())["updated_at"]
+            time.sleep(3 * runner.status_interval_s)
+            assert orjson.loads(runner.status_file.read_bytes())["updated_at"] == stuck_at
+        finally:
+            release.set()
+        wait_for(
+            lambda: runner.metrics.events_processed >= len(before) + len(after),
+            60,
+            "the batches after the hang",
+        )
+        wait_for(
+            lambda: orjson.loads(runner.status_file.read_bytes())["updated_at"] > stuck_at,
+            10,
+            "a heartbeat after the hang",
+        )
 
 
 def test_sink_failure_retries_three_times_then_dead_letters_and_continues(

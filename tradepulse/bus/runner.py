@@ -308,6 +308,11 @@ class Runner:
         self._cold_writes = SerialWorker[_Batch](
             f"runner-{instance}-cold", self._archive, COLD_BACKLOG_RECORDS
         )
+        # The heartbeat is published on a thread of its own, when this loop asks for it (`_maybe_status`):
+        # its slow parts (the stage percentiles, the status file, the DLQ depth and the hot store's put,
+        # an SQS and a DynamoDB call in AWS) no longer hold up a batch, and a loop that is stuck still
+        # stops the heartbeat, as /health expects.
+        self._heartbeats = SerialWorker[None](f"runner-{instance}-status", self._publish_status, 1)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -439,6 +444,7 @@ class Runner:
             # the buffered rows could overwrite its files. The restart re-appends them from the
             # checkpoint instead.
             self.cold = self.cold_factory()
+        self._heartbeats.close()
         self.metrics.stopped_at = time.time()  # the last heartbeat: left, not lost (for /health)
         self._write_status()
         # Dropping the clients here, on this thread, breaks the runner ↔ consumer reference cycle (the
@@ -933,20 +939,35 @@ class Runner:
             consumer.resume(consumer.assignment())
 
     def _maybe_status(self) -> None:
+        """Every `status_interval_s`: refresh the lag (this thread's consumer; `_linger_s` reads it) and
+        have the status thread publish the heartbeat. While the previous one is still being published
+        (a slow SQS or DynamoDB call) this beat is skipped: the next one carries the newer figures."""
         now = time.monotonic()
-        if now - self._last_status >= self.status_interval_s:
-            self._write_status()
+        if now - self._last_status >= self.status_interval_s and self._heartbeats.idle:
+            self._last_status = now
+            self._refresh_lag()
+            self._heartbeats.submit(None)
 
     def _write_status(self) -> None:
-        self._last_status = time.monotonic()
+        """Publish the heartbeat on this thread (the last one, once the status thread has ended)."""
+        self._refresh_lag()
+        self._publish_status([None])
+
+    def _refresh_lag(self) -> None:
         self.metrics.consumer_lag = self._lag()
         self.metrics.assigned_partitions = len(self._assignment)
+
+    def _publish_status(self, _beats: list[None]) -> None:
+        """The DLQ depth, the status document (`RunnerMetrics.snapshot`) and `publish_status`. Never
+        raises: a heartbeat that failed is logged, and the next one replaces it."""
         try:
             self.metrics.dlq_depth = int(self.dlq.depth())
-        except Exception:  # the status file must never take the runner down
+        except Exception:
             log.exception("dlq depth unavailable")
-        # At most once per status_interval_s (_maybe_status), so the hot-store put stays off most batches.
-        publish_status(self.metrics.snapshot(), self.status_file, self.hot, self.instance, self.emf)
+        try:
+            publish_status(self.metrics.snapshot(), self.status_file, self.hot, self.instance, self.emf)
+        except Exception:
+            log.exception("runner status not published")
 
     def _lag(self) -> int:
         """Σ (high watermark − position) over the assignment, from the client's cached watermarks."""

@@ -252,14 +252,18 @@ class StageTimes:
 
     def summaries(self) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
         """(the run, the last minute), as `summary`, merging each stage's slots once."""
-        run: dict[str, dict[str, float]] = {}
-        minute: dict[str, dict[str, float]] = {}
+        copies: dict[str, tuple[LatencyHistogram, LatencyHistogram]] = {}
+        # Copies under the lock, percentiles outside it: the runner's thread records into these
+        # histograms and waits for the lock only while they are copied.
         with self._lock:
             for stage, h in self.hist.items():
-                merged = h.last_minute()
-                minute[stage] = merged.summary_ms()
-                merged.add(h.retired)
-                run[stage] = merged.summary_ms()
+                last_minute = h.last_minute()
+                whole_run = LatencyHistogram()
+                whole_run.add(last_minute)
+                whole_run.add(h.retired)
+                copies[stage] = (whole_run, last_minute)
+        run = {stage: whole_run.summary_ms() for stage, (whole_run, _) in copies.items()}
+        minute = {stage: last_minute.summary_ms() for stage, (_, last_minute) in copies.items()}
         return run, minute
 
 

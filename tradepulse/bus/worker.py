@@ -54,6 +54,12 @@ class SerialWorker(Generic[T]):
         """What the failed handler call raised (None while every call succeeded, or since `reset`)."""
         return self._failure
 
+    @property
+    def idle(self) -> bool:
+        """Nothing queued or being handled (a snapshot: another thread may submit right after)."""
+        with self._cond:
+            return self._outstanding == 0
+
     def submit(self, item: T, weight: int = 1) -> float:
         """Queue `item`, first waiting while the outstanding weight plus `weight` is over the capacity
         (an item heavier than the capacity waits for an idle worker). Returns the milliseconds it
