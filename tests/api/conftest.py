@@ -1,11 +1,13 @@
 """Fixtures of the API tests: a real SQLite hot store filled through `write_batch`, the runner heartbeat
-file, and clocks the tests can move instead of sleeping."""
+file (once, or kept live), and clocks the tests can move instead of sleeping."""
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,26 @@ def heartbeat(settings: Settings, **overrides: Any) -> dict[str, Any]:
     } | overrides
     write_json_atomic(runner_status_path(settings), status)
     return status
+
+
+@contextmanager
+def live_heartbeat(settings: Settings, period_s: float = 1.0, **overrides: Any) -> Iterator[None]:
+    """Rewrite the heartbeat every `period_s` while the block runs, as a live runner does: a test that
+    outlasts `health_commit_stale_s` (a browser starting on a loaded box) still sees a live runner."""
+    heartbeat(settings, **overrides)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(period_s):
+            heartbeat(settings, **overrides)
+
+    thread = threading.Thread(target=beat, name="test-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def filled_store(path: Path) -> tuple[SqliteHotStore, Market]:

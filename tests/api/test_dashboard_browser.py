@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from tests.api.conftest import filled_store, heartbeat
+from tests.api.conftest import filled_store, heartbeat, live_heartbeat
 from tests.api.market import Market, trade
 from tests.paths import REPO_ROOT
 from tradepulse.api.app import create_app
@@ -105,7 +105,8 @@ def test_dashboard_renders_live_data_in_chromium(
     aapl = market.features["AAPL"]
     errors: list[str] = []
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
+    # The health pill is checked half a minute in when the box is loaded: the runner stays live till then.
+    with live_heartbeat(settings), sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
             user_data_dir=str(Path(settings.data_dir) / "chromium-profile"),  # fresh per test session
             executable_path=executable,

@@ -31,17 +31,16 @@ TASK_B = "ip-10-0-2-7.ec2.internal"
 TASK_GONE = "ip-10-0-3-99.ec2.internal"
 
 
-def runner_status(lag: int, events: int, *, age_s: float = 0.0, stopped: bool = False) -> dict[str, Any]:
-    """A heartbeat as the runner builds it (`RunnerMetrics.snapshot`), `age_s` old."""
+def runner_status(
+    lag: int, events: int, *, now: float, age_s: float = 0.0, stopped: bool = False
+) -> dict[str, Any]:
+    """A heartbeat as the runner builds it (`RunnerMetrics.snapshot`), `age_s` old at `now`."""
     metrics = RunnerMetrics(consumer_lag=lag)
     metrics.committed(events=events, batch_ms=2.0)
     metrics.write_ms.extend([4.0, 6.0])
     if stopped:
-        metrics.stopped_at = time.time()
-    status = metrics.snapshot()
-    if age_s:
-        status |= {"updated_at": time.time() - age_s, "last_commit_at": time.time() - age_s}
-    return status
+        metrics.stopped_at = now
+    return metrics.snapshot() | {"updated_at": now - age_s, "last_commit_at": now - age_s}
 
 
 @pytest.fixture(params=["sqlite", "dynamodb"])
@@ -68,19 +67,23 @@ def backend(request: pytest.FixtureRequest, kafka_bootstrap: str, tmp_path: Path
         def publish(status: dict[str, Any], instance: str) -> None:
             publish_status(status, status_path(runner_dir, instance), store, instance)
 
-        yield {"settings": settings, "store": store, "publish": publish}
+        # The instant the test's heartbeats are aged from and /health judges them at: ages are exact
+        # however long the store and the app take (moto can take a second on a busy box).
+        now = time.time()
+        yield {"settings": settings, "store": store, "publish": publish, "now": now}
         store.close()
 
 
 def health(backend: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    with TestClient(create_app(backend["settings"], backend["store"])) as client:
+    app = create_app(backend["settings"], backend["store"], wall_clock=lambda: backend["now"])
+    with TestClient(app) as client:
         res = client.get("/health")
     return res.status_code, res.json()
 
 
 def test_every_hostname_named_runner_is_reported_and_summed(backend: dict[str, Any]) -> None:
-    backend["publish"](runner_status(lag=40, events=1_000), TASK_A)
-    backend["publish"](runner_status(lag=2, events=500), TASK_B)
+    backend["publish"](runner_status(lag=40, events=1_000, now=backend["now"]), TASK_A)
+    backend["publish"](runner_status(lag=2, events=500, now=backend["now"]), TASK_B)
     code, body = health(backend)
     assert code == 200, body["components"]["runner"]
     assert body["status"] == "healthy"
@@ -96,9 +99,11 @@ def test_every_hostname_named_runner_is_reported_and_summed(backend: dict[str, A
 
 
 def test_a_stale_runner_is_missing_while_the_others_serve(backend: dict[str, Any]) -> None:
-    backend["publish"](runner_status(lag=40, events=1_000), TASK_A)
-    backend["publish"](runner_status(lag=2, events=500), TASK_B)
-    backend["publish"](runner_status(lag=9_000, events=7, age_s=120), TASK_GONE)  # crashed 2 min ago
+    backend["publish"](runner_status(lag=40, events=1_000, now=backend["now"]), TASK_A)
+    backend["publish"](runner_status(lag=2, events=500, now=backend["now"]), TASK_B)
+    backend["publish"](
+        runner_status(lag=9_000, events=7, age_s=120, now=backend["now"]), TASK_GONE
+    )  # crashed 2 min ago
     code, body = health(backend)
     assert code == 200 and body["status"] == "degraded"
     components = body["components"]
@@ -112,8 +117,8 @@ def test_a_stale_runner_is_missing_while_the_others_serve(backend: dict[str, Any
 
 
 def test_all_runners_silent_is_unhealthy(backend: dict[str, Any]) -> None:
-    backend["publish"](runner_status(lag=0, events=1, age_s=60), TASK_A)
-    backend["publish"](runner_status(lag=0, events=1, age_s=45), TASK_B)
+    backend["publish"](runner_status(lag=0, events=1, age_s=60, now=backend["now"]), TASK_A)
+    backend["publish"](runner_status(lag=0, events=1, age_s=45, now=backend["now"]), TASK_B)
     code, body = health(backend)
     assert code == 503
     assert body["components"]["runner"]["status"] == "down"
@@ -121,8 +126,8 @@ def test_all_runners_silent_is_unhealthy(backend: dict[str, Any]) -> None:
 
 
 def test_a_stuck_runner_is_unhealthy(backend: dict[str, Any]) -> None:
-    backend["publish"](runner_status(lag=10, events=1_000), TASK_A)
-    stuck = runner_status(lag=500, events=10) | {"last_commit_at": time.time() - 40}
+    backend["publish"](runner_status(lag=10, events=1_000, now=backend["now"]), TASK_A)
+    stuck = runner_status(lag=500, events=10, now=backend["now"]) | {"last_commit_at": backend["now"] - 40}
     backend["publish"](stuck, TASK_B)
     code, body = health(backend)
     assert code == 503
@@ -131,16 +136,16 @@ def test_a_stuck_runner_is_unhealthy(backend: dict[str, Any]) -> None:
 
 def test_stopped_and_long_gone_runners_are_not_listed(backend: dict[str, Any]) -> None:
     """A task that stopped gracefully (a deploy) left; one silent past the forget window was replaced."""
-    backend["publish"](runner_status(lag=1, events=10), TASK_A)
-    backend["publish"](runner_status(lag=0, events=10, stopped=True), TASK_B)
-    backend["publish"](runner_status(lag=0, events=10, age_s=3_600), TASK_GONE)
+    backend["publish"](runner_status(lag=1, events=10, now=backend["now"]), TASK_A)
+    backend["publish"](runner_status(lag=0, events=10, stopped=True, now=backend["now"]), TASK_B)
+    backend["publish"](runner_status(lag=0, events=10, age_s=3_600, now=backend["now"]), TASK_GONE)
     code, body = health(backend)
     assert code == 200 and body["status"] == "healthy"
     assert sorted(k for k in body["components"] if k.startswith("runner:")) == [f"runner:{TASK_A}"]
 
 
 def test_only_stopped_runners_is_unhealthy_but_not_never_reported(backend: dict[str, Any]) -> None:
-    backend["publish"](runner_status(lag=0, events=10, stopped=True), TASK_A)
+    backend["publish"](runner_status(lag=0, events=10, stopped=True, now=backend["now"]), TASK_A)
     code, body = health(backend)
     assert code == 503
     assert body["components"]["runner"]["detail"].startswith("no runner is running")
