@@ -1,5 +1,6 @@
-"""Transaction failures against the real broker: an aborted transaction, a retriable commit error and a
-fenced producer (a second runner with the same transactional id). In each case the outputs (Kafka,
+"""Transaction failures against the real broker: an aborted transaction, a retriable commit error, a
+fenced producer (a second runner with the same transactional id) and a rebalance while a batch is being
+gathered. In each case the outputs (Kafka,
 read_committed), the hot store and the cold store (inputs and every archived output) stay exact. And
 after a run, `tradepulse query` counts every output as the hot store holds it.
 
@@ -21,7 +22,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
 from tests.bus.test_runner import (
     TICKERS,
@@ -37,6 +38,8 @@ from tests.bus.test_runner import (
     wait_for,
 )
 from tests.reliability.harness import output_archive
+from tradepulse.bus import runner as runner_module
+from tradepulse.bus.clients import consumer_config
 from tradepulse.bus.pipeline import build_runner
 from tradepulse.bus.runner import GC_THRESHOLDS, Runner, tune_gc
 from tradepulse.cli.storage import query
@@ -261,6 +264,103 @@ def test_a_fenced_runner_exits_and_its_successor_keeps_everything_exact(
     assert first.producer is None and first.consumer is None  # closed and released
     assert first.metrics.events_processed <= half < len(recording.events)
     assert_exact(settings, recording)
+
+
+class Member:
+    """Another member of a consumer group: a plain consumer polled in a thread until `leave()`."""
+
+    def __init__(self, settings: Settings, topics: list[str]) -> None:
+        self.consumer = Consumer(consumer_config(settings, settings.consumer_group))
+        self.consumer.subscribe(topics)
+        self._leave = threading.Event()
+        self.thread = threading.Thread(target=self._poll, name="member", daemon=True)
+        self.thread.start()
+
+    def _poll(self) -> None:
+        while not self._leave.is_set():
+            self.consumer.poll(0.1)
+        self.consumer.close()
+
+    def leave(self) -> None:
+        self._leave.set()
+        self.thread.join(30)
+
+
+def test_a_rebalance_while_a_batch_is_gathered_processes_nothing_twice(
+    settings: Settings, recording: Recording, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner gathers a batch in several calls (`poll()` for the first message, then `consume()` for
+    what came with it). Here another member joins the group right after the `poll()`, and the next call
+    returns once the runner has been revoked and assigned anew: the first message is from the previous
+    assignment. Its offset was not committed, so it is consumed again; were it processed as well, it
+    would be committed twice (a trade's volume would count twice in its features). The member leaves,
+    the runner takes everything back, and every input is committed once and every output is exact."""
+    seen: dict[str, Any] = {"assigns": 0, "revokes": 0}
+
+    class RebalanceMidBatch(Consumer):
+        """The runner's real consumer, with the rebalance above at the first batch."""
+
+        def subscribe(self, topics: list[str], **callbacks: Any) -> None:
+            on_assign, on_revoke = callbacks["on_assign"], callbacks["on_revoke"]
+
+            def assigned(consumer: Consumer, partitions: list[Any]) -> None:
+                seen["assigns"] += 1
+                on_assign(consumer, partitions)
+
+            def revoked(consumer: Consumer, partitions: list[Any]) -> None:
+                seen["revokes"] += 1
+                on_revoke(consumer, partitions)
+
+            self.topics = topics
+            super().subscribe(topics, **(callbacks | {"on_assign": assigned, "on_revoke": revoked}))
+
+        def poll(self, *args: Any, **kwargs: Any) -> Message | None:
+            message = super().poll(*args, **kwargs)
+            if message is not None and message.error() is None and "first" not in seen:
+                seen["first"] = (message.topic(), message.partition(), message.offset())
+            return message
+
+        def consume(self, *args: Any, **kwargs: Any) -> list[Message]:
+            if "first" not in seen or "member" in seen:
+                return super().consume(*args, **kwargs)
+            assigns, revokes = seen["assigns"], seen["revokes"]
+            seen["member"] = Member(settings, self.topics)
+            messages: list[Message] = []
+            deadline = time.monotonic() + 60
+            while seen["assigns"] == assigns:  # revoked, then assigned anew (eager `range`)
+                assert time.monotonic() < deadline, "the group did not rebalance"
+                got = super().consume(100, 0.1)
+                # What came before the revocation stands for no call the runner made: it is dropped
+                # here and, never committed, consumed again after the rebalance. librdkafka drops the
+                # outdated messages of the call that serves the revocation; later ones are current.
+                if seen["revokes"] > revokes:
+                    messages += got
+            return messages
+
+    monkeypatch.setattr(runner_module, "Consumer", RebalanceMidBatch)
+    runner = build_runner(settings, instance="midbatch")
+    expected_trades = {t["event_id"] for t in recording.of(TRADES)}
+    hot = open_hot_store(settings)
+    try:
+        with running(runner):
+            wait_for(lambda: seen["assigns"] == 1, 60, "the runner's first assignment")
+            produce(settings, recording.events)  # caught up: the first batch starts with a poll()
+            wait_for(lambda: seen["assigns"] == 2, 90, "the rebalance in the middle of a batch")
+            seen["member"].leave()  # the runner takes the member's partitions back
+            wait_for(
+                lambda: (
+                    seen["assigns"] == 3
+                    and hot.trade_ids() == expected_trades
+                    and runner.metrics.events_processed >= len(recording.events)
+                    and runner.metrics.consumer_lag == 0
+                ),
+                120,
+                "every event, after the member left",
+            )
+    finally:
+        hot.close()
+    assert_exact(settings, recording)
+    assert runner.metrics.events_processed == len(recording.events)
 
 
 def test_tradepulse_query_counts_every_output_as_the_hot_store_holds_it(

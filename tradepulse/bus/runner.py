@@ -293,7 +293,13 @@ class Runner:
         self.metrics = RunnerMetrics()
         self.emf = emitter_from_settings(settings, "processor")
         self._stop = threading.Event()
+        # The assignment and the group metadata (generation, member id) that its batches commit with,
+        # kept by the rebalance callbacks: asking the consumer is a round trip to librdkafka's main
+        # thread per batch, which waits behind whatever that thread is doing.
         self._assignment: list[KafkaTopicPartition] = []
+        self._group_metadata: Any = None
+        # Rebalance callbacks served so far (`_more`): a batch is gathered within one assignment.
+        self._rebalances = 0
         # Next offset the cold store still needs, per consumed partition; lower offsets are already there.
         self._cold_next: dict[tuple[str, int], int] = {}
         self._last_status = 0.0
@@ -400,12 +406,30 @@ class Runner:
             if first is None:
                 return [], 0.0
             # Whatever arrived with it (one fetch response fills the queue at once).
-            messages = [first, *consumer.consume(most - 1, 0)]
+            messages = self._more(consumer, [first], most - 1, 0)
         gathered = time.perf_counter()
         linger = self._linger_s()
         if linger > 0 and len(messages) < most:
-            messages += consumer.consume(most - len(messages), linger)
+            messages = self._more(consumer, messages, most - len(messages), linger)
         return messages, (time.perf_counter() - gathered) * 1000
+
+    def _more(
+        self, consumer: Consumer, messages: list[Message], count: int, timeout_s: float
+    ) -> list[Message]:
+        """`messages` and what `consume(count, timeout_s)` adds to them, unless a rebalance callback ran
+        in that call: then `messages` belong to the previous assignment and are dropped. Their offsets
+        were not committed, so the partitions' owner consumes them again; processed here, they would
+        commit without their offsets (or with a new owner's) and be processed twice. librdkafka drops
+        the outdated messages of the call itself."""
+        rebalances = self._rebalances
+        more = consumer.consume(count, timeout_s)
+        if self._rebalances == rebalances:
+            return messages + more
+        log.info(
+            "rebalanced while gathering a batch: %d messages of the previous assignment dropped",
+            len(messages),
+        )
+        return more
 
     def _linger_s(self) -> float:
         """How long `_next_batch` waits for more after a batch's first messages: `batch_linger_ms`, or
@@ -510,7 +534,12 @@ class Runner:
     # --- rebalance --------------------------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+        self._rebalances += 1
         self._assignment = list(partitions)
+        # This generation's: every rebalance revokes (or loses) the whole assignment and assigns anew
+        # (eager `range`), so it is refreshed here. Were it stale, the broker would reject the offsets
+        # (an abortable error: the batches replay, `_rewind` refreshes it), never accept them.
+        self._group_metadata = consumer.consumer_group_metadata()
         self.metrics.assigned_partitions = len(partitions)
         log.info("assigned %s", sorted((p.topic, p.partition) for p in partitions))
         self._settle()  # idle already: a revocation or loss came first
@@ -525,6 +554,7 @@ class Runner:
         self.metrics.assignments += 1
 
     def _on_revoke(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+        self._rebalances += 1
         log.info("revoked %s", sorted((p.topic, p.partition) for p in partitions))
         # The batches handed over commit with this generation (the group waits for this callback), or
         # abort and are replayed by the partitions' next owner.
@@ -534,9 +564,11 @@ class Runner:
         self.cold.flush(force=True)
         self.processor.reset()
         self._assignment = []
+        self._group_metadata = None
         self.metrics.assigned_partitions = 0
 
     def _on_lost(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+        self._rebalances += 1
         log.warning("partitions lost %s", sorted((p.topic, p.partition) for p in partitions))
         self._settle()  # commits of the lost generation fail and abort; their batches are the owner's
         self.processor.reset()
@@ -545,6 +577,7 @@ class Runner:
         self.cold = self.cold_factory()
         self._cold_next.clear()
         self._assignment = []
+        self._group_metadata = None
         self.metrics.assigned_partitions = 0
 
     @staticmethod
@@ -687,9 +720,9 @@ class Runner:
             # What this batch's transaction commits: the positions after it (before the next consume)
             # with the news join's pending articles, and the group generation it was consumed in.
             positions=self._with_pending(
-                [tp for tp in consumer.position(consumer.assignment()) if tp.offset >= 0]
+                [tp for tp in consumer.position(self._assignment) if tp.offset >= 0]
             ),
-            group_metadata=consumer.consumer_group_metadata(),
+            group_metadata=self._group_metadata,
             outliers=outliers,
             model_version=self.processor.model_version,
             consumed_us=consumed_us,
@@ -901,6 +934,8 @@ class Runner:
         consumer = self.consumer
         assert consumer is not None
         assignment = consumer.assignment()
+        # After an abort: should the kept group metadata have been the cause, this replaces it.
+        self._group_metadata = consumer.consumer_group_metadata()
         self.processor.reset()
         self.cold = self.cold_factory()
         self._cold_next.clear()
@@ -976,7 +1011,7 @@ class Runner:
             return 0
         lag = 0
         try:
-            for tp in consumer.position(consumer.assignment()):
+            for tp in consumer.position(self._assignment):
                 low, high = consumer.get_watermark_offsets(tp, cached=True)
                 if high < 0:
                     continue
