@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,21 @@ def runner_settings(kafka_settings: Settings) -> Settings:
     return own_group(kafka_settings)
 
 
+_started: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def no_runner_left_behind() -> Iterator[None]:
+    """Kills what a test's runners still run at its end: after a failed wait they would otherwise keep
+    polling the broker, and load the box, for the rest of the session."""
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+
+
 def start_runner(settings: Settings, instance: str, *extra: str, batch: int = 300) -> subprocess.Popen[bytes]:
     env = os.environ | {
         "TRADEPULSE_KAFKA_BOOTSTRAP": str(settings.kafka_bootstrap),
@@ -72,7 +88,7 @@ def start_runner(settings: Settings, instance: str, *extra: str, batch: int = 30
         # the retention purge would remove the rows these tests compare.
         "TRADEPULSE_HOT_PURGE_INTERVAL_S": "0",
     }
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -89,6 +105,8 @@ def start_runner(settings: Settings, instance: str, *extra: str, batch: int = 30
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+    _started.append(proc)
+    return proc
 
 
 def status(settings: Settings, instance: str) -> dict[str, Any]:
