@@ -12,7 +12,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tradepulse.core.trade_state import TradeState, group_starts, limbs_value, ranges, square_limbs
+from tradepulse.core.trade_state import (
+    TradeState,
+    group_sizes,
+    group_starts,
+    limbs_value,
+    ranges,
+    square_limbs,
+)
+
+_INT64_MAX = np.iinfo(np.int64).max
 
 if TYPE_CHECKING:
     from tradepulse.core.feature_config import FeatureConfig
@@ -193,12 +202,12 @@ def disorder_corrections(pos: np.ndarray, group: np.ndarray, st: TradeState) -> 
     # Merged positions of different codes occupy disjoint ascending ranges, so plain running min/max
     # over the code-grouped sequence never mix codes.
     suffix_min = np.minimum.accumulate(pos[::-1])[::-1]
-    later_min = np.r_[suffix_min[1:], np.iinfo(np.int64).max]
+    later_min = np.concatenate((suffix_min[1:], [_INT64_MAX]))
     disordered = np.flatnonzero(pos > later_min)
     if len(disordered) == 0:
         return None
     prefix_max = np.maximum.accumulate(pos)
-    earlier_max = np.r_[-1, prefix_max[:-1]]
+    earlier_max = np.concatenate(([-1], prefix_max[:-1]))
     overtaken = np.flatnonzero(pos < earlier_max)  # arrived after a later-keyed trade
     group_end = np.searchsorted(group, group[disordered], side="right")
     lo = np.searchsorted(overtaken, disordered, side="right")
@@ -208,7 +217,7 @@ def disorder_corrections(pos: np.ndarray, group: np.ndarray, st: TradeState) -> 
     c = Corrections.zeros(st.last_ok[pos])
     for chunk in pair_chunks(counts):
         d = np.repeat(disordered[chunk], counts[chunk])
-        starts = np.repeat(lo[chunk] - np.r_[0, np.cumsum(counts[chunk])[:-1]], counts[chunk])
+        starts = np.repeat(lo[chunk] - np.concatenate(([0], np.cumsum(counts[chunk])[:-1])), counts[chunk])
         j = overtaken[np.arange(len(d)) + starts]
         hit = pos[j] < pos[d]
         d, j = d[hit], j[hit]
@@ -279,14 +288,14 @@ def closing_snapshots(
     code, ts = st.code[rows], st.ts[rows]
     second = ts // cfg.snapshot_ms
     starts = group_starts(code, second)
-    last = np.r_[starts[1:], len(ts)] - 1
+    last = np.concatenate((starts[1:], [len(ts)])) - 1
     s_code, s_end = code[starts], (second[starts] + 1) * cfg.snapshot_ms
     closing = (s_end <= wm_after[s_code] - cfg.late_grace_ms) & (
         s_end > wm_before[s_code] - cfg.late_grace_ms
     )
     late = st.late[rows]
     late_sum = np.add.reduceat(late, starts) if len(starts) else np.empty(0, dtype=np.int64)
-    closing_rows = rows[np.repeat(closing, np.diff(np.r_[starts, len(rows)]))]
+    closing_rows = rows[np.repeat(closing, group_sizes(starts, len(rows)))]
     return rows[last[closing]], late_sum[closing], closing_rows
 
 

@@ -118,7 +118,7 @@ from tradepulse.core.feature_windows import (
     window_features,
 )
 from tradepulse.core.quote_book import QuoteBook
-from tradepulse.core.trade_state import NO_TS, K, TradeState, composite_span, group_starts, kts
+from tradepulse.core.trade_state import NO_TS, K, TradeState, composite_span, group_sizes, group_starts, kts
 from tradepulse.models import FeatureVector
 
 FEATURE_COLUMNS = (
@@ -346,7 +346,7 @@ class FeatureEngine:
         by_code = np.argsort(codes, kind="stable")
         c_s, t_s = codes[by_code], ts[by_code]
         gstart = group_starts(c_s)
-        gsize = np.diff(np.r_[gstart, n])
+        gsize = group_sizes(gstart, n)
         gidx = np.repeat(np.arange(len(gstart)), gsize)
         lo = int(t_s.min()) - 1
         span = int(t_s.max()) - lo + 1
@@ -373,14 +373,14 @@ class FeatureEngine:
         attached = np.zeros(len(acc_s), dtype=np.int64)
         if len(acc_s):
             acc_g = a.gidx[acc_s]
-            first = np.r_[True, acc_g[1:] != acc_g[:-1]]
+            first = np.concatenate(([True], acc_g[1:] != acc_g[:-1]))
             before = np.empty(len(acc_s), dtype=np.int64)
             before[1:] = cum_late[acc_s[:-1]]
             group_base = np.where(a.gstart > 0, cum_late[a.gstart - 1], 0)
             before[first] = group_base[acc_g[first]] - self._pending_late[a.gcode[acc_g[first]]]
             attached = cum_late[acc_s] - before
             # Pending after the batch: lates after the group's last accepted trade.
-            last = np.r_[acc_g[1:] != acc_g[:-1], True]
+            last = np.concatenate((acc_g[1:] != acc_g[:-1], [True]))
             group_end = a.gstart + a.gsize - 1
             self._pending_late[a.gcode[acc_g[last]]] = (
                 cum_late[group_end[acc_g[last]]] - cum_late[acc_s[last]]
@@ -422,7 +422,7 @@ class FeatureEngine:
         state.reserve(
             len(self._names),
             k_code[ustart],
-            np.diff(np.r_[ustart, len(k_code)]),
+            group_sizes(ustart, len(k_code)),
             a.wm_before - cfg.late_grace_ms - cfg.horizon_ms,
         )
         pos = np.empty(len(acc_s), dtype=np.int64)  # state row of each accepted trade
@@ -497,7 +497,7 @@ class FeatureEngine:
 
         # Latest: per ticker, the batch's accepted trade with the highest key.
         key_order = b.key_order
-        last_in_code = key_order[np.r_[b.code[key_order][1:] != b.code[key_order][:-1], True]]
+        last_in_code = key_order[np.concatenate((b.code[key_order][1:] != b.code[key_order][:-1], [True]))]
         row_of = np.empty(len(b.arrival), dtype=np.int64)
         row_of[out_order] = np.arange(len(b.arrival))
         vectors = vector_dicts(per_trade, row_of[last_in_code])

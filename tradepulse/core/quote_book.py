@@ -78,7 +78,7 @@ class QuoteBook:
         # ...plus the last quote at or before the cutoff of each code.
         older = np.flatnonzero(~keep)
         if len(older):
-            last_of_code = np.r_[self.code[older][1:] != self.code[older][:-1], True]
+            last_of_code = np.concatenate((self.code[older][1:] != self.code[older][:-1], [True]))
             keep[older[last_of_code]] = True
         if not keep.all():
             self.code = self.code[keep]
