@@ -84,6 +84,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.ensemble._iforest import _average_path_length
 
 from tradepulse.core.features import FEATURE_COLUMNS
+from tradepulse.core.trade_state import group_sizes
 from tradepulse.errors import InvalidArgument
 from tradepulse.ids import stable_id
 
@@ -591,7 +592,7 @@ class AnomalyDetector:
         if len(idx) == 0:
             return
         starts = np.flatnonzero(np.r_[True, (codes[1:] != codes[:-1]) | (period[1:] != period[:-1])])
-        sizes = np.diff(np.r_[starts, len(idx)])
+        sizes = group_sizes(starts, len(idx))
         run = np.repeat(np.arange(len(starts)), sizes)
         flagged, keys = rows.flagged[idx], rows.key[idx]
         n_flagged = np.add.reduceat(flagged.astype(np.int64), starts)

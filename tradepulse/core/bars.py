@@ -43,6 +43,7 @@ import pandas as pd
 
 from tradepulse.core.columns import TradeColumns
 from tradepulse.core.sessions import UNKNOWN, SessionTable
+from tradepulse.core.trade_state import group_sizes
 from tradepulse.errors import InvalidArgument
 from tradepulse.ids import stable_id
 
@@ -190,7 +191,7 @@ class BarEngine:
         vol, hl, oc = vol[order], hl[order], oc[order]
         minute = ts // BAR_MS
         starts = np.flatnonzero(np.r_[True, (code[1:] != code[:-1]) | (minute[1:] != minute[:-1])])
-        group = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(ts)]))
+        group = np.repeat(np.arange(len(starts)), group_sizes(starts, len(ts)))
         volume = np.add.reduceat(np.where(vol, size, 0.0), starts)
         notional = np.add.reduceat(np.where(vol, price * size, 0.0), starts)
         count = np.add.reduceat(vol.astype(np.int64), starts)

@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from tradepulse.core.trade_state import group_sizes
 from tradepulse.errors import InvalidArgument
 from tradepulse.ids import stable_id
 
@@ -147,7 +148,7 @@ class _Rings:
         ends = np.r_[starts[1:], order.size] - 1  # same groups in the same order
         last_idx = order_t[ends]
         gc_, bk = c_s[starts], b_s[starts]
-        counts = np.diff(np.r_[starts, order.size])
+        counts = group_sizes(starts, order.size)
         pz, pts, lts, lz = z[peak_idx], ts[peak_idx], ts[last_idx], z[last_idx]
         size = self.size
         slot = gc_ * size + bk % size
