@@ -21,6 +21,7 @@ import time
 import click
 import numpy as np
 
+from tradepulse.bus.runner import tune_process
 from tradepulse.core.anomaly import AnomalyConfig, AnomalyDetector
 from tradepulse.core.columns import QuoteColumns, TradeColumns, object_array
 from tradepulse.core.features import FeatureEngine
@@ -84,6 +85,7 @@ def main(rate: float, batch: int, n_batches: int, warm_batch: int, seed: int) ->
     warm_s = 330.0  # fill the 5-minute windows (and the detector's warm-up) first
     total_s = warm_s + n_batches * batch / rate + 1
     data, n_warm = batches(rate, total_s, batch, seed, int(warm_s * rate), warm_batch)
+    tune_process()  # as `tradepulse process` does: GC thresholds, numpy's huge pages off
     engine = FeatureEngine()
     detectors = {
         "per-ticker": AnomalyDetector(AnomalyConfig(warmup_ms=0, min_train=300)),

@@ -32,7 +32,7 @@ from tradepulse.bus.admin import ensure_topics
 from tradepulse.bus.clients import producer_config
 from tradepulse.bus.local_kafka import LocalKafka
 from tradepulse.bus.pipeline import build_runner
-from tradepulse.bus.runner import tune_gc
+from tradepulse.bus.runner import tune_process
 from tradepulse.bus.stages import BATCH_PARTS
 from tradepulse.config import Settings, get_settings
 from tradepulse.sources.news import article_records
@@ -83,7 +83,7 @@ def run(settings: Settings, events: int) -> None:
     print(f"pre-filled topics in {time.perf_counter() - t0:.1f}s")
 
     runner = build_runner(settings, instance="bench")
-    tune_gc()  # as `tradepulse process` does (process-wide, so not the Runner's business)
+    tune_process()  # as `tradepulse process` does (process-wide, so not the Runner's business)
     started: dict[str, float] = {}
     rss: list[tuple[int, float]] = []  # (events processed, RSS MiB), about once a second
 

@@ -17,6 +17,7 @@ import numpy as np
 import psutil
 from bench_core import _columns
 
+from tradepulse.bus.runner import tune_process
 from tradepulse.core.features import FeatureEngine
 from tradepulse.sources.simulator.market import MarketConfig, MarketModel, make_tickers
 
@@ -34,6 +35,7 @@ def main(rate: float, tickers: int, seconds: float, batch: int, seed: int) -> No
         MarketConfig(seed=seed, rate=rate, start_ms=1_767_000_000_000, tickers=make_tickers(tickers))
     )
     names = np.asarray(model.symbols, dtype=object)
+    tune_process()  # as `tradepulse process` does: GC thresholds, numpy's huge pages off
     engine = FeatureEngine()
     digest = hashlib.sha256()
     core_s, batches, pending, count = 0.0, 0, [], 0

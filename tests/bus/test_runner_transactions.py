@@ -41,7 +41,7 @@ from tests.reliability.harness import output_archive
 from tradepulse.bus import runner as runner_module
 from tradepulse.bus.clients import consumer_config
 from tradepulse.bus.pipeline import build_runner
-from tradepulse.bus.runner import GC_THRESHOLDS, Runner, tune_gc
+from tradepulse.bus.runner import GC_THRESHOLDS, Runner, numpy_hugepages, set_numpy_hugepages, tune_process
 from tradepulse.cli.storage import query
 from tradepulse.config import Settings, get_settings
 from tradepulse.stores.factory import open_hot_store
@@ -399,15 +399,39 @@ def test_tradepulse_query_counts_every_output_as_the_hot_store_holds_it(
     assert cold["features"] > 1000 and cold["correlations"] > 0
 
 
-def test_the_process_entry_point_sets_the_runner_gc_thresholds() -> None:
+def test_the_process_entry_point_sets_the_runner_gc_thresholds_and_numpy_hugepages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     before = gc.get_threshold()
+    hugepages = numpy_hugepages()
+    monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE", raising=False)
     try:
-        tune_gc()
+        set_numpy_hugepages(True)  # numpy's own default on Linux >= 4.6
+        tune_process()
         assert gc.get_threshold() == GC_THRESHOLDS
         assert gc.get_freeze_count() > 0  # what was alive at start is out of the collector's walks
+        assert numpy_hugepages() is False  # re-layouts of the window state fault in 4 KB pages
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+        set_numpy_hugepages(hugepages)
+
+
+@pytest.mark.parametrize("choice", ["0", "1"])
+def test_numpys_own_hugepage_variable_overrides_the_runner_default(
+    monkeypatch: pytest.MonkeyPatch, choice: str
+) -> None:
+    before = gc.get_threshold()
+    hugepages = numpy_hugepages()
+    monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", choice)
+    try:
+        set_numpy_hugepages(choice == "1")  # what numpy did at import with that variable
+        tune_process()
+        assert numpy_hugepages() is (choice == "1")
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+        set_numpy_hugepages(hugepages)
 
 
 def test_a_stopped_runner_and_its_clients_are_freed_without_the_garbage_collector(settings: Settings) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from tradepulse.bus.pipeline import build_runner
-from tradepulse.bus.runner import tune_gc
+from tradepulse.bus.runner import tune_process
 from tradepulse.bus.status import RunnerMetrics, write_json_atomic
 from tradepulse.config import get_settings
 
@@ -30,7 +30,7 @@ from tradepulse.config import get_settings
 def main(expect: int, result: Path, cprofile: Path | None) -> None:
     runner = build_runner(get_settings())
     runner.install_signal_handlers()
-    tune_gc()  # as `tradepulse process` does (process-wide, so not the Runner's business)
+    tune_process()  # as `tradepulse process` does (process-wide, so not the Runner's business)
     marks: dict[str, float] = {}
 
     def done(m: RunnerMetrics) -> bool:

@@ -90,7 +90,9 @@ together.
 from __future__ import annotations
 
 import gc
+import importlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -148,16 +150,42 @@ SESSION_TIMEOUT_MS = 10_000
 # few batches (0.3–1 s each, ~40 % of the runner's CPU in a drain while the cold store still buffered
 # dicts). The rows form no reference cycles (reference counting frees them), so young collections run
 # every 50,000 allocations and full ones rarely; the objects alive at start (modules, the model) are
-# frozen out of the collector. Process-wide settings: the process's entry point applies them (`tune_gc`,
-# called by `tradepulse process` and the benchmarks), never `Runner.run` (tests run runners in-process).
+# frozen out of the collector. Process-wide settings: the process's entry point applies them
+# (`tune_process`, called by `tradepulse process` and the benchmarks), never `Runner.run` (tests run
+# runners in-process).
 GC_THRESHOLDS = (50_000, 20, 100)
 
 
-def tune_gc() -> None:
-    """Set the runner process's GC thresholds (above); for entry points that run a `Runner`."""
+# numpy's switch behind its documented `NUMPY_MADVISE_HUGEPAGE` variable (read once, at import) is a
+# private function of its C module (no stubs, hence Any).
+_NUMPY_MULTIARRAY: Any = importlib.import_module("numpy._core.multiarray")
+
+
+def numpy_hugepages() -> bool:
+    """Whether numpy asks the kernel for transparent huge pages (madvise) on arrays of 4 MiB and more."""
+    return bool(_NUMPY_MULTIARRAY._get_madvise_hugepage())
+
+
+def set_numpy_hugepages(enabled: bool) -> None:
+    """Turn numpy's huge-page advice on or off, for the arrays allocated from now on."""
+    _NUMPY_MULTIARRAY._set_madvise_hugepage(enabled)
+
+
+def tune_process() -> None:
+    """Process-wide settings of a runner process; for entry points that run a `Runner`.
+
+    - The GC thresholds above; what is alive now is frozen out of the collector.
+    - numpy's huge pages off, unless `NUMPY_MADVISE_HUGEPAGE` chooses. A re-layout of the feature
+      core's window state allocates and fills a few hundred MiB of fresh arrays; with huge pages
+      advised (numpy's default on Linux, where THP is `madvise`) each fresh 2 MiB page was faulted in
+      with direct compaction, and the one re-layout of a 15k ev/s run took 4.2 s instead of 0.4 s
+      (docs/benchmarks.md, "Huge pages").
+    """
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    if "NUMPY_MADVISE_HUGEPAGE" not in os.environ:
+        set_numpy_hugepages(False)
 
 
 #: Records (inputs and archived outputs) handed to the commit thread and not yet committed, at most, in

@@ -38,7 +38,7 @@ def process(instance: str, progress_s: float, exit_when_idle: float | None) -> N
     and produce the outputs, exactly once. SIGTERM/SIGINT finish the batch, commit and exit."""
     from tradepulse.bus.admin import MissingTopicsError, require_topics
     from tradepulse.bus.pipeline import build_runner
-    from tradepulse.bus.runner import tune_gc
+    from tradepulse.bus.runner import tune_process
     from tradepulse.bus.watchdog import Watchdog
     from tradepulse.stores.retention import RetentionPurger
     from tradepulse.topics import PROCESSOR_TOPICS
@@ -89,7 +89,7 @@ def process(instance: str, progress_s: float, exit_when_idle: float | None) -> N
         return time.monotonic() - last_seen["at"] > (exit_when_idle or 0)
 
     click.echo(f"[process {instance}] runner started (transactional id {runner.transactional_id})", err=True)
-    tune_gc()
+    tune_process()
     # Retention beside the runner, on its own store object (see tradepulse.stores.retention for why here).
     purger = RetentionPurger.for_settings(runner.hot, settings)
     if purger is not None:
