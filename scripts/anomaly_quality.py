@@ -24,6 +24,7 @@ import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import click
 import numpy as np
@@ -216,7 +217,7 @@ def evaluate(
     }
 
 
-def run(per_ticker: bool, seconds: float, seed: int, rate: float, batch_ms: int) -> dict[str, float]:
+def run(per_ticker: bool, seconds: float, seed: int, rate: float, batch_ms: int) -> dict[str, Any]:
     source, market = load_market(seconds, seed, rate, batch_ms)
     engine = FeatureEngine()
     detector = AnomalyDetector(AnomalyConfig(per_ticker=per_ticker))

@@ -125,7 +125,7 @@ def main(minutes: float, rate: float, seed: int, bad_tick_rate: float) -> None:
         + ", ".join(
             f"{s} {statuses.get(s, 0)}" for s in ("match", "outlier", "mismatch", "vendor_only", "ours_only")
         )
-        + f"; mismatched fields: {dict(fields) or 'none'}; still pending (open minutes): {check.reconciler.pending}"
+        + f"; mismatched fields: {dict(fields) or 'none'}; still pending (open minutes): {len(check.reconciler.pending_keys())}"
     )
 
 

@@ -16,11 +16,12 @@ import time
 
 import click
 import numpy as np
+from bench_core import market_columns
 
-from tradepulse.core.columns import QuoteColumns, TradeColumns, object_array
+from tradepulse.core.columns import QuoteColumns, TradeColumns
 from tradepulse.core.conditions import ConditionRules
 from tradepulse.core.features import FeatureEngine, FeatureOutput
-from tradepulse.sources.simulator.market import CONDITION_SETS, MarketConfig, MarketModel
+from tradepulse.sources.simulator.market import Block, MarketConfig, MarketModel
 
 WARM_S = 300.0
 
@@ -31,28 +32,14 @@ def batches(
     """(simulated seconds since start, trades, quotes) per batch of ~`batch_events`, arrival order."""
     model = MarketModel(MarketConfig(seed=seed, rate=rate, start_ms=1_767_000_000_000))
     names = np.asarray(model.symbols, dtype=object)
-    sets = [list(c) for c in CONDITION_SETS]
-    out, pending, count = [], [], 0
+    out: list[tuple[float, TradeColumns, QuoteColumns]] = []
+    pending: list[Block] = []
+    count = 0
     for block in model.generate(seconds):
         pending.append(block)
         count += len(block)
         if count >= batch_events:
-            tr = {k: np.concatenate([b.trades[k] for b in pending]) for k in ("sym", "p", "s", "t", "q", "c")}
-            qu = {k: np.concatenate([b.quotes[k] for b in pending]) for k in ("sym", "bp", "ap", "t", "q")}
-            event_id = np.char.add(names[tr["sym"]].astype(str), tr["q"].astype(str)).astype(object)
-            conditions = object_array([sets[c] for c in tr["c"].tolist()])
-            trades = TradeColumns(
-                names[tr["sym"]],
-                tr["p"].astype(float),
-                tr["s"].astype(float),
-                tr["t"],
-                tr["q"],
-                event_id,
-                conditions,
-            )
-            quotes = QuoteColumns(
-                names[qu["sym"]], qu["bp"].astype(float), qu["ap"].astype(float), qu["t"], qu["q"]
-            )
+            trades, quotes = market_columns(pending, names)
             elapsed = (model.now_ms - model.start_ms) / 1000
             out.append((elapsed, trades, quotes))
             pending, count = [], 0

@@ -25,7 +25,7 @@ from tradepulse.bus.runner import tune_process
 from tradepulse.core.anomaly import AnomalyConfig, AnomalyDetector
 from tradepulse.core.columns import QuoteColumns, TradeColumns, object_array
 from tradepulse.core.features import FeatureEngine
-from tradepulse.sources.simulator.market import CONDITION_SETS, MarketConfig, MarketModel
+from tradepulse.sources.simulator.market import CONDITION_SETS, Block, MarketConfig, MarketModel
 
 
 def batches(
@@ -41,16 +41,19 @@ def batches(
         count += len(block)
         warming = seen < warm_events
         if count >= (warm_batch or batch_events if warming else batch_events):
-            out.append(_columns(pending, names))
+            out.append(market_columns(pending, names))
             n_warm += warming
             seen += count
             pending, count = [], 0
     return out, n_warm
 
 
-def _columns(blocks: list, names: np.ndarray) -> tuple[TradeColumns, QuoteColumns]:
-    tr = {k: np.concatenate([b.trades[k] for b in blocks]) for k in ("sym", "p", "s", "t", "q", "c")}
-    qu = {k: np.concatenate([b.quotes[k] for b in blocks]) for k in ("sym", "bp", "ap", "t", "q")}
+def market_columns(blocks: list[Block], names: np.ndarray) -> tuple[TradeColumns, QuoteColumns]:
+    """The simulator's blocks as the core's columnar batch, arrival order, with their condition codes."""
+    tr = {
+        k: np.concatenate([b.trades[k] for b in blocks if b.trades]) for k in ("sym", "p", "s", "t", "q", "c")
+    }
+    qu = {k: np.concatenate([b.quotes[k] for b in blocks if b.quotes]) for k in ("sym", "bp", "ap", "t", "q")}
     event_id = np.char.add(names[tr["sym"]].astype(str), tr["q"].astype(str)).astype(object)
     conditions = object_array([list(CONDITION_SETS[c]) for c in tr["c"].tolist()])  # the rules apply
     trades = TradeColumns(

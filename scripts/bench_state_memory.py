@@ -15,11 +15,11 @@ import time
 import click
 import numpy as np
 import psutil
-from bench_core import _columns
+from bench_core import market_columns
 
 from tradepulse.bus.runner import tune_process
 from tradepulse.core.features import FeatureEngine
-from tradepulse.sources.simulator.market import MarketConfig, MarketModel, make_tickers
+from tradepulse.sources.simulator.market import Block, MarketConfig, MarketModel, make_tickers
 
 
 @click.command(help=__doc__)
@@ -38,11 +38,12 @@ def main(rate: float, tickers: int, seconds: float, batch: int, seed: int) -> No
     tune_process()  # as `tradepulse process` does: GC thresholds, numpy's huge pages off
     engine = FeatureEngine()
     digest = hashlib.sha256()
-    core_s, batches, pending, count = 0.0, 0, [], 0
+    core_s, batches, count = 0.0, 0, 0
+    pending: list[Block] = []
 
     def feed() -> None:
         nonlocal core_s, batches
-        trades, quotes = _columns(pending, names)
+        trades, quotes = market_columns(pending, names)
         started = time.perf_counter()
         out = engine.process(trades, quotes)
         core_s += time.perf_counter() - started
