@@ -178,7 +178,7 @@ def tune_process() -> None:
     - numpy's huge pages off, unless `NUMPY_MADVISE_HUGEPAGE` chooses. A re-layout of the feature
       core's window state allocates and fills a few hundred MiB of fresh arrays; with huge pages
       advised (numpy's default on Linux, where THP is `madvise`), faulting in those fresh pages cost
-      ~9× as much on the VM measured, and the one re-layout of a 15k ev/s run took 4.1 s instead of
+      4–9× as much on the VM measured, and the one re-layout of a 15k ev/s run took 4.1 s instead of
       0.45 s (docs/benchmarks.md, "Huge pages off in the runner process").
     """
     gc.collect()
