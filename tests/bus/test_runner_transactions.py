@@ -399,39 +399,33 @@ def test_tradepulse_query_counts_every_output_as_the_hot_store_holds_it(
     assert cold["features"] > 1000 and cold["correlations"] > 0
 
 
+@pytest.fixture
+def process_settings_restored() -> Iterator[None]:
+    """`tune_process` changes process-wide settings: put back what the test process had."""
+    before, hugepages = gc.get_threshold(), numpy_hugepages()
+    set_numpy_hugepages(True)  # numpy's own default on Linux >= 4.6
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*before)
+    set_numpy_hugepages(hugepages)
+
+
+@pytest.mark.usefixtures("process_settings_restored")
 def test_the_process_entry_point_sets_the_runner_gc_thresholds_and_numpy_hugepages(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    before = gc.get_threshold()
-    hugepages = numpy_hugepages()
     monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE", raising=False)
-    try:
-        set_numpy_hugepages(True)  # numpy's own default on Linux >= 4.6
-        tune_process()
-        assert gc.get_threshold() == GC_THRESHOLDS
-        assert gc.get_freeze_count() > 0  # what was alive at start is out of the collector's walks
-        assert numpy_hugepages() is False  # re-layouts of the window state fault in 4 KB pages
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*before)
-        set_numpy_hugepages(hugepages)
+    tune_process()
+    assert gc.get_threshold() == GC_THRESHOLDS
+    assert gc.get_freeze_count() > 0  # what was alive at start is out of the collector's walks
+    assert numpy_hugepages() is False  # re-layouts of the window state fault in 4 KB pages
 
 
-@pytest.mark.parametrize("choice", ["0", "1"])
-def test_numpys_own_hugepage_variable_overrides_the_runner_default(
-    monkeypatch: pytest.MonkeyPatch, choice: str
-) -> None:
-    before = gc.get_threshold()
-    hugepages = numpy_hugepages()
-    monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", choice)
-    try:
-        set_numpy_hugepages(choice == "1")  # what numpy did at import with that variable
-        tune_process()
-        assert numpy_hugepages() is (choice == "1")
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*before)
-        set_numpy_hugepages(hugepages)
+@pytest.mark.usefixtures("process_settings_restored")
+def test_numpys_own_hugepage_variable_overrides_the_runner_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", "1")  # numpy read it at import: the advice is on
+    tune_process()
+    assert numpy_hugepages() is True
 
 
 def test_a_stopped_runner_and_its_clients_are_freed_without_the_garbage_collector(settings: Settings) -> None:
