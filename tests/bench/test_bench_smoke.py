@@ -41,8 +41,15 @@ def test_bench_smoke_completes_with_zero_loss_and_writes_report(kafka_bootstrap:
     fresh = results["derived"]["freshness_ms"]
     assert fresh["fresh_first"]["count"] >= fresh["fresh_final"]["count"] > 0
     assert 0 < fresh["fresh_first"]["p50"] <= fresh["fresh_first"]["p99"]
+    # Backpressure pauses: the runner's count, and per second in the series (the lag chart marks them).
+    pauses = results["full_path"]["runner_status"]["backpressure_activations"]
+    series = results["derived"]["series"]["backpressure_pauses"]
+    assert results["derived"]["backpressure_pauses"] == pauses
+    assert len(series) == len(results["derived"]["series"]["t"]) and series == sorted(series)
+    assert series[-1] <= pauses
     drain = results["drain"]["systems"]["tradepulse"]
     assert drain["exit_code"] == 0 and drain["events"] == 3000
     summary = (out / "summary.md").read_text()
     assert "events lost" in summary and "| tradepulse |" in summary and "feature freshness" in summary
+    assert f"| backpressure pauses (hot-store write p99 over the limit) | {pauses:,} |" in summary
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

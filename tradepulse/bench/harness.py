@@ -257,6 +257,7 @@ def _full_path(config: BenchConfig, settings: Settings, out: Path, broker_pid: i
                     "runner_lag": status.get("consumer_lag"),
                     "runner_events": status.get("events_processed", 0),
                     "write_p99_ms": status.get("write_p99_ms"),
+                    "backpressure_pauses": status.get("backpressure_activations", 0),
                     "e2e_window": status.get("e2e_latency_window_ms") or {},
                     "pending_frames": sim.get("pending_frames", 0),
                     "variants": {

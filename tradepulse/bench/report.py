@@ -119,6 +119,7 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
         "freshness_ms": {stage: status.get("stages_ms", {}).get(stage, {}) for stage in FRESHNESS_STAGES},
         "write_p99_ms_max": max((s["write_p99_ms"] or 0.0) for s in samples) if samples else 0.0,
         "write_p99_ms_final": status.get("write_p99_ms"),
+        "backpressure_pauses": status.get("backpressure_activations", 0),
         "rss_drift_pct": rss_drift,
         "processes": procs,
         "events_lost": fp["reconcile"]["events_lost"],
@@ -131,6 +132,8 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
             "lag_s": lag_s.tolist(),
             "e2e_p50": [s["e2e_window"].get("p50") for s in samples],
             "e2e_p99": [s["e2e_window"].get("p99") for s in samples],
+            # Cumulative pauses seen by each sample (older results have none).
+            "backpressure_pauses": [s.get("backpressure_pauses", 0) for s in samples],
         },
     }
 
@@ -145,6 +148,7 @@ def runner_summary(status: dict[str, Any]) -> dict[str, Any]:
         "batch_p50_ms": batch.get("p50"),
         "batch_p99_ms": batch.get("p99"),
         "batches": batches,
+        "backpressure_pauses": status.get("backpressure_activations", 0),
         "events": status.get("events_processed", 0),
         "events_per_batch": status.get("events_processed", 0) / batches if batches else None,
         "stage_p50_ms": {k: v.get("p50") for k, v in stages.items()},
@@ -191,10 +195,10 @@ def stage_markdown(d: dict[str, Any], fp: dict[str, Any]) -> list[str]:
             "",
             "#### Runner variants, same load (each its own process and consumer group, all at once)",
             "",
-            "| runner | settings | e2e p50 / p99 / p99.9 (ms) | batch p50 / p99 (ms) | batches | events/batch | "
+            "| runner | settings | e2e p50 / p99 / p99.9 (ms) | batch p50 / p99 (ms) | batches | events/batch | pauses | "
             + " | ".join(f"{c} p50 / p99" for c in stage_cols)
             + " |",
-            "| --- | --- | --- | --- | --- | --- | " + " | ".join("---" for _ in stage_cols) + " |",
+            "| --- | --- | --- | --- | --- | --- | --- | " + " | ".join("---" for _ in stage_cols) + " |",
         ]
         for name, r in runners.items():
             e2e = r["e2e_ms"] or {}
@@ -202,7 +206,7 @@ def stage_markdown(d: dict[str, Any], fp: dict[str, Any]) -> list[str]:
             lines.append(
                 f"| {name} | {env} | {_fmt(e2e.get('p50'))} / {_fmt(e2e.get('p99'))} / {_fmt(e2e.get('p99_9'))} | "
                 f"{_fmt(r['batch_p50_ms'])} / {_fmt(r['batch_p99_ms'])} | {_fmt(r['batches'])} | "
-                f"{_fmt(r['events_per_batch'], 0)} | "
+                f"{_fmt(r['events_per_batch'], 0)} | {_fmt(r.get('backpressure_pauses', 0))} | "
                 + " | ".join(
                     f"{_fmt(r['stage_p50_ms'].get(c), 2)} / {_fmt(r['stage_p99_ms'].get(c), 2)}"
                     for c in stage_cols
@@ -278,6 +282,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
         f"| lag ≥ 1 s after t = 60 s (the burst's plateau ends) for | {d['lag_s_over_target_after_burst_s']:.0f} s |",
         f"| hot-store write p99 (max of 1 s samples / final) | {_fmt(d['write_p99_ms_max'])} / "
         f"{_fmt(d['write_p99_ms_final'])} ms |",
+        f"| backpressure pauses (hot-store write p99 over the limit) | {_fmt(d.get('backpressure_pauses', 0))} |",
         f"| events lost (simulator sent − delivered) | **{rec['events_lost']}** "
         f"(trades sent {rec['sent_trades']:,}, in Kafka {rec['kafka_trades']:,}, committed "
         f"{rec['committed_trades']:,}, in hot store {rec['hot_store_trades']:,}; quotes sent "
@@ -356,6 +361,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax2b = ax2.twinx()
     ax2b.plot(t, s["lag_events"], color="tab:orange", lw=0.8, alpha=0.6, label="lag (events)")
     ax2b.set_ylabel("lag (events)")
+    pauses = s.get("backpressure_pauses") or []
+    started = [t[i] for i in range(1, len(pauses)) if pauses[i] > pauses[i - 1]]
+    for n, at in enumerate(started):  # a backpressure pause started within this second
+        ax2.axvline(at, color="tab:purple", lw=0.8, alpha=0.6, label="backpressure pause" if n == 0 else None)
     ax2.legend(loc="upper left")
     ax2b.legend(loc="upper right")
     ax2.grid(alpha=0.3)
