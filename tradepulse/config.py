@@ -255,8 +255,12 @@ class Settings(BaseSettings):
     dlq_max_redrives: int = 5
 
     # --- backpressure ---------------------------------------------------------------------------
-    backpressure_latency_ms: float = 100.0
-    backpressure_pause_ms: int = 500
+    backpressure_latency_ms: float = Field(
+        default=100.0,
+        description="Pause fetching when the median of the recent hot-store writes (at least 3 since the "
+        "last pause, at most the last 20) takes longer than this.",
+    )
+    backpressure_pause_ms: int = Field(default=500, description="How long each backpressure pause lasts.")
 
     # --- API ------------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"

@@ -550,8 +550,8 @@ def test_slow_hot_store_engages_backpressure_and_loses_nothing(
     with running(runner):
         wait_for(lambda: runner.metrics.events_processed >= len(events), 120, "the slow drain")
     assert runner.metrics.backpressure_activations >= 2
-    assert slow.writes >= runner.metrics.backpressure_activations
-    # While paused nothing new was fetched: each activation held the batch rate at ~1 per 800 ms.
+    assert slow.writes >= 3 * runner.metrics.backpressure_activations  # a slow sink, not one slow write
+    # While paused nothing new was fetched: every third 300 ms write started a 500 ms pause.
     assert runner.metrics.batches >= len(events) // 500
     hot = open_hot_store(settings)
     assert hot.trade_ids() == {r["event_id"] for t, _, r in events if t == TRADES}

@@ -282,7 +282,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
         f"| lag ≥ 1 s after t = 60 s (the burst's plateau ends) for | {d['lag_s_over_target_after_burst_s']:.0f} s |",
         f"| hot-store write p99 (max of 1 s samples / final) | {_fmt(d['write_p99_ms_max'])} / "
         f"{_fmt(d['write_p99_ms_final'])} ms |",
-        f"| backpressure pauses (hot-store write p99 over the limit) | {_fmt(d.get('backpressure_pauses', 0))} |",
+        f"| backpressure pauses (median hot-store write over the limit) | {_fmt(d.get('backpressure_pauses', 0))} |",
         f"| events lost (simulator sent − delivered) | **{rec['events_lost']}** "
         f"(trades sent {rec['sent_trades']:,}, in Kafka {rec['kafka_trades']:,}, committed "
         f"{rec['committed_trades']:,}, in hot store {rec['hot_store_trades']:,}; quotes sent "

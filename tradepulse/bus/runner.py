@@ -993,7 +993,9 @@ class Runner:
         try:
             deadline = time.monotonic() + pause_s
             while not self._stop.is_set() and (left := deadline - time.monotonic()) > 0:
-                # Paused partitions return nothing new; anything already queued is processed normally.
+                # Paused partitions return nothing new: librdkafka drops what it had fetched for them
+                # and fetches it again from the position after the resume (so a pause costs more than
+                # its length). Whatever a consume still returns is processed normally.
                 messages = consumer.consume(self.settings.batch_max_messages, min(left, 0.1))
                 if messages:
                     self._process(messages)
