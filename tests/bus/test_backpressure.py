@@ -56,8 +56,8 @@ def test_controller_pauses_over_threshold_for_pause_ms_then_needs_new_evidence()
 
 
 def test_one_slow_write_among_fast_ones_does_not_pause() -> None:
-    """A busy machine's hiccup (a 200 ms write among 10 ms ones) is not a slow sink: pausing for it
-    stalls every record behind it for the pause (the 15k ev/s runs' multi-second lag spikes)."""
+    """A busy machine's hiccup (a 220 ms write among 10 ms ones) is not a slow sink: pausing for it
+    stalls every record behind it for the pause and the refetch that follows."""
     bp = BackpressureController(threshold_ms=100, clock=Clock())
     for latency in (10, 10, 10, 220, 10, 10, 400, 10, 10):
         bp.record(latency)
