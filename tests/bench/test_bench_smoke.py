@@ -44,7 +44,7 @@ def test_bench_smoke_completes_with_zero_loss_and_writes_report(kafka_bootstrap:
     # Backpressure pauses: the runner's count, and per second in the series (the lag chart marks them).
     pauses = results["full_path"]["runner_status"]["backpressure_activations"]
     series = results["derived"]["series"]["backpressure_pauses"]
-    assert results["derived"]["backpressure_pauses"] == pauses
+    assert results["derived"]["runners"]["main"]["backpressure_pauses"] == pauses
     assert len(series) == len(results["derived"]["series"]["t"]) and series == sorted(series)
     assert series[-1] <= pauses
     drain = results["drain"]["systems"]["tradepulse"]

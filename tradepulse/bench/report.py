@@ -119,7 +119,6 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
         "freshness_ms": {stage: status.get("stages_ms", {}).get(stage, {}) for stage in FRESHNESS_STAGES},
         "write_p99_ms_max": max((s["write_p99_ms"] or 0.0) for s in samples) if samples else 0.0,
         "write_p99_ms_final": status.get("write_p99_ms"),
-        "backpressure_pauses": status.get("backpressure_activations", 0),
         "rss_drift_pct": rss_drift,
         "processes": procs,
         "events_lost": fp["reconcile"]["events_lost"],
@@ -282,7 +281,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
         f"| lag ≥ 1 s after t = 60 s (the burst's plateau ends) for | {d['lag_s_over_target_after_burst_s']:.0f} s |",
         f"| hot-store write p99 (max of 1 s samples / final) | {_fmt(d['write_p99_ms_max'])} / "
         f"{_fmt(d['write_p99_ms_final'])} ms |",
-        f"| backpressure pauses (median hot-store write over the limit) | {_fmt(d.get('backpressure_pauses', 0))} |",
+        f"| backpressure pauses (median hot-store write over the limit) | {_fmt(d['runners']['main']['backpressure_pauses'])} |",
         f"| events lost (simulator sent − delivered) | **{rec['events_lost']}** "
         f"(trades sent {rec['sent_trades']:,}, in Kafka {rec['kafka_trades']:,}, committed "
         f"{rec['committed_trades']:,}, in hot store {rec['hot_store_trades']:,}; quotes sent "
