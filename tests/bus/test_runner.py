@@ -29,6 +29,8 @@ from tests.doubles import HangingDepthDlq, SlowHotStore
 from tradepulse.bus.clients import consumer_config, producer_config
 from tradepulse.bus.pipeline import build_runner
 from tradepulse.bus.runner import Runner
+from tradepulse.bus.stages import merge_summaries
+from tradepulse.bus.status import stages_path
 from tradepulse.config import Settings
 from tradepulse.core.bars import BarEngine
 from tradepulse.core.columns import TradeColumns
@@ -462,6 +464,11 @@ def test_every_emitted_feature_matches_an_independent_recomputation(
     assert status["last_commit_at"] > 0 and status["pid"] > 0
     # The last heartbeat of a clean stop says the runner left (/health then does not list it as missing).
     assert status["stopped_at"] >= status["last_commit_at"]
+    # And it leaves its whole run's stage histograms beside the status (what `tradepulse bench` merges
+    # the percentiles of several instances from): the same run as the status's summaries.
+    histograms = orjson.loads(stages_path(runner.status_file.parent, runner.instance).read_bytes())
+    assert merge_summaries([histograms]) == status["stages_ms"]
+    assert histograms["e2e"]["total"] == status["e2e_latency_ms"]["count"] > 0
 
 
 POISON: list[tuple[str, bytes, str]] = [

@@ -7,9 +7,17 @@ import random
 import time
 
 import numpy as np
+import orjson
 import pytest
 
-from tradepulse.bus.stages import BATCH_STAGES, LatencyHistogram, StageTimes, WindowedHistogram, strided
+from tradepulse.bus.stages import (
+    BATCH_STAGES,
+    LatencyHistogram,
+    StageTimes,
+    WindowedHistogram,
+    merge_summaries,
+    strided,
+)
 from tradepulse.percentiles import nearest_rank
 
 
@@ -44,6 +52,40 @@ def test_values_out_of_range_are_clamped_not_dropped() -> None:
     assert hist.total == 3
     assert hist.percentile_us(50) == pytest.approx(1.0, rel=1e-3)
     assert hist.summary_ms()["max"] == 3_600_000.0
+
+
+def test_a_histogram_written_as_data_reads_back_the_same() -> None:
+    hist = LatencyHistogram()
+    hist.record_many(np.array([800.0, 12_000.0, 12_000.0, 950_000.0]), weight=3)
+    hist.record(40.0)
+    back = LatencyHistogram.from_dict(orjson.loads(orjson.dumps(hist.to_dict())))
+    assert back.summary_ms() == hist.summary_ms()
+    broken = hist.to_dict() | {"total": hist.total + 1}
+    with pytest.raises(ValueError, match="do not add up"):
+        LatencyHistogram.from_dict(broken)
+
+
+def test_runs_merge_into_the_percentiles_of_all_their_samples() -> None:
+    """Two runner instances' histograms added (the bench's merge) give the percentiles of every sample
+    of both, which no combination of the two instances' own percentiles gives in general."""
+    rng = random.Random(11)
+    fast = [rng.lognormvariate(9, 0.5) for _ in range(6_000)]  # ~8 ms
+    slow = [rng.lognormvariate(11, 0.5) for _ in range(2_000)]  # ~60 ms
+    runs = []
+    for samples in (fast, slow):
+        times = StageTimes()
+        times.record_latencies("e2e", np.array(samples))
+        times.record_batch(decode=1.5)
+        runs.append(times.run_histograms())
+    merged = merge_summaries(runs)
+    both = fast + slow
+    for name, q in (("p50", 50), ("p90", 90), ("p99", 99)):
+        exact = nearest_rank(both, q) / 1000
+        assert merged["e2e"][name] == pytest.approx(exact, rel=0.002)
+    assert merged["e2e"]["count"] == len(both)
+    assert merged["e2e"]["max"] == pytest.approx(max(both) / 1000, rel=1e-3)
+    assert merged["decode"]["count"] == 2 and merged["decode"]["p50"] == pytest.approx(1.5, rel=1e-3)
+    assert merged["kafka"]["count"] == 0  # stages nobody recorded stay, empty
 
 
 def test_last_minute_forgets_older_slots_the_run_does_not() -> None:

@@ -33,6 +33,13 @@ def status_path(data_dir: Path, instance: str = "0") -> Path:
     return data_dir / (STATUS_FILE if instance == "0" else f"{_PREFIX}{instance}{_SUFFIX}")
 
 
+def stages_path(data_dir: Path, instance: str = "0") -> Path:
+    """Where a runner instance leaves its whole run's stage histograms when it stops
+    (`StageTimes.run_histograms`; `runner-stages.json` or `runner-stages-<instance>.json`): what a
+    benchmark of several instances merges its percentiles from."""
+    return data_dir / ("runner-stages.json" if instance == "0" else f"runner-stages-{instance}.json")
+
+
 def status_files(data_dir: Path) -> dict[str, Path]:
     """instance → status file, for every runner instance that published one in `data_dir`."""
     found = {"0": data_dir / STATUS_FILE} if (data_dir / STATUS_FILE).exists() else {}

@@ -119,7 +119,7 @@ from tradepulse.bus.outputs import (
 )
 from tradepulse.bus.rebuild import decode_pending, encode_pending, plan_rebuild, read_plan
 from tradepulse.bus.stages import record_arrivals
-from tradepulse.bus.status import RunnerMetrics, publish_status, status_path
+from tradepulse.bus.status import RunnerMetrics, publish_status, stages_path, status_path, write_json_atomic
 from tradepulse.bus.watchdog import Watchdog
 from tradepulse.bus.worker import SerialWorker
 from tradepulse.config import Settings
@@ -499,6 +499,12 @@ class Runner:
         self._heartbeats.close()
         self.metrics.stopped_at = time.time()  # the last heartbeat: left, not lost (for /health)
         self._write_status()
+        try:
+            write_json_atomic(
+                stages_path(self.status_file.parent, self.instance), self.metrics.stages.run_histograms()
+            )
+        except Exception:
+            log.exception("stage histograms not written")
         # Dropping the clients here, on this thread, breaks the runner ↔ consumer reference cycle (the
         # rebalance callbacks are bound methods): a client freed later by the garbage collector, on
         # whatever thread it runs, can abort the process (see tradepulse.bus.admin).

@@ -43,7 +43,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -161,6 +161,31 @@ class LatencyHistogram:
         self._sum_us += other._sum_us
         self._max_us = max(self._max_us, other._max_us)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The histogram as JSON-able data (the non-empty buckets only), for `from_dict`."""
+        self._fold()
+        buckets = np.flatnonzero(self._counts)
+        return {
+            "buckets": buckets.tolist(),
+            "counts": self._counts[buckets].tolist(),
+            "total": self._total,
+            "sum_us": self._sum_us,
+            "max_us": self._max_us,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LatencyHistogram:
+        """The histogram `to_dict` wrote (raises KeyError/ValueError/IndexError on other data)."""
+        hist = cls()
+        counts = np.asarray(data["counts"], dtype=np.int64)
+        hist._counts[np.asarray(data["buckets"], dtype=np.int64)] = counts
+        hist._total = int(data["total"])
+        if int(counts.sum()) != hist._total:
+            raise ValueError("histogram counts do not add up to its total")
+        hist._sum_us = float(data["sum_us"])
+        hist._max_us = float(data["max_us"])
+        return hist
+
     def _at(self, cumulative: np.ndarray, q: float) -> float:
         bucket = int(np.searchsorted(cumulative, nearest_rank_index(self._total, q) + 1))
         return min(float(_MIDDLES[bucket]), self._max_us)
@@ -250,6 +275,13 @@ class StageTimes:
         run, minute = self.summaries()
         return minute if last_minute else run
 
+    def run_histograms(self) -> dict[str, dict[str, Any]]:
+        """Per stage, the whole run's histogram as data (`LatencyHistogram.to_dict`): what several runner
+        instances' summaries are merged from (`merge_summaries`)."""
+        with self._lock:
+            copies = {stage: h.run for stage, h in self.hist.items()}
+        return {stage: hist.to_dict() for stage, hist in copies.items()}
+
     def summaries(self) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
         """(the run, the last minute), as `summary`, merging each stage's slots once."""
         copies: dict[str, tuple[LatencyHistogram, LatencyHistogram]] = {}
@@ -265,6 +297,17 @@ class StageTimes:
         run = {stage: whole_run.summary_ms() for stage, (whole_run, _) in copies.items()}
         minute = {stage: last_minute.summary_ms() for stage, (_, last_minute) in copies.items()}
         return run, minute
+
+
+def merge_summaries(runs: Sequence[dict[str, dict[str, Any]]]) -> dict[str, dict[str, float]]:
+    """Per stage, the summary (`LatencyHistogram.summary_ms`) of several runs' histograms
+    (`StageTimes.run_histograms`) added together: the percentiles of all their samples, not a mix of
+    each run's percentiles."""
+    merged: dict[str, LatencyHistogram] = {}
+    for run in runs:
+        for stage, data in run.items():
+            merged.setdefault(stage, LatencyHistogram()).add(LatencyHistogram.from_dict(data))
+    return {stage: hist.summary_ms() for stage, hist in merged.items()}
 
 
 def strided(values: Sequence[T], samples: int) -> tuple[Sequence[T], int]:

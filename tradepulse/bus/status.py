@@ -21,6 +21,7 @@ import numpy as np
 # Re-exported: the runner and older callers import the transport from here.
 from tradepulse.bus.heartbeat import STATUS_FILE as STATUS_FILE
 from tradepulse.bus.heartbeat import publish_status as publish_status
+from tradepulse.bus.heartbeat import stages_path as stages_path
 from tradepulse.bus.heartbeat import status_files as status_files
 from tradepulse.bus.heartbeat import status_path as status_path
 from tradepulse.bus.heartbeat import write_json_atomic as write_json_atomic
