@@ -15,8 +15,23 @@ import pytest
 
 from tests.processes import wait_ended
 from tradepulse.bus.local_kafka import free_port
+from tradepulse.cli.up import pipeline_services
+from tradepulse.config import Settings
 
 pytestmark = pytest.mark.kafka
+
+
+def test_up_starts_one_processor_per_configured_instance() -> None:
+    """TRADEPULSE_PROCESSORS: that many `tradepulse process` instances of the one consumer group, each
+    with its own stable --instance (its transactional id and status file)."""
+    available = {"simulate", "ingest", "news", "process", "api"}
+    one = pipeline_services(available, Settings(processors=1))
+    assert [s.name for s in one] == ["simulator", "ingest", "news", "processor", "api"]
+    three = pipeline_services(available, Settings(processors=3))
+    processors = [s for s in three if s.name.startswith("processor")]
+    assert [s.name for s in processors] == ["processor", "processor-1", "processor-2"]
+    assert [s.argv[s.argv.index("--instance") + 1] for s in processors] == ["0", "1", "2"]
+    assert all(s.argv[3] == "process" for s in processors)
 
 
 def test_up_starts_everything_and_ctrl_c_leaves_no_process(tmp_path: Path) -> None:

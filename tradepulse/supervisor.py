@@ -139,3 +139,15 @@ class Supervisor:
 def python_command(*args: str) -> list[str]:
     """argv to run a `tradepulse` subcommand with this interpreter."""
     return [sys.executable, "-m", "tradepulse.cli.main", *args]
+
+
+def processor_services(count: int, *extra_args: str) -> list[Service]:
+    """`count` processor instances of one consumer group ("processor", "processor-1", …), each started
+    with its own stable `--instance` (0, 1, …: its transactional id and status file)."""
+    return [
+        Service(
+            "processor" if i == 0 else f"processor-{i}",
+            python_command("process", "--instance", str(i), *extra_args),
+        )
+        for i in range(count)
+    ]

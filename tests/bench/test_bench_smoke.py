@@ -53,3 +53,43 @@ def test_bench_smoke_completes_with_zero_loss_and_writes_report(kafka_bootstrap:
     assert "events lost" in summary and "| tradepulse |" in summary and "feature freshness" in summary
     assert f"| backpressure pauses (median hot-store write over the limit) | {pauses:,} |" in summary
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_with_two_processors_shares_the_partitions_and_merges_their_histograms(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """`--processors 2`: two runner processes in the main group (as `tradepulse up` starts them with
+    TRADEPULSE_PROCESSORS=2), each with work, one shared hot store, and the report's percentiles from
+    both instances' histograms added together."""
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "bench",
+            *("--rate", "800", "--tickers", "20", "--duration", "10", "--profile", "flat"),
+            *("--no-peers", "--drain-events", "0", "--processors", "2"),
+            *("--bootstrap", kafka_bootstrap, "--out", str(out)),
+        ],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+
+    results = orjson.loads((out / "results.json").read_bytes())
+    reconcile = results["full_path"]["reconcile"]
+    assert reconcile["events_lost"] == 0 and reconcile["settled"]
+    assert reconcile["hot_store_trades"] == reconcile["sent_trades"] > 0
+    status = results["full_path"]["runner_status"]
+    instances = status["instances"]
+    assert set(instances) == {"0", "1"}
+    processed = [instance["events_processed"] for instance in instances.values()]
+    assert all(processed) and status["events_processed"] == sum(processed)
+    assert status["events_processed"] == reconcile["sent_trades"] + reconcile["sent_quotes"]
+    # Every committed trade's e2e latency, from both instances (each alone has only its partitions').
+    e2e = results["derived"]["e2e_latency_ms"]
+    assert e2e["count"] >= reconcile["sent_trades"]
+    assert all(i["e2e_latency_ms"]["count"] < e2e["count"] for i in instances.values())
+    assert e2e["count"] == sum(i["e2e_latency_ms"]["count"] for i in instances.values())
+    summary = (out / "summary.md").read_text()
+    assert "2 processor instances" in summary and "main runners: 2 instances, histograms added" in summary
+    processes = results["full_path"]["process_summary"]
+    assert {"processor", "processor-1"} <= set(processes)

@@ -34,10 +34,11 @@ from tradepulse.bench.report import machine_spec, write_report
 from tradepulse.bench.sampling import BrokerSampler, ProcessSampler
 from tradepulse.bus.admin import ensure_topics, recreate_topics
 from tradepulse.bus.local_kafka import LocalKafka
-from tradepulse.bus.status import STATUS_FILE
+from tradepulse.bus.stages import merge_summaries
+from tradepulse.bus.status import STATUS_FILE, stages_path, status_path
 from tradepulse.config import Settings, get_settings
 from tradepulse.errors import BenchError
-from tradepulse.supervisor import Service, Supervisor, port_open, python_command
+from tradepulse.supervisor import Service, Supervisor, port_open, processor_services, python_command
 from tradepulse.topics import QUOTES, TRADES, TopicSpec
 
 
@@ -65,6 +66,9 @@ class BenchConfig:
     keep_state: bool = False
     py_spy: bool = False
     """Record a py-spy flame graph of the runner (needs py-spy installed)."""
+    processors: int = 1
+    """Runner processes of the main consumer group (`tradepulse up`'s TRADEPULSE_PROCESSORS): the
+    partitions shared between them; the report merges their stage histograms."""
     variants: dict[str, dict[str, str]] = field(default_factory=dict)
     """Extra runners under the same load, name → environment overrides (e.g. TRADEPULSE_BATCH_LINGER_MS):
     each its own process, consumer group and data dir on the same input topics, so runner settings
@@ -90,6 +94,49 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return orjson.loads(path.read_bytes())
     except (FileNotFoundError, orjson.JSONDecodeError):
         return None
+
+
+def _combined_status(statuses: list[dict[str, Any]]) -> dict[str, Any]:
+    """One status document for the main group's runner instances (one instance: its own). Counters
+    add up; the write p99 and the latest e2e window's percentiles are the worst instance's (as /health
+    combines them; the window's count and total add up); the rest is instance 0's."""
+    if len(statuses) == 1:
+        return statuses[0]
+    combined = dict(statuses[0])
+    for counter in ("events_processed", "backpressure_activations"):
+        combined[counter] = sum(status.get(counter) or 0 for status in statuses)
+    lags = [status["consumer_lag"] for status in statuses if status.get("consumer_lag") is not None]
+    combined["consumer_lag"] = sum(lags) if lags else None
+    writes = [status["write_p99_ms"] for status in statuses if status.get("write_p99_ms") is not None]
+    combined["write_p99_ms"] = max(writes) if writes else None
+    windows = [status.get("e2e_latency_window_ms") or {} for status in statuses]
+    keys = {key for window in windows for key in window}
+    combined["e2e_latency_window_ms"] = {
+        key: (sum if key in ("count", "total") else max)(window[key] for window in windows if key in window)
+        for key in keys
+    }
+    return combined
+
+
+def _final_status(data_dir: Path, instances: list[str]) -> dict[str, Any] | None:
+    """The main group's status after the runners stopped: `_combined_status`, with the stage summaries
+    (`stages_ms`) computed from every instance's whole-run histograms added together (each instance
+    leaves them when it stops: `stages_path`). None if an instance left no status."""
+    statuses = [_read_json(status_path(data_dir, instance)) for instance in instances]
+    if not all(statuses):
+        return None
+    combined = _combined_status([status for status in statuses if status])
+    if len(instances) > 1:
+        histograms = [_read_json(stages_path(data_dir, instance)) for instance in instances]
+        if not all(histograms):
+            raise BenchError("a runner instance left no stage histograms: it did not stop cleanly")
+        combined["stages_ms"] = merge_summaries([h for h in histograms if h])
+        combined["e2e_latency_ms"] = combined["stages_ms"].get("e2e", {})
+        combined["batches"] = sum(status.get("batches") or 0 for status in statuses if status)
+        combined["instances"] = {
+            instance: status for instance, status in zip(instances, statuses, strict=True)
+        }
+    return combined
 
 
 def _hot_store_trades(path: Path) -> int:
@@ -159,7 +206,8 @@ def _full_path(config: BenchConfig, settings: Settings, out: Path, broker_pid: i
     ws_port = _free_port()
     sim_stats = out / "simulator-stats.json"
     sim_stats.unlink(missing_ok=True)
-    status_file = settings.data_dir / STATUS_FILE
+    instances = [str(i) for i in range(config.processors)]
+    status_files = [status_path(settings.data_dir, instance) for instance in instances]
     env = child_env(settings, TRADEPULSE_SIMULATOR_WS_PORT=str(ws_port))
 
     def ready(path: Path) -> Callable[[], bool]:
@@ -189,14 +237,11 @@ def _full_path(config: BenchConfig, settings: Settings, out: Path, broker_pid: i
         )
         for name, overrides in config.variants.items()
     ]
+    processors = processor_services(config.processors, "--progress-s", "10")
+    for processor, path in zip(processors, status_files, strict=True):
+        processor.ready, processor.ready_timeout_s, processor.env = ready(path), 120, dict(env)
     services = [
-        Service(
-            "processor",
-            python_command("process", "--progress-s", "10"),
-            ready=ready(status_file),
-            ready_timeout_s=120,
-            env=env,
-        ),
+        *processors,
         *variant_services,
         Service(
             "simulator",
@@ -241,7 +286,7 @@ def _full_path(config: BenchConfig, settings: Settings, out: Path, broker_pid: i
             now = time.time()
             sim = _read_json(sim_stats) or sim
             broker_view = sampler.sample()
-            status = _read_json(status_file) or {}
+            status = _combined_status([_read_json(path) or {} for path in status_files])
             procs.sample(now - t0)
             samples.append(
                 {
@@ -288,7 +333,7 @@ def _full_path(config: BenchConfig, settings: Settings, out: Path, broker_pid: i
                     break
             elif now > deadline_generation:
                 raise BenchError("the simulator did not finish its workload in time")
-        final_status = _read_json(status_file) or {}
+        final_status = _combined_status([_read_json(path) or {} for path in status_files])
     finally:
         if spy is not None:
             spy.terminate()
@@ -299,7 +344,7 @@ def _full_path(config: BenchConfig, settings: Settings, out: Path, broker_pid: i
         with contextlib.suppress(Exception):
             final_broker = sampler.sample()
         sampler.close()
-    final_status = _read_json(status_file) or final_status
+    final_status = _final_status(settings.data_dir, instances) or final_status
     variants_final = {name: _read_json(path) or {} for name, path in variant_status.items()}
     hot_trades = _hot_store_trades(settings.sqlite_path)
     last = final_broker if final_broker is not None else samples[-1]

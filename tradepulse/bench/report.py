@@ -161,9 +161,11 @@ def stage_markdown(d: dict[str, Any], fp: dict[str, Any]) -> list[str]:
     if not stages:
         return []
     parts_total = sum(stages.get(stage, {}).get("total", 0.0) for stage in BATCH_PARTS)
+    instances = len(fp.get("runner_status", {}).get("instances") or {}) or 1
+    whose = "main runner" if instances == 1 else f"main runners: {instances} instances, histograms added"
     lines = [
         "",
-        "#### Stage breakdown (main runner, whole run; `tradepulse.bus.stages`)",
+        f"#### Stage breakdown ({whose}, whole run; `tradepulse.bus.stages`)",
         "",
         "| stage | per | count | p50 | p90 | p99 | p99.9 | max (ms) | share of the runner loop |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -253,7 +255,8 @@ def summary_markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [
         f"### Run: base {cfg['rate']:,.0f} ev/s, {cfg['tickers']} tickers, profile `{cfg['profile']}`, "
-        f"{cfg['duration_s']:.0f} s",
+        f"{cfg['duration_s']:.0f} s"
+        + (f", {processors} processor instances" if (processors := cfg.get("processors", 1)) > 1 else ""),
         "",
         f"Machine: {m['nproc']} cores, {m['cpu_model']}; load average at start "
         f"{', '.join(f'{x:.2f}' for x in m['loadavg_start'])}"

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from tradepulse.bench import PEERS_DIR
+from tradepulse.config import get_settings
 
 
 @click.command()
@@ -49,6 +50,13 @@ from tradepulse.bench import PEERS_DIR
     "--py-spy", is_flag=True, help="Record a py-spy flame graph of the runner (runner-profile.svg)."
 )
 @click.option(
+    "--processors",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Runner processes of the main consumer group, sharing its partitions, as `tradepulse up` starts "
+    "them [TRADEPULSE_PROCESSORS, 1].",
+)
+@click.option(
     "--variant",
     "variants",
     multiple=True,
@@ -69,6 +77,7 @@ def bench(
     out: Path | None,
     bootstrap: str | None,
     py_spy: bool,
+    processors: int | None,
     variants: tuple[str, ...],
     docs: Path | None,
     keep_state: bool,
@@ -95,6 +104,7 @@ def bench(
         drain_events=drain_events,
         bootstrap=bootstrap,
         py_spy=py_spy,
+        processors=processors or get_settings().processors,
         variants=dict(parse_variant(v) for v in variants),
         keep_state=keep_state,
         log=lambda line: click.echo(f"[bench] {line}", err=True),

@@ -11,7 +11,7 @@ from tradepulse.bus.admin import describe_topics, ensure_topics
 from tradepulse.cli.kafka import local_broker
 from tradepulse.config import Settings, get_settings
 from tradepulse.errors import TradePulseError
-from tradepulse.supervisor import Service, Supervisor, port_open, python_command
+from tradepulse.supervisor import Service, Supervisor, port_open, processor_services, python_command
 
 
 def pipeline_services(available: set[str], settings: Settings | None = None) -> list[Service]:
@@ -26,9 +26,11 @@ def pipeline_services(available: set[str], settings: Settings | None = None) -> 
                 ready=port_open(settings.simulator_host, settings.simulator_ws_port),
             )
         )
-    for name, command in (("ingest", "ingest"), ("news", "news"), ("processor", "process")):
+    for name, command in (("ingest", "ingest"), ("news", "news")):
         if command in available:
             services.append(Service(name, python_command(command)))
+    if "process" in available:
+        services.extend(processor_services(settings.processors))
     if "api" in available:
         services.append(
             Service("api", python_command("api"), ready=port_open(settings.api_host, settings.api_port))
