@@ -49,6 +49,7 @@ import numpy as np
 import orjson
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 
+from tradepulse.errors import InvalidArgument
 from tradepulse.percentiles import nearest_rank_index
 from tradepulse.topics import TRADES
 
@@ -175,13 +176,13 @@ class LatencyHistogram:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LatencyHistogram:
-        """The histogram `to_dict` wrote (raises KeyError/ValueError/IndexError on other data)."""
+        """The histogram `to_dict` wrote (raises InvalidArgument, KeyError or IndexError on other data)."""
         hist = cls()
         counts = np.asarray(data["counts"], dtype=np.int64)
         hist._counts[np.asarray(data["buckets"], dtype=np.int64)] = counts
         hist._total = int(data["total"])
         if int(counts.sum()) != hist._total:
-            raise ValueError("histogram counts do not add up to its total")
+            raise InvalidArgument("histogram counts do not add up to its total")
         hist._sum_us = float(data["sum_us"])
         hist._max_us = float(data["max_us"])
         return hist
