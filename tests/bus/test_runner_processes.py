@@ -249,8 +249,9 @@ def test_two_processes_share_the_partitions_of_one_group(
         return all(counts) and sum(counts) == total_partitions
 
     wait_until(both_assigned, 60, "both runners to own partitions", *procs)
-    # Set before any thread started: every thread of b has it (a thread started after a nice() of the
-    # main thread alone would not), a has the test's own.
+    # Every thread of b has it, those a library started before it was applied included (numpy's
+    # OpenBLAS pool: an os.nice() of the main thread alone leaves them at the old value); a has the
+    # test's own.
     own = os.nice(0)
     assert set(thread_niceness(runners["a"].pid)) == {own}
     b_threads = thread_niceness(runners["b"].pid)

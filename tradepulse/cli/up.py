@@ -71,6 +71,12 @@ def up() -> None:
             "market simulator (no MASSIVE_API_KEY set)" if settings.use_simulator else "Massive live feed"
         )
         supervisor.log("up", f"source: {source}")
+        if settings.processors > settings.topic_partitions:
+            supervisor.log(
+                "up",
+                f"TRADEPULSE_PROCESSORS={settings.processors} > {settings.topic_partitions} partitions: "
+                f"{settings.processors - settings.topic_partitions} processor instances will have no work",
+            )
         for service in pipeline_services(commands, settings):
             service.env["TRADEPULSE_KAFKA_BOOTSTRAP"] = info.bootstrap
             if supervisor.stopping.is_set():
