@@ -147,15 +147,6 @@ class Settings(BaseSettings):
         "On the 2-core box measured, at 15k ev/s 2 lowered the e2e p50 (54 ms over 10 minutes, against 62–90 "
         "with one) but not the p99 (414 ms), for ~20 points more CPU (docs/benchmarks.md).",
     )
-    process_nice: int = Field(
-        default=0,
-        ge=0,
-        le=19,
-        description="Niceness `tradepulse process` gives itself at start (all its threads; its refit worker "
-        "another 10 on top): on a machine it shares with ingest and the broker, the runner then yields the "
-        "CPU to them, since its backlog waits safely in Kafka while a feed the ingest does not read in time "
-        "does not. Measured: docs/benchmarks.md; 0 = the scheduler's default.",
-    )
     batch_max_messages: int = 5000
     batch_max_wait_ms: int = 10
     batch_linger_ms: int = Field(

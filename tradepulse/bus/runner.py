@@ -188,22 +188,6 @@ def tune_process() -> None:
         set_numpy_hugepages(False)
 
 
-def renice_process(increment: int) -> None:
-    """Raise the niceness of every thread of this process by `increment` (threads started later inherit
-    it from their creator). On Linux a nice value is per thread and `os.nice` changes only the caller's,
-    while libraries have started threads of their own by then (OpenBLAS's pool at numpy's import), so
-    each thread of /proc/self/task is set; elsewhere (macOS) `os.nice` is process-wide."""
-    tasks = Path("/proc/self/task")
-    if not tasks.is_dir():
-        os.nice(increment)
-        return
-    for tid in (int(name) for name in os.listdir(tasks)):
-        try:
-            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment))
-        except ProcessLookupError:  # the thread ended meanwhile
-            continue
-
-
 #: Records (inputs and archived outputs) handed to the commit thread and not yet committed, at most, in
 #: full batches (`batch_max_messages`). The commit thread commits everything handed over while its
 #: previous transaction was committing in one transaction (a group commit: `tradepulse.bus.worker`), so

@@ -38,14 +38,12 @@ def process(instance: str, progress_s: float, exit_when_idle: float | None) -> N
     and produce the outputs, exactly once. SIGTERM/SIGINT finish the batch, commit and exit."""
     from tradepulse.bus.admin import MissingTopicsError, require_topics
     from tradepulse.bus.pipeline import build_runner
-    from tradepulse.bus.runner import renice_process, tune_process
+    from tradepulse.bus.runner import tune_process
     from tradepulse.bus.watchdog import Watchdog
     from tradepulse.stores.retention import RetentionPurger
     from tradepulse.topics import PROCESSOR_TOPICS
 
     settings = get_settings()
-    if settings.process_nice:
-        renice_process(settings.process_nice)  # before the runner's threads start: they inherit it
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
