@@ -8,6 +8,7 @@ from pathlib import Path
 import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from moto import mock_aws
 
 from tests.stores.conftest import BASE_MS, make_anomaly, make_trade
@@ -230,11 +231,16 @@ def test_next_offset_checkpoint_survives_a_restart(tmp_path: Path) -> None:
     assert all(not f.startswith("_checkpoints") for f in store.files())
 
 
-def test_one_batch_writes_the_same_files_as_one_row_batches(tmp_path: Path) -> None:
+@pytest.mark.parametrize("order", ["interleaved", "runs"])
+def test_one_batch_writes_the_same_files_as_one_row_batches(tmp_path: Path, order: str) -> None:
     """One micro-batch over two partitions, two blocks and two event hours: it is split exactly like the
-    same rows appended one by one (same names, same rows), and rows below `start` are skipped."""
+    same rows appended one by one (same names, same rows), and rows below `start` are skipped. The
+    batch's rows interleave the partitions, or come in a run per partition as a consumer's fetches
+    return them (then the groups are sliced without reordering)."""
     rows = trades_at(range(40), ts=lambda o: T9 if o < 30 else T10)
     positions = [(o % 2, o // 2) for o in range(40)]  # partition 0/1, offsets 0..19 each
+    if order == "runs":
+        rows, positions = rows[0::2] + rows[1::2], positions[0::2] + positions[1::2]
     per_row, per_batch = (
         ParquetColdStore(tmp_path / "a", block_offsets=8),
         ParquetColdStore(tmp_path / "b", block_offsets=8),

@@ -410,11 +410,23 @@ class ParquetColdStore:
             LINEAGE[1], pa.array(pos[:, 1], pa.int64())
         )
         uniq, inverse = _group_rows(pos[:, 0], pos[:, 1] // self.block_offsets, hours)
+        if len(uniq) > 1:
+            # The groups as contiguous runs, each in the batch's order (a stable sort), then zero-copy
+            # slices: at most one `take` per batch instead of one per group (~0.1 ms each whatever
+            # the size: the cold thread's largest cost at 15k ev/s). A consumer hands out a fetch's
+            # messages in a run per partition, so often there is nothing to reorder.
+            order = np.argsort(inverse, kind="stable")
+            if (np.diff(order) != 1).any():
+                table, pos = table.take(order), pos[order]
+            ends = np.cumsum(np.bincount(inverse, minlength=len(uniq))).tolist()
+        else:
+            ends = [len(pos)]
         now = self.clock()
-        for g, (partition, block, hour) in enumerate(uniq):
-            idx = np.flatnonzero(inverse == g) if len(uniq) > 1 else None
-            part = table if idx is None else table.take(idx)
-            offsets = pos[:, 1] if idx is None else pos[idx, 1]
+        start = 0
+        for (partition, block, hour), end in zip(uniq, ends, strict=True):
+            part = table.slice(start, end - start)
+            offsets = pos[start:end, 1]
+            start = end
             key = (topic, partition, block, hour)
             tp = (topic, partition)
             self._tables[key].append(part)
