@@ -414,7 +414,9 @@ class ParquetColdStore:
             # The groups as contiguous runs, each in the batch's order (a stable sort), then zero-copy
             # slices: at most one `take` per batch instead of one per group (~0.1 ms each whatever
             # the size: the cold thread's largest cost at 15k ev/s). A consumer hands out a fetch's
-            # messages in a run per partition, so often there is nothing to reorder.
+            # messages in a run per partition, so often there is nothing to reorder. A slice keeps its
+            # batch's buffers until the batch's last group is flushed; its groups are flushed by the
+            # same limits (block, rows, age), so that is for about as long as the copies lived.
             order = np.argsort(inverse, kind="stable")
             if (np.diff(order) != 1).any():
                 table, pos = table.take(order), pos[order]
