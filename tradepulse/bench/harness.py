@@ -65,7 +65,7 @@ class BenchConfig:
     seed: int = 42
     keep_state: bool = False
     py_spy: bool = False
-    """Record a py-spy flame graph of the runner (needs py-spy installed)."""
+    """Sample the runner with py-spy: collapsed stacks in runner-profile.txt, its output in py-spy.log."""
     processors: int = 1
     """Runner processes of the main consumer group (`tradepulse up`'s TRADEPULSE_PROCESSORS): the
     partitions shared between them; the report merges their stage histograms."""
@@ -271,7 +271,9 @@ def _full_path(config: BenchConfig, settings: Settings, out: Path, broker_pid: i
         pids["bench"] = os.getpid()
         procs = ProcessSampler(pids, leaf={"bench"})
         if config.py_spy:
-            spy = _start_py_spy(pids["processor"], out / "runner-profile.txt", config.duration_s + 30)
+            spy = _start_py_spy(
+                pids["processor"], out / "runner-profile.txt", config.duration_s + 30, out / "py-spy.log"
+            )
         log(
             f"full path: {config.rate:,.0f} ev/s base, {config.tickers} tickers, {config.profile}, "
             f"{config.duration_s:.0f} s"
@@ -379,7 +381,21 @@ def _full_path(config: BenchConfig, settings: Settings, out: Path, broker_pid: i
         "runner_profile": profile_summary(out / "runner-profile.txt", rate_hz=50)
         if spy is not None
         else None,
+        "runner_profile_error": _py_spy_failure(out, log) if spy is not None else None,
     }
+
+
+def _py_spy_failure(out: Path, log: Callable[[str], None]) -> str | None:
+    """Why `--py-spy` left no profile of the runner (None if it did): py-spy's last line in py-spy.log
+    (e.g. it cannot attach where ptrace is not allowed). Logged, and kept for the report."""
+    if profile_summary(out / "runner-profile.txt", rate_hz=50) is not None:
+        return None
+    log_path = out / "py-spy.log"
+    lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+    said = next((line for line in lines if line.lower().startswith("error")), lines[-1] if lines else "")
+    reason = f"py-spy recorded no samples of the runner ({said or 'it printed nothing'}; see {log_path})"
+    log(reason)
+    return reason
 
 
 def profile_summary(path: Path, rate_hz: float, top: int = 15) -> dict[str, Any] | None:
@@ -414,29 +430,19 @@ def profile_summary(path: Path, rate_hz: float, top: int = 15) -> dict[str, Any]
     }
 
 
-def _start_py_spy(pid: int, svg: Path, seconds: float) -> Any:
+def _start_py_spy(pid: int, svg: Path, seconds: float, log_path: Path) -> Any:
     import subprocess
 
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    return subprocess.Popen(
-        [
-            exe,
-            "record",
-            "-p",
-            str(pid),
-            "-o",
-            str(svg),
-            "-d",
-            str(int(seconds)),
-            "-r",
-            "50",
-            "-f",
-            "raw",
-            "--nonblocking",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with log_path.open("wb") as log_file:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [
+                *(exe, "record", "-p", str(pid), "-o", str(svg), "-d", str(int(seconds))),
+                *("-r", "50", "-f", "raw", "--nonblocking"),
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def _drain_phase(config: BenchConfig, settings: Settings, out: Path, run_id: str) -> dict[str, Any]:

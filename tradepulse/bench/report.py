@@ -318,9 +318,22 @@ def summary_markdown(results: dict[str, Any]) -> str:
                 f"{'—' if ratio is None or name == 'tradepulse' else f'{ratio:.1f}×'} | "
                 f"{_fmt(r.get('outputs'))} | {r['wall_s']:.1f} | {r.get('semantics', r.get('error', ''))} |"
             )
+    lines += profile_lines(fp)
+    prof = fp.get("runner_profile")
+    if prof and d["events_total"]:
+        lines.append(
+            f"\nAnomaly scoring (batched IsolationForest): {prof['anomaly_score_cpu_s']:.2f} s CPU for "
+            f"{d['events_total']:,} events = "
+            f"{prof['anomaly_score_cpu_s'] * 1000 / d['events_total']:.4f} ms/event amortised."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def profile_lines(fp: dict[str, Any]) -> list[str]:
+    """The runner's py-spy profile (`--py-spy`), or why there is none; nothing if none was asked for."""
     prof = fp.get("runner_profile")
     if prof:
-        lines += [
+        return [
             "",
             f"#### Runner profile (py-spy, {prof['samples']:,} samples = {prof['cpu_s']:.0f} s on CPU)",
             "",
@@ -328,13 +341,9 @@ def summary_markdown(results: dict[str, Any]) -> str:
             "| --- | --- |",
             *(f"| `{name}` | {pct:.1f} |" for name, pct in prof["inclusive_pct"]),
         ]
-        if d["events_total"]:
-            lines.append(
-                f"\nAnomaly scoring (batched IsolationForest): {prof['anomaly_score_cpu_s']:.2f} s CPU for "
-                f"{d['events_total']:,} events = "
-                f"{prof['anomaly_score_cpu_s'] * 1000 / d['events_total']:.4f} ms/event amortised."
-            )
-    return "\n".join(lines) + "\n"
+    if fp.get("runner_profile_error"):
+        return ["", f"#### Runner profile: none. {fp['runner_profile_error']}"]
+    return []
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

@@ -47,7 +47,10 @@ from tradepulse.config import get_settings
 )
 @click.option("--bootstrap", default=None, help="Use this Kafka broker instead of starting a fresh one.")
 @click.option(
-    "--py-spy", is_flag=True, help="Record a py-spy flame graph of the runner (runner-profile.svg)."
+    "--py-spy",
+    is_flag=True,
+    help="Sample the runner with py-spy (runner-profile.txt, collapsed stacks); the report lists its top "
+    "functions, or says why py-spy recorded nothing (its output: py-spy.log).",
 )
 @click.option(
     "--processors",

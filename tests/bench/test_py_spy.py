@@ -1,0 +1,39 @@
+"""`tradepulse bench --py-spy` says why it left no profile of the runner, instead of leaving it out."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from tradepulse.bench.harness import _py_spy_failure, _start_py_spy
+from tradepulse.bench.report import profile_lines
+
+
+def test_a_py_spy_that_cannot_profile_its_target_is_reported_with_its_reason(tmp_path: Path) -> None:
+    # The real py-spy, pointed at a process that is not Python: it records nothing and says why, as it
+    # does wherever it cannot attach to the runner (e.g. without ptrace).
+    target = subprocess.Popen(["sleep", "30"])
+    try:
+        spy = _start_py_spy(target.pid, tmp_path / "runner-profile.txt", 5, tmp_path / "py-spy.log")
+        assert spy.wait(60) != 0
+    finally:
+        target.kill()
+        target.wait()
+    logged: list[str] = []
+    reason = _py_spy_failure(tmp_path, logged.append)
+    assert reason is not None and reason.startswith("py-spy recorded no samples of the runner (Error:")
+    assert str(tmp_path / "py-spy.log") in reason and logged == [reason]
+    assert profile_lines({"runner_profile": None, "runner_profile_error": reason}) == [
+        "",
+        f"#### Runner profile: none. {reason}",
+    ]
+
+
+def test_a_recorded_profile_is_not_reported_as_missing(tmp_path: Path) -> None:
+    (tmp_path / "runner-profile.txt").write_text("MainThread;run (runner.py:1);_process (runner.py:2) 40\n")
+    logged: list[str] = []
+    assert _py_spy_failure(tmp_path, logged.append) is None and logged == []
+
+
+def test_no_profile_section_when_none_was_asked_for() -> None:
+    assert profile_lines({"runner_profile": None, "runner_profile_error": None}) == []
