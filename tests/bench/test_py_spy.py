@@ -1,11 +1,14 @@
-"""`tradepulse bench --py-spy` says why it left no profile of the runner, instead of leaving it out."""
+"""`tradepulse bench --py-spy`: the profile of the runner is written when the bench stops py-spy, and a
+run without one says why."""
 
 from __future__ import annotations
 
 import subprocess
+import sys
+import time
 from pathlib import Path
 
-from tradepulse.bench.harness import _py_spy_failure, _start_py_spy
+from tradepulse.bench.harness import _py_spy_failure, _start_py_spy, _stop_py_spy, profile_summary
 from tradepulse.bench.report import profile_lines
 
 
@@ -37,3 +40,19 @@ def test_a_recorded_profile_is_not_reported_as_missing(tmp_path: Path) -> None:
 
 def test_no_profile_section_when_none_was_asked_for() -> None:
     assert profile_lines({"runner_profile": None, "runner_profile_error": None}) == []
+
+
+def test_a_recording_stopped_by_the_bench_keeps_what_py_spy_sampled(tmp_path: Path) -> None:
+    # The bench stops py-spy when the run ends, long before its duration: what it sampled until then
+    # must be written (SIGTERM, as the bench used to stop it, left no file).
+    target = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        spy = _start_py_spy(target.pid, tmp_path / "runner-profile.txt", 600, tmp_path / "py-spy.log")
+        time.sleep(4)
+        _stop_py_spy(spy)
+    finally:
+        target.kill()
+        target.wait()
+    profile = profile_summary(tmp_path / "runner-profile.txt", rate_hz=50)
+    log = (tmp_path / "py-spy.log").read_text()
+    assert profile is not None and profile["samples"] >= 20, log

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import sys
@@ -338,9 +339,7 @@ def _full_path(config: BenchConfig, settings: Settings, out: Path, broker_pid: i
         final_status = _combined_status([_read_json(path) or {} for path in status_files])
     finally:
         if spy is not None:
-            spy.terminate()
-            with contextlib.suppress(Exception):
-                spy.wait(30)
+            _stop_py_spy(spy)
         supervisor.stop_all()
         # After the runner's last commit (SIGTERM finishes and commits the batch in hand).
         with contextlib.suppress(Exception):
@@ -443,6 +442,14 @@ def _start_py_spy(pid: int, svg: Path, seconds: float, log_path: Path) -> Any:
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
+
+
+def _stop_py_spy(spy: Any) -> None:
+    """Stop a `_start_py_spy` recording and wait for its file: SIGINT, as Control-C, is when py-spy writes
+    what it sampled (SIGTERM ends it with nothing written)."""
+    spy.send_signal(signal.SIGINT)
+    with contextlib.suppress(Exception):
+        spy.wait(30)
 
 
 def _drain_phase(config: BenchConfig, settings: Settings, out: Path, run_id: str) -> dict[str, Any]:
