@@ -385,8 +385,9 @@ def _full_path(config: BenchConfig, settings: Settings, out: Path, broker_pid: i
 
 
 def _py_spy_failure(out: Path, log: Callable[[str], None]) -> str | None:
-    """Why `--py-spy` left no profile of the runner (None if it did): py-spy's last line in py-spy.log
-    (e.g. it cannot attach where ptrace is not allowed). Logged, and kept for the report."""
+    """Why `--py-spy` left no profile of the runner (None if it did): py-spy's error line in py-spy.log,
+    else its last line (e.g. it cannot attach where ptrace is not allowed). Logged, and kept for the
+    report."""
     if profile_summary(out / "runner-profile.txt", rate_hz=50) is not None:
         return None
     log_path = out / "py-spy.log"
@@ -429,14 +430,14 @@ def profile_summary(path: Path, rate_hz: float, top: int = 15) -> dict[str, Any]
     }
 
 
-def _start_py_spy(pid: int, svg: Path, seconds: float, log_path: Path) -> Any:
+def _start_py_spy(pid: int, profile: Path, seconds: float, log_path: Path) -> Any:
     import subprocess
 
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     with log_path.open("wb") as log_file:  # the child keeps its own descriptor
         return subprocess.Popen(
             [
-                *(exe, "record", "-p", str(pid), "-o", str(svg), "-d", str(int(seconds))),
+                *(exe, "record", "-p", str(pid), "-o", str(profile), "-d", str(int(seconds))),
                 *("-r", "50", "-f", "raw", "--nonblocking"),
             ],
             stdout=log_file,
