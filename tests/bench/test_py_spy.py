@@ -8,7 +8,13 @@ import sys
 import time
 from pathlib import Path
 
-from tradepulse.bench.harness import _py_spy_failure, _start_py_spy, _stop_py_spy, profile_summary
+from tradepulse.bench.harness import (
+    PY_SPY_RATE_HZ,
+    _py_spy_results,
+    _start_py_spy,
+    _stop_py_spy,
+    profile_summary,
+)
 from tradepulse.bench.report import profile_lines
 
 
@@ -23,8 +29,9 @@ def test_a_py_spy_that_cannot_profile_its_target_is_reported_with_its_reason(tmp
         target.kill()
         target.wait()
     logged: list[str] = []
-    reason = _py_spy_failure(tmp_path, logged.append)
-    assert reason is not None and reason.startswith("py-spy recorded no samples of the runner (Error:")
+    profile, reason = _py_spy_results(tmp_path, logged.append)
+    assert profile is None and reason is not None
+    assert reason.startswith("py-spy recorded no samples of the runner (Error:")
     assert str(tmp_path / "py-spy.log") in reason and logged == [reason]
     assert profile_lines({"runner_profile": None, "runner_profile_error": reason}) == [
         "",
@@ -35,7 +42,8 @@ def test_a_py_spy_that_cannot_profile_its_target_is_reported_with_its_reason(tmp
 def test_a_recorded_profile_is_not_reported_as_missing(tmp_path: Path) -> None:
     (tmp_path / "runner-profile.txt").write_text("MainThread;run (runner.py:1);_process (runner.py:2) 40\n")
     logged: list[str] = []
-    assert _py_spy_failure(tmp_path, logged.append) is None and logged == []
+    profile, reason = _py_spy_results(tmp_path, logged.append)
+    assert profile is not None and profile["samples"] == 40 and reason is None and logged == []
 
 
 def test_no_profile_section_when_none_was_asked_for() -> None:
@@ -61,6 +69,6 @@ def test_a_recording_stopped_by_the_bench_keeps_what_py_spy_sampled(tmp_path: Pa
     finally:
         target.kill()
         target.wait()
-    profile = profile_summary(tmp_path / "runner-profile.txt", rate_hz=50)
+    profile = profile_summary(tmp_path / "runner-profile.txt", PY_SPY_RATE_HZ)
     log = (tmp_path / "py-spy.log").read_text()
     assert profile is not None and profile["samples"] >= 20, log

@@ -42,6 +42,8 @@ from tradepulse.errors import BenchError
 from tradepulse.supervisor import Service, Supervisor, port_open, processor_services, python_command
 from tradepulse.topics import QUOTES, TRADES, TopicSpec
 
+PY_SPY_RATE_HZ = 50  # `--py-spy` samples per second of the runner
+
 
 @dataclass
 class BenchConfig:
@@ -346,6 +348,7 @@ def _full_path(config: BenchConfig, settings: Settings, out: Path, broker_pid: i
             final_broker = sampler.sample()
         sampler.close()
     final_status = _final_status(settings.data_dir, instances) or final_status
+    profile, profile_error = _py_spy_results(out, log) if spy is not None else (None, None)
     variants_final = {name: _read_json(path) or {} for name, path in variant_status.items()}
     hot_trades = _hot_store_trades(settings.sqlite_path)
     last = final_broker if final_broker is not None else samples[-1]
@@ -377,25 +380,24 @@ def _full_path(config: BenchConfig, settings: Settings, out: Path, broker_pid: i
         "variant_settings": config.variants,
         # The simulator's last counters, its publish delay (behind schedule) included.
         "simulator": sim,
-        "runner_profile": profile_summary(out / "runner-profile.txt", rate_hz=50)
-        if spy is not None
-        else None,
-        "runner_profile_error": _py_spy_failure(out, log) if spy is not None else None,
+        "runner_profile": profile,
+        "runner_profile_error": profile_error,
     }
 
 
-def _py_spy_failure(out: Path, log: Callable[[str], None]) -> str | None:
-    """Why `--py-spy` left no profile of the runner (None if it did): py-spy's error line in py-spy.log,
-    else its last line (e.g. it cannot attach where ptrace is not allowed). Logged, and kept for the
-    report."""
-    if profile_summary(out / "runner-profile.txt", rate_hz=50) is not None:
-        return None
+def _py_spy_results(out: Path, log: Callable[[str], None]) -> tuple[dict[str, Any] | None, str | None]:
+    """The runner's `--py-spy` profile summary from out/runner-profile.txt, or None and why: py-spy's
+    error line in out/py-spy.log, else its last line (e.g. it cannot attach where ptrace is not
+    allowed), which is logged too."""
+    profile = profile_summary(out / "runner-profile.txt", PY_SPY_RATE_HZ)
+    if profile is not None:
+        return profile, None
     log_path = out / "py-spy.log"
     lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
     said = next((line for line in lines if line.lower().startswith("error")), lines[-1] if lines else "")
     reason = f"py-spy recorded no samples of the runner ({said or 'it printed nothing'}; see {log_path})"
     log(reason)
-    return reason
+    return None, reason
 
 
 def profile_summary(path: Path, rate_hz: float, top: int = 15) -> dict[str, Any] | None:
@@ -437,8 +439,19 @@ def _start_py_spy(pid: int, profile: Path, seconds: float, log_path: Path) -> An
     with log_path.open("wb") as log_file:  # the child keeps its own descriptor
         return subprocess.Popen(
             [
-                *(exe, "record", "-p", str(pid), "-o", str(profile), "-d", str(int(seconds))),
-                *("-r", "50", "-f", "raw", "--nonblocking"),
+                exe,
+                "record",
+                "-p",
+                str(pid),
+                "-o",
+                str(profile),
+                "-d",
+                str(int(seconds)),
+                "-r",
+                str(PY_SPY_RATE_HZ),
+                "-f",
+                "raw",
+                "--nonblocking",
             ],
             stdout=log_file,
             stderr=subprocess.STDOUT,
