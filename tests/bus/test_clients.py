@@ -23,7 +23,7 @@ def test_the_runners_producer_retries_a_coordinator_still_finishing_the_last_com
 ) -> None:
     """Back-to-back transactions: the next one's AddOffsetsToTxn reaches the coordinator while it still
     writes the previous one's markers and gets CONCURRENT_TRANSACTIONS; librdkafka retries that request
-    after `retry.backoff.ms` (default 100 ms), which made most commits take 100 ms
+    after `retry.backoff.ms` (default 100 ms), so a commit that followed another at once took ~100 ms
     (`scripts/bench_txn_commit.py`). The backoff stays exponential (`retry.backoff.max.ms` untouched)."""
     runner = build_runner(_settings(tmp_path), instance="config")
     built: list[dict[str, Any]] = []
