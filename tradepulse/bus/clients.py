@@ -18,7 +18,9 @@ from tradepulse.errors import BusError
 #: commit returned reaches the coordinator while it still writes that commit's markers: its
 #: AddOffsetsToTxn gets CONCURRENT_TRANSACTIONS, which librdkafka retries after this backoff (its
 #: AddPartitionsToTxn retry is fixed at 20 ms; Java's client uses 20 ms for both, KAFKA-5477). At 100 ms
-#: most back-to-back commits took 100 ms; at 10 ms 8 ms p50 (`scripts/bench_txn_commit.py`).
+#: most back-to-back commits took 100 ms; at 10 ms 8 ms p50 (`scripts/bench_txn_commit.py`). The price:
+#: fewer batches wait behind a commit, so there are more transactions and the broker works more
+#: (docs/benchmarks.md, session 13).
 TRANSACTION_RETRY_BACKOFF_MS = 10
 
 
