@@ -23,12 +23,13 @@ from pathlib import Path
 
 import click
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
 
+from tradepulse.bus.admin import ensure_topics
 from tradepulse.bus.clients import producer_config
 from tradepulse.bus.local_kafka import LocalKafka
 from tradepulse.config import Settings, get_settings
 from tradepulse.percentiles import nearest_rank
+from tradepulse.topics import TopicSpec
 
 INPUT = "bench-txn.in"
 OUTPUTS = [f"bench-txn.out{i}" for i in range(4)]
@@ -101,11 +102,8 @@ def main(
             bootstrap = broker.start(quiet=True).bootstrap
         try:
             settings = Settings(kafka_bootstrap=bootstrap, data_dir=Path(tmp), topic_partitions=partitions)
-            admin = AdminClient({"bootstrap.servers": bootstrap})
-            for future in admin.create_topics(
-                [NewTopic(t, partitions, 1) for t in [INPUT, *OUTPUTS]]
-            ).values():
-                future.result()
+            names = [INPUT, *OUTPUTS]
+            ensure_topics(settings, [TopicSpec(n, partitions, settings.topic_retention_ms) for n in names])
             for round_ in range(1, rounds + 1):
                 for backoff in (int(b) for b in backoffs.split(",")):
                     load = os.getloadavg()[0]
