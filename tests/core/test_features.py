@@ -26,6 +26,7 @@ from tradepulse.core.columns import QuoteColumns, TradeColumns
 from tradepulse.core.conditions import ConditionRules
 from tradepulse.core.features import FEATURE_COLUMNS, FeatureConfig, FeatureEngine, vector_dicts
 from tradepulse.core.trade_state import TradeState
+from tradepulse.errors import InvalidArgument
 from tradepulse.models import FeatureVector
 
 CFG = FeatureConfig()
@@ -674,6 +675,37 @@ def test_the_bucket_table_is_sized_by_its_buckets() -> None:
     state = engine._trades
     assert len(state.key) > 60_000  # the rows of the 5-minute windows (and the slack of their regions)
     assert len(state.b_key) * 20 < len(state.key)
+
+
+def test_row_codes_are_read_from_their_keys(stream: list[Event], monkeypatch: pytest.MonkeyPatch) -> None:
+    # The state stores no code per row (8 bytes of every slot): a slot's code is its key's high bits,
+    # the owner of its region for rows and gap slots alike, through compactions and re-layouts.
+    monkeypatch.setattr(trade_state, "FILL_PROJECTION", 1.0)  # compactions as well as re-layouts
+    engine = FeatureEngine()
+    for trades, quotes in split(stream, random_sizes(5, 600, hi=12)):
+        engine.process(TradeColumns.from_records(trades), QuoteColumns.from_records(quotes))
+    state = engine._trades
+    assert not hasattr(state, "code")
+    owner = np.repeat(np.arange(len(state.cap)), state.cap)
+    assert np.array_equal(state.code_of(np.arange(len(state.key))), owner)
+
+
+def test_more_row_slots_than_int32_row_indices_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `last_ok` holds row indices as int32: a layout with more slots would wrap them silently.
+    monkeypatch.setattr(trade_state, "ROW_INDEX_LIMIT", 500)
+    n = 400
+    ts = 1_700_000_000_000 + np.arange(n, dtype=np.int64)
+    seq = np.arange(n)
+    trades = TradeColumns(
+        np.full(n, "AAA", dtype=object),
+        np.full(n, 10.0),
+        np.full(n, 100.0),
+        ts,
+        seq,
+        seq.astype(str).astype(object),
+    )
+    with pytest.raises(InvalidArgument, match="int32 row indices"):
+        FeatureEngine().process(trades, QuoteColumns.empty())
 
 
 def test_a_bucket_table_relaid_out_alone_changes_no_vector(

@@ -126,7 +126,7 @@ def window_features(
     ref = first_after(cfg.momentum_ms) - 1
     ref_ok = ref >= 0
     ref_c = np.where(ref_ok, ref, 0)
-    ref_ok &= st.code[ref_c] == code
+    ref_ok &= st.code_of(ref_c) == code
     ref_c = np.where(ref_ok, st.last_ok[ref_c], 0)
     ref_ok &= ref_c >= 0
     ref_c = np.maximum(ref_c, 0)
@@ -224,7 +224,7 @@ def disorder_corrections(pos: np.ndarray, group: np.ndarray, st: TradeState) -> 
         if len(d) == 0:
             continue
         pj = pos[j]
-        centred = price[pj] - st.centre[st.code[pj]]  # the sums are over centred prices
+        centred = price[pj] - st.centre[st.code_of(pj)]  # the sums are over centred prices
         np.add.at(c.ps, d, centred * size[pj])
         np.add.at(c.size, d, size[pj])
         np.add.at(c.price, d, centred * st.price_ok[pj])
@@ -266,7 +266,7 @@ def _skip_later_arrivals(
         if len(todo) == 0:
             break
         back = cand - 1
-        same_region = back >= st.reg0[st.code[pos[todo]]]
+        same_region = back >= st.reg0[st.code_of(pos[todo])]
         last_row[todo] = np.where(same_region, st.last_ok[np.maximum(back, 0)], -1)
 
 
@@ -285,7 +285,7 @@ def closing_snapshots(
     lo = st.first_at(codes, wm_before[codes] - cfg.late_grace_ms - cfg.snapshot_ms)
     hi = st.first_at(codes, wm_after[codes] - cfg.late_grace_ms)
     rows, _ = ranges(lo, hi)
-    code, ts = st.code[rows], st.ts[rows]
+    code, ts = st.code_of(rows), st.ts[rows]
     second = ts // cfg.snapshot_ms
     starts = group_starts(code, second)
     last = np.concatenate((starts[1:], [len(ts)])) - 1
@@ -293,7 +293,7 @@ def closing_snapshots(
     closing = (s_end <= wm_after[s_code] - cfg.late_grace_ms) & (
         s_end > wm_before[s_code] - cfg.late_grace_ms
     )
-    late = st.late[rows]
+    late = st.late[rows].astype(np.int64)
     late_sum = np.add.reduceat(late, starts) if len(starts) else np.empty(0, dtype=np.int64)
     closing_rows = rows[np.repeat(closing, group_sizes(starts, len(rows)))]
     return rows[last[closing]], late_sum[closing], closing_rows
@@ -320,7 +320,7 @@ def revision_numbers(cfg: FeatureConfig, st: TradeState, rows: np.ndarray, final
     grace, so each provisional revision counts more trades than the one before; once the second has
     closed no trade of that range can be accepted any more, so the final's count (+1) exceeds them all
     and is a function of the accepted trades alone, like the vector."""
-    code = st.code[rows]
+    code = st.code_of(rows)
     start = st.ts[rows] // cfg.snapshot_ms * cfg.snapshot_ms
     count = st.first_at(code, start + cfg.snapshot_ms) - st.first_at(code, start - cfg.late_grace_ms)
     return count + 1 if final else count

@@ -322,7 +322,7 @@ class FeatureEngine:
             rejected_event_ids=rejected,
             unknown_conditions=unknown,
             provisional=provisional,
-            final_trade_ticker=np.asarray(self._names, dtype=object)[self._trades.code[final_rows]],
+            final_trade_ticker=np.asarray(self._names, dtype=object)[self._trades.code_of(final_rows)],
             final_trade_ts_ms=self._trades.ts[final_rows],
         )
 
@@ -459,7 +459,7 @@ class FeatureEngine:
         starts: list[int] = []
         revisions: list[int] = []
         if len(rows):
-            s_code, s_ts = state.code[rows], state.ts[rows]
+            s_code, s_ts = state.code_of(rows), state.ts[rows]
             cols = window_features(cfg, state, rows, s_code, s_ts, state.price[rows], None)
             cols["bid_ask_spread"] = self._spread_at(s_code, s_ts)
             cols["ticker"] = np.asarray(self._names, dtype=object)[s_code]

@@ -45,11 +45,13 @@ def group_sizes(starts: np.ndarray, n: int) -> np.ndarray:
     return sizes
 
 
-K = np.int64(2**43)  # composite key: code * K + clipped ts (or bucket id)
+KEY_BITS = 43
+K = np.int64(2**KEY_BITS)  # composite key: code * K + clipped ts (or bucket id); code = key >> KEY_BITS
 KOFF = 2**42
 MIN_CAP = 64
 FILL_PROJECTION = 2.0
 """Most a re-layout sizes a region beyond its live rows while the code's window is still filling."""
+ROW_INDEX_LIMIT = 2**31  # row indices (`last_ok`) and a region's prefix counts are int32
 ACC = np.longdouble  # prefix-sum accumulator (80-bit extended on x86-64)
 
 # The volume z-score is computed in fixed point, so that it is exact: integer sums do not depend on
@@ -155,19 +157,21 @@ class TradeState:
         """Fresh row arrays with `caps[i]` slots for `codes[i]`."""
         owner = np.repeat(codes, caps)
         n = len(owner)
-        self.code = owner.copy()
+        if n >= ROW_INDEX_LIMIT:
+            raise InvalidArgument(f"{n:,} row slots: more than the int32 row indices of `last_ok` hold")
+        # Each slot's code is its key's high bits (`code_of`): not stored (8 bytes a slot).
         self.key = owner * K + (K - 1)
         self.ts = np.full(n, np.iinfo(np.int64).max // 2, dtype=np.int64)
         self.price = np.zeros(n)
         self.size = np.zeros(n)
-        self.late = np.zeros(n, dtype=np.int64)
+        self.late = np.zeros(n, dtype=np.int32)  # late events attached to the row (a count)
         # Inclusive prefix sums, per code, of the `price_terms` and the effective size.
         self.t_ps = np.zeros(n, dtype=ACC)
         self.t_size = np.zeros(n, dtype=ACC)
         self.t_p = np.zeros(n, dtype=ACC)
-        # The z-score path, in fixed point (exact): sizes, capped sizes (see the volume_zscore
-        # definition; fixed at acceptance) and their prefix sums, per code (wrapping int64).
-        self.qsize = np.zeros(n, dtype=np.int64)
+        # The z-score path, in fixed point (exact): the sizes' sums (each size is `quantise_size(size)`,
+        # computed where needed, not stored), capped sizes (see the volume_zscore definition; fixed at
+        # acceptance) and their prefix sums, per code (wrapping int64).
         self.t_qsize = np.zeros(n, dtype=np.int64)
         self.csize = np.zeros(n, dtype=np.int64)
         self.t_csize = np.zeros(n, dtype=np.int64)
@@ -175,9 +179,10 @@ class TradeState:
         # size: 0 for a trade that does not count toward volume.
         self.vol_ok = np.zeros(n, dtype=bool)  # counts toward volume, VWAP and the trade count
         self.price_ok = np.zeros(n, dtype=bool)  # may set the last price
-        self.t_vol_ok = np.zeros(n, dtype=np.int64)  # inclusive prefix counts of the two, per code
-        self.t_price_ok = np.zeros(n, dtype=np.int64)
-        self.last_ok = np.full(n, -1, dtype=np.int64)  # latest price-eligible row <= this one (-1: none)
+        # Inclusive prefix counts of the two, per code (a region's count fits int32: its slots do).
+        self.t_vol_ok = np.zeros(n, dtype=np.int32)
+        self.t_price_ok = np.zeros(n, dtype=np.int32)
+        self.last_ok = np.full(n, -1, dtype=np.int32)  # latest price-eligible row <= this one (-1: none)
 
     def _alloc_buckets(self, codes: np.ndarray, bcaps: np.ndarray) -> None:
         """Fresh z-score bucket arrays with `bcaps[i]` slots for `codes[i]`."""
@@ -200,6 +205,10 @@ class TradeState:
         return np.minimum(x, X_QMAX)
 
     # --- lookups ------------------------------------------------------------------------------
+    def code_of(self, rows: np.ndarray) -> np.ndarray:
+        """The code owning each of `rows` (a row or a gap slot of its region)."""
+        return self.key[rows] >> KEY_BITS
+
     def first_after(self, code: np.ndarray, t: np.ndarray) -> np.ndarray:
         """First row of `code` with ts > t (its tail if none)."""
         return np.searchsorted(self.key, code * K + kts(t), side="right")
@@ -213,7 +222,7 @@ class TradeState:
         return np.searchsorted(self.b_key, code * K + kts(bucket), side="left")
 
     def bucket_of(self, rows: np.ndarray) -> np.ndarray:
-        return self.bucket_slot(self.code[rows], self.ts[rows] // self.bucket_ms)
+        return self.bucket_slot(self.code_of(rows), self.ts[rows] // self.bucket_ms)
 
     def live_rows(self, cutoff: np.ndarray) -> int:
         """Rows with ts > cutoff[code]."""
@@ -284,9 +293,9 @@ class TradeState:
 
     def _row_values(self) -> tuple[np.ndarray, ...]:
         """The row arrays a re-layout or a compaction moves; the prefix sums and `last_ok` are
-        recomputed from them (`_resum`) and `code` is the region's owner."""
+        recomputed from them (`_resum`)."""
         return (
-            self.key, self.ts, self.price, self.size, self.late, self.csize, self.qsize, self.vol_ok, self.price_ok,
+            self.key, self.ts, self.price, self.size, self.late, self.csize, self.vol_ok, self.price_ok,
         )  # fmt: skip
 
     def _compact(self, codes: np.ndarray, need: np.ndarray, cutoff: np.ndarray) -> bool:
@@ -316,7 +325,7 @@ class TradeState:
         self.ts[freed] = np.iinfo(np.int64).max // 2
         self.last_ok[freed] = -1
         for array in (
-            self.price, self.size, self.late, self.csize, self.qsize, self.vol_ok, self.price_ok,
+            self.price, self.size, self.late, self.csize, self.vol_ok, self.price_ok,
             self.t_ps, self.t_size, self.t_p, self.t_qsize, self.t_csize, self.t_vol_ok, self.t_price_ok,
         ):  # fmt: skip
             array[freed] = 0
@@ -357,20 +366,20 @@ class TradeState:
             return
         ps, p = self.price_terms(rows)
         pairs: list[tuple[np.ndarray, np.ndarray]] = [(ps, self.t_ps), (self.size[rows], self.t_size)]
-        pairs += [(p, self.t_p), (self.qsize[rows], self.t_qsize)]
+        pairs += [(p, self.t_p), (quantise_size(self.size[rows]), self.t_qsize)]
         if capped:
             pairs.append((self.csize[rows], self.t_csize))
         self._prefix(rows, grp, tuple(pairs))
         self._eligibility_sums(rows, grp)
 
     def _eligibility_sums(self, rows: np.ndarray, grp: np.ndarray) -> None:
-        """The prefix counts of the two eligibility flags (int64: exact and cheap) and `last_ok` at
+        """The prefix counts of the two eligibility flags (integers: exact and cheap) and `last_ok` at
         `rows` (ascending runs per `grp`), each run continuing from the row just before it when that
         row is in the same region."""
         starts = group_starts(grp)
         sizes = group_sizes(starts, len(rows))
         prev = rows[starts] - 1
-        cont = prev >= self.reg0[self.code[rows[starts]]]
+        cont = prev >= self.reg0[self.code_of(rows[starts])]
         prev = np.maximum(prev, 0)
         for values, through in ((self.vol_ok, self.t_vol_ok), (self.price_ok, self.t_price_ok)):
             counts = np.cumsum(values[rows].astype(np.int64))
@@ -384,7 +393,7 @@ class TradeState:
         continuing from the row just before each run when it is in the same region."""
         starts = group_starts(grp)
         prev = rows[starts] - 1
-        cont = prev >= self.reg0[self.code[rows[starts]]]
+        cont = prev >= self.reg0[self.code_of(rows[starts])]
         base = np.where(cont, self.last_ok[np.maximum(prev, 0)], -1)
         ok = self.price_ok[rows] > 0
         marker = np.arange(len(rows))
@@ -399,14 +408,14 @@ class TradeState:
     def window_count(
         values: np.ndarray, through: np.ndarray, start: np.ndarray, end: np.ndarray
     ) -> np.ndarray:
-        """Σ of a 0/1 flag (`values`, int64 prefix counts `through`) over rows [start, end]: exact."""
-        return through[end] - through[start] + values[start].astype(np.int64)
+        """Σ of a 0/1 flag (`values`, prefix counts `through`) over rows [start, end]: exact, int64."""
+        return through[end].astype(np.int64) - through[start] + values[start]
 
     def price_terms(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """What `t_ps` and `t_p` sum at `rows`: (price − centre) · size and, over the price-eligible
         trades only (the rolling average), price − centre. Computed, not stored: the same float64
         operations on the same values give the same bits the sums were built from."""
-        centred = self.price[rows] - self.centre[self.code[rows]]
+        centred = self.price[rows] - self.centre[self.code_of(rows)]
         return centred * self.size[rows], centred * self.price_ok[rows]
 
     def _prefix(
@@ -416,7 +425,7 @@ class TradeState:
         at those rows, each run continuing from the row just before it when that is in the region."""
         starts = group_starts(grp)
         prev = rows[starts] - 1
-        cont = prev >= self.reg0[self.code[rows[starts]]]
+        cont = prev >= self.reg0[self.code_of(rows[starts])]
         for values, through in pairs:
             base = np.where(cont, through[np.maximum(prev, 0)], through.dtype.type(0))
             through[rows] = seg_cumsum(values, starts, base, through.dtype.type)
@@ -463,13 +472,11 @@ class TradeState:
         grp = np.repeat(np.arange(len(ucode)), total)
         dest = ins[grp] + np.arange(len(grp)) - np.repeat(np.cumsum(total) - total, total)
         self.key[dest] = ckey[order]
-        self.code[dest] = ucode[grp]
         self.ts[dest] = np.concatenate((self.ts[sidx], ts))[order]
         self.price[dest] = np.concatenate((self.price[sidx], price))[order]
         self.size[dest] = np.concatenate((self.size[sidx], size))[order]
         self.late[dest] = np.concatenate((self.late[sidx], late))[order]
         qsize = quantise_size(size)
-        self.qsize[dest] = np.concatenate((self.qsize[sidx], qsize))[order]
         self.csize[dest] = np.concatenate((self.csize[sidx], qsize))[order]  # the batch's caps follow
         self.vol_ok[dest] = np.concatenate((self.vol_ok[sidx], vol_ok))[order]
         self.price_ok[dest] = np.concatenate((self.price_ok[sidx], price_ok))[order]
@@ -492,7 +499,7 @@ class TradeState:
             n[rows_in] = self.window_count(self.vol_ok, self.t_vol_ok, lo[rows_in], hi[rows_in] - 1)
             has = n > 0
             lo_h, hi_h = lo[has], hi[has]
-            total = self.t_qsize[hi_h - 1] - (self.t_qsize[lo_h] - self.qsize[lo_h])
+            total = self.t_qsize[hi_h - 1] - (self.t_qsize[lo_h] - quantise_size(self.size[lo_h]))
             capped = qsize.copy()
             cap = np.floor(self.cap_multiple * total.astype(np.float64) / n[has])
             capped[has] = np.minimum(qsize[has], cap).astype(np.int64)
