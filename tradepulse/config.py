@@ -161,6 +161,12 @@ class Settings(BaseSettings):
         description="While the runner is behind by more than batch_max_messages, wait up to this long to fill "
         "a batch (fewer transaction commits when throughput matters; 0 = never).",
     )
+    memory_trim_interval_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="How often a runner returns the C heap's freed memory to the OS (glibc malloc_trim, on "
+        "its status thread; 0 = never).",
+    )
     late_grace_ms: int = 2000
     zscore_bucket_ms: int = 1000
     zscore_window_buckets: int = 300

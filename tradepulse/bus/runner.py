@@ -109,6 +109,7 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from tradepulse.bus.clients import consumer_config, producer_config
 from tradepulse.bus.decode import DecodedBatch, decode_batch
+from tradepulse.bus.heap import HeapTrimmer
 from tradepulse.bus.outputs import (
     ARCHIVED_OUTPUTS,
     BatchOutputs,
@@ -347,6 +348,8 @@ class Runner:
         # an SQS and a DynamoDB call in AWS) no longer hold up a batch, and a loop that is stuck still
         # stops the heartbeat, as /health expects.
         self._heartbeats = SerialWorker[None](f"runner-{instance}-status", self._publish_status, 1)
+        # Trimmed on the status thread too: off the runner's loop, at most every memory_trim_interval_s.
+        self.heap = HeapTrimmer(settings.memory_trim_interval_s)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -1029,8 +1032,9 @@ class Runner:
         self.metrics.assigned_partitions = len(self._assignment)
 
     def _publish_status(self, _beats: list[None]) -> None:
-        """The DLQ depth, the status document (`RunnerMetrics.snapshot`) and `publish_status`. Never
-        raises: a heartbeat that failed is logged, and the next one replaces it."""
+        """The DLQ depth, the status document (`RunnerMetrics.snapshot`) and `publish_status`, then the
+        heap trim when due (`HeapTrimmer`). Never raises: a heartbeat that failed is logged, and the next
+        one replaces it."""
         try:
             self.metrics.dlq_depth = int(self.dlq.depth())
         except Exception:
@@ -1039,6 +1043,7 @@ class Runner:
             publish_status(self.metrics.snapshot(), self.status_file, self.hot, self.instance, self.emf)
         except Exception:
             log.exception("runner status not published")
+        self.heap.maybe_trim()
 
     def _lag(self) -> int:
         """Σ (high watermark − position) over the assignment, from the client's cached watermarks."""
