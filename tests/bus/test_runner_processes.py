@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import orjson
 import pyarrow.parquet as pq
 import pytest
+from confluent_kafka import Producer
 
 from tests.bus.test_runner import (
     POISON,
@@ -31,6 +33,7 @@ from tests.bus.test_runner import (
     reference_snapshots,
 )
 from tests.reliability.harness import output_archive
+from tradepulse.bus.clients import producer_config
 from tradepulse.bus.status import status_path
 from tradepulse.config import Settings
 from tradepulse.stores.factory import open_hot_store
@@ -182,6 +185,14 @@ def assert_exactly_once(settings: Settings, rec: Recording) -> None:
     assert archives["features"].cold.distinct > 0 and archives["correlations"].cold.distinct > 0
 
 
+def produce_paced(settings: Settings, events: list[tuple[str, str, Any]], step: int = 100) -> None:
+    """Produce `events` in order, `step` at a time with a 25-ms pause after each (one producer)."""
+    producer = Producer(producer_config(settings))
+    for start in range(0, len(events), step):
+        produce(settings, events[start : start + step], producer)
+        time.sleep(0.025)
+
+
 def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(
     runner_settings: Settings, recording: Recording
 ) -> None:
@@ -196,13 +207,27 @@ def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(
     for i, item in enumerate(poison):
         mixed.insert(50 + i * 101, item)
     total = len(mixed)
-    produce(kafka_settings, mixed)
+    head, rest = mixed[:3000], mixed[3000:]
+    produce(kafka_settings, head)
     first = start_runner(kafka_settings, "k", batch=200)
     wait_until(lambda: status(kafka_settings, "k").get("events_processed", 0) >= 2000, 120, "progress", first)
+    # The rest arrives while the runner works, in 100-message steps (~4 s in all), so that the kill
+    # lands mid-stream however fast the runner is: produced at once, the whole recording was processed
+    # within the status file's one-second refresh, before the kill.
+    feeder = threading.Thread(target=produce_paced, args=(kafka_settings, rest), daemon=True)
+    feeder.start()
+    wait_until(
+        lambda: status(kafka_settings, "k").get("events_processed", 0) >= len(head) + 2000,
+        120,
+        "progress through the paced rest",
+        first,
+    )
     first.send_signal(signal.SIGKILL)
     first.wait(10)
     killed_at = status(kafka_settings, "k")["events_processed"]
-    assert killed_at < total, "the runner finished before it was killed; make the recording longer"
+    feeder.join(120)
+    assert not feeder.is_alive()
+    assert killed_at < total, "the runner finished before it was killed; pace the rest more slowly"
 
     second = start_runner(kafka_settings, "k", "--exit-when-idle", "3")
     log = finish(second)
