@@ -34,21 +34,15 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 
 class HeapTrimmer:
-    """`malloc_trim(0)` at most once every `interval_s` of `clock` (0: never), counted and timed."""
+    """`malloc_trim(0)` at most once every `interval_s` of `clock` (0: never)."""
 
     def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.interval_s = interval_s
         self._trim = _malloc_trim() if interval_s > 0 else None
         self._clock = clock
         self._last = clock()
-        self.trims = 0
-        self.last_ms = 0.0  # how long the latest trim took
         if interval_s > 0 and self._trim is None:
             log.info("no malloc_trim in this C library (not glibc): freed heap memory is not trimmed")
-
-    @property
-    def available(self) -> bool:
-        return self._trim is not None
 
     def maybe_trim(self) -> bool:
         """Trim if `interval_s` has passed since the last trim (or the start); True if it trimmed."""
@@ -58,8 +52,5 @@ class HeapTrimmer:
         if now - self._last < self.interval_s:
             return False
         self._last = now
-        started = time.perf_counter()
         self._trim(0)
-        self.last_ms = (time.perf_counter() - started) * 1000
-        self.trims += 1
         return True

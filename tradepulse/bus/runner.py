@@ -349,7 +349,7 @@ class Runner:
         # stops the heartbeat, as /health expects.
         self._heartbeats = SerialWorker[None](f"runner-{instance}-status", self._publish_status, 1)
         # Trimmed on the status thread too: off the runner's loop, at most every memory_trim_interval_s.
-        self.heap = HeapTrimmer(settings.memory_trim_interval_s)
+        self._heap = HeapTrimmer(settings.memory_trim_interval_s)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -1043,7 +1043,7 @@ class Runner:
             publish_status(self.metrics.snapshot(), self.status_file, self.hot, self.instance, self.emf)
         except Exception:
             log.exception("runner status not published")
-        self.heap.maybe_trim()
+        self._heap.maybe_trim()
 
     def _lag(self) -> int:
         """Σ (high watermark − position) over the assignment, from the client's cached watermarks."""
