@@ -270,7 +270,9 @@ class Anomaly(_Model):
     )
     ticker: Ticker
     ts_ms: int
-    anomaly_score: float = Field(description="sklearn score_samples; more negative = more anomalous.")
+    anomaly_score: float = Field(
+        description="Isolation Forest score in [-1, 0); more negative = more anomalous."
+    )
     threshold: float = Field(description="Score below which a point is flagged (contamination 0.01).")
     feature_vector: dict[str, float]
     model_version: int = Field(

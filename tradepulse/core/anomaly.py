@@ -5,8 +5,9 @@ trade_frequency, each standardised per ticker (mean/std of that ticker's trainin
 the model at fit time). The price enters as its level relative to the ticker's 5-minute mean price,
 (price − rolling_avg_5min) / rolling_avg_5min in bps: a raw price level is not stationary, so a model
 would flag every drift beyond its last training range and, since flagged rows are not learned from,
-never recover. Contamination 0.01: a trade is flagged when sklearn's `score_samples` is below the
-model's threshold (`offset_`, the 1 % quantile of its training scores).
+never recover. Contamination 0.01: a trade is flagged when its score (`tradepulse.core.iforest`, our
+numpy Isolation Forest: lower = more anomalous) is below the model's threshold (the 1 % quantile of
+its training rows' scores).
 
 Determinism. Every output is a function of the input stream alone, never of batch boundaries, thread
 timing or when the process started, so a crash and replay scores every trade exactly as an
@@ -21,7 +22,7 @@ uninterrupted run would (same anomaly ids, scores, thresholds and model versions
   order. A refit falls due when the clock reaches the next multiple of `refit_interval_ms` (60 s);
   its training window is then exactly the training rows of the stream's tickers at that row (the
   last `train_size` of each ticker that has at least `min_train`), it is fitted with
-  `random_state = seed + version`, and gets the next `model_version` of its stream (1, 2, …).
+  the seed `seed + version`, and gets the next `model_version` of its stream (1, 2, …).
 * Effective point. The refit due at clock T scores from the first row whose clock reaches
   T + `refit_delay_ms` (10 s) on. The fit runs on the detector's executor meanwhile, off the scoring
   path (the runner passes a worker process, so a fit never holds the runner's GIL; by default a
@@ -64,8 +65,7 @@ forest per ticker on its own rows at the same points. Measured with `scripts/ano
 precision 0.81, per-ticker 0.91 at 0.71 (docs/quality.md).
 
 Why one module of this size: the determinism argument (refit points, effective points, training
-picks, checkpoints) spans the detector, its per-stream state and the compiled forest, and is
-easiest to check in one place (this docstring states it).
+picks, checkpoints) spans the detector and its per-stream state, and is easiest to check in one place (this docstring states it).
 """
 
 from __future__ import annotations
@@ -80,10 +80,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.ensemble import IsolationForest
-from sklearn.ensemble._iforest import _average_path_length
 
 from tradepulse.core.features import FEATURE_COLUMNS
+from tradepulse.core.iforest import IsolationForest
 from tradepulse.core.trade_state import group_sizes
 from tradepulse.errors import InvalidArgument
 from tradepulse.ids import stable_id
@@ -156,72 +155,12 @@ class AnomalyConfig:
         return self.drift_after_s * 1000 // self.sample_ms
 
 
-class CompiledForest:
-    """A fitted IsolationForest flattened into numpy arrays, for small batches.
-
-    sklearn's `score_samples` costs ~5 ms per call whatever the row count (validation, joblib, one
-    `apply` per tree), so scoring a few rows per ticker per micro-batch would dominate the hot path.
-    Walking all trees at once over the flattened nodes costs ~0.1 ms + ~10 µs per row and gives
-    bit-identical scores (same float32 inputs, same per-tree sums in the same order); beyond
-    `SMALL_BATCH` rows sklearn's compiled traversal is faster and is used instead.
-    """
-
-    SMALL_BATCH = 600
-
-    def __init__(self, forest: IsolationForest) -> None:
-        if any(len(f) != forest.n_features_in_ for f in forest.estimators_features_):
-            raise InvalidArgument("feature subsampling is not supported")
-        parts: dict[str, list[np.ndarray]] = {
-            k: [] for k in ("left", "right", "feature", "threshold", "value")
-        }
-        roots, offset = [], 0
-        for tree, path_len, avg_len in zip(
-            forest.estimators_,
-            forest._decision_path_lengths,
-            forest._average_path_length_per_tree,
-            strict=True,
-        ):
-            t = tree.tree_
-            ids = np.arange(t.node_count) + offset
-            leaf = t.children_left == -1
-            # Leaves loop onto themselves, so every row can take the same number of steps.
-            parts["left"].append(np.where(leaf, ids, t.children_left + offset))
-            parts["right"].append(np.where(leaf, ids, t.children_right + offset))
-            parts["feature"].append(np.where(leaf, 0, t.feature))
-            parts["threshold"].append(np.where(leaf, np.inf, t.threshold))
-            parts["value"].append(path_len + avg_len - 1.0)  # exactly sklearn's per-tree term
-            roots.append(offset)
-            offset += t.node_count
-        arrays = {k: np.concatenate(v) for k, v in parts.items()}
-        self.left, self.right = arrays["left"], arrays["right"]
-        self.feature, self.threshold, self.value = arrays["feature"], arrays["threshold"], arrays["value"]
-        self.roots = np.asarray(roots)
-        self.depth = max(tree.tree_.max_depth for tree in forest.estimators_)
-        self.denominator = len(roots) * float(_average_path_length([forest._max_samples])[0])
-        self.forest = forest
-
-    def score_samples(self, x: np.ndarray) -> np.ndarray:
-        """Same values as `IsolationForest.score_samples`."""
-        if len(x) > self.SMALL_BATCH:
-            return self.forest.score_samples(x)
-        x32 = np.ascontiguousarray(x, dtype=np.float32)  # sklearn trees compare float32 inputs
-        n, trees = x32.shape[0], len(self.roots)
-        node = np.tile(self.roots, n)
-        row_base = np.repeat(np.arange(n) * x32.shape[1], trees)
-        flat = x32.ravel()
-        for _ in range(self.depth):
-            go_left = flat[row_base + self.feature[node]] <= self.threshold[node]
-            node = np.where(go_left, self.left[node], self.right[node])
-        depths = np.cumsum(self.value[node].reshape(n, trees), axis=1)[:, -1]  # tree order, like sklearn
-        return -(2.0 ** (-depths / self.denominator))
-
-
 @dataclass(frozen=True)
 class _Model:
     """A fitted model of one stream: one forest (pooled, key "*") or one per ticker."""
 
     version: int
-    forests: dict[str, CompiledForest]
+    forests: dict[str, IsolationForest]
     thresholds: dict[str, float]
     stats: dict[str, tuple[np.ndarray, np.ndarray]]  # ticker -> (mean, std) of its training rows
 
@@ -302,13 +241,9 @@ def fit_model(config: AnomalyConfig, version: int, data: dict[str, np.ndarray]) 
     groups = z if config.per_ticker else {_POOLED: np.concatenate(list(z.values()))}
     forests, thresholds = {}, {}
     for key, train in groups.items():
-        forest = IsolationForest(
-            n_estimators=config.n_estimators,
-            contamination=config.contamination,
-            random_state=config.seed + version,
-        ).fit(train)
-        forests[key] = CompiledForest(forest)
-        thresholds[key] = float(forest.offset_)
+        forest = IsolationForest.fit(train, n_trees=config.n_estimators, seed=config.seed + version)
+        forests[key] = forest
+        thresholds[key] = forest.offset(train, config.contamination)
     return _Model(version, forests, thresholds, stats)
 
 
