@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import click
 import pytest
 
 from cdk import monitoring
@@ -29,7 +30,7 @@ def text(name: str) -> str:
 def test_every_tradepulse_command_shown_exists(name: str) -> None:
     for command in re.findall(r"`tradepulse ([a-z][a-z-]*(?: [a-z-]+)?)", text(name)):
         words = command.split()
-        group = cli.commands.get(words[0])
+        group = cli.get_command(click.Context(cli), words[0])
         assert group is not None, f"{name}: no command `tradepulse {words[0]}`"
         sub = getattr(group, "commands", None)
         if sub is not None and len(words) > 1 and not words[1].startswith("-"):

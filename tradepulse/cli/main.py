@@ -1,44 +1,57 @@
-"""The `tradepulse` command. Each area contributes its subcommands from its own module."""
+"""The `tradepulse` command. Each area contributes its subcommands from its own module, imported only when
+that subcommand runs (or `--help` lists them all).
+
+Why lazily: every `tradepulse …` call paid for the imports of every command (Kafka, Arrow, pandas,
+uvicorn, …), and so did the runner's refit worker: a spawned process imports its parent's main module,
+which is this one (`python -m tradepulse.cli.main` or `services/processor/main.py`), so the worker held
+~100 MiB of modules it never used (docs/benchmarks.md, session 15)."""
 
 from __future__ import annotations
+
+import importlib
 
 import click
 
 from tradepulse import __version__
-from tradepulse.cli.api import api
-from tradepulse.cli.bench import bench
-from tradepulse.cli.conditions import conditions
-from tradepulse.cli.kafka import kafka, topics
-from tradepulse.cli.process import process
-from tradepulse.cli.schemas import schemas
-from tradepulse.cli.simulate import simulate
-from tradepulse.cli.sources import ingest, news
-from tradepulse.cli.storage import dlq, query
-from tradepulse.cli.up import up
-from tradepulse.cli.verify_bars import verify_bars
+
+# Registration of every subcommand, name → "module:attribute"; add yours here (one line each).
+COMMANDS = {
+    "kafka": "tradepulse.cli.kafka:kafka",
+    "topics": "tradepulse.cli.kafka:topics",
+    "up": "tradepulse.cli.up:up",
+    "schemas": "tradepulse.cli.schemas:schemas",
+    "process": "tradepulse.cli.process:process",
+    "api": "tradepulse.cli.api:api",
+    "simulate": "tradepulse.cli.simulate:simulate",
+    "ingest": "tradepulse.cli.sources:ingest",
+    "news": "tradepulse.cli.sources:news",
+    "query": "tradepulse.cli.storage:query",
+    "dlq": "tradepulse.cli.storage:dlq",
+    "bench": "tradepulse.cli.bench:bench",
+    "conditions": "tradepulse.cli.conditions:conditions",
+    "verify-bars": "tradepulse.cli.verify_bars:verify_bars",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose subcommands (`COMMANDS`) are imported when looked up."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, attribute = target.split(":")
+        command: click.Command = getattr(importlib.import_module(module), attribute)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="tradepulse")
 def cli() -> None:
     """TradePulse: real-time market-data pipeline (ingest → Kafka → features/anomalies → stores → API)."""
-
-
-# Registration of every subcommand; add yours here (one line each).
-cli.add_command(kafka)
-cli.add_command(topics)
-cli.add_command(up)
-cli.add_command(schemas)
-cli.add_command(process)
-cli.add_command(api)
-cli.add_command(simulate)
-cli.add_command(ingest)
-cli.add_command(news)
-cli.add_command(query)
-cli.add_command(dlq)
-cli.add_command(bench)
-cli.add_command(conditions)
-cli.add_command(verify_bars)
 
 
 if __name__ == "__main__":
