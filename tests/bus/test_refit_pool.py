@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 import psutil
 import pytest
@@ -75,3 +76,37 @@ def test_the_worker_exits_when_the_runner_is_killed() -> None:
         assert not wait_ended([worker], within_s=10)
     finally:
         runner.kill()
+
+
+def test_the_worker_loads_numpy_and_the_forest_only(tmp_path: Path) -> None:
+    """A spawned worker imports its runner's main module, then what unpickling the fit needs. With the
+    entry point the processor service runs (a script importing `tradepulse.cli.main`), a worker that has
+    fitted a model holds none of the runner's heavy libraries (~100 MiB of them, docs/benchmarks.md)."""
+    main = tmp_path / "main.py"
+    main.write_text(
+        textwrap.dedent(
+            """
+            from tradepulse.cli.main import cli  # as services/processor/main.py
+
+            if __name__ == "__main__":
+                import numpy as np
+                from tradepulse.bus.refit_pool import RefitPool
+                from tradepulse.core.anomaly import AnomalyConfig
+                from tradepulse.core.anomaly_model import timed_fit
+
+                pool = RefitPool()
+                rows = {"X": np.random.default_rng(0).standard_normal((400, 6))}
+                model, _ = pool.submit(timed_fit, AnomalyConfig().fit_params, 1, rows).result(timeout=60)
+                assert model.version == 1 and -1 < model.thresholds["*"] < 0
+                heavy = ("pandas", "pyarrow", "confluent_kafka", "sklearn", "scipy", "duckdb", "fastapi")
+                names = f"sorted(m for m in __import__('sys').modules if m.split('.')[0] in {heavy!r})"
+                print(pool.submit(eval, names).result(timeout=60))
+                pool.shutdown()
+            """
+        )
+    )
+    # A script's folder, not the working directory, heads sys.path: point it at this checkout.
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    out = subprocess.run([sys.executable, str(main)], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-import tradepulse.core.anomaly as anomaly_mod
+import tradepulse.core.anomaly_model as anomaly_model
 from tradepulse.core.anomaly import (
     MODEL_FEATURES,
     AnomalyConfig,
@@ -188,7 +188,7 @@ def test_a_refit_is_used_from_its_effective_point_and_waited_for_only_then(
     for it, and every row from that point on carries the new version."""
     release = threading.Event()
     fitting = threading.Event()
-    real = anomaly_mod.IsolationForest
+    real = anomaly_model.IsolationForest
 
     class SlowForest(real):  # type: ignore[misc, valid-type]
         @classmethod
@@ -199,7 +199,7 @@ def test_a_refit_is_used_from_its_effective_point_and_waited_for_only_then(
             return super().fit(*args, **kwargs)
 
     slow = False
-    monkeypatch.setattr(anomaly_mod, "IsolationForest", SlowForest)
+    monkeypatch.setattr(anomaly_model, "IsolationForest", SlowForest)
     # Refit points every 20 s of market time (T0 is on that grid), each effective 10 s later.
     cfg = replace(FAST, refit_interval_ms=20_000, refit_delay_ms=10_000)
     detector = AnomalyDetector(cfg)
@@ -357,7 +357,7 @@ def test_slow_fits_change_nothing_but_the_waiting(monkeypatch: pytest.MonkeyPatc
     fast = AnomalyDetector(FAST)
     expected = identity(run(fast, split(rows), wait=True))  # every model fitted before it is needed
     fast.close()
-    real = anomaly_mod.IsolationForest
+    real = anomaly_model.IsolationForest
 
     class SlowForest(real):  # type: ignore[misc, valid-type]
         @classmethod
@@ -365,7 +365,7 @@ def test_slow_fits_change_nothing_but_the_waiting(monkeypatch: pytest.MonkeyPatc
             time.sleep(0.2)
             return super().fit(*args, **kwargs)
 
-    monkeypatch.setattr(anomaly_mod, "IsolationForest", SlowForest)
+    monkeypatch.setattr(anomaly_model, "IsolationForest", SlowForest)
     slow = AnomalyDetector(FAST)
     assert identity(run(slow, split(rows), wait=False)) == expected
     assert slow.refit_waits >= 3 and slow.refit_wait_seconds > 0.1

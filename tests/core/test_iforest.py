@@ -191,7 +191,7 @@ def test_the_runner_never_imports_scikit_learn() -> None:
         "import tradepulse.bus.runner, tradepulse.bus.pipeline, tradepulse.cli.main\n"
         "from tradepulse.core.anomaly import AnomalyConfig, timed_fit\n"
         "rng = np.random.default_rng(0)\n"
-        "model, _ = timed_fit(AnomalyConfig(), 1, {'X': rng.standard_normal((400, 6))})\n"
+        "model, _ = timed_fit(AnomalyConfig().fit_params, 1, {'X': rng.standard_normal((400, 6))})\n"
         "pickle.loads(pickle.dumps(model))\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))\n"
     )

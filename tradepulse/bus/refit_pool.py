@@ -1,4 +1,4 @@
-"""The worker process that fits the runner's anomaly models (`tradepulse.core.anomaly.timed_fit`).
+"""The worker process that fits the runner's anomaly models (`tradepulse.core.anomaly_model.timed_fit`).
 
 Why a process: a fit (one Isolation Forest over a partition's training rows, then scoring those rows
 for the threshold) takes 0.1–0.5 s of CPU, and on a thread of the runner it holds the GIL for much of
@@ -8,8 +8,9 @@ at a lower priority (`nice`), since a model is due 10 s of market time after its
 
 The worker is started with `spawn` (the runner has librdkafka threads, which `fork` would copy in an
 undefined state) by the first fit, so a runner that never fits (most short runs: a model needs minutes
-of training events) never starts it; its imports (~1–2 s) fit well within the 10 s of market time
-before a model is due. A worker that dies (killed, out of memory) breaks the pool: its pending fits
+of training events) never starts it. It imports its runner's main module (the `tradepulse` command
+group, which loads no subcommand) and what the fit needs (`tradepulse.core.anomaly_model`: numpy and the
+forest), ~0.2 s and ~30 MiB, well within the 10 s of market time before a model is due. A worker that dies (killed, out of memory) breaks the pool: its pending fits
 fail, which crashes the runner into its ordinary recovery (restore from the checkpoints, refit), and
 the next `submit` starts a new worker. The worker exits with the runner, however the runner ends (it
 watches its parent).

@@ -81,8 +81,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tradepulse.core.anomaly_model import POOLED, AnomalyModel, FitParams, standardise, timed_fit
 from tradepulse.core.features import FEATURE_COLUMNS
-from tradepulse.core.iforest import IsolationForest
 from tradepulse.core.trade_state import group_sizes
 from tradepulse.errors import InvalidArgument
 from tradepulse.ids import stable_id
@@ -95,7 +95,6 @@ MODEL_FEATURES = (
     "vwap_deviation_bps",
     "trade_frequency",
 )
-_POOLED = "*"  # key of the single forest of a stream in pooled mode
 SINGLE_STREAM = "*"  # the stream of rows that carry no `stream`
 NO_TS = -(2**62)
 _NO_KEY = 2**64  # above every 64-bit row key: "no candidate yet"
@@ -154,15 +153,9 @@ class AnomalyConfig:
     def drift_periods(self) -> int:
         return self.drift_after_s * 1000 // self.sample_ms
 
-
-@dataclass(frozen=True)
-class _Model:
-    """A fitted model of one stream: one forest (pooled, key "*") or one per ticker."""
-
-    version: int
-    forests: dict[str, IsolationForest]
-    thresholds: dict[str, float]
-    stats: dict[str, tuple[np.ndarray, np.ndarray]]  # ticker -> (mean, std) of its training rows
+    @property
+    def fit_params(self) -> FitParams:
+        return FitParams(self.n_estimators, self.contamination, self.per_ticker, self.seed)
 
 
 @dataclass
@@ -172,7 +165,7 @@ class _Refit:
     version: int
     effective_ms: int
     data: dict[str, np.ndarray]  # ticker -> raw training rows, oldest first
-    future: Future[tuple[_Model, float]]  # the model and the seconds its fit took
+    future: Future[tuple[AnomalyModel, float]]  # the model and the seconds its fit took
 
 
 class _TickerState:
@@ -224,35 +217,6 @@ class Checkpoint:
     data: bytes
 
 
-def _standardise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    return (x - mean) / std
-
-
-def _stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mean = x.mean(axis=0)
-    std = x.std(axis=0)
-    return mean, np.where(std > 1e-12 * np.maximum(np.abs(mean), 1.0), std, 1.0)
-
-
-def fit_model(config: AnomalyConfig, version: int, data: dict[str, np.ndarray]) -> _Model:
-    """The model of `version` on the training rows `data` (pure: same inputs, same forest)."""
-    stats = {t: _stats(rows) for t, rows in data.items()}
-    z = {t: _standardise(rows, *stats[t]) for t, rows in data.items()}
-    groups = z if config.per_ticker else {_POOLED: np.concatenate(list(z.values()))}
-    forests, thresholds = {}, {}
-    for key, train in groups.items():
-        forest = IsolationForest.fit(train, n_trees=config.n_estimators, seed=config.seed + version)
-        forests[key] = forest
-        thresholds[key] = forest.offset(train, config.contamination)
-    return _Model(version, forests, thresholds, stats)
-
-
-def timed_fit(config: AnomalyConfig, version: int, data: dict[str, np.ndarray]) -> tuple[_Model, float]:
-    """`fit_model` and the seconds it took (where it ran: a worker process measures its own fit)."""
-    started = time.perf_counter()
-    return fit_model(config, version, data), time.perf_counter() - started
-
-
 class AnomalyDetector:
     """Batch scoring, refits at event-time points off the scoring path, checkpoints per stream."""
 
@@ -276,7 +240,7 @@ class AnomalyDetector:
         """Highest model version in use over the streams (0 before the first model)."""
         return max((s.current.version for s in self._streams.values() if s.current), default=0)
 
-    def model_for(self, ticker: str) -> _Model | None:
+    def model_for(self, ticker: str) -> AnomalyModel | None:
         """The model that scores `ticker` now (None before one that knows the ticker is in use)."""
         stream = self._stream_of(ticker)
         if stream is None or stream.current is None:
@@ -422,7 +386,7 @@ class AnomalyDetector:
         stream.current = stream.pending.pop(0)
         self._model(stream.current)
 
-    def _model(self, refit: _Refit) -> _Model:
+    def _model(self, refit: _Refit) -> AnomalyModel:
         """The fitted model, waiting for the fit (and counting the wait) if it is still running."""
         if not refit.future.done():
             started = time.perf_counter()
@@ -442,11 +406,11 @@ class AnomalyDetector:
         self._checkpoint(stream, rows, at)
 
     def _submit(self, version: int, effective_ms: int, data: dict[str, np.ndarray]) -> _Refit:
-        future = self._executor.submit(timed_fit, self.config, version, data)
+        future = self._executor.submit(timed_fit, self.config.fit_params, version, data)
         future.add_done_callback(self._count_fit)
         return _Refit(version, effective_ms, data, future)
 
-    def _count_fit(self, future: Future[tuple[_Model, float]]) -> None:
+    def _count_fit(self, future: Future[tuple[AnomalyModel, float]]) -> None:
         if future.cancelled() or future.exception() is not None:
             return
         with self._lock:
@@ -473,7 +437,7 @@ class AnomalyDetector:
 
     def _score(
         self,
-        model: _Model,
+        model: AnomalyModel,
         idx: np.ndarray,
         codes: np.ndarray,
         names: pd.Index,
@@ -489,15 +453,15 @@ class AnomalyDetector:
         means, stds = np.zeros((len(names), dim)), np.ones((len(names), dim))
         for c in np.flatnonzero(known):
             means[c], stds[c] = model.stats[names[c]]
-        z = _standardise(rows.x[sel], means[sel_codes], stds[sel_codes])
+        z = standardise(rows.x[sel], means[sel_codes], stds[sel_codes])
         if self.config.per_ticker:
             for c in np.unique(sel_codes):
                 mine = sel_codes == c
                 rows.scores[sel[mine]] = model.forests[names[c]].score_samples(z[mine])
                 rows.thresholds[sel[mine]] = model.thresholds[names[c]]
         else:
-            rows.scores[sel] = model.forests[_POOLED].score_samples(z)
-            rows.thresholds[sel] = model.thresholds[_POOLED]
+            rows.scores[sel] = model.forests[POOLED].score_samples(z)
+            rows.thresholds[sel] = model.thresholds[POOLED]
         rows.versions[sel] = model.version
         rows.flagged[sel] = rows.scores[sel] < rows.thresholds[sel]
 
