@@ -61,8 +61,8 @@ a stream's restored offset are ignored, so a replay is never learned twice. Chec
 One pooled model per stream (default, `per_ticker=False`): a single forest over the rows of every
 ticker of the stream, each standardised with its own ticker's mean/std; `per_ticker=True` fits one
 forest per ticker on its own rows at the same points. Measured with `scripts/anomaly_quality.py`
-(simulator, seed 42, 2400 s, one stream): pooled recall 0.92 (spikes 0.93, jumps 0.87) at alert
-precision 0.81, per-ticker 0.91 at 0.71 (docs/quality.md).
+(simulator, seed 42, 2400 s, one stream): pooled recall 0.92 (spikes 0.92, jumps 0.93) at alert
+precision 0.86, per-ticker 0.91 at 0.69 (docs/quality.md).
 
 Why one module of this size: the determinism argument (refit points, effective points, training
 picks, checkpoints) spans the detector and its per-stream state, and is easiest to check in one place (this docstring states it).
