@@ -10,10 +10,10 @@ The worker is started with `spawn` (the runner has librdkafka threads, which `fo
 undefined state) by the first fit, so a runner that never fits (most short runs: a model needs minutes
 of training events) never starts it. It imports its runner's main module (the `tradepulse` command
 group, which loads no subcommand) and what the fit needs (`tradepulse.core.anomaly_model`: numpy and the
-forest), ~0.2 s and ~30 MiB, well within the 10 s of market time before a model is due. A worker that dies (killed, out of memory) breaks the pool: its pending fits
-fail, which crashes the runner into its ordinary recovery (restore from the checkpoints, refit), and
-the next `submit` starts a new worker. The worker exits with the runner, however the runner ends (it
-watches its parent).
+forest): ~0.1 s and ~50 MiB, well within the 10 s of market time before a model is due. A worker that
+dies (killed, out of memory) breaks the pool: its pending fits fail, which crashes the runner into its
+ordinary recovery (restore from the checkpoints, refit), and the next `submit` starts a new worker. The
+worker exits with the runner, however the runner ends (it watches its parent).
 """
 
 from __future__ import annotations

@@ -65,7 +65,9 @@ forest per ticker on its own rows at the same points. Measured with `scripts/ano
 precision 0.86, per-ticker 0.91 at 0.69 (docs/quality.md).
 
 Why one module of this size: the determinism argument (refit points, effective points, training
-picks, checkpoints) spans the detector and its per-stream state, and is easiest to check in one place (this docstring states it).
+picks, checkpoints) spans the detector and its per-stream state, and is easiest to check in one place
+(this docstring states it). The fit itself is `tradepulse.core.anomaly_model` (what the refit worker
+imports) over the forest of `tradepulse.core.iforest`.
 """
 
 from __future__ import annotations
