@@ -3,12 +3,10 @@ it is used (the runner's refit worker imports `tradepulse.cli.main` as its spawn
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import click
 from click.testing import CliRunner
 
+from tests.processes import modules_loaded_by
 from tradepulse.cli.main import COMMANDS, cli
 
 
@@ -29,11 +27,5 @@ def test_help_lists_every_command() -> None:
 
 
 def test_importing_the_command_group_imports_no_command() -> None:
-    code = (
-        "import sys\n"
-        "import tradepulse.cli.main\n"
-        "heavy = ('numpy', 'pandas', 'pyarrow', 'confluent_kafka', 'tradepulse.bus', 'tradepulse.cli.process')\n"
-        "print(sorted(m for m in sys.modules if m.startswith(heavy)))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    heavy = ("numpy", "pandas", "pyarrow", "confluent_kafka", "tradepulse.bus", "tradepulse.cli.process")
+    assert modules_loaded_by("import tradepulse.cli.main", heavy) == []
