@@ -84,6 +84,9 @@ def test_up_starts_everything_and_ctrl_c_leaves_no_process(tmp_path: Path) -> No
 
         descendants = psutil.Process(up.pid).children(recursive=True)
         assert any("kafka.Kafka" in " ".join(p.cmdline()) for p in descendants), "broker is not a child of up"
+        # Every service of the pipeline is a `tradepulse <command>` child of up.
+        commands = {p.cmdline()[3] for p in descendants if p.cmdline()[1:3] == ["-m", "tradepulse.cli.main"]}
+        assert commands == {"simulate", "ingest", "news", "process", "api"}, commands
     finally:
         up.send_signal(signal.SIGINT)
         exit_code = up.wait(120)

@@ -42,9 +42,10 @@ def pipeline_services(available: set[str], settings: Settings | None = None) -> 
 def up() -> None:
     """Run everything locally: Kafka, simulator (without API keys), ingest, news, processor, API."""
     # The subcommands of the group `up` runs under (`tradepulse`, tradepulse.cli.main) are the services
-    # that can be started; read from click's context so that this module does not import main back.
-    root = click.get_current_context().find_root().command
-    commands = set(root.commands) if isinstance(root, click.Group) else set()
+    # that can be started; read from click's context so that this module does not import main back. The
+    # group's list, not its `commands` dict: it imports its subcommands only when one is looked up.
+    root = click.get_current_context().find_root()
+    commands = set(root.command.list_commands(root)) if isinstance(root.command, click.Group) else set()
     settings = get_settings()
     supervisor = Supervisor()
     supervisor.install_signal_handlers()
