@@ -16,14 +16,23 @@ def stable_id(*parts: object) -> str:
     return hashlib.blake2b(joined, digest_size=8).hexdigest()
 
 
+# The per-event ids below are `stable_id` of their parts, spelled out as one f-string: ingest computes one
+# per event, and the generic join costs 1.3 µs where this costs 0.7 (the same bytes: format() of a str
+# or int is its str(); tests/test_ids.py pins both).
+
+
 def trade_event_id(ticker: str, exchange: int, trade_id: str, exchange_ts_ms: int, sequence: int) -> str:
-    """Id of a trade: its identity on the tape, independent of when or how often we receive it."""
-    return stable_id("T", ticker, exchange, trade_id, exchange_ts_ms, sequence)
+    """Id of a trade: its identity on the tape, independent of when or how often we receive it;
+    `stable_id("T", ticker, exchange, trade_id, exchange_ts_ms, sequence)`."""
+    joined = f"T\x1f{ticker}\x1f{exchange}\x1f{trade_id}\x1f{exchange_ts_ms}\x1f{sequence}"
+    return hashlib.blake2b(joined.encode(), digest_size=8).hexdigest()
 
 
 def quote_event_id(ticker: str, exchange_ts_ms: int, sequence: int) -> str:
-    """Id of a quote: ticker, SIP timestamp and sequence number identify it."""
-    return stable_id("Q", ticker, exchange_ts_ms, sequence)
+    """Id of a quote: ticker, SIP timestamp and sequence number identify it;
+    `stable_id("Q", ticker, exchange_ts_ms, sequence)`."""
+    joined = f"Q\x1f{ticker}\x1f{exchange_ts_ms}\x1f{sequence}"
+    return hashlib.blake2b(joined.encode(), digest_size=8).hexdigest()
 
 
 def news_event_id(article_id: int | str, ticker: str) -> str:
