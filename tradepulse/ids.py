@@ -12,8 +12,12 @@ import zlib
 
 def stable_id(*parts: object) -> str:
     """A 16-hex-digit id that is the same in every process for the same parts."""
-    joined = "\x1f".join(str(part) for part in parts).encode()
-    return hashlib.blake2b(joined, digest_size=8).hexdigest()
+    return _digest("\x1f".join(str(part) for part in parts))
+
+
+def _digest(joined: str) -> str:
+    """The id of parts already joined by `\x1f`."""
+    return hashlib.blake2b(joined.encode(), digest_size=8).hexdigest()
 
 
 # The per-event ids below are `stable_id` of their parts, spelled out as one f-string: ingest computes one
@@ -24,15 +28,13 @@ def stable_id(*parts: object) -> str:
 def trade_event_id(ticker: str, exchange: int, trade_id: str, exchange_ts_ms: int, sequence: int) -> str:
     """Id of a trade: its identity on the tape, independent of when or how often we receive it;
     `stable_id("T", ticker, exchange, trade_id, exchange_ts_ms, sequence)`."""
-    joined = f"T\x1f{ticker}\x1f{exchange}\x1f{trade_id}\x1f{exchange_ts_ms}\x1f{sequence}"
-    return hashlib.blake2b(joined.encode(), digest_size=8).hexdigest()
+    return _digest(f"T\x1f{ticker}\x1f{exchange}\x1f{trade_id}\x1f{exchange_ts_ms}\x1f{sequence}")
 
 
 def quote_event_id(ticker: str, exchange_ts_ms: int, sequence: int) -> str:
     """Id of a quote: ticker, SIP timestamp and sequence number identify it;
     `stable_id("Q", ticker, exchange_ts_ms, sequence)`."""
-    joined = f"Q\x1f{ticker}\x1f{exchange_ts_ms}\x1f{sequence}"
-    return hashlib.blake2b(joined.encode(), digest_size=8).hexdigest()
+    return _digest(f"Q\x1f{ticker}\x1f{exchange_ts_ms}\x1f{sequence}")
 
 
 def news_event_id(article_id: int | str, ticker: str) -> str:
