@@ -101,8 +101,7 @@ class IsolationForest:
         # Which training row each (tree, slot) holds, grouped by node: tree t's root is node t.
         rows = np.concatenate([rng.choice(n, psi, replace=False) for _ in range(n_trees)])
         capacity = n_trees * (2 * psi - 1)
-        ids = np.arange(capacity, dtype=np.int64)
-        children = np.repeat(ids, 2)  # every node a leaf until it is split
+        children = np.repeat(np.arange(capacity, dtype=np.int64), 2)  # every node a leaf until it is split
         feature = np.zeros(capacity, dtype=np.int64)
         threshold = np.full(capacity, np.inf)
         leaf_value = np.zeros(capacity)
@@ -134,10 +133,9 @@ class IsolationForest:
             children[2 * nodes], children[2 * nodes + 1] = first_child, first_child + 1
             next_node += 2 * len(s)
             # The memberships of the split nodes, each moved to its child, grouped by child.
-            segment_of_row = np.repeat(np.arange(len(counts)), counts)
             slot_of_split = np.full(len(counts), -1, dtype=np.int64)
             slot_of_split[s] = np.arange(len(s))
-            slot = slot_of_split[segment_of_row]
+            slot = np.repeat(slot_of_split, counts)  # per membership: its node's index among the split
             keep = slot >= 0
             slot, kept_rows = slot[keep], rows[keep]
             right = values[kept_rows, chosen[slot]] > cut[slot]
@@ -145,12 +143,11 @@ class IsolationForest:
             order = np.argsort(child, kind="stable")
             rows = kept_rows[order]
             segment_node, counts = np.unique(child[order], return_counts=True)
-        used = next_node
         return cls(
-            children=children[: 2 * used].astype(np.int32),
-            feature=feature[:used].astype(np.int32),
-            threshold=threshold[:used],
-            leaf_value=leaf_value[:used],
+            children=children[: 2 * next_node].astype(np.int32),
+            feature=feature[:next_node].astype(np.int32),
+            threshold=threshold[:next_node],
+            leaf_value=leaf_value[:next_node],
             roots=np.arange(n_trees, dtype=np.int32),
             depth=max_depth,
             subsample=psi,
