@@ -237,7 +237,14 @@ def test_a_refit_is_used_from_its_effective_point_and_waited_for_only_then(
     assert detector.refit_waits > waits >= 0
     new_model = detector.model_for("X")
     assert new_model is not old_model and new_model.version > old_model.version
-    assert isinstance(new_model.forests["*"], SlowForest) and -1 < new_model.thresholds["*"] < 0
+    # The model is the fit of its refit's training rows: its threshold is that forest's 1 % quantile.
+    refit = detector._stream_of("X").current
+    assert refit is not None and refit.version == new_model.version
+    assert isinstance(new_model.forests["*"], SlowForest)
+    assert (
+        new_model.thresholds["*"]
+        == anomaly_model.fit_model(cfg.fit_params, refit.version, refit.data).thresholds["*"]
+    )
     # Rows from 150 s on were all scored by versions newer than `before`.
     assert late and min(a["model_version"] for a in late) > before
     detector.close()
