@@ -4,7 +4,8 @@ as written (no Docker): the locked dependencies, hash-checked, into a fresh venv
 by the lock and the commands, and shared with the wheel check: `tests.ship.venvs`), then the project
 without dependencies into a venv of its own over it. Then, in that venv:
 the entry point (`python main.py --help`), `pip check`, an import of every `tradepulse` module and of
-every third-party module the package imports anywhere (also lazily, inside functions)."""
+every third-party module the package imports anywhere (also lazily, inside functions), and, for the
+processor, an anomaly model fitted in its refit worker and scored."""
 
 from __future__ import annotations
 
@@ -151,3 +152,31 @@ def test_every_module_the_package_imports_is_in_the_image(
     count, failed = result.stdout.strip().split(" ", 1)
     assert failed == "{}", f"not importable in the {service} image: {failed}"
     assert int(count) > 50
+
+
+def test_the_processor_image_fits_and_scores_anomaly_models(
+    images: dict[str, tuple[Path, str]], venvs: dict[str, Path], tmp_path: Path
+) -> None:
+    """The processor's refit worker runs in the image's interpreter, whose lock holds no scikit-learn:
+    a model fitted there (through `RefitPool`, from a script importing the entry point's command group)
+    scores rows, and neither process has loaded scikit-learn or SciPy."""
+    main = tmp_path / "main.py"
+    main.write_text(
+        "from tradepulse.cli.main import cli  # as services/processor/main.py\n"
+        "if __name__ == '__main__':\n"
+        "    import sys, numpy as np\n"
+        "    from tradepulse.bus.refit_pool import RefitPool\n"
+        "    from tradepulse.core.anomaly import AnomalyConfig\n"
+        "    from tradepulse.core.anomaly_model import POOLED, timed_fit\n"
+        "    pool = RefitPool()\n"
+        "    rows = {'X': np.random.default_rng(0).standard_normal((400, 6))}\n"
+        "    model, _ = pool.submit(timed_fit, AnomalyConfig().fit_params, 1, rows).result(timeout=120)\n"
+        "    scores = model.forests[POOLED].score_samples(np.vstack([np.zeros((1, 6)), np.full((1, 6), 9.0)]))\n"
+        "    names = \"sorted(m for m in __import__('sys').modules if m.split('.')[0] in ('sklearn', 'scipy'))\"\n"
+        "    loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy'))\n"
+        "    print(scores[1] < model.thresholds[POOLED] < scores[0], loaded, pool.submit(eval, names).result(60))\n"
+        "    pool.shutdown()\n"
+    )
+    result = run(venvs["processor"], str(main), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "True [] []"
