@@ -290,6 +290,28 @@ def test_history_memory_is_a_fixed_ring_per_ticker() -> None:
     assert j.history_size() <= tickers.size * (j.history_ms + 10_000) // 100
 
 
+def test_a_batch_of_new_tickers_allocates_the_rings_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rings grow once per batch that brings new tickers, not once per ticker: a copy of every ring
+    per new ticker made a runner's first batch of 200 tickers take ~0.2 s here."""
+    from tradepulse.core import news_join
+
+    allocations = []
+    alloc = news_join._Rings._alloc
+    monkeypatch.setattr(
+        news_join._Rings, "_alloc", lambda rings, rows: (allocations.append(rows), alloc(rings, rows))
+    )
+    j = NewsJoiner()
+    tickers = np.array([f"T{i:03d}" for i in range(200)], dtype=object)
+    ts = np.full(tickers.size, T0, dtype=np.int64)
+    j.add_zscores(tickers, ts, np.full(tickers.size, 0.5))
+    assert allocations[0] == 0 and len(allocations) == 2
+    assert 200 <= allocations[1] <= 200 + 32  # the headroom stays bounded
+    more = np.array([f"U{i:03d}" for i in range(5)], dtype=object)
+    j.add_zscores(more, np.full(more.size, T0 + 100, dtype=np.int64), np.full(more.size, 0.5))
+    assert len(allocations) == 2  # within the headroom: no allocation
+    assert j.history_size() == 205
+
+
 class _ReferenceJoin:
     """Plain-Python model of the documented join: every point kept, bucket peak/last derived on demand."""
 
