@@ -146,38 +146,39 @@ CHECKPOINT_INTERVAL_S = 1.0
 
 
 class _Upsert(typing.NamedTuple):
-    """An `INSERT ... VALUES ... ON CONFLICT ...` statement for one row (`one`) and for MULTI_ROWS rows
-    (`multi`, one value tuple per row)."""
+    """An `INSERT ... VALUES ... ON CONFLICT ...` statement per chunk size (`CHUNKS`: MULTI_ROWS and
+    each smaller power of two), one value tuple per row."""
 
-    one: str
-    multi: str
+    by_rows: dict[int, str]
     width: int
 
     @classmethod
     def of(cls, insert: str, width: int, conflict: str) -> _Upsert:
         row = f"({', '.join(['?'] * width)})"
-        return cls(
-            f"{insert} VALUES {row} {conflict}",
-            f"{insert} VALUES {', '.join([row] * MULTI_ROWS)} {conflict}",
-            width,
-        )
+        return cls({n: f"{insert} VALUES {', '.join([row] * n)} {conflict}" for n in CHUNKS}, width)
 
 
-# Rows per statement of the bulk upserts (trades, features): one INSERT with MULTI_ROWS value tuples
-# costs about a quarter less per row than a statement per row (`executemany` steps and resets the
-# statement for every row). The rows are still applied in order, so a key repeated within a batch ends
-# with its last row, as before.
-MULTI_ROWS = 100
+# Rows per statement of the upserts. Each statement SQLite runs releases the GIL, and taking it back
+# waits, up to the switch interval (5 ms), for another thread of the runner that runs Python code (the
+# cold thread): with a statement per row a 500-event batch ran ~540 statements and took 2.7 s instead of
+# 3 ms while another thread was busy (docs/benchmarks.md). So a table's rows go in full MULTI_ROWS
+# statements, then one statement per power of two of the rest (195 rows: 128 + 64 + 2 + 1), at most
+# n // MULTI_ROWS + 7 statements, from 8 statement texts per table (the connection's statement cache
+# keeps them all). A multi-row INSERT also costs about a quarter less per row than a statement per
+# row. The rows are applied in order, so a key repeated within a batch ends with its last row.
+MULTI_ROWS = 128
+CHUNKS = tuple(MULTI_ROWS >> shift for shift in range(MULTI_ROWS.bit_length()))  # 128, 64, ..., 1
 _UPSERT_TRADE = _Upsert.of(
     "INSERT INTO trades (ticker, exchange_ts_ms, sequence, event_id, vals)",
     5,
     "ON CONFLICT (exchange_ts_ms, ticker, sequence, event_id) DO UPDATE SET vals = excluded.vals",
 )
-_UPSERT_LATEST_TRADE = (
-    "INSERT INTO latest_trades (ticker, exchange_ts_ms, sequence, event_id, vals) VALUES (?, ?, ?, ?, ?) "
+_UPSERT_LATEST_TRADE = _Upsert.of(
+    "INSERT INTO latest_trades (ticker, exchange_ts_ms, sequence, event_id, vals)",
+    5,
     "ON CONFLICT (ticker) DO UPDATE SET exchange_ts_ms = excluded.exchange_ts_ms, "
     "sequence = excluded.sequence, event_id = excluded.event_id, vals = excluded.vals "
-    "WHERE (excluded.exchange_ts_ms, excluded.sequence) >= (latest_trades.exchange_ts_ms, latest_trades.sequence)"
+    "WHERE (excluded.exchange_ts_ms, excluded.sequence) >= (latest_trades.exchange_ts_ms, latest_trades.sequence)",
 )
 _TRADE_KEY = ("ticker", "exchange_ts_ms", "sequence", "event_id")
 _TRADE_FIELDS = tuple(StoredTrade.model_fields)
@@ -190,43 +191,55 @@ _UPSERT_FEATURE = _Upsert.of(
     "ON CONFLICT (ticker, start_ms) DO UPDATE SET revision = excluded.revision, doc = excluded.doc "
     "WHERE excluded.revision >= features.revision",
 )
-_UPSERT_ANOMALY = (
-    "INSERT INTO anomalies (anomaly_id, ticker, ts_ms, doc) VALUES (?, ?, ?, ?) "
+_UPSERT_ANOMALY = _Upsert.of(
+    "INSERT INTO anomalies (anomaly_id, ticker, ts_ms, doc)",
+    4,
     "ON CONFLICT (anomaly_id) DO UPDATE SET ticker = excluded.ticker, ts_ms = excluded.ts_ms, "
-    "doc = excluded.doc"
+    "doc = excluded.doc",
 )
-_UPSERT_CORRELATION = (
-    "INSERT INTO correlations (correlation_id, ticker, ts_ms, doc) VALUES (?, ?, ?, ?) "
+_UPSERT_CORRELATION = _Upsert.of(
+    "INSERT INTO correlations (correlation_id, ticker, ts_ms, doc)",
+    4,
     "ON CONFLICT (correlation_id) DO UPDATE SET ticker = excluded.ticker, ts_ms = excluded.ts_ms, "
-    "doc = excluded.doc"
+    "doc = excluded.doc",
 )
 # Outlier trades (`outlier` set by the runner) also go here, a small table the API reads by ticker and
 # time (GET /outliers/{ticker}) without scanning the time-clustered trades.
-_UPSERT_OUTLIER = (
-    "INSERT INTO outliers (event_id, ticker, ts_ms, doc) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (event_id) DO UPDATE SET ticker = excluded.ticker, ts_ms = excluded.ts_ms, doc = excluded.doc"
+_UPSERT_OUTLIER = _Upsert.of(
+    "INSERT INTO outliers (event_id, ticker, ts_ms, doc)",
+    4,
+    "ON CONFLICT (event_id) DO UPDATE SET ticker = excluded.ticker, ts_ms = excluded.ts_ms, doc = excluded.doc",
 )
-_UPSERT_BAR = (
-    "INSERT INTO bars (ticker, start_ms, doc) VALUES (?, ?, ?) "
-    "ON CONFLICT (ticker, start_ms) DO UPDATE SET doc = excluded.doc"
+_UPSERT_BAR = _Upsert.of(
+    "INSERT INTO bars (ticker, start_ms, doc)",
+    3,
+    "ON CONFLICT (ticker, start_ms) DO UPDATE SET doc = excluded.doc",
 )
-_UPSERT_TICKER = (
-    "INSERT INTO tickers (ticker, last_ts_ms) VALUES (?, ?) "
-    "ON CONFLICT (ticker) DO UPDATE SET last_ts_ms = max(last_ts_ms, excluded.last_ts_ms)"
+_UPSERT_TICKER = _Upsert.of(
+    "INSERT INTO tickers (ticker, last_ts_ms)",
+    2,
+    "ON CONFLICT (ticker) DO UPDATE SET last_ts_ms = max(last_ts_ms, excluded.last_ts_ms)",
 )
 
 
 def _upsert_many(conn: sqlite3.Connection, upsert: _Upsert, rows: list[tuple[Any, ...]]) -> None:
-    """Upsert `rows` in order: MULTI_ROWS per statement, the rest one by one."""
+    """Upsert `rows` in order: full MULTI_ROWS statements, then one statement per power of two of the rest
+    (see MULTI_ROWS: every statement run is a GIL hand-off)."""
+    width = upsert.width
+    flat = list(chain.from_iterable(rows))
+    if len(flat) != len(rows) * width:
+        raise InvalidArgument(f"rows must have {width} values each")
     full = len(rows) // MULTI_ROWS * MULTI_ROWS
     if full:
-        flat = list(chain.from_iterable(rows[:full]))
-        step = MULTI_ROWS * upsert.width
-        if len(flat) != full * upsert.width:
-            raise InvalidArgument(f"rows must have {upsert.width} values each")
-        conn.executemany(upsert.multi, [flat[i : i + step] for i in range(0, len(flat), step)])
-    if full < len(rows):
-        conn.executemany(upsert.one, rows[full:])
+        step = MULTI_ROWS * width
+        conn.executemany(
+            upsert.by_rows[MULTI_ROWS], [flat[i : i + step] for i in range(0, full * width, step)]
+        )
+    start = full
+    for n in CHUNKS[1:]:
+        if (len(rows) - start) & n:
+            conn.execute(upsert.by_rows[n], flat[start * width : (start + n) * width])
+            start += n
 
 
 class SchemaMismatch(StoreError):
@@ -400,7 +413,7 @@ class SqliteHotStore:
                     _upsert_many(conn, _UPSERT_TRADE, trade_rows)
                     # After the insert, which has rejected rows with a NULL key.
                     newest = _newest_per_ticker(trade_rows)
-                    conn.executemany(_UPSERT_LATEST_TRADE, newest)
+                    _upsert_many(conn, _UPSERT_LATEST_TRADE, newest)
                     # A ticker's newest trade has its latest event time.
                     last_seen = {row[0]: row[1] for row in newest}
                 if feature_rows:
@@ -408,16 +421,15 @@ class SqliteHotStore:
                     for f in features:
                         if f["ts_ms"] > last_seen.get(f["ticker"], -1):
                             last_seen[f["ticker"]] = f["ts_ms"]
-                if anomaly_rows:
-                    conn.executemany(_UPSERT_ANOMALY, anomaly_rows)
-                if correlation_rows:
-                    conn.executemany(_UPSERT_CORRELATION, correlation_rows)
-                if outlier_rows:
-                    conn.executemany(_UPSERT_OUTLIER, outlier_rows)
-                if bar_rows:
-                    conn.executemany(_UPSERT_BAR, bar_rows)
-                if last_seen:
-                    conn.executemany(_UPSERT_TICKER, list(last_seen.items()))
+                for upsert, rows in (
+                    (_UPSERT_ANOMALY, anomaly_rows),
+                    (_UPSERT_CORRELATION, correlation_rows),
+                    (_UPSERT_OUTLIER, outlier_rows),
+                    (_UPSERT_BAR, bar_rows),
+                    (_UPSERT_TICKER, list(last_seen.items())),
+                ):
+                    if rows:
+                        _upsert_many(conn, upsert, rows)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
