@@ -4,6 +4,10 @@
 
 Prints rows/s and p50/p99 batch latency (SQLite) and rows/s + files (Parquet, incl. the replay merge).
 
+`--contended-batches` times the hot store's write of a 500-message batch alone and while another thread
+runs Python code, as the runner's cold thread does: every statement SQLite runs releases the GIL, and
+taking it back can wait for the busy thread's switch interval (5 ms).
+
 The mixed case replays the runner's micro-batch: 5,000 messages of which ~40 % trades and ~60 %
 quotes over 200 tickers, plus one feature snapshot per ticker and a few anomalies per batch. Trades,
 features and anomalies go to the hot store in one `write_batch` (the latency backpressure watches);
@@ -13,7 +17,9 @@ trades and quotes go to the cold store, per row (`append`) and per batch (`appen
 from __future__ import annotations
 
 import statistics
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -186,6 +192,34 @@ def bench_mixed(batches: int, root: Path, size: int = 5000) -> None:
         )
 
 
+def bench_contended(batches: int, root: Path, size: int = 500) -> None:
+    """The hot store's write of a runner-sized batch, alone and with a thread that runs Python code."""
+    data = [mixed_batch(b, size) for b in range(batches)]
+    busy = threading.Event()
+
+    def python_work() -> None:
+        while busy.is_set():
+            {i: i * 2 for i in range(100)}
+
+    for contended in (False, True):
+        store = SqliteHotStore(root / f"contended-{contended}.sqlite3")
+        if contended:
+            busy.set()
+            threading.Thread(target=python_work, daemon=True).start()
+        lat = []
+        for d in data:
+            t0 = time.perf_counter()
+            store.write_batch(trades=d["trades"], features=d["features"], anomalies=d["anomalies"])
+            lat.append((time.perf_counter() - t0) * 1000)
+        busy.clear()
+        store.close()
+        print(
+            f"sqlite  write_batch of {size} msgs {'with a busy thread' if contended else 'alone'} (switch "
+            f"interval {sys.getswitchinterval() * 1000:g} ms): p50 {statistics.median(lat):.1f} ms, "
+            f"p99 {pct(lat, 99):.1f} ms over {batches} batches"
+        )
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
@@ -233,13 +267,22 @@ def bench_parquet(rows: list[dict], root: Path) -> None:
 @click.option(
     "--mixed-batches", type=int, default=120, show_default=True, help="5,000-message batches (0 = skip)"
 )
-def main(n_rows: int, batch: int, mixed_batches: int) -> None:
+@click.option(
+    "--contended-batches",
+    type=int,
+    default=60,
+    show_default=True,
+    help="500-message batches written alone and beside a busy thread (0 = skip)",
+)
+def main(n_rows: int, batch: int, mixed_batches: int, contended_batches: int) -> None:
     rows = trades(n_rows)
     with tempfile.TemporaryDirectory() as tmp:
         bench_sqlite(rows, batch, Path(tmp))
         bench_parquet(rows, Path(tmp))
         if mixed_batches:
             bench_mixed(mixed_batches, Path(tmp))
+        if contended_batches:
+            bench_contended(contended_batches, Path(tmp))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 One file (`settings.sqlite_path`) in WAL mode, so the API process reads while the runner writes: readers
 never block the writer and see the last committed micro-batch. Each `write_batch` is one transaction
-with one `executemany` per table.
+with a few multi-row statements per table (`MULTI_ROWS`: never a statement per row, each one hands the
+GIL to the runner's other threads).
 
 Every row is stored as its JSON document (orjson) next to the few columns that are keyed or queried, so
 the stored rows are exactly the dicts the hot path emitted and a model field change needs no migration.
