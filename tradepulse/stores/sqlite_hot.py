@@ -142,6 +142,15 @@ CREATE TABLE IF NOT EXISTS tickers (
 PURGE_CHUNK_ROWS = 5000
 """Rows one purge transaction deletes at most (a few ms of the write lock)."""
 
+WRITER_CACHE_MIB = 16
+"""The writer connection's page cache. Its inserts are time-ordered (trades) or go to the newest rows of
+each ticker (features, anomalies), so it needs the B-trees' right edges, not a day of pages: 1.2 M trades
+written in 2,000-message batches (a 375 MiB file) took as long with 4, 16 or 64 MiB, and 64 MiB grew the
+writing process by 70 MiB against 20 with 16 (docs/benchmarks.md). The readers (the API) keep
+`READER_CACHE_MIB`."""
+READER_CACHE_MIB = 64
+"""A reader connection's page cache: keeps the index pages of a busy day's queries hot."""
+
 CHECKPOINT_INTERVAL_S = 1.0
 """Least time between two background checkpoints (each is an fsync of the WAL and of the database)."""
 
@@ -322,13 +331,13 @@ class SqliteHotStore:
         self._stopping = threading.Event()
         self._checkpointer: threading.Thread | None = None
         self._checkpointer_tried = False
-        self._writer = self._connect()
+        self._writer = self._connect(WRITER_CACHE_MIB)
         with self._write_lock:
             self._create_schema(self._writer)
 
     # --- connections ---------------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, cache_mib: int = READER_CACHE_MIB) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a batch is exactly one transaction.
         conn = sqlite3.connect(
             self.path,
@@ -342,7 +351,7 @@ class SqliteHotStore:
         # commits, which the runner replays from Kafka anyway.
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA temp_store = MEMORY")
-        conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: keeps the index pages of a busy day hot
+        conn.execute(f"PRAGMA cache_size = -{cache_mib * 1024}")  # negative: KiB
         return conn
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
@@ -445,7 +454,7 @@ class SqliteHotStore:
         """Move checkpoints from the writer's COMMIT to a background connection (under the write lock).
         Without that connection the writer keeps SQLite's auto-checkpoint."""
         try:
-            conn = self._connect()
+            conn = self._connect(WRITER_CACHE_MIB)  # copies WAL frames; reads no queries' pages
         except sqlite3.Error as exc:
             log.warning("no background checkpoint connection (%s); the writer checkpoints itself", exc)
             return
