@@ -65,7 +65,7 @@ def test_a_batch_takes_a_few_statements_per_table_not_one_per_row(tmp_path: Path
     """Every statement SQLite runs lets go of the GIL, and taking it back waits for another busy thread
     of the runner (the cold thread) to give it up: up to the interpreter's switch interval, 5 ms. With a
     statement per row (the remainder after the full multi-row statements, the latest trade and the last
-    time of each ticker) a 500-event batch took ~540 statements, and 2.7 s instead of 3 ms while another
+    time of each ticker) a 500-event batch took 411 statements, and ~3 s instead of 3 ms while another
     thread ran Python code. So each table's rows go in a few multi-row statements, whatever their count."""
     tickers = [f"T{i:03d}" for i in range(150)]
     trades = [make_trade(tickers[i % 150], seq=i, ts_ms=BASE_MS + i) for i in range(200)]

@@ -170,7 +170,7 @@ class _Upsert(typing.NamedTuple):
 
 # Rows per statement of the upserts. Each statement SQLite runs releases the GIL, and taking it back
 # waits, up to the switch interval (5 ms), for another thread of the runner that runs Python code (the
-# cold thread): with a statement per row a 500-event batch ran ~540 statements and took 2.7 s instead of
+# cold thread): with a statement per row a 500-event batch ran 411 statements and took ~3 s instead of
 # 3 ms while another thread was busy (docs/benchmarks.md). So a table's rows go in full MULTI_ROWS
 # statements, then one statement per power of two of the rest (195 rows: 128 + 64 + 2 + 1), at most
 # n // MULTI_ROWS + 7 statements, from 8 statement texts per table (the connection's statement cache
