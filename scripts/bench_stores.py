@@ -16,7 +16,6 @@ trades and quotes go to the cold store, per row (`append`) and per batch (`appen
 
 from __future__ import annotations
 
-import statistics
 import sys
 import tempfile
 import threading
@@ -27,6 +26,7 @@ import click
 
 from tradepulse import topics
 from tradepulse.ids import quote_event_id, stable_id, trade_event_id
+from tradepulse.percentiles import nearest_rank
 from tradepulse.stores.parquet_cold import ParquetColdStore
 from tradepulse.stores.sqlite_hot import SqliteHotStore
 
@@ -169,7 +169,7 @@ def bench_mixed(batches: int, root: Path, size: int = 5000) -> None:
     print(
         f"mixed   sqlite write_batch: {hot_rows / elapsed:,.0f} rows/s, {batches * size / elapsed:,.0f} "
         f"msgs/s  ({batches} batches of {size} msgs = {hot_rows // batches} hot rows; "
-        f"p50 {statistics.median(lat):.1f} ms, p99 {pct(lat, 99):.1f} ms, max {max(lat):.1f} ms)"
+        f"p50 {nearest_rank(lat, 50):.1f} ms, p99 {nearest_rank(lat, 99):.1f} ms, max {max(lat):.1f} ms)"
     )
     print(f"mixed   sqlite latest_trade: {read_us:.1f} µs per read (mean of 1000, 200 tickers)")
     for mode in ("append_batch",):  # the runner's path (the per-row `append` is gone)
@@ -187,7 +187,7 @@ def bench_mixed(batches: int, root: Path, size: int = 5000) -> None:
         elapsed = time.perf_counter() - started
         print(
             f"mixed   parquet {mode}: {batches * size / elapsed:,.0f} rows/s incl. flushes "
-            f"(p50 {statistics.median(lat):.1f} ms, p99 {pct(lat, 99):.1f} ms per batch; "
+            f"(p50 {nearest_rank(lat, 50):.1f} ms, p99 {nearest_rank(lat, 99):.1f} ms per batch; "
             f"{cold.files_written} file writes)"
         )
 
@@ -215,14 +215,9 @@ def bench_contended(batches: int, root: Path, size: int = 500) -> None:
         store.close()
         print(
             f"sqlite  write_batch of {size} msgs {'with a busy thread' if contended else 'alone'} (switch "
-            f"interval {sys.getswitchinterval() * 1000:g} ms): p50 {statistics.median(lat):.1f} ms, "
-            f"p99 {pct(lat, 99):.1f} ms over {batches} batches"
+            f"interval {sys.getswitchinterval() * 1000:g} ms): p50 {nearest_rank(lat, 50):.1f} ms, "
+            f"p99 {nearest_rank(lat, 99):.1f} ms over {batches} batches"
         )
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
 def bench_sqlite(rows: list[dict], batch: int, root: Path) -> None:
@@ -241,7 +236,7 @@ def bench_sqlite(rows: list[dict], batch: int, root: Path) -> None:
     store.close()
     print(
         f"sqlite  write_batch: {len(rows) / elapsed:,.0f} rows/s  ({len(lat)} batches of {batch}; "
-        f"p50 {statistics.median(lat):.2f} ms, p99 {pct(lat, 99):.2f} ms, max {max(lat):.2f} ms)"
+        f"p50 {nearest_rank(lat, 50):.2f} ms, p99 {nearest_rank(lat, 99):.2f} ms, max {max(lat):.2f} ms)"
     )
     print(f"sqlite  latest_trade: {read_us:.1f} µs per read (mean of 1000)")
 
