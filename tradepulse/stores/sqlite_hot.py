@@ -337,7 +337,7 @@ class SqliteHotStore:
 
     # --- connections ---------------------------------------------------------------------------
 
-    def _connect(self, cache_mib: int = READER_CACHE_MIB) -> sqlite3.Connection:
+    def _connect(self, cache_mib: int) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a batch is exactly one transaction.
         conn = sqlite3.connect(
             self.path,
@@ -379,7 +379,7 @@ class SqliteHotStore:
             raise StoreError("store is closed")
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._connect()
+            conn = self._connect(READER_CACHE_MIB)
             conn.execute("PRAGMA query_only = ON")
             self._local.conn = conn
             with self._readers_lock:
