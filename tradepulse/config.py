@@ -161,6 +161,14 @@ class Settings(BaseSettings):
         description="While the runner is behind by more than batch_max_messages, wait up to this long to fill "
         "a batch (fewer transaction commits when throughput matters; 0 = never).",
     )
+    commit_interval_ms: int = Field(
+        default=100,
+        ge=0,
+        description="Shortest time between the starts of two transaction commits of a runner: the batches "
+        "processed meanwhile share one transaction (fewer for the broker to coordinate; outputs appear in "
+        "Kafka up to this much later, the hot store is not delayed). 0 = commit as soon as the previous "
+        "commit returned.",
+    )
     memory_trim_interval_s: float = Field(
         default=10.0,
         ge=0,

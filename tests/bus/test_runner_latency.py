@@ -102,3 +102,33 @@ def test_a_runner_behind_by_more_than_a_batch_waits_to_fill_it(tmp_path: Path) -
     never = build_runner(settings.model_copy(update={"batch_backlog_linger_ms": 0}), instance="never")
     never.metrics.consumer_lag = 50_000
     assert never._linger_s() == 0.0
+
+
+@pytest.mark.parametrize("interval_ms", [0, 1500])
+def test_the_batches_of_one_commit_interval_share_a_transaction(
+    kafka_settings: Settings, interval_ms: int
+) -> None:
+    """Trades one at a time into an idle runner, each its own batch, each in the hot store before the
+    next is sent. With a commit interval a transaction begins at most once per interval (one more for
+    the stop's last commit), so most batches share one; the hot store never waits for them."""
+    settings = own_group(kafka_settings).model_copy(update={"commit_interval_ms": interval_ms})
+    trades = [e for e in make_recording(duration_s=20, rate=20, seed=9).events if e[0] == TRADES][:12]
+    runner = build_runner(settings, instance=f"interval{interval_ms}")
+    producer = Producer(producer_config(settings, **{"linger.ms": 0}))
+    with running(runner):
+        wait_for(lambda: bool(runner._assignment), 60, "the assignment")
+        started = time.monotonic()
+        for i, event in enumerate(trades, start=1):
+            produce(settings, _live([event]), producer)
+            wait_for(lambda i=i: runner.metrics.stages.summary()["e2e"]["count"] >= i, 60, "the hot store")
+        fed_s = time.monotonic() - started
+        commits_when_fed = runner.metrics.stages.summary()["commit"]["count"]
+        wait_for(lambda: runner.metrics.events_processed >= len(trades), 60, "the commits")
+        run_s = time.monotonic() - started
+    stages = runner.metrics.stages.summary()
+    assert stages["batch"]["count"] >= len(trades)  # each trade its own batch (and some read-backs)
+    if interval_ms:
+        interval_s = interval_ms / 1000
+        # Every trade was in the hot store while at most one transaction per interval had begun.
+        assert commits_when_fed <= fed_s // interval_s + 1
+        assert stages["commit"]["count"] <= run_s // interval_s + 2

@@ -115,3 +115,56 @@ def test_a_worker_never_used_starts_no_thread() -> None:
     worker.close()
     with pytest.raises(InvalidArgument):
         SerialWorker[int]("t", Gate(), capacity=0)
+
+
+class Recorder:
+    """A handler that records each call's items and when it began."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+        self.began: list[float] = []
+        self.entered = threading.Event()
+
+    def __call__(self, items: list[int]) -> None:
+        self.began.append(time.monotonic())
+        self.calls.append(items)
+        self.entered.set()
+
+
+def test_with_a_min_interval_the_items_of_one_interval_share_a_call() -> None:
+    handler = Recorder()
+    worker = SerialWorker[int]("t", handler, capacity=100, min_interval_s=0.4)
+    worker.submit(1)  # the first call does not wait: there was no previous one
+    assert handler.entered.wait(5)
+    for i in (2, 3, 4):
+        worker.submit(i)
+        time.sleep(0.05)  # each would have had a call of its own without the interval
+    deadline = time.monotonic() + 5
+    while len(handler.calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    worker.close()
+    assert handler.calls == [[1], [2, 3, 4]]
+    assert handler.began[1] - handler.began[0] >= 0.39
+
+
+@pytest.mark.parametrize("waiter", ["wait_idle", "reset", "close", "blocked submitter"])
+def test_whoever_waits_for_the_worker_ends_its_gathering(waiter: str) -> None:
+    handler = Recorder()
+    worker = SerialWorker[int]("t", handler, capacity=2, min_interval_s=60)
+    worker.submit(1)
+    assert handler.entered.wait(5)
+    worker.submit(2)
+    started = time.monotonic()
+    if waiter == "blocked submitter":
+        worker.submit(3, weight=2)  # 1 + 2 > 2: waits for the worker, which must not keep gathering
+        worker.wait_idle()
+    else:
+        getattr(worker, waiter)()
+    assert time.monotonic() - started < 10  # not the 60-s interval
+    worker.close()
+    assert handler.calls == ([[1], [2], [3]] if waiter == "blocked submitter" else [[1], [2]])
+
+
+def test_a_negative_min_interval_is_refused() -> None:
+    with pytest.raises(InvalidArgument):
+        SerialWorker[int]("t", Recorder(), capacity=1, min_interval_s=-1)

@@ -338,7 +338,10 @@ class Runner:
         # The producer is the commit thread's while a batch is handed over, the cold store the cold
         # thread's while one is queued there; this thread uses them only once both are idle (`_settle`).
         self._commits = SerialWorker[_Batch](
-            f"runner-{instance}-commit", self._commit, COMMIT_BACKLOG_BATCHES * settings.batch_max_messages
+            f"runner-{instance}-commit",
+            self._commit,
+            COMMIT_BACKLOG_BATCHES * settings.batch_max_messages,
+            min_interval_s=settings.commit_interval_ms / 1000,
         )
         self._cold_writes = SerialWorker[_Batch](
             f"runner-{instance}-cold", self._archive, COLD_BACKLOG_RECORDS

@@ -5,7 +5,10 @@ its own thread (`tradepulse.bus.runner`, issue 19).
 Everything queued at once: while the handler runs, new items queue up, and its next call takes all of
 them. For the runner's commits that is a group commit: the batches processed while one transaction was
 committing are committed together in the next, so the number of transactions adapts to how long one
-takes, and the runner's thread does not wait for them.
+takes, and the runner's thread does not wait for them. With `min_interval_s` the worker also gathers
+until that long after its previous call began (one call per interval at most, however short a call
+is), except while someone waits for it: a submitter blocked by the backlog, `wait_idle`, `reset` or
+`close` end the gathering at once.
 
 Failure stops the line. A handler call that raises is kept as the worker's `failure`; the items queued
 behind it are dropped, and so is every later submission until the owner `reset`s the worker. That is
@@ -20,6 +23,7 @@ by one.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -34,12 +38,24 @@ class SerialWorker(Generic[T]):
     """One daemon thread calling `handler(items)` with everything queued, in submission order, one call
     at a time; at most `capacity` of weight outstanding (queued or being handled)."""
 
-    def __init__(self, name: str, handler: Callable[[list[T]], object], capacity: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        handler: Callable[[list[T]], object],
+        capacity: int,
+        *,
+        min_interval_s: float = 0.0,
+    ) -> None:
         if capacity < 1:
             raise InvalidArgument(f"capacity must be at least 1, got {capacity}")
+        if min_interval_s < 0:
+            raise InvalidArgument(f"min_interval_s must be >= 0, got {min_interval_s}")
         self.name = name
         self.handler: Callable[[list[T]], object] | None = handler
         self.capacity = capacity
+        self.min_interval_s = min_interval_s
+        self._last_call = -math.inf  # time.monotonic() when the previous handler call began
+        self._waiters = 0  # threads waiting for this worker (blocked submitters, wait_idle, reset)
         self._cond = threading.Condition()
         self._queue: list[tuple[T, int]] = []
         self._outstanding = 0  # weight queued or being handled
@@ -69,7 +85,7 @@ class SerialWorker(Generic[T]):
             while (
                 self._failure is None and self._outstanding > 0 and self._outstanding + weight > self.capacity
             ):
-                self._cond.wait()
+                self._wait()
             if self._failure is None and not self._closing:
                 if self._thread.ident is None:
                     self._thread.start()
@@ -82,13 +98,13 @@ class SerialWorker(Generic[T]):
         """Until nothing is queued or being handled (after a failure: until the failed call returned)."""
         with self._cond:
             while self._outstanding:
-                self._cond.wait()
+                self._wait()
 
     def reset(self) -> BaseException | None:
         """Wait until idle, then clear and return the failure: the worker takes items again."""
         with self._cond:
             while self._outstanding:
-                self._cond.wait()
+                self._wait()
             failure, self._failure = self._failure, None
             return failure
 
@@ -105,6 +121,15 @@ class SerialWorker(Generic[T]):
             self._thread.join()
         self.handler = None
 
+    def _wait(self) -> None:
+        """Wait on the condition (held) as someone the worker must not keep gathering for."""
+        self._waiters += 1
+        self._cond.notify_all()  # a worker gathering for its interval stops now
+        try:
+            self._cond.wait()
+        finally:
+            self._waiters -= 1
+
     def _drop_queue(self) -> None:
         self._outstanding -= sum(weight for _, weight in self._queue)
         self._queue = []
@@ -116,7 +141,13 @@ class SerialWorker(Generic[T]):
                     self._cond.wait()
                 if not self._queue:
                     return  # closing, and nothing left to handle
+                while not self._closing and not self._waiters:
+                    remaining = self._last_call + self.min_interval_s - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
                 taken, self._queue = self._queue, []
+                self._last_call = time.monotonic()
             weight = sum(w for _, w in taken)
             handler = self.handler
             assert handler is not None  # dropped by close(), after this thread ended
