@@ -1,17 +1,19 @@
 """The cold store's Arrow conversion from the runner's decoded field columns writes exactly the files the
 per-row conversion writes (same names, same rows, same types), with poison rows dropped by the decoder,
-optional fields present, null or absent, integer-valued floats, and a replay below the checkpoint."""
+optional fields present, null or absent, integer-valued floats, and a replay below the checkpoint; and
+the batches of one commit appended together write what they write one at a time."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pyarrow.parquet as pq
 import pytest
 
 from tests.bus.test_decode import QUOTE, TRADE, FakeMessage
-from tradepulse.bus.decode import decode_batch
+from tradepulse.bus.decode import concat_fields, decode_batch
 from tradepulse.stores.parquet_cold import ParquetColdStore
 from tradepulse.topics import QUOTES, TRADES
 
@@ -83,3 +85,48 @@ def test_columns_write_the_same_files_as_rows(tmp_path: Path, complete: bool) ->
     again = _files(tmp_path / "columns", replay)
     for rel, table in written["rows"].items():
         assert again[rel].equals(table), rel
+
+
+def test_batches_appended_together_write_the_same_files_as_one_at_a_time(tmp_path: Path) -> None:
+    # Three consecutive batches as the cold thread gets them from one commit: the middle one has every
+    # optional field as a column, the others do not (their field sets differ).
+    incomplete, complete = _messages(False), _messages(True)
+    batches = [decode_batch(incomplete[:40]), decode_batch(complete[40:80]), decode_batch(incomplete[80:])]
+    assert all(b.trade_fields is not None and b.quote_fields is not None for b in batches)
+    assert "conditions" in batches[1].trade_fields and "conditions" not in batches[0].trade_fields
+    written = {}
+    for name in ("one-at-a-time", "together"):
+        store = ParquetColdStore(tmp_path / name, block_offsets=8)
+        for topic, rows, positions, fields in (
+            (TRADES, "trades", "trade_pos", "trade_fields"),
+            (QUOTES, "quotes", "quote_pos", "quote_fields"),
+        ):
+            if name == "together":
+                store.append_batch(
+                    topic,
+                    [row for b in batches for row in getattr(b, rows)],
+                    [position for b in batches for position in getattr(b, positions)],
+                    columns=concat_fields([getattr(b, fields) for b in batches]),
+                )
+            else:
+                for b in batches:
+                    store.append_batch(
+                        topic, getattr(b, rows), getattr(b, positions), columns=getattr(b, fields)
+                    )
+        store.close()
+        written[name] = _files(tmp_path / name, store)
+    assert len(written["together"]) > 6 and written["together"].keys() == written["one-at-a-time"].keys()
+    for rel, table in written["one-at-a-time"].items():
+        assert written["together"][rel].equals(table), rel
+        assert written["together"][rel].schema == table.schema
+
+
+def test_concat_fields_keeps_the_fields_every_part_has() -> None:
+    a = {"price": np.array([1.0, 2.0]), "ticker": ("A", "B"), "conditions": ([], [1])}
+    b = {"price": np.array([3.0]), "ticker": ["C"]}
+    joined = concat_fields([a, b])
+    assert joined is not None and joined.keys() == {"price", "ticker"}
+    assert joined["price"].tolist() == [1.0, 2.0, 3.0] and list(joined["ticker"]) == ["A", "B", "C"]
+    assert concat_fields([a]) is a
+    assert concat_fields([a, None]) is None  # rows without columns: converted one by one
+    assert concat_fields([]) is None

@@ -204,6 +204,27 @@ def _kept_fields(cols: dict[str, Any], keep: np.ndarray | None) -> dict[str, Any
     }
 
 
+def concat_fields(parts: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The field columns of consecutive batches' rows as one batch's (`DecodedBatch.trade_fields` /
+    `quote_fields`): the fields every part has, concatenated; None if some part has none (its rows are
+    then converted one by one, as a batch without columns is)."""
+    present = [part for part in parts if part is not None]
+    if not present or len(present) < len(parts):
+        return None
+    if len(present) == 1:
+        return present[0]
+    out: dict[str, Any] = {}
+    for name in present[0]:
+        if not all(name in part for part in present):
+            continue
+        columns = [part[name] for part in present]
+        if all(isinstance(column, np.ndarray) for column in columns):
+            out[name] = np.concatenate(columns)
+        else:
+            out[name] = [value for column in columns for value in column]
+    return out
+
+
 def _trade_columns(cols: dict[str, Any], keep: np.ndarray | None, rows: list[Row]) -> TradeColumns:
     # Conditions decide which features a trade updates (tradepulse.core.conditions); the column is
     # there when every row has the field, else it is read row by row (absent: a regular sale).

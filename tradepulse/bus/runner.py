@@ -96,6 +96,7 @@ import os
 import signal
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -108,7 +109,7 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from tradepulse.bus.clients import consumer_config, producer_config
-from tradepulse.bus.decode import DecodedBatch, decode_batch
+from tradepulse.bus.decode import DecodedBatch, concat_fields, decode_batch
 from tradepulse.bus.heap import HeapTrimmer
 from tradepulse.bus.outputs import (
     ARCHIVED_OUTPUTS,
@@ -864,21 +865,36 @@ class Runner:
         outputs) to the cold store, write the groups that are due, and account the batches. A failure is
         raised on the runner's thread (`_recover`); the restart re-appends from the cold checkpoint."""
         started = time.perf_counter()
+        # The batches of one commit as one append per topic: the cold store's cost is mostly per call
+        # (Arrow conversion, grouping), and a commit carries several batches (`commit_interval_ms`).
+        rows: dict[str, list[Row]] = defaultdict(list)
+        positions: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        fields: dict[str, list[dict[str, Any] | None]] = defaultdict(list)
         for job in jobs:
             batch = job.batch
-            for topic, rows, positions, columns in (
+            for topic, topic_rows, topic_positions, topic_fields in (
                 (TRADES, batch.trades, batch.trade_pos, batch.trade_fields),
                 (QUOTES, batch.quotes, batch.quote_pos, batch.quote_fields),
                 (NEWS, batch.news, batch.news_pos, None),
                 (VENDOR_BARS, batch.vendor_bars, batch.vendor_bar_pos, None),
             ):
-                if rows:
-                    # Below cold_next a row is already in a flushed file (a replay after a crash).
-                    self.cold.append_batch(
-                        topic, rows, positions, start=self._cold_next, flush=False, columns=columns
-                    )
-            if job.outputs_read:
-                archive_outputs(self.cold, job.outputs_read, self._cold_next)
+                if topic_rows:
+                    rows[topic] += topic_rows
+                    positions[topic] += topic_positions
+                    fields[topic].append(topic_fields)
+        for topic, topic_rows in rows.items():
+            # Below cold_next a row is already in a flushed file (a replay after a crash).
+            self.cold.append_batch(
+                topic,
+                topic_rows,
+                positions[topic],
+                start=self._cold_next,
+                flush=False,
+                columns=concat_fields(fields[topic]),
+            )
+        outputs_read = [message for job in jobs for message in job.outputs_read]
+        if outputs_read:
+            archive_outputs(self.cold, outputs_read, self._cold_next)
         appended = time.perf_counter()
         # Writes the groups that are due (flush_rows / flush_interval_s / complete blocks): without it
         # every consumed row stays buffered until shutdown or a revocation and memory grows with the run.
