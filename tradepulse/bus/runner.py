@@ -192,10 +192,11 @@ def tune_process() -> None:
 
 #: Records (inputs and archived outputs) handed to the commit thread and not yet committed, at most, in
 #: full batches (`batch_max_messages`). The commit thread commits everything handed over while its
-#: previous transaction was committing in one transaction (a group commit: `tradepulse.bus.worker`), so
-#: the runner's thread goes on consuming, processing and writing the hot store meanwhile: with one
-#: transaction committing, up to three full batches (or many small ones) wait to be grouped into the
-#: next. The bound caps what an abort replays and what is held in memory.
+#: previous transaction was committing, and until `commit_interval_ms` after that one began, in one
+#: transaction (a group commit: `tradepulse.bus.worker`), so the runner's thread goes on consuming,
+#: processing and writing the hot store meanwhile: with one transaction committing, up to three full
+#: batches (or many small ones) wait to be grouped into the next. The bound caps what an abort replays
+#: and what is held in memory; a batch that has to wait for it ends the interval's wait at once.
 COMMIT_BACKLOG_BATCHES = 4
 #: Records of committed batches waiting for the cold thread, at most (~3 s of 15k ev/s): absorbs a
 #: Parquet flush of a few seconds without stalling the commits, and bounds the memory held meanwhile.
