@@ -168,3 +168,24 @@ def test_whoever_waits_for_the_worker_ends_its_gathering(waiter: str) -> None:
 def test_a_negative_min_interval_is_refused() -> None:
     with pytest.raises(InvalidArgument):
         SerialWorker[int]("t", Recorder(), capacity=1, min_interval_s=-1)
+
+
+def test_two_waiters_do_not_wake_each_other_while_the_handler_runs() -> None:
+    """A waiter wakes a gathering worker; it must not keep waking the other waiters (each would then
+    wake the first again, and both spin on the condition until the handler returns)."""
+    gate = Gate()
+    worker = SerialWorker[int]("t", gate, capacity=100, min_interval_s=60)
+    worker.submit(1)
+    assert gate.entered.wait(5)
+    waiters = [threading.Thread(target=worker.wait_idle) for _ in range(2)]
+    for waiter in waiters:
+        waiter.start()
+    time.sleep(0.1)
+    cpu = time.process_time()
+    time.sleep(0.5)
+    spent = time.process_time() - cpu
+    gate.release.set()
+    for waiter in waiters:
+        waiter.join(5)
+    worker.close()
+    assert spent < 0.1, f"{spent:.2f} s of CPU in 0.5 s of waiting"

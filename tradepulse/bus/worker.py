@@ -124,7 +124,10 @@ class SerialWorker(Generic[T]):
     def _wait(self) -> None:
         """Wait on the condition (held) as someone the worker must not keep gathering for."""
         self._waiters += 1
-        self._cond.notify_all()  # a worker gathering for its interval stops now
+        if self._waiters == 1:
+            # A worker gathering for its interval stops now; it checks `_waiters` before it gathers,
+            # so only the first waiter need wake it (each waiter waking the others would spin).
+            self._cond.notify_all()
         try:
             self._cond.wait()
         finally:
