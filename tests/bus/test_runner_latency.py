@@ -15,6 +15,7 @@ from confluent_kafka import Producer
 from tests.bus.test_runner import make_recording, own_group, produce, running, wait_for
 from tradepulse.bus.clients import producer_config
 from tradepulse.bus.pipeline import build_runner
+from tradepulse.bus.runner import Runner
 from tradepulse.bus.stages import BATCH_STAGES, RECORD_STAGES
 from tradepulse.config import Settings
 from tradepulse.topics import TRADES
@@ -62,16 +63,29 @@ def test_every_stage_is_recorded_and_the_heartbeat_has_the_last_minutes_e2e(kafk
     assert stages["fresh_first"]["count"] > stages["fresh_final"]["count"] > 0.8 * trades
 
 
+def _one_trade_at_a_time(
+    kafka_settings: Settings, count: int, **update: int
+) -> tuple[Runner, list[tuple[str, str, dict[str, object]]], Producer]:
+    """A runner of its own group with the `update` settings, the first `count` trades of a recording
+    (to be sent one at a time), and a producer that sends each at once."""
+    settings = own_group(kafka_settings).model_copy(update=update)
+    trades = [e for e in make_recording(duration_s=20, rate=20, seed=9).events if e[0] == TRADES][:count]
+    instance = "-".join(f"{name}{value}" for name, value in update.items())
+    return (
+        build_runner(settings, instance=instance),
+        trades,
+        Producer(producer_config(settings, **{"linger.ms": 0})),
+    )
+
+
 @pytest.mark.parametrize("linger_ms", [0, 300])
 def test_a_caught_up_runner_waits_for_more_only_with_a_linger(
     kafka_settings: Settings, linger_ms: int
 ) -> None:
     """One trade at a time into an idle runner: without a linger each is its own batch with no batch wait;
     with one, every batch waited the whole linger for more (it never got batch_max_messages)."""
-    settings = own_group(kafka_settings).model_copy(update={"batch_linger_ms": linger_ms})
-    trades = [e for e in make_recording(duration_s=10, rate=20, seed=9).events if e[0] == TRADES][:5]
-    runner = build_runner(settings, instance=f"linger{linger_ms}")
-    producer = Producer(producer_config(settings, **{"linger.ms": 0}))
+    runner, trades, producer = _one_trade_at_a_time(kafka_settings, 5, batch_linger_ms=linger_ms)
+    settings = runner.settings
     with running(runner):
         wait_for(lambda: bool(runner._assignment), 60, "the assignment")
         for i, event in enumerate(trades, start=1):
@@ -111,10 +125,8 @@ def test_the_batches_of_one_commit_interval_share_a_transaction(
     """Trades one at a time into an idle runner, each its own batch, each in the hot store before the
     next is sent. With a commit interval a transaction begins at most once per interval (one more for
     the stop's last commit), so most batches share one; the hot store never waits for them."""
-    settings = own_group(kafka_settings).model_copy(update={"commit_interval_ms": interval_ms})
-    trades = [e for e in make_recording(duration_s=20, rate=20, seed=9).events if e[0] == TRADES][:12]
-    runner = build_runner(settings, instance=f"interval{interval_ms}")
-    producer = Producer(producer_config(settings, **{"linger.ms": 0}))
+    runner, trades, producer = _one_trade_at_a_time(kafka_settings, 12, commit_interval_ms=interval_ms)
+    settings = runner.settings
     with running(runner):
         wait_for(lambda: bool(runner._assignment), 60, "the assignment")
         started = time.monotonic()
