@@ -209,15 +209,15 @@ def concat_fields(parts: Sequence[dict[str, Any] | None]) -> dict[str, Any] | No
     `quote_fields`): the fields every part has, concatenated; None if some part has none (its rows are
     then converted one by one, as a batch without columns is)."""
     present = [part for part in parts if part is not None]
-    if not present or len(present) < len(parts):
+    if not parts or len(present) < len(parts):
         return None
     if len(present) == 1:
         return present[0]
     out: dict[str, Any] = {}
     for name in present[0]:
-        if not all(name in part for part in present):
+        columns = [part[name] for part in present if name in part]
+        if len(columns) < len(present):
             continue
-        columns = [part[name] for part in present]
         if all(isinstance(column, np.ndarray) for column in columns):
             out[name] = np.concatenate(columns)
         else:
