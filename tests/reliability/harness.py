@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -40,6 +41,11 @@ TICKERS = ["AAPL", "MSFT", "NVDA", "TSLA", "AMZN"]
 START_MS = 1_767_000_000_000  # fixed simulated start: the same market on every run of a seed
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 # Variables of the developer's shell that would change what the children do.
+# What a hung service repeats in its log (`Services.dump_stacks` leaves it out): the progress lines of
+# `tradepulse process` / `ingest` and librdkafka's failed reconnects.
+_REPEATED = re.compile(
+    r"^\[(process \S+|ingest)\] (events|received)=|Connect to .* failed: Connection refused"
+)
 _SCRUB = ("MASSIVE_API_KEY", "POLYGON_API_KEY", "FINNHUB_API_KEY")
 
 
@@ -109,12 +115,18 @@ class Services:
         return proc.wait(timeout_s)
 
     def dump_stacks(self, name: str) -> str:
-        """SIGABRT a hung service (faulthandler prints its threads' stacks) and return its log tail."""
+        """SIGABRT a hung service (faulthandler prints its threads' stacks) and return its log tail
+        without the progress lines and librdkafka's connection errors: a hung service repeats those
+        every few seconds, and CI shows only part of a failure's output (a hang in stop 36 of
+        issue 19 could not be diagnosed because its stacks were cut off behind them)."""
         proc = self.procs[name]
         if proc.poll() is None:
             proc.send_signal(signal.SIGABRT)
             proc.wait(30)
-        return self.tail(name, 120)
+        path = self.log_dir / f"{name}.log"
+        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        kept = [line for line in lines if not _REPEATED.search(line)]
+        return "\n".join(kept[-150:])
 
     def check_alive(self) -> None:
         for name, proc in self.procs.items():

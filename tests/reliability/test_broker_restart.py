@@ -36,8 +36,9 @@ pytestmark = pytest.mark.kafka
 
 
 # librdkafka can block forever in send_offsets_to_transaction when the coordinator restarts
-# mid-commit (confluentinc/librdkafka#5456, docs/postmortem.md); the runner's commit watchdog then
-# restarts it in place. A short bound keeps the test quick; a premature restart is still safe.
+# mid-commit (confluentinc/librdkafka#5456), and in the producer's close after the runner stopped for
+# its fenced consumer (docs/postmortem.md, incident 2); the runner's commit watchdog then restarts it
+# in place. A short bound keeps the test quick; a premature restart is still safe.
 # Two sizes of the same run: `quick` (a 10 s stream, the broker stopped once more than 10,000 records
 # are in, for at least 3 s plus its restart; ~1-2 min in all) is part of `make test`, because it is the
 # proof of the guarantee; `full` (24 s, > 40,000 trades) runs with `make chaos`.
@@ -112,9 +113,9 @@ def test_broker_restart_mid_stream_loses_nothing_and_every_service_recovers(
             wait_until(
                 lambda: drained(settings), 180, "the runner to commit every record", services.check_alive
             )
-        except BaseException:
-            print(services.dump_stacks("runner"))
-            raise
+        except pytest.fail.Exception as exc:
+            # In the failure's message: CI shows the start and the end of a failure's output only.
+            pytest.fail(f"{exc}\n--- the runner's threads and log ---\n{services.dump_stacks('runner')}")
         assert services.starts == {"runner": 1, "ingest": 1}  # recovered by themselves
         assert services.stop("ingest") == 0
         assert services.stop("runner") == 0
