@@ -208,7 +208,8 @@ class Settings(BaseSettings):
     )
     commit_watchdog_s: float = Field(
         default=120.0,
-        description="Restart the runner in place if a transaction commit has not returned by then.",
+        description="Restart the runner in place if a transactional call (init, commit, abort, the "
+        "clients' close after a failure) has not returned by then.",
     )
     # Suspect prints (tradepulse.core.outliers): flagged `outlier`, kept, left out of the features.
     outlier_enabled: bool = Field(default=True, description="Flag trades outside the band (false: none).")

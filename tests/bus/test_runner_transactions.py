@@ -42,6 +42,7 @@ from tradepulse.bus import runner as runner_module
 from tradepulse.bus.clients import consumer_config
 from tradepulse.bus.pipeline import build_runner
 from tradepulse.bus.runner import GC_THRESHOLDS, Runner, numpy_hugepages, set_numpy_hugepages, tune_process
+from tradepulse.bus.watchdog import Watchdog
 from tradepulse.cli.storage import query
 from tradepulse.config import Settings, get_settings
 from tradepulse.stores.factory import open_hot_store
@@ -99,8 +100,9 @@ def faulty_runner(
     error: KafkaError,
     fail_on: set[int],
     producer_class: type[FaultyProducer] = FaultyProducer,
+    commit_watchdog: Watchdog | None = None,
 ) -> Runner:
-    runner = build_runner(settings, instance=instance)
+    runner = build_runner(settings, instance=instance, commit_watchdog=commit_watchdog)
     real = runner._new_producer
     holder: dict[str, FaultyProducer] = {}
 
@@ -208,6 +210,61 @@ def test_batches_processed_during_a_slow_commit_commit_together_and_an_abort_rep
     assert stages["commit"]["count"] == producer.commits - producer.injected
     assert runner.metrics.events_processed == len(recording.events)
     assert_exact(settings, recording)
+
+
+def test_an_abort_that_never_returns_fires_the_watchdog(settings: Settings, recording: Recording) -> None:
+    # librdkafka can leave abort_transaction() waiting past its timeout for a transaction coordinator
+    # that restarted (confluentinc/librdkafka#3779; a broker restart in CI left the runner alive and
+    # idle for 180 s with an EndTxn request queued). The runner aborts on its own thread after an
+    # abortable error: the watchdog must guard that call as it guards the commit.
+    release = threading.Event()
+    fired: list[str] = []
+
+    class HangingAbort(FaultyProducer):
+        def abort_transaction(self, *args: Any) -> None:
+            release.wait(10)  # below the transaction timeout; the restart in place ends it in production
+            self.inner.abort_transaction(*args)
+
+    def expire() -> None:
+        fired.append(time.strftime("%X"))
+        release.set()
+
+    error = KafkaError(KafkaError._STATE, "injected abortable error", txn_requires_abort=True)
+    watchdog = Watchdog(1.0, on_expire=expire, check_every_s=0.05)
+    runner = faulty_runner(settings, "hang", error, {2}, HangingAbort, commit_watchdog=watchdog)
+    run_to_the_end(runner, settings, recording)
+    assert runner.faults["producer"].injected == 1  # type: ignore[attr-defined]
+    assert len(fired) == 1, "the watchdog did not fire for an abort that did not return"
+    assert_exact(settings, recording)
+
+
+def test_a_client_close_that_never_returns_after_a_failure_fires_the_watchdog(
+    settings: Settings, recording: Recording
+) -> None:
+    # The hang CI met (issue 19, stop 36; reproduced with the watchdog off): a broker restart fenced the
+    # runner's consumer, the runner stopped for that error, and its producer's close(), which aborts
+    # the failed transaction, never returned. Here a fatal commit error stops the runner and the close
+    # blocks: after a failure the watchdog must restart the process, as a supervisor would.
+    release = threading.Event()
+    fired: list[str] = []
+
+    class HangingClose(FaultyProducer):
+        def close(self, *args: Any) -> None:
+            release.wait(10)  # the restart in place ends this wait in production
+            self.inner.close(*args)
+
+    def expire() -> None:
+        fired.append(time.strftime("%X"))
+        release.set()
+
+    error = KafkaError(KafkaError._FENCED, "injected fatal error", fatal=True)
+    watchdog = Watchdog(1.0, on_expire=expire, check_every_s=0.05)
+    runner = faulty_runner(settings, "hang-close", error, {2}, HangingClose, commit_watchdog=watchdog)
+    produce(settings, recording.events)
+    with pytest.raises(KafkaException, match="injected fatal error"):
+        runner.run()
+    assert len(fired) == 1, "the watchdog did not fire for a close that did not return"
+    assert runner.producer is None and runner.consumer is None
 
 
 @contextmanager

@@ -305,7 +305,8 @@ class Runner:
         commit_watchdog: Watchdog | None = None,
     ) -> None:
         self.settings = settings
-        # Guards the transaction commit against librdkafka calls that never return (see watchdog.py).
+        # Guards the transactional calls (init, commit, abort, the close after a failure) against
+        # librdkafka calls that never return (see watchdog.py, `_guard`).
         self.commit_watchdog = commit_watchdog
         self.processor = processor
         self.hot = hot
@@ -385,7 +386,8 @@ class Runner:
         try:
             # Before joining the group: fences a crashed predecessor with the same id and aborts its
             # open transaction, so its pending offset commit does not stall the committed-offset fetch.
-            self.producer.init_transactions(30)
+            with self._guard("transaction init"):
+                self.producer.init_transactions(30)
             self.consumer = Consumer(
                 consumer_config(
                     self.settings,
@@ -518,14 +520,22 @@ class Runner:
         # whatever thread it runs, can abort the process (see tradepulse.bus.admin).
         consumer, self.consumer = self.consumer, None
         producer, self.producer = self.producer, None
+        # The producer's close aborts a transaction left open, which after a broker restart can wait
+        # forever like `abort_transaction` (a hung runner in CI: fenced consumer, failed commit, close
+        # never returned). After a failure the watchdog restarts the process in place, as a supervisor
+        # would after the error; a requested stop is left to the supervisor that asked for it (it kills
+        # what outlives its timeout).
         try:
-            if consumer is not None:
-                consumer.close()
+            with nullcontext() if clean else self._guard("client close after a failure"):
+                try:
+                    if consumer is not None:
+                        consumer.close()
+                finally:
+                    if producer is not None:
+                        # A transaction left open by a failure is aborted by the broker (or by the
+                        # restarted instance's init_transactions) if this close cannot.
+                        producer.close()
         finally:
-            if producer is not None:
-                # A transaction left open by a failure is aborted by the broker (or by the restarted
-                # instance's init_transactions); close only releases the client.
-                producer.close()
             self.processor.close()
         if error is not None:
             raise error
@@ -839,12 +849,7 @@ class Runner:
         producer = self.producer
         assert producer is not None
         last = jobs[-1]
-        guard: AbstractContextManager[None] = (
-            nullcontext()
-            if self.commit_watchdog is None
-            else self.commit_watchdog.guard("transaction commit")
-        )
-        with guard:
+        with self._guard("transaction commit"):
             started = time.perf_counter()
             producer.begin_transaction()
             for job in jobs:
@@ -943,13 +948,22 @@ class Runner:
             raise error
         producer = self.producer
         assert producer is not None
-        producer.abort_transaction(30)
+        with self._guard("transaction abort"):
+            producer.abort_transaction(30)
         if error.args[0].code() in _DENIED:
             raise error  # a missing grant (e.g. WRITE on an output topic): a replay would fail the same
         log.warning("transaction aborted (%s); rewinding to the committed offsets", error.args[0])
         if rewind:
             self._rewind()
         return True
+
+    def _guard(self, what: str) -> AbstractContextManager[None]:
+        """The watchdog over a transactional call: librdkafka can leave any of them waiting past its
+        timeout for a coordinator that restarted (#5456 for the offsets, #3779 for the abort, the
+        producer's close in docs/postmortem.md). One guarded call at a time: the runner's thread makes
+        its calls only while the commit thread is idle."""
+        watchdog = self.commit_watchdog
+        return nullcontext() if watchdog is None else watchdog.guard(what)
 
     def _settle(self, *, rewind: bool = False) -> bool:
         """Wait until every handed-over batch is committed and archived (`_recover` on a failure, which

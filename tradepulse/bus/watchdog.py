@@ -1,8 +1,11 @@
 """A watchdog for Kafka calls that can block forever.
 
 librdkafka ignores the timeout of `send_offsets_to_transaction()` when the group coordinator goes away
-during the call (confluentinc/librdkafka#5456): a broker restart mid-transaction leaves the runner
-blocked inside C code, alive, healthy-looking and committing nothing (docs/postmortem.md, incident 2).
+during the call (confluentinc/librdkafka#5456), and `abort_transaction()` can wait past its own for a
+transaction coordinator that restarted (#3779): a broker restart leaves the runner blocked inside C
+code, alive, healthy-looking and committing nothing (docs/postmortem.md, incident 2). The runner
+guards every transactional call with it: init, commit, abort, and the clients' close after a failure
+(the producer's close aborts the open transaction).
 A Python timeout cannot interrupt that call, so the watchdog restarts the whole process in place
 (`execv`, same pid and command line). That is exactly a crash followed by a restart — which the runner
 is built for and the chaos suite proves: uncommitted outputs are aborted by the restarted producer's
