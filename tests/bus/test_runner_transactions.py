@@ -212,29 +212,39 @@ def test_batches_processed_during_a_slow_commit_commit_together_and_an_abort_rep
     assert_exact(settings, recording)
 
 
+class StuckCall:
+    """A librdkafka call that does not return until the watchdog fires (in production its restart in
+    place ends the wait); gives up after 10 s, below the transaction timeout."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.fired = 0
+        self.watchdog = Watchdog(1.0, on_expire=self._expire, check_every_s=0.05)
+
+    def _expire(self) -> None:
+        self.fired += 1
+        self.release.set()
+
+    def wait(self) -> None:
+        self.release.wait(10)
+
+
 def test_an_abort_that_never_returns_fires_the_watchdog(settings: Settings, recording: Recording) -> None:
     # librdkafka can leave abort_transaction() waiting past its timeout for a transaction coordinator
-    # that restarted (confluentinc/librdkafka#3779; a broker restart in CI left the runner alive and
-    # idle for 180 s with an EndTxn request queued). The runner aborts on its own thread after an
+    # that restarted (confluentinc/librdkafka#3779). The runner aborts on its own thread after an
     # abortable error: the watchdog must guard that call as it guards the commit.
-    release = threading.Event()
-    fired: list[str] = []
+    stuck = StuckCall()
 
     class HangingAbort(FaultyProducer):
         def abort_transaction(self, *args: Any) -> None:
-            release.wait(10)  # below the transaction timeout; the restart in place ends it in production
+            stuck.wait()
             self.inner.abort_transaction(*args)
 
-    def expire() -> None:
-        fired.append(time.strftime("%X"))
-        release.set()
-
     error = KafkaError(KafkaError._STATE, "injected abortable error", txn_requires_abort=True)
-    watchdog = Watchdog(1.0, on_expire=expire, check_every_s=0.05)
-    runner = faulty_runner(settings, "hang", error, {2}, HangingAbort, commit_watchdog=watchdog)
+    runner = faulty_runner(settings, "hang", error, {2}, HangingAbort, commit_watchdog=stuck.watchdog)
     run_to_the_end(runner, settings, recording)
     assert runner.faults["producer"].injected == 1  # type: ignore[attr-defined]
-    assert len(fired) == 1, "the watchdog did not fire for an abort that did not return"
+    assert stuck.fired == 1, "the watchdog did not fire for an abort that did not return"
     assert_exact(settings, recording)
 
 
@@ -245,25 +255,19 @@ def test_a_client_close_that_never_returns_after_a_failure_fires_the_watchdog(
     # runner's consumer, the runner stopped for that error, and its producer's close(), which aborts
     # the failed transaction, never returned. Here a fatal commit error stops the runner and the close
     # blocks: after a failure the watchdog must restart the process, as a supervisor would.
-    release = threading.Event()
-    fired: list[str] = []
+    stuck = StuckCall()
 
     class HangingClose(FaultyProducer):
         def close(self, *args: Any) -> None:
-            release.wait(10)  # the restart in place ends this wait in production
+            stuck.wait()
             self.inner.close(*args)
 
-    def expire() -> None:
-        fired.append(time.strftime("%X"))
-        release.set()
-
     error = KafkaError(KafkaError._FENCED, "injected fatal error", fatal=True)
-    watchdog = Watchdog(1.0, on_expire=expire, check_every_s=0.05)
-    runner = faulty_runner(settings, "hang-close", error, {2}, HangingClose, commit_watchdog=watchdog)
+    runner = faulty_runner(settings, "hang-close", error, {2}, HangingClose, commit_watchdog=stuck.watchdog)
     produce(settings, recording.events)
     with pytest.raises(KafkaException, match="injected fatal error"):
         runner.run()
-    assert len(fired) == 1, "the watchdog did not fire for a close that did not return"
+    assert stuck.fired == 1, "the watchdog did not fire for a close that did not return"
     assert runner.producer is None and runner.consumer is None
 
 
