@@ -40,12 +40,12 @@ KEY = "chaos-simulator-key"
 TICKERS = ["AAPL", "MSFT", "NVDA", "TSLA", "AMZN"]
 START_MS = 1_767_000_000_000  # fixed simulated start: the same market on every run of a seed
 ARTIFACTS = REPO_ROOT / "test-artifacts"
-# Variables of the developer's shell that would change what the children do.
 # What a hung service repeats in its log (`Services.dump_stacks` leaves it out): the progress lines of
 # `tradepulse process` / `ingest` and librdkafka's failed reconnects.
 _REPEATED = re.compile(
     r"^\[(process \S+|ingest)\] (events|received)=|Connect to .* failed: Connection refused"
 )
+# Variables of the developer's shell that would change what the children do.
 _SCRUB = ("MASSIVE_API_KEY", "POLYGON_API_KEY", "FINNHUB_API_KEY")
 
 
