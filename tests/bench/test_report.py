@@ -29,11 +29,14 @@ def _burst_row(table: str) -> str:
 
 def test_a_flat_run_does_not_report_the_burst_target_as_measured() -> None:
     row = _burst_row(targets_table(_results("flat")))
-    assert "not measured" in row and "lag ≥ 1 s for" not in row
+    assert "not measured" in row and "last lag" not in row
 
 
 @pytest.mark.parametrize("recovery_s", [0.0, 175.0])
-def test_a_market_open_run_reports_how_long_the_lag_stayed_over_a_second(recovery_s: float) -> None:
+def test_a_market_open_run_reports_when_the_lag_was_back_under_a_second(recovery_s: float) -> None:
+    # The figure is the time from t = 60 s to the last sample with ≥ 1 s of lag, not a sum of the
+    # samples over it: "for N s" read as a sum (a flat run's one spike at t = 218 s read "for 158 s").
     results = _results("market_open")
     results["derived"]["lag_s_over_target_after_burst_s"] = recovery_s
-    assert f"lag ≥ 1 s for {recovery_s:.0f} s after t = 60 s" in _burst_row(targets_table(results))
+    row = _burst_row(targets_table(results))
+    assert f"last lag ≥ 1 s {recovery_s:.0f} s after t = 60 s" in row and " for " not in row

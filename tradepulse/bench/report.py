@@ -281,7 +281,8 @@ def summary_markdown(results: dict[str, Any]) -> str:
         f"{_fmt(e2e.get('p99_9'))} / {_fmt(e2e.get('max'))} ms ({_fmt(e2e.get('count'))} trades) |",
         *freshness_rows(d),
         f"| consumer lag max | {_fmt(d['max_lag_events'])} events = {_lag_seconds(d['max_lag_s'])} of data |",
-        f"| lag ≥ 1 s after t = 60 s (the burst's plateau ends) for | {d['lag_s_over_target_after_burst_s']:.0f} s |",
+        "| last lag ≥ 1 s, seconds after t = 60 s (the burst's plateau ends; not a sum) | "
+        f"{d['lag_s_over_target_after_burst_s']:.0f} s |",
         f"| hot-store write p99 (max of 1 s samples / final) | {_fmt(d['write_p99_ms_max'])} / "
         f"{_fmt(d['write_p99_ms_final'])} ms |",
         f"| backpressure pauses (median hot-store write over the limit) | {_fmt(d['runners']['main']['backpressure_pauses'])} |",
@@ -506,7 +507,7 @@ def targets_table(results: dict[str, Any]) -> str:
         ),
         (
             "10× burst: zero loss, lag < 1 s within 60 s after it",
-            f"lost {d['events_lost']}, lag ≥ 1 s for {d['lag_s_over_target_after_burst_s']:.0f} s after t = 60 s"
+            f"lost {d['events_lost']}, last lag ≥ 1 s {d['lag_s_over_target_after_burst_s']:.0f} s after t = 60 s"
             if results["config"]["profile"] != "flat"
             else "not measured: a `flat` run has no burst (`--profile market_open`)",
         ),
