@@ -229,11 +229,19 @@ class StuckCall:
         self.release.wait(10)
 
 
-def test_an_abort_that_never_returns_fires_the_watchdog(settings: Settings, recording: Recording) -> None:
+@pytest.fixture
+def stuck() -> Iterator[StuckCall]:
+    call = StuckCall()
+    yield call
+    call.watchdog.close()
+
+
+def test_an_abort_that_never_returns_fires_the_watchdog(
+    settings: Settings, recording: Recording, stuck: StuckCall
+) -> None:
     # librdkafka can leave abort_transaction() waiting past its timeout for a transaction coordinator
     # that restarted (confluentinc/librdkafka#3779). The runner aborts on its own thread after an
     # abortable error: the watchdog must guard that call as it guards the commit.
-    stuck = StuckCall()
 
     class HangingAbort(FaultyProducer):
         def abort_transaction(self, *args: Any) -> None:
@@ -249,13 +257,12 @@ def test_an_abort_that_never_returns_fires_the_watchdog(settings: Settings, reco
 
 
 def test_a_client_close_that_never_returns_after_a_failure_fires_the_watchdog(
-    settings: Settings, recording: Recording
+    settings: Settings, recording: Recording, stuck: StuckCall
 ) -> None:
     # The hang CI met (issue 19, stop 36; reproduced with the watchdog off): a broker restart fenced the
     # runner's consumer, the runner stopped for that error, and its producer's close(), which aborts
     # the failed transaction, never returned. Here a fatal commit error stops the runner and the close
     # blocks: after a failure the watchdog must restart the process, as a supervisor would.
-    stuck = StuckCall()
 
     class HangingClose(FaultyProducer):
         def close(self, *args: Any) -> None:
