@@ -123,19 +123,22 @@ class Services:
         if proc.poll() is None:
             proc.send_signal(signal.SIGABRT)
             proc.wait(30)
-        path = self.log_dir / f"{name}.log"
-        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
-        kept = [line for line in lines if not _REPEATED.search(line)]
-        return "\n".join(kept[-150:])
+        return self.tail(name, 150, drop=_REPEATED)
 
     def check_alive(self) -> None:
         for name, proc in self.procs.items():
             if proc.poll() is not None:
                 pytest.fail(f"service {name} exited with {proc.returncode}:\n{self.tail(name)}")
 
-    def tail(self, name: str, lines: int = 40) -> str:
+    def tail(self, name: str, lines: int = 40, drop: re.Pattern[str] | None = None) -> str:
+        """The last `lines` lines of a service's log, leaving out those `drop` matches."""
         path = self.log_dir / f"{name}.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+        if not path.exists():
+            return ""
+        kept = path.read_text(errors="replace").splitlines()
+        if drop is not None:
+            kept = [line for line in kept if not drop.search(line)]
+        return "\n".join(kept[-lines:])
 
     def stop_all(self) -> None:
         for proc in self.procs.values():
