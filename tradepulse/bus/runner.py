@@ -286,6 +286,18 @@ class _Batch:
         return max(1, len(self.inputs) + len(self.outputs_read))
 
 
+def _close_clients(consumer: Consumer | None, producer: Producer | None) -> None:
+    """Close both clients (the producer even if the consumer's close raised). A transaction left open
+    by a failure is aborted by the broker (or by the restarted instance's init_transactions) if the
+    producer's close cannot."""
+    try:
+        if consumer is not None:
+            consumer.close()
+    finally:
+        if producer is not None:
+            producer.close()
+
+
 class Runner:
     """One runner process (one consumer group member, one transactional producer)."""
 
@@ -527,14 +539,7 @@ class Runner:
         # what outlives its timeout).
         try:
             with nullcontext() if clean else self._guard("client close after a failure"):
-                try:
-                    if consumer is not None:
-                        consumer.close()
-                finally:
-                    if producer is not None:
-                        # A transaction left open by a failure is aborted by the broker (or by the
-                        # restarted instance's init_transactions) if this close cannot.
-                        producer.close()
+                _close_clients(consumer, producer)
         finally:
             self.processor.close()
         if error is not None:
