@@ -261,6 +261,9 @@ _DENIED = (
 #: fenced by a static member with the same group.instance.id), whose KafkaError does not always say
 #: `fatal()`.
 _FATAL_CODES = (*_DENIED, KafkaError._FATAL)
+#: Producer errors that mean a broker could not be reached (librdkafka reports a failed connect, not a
+#: closed idle connection, as an error): the producer is replaced before its next transaction.
+_BROKER_UNREACHABLE = (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN)
 
 
 @dataclass
@@ -337,6 +340,9 @@ class Runner:
         self.metrics = RunnerMetrics()
         self.emf = emitter_from_settings(settings, "processor")
         self._stop = threading.Event()
+        # Set by the producer's error callback, read and cleared by the commit thread before a
+        # transaction (`_producer_for_commit`).
+        self._producer_lost_broker = False
         # The assignment and the group metadata (generation, member id) that its batches commit with,
         # kept by the rebalance callbacks: asking the consumer is a round trip to librdkafka's main
         # thread per batch, which waits behind whatever that thread is doing.
@@ -385,9 +391,37 @@ class Runner:
             producer_config(
                 self.settings,
                 transactional_id=self.transactional_id,
-                **{"transaction.timeout.ms": TRANSACTION_TIMEOUT_MS},
+                **{"transaction.timeout.ms": TRANSACTION_TIMEOUT_MS, "error_cb": self._on_producer_error},
             )
         )
+
+    def _on_producer_error(self, error: KafkaError) -> None:
+        """The producer's error callback (served by its poll and its transactional calls): a broker it
+        could not reach marks it for replacement before the next transaction (`_producer_for_commit`)."""
+        if error.code() in _BROKER_UNREACHABLE:
+            self._producer_lost_broker = True
+
+    def _producer_for_commit(self) -> Producer:
+        """The producer for the next transaction: a new one if the current one could not reach a broker
+        since its last transaction. After a broker restart librdkafka can keep the broker's retired
+        handle as the group coordinator and wait for it forever in `send_offsets_to_transaction`
+        (confluentinc/librdkafka#5511), which only the watchdog ended; a new producer looks the
+        coordinators up afresh. Between transactions nothing is open, so the close has nothing to abort,
+        and the new producer's `init_transactions` fences nothing but the closed one."""
+        producer = self.producer
+        assert producer is not None
+        producer.poll(0)  # serves the error callback
+        if not self._producer_lost_broker:
+            return producer
+        self._producer_lost_broker = False
+        log.warning("the producer could not reach a broker since its last transaction: replacing it")
+        started = time.perf_counter()
+        with self._guard("producer replacement"):
+            producer.close()
+            producer = self.producer = self._new_producer()
+            retry_transactional(lambda: producer.init_transactions(30), "init")
+        log.info("producer replaced in %.0f ms", (time.perf_counter() - started) * 1000)
+        return producer
 
     def run(self, stop_when: Callable[[RunnerMetrics], bool] | None = None) -> RunnerMetrics:
         """Consume until a stop is requested, or `stop_when(metrics)` is true (checked every poll);
@@ -851,8 +885,7 @@ class Runner:
         pending news articles it carries), then the batches go to the cold thread. A failure is handled
         on the runner's thread (`_recover`): this thread stops, and the batches queued behind are
         dropped (they are replayed after the rewind)."""
-        producer = self.producer
-        assert producer is not None
+        producer = self._producer_for_commit()
         last = jobs[-1]
         with self._guard("transaction commit"):
             started = time.perf_counter()

@@ -5,7 +5,10 @@ during the call (confluentinc/librdkafka#5456), and `abort_transaction()` can wa
 transaction coordinator that restarted (#3779): a broker restart leaves the runner blocked inside C
 code, alive, healthy-looking and committing nothing (docs/postmortem.md, incident 2). The runner
 guards every transactional call with it: init, commit, abort, and the clients' close after a failure
-(the producer's close aborts the open transaction).
+(the producer's close aborts the open transaction). The commonest case, the first transaction after a
+broker restart waiting for a retired group-coordinator handle (#5511), no longer reaches it: the runner
+replaces a producer that could not reach a broker before its next transaction
+(`Runner._producer_for_commit`). A transaction in flight during the outage still can.
 A Python timeout cannot interrupt that call, so the watchdog restarts the whole process in place
 (`execv`, same pid and command line). That is exactly a crash followed by a restart — which the runner
 is built for and the chaos suite proves: uncommitted outputs are aborted by the restarted producer's
