@@ -213,13 +213,13 @@ def test_batches_processed_during_a_slow_commit_commit_together_and_an_abort_rep
 
 
 class StuckCall:
-    """A librdkafka call that does not return until the watchdog fires (in production its restart in
-    place ends the wait); gives up after 10 s, below the transaction timeout."""
+    """A librdkafka call that does not return until the watchdog (bound `bound_s`) fires (in production
+    its restart in place ends the wait); gives up after 10 s, below the transaction timeout."""
 
-    def __init__(self) -> None:
+    def __init__(self, bound_s: float = 1.0) -> None:
         self.release = threading.Event()
         self.fired = 0
-        self.watchdog = Watchdog(1.0, on_expire=self._expire, check_every_s=0.05)
+        self.watchdog = Watchdog(bound_s, on_expire=self._expire, check_every_s=0.05)
 
     def _expire(self) -> None:
         self.fired += 1
@@ -234,6 +234,37 @@ def stuck() -> Iterator[StuckCall]:
     call = StuckCall()
     yield call
     call.watchdog.close()
+
+
+def test_a_send_offsets_past_its_own_timeout_fires_the_watchdog(
+    settings: Settings, recording: Recording, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # librdkafka ignores the timeout of send_offsets_to_transaction() while it waits for a group
+    # coordinator (#5456, #5511): a call still running past its own timeout is hung. The watchdog's
+    # overall bound here is far beyond the test, so only the call's own timeout can end the wait.
+    monkeypatch.setattr(runner_module, "SEND_OFFSETS_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(runner_module, "WATCHDOG_GRACE_S", 0.5)
+    stuck = StuckCall(bound_s=600.0)
+
+    class HangingSendOffsets(FaultyProducer):
+        hung = False
+
+        def send_offsets_to_transaction(self, *args: Any) -> None:
+            if not self.hung:
+                self.hung = True
+                stuck.wait()
+            self.inner.send_offsets_to_transaction(*args)
+
+    error = KafkaError(KafkaError._STATE, "never injected")
+    runner = faulty_runner(
+        settings, "hang-offsets", error, set(), HangingSendOffsets, commit_watchdog=stuck.watchdog
+    )
+    try:
+        run_to_the_end(runner, settings, recording)
+    finally:
+        stuck.watchdog.close()
+    assert stuck.fired == 1, "the watchdog did not fire for a send_offsets past its own timeout"
+    assert_exact(settings, recording)
 
 
 def test_an_abort_that_never_returns_fires_the_watchdog(

@@ -41,6 +41,29 @@ def test_fires_once_for_a_guarded_block_that_outlives_the_bound() -> None:
         dog.close()
 
 
+def test_a_block_with_its_own_bound_fires_at_the_shorter_of_the_two() -> None:
+    now = [0.0]
+    fired = threading.Event()
+    dog = Watchdog(100.0, on_expire=fired.set, check_every_s=0.01, clock=lambda: now[0])
+    try:
+        with dog.guard("send offsets", 5.0):
+            now[0] = 4.0
+            wait_for_checks(dog, 5)  # within its own bound
+            assert not fired.is_set()
+            now[0] = 6.0
+            assert fired.wait(5), "watchdog did not fire for a block past its own bound"
+        fired.clear()
+        with dog.guard("slow close", 500.0):  # the watchdog's bound is the most any block gets
+            now[0] = 105.0
+            wait_for_checks(dog, 5)
+            assert not fired.is_set()
+            now[0] = 107.0
+            assert fired.wait(5), "watchdog did not fire at its own bound"
+        assert dog.expired == 2
+    finally:
+        dog.close()
+
+
 def test_restart_in_place_reruns_the_same_command_line(tmp_path: Path) -> None:
     marker = tmp_path / "runs.txt"
     script = tmp_path / "victim.py"

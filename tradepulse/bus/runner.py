@@ -144,6 +144,15 @@ Row = dict[str, Any]
 # A transaction left open by a process that never comes back blocks read_committed readers (and the
 # committed-offset fetch of whoever takes its partitions over) until it times out; keep that short.
 TRANSACTION_TIMEOUT_MS = 20_000
+#: librdkafka's timeouts of the transactional calls (seconds). librdkafka does not always keep them
+#: (#5456: `send_offsets_to_transaction` waits for a group coordinator without one): a call still
+#: running `WATCHDOG_GRACE_S` after its own timeout is hung, and the watchdog restarts the process
+#: (sooner if `commit_watchdog_s` is shorter).
+INIT_TIMEOUT_S = 30.0
+SEND_OFFSETS_TIMEOUT_S = 30.0
+COMMIT_TIMEOUT_S = 60.0
+ABORT_TIMEOUT_S = 30.0
+WATCHDOG_GRACE_S = 10.0
 # How long the partitions of an instance that died and does not come back stay unowned.
 SESSION_TIMEOUT_MS = 10_000
 # Cyclic-GC thresholds of the runner process. Every event allocates a few GC-tracked objects (the row dict
@@ -416,10 +425,12 @@ class Runner:
         self._producer_lost_broker = False
         log.warning("the producer could not reach a broker since its last transaction: replacing it")
         started = time.perf_counter()
-        with self._guard("producer replacement"):
+        with self._guard("producer close"):
             producer.close()
-            producer = self.producer = self._new_producer()
-            retry_transactional(lambda: producer.init_transactions(30), "init")
+        producer = self.producer = self._new_producer()
+        retry_transactional(
+            lambda: self._bounded("transaction init", producer.init_transactions, INIT_TIMEOUT_S), "init"
+        )
         log.info("producer replaced in %.0f ms", (time.perf_counter() - started) * 1000)
         return producer
 
@@ -432,8 +443,7 @@ class Runner:
         try:
             # Before joining the group: fences a crashed predecessor with the same id and aborts its
             # open transaction, so its pending offset commit does not stall the committed-offset fetch.
-            with self._guard("transaction init"):
-                self.producer.init_transactions(30)
+            self._bounded("transaction init", self.producer.init_transactions, INIT_TIMEOUT_S)
             self.consumer = Consumer(
                 consumer_config(
                     self.settings,
@@ -887,17 +897,23 @@ class Runner:
         dropped (they are replayed after the rewind)."""
         producer = self._producer_for_commit()
         last = jobs[-1]
-        with self._guard("transaction commit"):
+        with self._guard("transaction begin"):
             started = time.perf_counter()
             producer.begin_transaction()
             for job in jobs:
                 produce_outputs(producer, job.outputs, job.dead_letters)
             produced = time.perf_counter()
-            retry_transactional(
-                lambda: producer.send_offsets_to_transaction(last.positions, last.group_metadata, 30),
-                "send offsets",
-            )
-            retry_transactional(lambda: producer.commit_transaction(60), "commit")
+
+        def send_offsets(timeout_s: float) -> None:
+            producer.send_offsets_to_transaction(last.positions, last.group_metadata, timeout_s)
+
+        retry_transactional(
+            lambda: self._bounded("send offsets", send_offsets, SEND_OFFSETS_TIMEOUT_S), "send offsets"
+        )
+        retry_transactional(
+            lambda: self._bounded("transaction commit", producer.commit_transaction, COMMIT_TIMEOUT_S),
+            "commit",
+        )
         self.metrics.record_stages(
             produce=(produced - started) * 1000, commit=(time.perf_counter() - produced) * 1000
         )
@@ -986,8 +1002,7 @@ class Runner:
             raise error
         producer = self.producer
         assert producer is not None
-        with self._guard("transaction abort"):
-            producer.abort_transaction(30)
+        self._bounded("transaction abort", producer.abort_transaction, ABORT_TIMEOUT_S)
         if error.args[0].code() in _DENIED:
             raise error  # a missing grant (e.g. WRITE on an output topic): a replay would fail the same
         log.warning("transaction aborted (%s); rewinding to the committed offsets", error.args[0])
@@ -995,13 +1010,20 @@ class Runner:
             self._rewind()
         return True
 
-    def _guard(self, what: str) -> AbstractContextManager[None]:
-        """The watchdog over a transactional call: librdkafka can leave any of them waiting past its
-        timeout for a coordinator that restarted (#5456 for the offsets, #3779 for the abort, the
-        producer's close in docs/postmortem.md). One guarded call at a time: the runner's thread makes
-        its calls only while the commit thread is idle."""
+    def _guard(self, what: str, bound_s: float | None = None) -> AbstractContextManager[None]:
+        """The watchdog over a transactional call, for `bound_s` at most (default and cap:
+        `commit_watchdog_s`): librdkafka can leave any of them waiting past its timeout for a
+        coordinator that restarted (#5456 for the offsets, #3779 for the abort, the producer's close in
+        docs/postmortem.md). One guarded call at a time: the runner's thread makes its calls only while
+        the commit thread is idle."""
         watchdog = self.commit_watchdog
-        return nullcontext() if watchdog is None else watchdog.guard(what)
+        return nullcontext() if watchdog is None else watchdog.guard(what, bound_s)
+
+    def _bounded(self, what: str, call: Callable[[float], object], timeout_s: float) -> None:
+        """`call(timeout_s)` (a librdkafka call with its timeout) under the watchdog until
+        `WATCHDOG_GRACE_S` after that timeout: a call still running then is hung."""
+        with self._guard(what, timeout_s + WATCHDOG_GRACE_S):
+            call(timeout_s)
 
     def _settle(self, *, rewind: bool = False) -> bool:
         """Wait until every handed-over batch is committed and archived (`_recover` on a failure, which

@@ -8,7 +8,9 @@ guards every transactional call with it: init, commit, abort, and the clients' c
 (the producer's close aborts the open transaction). The commonest case, the first transaction after a
 broker restart waiting for a retired group-coordinator handle (#5511), no longer reaches it: the runner
 replaces a producer that could not reach a broker before its next transaction
-(`Runner._producer_for_commit`). A transaction in flight during the outage still can.
+(`Runner._producer_for_commit`). A transaction in flight during the outage still can. A call with a
+timeout of its own is watched until shortly after it (`Runner._bounded`): past its own timeout it is
+hung, so the restart need not wait for the watchdog's overall bound.
 A Python timeout cannot interrupt that call, so the watchdog restarts the whole process in place
 (`execv`, same pid and command line). That is exactly a crash followed by a restart — which the runner
 is built for and the chaos suite proves: uncommitted outputs are aborted by the restarted producer's
@@ -37,7 +39,8 @@ def restart_in_place() -> None:
 
 
 class Watchdog:
-    """Calls `on_expire` (default: restart the process) when a guarded block outlives `timeout_s`."""
+    """Calls `on_expire` (default: restart the process) when a guarded block outlives its bound: its
+    own (`guard(what, bound_s)`), at most `timeout_s`."""
 
     def __init__(
         self,
@@ -56,15 +59,18 @@ class Watchdog:
         self.checks = 0
         self._deadline: float | None = None
         self._what = ""
+        self._bound_s = timeout_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="commit-watchdog", daemon=True)
         self._thread.start()
 
     @contextmanager
-    def guard(self, what: str) -> Iterator[None]:
-        """Arm the watchdog for the duration of the block."""
+    def guard(self, what: str, bound_s: float | None = None) -> Iterator[None]:
+        """Arm the watchdog for the duration of the block: it fires once the block has run `bound_s`
+        (the call's own bound), or `timeout_s` if that is shorter or no bound is given."""
         self._what = what
-        self._deadline = self.clock() + self.timeout_s
+        self._bound_s = self.timeout_s if bound_s is None else min(bound_s, self.timeout_s)
+        self._deadline = self.clock() + self._bound_s
         try:
             yield
         finally:
@@ -80,7 +86,7 @@ class Watchdog:
                     "%s did not return within %.0fs (librdkafka can block forever when the group "
                     "coordinator restarts); restarting the process in place",
                     self._what,
-                    self.timeout_s,
+                    self._bound_s,
                 )
                 self.on_expire()
             self.checks += 1
