@@ -37,6 +37,21 @@ from tradepulse.topics import TRADES
 pytestmark = pytest.mark.kafka
 
 
+def _start_broker(tmp_path: Path, group: str) -> tuple[LocalKafka, BrokerInfo, Settings]:
+    """A local broker under `tmp_path` with fresh topics, and the settings of a pipeline on it."""
+    broker = LocalKafka(tmp_path / "broker", heap="512m", libs_root=JAR_CACHE)
+    info = broker.start(quiet=True)
+    settings = Settings(
+        kafka_bootstrap=info.bootstrap,
+        data_dir=tmp_path / "state",
+        topic_partitions=3,
+        consumer_group=group,
+        tickers=TICKERS,
+    )
+    recreate_topics(settings)
+    return broker, info, settings
+
+
 def _restart(
     broker: LocalKafka, info: BrokerInfo, outage_s: float, while_down: Callable[[], None]
 ) -> LocalKafka:
@@ -63,16 +78,7 @@ def test_the_first_commit_after_a_broker_restart_needs_no_watchdog(tmp_path: Pat
     looked again (confluentinc/librdkafka#5511). The runner replaces a producer that lost a broker
     before its next transaction. The watchdog is set far beyond this test's wait, so only that can pass
     it; the hot and cold stores then hold every trade once."""
-    broker = LocalKafka(tmp_path / "broker", heap="512m", libs_root=JAR_CACHE)
-    info = broker.start(quiet=True)
-    settings = Settings(
-        kafka_bootstrap=info.bootstrap,
-        data_dir=tmp_path / "state",
-        topic_partitions=3,
-        consumer_group="idle-broker-restart",
-        tickers=TICKERS,
-    )
-    recreate_topics(settings)
+    broker, info, settings = _start_broker(tmp_path, "idle-broker-restart")
     events = make_recording(20, 300).events
     half = len(events) // 2
     services = Services(tmp_path / "logs", child_env(settings, TRADEPULSE_COMMIT_WATCHDOG_S="900"))
@@ -116,16 +122,7 @@ def test_the_first_commit_after_a_broker_restart_needs_no_watchdog(tmp_path: Pat
 def test_broker_restart_mid_stream_loses_nothing_and_every_service_recovers(
     tmp_path: Path, stream_s: int, min_trades: int
 ) -> None:
-    broker = LocalKafka(tmp_path / "broker", heap="512m", libs_root=JAR_CACHE)
-    info = broker.start(quiet=True)
-    settings = Settings(
-        kafka_bootstrap=info.bootstrap,
-        data_dir=tmp_path / "state",
-        topic_partitions=3,
-        consumer_group="broker-restart",
-        tickers=TICKERS,
-    )
-    recreate_topics(settings)
+    broker, info, settings = _start_broker(tmp_path, "broker-restart")
     sim = run_simulator_in_thread(
         SimulatorConfig(
             seed=9,
