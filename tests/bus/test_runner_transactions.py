@@ -40,6 +40,7 @@ from tests.bus.test_runner import (
 from tests.reliability.harness import output_archive
 from tradepulse.bus import runner as runner_module
 from tradepulse.bus.clients import consumer_config
+from tradepulse.bus.local_kafka import free_port
 from tradepulse.bus.pipeline import build_runner
 from tradepulse.bus.runner import GC_THRESHOLDS, Runner, numpy_hugepages, set_numpy_hugepages, tune_process
 from tradepulse.bus.watchdog import Watchdog
@@ -234,6 +235,24 @@ def stuck() -> Iterator[StuckCall]:
     call = StuckCall()
     yield call
     call.watchdog.close()
+
+
+def test_a_new_producer_is_not_replaced_for_what_it_met_before_its_first_transaction(
+    settings: Settings, recording: Recording, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The runner replaces a producer that could not reach a broker (a restarted broker's retired handle
+    # can stay its group coordinator, librdkafka#5511). A producer that has sent no offsets yet has no
+    # group coordinator to be stale; counting what it met while starting (here: a bootstrap address
+    # nobody listens on, as a broker that stays down during a rolling restart) would replace every new
+    # producer again, one transaction after the other.
+    dead = f"127.0.0.1:{free_port()}"
+    settings = settings.model_copy(update={"kafka_bootstrap": f"{dead},{settings.kafka_bootstrap}"})
+    runner = build_runner(settings, instance="dead-bootstrap")
+    with caplog.at_level(logging.WARNING, logger="tradepulse.bus.runner"):
+        run_to_the_end(runner, settings, recording)
+    replaced = [r for r in caplog.records if "replacing it" in r.getMessage()]
+    assert not replaced, f"replaced {len(replaced)} times"
+    assert_exact(settings, recording)
 
 
 def test_a_send_offsets_past_its_own_timeout_fires_the_watchdog(

@@ -428,11 +428,18 @@ class Runner:
         with self._guard("producer close"):
             producer.close()
         producer = self.producer = self._new_producer()
-        retry_transactional(
-            lambda: self._bounded("transaction init", producer.init_transactions, INIT_TIMEOUT_S), "init"
-        )
+        retry_transactional(lambda: self._init_transactions(producer), "init")
         log.info("producer replaced in %.0f ms", (time.perf_counter() - started) * 1000)
         return producer
+
+    def _init_transactions(self, producer: Producer) -> None:
+        """`init_transactions` of a new producer; what it met until then does not count towards its
+        replacement. A producer that has sent no offsets has no group coordinator to be stale, and
+        counting its start (e.g. a bootstrap address of a broker that stays down in a rolling restart)
+        would replace every new producer again."""
+        self._bounded("transaction init", producer.init_transactions, INIT_TIMEOUT_S)
+        producer.poll(0)  # serves the error callback
+        self._producer_lost_broker = False
 
     def run(self, stop_when: Callable[[RunnerMetrics], bool] | None = None) -> RunnerMetrics:
         """Consume until a stop is requested, or `stop_when(metrics)` is true (checked every poll);
@@ -443,7 +450,7 @@ class Runner:
         try:
             # Before joining the group: fences a crashed predecessor with the same id and aborts its
             # open transaction, so its pending offset commit does not stall the committed-offset fetch.
-            self._bounded("transaction init", self.producer.init_transactions, INIT_TIMEOUT_S)
+            self._init_transactions(self.producer)
             self.consumer = Consumer(
                 consumer_config(
                     self.settings,
