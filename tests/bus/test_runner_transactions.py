@@ -238,7 +238,10 @@ def stuck() -> Iterator[StuckCall]:
 
 
 def test_a_new_producer_is_not_replaced_for_what_it_met_before_its_first_transaction(
-    settings: Settings, recording: Recording, caplog: pytest.LogCaptureFixture
+    settings: Settings,
+    recording: Recording,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     # The runner replaces a producer that could not reach a broker (a restarted broker's retired handle
     # can stay its group coordinator, librdkafka#5511). A producer that has sent no offsets yet has no
@@ -252,6 +255,7 @@ def test_a_new_producer_is_not_replaced_for_what_it_met_before_its_first_transac
         run_to_the_end(runner, settings, recording)
     replaced = [r for r in caplog.records if "replacing it" in r.getMessage()]
     assert not replaced, f"replaced {len(replaced)} times"
+    assert f"Connect to ipv4#{dead} failed" in capfd.readouterr().err  # librdkafka's log: it was met
     assert_exact(settings, recording)
 
 
