@@ -914,13 +914,8 @@ class Runner:
         def send_offsets(timeout_s: float) -> None:
             producer.send_offsets_to_transaction(last.positions, last.group_metadata, timeout_s)
 
-        retry_transactional(
-            lambda: self._bounded("send offsets", send_offsets, SEND_OFFSETS_TIMEOUT_S), "send offsets"
-        )
-        retry_transactional(
-            lambda: self._bounded("transaction commit", producer.commit_transaction, COMMIT_TIMEOUT_S),
-            "commit",
-        )
+        self._transactional("send offsets", send_offsets, SEND_OFFSETS_TIMEOUT_S)
+        self._transactional("transaction commit", producer.commit_transaction, COMMIT_TIMEOUT_S)
         self.metrics.record_stages(
             produce=(produced - started) * 1000, commit=(time.perf_counter() - produced) * 1000
         )
@@ -1031,6 +1026,11 @@ class Runner:
         `WATCHDOG_GRACE_S` after that timeout: a call still running then is hung."""
         with self._guard(what, timeout_s + WATCHDOG_GRACE_S):
             call(timeout_s)
+
+    def _transactional(self, what: str, call: Callable[[float], object], timeout_s: float) -> None:
+        """`call(timeout_s)` bounded (`_bounded`), again while it fails with a retriable error
+        (`retry_transactional`)."""
+        retry_transactional(lambda: self._bounded(what, call, timeout_s), what)
 
     def _settle(self, *, rewind: bool = False) -> bool:
         """Wait until every handed-over batch is committed and archived (`_recover` on a failure, which
