@@ -63,6 +63,15 @@ def test_bench_smoke_completes_with_zero_loss_and_writes_report(kafka_bootstrap:
     summary = (out / "summary.md").read_text()
     assert "events lost" in summary and "| tradepulse |" in summary and "feature freshness" in summary
     assert f"| backpressure pauses (median hot-store write over the limit) | {pauses:,} |" in summary
+    # The runner's loop (its process's main thread) was on a CPU, and the report says how long the
+    # processes waited for one (Linux's scheduler statistics).
+    processor = results["full_path"]["process_summary"]["processor"]
+    assert (
+        processor["main_cpu_mean_pct"] > 0
+        and 0 <= processor["main_runq_mean_pct"] <= processor["runq_mean_pct"]
+    )
+    (row,) = [line for line in summary.splitlines() if line.startswith("| processor |")]
+    assert f"/ {processor['main_runq_mean_pct']:.0f} ({processor['main_cpu_mean_pct']:.0f}) |" in row
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

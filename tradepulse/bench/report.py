@@ -292,13 +292,19 @@ def summary_markdown(results: dict[str, Any]) -> str:
         f"{rec['sent_quotes']:,}, in Kafka {rec['kafka_quotes']:,}, committed {rec['committed_quotes']:,}) |",
         f"| caught up at the end | {'yes' if rec.get('settled') else 'no: ' + format(rec.get('backlog_at_end', 0), ',') + ' events still in Kafka (backlog, not loss) at the settle time-out'} |",
         "",
-        "| process | CPU mean / max (% of one core) | RSS first / last / max (MiB) | RSS drift after warm-up (windows full) |",
-        "| --- | --- | --- | --- |",
+        "| process | CPU mean / max (% of one core) | waiting for a CPU, mean (% of one core): all threads / "
+        "main thread (main thread on a CPU) | RSS first / last / max (MiB) | RSS drift after warm-up (windows full) |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for name, p in d["processes"].items():
         drift = d["rss_drift_pct"].get(name)
+        waits = (
+            f"{p['runq_mean_pct']:.0f} / {p['main_runq_mean_pct']:.0f} ({p['main_cpu_mean_pct']:.0f})"
+            if "runq_mean_pct" in p
+            else "—"
+        )
         lines.append(
-            f"| {name} | {p['cpu_mean_pct']:.0f} / {p['cpu_max_pct']:.0f} | "
+            f"| {name} | {p['cpu_mean_pct']:.0f} / {p['cpu_max_pct']:.0f} | {waits} | "
             f"{p['rss_first_mib']:.0f} / {p['rss_last_mib']:.0f} / {p['rss_max_mib']:.0f} | "
             f"{'—' if drift is None else f'{drift:+.1f} %'} |"
         )
@@ -454,7 +460,11 @@ append, produce, commit, cold flush; the stage breakdown below), and the simulat
 fell behind its own schedule (publish delay). Lag and throughput come from the broker (the runner
 group's committed offsets, then the high watermarks, in that order so the lag is never negative); loss
 is reconciled against the simulator's sent counters. `--variant NAME:KEY=VALUE` runs more runners with
-other settings under the same load (each its own consumer group) and compares them. Phase 2 drains the same pre-filled `market.trades` with our runner and with the
+other settings under the same load (each its own consumer group) and compares them. Each process's CPU
+and RSS are sampled once a second, and on Linux how long its threads were runnable but waited for a CPU
+(`/proc/<pid>/task/<tid>/schedstat`): Σ over its threads, and its main thread's (the runner's loop, the
+ingest's event loop) beside that thread's time on a CPU, so a stage's wall time splits into work and
+waiting for the box. Phase 2 drains the same pre-filled `market.trades` with our runner and with the
 faust-streaming and Quix Streams peers (`benchmarks/peers/`, same feature set, each in its own
 process, from the earliest offset with its own consumer group).
 

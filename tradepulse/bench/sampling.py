@@ -1,4 +1,5 @@
-"""Samplers of the bench: per-process CPU/RSS (psutil) and broker-side throughput and lag.
+"""Samplers of the bench: per-process CPU/RSS (psutil), the time threads waited for a CPU (Linux
+schedstat), and broker-side throughput and lag.
 
 Both are polled from the bench's sampling loop (once a second), so their time series share one clock.
 """
@@ -6,6 +7,7 @@ Both are polled from the bench's sampling loop (once a second), so their time se
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,18 +16,48 @@ from confluent_kafka import Consumer, KafkaException
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 
+def thread_schedstat(pid: int) -> dict[int, tuple[int, int]] | None:
+    """(ns on a CPU, ns runnable but waiting for a CPU) of each thread of process `pid`, from Linux's
+    `/proc/<pid>/task/<tid>/schedstat`; None where the kernel has no such file (not Linux, or no
+    scheduler statistics). A thread that ends while it is read is left out."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    out = {}
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                on_cpu, waiting, _ = f.read().split()
+        except FileNotFoundError:
+            if not os.path.exists(f"/proc/{pid}/task/{tid}"):
+                continue  # the thread ended
+            return None
+        except (OSError, ValueError):
+            continue
+        out[int(tid)] = (int(on_cpu), int(waiting))
+    return out
+
+
 @dataclass
 class ProcessSampler:
     """CPU (% of one core) and RSS (MiB) of named processes, each with its children (the Kafka broker
     is a JVM under a launcher; the processor fits its anomaly models in a worker process started by
     its first fit). The children are looked up again at every sample, so a child started or replaced
-    later is counted from then on."""
+    later is counted from then on.
+
+    Where Linux reports it, each sample also has how long the process's threads were runnable but
+    waited for a CPU (`runq_pct`, % of one core, Σ over the threads), and the main thread's (the
+    process's first, e.g. the runner's loop) time on a CPU and waiting for one (`main_cpu_pct`,
+    `main_runq_pct`): on a busy box, the part of a stage's wall time that was the box, not the code."""
 
     pids: dict[str, int]
     leaf: set[str] = field(default_factory=set)
     """Names sampled without their children (the bench itself: its children are the services)."""
     series: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     _procs: dict[str, list[psutil.Process]] = field(default_factory=dict)
+    _sched: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)  # (pid, tid) → last
+    _last_t: float | None = None
 
     def __post_init__(self) -> None:
         for name in self.pids:
@@ -52,6 +84,9 @@ class ProcessSampler:
         self._procs[name] = procs
 
     def sample(self, t: float) -> None:
+        elapsed_ns = None if self._last_t is None else (t - self._last_t) * 1e9
+        self._last_t = t
+        seen: dict[tuple[int, int], tuple[int, int]] = {}
         for name in self._procs:
             if name not in self.leaf:
                 self._refresh(name)
@@ -60,7 +95,40 @@ class ProcessSampler:
                 with contextlib.suppress(psutil.Error):
                     cpu += proc.cpu_percent(None)
                     rss += proc.memory_info().rss / 2**20
-            self.series[name].append({"t": t, "cpu_pct": cpu, "rss_mib": rss})
+            row: dict[str, float] = {"t": t, "cpu_pct": cpu, "rss_mib": rss}
+            self.series[name].append(row | self._waits(name, elapsed_ns, seen))
+        self._sched = seen
+
+    def _waits(
+        self, name: str, elapsed_ns: float | None, seen: dict[tuple[int, int], tuple[int, int]]
+    ) -> dict[str, float]:
+        """`runq_pct`, `main_cpu_pct` and `main_runq_pct` of process `name` over the `elapsed_ns` since
+        the last sample (none at the first sample, or without schedstat for its main process); records
+        each thread's counters in `seen`. A thread first seen now counts from the next sample on: its
+        counters so far are not this interval's."""
+        root = self.pids[name]
+        runq = main_cpu = main_runq = 0
+        known = False
+        for proc in self._procs[name]:
+            threads = thread_schedstat(proc.pid)
+            if threads is None:
+                continue
+            known |= proc.pid == root
+            for tid, now in threads.items():
+                seen[(proc.pid, tid)] = now
+                before = self._sched.get((proc.pid, tid))
+                if before is None:
+                    continue
+                runq += now[1] - before[1]
+                if tid == root:
+                    main_cpu, main_runq = now[0] - before[0], now[1] - before[1]
+        if not known or not elapsed_ns:
+            return {}
+        return {
+            "runq_pct": 100 * runq / elapsed_ns,
+            "main_cpu_pct": 100 * main_cpu / elapsed_ns,
+            "main_runq_pct": 100 * main_runq / elapsed_ns,
+        }
 
     def summary(self, since: float | None = None) -> dict[str, dict[str, float]]:
         """Mean/max CPU and first/last/max RSS per process (samples at or after `since`)."""
@@ -78,6 +146,10 @@ class ProcessSampler:
                 "rss_last_mib": rss[-1],
                 "rss_max_mib": max(rss),
             }
+            for key in ("runq_pct", "main_cpu_pct", "main_runq_pct"):
+                values = [s[key] for s in samples if key in s]
+                if values:
+                    out[name][key.replace("_pct", "_mean_pct")] = sum(values) / len(values)
         return out
 
 
