@@ -131,7 +131,8 @@ class ProcessSampler:
         }
 
     def summary(self, since: float | None = None) -> dict[str, dict[str, float]]:
-        """Mean/max CPU and first/last/max RSS per process (samples at or after `since`)."""
+        """Mean/max CPU, first/last/max RSS and, where sampled, the mean of each wait (`runq_mean_pct`,
+        `main_cpu_mean_pct`, `main_runq_mean_pct`) per process (samples at or after `since`)."""
         out = {}
         for name, samples in self.series.items():
             samples = [s for s in samples if since is None or s["t"] >= since]
