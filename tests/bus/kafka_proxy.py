@@ -102,19 +102,29 @@ def rewrite_metadata_ports(response: bytes, version: int, port: int) -> bytes:
 
 class ProduceResponseDropper:
     """Listens on 127.0.0.1 (`bootstrap`), forwards to the broker at `upstream`, and swallows the next
-    `drop_next(n)` Produce responses by closing that client connection (counted in `dropped`)."""
+    `drop_next(n)` Produce responses by closing that client connection (counted in `dropped`).
 
-    def __init__(self, upstream: str) -> None:
+    With `listening=False` its port is bound but refuses connections until `listen()`: a broker that is
+    not up yet."""
+
+    def __init__(self, upstream: str, *, listening: bool = True) -> None:
         host, port = upstream.rsplit(":", 1)
         self.upstream = (host, int(port))
         self.remaining = 0
         self.dropped = 0
         self._lock = threading.Lock()
-        self._server = socket.create_server(("127.0.0.1", 0))
+        self._server = socket.socket()
+        self._server.bind(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
         self.bootstrap = f"127.0.0.1:{self.port}"
         self._sockets: list[socket.socket] = []
         self._closed = False
+        if listening:
+            self.listen()
+
+    def listen(self) -> None:
+        """Accept connections from now on."""
+        self._server.listen()
         threading.Thread(target=self._accept, name="kafka-proxy", daemon=True).start()
 
     def drop_next(self, n: int) -> None:

@@ -10,10 +10,8 @@ The faults are injected through a thin seam, a wrapper around the runner's real 
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
-import socket
 import threading
 import time
 import weakref
@@ -26,6 +24,7 @@ import pytest
 from click.testing import CliRunner
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
+from tests.bus.kafka_proxy import ProduceResponseDropper
 from tests.bus.test_runner import (
     TICKERS,
     Recording,
@@ -42,7 +41,6 @@ from tests.bus.test_runner import (
 from tests.reliability.harness import output_archive
 from tradepulse.bus import runner as runner_module
 from tradepulse.bus.clients import consumer_config
-from tradepulse.bus.local_kafka import free_port
 from tradepulse.bus.pipeline import build_runner
 from tradepulse.bus.runner import GC_THRESHOLDS, Runner, numpy_hugepages, set_numpy_hugepages, tune_process
 from tradepulse.bus.watchdog import Watchdog
@@ -239,44 +237,6 @@ def stuck() -> Iterator[StuckCall]:
     call.watchdog.close()
 
 
-class LateBroker:
-    """A TCP relay to the broker at `target` on a port of its own that listens only from `start()` on:
-    a bootstrap address whose broker is not up yet. Clients learn the real broker's address from the
-    metadata the relay carries, so only their bootstrap connection goes through it."""
-
-    def __init__(self, target: str) -> None:
-        host, port = target.rsplit(":", 1)
-        self.target = (host, int(port))
-        self.address = f"127.0.0.1:{free_port()}"
-        self._sockets: list[socket.socket] = []
-
-    def start(self) -> None:
-        host, port = self.address.rsplit(":", 1)
-        server = socket.create_server((host, int(port)))
-        self._sockets.append(server)
-        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
-
-    def _accept(self, server: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                client, _ = server.accept()
-                upstream = socket.create_connection(self.target)
-                self._sockets += [client, upstream]
-                for src, dst in ((client, upstream), (upstream, client)):
-                    threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                dst.sendall(data)
-            dst.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        for sock in self._sockets:
-            sock.close()
-
-
 def test_a_new_producer_is_not_replaced_for_what_it_met_before_its_first_transaction(
     settings: Settings,
     recording: Recording,
@@ -288,24 +248,21 @@ def test_a_new_producer_is_not_replaced_for_what_it_met_before_its_first_transac
     # group coordinator to be stale; counting what it met while starting (here: its only bootstrap
     # address not up yet, as a broker still down in a rolling restart) would replace it at once, and
     # with a dead address in the list, every new producer again.
-    late = LateBroker(str(settings.kafka_bootstrap))
     produce(settings, recording.events)
-    runner = build_runner(
-        settings.model_copy(update={"kafka_bootstrap": late.address}), instance="late-bootstrap"
-    )
-    try:
+    with ProduceResponseDropper(str(settings.kafka_bootstrap), listening=False) as late:
+        runner = build_runner(
+            settings.model_copy(update={"kafka_bootstrap": late.bootstrap}), instance="late-bootstrap"
+        )
         with caplog.at_level(logging.WARNING, logger="tradepulse.bus.runner"), running(runner):
             # librdkafka's log (the test's stderr): the runner's clients met the address down.
             err = ""
             deadline = time.monotonic() + 30
-            while f"Connect to ipv4#{late.address} failed" not in err:
+            while f"Connect to ipv4#{late.bootstrap} failed" not in err:
                 assert time.monotonic() < deadline, "librdkafka never tried the bootstrap address"
                 time.sleep(0.1)
                 err += capfd.readouterr().err
-            late.start()
+            late.listen()
             wait_for(lambda: runner.metrics.events_processed >= len(recording.events), 120, "every event")
-    finally:
-        late.close()
     replaced = [r for r in caplog.records if "replacing it" in r.getMessage()]
     assert not replaced, f"replaced {len(replaced)} times"
     assert_exact(settings, recording)
