@@ -212,3 +212,13 @@ class _Message:
 
     def headers(self) -> None:
         return None
+
+
+@pytest.mark.parametrize(("topic", "name", "value"), [case for case in CASES if case.values[2] is not MISSING])
+def test_a_column_with_a_value_that_breaks_the_rule_does_not_pass_as_a_whole(
+    topic: str, name: str, value: Any
+) -> None:
+    """`Rule.all_pass` (the column pass of ingest) is never True where `check` would refuse a value."""
+    rule, valid = RULES[topic][name], VALID[topic][name]
+    assert rule.all_pass([valid, valid]) and rule.all_pass([])
+    assert not rule.all_pass([valid, value, valid])

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import random
 
 import orjson
 import pytest
 
 from tradepulse.ids import quote_event_id, trade_event_id
 from tradepulse.models import Quote, Trade
-from tradepulse.sources.parse import parse_frame
+from tradepulse.sources import parse
+from tradepulse.sources.parse import ParsedFrame, parse_frame
 
 TS = 1_700_000_000_123_456
 
@@ -214,3 +216,128 @@ def test_ingest_subscribes_to_am_when_vendor_bars_is_on() -> None:
     auto_simulator = client_from_settings(Settings(tickers=["AAPL"]))
     assert on.subscriptions == ["T.AAPL", "Q.AAPL", "AM.AAPL"] == auto_simulator.subscriptions
     assert off.subscriptions == ["T.AAPL", "Q.AAPL"]
+
+
+# --- the column pass (`_columns`) against the per-event path --------------------------------------
+
+# Values a fuzzed field may take instead of its own: wrong types, bounds, nulls, int64 edges; and sizes
+# and prices that pass their own rule but not the notional (price × size) with their partner; an int
+# where a float is due (valid: the record holds it as a float).
+ODD_VALUES = [
+    None,
+    "7",
+    True,
+    False,
+    0,
+    -1,
+    0.0,
+    -0.5,
+    1.5,
+    2**63 - 1,
+    2**63,
+    -(2**63),
+    1e300,
+    [],
+    [1],
+    ["1"],
+    {},
+]
+NEAR_MISSES = ["", 7, 5e10, 10_000_000.0, 10_000_000.5]
+
+
+def _fuzzed_event(rnd: random.Random, i: int) -> object:
+    """A trade, quote, status, AM or odd event; about one in six has a field changed or removed."""
+    roll = rnd.random()
+    if roll < 0.02:
+        return rnd.choice([1, "x", [TRADE], None])  # not an object
+    if roll < 0.45:
+        event = {**TRADE, "sym": rnd.choice(["AAPL", "MSFT", "T"]), "p": round(rnd.uniform(1, 500), 4)}
+        event |= {
+            "s": rnd.choice([1, 100, 250.0]),
+            "q": i,
+            "t": TRADE["t"] + i,
+            "i": str(rnd.randrange(10**9)),
+        }
+        for key in ("c", "trfi", "trft"):
+            if rnd.random() < 0.3:
+                event.pop(key)
+        if rnd.random() < 0.05:
+            event["ds"] = rnd.choice(["0.5", "x", None, 3])
+    elif roll < 0.93:
+        event = {**QUOTE, "sym": rnd.choice(["AAPL", "MSFT"]), "bp": round(rnd.uniform(1, 500), 2), "q": i}
+        event |= {
+            "t": QUOTE["t"] + i,
+            "c": rnd.choice([1, 0, None, [1, 2]]),
+            "i": rnd.choice([[604], [], None]),
+        }
+        for key in ("c", "i"):
+            if rnd.random() < 0.2:
+                event.pop(key)
+    elif roll < 0.96:
+        event = {"ev": "status", "status": "success", "message": f"m{i}"}
+    elif roll < 0.98:
+        event = dict(AM_EVENT)
+    else:
+        event = {**TRADE, "ev": rnd.choice(["A", None, 5])}
+    if rnd.random() < 1 / 6:
+        key = rnd.choice(sorted(event))
+        if rnd.random() < 0.2:
+            del event[key]
+        else:
+            event[key] = rnd.choice(NEAR_MISSES if rnd.random() < 0.5 else ODD_VALUES)
+    return event
+
+
+def _wire(parsed: ParsedFrame) -> tuple[bytes, ...]:
+    """Everything a parsed frame holds, as bytes: JSON tells 1 from 1.0 and True from 1, == does not."""
+    rejects = [(r.payload, r.reason, r.error_type, r.ticker, r.topic) for r in parsed.rejects]
+    parts = (parsed.trades, parsed.quotes, parsed.statuses, parsed.aggregates, rejects)
+    return tuple(orjson.dumps(part) for part in parts)
+
+
+def test_the_column_pass_gives_every_frame_the_per_event_paths_records_and_rejects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rnd = random.Random(20261205)
+    frames = [
+        frame(*(_fuzzed_event(rnd, j) for j in range(rnd.choice([1, 2, 5, 40, 300])))) for _ in range(600)
+    ]
+    # And every field of a trade and a quote changed to every odd value, or removed, beside valid events.
+    for base in (TRADE, QUOTE):
+        for key in base:
+            changed = [{**base, key: value} for value in [*ODD_VALUES, *NEAR_MISSES]]
+            changed.append({k: v for k, v in base.items() if k != key})
+            frames += [frame(TRADE, QUOTE, event) for event in changed]
+    taken = []
+
+    def columns(events: list, frame: ParsedFrame) -> list:
+        rest = columns_pass(events, frame)
+        taken.append(rest is not events)
+        return rest
+
+    columns_pass = parse._columns
+    with monkeypatch.context() as m:
+        m.setattr(parse, "_columns", columns)
+        fast = [parse_frame(raw, TS) for raw in frames]
+    with monkeypatch.context() as m:
+        m.setattr(parse, "_columns", lambda events, frame: events)  # every event on its own
+        each = [parse_frame(raw, TS) for raw in frames]
+    for i, (got, want) in enumerate(zip(fast, each, strict=True)):
+        assert _wire(got) == _wire(want), f"frame {i}: {frames[i][:300]!r}"
+    # Both paths ran on many frames (and their trades and quotes): the column pass on the valid ones.
+    assert sum(taken) > 150 and taken.count(False) > 150
+    assert sum(len(p.trades) for p, t in zip(fast, taken, strict=True) if t) > 100
+    assert sum(len(p.quotes) for p, t in zip(fast, taken, strict=True) if t) > 100
+
+
+def test_a_frame_of_valid_trades_and_quotes_takes_the_column_pass() -> None:
+    events = orjson.loads(
+        frame(TRADE, QUOTE, {**TRADE, "q": 7}, {k: v for k, v in QUOTE.items() if k != "c"})
+    )
+    parsed = ParsedFrame(TS)
+    assert parse._columns(events, parsed) == []
+    assert [t["sequence"] for t in parsed.trades] == [1001, 7] and len(parsed.quotes) == 2
+    status = {"ev": "status", "status": "success", "message": "hi"}
+    assert parse._columns([*events, status], ParsedFrame(TS)) == [status]  # the rest, for the loop
+    bad = [*events, {**TRADE, "p": 0}]
+    assert parse._columns(bad, ParsedFrame(TS)) is bad  # one may be invalid: all go one at a time
