@@ -628,6 +628,19 @@ def test_invalid_trades_rejected_and_outputs_finite() -> None:
     assert vec["bid_ask_spread"] is None
 
 
+def test_a_trade_beyond_the_timestamps_the_state_keeps_is_rejected() -> None:
+    """The trade state keeps each row's ts only in its composite key (`TradeState.ts_of`), which holds
+    [TS_MIN, TS_MAX] unclipped: a trade outside it is rejected, one at either end is folded in."""
+    ends = (trade_state.TS_MIN, trade_state.TS_MAX)
+    trades = [
+        {"ticker": "E", "price": 2.0, "size": 1.0, "exchange_ts_ms": ts, "sequence": i, "event_id": f"t{i}"}
+        for i, ts in enumerate((ends[0] - 1, ends[0], ends[1], ends[1] + 1))
+    ]
+    out = FeatureEngine().process(TradeColumns.from_records(trades), QuoteColumns.empty())
+    assert sorted(out.rejected_event_ids) == ["t0", "t3"]
+    assert [v["ts_ms"] for v in out.vectors()] == list(ends)
+
+
 def test_dict_outputs_are_finite_and_valid_models(stream: list[Event]) -> None:
     results = run_engine(split(stream, random_sizes(5, 100, hi=300)))
     dicts = flat(results, "per_trade") + flat(results, "snapshots")

@@ -106,7 +106,7 @@ def window_features(
     # Last price: the latest price-eligible trade the vector may see, within the momentum look-back.
     last = c.last_row
     last_c = np.maximum(last, 0)
-    has_last = (last >= 0) & (st.ts[last_c] > ts - cfg.momentum_lookback_ms)
+    has_last = (last >= 0) & (st.ts_of(last_c) > ts - cfg.momentum_lookback_ms)
     price = np.where(has_last, st.price[last_c], price)
 
     ps1, s1, _, v1, _ = window(cfg.vwap_short_ms)
@@ -130,7 +130,7 @@ def window_features(
     ref_c = np.where(ref_ok, st.last_ok[ref_c], 0)
     ref_ok &= ref_c >= 0
     ref_c = np.maximum(ref_c, 0)
-    ref_ok &= st.ts[ref_c] > ts - cfg.momentum_lookback_ms
+    ref_ok &= st.ts_of(ref_c) > ts - cfg.momentum_lookback_ms
     ref_price = np.where(ref_ok, st.price[ref_c], price)
     momentum = np.where(ref_ok, (price - ref_price) / ref_price * 100.0, 0.0)
 
@@ -231,7 +231,7 @@ def disorder_corrections(pos: np.ndarray, group: np.ndarray, st: TradeState) -> 
         np.add.at(c.count, d, st.vol_ok[pj].astype(np.int64))
         np.add.at(c.count_price, d, st.price_ok[pj].astype(np.int64))
         _skip_later_arrivals(c.last_row, pos, d, pj, st)
-        bd, bj = st.ts[pos[d]] // st.bucket_ms, st.ts[pj] // st.bucket_ms
+        bd, bj = st.ts_of(pos[d]) // st.bucket_ms, st.ts_of(pj) // st.bucket_ms
         same = bd == bj
         np.add.at(c.bucket_volume, d[same], size[pj[same]])
         np.add.at(c.bucket_capped, d[same], csize[pj[same]])
@@ -285,7 +285,7 @@ def closing_snapshots(
     lo = st.first_at(codes, wm_before[codes] - cfg.late_grace_ms - cfg.snapshot_ms)
     hi = st.first_at(codes, wm_after[codes] - cfg.late_grace_ms)
     rows, _ = ranges(lo, hi)
-    code, ts = st.code_of(rows), st.ts[rows]
+    code, ts = st.code_of(rows), st.ts_of(rows)
     second = ts // cfg.snapshot_ms
     starts = group_starts(code, second)
     last = np.concatenate((starts[1:], [len(ts)])) - 1
@@ -321,6 +321,6 @@ def revision_numbers(cfg: FeatureConfig, st: TradeState, rows: np.ndarray, final
     closed no trade of that range can be accepted any more, so the final's count (+1) exceeds them all
     and is a function of the accepted trades alone, like the vector."""
     code = st.code_of(rows)
-    start = st.ts[rows] // cfg.snapshot_ms * cfg.snapshot_ms
+    start = st.ts_of(rows) // cfg.snapshot_ms * cfg.snapshot_ms
     count = st.first_at(code, start + cfg.snapshot_ms) - st.first_at(code, start - cfg.late_grace_ms)
     return count + 1 if final else count

@@ -118,7 +118,17 @@ from tradepulse.core.feature_windows import (
     window_features,
 )
 from tradepulse.core.quote_book import QuoteBook
-from tradepulse.core.trade_state import NO_TS, K, TradeState, composite_span, group_sizes, group_starts, kts
+from tradepulse.core.trade_state import (
+    NO_TS,
+    TS_MAX,
+    TS_MIN,
+    K,
+    TradeState,
+    composite_span,
+    group_sizes,
+    group_starts,
+    kts,
+)
 from tradepulse.models import FeatureVector
 
 FEATURE_COLUMNS = (
@@ -144,7 +154,8 @@ class FeatureOutput:
     late_event_ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))
     zscores: dict[str, np.ndarray] = field(default_factory=dict)
     rejected_event_ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))
-    """Trades with a non-finite or non-positive price or size: never folded in (dead-letter them)."""
+    """Trades with a non-finite or non-positive price or size, or a ts beyond ±2^42 ms (year 2109; the
+    input rules stop at 2100): never folded in (dead-letter them)."""
     unknown_conditions: int = 0
     """Valid trades of the batch with a condition code the rules do not know (see `conditions`)."""
     provisional: list[dict] = field(default_factory=list)
@@ -284,6 +295,7 @@ class FeatureEngine:
         """Fold a batch in (quotes first, then trades in arrival order) and return its outputs."""
         self._ingest_quotes(quotes)
         valid = np.isfinite(trades.price) & (trades.price > 0) & np.isfinite(trades.size) & (trades.size > 0)
+        valid &= (trades.ts_ms >= TS_MIN) & (trades.ts_ms <= TS_MAX)  # the state keeps ts in its keys
         rejected = trades.event_id[~valid]
         if not valid.all():
             trades = trades.take(valid)
@@ -323,7 +335,7 @@ class FeatureEngine:
             unknown_conditions=unknown,
             provisional=provisional,
             final_trade_ticker=np.asarray(self._names, dtype=object)[self._trades.code_of(final_rows)],
-            final_trade_ts_ms=self._trades.ts[final_rows],
+            final_trade_ts_ms=self._trades.ts_of(final_rows),
         )
 
     def _empty_output(
@@ -459,7 +471,7 @@ class FeatureEngine:
         starts: list[int] = []
         revisions: list[int] = []
         if len(rows):
-            s_code, s_ts = state.code_of(rows), state.ts[rows]
+            s_code, s_ts = state.code_of(rows), state.ts_of(rows)
             cols = window_features(cfg, state, rows, s_code, s_ts, state.price[rows], None)
             cols["bid_ask_spread"] = self._spread_at(s_code, s_ts)
             cols["ticker"] = np.asarray(self._names, dtype=object)[s_code]

@@ -48,6 +48,8 @@ def group_sizes(starts: np.ndarray, n: int) -> np.ndarray:
 KEY_BITS = 43
 K = np.int64(2**KEY_BITS)  # composite key: code * K + clipped ts (or bucket id); code = key >> KEY_BITS
 KOFF = 2**42
+KTS_MASK = np.int64(2**KEY_BITS - 1)  # a row's ts = (key & KTS_MASK) − KOFF (`TradeState.ts_of`)
+TS_MIN, TS_MAX = -KOFF, 2**KEY_BITS - 2 - KOFF  # the ts a row's key holds unclipped (`kts`)
 MIN_CAP = 64
 FILL_PROJECTION = 2.0
 """Most a re-layout sizes a region beyond its live rows while the code's window is still filling."""
@@ -159,9 +161,9 @@ class TradeState:
         n = len(owner)
         if n >= ROW_INDEX_LIMIT:
             raise InvalidArgument(f"{n:,} row slots: more than the int32 row indices of `last_ok` hold")
-        # Each slot's code is its key's high bits (`code_of`): not stored (8 bytes a slot).
+        # Each slot's code is its key's high bits (`code_of`) and its ts the low bits (`ts_of`): neither
+        # is stored (16 bytes a slot).
         self.key = owner * K + (K - 1)
-        self.ts = np.full(n, np.iinfo(np.int64).max // 2, dtype=np.int64)
         self.price = np.zeros(n)
         self.size = np.zeros(n)
         self.late = np.zeros(n, dtype=np.int32)  # late events attached to the row (a count)
@@ -221,8 +223,13 @@ class TradeState:
         """First bucket slot of `code` with id >= bucket."""
         return np.searchsorted(self.b_key, code * K + kts(bucket), side="left")
 
+    def ts_of(self, rows: np.ndarray) -> np.ndarray:
+        """The ts of each of `rows` (live rows: a gap slot has no ts). The key holds it unclipped: `merge`
+        takes only ts in [`TS_MIN`, `TS_MAX`]."""
+        return (self.key[rows] & KTS_MASK) - KOFF
+
     def bucket_of(self, rows: np.ndarray) -> np.ndarray:
-        return self.bucket_slot(self.code_of(rows), self.ts[rows] // self.bucket_ms)
+        return self.bucket_slot(self.code_of(rows), self.ts_of(rows) // self.bucket_ms)
 
     def live_rows(self, cutoff: np.ndarray) -> int:
         """Rows with ts > cutoff[code]."""
@@ -285,8 +292,8 @@ class TradeState:
         5k market-open run allocated 6.8 M slots and stalled the runner 3.6 s (docs/benchmarks.md)."""
         has = live > 0
         projected = live.astype(np.float64)
-        newest = self.ts[tail[has] - 1]
-        span = np.maximum(newest - self.ts[first[has]], 1).astype(np.float64)
+        newest = self.ts_of(tail[has] - 1)
+        span = np.maximum(newest - self.ts_of(first[has]), 1).astype(np.float64)
         window = (newest - np.maximum(cutoff[has], newest - 2**52)).astype(np.float64)
         projected[has] *= np.clip(window / span, 1.0, FILL_PROJECTION)
         return np.ceil(projected).astype(np.int64)
@@ -295,7 +302,7 @@ class TradeState:
         """The row arrays a re-layout or a compaction moves; the prefix sums and `last_ok` are
         recomputed from them (`_resum`)."""
         return (
-            self.key, self.ts, self.price, self.size, self.late, self.csize, self.vol_ok, self.price_ok,
+            self.key, self.price, self.size, self.late, self.csize, self.vol_ok, self.price_ok,
         )  # fmt: skip
 
     def _compact(self, codes: np.ndarray, need: np.ndarray, cutoff: np.ndarray) -> bool:
@@ -322,7 +329,6 @@ class TradeState:
         # The slots left behind get what a fresh region has (`_alloc_rows`): the gap sentinel key first.
         freed, fgrp = ranges(reg0 + live, tail)
         self.key[freed] = fcodes[fgrp] * K + (K - 1)
-        self.ts[freed] = np.iinfo(np.int64).max // 2
         self.last_ok[freed] = -1
         for array in (
             self.price, self.size, self.late, self.csize, self.vol_ok, self.price_ok,
@@ -344,7 +350,7 @@ class TradeState:
         bend = np.int64(len(self.b_key))
         btail = np.r_[self.btail, np.full(len(codes) - len(self.btail), bend)]
         bfirst = btail.copy()
-        bfirst[has] = self.bucket_slot(codes[has], self.ts[first[has]] // self.bucket_ms)
+        bfirst[has] = self.bucket_slot(codes[has], self.ts_of(first[has]) // self.bucket_ms)
         blive = btail - bfirst
         bcap = np.maximum(MIN_CAP, 2 * (blive + want))
         bnew0 = np.r_[0, np.cumsum(bcap)[:-1]].astype(np.int64)
@@ -472,7 +478,6 @@ class TradeState:
         grp = np.repeat(np.arange(len(ucode)), total)
         dest = ins[grp] + np.arange(len(grp)) - np.repeat(np.cumsum(total) - total, total)
         self.key[dest] = ckey[order]
-        self.ts[dest] = np.concatenate((self.ts[sidx], ts))[order]
         self.price[dest] = np.concatenate((self.price[sidx], price))[order]
         self.size[dest] = np.concatenate((self.size[sidx], size))[order]
         self.late[dest] = np.concatenate((self.late[sidx], late))[order]
@@ -510,7 +515,7 @@ class TradeState:
         bucket_ms = self.bucket_ms
         minb = ts[ustart] // bucket_ms
         ridx, rgrp = ranges(self.first_at(ucode, minb * bucket_ms), self.tail[ucode])
-        rb = self.ts[ridx] // bucket_ms
+        rb = self.ts_of(ridx) // bucket_ms
         bstart = group_starts(rgrp, rb)
         bgrp = rgrp[bstart]
         nb = np.bincount(bgrp, minlength=len(ucode))
