@@ -882,38 +882,3 @@ def test_long_stream_prefix_sums_do_not_drift() -> None:
         want = naive_vector(seen, me, no_quotes, CFG)
         want |= {"ticker": ticker[i], "ts_ms": int(ts[i]), "late_events": 0}
         assert_vector_equal(got[i], want, f"trade {i}")
-
-
-def test_a_steady_tickers_region_holds_its_window_and_half_as_much_again(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Regions are sized at REGION_ROOM (1.5) × their rows and compacted in place while their live rows
-    fit in COMPACT_FILL (90 %) of them: a steady ticker, once its windows are full, is compacted, never
-    re-laid out, and its slots stay within 1.6 × the rows its windows can still reach (2.0 × before)."""
-    cfg = FeatureConfig()
-    engine, t0, step = FeatureEngine(cfg), 1_700_000_000_000, 20
-    newest, ratios, relayouts = t0, [], []
-    alloc_rows = TradeState._alloc_rows
-
-    def relayout(self: TradeState, codes: np.ndarray, caps: np.ndarray) -> None:
-        relayouts.append(newest)
-        alloc_rows(self, codes, caps)
-
-    monkeypatch.setattr(TradeState, "_alloc_rows", relayout)
-    for start in range(0, 3 * cfg.horizon_ms // step, 1000):
-        ts = t0 + step * np.arange(start, start + 1000)
-        n = len(ts)
-        trades = TradeColumns(
-            ticker=np.full(n, "S", dtype=object), price=100.0 + (ts % 7) / 100, size=np.full(n, 10.0),
-            ts_ms=ts, sequence=ts - t0, event_id=np.array([str(t) for t in ts], dtype=object),
-            conditions=np.full(n, None, dtype=object),
-        )  # fmt: skip
-        engine.process(trades, QuoteColumns.empty())
-        newest = int(ts[-1])
-        if newest > t0 + 2 * cfg.horizon_ms:
-            state = engine._trades
-            rows = np.arange(state.reg0[0], state.tail[0])
-            reachable = int((state.ts_of(rows) > newest - cfg.horizon_ms - cfg.late_grace_ms).sum())
-            ratios.append(len(state.key) / reachable)
-    assert relayouts and max(relayouts) < t0 + 2 * cfg.horizon_ms  # none once the windows are full
-    assert max(ratios) <= 1.6, max(ratios)

@@ -52,14 +52,6 @@ KTS_MASK = np.int64(2**KEY_BITS - 1)  # a row's ts = (key & KTS_MASK) − KOFF (
 TS_MIN, TS_MAX = -KOFF, 2**KEY_BITS - 2 - KOFF  # the ts a row's key holds unclipped (`kts`)
 MIN_CAP = 64
 FILL_PROJECTION = 2.0
-REGION_ROOM = 1.5
-"""A re-layout sizes each code's region at this × the rows it is projected to hold (`_projected`)."""
-COMPACT_FILL = 0.9
-"""A full region is compacted in place if its live rows (and the batch's) fit in this share of it; else
-everything is re-laid out. With REGION_ROOM 1.5 a code may grow 35 % beyond its rows at the last
-re-layout before the next; a steady ticker's region holds half a window of dead rows when it fills.
-Against 2.0 and 0.75 (docs/benchmarks.md, session 21): 18 % fewer slots at 15k ev/s, 46 % fewer in the
-market-open burst, compactions (each of one full code's rows) ~1 s per 15 minutes at 15k."""
 """Most a re-layout sizes a region beyond its live rows while the code's window is still filling."""
 ROW_INDEX_LIMIT = 2**31  # row indices (`last_ok`) and a region's prefix counts are int32
 ACC = np.longdouble  # prefix-sum accumulator (80-bit extended on x86-64)
@@ -133,9 +125,9 @@ class TradeState:
     composite key code·K + ts is sorted globally); its rows occupy [.., tail[c]), sorted by (ts,
     arrival), and the rest of the region holds the gap sentinel key. Rows below the eviction cutoff
     stay until the region fills (they can never fall inside a future window); then, if the live rows
-    fit in `COMPACT_FILL` of the region, that code alone is compacted in place (`_compact`), else
-    everything is re-laid out with regions of `REGION_ROOM` × the live rows (× the rows a filling
-    window is projected to hold: `_projected`); either way dead rows are dropped,
+    fit in three quarters of the region, that code alone is compacted in place (`_compact`), else
+    everything is re-laid out with regions of twice the live rows (twice the rows a filling window
+    is projected to hold: `_projected`); either way dead rows are dropped,
     prefix sums re-based at zero and prices re-centred, so the sums never span more than ~2 regions'
     worth of rows. A batch only rewrites each code's suffix from
     its earliest trade (bounded by the late grace) and the buckets from that trade's bucket on.
@@ -274,8 +266,7 @@ class TradeState:
         if rows_fit:
             return
         self.centre = np.r_[self.centre, np.zeros(grow)]
-        rows = self._projected(first, tail, live, cutoff) + want
-        cap = np.maximum(MIN_CAP, np.ceil(REGION_ROOM * rows).astype(np.int64))
+        cap = np.maximum(MIN_CAP, 2 * (self._projected(first, tail, live, cutoff) + want))
         new0 = np.r_[0, np.cumsum(cap)[:-1]].astype(np.int64)
         src, grp = ranges(first, tail)
         keep = [array[src] for array in self._row_values()]
@@ -319,15 +310,15 @@ class TradeState:
         cutoff[code] of the codes whose region is full: their live rows move to the start of their own
         region and are re-based there (as a re-layout re-bases them), the other codes are not touched.
         That costs those codes' rows, where a re-layout moves every code's (seconds at 15k ev/s). Only
-        when every full code's live rows and need fit in `COMPACT_FILL` of its region (sized at
-        `REGION_ROOM` × its live rows, a steady ticker fills it with half a window of dead rows);
-        otherwise nothing changes and False is returned (a re-layout sizes the regions anew)."""
+        when every full code is left with at least a quarter of its region free (a region is sized at
+        twice its live rows, so a steady ticker fills it with about a window of dead rows); otherwise
+        nothing changes and False is returned (a re-layout sizes the regions anew)."""
         full = self.tail[codes] + need > self.reg0[codes] + self.cap[codes]
         fcodes, fneed = codes[full], need[full]
         tail, reg0 = self.tail[fcodes], self.reg0[fcodes]
         first = np.minimum(self.first_after(fcodes, cutoff[fcodes]), tail)
         live = tail - first
-        if ((live + fneed) > COMPACT_FILL * self.cap[fcodes]).any():
+        if ((live + fneed) * 4 > 3 * self.cap[fcodes]).any():
             return False
         has = live > 0
         self.centre[fcodes[has]] = self.price[first[has]]
