@@ -162,8 +162,8 @@ def parse_frame(raw: str | bytes, received_ts_us: int, max_frame_bytes: int = 4 
 
 
 _EV = methodcaller("get", "ev")
-_TRADE_REQUIRED = itemgetter("sym", "x", "i", "p", "s", "t", "q", "z")
-_QUOTE_REQUIRED = itemgetter("sym", "t", "q", "bp", "bs", "bx", "ap", "as", "ax", "z")
+_TRADE_REQUIRED = itemgetter(*TRADE_WIRE)  # the wire fields in TRADE_WIRE's order
+_QUOTE_REQUIRED = itemgetter(*QUOTE_WIRE)
 _C, _I, _DS = methodcaller("get", "c"), methodcaller("get", "i"), methodcaller("get", "ds")
 _TRFI, _TRFT = methodcaller("get", "trfi"), methodcaller("get", "trft")
 _NONE = type(None)
@@ -193,6 +193,20 @@ def _columns(events: list[Any], frame: ParsedFrame) -> list[Any]:
     return [e for e, kind in zip(events, kinds, strict=True) if kind != "T" and kind != "Q"]
 
 
+def _required_columns(getter: itemgetter[Any], events: list[dict[str, Any]]) -> tuple[Any, ...] | None:
+    """The required wire fields of non-empty `events` as columns, in `getter`'s order; None if an event
+    lacks one."""
+    try:
+        return tuple(zip(*map(getter, events), strict=True))
+    except KeyError:
+        return None
+
+
+def _fields_pass(rules: dict[str, Rule], wire: dict[str, str], columns: tuple[Any, ...]) -> bool:
+    """Every column (in `wire`'s order) passes the rule of the model field its wire field becomes."""
+    return all(rules[name].all_pass(column) for name, column in zip(wire.values(), columns, strict=True))
+
+
 def _int_lists_pass(values: list[Any]) -> bool:
     """Every value None or a list of ints (`_int_list`)."""
     return set(map(type, values)) <= {list, _NONE} and set(
@@ -205,46 +219,37 @@ def _trade_columns(events: list[dict[str, Any]], received_ts_us: int) -> list[Re
     decimal size `ds`, which the per-event path reads)."""
     if not events:
         return []
-    try:
-        sym, x, i, p, s, t, q, z = zip(*map(_TRADE_REQUIRED, events), strict=True)
-    except KeyError:
+    columns = _required_columns(_TRADE_REQUIRED, events)
+    if columns is None:
         return None
+    sym, x, i, p, s, t, q, z = columns
     c, trfi, trft = list(map(_C, events)), list(map(_TRFI, events)), list(map(_TRFT, events))
     if not (
         set(map(type, map(_DS, events))) == {_NONE}
-        and _TRADE["ticker"].all_pass(sym)
-        and _TRADE["exchange"].all_pass(x)
-        and _TRADE["trade_id"].all_pass(i)
-        and _TRADE["price"].all_pass(p)
-        and _TRADE["size"].all_pass(s)
+        and _fields_pass(_TRADE, TRADE_WIRE, columns)
         and _TRADE_NOTIONAL.all_pass(p, s)
-        and _TRADE["exchange_ts_ms"].all_pass(t)
-        and _TRADE["sequence"].all_pass(q)
-        and _TRADE["tape"].all_pass(z)
         and _int_lists_pass(c)
         and set(map(type, trfi)) <= {int, _NONE}
         and set(map(type, trft)) <= {int, _NONE}
     ):
         return None
-    ids = map(trade_event_id, sym, x, i, t, q)
     return [
-        {
-            "event_id": event_id,
-            "ticker": ticker,
-            "price": float(price),
-            "size": float(size),
-            "exchange": exchange,
-            "trade_id": trade_id,
-            "tape": tape,
-            "conditions": [] if conditions is None else conditions,
-            "sequence": seq,
-            "exchange_ts_ms": ts,
-            "received_ts_us": received_ts_us,
-            "trf_id": trf_id,
-            "trf_ts_ms": trf_ts_ms,
-        }
-        for event_id, ticker, price, size, exchange, trade_id, tape, conditions, seq, ts, trf_id, trf_ts_ms in zip(
-            ids, sym, p, s, x, i, z, c, q, t, trfi, trft, strict=True
+        _trade(
+            ticker,
+            exchange,
+            trade_id,
+            price,
+            size,
+            ts=ts,
+            seq=seq,
+            tape=tape,
+            conditions=[] if conditions is None else conditions,
+            received_ts_us=received_ts_us,
+            trf_id=trf_id,
+            trf_ts_ms=trf_ts_ms,
+        )
+        for ticker, exchange, trade_id, price, size, ts, seq, tape, conditions, trf_id, trf_ts_ms in zip(
+            sym, x, i, p, s, t, q, z, c, trfi, trft, strict=True
         )
     ]
 
@@ -254,24 +259,15 @@ def _quote_columns(events: list[dict[str, Any]], received_ts_us: int) -> list[Re
     condition list, which the per-event path reads)."""
     if not events:
         return []
-    try:
-        sym, t, q, bp, bs, bx, ap, as_, ax, z = zip(*map(_QUOTE_REQUIRED, events), strict=True)
-    except KeyError:
+    columns = _required_columns(_QUOTE_REQUIRED, events)
+    if columns is None:
         return None
+    sym, bp, bs, bx, ap, as_, ax, z, q, t = columns
     c, indicators = list(map(_C, events)), list(map(_I, events))
     if not (
-        _QUOTE["ticker"].all_pass(sym)
-        and _QUOTE["exchange_ts_ms"].all_pass(t)
-        and _QUOTE["sequence"].all_pass(q)
-        and _QUOTE["bid_price"].all_pass(bp)
-        and _QUOTE["bid_size"].all_pass(bs)
-        and _QUOTE["bid_exchange"].all_pass(bx)
-        and _QUOTE["ask_price"].all_pass(ap)
-        and _QUOTE["ask_size"].all_pass(as_)
-        and _QUOTE["ask_exchange"].all_pass(ax)
+        _fields_pass(_QUOTE, QUOTE_WIRE, columns)
         and _BID_NOTIONAL.all_pass(bp, bs)
         and _ASK_NOTIONAL.all_pass(ap, as_)
-        and _QUOTE["tape"].all_pass(z)
         and set(map(type, c)) <= {int, _NONE}
         and _int_lists_pass(indicators)
     ):
