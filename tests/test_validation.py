@@ -214,7 +214,9 @@ class _Message:
         return None
 
 
-@pytest.mark.parametrize(("topic", "name", "value"), [case for case in CASES if case.values[2] is not MISSING])
+@pytest.mark.parametrize(
+    ("topic", "name", "value"), [case for case in CASES if case.values[2] is not MISSING]
+)
 def test_a_column_with_a_value_that_breaks_the_rule_does_not_pass_as_a_whole(
     topic: str, name: str, value: Any
 ) -> None:

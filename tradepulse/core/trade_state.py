@@ -224,8 +224,8 @@ class TradeState:
         return np.searchsorted(self.b_key, code * K + kts(bucket), side="left")
 
     def ts_of(self, rows: np.ndarray) -> np.ndarray:
-        """The ts of each of `rows` (live rows: a gap slot has no ts). The key holds it unclipped: `merge`
-        takes only ts in [`TS_MIN`, `TS_MAX`]."""
+        """The ts of each of `rows` (live rows: a gap slot has no ts). The key holds it unclipped: the
+        core folds in only ts in [`TS_MIN`, `TS_MAX`] (`FeatureEngine.process` rejects the others)."""
         return (self.key[rows] & KTS_MASK) - KOFF
 
     def bucket_of(self, rows: np.ndarray) -> np.ndarray:
