@@ -210,7 +210,7 @@ def _fields_pass(rules: dict[str, Rule], wire: dict[str, str], columns: tuple[An
 def _int_lists_pass(values: list[Any]) -> bool:
     """Every value None or a list of ints (`_int_list`)."""
     return set(map(type, values)) <= {list, _NONE} and set(
-        map(type, chain.from_iterable(v for v in values if v is not None))
+        map(type, chain.from_iterable(filter(None, values)))
     ) <= {int}
 
 
@@ -272,26 +272,24 @@ def _quote_columns(events: list[dict[str, Any]], received_ts_us: int) -> list[Re
         and _int_lists_pass(indicators)
     ):
         return None
-    ids = map(quote_event_id, sym, t, q)
     return [
-        {
-            "event_id": event_id,
-            "ticker": ticker,
-            "bid_price": float(bid_price),
-            "bid_size": float(bid_size),
-            "bid_exchange": bid_exchange,
-            "ask_price": float(ask_price),
-            "ask_size": float(ask_size),
-            "ask_exchange": ask_exchange,
-            "conditions": [] if condition is None else [condition],
-            "indicators": [] if indicator is None else indicator,
-            "tape": tape,
-            "sequence": seq,
-            "exchange_ts_ms": ts,
-            "received_ts_us": received_ts_us,
-        }
-        for event_id, ticker, bid_price, bid_size, bid_exchange, ask_price, ask_size, ask_exchange, condition, indicator, tape, seq, ts in zip(
-            ids, sym, bp, bs, bx, ap, as_, ax, c, indicators, z, q, t, strict=True
+        _quote(
+            ticker,
+            bid_price,
+            bid_size,
+            bid_exchange,
+            ask_price,
+            ask_size,
+            ask_exchange,
+            conditions=[] if condition is None else [condition],
+            indicators=[] if indicator is None else indicator,
+            tape=tape,
+            seq=seq,
+            ts=ts,
+            received_ts_us=received_ts_us,
+        )
+        for ticker, bid_price, bid_size, bid_exchange, ask_price, ask_size, ask_exchange, condition, indicator, tape, seq, ts in zip(
+            sym, bp, bs, bx, ap, as_, ax, c, indicators, z, q, t, strict=True
         )
     ]
 
@@ -408,18 +406,53 @@ def quote_record(e: dict[str, Any], received_ts_us: int) -> Record:
     ask_exchange = _ASK_EXCHANGE("ax", e["ax"])
     _BID_NOTIONAL.check("bp", bid_price, "bs", bid_size)
     _ASK_NOTIONAL.check("ap", ask_price, "as", ask_size)
+    indicators = _int_list(e, "i")
+    return _quote(
+        ticker,
+        bid_price,
+        bid_size,
+        bid_exchange,
+        ask_price,
+        ask_size,
+        ask_exchange,
+        conditions=conditions,
+        indicators=indicators,
+        tape=_QUOTE_TAPE("z", e["z"]),
+        seq=seq,
+        ts=ts,
+        received_ts_us=received_ts_us,
+    )
+
+
+def _quote(
+    ticker: str,
+    bid_price: Any,
+    bid_size: Any,
+    bid_exchange: int,
+    ask_price: Any,
+    ask_size: Any,
+    ask_exchange: int,
+    *,
+    conditions: list[int],
+    indicators: list[int],
+    tape: int,
+    seq: int,
+    ts: int,
+    received_ts_us: int,
+) -> Record:
+    """The `models.Quote` dict of validated fields (the per-event path and the column pass alike)."""
     return {
         "event_id": quote_event_id(ticker, ts, seq),
         "ticker": ticker,
-        "bid_price": bid_price,
-        "bid_size": bid_size,
+        "bid_price": float(bid_price),
+        "bid_size": float(bid_size),
         "bid_exchange": bid_exchange,
-        "ask_price": ask_price,
-        "ask_size": ask_size,
+        "ask_price": float(ask_price),
+        "ask_size": float(ask_size),
         "ask_exchange": ask_exchange,
         "conditions": conditions,
-        "indicators": _int_list(e, "i"),
-        "tape": _QUOTE_TAPE("z", e["z"]),
+        "indicators": indicators,
+        "tape": tape,
         "sequence": seq,
         "exchange_ts_ms": ts,
         "received_ts_us": received_ts_us,
