@@ -7,7 +7,7 @@ definitions.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -63,6 +63,22 @@ class Corrections:
             izero.copy(),
             last_row,
         )
+
+    def extended(self, last_row: np.ndarray) -> Corrections:
+        """These corrections followed by none for `len(last_row)` more rows (`last_row`: their latest
+        price-eligible rows), for one `window_features` call over both."""
+        more = Corrections.zeros(last_row)
+        return Corrections(
+            *(
+                np.concatenate((mine, theirs), axis=-1)
+                for mine, theirs in zip(_fields_of(self), _fields_of(more), strict=True)
+            )
+        )
+
+
+def _fields_of(c: Corrections) -> tuple[np.ndarray, ...]:
+    """The arrays of `c` in declaration order, not copied (`dataclasses.astuple` deep-copies)."""
+    return tuple(getattr(c, f.name) for f in fields(c))
 
 
 def window_features(

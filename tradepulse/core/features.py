@@ -111,6 +111,7 @@ from tradepulse.core.columns import QuoteColumns, TradeColumns
 from tradepulse.core.conditions import ConditionRules
 from tradepulse.core.feature_config import FeatureConfig
 from tradepulse.core.feature_windows import (
+    Corrections,
     closing_snapshots,
     disorder_corrections,
     open_snapshots,
@@ -130,6 +131,8 @@ from tradepulse.core.trade_state import (
     kts,
 )
 from tradepulse.models import FeatureVector
+
+_NO_ROWS = np.empty(0, dtype=np.int64)
 
 FEATURE_COLUMNS = (
     "vwap_1min",
@@ -282,7 +285,7 @@ class FeatureEngine:
     def _ingest_quotes(self, quotes: QuoteColumns) -> None:
         if len(quotes) == 0:
             return
-        self._quotes.ingest(self._codes_for(quotes.ticker), quotes, len(self._names))
+        self._quotes.ingest(self._codes_for(quotes.ticker), quotes)
 
     def _spread_at(self, codes: np.ndarray, ts: np.ndarray) -> np.ndarray:
         return self._quotes.spread_at(codes, ts)
@@ -313,15 +316,22 @@ class FeatureEngine:
             return self._empty_output(rejected, late_ids, unknown)
         # 3. Merge accepted trades into the state, key order (code, ts, arrival).
         batch = self._merge(trades, arrivals, accepted, attached, eligible)
-        # 4. Per-trade vectors (arrival view, corrected for within-batch disorder).
-        corr = disorder_corrections(batch.pos, arrivals.gidx[accepted], self._trades)
-        feats = window_features(self.config, self._trades, batch.pos, batch.code, batch.ts, batch.price, corr)
+        # 4. The rows of the final revisions of the seconds that close in this batch, and of a
+        # provisional revision of each ticker's newest second.
+        cfg, state = self.config, self._trades
+        final, final_late, final_rows = closing_snapshots(
+            cfg, state, batch.codes, arrivals.wm_before, self._wm
+        )
+        fresh, fresh_late = (
+            open_snapshots(cfg, state, batch.codes, self._wm) if cfg.provisional else (_NO_ROWS, _NO_ROWS)
+        )
+        # 5. Per-trade vectors (arrival view, corrected for within-batch disorder) and the revisions'
+        # (final view, no correction).
+        corr = disorder_corrections(batch.pos, arrivals.gidx[accepted], state)
+        feats, final_cols, fresh_cols = self._window_columns(batch, corr, final, fresh)
         batch.last_price = feats.pop("price")
-        feats["bid_ask_spread"] = self._spread_at(batch.code, batch.ts)
-        # 5. Final revisions of the seconds that close in this batch (final view, no correction), and
-        # a provisional revision of each ticker's newest second.
-        snapshots, final_rows = self._snapshots(batch.codes, arrivals.wm_before)
-        provisional = self._provisional(batch.codes) if self.config.provisional else []
+        snapshots = self._revisions(final, final_late, final_cols, final=True)
+        provisional = self._revisions(fresh, fresh_late, fresh_cols, final=False) if cfg.provisional else []
         # 6. Output in processing (arrival) order.
         per_trade, latest = self._outputs(trades, batch, feats)
         self._trim_quotes()
@@ -452,36 +462,47 @@ class FeatureEngine:
             arrival, a_code, a_ts, a_price, a_size, attached, key_order, k_code[ustart], pos, a_price.copy()
         )
 
-    def _snapshots(self, codes: np.ndarray, wm_before: np.ndarray) -> tuple[list[dict], np.ndarray]:
-        """Step 5: final revisions of the seconds of `codes` that close in this batch, by (ts, ticker),
-        and the state rows of those seconds' trades."""
-        rows, late, closing_rows = closing_snapshots(self.config, self._trades, codes, wm_before, self._wm)
-        return self._revisions(rows, late, final=True), closing_rows
+    def _window_columns(
+        self, b: _Accepted, corr: Corrections | None, *row_sets: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], ...]:
+        """The window features and spreads of the batch's trades (arrival view, `corr` subtracted) and
+        of each of `row_sets` (state rows, final view), from one `window_features` call: its columns
+        are elementwise, so each row gets the bits a call of its own would give, and a batch pays the
+        call's numpy operations, a fixed cost per call that small batches feel most, once rather than
+        once per set."""
+        state = self._trades
+        extra = np.concatenate(row_sets)
+        rows = np.concatenate((b.pos, extra))
+        code = np.concatenate((b.code, state.code_of(extra)))
+        ts = np.concatenate((b.ts, state.ts_of(extra)))
+        price = np.concatenate((b.price, state.price[extra]))
+        if corr is not None:
+            corr = corr.extended(state.last_ok[extra])
+        cols = window_features(self.config, state, rows, code, ts, price, corr)
+        cols["bid_ask_spread"] = self._spread_at(code, ts)
+        bounds = np.cumsum([len(b.pos), *map(len, row_sets)]).tolist()
+        parts = zip([0, *bounds[:-1]], bounds, strict=True)
+        return tuple({name: column[lo:hi] for name, column in cols.items()} for lo, hi in parts)
 
-    def _provisional(self, codes: np.ndarray) -> list[dict]:
-        """Step 5: a provisional revision of the newest second of each of `codes`, by (ts, ticker)."""
-        rows, late = open_snapshots(self.config, self._trades, codes, self._wm)
-        return self._revisions(rows, late, final=False)
-
-    def _revisions(self, rows: np.ndarray, late: np.ndarray, *, final: bool) -> list[dict]:
-        """The vectors as of state `rows` (each the latest row of its second so far), with their
-        revision numbers, by (ts, ticker)."""
+    def _revisions(
+        self, rows: np.ndarray, late: np.ndarray, cols: dict[str, np.ndarray], *, final: bool
+    ) -> list[dict]:
+        """The vectors as of state `rows` (each the latest row of its second so far; `cols`: their window
+        features and spreads, `_window_columns`), with their revision numbers, by (ts, ticker)."""
+        if len(rows) == 0:
+            return []
         cfg, state = self.config, self._trades
-        cols: dict[str, np.ndarray] = {}
-        starts: list[int] = []
-        revisions: list[int] = []
-        if len(rows):
-            s_code, s_ts = state.code_of(rows), state.ts_of(rows)
-            cols = window_features(cfg, state, rows, s_code, s_ts, state.price[rows], None)
-            cols["bid_ask_spread"] = self._spread_at(s_code, s_ts)
-            cols["ticker"] = np.asarray(self._names, dtype=object)[s_code]
-            cols["ts_ms"] = s_ts
-            cols["late_events"] = late
-            cols["window_start_ms"] = s_ts - cfg.vwap_long_ms
-            cols["window_end_ms"] = s_ts
-            starts = (s_ts // cfg.snapshot_ms * cfg.snapshot_ms).tolist()
-            revisions = revision_numbers(cfg, state, rows, final).tolist()
-        vectors = vector_dicts(cols, np.arange(len(rows))) if len(rows) else []
+        s_code, s_ts = state.code_of(rows), state.ts_of(rows)
+        cols = cols | {
+            "ticker": np.asarray(self._names, dtype=object)[s_code],
+            "ts_ms": s_ts,
+            "late_events": late,
+            "window_start_ms": s_ts - cfg.vwap_long_ms,
+            "window_end_ms": s_ts,
+        }
+        starts = (s_ts // cfg.snapshot_ms * cfg.snapshot_ms).tolist()
+        revisions = revision_numbers(cfg, state, rows, final).tolist()
+        vectors = vector_dicts(cols, np.arange(len(rows)))
         for vector, start, revision in zip(vectors, starts, revisions, strict=True):
             vector |= {"snapshot_start_ms": start, "revision": revision, "final": final}
         vectors.sort(key=lambda v: (v["ts_ms"], v["ticker"]))
