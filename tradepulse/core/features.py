@@ -407,7 +407,7 @@ class FeatureEngine:
             self._pending_late[a.gcode[acc_g[last]]] = (
                 cum_late[group_end[acc_g[last]]] - cum_late[acc_s[last]]
             )
-        no_accept = np.setdiff1d(np.arange(len(a.gstart)), a.gidx[acc_s], assume_unique=False)
+        no_accept = np.flatnonzero(np.bincount(a.gidx[acc_s], minlength=len(a.gstart)) == 0)
         self._pending_late[a.gcode[no_accept]] += late_per_group[no_accept]
         return acc_s, attached
 

@@ -44,9 +44,13 @@ class QuoteBook:
         batch_key = codes * K + kts(ts)
         order = np.argsort(batch_key, kind="stable")
         batch_key = batch_key[order]
-        at = self.key.searchsorted(batch_key, side="right")  # after the held quotes of an equal key
-        self.key = np.insert(self.key, at, batch_key)
-        self.spread = np.insert(self.spread, at, spread[order])
+        # Where each new quote goes in the merged book: after the held quotes of an equal key, and after
+        # the new ones before it (`np.insert`'s placement, without its per-call argument handling).
+        new = self.key.searchsorted(batch_key, side="right") + np.arange(len(batch_key))
+        held = np.ones(len(self.key) + len(batch_key), dtype=bool)
+        held[new] = False
+        self.key = _merged(self.key, held, new, batch_key)
+        self.spread = _merged(self.spread, held, new, spread[order])
 
     def spread_at(self, codes: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """Spread of the latest quote with ts <= t of each (code, t); NaN when there is none."""
@@ -79,3 +83,11 @@ class QuoteBook:
         rows, _ = ranges(keep_from, end)
         self.key = self.key[rows]
         self.spread = self.spread[rows]
+
+
+def _merged(old: np.ndarray, held: np.ndarray, new: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """`old` at the positions `held` marks and `values` at the positions `new`, as one array."""
+    out = np.empty(len(held), dtype=old.dtype)
+    out[held] = old
+    out[new] = values
+    return out
