@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 class QuoteBook:
     """Quotes sorted by their composite key (code · K + ts, as the trade state's: `kts`), arrival order
     among equal keys, and the quote watermark per code. The key is kept, not recomputed per batch from
-    the codes and times (a quote's ts clipped to the trade state's range: a quote beyond it, which the
-    input rules already refuse, sorts at the range's end)."""
+    the codes and times. It holds the ts clipped to the trade state's range (`TS_MIN`, `TS_MAX`): a
+    quote beyond it, which the input rules (`EpochMs`) already refuse, sorts at the nearer end."""
 
     def __init__(self) -> None:
         self.wm = np.empty(0, dtype=np.int64)  # quote watermark per code
