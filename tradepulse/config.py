@@ -192,6 +192,13 @@ class Settings(BaseSettings):
         description="Emit each ticker's feature vector as trades arrive (provisional revisions, at most one "
         "per ticker per batch), not only once its second closed after the late grace (the final revision).",
     )
+    feature_revision_interval_ms: float = Field(
+        default=250.0,
+        ge=0,
+        description="Least time between two provisional revisions of a ticker (0: one every batch with "
+        "its trades). A trade waits at most this long for its first revision; fewer revisions cost less "
+        "CPU, Kafka and hot-store writes (DynamoDB's per-item writes in AWS). Below the late grace.",
+    )
     # Anomaly model (tradepulse.core.anomaly): refits at event-time points, one model per partition.
     anomaly_warmup_s: float = Field(
         default=300.0, ge=0, description="A ticker is neither scored nor learned from until then."

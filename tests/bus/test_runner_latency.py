@@ -12,13 +12,14 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from tests.bus.test_runner import make_recording, own_group, produce, running, wait_for
+from tests.bus.test_runner import make_recording, own_group, produce, read_topic, running, wait_for
 from tradepulse.bus.clients import producer_config
 from tradepulse.bus.pipeline import build_runner
 from tradepulse.bus.runner import Runner
 from tradepulse.bus.stages import BATCH_STAGES, RECORD_STAGES
 from tradepulse.config import Settings
-from tradepulse.topics import TRADES
+from tradepulse.stores.factory import open_hot_store
+from tradepulse.topics import FEATURES, TRADES
 
 pytestmark = pytest.mark.kafka
 
@@ -58,7 +59,8 @@ def test_every_stage_is_recorded_and_the_heartbeat_has_the_last_minutes_e2e(kafk
     assert 0 < status["e2e_latency_p50_ms"] <= status["e2e_latency_p99_ms"]
     assert status["e2e_latency_ms"]["count"] == trades
     assert set(status["stage_p99_ms"]) >= {*BATCH_STAGES, *RECORD_STAGES}
-    # Feature freshness: every accepted trade is in a provisional revision of its own batch; the final
+    # Feature freshness: every accepted trade is in a provisional revision of its own batch or of its
+    # ticker's next (the revision interval; those still waiting at the stop are not); the final
     # revisions cover the trades of the seconds closed by the end (the last ~3 s stay open).
     assert stages["fresh_first"]["count"] > stages["fresh_final"]["count"] > 0.8 * trades
 
@@ -144,3 +146,34 @@ def test_the_batches_of_one_commit_interval_share_a_transaction(
         # Every trade was in the hot store while at most one transaction per interval had begun.
         assert commits_when_fed <= fed_s // interval_s + 1
         assert stages["commit"]["count"] <= run_s // interval_s + 2
+
+
+def test_an_idle_runner_emits_the_revisions_its_interval_held_back(kafka_settings: Settings) -> None:
+    """A ticker's first trade gets its provisional feature revision at once; the next ones, right
+    behind it, wait for the revision interval. Nothing else comes, and the idle runner emits their
+    revision anyway (hot store and market.features): every trade is in one, and counted once."""
+    settings = own_group(kafka_settings).model_copy(update={"feature_revision_interval_ms": 1900})
+    events = [e for e in make_recording(duration_s=20, rate=20, seed=9).events if e[0] == TRADES]
+    ticker = events[0][2]["ticker"]
+    trades = [e for e in events if e[2]["ticker"] == ticker][:4]
+    last_ts = max(row["exchange_ts_ms"] for _, _, row in trades)
+    runner = build_runner(settings, instance="idle-flush")
+    producer = Producer(producer_config(settings, **{"linger.ms": 0}))
+    hot = open_hot_store(settings)
+
+    def latest_ts() -> object:
+        row = hot.latest_features(ticker)
+        return None if row is None else row["ts_ms"]
+
+    with running(runner):
+        wait_for(lambda: bool(runner._assignment), 60, "the assignment")
+        produce(settings, _live(trades[:1]), producer)
+        wait_for(lambda: latest_ts() == trades[0][2]["exchange_ts_ms"], 60, "the first revision")
+        produce(settings, _live(trades[1:]), producer)
+        wait_for(lambda: runner.metrics.stages.summary()["e2e"]["count"] >= len(trades), 60, "the trades")
+        assert latest_ts() != last_ts  # held back: the interval since the first revision has not passed
+        wait_for(lambda: latest_ts() == last_ts, 30, "the held-back revision")
+        assert runner.metrics.stages.summary()["fresh_first"]["count"] == len(trades)
+    revisions = [f for f in read_topic(settings, FEATURES) if f["ticker"] == ticker]
+    assert [f["ts_ms"] for f in revisions] == [trades[0][2]["exchange_ts_ms"], last_ts]
+    assert not any(f["final"] for f in revisions)  # no later trade closed a second

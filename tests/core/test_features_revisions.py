@@ -9,7 +9,10 @@ per batch), so across splits the tests here assert the identity the topic promis
 - a (ticker, second, revision) names one vector: the same one in every split that emits it;
 - per (ticker, second), revisions strictly grow in emission order and the final one is the last;
 - at most one provisional revision per ticker per batch, and every trade accepted in a batch is in a
-  revision emitted by that batch (freshness: no trade waits for the grace period to be seen).
+  revision emitted by that batch (freshness: no trade waits for the grace period to be seen);
+- paced by a clock (`revision_interval_ms`), a ticker's revisions are at least the interval apart, each
+  trade is in the next one of its ticker (an empty batch's too), and each is the vector the unpaced run
+  names by the same (ticker, second, revision).
 """
 
 from __future__ import annotations
@@ -185,3 +188,122 @@ def _minus(items: list[tuple[str, int]], remove: list[tuple[str, int]]) -> list[
         else:
             out.append(item)
     return out
+
+
+# --- paced revisions (`revision_interval_ms` on the caller's clock) ----------------------------------
+INTERVAL_MS = 250.0
+STEP_MS = 40.0  # the clock advances this much per batch: a ticker is due a revision every ~7 batches
+
+
+def paced(batches: list[tuple[list[dict], list[dict]]]) -> tuple[FeatureEngine, list[tuple[float, dict]]]:
+    """Run `batches` with the clock at STEP_MS per batch, then one empty batch once all are due."""
+    engine = FeatureEngine(FeatureConfig(revision_interval_ms=INTERVAL_MS))
+    results = []
+    clock = 0.0
+    for trades, quotes in [*batches, ([], [])]:
+        if not trades and not quotes:
+            clock += INTERVAL_MS
+        out = engine.process(
+            TradeColumns.from_records(trades), QuoteColumns.from_records(quotes), clock_ms=clock
+        )
+        results.append(
+            (
+                clock,
+                {
+                    "arrays": out.per_trade,
+                    "snapshots": out.snapshots,
+                    "provisional": out.provisional,
+                    "first_ts": out.provisional_trade_ts_ms,
+                },
+            )
+        )
+        clock += STEP_MS
+    return engine, results
+
+
+@pytest.fixture(scope="module")
+def paced_run(stream: list[Event]) -> tuple[FeatureEngine, list[tuple[float, dict]]]:
+    return paced(split(stream, SPLITS["mixed"]))
+
+
+def test_paced_revisions_are_an_interval_apart(
+    paced_run: tuple[FeatureEngine, list[tuple[float, dict]]], runs: dict[str, list[dict]]
+) -> None:
+    last: dict[str, float] = {}
+    count = 0
+    for clock, r in paced_run[1]:
+        tickers = [v["ticker"] for v in r["provisional"]]
+        assert len(tickers) == len(set(tickers))
+        for ticker in tickers:
+            assert clock - last.get(ticker, -INTERVAL_MS) >= INTERVAL_MS, (ticker, clock)
+            last[ticker] = clock
+        count += len(tickers)
+    # The same batches unpaced emit one per ticker and batch with its trades: several times as many.
+    unpaced = len(flat(runs["mixed"], "provisional"))
+    assert 0 < count * 3 < unpaced
+
+
+def test_every_accepted_trade_is_first_in_the_next_revision_of_its_ticker(
+    paced_run: tuple[FeatureEngine, list[tuple[float, dict]]],
+) -> None:
+    """A trade waits for its ticker's next provisional revision, which holds it (its vector is as of
+    the ticker's latest trade), and `provisional_trade_ts_ms` names each accepted trade once, in the
+    batch of that revision; the last (empty) batch emits those still waiting at the end."""
+    engine, results = paced_run
+    waiting: dict[str, list[int]] = defaultdict(list)
+    accepted = 0
+    for _, r in results:
+        arrays = r["arrays"]
+        for ticker, ts in zip(arrays["ticker"].tolist(), arrays["ts_ms"].tolist(), strict=True):
+            waiting[ticker].append(ts)
+        accepted += len(arrays["ts_ms"])
+        first: list[int] = []
+        for v in r["provisional"]:
+            held = waiting.pop(v["ticker"])
+            assert held and max(held) <= v["ts_ms"], v["ticker"]
+            first += held
+        assert sorted(r["first_ts"].tolist()) == sorted(first)
+    assert not waiting and not engine.revisions_waiting()
+    assert accepted > 1000 and sum(len(r["first_ts"]) for _, r in results) == accepted
+    # The empty batch at the end emitted revisions (trades were still waiting for their interval).
+    assert results[-1][1]["provisional"]
+
+
+def test_a_paced_revision_is_the_vector_the_unpaced_run_names_so(
+    paced_run: tuple[FeatureEngine, list[tuple[float, dict]]], runs: dict[str, list[dict]]
+) -> None:
+    """Same batches: each paced revision is the unpaced run's revision of the same (ticker, second,
+    revision), emitted when the ticker's trades came in; only the spread may differ (the quotes that
+    arrived meanwhile). The final revisions are the same."""
+    unpaced = by_key(runs["mixed"])
+    paced_revisions = [v for _, r in paced_run[1] for v in r["provisional"]]
+    for v in paced_revisions:
+        want = unpaced[v["ticker"], v["snapshot_start_ms"], v["revision"]]
+        assert_vector_equal(v | {"bid_ask_spread": want["bid_ask_spread"]}, want, "paced")
+    finals = [v for _, r in paced_run[1] for v in r["snapshots"]]
+    assert finals == flat(runs["mixed"], "snapshots")
+
+
+def test_an_empty_batch_emits_the_revisions_that_came_due(stream: list[Event]) -> None:
+    engine = FeatureEngine(FeatureConfig(revision_interval_ms=INTERVAL_MS))
+    trades = [record for kind, record in stream if kind == "T" and record["ticker"] == "AAA"][:6]
+    empty = QuoteColumns.from_records([])
+
+    def run(records: list[dict], clock: float) -> tuple[list[int], list[int]]:
+        """(ts of the revisions emitted, ts of the trades first in them)."""
+        out = engine.process(TradeColumns.from_records(records), empty, clock_ms=clock)
+        return [v["ts_ms"] for v in out.provisional], sorted(out.provisional_trade_ts_ms.tolist())
+
+    ts = [t["exchange_ts_ms"] for t in trades]
+    assert run(trades[:3], 0.0) == ([max(ts[:3])], sorted(ts[:3]))  # a ticker's first: at once
+    assert run(trades[3:], 100.0) == ([], []) and engine.revisions_waiting()
+    assert run([], 200.0) == ([], []) and engine.revisions_waiting()  # not due yet
+    assert run([], 250.0) == ([max(ts)], sorted(ts[3:]))  # the interval since the first revision
+    assert not engine.revisions_waiting() and run([], 1000.0) == ([], [])
+
+
+def test_the_interval_stays_below_the_grace() -> None:
+    with pytest.raises(ValueError, match="revision_interval_ms"):
+        FeatureConfig(revision_interval_ms=FeatureConfig().late_grace_ms)
+    with pytest.raises(ValueError, match="revision_interval_ms"):
+        FeatureConfig(revision_interval_ms=-1)

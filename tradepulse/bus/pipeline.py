@@ -131,6 +131,9 @@ class CoreProcessor:
         batch.trade_outliers = flags  # some are flagged: `process` filters them out
         return {reason: count for reason, count in result.counts().items() if count}
 
+    def revisions_waiting(self) -> bool:
+        return self.engine.revisions_waiting()
+
     def pending_news(self) -> dict[int, list[int]]:
         """Per news partition, the offsets of the articles still waiting for their join window."""
         out: dict[int, list[int]] = {}
@@ -160,7 +163,7 @@ class CoreProcessor:
             replay_from[partition] = checkpoint.offset
         return replay_from
 
-    def process(self, batch: DecodedBatch, *, emit: bool) -> BatchOutputs:
+    def process(self, batch: DecodedBatch, *, emit: bool, paced: bool = True) -> BatchOutputs:
         # decode_batch already built the columns from the validated fields; rows are the fallback.
         trades = batch.trade_columns
         if trades is None:
@@ -177,7 +180,11 @@ class CoreProcessor:
         if quotes is None:
             quotes = QuoteColumns.from_records(batch.quotes) if batch.quotes else QuoteColumns.empty()
         started = time.perf_counter()
-        out = self.engine.process(trades, quotes)
+        # The provisional revisions' pace (`feature_revision_interval_ms`) is processing time. A rebuild
+        # (emit=False) has no clock, so no trade is left waiting after it: one that waited at the
+        # committed offsets may be in a revision already on the topic, which must not come twice.
+        clock_ms = time.monotonic() * 1000 if emit and paced else None
+        out = self.engine.process(trades, quotes, clock_ms=clock_ms)
         featured = time.perf_counter()
         # Final revisions of the closed seconds, then the provisional ones (docs/schema.md).
         features = [*out.snapshots, *out.provisional]
@@ -239,9 +246,12 @@ class CoreProcessor:
             bar_checks=checks,
             stage_ms={"features": (featured - started) * 1000, "anomaly": (scored - scoring) * 1000},
             # Freshness (`tradepulse.bus.stages`): the event times of the trades whose first revision
-            # (every accepted trade, with provisional revisions) and final revision this batch writes.
+            # (with provisional revisions: the one of this batch or a later one, see
+            # `feature_revision_interval_ms`) and final revision this batch writes.
             fresh_ts_ms={
-                "fresh_first": out.per_trade["ts_ms"] if self.config.provisional else out.final_trade_ts_ms,
+                "fresh_first": (
+                    out.provisional_trade_ts_ms if self.config.provisional else out.final_trade_ts_ms
+                ),
                 "fresh_final": out.final_trade_ts_ms,
             },
         )

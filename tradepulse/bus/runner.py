@@ -226,11 +226,16 @@ class Processor(Protocol):
         """Flag the batch's suspect trades (`outlier` on each trade row) before it is stored or
         processed; returns flagged trades per reason. Stateful like `process`, and rebuilt with it."""
 
-    def process(self, batch: DecodedBatch, *, emit: bool) -> BatchOutputs:
-        """Fold a batch into the state. With emit=False (rebuild) outputs may be skipped."""
+    def process(self, batch: DecodedBatch, *, emit: bool, paced: bool = True) -> BatchOutputs:
+        """Fold a batch into the state. With emit=False (rebuild) outputs may be skipped. paced=False
+        emits every waiting provisional feature revision, due or not (`revisions_waiting`)."""
 
     def reset(self) -> None:
         """Forget all window state (before a rebuild)."""
+
+    def revisions_waiting(self) -> bool:
+        """Accepted trades wait for their ticker's next provisional feature revision, which `process`
+        emits once it is due, for an empty batch too (the runner's idle flush), or unpaced."""
 
     @property
     def state_lookback_s(self) -> float:
@@ -477,11 +482,18 @@ class Runner:
                     self._process(messages, wait_ms)
                     if self.backpressure.should_pause():
                         self._pause()
+                elif self.processor.revisions_waiting():
+                    # Idle, with trades still waiting for their provisional feature revision (its
+                    # interval, `feature_revision_interval_ms`): no batch comes to emit it.
+                    self._process([])
                 else:
                     self._recover()  # a failed commit of the last batch, with nothing new to process
                 self._maybe_status()
                 if stop_when is not None and stop_when(self.metrics):
                     break
+            if self.processor.revisions_waiting():
+                # A stop does not leave the latest trades out of the features until the next start.
+                self._process([], paced=False)
             self._drain_outputs()
             clean = True
         finally:
@@ -789,9 +801,11 @@ class Runner:
 
     # --- one batch ----------------------------------------------------------------------------------
 
-    def _process(self, messages: list[Message], wait_ms: float = 0.0) -> None:
+    def _process(self, messages: list[Message], wait_ms: float = 0.0, *, paced: bool = True) -> None:
         """The batch's part on the runner's thread: decode, core, hot store and DLQ, then hand it to the
-        commit thread (`_commit`), which archives it to the cold store after the commit (`_archive`)."""
+        commit thread (`_commit`), which archives it to the cold store after the commit (`_archive`).
+        No messages: a flush, a batch of the provisional revisions that came due (all waiting ones
+        with paced=False), if any."""
         if self._recover():
             return  # aborted and rewound: these messages predate the seek and are consumed again
         consumer = self.consumer
@@ -814,11 +828,16 @@ class Runner:
         outliers = self.processor.flag_outliers(batch)
         decoded = time.perf_counter()
         # A batch of archived outputs only has nothing for the core and the hot store.
-        outputs = self.processor.process(batch, emit=True) if len(batch) else BatchOutputs()
+        flush = not messages
+        outputs = (
+            self.processor.process(batch, emit=True, paced=paced) if len(batch) or flush else BatchOutputs()
+        )
+        if flush and not outputs.features:
+            return  # none came due yet
         processed = time.perf_counter()
         stage_ms = {"batch_wait": wait_ms, "decode": (decoded - started) * 1000}
         stage_ms |= {"core": (processed - decoded) * 1000, **outputs.stage_ms}
-        dead_letters = self._write_sinks(batch, outputs, stage_ms) if len(batch) else []
+        dead_letters = self._write_sinks(batch, outputs, stage_ms) if len(batch) or flush else []
         job = _Batch(
             inputs=inputs,
             batch=batch,

@@ -22,7 +22,7 @@ batch's records, each sample weighted by the stride). Stages, in the order a tra
 | `cold_flush` | the cold store's periodic flush after that (cold thread) | group of batches |
 | `batch` | the runner's thread's own work on the batch: from `consume()` returning it to handing it over, `commit_wait` excluded | batch |
 | `e2e` | WebSocket receive → hot-store commit | trade |
-| `fresh_first` | feature freshness: a trade's event time (exchange ts) → hot-store commit of the first feature revision that contains it (with provisional revisions: its own batch; without: its second's final revision) | trade |
+| `fresh_first` | feature freshness: a trade's event time (exchange ts) → hot-store commit of the first feature revision that contains it (with provisional revisions: its own batch's, or its ticker's next within `feature_revision_interval_ms`; without: its second's final revision) | trade |
 | `fresh_final` | a trade's event time → hot-store commit of its second's final revision (the second's end + the late grace, at least) | trade |
 
 The runner's thread does the stages up to `commit_wait`; the commit and the cold-store work run on two

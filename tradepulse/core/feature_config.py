@@ -32,7 +32,12 @@ class FeatureConfig:
     momentum_lookback_ms: int = 300_000
     snapshot_ms: int = 1000
     provisional: bool = True
-    """Emit a provisional revision of each ticker's newest second per batch (not only final ones)."""
+    """Emit provisional revisions of each ticker's newest second (not only final ones)."""
+    revision_interval_ms: float = 250.0
+    """Least processing time between two provisional revisions of a ticker, on the clock the caller
+    passes to `FeatureEngine.process` (0, or no clock: every batch with accepted trades of the ticker
+    emits one). Trades accepted in between wait for the ticker's next one: at most this long once a
+    batch or an idle flush comes by."""
 
     def __post_init__(self) -> None:
         windows = (self.vwap_short_ms, self.vwap_long_ms, self.momentum_ms, self.frequency_ms)
@@ -50,6 +55,9 @@ class FeatureConfig:
             raise InvalidArgument(
                 "need zscore_size_cap >= 0 and 0 < zscore_cap_window_buckets <= window buckets"
             )
+        if not 0 <= self.revision_interval_ms < self.late_grace_ms:
+            # Below the grace, a trade's first revision is always a provisional one, never its final.
+            raise InvalidArgument("need 0 <= revision_interval_ms < late_grace_ms")
         grace_buckets = -(-self.late_grace_ms // self.zscore_bucket_ms) + 1
         if not grace_buckets < self.zscore_min_history_buckets <= self.zscore_window_buckets:
             raise InvalidArgument(
@@ -67,6 +75,7 @@ class FeatureConfig:
             zscore_size_cap=settings.zscore_size_cap,
             zscore_log_volume=settings.zscore_log_volume,
             provisional=settings.feature_revisions,
+            revision_interval_ms=settings.feature_revision_interval_ms,
         )
 
     @property

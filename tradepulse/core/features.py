@@ -71,10 +71,13 @@ Definitions (all per ticker; event time = exchange timestamp `ts`; windows are h
   computed once the ticker watermark passes the end of the second + grace. From then on no trade of
   that second can be accepted, so the snapshot is final: it is a function of the accepted trades alone.
 * Revisions (fresh features; `provisional`, on by default). A second's vector is also emitted before it
-  closes: every batch with accepted trades of a ticker emits one *provisional* revision of the ticker's
-  newest second (the one holding its watermark), as of the latest trade of that second so far, over
-  every trade accepted so far — so each accepted trade is in a vector emitted by its own batch. The
-  final snapshot above is the last revision (`final`). (ticker, `snapshot_start_ms`) is the natural
+  closes: a *provisional* revision of the ticker's newest second (the one holding its watermark), as of
+  the latest trade of that second so far, over every trade accepted so far. Without a clock (or with
+  `revision_interval_ms` 0) every batch with accepted trades of a ticker emits one, so each accepted
+  trade is in a vector emitted by its own batch. With the caller's clock (`process(..., clock_ms)`) a
+  ticker's revisions are at least `revision_interval_ms` apart: its trades accepted in between wait,
+  and the first batch after the interval (one without trades too) emits the revision that holds them.
+  The final snapshot above is the last revision (`final`). (ticker, `snapshot_start_ms`) is the natural
   key; `revision` = the number of the ticker's accepted trades with ts in [start − grace, end) so far,
   +1 for the final one. While a second is the newest, each accepted trade has ts ≥ watermark − grace ≥
   start − grace, so every provisional revision counts more than the one before; after the close no
@@ -162,7 +165,10 @@ class FeatureOutput:
     unknown_conditions: int = 0
     """Valid trades of the batch with a condition code the rules do not know (see `conditions`)."""
     provisional: list[dict] = field(default_factory=list)
-    """Provisional revisions: per ticker with accepted trades in the batch, its newest second so far."""
+    """Provisional revisions: per ticker with accepted trades not yet in one (this batch's, or earlier
+    ones that waited for `revision_interval_ms`), its newest second so far."""
+    provisional_trade_ts_ms: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    """Event time of every accepted trade whose first revision is in `provisional`."""
     final_trade_ticker: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))
     final_trade_ts_ms: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     """Ticker and event time of every trade of the seconds whose final revision is in `snapshots`."""
@@ -239,6 +245,11 @@ class FeatureEngine:
         self._names: list[str] = []
         self._wm = np.empty(0, dtype=np.int64)  # trade watermark per code
         self._pending_late = np.empty(0, dtype=np.int64)  # late trades waiting for the next accepted one
+        # Provisional revisions: the clock at each code's last one, and the accepted trades (code, ts)
+        # not in one yet, waiting for their code's `revision_interval_ms` to pass.
+        self._last_revision = np.empty(0, dtype=np.float64)
+        self._waiting_code = _NO_ROWS
+        self._waiting_ts = _NO_ROWS
         self.late_total = np.empty(0, dtype=np.int64)  # late trades per code, since start
         self._trades = TradeState(config)  # accepted trades, per-code prefix sums
         self._quotes = QuoteBook()  # the quotes a trade can still use
@@ -278,6 +289,7 @@ class FeatureEngine:
             self._wm = np.r_[self._wm, np.full(grow, NO_TS)]
             self._quotes.grow(grow)
             self._pending_late = np.r_[self._pending_late, np.zeros(grow, dtype=np.int64)]
+            self._last_revision = np.r_[self._last_revision, np.full(grow, -np.inf)]
             self.late_total = np.r_[self.late_total, np.zeros(grow, dtype=np.int64)]
         return mapping[local]
 
@@ -294,8 +306,13 @@ class FeatureEngine:
         self._quotes.trim(self._wm, self.config)
 
     # --- trades ---------------------------------------------------------------------------------
-    def process(self, trades: TradeColumns, quotes: QuoteColumns) -> FeatureOutput:
-        """Fold a batch in (quotes first, then trades in arrival order) and return its outputs."""
+    def process(
+        self, trades: TradeColumns, quotes: QuoteColumns, clock_ms: float | None = None
+    ) -> FeatureOutput:
+        """Fold a batch in (quotes first, then trades in arrival order) and return its outputs.
+        `clock_ms` (any monotonic clock, in ms) paces the provisional revisions: a ticker's next one
+        comes `revision_interval_ms` after its last at the earliest, in this batch or a later one (an
+        empty batch too). Without it every batch emits one per ticker with accepted trades."""
         self._ingest_quotes(quotes)
         valid = np.isfinite(trades.price) & (trades.price > 0) & np.isfinite(trades.size) & (trades.size > 0)
         valid &= (trades.ts_ms >= TS_MIN) & (trades.ts_ms <= TS_MAX)  # the state keeps ts in its keys
@@ -303,7 +320,7 @@ class FeatureEngine:
         if not valid.all():
             trades = trades.take(valid)
         if len(trades) == 0:
-            return self._empty_output(rejected)
+            return self._empty_output(rejected, clock_ms=clock_ms)
         unknown_before = self.rules.unknown_trades
         eligible = self._eligibility(trades)
         unknown = self.rules.unknown_trades - unknown_before
@@ -313,25 +330,24 @@ class FeatureEngine:
         accepted, attached = self._attach_late(arrivals)
         late_ids = trades.event_id[np.sort(arrivals.by_code[arrivals.late])]  # arrival order
         if len(accepted) == 0:
-            return self._empty_output(rejected, late_ids, unknown)
+            return self._empty_output(rejected, late_ids, unknown, clock_ms)
         # 3. Merge accepted trades into the state, key order (code, ts, arrival).
         batch = self._merge(trades, arrivals, accepted, attached, eligible)
         # 4. The rows of the final revisions of the seconds that close in this batch, and of a
-        # provisional revision of each ticker's newest second.
+        # provisional revision of the newest second of each ticker that is due one.
         cfg, state = self.config, self._trades
         final, final_late, final_rows = closing_snapshots(
             cfg, state, batch.codes, arrivals.wm_before, self._wm
         )
-        fresh, fresh_late = (
-            open_snapshots(cfg, state, batch.codes, self._wm) if cfg.provisional else (_NO_ROWS, _NO_ROWS)
-        )
+        due, fresh_ts = self._due_revisions(batch.code, batch.ts, clock_ms)
+        fresh, fresh_late = open_snapshots(cfg, state, due, self._wm) if len(due) else (_NO_ROWS, _NO_ROWS)
         # 5. Per-trade vectors (arrival view, corrected for within-batch disorder) and the revisions'
         # (final view, no correction).
         corr = disorder_corrections(batch.pos, arrivals.gidx[accepted], state)
         feats, final_cols, fresh_cols = self._window_columns(batch, corr, final, fresh)
         batch.last_price = feats.pop("price")
         snapshots = self._revisions(final, final_late, final_cols, final=True)
-        provisional = self._revisions(fresh, fresh_late, fresh_cols, final=False) if cfg.provisional else []
+        provisional = self._revisions(fresh, fresh_late, fresh_cols, final=False)
         # 6. Output in processing (arrival) order.
         per_trade, latest = self._outputs(trades, batch, feats)
         self._trim_quotes()
@@ -344,14 +360,26 @@ class FeatureEngine:
             rejected_event_ids=rejected,
             unknown_conditions=unknown,
             provisional=provisional,
+            provisional_trade_ts_ms=fresh_ts,
             final_trade_ticker=np.asarray(self._names, dtype=object)[self._trades.code_of(final_rows)],
             final_trade_ts_ms=self._trades.ts_of(final_rows),
         )
 
     def _empty_output(
-        self, rejected: np.ndarray, late_ids: np.ndarray | None = None, unknown: int = 0
+        self,
+        rejected: np.ndarray,
+        late_ids: np.ndarray | None = None,
+        unknown: int = 0,
+        clock_ms: float | None = None,
     ) -> FeatureOutput:
-        """The output of a batch without accepted trades (the quotes are still applied)."""
+        """The output of a batch without accepted trades (the quotes are still applied), with the
+        provisional revisions that came due while waiting."""
+        due, fresh_ts = self._due_revisions(_NO_ROWS, _NO_ROWS, clock_ms)
+        provisional: list[dict] = []
+        if len(due):
+            fresh, fresh_late = open_snapshots(self.config, self._trades, due, self._wm)
+            _, fresh_cols = self._window_columns(None, None, fresh)
+            provisional = self._revisions(fresh, fresh_late, fresh_cols, final=False)
         self._trim_quotes()
         return FeatureOutput(
             per_trade=_empty_per_trade(),
@@ -359,7 +387,37 @@ class FeatureEngine:
             zscores=_zscores(_empty_per_trade()),
             rejected_event_ids=rejected,
             unknown_conditions=unknown,
+            provisional=provisional,
+            provisional_trade_ts_ms=fresh_ts,
         )
+
+    def revisions_waiting(self) -> bool:
+        """Accepted trades are waiting for a provisional revision (an empty batch may emit it)."""
+        return len(self._waiting_code) > 0
+
+    def _due_revisions(
+        self, codes: np.ndarray, ts: np.ndarray, clock_ms: float | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(The codes due a provisional revision now, ascending; the event times of the trades that
+        are first in one of them.) `codes` / `ts`: the batch's accepted trades, which wait with those
+        of earlier batches until their code's last revision is `revision_interval_ms` old on
+        `clock_ms` (without a clock, or with no interval, at once)."""
+        cfg = self.config
+        if not cfg.provisional:
+            return _NO_ROWS, _NO_ROWS
+        if len(self._waiting_code):
+            codes = np.concatenate((self._waiting_code, codes))
+            ts = np.concatenate((self._waiting_ts, ts))
+        if len(codes) == 0:
+            return _NO_ROWS, _NO_ROWS
+        due = np.zeros(len(self._names), dtype=bool)
+        due[codes] = True
+        if clock_ms is not None and cfg.revision_interval_ms > 0:
+            due &= clock_ms - self._last_revision >= cfg.revision_interval_ms
+            self._last_revision[due] = clock_ms
+        first = due[codes]
+        self._waiting_code, self._waiting_ts = codes[~first], ts[~first]
+        return np.flatnonzero(due), ts[first]
 
     def _lateness(self, codes: np.ndarray, ts: np.ndarray) -> _Arrivals:
         """Step 1: group the batch by code (arrival order kept), find the late trades (ts below the
@@ -463,24 +521,26 @@ class FeatureEngine:
         )
 
     def _window_columns(
-        self, b: _Accepted, corr: Corrections | None, *row_sets: np.ndarray
+        self, b: _Accepted | None, corr: Corrections | None, *row_sets: np.ndarray
     ) -> tuple[dict[str, np.ndarray], ...]:
-        """The window features and spreads of the batch's trades (arrival view, `corr` subtracted) and
-        of each of `row_sets` (state rows, final view), from one `window_features` call: its columns
-        are elementwise, so each row gets the bits a call of its own would give, and a batch pays the
-        call's numpy operations, a fixed cost per call that small batches feel most, once rather than
-        once per set."""
+        """The window features and spreads of the batch's trades (arrival view, `corr` subtracted; none
+        without `b`) and of each of `row_sets` (state rows, final view), from one `window_features`
+        call: its columns are elementwise, so each row gets the bits a call of its own would give, and
+        a batch pays the call's numpy operations, a fixed cost per call that small batches feel most,
+        once rather than once per set."""
         state = self._trades
         extra = np.concatenate(row_sets)
-        rows = np.concatenate((b.pos, extra))
-        code = np.concatenate((b.code, state.code_of(extra)))
-        ts = np.concatenate((b.ts, state.ts_of(extra)))
-        price = np.concatenate((b.price, state.price[extra]))
+        rows, code, ts, price = extra, state.code_of(extra), state.ts_of(extra), state.price[extra]
+        if b is not None:  # None: revisions alone (a batch without accepted trades)
+            rows = np.concatenate((b.pos, rows))
+            code = np.concatenate((b.code, code))
+            ts = np.concatenate((b.ts, ts))
+            price = np.concatenate((b.price, price))
         if corr is not None:
             corr = corr.extended(state.last_ok[extra])
         cols = window_features(self.config, state, rows, code, ts, price, corr)
         cols["bid_ask_spread"] = self._spread_at(code, ts)
-        bounds = np.cumsum([len(b.pos), *map(len, row_sets)]).tolist()
+        bounds = np.cumsum([0 if b is None else len(b.pos), *map(len, row_sets)]).tolist()
         parts = zip([0, *bounds[:-1]], bounds, strict=True)
         return tuple({name: column[lo:hi] for name, column in cols.items()} for lo, hi in parts)
 
