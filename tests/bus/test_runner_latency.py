@@ -60,7 +60,7 @@ def test_every_stage_is_recorded_and_the_heartbeat_has_the_last_minutes_e2e(kafk
     assert status["e2e_latency_ms"]["count"] == trades
     assert set(status["stage_p99_ms"]) >= {*BATCH_STAGES, *RECORD_STAGES}
     # Feature freshness: every accepted trade is in a provisional revision of its own batch or of its
-    # ticker's next (the revision interval; those still waiting at the stop are not); the final
+    # ticker's next (the revision interval; the stop emits those still waiting); the final
     # revisions cover the trades of the seconds closed by the end (the last ~3 s stay open).
     assert stages["fresh_first"]["count"] > stages["fresh_final"]["count"] > 0.8 * trades
 
@@ -165,15 +165,19 @@ def test_an_idle_runner_emits_the_revisions_its_interval_held_back(kafka_setting
         row = hot.latest_features(ticker)
         return None if row is None else row["ts_ms"]
 
-    with running(runner):
-        wait_for(lambda: bool(runner._assignment), 60, "the assignment")
-        produce(settings, _live(trades[:1]), producer)
-        wait_for(lambda: latest_ts() == trades[0][2]["exchange_ts_ms"], 60, "the first revision")
-        produce(settings, _live(trades[1:]), producer)
-        wait_for(lambda: runner.metrics.stages.summary()["e2e"]["count"] >= len(trades), 60, "the trades")
-        assert latest_ts() != last_ts  # held back: the interval since the first revision has not passed
-        wait_for(lambda: latest_ts() == last_ts, 30, "the held-back revision")
-        assert runner.metrics.stages.summary()["fresh_first"]["count"] == len(trades)
+    try:
+        with running(runner):
+            wait_for(lambda: bool(runner._assignment), 60, "the assignment")
+            produce(settings, _live(trades[:1]), producer)
+            wait_for(lambda: latest_ts() == trades[0][2]["exchange_ts_ms"], 60, "the first revision")
+            produce(settings, _live(trades[1:]), producer)
+            summary = runner.metrics.stages.summary
+            wait_for(lambda: summary()["e2e"]["count"] >= len(trades), 60, "the trades")
+            assert latest_ts() != last_ts  # held back: the interval since the first revision has not passed
+            wait_for(lambda: latest_ts() == last_ts, 30, "the held-back revision")
+            assert summary()["fresh_first"]["count"] == len(trades)
+    finally:
+        hot.close()
     revisions = [f for f in read_topic(settings, FEATURES) if f["ticker"] == ticker]
     assert [f["ts_ms"] for f in revisions] == [trades[0][2]["exchange_ts_ms"], last_ts]
     assert not any(f["final"] for f in revisions)  # no later trade closed a second
