@@ -30,6 +30,7 @@ def test_a_rebuild_leaves_no_trade_waiting_for_a_revision(tmp_path: Path) -> Non
     live = [core.process(batch, emit=True) for batch in batches()]
     assert [f["ticker"] for f in live[0].features] == [ticker] and live[1].features == []
     assert core.revisions_waiting()  # the second trade waits for the interval
+    assert not core.revisions_due()  # 1.9 s have not passed
     core.reset()
     for batch in batches():
         core.process(batch, emit=False)

@@ -174,6 +174,12 @@ def test_an_idle_runner_emits_the_revisions_its_interval_held_back(kafka_setting
             summary = runner.metrics.stages.summary
             wait_for(lambda: summary()["e2e"]["count"] >= len(trades), 60, "the trades")
             assert latest_ts() != last_ts  # held back: the interval since the first revision has not passed
+            # Idle and not due yet: the runner polls without running the pipeline on empty batches.
+            calls = []
+            process = runner.processor.process
+            runner.processor.process = lambda *a, **k: calls.append(1) or process(*a, **k)  # type: ignore[method-assign]
+            time.sleep(0.5)
+            assert not calls and latest_ts() != last_ts
             wait_for(lambda: latest_ts() == last_ts, 30, "the held-back revision")
             assert summary()["fresh_first"]["count"] == len(trades)
     finally:

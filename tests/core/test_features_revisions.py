@@ -297,6 +297,7 @@ def test_an_empty_batch_emits_the_revisions_that_came_due(stream: list[Event]) -
     ts = [t["exchange_ts_ms"] for t in trades]
     assert run(trades[:3], 0.0) == ([max(ts[:3])], sorted(ts[:3]))  # a ticker's first: at once
     assert run(trades[3:], 100.0) == ([], []) and engine.revisions_waiting()
+    assert not engine.revisions_due(249.0) and engine.revisions_due(250.0)
     assert run([], 200.0) == ([], []) and engine.revisions_waiting()  # not due yet
     assert run([], 250.0) == ([max(ts)], sorted(ts[3:]))  # the interval since the first revision
     assert not engine.revisions_waiting() and run([], 1000.0) == ([], [])

@@ -134,6 +134,9 @@ class CoreProcessor:
     def revisions_waiting(self) -> bool:
         return self.engine.revisions_waiting()
 
+    def revisions_due(self) -> bool:
+        return self.engine.revisions_due(time.monotonic() * 1000)  # the clock `process` paces with
+
     def pending_news(self) -> dict[int, list[int]]:
         """Per news partition, the offsets of the articles still waiting for their join window."""
         out: dict[int, list[int]] = {}

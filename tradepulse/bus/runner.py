@@ -237,6 +237,9 @@ class Processor(Protocol):
         """Accepted trades wait for their ticker's next provisional feature revision, which `process`
         emits once it is due, for an empty batch too (the runner's idle flush), or unpaced."""
 
+    def revisions_due(self) -> bool:
+        """Some waiting revision is due now: an empty batch would emit it (checked before building one)."""
+
     @property
     def state_lookback_s(self) -> float:
         """How much input time before the committed offsets the rebuild replays for window state."""
@@ -482,9 +485,9 @@ class Runner:
                     self._process(messages, wait_ms)
                     if self.backpressure.should_pause():
                         self._pause()
-                elif self.processor.revisions_waiting():
-                    # Idle, with trades still waiting for their provisional feature revision (its
-                    # interval, `feature_revision_interval_ms`): no batch comes to emit it.
+                elif self.processor.revisions_due():
+                    # Idle, with trades whose provisional feature revision came due (its interval,
+                    # `feature_revision_interval_ms`): no batch comes to emit it.
                     self._process([])
                 else:
                     self._recover()  # a failed commit of the last batch, with nothing new to process

@@ -395,6 +395,13 @@ class FeatureEngine:
         """Accepted trades are waiting for a provisional revision (an empty batch may emit it)."""
         return len(self._waiting_code) > 0
 
+    def revisions_due(self, clock_ms: float) -> bool:
+        """Some waiting trade's revision is due at `clock_ms`: an empty batch now would emit it."""
+        if not len(self._waiting_code):
+            return False
+        since = clock_ms - self._last_revision[self._waiting_code]
+        return bool((since >= self.config.revision_interval_ms).any())
+
     def _due_revisions(
         self, codes: np.ndarray, ts: np.ndarray, clock_ms: float | None
     ) -> tuple[np.ndarray, np.ndarray]:
