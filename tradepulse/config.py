@@ -76,9 +76,9 @@ class Settings(BaseSettings):
         default=5,
         ge=0,
         description="The ingest producer's linger.ms: how long a record waits for more to share its produce "
-        "request. Lower: less latency from WebSocket receive to the broker, more (smaller) requests. 1 ms "
-        "took 4 ms off the e2e p50 at 2k ev/s but ~10 points more ingest CPU in the market-open burst, "
-        "which a 2-core box takes from the runner (docs/benchmarks.md).",
+        "request while more frames are queued behind its own. A frame with none queued behind it is sent as "
+        "soon as it is produced (a flush of at most this long), so at a feed's normal pace the linger costs "
+        "no latency and still batches a backlog's frames; 0 = no linger and no flush (docs/benchmarks.md).",
     )
     ingest_dedupe_window: int = Field(
         default=200_000,

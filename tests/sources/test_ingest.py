@@ -559,3 +559,37 @@ def test_a_feed_gone_silent_mid_connection_is_backfilled_up_to_rests_newest_trad
     records = [orjson.loads(m.value()) for m in consume(settings, TRADES, expect=10)]
     assert [r["sequence"] for r in records] == list(range(1, 11))
     dlq.close()
+
+
+def test_a_frame_is_sent_when_the_publisher_has_no_more_frames_not_after_the_linger(
+    kafka_settings: Settings,
+) -> None:
+    """The producer's linger waits for more records to share a request; once the publisher has produced
+    a frame and no other frame is queued, none will come from it, so the frame is sent at once. With a
+    one-minute linger the frame's records must still reach the broker while the connection stays open."""
+    settings = fast_settings(
+        kafka_settings, tickers=["AAPL", "MSFT"], ingest_linger_ms=60_000, ingest_backfill_max_s=0
+    )
+    feed = ScriptedFeed([[orjson.dumps([trade(1), trade(2), quote(1)])]])
+
+    async def main() -> IngestService:
+        async with serve(feed.handler, "127.0.0.1", 0) as server:
+            port = next(iter(server.sockets)).getsockname()[1]
+            service = IngestService(
+                settings, dlq=dlq, client=client_from_settings(settings, f"ws://127.0.0.1:{port}", KEY)
+            )
+
+            async def scenario() -> None:
+                await feed.done.wait()
+                # Acknowledged by the broker while the connection is open: not the stop's flush.
+                await until(lambda: service.metrics.published == 3, timeout_s=20)
+                assert not feed.connections > 1 and not service.client.stats.reconnects
+
+            await run_service(service, scenario)
+            return service
+
+    dlq = open_dlq(settings)
+    service = asyncio.run(main())
+    assert service.metrics.produced == 3 and service.metrics.failed == 0
+    assert sorted(published_keys(settings, TRADES, 2)) == [("AAPL", 1), ("AAPL", 2)]
+    dlq.close()

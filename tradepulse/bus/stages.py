@@ -8,7 +8,7 @@ batch's records, each sample weighted by the stride). Stages, in the order a tra
 | stage | what | per |
 | --- | --- | --- |
 | `ingest` | WebSocket receive (`received_ts_us`) → the ingest's `producer.produce()` (the Kafka record's CreateTime) | trade |
-| `kafka` | `produce()` → the runner's `consume()` returned it: producer linger, broker append, fetch, and the time it waited (in the consumer's queue or the broker) while the runner was busy with earlier batches | trade |
+| `kafka` | `produce()` → the runner's `consume()` returned it: the rest of the ingest's frame being produced, the producer's linger (only while more frames are queued at the ingest), broker append, fetch, and the time it waited (in the consumer's queue or the broker) while the runner was busy with earlier batches | trade |
 | `batch_wait` | time the runner blocked in `consume()` collecting the batch | batch |
 | `decode` | orjson + validation + columns | batch |
 | `features` | the feature core (`FeatureEngine.process`) | batch |

@@ -9,6 +9,11 @@ serves delivery reports (`poll`) and waits until there is room — it never drop
 fills the hand-off queue and then blocks on it, so the socket is no longer read and the server is
 slowed by TCP flow control. Memory stays bounded by the producer queue plus N frames.
 
+Latency: a frame with no other frame queued behind it is sent as soon as its records are produced
+(`flush`, at most `ingest_linger_ms`), not after librdkafka's linger: nothing more will join its
+requests. The linger only batches the frames of a backlog (queued behind one another), which is when
+fewer, larger requests save the CPU a busy box needs.
+
 Invalid events go to the dead-letter queue with their raw payload and reason; the stream continues. So do
 events of a ticker the service did not subscribe to (`UnknownTicker`; not checked for a `*` subscription).
 Events already published are dropped — the idempotent producer only dedupes its own retries — by two
@@ -471,7 +476,8 @@ class IngestService:
 
     async def _publish(self) -> None:
         queue, metrics, recent, tickers = self._queue, self._metrics, self._recent, self._tickers
-        produce, poll = self._producer.produce, self._producer.poll
+        produce, poll, flush = self._producer.produce, self._producer.poll, self._producer.flush
+        flush_s = self.settings.ingest_linger_ms / 1000
         marks = self._marks
         pending: int | None = None  # a new connection, subscribed, that has sent no events yet
         # Whether a silent spell of QUIET_BACKFILL_S is to trigger a backfill: set by events (or a new
@@ -524,7 +530,14 @@ class IngestService:
                 await self._publish_aggregate(record, tickers, frame.rejects)
             if frame.rejects:
                 self._dead_letter(frame.rejects)
-            poll(0)  # serve delivery reports
+            if flush_s > 0 and queue.empty():
+                # No frame is queued behind this one, so no record will join its requests while they
+                # linger: send them now. librdkafka ignores linger.ms while flush() runs, which returns
+                # once the broker has acknowledged them (or after `flush_s`, the linger they would have
+                # waited anyway) and serves delivery reports as poll() does.
+                flush(flush_s)
+            else:
+                poll(0)  # serve delivery reports
             if self._failed_deliveries:
                 self._dead_letter_failed_deliveries()
 
