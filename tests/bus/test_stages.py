@@ -18,6 +18,7 @@ from tradepulse.bus.stages import (
     merge_summaries,
     strided,
 )
+from tradepulse.errors import InvalidArgument
 from tradepulse.percentiles import nearest_rank
 
 
@@ -52,6 +53,26 @@ def test_values_out_of_range_are_clamped_not_dropped() -> None:
     assert hist.total == 3
     assert hist.percentile_us(50) == pytest.approx(1.0, rel=1e-3)
     assert hist.summary_ms()["max"] == 3_600_000.0
+
+
+def test_subtracting_an_earlier_copy_leaves_what_was_recorded_since() -> None:
+    rng = np.random.default_rng(3)
+    first, later = rng.lognormal(9, 1, 5_000), rng.lognormal(12, 1, 3_000)
+    hist = LatencyHistogram()
+    hist.record_many(first)
+    earlier = LatencyHistogram.from_dict(hist.to_dict())
+    hist.record_many(later, weight=2)
+    hist.subtract(earlier)
+    alone = LatencyHistogram()
+    alone.record_many(later, weight=2)
+    assert hist.total == alone.total == 6_000
+    left, expected = hist.summary_ms(), alone.summary_ms()
+    for key in ("count", "p50", "p90", "p99", "p99_9"):
+        assert left[key] == expected[key]
+    assert left["total"] == pytest.approx(expected["total"])
+    assert left["max"] >= expected["max"]  # the max stays the whole run's: an upper bound
+    with pytest.raises(InvalidArgument):  # not an earlier copy: samples it never had
+        earlier.subtract(hist)
 
 
 def test_a_histogram_written_as_data_reads_back_the_same() -> None:

@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 
 from tradepulse.bench import drain
+from tradepulse.bench.ramp import RampSnapshots, read_e2e
 from tradepulse.bench.report import machine_spec, write_report
 from tradepulse.bench.sampling import BrokerSampler, ProcessSampler
 from tradepulse.bus.admin import ensure_topics, recreate_topics
@@ -211,6 +212,8 @@ def _full_path(config: BenchConfig, settings: Settings, out: Path, broker_pid: i
     sim_stats.unlink(missing_ok=True)
     instances = [str(i) for i in range(config.processors)]
     status_files = [status_path(settings.data_dir, instance) for instance in instances]
+    stage_files = [stages_path(settings.data_dir, instance) for instance in instances]
+    ramp = RampSnapshots(stage_files) if config.profile == "market_open" else None
     env = child_env(settings, TRADEPULSE_SIMULATOR_WS_PORT=str(ws_port))
 
     def ready(path: Path) -> Callable[[], bool]:
@@ -292,6 +295,8 @@ def _full_path(config: BenchConfig, settings: Settings, out: Path, broker_pid: i
             sim = _read_json(sim_stats) or sim
             broker_view = sampler.sample()
             status = _combined_status([_read_json(path) or {} for path in status_files])
+            if ramp is not None:
+                ramp.observe(sim.get("market_start_ms"), now)
             procs.sample(now - t0)
             samples.append(
                 {
@@ -348,6 +353,7 @@ def _full_path(config: BenchConfig, settings: Settings, out: Path, broker_pid: i
             final_broker = sampler.sample()
         sampler.close()
     final_status = _final_status(settings.data_dir, instances) or final_status
+    final_e2e = [read[1] for path in stage_files if (read := read_e2e(path)) is not None]
     profile, profile_error = _py_spy_results(out, log) if spy is not None else (None, None)
     variants_final = {name: _read_json(path) or {} for name, path in variant_status.items()}
     hot_trades = _hot_store_trades(settings.sqlite_path)
@@ -382,6 +388,8 @@ def _full_path(config: BenchConfig, settings: Settings, out: Path, broker_pid: i
         "simulator": sim,
         "runner_profile": profile,
         "runner_profile_error": profile_error,
+        # The e2e histograms around the market-open ramp (`tradepulse.bench.ramp`); None for `flat`.
+        "e2e_ramp": ramp.result(final_e2e) if ramp is not None else None,
     }
 
 

@@ -27,6 +27,9 @@ PEAK_MULTIPLIER = 10.0
 class BenchSimulator(Simulator):
     """The simulator with the bench's peak multiplier (the profile shape is the simulator's own)."""
 
+    #: When the profile's clock started (wall-clock ms), once the ingest service has subscribed.
+    market_start_ms: int | None = None
+
     def _make_source(self) -> MarketModel:
         config = self.config.market_config()
         config.peak_multiplier = PEAK_MULTIPLIER
@@ -41,7 +44,7 @@ class BenchSimulator(Simulator):
         source = self.source
         assert isinstance(source, MarketModel)  # what _make_source builds
         source.start_ms = source.now_ms = int(time.time() * 1000)
-        self.sim_now_ms = source.start_ms
+        self.sim_now_ms = self.market_start_ms = source.start_ms
         await super()._produce()
 
 
@@ -81,6 +84,7 @@ async def _main(args: SimArgs) -> None:
                     "port": sim.ws.port if sim.ws else None,
                     "generation_done": sim.generation_done.is_set(),
                     "finished": sim.finished.is_set(),
+                    "market_start_ms": sim.market_start_ms,
                 },
             )
             with contextlib.suppress(TimeoutError):

@@ -34,9 +34,10 @@ def status_path(data_dir: Path, instance: str = "0") -> Path:
 
 
 def stages_path(data_dir: Path, instance: str = "0") -> Path:
-    """Where a runner instance leaves its whole run's stage histograms when it stops
-    (`StageTimes.run_histograms`; `runner-stages.json` or `runner-stages-<instance>.json`): what a
-    benchmark of several instances merges its percentiles from."""
+    """Where a runner instance leaves its whole run's stage histograms, with every status it publishes
+    and when it stops (`StageTimes.run_histograms`; `runner-stages.json` or
+    `runner-stages-<instance>.json`): what a benchmark of several instances merges its percentiles from,
+    and where it reads what the runner had recorded by a moment of the run (the file's mtime)."""
     return data_dir / ("runner-stages.json" if instance == "0" else f"runner-stages-{instance}.json")
 
 
@@ -49,11 +50,11 @@ def status_files(data_dir: Path) -> dict[str, Path]:
     return found
 
 
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+def write_json_atomic(path: Path, payload: dict[str, Any], *, indent: bool = True) -> None:
     """Write JSON to `path` via a temporary sibling and an atomic rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(orjson.dumps(payload, option=orjson.OPT_INDENT_2))
+    tmp.write_bytes(orjson.dumps(payload, option=orjson.OPT_INDENT_2 if indent else None))
     os.replace(tmp, path)
 
 

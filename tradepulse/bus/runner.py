@@ -587,12 +587,6 @@ class Runner:
         self._heartbeats.close()
         self.metrics.stopped_at = time.time()  # the last heartbeat: left, not lost (for /health)
         self._write_status()
-        try:
-            write_json_atomic(
-                stages_path(self.status_file.parent, self.instance), self.metrics.stages.run_histograms()
-            )
-        except Exception:
-            log.exception("stage histograms not written")
         # Dropping the clients here, on this thread, breaks the runner ↔ consumer reference cycle (the
         # rebalance callbacks are bound methods): a client freed later by the garbage collector, on
         # whatever thread it runs, can abort the process (see tradepulse.bus.admin).
@@ -1155,15 +1149,18 @@ class Runner:
         self.metrics.assigned_partitions = len(self._assignment)
 
     def _publish_status(self, _beats: list[None]) -> None:
-        """The DLQ depth, the status document (`RunnerMetrics.snapshot`) and `publish_status`, then the
-        heap trim when due (`HeapTrimmer`). Never raises: a heartbeat that failed is logged, and the next
-        one replaces it."""
+        """The DLQ depth, the status document (`RunnerMetrics.snapshot_and_histograms`) and
+        `publish_status`, the whole run's stage histograms beside the status file (`stages_path`), then
+        the heap trim when due (`HeapTrimmer`). Never raises: a heartbeat that failed is logged, and the
+        next one replaces it."""
         try:
             self.metrics.dlq_depth = int(self.dlq.depth())
         except Exception:
             log.exception("dlq depth unavailable")
         try:
-            publish_status(self.metrics.snapshot(), self.status_file, self.hot, self.instance, self.emf)
+            status, histograms = self.metrics.snapshot_and_histograms()
+            publish_status(status, self.status_file, self.hot, self.instance, self.emf)
+            write_json_atomic(stages_path(self.status_file.parent, self.instance), histograms, indent=False)
         except Exception:
             log.exception("runner status not published")
         self._heap.maybe_trim()

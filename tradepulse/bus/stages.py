@@ -162,6 +162,18 @@ class LatencyHistogram:
         self._sum_us += other._sum_us
         self._max_us = max(self._max_us, other._max_us)
 
+    def subtract(self, earlier: LatencyHistogram) -> None:
+        """Take out the samples of `earlier`, a copy of this histogram taken before: what is left is what
+        was recorded since. The max stays this histogram's (it bounds what is left from above)."""
+        self._fold()
+        earlier._fold()
+        counts = self._counts - earlier._counts
+        if (counts < 0).any():
+            raise InvalidArgument("the histogram subtracted has samples this one does not")
+        self._counts = counts
+        self._total -= earlier._total
+        self._sum_us -= earlier._sum_us
+
     def to_dict(self) -> dict[str, Any]:
         """The histogram as JSON-able data (the non-empty buckets only), for `from_dict`."""
         self._fold()
@@ -279,25 +291,36 @@ class StageTimes:
     def run_histograms(self) -> dict[str, dict[str, Any]]:
         """Per stage, the whole run's histogram as data (`LatencyHistogram.to_dict`): what several runner
         instances' summaries are merged from (`merge_summaries`)."""
-        with self._lock:
-            copies = {stage: h.run for stage, h in self.hist.items()}
-        return {stage: hist.to_dict() for stage, hist in copies.items()}
+        return histograms_data(self.copies()[0])
 
-    def summaries(self) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
-        """(the run, the last minute), as `summary`, merging each stage's slots once."""
-        copies: dict[str, tuple[LatencyHistogram, LatencyHistogram]] = {}
+    def copies(self) -> tuple[dict[str, LatencyHistogram], dict[str, LatencyHistogram]]:
+        """Per stage, copies of (the whole run, the last minute), merging each stage's slots once."""
+        run: dict[str, LatencyHistogram] = {}
+        minute: dict[str, LatencyHistogram] = {}
         # Copies under the lock, percentiles outside it: the runner's thread records into these
         # histograms and waits for the lock only while they are copied.
         with self._lock:
             for stage, h in self.hist.items():
-                last_minute = h.last_minute()
-                whole_run = LatencyHistogram()
-                whole_run.add(last_minute)
-                whole_run.add(h.retired)
-                copies[stage] = (whole_run, last_minute)
-        run = {stage: whole_run.summary_ms() for stage, (whole_run, _) in copies.items()}
-        minute = {stage: last_minute.summary_ms() for stage, (_, last_minute) in copies.items()}
+                minute[stage] = h.last_minute()
+                run[stage] = LatencyHistogram()
+                run[stage].add(minute[stage])
+                run[stage].add(h.retired)
         return run, minute
+
+    def summaries(self) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+        """(the run, the last minute), as `summary`."""
+        run, minute = self.copies()
+        return summaries_ms(run), summaries_ms(minute)
+
+
+def summaries_ms(histograms: dict[str, LatencyHistogram]) -> dict[str, dict[str, float]]:
+    """Per stage, `LatencyHistogram.summary_ms`."""
+    return {stage: hist.summary_ms() for stage, hist in histograms.items()}
+
+
+def histograms_data(histograms: dict[str, LatencyHistogram]) -> dict[str, dict[str, Any]]:
+    """Per stage, `LatencyHistogram.to_dict`: the stage histograms file (`stages_path`)."""
+    return {stage: hist.to_dict() for stage, hist in histograms.items()}
 
 
 def merge_summaries(runs: Sequence[dict[str, dict[str, Any]]]) -> dict[str, dict[str, float]]:

@@ -25,7 +25,7 @@ from tradepulse.bus.heartbeat import stages_path as stages_path
 from tradepulse.bus.heartbeat import status_files as status_files
 from tradepulse.bus.heartbeat import status_path as status_path
 from tradepulse.bus.heartbeat import write_json_atomic as write_json_atomic
-from tradepulse.bus.stages import LatencyHistogram, StageTimes, strided
+from tradepulse.bus.stages import LatencyHistogram, StageTimes, histograms_data, strided, summaries_ms
 from tradepulse.percentiles import nearest_rank
 
 
@@ -133,6 +133,17 @@ class RunnerMetrics:
     def snapshot(self) -> dict[str, Any]:
         """The status document (field names are the contract with `tradepulse.api.health`)."""
         run, minute = self.stages.summaries()
+        return self._document(run, minute)
+
+    def snapshot_and_histograms(self) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """The status document and, from the same copies, the whole run's stage histograms as data (what
+        the runner leaves in `stages_path`)."""
+        run, minute = self.stages.copies()
+        return self._document(summaries_ms(run), summaries_ms(minute)), histograms_data(run)
+
+    def _document(
+        self, run: dict[str, dict[str, float]], minute: dict[str, dict[str, float]]
+    ) -> dict[str, Any]:
         return {
             "updated_at": time.time(),
             # Until the first commit the start time stands in, so /health can tell "idle" from "never ran".

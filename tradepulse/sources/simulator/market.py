@@ -168,6 +168,11 @@ class MarketConfig:
     """Compute the per-minute `AM` aggregates of the trades (`Block.aggregates`, `aggregates.py`)."""
 
 
+#: The market-open profile's ramp: from the baseline at this many seconds after the start to the peak at
+#: the second (`profile_multiplier`).
+OPEN_RAMP_S = (5.0, 35.0)
+
+
 def profile_multiplier(profile: Profile, elapsed_s: float | np.ndarray, peak: float = 9.0) -> Any:
     """Rate multiplier at `elapsed_s` seconds after the start.
 
@@ -177,7 +182,8 @@ def profile_multiplier(profile: Profile, elapsed_s: float | np.ndarray, peak: fl
     e = np.asarray(elapsed_s, dtype=float)
     if profile == "flat":
         return np.ones_like(e) if e.ndim else 1.0
-    x = np.clip((e - 5.0) / 30.0, 0.0, 1.0)
+    ramp_start, ramp_end = OPEN_RAMP_S
+    x = np.clip((e - ramp_start) / (ramp_end - ramp_start), 0.0, 1.0)
     ramp = x * x * (3 - 2 * x)  # smoothstep
     decay = np.where(e > 60.0, np.exp(-(np.maximum(e, 60.0) - 60.0) / 240.0), 1.0)
     m = 1.0 + (peak - 1.0) * ramp * decay
