@@ -42,10 +42,11 @@ from tests.reliability.harness import output_archive
 from tradepulse.bus import runner as runner_module
 from tradepulse.bus.clients import consumer_config
 from tradepulse.bus.pipeline import build_runner
-from tradepulse.bus.runner import GC_THRESHOLDS, Runner, numpy_hugepages, set_numpy_hugepages, tune_process
+from tradepulse.bus.runner import Runner, numpy_hugepages, set_numpy_hugepages, tune_process
 from tradepulse.bus.watchdog import Watchdog
 from tradepulse.cli.storage import query
 from tradepulse.config import Settings, get_settings
+from tradepulse.gc_tuning import GC_THRESHOLDS
 from tradepulse.stores.factory import open_hot_store
 from tradepulse.topics import CORRELATIONS, FEATURES, NEWS, QUOTES, TRADES
 

@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 import orjson
 import pytest
+from click.testing import CliRunner
 from confluent_kafka import Producer
 from websockets.asyncio.server import ServerConnection, serve
 
 from tests.sources.test_backfill import generated_trades
 from tests.sources.test_news_poller import consume
 from tradepulse.bus.clients import producer_config
+from tradepulse.cli import sources as cli_sources
+from tradepulse.cli.main import cli
 from tradepulse.config import Settings
+from tradepulse.gc_tuning import GC_THRESHOLDS
 from tradepulse.models import DeadLetter, Quote, Trade
+from tradepulse.sources import ingest as ingest_module
 from tradepulse.sources.backfill import backfill_window
 from tradepulse.sources.ingest import IngestService, RecentIds, client_from_settings, seed_published_sequences
 from tradepulse.sources.simulator import SimulatorConfig, SimulatorHandle, run_simulator_in_thread
@@ -593,3 +599,46 @@ def test_a_frame_is_sent_when_the_publisher_has_no_more_frames_not_after_the_lin
     assert service.metrics.produced == 3 and service.metrics.failed == 0
     assert sorted(published_keys(settings, TRADES, 2)) == [("AAPL", 1), ("AAPL", 2)]
     dlq.close()
+
+
+@pytest.fixture
+def gc_restored() -> Iterator[None]:
+    """The ingest's entry point changes process-wide GC settings: put back what the test process had."""
+    before = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*before)
+
+
+@pytest.mark.usefixtures("gc_restored")
+def test_the_ingest_entry_point_freezes_its_setup_out_of_the_collector_before_it_streams(
+    kafka_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full collection walks every tracked object alive, the imported modules' included: with the
+    default thresholds the ingest at 15k ev/s ran one every ~2 s, each stalling its event loop ~35 ms
+    (docs/benchmarks.md). Its entry point tunes the collector as the runner's does, before streaming."""
+    seen: dict[str, Any] = {}
+    services: list[IngestService] = []
+
+    class Recorded(IngestService):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            services.append(self)
+
+    def streaming(main: Coroutine[Any, Any, None]) -> None:
+        seen.update(thresholds=gc.get_threshold(), frozen=gc.get_freeze_count())
+
+        async def stopped_first() -> None:  # the service then runs without a feed, and ends cleanly
+            await services[0].stop()
+            await main
+
+        run_loop(stopped_first())
+
+    run_loop = asyncio.run
+    monkeypatch.setattr(cli_sources, "get_settings", lambda: kafka_settings)
+    monkeypatch.setattr(ingest_module, "IngestService", Recorded)
+    monkeypatch.setattr(cli_sources.asyncio, "run", streaming)
+    gc.unfreeze()
+    result = CliRunner().invoke(cli, ["ingest", "--progress-s", "0"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert seen["thresholds"] == GC_THRESHOLDS and seen["frozen"] > 0

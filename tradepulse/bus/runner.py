@@ -89,7 +89,6 @@ together.
 
 from __future__ import annotations
 
-import gc
 import importlib
 import logging
 import os
@@ -126,6 +125,7 @@ from tradepulse.bus.watchdog import Watchdog
 from tradepulse.bus.worker import SerialWorker
 from tradepulse.config import Settings
 from tradepulse.errors import BusError
+from tradepulse.gc_tuning import tune_gc
 from tradepulse.metrics_emf import emitter_from_settings
 from tradepulse.stores.base import ColdStore, DeadLetterQueue, HotStore
 from tradepulse.stores.dlq import make_dead_letter
@@ -155,16 +155,6 @@ ABORT_TIMEOUT_S = 30.0
 WATCHDOG_GRACE_S = 10.0
 # How long the partitions of an instance that died and does not come back stay unowned.
 SESSION_TIMEOUT_MS = 10_000
-# Cyclic-GC thresholds of the runner process. Every event allocates a few GC-tracked objects (the row dict
-# and its `conditions` list, the Kafka message), and whatever stays alive across batches (window state,
-# buffers) is walked by every full collection; with the default (700, 10, 10) a full collection ran every
-# few batches (0.3–1 s each, ~40 % of the runner's CPU in a drain while the cold store still buffered
-# dicts). The rows form no reference cycles (reference counting frees them), so young collections run
-# every 50,000 allocations and full ones rarely; the objects alive at start (modules, the model) are
-# frozen out of the collector. Process-wide settings: the process's entry point applies them
-# (`tune_process`, called by `tradepulse process` and the benchmarks), never `Runner.run` (tests run
-# runners in-process).
-GC_THRESHOLDS = (50_000, 20, 100)
 
 
 # numpy's switch behind its documented `NUMPY_MADVISE_HUGEPAGE` variable (read once, at import) is a
@@ -185,16 +175,14 @@ def set_numpy_hugepages(enabled: bool) -> None:
 def tune_process() -> None:
     """Process-wide settings of a runner process; for entry points that run a `Runner`.
 
-    - The GC thresholds above; what is alive now is frozen out of the collector.
+    - `tune_gc`: what is alive now is frozen out of the cyclic collector, and full collections are rare.
     - numpy's huge pages off, unless `NUMPY_MADVISE_HUGEPAGE` chooses. A re-layout of the feature
       core's window state allocates and fills a few hundred MiB of fresh arrays; with huge pages
       advised (numpy's default on Linux, where THP is `madvise`), faulting in those fresh pages cost
       4–9× as much on the VM measured, and the one re-layout of a 15k ev/s run took 4.1 s instead of
       0.45 s (docs/benchmarks.md, "Huge pages off in the runner process").
     """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    tune_gc()
     if "NUMPY_MADVISE_HUGEPAGE" not in os.environ:
         set_numpy_hugepages(False)
 

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 import click
 
 from tradepulse.config import Settings, get_settings
+from tradepulse.gc_tuning import tune_gc
 from tradepulse.metrics_emf import emitter_from_settings
 
 
@@ -106,6 +107,7 @@ def ingest(url: str | None, tickers: str | None, progress_s: float) -> None:
             err=True,
         )
 
+    tune_gc()  # set up: out of the collector's walks, which now run rarely (tradepulse.gc_tuning)
     try:
         asyncio.run(_run_until_signal(service.run(), service.stop, progress, progress_s))
     except MassiveError as exc:
