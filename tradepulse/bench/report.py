@@ -464,9 +464,9 @@ append, produce, commit, cold flush; the stage breakdown below), and the simulat
 fell behind its own schedule (publish delay). In a `market_open` run the e2e of the trades committed
 outside the ramp (before 5 s or after 35 s; the ramp's backlog, committed after it, counts as outside) is
 the run's histogram minus what the runner had recorded between the ramp's start and end, read from the
-stage histograms it leaves with every heartbeat (`tradepulse.bench.ramp`). Lag and throughput come from the broker (the runner
-group's committed offsets, then the high watermarks, in that order so the lag is never negative); loss
-is reconciled against the simulator's sent counters. `--variant NAME:KEY=VALUE` runs more runners with
+stage histograms it leaves with every heartbeat (`tradepulse.bench.ramp`). Lag and throughput come from
+the broker (the runner group's committed offsets, then the high watermarks, in that order so the lag is
+never negative); loss is reconciled against the simulator's sent counters. `--variant NAME:KEY=VALUE` runs more runners with
 other settings under the same load (each its own consumer group) and compares them. Each process's CPU
 and RSS are sampled once a second, and on Linux how long its threads were runnable but waited for a CPU
 (`/proc/<pid>/task/<tid>/schedstat`): Σ over its threads, and its main thread's (the runner's loop, the

@@ -1145,12 +1145,19 @@ class Runner:
             self.metrics.dlq_depth = int(self.dlq.depth())
         except Exception:
             log.exception("dlq depth unavailable")
+        histograms: dict[str, dict[str, Any]] | None = None
         try:
             status, histograms = self.metrics.snapshot_and_histograms()
             publish_status(status, self.status_file, self.hot, self.instance, self.emf)
-            write_json_atomic(stages_path(self.status_file.parent, self.instance), histograms, indent=False)
         except Exception:
             log.exception("runner status not published")
+        if histograms is not None:
+            try:
+                write_json_atomic(
+                    stages_path(self.status_file.parent, self.instance), histograms, indent=False
+                )
+            except Exception:
+                log.exception("stage histograms not written")
         self._heap.maybe_trim()
 
     def _lag(self) -> int:
