@@ -15,6 +15,7 @@ ramp (a run that ended before it began) leaves it unmeasured.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +36,6 @@ def read_e2e(path: Path) -> tuple[float, dict[str, Any]] | None:
         return None
     e2e = data.get("e2e")
     return (mtime, e2e) if e2e is not None else None
-
-
-def merged(histograms: list[dict[str, Any]]) -> dict[str, Any]:
-    """Several runner instances' histograms (`LatencyHistogram.to_dict`) added together, as data."""
-    total = LatencyHistogram()
-    for data in histograms:
-        total.add(LatencyHistogram.from_dict(data))
-    return total.to_dict()
 
 
 class RampSnapshots:
@@ -78,10 +71,19 @@ class RampSnapshots:
         starts, ends = self._start, self._end
         return {
             "ramp_s": list(OPEN_RAMP_S),
-            "start": merged([h for h in starts if h]) if all(h is not None for h in starts) else None,
-            "end": merged([h for h in ends if h]) if all(h is not None for h in ends) else None,
-            "final": merged(final) if final and len(final) == len(self.paths) else None,
+            "start": merged(starts),
+            "end": merged(ends),
+            "final": merged(final) if len(final) == len(self.paths) else None,
         }
+
+
+def merged(histograms: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The runner instances' histograms (`LatencyHistogram.to_dict`) added together, as data; None if
+    one of them is missing."""
+    present = [h for h in histograms if h is not None]
+    if not present or len(present) < len(histograms):
+        return None
+    return LatencyHistogram.sum_of(present).to_dict()
 
 
 def outside_ramp(ramp: dict[str, Any] | None) -> dict[str, float]:

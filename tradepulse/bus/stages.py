@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -199,6 +199,14 @@ class LatencyHistogram:
         hist._max_us = float(data["max_us"])
         return hist
 
+    @classmethod
+    def sum_of(cls, data: Iterable[dict[str, Any]]) -> LatencyHistogram:
+        """The histograms `to_dict` wrote (several runner instances', say) added together."""
+        total = cls()
+        for item in data:
+            total.add(cls.from_dict(item))
+        return total
+
     def _at(self, cumulative: np.ndarray, q: float) -> float:
         bucket = int(np.searchsorted(cumulative, nearest_rank_index(self._total, q) + 1))
         return min(float(_MIDDLES[bucket]), self._max_us)
@@ -327,11 +335,11 @@ def merge_summaries(runs: Sequence[dict[str, dict[str, Any]]]) -> dict[str, dict
     """Per stage, the summary (`LatencyHistogram.summary_ms`) of several runs' histograms
     (`StageTimes.run_histograms`) added together: the percentiles of all their samples, not a mix of
     each run's percentiles."""
-    merged: dict[str, LatencyHistogram] = {}
-    for run in runs:
-        for stage, data in run.items():
-            merged.setdefault(stage, LatencyHistogram()).add(LatencyHistogram.from_dict(data))
-    return {stage: hist.summary_ms() for stage, hist in merged.items()}
+    stages = dict.fromkeys(stage for run in runs for stage in run)
+    return {
+        stage: LatencyHistogram.sum_of(run[stage] for run in runs if stage in run).summary_ms()
+        for stage in stages
+    }
 
 
 def strided(values: Sequence[T], samples: int) -> tuple[Sequence[T], int]:
