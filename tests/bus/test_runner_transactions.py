@@ -628,3 +628,37 @@ def test_a_thread_failure_left_at_shutdown_is_logged(
         runner._shutdown(clean=False)
     assert {id(e) for e in logged_errors(caplog)} >= {id(commit_error), id(cold_error)}
     assert runner._commits.failure is None and runner._cold_writes.failure is None
+
+
+def test_a_transactional_timeout_after_the_producer_lost_a_broker_restarts_at_once_not_after_retries(
+    settings: Settings, recording: Recording
+) -> None:
+    # A transaction in flight when the broker restarted: its requests wait behind the retired broker's
+    # handle (librdkafka#5511), send_offsets_to_transaction returns _TIMED_OUT after ~20 s, and every
+    # retry on that producer timed out the same way. The broker-restart test met it (session 25): five
+    # retries of 20 s, then the runner exited instead of recovering, because each retry was a new call
+    # within the watchdog's bound. A timeout after the producer reported an unreachable broker is a
+    # hang: the watchdog's restart, at once. The watchdog's own bound is far beyond this test.
+    stuck = StuckCall(bound_s=600.0)
+    injected: dict[str, Runner] = {}
+
+    class TimedOutAfterOutage(FaultyProducer):
+        def send_offsets_to_transaction(self, *args: Any) -> None:
+            if "done" not in injected and self.commits >= 2:
+                injected["done"] = runner
+                # What librdkafka's error callback reports when a connect to the broker fails.
+                runner._on_producer_error(KafkaError(KafkaError._TRANSPORT, "injected: connection refused"))
+                raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "injected timeout", retriable=True))
+            self.inner.send_offsets_to_transaction(*args)
+
+    error = KafkaError(KafkaError._STATE, "never injected")
+    runner = faulty_runner(
+        settings, "outage-timeout", error, set(), TimedOutAfterOutage, commit_watchdog=stuck.watchdog
+    )
+    try:
+        run_to_the_end(runner, settings, recording)
+    finally:
+        stuck.watchdog.close()
+    assert "done" in injected
+    assert stuck.fired == 1, "a timeout after a lost broker was retried on the same producer"
+    assert_exact(settings, recording)

@@ -1033,8 +1033,27 @@ class Runner:
 
     def _transactional(self, what: str, call: Callable[[float], object], timeout_s: float) -> None:
         """`call(timeout_s)` bounded (`_bounded`), again while it fails with a retriable error
-        (`retry_transactional`)."""
-        retry_transactional(lambda: self._bounded(what, call, timeout_s), what)
+        (`retry_transactional`), except a timeout after the producer could not reach a broker: that
+        call is hung, and the watchdog restarts the process at once. A transaction in flight when its
+        broker restarted waits behind the retired broker's handle (confluentinc/librdkafka#5511; the
+        replacement in `_producer_for_commit` only helps between transactions): librdkafka returns
+        `_TIMED_OUT` after ~20 s and every retry on this producer times out the same way, each within
+        the watchdog's bound, so the retries ended in the runner's exit (docs/postmortem.md, incident 2).
+        """
+
+        def attempt() -> None:
+            try:
+                self._bounded(what, call, timeout_s)
+            except KafkaException as exc:
+                if exc.args[0].code() == KafkaError._TIMED_OUT and self.commit_watchdog is not None:
+                    producer = self.producer
+                    assert producer is not None
+                    producer.poll(0)  # serves the error callback
+                    if self._producer_lost_broker:
+                        self.commit_watchdog.expire(f"{what} timed out after the producer lost a broker")
+                raise
+
+        retry_transactional(attempt, what)
 
     def _settle(self, *, rewind: bool = False) -> bool:
         """Wait until every handed-over batch is committed and archived (`_recover` on a failure, which

@@ -10,7 +10,9 @@ broker restart waiting for a retired group-coordinator handle (#5511), no longer
 replaces a producer that could not reach a broker before its next transaction
 (`Runner._producer_for_commit`). A transaction in flight during the outage still can. A call with a
 timeout of its own is watched until shortly after it (`Runner._bounded`): past its own timeout it is
-hung, so the restart need not wait for the watchdog's overall bound.
+hung, so the restart need not wait for the watchdog's overall bound. A call that returns a timeout
+after its producer could not reach a broker is as hung (its requests wait behind the retired broker's
+handle, and each retry times out the same way): the runner calls `expire` at once (`Runner._transactional`).
 A Python timeout cannot interrupt that call, so the watchdog restarts the whole process in place
 (`execv`, same pid and command line). That is exactly a crash followed by a restart — which the runner
 is built for and the chaos suite proves: uncommitted outputs are aborted by the restarted producer's
@@ -81,15 +83,19 @@ class Watchdog:
             deadline = self._deadline
             if deadline is not None and self.clock() > deadline:
                 self._deadline = None
-                self.expired += 1
-                log.critical(
-                    "%s did not return within %.0fs (librdkafka can block forever when the group "
-                    "coordinator restarts); restarting the process in place",
-                    self._what,
-                    self._bound_s,
+                self.expire(
+                    f"{self._what} did not return within {self._bound_s:.0f}s (librdkafka can block "
+                    "forever when the group coordinator restarts)"
                 )
-                self.on_expire()
             self.checks += 1
+
+    def expire(self, reason: str) -> None:
+        """Act now, as for a guarded call past its bound: for a call known to be hung without waiting
+        for the bound (`reason` says why). `on_expire` restarts the process, so this does not return
+        in production."""
+        self.expired += 1
+        log.critical("%s; restarting the process in place", reason)
+        self.on_expire()
 
     def close(self) -> None:
         self._stop.set()
