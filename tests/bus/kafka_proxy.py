@@ -7,9 +7,13 @@ The proxy speaks just enough of the Kafka protocol (https://kafka.apache.org/pro
 - every frame is a big-endian int32 size and that many bytes; a request's header starts with api_key
   (int16), api_version (int16), correlation_id (int32); its response starts with the correlation_id;
 - Metadata responses (api_key 3) name the broker's own host and port, so the proxy rewrites each
-  broker's port to its own, and the client keeps talking through it after bootstrap;
+  broker's port to its own, and the client keeps talking through it after bootstrap; so do
+  FindCoordinator responses (api_key 10), for the consumer's group coordinator;
 - the first `drop` Produce responses (api_key 0) are not forwarded: the proxy closes the client's
-  connection instead, as a network failure after the broker's append would.
+  connection instead, as a network failure after the broker's append would;
+- for `fail_heartbeats(s)` seconds, Heartbeat responses (api_key 12) say NOT_COORDINATOR: the broker
+  still has the consumer's heartbeats (its member stays in the group), the consumer hears no success
+  and its session times out, as one does while a restarted broker loads the group.
 """
 
 from __future__ import annotations
@@ -18,9 +22,12 @@ import contextlib
 import socket
 import struct
 import threading
+import time
 from types import TracebackType
 
-PRODUCE, METADATA = 0, 3
+PRODUCE, METADATA, FIND_COORDINATOR, HEARTBEAT = 0, 3, 10, 12
+NOT_COORDINATOR = 16
+FIRST_FLEXIBLE_HEARTBEAT = 4
 FIRST_FLEXIBLE_METADATA = 9  # compact arrays/strings and tagged fields from Metadata v9 on
 
 
@@ -44,7 +51,7 @@ def _read_frame(sock: socket.socket) -> bytes | None:
     return _recv_exact(sock, struct.unpack(">i", size)[0])
 
 
-def _uvarint(buf: bytes, pos: int) -> tuple[int, int]:
+def _uvarint(buf: bytes | bytearray, pos: int) -> tuple[int, int]:
     value = shift = 0
     while True:
         byte = buf[pos]
@@ -55,13 +62,33 @@ def _uvarint(buf: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _skip_tagged_fields(buf: bytes, pos: int) -> int:
+def _skip_tagged_fields(buf: bytes | bytearray, pos: int) -> int:
     count, pos = _uvarint(buf, pos)
     for _ in range(count):
         _, pos = _uvarint(buf, pos)  # tag
         size, pos = _uvarint(buf, pos)
         pos += size
     return pos
+
+
+def rewrite_coordinator_port(response: bytes, host: str, port: int, new_port: int) -> bytes:
+    """The FindCoordinator response with the coordinator's port `port` replaced by `new_port`. In every
+    version of the response the port (int32) directly follows the host's bytes, so the pair is found
+    by its bytes rather than by parsing the version's layout."""
+    address = host.encode()
+    return response.replace(address + struct.pack(">i", port), address + struct.pack(">i", new_port))
+
+
+def heartbeat_failed(response: bytes, version: int) -> bytes:
+    """The Heartbeat response with its error code set to NOT_COORDINATOR."""
+    buf = bytearray(response)
+    pos = 4  # correlation id
+    if version >= FIRST_FLEXIBLE_HEARTBEAT:
+        pos = _skip_tagged_fields(buf, pos)  # response header v1
+    if version >= 1:
+        pos += 4  # throttle_time_ms
+    struct.pack_into(">h", buf, pos, NOT_COORDINATOR)
+    return bytes(buf)
 
 
 def rewrite_metadata_ports(response: bytes, version: int, port: int) -> bytes:
@@ -112,6 +139,8 @@ class ProduceResponseDropper:
         self.upstream = (host, int(port))
         self.remaining = 0
         self.dropped = 0
+        self.heartbeats_failed = 0
+        self._fail_heartbeats_until = 0.0
         self._lock = threading.Lock()
         self._server = socket.socket()
         self._server.bind(("127.0.0.1", 0))
@@ -131,6 +160,11 @@ class ProduceResponseDropper:
         """Lose the next `n` Produce responses."""
         with self._lock:
             self.remaining = n
+
+    def fail_heartbeats(self, seconds: float) -> None:
+        """Answer every Heartbeat with NOT_COORDINATOR for the next `seconds`."""
+        with self._lock:
+            self._fail_heartbeats_until = time.monotonic() + seconds
 
     def _accept(self) -> None:
         while not self._closed:
@@ -172,6 +206,11 @@ class ProduceResponseDropper:
                     break
             if api_key == METADATA:
                 frame = rewrite_metadata_ports(frame, api_version, self.port)
+            if api_key == FIND_COORDINATOR:
+                frame = rewrite_coordinator_port(frame, *self.upstream, self.port)
+            if api_key == HEARTBEAT and time.monotonic() < self._fail_heartbeats_until:
+                frame = heartbeat_failed(frame, api_version)
+                self.heartbeats_failed += 1
             try:
                 client.sendall(struct.pack(">i", len(frame)) + frame)
             except OSError:

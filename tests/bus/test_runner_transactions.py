@@ -662,3 +662,68 @@ def test_a_transactional_timeout_after_the_producer_lost_a_broker_restarts_at_on
     assert "done" in injected
     assert stuck.fired == 1, "a timeout after a lost broker was retried on the same producer"
     assert_exact(settings, recording)
+
+
+def test_a_session_lost_during_a_commit_rejoins_without_the_runner_fencing_itself(
+    settings: Settings, recording: Recording, caplog: pytest.LogCaptureFixture
+) -> None:
+    # When a static member's session times out, librdkafka forgets its member id and, until the
+    # lost-partitions callback returns, heartbeats with the empty id; the broker, which still has the
+    # member, answers FENCED_INSTANCE_ID, a fatal error (confluentinc/librdkafka#3437). The runner's
+    # callback waited there for the commit in flight, which after a broker restart takes tens of
+    # seconds, so every lost session during a commit fenced the runner (the broker-restart test's log,
+    # session 25). Here the proxy answers the consumer's heartbeats NOT_COORDINATOR past the session
+    # timeout (the broker keeps the member, as a restarted broker does while it loads the group) while
+    # a commit is held; the runner must keep going, exact. (A runner's thread blocked elsewhere, e.g. on
+    # a full commit backlog, serves the callback late, and still fences itself: not covered here.)
+    held, release = threading.Event(), threading.Event()
+
+    class HeldCommit(FaultyProducer):
+        hold = False
+
+        def commit_transaction(self, *args: Any) -> None:
+            if HeldCommit.hold:
+                HeldCommit.hold = False
+                held.set()
+                release.wait(60)
+            self.inner.commit_transaction(*args)
+
+    # A third, then a few events whose commit is held: the runner's thread then waits in the
+    # consumer's poll, which serves the callback (as in the broker-restart test's failure).
+    third = len(recording.events) // 3
+    held_batch = third + 100
+    produce(settings, recording.events[:third])
+    with ProduceResponseDropper(str(settings.kafka_bootstrap)) as proxy:
+        runner = faulty_runner(
+            settings.model_copy(update={"kafka_bootstrap": proxy.bootstrap}),
+            "lost-session",
+            KafkaError(KafkaError._STATE, "never injected"),
+            set(),
+            HeldCommit,
+        )
+        with caplog.at_level(logging.WARNING, logger="tradepulse.bus.runner"), in_thread(runner) as errors:
+            wait_for(lambda: runner.metrics.events_processed >= third, 120, "the first third")
+            HeldCommit.hold = True
+            produce(settings, recording.events[third:held_batch])
+            assert held.wait(60), "no commit came to hold"
+            # The last answered heartbeat came before this, so the session times out within the window.
+            proxy.fail_heartbeats(runner_module.SESSION_TIMEOUT_MS / 1000)
+            wait_for(
+                lambda: any("partitions lost" in r.getMessage() for r in caplog.records) or bool(errors),
+                60,
+                "the session to time out",
+            )
+            # The broker's answers again from now on: heartbeats go on (every 3 s) while the commit is
+            # held, in all < 20 s (the transaction timeout, after which the broker would abort it).
+            proxy.fail_heartbeats(0)
+            time.sleep(5)
+            release.set()
+            produce(settings, recording.events[held_batch:])
+            wait_for(
+                lambda: runner.metrics.events_processed >= len(recording.events) or bool(errors),
+                120,
+                "every event",
+            )
+            assert not errors, errors
+    assert proxy.heartbeats_failed > 0
+    assert_exact(settings, recording)

@@ -73,7 +73,8 @@ assignment the runner resets the core and rebuilds it from the look-back of the 
 revocation it waits for the batches handed over to commit (still in the old generation: the group
 waits for the callback) and flushes the cold store. Lost partitions (session timeout) are another
 member's already: the transactions in flight fail and abort, the buffered cold rows are dropped, never
-written.
+written; the callback itself returns at once and leaves that to the runner's thread (`_on_lost`), or
+librdkafka fences the static member while it waits.
 
 Every stage (batch wait, decode, core, hot write and commit wait per batch on the runner's thread;
 produce and commit per transaction; cold append and cold flush per group of batches archived) and the
@@ -355,6 +356,8 @@ class Runner:
         self._group_metadata: Any = None
         # Rebalance callbacks served so far (`_more`): a batch is gathered within one assignment.
         self._rebalances = 0
+        # Lost partitions whose cleanup waits for the runner's thread (`_after_loss`).
+        self._loss_pending = False
         # Next offset the cold store still needs, per consumed partition; lower offsets are already there.
         self._cold_next: dict[tuple[str, int], int] = {}
         self._last_status = 0.0
@@ -469,6 +472,7 @@ class Runner:
             )
             while not self._stop.is_set():
                 messages, wait_ms = self._next_batch()
+                self._after_loss()
                 if messages:
                     self._process(messages, wait_ms)
                     if self.backpressure.should_pause():
@@ -549,6 +553,7 @@ class Runner:
         error: BaseException | None = None
         if clean:
             try:
+                self._after_loss()
                 # The last batches' transactions; an abort leaves them to the restart's replay.
                 self._settle()
             except BaseException as exc:  # raised once the clients are closed
@@ -610,6 +615,7 @@ class Runner:
         deadline = time.monotonic() + DRAIN_OUTPUTS_S
         while time.monotonic() < deadline:
             messages = consumer.consume(self.settings.batch_max_messages, 0.1)
+            self._after_loss()
             if messages:
                 self._process(messages)
             # The watermarks count only what was produced: every handed-over batch committed first.
@@ -639,6 +645,7 @@ class Runner:
     # --- rebalance --------------------------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+        self._after_loss()
         self._rebalances += 1
         self._assignment = list(partitions)
         # This generation's: every rebalance revokes (or loses) the whole assignment and assigns anew
@@ -659,6 +666,7 @@ class Runner:
         self.metrics.assignments += 1
 
     def _on_revoke(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+        self._after_loss()
         self._rebalances += 1
         log.info("revoked %s", sorted((p.topic, p.partition) for p in partitions))
         # The batches handed over commit with this generation (the group waits for this callback), or
@@ -673,17 +681,32 @@ class Runner:
         self.metrics.assigned_partitions = 0
 
     def _on_lost(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+        """The session timed out: the partitions are another member's, or ours again after the rejoin.
+        Returns at once; the cleanup waits for the runner's thread (`_after_loss`). By now librdkafka
+        has forgotten a static member's id, and until this callback returns it heartbeats with the
+        empty one, which the broker, still holding the member, answers with a fatal
+        FENCED_INSTANCE_ID (confluentinc/librdkafka#3437): waiting here for the commit in flight,
+        tens of seconds after a broker restart, fenced the runner."""
         self._rebalances += 1
         log.warning("partitions lost %s", sorted((p.topic, p.partition) for p in partitions))
+        self._loss_pending = True
+        self._assignment = []
+        self._group_metadata = None
+        self.metrics.assigned_partitions = 0
+
+    def _after_loss(self) -> None:
+        """The cleanup of lost partitions (`_on_lost`), if one is pending: on the runner's thread, after
+        the callback returned and before anything else uses the state (the loop's next batch, the next
+        rebalance callback, the shutdown)."""
+        if not self._loss_pending:
+            return
+        self._loss_pending = False
         self._settle()  # commits of the lost generation fail and abort; their batches are the owner's
         self.processor.reset()
         # Another member owns them already: its files must not be overwritten with our buffers (the
         # next assignment's close() would flush them). Dropped rows are re-appended by their owner.
         self.cold = self.cold_factory()
         self._cold_next.clear()
-        self._assignment = []
-        self._group_metadata = None
-        self.metrics.assigned_partitions = 0
 
     @staticmethod
     def _committed(consumer: Consumer, partitions: list[KafkaTopicPartition]) -> list[KafkaTopicPartition]:
