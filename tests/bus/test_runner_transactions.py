@@ -231,6 +231,17 @@ class StuckCall:
         self.release.wait(10)
 
 
+NEVER_INJECTED = KafkaError(KafkaError._STATE, "never injected")
+
+
+def run_watched(runner: Runner, settings: Settings, recording: Recording, stuck: StuckCall) -> None:
+    """`run_to_the_end` for a runner under `stuck`'s watchdog, which is closed afterwards."""
+    try:
+        run_to_the_end(runner, settings, recording)
+    finally:
+        stuck.watchdog.close()
+
+
 @pytest.fixture
 def stuck() -> Iterator[StuckCall]:
     call = StuckCall()
@@ -288,14 +299,10 @@ def test_a_send_offsets_past_its_own_timeout_fires_the_watchdog(
                 stuck.wait()
             self.inner.send_offsets_to_transaction(*args)
 
-    error = KafkaError(KafkaError._STATE, "never injected")
     runner = faulty_runner(
-        settings, "hang-offsets", error, set(), HangingSendOffsets, commit_watchdog=stuck.watchdog
+        settings, "hang-offsets", NEVER_INJECTED, set(), HangingSendOffsets, commit_watchdog=stuck.watchdog
     )
-    try:
-        run_to_the_end(runner, settings, recording)
-    finally:
-        stuck.watchdog.close()
+    run_watched(runner, settings, recording, stuck)
     assert stuck.fired == 1, "the watchdog did not fire for a send_offsets past its own timeout"
     assert_exact(settings, recording)
 
@@ -651,14 +658,10 @@ def test_a_transactional_timeout_after_the_producer_lost_a_broker_restarts_at_on
                 raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "injected timeout", retriable=True))
             self.inner.send_offsets_to_transaction(*args)
 
-    error = KafkaError(KafkaError._STATE, "never injected")
     runner = faulty_runner(
-        settings, "outage-timeout", error, set(), TimedOutAfterOutage, commit_watchdog=stuck.watchdog
+        settings, "outage-timeout", NEVER_INJECTED, set(), TimedOutAfterOutage, commit_watchdog=stuck.watchdog
     )
-    try:
-        run_to_the_end(runner, settings, recording)
-    finally:
-        stuck.watchdog.close()
+    run_watched(runner, settings, recording, stuck)
     assert "done" in injected
     assert stuck.fired == 1, "a timeout after a lost broker was retried on the same producer"
     assert_exact(settings, recording)
@@ -697,7 +700,7 @@ def test_a_session_lost_during_a_commit_rejoins_without_the_runner_fencing_itsel
         runner = faulty_runner(
             settings.model_copy(update={"kafka_bootstrap": proxy.bootstrap}),
             "lost-session",
-            KafkaError(KafkaError._STATE, "never injected"),
+            NEVER_INJECTED,
             set(),
             HeldCommit,
         )
