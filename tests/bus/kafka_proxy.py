@@ -129,7 +129,8 @@ def rewrite_metadata_ports(response: bytes, version: int, port: int) -> bytes:
 
 class ProduceResponseDropper:
     """Listens on 127.0.0.1 (`bootstrap`), forwards to the broker at `upstream`, and swallows the next
-    `drop_next(n)` Produce responses by closing that client connection (counted in `dropped`).
+    `drop_next(n)` Produce responses by closing that client connection (counted in `dropped`), and
+    fails the Heartbeats answered within `fail_heartbeats(s)` (counted in `heartbeats_failed`).
 
     With `listening=False` its port is bound but refuses connections until `listen()`: a broker that is
     not up yet."""

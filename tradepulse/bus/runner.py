@@ -697,7 +697,7 @@ class Runner:
     def _after_loss(self) -> None:
         """The cleanup of lost partitions (`_on_lost`), if one is pending: on the runner's thread, after
         the callback returned and before anything else uses the state (the loop's next batch, the next
-        rebalance callback, the shutdown)."""
+        rebalance callback, the output drain, the shutdown)."""
         if not self._loss_pending:
             return
         self._loss_pending = False
