@@ -1,6 +1,7 @@
 """Memory of the feature core's trade state: the core alone (one process) fed the simulated market in
-batches, then the bytes of each `TradeState` array, the process RSS and a digest of every per-trade
-feature vector (equal digests: two builds computed the same bits).
+batches, then the bytes of each `TradeState` array, the process RSS, each re-layout of the rows (the
+stalls: market time, slots, milliseconds) and a digest of every per-trade feature vector (equal
+digests: two builds computed the same bits).
 
     .venv/bin/python scripts/bench_state_memory.py [--rate 15000] [--tickers 200] [--seconds 330] [--batch 5000]
 
@@ -19,6 +20,7 @@ from bench_core import market_columns
 
 from tradepulse.bus.runner import tune_process
 from tradepulse.core.features import FeatureEngine
+from tradepulse.core.trade_state import TradeState
 from tradepulse.sources.simulator.market import Block, MarketConfig, MarketModel, make_tickers
 
 
@@ -37,6 +39,21 @@ def main(rate: float, tickers: int, seconds: float, batch: int, seed: int) -> No
     names = np.asarray(model.symbols, dtype=object)
     tune_process()  # as `tradepulse process` does: GC thresholds, numpy's huge pages off
     engine = FeatureEngine()
+    market_s = 0.0
+    relayouts: list[tuple[float, int, float]] = []  # (market time s, row slots after, ms)
+    reserve_ms: list[float] = []
+    reserve = TradeState.reserve
+
+    def timed_reserve(state: TradeState, *args: np.ndarray) -> None:
+        # Timed from outside (the core itself is not instrumented); a new `key` array is a re-layout.
+        key, started = state.key, time.perf_counter()
+        reserve(state, *args)  # type: ignore[arg-type]
+        ms = (time.perf_counter() - started) * 1000
+        reserve_ms.append(ms)
+        if state.key is not key:
+            relayouts.append((market_s, len(state.key), ms))
+
+    TradeState.reserve = timed_reserve  # type: ignore[method-assign]
     digest = hashlib.sha256()
     core_s, batches, count = 0.0, 0, 0
     pending: list[Block] = []
@@ -54,6 +71,7 @@ def main(rate: float, tickers: int, seconds: float, batch: int, seed: int) -> No
             digest.update(repr(values.tolist()).encode() if values.dtype == object else values.tobytes())
 
     for block in model.generate(seconds):
+        market_s = (block.end_ms - model.config.start_ms) / 1000
         pending.append(block)
         count += len(block)
         if count >= batch:
@@ -71,6 +89,10 @@ def main(rate: float, tickers: int, seconds: float, batch: int, seed: int) -> No
         + ", ".join(
             f"{n} {v.nbytes / 2**20:.0f}" for n, v in sorted(arrays.items(), key=lambda kv: -kv[1].nbytes)[:8]
         )
+        + "\nrow re-layouts (market s, slots, ms): "
+        + ", ".join(f"{at:.0f} s {slots / 1e6:.2f} M {ms:.0f}" for at, slots, ms in relayouts)
+        + f"\nreserve p99 / max {np.percentile(reserve_ms, 99):.1f} / {max(reserve_ms):.1f} ms"
+        + f" ({len(reserve_ms):,} calls)"
         + f"\nprocess RSS {psutil.Process().memory_info().rss / 2**20:,.0f} MiB\n"
         f"feature digest {digest.hexdigest()[:16]}"
     )
