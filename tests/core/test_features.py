@@ -772,6 +772,41 @@ def test_a_full_region_compacted_in_place_changes_no_vector(
     compare(got, whole_reference, same_split=False)
 
 
+@pytest.mark.parametrize("slice_move_rows", [0, 10**9], ids=["slices", "gather"])
+def test_a_relayout_of_the_rows_changes_no_bit_of_any_output(
+    stream: list[Event], monkeypatch: pytest.MonkeyPatch, slice_move_rows: int
+) -> None:
+    # A re-layout moves every ticker's rows with their prefix sums and price centre as they are, so
+    # whether and when one happens changes no bit of any vector (only a compaction re-bases a ticker's
+    # sums). Compactions off; two region sizings give re-layouts at different times. Both ways of
+    # moving the rows (a slice per ticker, one gather) are run.
+    monkeypatch.setattr(TradeState, "_compact", lambda self, *args: False)
+    monkeypatch.setattr(trade_state, "SLICE_MOVE_ROWS", slice_move_rows)
+    batches = split(stream, random_sizes(5, 600, hi=12))
+    relayouts: Counter[float] = Counter()
+    alloc_rows = TradeState._alloc_rows
+
+    def relayout(self: TradeState, *args: np.ndarray) -> None:
+        relayouts[trade_state.FILL_PROJECTION] += 1
+        alloc_rows(self, *args)
+
+    monkeypatch.setattr(TradeState, "_alloc_rows", relayout)
+
+    def bits(results: list[dict]) -> list[str]:
+        return [
+            repr(([(k, v.tobytes() if v.dtype != object else v.tolist()) for k, v in r["arrays"].items()],
+                  r["snapshots"], r["provisional"], r["latest"], r["zscores"]))
+            for r in results
+        ]  # fmt: skip
+
+    outputs = {}
+    for projection in (1.0, 4.0):
+        monkeypatch.setattr(trade_state, "FILL_PROJECTION", projection)
+        outputs[projection] = bits(run_engine(batches))
+    assert relayouts[4.0] < relayouts[1.0]
+    assert outputs[4.0] == outputs[1.0]
+
+
 def test_filling_windows_are_sized_for_their_projected_rows(
     stream: list[Event], whole_reference: list[dict], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -97,9 +97,9 @@ positions, so the cost per batch follows the batch, not the 5-minute state. Trad
 later-keyed trade of the same batch (within-grace disorder) are corrected for by subtracting their
 contributions from the earlier arrivals' sums (cost proportional to the number of such pairs; zero for
 in-order feeds). State is bounded: per ticker only trades with ts > watermark − grace − horizon
-(300 s + one bucket) can be reached; older rows are dropped, and the float prefix sums re-based (the z-score's are exact
-integers), when a ticker's region fills (amortised: in place for that ticker alone once its live rows
-have stopped growing), and only the quotes a future trade can still use are kept.
+(300 s + one bucket) can be reached; older rows are dropped when a ticker's region fills (amortised:
+in place for that ticker alone once its live rows have stopped growing, its float prefix sums re-based;
+the z-score's are exact integers), and only the quotes a future trade can still use are kept.
 """
 
 from __future__ import annotations

@@ -53,6 +53,9 @@ TS_MIN, TS_MAX = -KOFF, 2**KEY_BITS - 2 - KOFF  # the ts a row's key holds uncli
 MIN_CAP = 64
 FILL_PROJECTION = 2.0
 """Most a re-layout sizes a region beyond its live rows while the code's window is still filling."""
+SLICE_MOVE_ROWS = 128
+"""A re-layout copies each code's rows as slices when codes hold this many rows on average, else with
+one gather (~10 µs of slicing a code against ~0.1 µs a row saved; 200 and 3,000 tickers measured)."""
 ROW_INDEX_LIMIT = 2**31  # row indices (`last_ok`) and a region's prefix counts are int32
 ACC = np.longdouble  # prefix-sum accumulator (80-bit extended on x86-64)
 
@@ -125,11 +128,15 @@ class TradeState:
     composite key code·K + ts is sorted globally); its rows occupy [.., tail[c]), sorted by (ts,
     arrival), and the rest of the region holds the gap sentinel key. Rows below the eviction cutoff
     stay until the region fills (they can never fall inside a future window); then, if the live rows
-    fit in three quarters of the region, that code alone is compacted in place (`_compact`), else
-    everything is re-laid out with regions of twice the live rows (twice the rows a filling window
-    is projected to hold: `_projected`); either way dead rows are dropped,
-    prefix sums re-based at zero and prices re-centred, so the sums never span more than ~2 regions'
-    worth of rows. A batch only rewrites each code's suffix from
+    fit in three quarters of the region, that code alone is compacted in place (`_compact`: its dead
+    rows dropped, its prefix sums re-based at zero and its prices re-centred), else everything is
+    re-laid out with regions of twice the live rows (twice the rows a filling window is projected to
+    hold: `_projected`): dead rows are dropped and the live ones copied with their sums and centre as
+    they are, so a re-layout changes no vector. A code's float sums span the rows since its last
+    re-base (a compaction, or a batch that rewrote its region from the start): a few regions' worth of
+    rows, which extended precision carries without a loss a vector shows (the drift test in
+    tests/core/test_features.py holds vectors to 1e-9 of a naive recomputation over 15 minutes). A
+    batch only rewrites each code's suffix from
     its earliest trade (bounded by the late grace) and the buckets from that trade's bucket on.
     The z-score bucket table (one slot per (code, bucket) with a trade) has a gapped layout of its
     own, regions [breg0[c], breg0[c] + bcap[c]) sized by the code's live buckets: a bucket (one
@@ -157,13 +164,12 @@ class TradeState:
 
     def _alloc_rows(self, codes: np.ndarray, caps: np.ndarray) -> None:
         """Fresh row arrays with `caps[i]` slots for `codes[i]`."""
-        owner = np.repeat(codes, caps)
-        n = len(owner)
+        n = int(caps.sum())
         if n >= ROW_INDEX_LIMIT:
             raise InvalidArgument(f"{n:,} row slots: more than the int32 row indices of `last_ok` hold")
         # Each slot's code is its key's high bits (`code_of`) and its ts the low bits (`ts_of`): neither
         # is stored (16 bytes a slot).
-        self.key = owner * K + (K - 1)
+        self.key = np.repeat(codes * K + (K - 1), caps)
         self.price = np.zeros(n)
         self.size = np.zeros(n)
         self.late = np.zeros(n, dtype=np.int32)  # late events attached to the row (a count)
@@ -240,9 +246,8 @@ class TradeState:
     def reserve(self, ncodes: int, codes: np.ndarray, need: np.ndarray, cutoff: np.ndarray) -> None:
         """Room for `need` more rows, and buckets, of each of `codes`. When a row region is full or
         codes are new, re-lays out the rows and the buckets (dropping rows with ts <= cutoff[code], and
-        the buckets before the first row left); when only a bucket region is full, the buckets alone.
-        The rows' float prefix sums round according to where they were re-based, so they are re-laid
-        out only when the rows need it: no vector depends on the bucket table's layout."""
+        the buckets before the first row left); when only a bucket region is full, the buckets alone
+        (moving every row costs far more than the buckets). No vector depends on either layout."""
         same_codes = ncodes == len(self.tail)
         rows_fit = same_codes and bool((self.tail[codes] + need <= self.reg0[codes] + self.cap[codes]).all())
         if same_codes and not rows_fit:
@@ -268,16 +273,54 @@ class TradeState:
         self.centre = np.r_[self.centre, np.zeros(grow)]
         cap = np.maximum(MIN_CAP, 2 * (self._projected(first, tail, live, cutoff) + want))
         new0 = np.r_[0, np.cumsum(cap)[:-1]].astype(np.int64)
-        src, grp = ranges(first, tail)
-        keep = [array[src] for array in self._row_values()]
-        self.centre[has] = self.price[first[has]]
+        # The rows move with their prefix sums, `last_ok` and their code's price centre as they are,
+        # not recomputed: a row's float sums are then the same bits, so no vector depends on when a
+        # re-layout happened (only a compaction re-bases a code's sums), and the stall is the copy.
+        # Recomputing them was most of it: 178 of 273 ms for 1.1 M rows (docs/benchmarks.md).
+        previous = self._moved_as_they_are(), self._prefix_counts(), self.last_ok
         self._alloc_rows(all_codes, cap)
-        dst = new0[grp] + (src - first[grp])
-        for array, values in zip(self._row_values(), keep, strict=True):
-            array[dst] = values
+        self._move_rows(previous, first, tail, new0)
         self.reg0, self.cap = new0, cap
         self.tail = new0 + live
-        self._resum(dst, grp)
+
+    def _move_rows(
+        self,
+        previous: tuple[tuple[np.ndarray, ...], tuple[tuple[np.ndarray, np.ndarray], ...], np.ndarray],
+        first: np.ndarray,
+        tail: np.ndarray,
+        new0: np.ndarray,
+    ) -> None:
+        """Copy rows [first[c], tail[c]) of the `previous` arrays (`_moved_as_they_are`, `_prefix_counts`,
+        `last_ok` of the previous layout) to new0[c] on: the values and sums as they are, the prefix
+        counts re-based at the first row kept (exact integers: the same window counts, and never more
+        than their int32 region holds), and `last_ok` shifted with its row (a row dropped: -1)."""
+        old_arrays, old_counts, old_last_ok = previous
+        arrays, counts = self._moved_as_they_are(), self._prefix_counts()
+        live = tail - first
+        moving = np.flatnonzero(live > 0)
+        if int(live.sum()) >= SLICE_MOVE_ROWS * len(moving):
+            # One slice per code and array: a region moves as one block.
+            for c in moving.tolist():
+                lo, hi, at = int(first[c]), int(tail[c]), int(new0[c])
+                to = slice(at, at + hi - lo)
+                for old_array, array in zip(old_arrays, arrays, strict=True):
+                    array[to] = old_array[lo:hi]
+                for (old_values, old_through), (_, through) in zip(old_counts, counts, strict=True):
+                    through[to] = old_through[lo:hi] - (old_through[lo] - old_values[lo])
+                moved_ok = old_last_ok[lo:hi]
+                self.last_ok[to] = np.where(moved_ok >= lo, moved_ok + (at - lo), -1)
+            return
+        # Few rows a code: one gather and scatter of every row beats a slice per code.
+        src, grp = ranges(first, tail)
+        dst = new0[grp] + (src - first[grp])
+        for old_array, array in zip(old_arrays, arrays, strict=True):
+            array[dst] = old_array[src]
+        for (old_values, old_through), (_, through) in zip(old_counts, counts, strict=True):
+            base = np.zeros(len(first), dtype=np.int64)
+            base[moving] = old_through[first[moving]] - old_values[first[moving]]
+            through[dst] = old_through[src] - base[grp]
+        moved_ok = old_last_ok[src]
+        self.last_ok[dst] = np.where(moved_ok >= first[grp], moved_ok + (new0 - first)[grp], -1)
 
     def _projected(
         self, first: np.ndarray, tail: np.ndarray, live: np.ndarray, cutoff: np.ndarray
@@ -305,11 +348,20 @@ class TradeState:
             self.key, self.price, self.size, self.late, self.csize, self.vol_ok, self.price_ok,
         )  # fmt: skip
 
+    def _moved_as_they_are(self) -> tuple[np.ndarray, ...]:
+        """The row arrays a re-layout copies unchanged: the values and the prefix sums (the float sums
+        keep their bits; the int64 ones wrap, so their base does not matter)."""
+        return (*self._row_values(), self.t_ps, self.t_size, self.t_p, self.t_qsize, self.t_csize)
+
+    def _prefix_counts(self) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+        """(flag, its inclusive prefix count) of the two eligibility flags."""
+        return ((self.vol_ok, self.t_vol_ok), (self.price_ok, self.t_price_ok))
+
     def _compact(self, codes: np.ndarray, need: np.ndarray, cutoff: np.ndarray) -> bool:
         """Room for `need` more rows of each of `codes` by dropping, in place, the rows with ts <=
         cutoff[code] of the codes whose region is full: their live rows move to the start of their own
-        region and are re-based there (as a re-layout re-bases them), the other codes are not touched.
-        That costs those codes' rows, where a re-layout moves every code's (seconds at 15k ev/s). Only
+        region and are re-based there, the other codes are not touched. That costs those codes' rows,
+        where a re-layout moves every code's (~90 ms for 1.2 M rows at 15k ev/s). Only
         when every full code is left with at least a quarter of its region free (a region is sized at
         twice its live rows, so a steady ticker fills it with about a window of dead rows); otherwise
         nothing changes and False is returned (a re-layout sizes the regions anew)."""
@@ -387,7 +439,7 @@ class TradeState:
         prev = rows[starts] - 1
         cont = prev >= self.reg0[self.code_of(rows[starts])]
         prev = np.maximum(prev, 0)
-        for values, through in ((self.vol_ok, self.t_vol_ok), (self.price_ok, self.t_price_ok)):
+        for values, through in self._prefix_counts():
             counts = np.cumsum(values[rows].astype(np.int64))
             before = np.concatenate(([0], counts))[starts]  # the batch's count before each run
             base = np.where(cont, through[prev], 0)
