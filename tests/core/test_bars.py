@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tradepulse.core.bars import BAR_MS, BarEngine, OpenTrades, bar_id
+from tradepulse.core.bars import BAR_MS, BarEngine, OpenTrades, _tape_order, bar_id
 from tradepulse.core.columns import QuoteColumns, TradeColumns
 from tradepulse.core.features import FeatureEngine
 from tradepulse.core.sessions import SessionTable
@@ -221,7 +221,7 @@ def test_open_trades_grow_by_doubling_not_per_batch() -> None:
     held = OpenTrades()
     for i in range(5000):
         one = np.array([i])
-        held.append(one, one, one, one.astype(float), one.astype(float), *(np.array([True]),) * 3)
+        held.append(one, one, one.astype(float), one.astype(float), *(np.array([True]),) * 3)
     assert len(held) == 5000
     assert held.reallocations <= 4  # 1,024 → 10,000 slots
     rows = held.take(held.ts % 3 == 0)
@@ -343,3 +343,18 @@ def test_bars_carry_the_session_of_their_minute() -> None:
         event_id=np.array(["a", "b", "c"], dtype=object),
     )
     assert [b["session"] for b in engine.process(trades)] == ["pre_market", "regular"]
+
+
+@pytest.mark.parametrize("ncodes", [1, 200, 40_000], ids=["one", "radix", "wide-codes"])
+def test_the_tape_order_is_code_then_ts_then_arrival(ncodes: int) -> None:
+    """`_tape_order` (a radix sort of the codes, then a stable sort of nearly sorted keys) orders as
+    `np.lexsort((arrival, ts, code))`: ties in ts keep arrival order, out-of-order trades are placed,
+    and codes beyond 16 bits take the lexsort itself."""
+    rng = np.random.default_rng(ncodes)
+    n = 20_000
+    code = rng.integers(0, ncodes, n).astype(np.int64)
+    ts = np.sort(rng.integers(0, 5_000, n)) + 1_767_000_000_000  # many equal timestamps
+    late = rng.random(n) < 0.05
+    ts[late] -= rng.integers(0, 3_000, int(late.sum()))
+    assert np.array_equal(_tape_order(code, ts), np.lexsort((np.arange(n), ts, code)))
+    assert len(_tape_order(code[:0], ts[:0])) == 0

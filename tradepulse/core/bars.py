@@ -68,8 +68,7 @@ class BarEngine:
         self._codes: dict[str, int] = {}
         self._names: list[str] = []
         self._wm = np.empty(0, dtype=np.int64)
-        self._seq = 0  # arrival counter: orders equal timestamps
-        # Accepted trades of the open minutes, in arrival order.
+        # Accepted trades of the open minutes, in arrival order (which orders equal timestamps).
         self._open = OpenTrades()
         # Per ticker code: the earliest end of its open bars (OPEN_NONE: none). A batch closes a bar only
         # when some ticker's watermark − grace reaches it, so most batches look at this, not the trades.
@@ -108,14 +107,11 @@ class BarEngine:
         valid = np.isfinite(price) & (price > 0) & np.isfinite(size) & (size > 0)
         codes = self._codes_for(trades.ticker[valid])
         ts = trades.ts_ms[valid].astype(np.int64)
-        arrival = self._seq + np.arange(len(ts), dtype=np.int64)
-        self._seq += n
         accepted = self._accept(codes, ts)
         keep = np.flatnonzero(valid)[accepted]
         self._open.append(
             codes[accepted],
             ts[accepted],
-            arrival[accepted],
             price[keep],
             size[keep],
             *(m[keep] for m in masks),
@@ -182,11 +178,11 @@ class BarEngine:
             return []  # no ticker's watermark reached the end of its earliest open bar
         held = self._open
         closed = _bar_end(held.ts) <= self._wm[held.code] - self.late_grace_ms
-        code, ts, arrival, price, size, vol, hl, oc = held.take(closed)
+        code, ts, price, size, vol, hl, oc = held.take(closed)
         self._open_end[:] = OPEN_NONE
         np.minimum.at(self._open_end, held.code, _bar_end(held.ts))
         # Key order (code, ts, arrival): a bar's trades are contiguous, in the order of the tape.
-        order = np.lexsort((arrival, ts, code))
+        order = _tape_order(code, ts)
         code, ts, price, size = code[order], ts[order], price[order], size[order]
         vol, hl, oc = vol[order], hl[order], oc[order]
         minute = ts // BAR_MS
@@ -229,6 +225,24 @@ class BarEngine:
         return bars
 
 
+def _tape_order(code: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """The order by (code, ts, arrival) of trades given in arrival order: the same as
+    `np.lexsort((np.arange(n), ts, code))`, ~4× faster on the 15k market's minute (~230k trades, 11 → 3 ms).
+    A stable sort keeps arrival order among equals. The codes first, with numpy's O(n) radix sort for
+    16-bit keys; then (code, ts) as one key, whose runs are then nearly sorted already (a ticker's
+    trades arrive mostly in ts order), which the stable sort (timsort) exploits."""
+    n = len(ts)
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    lo = int(ts.min())
+    span = int(ts.max()) - lo + 1
+    if int(code.max()) >= 2**15 or (int(code.max()) + 1) * span >= 2**62:
+        return np.lexsort((np.arange(n), ts, code))
+    by_code = np.argsort(code.astype(np.int16), kind="stable")
+    key = code[by_code] * span + (ts[by_code] - lo)
+    return by_code[np.argsort(key, kind="stable")]
+
+
 def _bar_end(ts: np.ndarray) -> np.ndarray:
     """End of the bar (minute) each ts is in."""
     return (ts // BAR_MS + 1) * BAR_MS
@@ -241,7 +255,6 @@ class OpenTrades:
     COLUMNS = (
         ("code", np.int64),
         ("ts", np.int64),
-        ("arrival", np.int64),
         ("price", np.float64),
         ("size", np.float64),
         ("vol", bool),
@@ -281,8 +294,9 @@ class OpenTrades:
 
     def take(self, mask: np.ndarray) -> list[np.ndarray]:
         """Remove the rows where `mask` is true; returns them (one array per column, arrival order)."""
-        taken = [col[: self._n][mask] for col in self._cols]
-        rest = np.flatnonzero(~mask)
+        # Index arrays, made once: a boolean mask is scanned again for every column.
+        rows, rest = np.flatnonzero(mask), np.flatnonzero(~mask)
+        taken = [col[rows] for col in self._cols]
         for col in self._cols:
             col[: len(rest)] = col[rest]
         self._n = len(rest)
