@@ -1,7 +1,8 @@
-"""A TCP proxy in front of the real broker that loses Produce responses: the broker has appended the
-batch, the client never hears so, and retries it. That is the duplicate an idempotent producer exists
-to prevent (the broker recognises the retried batch by producer id and sequence number), produced on
-demand instead of waiting for a network fault.
+"""A TCP proxy in front of the real broker that injects faults: it loses Produce responses (the broker
+has appended the batch, the client never hears so, and retries it), and fails heartbeats for a while
+(a group coordinator that is loading, as after a broker restart). The retried batch is the duplicate
+an idempotent producer exists to prevent (the broker recognises it by producer id and sequence
+number), produced on demand instead of waiting for a network fault.
 
 The proxy speaks just enough of the Kafka protocol (https://kafka.apache.org/protocol) to do this:
 - every frame is a big-endian int32 size and that many bytes; a request's header starts with api_key
@@ -127,7 +128,7 @@ def rewrite_metadata_ports(response: bytes, version: int, port: int) -> bytes:
     return bytes(buf)
 
 
-class ProduceResponseDropper:
+class FaultyKafkaProxy:
     """Listens on 127.0.0.1 (`bootstrap`), forwards to the broker at `upstream`, and swallows the next
     `drop_next(n)` Produce responses by closing that client connection (counted in `dropped`), and
     fails the Heartbeats answered within `fail_heartbeats(s)` (counted in `heartbeats_failed`).
@@ -230,7 +231,7 @@ class ProduceResponseDropper:
         self._server.close()
         self._close(*self._sockets)
 
-    def __enter__(self) -> ProduceResponseDropper:
+    def __enter__(self) -> FaultyKafkaProxy:
         return self
 
     def __exit__(

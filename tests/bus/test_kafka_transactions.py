@@ -8,7 +8,7 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 
-from tests.bus.kafka_proxy import ProduceResponseDropper
+from tests.bus.kafka_proxy import FaultyKafkaProxy
 from tradepulse.bus.admin import describe_topics
 from tradepulse.bus.clients import consumer_config, producer_config
 from tradepulse.config import Settings
@@ -63,7 +63,7 @@ def test_producer_retry_after_a_lost_response_writes_each_record_once_only_when_
     for key in ("AAPL", "MSFT", "NVDA"):
         warm_up.produce(TRADES, key=key, value="warm-up")
     assert warm_up.flush(30) == 0
-    with ProduceResponseDropper(kafka_settings.kafka_bootstrap or "") as proxy:
+    with FaultyKafkaProxy(kafka_settings.kafka_bootstrap or "") as proxy:
         through_proxy = kafka_settings.model_copy(update={"kafka_bootstrap": proxy.bootstrap})
         producer = Producer(producer_config(through_proxy, **{"enable.idempotence": idempotence}))
         proxy.drop_next(1)

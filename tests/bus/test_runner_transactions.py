@@ -24,7 +24,7 @@ import pytest
 from click.testing import CliRunner
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
-from tests.bus.kafka_proxy import ProduceResponseDropper
+from tests.bus.kafka_proxy import FaultyKafkaProxy
 from tests.bus.test_runner import (
     TICKERS,
     Recording,
@@ -261,7 +261,7 @@ def test_a_new_producer_is_not_replaced_for_what_it_met_before_its_first_transac
     # address not up yet, as a broker still down in a rolling restart) would replace it at once, and
     # with a dead address in the list, every new producer again.
     produce(settings, recording.events)
-    with ProduceResponseDropper(str(settings.kafka_bootstrap), listening=False) as late:
+    with FaultyKafkaProxy(str(settings.kafka_bootstrap), listening=False) as late:
         runner = build_runner(
             settings.model_copy(update={"kafka_bootstrap": late.bootstrap}), instance="late-bootstrap"
         )
@@ -701,7 +701,7 @@ def test_a_session_lost_during_a_commit_rejoins_without_the_runner_fencing_itsel
     third = len(recording.events) // 3
     held_batch = third + 100
     produce(settings, recording.events[:third])
-    with ProduceResponseDropper(str(settings.kafka_bootstrap)) as proxy:
+    with FaultyKafkaProxy(str(settings.kafka_bootstrap)) as proxy:
         runner = faulty_runner(
             settings.model_copy(update={"kafka_bootstrap": proxy.bootstrap}),
             "lost-session",
