@@ -239,3 +239,87 @@ def test_trade_condition_mix_is_seeded_and_realistic() -> None:
     ref = np.interp(np.flatnonzero(off), np.flatnonzero(regular), tr["p"][regular])
     gap = np.abs(tr["p"][off] / ref - 1)
     assert np.median(gap) > 0.002
+
+
+def _reference_am_events(
+    ticks: list[dict[str, np.ndarray]], table: np.ndarray, symbols: list[str]
+) -> list[dict[str, object]]:
+    """The `AM` events of every minute that ended, aggregated at once with a pandas group-by over all
+    the trades (how the simulator computed them until its per-tick accumulators): the reference."""
+    import pandas as pd
+
+    from tradepulse.sources.simulator.aggregates import BAD_IMPOSSIBLE, BAR_MS
+
+    d = {k: np.concatenate([tick[k] for tick in ticks]) for k in ("sym", "t", "q", "p", "s", "c", "bad")}
+    keep = d["bad"] != BAD_IMPOSSIBLE
+    rules = table[d["c"][keep].astype(np.int64)]
+    frame = pd.DataFrame(
+        {
+            "sym": d["sym"][keep], "t": d["t"][keep], "q": d["q"][keep], "p": d["p"][keep].astype(float),
+            "s": d["s"][keep].astype(np.int64), "vol": rules[:, 0], "hl": rules[:, 1], "oc": rules[:, 2],
+            "m": d["t"][keep] // BAR_MS,
+        }
+    ).sort_values(["sym", "m", "t", "q"], kind="stable")  # fmt: skip
+    vol_s = np.where(frame["vol"], frame["s"], 0)
+    frame = frame.assign(
+        vs=vol_s, vn=vol_s * frame["p"].to_numpy(), n=frame["vol"].astype(np.int64),
+        hlp=frame["p"].where(frame["hl"]), ocp=frame["p"].where(frame["oc"]),
+    )  # fmt: skip
+    agg = (
+        frame.groupby(["sym", "m"], sort=True)
+        .agg(v=("vs", "sum"), notional=("vn", "sum"), n=("n", "sum"), h=("hlp", "max"), l=("hlp", "min"),
+             o=("ocp", "first"), c=("ocp", "last"))
+        .reset_index()
+        .sort_values(["m", "sym"], kind="stable")
+    )  # fmt: skip
+    day_volume: dict[int, int] = {}
+    day_notional: dict[int, float] = {}
+    official_open: dict[int, float] = {}
+    events: list[dict[str, object]] = []
+    for row in agg.itertuples(index=False):
+        sym, v, n = int(row.sym), int(row.v), int(row.n)
+        if n == 0 and np.isnan(row.h) and np.isnan(row.o):
+            continue
+        day_volume[sym] = day_volume.get(sym, 0) + v
+        day_notional[sym] = day_notional.get(sym, 0.0) + float(row.notional)
+        if sym not in official_open and not np.isnan(row.o):
+            official_open[sym] = float(row.o)
+        event: dict[str, object] = {"ev": "AM", "sym": symbols[sym], "v": v, "av": day_volume[sym]}
+        if sym in official_open:
+            event["op"] = official_open[sym]
+        if v > 0:
+            event["vw"] = round(float(row.notional) / v, 4)
+        for name in ("o", "c", "h", "l"):
+            if not np.isnan(getattr(row, name)):
+                event[name] = float(getattr(row, name))
+        if day_volume[sym] > 0:
+            event["a"] = round(day_notional[sym] / day_volume[sym], 4)
+        event["z"] = round(v / n) if n else 0
+        event["s"] = int(row.m) * BAR_MS
+        event["e"] = int(row.m) * BAR_MS + BAR_MS
+        events.append(event)
+    return events
+
+
+def test_am_aggregates_folded_per_tick_equal_a_group_by_of_the_whole_minute() -> None:
+    """The simulator's `AM` events, accumulated tick by tick, equal a pandas group-by over all the
+    minute's trades (bad ticks in: fat fingers count, impossible prints do not), over several minute
+    boundaries, and each is sent with the tick that ends its minute."""
+    start = 1_767_000_000_000 - 5_000
+    model = MarketModel(
+        MarketConfig(seed=4, rate=3000, start_ms=start, tickers=make_tickers(40), bad_tick_rate=0.002)
+    )
+    assert model.aggregates is not None
+    ticks, sent = [], []
+    for block in model.generate(130):
+        assert block.trades is not None
+        ticks.append(block.trades)
+        for event in block.aggregates:
+            assert event["e"] <= block.end_ms < event["e"] + model.tick_ms  # type: ignore[operator]
+        sent += block.aggregates
+    # The minutes that ended: at 5, 65 and 125 s after the start.
+    ended = [tick for tick in ticks if int(tick["t"].max(initial=start)) < start + 125_000]
+    want = _reference_am_events(ended, model.aggregates.table, model.aggregates.symbols)
+    assert {e["s"] for e in want} == {start + 5_000 - 60_000, start + 5_000, start + 65_000}
+    assert any(t["bad"].any() for t in ticks)
+    assert sent == want

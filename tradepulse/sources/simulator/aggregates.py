@@ -10,9 +10,9 @@ simulator's run (it does not cross a session boundary).
 
 Which trades count for which field is Massive's consolidated update rules (the same condition table
 the pipeline applies, `tradepulse.core.conditions`), looked up once per condition set of the model.
-The aggregation itself is written independently of the pipeline's bar engine (pandas group-by over
-the model's arrays, not `tradepulse.core.bars`), so that reconciling the two checks the bar engine
-rather than agreeing with itself. A field no trade of the minute is eligible for is left out of the
+The aggregation itself is written independently of the pipeline's bar engine (accumulators per tick
+over the model's arrays, not `tradepulse.core.bars`), so that reconciling the two checks the bar
+engine rather than agreeing with itself. A field no trade of the minute is eligible for is left out of the
 event (the real feed's behaviour for such a minute is not documented; the pipeline's bar has None).
 
 Bad ticks (`MarketConfig.bad_tick_rate`): the structurally impossible ones are not prints, no
@@ -27,7 +27,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from tradepulse.core.conditions import ConditionRules
 
@@ -46,76 +45,90 @@ def rule_table(condition_sets: tuple[tuple[int, ...], ...], rules: ConditionRule
 
 
 class MinuteAggregates:
-    """Accumulates a model's trades and emits the `AM` events of the minutes that have ended."""
+    """Accumulates a model's trades and emits the `AM` events of the minutes that have ended.
+
+    Each tick's trades are folded into per-minute, per-symbol accumulators as they come (volume,
+    notional, eligible count, high, low, the first and the last open/close-eligible price), so a minute's
+    end costs an event per symbol. Aggregating a whole minute at its end (~360k trades at 15k ev/s)
+    stalled the simulator's event loop for 150–290 ms once a minute, then sent that time's events at
+    once: a burst the pipeline queued (docs/benchmarks.md, "The minute's stall")."""
 
     def __init__(self, symbols: list[str], table: np.ndarray) -> None:
         self.symbols = symbols
         self.table = table
-        self._parts: list[dict[str, np.ndarray]] = []  # the trades of the open minutes, per tick
+        self._minutes: dict[int, _Minute] = {}  # the open minutes' accumulators, by minute
         n = len(symbols)
         self._day_volume = np.zeros(n, dtype=np.int64)
         self._day_notional = np.zeros(n)
         self._official_open = np.full(n, np.nan)
 
     def add(self, trades: dict[str, np.ndarray], until_ms: int) -> list[dict[str, Any]]:
-        """Take a tick's trades (time order), then return the events of every minute ending at or
-        before `until_ms`, by (start, symbol)."""
+        """Take a tick's trades (its time span, after the previous tick's), then return the events of
+        every minute ending at or before `until_ms`, by (start, symbol)."""
         keep = trades.get("bad", np.zeros(len(trades["t"]), dtype=np.int8)) != BAD_IMPOSSIBLE
         if keep.any():
-            self._parts.append({name: trades[name][keep] for name in ("sym", "t", "q", "p", "s", "c")})
-        # Cheap per tick (numpy only): the frame work runs once a minute, when minutes end.
-        if not self._parts or (int(self._parts[0]["t"].min()) // BAR_MS + 1) * BAR_MS > until_ms:
-            return []
-        pending = {name: np.concatenate([part[name] for part in self._parts]) for name in self._parts[0]}
-        minute = pending["t"] // BAR_MS
-        done = (minute + 1) * BAR_MS <= until_ms
-        self._parts = [{name: column[~done] for name, column in pending.items()}] if (~done).any() else []
-        rules = self.table[pending["c"][done].astype(np.int64)]
-        frame = pd.DataFrame(
-            {
-                "sym": pending["sym"][done],
-                "t": pending["t"][done],
-                "q": pending["q"][done],
-                "p": pending["p"][done].astype(float),
-                "s": pending["s"][done].astype(np.int64),
-                "vol": rules[:, 0],
-                "hl": rules[:, 1],
-                "oc": rules[:, 2],
-                "m": minute[done],
-            }
-        )
-        return self._events(frame)
+            self._fold({name: trades[name][keep] for name in ("sym", "t", "q", "p", "s", "c")})
+        events: list[dict[str, Any]] = []
+        for minute in sorted(m for m in self._minutes if (m + 1) * BAR_MS <= until_ms):
+            events += self._events(minute, self._minutes.pop(minute))
+        return events
 
-    def _events(self, d: pd.DataFrame) -> list[dict[str, Any]]:
-        d = d.sort_values(["sym", "m", "t", "q"], kind="stable")
-        vol_s = np.where(d["vol"], d["s"], 0)
-        d = d.assign(
-            vs=vol_s,
-            vn=vol_s * d["p"].to_numpy(),
-            n=d["vol"].astype(np.int64),
-            hlp=d["p"].where(d["hl"]),
-            ocp=d["p"].where(d["oc"]),
+    def _fold(self, d: dict[str, np.ndarray]) -> None:
+        """Add one tick's trades to the accumulators of their (minute, symbol)."""
+        sym = d["sym"].astype(np.int64)
+        minute = d["t"] // BAR_MS
+        # (minute, symbol, t, q) order: a group's trades in the tape's order, for its first and last.
+        order = np.lexsort((d["q"], d["t"], sym, minute))
+        sym, minute, price = sym[order], minute[order], d["p"][order].astype(float)
+        size = d["s"][order].astype(np.int64)
+        rules = self.table[d["c"][order].astype(np.int64)]
+        vol, hl, oc = rules[:, 0], rules[:, 1], rules[:, 2]
+        starts = np.flatnonzero(np.r_[True, (sym[1:] != sym[:-1]) | (minute[1:] != minute[:-1])])
+        vol_size = np.where(vol, size, 0)
+        v = np.add.reduceat(vol_size, starts)
+        notional = np.add.reduceat(vol_size * price, starts)
+        n = np.add.reduceat(vol.astype(np.int64), starts)
+        high = np.maximum.reduceat(np.where(hl, price, -np.inf), starts)
+        low = np.minimum.reduceat(np.where(hl, price, np.inf), starts)
+        ends = np.r_[starts[1:], len(sym)]
+        oc_rows = np.flatnonzero(oc)
+        # Per group, the first and last open/close-eligible row (none: the group's end / start - 1).
+        first = (
+            oc_rows[np.minimum(np.searchsorted(oc_rows, starts), len(oc_rows) - 1)] if len(oc_rows) else ends
         )
-        g = d.groupby(["sym", "m"], sort=True)
-        agg = g.agg(
-            v=("vs", "sum"),
-            notional=("vn", "sum"),
-            n=("n", "sum"),
-            h=("hlp", "max"),
-            l=("hlp", "min"),
-            o=("ocp", "first"),
-            c=("ocp", "last"),
-        ).reset_index()
+        last = oc_rows[np.maximum(np.searchsorted(oc_rows, ends) - 1, 0)] if len(oc_rows) else starts - 1
+        has_first = (first >= starts) & (first < ends)
+        has_last = (last >= starts) & (last < ends)
+        for m in np.unique(minute[starts]).tolist():
+            g = np.flatnonzero(minute[starts] == m)
+            acc = self._minutes.get(m)
+            if acc is None:
+                acc = self._minutes[m] = _Minute(len(self.symbols))
+            syms = sym[starts[g]]  # distinct within a minute
+            acc.volume[syms] += v[g]
+            acc.notional[syms] += notional[g]
+            acc.count[syms] += n[g]
+            acc.high[syms] = np.maximum(acc.high[syms], high[g])
+            acc.low[syms] = np.minimum(acc.low[syms], low[g])
+            opened = g[has_first[g]]
+            new_open = opened[np.isnan(acc.open[sym[starts[opened]]])]  # ticks come in time order
+            acc.open[sym[starts[new_open]]] = price[first[new_open]]
+            closed = g[has_last[g]]
+            acc.close[sym[starts[closed]]] = price[last[closed]]
+
+    def _events(self, minute: int, acc: _Minute) -> list[dict[str, Any]]:
         events = []
-        for row in agg.sort_values(["m", "sym"], kind="stable").itertuples(index=False):
-            sym, v, n = int(row.sym), int(row.v), int(row.n)
-            if n == 0 and np.isnan(row.h) and np.isnan(row.o):
-                continue  # nothing of the minute is eligible for anything: no bar
+        start = minute * BAR_MS
+        for sym in range(len(self.symbols)):
+            v, n = int(acc.volume[sym]), int(acc.count[sym])
+            high, low = float(acc.high[sym]), float(acc.low[sym])
+            open_, close = float(acc.open[sym]), float(acc.close[sym])
+            if n == 0 and np.isinf(high) and np.isnan(open_):
+                continue  # no trade of the minute, or nothing of it is eligible for anything: no bar
             self._day_volume[sym] += v
-            self._day_notional[sym] += float(row.notional)
-            if np.isnan(self._official_open[sym]) and not np.isnan(row.o):
-                self._official_open[sym] = float(row.o)
-            start = int(row.m) * BAR_MS
+            self._day_notional[sym] += float(acc.notional[sym])
+            if np.isnan(self._official_open[sym]) and not np.isnan(open_):
+                self._official_open[sym] = open_
             event: dict[str, Any] = {
                 "ev": "AM",
                 "sym": self.symbols[sym],
@@ -125,10 +138,9 @@ class MinuteAggregates:
             if not np.isnan(self._official_open[sym]):
                 event["op"] = float(self._official_open[sym])
             if v > 0:
-                event["vw"] = round(float(row.notional) / v, 4)
-            for name in ("o", "c", "h", "l"):
-                value = float(getattr(row, name))
-                if not np.isnan(value):
+                event["vw"] = round(float(acc.notional[sym]) / v, 4)
+            for name, value in (("o", open_), ("c", close), ("h", high), ("l", low)):
+                if not (np.isnan(value) or np.isinf(value)):
                     event[name] = value
             if self._day_volume[sym] > 0:
                 event["a"] = round(float(self._day_notional[sym] / self._day_volume[sym]), 4)
@@ -137,3 +149,16 @@ class MinuteAggregates:
             event["e"] = start + BAR_MS
             events.append(event)
         return events
+
+
+class _Minute:
+    """One open minute's accumulators, one slot per symbol."""
+
+    def __init__(self, symbols: int) -> None:
+        self.volume = np.zeros(symbols, dtype=np.int64)
+        self.notional = np.zeros(symbols)
+        self.count = np.zeros(symbols, dtype=np.int64)
+        self.high = np.full(symbols, -np.inf)
+        self.low = np.full(symbols, np.inf)
+        self.open = np.full(symbols, np.nan)
+        self.close = np.full(symbols, np.nan)
