@@ -772,6 +772,19 @@ def test_a_full_region_compacted_in_place_changes_no_vector(
     compare(got, whole_reference, same_split=False)
 
 
+def count_relayouts_by_projection(monkeypatch: pytest.MonkeyPatch) -> Counter[float]:
+    """Counts every re-layout of the rows by the `FILL_PROJECTION` in force when it happens."""
+    relayouts: Counter[float] = Counter()
+    alloc_rows = TradeState._alloc_rows
+
+    def relayout(self: TradeState, *args: np.ndarray) -> None:
+        relayouts[trade_state.FILL_PROJECTION] += 1
+        alloc_rows(self, *args)
+
+    monkeypatch.setattr(TradeState, "_alloc_rows", relayout)
+    return relayouts
+
+
 @pytest.mark.parametrize("slice_move_rows", [0, 10**9], ids=["slices", "gather"])
 def test_a_relayout_of_the_rows_changes_no_bit_of_any_output(
     stream: list[Event], monkeypatch: pytest.MonkeyPatch, slice_move_rows: int
@@ -783,14 +796,7 @@ def test_a_relayout_of_the_rows_changes_no_bit_of_any_output(
     monkeypatch.setattr(TradeState, "_compact", lambda self, *args: False)
     monkeypatch.setattr(trade_state, "SLICE_MOVE_ROWS", slice_move_rows)
     batches = split(stream, random_sizes(5, 600, hi=12))
-    relayouts: Counter[float] = Counter()
-    alloc_rows = TradeState._alloc_rows
-
-    def relayout(self: TradeState, *args: np.ndarray) -> None:
-        relayouts[trade_state.FILL_PROJECTION] += 1
-        alloc_rows(self, *args)
-
-    monkeypatch.setattr(TradeState, "_alloc_rows", relayout)
+    relayouts = count_relayouts_by_projection(monkeypatch)
 
     def bits(results: list[dict]) -> list[str]:
         return [
@@ -817,14 +823,7 @@ def test_filling_windows_are_sized_for_their_projected_rows(
     # flat and market-open benchmarks, docs/benchmarks.md) leaves as they are.
     monkeypatch.setattr(trade_state, "FILL_PROJECTION", 4.0)
     batches = split(stream, random_sizes(5, 600, hi=12))
-    relayouts: Counter[float] = Counter()
-    alloc_rows = TradeState._alloc_rows
-
-    def relayout(self: TradeState, *args: np.ndarray) -> None:
-        relayouts[trade_state.FILL_PROJECTION] += 1
-        alloc_rows(self, *args)
-
-    monkeypatch.setattr(TradeState, "_alloc_rows", relayout)
+    relayouts = count_relayouts_by_projection(monkeypatch)
     got = run_engine(batches)
     monkeypatch.setattr(trade_state, "FILL_PROJECTION", 1.0)
     run_engine(batches)
