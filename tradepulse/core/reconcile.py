@@ -18,10 +18,11 @@ associative in floats; `avg_size` (the vendor's `z`, the average trade size, an 
 against our volume / trade_count within 0.5 + 1e-9: the AM event carries no trade count, so this is
 how the count is checked. A price field that is None on both sides (no eligible trade) matches.
 
-`compare` is the pairwise check (bars paired by key, numpy per field) that the processor runs per batch and `tradepulse verify-bars` runs over the stored bars. `BarReconciler` holds
-the unpaired bars between batches and decides the one-sided statuses; its decisions depend only on the
-bars' values and each stream's own order (our bars close in event time, the vendor's come in minute
-order per ticker), not on how the two topics interleave: see `BarReconciler.update`.
+`compare` is the pairwise check (bars paired by key, numpy per field) that the processor runs per
+batch and `tradepulse verify-bars` runs over the stored bars. `BarReconciler` holds the unpaired bars
+between batches and decides the one-sided statuses; its decisions depend only on the bars' values and
+each stream's own order (our bars close in event time, the vendor's come in minute order per ticker),
+not on how the two topics interleave: see `BarReconciler.update`.
 
 Pure numpy: no I/O, no clocks.
 """

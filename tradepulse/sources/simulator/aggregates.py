@@ -12,8 +12,8 @@ Which trades count for which field is Massive's consolidated update rules (the s
 the pipeline applies, `tradepulse.core.conditions`), looked up once per condition set of the model.
 The aggregation itself is written independently of the pipeline's bar engine (accumulators per tick
 over the model's arrays, not `tradepulse.core.bars`), so that reconciling the two checks the bar
-engine rather than agreeing with itself. A field no trade of the minute is eligible for is left out of the
-event (the real feed's behaviour for such a minute is not documented; the pipeline's bar has None).
+engine rather than agreeing with itself. A field no trade of the minute is eligible for is left out of
+the event (the real feed's behaviour for such a minute is not documented; the pipeline's bar has None).
 
 Bad ticks (`MarketConfig.bad_tick_rate`): the structurally impossible ones are not prints, no
 aggregate contains them; the labelled fat fingers are, as in a real SIP aggregate published in real
