@@ -81,15 +81,15 @@ def _values(bars: list[Mapping[str, Any]], avg_size: bool) -> np.ndarray:
     """Bars as a float matrix [bar, field in FIELDS] (None → NaN). Ours: avg_size = volume /
     trade_count (NaN without trades); the vendor's: `avg_trade_size` as sent."""
     out = np.full((len(bars), len(FIELDS)), np.nan)
-    size = FIELDS.index("avg_size")
+    size, volume = FIELDS.index("avg_size"), FIELDS.index("volume")
     for i, bar in enumerate(bars):
         for j, name in enumerate(FIELDS):
-            if name != "avg_size":
+            if j != size:
                 out[i, j] = _value(bar.get(name))
         if avg_size:
             count = _value(bar.get("trade_count"))
             if count > 0:
-                out[i, size] = out[i, FIELDS.index("volume")] / count
+                out[i, size] = out[i, volume] / count
         else:
             out[i, size] = _value(bar.get("avg_trade_size"))
     return out

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from tradepulse.core.conditions import ConditionRules
+from tradepulse.core.trade_state import group_sizes, group_starts
 
 BAR_MS = 60_000
 #: `MarketModel` bad-tick marks (the `bad` column of a block's trades).
@@ -83,22 +84,22 @@ class MinuteAggregates:
         size = d["s"][order].astype(np.int64)
         rules = self.table[d["c"][order].astype(np.int64)]
         vol, hl, oc = rules[:, 0], rules[:, 1], rules[:, 2]
-        starts = np.flatnonzero(np.r_[True, (sym[1:] != sym[:-1]) | (minute[1:] != minute[:-1])])
+        starts = group_starts(minute, sym)
         vol_size = np.where(vol, size, 0)
         v = np.add.reduceat(vol_size, starts)
         notional = np.add.reduceat(vol_size * price, starts)
         n = np.add.reduceat(vol.astype(np.int64), starts)
         high = np.maximum.reduceat(np.where(hl, price, -np.inf), starts)
         low = np.minimum.reduceat(np.where(hl, price, np.inf), starts)
-        ends = np.r_[starts[1:], len(sym)]
-        oc_rows = np.flatnonzero(oc)
-        # Per group, the first and last open/close-eligible row (none: the group's end / start - 1).
-        first = (
-            oc_rows[np.minimum(np.searchsorted(oc_rows, starts), len(oc_rows) - 1)] if len(oc_rows) else ends
-        )
-        last = oc_rows[np.maximum(np.searchsorted(oc_rows, ends) - 1, 0)] if len(oc_rows) else starts - 1
-        has_first = (first >= starts) & (first < ends)
-        has_last = (last >= starts) & (last < ends)
+        # Per group, the price of its first and last open/close-eligible trade (NaN: none).
+        group = np.repeat(np.arange(len(starts)), group_sizes(starts, len(sym)))
+        open_g, close_g = np.full(len(starts), np.nan), np.full(len(starts), np.nan)
+        rows = np.flatnonzero(oc)
+        if len(rows):
+            g = group[rows]
+            change = g[1:] != g[:-1]
+            first, last = np.r_[True, change], np.r_[change, True]
+            open_g[g[first]], close_g[g[last]] = price[rows[first]], price[rows[last]]
         for m in np.unique(minute[starts]).tolist():
             g = np.flatnonzero(minute[starts] == m)
             acc = self._minutes.get(m)
@@ -110,11 +111,12 @@ class MinuteAggregates:
             acc.count[syms] += n[g]
             acc.high[syms] = np.maximum(acc.high[syms], high[g])
             acc.low[syms] = np.minimum(acc.low[syms], low[g])
-            opened = g[has_first[g]]
-            new_open = opened[np.isnan(acc.open[sym[starts[opened]]])]  # ticks come in time order
-            acc.open[sym[starts[new_open]]] = price[first[new_open]]
-            closed = g[has_last[g]]
-            acc.close[sym[starts[closed]]] = price[last[closed]]
+            # Ticks come in time order: a minute's open is its first tick's that has one, its close the
+            # last's.
+            unset = np.isnan(acc.open[syms])
+            acc.open[syms[unset]] = open_g[g[unset]]
+            has_close = ~np.isnan(close_g[g])
+            acc.close[syms[has_close]] = close_g[g[has_close]]
 
     def _events(self, minute: int, acc: _Minute) -> list[dict[str, Any]]:
         events = []
