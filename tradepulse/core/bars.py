@@ -17,39 +17,41 @@ Definitions (per ticker; event time = exchange timestamp `ts`; a bar covers the 
   - `open_close` (`updates_open_close`) feeds `open` and `close`: the first and the last eligible trade
     by (ts, arrival) of the minute;
   - `high_low` (`updates_high_low`) feeds `high` and `low`;
-  - `volume` (`updates_volume`) feeds `volume` (Σ size), `vwap` (Σ price·size / Σ size) and
-    `trade_count` (number of trades).
+  - `volume` (`updates_volume`) feeds `volume` (Σ size), `vwap` (Σ price·size / Σ size), both sums
+    taken trade by trade in arrival order, and `trade_count` (number of trades).
   A price field is None when no trade of the minute is eligible for it; `vwap` is None when the volume
   is 0. A minute none of whose trades is eligible for anything yields no bar.
 * `session`: the trading session of the bar's start in America/New_York (`tradepulse.core.sessions`;
   `unknown` when the engine has no session table).
 * `bar_id = stable_id("B", ticker, start_ms)`: replays and restarts produce the same id.
 
-Determinism: the accepted set depends only on the arrival sequence, and a closed bar is computed from
-its own trades in (ts, arrival) order, never from running sums carried across batches, so its values
-are bit-identical however the stream is split into batches. After a restart, the runner's rebuild
-replays the input look-back (far longer than a minute plus the grace) with outputs discarded: the open
-bars come back exactly and the bars that closed before the committed offset are not emitted again.
+Determinism: the accepted set depends only on the arrival sequence, and each open bar's aggregates are
+folded in trade by trade in arrival order (`OpenBars`), so its values are bit-identical however the
+stream is split into batches. After a restart, the runner's rebuild replays the input look-back (far
+longer than a minute plus the grace) with outputs discarded: the open bars come back exactly and the
+bars that closed before the committed offset are not emitted again.
 
-State: the accepted trades of the still-open minutes (at most about a minute plus the grace per ticker).
+State: the running aggregates of the open bars (about one or two per ticker), no trades. A batch costs
+O(batch + open bars), and a minute's close costs its bars, not its trades (holding the trades made the
+close a pass and a sort over every trade of the minute, a ~20–60 ms stall at each minute's close at
+15k ev/s; docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from tradepulse.core.columns import TradeColumns
 from tradepulse.core.sessions import UNKNOWN, SessionTable
-from tradepulse.core.trade_state import group_sizes
 from tradepulse.errors import InvalidArgument
 from tradepulse.ids import stable_id
 
 BAR_MS = 60_000
 NO_TS = np.iinfo(np.int64).min // 2
-OPEN_NONE = np.iinfo(np.int64).max  # no open bar: later than any watermark
 
 
 def bar_id(ticker: str, start_ms: int) -> str:
@@ -68,15 +70,11 @@ class BarEngine:
         self._codes: dict[str, int] = {}
         self._names: list[str] = []
         self._wm = np.empty(0, dtype=np.int64)
-        # Accepted trades of the open minutes, in arrival order (which orders equal timestamps).
-        self._open = OpenTrades()
-        # Per ticker code: the earliest end of its open bars (OPEN_NONE: none). A batch closes a bar only
-        # when some ticker's watermark − grace reaches it, so most batches look at this, not the trades.
-        self._open_end = np.empty(0, dtype=np.int64)
+        self._open = OpenBars()
 
     @property
-    def open_trades(self) -> int:
-        """Accepted trades held for the bars not closed yet."""
+    def open_bars(self) -> int:
+        """Bars not closed yet (one per ticker and minute with an accepted trade)."""
         return len(self._open)
 
     def watermark(self, ticker: str) -> int | None:
@@ -109,25 +107,13 @@ class BarEngine:
         ts = trades.ts_ms[valid].astype(np.int64)
         accepted = self._accept(codes, ts)
         keep = np.flatnonzero(valid)[accepted]
-        self._open.append(
-            codes[accepted],
-            ts[accepted],
-            price[keep],
-            size[keep],
-            *(m[keep] for m in masks),
-        )
-        np.minimum.at(self._open_end, codes[accepted], _bar_end(ts[accepted]))
-        return self._close()
+        self._open.fold(codes[accepted], ts[accepted], price[keep], size[keep], *(m[keep] for m in masks))
+        return self._close(self._open.due(self._wm - self.late_grace_ms))
 
     def flush(self) -> list[dict]:
         """Close every open bar: the end of a finite stream (e.g. stored trades recomputed by
         `tradepulse verify-bars`); never called by the runner, whose bars close by event time only."""
-        watermarks = self._wm
-        self._wm = np.full(len(watermarks), np.iinfo(np.int64).max // 2, dtype=np.int64)
-        try:
-            return self._close()
-        finally:
-            self._wm = watermarks
+        return self._close(np.ones(len(self._open), dtype=bool))
 
     # --- steps ----------------------------------------------------------------------------------
     def _codes_for(self, tickers: np.ndarray) -> np.ndarray:
@@ -141,7 +127,6 @@ class BarEngine:
             mapping[j] = code
         if len(self._names) > len(self._wm):
             self._wm = np.r_[self._wm, np.full(len(self._names) - len(self._wm), NO_TS)]
-            self._open_end = np.r_[self._open_end, np.full(len(self._names) - len(self._open_end), OPEN_NONE)]
         return mapping[local].astype(np.int64)
 
     def _accept(self, codes: np.ndarray, ts: np.ndarray) -> np.ndarray:
@@ -156,7 +141,9 @@ class BarEngine:
         # trades of the group is its watermark before each trade.
         order = np.argsort(codes, kind="stable")
         c_s, t_s = codes[order], ts[order]
-        first = np.r_[True, c_s[1:] != c_s[:-1]]
+        first = np.empty(n, dtype=bool)
+        first[0] = True
+        np.not_equal(c_s[1:], c_s[:-1], out=first[1:])
         group = np.cumsum(first) - 1
         lo = int(t_s.min()) - 1
         span = int(t_s.max()) - lo + 1
@@ -172,52 +159,35 @@ class BarEngine:
         np.maximum.at(self._wm, codes[accepted], ts[accepted])
         return np.asarray(accepted, dtype=bool)
 
-    def _close(self) -> list[dict]:
-        """Take the trades of the minutes closed by the watermarks out of the state and aggregate them."""
-        if not (self._open_end <= self._wm - self.late_grace_ms).any():
-            return []  # no ticker's watermark reached the end of its earliest open bar
-        held = self._open
-        closed = _bar_end(held.ts) <= self._wm[held.code] - self.late_grace_ms
-        code, ts, price, size, vol, hl, oc = held.take(closed)
-        self._open_end[:] = OPEN_NONE
-        np.minimum.at(self._open_end, held.code, _bar_end(held.ts))
-        # Key order (code, ts, arrival): a bar's trades are contiguous, in the order of the tape.
-        order = _tape_order(code, ts)
-        code, ts, price, size = code[order], ts[order], price[order], size[order]
-        vol, hl, oc = vol[order], hl[order], oc[order]
-        minute = ts // BAR_MS
-        starts = np.flatnonzero(np.r_[True, (code[1:] != code[:-1]) | (minute[1:] != minute[:-1])])
-        group = np.repeat(np.arange(len(starts)), group_sizes(starts, len(ts)))
-        volume = np.add.reduceat(np.where(vol, size, 0.0), starts)
-        notional = np.add.reduceat(np.where(vol, price * size, 0.0), starts)
-        count = np.add.reduceat(vol.astype(np.int64), starts)
-        n_hl = np.add.reduceat(hl.astype(np.int64), starts)
-        high = np.maximum.reduceat(np.where(hl, price, -np.inf), starts)
-        low = np.minimum.reduceat(np.where(hl, price, np.inf), starts)
-        open_, close = _first_last(price, oc, group, len(starts))
-        g_code, g_start = code[starts], minute[starts] * BAR_MS
+    def _close(self, closed: np.ndarray) -> list[dict]:
+        """Take the open bars where `closed` is true out of the state; returns those with an eligible
+        trade, as dicts by (start_ms, ticker)."""
+        if not closed.any():
+            return []
+        b = self._open.take(closed)
         if self.sessions is not None:
-            session = self.sessions.session_of(g_start)
+            session = self.sessions.session_of(b.start)
         else:
-            session = np.full(len(starts), UNKNOWN, dtype=object)
+            session = np.full(len(b.start), UNKNOWN, dtype=object)
         bars = []
-        for g in range(len(starts)):
-            if count[g] == 0 and n_hl[g] == 0 and not math.isfinite(open_[g]):
+        for g in range(len(b.start)):
+            count, n_hl, volume = int(b.trade_count[g]), int(b.n_hl[g]), float(b.volume[g])
+            if count == 0 and n_hl == 0 and not math.isfinite(b.open[g]):
                 continue  # nothing in the minute is eligible for any field
-            ticker, start = self._names[g_code[g]], int(g_start[g])
+            ticker, start = self._names[b.code[g]], int(b.start[g])
             bars.append(
                 {
                     "bar_id": bar_id(ticker, start),
                     "ticker": ticker,
                     "start_ms": start,
                     "end_ms": start + BAR_MS,
-                    "open": _num(open_[g]),
-                    "high": _num(high[g]) if n_hl[g] else None,
-                    "low": _num(low[g]) if n_hl[g] else None,
-                    "close": _num(close[g]),
-                    "volume": float(volume[g]),
-                    "vwap": float(notional[g] / volume[g]) if volume[g] > 0 else None,
-                    "trade_count": int(count[g]),
+                    "open": _num(b.open[g]),
+                    "high": _num(b.high[g]) if n_hl else None,
+                    "low": _num(b.low[g]) if n_hl else None,
+                    "close": _num(b.close[g]),
+                    "volume": volume,
+                    "vwap": float(b.notional[g] / volume) if volume > 0 else None,
+                    "trade_count": count,
                     "session": session[g],
                 }
             )
@@ -225,98 +195,140 @@ class BarEngine:
         return bars
 
 
-def _tape_order(code: np.ndarray, ts: np.ndarray) -> np.ndarray:
-    """The order by (code, ts, arrival) of trades given in arrival order: the same as
-    `np.lexsort((np.arange(n), ts, code))`, ~4× faster on the 15k market's minute (~230k trades, 11 → 3 ms).
-    A stable sort keeps arrival order among equals. The codes first, with numpy's O(n) radix sort for
-    16-bit keys; then (code, ts) as one key, whose runs are then nearly sorted already (a ticker's
-    trades arrive mostly in ts order), which the stable sort (timsort) exploits."""
-    n = len(ts)
-    if n == 0:
-        return np.empty(0, dtype=np.int64)
-    lo = int(ts.min())
-    span = int(ts.max()) - lo + 1
-    if int(code.max()) >= 2**15 or (int(code.max()) + 1) * span >= 2**62:
-        return np.lexsort((np.arange(n), ts, code))
-    by_code = np.argsort(code.astype(np.int16), kind="stable")
-    key = code[by_code] * span + (ts[by_code] - lo)
-    return by_code[np.argsort(key, kind="stable")]
+MINUTE_BITS = 32  # an open bar's key: code << MINUTE_BITS | minute (epoch minutes: 2^32 is ~8,000 years)
 
 
-def _bar_end(ts: np.ndarray) -> np.ndarray:
-    """End of the bar (minute) each ts is in."""
-    return (ts // BAR_MS + 1) * BAR_MS
+class ClosedBars(NamedTuple):
+    """The running aggregates of the bars taken out of `OpenBars`, one entry per bar."""
+
+    code: np.ndarray
+    start: np.ndarray
+    trade_count: np.ndarray
+    n_hl: np.ndarray
+    volume: np.ndarray
+    notional: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    open: np.ndarray
+    close: np.ndarray
 
 
-class OpenTrades:
-    """The accepted trades of the open bars as columns with spare capacity: a batch is appended in
-    amortised O(batch), not by copying every open trade, and closed trades are compacted out at once."""
+class OpenBars:
+    """The running aggregates of the open bars, one entry per (code, minute), sorted by its key.
 
-    COLUMNS = (
-        ("code", np.int64),
-        ("ts", np.int64),
-        ("price", np.float64),
-        ("size", np.float64),
-        ("vol", bool),
-        ("hl", bool),
-        ("oc", bool),
+    A batch is folded in trade by trade in arrival order (`np.add.at` and its kin apply each element in
+    turn, unbuffered), so every sum has the bits of a sequential sum over the bar's trades in arrival
+    order, whatever the batch split; `open` / `close` keep the price of the smallest / largest ts, the
+    first / last to arrive among equals. A batch costs O(batch + open bars), and closing a bar costs
+    the bar: no trade is held.
+    """
+
+    _INIT = (
+        ("trade_count", np.int64, 0),
+        ("n_hl", np.int64, 0),
+        ("volume", np.float64, 0.0),
+        ("notional", np.float64, 0.0),
+        ("high", np.float64, -np.inf),
+        ("low", np.float64, np.inf),
+        ("open_ts", np.int64, np.iinfo(np.int64).max),
+        ("open", np.float64, np.nan),
+        ("close_ts", np.int64, np.iinfo(np.int64).min),
+        ("close", np.float64, np.nan),
     )
 
     def __init__(self) -> None:
-        self._n = 0
-        self._cols = [np.empty(0, dtype=dtype) for _, dtype in self.COLUMNS]
-        self.reallocations = 0
+        self.key = np.empty(0, dtype=np.int64)
+        self.cols = {name: np.empty(0, dtype=dtype) for name, dtype, _ in self._INIT}
 
     def __len__(self) -> int:
-        return self._n
+        return len(self.key)
 
-    @property
-    def code(self) -> np.ndarray:
-        return self._cols[0][: self._n]
+    def fold(
+        self,
+        code: np.ndarray,
+        ts: np.ndarray,
+        price: np.ndarray,
+        size: np.ndarray,
+        vol: np.ndarray,
+        hl: np.ndarray,
+        oc: np.ndarray,
+    ) -> None:
+        """Add accepted trades (arrival order) to their bars, opening the bars they start."""
+        if len(ts) == 0:
+            return
+        minute = ts // BAR_MS
+        if minute.min() < 0 or minute.max() >= 2**MINUTE_BITS:
+            raise InvalidArgument("trade timestamps must be Unix ms from 1970 on")
+        slot = self._slots((code << MINUTE_BITS) | minute)
+        c = self.cols
+        at, px = slot[vol], price[vol]
+        np.add.at(c["trade_count"], at, 1)
+        np.add.at(c["volume"], at, size[vol])
+        np.add.at(c["notional"], at, px * size[vol])
+        at, px = slot[hl], price[hl]
+        np.add.at(c["n_hl"], at, 1)
+        np.maximum.at(c["high"], at, px)
+        np.minimum.at(c["low"], at, px)
+        if oc.any():
+            self._open_close(slot[oc], ts[oc], price[oc])
 
-    @property
-    def ts(self) -> np.ndarray:
-        return self._cols[1][: self._n]
+    def _slots(self, row_key: np.ndarray) -> np.ndarray:
+        """Each row's open bar (its index in `key`), opening the bars not open yet."""
+        pos = np.searchsorted(self.key, row_key)
+        if len(self.key):
+            hit = self.key[np.minimum(pos, len(self.key) - 1)] == row_key
+        else:
+            hit = np.zeros(len(row_key), dtype=bool)
+        if not hit.all():
+            new = np.unique(row_key[~hit])
+            at = np.searchsorted(self.key, new)
+            self.key = np.insert(self.key, at, new)
+            for name, _, init in self._INIT:
+                self.cols[name] = np.insert(self.cols[name], at, init)
+            pos = np.searchsorted(self.key, row_key)
+        return pos
 
-    def append(self, *columns: np.ndarray) -> None:
-        """Add rows (one array per column, in `COLUMNS` order)."""
-        n, add = self._n, len(columns[0])
-        if n + add > len(self._cols[0]):
-            capacity = max(2 * (n + add), 1024)
-            grown = [np.empty(capacity, dtype=dtype) for _, dtype in self.COLUMNS]
-            for new, old in zip(grown, self._cols, strict=True):
-                new[:n] = old[:n]
-            self._cols = grown
-            self.reallocations += 1
-        for col, values in zip(self._cols, columns, strict=True):
-            col[n : n + add] = values
-        self._n = n + add
+    def _open_close(self, slot: np.ndarray, ts: np.ndarray, price: np.ndarray) -> None:
+        """Fold open/close-eligible rows (arrival order) into `open` and `close`. Per bar, the batch's
+        first and last row by (ts, arrival) are found as the least and greatest of (ts, arrival) keys;
+        a trade of an earlier batch arrived before all of this one's, so it keeps `open` on an equal ts
+        and yields `close`."""
+        n, c = len(ts), self.cols
+        lo = int(ts.min())
+        if (int(ts.max()) - lo + 1) * n >= 2**62:
+            raise InvalidArgument("timestamps of one batch span too wide a range")
+        order_key = (ts - lo) * n + np.arange(n)
+        first = np.full(len(self.key), np.iinfo(np.int64).max)
+        last = np.full(len(self.key), -1)
+        np.minimum.at(first, slot, order_key)
+        np.maximum.at(last, slot, order_key)
+        bars = np.flatnonzero(last >= 0)
+        for row, keep, ts_col, px_col in (
+            (first[bars] % n, np.less, "open_ts", "open"),
+            (last[bars] % n, np.greater_equal, "close_ts", "close"),
+        ):
+            won = keep(ts[row], c[ts_col][bars])
+            c[ts_col][bars[won]] = ts[row[won]]
+            c[px_col][bars[won]] = price[row[won]]
 
-    def take(self, mask: np.ndarray) -> list[np.ndarray]:
-        """Remove the rows where `mask` is true; returns them (one array per column, arrival order)."""
-        # Index arrays, made once: a boolean mask is scanned again for every column.
-        rows, rest = np.flatnonzero(mask), np.flatnonzero(~mask)
-        taken = [col[rows] for col in self._cols]
-        for col in self._cols:
-            col[: len(rest)] = col[rest]
-        self._n = len(rest)
-        return taken
+    def due(self, final_ts: np.ndarray) -> np.ndarray:
+        """Which open bars end at or before their code's `final_ts` (watermark − grace)."""
+        code = self.key >> MINUTE_BITS
+        end = ((self.key & (2**MINUTE_BITS - 1)) + 1) * BAR_MS
+        return end <= final_ts[code]
 
-
-def _first_last(
-    price: np.ndarray, eligible: np.ndarray, group: np.ndarray, groups: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per group, the price of its first and last eligible row (NaN when it has none)."""
-    first = np.full(groups, np.nan)
-    last = np.full(groups, np.nan)
-    rows = np.flatnonzero(eligible)
-    if len(rows):
-        g = group[rows]
-        is_first = np.r_[True, g[1:] != g[:-1]]
-        is_last = np.r_[g[1:] != g[:-1], True]
-        first[g[is_first]] = price[rows[is_first]]
-        last[g[is_last]] = price[rows[is_last]]
-    return first, last
+    def take(self, mask: np.ndarray) -> ClosedBars:
+        """Remove the bars where `mask` is true; returns them."""
+        key, c = self.key[mask], self.cols
+        closed = ClosedBars(
+            code=key >> MINUTE_BITS,
+            start=(key & (2**MINUTE_BITS - 1)) * BAR_MS,
+            **{name: c[name][mask] for name in ClosedBars._fields[2:]},
+        )
+        keep = ~mask
+        self.key = self.key[keep]
+        self.cols = {name: col[keep] for name, col in c.items()}
+        return closed
 
 
 def _num(value: float) -> float | None:
