@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tradepulse.core.bars import BAR_MS, BarEngine, bar_id
+from tradepulse.core.bars import BAR_MS, NO_TS, BarEngine, bar_id
 from tradepulse.core.columns import QuoteColumns, TradeColumns
 from tradepulse.core.features import FeatureEngine
 from tradepulse.core.sessions import SessionTable
@@ -334,3 +334,14 @@ def test_bars_carry_the_session_of_their_minute() -> None:
         event_id=np.array(["a", "b", "c"], dtype=object),
     )
     assert [b["session"] for b in engine.process(trades)] == ["pre_market", "regular"]
+
+
+def test_watermarks_at_once_are_the_watermark_of_each_ticker() -> None:
+    t = make_trades(5, seconds=100)
+    engine = BarEngine(GRACE)
+    run(engine, t, cuts=list(range(50, len(t["ts_ms"]), 50)))
+    names = ["BBB", "ZZZ", "AAA", "CCC", "AAA"]  # one never seen, one twice
+    marks = engine.watermarks(names)
+    assert [None if m == NO_TS else int(m) for m in marks] == [engine.watermark(n) for n in names]
+    assert engine.watermark("ZZZ") is None and engine.watermark("AAA") is not None
+    assert len(engine.watermarks([])) == 0

@@ -12,6 +12,7 @@ same trades; with `vendor_bars` on, `BarReconciler` compares those bars with the
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import time
 from typing import Any
@@ -26,9 +27,9 @@ from tradepulse.bus.runner import Runner
 from tradepulse.bus.watchdog import Watchdog
 from tradepulse.config import Settings
 from tradepulse.core.anomaly import AnomalyConfig, AnomalyDetector
-from tradepulse.core.bars import BarEngine
+from tradepulse.core.bars import NO_TS, BarEngine
 from tradepulse.core.columns import QuoteColumns, TradeColumns
-from tradepulse.core.conditions import ConditionRules
+from tradepulse.core.conditions import EligibilityMasks
 from tradepulse.core.features import FeatureConfig, FeatureEngine, FeatureOutput
 from tradepulse.core.news_join import NewsJoiner, correlation_id
 from tradepulse.core.outliers import OutlierConfig, OutlierFlagger
@@ -172,12 +173,19 @@ class CoreProcessor:
         if trades is None:
             trades = TradeColumns.from_records(batch.trades) if batch.trades else TradeColumns.empty()
         every_trade = trades  # the flagged prints included: the vendor's aggregates have them
+        # The condition update rules of every trade, once: for the bars (the features count unknown
+        # codes with their own look).
+        every_rule = None
+        if trades.conditions is not None:
+            every_rule = self.engine.rules.masks(trades.conditions, count_unknown=False)
+        rule = every_rule
         if batch.trade_outliers is not None:
             # Suspect prints stay out of every feature and so out of the anomaly inputs. From the rows:
             # the rebuild filters rows and columns (not the mask) down to the state range.
             flagged = np.fromiter((row["outlier"] for row in batch.trades), bool, len(batch.trades))
             keep = np.flatnonzero(~flagged)
             trades = trades.take(keep)
+            rule = None if every_rule is None else every_rule.take(keep)
             batch = dataclasses.replace(batch, trade_pos=[batch.trade_pos[i] for i in keep.tolist()])
         quotes = batch.quote_columns
         if quotes is None:
@@ -196,10 +204,9 @@ class CoreProcessor:
             for snapshot, session in zip(features, self.sessions.session_of(snapshot_ts), strict=True):
                 snapshot["session"] = session
         # The trades the feature core saw, by the same condition update rules.
-        if trades.conditions is None:
+        if rule is None:
             bars = self.bars.process(trades)
         else:
-            rule = self.engine.rules.masks(trades.conditions, count_unknown=False)
             bars = self.bars.process(
                 trades,
                 volume_eligible=rule.volume,
@@ -209,7 +216,7 @@ class CoreProcessor:
         checks = []
         if self.vendor_check is not None:
             checks = self.vendor_check.process(
-                every_trade, self.engine.rules, self.bars, bars, batch.vendor_bars, emit=emit
+                every_trade, every_rule, self.bars, bars, batch.vendor_bars, emit=emit
             )
         if batch.news:
             self.joiner.add_articles(batch.news)
@@ -282,31 +289,37 @@ class VendorCheck:
     def process(
         self,
         trades: TradeColumns,
-        rules: ConditionRules,
+        rule: EligibilityMasks | None,
         published: BarEngine,
         bars: list[dict[str, Any]],
         vendor: list[dict[str, Any]],
         *,
         emit: bool,
     ) -> list[dict[str, Any]]:
-        """One batch: `trades` every trade of it (flagged ones included), `published` the engine that
-        made `bars` (the batch's closed bars, flagged trades left out), `vendor` its `AM` aggregates.
-        Returns the reconciliation decisions the batch completes."""
-        if trades.conditions is None:
+        """One batch: `trades` every trade of it (flagged ones included) and `rule` their condition
+        update rules (None: every trade updates everything), `published` the engine that made `bars`
+        (the batch's closed bars, flagged trades left out), `vendor` its `AM` aggregates. Returns the
+        reconciliation decisions the batch completes."""
+        if rule is None:
             tape = self.tape.process(trades)
         else:
-            rule = rules.masks(trades.conditions, count_unknown=False)
             tape = self.tape.process(
                 trades,
                 volume_eligible=rule.volume,
                 high_low_eligible=rule.high_low,
                 open_close_eligible=rule.open_close,
             )
-        final = {}
-        for ticker in {*trades.ticker.tolist(), *(bar["ticker"] for bar in vendor)}:
-            marks = [published.watermark(ticker), self.tape.watermark(ticker)]
-            if all(m is not None for m in marks):
-                final[ticker] = min(m for m in marks if m is not None) - self.grace_ms
+        # Our bars are final up to the lower of the two engines' watermarks − grace (known to both).
+        names = list({*trades.ticker.tolist(), *(bar["ticker"] for bar in vendor)})
+        marks = np.minimum(published.watermarks(names), self.tape.watermarks(names))
+        known = marks != NO_TS
+        final = dict(
+            zip(
+                itertools.compress(names, known.tolist()),
+                (marks[known] - self.grace_ms).tolist(),
+                strict=True,
+            )
+        )
         checks = self.reconciler.update(bars, vendor, final, tape)
         if emit:
             for check in checks:

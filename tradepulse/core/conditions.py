@@ -70,6 +70,10 @@ class EligibilityMasks:
     high_low: np.ndarray  # bool: may set the high / low
     open_close: np.ndarray  # bool: may set the open / close (the consolidated last sale)
 
+    def take(self, index: np.ndarray) -> EligibilityMasks:
+        """The masks of the trades at `index`."""
+        return EligibilityMasks(self.volume[index], self.high_low[index], self.open_close[index])
+
     @property
     def last_price(self) -> np.ndarray:
         """May set the last price (and so the price features): updates both high/low and last. The

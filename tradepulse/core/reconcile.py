@@ -256,7 +256,8 @@ class BarReconciler:
     def _crosses(self, before: int, after: int) -> bool:
         """Whether a final point moving from `before` to `after` reaches a threshold of some minute:
         start + BAR_MS or start + BAR_MS + wait_ms, start a multiple of BAR_MS."""
-        return any((after - c) // BAR_MS > (before - c) // BAR_MS for c in (0, self.wait_ms))
+        wait = self.wait_ms  # checked per ticker and batch: plain arithmetic, no generator
+        return after // BAR_MS > before // BAR_MS or (after - wait) // BAR_MS > (before - wait) // BAR_MS
 
 
 def summarize(results: Iterable[Mapping[str, Any]]) -> dict[str, Row]:
