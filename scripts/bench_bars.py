@@ -15,28 +15,18 @@ import hashlib
 import time
 
 import click
-import numpy as np
-from bench_core import market_columns
+from bench_core import market_columns, market_options, simulated_market
 
 from tradepulse.core.bars import BarEngine
 from tradepulse.core.conditions import ConditionRules
 from tradepulse.percentiles import nearest_rank
-from tradepulse.sources.simulator.market import MarketConfig, MarketModel, make_tickers
 
 
 @click.command(help=__doc__)
-@click.option(
-    "--rate", type=float, default=15000.0, show_default=True, help="simulated events/s (trades + quotes)"
-)
-@click.option("--tickers", type=int, default=200, show_default=True)
-@click.option("--seconds", type=float, default=200.0, show_default=True, help="market time")
+@market_options(seconds=200.0)
 @click.option("--batch-trades", type=int, default=70, show_default=True, help="trades per batch")
-@click.option("--seed", type=int, default=7, show_default=True)
 def main(rate: float, tickers: int, seconds: float, batch_trades: int, seed: int) -> None:
-    model = MarketModel(
-        MarketConfig(seed=seed, rate=rate, start_ms=1_767_000_000_000, tickers=make_tickers(tickers))
-    )
-    names = np.asarray(model.symbols, dtype=object)
+    model, names = simulated_market(rate, tickers, seed)
     rules = ConditionRules.bundled()
     batches = []
     for block in model.generate(seconds):
@@ -45,6 +35,7 @@ def main(rate: float, tickers: int, seconds: float, batch_trades: int, seed: int
         trades = market_columns([block], names)[0]
         for lo in range(0, len(trades), batch_trades):
             part = trades.take(slice(lo, lo + batch_trades))
+            assert part.conditions is not None  # the simulator's trades carry their condition codes
             batches.append((part, rules.masks(part.conditions, count_unknown=False)))
     engine = BarEngine(2000)
     times, closing, digest, emitted = [], [], hashlib.sha256(), 0

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import click
 import numpy as np
@@ -26,7 +28,39 @@ from tradepulse.core.anomaly import AnomalyConfig, AnomalyDetector
 from tradepulse.core.columns import QuoteColumns, TradeColumns, object_array
 from tradepulse.core.features import FeatureEngine
 from tradepulse.core.iforest import IsolationForest
-from tradepulse.sources.simulator.market import CONDITION_SETS, Block, MarketConfig, MarketModel
+from tradepulse.sources.simulator.market import CONDITION_SETS, Block, MarketConfig, MarketModel, make_tickers
+
+START_MS = 1_767_000_000_000
+Command = TypeVar("Command", bound=Callable[..., None])
+
+
+def market_options(seconds: float) -> Callable[[Command], Command]:
+    """The simulated market's options of the core benchmarks: --rate, --tickers, --seconds, --seed."""
+    options = (
+        click.option(
+            "--rate",
+            type=float,
+            default=15000.0,
+            show_default=True,
+            help="simulated events/s (trades + quotes)",
+        ),
+        click.option("--tickers", type=int, default=200, show_default=True),
+        click.option("--seconds", type=float, default=seconds, show_default=True, help="market time fed"),
+        click.option("--seed", type=int, default=7, show_default=True),
+    )
+
+    def apply(command: Command) -> Command:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
+def simulated_market(rate: float, tickers: int, seed: int) -> tuple[MarketModel, np.ndarray]:
+    """The simulator's market model over `tickers` tickers, and its ticker names by code."""
+    model = MarketModel(MarketConfig(seed=seed, rate=rate, start_ms=START_MS, tickers=make_tickers(tickers)))
+    return model, np.asarray(model.symbols, dtype=object)
 
 
 def batches(
@@ -34,7 +68,7 @@ def batches(
 ) -> tuple[list[tuple[TradeColumns, QuoteColumns]], int]:
     """The simulated market cut into batches of ~`batch_events` events, in arrival order (the first
     `warm_events` into batches of ~`warm_batch`); also returns how many warm-up batches there are."""
-    model = MarketModel(MarketConfig(seed=seed, rate=rate, start_ms=1_767_000_000_000))
+    model = MarketModel(MarketConfig(seed=seed, rate=rate, start_ms=START_MS))
     names = np.asarray(model.symbols, dtype=object)
     out, pending, count, seen, n_warm = [], [], 0, 0, 0
     for block in model.generate(seconds):

@@ -16,27 +16,19 @@ import time
 import click
 import numpy as np
 import psutil
-from bench_core import market_columns
+from bench_core import START_MS, market_columns, market_options, simulated_market
 
 from tradepulse.bus.runner import tune_process
 from tradepulse.core.features import FeatureEngine
 from tradepulse.core.trade_state import TradeState
-from tradepulse.sources.simulator.market import Block, MarketConfig, MarketModel, make_tickers
+from tradepulse.sources.simulator.market import Block
 
 
 @click.command(help=__doc__)
-@click.option(
-    "--rate", type=float, default=15000.0, show_default=True, help="simulated events/s (trades + quotes)"
-)
-@click.option("--tickers", type=int, default=200, show_default=True)
-@click.option("--seconds", type=float, default=330.0, show_default=True, help="market time fed")
+@market_options(seconds=330.0)
 @click.option("--batch", type=int, default=5000, show_default=True, help="events per batch")
-@click.option("--seed", type=int, default=7, show_default=True)
 def main(rate: float, tickers: int, seconds: float, batch: int, seed: int) -> None:
-    model = MarketModel(
-        MarketConfig(seed=seed, rate=rate, start_ms=1_767_000_000_000, tickers=make_tickers(tickers))
-    )
-    names = np.asarray(model.symbols, dtype=object)
+    model, names = simulated_market(rate, tickers, seed)
     tune_process()  # as `tradepulse process` does: GC thresholds, numpy's huge pages off
     engine = FeatureEngine()
     market_s = 0.0
@@ -53,7 +45,7 @@ def main(rate: float, tickers: int, seconds: float, batch: int, seed: int) -> No
         if state.key is not key:
             relayouts.append((market_s, len(state.key), ms))
 
-    TradeState.reserve = timed_reserve  # type: ignore[method-assign]
+    TradeState.reserve = timed_reserve  # type: ignore[method-assign,assignment]
     digest = hashlib.sha256()
     core_s, batches, count = 0.0, 0, 0
     pending: list[Block] = []
@@ -71,7 +63,7 @@ def main(rate: float, tickers: int, seconds: float, batch: int, seed: int) -> No
             digest.update(repr(values.tolist()).encode() if values.dtype == object else values.tobytes())
 
     for block in model.generate(seconds):
-        market_s = (block.end_ms - model.config.start_ms) / 1000
+        market_s = (block.end_ms - START_MS) / 1000
         pending.append(block)
         count += len(block)
         if count >= batch:
