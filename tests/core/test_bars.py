@@ -42,9 +42,7 @@ def make_trades(seed: int, seconds: int = 400, tickers: tuple[str, ...] = ("AAA"
                     int(T0 + t + delay),
                     ticker,
                     float(round(price[i], 4)),
-                    float(
-                        rng.choice([1, 50, 100, 300, 0.37, 12.5])
-                    ),  # fractional sizes too: volume sums round
+                    float(rng.choice([1, 50, 100, 300, 0.37, 12.5])),  # fractional: volume sums round
                     int(T0 + t),
                 )
             )
@@ -172,7 +170,7 @@ def test_bars_are_bit_identical_across_batch_splits() -> None:
 
 def test_each_bar_is_emitted_by_the_batch_whose_watermark_closes_it() -> None:
     """One trade per batch: a bar comes out of exactly the batch after which its ticker's watermark −
-    grace first reaches its end, and no trade of a closed minute is held after it."""
+    grace first reaches its end, and only the open minutes' bars are kept after it."""
     t = make_trades(11, seconds=300)
     engine = BarEngine(GRACE)
     expected, still_open = reference(t)
