@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any
 
@@ -9,9 +10,10 @@ import numpy as np
 import orjson
 import pytest
 
-from tradepulse.bus.decode import InvalidMessage, decode, decode_batch
+from tradepulse.bus.decode import DecodedBatch, InvalidMessage, decode, decode_batch
 from tradepulse.core.columns import QuoteColumns, TradeColumns
-from tradepulse.topics import NEWS, QUOTES, TRADES
+from tradepulse.core.conditions import ConditionRules
+from tradepulse.topics import NEWS, QUOTES, TRADES, VENDOR_BARS
 
 TRADE = {
     "event_id": "t-1",
@@ -163,3 +165,81 @@ def test_trade_conditions_reach_the_core_columns() -> None:
     batch = decode_batch([FakeMessage(TRADES, orjson.dumps(r), 0, i) for i, r in enumerate(every)])
     assert batch.trade_columns is not None
     assert list(batch.trade_columns.conditions) == [[], [12], [2, 37]]
+
+
+def _row_values(value: Any, count: int) -> list[Any]:
+    """The per-row values of one `DecodedBatch` attribute, row by row: a list or array, the columns of a
+    dataclass (`TradeColumns`, `EligibilityMasks`) or a dict of field columns (all per row)."""
+    if value is None:
+        return [None] * count
+    if isinstance(value, list | np.ndarray):
+        assert len(value) == count
+        return [v.tolist() if isinstance(v, np.ndarray) else v for v in value]
+    columns = value if isinstance(value, dict) else vars(value)
+    columns = {name: column for name, column in columns.items() if column is not None}
+    assert all(len(column) == count for column in columns.values())
+    return [{name: column[i] for name, column in columns.items()} for i in range(count)]
+
+
+@pytest.mark.parametrize("topic", [TRADES, QUOTES, NEWS, VENDOR_BARS])
+def test_keep_filters_everything_that_describes_the_rows_of_a_topic(topic: str) -> None:
+    # The runner's rebuild drops the rows before the state's look-back with `keep`; an attribute it
+    # missed would pair the core's rows with another row's columns, flags or masks.
+    codes = [None, [], [37], [12], [2, 37], [14, 41], [15]]
+    values = {
+        TRADES: [
+            {**TRADE, "event_id": f"t-{i}", "sequence": i, "conditions": codes[i % 7]} for i in range(9)
+        ],
+        QUOTES: [{**QUOTE, "event_id": f"q-{i}", "sequence": i} for i in range(9)],
+        NEWS: [{**NEWS_ROW, "event_id": f"n-{i}", "article_id": i} for i in range(9)],
+        VENDOR_BARS: [
+            {
+                "ticker": "AAPL",
+                "start_ms": start,
+                "end_ms": start + 60_000,
+                "volume": 100 + i,
+                "received_ts_us": i,
+            }
+            for i, start in enumerate(range(1_767_000_000_000, 1_767_000_540_000, 60_000))
+        ],
+    }
+    messages = [
+        FakeMessage(name, orjson.dumps(row), i % 2, 100 * j + i)
+        for j, (name, rows) in enumerate(values.items())
+        for i, row in enumerate(rows)
+    ]
+    batch = decode_batch(messages)
+    assert not batch.dead_letters
+    assert batch.trade_columns is not None and batch.trade_fields is not None
+    batch.trade_outliers = np.arange(9) % 3 == 1
+    conditions = batch.trade_columns.conditions
+    assert conditions is not None
+    batch.trade_masks = ConditionRules.bundled().masks(conditions, count_unknown=False)
+    rows_of = {TRADES: "trade", QUOTES: "quote", NEWS: "news", VENDOR_BARS: "vendor_bar"}
+    attributes = [f.name for f in dataclasses.fields(DecodedBatch)]
+    # Every attribute is the dead letters or describes the rows of one topic (named after it).
+    assert all(name == "dead_letters" or name.startswith(tuple(rows_of.values())) for name in attributes)
+    before = {name: _row_values(getattr(batch, name), 9) for name in attributes if name != "dead_letters"}
+    assert all(len(set(map(repr, rows))) > 1 for name, rows in before.items()), "rows must differ"
+
+    index = [0, 2, 3, 7]
+    batch.keep(topic, index)
+    for name in attributes:
+        if name == "dead_letters":
+            continue
+        if name.startswith(rows_of[topic]):
+            got = _row_values(getattr(batch, name), len(index))
+            assert repr(got) == repr([before[name][i] for i in index]), name
+        else:
+            assert repr(_row_values(getattr(batch, name), 9)) == repr(before[name]), name
+
+
+def test_keep_clears_the_outlier_flags_when_no_flagged_trade_is_left() -> None:
+    batch = decode_batch(
+        [FakeMessage(TRADES, orjson.dumps({**TRADE, "sequence": i}), 0, i) for i in range(3)]
+    )
+    batch.trade_outliers = np.array([False, True, False])
+    batch.keep(TRADES, [0, 2])
+    assert batch.trade_outliers is None  # as `flag_outliers` leaves a batch with none flagged
+    with pytest.raises(ValueError, match="no rows of topic"):
+        batch.keep("market.unknown", [])

@@ -17,17 +17,20 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter, methodcaller
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 
 from tradepulse.core.columns import QuoteColumns, TradeColumns, object_array
-from tradepulse.errors import BusError
+from tradepulse.errors import BusError, InvalidArgument
 from tradepulse.models import INT64_MAX, INT64_MIN, Quote, Trade
 from tradepulse.stores.dlq import make_dead_letter
 from tradepulse.topics import NEWS, QUOTES, TRADES, VENDOR_BARS
 from tradepulse.validation import NOTIONALS, RULES, InvalidField, Rule
+
+if TYPE_CHECKING:
+    from tradepulse.core.conditions import EligibilityMasks  # pandas: not for whoever only decodes
 
 Row = dict[str, Any]
 
@@ -84,10 +87,10 @@ def decode(topic: str, raw: bytes | None) -> Row:
 class DecodedBatch:
     """One micro-batch split by topic. `positions` are (partition, offset) of each valid row, in the same
     order, for the cold store. `trade_columns` / `quote_columns`, when set, are the same rows as columns
-    (built by `decode_batch` from the validated columns; whoever filters the rows must filter them too).
-    `trade_fields` / `quote_fields`, when set, are the validated required fields of the same rows by
-    name (numeric fields as numpy arrays, strings as sequences), for the cold store's Arrow conversion;
-    whoever filters the rows must filter or drop them too."""
+    (built by `decode_batch` from the validated columns). `trade_fields` / `quote_fields`, when set, are
+    the validated required fields of the same rows by name (numeric fields as numpy arrays, strings as
+    sequences), for the cold store's Arrow conversion. Every attribute that describes a topic's rows is
+    in row order; `keep` filters them all together (the one way to drop rows of a decoded batch)."""
 
     trades: list[Row] = field(default_factory=list)
     quotes: list[Row] = field(default_factory=list)
@@ -102,9 +105,43 @@ class DecodedBatch:
     quote_fields: dict[str, Any] | None = None
     # Set by the processor's `flag_outliers` when some trades are suspect: True per flagged trade row.
     trade_outliers: np.ndarray | None = None
+    # Set by the processor's `flag_outliers`: the trades' condition update rules (computed once a batch).
+    trade_masks: EligibilityMasks | None = None
     # The vendor's per-minute aggregates (market.vendor_bars), the bar reconciliation's reference.
     vendor_bars: list[Row] = field(default_factory=list)
     vendor_bar_pos: list[tuple[int, int]] = field(default_factory=list)
+
+    def keep(self, topic: str, index: Sequence[int]) -> None:
+        """Keep only the rows of `topic` at `index` (ascending positions into its rows), with their
+        positions, columns, fields, outlier flags and condition masks."""
+        if topic == TRADES:
+            self.trades[:] = [self.trades[i] for i in index]
+            self.trade_pos[:] = [self.trade_pos[i] for i in index]
+            at = np.asarray(index, dtype=np.int64)
+            if self.trade_columns is not None:
+                self.trade_columns = self.trade_columns.take(at)
+            self.trade_fields = _take_fields(self.trade_fields, at)
+            if self.trade_outliers is not None:
+                self.trade_outliers = self.trade_outliers[at]
+                if not self.trade_outliers.any():
+                    self.trade_outliers = None  # as `flag_outliers` leaves a batch with none flagged
+            if self.trade_masks is not None:
+                self.trade_masks = self.trade_masks.take(at)
+        elif topic == QUOTES:
+            self.quotes[:] = [self.quotes[i] for i in index]
+            self.quote_pos[:] = [self.quote_pos[i] for i in index]
+            at = np.asarray(index, dtype=np.int64)
+            if self.quote_columns is not None:
+                self.quote_columns = self.quote_columns.take(at)
+            self.quote_fields = _take_fields(self.quote_fields, at)
+        elif topic == NEWS:
+            self.news[:] = [self.news[i] for i in index]
+            self.news_pos[:] = [self.news_pos[i] for i in index]
+        elif topic == VENDOR_BARS:
+            self.vendor_bars[:] = [self.vendor_bars[i] for i in index]
+            self.vendor_bar_pos[:] = [self.vendor_bar_pos[i] for i in index]
+        else:
+            raise InvalidArgument(f"no rows of topic {topic!r} in a decoded batch")
 
     def __len__(self) -> int:
         return (
@@ -114,6 +151,16 @@ class DecodedBatch:
             + len(self.vendor_bars)
             + len(self.dead_letters)
         )
+
+
+def _take_fields(fields: dict[str, Any] | None, at: np.ndarray) -> dict[str, Any] | None:
+    """The field columns of the rows at `at` (numpy arrays indexed, sequences picked)."""
+    if fields is None:
+        return None
+    return {
+        name: values[at] if isinstance(values, np.ndarray) else [values[i] for i in at.tolist()]
+        for name, values in fields.items()
+    }
 
 
 _ALLOWED_TYPES: dict[type, tuple[type, ...]] = {str: (str,), int: (int,), float: (int, float)}

@@ -115,7 +115,8 @@ class CoreProcessor:
         # out-of-sequence prints); the feature core counts unknown condition codes, not this look.
         eligible = None
         if columns.conditions is not None:
-            eligible = self.engine.rules.masks(columns.conditions, count_unknown=False).last_price
+            batch.trade_masks = self.engine.rules.masks(columns.conditions, count_unknown=False)
+            eligible = batch.trade_masks.last_price
         result = self.outliers.flag(columns, eligible)
         flags = result.outlier
         if batch.trade_fields is not None:
@@ -173,17 +174,15 @@ class CoreProcessor:
         if trades is None:
             trades = TradeColumns.from_records(batch.trades) if batch.trades else TradeColumns.empty()
         every_trade = trades  # the flagged prints included: the vendor's aggregates have them
-        # The condition update rules of every trade, once: for the bars (the features count unknown
-        # codes with their own look).
-        every_rule = None
-        if trades.conditions is not None:
+        # The condition update rules of every trade, once (`flag_outliers` computed them): for the bars
+        # (the features count unknown codes with their own look).
+        every_rule = batch.trade_masks
+        if every_rule is None and trades.conditions is not None:
             every_rule = self.engine.rules.masks(trades.conditions, count_unknown=False)
         rule = every_rule
         if batch.trade_outliers is not None:
-            # Suspect prints stay out of every feature and so out of the anomaly inputs. From the rows:
-            # the rebuild filters rows and columns (not the mask) down to the state range.
-            flagged = np.fromiter((row["outlier"] for row in batch.trades), bool, len(batch.trades))
-            keep = np.flatnonzero(~flagged)
+            # Suspect prints stay out of every feature and so out of the anomaly inputs.
+            keep = np.flatnonzero(~batch.trade_outliers)
             trades = trades.take(keep)
             rule = None if every_rule is None else every_rule.take(keep)
             batch = dataclasses.replace(batch, trade_pos=[batch.trade_pos[i] for i in keep.tolist()])

@@ -103,7 +103,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import orjson
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, Producer
 from confluent_kafka import TopicPartition as KafkaTopicPartition
@@ -753,7 +752,7 @@ class Runner:
             counts["invalid"] += len(batch.dead_letters)
             cold_rows = 0
             fields = {TRADES: batch.trade_fields, QUOTES: batch.quote_fields}
-            # Filtered below; the column store (Arrow conversion) has only just used them.
+            # Only the column store (Arrow conversion) needs them, and it is the first to use the batch.
             batch.trade_fields = batch.quote_fields = None
             for topic, rows, positions in (
                 (TRADES, batch.trades, batch.trade_pos),
@@ -778,13 +777,7 @@ class Runner:
                     if plan.is_state(tp, offset):
                         keep.append(i)
                 if len(keep) < len(rows):
-                    rows[:] = [rows[i] for i in keep]
-                    positions[:] = [positions[i] for i in keep]
-                    index = np.array(keep, dtype=np.int64)
-                    if topic == TRADES and batch.trade_columns is not None:
-                        batch.trade_columns = batch.trade_columns.take(index)
-                    elif topic == QUOTES and batch.quote_columns is not None:
-                        batch.quote_columns = batch.quote_columns.take(index)
+                    batch.keep(topic, keep)
             batch.dead_letters.clear()  # already dead-lettered when first consumed
             counts["cold"] += cold_rows
             counts["state"] += len(batch)
