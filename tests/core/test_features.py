@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import mmap
+import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
@@ -770,6 +772,56 @@ def test_a_full_region_compacted_in_place_changes_no_vector(
     assert layouts["compaction"] > 0 and layouts["relayout"] > 1
     compare(got, reference(batches))
     compare(got, whole_reference, same_split=False)
+
+
+def _resident_pages(array: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Whether each whole page inside slots [lo, hi) of `array` is resident (Linux's pagemap)."""
+    page = mmap.PAGESIZE
+    start = -(-(array.ctypes.data + lo * array.itemsize) // page)
+    end = (array.ctypes.data + hi * array.itemsize) // page
+    if end <= start:
+        return np.zeros(0, dtype=bool)
+    with open("/proc/self/pagemap", "rb") as pagemap:
+        pagemap.seek(start * 8)
+        entries = np.frombuffer(pagemap.read(8 * (end - start)), dtype=np.uint64)
+    return (entries >> np.uint64(63)).astype(bool)
+
+
+@pytest.mark.skipif(
+    not (trade_state.RELEASABLE and os.path.exists("/proc/self/pagemap")),
+    reason="page release is for systems with madvise; residency is read from Linux's pagemap",
+)
+def test_a_compaction_gives_the_freed_slots_pages_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A steady ticker's region is half dead rows when it fills and is compacted: the freed slots' pages
+    # go back to the operating system (they would stay resident, zeroed, for ever), and are taken again
+    # only as new rows reach them.
+    monkeypatch.setattr(trade_state, "FILL_PROJECTION", 1.0)
+    compact = TradeState._compact
+    checked: list[int] = []
+
+    def compaction(self: TradeState, *args: np.ndarray) -> bool:
+        done = compact(self, *args)
+        if done:
+            for code in range(len(self.tail)):
+                tail, end = int(self.tail[code]), int(self.reg0[code] + self.cap[code])
+                for array in self._zeroed():
+                    assert not _resident_pages(array, tail, end).any(), "a freed page is resident"
+                    assert _resident_pages(self.t_ps, int(self.reg0[code]), tail).all()
+                checked.append(end - tail)
+        return done
+
+    monkeypatch.setattr(TradeState, "_compact", compaction)
+    n = 60_000  # one ticker, 50 trades a second for 20 minutes: four windows
+    ts = 1_700_000_000_000 + np.arange(n, dtype=np.int64) * 20
+    seq = np.arange(n)
+    trades = TradeColumns(
+        np.full(n, "AAA", dtype=object), 10.0 + np.sin(seq / 100), np.full(n, 100.0), ts, seq,
+        seq.astype(str).astype(object),
+    )  # fmt: skip
+    engine = FeatureEngine()
+    for start in range(0, n, 500):
+        engine.process(trades.take(slice(start, start + 500)), QuoteColumns.empty())
+    assert len(checked) >= 2 and min(checked) > 5_000  # compacted, each time with many slots freed
 
 
 def count_relayouts_by_projection(monkeypatch: pytest.MonkeyPatch) -> Counter[float]:
