@@ -113,35 +113,23 @@ class DecodedBatch:
 
     def keep(self, topic: str, index: Sequence[int]) -> None:
         """Keep only the rows of `topic` at `index` (ascending positions into its rows), with their
-        positions, columns, fields, outlier flags and condition masks."""
-        if topic == TRADES:
-            self.trades[:] = [self.trades[i] for i in index]
-            self.trade_pos[:] = [self.trade_pos[i] for i in index]
-            at = np.asarray(index, dtype=np.int64)
-            if self.trade_columns is not None:
-                self.trade_columns = self.trade_columns.take(at)
-            self.trade_fields = _take_fields(self.trade_fields, at)
-            if self.trade_outliers is not None:
-                self.trade_outliers = self.trade_outliers[at]
-                if not self.trade_outliers.any():
-                    self.trade_outliers = None  # as `flag_outliers` leaves a batch with none flagged
-            if self.trade_masks is not None:
-                self.trade_masks = self.trade_masks.take(at)
-        elif topic == QUOTES:
-            self.quotes[:] = [self.quotes[i] for i in index]
-            self.quote_pos[:] = [self.quote_pos[i] for i in index]
-            at = np.asarray(index, dtype=np.int64)
-            if self.quote_columns is not None:
-                self.quote_columns = self.quote_columns.take(at)
-            self.quote_fields = _take_fields(self.quote_fields, at)
-        elif topic == NEWS:
-            self.news[:] = [self.news[i] for i in index]
-            self.news_pos[:] = [self.news_pos[i] for i in index]
-        elif topic == VENDOR_BARS:
-            self.vendor_bars[:] = [self.vendor_bars[i] for i in index]
-            self.vendor_bar_pos[:] = [self.vendor_bar_pos[i] for i in index]
-        else:
+        positions, columns, fields, outlier flags and condition masks (`_ROW_ATTRIBUTES`)."""
+        names = _ROW_ATTRIBUTES.get(topic)
+        if names is None:
             raise InvalidArgument(f"no rows of topic {topic!r} in a decoded batch")
+        at = np.asarray(index, dtype=np.int64)
+        for name in names:
+            value = getattr(self, name)
+            if isinstance(value, list):  # rows, positions: in place (callers hold these lists)
+                value[:] = [value[i] for i in index]
+            elif isinstance(value, dict):
+                setattr(self, name, _take_fields(value, at))
+            elif isinstance(value, np.ndarray):
+                setattr(self, name, value[at])
+            elif value is not None:  # columns, masks
+                setattr(self, name, value.take(at))
+        if self.trade_outliers is not None and not self.trade_outliers.any():
+            self.trade_outliers = None  # as `flag_outliers` leaves a batch with none flagged
 
     def __len__(self) -> int:
         return (
@@ -153,10 +141,17 @@ class DecodedBatch:
         )
 
 
-def _take_fields(fields: dict[str, Any] | None, at: np.ndarray) -> dict[str, Any] | None:
+_ROW_ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    TRADES: ("trades", "trade_pos", "trade_columns", "trade_fields", "trade_outliers", "trade_masks"),
+    QUOTES: ("quotes", "quote_pos", "quote_columns", "quote_fields"),
+    NEWS: ("news", "news_pos"),
+    VENDOR_BARS: ("vendor_bars", "vendor_bar_pos"),
+}
+"""The `DecodedBatch` attributes that describe each topic's rows, row by row (`DecodedBatch.keep`)."""
+
+
+def _take_fields(fields: dict[str, Any], at: np.ndarray) -> dict[str, Any]:
     """The field columns of the rows at `at` (numpy arrays indexed, sequences picked)."""
-    if fields is None:
-        return None
     return {
         name: values[at] if isinstance(values, np.ndarray) else [values[i] for i in at.tolist()]
         for name, values in fields.items()
