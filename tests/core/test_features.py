@@ -806,7 +806,7 @@ def test_a_compaction_gives_the_freed_slots_pages_back(monkeypatch: pytest.Monke
                 tail, end = int(self.tail[code]), int(self.reg0[code] + self.cap[code])
                 for array in self._zeroed():
                     assert not _resident_pages(array, tail, end).any(), "a freed page is resident"
-                    assert _resident_pages(self.t_ps, int(self.reg0[code]), tail).all()
+                assert _resident_pages(self.t_ps, int(self.reg0[code]), tail).all()  # the live rows'
                 checked.append(end - tail)
         return done
 
