@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -541,12 +542,13 @@ def test_tradepulse_query_counts_every_output_as_the_hot_store_holds_it(
 @pytest.fixture
 def process_settings_restored() -> Iterator[None]:
     """`tune_process` changes process-wide settings: put back what the test process had."""
-    before, hugepages = gc.get_threshold(), numpy_hugepages()
+    before, hugepages, arrow_pool = gc.get_threshold(), numpy_hugepages(), pa.default_memory_pool()
     set_numpy_hugepages(True)  # numpy's own default on Linux >= 4.6
     yield
     gc.unfreeze()
     gc.set_threshold(*before)
     set_numpy_hugepages(hugepages)
+    pa.set_memory_pool(arrow_pool)
 
 
 @pytest.mark.usefixtures("process_settings_restored")
@@ -565,6 +567,29 @@ def test_numpys_own_hugepage_variable_overrides_the_runner_default(monkeypatch: 
     monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", "1")  # numpy read it at import: the advice is on
     tune_process()
     assert numpy_hugepages() is True
+
+
+@pytest.mark.usefixtures("process_settings_restored")
+def test_the_process_entry_point_puts_arrows_allocations_in_jemalloc(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The cold store's tables are Arrow's. Arrow's default allocator (mimalloc) kept the pages of the
+    # ones freed; jemalloc, as Arrow configures it, gives them back (docs/benchmarks.md).
+    monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+    pa.set_memory_pool(pa.mimalloc_memory_pool())
+    tune_process()
+    assert pa.default_memory_pool().backend_name == "jemalloc"
+    held = pa.jemalloc_memory_pool().bytes_allocated()
+    table = pa.table({"x": list(range(1000))})
+    assert pa.jemalloc_memory_pool().bytes_allocated() - held >= table.nbytes
+
+
+@pytest.mark.usefixtures("process_settings_restored")
+def test_arrows_own_memory_pool_variable_overrides_the_runner_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "system")  # Arrow reads it when it first allocates
+    pa.set_memory_pool(pa.system_memory_pool())
+    tune_process()
+    assert pa.default_memory_pool().backend_name == "system"
 
 
 def test_a_stopped_runner_and_its_clients_are_freed_without_the_garbage_collector(settings: Settings) -> None:

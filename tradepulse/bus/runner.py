@@ -181,10 +181,17 @@ def tune_process() -> None:
       advised (numpy's default on Linux, where THP is `madvise`), faulting in those fresh pages cost
       4–9× as much on the VM measured, and the one re-layout of a 15k ev/s run took 4.1 s instead of
       0.45 s (docs/benchmarks.md, "Huge pages off in the runner process").
+    - Arrow's allocations (the cold store's tables) in jemalloc, unless `ARROW_DEFAULT_MEMORY_POOL`
+      chooses (`prefer_jemalloc`).
     """
+    # Imported here: Arrow is the cold store's, which a runner process builds anyway; this module does
+    # not load it.
+    from tradepulse.stores.parquet_cold import prefer_jemalloc
+
     tune_gc()
     if "NUMPY_MADVISE_HUGEPAGE" not in os.environ:
         set_numpy_hugepages(False)
+    prefer_jemalloc()
 
 
 #: Records (inputs and archived outputs) handed to the commit thread and not yet committed, at most, in
