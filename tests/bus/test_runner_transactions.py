@@ -569,6 +569,17 @@ def test_numpys_own_hugepage_variable_overrides_the_runner_default(monkeypatch: 
     assert numpy_hugepages() is True
 
 
+def arrow_has_jemalloc() -> bool:
+    try:
+        pa.jemalloc_memory_pool()
+    except NotImplementedError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(
+    not arrow_has_jemalloc(), reason="this build of Arrow has no jemalloc (its default stays)"
+)
 @pytest.mark.usefixtures("process_settings_restored")
 def test_the_process_entry_point_puts_arrows_allocations_in_jemalloc(monkeypatch: pytest.MonkeyPatch) -> None:
     # The cold store's tables are Arrow's. Arrow's default allocator (mimalloc) kept the pages of the

@@ -180,3 +180,20 @@ def test_the_processor_image_fits_and_scores_anomaly_models(
     result = run(venvs["processor"], str(main), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "True [] []"
+
+
+def test_the_processor_image_puts_arrows_allocations_in_jemalloc(
+    venvs: dict[str, Path], tmp_path: Path
+) -> None:
+    """`tradepulse process` tunes its process with `tune_process`: with the image's Arrow, the cold store's
+    tables are then allocated from jemalloc, which gives freed pages back to the system (a build of Arrow
+    without jemalloc would silently keep its default)."""
+    script = (
+        "from tradepulse.bus.runner import tune_process\n"
+        "tune_process()\n"
+        "import pyarrow as pa\n"
+        "print(pa.default_memory_pool().backend_name)\n"
+    )
+    result = run(venvs["processor"], "-c", script, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "jemalloc"
