@@ -5,7 +5,8 @@ by the lock and the commands, and shared with the wheel check: `tests.ship.venvs
 without dependencies into a venv of its own over it. Then, in that venv:
 the entry point (`python main.py --help`), `pip check`, an import of every `tradepulse` module and of
 every third-party module the package imports anywhere (also lazily, inside functions), and, for the
-processor, an anomaly model fitted in its refit worker and scored."""
+processor, an anomaly model fitted in its refit worker and scored, and Arrow's allocator as its entry
+point sets it."""
 
 from __future__ import annotations
 
