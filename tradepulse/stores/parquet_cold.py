@@ -135,8 +135,8 @@ def prefer_jemalloc() -> None:
 
     The cold store's buffered and cached tables are built, concatenated, sorted and freed all the time.
     Arrow's default allocator, mimalloc, kept the pages of the freed ones; jemalloc, as Arrow configures
-    it (freed pages returned to the system after ~1 s by a background thread), does not: in two runs at
-    10k and 12k ev/s the runner's RSS was 16–74 MiB lower (docs/benchmarks.md, "Arrow's allocations in
+    it (freed pages returned to the system after ~1 s by a background thread), does not: in three runs at
+    10k–15k ev/s the runner's mean RSS was 16–74 MiB lower (docs/benchmarks.md, "Arrow's allocations in
     jemalloc")."""
     if "ARROW_DEFAULT_MEMORY_POOL" in os.environ:
         return
