@@ -705,6 +705,26 @@ def test_row_codes_are_read_from_their_keys(stream: list[Event], monkeypatch: py
     assert np.array_equal(state.code_of(np.arange(len(state.key))), owner)
 
 
+@pytest.mark.skipif(
+    np.finfo(np.longdouble).nmant != 63, reason="the byte count is x86-64's (80-bit extended)"
+)
+def test_a_row_slot_takes_96_bytes(stream: list[Event]) -> None:
+    # The row arrays' bytes per slot, what the 5-minute windows' memory is made of (docs/benchmarks.md:
+    # 114 while each of the three float prefix sums took a whole 16-byte long double, 6 bytes of it
+    # padding; now they are packed into 30 bytes).
+    engine = FeatureEngine()
+    for trades, quotes in split(stream, [500] * 10):
+        engine.process(TradeColumns.from_records(trades), QuoteColumns.from_records(quotes))
+    state = engine._trades
+    slots = len(state.key)
+    row_arrays = {
+        name: value for name, value in vars(state).items()
+        if isinstance(value, np.ndarray) and value.ndim == 1 and len(value) == slots
+    }  # fmt: skip
+    assert "key" in row_arrays and "last_ok" in row_arrays and slots > len(state.tail)
+    assert sum(array.itemsize for array in row_arrays.values()) == 96
+
+
 def test_more_row_slots_than_int32_row_indices_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     # `last_ok` holds row indices as int32: a layout with more slots would wrap them silently.
     monkeypatch.setattr(trade_state, "ROW_INDEX_LIMIT", 500)
@@ -806,7 +826,7 @@ def test_a_compaction_gives_the_freed_slots_pages_back(monkeypatch: pytest.Monke
                 tail, end = int(self.tail[code]), int(self.reg0[code] + self.cap[code])
                 for array in self._zeroed():
                     assert not _resident_pages(array, tail, end).any(), "a freed page is resident"
-                assert _resident_pages(self.t_ps, int(self.reg0[code]), tail).all()  # the live rows'
+                assert _resident_pages(self.t_sums, int(self.reg0[code]), tail).all()  # the live rows'
                 checked.append(end - tail)
         return done
 

@@ -1,5 +1,6 @@
 """The trade state's array helpers against the plain numpy they replace (the engine's tests cover them
-in use; these pin the edge cases: no runs, one run, a run at the very end)."""
+in use; these pin the edge cases: no runs, one run, a run at the very end), and the packing of the
+float prefix sums against the values packed."""
 
 from __future__ import annotations
 
@@ -7,7 +8,19 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tradepulse.core.trade_state import KOFF, K, group_sizes, group_starts, kts
+from tradepulse.core.trade_state import (
+    ACC,
+    ACC_BYTES,
+    FLOAT_SUMS,
+    KOFF,
+    SUMS_DTYPE,
+    K,
+    group_sizes,
+    group_starts,
+    kts,
+    pack_sums,
+    unpack_sums,
+)
 
 
 @given(st.lists(st.integers(0, 3), max_size=40))
@@ -26,3 +39,38 @@ def test_kts_clips_like_np_clip(values: list[int]) -> None:
     assert kts(ts).tolist() == np.clip(ts + KOFF, 0, int(K) - 2).tolist()
     if values:
         assert int(kts(values[0])) == int(np.clip(values[0] + KOFF, 0, int(K) - 2))
+
+
+def value_bytes(values: np.ndarray) -> list[bytes]:
+    """The bytes of each ACC that hold its value (not the padding of x86's 80-bit format)."""
+    raw = np.ascontiguousarray(values, dtype=ACC).view(np.uint8).reshape(len(values), np.dtype(ACC).itemsize)
+    return [row[:ACC_BYTES].tobytes() for row in raw]
+
+
+finite = st.floats(allow_nan=False, allow_infinity=False, allow_subnormal=True)
+
+
+@given(st.lists(st.tuples(finite, finite, finite, st.integers(-70, 70)), max_size=30))
+def test_packed_sums_unpack_to_the_same_bits(rows: list[tuple[float, float, float, int]]) -> None:
+    # Sums of float64 terms carry more mantissa bits than a float64: scale by 2^k and add a third of a
+    # value so that the low bits of the extended format are in use too.
+    sums = np.zeros((FLOAT_SUMS, len(rows)), dtype=ACC)
+    for i, (a, b, c, k) in enumerate(rows):
+        sums[:, i] = [np.ldexp(ACC(a), k) + ACC(b) / 3, ACC(b), -ACC(c) / 7]
+    packed = pack_sums(sums)
+    assert packed.dtype == SUMS_DTYPE and packed.shape == (len(rows),)
+    unpacked = unpack_sums(packed)
+    assert unpacked.dtype == ACC and unpacked.shape == sums.shape
+    for got, want in zip(unpacked, sums, strict=True):
+        assert value_bytes(got) == value_bytes(want)
+        assert np.array_equal(got, want)
+    reordered = unpack_sums(packed[::-1])  # a gather of records, as the state reads them
+    assert np.array_equal(reordered, sums[:, ::-1])
+
+
+def test_a_packed_record_holds_the_value_bytes_only() -> None:
+    assert SUMS_DTYPE.itemsize == FLOAT_SUMS * ACC_BYTES
+    if np.finfo(ACC).nmant == 63:  # x86's 80-bit extended format: 10 bytes of its 16 (or 12)
+        assert ACC_BYTES == 10
+    else:
+        assert np.dtype(ACC).itemsize == ACC_BYTES

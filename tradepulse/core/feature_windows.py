@@ -93,10 +93,7 @@ def window_features(
     """Feature columns of the vectors ending at state `rows` (minus the corrections, if any), and
     `price`: the last price (the trade's own `price` when no price-eligible trade is in reach)."""
     c = corr or Corrections.zeros(st.last_ok[rows])
-    # By default the 1-minute VWAP, the trade frequency and the momentum reference share one window
-    # start: each distinct length is searched (and its sums gathered) once per batch.
     starts: dict[int, np.ndarray] = {}
-    sums: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def first_after(ms: int) -> np.ndarray:
         """Per vector, the first state row of its ticker with ts > t − ms."""
@@ -104,20 +101,32 @@ def window_features(
             starts[ms] = st.first_after(code, ts - ms)
         return starts[ms]
 
-    def window(ms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        if ms not in sums:
-            sums[ms] = window_sums(first_after(ms))  # start <= rows: a window holds its own trade
-        return sums[ms]
-
-    def window_sums(start: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def window_sums(
+        start: np.ndarray, at_start: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Σ (price − centre) · size, Σ size, Σ price − centre, and the two counts over rows [start, rows]
+        (`at_start`: the float sums at `start`)."""
         ps_start, p_start = st.price_terms(start)
+        t_ps, t_size, t_p = at_start
         return (
-            (st.t_ps[rows] - (st.t_ps[start] - ps_start)).astype(np.float64) - c.ps,
-            (st.t_size[rows] - (st.t_size[start] - st.size[start])).astype(np.float64) - c.size,
-            (st.t_p[rows] - (st.t_p[start] - p_start)).astype(np.float64) - c.price,
+            (through[0] - (t_ps - ps_start)).astype(np.float64) - c.ps,
+            (through[1] - (t_size - st.size[start])).astype(np.float64) - c.size,
+            (through[2] - (t_p - p_start)).astype(np.float64) - c.price,
             st.window_count(st.vol_ok, st.t_vol_ok, start, rows) - c.count,
             st.window_count(st.price_ok, st.t_price_ok, start, rows) - c.count_price,
         )
+
+    # The float sums at every row the windows read, gathered (and unpacked) at once: each vector's own
+    # row, the first row of each distinct window length (by default the 1-minute VWAP, the trade
+    # frequency and the momentum reference share one) and the first row of the trade's z-score bucket.
+    lengths = list(dict.fromkeys((cfg.vwap_short_ms, cfg.vwap_long_ms, cfg.frequency_ms)))
+    b_now = ts // cfg.zscore_bucket_ms
+    b_row = st.first_at(code, b_now * cfg.zscore_bucket_ms)  # first row of the trade's bucket
+    at = (rows, *(first_after(ms) for ms in lengths), b_row)  # start <= rows: a window holds its trade
+    through, *at_starts, at_bucket = np.split(st.sums_at(np.concatenate(at)), len(at), axis=1)
+    sums = {
+        ms: window_sums(first_after(ms), at_start) for ms, at_start in zip(lengths, at_starts, strict=True)
+    }
 
     # Last price: the latest price-eligible trade the vector may see, within the momentum look-back.
     last = c.last_row
@@ -125,9 +134,9 @@ def window_features(
     has_last = (last >= 0) & (st.ts_of(last_c) > ts - cfg.momentum_lookback_ms)
     price = np.where(has_last, st.price[last_c], price)
 
-    ps1, s1, _, v1, _ = window(cfg.vwap_short_ms)
-    ps5, s5, p5, v5, n5 = window(cfg.vwap_long_ms)
-    nfreq = window(cfg.frequency_ms)[3]
+    ps1, s1, _, v1, _ = sums[cfg.vwap_short_ms]
+    ps5, s5, p5, v5, n5 = sums[cfg.vwap_long_ms]
+    nfreq = sums[cfg.frequency_ms][3]
     centre = st.centre[code]
     with np.errstate(divide="ignore", invalid="ignore"):
         # VWAP over the volume-eligible trades (an exact count decides "none": sums may round).
@@ -153,9 +162,7 @@ def window_features(
     # Volume z-score: exact integer sums (fixed point), then one float formula of those integers, so
     # the result does not depend on the batch split or the state's layout. z is scale-free, so it is
     # computed in the fixed-point units.
-    b_now = ts // cfg.zscore_bucket_ms
-    b_row = st.first_at(code, b_now * cfg.zscore_bucket_ms)  # first row of the trade's bucket
-    volume = (st.t_size[rows] - (st.t_size[b_row] - st.size[b_row])).astype(np.float64) - c.bucket_volume
+    volume = (through[1] - (at_bucket[1] - st.size[b_row])).astype(np.float64) - c.bucket_volume
     capped = (st.t_csize[rows] - (st.t_csize[b_row] - st.csize[b_row])) - c.bucket_capped
     x_now = st.bucket_value(capped)
     bidx = st.bucket_slot(code, b_now)

@@ -59,6 +59,14 @@ SLICE_MOVE_ROWS = 128
 one gather (~10 µs of slicing a code against ~0.1 µs a row saved; 200 and 3,000 tickers measured)."""
 ROW_INDEX_LIMIT = 2**31  # row indices (`last_ok`) and a region's prefix counts are int32
 ACC = np.longdouble  # prefix-sum accumulator (80-bit extended on x86-64)
+# The bytes of an ACC that hold its value: x86's 80-bit extended format sits in the low 10 of its 12 or
+# 16 bytes (the rest is padding the FPU never reads); other formats (IEEE quad, or double) use them all.
+ACC_ITEMSIZE = np.dtype(ACC).itemsize
+ACC_BYTES = 10 if np.finfo(ACC).nmant == 63 else ACC_ITEMSIZE
+FLOAT_SUMS = 3  # the float prefix sums of a row, in this order: (price − centre) · size, size, price − centre
+SUMS_DTYPE = np.dtype((np.void, FLOAT_SUMS * ACC_BYTES))
+"""A row's float prefix sums packed into one record: their value bytes only (30 instead of 48 bytes on
+x86-64; `pack_sums`, `unpack_sums`). Unpacked, they are the same ACC values, bit for bit."""
 
 # The volume z-score is computed in fixed point, so that it is exact: integer sums do not depend on
 # where a batch starts or when a region was re-laid out (float sums round differently for each), and
@@ -120,6 +128,45 @@ def limbs_value(limbs: np.ndarray) -> np.ndarray:
     """The float64 value of Σ limb_k · 2^(24·(2−k)) (a function of the exact integers alone)."""
     f = limbs.astype(np.float64)
     return (f[0] * 2.0**LIMB_BITS + f[1]) * 2.0**LIMB_BITS + f[2]
+
+
+def _value_parts(itemsize: int) -> np.dtype:
+    """An ACC's value as typed fields (copied as integers: faster than bytes), in `itemsize` bytes:
+    x86's 80-bit format is a 64-bit significand then 16 bits of sign and exponent; any other ACC is
+    copied whole."""
+    if ACC_BYTES == 10:
+        return np.dtype(
+            {
+                "names": ["significand", "sign_exponent"],
+                "formats": ["<u8", "<u2"],
+                "offsets": [0, 8],
+                "itemsize": itemsize,
+            }
+        )
+    return np.dtype({"names": ["value"], "formats": [ACC], "offsets": [0], "itemsize": itemsize})
+
+
+_PACKED_VALUE, _FULL_VALUE = _value_parts(ACC_BYTES), _value_parts(ACC_ITEMSIZE)
+
+
+def pack_sums(sums: np.ndarray) -> np.ndarray:
+    """(FLOAT_SUMS, n) ACC values as n `SUMS_DTYPE` records (each value's `ACC_BYTES`)."""
+    n = sums.shape[1]
+    full = np.ascontiguousarray(sums, dtype=ACC).view(_FULL_VALUE)
+    packed = np.empty((n, FLOAT_SUMS), dtype=_PACKED_VALUE)
+    for name in _PACKED_VALUE.names or ():
+        packed.T[name] = full[name]
+    return packed.view(SUMS_DTYPE).reshape(n)
+
+
+def unpack_sums(records: np.ndarray) -> np.ndarray:
+    """`SUMS_DTYPE` records (from `pack_sums`) as a (FLOAT_SUMS, n) ACC array: the values packed."""
+    n = len(records)
+    packed = np.ascontiguousarray(records).view(_PACKED_VALUE).reshape(n, FLOAT_SUMS).T
+    full = np.zeros((FLOAT_SUMS, n), dtype=_FULL_VALUE)  # an 80-bit value's padding: zeros
+    for name in _PACKED_VALUE.names or ():
+        full[name] = packed[name]
+    return full.view(ACC)
 
 
 def kts(values: np.ndarray | int) -> np.ndarray:
@@ -208,10 +255,9 @@ class TradeState:
         self.price = zeros(n, np.float64)
         self.size = zeros(n, np.float64)
         self.late = zeros(n, np.int32)  # late events attached to the row (a count)
-        # Inclusive prefix sums, per code, of the `price_terms` and the effective size.
-        self.t_ps = zeros(n, ACC)
-        self.t_size = zeros(n, ACC)
-        self.t_p = zeros(n, ACC)
+        # Inclusive prefix sums, per code, of the `price_terms` and the effective size, packed
+        # (`SUMS_DTYPE`; read and written through `sums_at` and `_prefix_sums`).
+        self.t_sums = zeros(n, SUMS_DTYPE)
         # The z-score path, in fixed point (exact): the sizes' sums (each size is `quantise_size(size)`,
         # computed where needed, not stored), capped sizes (see the volume_zscore definition; fixed at
         # acceptance) and their prefix sums, per code (wrapping int64).
@@ -386,7 +432,7 @@ class TradeState:
     def _moved_as_they_are(self) -> tuple[np.ndarray, ...]:
         """The row arrays a re-layout copies unchanged: the values and the prefix sums (the float sums
         keep their bits; the int64 ones wrap, so their base does not matter)."""
-        return (*self._row_values(), self.t_ps, self.t_size, self.t_p, self.t_qsize, self.t_csize)
+        return (*self._row_values(), self.t_sums, self.t_qsize, self.t_csize)
 
     def _prefix_counts(self) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
         """(flag, its inclusive prefix count) of the two eligibility flags."""
@@ -421,7 +467,7 @@ class TradeState:
         self.key[freed] = fcodes[fgrp] * K + (K - 1)
         self.last_ok[freed] = -1
         for array in self._zeroed():
-            array[freed] = 0
+            array[freed] = np.zeros(1, array.dtype)[0]  # (a record takes no int)
             release_zeroed(array, reg0 + live, reg0 + self.cap[fcodes])
         for array, kept in zip(moved, values, strict=True):
             array[dst] = kept
@@ -433,7 +479,7 @@ class TradeState:
         """The row arrays whose free slots hold zeros (all but `key` and `last_ok`)."""
         return (
             self.price, self.size, self.late, self.csize, self.vol_ok, self.price_ok,
-            self.t_ps, self.t_size, self.t_p, self.t_qsize, self.t_csize, self.t_vol_ok, self.t_price_ok,
+            self.t_sums, self.t_qsize, self.t_csize, self.t_vol_ok, self.t_price_ok,
         )  # fmt: skip
 
     def _relayout_buckets(
@@ -466,22 +512,27 @@ class TradeState:
         if len(rows) == 0:
             return
         ps, p = self.price_terms(rows)
-        pairs: list[tuple[np.ndarray, np.ndarray]] = [(ps, self.t_ps), (self.size[rows], self.t_size)]
-        pairs += [(p, self.t_p), (quantise_size(self.size[rows]), self.t_qsize)]
+        self._prefix_sums(rows, grp, (ps, self.size[rows], p))
+        pairs: list[tuple[np.ndarray, np.ndarray]] = [(quantise_size(self.size[rows]), self.t_qsize)]
         if capped:
             pairs.append((self.csize[rows], self.t_csize))
         self._prefix(rows, grp, tuple(pairs))
         self._eligibility_sums(rows, grp)
 
+    def _runs(self, rows: np.ndarray, grp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(start of each run of `rows` per `grp`, the row just before each run (0 for a run at slot 0),
+        whether the run continues that row: it is in the same region)."""
+        starts = group_starts(grp)
+        prev = rows[starts] - 1
+        cont = prev >= self.reg0[self.code_of(rows[starts])]
+        return starts, np.maximum(prev, 0), cont
+
     def _eligibility_sums(self, rows: np.ndarray, grp: np.ndarray) -> None:
         """The prefix counts of the two eligibility flags (integers: exact and cheap) and `last_ok` at
         `rows` (ascending runs per `grp`), each run continuing from the row just before it when that
         row is in the same region."""
-        starts = group_starts(grp)
+        starts, prev, cont = self._runs(rows, grp)
         sizes = group_sizes(starts, len(rows))
-        prev = rows[starts] - 1
-        cont = prev >= self.reg0[self.code_of(rows[starts])]
-        prev = np.maximum(prev, 0)
         for values, through in self._prefix_counts():
             counts = np.cumsum(values[rows].astype(np.int64))
             before = np.concatenate(([0], counts))[starts]  # the batch's count before each run
@@ -492,10 +543,8 @@ class TradeState:
     def _fill_last_ok(self, rows: np.ndarray, grp: np.ndarray) -> None:
         """`last_ok` at `rows` (ascending runs per `grp`): a forward fill of the price-eligible rows,
         continuing from the row just before each run when it is in the same region."""
-        starts = group_starts(grp)
-        prev = rows[starts] - 1
-        cont = prev >= self.reg0[self.code_of(rows[starts])]
-        base = np.where(cont, self.last_ok[np.maximum(prev, 0)], -1)
+        starts, prev, cont = self._runs(rows, grp)
+        base = np.where(cont, self.last_ok[prev], -1)
         ok = self.price_ok[rows] > 0
         marker = np.arange(len(rows))
         is_start = np.zeros(len(rows), dtype=bool)
@@ -513,7 +562,7 @@ class TradeState:
         return through[end].astype(np.int64) - through[start] + values[start]
 
     def price_terms(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """What `t_ps` and `t_p` sum at `rows`: (price − centre) · size and, over the price-eligible
+        """What `t_sums` sums at `rows` besides the size: (price − centre) · size and, over the price-eligible
         trades only (the rolling average), price − centre. Computed, not stored: the same float64
         operations on the same values give the same bits the sums were built from."""
         centred = self.price[rows] - self.centre[self.code_of(rows)]
@@ -524,12 +573,23 @@ class TradeState:
     ) -> None:
         """Recompute each `through` prefix sum at `rows` (ascending runs per `grp`) from its `values`
         at those rows, each run continuing from the row just before it when that is in the region."""
-        starts = group_starts(grp)
-        prev = rows[starts] - 1
-        cont = prev >= self.reg0[self.code_of(rows[starts])]
+        starts, prev, cont = self._runs(rows, grp)
         for values, through in pairs:
-            base = np.where(cont, through[np.maximum(prev, 0)], through.dtype.type(0))
+            base = np.where(cont, through[prev], through.dtype.type(0))
             through[rows] = seg_cumsum(values, starts, base, through.dtype.type)
+
+    def _prefix_sums(self, rows: np.ndarray, grp: np.ndarray, values: tuple[np.ndarray, ...]) -> None:
+        """`_prefix` for the packed float sums (`t_sums`), from the `FLOAT_SUMS` terms' `values`."""
+        starts, prev, cont = self._runs(rows, grp)
+        bases = np.where(cont, self.sums_at(prev), ACC(0))
+        self.t_sums[rows] = pack_sums(
+            np.stack([seg_cumsum(v, starts, base) for v, base in zip(values, bases, strict=True)])
+        )
+
+    def sums_at(self, rows: np.ndarray) -> np.ndarray:
+        """The float prefix sums at `rows`, as (FLOAT_SUMS, len(rows)) ACC: (price − centre) · size,
+        size and price − centre (the `price_terms` and the effective size), inclusive."""
+        return unpack_sums(self.t_sums[rows])
 
     def _resum_buckets(self, slots: np.ndarray, codes: np.ndarray) -> None:
         """Recompute the bucket prefix sums at `slots` (ascending runs, one per code; `codes[i]` is the
