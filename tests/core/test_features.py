@@ -844,6 +844,79 @@ def test_a_compaction_gives_the_freed_slots_pages_back(monkeypatch: pytest.Monke
     assert len(checked) >= 2 and min(checked) > 5_000  # compacted, each time with many slots freed
 
 
+@pytest.mark.skipif(
+    not (trade_state.RELEASABLE and os.path.exists("/proc/self/pagemap")),
+    reason="page release is for systems with madvise; residency is read from Linux's pagemap",
+)
+def test_dead_rows_give_their_pages_back_before_the_region_fills(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Rows that fell out of every window stay in their region until it fills (then a compaction drops
+    # them): for a steady ticker a third of a window's rows or so on average, for one that slowed down
+    # many windows' worth. Their pages go back to the operating system as they gather, all but the
+    # keys' (searched) and `last_ok`'s.
+    monkeypatch.setattr(trade_state, "RELEASE_DEAD_ROWS", 512)
+    # One ticker: 100 trades a second for 400 s (its region is sized for that), then 25 a second for
+    # 800 s; 500 trades a batch.
+    gaps = np.r_[np.full(40_000, 10), np.full(20_000, 40)]
+    n, batch = len(gaps), 500
+    ts = 1_700_000_000_000 + np.cumsum(gaps)
+    seq = np.arange(n)
+    trades = TradeColumns(
+        np.full(n, "AAA", dtype=object), 10.0 + np.sin(seq / 100), np.full(n, 100.0), ts, seq,
+        seq.astype(str).astype(object),
+    )  # fmt: skip
+    engine = FeatureEngine()
+    cfg = engine.config
+    checked = 0
+    for start in range(0, n, batch):
+        # The rows are released at a batch's start, up to the cutoff before it (less the threshold).
+        cutoff = engine._wm[:1] - cfg.late_grace_ms - cfg.horizon_ms
+        engine.process(trades.take(slice(start, start + batch)), QuoteColumns.empty())
+        state = engine._trades
+        if start == 0:
+            continue
+        first_live = int(min(state.first_after(np.array([0]), cutoff)[0], state.tail[0]))
+        released_to = first_live - 1 - trade_state.RELEASE_DEAD_ROWS
+        reg0 = int(state.reg0[0])
+        if released_to - reg0 < 2 * 4096:
+            continue
+        for array in state._zeroed():
+            assert not _resident_pages(array, reg0, released_to).any(), "a dead row's page is resident"
+        assert _resident_pages(state.key, reg0, released_to).all()  # the searches read the keys
+        checked += 1
+    assert checked >= 20
+
+
+@pytest.mark.parametrize("projection", [2.0, 1.0])
+def test_dead_rows_given_back_change_no_bit_of_any_output(
+    stream: list[Event], projection: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A released dead row reads as zeros: nothing may read one (the prefix sums of a batch continue from
+    # the row before the first live one, which stays). Released after every dead row (and with
+    # compactions too, at projection 1.0) against never released, every output compared bit for bit.
+    monkeypatch.setattr(trade_state, "FILL_PROJECTION", projection)
+    batches = split(stream, random_sizes(9, 600, hi=12))
+    monkeypatch.setattr(trade_state, "RELEASE_DEAD_ROWS", 2**62)
+    kept = run_engine(batches)
+    released: list[int] = []
+    release = trade_state.release_zeroed
+
+    def counting(array: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
+        released.append(int((hi - lo).sum()))
+        release(array, lo, hi)
+
+    monkeypatch.setattr(trade_state, "release_zeroed", counting)
+    monkeypatch.setattr(trade_state, "RELEASE_DEAD_ROWS", 1)
+    got = run_engine(batches)
+    assert sum(released) > 10_000  # slots given back (some whole pages among them: released)
+    for g, k in zip(got, kept, strict=True):
+        for part in ("per_trade", "snapshots", "provisional", "late", "latest"):
+            assert g[part] == k[part], part
+        for part in ("arrays", "zscores"):
+            assert g[part].keys() == k[part].keys()
+            for name, values in g[part].items():
+                assert np.array_equal(values, k[part][name], equal_nan=values.dtype.kind == "f"), name
+
+
 def count_relayouts_by_projection(monkeypatch: pytest.MonkeyPatch) -> Counter[float]:
     """Counts every re-layout of the rows by the `FILL_PROJECTION` in force when it happens."""
     relayouts: Counter[float] = Counter()

@@ -57,6 +57,12 @@ FILL_PROJECTION = 2.0
 SLICE_MOVE_ROWS = 128
 """A re-layout copies each code's rows as slices when codes hold this many rows on average, else with
 one gather (~10 µs of slicing a code against ~0.1 µs a row saved; 200 and 3,000 tickers measured)."""
+RELEASE_DEAD_ROWS = 4096
+"""A code's rows below the eviction cutoff are given back to the operating system (`_release_dead`) once
+this many more have gathered: a release is a system call per array, and a dead row is 84 bytes."""
+RELEASE_CHECK_MS = 1000
+"""How far the eviction cutoff advances (market time) between two looks for dead rows to give back: a
+look searches every code's cutoff (~20 µs for 200 tickers), which every batch would pay at 15k ev/s."""
 ROW_INDEX_LIMIT = 2**31  # row indices (`last_ok`) and a region's prefix counts are int32
 ACC = np.longdouble  # prefix-sum accumulator (80-bit extended on x86-64)
 # The bytes of an ACC that hold its value: x86's 80-bit extended format sits in the low 10 of its 12 or
@@ -98,8 +104,9 @@ def zeros_releasable(n: int, dtype: type | np.dtype) -> np.ndarray:
 
 def release_zeroed(array: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
     """Give the operating system back the whole pages inside slots [lo[i], hi[i]) of `array` (from
-    `zeros_releasable`), which must hold zeros: a private anonymous page reads back as zeros once
-    released (`MADV_DONTNEED`), and takes memory again only when written. Partial pages stay."""
+    `zeros_releasable`): a private anonymous page reads back as zeros once released (`MADV_DONTNEED`),
+    and takes memory again only when written. So the slots must hold zeros, or never be read again.
+    Partial pages stay."""
     buffer = getattr(array.base, "obj", None)  # `np.frombuffer`'s base: a memoryview of the mapping
     if not isinstance(buffer, mmap.mmap):
         return
@@ -205,7 +212,9 @@ class TradeState:
     Code c owns slots [reg0[c], reg0[c] + cap[c]) of every row array (regions in code order, so the
     composite key code·K + ts is sorted globally); its rows occupy [.., tail[c]), sorted by (ts,
     arrival), and the rest of the region holds the gap sentinel key. Rows below the eviction cutoff
-    stay until the region fills (they can never fall inside a future window); then, if the live rows
+    stay until the region fills (they can never fall inside a future window), but as they gather their
+    pages are given back to the operating system, all but their keys' and `last_ok`'s (`_release_dead`:
+    else a steady ticker's region holds on average half a window of dead rows); then, if the live rows
     fit in three quarters of the region, that code alone is compacted in place (`_compact`: its dead
     rows dropped, its prefix sums re-based at zero and its prices re-centred, and the pages of its
     region past the live rows given back to the operating system), else everything is
@@ -237,6 +246,8 @@ class TradeState:
         self.bcap = np.empty(0, dtype=np.int64)
         self.btail = np.empty(0, dtype=np.int64)
         self.centre = np.empty(0, dtype=np.float64)  # per code: prices are summed as price − centre
+        self.released = np.empty(0, dtype=np.int64)  # per code: dead rows given back up to here
+        self.release_checked = int(NO_TS)  # the latest eviction cutoff `_release_dead` looked at
         none = np.empty(0, dtype=np.int64)
         self._alloc_rows(none, none)
         self._alloc_buckets(none, none)
@@ -330,6 +341,7 @@ class TradeState:
         the buckets before the first row left); when only a bucket region is full, the buckets alone
         (moving every row costs far more than the buckets). No vector depends on either layout."""
         same_codes = ncodes == len(self.tail)
+        self._release_dead(cutoff)
         rows_fit = same_codes and bool((self.tail[codes] + need <= self.reg0[codes] + self.cap[codes]).all())
         if same_codes and not rows_fit:
             rows_fit = self._compact(codes, need, cutoff)
@@ -363,6 +375,7 @@ class TradeState:
         self._move_rows(previous, first, tail, new0)
         self.reg0, self.cap = new0, cap
         self.tail = new0 + live
+        self.released = new0.copy()
 
     def _move_rows(
         self,
@@ -472,11 +485,38 @@ class TradeState:
         for array, kept in zip(moved, values, strict=True):
             array[dst] = kept
         self.tail[fcodes] = reg0 + live
+        self.released[fcodes] = reg0
         self._resum(dst, grp)
         return True
 
+    def _release_dead(self, cutoff: np.ndarray) -> None:
+        """Give the operating system back the pages of each code's rows with ts <= cutoff[code] (out of
+        reach of every future window) once `RELEASE_DEAD_ROWS` more have gathered since the last time,
+        looked for when the latest cutoff has advanced `RELEASE_CHECK_MS` since the last look. In every
+        row array but `key` (the searches read it) and `last_ok` (a live row may point at a dead one;
+        its ts is read, from the key, to tell it is out of reach). The row just before the first live
+        one stays: a batch's prefix sums continue from it. The slots then read as zeros: a dead row's
+        values are never read again, and a compaction or re-layout writes its slots anew."""
+        ncodes = len(self.tail)
+        if not RELEASABLE or ncodes == 0:
+            return
+        latest = int(cutoff[:ncodes].max())
+        if latest - self.release_checked < RELEASE_CHECK_MS:
+            return
+        self.release_checked = latest
+        codes = np.arange(ncodes)
+        keep = np.minimum(self.first_after(codes, cutoff[:ncodes]), self.tail) - 1
+        due = keep - self.released[codes] >= RELEASE_DEAD_ROWS
+        if not due.any():
+            return
+        codes, keep = codes[due], keep[due]
+        for array in self._zeroed():
+            release_zeroed(array, self.reg0[codes], keep)
+        self.released[codes] = keep
+
     def _zeroed(self) -> tuple[np.ndarray, ...]:
-        """The row arrays whose free slots hold zeros (all but `key` and `last_ok`)."""
+        """The row arrays whose free slots hold zeros, and whose dead rows are given back (all but `key`
+        and `last_ok`)."""
         return (
             self.price, self.size, self.late, self.csize, self.vol_ok, self.price_ok,
             self.t_sums, self.t_qsize, self.t_csize, self.t_vol_ok, self.t_price_ok,
