@@ -794,6 +794,21 @@ def test_a_full_region_compacted_in_place_changes_no_vector(
     compare(got, whole_reference, same_split=False)
 
 
+needs_pagemap = pytest.mark.skipif(
+    not (trade_state.RELEASABLE and os.path.exists("/proc/self/pagemap")),
+    reason="page release is for systems with madvise; residency is read from Linux's pagemap",
+)
+
+
+def one_ticker(ts: np.ndarray) -> TradeColumns:
+    """Trades of one ticker at `ts` (ascending): prices on a slow sine around 10, 100 shares each."""
+    seq = np.arange(len(ts))
+    return TradeColumns(
+        np.full(len(ts), "AAA", dtype=object), 10.0 + np.sin(seq / 100), np.full(len(ts), 100.0), ts, seq,
+        seq.astype(str).astype(object),
+    )  # fmt: skip
+
+
 def _resident_pages(array: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """Whether each whole page inside slots [lo, hi) of `array` is resident (Linux's pagemap)."""
     page = mmap.PAGESIZE
@@ -807,10 +822,7 @@ def _resident_pages(array: np.ndarray, lo: int, hi: int) -> np.ndarray:
     return (entries >> np.uint64(63)).astype(bool)
 
 
-@pytest.mark.skipif(
-    not (trade_state.RELEASABLE and os.path.exists("/proc/self/pagemap")),
-    reason="page release is for systems with madvise; residency is read from Linux's pagemap",
-)
+@needs_pagemap
 def test_a_compaction_gives_the_freed_slots_pages_back(monkeypatch: pytest.MonkeyPatch) -> None:
     # A steady ticker's region is half dead rows when it fills and is compacted: the freed slots' pages
     # go back to the operating system (they would stay resident, zeroed, for ever), and are taken again
@@ -832,22 +844,14 @@ def test_a_compaction_gives_the_freed_slots_pages_back(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(TradeState, "_compact", compaction)
     n = 60_000  # one ticker, 50 trades a second for 20 minutes: four windows
-    ts = 1_700_000_000_000 + np.arange(n, dtype=np.int64) * 20
-    seq = np.arange(n)
-    trades = TradeColumns(
-        np.full(n, "AAA", dtype=object), 10.0 + np.sin(seq / 100), np.full(n, 100.0), ts, seq,
-        seq.astype(str).astype(object),
-    )  # fmt: skip
+    trades = one_ticker(1_700_000_000_000 + np.arange(n, dtype=np.int64) * 20)
     engine = FeatureEngine()
     for start in range(0, n, 500):
         engine.process(trades.take(slice(start, start + 500)), QuoteColumns.empty())
     assert len(checked) >= 2 and min(checked) > 5_000  # compacted, each time with many slots freed
 
 
-@pytest.mark.skipif(
-    not (trade_state.RELEASABLE and os.path.exists("/proc/self/pagemap")),
-    reason="page release is for systems with madvise; residency is read from Linux's pagemap",
-)
+@needs_pagemap
 def test_dead_rows_give_their_pages_back_before_the_region_fills(monkeypatch: pytest.MonkeyPatch) -> None:
     # Rows that fell out of every window stay in their region until it fills (then a compaction drops
     # them): for a steady ticker a third of a window's rows or so on average, for one that slowed down
@@ -858,12 +862,7 @@ def test_dead_rows_give_their_pages_back_before_the_region_fills(monkeypatch: py
     # 800 s; 500 trades a batch.
     gaps = np.r_[np.full(40_000, 10), np.full(20_000, 40)]
     n, batch = len(gaps), 500
-    ts = 1_700_000_000_000 + np.cumsum(gaps)
-    seq = np.arange(n)
-    trades = TradeColumns(
-        np.full(n, "AAA", dtype=object), 10.0 + np.sin(seq / 100), np.full(n, 100.0), ts, seq,
-        seq.astype(str).astype(object),
-    )  # fmt: skip
+    trades = one_ticker(1_700_000_000_000 + np.cumsum(gaps))
     engine = FeatureEngine()
     cfg = engine.config
     checked = 0
