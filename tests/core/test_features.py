@@ -854,9 +854,9 @@ def test_a_compaction_gives_the_freed_slots_pages_back(monkeypatch: pytest.Monke
 @needs_pagemap
 def test_dead_rows_give_their_pages_back_before_the_region_fills(monkeypatch: pytest.MonkeyPatch) -> None:
     # Rows that fell out of every window stay in their region until it fills (then a compaction drops
-    # them): for a steady ticker a third of a window's rows or so on average, for one that slowed down
-    # many windows' worth. Their pages go back to the operating system as they gather, all but the
-    # keys' (searched) and `last_ok`'s.
+    # them): up to the region's slack, which for a ticker that slowed down is many windows' worth.
+    # Their pages go back to the operating system as they gather, all but the keys' (searched) and
+    # `last_ok`'s.
     monkeypatch.setattr(trade_state, "RELEASE_DEAD_ROWS", 512)
     # One ticker: 100 trades a second for 400 s (its region is sized for that), then 25 a second for
     # 800 s; 500 trades a batch.

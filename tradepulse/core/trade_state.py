@@ -62,7 +62,7 @@ RELEASE_DEAD_ROWS = 4096
 this many more have gathered: a release is a system call per array, and a dead row is 84 bytes."""
 RELEASE_CHECK_MS = 1000
 """How far the eviction cutoff advances (market time) between two looks for dead rows to give back: a
-look searches every code's cutoff (~20 µs for 200 tickers), which every batch would pay at 15k ev/s."""
+look searches every code's cutoff (tens of µs for 200 tickers), which every batch would pay at 15k ev/s."""
 ROW_INDEX_LIMIT = 2**31  # row indices (`last_ok`) and a region's prefix counts are int32
 ACC = np.longdouble  # prefix-sum accumulator (80-bit extended on x86-64)
 # The bytes of an ACC that hold its value: x86's 80-bit extended format sits in the low 10 of its 12 or
@@ -214,7 +214,7 @@ class TradeState:
     arrival), and the rest of the region holds the gap sentinel key. Rows below the eviction cutoff
     stay until the region fills (they can never fall inside a future window), but as they gather their
     pages are given back to the operating system, all but their keys' and `last_ok`'s (`_release_dead`:
-    else a steady ticker's region holds on average half a window of dead rows); then, if the live rows
+    else a region's slack fills with resident dead rows before each compaction); then, if the live rows
     fit in three quarters of the region, that code alone is compacted in place (`_compact`: its dead
     rows dropped, its prefix sums re-based at zero and its prices re-centred, and the pages of its
     region past the live rows given back to the operating system), else everything is
@@ -480,7 +480,7 @@ class TradeState:
         self.key[freed] = fcodes[fgrp] * K + (K - 1)
         self.last_ok[freed] = -1
         for array in self._zeroed():
-            array[freed] = np.zeros(1, array.dtype)[0]  # (a record takes no int)
+            array[freed] = np.zeros(1, array.dtype)[0]  # a zero of the array's type (`t_sums` is records)
             release_zeroed(array, reg0 + live, reg0 + self.cap[fcodes])
         for array, kept in zip(moved, values, strict=True):
             array[dst] = kept
