@@ -66,11 +66,3 @@ def test_packed_sums_unpack_to_the_same_bits(rows: list[tuple[float, float, floa
         assert np.array_equal(got, want)
     reordered = unpack_sums(packed[::-1])  # a gather of records, as the state reads them
     assert np.array_equal(reordered, sums[:, ::-1])
-
-
-def test_a_packed_record_holds_the_value_bytes_only() -> None:
-    assert SUMS_DTYPE.itemsize == FLOAT_SUMS * ACC_BYTES
-    if np.finfo(ACC).nmant == 63:  # x86's 80-bit extended format: 10 bytes of its 16 (or 12)
-        assert ACC_BYTES == 10
-    else:
-        assert np.dtype(ACC).itemsize == ACC_BYTES
