@@ -314,3 +314,29 @@ def test_a_block_written_before_a_new_column_merges_with_new_rows(tmp_path: Path
     restarted.close()
     back = {r["kafka_offset"]: r["outlier"] for r in read_rows(tmp_path)}
     assert back == {0: None, 1: None, 2: None, 3: False, 4: True}
+
+
+def test_an_open_blocks_written_rows_are_kept_as_its_files_bytes_not_in_arrow_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between two writes of an open block the store keeps what it wrote as the file's own bytes
+    (Parquet, compressed), not as a decoded Arrow table: a slow topic's block stays open for many
+    minutes, and its rows would be held decoded all that time. The next write merges them without
+    reading the file back (a GET on S3)."""
+    store = ParquetColdStore(tmp_path, block_offsets=10**6, flush_rows=1, flush_interval_s=1e9, clock=Clock())
+    n = 20_000
+    rows = trades_at(range(n), tickers=tuple(f"T{i:03d}" for i in range(200)))
+    before = pa.total_allocated_bytes()
+    assert store.append_batch(topics.TRADES, rows[: n // 2], [(0, o) for o in range(n // 2)]) == 1
+    held = pa.total_allocated_bytes() - before
+    (name,) = store.files("trades")
+    decoded = pq.read_table(tmp_path / name, partitioning=None)
+    assert decoded.num_rows == n // 2
+    assert held < decoded.nbytes / 4, (held, decoded.nbytes)
+
+    def no_read(rel: str) -> bytes | None:
+        raise AssertionError(f"read {rel} back")
+
+    monkeypatch.setattr(store.target, "read", no_read)
+    assert store.append_batch(topics.TRADES, rows[n // 2 :], [(0, o) for o in range(n // 2, n)]) == 1
+    assert sorted(r["kafka_offset"] for r in read_rows(tmp_path)) == list(range(n))

@@ -333,9 +333,11 @@ class ParquetColdStore:
         self._buffered: dict[tuple[str, int], int] = defaultdict(int)  # rows per (topic, partition)
         self._since: dict[tuple[str, int], float] = {}  # first buffered row per (topic, partition)
         self._max_offset: dict[tuple[str, int], int] = {}
-        # Rows already written for blocks still open: the next flush of the block rewrites the file
-        # with them plus the new rows, without reading it back.
-        self._written: dict[GroupKey, pa.Table] = {}
+        # The bytes last written of each block still open: the next flush of the block rewrites the
+        # file with their rows plus the new ones, without reading it back (a GET on S3). Bytes, not the
+        # decoded table: Parquet is several times smaller, and a slow topic's block stays open for tens
+        # of minutes, its rows held all that time (docs/benchmarks.md, session 31).
+        self._written: dict[GroupKey, bytes] = {}
         self._durable_next: dict[tuple[str, int], int] = {}
         self.files_written = 0
         self.rows_written = 0
@@ -488,7 +490,7 @@ class ParquetColdStore:
             else:
                 del self._buffered[tp]
                 self._since.pop(tp, None)
-        # Blocks closed by later offsets no longer need their cached rows.
+        # Blocks closed by later offsets no longer need their cached bytes.
         for key in [k for k in self._written if k[2] < self._max_offset[k[:2]] // self.block_offsets]:
             del self._written[key]
         if written:
@@ -532,27 +534,26 @@ class ParquetColdStore:
         schema = SCHEMAS[dataset.name]
         rel = self.file_name(key)
         table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-        previous = self._written.get(key)
-        if previous is None:
-            data = self.target.read(rel)  # after a restart: the file may hold rows of this block
-            previous = _conform(pq.read_table(io.BytesIO(data)), schema) if data is not None else None
-        if previous is not None:
-            table = pa.concat_tables([previous, table])
+        # After a restart nothing is cached, and the file may hold rows of this block.
+        data = self._written.pop(key, None) or self.target.read(rel)
+        if data is not None:
+            table = pa.concat_tables([_conform(pq.read_table(io.BytesIO(data)), schema), table])
         # Always, the first write of a block included: the buffer itself may hold a row twice (appended
         # again by a replay that started below rows still buffered), and a file must never.
         table = _sort(_dedupe(table, dataset.key), dataset)
-        self._put(rel, table)
-        if final:
-            self._written.pop(key, None)
-        else:
-            self._written[key] = table
+        data = self._put(rel, table)
+        if not final:
+            self._written[key] = data
 
-    def _put(self, rel: str, table: pa.Table) -> None:
+    def _put(self, rel: str, table: pa.Table) -> bytes:
+        """Write `table` as the Parquet file `rel`; returns the file's bytes."""
         sink = io.BytesIO()
         pq.write_table(table, sink, compression="snappy")
-        self.target.write(rel, sink.getvalue())
+        data = sink.getvalue()
+        self.target.write(rel, data)
         self.files_written += 1
         self.rows_written += table.num_rows
+        return data
 
     def archive_dead_letters(self, letters: list[Row]) -> int:
         """Write dead letters under `dead-letter-archive/dt=/hour=/` (by first failure time); the file
