@@ -101,6 +101,15 @@ def window_features(
             starts[ms] = st.first_after(code, ts - ms)
         return starts[ms]
 
+    # The float sums at every row the windows read, gathered (and unpacked) at once: each vector's own
+    # row, the first row of each distinct window length (by default the 1-minute VWAP, the trade
+    # frequency and the momentum reference share one) and the first row of the trade's z-score bucket.
+    lengths = list(dict.fromkeys((cfg.vwap_short_ms, cfg.vwap_long_ms, cfg.frequency_ms)))
+    b_now = ts // cfg.zscore_bucket_ms
+    b_row = st.first_at(code, b_now * cfg.zscore_bucket_ms)  # first row of the trade's bucket
+    at = (rows, *(first_after(ms) for ms in lengths), b_row)  # start <= rows: a window holds its trade
+    through, *at_starts, at_bucket = np.split(st.sums_at(np.concatenate(at)), len(at), axis=1)
+
     def window_sums(
         start: np.ndarray, at_start: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -116,14 +125,6 @@ def window_features(
             st.window_count(st.price_ok, st.t_price_ok, start, rows) - c.count_price,
         )
 
-    # The float sums at every row the windows read, gathered (and unpacked) at once: each vector's own
-    # row, the first row of each distinct window length (by default the 1-minute VWAP, the trade
-    # frequency and the momentum reference share one) and the first row of the trade's z-score bucket.
-    lengths = list(dict.fromkeys((cfg.vwap_short_ms, cfg.vwap_long_ms, cfg.frequency_ms)))
-    b_now = ts // cfg.zscore_bucket_ms
-    b_row = st.first_at(code, b_now * cfg.zscore_bucket_ms)  # first row of the trade's bucket
-    at = (rows, *(first_after(ms) for ms in lengths), b_row)  # start <= rows: a window holds its trade
-    through, *at_starts, at_bucket = np.split(st.sums_at(np.concatenate(at)), len(at), axis=1)
     sums = {
         ms: window_sums(first_after(ms), at_start) for ms, at_start in zip(lengths, at_starts, strict=True)
     }
