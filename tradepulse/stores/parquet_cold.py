@@ -335,8 +335,8 @@ class ParquetColdStore:
         self._max_offset: dict[tuple[str, int], int] = {}
         # The bytes last written of each block still open: the next flush of the block rewrites the
         # file with their rows plus the new ones, without reading it back (a GET on S3). Bytes, not the
-        # decoded table: a third of its size or less, and a slow topic's block stays open for tens of
-        # minutes, its rows held all that time (docs/benchmarks.md, session 31).
+        # decoded table: about a third of its size where measured, and a slow topic's block stays open
+        # for tens of minutes, its rows held all that time (docs/benchmarks.md, session 31).
         self._written: dict[GroupKey, bytes] = {}
         self._durable_next: dict[tuple[str, int], int] = {}
         self.files_written = 0
