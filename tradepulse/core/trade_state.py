@@ -63,6 +63,8 @@ this many more have gathered: a release is a system call per array, and a dead r
 RELEASE_CHECK_MS = 1000
 """How far the eviction cutoff advances (market time) between two looks for dead rows to give back: a
 look searches every code's cutoff (tens of µs for 200 tickers), which every batch would pay at 15k ev/s."""
+Runs = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""`TradeState._runs`: (start of each run, the row before it, whether the run continues that row)."""
 ROW_INDEX_LIMIT = 2**31  # row indices (`last_ok`) and a region's prefix counts are int32
 ACC = np.longdouble  # prefix-sum accumulator (80-bit extended on x86-64)
 # The bytes of an ACC that hold its value: x86's 80-bit extended format sits in the low 10 of its 12 or
@@ -486,7 +488,7 @@ class TradeState:
             array[dst] = kept
         self.tail[fcodes] = reg0 + live
         self.released[fcodes] = reg0
-        self._resum(dst, grp)
+        self._resum(dst, self._runs(dst, grp))
         return True
 
     def _release_dead(self, cutoff: np.ndarray) -> None:
@@ -546,44 +548,45 @@ class TradeState:
         self.btail = bnew0 + blive
         self._resum_buckets(bdst, codes[bgrp])
 
-    def _resum(self, rows: np.ndarray, grp: np.ndarray, capped: bool = True) -> None:
-        """Recompute the prefix sums at `rows` (ascending runs, one per `grp`, each continuing from the
-        row just before it when that row is in the same region)."""
+    def _resum(self, rows: np.ndarray, runs: Runs, capped: bool = True) -> None:
+        """Recompute the prefix sums at `rows` (ascending runs, `runs = _runs(rows, grp)`, each continuing
+        from the row just before it when that row is in the same region)."""
         if len(rows) == 0:
             return
         ps, p = self.price_terms(rows)
-        self._prefix_sums(rows, grp, (ps, self.size[rows], p))
+        self._prefix_sums(rows, runs, (ps, self.size[rows], p))
         pairs: list[tuple[np.ndarray, np.ndarray]] = [(quantise_size(self.size[rows]), self.t_qsize)]
         if capped:
             pairs.append((self.csize[rows], self.t_csize))
-        self._prefix(rows, grp, tuple(pairs))
-        self._eligibility_sums(rows, grp)
+        self._prefix(rows, runs, tuple(pairs))
+        self._eligibility_sums(rows, runs)
 
-    def _runs(self, rows: np.ndarray, grp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _runs(self, rows: np.ndarray, grp: np.ndarray) -> Runs:
         """(start of each run of `rows` per `grp`, the row just before each run (0 for a run at slot 0),
-        whether the run continues that row: it is in the same region)."""
+        whether the run continues that row: it is in the same region). Computed once per merge or
+        compaction, and passed to every prefix sum's recomputation."""
         starts = group_starts(grp)
         prev = rows[starts] - 1
         cont = prev >= self.reg0[self.code_of(rows[starts])]
         return starts, np.maximum(prev, 0), cont
 
-    def _eligibility_sums(self, rows: np.ndarray, grp: np.ndarray) -> None:
+    def _eligibility_sums(self, rows: np.ndarray, runs: Runs) -> None:
         """The prefix counts of the two eligibility flags (integers: exact and cheap) and `last_ok` at
-        `rows` (ascending runs per `grp`), each run continuing from the row just before it when that
-        row is in the same region."""
-        starts, prev, cont = self._runs(rows, grp)
+        `rows` (ascending `runs`), each run continuing from the row just before it when that row is in
+        the same region."""
+        starts, prev, cont = runs
         sizes = group_sizes(starts, len(rows))
         for values, through in self._prefix_counts():
             counts = np.cumsum(values[rows].astype(np.int64))
             before = np.concatenate(([0], counts))[starts]  # the batch's count before each run
             base = np.where(cont, through[prev], 0)
             through[rows] = counts + np.repeat(base - before, sizes)
-        self._fill_last_ok(rows, grp)
+        self._fill_last_ok(rows, runs)
 
-    def _fill_last_ok(self, rows: np.ndarray, grp: np.ndarray) -> None:
-        """`last_ok` at `rows` (ascending runs per `grp`): a forward fill of the price-eligible rows,
-        continuing from the row just before each run when it is in the same region."""
-        starts, prev, cont = self._runs(rows, grp)
+    def _fill_last_ok(self, rows: np.ndarray, runs: Runs) -> None:
+        """`last_ok` at `rows` (ascending `runs`): a forward fill of the price-eligible rows, continuing
+        from the row just before each run when it is in the same region."""
+        starts, prev, cont = runs
         base = np.where(cont, self.last_ok[prev], -1)
         ok = self.price_ok[rows] > 0
         marker = np.arange(len(rows))
@@ -608,19 +611,17 @@ class TradeState:
         centred = self.price[rows] - self.centre[self.code_of(rows)]
         return centred * self.size[rows], centred * self.price_ok[rows]
 
-    def _prefix(
-        self, rows: np.ndarray, grp: np.ndarray, pairs: tuple[tuple[np.ndarray, np.ndarray], ...]
-    ) -> None:
-        """Recompute each `through` prefix sum at `rows` (ascending runs per `grp`) from its `values`
-        at those rows, each run continuing from the row just before it when that is in the region."""
-        starts, prev, cont = self._runs(rows, grp)
+    def _prefix(self, rows: np.ndarray, runs: Runs, pairs: tuple[tuple[np.ndarray, np.ndarray], ...]) -> None:
+        """Recompute each `through` prefix sum at `rows` (ascending `runs`) from its `values` at those
+        rows, each run continuing from the row just before it when that is in the region."""
+        starts, prev, cont = runs
         for values, through in pairs:
             base = np.where(cont, through[prev], through.dtype.type(0))
             through[rows] = seg_cumsum(values, starts, base, through.dtype.type)
 
-    def _prefix_sums(self, rows: np.ndarray, grp: np.ndarray, values: tuple[np.ndarray, ...]) -> None:
+    def _prefix_sums(self, rows: np.ndarray, runs: Runs, values: tuple[np.ndarray, ...]) -> None:
         """`_prefix` for the packed float sums (`t_sums`), from the `FLOAT_SUMS` terms' `values`."""
-        starts, prev, cont = self._runs(rows, grp)
+        starts, prev, cont = runs
         bases = np.where(cont, self.sums_at(prev), ACC(0))
         self.t_sums[rows] = pack_sums(
             np.stack([seg_cumsum(v, starts, base) for v, base in zip(values, bases, strict=True)])
@@ -682,7 +683,8 @@ class TradeState:
         self.price_ok[dest] = np.concatenate((self.price_ok[sidx], price_ok))[order]
         self.tail[ucode] = tail + ucount
         # With a cap, the batch's capped sizes need the size sums first; their own sums follow below.
-        self._resum(dest, grp, capped=self.cap_multiple <= 0)
+        runs = self._runs(dest, grp)
+        self._resum(dest, runs, capped=self.cap_multiple <= 0)
         rows = np.empty(len(code), dtype=np.int64)
         is_batch = order >= ns
         rows[order[is_batch] - ns] = dest[is_batch]
@@ -704,7 +706,7 @@ class TradeState:
             cap = np.floor(self.cap_multiple * total.astype(np.float64) / n[has])
             capped[has] = np.minimum(qsize[has], cap).astype(np.int64)
             self.csize[rows] = capped
-            self._prefix(dest, grp, ((self.csize[dest], self.t_csize),))
+            self._prefix(dest, runs, ((self.csize[dest], self.t_csize),))
 
         # Buckets from the batch's earliest bucket of each code on, recomputed from the rows.
         bucket_ms = self.bucket_ms
