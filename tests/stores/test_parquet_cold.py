@@ -14,9 +14,10 @@ from moto import mock_aws
 from tests.stores.conftest import BASE_MS, make_anomaly, make_trade
 from tradepulse import topics
 from tradepulse.config import Settings
+from tradepulse.stores import parquet_cold
 from tradepulse.stores.dlq import make_dead_letter
 from tradepulse.stores.factory import open_cold_store
-from tradepulse.stores.parquet_cold import ParquetColdStore
+from tradepulse.stores.parquet_cold import MERGE_SLICES, ParquetColdStore
 
 HOUR = 3_600_000
 # BASE_MS is 2025-12-29 09:20 UTC
@@ -340,3 +341,51 @@ def test_an_open_blocks_written_rows_are_kept_as_its_files_bytes_not_in_arrow_me
     monkeypatch.setattr(store.target, "read", no_read)
     assert store.append_batch(topics.TRADES, rows[n // 2 :], [(0, o) for o in range(n // 2, n)]) == 1
     assert sorted(r["kafka_offset"] for r in read_rows(tmp_path)) == list(range(n))
+
+
+def test_a_groups_many_small_appends_are_held_as_a_few_tables(tmp_path: Path) -> None:
+    """The runner appends once per commit (every ~100 ms), so a group that is written once a minute
+    gathers hundreds of small slices, each costing ~6 KB of Arrow and Python objects whatever its rows
+    (`MERGE_SLICES`). Every MERGE_SLICES of them are copied into one table."""
+    store = ParquetColdStore(
+        tmp_path, block_offsets=10**6, flush_rows=10**6, flush_interval_s=1e9, clock=Clock()
+    )
+    rows = trades_at(range(2_000))
+    for start in range(0, 2_000, 10):
+        store.append_batch(
+            topics.TRADES, rows[start : start + 10], [(0, o) for o in range(start, start + 10)]
+        )
+    assert store.buffered_rows() == 2_000
+    (tables,) = store._tables.values()  # one group: partition 0, one block, one hour
+    assert len(tables) < 2 * MERGE_SLICES, len(tables)  # 200 slices appended
+    assert store.flush(force=True) == 1
+    assert sorted(r["kafka_offset"] for r in read_rows(tmp_path)) == list(range(2_000))
+
+
+def test_merging_a_groups_slices_writes_the_same_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slices merged or not, the same bytes are written: rows of two partitions and hours, a replay that
+    appends rows again across a merge (the file keeps each once), and writes between the merges."""
+
+    def ts(o: int) -> int:
+        return T9 + 50 * 60_000 + o * 1_000 if o % 7 else T9  # across 10:00, some late
+
+    rows = trades_at(range(300), ts=ts)
+    appends = [(o, o + 5) for o in range(0, 300, 5)] + [(120, 170)] + [(o, o + 5) for o in range(170, 300, 5)]
+
+    def run(root: Path) -> dict[str, bytes]:
+        store = ParquetColdStore(
+            root, block_offsets=128, flush_rows=10**6, flush_interval_s=1e9, clock=Clock()
+        )
+        for i, (lo, hi) in enumerate(appends):
+            store.append_batch(topics.TRADES, rows[lo:hi], [(o % 2, o) for o in range(lo, hi)], flush=False)
+            if i % 23 == 22:
+                store.flush(force=True)
+        store.flush(force=True)
+        return {name: (root / name).read_bytes() for name in store.files()}
+
+    merged = run(tmp_path / "merged")
+    monkeypatch.setattr(parquet_cold, "MERGE_SLICES", 10**9)
+    assert run(tmp_path / "unmerged") == merged
+    assert len(merged) > 4
