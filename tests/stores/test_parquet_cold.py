@@ -317,21 +317,27 @@ def test_a_block_written_before_a_new_column_merges_with_new_rows(tmp_path: Path
     assert back == {0: None, 1: None, 2: None, 3: False, 4: True}
 
 
-def test_an_open_blocks_written_rows_are_kept_as_its_files_bytes_not_in_arrow_memory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@mock_aws
+def test_an_open_blocks_written_rows_are_kept_as_its_files_bytes_on_s3_not_in_arrow_memory(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Between two writes of an open block the store keeps what it wrote as the file's own bytes
+    """On S3, between two writes of an open block the store keeps what it wrote as the file's own bytes
     (Parquet, compressed), not as a decoded Arrow table: a slow topic's block stays open for many
     minutes, and its rows would be held decoded all that time. The next write merges them without
-    reading the file back (a GET on S3)."""
-    store = ParquetColdStore(tmp_path, block_offsets=10**6, flush_rows=1, flush_interval_s=1e9, clock=Clock())
+    reading the object back (a GET)."""
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="tp-lake")
+    store = ParquetColdStore(
+        "s3://tp-lake/lake", block_offsets=10**6, flush_rows=1, flush_interval_s=1e9, clock=Clock()
+    )
     n = 20_000
     rows = trades_at(range(n), tickers=tuple(f"T{i:03d}" for i in range(200)))
     before = pa.total_allocated_bytes()
     assert store.append_batch(topics.TRADES, rows[: n // 2], [(0, o) for o in range(n // 2)]) == 1
     held = pa.total_allocated_bytes() - before
     (name,) = store.files("trades")
-    decoded = pq.read_table(tmp_path / name, partitioning=None)
+    body = s3.get_object(Bucket="tp-lake", Key=f"lake/{name}")["Body"].read()
+    decoded = pq.read_table(pa.BufferReader(body))
     assert decoded.num_rows == n // 2
     assert held < decoded.nbytes / 4, (held, decoded.nbytes)
 
@@ -340,7 +346,31 @@ def test_an_open_blocks_written_rows_are_kept_as_its_files_bytes_not_in_arrow_me
 
     monkeypatch.setattr(store.target, "read", no_read)
     assert store.append_batch(topics.TRADES, rows[n // 2 :], [(0, o) for o in range(n // 2, n)]) == 1
-    assert sorted(r["kafka_offset"] for r in read_rows(tmp_path)) == list(range(n))
+    body = s3.get_object(Bucket="tp-lake", Key=f"lake/{name}")["Body"].read()
+    assert sorted(pq.read_table(pa.BufferReader(body)).column("kafka_offset").to_pylist()) == list(range(n))
+
+
+def test_an_open_blocks_file_on_a_local_disk_is_read_back_not_kept_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a local disk the file just written is in the operating system's page cache: the next write of
+    the open block reads it back (no request, no copy held by the process for the block's many minutes)
+    instead of keeping its bytes too."""
+    store = ParquetColdStore(tmp_path, block_offsets=10**6, flush_rows=1, flush_interval_s=1e9, clock=Clock())
+    rows = trades_at(range(2_000))
+    assert store.append_batch(topics.TRADES, rows[:1_000], [(0, o) for o in range(1_000)]) == 1
+    (name,) = store.files("trades")
+    reads: list[str] = []
+    read = store.target.read
+
+    def counted(rel: str) -> bytes | None:
+        reads.append(rel)
+        return read(rel)
+
+    monkeypatch.setattr(store.target, "read", counted)
+    assert store.append_batch(topics.TRADES, rows[1_000:], [(0, o) for o in range(1_000, 2_000)]) == 1
+    assert reads == [name]
+    assert sorted(r["kafka_offset"] for r in read_rows(tmp_path)) == list(range(2_000))
 
 
 def test_a_groups_many_small_appends_are_held_as_a_few_tables(tmp_path: Path) -> None:

@@ -188,6 +188,10 @@ _ROW_SCHEMAS = {name: pa.schema(list(schema)[: -len(LINEAGE)]) for name, schema 
 class LocalTarget:
     """Files under a local folder; writes are temp file + atomic rename."""
 
+    reads_back_cheaply = True
+    """A file just written is in the operating system's page cache: reading it back is a copy, with no
+    request, so the store keeps no copy of its own (`ParquetColdStore._written`)."""
+
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
@@ -227,6 +231,10 @@ class LocalTarget:
 
 class S3Target:
     """Objects under s3://bucket/prefix; one PUT per file is atomic for readers."""
+
+    reads_back_cheaply = False
+    """Reading an object back is a GET (a request, billed and slow): the store keeps what it wrote of an
+    open block instead (`ParquetColdStore._written`)."""
 
     def __init__(
         self, bucket: str, prefix: str = "", *, client: Any = None, region: str | None = None
@@ -337,10 +345,12 @@ class ParquetColdStore:
         self._buffered: dict[tuple[str, int], int] = defaultdict(int)  # rows per (topic, partition)
         self._since: dict[tuple[str, int], float] = {}  # first buffered row per (topic, partition)
         self._max_offset: dict[tuple[str, int], int] = {}
-        # The bytes last written of each block still open: the next flush of the block rewrites the
-        # file with their rows plus the new ones, without reading it back (a GET on S3). Bytes, not the
-        # decoded table: about a third of its size where measured, and a slow topic's block stays open
-        # for tens of minutes, its rows held all that time (docs/benchmarks.md, session 31).
+        # On S3 (a target that does not read back cheaply), the bytes last written of each block still
+        # open: the next flush of the block rewrites the file with their rows plus the new ones, without
+        # reading it back (a GET). Bytes, not the decoded table: about a third of its size where
+        # measured, and a slow topic's block stays open for tens of minutes, its rows held all that time
+        # (docs/benchmarks.md, session 31). On a local disk the file is read back from the page cache
+        # instead, which holds it anyway (those copies were 12–26 MiB at 15k ev/s; session 33).
         self._written: dict[GroupKey, bytes] = {}
         self._durable_next: dict[tuple[str, int], int] = {}
         self.files_written = 0
@@ -553,7 +563,7 @@ class ParquetColdStore:
         schema = SCHEMAS[dataset.name]
         rel = self.file_name(key)
         table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-        # After a restart nothing is cached, and the file may hold rows of this block.
+        # Nothing is cached on a local disk or after a restart, and the file may hold rows of this block.
         data = self._written.pop(key, None) or self.target.read(rel)
         if data is not None:
             table = pa.concat_tables([_conform(pq.read_table(io.BytesIO(data)), schema), table])
@@ -561,7 +571,7 @@ class ParquetColdStore:
         # again by a replay that started below rows still buffered), and a file must never.
         table = _sort(_dedupe(table, dataset.key), dataset)
         data = self._put(rel, table)
-        if not final:
+        if not final and not self.target.reads_back_cheaply:
             self._written[key] = data
 
     def _put(self, rel: str, table: pa.Table) -> bytes:
