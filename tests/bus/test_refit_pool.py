@@ -5,11 +5,14 @@ runner killed with SIGKILL."""
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -54,6 +57,18 @@ def test_the_worker_runs_at_lower_priority_and_is_replaced_when_it_dies(pool: Re
         running.result(timeout=60)
     replacement = pool.submit(os.getpid).result(timeout=60)
     assert replacement not in (worker, os.getpid())
+    # The dead worker's two threads end (and its pipes are closed with them); the replacement's run.
+    deadline = time.monotonic() + 10
+    while threads_of(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not threads_of(worker)
+    assert threads_of(replacement) == [f"refit-outcomes-{replacement}", f"refit-tasks-{replacement}"]
+
+
+def threads_of(worker: int) -> list[str]:
+    """The names of the pool's threads that serve the worker process `worker`."""
+    names = (f"refit-outcomes-{worker}", f"refit-tasks-{worker}")
+    return sorted(t.name for t in threading.enumerate() if t.name in names)
 
 
 def test_the_worker_exits_when_the_runner_is_killed() -> None:
@@ -79,7 +94,7 @@ def test_the_worker_exits_when_the_runner_is_killed() -> None:
 
 
 def test_the_worker_loads_numpy_and_the_forest_only(tmp_path: Path) -> None:
-    """A spawned worker imports its runner's main module, then what unpickling the fit needs. With the
+    """The worker imports what unpickling the fit needs, and not its runner's main module: with the
     entry point the processor service runs (a script importing `tradepulse.cli.main`), a worker that has
     fitted a model holds none of the runner's heavy libraries (~100 MiB of them, docs/benchmarks.md)."""
     main = tmp_path / "main.py"
@@ -110,3 +125,57 @@ def test_the_worker_loads_numpy_and_the_forest_only(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, str(main)], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_runner_that_has_fitted_has_one_child_process_the_worker(pool: RefitPool) -> None:
+    """No helper process beside the worker (a `multiprocessing` worker brought a resource tracker,
+    13 MiB)."""
+    worker = pool.submit(os.getpid).result(timeout=60)
+    assert [child.pid for child in psutil.Process().children(recursive=True)] == [worker]
+
+
+def test_a_tasks_exception_and_an_unpicklable_result_fail_that_task_only(pool: RefitPool) -> None:
+    with pytest.raises(ZeroDivisionError):
+        pool.submit(divmod, 1, 0).result(timeout=60)
+    with pytest.raises(RuntimeError, match="could not send its outcome back"):
+        pool.submit(eval, "lambda: 0").result(timeout=60)  # a lambda does not pickle
+    with pytest.raises((pickle.PicklingError, AttributeError)):  # a local function does not pickle
+        pool.submit(len, lambda: 0).result(timeout=60)
+    # A print in the worker goes to its stderr, not into the outcomes' pipe.
+    assert pool.submit(print, "from the worker").result(timeout=60) is None
+    assert pool.submit(sum, [1, 2, 3]).result(timeout=60) == 6
+
+
+def test_a_shutdown_that_cancels_ends_the_worker_and_cancels_its_tasks(pool: RefitPool) -> None:
+    worker = psutil.Process(pool.submit(os.getpid).result(timeout=60))
+    running = pool.submit(time.sleep, 60)
+    queued = pool.submit(time.sleep, 60)
+    pool.shutdown(wait=False, cancel_futures=True)
+    assert running.cancelled() and queued.cancelled()
+    assert not wait_ended([worker], within_s=10)
+    assert pool.submit(os.getpid).result(timeout=60) != worker.pid  # a later task gets a new worker
+
+
+def test_a_shutdown_that_waits_lets_the_worker_finish_what_it_was_sent(pool: RefitPool) -> None:
+    worker = psutil.Process(pool.submit(os.getpid).result(timeout=60))
+    sent = [pool.submit(pow, 2, n) for n in range(5)]
+    pool.shutdown(wait=True)
+    assert [future.result(timeout=0) for future in sent] == [1, 2, 4, 8, 16]
+    assert not wait_ended([worker], within_s=10)
+
+
+def test_a_submit_does_not_wait_for_a_busy_worker(pool: RefitPool, tmp_path: Path) -> None:
+    """The runner's thread submits fits with megabytes of training rows (more than a pipe holds): the
+    submit returns while the worker is still busy with an earlier task, not when the worker reads it."""
+    go = tmp_path / "go"
+    busy = pool.submit(subprocess.run, ["sh", "-c", f"while [ ! -e {go} ]; do sleep 0.05; done"])
+    rows = bytes(8 * 2**20)
+    submitted: list[Future[int]] = []
+    submitter = threading.Thread(target=lambda: submitted.append(pool.submit(len, rows)))
+    submitter.start()
+    submitter.join(timeout=30)
+    still_busy = not busy.done()
+    go.touch()
+    assert still_busy and submitted, "the submit waited for the worker"
+    assert submitted[0].result(timeout=60) == len(rows)
+    assert busy.result(timeout=60).returncode == 0

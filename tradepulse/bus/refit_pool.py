@@ -6,76 +6,185 @@ that, so every batch that runs meanwhile waits behind it; a 15k ev/s run showed 
 once the models were in use (docs/benchmarks.md). In a process the fit competes only for a core, and
 at a lower priority (`nice`), since a model is due 10 s of market time after its refit point.
 
-The worker is started with `spawn` (the runner has librdkafka threads, which `fork` would copy in an
-undefined state) by the first fit, so a runner that never fits (most short runs: a model needs minutes
-of training events) never starts it. It imports its runner's main module (the `tradepulse` command
-group, which loads no subcommand) and what the fit needs (`tradepulse.core.anomaly_model`: numpy and the
-forest): ~0.1 s and ~50 MiB, well within the 10 s of market time before a model is due. A worker that
-dies (killed, out of memory) breaks the pool: its pending fits fail, which crashes the runner into its
-ordinary recovery (restore from the checkpoints, refit), and the next `submit` starts a new worker. The
-worker exits with the runner, however the runner ends (it watches its parent).
+The worker is a plain child process (`tradepulse.bus.refit_worker`, started by `subprocess`: exec'd at
+once, so the runner's librdkafka threads are never copied into it) that reads pickled tasks from a pipe
+and writes their outcomes to another. Not `multiprocessing`: its spawned worker imports the runner's
+main module, and it starts a resource tracker process beside the worker; after five fits those two held
+59 MiB against this worker's 40 (docs/benchmarks.md). The first fit starts the worker, so a runner that
+never fits (most short runs: a model needs minutes of training events) never does. The worker loads
+what unpickling a fit needs (numpy and the forest): ~0.1 s and ~40 MiB, well within the 10 s of market
+time before a model is due.
+
+A worker that dies (killed, out of memory) breaks the pool: its pending fits fail with
+`BrokenProcessPool`, which crashes the runner into its ordinary recovery (restore from the checkpoints,
+refit), and the next `submit` starts a new worker. The worker ends when its stdin does, so it exits with
+the runner however the runner ends (the kernel closes a killed process's pipes).
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import os
+import contextlib
+import itertools
+import json
+import pickle
+import queue
+import subprocess
+import sys
 import threading
-import time
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
-from typing import ParamSpec, TypeVar
+from typing import IO, Any, ParamSpec, TypeVar
+
+from tradepulse.bus.refit_worker import read_frame, write_frame
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 NICE = 10  # below the runner: a fit is needed seconds later, a batch now
-PARENT_POLL_S = 1.0
+# The worker's command: the runner's import path (as a `multiprocessing` spawn passes it), so that the
+# worker runs the same code whatever put `tradepulse` on the runner's path (a venv, a script's folder),
+# then the worker's loop. sys.argv: ["-c", nice, path as JSON]. Run with -P: the working directory is
+# not put on the path (before the runner's path replaces it, nothing there shadows `json`).
+WORKER_BOOTSTRAP = (
+    "import json, sys; sys.path[:] = json.loads(sys.argv[2]); "
+    "from tradepulse.bus.refit_worker import main; main()"
+)
 
 
-def _init_worker(increment: int, parent: int) -> None:
-    """Lower the worker's priority, and end it when the runner is gone: a runner killed with
-    SIGKILL cannot stop it, and its task queue (which the worker also holds open) never closes."""
-    os.nice(increment)
+_Task = tuple[int, Callable[..., Any], tuple[Any, ...], dict[str, Any]]  # id, function, args, kwargs
 
-    def exit_with_parent() -> None:
-        while os.getppid() == parent:
-            time.sleep(PARENT_POLL_S)
-        os._exit(0)
 
-    threading.Thread(target=exit_with_parent, name="exit-with-runner", daemon=True).start()
+class _Worker:
+    """One worker process, the futures of the tasks it has been sent, and the thread that resolves them
+    from its outcomes."""
+
+    def __init__(self, nice: int) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-P", "-c", WORKER_BOOTSTRAP, str(nice), json.dumps(sys.path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self._tasks: IO[bytes] = self.process.stdin
+        self._outcomes: IO[bytes] = self.process.stdout
+        self._ids = itertools.count()
+        self._pending: dict[int, Future[Any]] = {}
+        self._lock = threading.Lock()  # _pending, broken
+        self.broken = False
+        # Tasks are pickled and sent by a thread of their own: a fit's training rows are megabytes, more
+        # than the pipe holds, and the write waits for the worker to read them (it may be fitting).
+        self._to_send: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
+        self._writer = threading.Thread(
+            target=self._send_tasks, name=f"refit-tasks-{self.process.pid}", daemon=True
+        )
+        self._reader = threading.Thread(
+            target=self._read_outcomes, name=f"refit-outcomes-{self.process.pid}", daemon=True
+        )
+        self._writer.start()
+        self._reader.start()
+
+    def submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
+        """Queue a task for the worker; raises BrokenProcessPool if the worker is gone."""
+        future: Future[Any] = Future()
+        with self._lock:
+            if self.broken:
+                raise BrokenProcessPool("the refit worker has exited")
+            task_id = next(self._ids)
+            self._pending[task_id] = future
+            self._to_send.put((task_id, fn, args, kwargs))
+        return future
+
+    def _send_tasks(self) -> None:
+        """Pickle and send the queued tasks until `close` queues None, then close the worker's stdin. A
+        task that does not pickle fails; once a write fails (the worker is gone) nothing more is sent,
+        and the reader fails what is pending."""
+        while (task := self._to_send.get()) is not None:
+            task_id, fn, args, kwargs = task
+            try:
+                payload = pickle.dumps((fn, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                with self._lock:
+                    future = self._pending.pop(task_id, None)
+                if future is not None and future.set_running_or_notify_cancel():
+                    future.set_exception(exc)
+                continue
+            try:
+                write_frame(self._tasks, task_id, payload)
+            except OSError:  # a closed pipe: the worker died
+                with self._lock:
+                    self.broken = True
+                break
+        with contextlib.suppress(OSError):  # bytes left in the buffer of a dead worker's pipe
+            self._tasks.close()
+
+    def _read_outcomes(self) -> None:
+        while (frame := read_frame(self._outcomes)) is not None:
+            task_id, payload = frame
+            with self._lock:
+                future = self._pending.pop(task_id)
+            try:
+                ok, value = pickle.loads(payload)
+            except Exception as exc:  # e.g. an exception class this process cannot import
+                ok, value = False, exc
+            if future.set_running_or_notify_cancel():  # False: cancelled while the worker ran it
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+        code = self.process.wait()
+        with self._lock:
+            self.broken = True
+            lost, self._pending = list(self._pending.values()), {}
+            self._to_send.put(None)  # the writer's end, if it is still waiting for tasks
+        for future in lost:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(BrokenProcessPool(f"the refit worker exited with code {code}"))
+
+    def close(self, *, wait: bool, kill: bool) -> None:
+        """End the worker: at once (`kill`: its pending tasks fail), or once it has run the tasks it was
+        sent (the writer sends what is queued, then closes the worker's stdin)."""
+        with self._lock:
+            self.broken = True  # no more tasks
+            self._to_send.put(None)
+        if kill:
+            self.process.kill()
+        if wait:
+            self._writer.join()
+            self._reader.join()
+
+    def cancel_pending(self) -> None:
+        with self._lock:
+            pending = list(self._pending.values())
+        for future in pending:
+            future.cancel()
 
 
 class RefitPool(Executor):
-    """One spawned worker process at lower priority; replaced when it has died."""
+    """One worker process at lower priority; replaced when it has died."""
 
     def __init__(self, nice: int = NICE) -> None:
         self._nice = nice
         self._lock = threading.Lock()
-        self._pool: ProcessPoolExecutor | None = None
-
-    def _start(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            max_workers=1,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(self._nice, os.getpid()),
-        )
+        self._worker: _Worker | None = None
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         with self._lock:
-            if self._pool is None:
-                self._pool = self._start()
+            if self._worker is None or self._worker.broken:
+                self._worker = _Worker(self._nice)
             try:
-                return self._pool.submit(fn, *args, **kwargs)
-            except BrokenProcessPool:
-                self._pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = self._start()
-                return self._pool.submit(fn, *args, **kwargs)
+                return self._worker.submit(fn, args, kwargs)
+            except BrokenProcessPool:  # it died since the check: once more, with a new one
+                self._worker = _Worker(self._nice)
+                return self._worker.submit(fn, args, kwargs)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """End the worker (a later `submit` starts a new one). `cancel_futures`: cancel every pending task
+        and kill the worker at once (a fit has no effect beyond its result); otherwise the worker runs
+        what it was sent, then exits."""
         with self._lock:
-            if self._pool is not None:
-                self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
-                self._pool = None
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            if cancel_futures:
+                worker.cancel_pending()
+            worker.close(wait=wait, kill=cancel_futures)

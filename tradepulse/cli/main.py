@@ -2,9 +2,9 @@
 that subcommand runs (or `--help` lists them all).
 
 Why lazily: every `tradepulse …` call paid for the imports of every command (Kafka, Arrow, pandas,
-uvicorn, …), and so did the runner's refit worker: a spawned process imports its parent's main module,
-which is this one (`python -m tradepulse.cli.main` or `services/processor/main.py`), so the worker held
-~100 MiB of modules it never used (docs/benchmarks.md, session 15)."""
+uvicorn, …), and so did the runner's refit worker while it was a spawned `multiprocessing` process
+(which imports its parent's main module, this one): it held ~100 MiB of modules it never used
+(docs/benchmarks.md, session 15)."""
 
 from __future__ import annotations
 
