@@ -179,3 +179,11 @@ def test_a_submit_does_not_wait_for_a_busy_worker(pool: RefitPool, tmp_path: Pat
     assert still_busy and submitted, "the submit waited for the worker"
     assert submitted[0].result(timeout=60) == len(rows)
     assert busy.result(timeout=60).returncode == 0
+
+
+def test_the_worker_ignores_a_ctrl_c_that_its_runner_handles(pool: RefitPool) -> None:
+    """Ctrl-C in a terminal signals the runner's whole process group: the runner stops in order (and
+    ends the worker by closing its stdin); the worker must not die on its own with a traceback."""
+    worker = pool.submit(os.getpid).result(timeout=60)
+    os.kill(worker, signal.SIGINT)
+    assert pool.submit(os.getpid).result(timeout=60) == worker

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import struct
 import sys
 from typing import IO
@@ -55,6 +56,8 @@ def _outcome(payload: bytes) -> bytes:
 
 
 def main() -> None:
+    # Ctrl-C signals the whole process group: the runner stops in order and then closes our stdin.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.nice(int(sys.argv[1]))
     tasks = sys.stdin.buffer
     # The outcomes get a descriptor of their own; whatever else writes to stdout (a library's print)
