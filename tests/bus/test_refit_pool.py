@@ -127,11 +127,23 @@ def test_the_worker_loads_numpy_and_the_forest_only(tmp_path: Path) -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_a_runner_that_has_fitted_has_one_child_process_the_worker(pool: RefitPool) -> None:
+def test_a_runner_that_has_fitted_has_one_child_process_the_worker() -> None:
     """No helper process beside the worker (a `multiprocessing` worker brought a resource tracker,
-    13 MiB)."""
-    worker = pool.submit(os.getpid).result(timeout=60)
-    assert [child.pid for child in psutil.Process().children(recursive=True)] == [worker]
+    13 MiB). In a fresh process: the test process has children of its own (the broker)."""
+    code = textwrap.dedent(
+        """
+        import os, psutil
+        from tradepulse.bus.refit_pool import RefitPool
+        pool = RefitPool()
+        worker = pool.submit(os.getpid).result(timeout=60)
+        print(worker, sorted(child.pid for child in psutil.Process().children(recursive=True)))
+        pool.shutdown()
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    worker, children = out.stdout.split(" ", 1)
+    assert children.strip() == f"[{worker}]"
 
 
 def test_a_tasks_exception_and_an_unpicklable_result_fail_that_task_only(pool: RefitPool) -> None:
