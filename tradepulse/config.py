@@ -218,7 +218,7 @@ class Settings(BaseSettings):
         description="Restart the runner in place if a transactional call (init, commit, abort, the "
         "clients' close after a failure) has not returned by then; a call with a Kafka timeout already "
         "10 s after that timeout (send offsets and init 40 s, commit 70 s), if sooner, and at once when "
-        "it times out after the producer could not reach a broker.",
+        "it times out after a connection of the producer to a broker failed or was closed.",
     )
     # Suspect prints (tradepulse.core.outliers): flagged `outlier`, kept, left out of the features.
     outlier_enabled: bool = Field(default=True, description="Flag trades outside the band (false: none).")

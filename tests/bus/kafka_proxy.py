@@ -14,7 +14,11 @@ The proxy speaks just enough of the Kafka protocol (https://kafka.apache.org/pro
   connection instead, as a network failure after the broker's append would;
 - for `fail_heartbeats(s)` seconds, Heartbeat responses (api_key 12) say NOT_COORDINATOR: the broker
   still has the consumer's heartbeats (its member stays in the group), the consumer hears no success
-  and its session times out, as one does while a restarted broker loads the group.
+  and its session times out, as one does while a restarted broker loads the group;
+- `disconnect(api_key)` closes the open connections that have carried a request of that kind (e.g.
+  EndTxn, api_key 26: a transactional producer's connection to its transaction coordinator) and
+  keeps accepting new ones: the client sees its connection closed by the peer, and its reconnect
+  succeeds.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import threading
 import time
 from types import TracebackType
 
-PRODUCE, METADATA, FIND_COORDINATOR, HEARTBEAT = 0, 3, 10, 12
+PRODUCE, METADATA, FIND_COORDINATOR, HEARTBEAT, END_TXN = 0, 3, 10, 12, 26
 NOT_COORDINATOR = 16
 FIRST_FLEXIBLE_HEARTBEAT = 4
 FIRST_FLEXIBLE_METADATA = 9  # compact arrays/strings and tagged fields from Metadata v9 on
@@ -149,6 +153,8 @@ class FaultyKafkaProxy:
         self.port = self._server.getsockname()[1]
         self.bootstrap = f"127.0.0.1:{self.port}"
         self._sockets: list[socket.socket] = []
+        # (client, upstream, the api keys of the requests the client sent on it) per connection
+        self._connections: list[tuple[socket.socket, socket.socket, set[int]]] = []
         self._closed = False
         if listening:
             self.listen()
@@ -168,6 +174,15 @@ class FaultyKafkaProxy:
         with self._lock:
             self._fail_heartbeats_until = time.monotonic() + seconds
 
+    def disconnect(self, api_key: int) -> int:
+        """Close the open connections that have carried a request of `api_key` (how many); new
+        connections are accepted as before."""
+        with self._lock:
+            chosen = [(c, u) for c, u, sent in self._connections if api_key in sent and c.fileno() != -1]
+        for client, upstream in chosen:
+            self._close(client, upstream)
+        return len(chosen)
+
     def _accept(self) -> None:
         while not self._closed:
             try:
@@ -179,15 +194,23 @@ class FaultyKafkaProxy:
             except OSError:  # the broker is gone (teardown): the client sees a closed connection
                 self._close(client)
                 continue
-            self._sockets += [client, upstream]
+            sent: set[int] = set()
+            with self._lock:
+                self._sockets += [client, upstream]
+                self._connections.append((client, upstream, sent))
             requests: dict[int, tuple[int, int]] = {}  # correlation id → (api_key, api_version)
-            threading.Thread(target=self._requests, args=(client, upstream, requests), daemon=True).start()
+            threading.Thread(
+                target=self._requests, args=(client, upstream, requests, sent), daemon=True
+            ).start()
             threading.Thread(target=self._responses, args=(upstream, client, requests), daemon=True).start()
 
-    def _requests(self, client: socket.socket, upstream: socket.socket, requests: dict) -> None:
+    def _requests(
+        self, client: socket.socket, upstream: socket.socket, requests: dict, sent: set[int]
+    ) -> None:
         while (frame := _read_frame(client)) is not None:
             api_key, api_version, correlation_id = struct.unpack_from(">hhi", frame)
             requests[correlation_id] = (api_key, api_version)
+            sent.add(api_key)
             try:
                 upstream.sendall(struct.pack(">i", len(frame)) + frame)
             except OSError:

@@ -273,9 +273,25 @@ _DENIED = (
 #: fenced by a static member with the same group.instance.id), whose KafkaError does not always say
 #: `fatal()`.
 _FATAL_CODES = (*_DENIED, KafkaError._FATAL)
-#: Producer errors that mean a broker could not be reached (librdkafka reports a failed connect, not a
-#: closed idle connection, as an error): the producer is replaced before its next transaction.
-_BROKER_UNREACHABLE = (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN)
+#: librdkafka's own log of the runner's producer (`_ProducerLog`).
+librdkafka_log = logging.getLogger("tradepulse.bus.librdkafka")
+
+
+class _ProducerLog:
+    """Receives the transactional producer's librdkafka log as confluent-kafka hands it over (the
+    `logger` setting: `log(level, fmt, facility, client, message)`, called when the producer is polled,
+    so a line's time is when it was served). Each line goes to `tradepulse.bus.librdkafka` at its
+    level; a `FAIL` line (a connection to a broker that failed, or that the broker closed while it was
+    in use) also calls `on_broker_failure`. librdkafka's error callback hears only of a failed connect,
+    not of a close, and after a close librdkafka need not connect again while the broker is down."""
+
+    def __init__(self, on_broker_failure: Callable[[], None]) -> None:
+        self.on_broker_failure = on_broker_failure
+
+    def log(self, level: int, fmt: str, facility: str, client: str, message: str) -> None:
+        librdkafka_log.log(level, fmt, facility, client, message)
+        if facility == "FAIL":
+            self.on_broker_failure()
 
 
 @dataclass
@@ -352,8 +368,8 @@ class Runner:
         self.metrics = RunnerMetrics()
         self.emf = emitter_from_settings(settings, "processor")
         self._stop = threading.Event()
-        # Set by the producer's error callback, read and cleared by the commit thread before a
-        # transaction (`_producer_for_commit`).
+        # Set by the producer's log (a broker connection failed or closed), read and cleared by the
+        # commit thread before a transaction (`_producer_for_commit`).
         self._producer_lost_broker = False
         # The assignment and the group metadata (generation, member id) that its batches commit with,
         # kept by the rebalance callbacks: asking the consumer is a round trip to librdkafka's main
@@ -405,30 +421,32 @@ class Runner:
             producer_config(
                 self.settings,
                 transactional_id=self.transactional_id,
-                **{"transaction.timeout.ms": TRANSACTION_TIMEOUT_MS, "error_cb": self._on_producer_error},
+                **{
+                    "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+                    "logger": _ProducerLog(self._on_broker_failure),
+                },
             )
         )
 
-    def _on_producer_error(self, error: KafkaError) -> None:
-        """The producer's error callback (served by its poll and its transactional calls): a broker it
-        could not reach marks it for replacement before the next transaction (`_producer_for_commit`)."""
-        if error.code() in _BROKER_UNREACHABLE:
-            self._producer_lost_broker = True
+    def _on_broker_failure(self) -> None:
+        """A connection of the producer to a broker failed or was closed (its log's `FAIL` line): it is
+        replaced before the next transaction (`_producer_for_commit`)."""
+        self._producer_lost_broker = True
 
     def _producer_for_commit(self) -> Producer:
-        """The producer for the next transaction: a new one if the current one could not reach a broker
-        since its last transaction. After a broker restart librdkafka can keep the broker's retired
-        handle as the group coordinator and wait for it forever in `send_offsets_to_transaction`
-        (confluentinc/librdkafka#5511), which only the watchdog ended; a new producer looks the
-        coordinators up afresh. Between transactions nothing is open, so the close has nothing to abort,
+        """The producer for the next transaction: a new one if a connection of the current one to a
+        broker failed or was closed since its last transaction. After a broker restart librdkafka can
+        keep the broker's retired handle as the group coordinator and wait for it forever in
+        `send_offsets_to_transaction` (confluentinc/librdkafka#5511), which only the watchdog ended; a
+        new producer looks the coordinators up afresh. Between transactions nothing is open, so the close has nothing to abort,
         and the new producer's `init_transactions` fences nothing but the closed one."""
         producer = self.producer
         assert producer is not None
-        producer.poll(0)  # serves the error callback
+        producer.poll(0)  # serves the producer's log
         if not self._producer_lost_broker:
             return producer
         self._producer_lost_broker = False
-        log.warning("the producer could not reach a broker since its last transaction: replacing it")
+        log.warning("the producer lost a broker connection since its last transaction: replacing it")
         started = time.perf_counter()
         with self._guard("producer close"):
             producer.close()
@@ -443,7 +461,7 @@ class Runner:
         counting its start (e.g. a bootstrap address of a broker that stays down in a rolling restart)
         would replace every new producer again."""
         self._bounded("transaction init", producer.init_transactions, INIT_TIMEOUT_S)
-        producer.poll(0)  # serves the error callback
+        producer.poll(0)  # serves the producer's log
         self._producer_lost_broker = False
 
     def run(self, stop_when: Callable[[RunnerMetrics], bool] | None = None) -> RunnerMetrics:
@@ -1056,13 +1074,13 @@ class Runner:
 
     def _transactional(self, what: str, call: Callable[[float], object], timeout_s: float) -> None:
         """`call(timeout_s)` bounded (`_bounded`), again while it fails with a retriable error
-        (`retry_transactional`), except a timeout after the producer could not reach a broker: that
-        call is hung, and the watchdog restarts the process at once. A transaction in flight when its
-        broker restarted waits behind the retired broker's handle (confluentinc/librdkafka#5511; the
-        replacement in `_producer_for_commit` only helps between transactions): librdkafka returns
-        `_TIMED_OUT` after ~20 s and every retry on this producer times out the same way, each within
-        the watchdog's bound, so the retries ended in the runner's exit (docs/postmortem.md, incident 2).
-        """
+        (`retry_transactional`), except a timeout after a connection of the producer to a broker failed
+        or was closed: that call is hung, and the watchdog restarts the process at once. A transaction
+        in flight when its broker restarted waits behind the retired broker's handle
+        (confluentinc/librdkafka#5511; the replacement in `_producer_for_commit` only helps between
+        transactions): librdkafka returns `_TIMED_OUT` after ~20 s and every retry on this producer
+        times out the same way, each within the watchdog's bound, so the retries ended in the runner's
+        exit (docs/postmortem.md, incident 2)."""
 
         def attempt() -> None:
             try:
@@ -1071,7 +1089,7 @@ class Runner:
                 if exc.args[0].code() == KafkaError._TIMED_OUT and self.commit_watchdog is not None:
                     producer = self.producer
                     assert producer is not None
-                    producer.poll(0)  # serves the error callback
+                    producer.poll(0)  # serves the producer's log
                     if self._producer_lost_broker:
                         self.commit_watchdog.expire(f"{what} timed out after the producer lost a broker")
                 raise

@@ -7,11 +7,11 @@ code, alive, healthy-looking and committing nothing (docs/postmortem.md, inciden
 guards every transactional call with it: init, commit, abort, and the clients' close after a failure
 (the producer's close aborts the open transaction). The commonest case, the first transaction after a
 broker restart waiting for a retired group-coordinator handle (#5511), no longer reaches it: the runner
-replaces a producer that could not reach a broker before its next transaction
+replaces a producer whose connection to a broker failed or was closed before its next transaction
 (`Runner._producer_for_commit`). A transaction in flight during the outage still can. A call with a
 timeout of its own is watched until shortly after it (`Runner._bounded`): past its own timeout it is
 hung, so the restart need not wait for the watchdog's overall bound. A call that returns a timeout
-after its producer could not reach a broker is as hung (its requests wait behind the retired broker's
+after its producer lost a broker connection is as hung (its requests wait behind the retired broker's
 handle, and each retry times out the same way): the runner calls `expire` at once (`Runner._transactional`).
 A Python timeout cannot interrupt that call, so the watchdog restarts the whole process in place
 (`execv`, same pid and command line). That is exactly a crash followed by a restart — which the runner
