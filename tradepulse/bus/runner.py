@@ -438,8 +438,9 @@ class Runner:
         broker failed or was closed since its last transaction. After a broker restart librdkafka can
         keep the broker's retired handle as the group coordinator and wait for it forever in
         `send_offsets_to_transaction` (confluentinc/librdkafka#5511), which only the watchdog ended; a
-        new producer looks the coordinators up afresh. Between transactions nothing is open, so the close has nothing to abort,
-        and the new producer's `init_transactions` fences nothing but the closed one."""
+        new producer looks the coordinators up afresh. Between transactions nothing is open, so the
+        close has nothing to abort, and the new producer's `init_transactions` fences nothing but the
+        closed one."""
         producer = self.producer
         assert producer is not None
         producer.poll(0)  # serves the producer's log
