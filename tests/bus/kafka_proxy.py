@@ -152,7 +152,6 @@ class FaultyKafkaProxy:
         self._server.bind(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
         self.bootstrap = f"127.0.0.1:{self.port}"
-        self._sockets: list[socket.socket] = []
         # (client, upstream, the api keys of the requests the client sent on it) per connection
         self._connections: list[tuple[socket.socket, socket.socket, set[int]]] = []
         self._closed = False
@@ -196,7 +195,6 @@ class FaultyKafkaProxy:
                 continue
             sent: set[int] = set()
             with self._lock:
-                self._sockets += [client, upstream]
                 self._connections.append((client, upstream, sent))
             requests: dict[int, tuple[int, int]] = {}  # correlation id → (api_key, api_version)
             threading.Thread(
@@ -252,7 +250,10 @@ class FaultyKafkaProxy:
     def close(self) -> None:
         self._closed = True
         self._server.close()
-        self._close(*self._sockets)
+        with self._lock:
+            connections = list(self._connections)
+        for client, upstream, _ in connections:
+            self._close(client, upstream)
 
     def __enter__(self) -> FaultyKafkaProxy:
         return self

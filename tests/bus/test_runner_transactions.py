@@ -250,6 +250,11 @@ def stuck() -> Iterator[StuckCall]:
     call.watchdog.close()
 
 
+def replacements(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """The runner's log records of a producer replaced before a transaction."""
+    return [r for r in caplog.records if "replacing it" in r.getMessage()]
+
+
 def test_a_new_producer_is_not_replaced_for_what_it_met_before_its_first_transaction(
     settings: Settings,
     recording: Recording,
@@ -278,7 +283,7 @@ def test_a_new_producer_is_not_replaced_for_what_it_met_before_its_first_transac
         and f"Connect to ipv4#{late.bootstrap} failed" in r.getMessage()
     ]
     assert refused, "the producer never met the bootstrap address down"
-    replaced = [r for r in caplog.records if "replacing it" in r.getMessage()]
+    replaced = replacements(caplog)
     assert not replaced, f"replaced {len(replaced)} times"
     assert_exact(settings, recording)
 
@@ -304,12 +309,12 @@ def test_a_producer_whose_coordinator_connection_was_closed_is_replaced_before_i
             # Idle: no commit for 2 s (the outputs read back are committed too). A transaction open at
             # the close is another case (the watchdog's).
             wait_for(lambda: time.time() - (runner.metrics.last_commit_at or 0) > 2, 60, "an idle runner")
-            assert not [r for r in caplog.records if "replacing it" in r.getMessage()]
+            assert not replacements(caplog)
             assert proxy.disconnect(END_TXN) == 1, "one connection carried the transactions"
             time.sleep(1.0)  # the producer notices the close
             produce(settings, recording.events[half:])
             wait_for(lambda: runner.metrics.events_processed >= len(recording.events), 120, "every event")
-    replaced = [r for r in caplog.records if "replacing it" in r.getMessage()]
+    replaced = replacements(caplog)
     assert len(replaced) == 1, f"replaced {len(replaced)} times"
     assert_exact(settings, recording)
 
