@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -14,6 +15,8 @@ from confluent_kafka import Producer
 
 from tests.bus.test_runner import make_recording, own_group, produce, read_topic, running, wait_for
 from tradepulse.bus.clients import producer_config
+from tradepulse.bus.decode import DecodedBatch
+from tradepulse.bus.outputs import BatchOutputs
 from tradepulse.bus.pipeline import build_runner
 from tradepulse.bus.runner import Runner
 from tradepulse.bus.stages import BATCH_STAGES, RECORD_STAGES
@@ -63,6 +66,32 @@ def test_every_stage_is_recorded_and_the_heartbeat_has_the_last_minutes_e2e(kafk
     # ticker's next (the revision interval; the stop emits those still waiting); the final
     # revisions cover the trades of the seconds closed by the end (the last ~3 s stay open).
     assert stages["fresh_first"]["count"] > stages["fresh_final"]["count"] > 0.8 * trades
+
+
+def test_a_batchs_trades_are_in_the_hot_store_before_its_core_runs(kafka_settings: Settings) -> None:
+    """A trade's e2e ends at its hot-store commit, which does not wait for the features, anomalies and
+    bars of its batch: the runner commits the batch's trades to the hot store before the core runs."""
+    settings = own_group(kafka_settings)
+    events = make_recording(duration_s=10, rate=40, seed=7).events
+    runner = build_runner(settings, instance="trades-first")
+    reader = open_hot_store(settings)
+    missing: list[set[str]] = []  # per core call with trades: the batch's trades not in the hot store yet
+    process = runner.processor.process
+
+    def checked(batch: DecodedBatch, **kwargs: Any) -> BatchOutputs:
+        if batch.trades:
+            missing.append({t["event_id"] for t in batch.trades} - reader.trade_ids())
+        return process(batch, **kwargs)
+
+    runner.processor.process = checked  # type: ignore[method-assign]
+    try:
+        with running(runner):
+            produce(settings, _live(events))
+            wait_for(lambda: runner.metrics.events_processed >= len(events), 60, "the events")
+    finally:
+        reader.close()
+    assert len(missing) >= 1
+    assert [len(m) for m in missing] == [0] * len(missing)
 
 
 def _one_trade_at_a_time(

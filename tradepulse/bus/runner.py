@@ -6,11 +6,15 @@ there is a first message: `_next_batch`), on the runner's thread (`_process`):
 1. `consumer.consume()` from the input topics market.trades / market.quotes / market.news and from the
    runner's own output topics (below), all read_committed; orjson decode, validation; invalid input
    messages become dead letters with their topic/partition/offset.
-2. The core (`Processor`) turns the batch's input into feature snapshots, anomalies, correlations and
+2. The batch's trades go to the hot store (`_write_trades`) before the core, so that a trade is readable
+   (and its end-to-end latency ends) without waiting for its batch's core (measured in
+   docs/benchmarks.md, issue 19, session 36). Two hot-store transactions a batch instead of one.
+3. The core (`Processor`) turns the batch's input into feature snapshots, anomalies, correlations and
    closed one-minute bars.
-3. Sinks, idempotent by deterministic keys: hot store `write_batch` (3 attempts with backoff, then the
-   rows go to the DLQ), DLQ `put` of the dead letters (the store carries the redrive policy).
-4. The batch, with the consumer's positions after it and its group metadata, is handed to the commit
+4. Sinks, idempotent by deterministic keys: the outputs to the hot store (`_write_sinks`; each hot-store
+   write makes 3 attempts with backoff, then its rows go to the DLQ), DLQ `put` of the batch's dead
+   letters (the store carries the redrive policy).
+5. The batch, with the consumer's positions after it and its group metadata, is handed to the commit
    thread (`_commit`), and the runner's thread goes on with the next batch.
 
 On the commit thread: one Kafka transaction for everything handed over since its previous transaction
@@ -854,6 +858,10 @@ class Runner:
         batch = decode_batch(inputs)
         outliers = self.processor.flag_outliers(batch)
         decoded = time.perf_counter()
+        stage_ms = {"batch_wait": wait_ms, "decode": (decoded - started) * 1000}
+        # The trades first: a trade is readable, and its e2e ends, without waiting for its batch's core.
+        dead_letters = self._write_trades(batch, stage_ms) if batch.trades else []
+        written = time.perf_counter()
         # A batch of archived outputs only has nothing for the core and the hot store.
         flush = not messages
         outputs = (
@@ -861,10 +869,9 @@ class Runner:
         )
         if flush and not outputs.features:
             return  # none came due yet
-        processed = time.perf_counter()
-        stage_ms = {"batch_wait": wait_ms, "decode": (decoded - started) * 1000}
-        stage_ms |= {"core": (processed - decoded) * 1000, **outputs.stage_ms}
-        dead_letters = self._write_sinks(batch, outputs, stage_ms) if len(batch) or flush else []
+        stage_ms |= {"core": (time.perf_counter() - written) * 1000, **outputs.stage_ms}
+        if len(batch) or flush:
+            dead_letters = self._write_sinks(batch, outputs, dead_letters, stage_ms)
         job = _Batch(
             inputs=inputs,
             batch=batch,
@@ -885,62 +892,70 @@ class Runner:
         stage_ms["commit_wait"] = self._commits.submit(job, weight=job.records)
         self.metrics.record_stages(**stage_ms, batch=job.batch_ms)
 
-    def _write_sinks(
-        self, batch: DecodedBatch, outputs: BatchOutputs, stage_ms: dict[str, float]
-    ) -> list[Row]:
-        """Write the hot store and the DLQ; returns every dead letter of the batch (input and hot-store
-        failures), which is in the DLQ store now and goes to market.dead-letters with the batch's
-        transaction. Adds the hot_write time (hot store and DLQ) to `stage_ms`."""
-        dead = list(batch.dead_letters)
-        write_started = time.perf_counter()
-        try:
-            self.sink_retry(
-                lambda: self.hot.write_batch(
-                    trades=batch.trades,
-                    features=outputs.features,
-                    anomalies=outputs.anomalies,
-                    correlations=outputs.correlations,
-                    bars=outputs.bars,
-                )
-            )
-        except Exception as exc:
-            log.error("hot store write failed after retries (%s); dead-lettering the batch", exc)
-            dead.extend(self._sink_dead_letters(batch, outputs, exc))
-        else:
-            # The trades are in the hot store now: end-to-end latency from WebSocket receive.
+    def _write_trades(self, batch: DecodedBatch, stage_ms: dict[str, float]) -> list[Row]:
+        """Write the batch's trades to the hot store, before the core: a trade is readable, and its e2e
+        ends, without waiting for its batch's features. Returns the trades' dead letters if the write
+        failed after retries (`_write_sinks` puts them in the DLQ). Sets `trade_write` in `stage_ms`."""
+        started = time.perf_counter()
+        dead = self._write_hot(lambda: self.hot.write_batch(trades=batch.trades), [("trade", batch.trades)])
+        if not dead:
             self.metrics.record_e2e(batch.trades)
-            self.metrics.record_freshness(outputs.fresh_ts_ms)
-        written = time.perf_counter()
-        latency_ms = (written - write_started) * 1000
-        self.metrics.write_ms.append(latency_ms)
-        self.backpressure.record(latency_ms)
-        if dead:
-            self.sink_retry(lambda: self.dlq.put(dead))
-        stage_ms["hot_write"] = (time.perf_counter() - write_started) * 1000
+        stage_ms["trade_write"] = (time.perf_counter() - started) * 1000
         return dead
 
-    @staticmethod
-    def _sink_dead_letters(batch: DecodedBatch, outputs: BatchOutputs, exc: Exception) -> list[Row]:
-        """One dead letter per row the hot store did not take, for redrive as a sink retry."""
-        letters = []
-        kinds = (
-            ("trade", batch.trades),
+    def _write_sinks(
+        self, batch: DecodedBatch, outputs: BatchOutputs, dead_trades: list[Row], stage_ms: dict[str, float]
+    ) -> list[Row]:
+        """Write the core's outputs to the hot store, then every dead letter of the batch (input, and
+        hot-store failures of its trades and outputs) to the DLQ; returns those dead letters, which go to
+        market.dead-letters with the batch's transaction. Sets `hot_write` in `stage_ms`: both hot-store
+        writes of the batch and the DLQ put; the backpressure watches the two writes' sum."""
+        started = time.perf_counter()
+        dead = [*batch.dead_letters, *dead_trades]
+        kinds = [
             ("features", outputs.features),
             ("anomaly", outputs.anomalies),
             ("correlation", outputs.correlations),
             ("bar", outputs.bars),
+        ]
+        failed = self._write_hot(
+            lambda: self.hot.write_batch(
+                features=outputs.features,
+                anomalies=outputs.anomalies,
+                correlations=outputs.correlations,
+                bars=outputs.bars,
+            ),
+            kinds,
         )
-        for kind, rows in kinds:
-            for row in rows:
-                letters.append(
-                    make_dead_letter(
-                        stage="sink:hot",
-                        payload=orjson.dumps({"kind": kind, "row": row}),
-                        error=exc,
-                        ticker=row.get("ticker"),
-                    )
+        if not failed:
+            self.metrics.record_freshness(outputs.fresh_ts_ms)
+        dead += failed
+        write_ms = stage_ms.get("trade_write", 0.0) + (time.perf_counter() - started) * 1000
+        self.metrics.write_ms.append(write_ms)
+        self.backpressure.record(write_ms)
+        if dead:
+            self.sink_retry(lambda: self.dlq.put(dead))
+        stage_ms["hot_write"] = stage_ms.get("trade_write", 0.0) + (time.perf_counter() - started) * 1000
+        return dead
+
+    def _write_hot(self, write: Callable[[], None], kinds: list[tuple[str, list[Row]]]) -> list[Row]:
+        """One hot-store write with the sink's retries; if it still fails, one dead letter per row it did
+        not take (`kinds`: each row's kind and rows), for redrive as a sink retry."""
+        try:
+            self.sink_retry(write)
+        except Exception as exc:
+            log.error("hot store write failed after retries (%s); dead-lettering its rows", exc)
+            return [
+                make_dead_letter(
+                    stage="sink:hot",
+                    payload=orjson.dumps({"kind": kind, "row": row}),
+                    error=exc,
+                    ticker=row.get("ticker"),
                 )
-        return letters
+                for kind, rows in kinds
+                for row in rows
+            ]
+        return []
 
     def _commit(self, jobs: list[_Batch]) -> None:
         """On the commit thread: one transaction with the outputs of every batch handed over since the

@@ -11,17 +11,18 @@ batch's records, each sample weighted by the stride). Stages, in the order a tra
 | `kafka` | `produce()` → the runner's `consume()` returned it: the rest of the ingest's frame being produced, the producer's linger (only while more frames are queued at the ingest), broker append, fetch, and the time it waited (in the consumer's queue or the broker) while the runner was busy with earlier batches | trade |
 | `batch_wait` | time the runner blocked in `consume()` collecting the batch | batch |
 | `decode` | orjson + validation + columns | batch |
+| `trade_write` | the batch's trades to the hot store (`write_batch`, with its retries), before the core: a trade's e2e ends here | batch |
 | `features` | the feature core (`FeatureEngine.process`) | batch |
 | `anomaly` | anomaly scoring (batched Isolation Forest) and its checkpoints | batch |
 | `core` | the whole core: features + anomaly + news join | batch |
-| `hot_write` | hot-store `write_batch` (with its retries), and the DLQ put of the batch's dead letters if any | batch |
+| `hot_write` | both hot-store writes of the batch (`trade_write`, and the core's outputs after the core), and the DLQ put of the batch's dead letters if any | batch |
 | `commit_wait` | the runner's thread waiting to hand the batch to the commit thread (only while the records not yet committed would exceed `COMMIT_BACKLOG_BATCHES` full batches; usually 0) | batch |
 | `produce` | producing the outputs into the transaction (commit thread) | transaction (one or more batches) |
 | `commit` | `send_offsets_to_transaction` + `commit_transaction` (commit thread) | transaction |
 | `cold_append` | cold-store buffering of the committed batches' rows and archived outputs (cold thread) | group of batches |
 | `cold_flush` | the cold store's periodic flush after that (cold thread) | group of batches |
 | `batch` | the runner's thread's own work on the batch: from `consume()` returning it to handing it over, `commit_wait` excluded | batch |
-| `e2e` | WebSocket receive → hot-store commit | trade |
+| `e2e` | WebSocket receive → hot-store commit (of the trade, `trade_write`) | trade |
 | `fresh_first` | feature freshness: a trade's event time (exchange ts) → hot-store commit of the first feature revision that contains it (with provisional revisions: its own batch's, or its ticker's next within `feature_revision_interval_ms`; without: its second's final revision) | trade |
 | `fresh_final` | a trade's event time → hot-store commit of its second's final revision (the second's end + the late grace, at least) | trade |
 
@@ -57,6 +58,7 @@ from tradepulse.topics import TRADES
 BATCH_STAGES = (
     "batch_wait",
     "decode",
+    "trade_write",
     "features",
     "anomaly",
     "core",
@@ -76,9 +78,9 @@ STAGES = (*RECORD_STAGES[:2], *BATCH_STAGES, "e2e", *FRESHNESS_STAGES)
 #: Disjoint parts of one iteration of the runner's loop (gathering a batch, processing it, handing it to
 #: the commit thread): their totals share the wall. The commit and cold-store stages run on other threads.
 BATCH_PARTS = ("batch_wait", "decode", "core", "hot_write", "commit_wait")
-#: The stages a trade's e2e latency is made of, for the stacked chart (the others are parts of `core`
-#: or after the hot-store commit).
-E2E_PARTS = ("ingest", "kafka", "batch_wait", "decode", "core", "hot_write")
+#: The stages a trade's e2e latency is made of, for the stacked chart (the others come after its
+#: hot-store commit, or are parts of these).
+E2E_PARTS = ("ingest", "kafka", "batch_wait", "decode", "trade_write")
 
 _MAX_US = 3_600_000_000  # 1 h
 _GROWTH = 1.001  # bucket width: 0.1 % of the value

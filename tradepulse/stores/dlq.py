@@ -216,7 +216,7 @@ def redrive_headers(letter: Row) -> dict[str, bytes]:
 Redrive = Callable[[Row], None]
 """Hands a letter back to where it failed; raises to signal failure."""
 
-# sink:hot letter payload kinds (`Runner._sink_dead_letters`) → `HotStore.write_batch` argument.
+# sink:hot letter payload kinds (`Runner._write_hot`) → `HotStore.write_batch` argument.
 _HOT_ARGUMENTS = {
     "trade": "trades",
     "features": "features",

@@ -1,7 +1,8 @@
 """SQLite hot store: the embedded default that carries the local pipeline.
 
 One file (`settings.sqlite_path`) in WAL mode, so the API process reads while the runner writes: readers
-never block the writer and see the last committed micro-batch. Each `write_batch` is one transaction
+never block the writer and see the last committed write (the runner writes a micro-batch's trades, then
+its core's outputs: `tradepulse.bus.runner`). Each `write_batch` is one transaction
 with a few multi-row statements per table (`MULTI_ROWS`: never a statement per row, each one hands the
 GIL to the runner's other threads).
 
