@@ -208,6 +208,24 @@ def drained(settings: Settings) -> bool:
     return all(committed[tp] >= high for tp, high in highs.items() if high > 0)
 
 
+def wait_idle(settings: Settings, quiet_s: float, timeout_s: float, every: Callable[[], None]) -> None:
+    """Wait until the runner's group has committed every input record and then nothing more for
+    `quiet_s`. After its last input batch the runner still commits a transaction or two: the read-back
+    of its outputs for the cold archive, and the provisional revisions its interval held back."""
+    tps = [*high_watermarks(settings), *high_watermarks(settings, OUTPUT_TOPICS)]
+    last: dict[tuple[str, int], int] = {}
+    quiet_since = time.monotonic()
+
+    def quiet() -> bool:
+        nonlocal last, quiet_since
+        committed = committed_offsets(settings, tps)
+        if committed != last:
+            last, quiet_since = committed, time.monotonic()
+        return drained(settings) and time.monotonic() - quiet_since >= quiet_s
+
+    wait_until(quiet, timeout_s, f"the runner to commit nothing for {quiet_s:g} s", every)
+
+
 def read_topic(settings: Settings, topic: str) -> list[dict[str, Any]]:
     """Every committed record of a topic, partition by partition in offset order."""
     consumer = Consumer(consumer_config(settings, "reliability-reader", **{"enable.partition.eof": True}))
