@@ -57,9 +57,11 @@ FILL_PROJECTION = 2.0
 SLICE_MOVE_ROWS = 128
 """A re-layout copies each code's rows as slices when codes hold this many rows on average, else with
 one gather (~10 µs of slicing a code against ~0.1 µs a row saved; 200 and 3,000 tickers measured)."""
-RELEASE_DEAD_ROWS = 4096
+RELEASE_DEAD_ROWS = 512
 """A code's rows below the eviction cutoff are given back to the operating system (`_release_dead`) once
-this many more have gathered: a release is a system call per array, and a dead row is 84 bytes."""
+this many more have gathered: a release is a system call per array, and a dead row is 84 bytes. At 15k
+ev/s and 200 tickers, 512 rather than 4,096 held ~20 MiB less on average for the same core time (at most
+~200 codes × 11 calls a second of market time; docs/benchmarks.md)."""
 RELEASE_CHECK_MS = 1000
 """How far the eviction cutoff advances (market time) between two looks for dead rows to give back: a
 look searches every code's cutoff (tens of µs for 200 tickers), which every batch would pay at 15k ev/s."""
