@@ -201,27 +201,32 @@ def committed_total(settings: Settings) -> int:
     return sum(max(0, o) for o in committed_offsets(settings, list(highs)).values())
 
 
+def _covers(committed: dict[tuple[str, int], int], highs: dict[tuple[str, int], int]) -> bool:
+    """Every non-empty partition of `highs` is committed up to its high watermark."""
+    return all(committed[tp] >= high for tp, high in highs.items() if high > 0)
+
+
 def drained(settings: Settings) -> bool:
     """The runner's group has committed every input record."""
     highs = high_watermarks(settings)
-    committed = committed_offsets(settings, list(highs))
-    return all(committed[tp] >= high for tp, high in highs.items() if high > 0)
+    return _covers(committed_offsets(settings, list(highs)), highs)
 
 
 def wait_idle(settings: Settings, quiet_s: float, timeout_s: float, every: Callable[[], None]) -> None:
     """Wait until the runner's group has committed every input record and then nothing more for
     `quiet_s`. After its last input batch the runner still commits a transaction or two: the read-back
     of its outputs for the cold archive, and the provisional revisions its interval held back."""
-    tps = [*high_watermarks(settings), *high_watermarks(settings, OUTPUT_TOPICS)]
+    outputs = list(high_watermarks(settings, OUTPUT_TOPICS))
     last: dict[tuple[str, int], int] = {}
     quiet_since = time.monotonic()
 
     def quiet() -> bool:
         nonlocal last, quiet_since
-        committed = committed_offsets(settings, tps)
+        highs = high_watermarks(settings)
+        committed = committed_offsets(settings, [*highs, *outputs])  # inputs and outputs in one fetch
         if committed != last:
             last, quiet_since = committed, time.monotonic()
-        return drained(settings) and time.monotonic() - quiet_since >= quiet_s
+        return _covers(committed, highs) and time.monotonic() - quiet_since >= quiet_s
 
     wait_until(quiet, timeout_s, f"the runner to commit nothing for {quiet_s:g} s", every)
 
