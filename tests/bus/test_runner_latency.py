@@ -130,6 +130,31 @@ def test_a_caught_up_runner_waits_for_more_only_with_a_linger(
         assert wait["p50"] >= linger_ms * 0.99
 
 
+@pytest.mark.parametrize("fetch_wait_ms", [0, 400])
+def test_a_caught_up_runners_fetch_gathers_what_lands_during_its_wait(
+    kafka_settings: Settings, fetch_wait_ms: int
+) -> None:
+    """Trades sent one at a time, 20 ms apart, to an idle runner. With `batch_fetch_wait_ms` its
+    fetch.min.bytes is above what they carry, so the broker answers a fetch when the wait is over, with
+    every trade that landed meanwhile: with 400 ms the runner takes them a few to a batch. Without (0, the
+    default) the broker answers at the first record: one by one."""
+    runner, trades, producer = _one_trade_at_a_time(kafka_settings, 60, batch_fetch_wait_ms=fetch_wait_ms)
+    settings = runner.settings
+    with running(runner):
+        wait_for(lambda: bool(runner._assignment), 60, "the assignment")
+        batches_before = runner.metrics.stages.summary()["batch"]["count"]
+        for event in trades:
+            produce(settings, _live([event]), producer)
+            time.sleep(0.020)
+        wait_for(lambda: runner.metrics.events_processed >= len(trades), 60, "the trades")
+        batches = runner.metrics.stages.summary()["batch"]["count"] - batches_before
+    if fetch_wait_ms == 0:
+        assert batches >= len(trades) // 2, batches
+    else:
+        # ~1.2 s of trades in 400-ms fetches (and read-backs of the runner's own outputs in them).
+        assert batches <= len(trades) // 4, batches
+
+
 def test_a_runner_behind_by_more_than_a_batch_waits_to_fill_it(tmp_path: Path) -> None:
     """The linger `_next_batch` applies: none when caught up, the backlog linger when behind by more than
     a batch (from the lag of the last status), and `batch_linger_ms` whenever it is the longer."""
