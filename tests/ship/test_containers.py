@@ -198,3 +198,39 @@ def test_the_processor_image_puts_arrows_allocations_in_jemalloc(
     result = run(venvs["processor"], "-c", script, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "jemalloc"
+
+
+def test_the_processor_image_runs_its_core_without_pandas(venvs: dict[str, Path], tmp_path: Path) -> None:
+    """The runner's processing step, in the image's interpreter, with the image's settings: trades with
+    condition codes over two minutes through the outlier flagger, the features, the bars (their NYSE
+    sessions), the anomaly detector's row keys, and the news join. None of it loads pandas or the
+    calendar library into the process (~60 MiB resident for its whole life, docs/benchmarks.md): the
+    session table is computed in a child interpreter that exits."""
+    script = (
+        "import sys\n"
+        "from tradepulse.bus.decode import DecodedBatch\n"
+        "from tradepulse.bus.pipeline import CoreProcessor\n"
+        "from tradepulse.config import Settings\n"
+        "core = CoreProcessor(Settings(data_dir=sys.argv[1]))\n"
+        "t0 = 1_764_772_200_000  # 2025-12-03 09:30 ET: the regular session\n"
+        "rows = [\n"
+        "    {'ticker': ('AAA', 'BBB', 'CCC')[i % 3], 'price': 100.0 + (i % 7) * 0.01, 'size': 100.0,\n"
+        "     'exchange_ts_ms': t0 + i * 150, 'sequence': i, 'event_id': f'{i:016x}',\n"
+        "     'conditions': [[], [12], [37]][i % 3]}\n"
+        "    for i in range(1200)\n"
+        "]\n"
+        "bars, features = [], 0\n"
+        "for start in range(0, len(rows), 100):\n"
+        "    part = rows[start:start + 100]\n"
+        "    batch = DecodedBatch(trades=part, trade_pos=[(0, start + j) for j in range(len(part))])\n"
+        "    core.flag_outliers(batch)\n"
+        "    out = core.process(batch, emit=True)\n"
+        "    bars += out.bars\n"
+        "    features += len(out.features)\n"
+        "core.close()\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('pandas', 'exchange_calendars'))\n"
+        "print(sorted({b['session'] for b in bars}), features > 0, loaded)\n"
+    )
+    result = run(venvs["processor"], "-c", script, str(tmp_path / "data"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "['regular'] True []"

@@ -17,20 +17,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter, methodcaller
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import orjson
 
 from tradepulse.core.columns import QuoteColumns, TradeColumns, object_array
+from tradepulse.core.conditions import EligibilityMasks
 from tradepulse.errors import BusError, InvalidArgument
 from tradepulse.models import INT64_MAX, INT64_MIN, Quote, Trade
 from tradepulse.stores.dlq import make_dead_letter
 from tradepulse.topics import NEWS, QUOTES, TRADES, VENDOR_BARS
 from tradepulse.validation import NOTIONALS, RULES, InvalidField, Rule
-
-if TYPE_CHECKING:
-    from tradepulse.core.conditions import EligibilityMasks  # pandas: not for whoever only decodes
 
 Row = dict[str, Any]
 

@@ -14,12 +14,15 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import subprocess
 import time
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
 from tradepulse.bus.anomaly_checkpoints import CheckpointStore
+from tradepulse.bus.children import python_command
 from tradepulse.bus.decode import DecodedBatch
 from tradepulse.bus.outputs import BatchOutputs
 from tradepulse.bus.refit_pool import RefitPool
@@ -35,11 +38,31 @@ from tradepulse.core.news_join import NewsJoiner, correlation_id
 from tradepulse.core.outliers import OutlierConfig, OutlierFlagger
 from tradepulse.core.reconcile import BarReconciler
 from tradepulse.core.sessions import SessionTable
-from tradepulse.errors import InvalidArgument
+from tradepulse.errors import BusError, InvalidArgument
 from tradepulse.stores.base import HotStore
 from tradepulse.topics import TRADES
 
 log = logging.getLogger(__name__)
+
+SESSIONS_CHILD_TIMEOUT_S = 120.0  # ~1.5 s on an idle 2-core box: pandas and the calendar's rules
+SESSIONS_CHILD = "from tradepulse.core.sessions import SessionTable; sys.stdout.buffer.write(SessionTable.nyse().to_bytes())"
+
+
+@lru_cache(maxsize=1)
+def nyse_sessions() -> SessionTable:
+    """`SessionTable.nyse()`, computed in a child interpreter (`tradepulse.bus.children`) that exits: the
+    calendar library loads pandas, which would stay resident in the runner for its whole life (~60 MiB;
+    nothing else the runner runs needs it). Once per process."""
+    try:
+        child = subprocess.run(
+            python_command(SESSIONS_CHILD), capture_output=True, timeout=SESSIONS_CHILD_TIMEOUT_S, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BusError(f"the NYSE session table was not computed within {exc.timeout:.0f} s") from exc
+    if child.returncode != 0:
+        stderr = child.stderr.decode(errors="replace")[-2000:]
+        raise BusError(f"computing the NYSE session table failed (exit {child.returncode}):\n{stderr}")
+    return SessionTable.from_bytes(child.stdout)
 
 
 class CoreProcessor:
@@ -54,7 +77,7 @@ class CoreProcessor:
         self.detector = AnomalyDetector(self.anomaly_config, self._refit_pool)
         self._refit_totals = {"refits": 0.0, "refit_s": 0.0, "refit_waits": 0.0, "refit_wait_s": 0.0}
         self.engine = FeatureEngine(self.config)
-        self.sessions = SessionTable.nyse()
+        self.sessions = nyse_sessions()
         self.bars = BarEngine(self.config.late_grace_ms, self.sessions)
         self.joiner = NewsJoiner(settle_ms=self.config.zscore_settle_ms)
         # Position (news partition, offset) of every article the joiner still holds: committed with the

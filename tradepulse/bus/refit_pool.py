@@ -25,31 +25,25 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import pickle
 import queue
 import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
 from typing import IO, Any, ParamSpec, TypeVar
 
+from tradepulse.bus.children import python_command
 from tradepulse.bus.refit_worker import read_frame, write_frame
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 NICE = 10  # below the runner: a fit is needed seconds later, a batch now
-# The worker's command: the runner's import path (as a `multiprocessing` spawn passes it), so that the
-# worker runs the same code whatever put `tradepulse` on the runner's path (a venv, a script's folder),
-# then the worker's loop. sys.argv: ["-c", nice, path as JSON]. Run with -P: the working directory is
-# not put on the path (before the runner's path replaces it, nothing there shadows `json`).
-WORKER_BOOTSTRAP = (
-    "import json, sys; sys.path[:] = json.loads(sys.argv[2]); "
-    "from tradepulse.bus.refit_worker import main; main()"
-)
+# The worker's command (`tradepulse.bus.children`: the runner's import path, exec'd at once); its
+# sys.argv: ["-c", nice].
+WORKER_MAIN = "from tradepulse.bus.refit_worker import main; main()"
 
 
 _Task = tuple[int, Callable[..., Any], tuple[Any, ...], dict[str, Any]]  # id, function, args, kwargs
@@ -61,7 +55,7 @@ class _Worker:
 
     def __init__(self, nice: int) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-P", "-c", WORKER_BOOTSTRAP, str(nice), json.dumps(sys.path)],
+            python_command(WORKER_MAIN, str(nice)),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )

@@ -44,9 +44,8 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-import pandas as pd
 
-from tradepulse.core.columns import TradeColumns
+from tradepulse.core.columns import TradeColumns, factorize
 from tradepulse.core.sessions import UNKNOWN, SessionTable
 from tradepulse.errors import InvalidArgument
 from tradepulse.ids import stable_id
@@ -126,7 +125,7 @@ class BarEngine:
 
     # --- steps ----------------------------------------------------------------------------------
     def _codes_for(self, tickers: np.ndarray) -> np.ndarray:
-        local, uniques = pd.factorize(tickers)
+        local, uniques = factorize(tickers)
         mapping = np.empty(len(uniques), dtype=np.int64)
         for j, name in enumerate(uniques):
             code = self._codes.get(name)

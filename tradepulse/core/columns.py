@@ -7,7 +7,7 @@ the validated columns (`from_records` builds them from plain dicts with the fiel
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +18,20 @@ def object_array(values: Sequence[object]) -> np.ndarray:
     out = np.empty(len(values), dtype=object)
     out[:] = values
     return out
+
+
+def factorize(values: Iterable[Hashable]) -> tuple[np.ndarray, np.ndarray]:
+    """(each value's code, the distinct values as a 1-d object array): codes are int64 indices into the
+    distinct values, numbered in order of first appearance. One pass over a dict, no sort; values are
+    told apart by `==` and `hash`, None included (it is a value like any other). pandas' `factorize`
+    gives the same codes on our columns but would load pandas into the runner (~50 MiB resident,
+    docs/benchmarks.md); this costs ~0.03 µs a value more."""
+    if isinstance(values, np.ndarray):
+        values = values.tolist()  # iterating a list is faster, and yields str, not numpy str scalars
+    first_seen: dict[Hashable, int] = {}
+    code_of = first_seen.setdefault
+    codes = np.array([code_of(value, len(first_seen)) for value in values], dtype=np.int64)
+    return codes, np.fromiter(first_seen, dtype=object, count=len(first_seen))
 
 
 @dataclass

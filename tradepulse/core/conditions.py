@@ -31,8 +31,8 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
+from tradepulse.core.columns import factorize
 from tradepulse.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -205,12 +205,11 @@ class _Permissive(ConditionRules):
 
 def _factorize(conditions: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(index of each trade's distinct condition tuple, the distinct tuples). The usual input (lists
-    of ints) takes C-level passes only; None, non-sequences and unhashable codes go row by row."""
-    n = len(conditions)
+    of ints) is taken as it is; None, non-sequences and unhashable codes go through `_key`."""
     try:
-        return pd.factorize(np.fromiter(map(tuple, conditions), dtype=object, count=n))
+        return factorize(map(tuple, conditions))
     except TypeError:
-        return pd.factorize(np.fromiter(map(_key, conditions), dtype=object, count=n))
+        return factorize(map(_key, conditions))
 
 
 def _key(value: Any) -> tuple[Any, ...]:

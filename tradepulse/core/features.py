@@ -108,9 +108,8 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
-from tradepulse.core.columns import QuoteColumns, TradeColumns
+from tradepulse.core.columns import QuoteColumns, TradeColumns, factorize
 from tradepulse.core.conditions import ConditionRules
 from tradepulse.core.feature_config import FeatureConfig
 from tradepulse.core.feature_windows import (
@@ -275,7 +274,7 @@ class FeatureEngine:
         return int(self._wm[code])
 
     def _codes_for(self, tickers: np.ndarray) -> np.ndarray:
-        local, uniques = pd.factorize(tickers)
+        local, uniques = factorize(tickers)
         mapping = np.empty(len(uniques), dtype=np.int64)
         for j, name in enumerate(uniques):
             code = self._codes.get(name)

@@ -35,9 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from tradepulse.core.columns import TradeColumns
+from tradepulse.core.columns import TradeColumns, factorize
 from tradepulse.errors import InvalidArgument
 from tradepulse.models import OUTLIER_REASONS
 
@@ -175,7 +174,7 @@ def flag_outliers(
     keep = config.reference_trades
     # A hash factorisation (first-seen order), not a sort of the strings: each ticker's segment is
     # computed on its own, so the order of the tickers does not matter.
-    local, names = pd.factorize(np.asarray(ticker, dtype=object), use_na_sentinel=False)
+    local, names = factorize(ticker)
     rows = history.rows_of(names.tolist(), keep)
     order = np.argsort(local, kind="stable")  # grouped by ticker, stream order within each
     counts = np.bincount(local, minlength=len(names))

@@ -13,16 +13,18 @@ from hand-written dates):
 
 The lookup is pure numpy over a precomputed `SessionTable` (one row per trading day, Unix ms); only
 `SessionTable.nyse` touches the calendar library, which computes its dates from rules and does no I/O.
+The library loads pandas (~60 MiB resident for the life of a process): the runner computes its table in
+a child interpreter and takes it as bytes (`to_bytes`, `from_bytes`; `tradepulse.bus.pipeline`).
 """
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-import pandas as pd
 
 PRE_MARKET = "pre_market"
 REGULAR = "regular"
@@ -32,8 +34,8 @@ UNKNOWN = "unknown"
 SESSIONS = (PRE_MARKET, REGULAR, AFTER_HOURS, CLOSED, UNKNOWN)
 
 #: Extended hours: pre-market opens at 04:00 ET; after-hours lasts four hours past the close.
-PRE_MARKET_OPEN = pd.Timedelta(hours=4)
-AFTER_HOURS_LENGTH = pd.Timedelta(hours=4)
+PRE_MARKET_OPEN_H = 4
+AFTER_HOURS_LENGTH_H = 4
 EXCHANGE_TZ = "America/New_York"
 
 
@@ -63,6 +65,19 @@ class SessionTable:
         out[(ts < self.start_ms) | (ts >= self.end_ms)] = UNKNOWN
         return out
 
+    def to_bytes(self) -> bytes:
+        """The table as an `.npz` archive (no pickles): `from_bytes` reads it back, equal array for array."""
+        out = io.BytesIO()
+        span = np.array([self.start_ms, self.end_ms], dtype=np.int64)
+        np.savez(out, pre=self.pre_ms, open=self.open_ms, close=self.close_ms, post=self.post_ms, span=span)
+        return out.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SessionTable:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            start_ms, end_ms = (int(v) for v in npz["span"])
+            return cls(npz["pre"], npz["open"], npz["close"], npz["post"], start_ms, end_ms)
+
     @classmethod
     def nyse(cls) -> SessionTable:
         """The table of the NYSE calendar over the library's default span (built once per process)."""
@@ -72,6 +87,7 @@ class SessionTable:
 @lru_cache(maxsize=1)
 def _nyse_table() -> SessionTable:
     import exchange_calendars
+    import pandas as pd
 
     with warnings.catch_warnings():
         # exchange_calendars 4.13 reads a tz-aware Series' `.values`, which pandas 3.1 deprecates; the
@@ -83,7 +99,7 @@ def _nyse_table() -> SessionTable:
     local_midnight = days.tz_localize(EXCHANGE_TZ)
     opens = pd.DatetimeIndex(schedule["open"])
     closes = pd.DatetimeIndex(schedule["close"])
-    pre = local_midnight + PRE_MARKET_OPEN
+    pre = local_midnight + pd.Timedelta(hours=PRE_MARKET_OPEN_H)
 
     def ms(index: pd.DatetimeIndex) -> np.ndarray:
         return index.tz_convert("UTC").as_unit("ms").asi8.astype(np.int64)
@@ -94,7 +110,7 @@ def _nyse_table() -> SessionTable:
         pre_ms=ms(pre),
         open_ms=ms(opens),
         close_ms=ms(closes),
-        post_ms=ms(closes + AFTER_HOURS_LENGTH),
+        post_ms=ms(closes + pd.Timedelta(hours=AFTER_HOURS_LENGTH_H)),
         start_ms=int(first.tz_convert("UTC").value // 1_000_000),
         end_ms=int(last.tz_convert("UTC").value // 1_000_000),
     )
