@@ -222,6 +222,10 @@ def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(
         "progress through the paced rest",
         first,
     )
+    # The cold store has archived by now, through pyarrow, which imports pandas (if it can) the first
+    # time it builds an array: the runner's process keeps it out (`tradepulse.bus.runner.keep_pandas_out`).
+    libraries = Path(f"/proc/{first.pid}/maps").read_text()
+    assert "/pyarrow/" in libraries and "/pandas/" not in libraries
     first.send_signal(signal.SIGKILL)
     first.wait(10)
     killed_at = status(kafka_settings, "k")["events_processed"]

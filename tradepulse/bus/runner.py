@@ -95,9 +95,11 @@ together.
 from __future__ import annotations
 
 import importlib
+import importlib.abc
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -179,6 +181,27 @@ def numpy_hugepages() -> bool:
 def set_numpy_hugepages(enabled: bool) -> None:
     """Turn numpy's huge-page advice on or off, for the arrays allocated from now on."""
     _NUMPY_MULTIARRAY._set_madvise_hugepage(enabled)
+
+
+def keep_pandas_out() -> None:
+    """Make pandas unimportable in this process (a runner's; call it before anything builds an Arrow
+    array). pyarrow imports pandas, when it is installed, the first time it builds an array (to
+    recognise pandas inputs, which the runner never hands it), and pandas then stays resident for the
+    life of the process: ~50 MiB (docs/benchmarks.md). Nothing the runner runs needs it: the session
+    table's calendar runs in a child (`tradepulse.bus.pipeline.nyse_sessions`). An import of pandas
+    then raises ModuleNotFoundError, which pyarrow takes as "not installed". A no-op if pandas is loaded."""
+    if "pandas" not in sys.modules and not any(isinstance(f, _NoPandas) for f in sys.meta_path):
+        sys.meta_path.insert(0, _NoPandas())
+
+
+class _NoPandas(importlib.abc.MetaPathFinder):
+    """The import system's first finder in a runner's process: refuses pandas (`keep_pandas_out`). A
+    finder, not a None in `sys.modules`: Cython's imports (pyarrow's) take that None for the module."""
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
+        if fullname == "pandas" or fullname.startswith("pandas."):
+            raise ModuleNotFoundError(f"{fullname} is kept out of the runner's process", name=fullname)
+        return None
 
 
 def tune_process() -> None:

@@ -38,11 +38,12 @@ def process(instance: str, progress_s: float, exit_when_idle: float | None) -> N
     and produce the outputs, exactly once. SIGTERM/SIGINT finish the batch, commit and exit."""
     from tradepulse.bus.admin import MissingTopicsError, require_topics
     from tradepulse.bus.pipeline import build_runner
-    from tradepulse.bus.runner import tune_process
+    from tradepulse.bus.runner import keep_pandas_out, tune_process
     from tradepulse.bus.watchdog import Watchdog
     from tradepulse.stores.retention import RetentionPurger
     from tradepulse.topics import PROCESSOR_TOPICS
 
+    keep_pandas_out()
     settings = get_settings()
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
