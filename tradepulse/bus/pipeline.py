@@ -44,7 +44,7 @@ from tradepulse.topics import TRADES
 
 log = logging.getLogger(__name__)
 
-SESSIONS_CHILD_TIMEOUT_S = 120.0  # ~1.5 s on an idle 2-core box: pandas and the calendar's rules
+SESSIONS_CHILD_TIMEOUT_S = 120.0  # 0.8 s on an idle 2-core box: pandas and the calendar's rules
 SESSIONS_CHILD = "from tradepulse.core.sessions import SessionTable; sys.stdout.buffer.write(SessionTable.nyse().to_bytes())"
 
 

@@ -205,7 +205,7 @@ class _Permissive(ConditionRules):
 
 def _factorize(conditions: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(index of each trade's distinct condition tuple, the distinct tuples). The usual input (lists
-    of ints) is taken as it is; None, non-sequences and unhashable codes go through `_key`."""
+    of ints) is hashed as tuples; None, non-sequences and unhashable codes go through `_key`."""
     try:
         return factorize(map(tuple, conditions))
     except TypeError:
