@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tradepulse.core.news_join import NewsJoiner, correlation_id, correlation_strength
+from tradepulse.errors import InvalidArgument
 from tradepulse.ids import news_event_id
 from tradepulse.models import Correlation
 
@@ -288,6 +289,33 @@ def test_history_memory_is_a_fixed_ring_per_ticker() -> None:
     per_ticker = sizes[0] // tickers.size
     assert sizes == [sizes[0]] * len(sizes) and 0 < per_ticker < 300_000
     assert j.history_size() <= tickers.size * (j.history_ms + 10_000) // 100
+
+
+def test_a_ring_slot_takes_24_bytes_and_a_free_one_is_zeros() -> None:
+    """A slot is its lap (int32), two z (float64) and two offsets (int16): 24 bytes, and a free slot is
+    all zeros, so the rings' pages take memory only once written (issue 19: the slot's int64 bucket
+    number, filled with a sentinel at allocation, made 13.5 MiB resident for 232 tickers at once)."""
+    j = NewsJoiner()
+    tickers = np.array([f"T{i:03d}" for i in range(200)], dtype=object)
+    j.add_zscores(tickers, np.full(tickers.size, T0, dtype=np.int64), np.full(tickers.size, 0.5))
+    rings = j._rings
+    rows = rings.lap.shape[0]
+    assert j.history_nbytes() == rows * rings.size * 24 + rows * 8  # + each ticker's min_bucket
+    arrays = (rings.lap, rings.peak_z, rings.peak_off, rings.last_off, rings.last_z)
+    written = sum(int(np.count_nonzero(a)) for a in arrays)
+    assert written <= 200 * 5  # one slot a ticker: its lap, z twice and the offsets (0 when at the start)
+
+
+def test_rings_remember_buckets_before_1970_and_refuse_times_beyond_their_laps() -> None:
+    j = NewsJoiner()
+    t = -86_400_000  # 1969-12-31
+    j.add_zscores(np.array(["AAPL"], dtype=object), np.array([t + 5], dtype=np.int64), np.array([2.5]))
+    j.add_articles([article(1, "AAPL", t)])
+    (out,) = j.advance({"AAPL": t + 120_000})
+    assert out["matched_zscore"] == 2.5 and out["lag_seconds"] == 0.005
+    far = np.array([2**62], dtype=np.int64)
+    with pytest.raises(InvalidArgument, match="too far from 1970"):
+        j.add_zscores(np.array(["AAPL"], dtype=object), far, np.array([1.0]))
 
 
 def test_a_batch_of_new_tickers_allocates_the_rings_once(monkeypatch: pytest.MonkeyPatch) -> None:
