@@ -708,10 +708,11 @@ def test_row_codes_are_read_from_their_keys(stream: list[Event], monkeypatch: py
 @pytest.mark.skipif(
     np.finfo(np.longdouble).nmant != 63, reason="the byte count is x86-64's (80-bit extended)"
 )
-def test_a_row_slot_takes_96_bytes(stream: list[Event]) -> None:
+def test_a_row_slot_takes_88_bytes(stream: list[Event]) -> None:
     # The row arrays' bytes per slot, what the 5-minute windows' memory is made of (docs/benchmarks.md:
     # 114 while each of the three float prefix sums took a whole 16-byte long double, 6 bytes of it
-    # padding; now they are packed into 30 bytes).
+    # padding, now packed into 30 bytes; 96 while the capped size was stored beside its prefix sums, of
+    # which it is now the difference).
     engine = FeatureEngine()
     for trades, quotes in split(stream, [500] * 10):
         engine.process(TradeColumns.from_records(trades), QuoteColumns.from_records(quotes))
@@ -721,12 +722,12 @@ def test_a_row_slot_takes_96_bytes(stream: list[Event]) -> None:
         name: value for name, value in vars(state).items()
         if isinstance(value, np.ndarray) and value.ndim == 1 and len(value) == slots
     }  # fmt: skip
-    assert "key" in row_arrays and "last_ok" in row_arrays and slots > len(state.tail)
-    assert sum(array.itemsize for array in row_arrays.values()) == 96
+    assert "key" in row_arrays and "ok_row" in row_arrays and slots > len(state.tail)
+    assert sum(array.itemsize for array in row_arrays.values()) == 88
 
 
 def test_more_row_slots_than_int32_row_indices_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    # `last_ok` holds row indices as int32: a layout with more slots would wrap them silently.
+    # `ok_row` holds row indices (plus one) as int32: a layout with more slots would wrap them silently.
     monkeypatch.setattr(trade_state, "ROW_INDEX_LIMIT", 500)
     n = 400
     ts = 1_700_000_000_000 + np.arange(n, dtype=np.int64)
@@ -836,7 +837,7 @@ def test_a_compaction_gives_the_freed_slots_pages_back(monkeypatch: pytest.Monke
         if done:
             for code in range(len(self.tail)):
                 tail, end = int(self.tail[code]), int(self.reg0[code] + self.cap[code])
-                for array in self._zeroed():
+                for array in (*self._zeroed(), self.ok_row):
                     assert not _resident_pages(array, tail, end).any(), "a freed page is resident"
                 assert _resident_pages(self.t_sums, int(self.reg0[code]), tail).all()  # the live rows'
                 checked.append(end - tail)
@@ -852,11 +853,34 @@ def test_a_compaction_gives_the_freed_slots_pages_back(monkeypatch: pytest.Monke
 
 
 @needs_pagemap
+def test_a_regions_slots_past_its_rows_take_no_memory_but_their_keys() -> None:
+    # A re-layout sizes each region at twice its rows (the slack that keeps compactions rare): the slack
+    # takes pages only in `key` (its gap sentinel, which the searches read). `ok_row` filled its slack
+    # with -1 (a row index of none) before issue 19's session 40: ~5.5 MiB at 15k ev/s.
+    n = 20_000  # one ticker, 50 trades a second
+    trades = one_ticker(1_700_000_000_000 + np.arange(n, dtype=np.int64) * 20)
+    engine = FeatureEngine()
+    checked = 0
+    for start in range(0, n, 500):
+        key = engine._trades.key
+        engine.process(trades.take(slice(start, start + 500)), QuoteColumns.empty())
+        state = engine._trades
+        tail, end = int(state.tail[0]), int(state.reg0[0] + state.cap[0])
+        if state.key is key or end - tail < 2 * 4096:  # no re-layout, or a slack of a page or two
+            continue
+        checked += 1
+        for name, array in vars(state).items():
+            if isinstance(array, np.ndarray) and len(array) == len(state.key) and name != "key":
+                assert not _resident_pages(array, tail, end).any(), f"{name}: the slack's pages are resident"
+    assert checked >= 1
+
+
+@needs_pagemap
 def test_dead_rows_give_their_pages_back_before_the_region_fills(monkeypatch: pytest.MonkeyPatch) -> None:
     # Rows that fell out of every window stay in their region until it fills (then a compaction drops
     # them): up to the region's slack, which for a ticker that slowed down is many windows' worth.
     # Their pages go back to the operating system as they gather, all but the keys' (searched) and
-    # `last_ok`'s.
+    # `ok_row`'s.
     monkeypatch.setattr(trade_state, "RELEASE_DEAD_ROWS", 512)
     # One ticker: 100 trades a second for 400 s (its region is sized for that), then 25 a second for
     # 800 s; 500 trades a batch.

@@ -92,7 +92,7 @@ def window_features(
 ) -> dict[str, np.ndarray]:
     """Feature columns of the vectors ending at state `rows` (minus the corrections, if any), and
     `price`: the last price (the trade's own `price` when no price-eligible trade is in reach)."""
-    c = corr or Corrections.zeros(st.last_ok[rows])
+    c = corr or Corrections.zeros(st.last_ok(rows))
     starts: dict[int, np.ndarray] = {}
 
     def first_after(ms: int) -> np.ndarray:
@@ -153,7 +153,7 @@ def window_features(
     ref_ok = ref >= 0
     ref_c = np.where(ref_ok, ref, 0)
     ref_ok &= st.code_of(ref_c) == code
-    ref_c = np.where(ref_ok, st.last_ok[ref_c], 0)
+    ref_c = np.where(ref_ok, st.last_ok(ref_c), 0)
     ref_ok &= ref_c >= 0
     ref_c = np.maximum(ref_c, 0)
     ref_ok &= st.ts_of(ref_c) > ts - cfg.momentum_lookback_ms
@@ -164,7 +164,7 @@ def window_features(
     # the result does not depend on the batch split or the state's layout. z is scale-free, so it is
     # computed in the fixed-point units.
     volume = (through[1] - (at_bucket[1] - st.size[b_row])).astype(np.float64) - c.bucket_volume
-    capped = (st.t_csize[rows] - (st.t_csize[b_row] - st.csize[b_row])) - c.bucket_capped
+    capped = (st.t_csize[rows] - st.t_csize_before(b_row)) - c.bucket_capped
     x_now = st.bucket_value(capped)
     bidx = st.bucket_slot(code, b_now)
     h_lo = st.bucket_slot(code, b_now - cfg.zscore_window_buckets)
@@ -219,7 +219,7 @@ def disorder_corrections(pos: np.ndarray, group: np.ndarray, st: TradeState) -> 
     `pos` is the state row of each accepted trade in code-grouped arrival order, `group` its code
     group. Prefix sums up to `pos` include such later arrivals; the arrival view must not.
     """
-    price, size, csize = st.price, st.size, st.csize
+    price, size = st.price, st.size
     n = len(pos)
     if n < 2:
         return None
@@ -238,7 +238,7 @@ def disorder_corrections(pos: np.ndarray, group: np.ndarray, st: TradeState) -> 
     hi = np.searchsorted(overtaken, group_end, side="left")
     counts = hi - lo
 
-    c = Corrections.zeros(st.last_ok[pos])
+    c = Corrections.zeros(st.last_ok(pos))
     for chunk in pair_chunks(counts):
         d = np.repeat(disordered[chunk], counts[chunk])
         starts = np.repeat(lo[chunk] - np.concatenate(([0], np.cumsum(counts[chunk])[:-1])), counts[chunk])
@@ -258,7 +258,7 @@ def disorder_corrections(pos: np.ndarray, group: np.ndarray, st: TradeState) -> 
         bd, bj = st.ts_of(pos[d]) // st.bucket_ms, st.ts_of(pj) // st.bucket_ms
         same = bd == bj
         np.add.at(c.bucket_volume, d[same], size[pj[same]])
-        np.add.at(c.bucket_capped, d[same], csize[pj[same]])
+        np.add.at(c.bucket_capped, d[same], st.csize(pj[same]))
         # History buckets: aggregate the missing capped volume per (trade, bucket), then fix Σx, Σx²
         # (integers: exact).
         prev = ~same
@@ -266,7 +266,7 @@ def disorder_corrections(pos: np.ndarray, group: np.ndarray, st: TradeState) -> 
             pair_key = np.stack([d[prev], st.bucket_of(pj[prev])], axis=1)
             keys, inv = np.unique(pair_key, axis=0, return_inverse=True)
             missing = np.zeros(len(keys), dtype=np.int64)
-            np.add.at(missing, inv.ravel(), csize[pj[prev]])
+            np.add.at(missing, inv.ravel(), st.csize(pj[prev]))
             slots = keys[:, 1]
             full, seen = st.b_val[slots], st.bucket_value(st.b_cap[slots] - missing)
             np.add.at(c.hist_s1, keys[:, 0], full - seen)
@@ -291,7 +291,7 @@ def _skip_later_arrivals(
             break
         back = cand - 1
         same_region = back >= st.reg0[st.code_of(pos[todo])]
-        last_row[todo] = np.where(same_region, st.last_ok[np.maximum(back, 0)], -1)
+        last_row[todo] = np.where(same_region, st.last_ok(np.maximum(back, 0)), -1)
 
 
 def closing_snapshots(

@@ -543,7 +543,7 @@ class FeatureEngine:
             ts = np.concatenate((b.ts, ts))
             price = np.concatenate((b.price, price))
         if corr is not None:
-            corr = corr.extended(state.last_ok[extra])
+            corr = corr.extended(state.last_ok(extra))
         cols = window_features(self.config, state, rows, code, ts, price, corr)
         cols["bid_ask_spread"] = self._spread_at(code, ts)
         bounds = np.cumsum([0 if b is None else len(b.pos), *map(len, row_sets)]).tolist()

@@ -67,7 +67,7 @@ RELEASE_CHECK_MS = 1000
 look searches every code's cutoff (tens of µs for 200 tickers), which every batch would pay at 15k ev/s."""
 Runs = tuple[np.ndarray, np.ndarray, np.ndarray]
 """`TradeState._runs`: (start of each run, the row before it, whether the run continues that row)."""
-ROW_INDEX_LIMIT = 2**31  # row indices (`last_ok`) and a region's prefix counts are int32
+ROW_INDEX_LIMIT = 2**31  # slots at most: `ok_row` (1 + a row) and a region's prefix counts are int32
 ACC = np.longdouble  # prefix-sum accumulator (80-bit extended on x86-64)
 # The bytes of an ACC that hold its value: x86's 80-bit extended format sits in the low 10 of its 12 or
 # 16 bytes (the rest is padding the FPU never reads); other formats (IEEE quad, or double) use them all.
@@ -217,7 +217,7 @@ class TradeState:
     composite key code·K + ts is sorted globally); its rows occupy [.., tail[c]), sorted by (ts,
     arrival), and the rest of the region holds the gap sentinel key. Rows below the eviction cutoff
     stay until the region fills (they can never fall inside a future window), but as they gather their
-    pages are given back to the operating system, all but their keys' and `last_ok`'s (`_release_dead`:
+    pages are given back to the operating system, all but their keys' and `ok_row`'s (`_release_dead`:
     else a region's slack fills with resident dead rows before each compaction); then, if the live rows
     fit in three quarters of the region, that code alone is compacted in place (`_compact`: its dead
     rows dropped, its prefix sums re-based at zero and its prices re-centred, and the pages of its
@@ -260,9 +260,9 @@ class TradeState:
         """Fresh row arrays with `caps[i]` slots for `codes[i]`."""
         n = int(caps.sum())
         if n >= ROW_INDEX_LIMIT:
-            raise InvalidArgument(f"{n:,} row slots: more than the int32 row indices of `last_ok` hold")
-        # The arrays a compaction zeroes (`_zeroed`) take their pages only once written, and give back
-        # those of a compacted region's freed slots (`release_zeroed`).
+            raise InvalidArgument(f"{n:,} row slots: more than the int32 row indices of `ok_row` hold")
+        # Every array but `key` takes its pages only once written (a region's slack: none), and gives
+        # back those of a compacted region's freed slots (`release_zeroed`).
         zeros = zeros_releasable
         # Each slot's code is its key's high bits (`code_of`) and its ts the low bits (`ts_of`): neither
         # is stored (16 bytes a slot).
@@ -274,10 +274,10 @@ class TradeState:
         # (`SUMS_DTYPE`; read and written through `sums_at` and `_prefix_sums`).
         self.t_sums = zeros(n, SUMS_DTYPE)
         # The z-score path, in fixed point (exact): the sizes' sums (each size is `quantise_size(size)`,
-        # computed where needed, not stored), capped sizes (see the volume_zscore definition; fixed at
-        # acceptance) and their prefix sums, per code (wrapping int64).
+        # computed where needed, not stored) and the capped sizes' (see the volume_zscore definition;
+        # fixed at acceptance), per code (wrapping int64). A capped size is not stored either: it is
+        # the difference of two of its sums (`csize`), whose region starts at zero.
         self.t_qsize = zeros(n, np.int64)
-        self.csize = zeros(n, np.int64)
         self.t_csize = zeros(n, np.int64)
         # Trade-condition eligibility (`tradepulse.core.conditions`). `size` above is the effective
         # size: 0 for a trade that does not count toward volume.
@@ -286,7 +286,8 @@ class TradeState:
         # Inclusive prefix counts of the two, per code (a region's count fits int32: its slots do).
         self.t_vol_ok = zeros(n, np.int32)
         self.t_price_ok = zeros(n, np.int32)
-        self.last_ok = np.full(n, -1, dtype=np.int32)  # latest price-eligible row <= this one (-1: none)
+        # 1 + the latest price-eligible row <= this one (0: none; `last_ok`): zeros where nothing is.
+        self.ok_row = zeros(n, np.int32)
 
     def _alloc_buckets(self, codes: np.ndarray, bcaps: np.ndarray) -> None:
         """Fresh z-score bucket arrays with `bcaps[i]` slots for `codes[i]`."""
@@ -370,11 +371,13 @@ class TradeState:
         self.centre = np.r_[self.centre, np.zeros(grow)]
         cap = np.maximum(MIN_CAP, 2 * (self._projected(first, tail, live, cutoff) + want))
         new0 = np.r_[0, np.cumsum(cap)[:-1]].astype(np.int64)
-        # The rows move with their prefix sums, `last_ok` and their code's price centre as they are,
+        # The rows move with their prefix sums, `ok_row` and their code's price centre as they are,
         # not recomputed: a row's float sums are then the same bits, so no vector depends on when a
         # re-layout happened (only a compaction re-bases a code's sums), and the stall is the copy.
         # Recomputing them was most of it: 178 of 273 ms for 1.1 M rows (docs/benchmarks.md).
-        previous = self._moved_as_they_are(), self._prefix_counts(), self.last_ok
+        csize_base = np.zeros(ncodes, dtype=np.int64)
+        csize_base[has] = self.t_csize_before(first[has])
+        previous = self._moved_as_they_are(), self._prefix_counts(), self.ok_row, csize_base
         self._alloc_rows(all_codes, cap)
         self._move_rows(previous, first, tail, new0)
         self.reg0, self.cap = new0, cap
@@ -383,16 +386,20 @@ class TradeState:
 
     def _move_rows(
         self,
-        previous: tuple[tuple[np.ndarray, ...], tuple[tuple[np.ndarray, np.ndarray], ...], np.ndarray],
+        previous: tuple[
+            tuple[np.ndarray, ...], tuple[tuple[np.ndarray, np.ndarray], ...], np.ndarray, np.ndarray
+        ],
         first: np.ndarray,
         tail: np.ndarray,
         new0: np.ndarray,
     ) -> None:
         """Copy rows [first[c], tail[c]) of the `previous` arrays (`_moved_as_they_are`, `_prefix_counts`,
-        `last_ok` of the previous layout) to new0[c] on: the values and sums as they are, the prefix
-        counts re-based at the first row kept (exact integers: the same window counts, and never more
-        than their int32 region holds), and `last_ok` shifted with its row (a row dropped: -1)."""
-        old_arrays, old_counts, old_last_ok = previous
+        `ok_row` of the previous layout, and each code's capped-size sum before its first row kept) to
+        new0[c] on: the values and sums as they are, but the integer sums re-based at the first row kept
+        (exact: the same window sums; a prefix count then never exceeds its int32 region, and a region's
+        capped-size sums start at zero, as `csize` reads them), and `ok_row` shifted with its row (a row
+        dropped: none)."""
+        old_arrays, old_counts, old_ok_row, csize_base = previous
         arrays, counts = self._moved_as_they_are(), self._prefix_counts()
         live = tail - first
         moving = np.flatnonzero(live > 0)
@@ -405,8 +412,9 @@ class TradeState:
                     array[to] = old_array[lo:hi]
                 for (old_values, old_through), (_, through) in zip(old_counts, counts, strict=True):
                     through[to] = old_through[lo:hi] - (old_through[lo] - old_values[lo])
-                moved_ok = old_last_ok[lo:hi]
-                self.last_ok[to] = np.where(moved_ok >= lo, moved_ok + (at - lo), -1)
+                moved_ok = old_ok_row[lo:hi]
+                self.ok_row[to] = np.where(moved_ok > lo, moved_ok + (at - lo), 0)
+                self.t_csize[to] -= csize_base[c]
             return
         # Few rows a code: one gather and scatter of every row beats a slice per code.
         src, grp = ranges(first, tail)
@@ -417,8 +425,9 @@ class TradeState:
             base = np.zeros(len(first), dtype=np.int64)
             base[moving] = old_through[first[moving]] - old_values[first[moving]]
             through[dst] = old_through[src] - base[grp]
-        moved_ok = old_last_ok[src]
-        self.last_ok[dst] = np.where(moved_ok >= first[grp], moved_ok + (new0 - first)[grp], -1)
+        moved_ok = old_ok_row[src]
+        self.ok_row[dst] = np.where(moved_ok > first[grp], moved_ok + (new0 - first)[grp], 0)
+        self.t_csize[dst] -= csize_base[grp]
 
     def _projected(
         self, first: np.ndarray, tail: np.ndarray, live: np.ndarray, cutoff: np.ndarray
@@ -440,15 +449,16 @@ class TradeState:
         return np.ceil(projected).astype(np.int64)
 
     def _row_values(self) -> tuple[np.ndarray, ...]:
-        """The row arrays a re-layout or a compaction moves; the prefix sums and `last_ok` are
+        """The row arrays a re-layout or a compaction moves; the prefix sums and `ok_row` are
         recomputed from them (`_resum`)."""
         return (
-            self.key, self.price, self.size, self.late, self.csize, self.vol_ok, self.price_ok,
+            self.key, self.price, self.size, self.late, self.vol_ok, self.price_ok,
         )  # fmt: skip
 
     def _moved_as_they_are(self) -> tuple[np.ndarray, ...]:
-        """The row arrays a re-layout copies unchanged: the values and the prefix sums (the float sums
-        keep their bits; the int64 ones wrap, so their base does not matter)."""
+        """The row arrays a re-layout copies: the values and the prefix sums (the float sums keep their
+        bits; the int64 ones wrap, so their base does not matter: `_move_rows` re-bases the capped
+        sizes')."""
         return (*self._row_values(), self.t_sums, self.t_qsize, self.t_csize)
 
     def _prefix_counts(self) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
@@ -476,28 +486,28 @@ class TradeState:
         dst = reg0[grp] + (src - first[grp])
         moved = self._row_values()
         values = [array[src] for array in moved]
+        csize = self.csize(src)
         # The slots left behind get what a fresh region has (`_alloc_rows`): the gap sentinel key first,
         # and zeros. Then every whole page of the region past its live rows (zeros, like the slots
         # never written) goes back to the operating system: a steady ticker's region is half dead rows
         # when it is compacted, so this is ~a quarter of the state's memory over a run.
         freed, fgrp = ranges(reg0 + live, tail)
         self.key[freed] = fcodes[fgrp] * K + (K - 1)
-        self.last_ok[freed] = -1
-        for array in self._zeroed():
+        for array in (*self._zeroed(), self.ok_row):
             array[freed] = np.zeros(1, array.dtype)[0]  # a zero of the array's type (`t_sums` is records)
             release_zeroed(array, reg0 + live, reg0 + self.cap[fcodes])
         for array, kept in zip(moved, values, strict=True):
             array[dst] = kept
         self.tail[fcodes] = reg0 + live
         self.released[fcodes] = reg0
-        self._resum(dst, self._runs(dst, grp))
+        self._resum(dst, self._runs(dst, grp), csize)
         return True
 
     def _release_dead(self, cutoff: np.ndarray) -> None:
         """Give the operating system back the pages of each code's rows with ts <= cutoff[code] (out of
         reach of every future window) once `RELEASE_DEAD_ROWS` more have gathered since the last time,
         looked for when the latest cutoff has advanced `RELEASE_CHECK_MS` since the last look. In every
-        row array but `key` (the searches read it) and `last_ok` (a live row may point at a dead one;
+        row array but `key` (the searches read it) and `ok_row` (a live row may point at a dead one;
         its ts is read, from the key, to tell it is out of reach). The row just before the first live
         one stays: a batch's prefix sums continue from it. The slots then read as zeros: a dead row's
         values are never read again, and a compaction or re-layout writes its slots anew."""
@@ -519,10 +529,10 @@ class TradeState:
         self.released[codes] = keep
 
     def _zeroed(self) -> tuple[np.ndarray, ...]:
-        """The row arrays whose free slots hold zeros, and whose dead rows are given back (all but `key`
-        and `last_ok`)."""
+        """The row arrays whose free slots hold zeros, and whose dead rows are given back (all but `key`,
+        and `ok_row`, whose free slots hold zeros too)."""
         return (
-            self.price, self.size, self.late, self.csize, self.vol_ok, self.price_ok,
+            self.price, self.size, self.late, self.vol_ok, self.price_ok,
             self.t_sums, self.t_qsize, self.t_csize, self.t_vol_ok, self.t_price_ok,
         )  # fmt: skip
 
@@ -550,16 +560,17 @@ class TradeState:
         self.btail = bnew0 + blive
         self._resum_buckets(bdst, codes[bgrp])
 
-    def _resum(self, rows: np.ndarray, runs: Runs, capped: bool = True) -> None:
+    def _resum(self, rows: np.ndarray, runs: Runs, csize: np.ndarray | None) -> None:
         """Recompute the prefix sums at `rows` (ascending runs, `runs = _runs(rows, grp)`, each continuing
-        from the row just before it when that row is in the same region)."""
+        from the row just before it when that row is in the same region); the capped sizes' from their
+        `csize` (None: not now)."""
         if len(rows) == 0:
             return
         ps, p = self.price_terms(rows)
         self._prefix_sums(rows, runs, (ps, self.size[rows], p))
         pairs: list[tuple[np.ndarray, np.ndarray]] = [(quantise_size(self.size[rows]), self.t_qsize)]
-        if capped:
-            pairs.append((self.csize[rows], self.t_csize))
+        if csize is not None:
+            pairs.append((csize, self.t_csize))
         self._prefix(rows, runs, tuple(pairs))
         self._eligibility_sums(rows, runs)
 
@@ -573,7 +584,7 @@ class TradeState:
         return starts, np.maximum(prev, 0), cont
 
     def _eligibility_sums(self, rows: np.ndarray, runs: Runs) -> None:
-        """The prefix counts of the two eligibility flags (integers: exact and cheap) and `last_ok` at
+        """The prefix counts of the two eligibility flags (integers: exact and cheap) and `ok_row` at
         `rows` (ascending `runs`), each run continuing from the row just before it when that row is in
         the same region."""
         starts, prev, cont = runs
@@ -583,13 +594,27 @@ class TradeState:
             before = np.concatenate(([0], counts))[starts]  # the batch's count before each run
             base = np.where(cont, through[prev], 0)
             through[rows] = counts + np.repeat(base - before, sizes)
-        self._fill_last_ok(rows, runs)
+        self._fill_ok_row(rows, runs)
 
-    def _fill_last_ok(self, rows: np.ndarray, runs: Runs) -> None:
-        """`last_ok` at `rows` (ascending `runs`): a forward fill of the price-eligible rows, continuing
+    def t_csize_before(self, rows: np.ndarray) -> np.ndarray:
+        """The capped-size prefix sum just before each of `rows` in its region (0 at a region's start)."""
+        prev = rows - 1
+        inside = prev >= self.reg0[self.code_of(rows)]
+        return np.where(inside, self.t_csize[np.maximum(prev, 0)], 0)
+
+    def csize(self, rows: np.ndarray) -> np.ndarray:
+        """The capped size of each of `rows` (live rows, whose previous row keeps its sums)."""
+        return self.t_csize[rows] - self.t_csize_before(rows)
+
+    def last_ok(self, rows: np.ndarray) -> np.ndarray:
+        """The latest price-eligible row <= each of `rows` in its region (int64; -1: none)."""
+        return self.ok_row[rows].astype(np.int64) - 1
+
+    def _fill_ok_row(self, rows: np.ndarray, runs: Runs) -> None:
+        """`ok_row` at `rows` (ascending `runs`): a forward fill of the price-eligible rows, continuing
         from the row just before each run when it is in the same region."""
         starts, prev, cont = runs
-        base = np.where(cont, self.last_ok[prev], -1)
+        base = np.where(cont, self.ok_row[prev], 0)
         ok = self.price_ok[rows] > 0
         marker = np.arange(len(rows))
         is_start = np.zeros(len(rows), dtype=bool)
@@ -597,7 +622,7 @@ class TradeState:
         # Runs start at a marked position, so the running max never reaches into the previous run.
         src = np.maximum.accumulate(np.where(ok | is_start, marker, -1))
         run = np.repeat(np.arange(len(starts)), group_sizes(starts, len(rows)))
-        self.last_ok[rows] = np.where(ok[src], rows[src], base[run])
+        self.ok_row[rows] = np.where(ok[src], rows[src] + 1, base[run])
 
     @staticmethod
     def window_count(
@@ -670,6 +695,7 @@ class TradeState:
         self.centre[ucode[fresh]] = price[ustart[fresh]]
         sidx, _ = ranges(ins, tail)
         ns = len(sidx)
+        csize = np.concatenate((self.csize(sidx), quantise_size(size)))  # the batch's caps follow
         ckey = np.concatenate((self.key[sidx], code * K + kts(ts)))
         order = np.argsort(ckey, kind="stable")  # state suffix before the batch on equal keys
         total = (tail - ins) + ucount
@@ -679,14 +705,13 @@ class TradeState:
         self.price[dest] = np.concatenate((self.price[sidx], price))[order]
         self.size[dest] = np.concatenate((self.size[sidx], size))[order]
         self.late[dest] = np.concatenate((self.late[sidx], late))[order]
-        qsize = quantise_size(size)
-        self.csize[dest] = np.concatenate((self.csize[sidx], qsize))[order]  # the batch's caps follow
+        csize = csize[order]
         self.vol_ok[dest] = np.concatenate((self.vol_ok[sidx], vol_ok))[order]
         self.price_ok[dest] = np.concatenate((self.price_ok[sidx], price_ok))[order]
         self.tail[ucode] = tail + ucount
         # With a cap, the batch's capped sizes need the size sums first; their own sums follow below.
         runs = self._runs(dest, grp)
-        self._resum(dest, runs, capped=self.cap_multiple <= 0)
+        self._resum(dest, runs, None if self.cap_multiple > 0 else csize)
         rows = np.empty(len(code), dtype=np.int64)
         is_batch = order >= ns
         rows[order[is_batch] - ns] = dest[is_batch]
@@ -704,11 +729,12 @@ class TradeState:
             has = n > 0
             lo_h, hi_h = lo[has], hi[has]
             total = self.t_qsize[hi_h - 1] - (self.t_qsize[lo_h] - quantise_size(self.size[lo_h]))
+            qsize = quantise_size(size)
             capped = qsize.copy()
             cap = np.floor(self.cap_multiple * total.astype(np.float64) / n[has])
             capped[has] = np.minimum(qsize[has], cap).astype(np.int64)
-            self.csize[rows] = capped
-            self._prefix(dest, runs, ((self.csize[dest], self.t_csize),))
+            csize[is_batch] = capped[order[is_batch] - ns]
+            self._prefix(dest, runs, ((csize, self.t_csize),))
 
         # Buckets from the batch's earliest bucket of each code on, recomputed from the rows.
         bucket_ms = self.bucket_ms
@@ -722,7 +748,7 @@ class TradeState:
         slots = slot0[bgrp] + np.arange(len(bgrp)) - np.repeat(np.cumsum(nb) - nb, nb)
         self.b_id[slots] = rb[bstart]
         self.b_key[slots] = ucode[bgrp] * K + kts(rb[bstart])
-        self.b_cap[slots] = np.add.reduceat(self.csize[ridx], bstart) if len(ridx) else 0
+        self.b_cap[slots] = np.add.reduceat(self.csize(ridx), bstart) if len(ridx) else 0
         self.b_val[slots] = self.bucket_value(self.b_cap[slots])
         self.btail[ucode] = slot0 + nb
         self._resum_buckets(slots, ucode[bgrp])
