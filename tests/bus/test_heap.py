@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,50 @@ def test_a_trim_gives_freed_heap_pages_back_to_the_os() -> None:
     out = subprocess.run([sys.executable, "-c", FRAGMENTED_HEAP], capture_output=True, text=True, check=True)
     before, after, _kept = (float(x) for x in out.stdout.split())
     assert before - after > 150, out.stdout  # of the ~198 MiB freed
+
+
+# A process that frees a 4 MiB block (glibc's dynamic threshold then serves blocks up to 4 MiB from its
+# arenas) and allocates 256 KiB: prints whether that block got pages of its own (mmap). `tune_malloc`
+# first if asked to.
+MMAP_THRESHOLD = """
+import ctypes, sys
+from tradepulse.bus.heap import tune_malloc
+
+if sys.argv[1] == "tuned":
+    assert tune_malloc()
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+
+libc.mallinfo2.restype = Mallinfo2
+libc.free(libc.malloc(4 << 20))
+mapped = libc.mallinfo2().hblks
+block = libc.malloc(256 << 10)
+print(libc.mallinfo2().hblks == mapped + 1)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's (Linux)")
+def test_tuned_malloc_gives_a_large_block_pages_of_its_own_after_a_larger_one_was_freed() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_")}
+
+    def own_pages(mode: str) -> str:
+        run = subprocess.run(
+            [sys.executable, "-c", MMAP_THRESHOLD, mode], capture_output=True, text=True, env=env
+        )
+        assert run.returncode == 0, run.stderr
+        return run.stdout.strip()
+
+    assert own_pages("default") == "False"  # glibc's own behaviour: what the setting changes
+    assert own_pages("tuned") == "True"
+
+
+def test_tune_malloc_leaves_it_to_glibcs_own_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert heap.tune_malloc() is False
 
 
 def test_trims_are_spaced_by_the_interval(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from tradepulse.bus.heap import tune_malloc
 from tradepulse.bus.pipeline import build_runner
 from tradepulse.bus.runner import keep_pandas_out, tune_process
 from tradepulse.bus.status import RunnerMetrics, write_json_atomic
@@ -28,7 +29,8 @@ from tradepulse.config import get_settings
     help="Also write a cProfile of the run to this file.",
 )
 def main(expect: int, result: Path, cprofile: Path | None) -> None:
-    keep_pandas_out()  # as `tradepulse process` does
+    tune_malloc()  # as `tradepulse process` does
+    keep_pandas_out()
     runner = build_runner(get_settings())
     runner.install_signal_handlers()
     tune_process()  # as `tradepulse process` does (process-wide, so not the Runner's business)

@@ -10,16 +10,43 @@ against 1,269 MiB without, each trim taking 1–30 ms on the status thread (it h
 a time, so an allocation of the runner's thread waits at most that long).
 
 Only glibc has `malloc_trim`: elsewhere (macOS, musl) `HeapTrimmer` does nothing.
+
+Between two trims, what is freed stays resident; `tune_malloc` keeps less of it from accumulating in the
+first place (a runner process's glibc settings, `tradepulse.bus.runner.tune_process`).
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import time
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's `mallopt` parameter (malloc.h)
+#: Allocations from this size on get pages of their own (`mmap`), given back when freed. Set, it is fixed:
+#: glibc otherwise raises its threshold to the largest block freed so far (up to 32 MiB), after which the
+#: numpy arrays of every batch come from the arenas, where freed pages stay until the next trim.
+MMAP_THRESHOLD_BYTES = 128 * 1024
+
+
+def tune_malloc() -> bool:
+    """Process-wide: glibc's mmap threshold fixed at `MMAP_THRESHOLD_BYTES` (issue 19: the processor at 15k
+    ev/s held ~35 MiB less; docs/benchmarks.md), unless the environment sets glibc's own `GLIBC_TUNABLES`
+    or `MALLOC_MMAP_THRESHOLD_`, which then decides. True if it set it; False elsewhere (not glibc) or
+    when the environment decides."""
+    if "GLIBC_TUNABLES" in os.environ or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 
 
 def _malloc_trim() -> Callable[[int], int] | None:

@@ -215,6 +215,9 @@ def tune_process() -> None:
       0.45 s (docs/benchmarks.md, "Huge pages off in the runner process").
     - Arrow's allocations (the cold store's tables) in jemalloc, unless `ARROW_DEFAULT_MEMORY_POOL`
       chooses (`prefer_jemalloc`).
+
+    The entry points call `tradepulse.bus.heap.tune_malloc` (glibc's heap) and `keep_pandas_out` first,
+    before any thread starts.
     """
     # Imported here: Arrow is the cold store's, which a runner process builds anyway; this module does
     # not load it.

@@ -37,12 +37,14 @@ def process(instance: str, progress_s: float, exit_when_idle: float | None) -> N
     """Consume trades/quotes/news, compute features, anomalies and news correlations, write the stores
     and produce the outputs, exactly once. SIGTERM/SIGINT finish the batch, commit and exit."""
     from tradepulse.bus.admin import MissingTopicsError, require_topics
+    from tradepulse.bus.heap import tune_malloc
     from tradepulse.bus.pipeline import build_runner
     from tradepulse.bus.runner import keep_pandas_out, tune_process
     from tradepulse.bus.watchdog import Watchdog
     from tradepulse.stores.retention import RetentionPurger
     from tradepulse.topics import PROCESSOR_TOPICS
 
+    tune_malloc()  # before any thread starts: a thread gets its arena at its first allocation
     keep_pandas_out()
     settings = get_settings()
     logging.basicConfig(
