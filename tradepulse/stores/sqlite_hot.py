@@ -143,12 +143,12 @@ CREATE TABLE IF NOT EXISTS tickers (
 PURGE_CHUNK_ROWS = 5000
 """Rows one purge transaction deletes at most (a few ms of the write lock)."""
 
-WRITER_CACHE_MIB = 16
+WRITER_CACHE_MIB = 4
 """The writer connection's page cache. Its inserts are time-ordered (trades) or go to the newest rows of
 each ticker (features, anomalies), so it needs the B-trees' right edges, not a day of pages: 1.2 M trades
-written in 2,000-message batches (a 375 MiB file) took as long with 4, 16 or 64 MiB, and 64 MiB grew the
-writing process by 70 MiB against 20 with 16 (docs/benchmarks.md). The readers (the API) keep
-`READER_CACHE_MIB`."""
+written in 2,000-message batches (a 375 MiB file) took as long with 4, 16 or 64 MiB, and grew the writing
+process by 7, 20 and 70 MiB (docs/benchmarks.md); a page it no longer caches is read from the kernel's
+page cache, outside the process. The readers (the API) keep `READER_CACHE_MIB`."""
 READER_CACHE_MIB = 64
 """A reader connection's page cache: keeps the index pages of a busy day's queries hot."""
 
