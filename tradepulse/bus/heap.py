@@ -11,8 +11,8 @@ a time, so an allocation of the runner's thread waits at most that long).
 
 Only glibc has `malloc_trim`: elsewhere (macOS, musl) `HeapTrimmer` does nothing.
 
-Between two trims, what is freed stays resident; `tune_malloc` keeps less of it from accumulating in the
-first place (a runner process's glibc settings, `tradepulse.bus.runner.tune_process`).
+Between two trims, what is freed stays resident; `tune_malloc` (called first by a runner process's entry
+point) keeps less of it from accumulating in the first place.
 """
 
 from __future__ import annotations

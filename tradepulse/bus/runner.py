@@ -217,7 +217,7 @@ def tune_process() -> None:
       chooses (`prefer_jemalloc`).
 
     The entry points call `tradepulse.bus.heap.tune_malloc` (glibc's heap) and `keep_pandas_out` first,
-    before any thread starts.
+    before they build the runner.
     """
     # Imported here: Arrow is the cold store's, which a runner process builds anyway; this module does
     # not load it.

@@ -44,7 +44,7 @@ def process(instance: str, progress_s: float, exit_when_idle: float | None) -> N
     from tradepulse.stores.retention import RetentionPurger
     from tradepulse.topics import PROCESSOR_TOPICS
 
-    tune_malloc()  # before any thread starts: a thread gets its arena at its first allocation
+    tune_malloc()  # first: before the runner's allocations move glibc's threshold
     keep_pandas_out()
     settings = get_settings()
     logging.basicConfig(

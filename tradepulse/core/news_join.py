@@ -89,7 +89,8 @@ class _Rings:
     (ts, z), timestamps stored as offsets into the bucket. `lap` holds which bucket of its slot it is,
     `b // size` (biased by `_LAP_BIAS`, so that 0 marks a free slot), so a stale slot is told apart from
     the current one (`buckets`). Every array starts as zeros, so a ring takes memory only for the pages
-    of slots written (a ticker's ring is ~7,300 slots of 24 bytes: 11 minutes at 100 ms). A ring covers the
+    written: its slots', or every row a growth for new tickers copied (a ring is ~7,300 slots of 24
+    bytes: ~12 minutes at 100 ms). A ring covers the
     retention, the amortised eviction slack and one window ahead of the watermark, so in normal
     operation (z-scores no further ahead of the watermark than that) no remembered bucket is ever
     overwritten; beyond that the newer bucket wins and the displaced points are counted as dropped.

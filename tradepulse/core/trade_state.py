@@ -223,8 +223,8 @@ class TradeState:
     rows dropped, its prefix sums re-based at zero and its prices re-centred, and the pages of its
     region past the live rows given back to the operating system), else everything is
     re-laid out with regions of twice the live rows (twice the rows a filling window is projected to
-    hold: `_projected`): dead rows are dropped and the live ones copied with their sums and centre as
-    they are, so a re-layout changes no vector. A code's float sums span the rows since its last
+    hold: `_projected`): dead rows are dropped and the live ones copied with their float sums and centre
+    as they are (the exact integer sums re-based), so a re-layout changes no vector. A code's float sums span the rows since its last
     re-base (a compaction, or a batch that rewrote its region from the start): a few regions' worth of
     rows, which extended precision carries without a loss a vector shows (the drift test in
     tests/core/test_features.py holds vectors to 1e-9 of a naive recomputation over 15 minutes). A
@@ -529,8 +529,9 @@ class TradeState:
         self.released[codes] = keep
 
     def _zeroed(self) -> tuple[np.ndarray, ...]:
-        """The row arrays whose free slots hold zeros, and whose dead rows are given back (all but `key`,
-        and `ok_row`, whose free slots hold zeros too)."""
+        """The row arrays whose free slots hold zeros and whose dead rows are given back: all but `key`
+        (its free slots hold the gap sentinel) and `ok_row` (zeros too, but a live row may point at a
+        dead one)."""
         return (
             self.price, self.size, self.late, self.vol_ok, self.price_ok,
             self.t_sums, self.t_qsize, self.t_csize, self.t_vol_ok, self.t_price_ok,
