@@ -40,24 +40,25 @@ def tune_malloc() -> bool:
     when the environment decides."""
     if "GLIBC_TUNABLES" in os.environ or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
+    mallopt = _libc_function("mallopt", [ctypes.c_int, ctypes.c_int])
+    return mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+
+
+def _libc_function(name: str, argtypes: list[type]) -> Callable[..., int] | None:
+    """The function `name` (returning an int) of the process's own C library, or None where it has none
+    (glibc's `malloc_trim` and `mallopt` are glibc's)."""
     try:
-        mallopt = ctypes.CDLL(None).mallopt
+        function = getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+        return None
+    function.argtypes = argtypes
+    function.restype = ctypes.c_int
+    return function
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
     """glibc's `malloc_trim` from the process's own C library, or None where it has none."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return trim
+    return _libc_function("malloc_trim", [ctypes.c_size_t])
 
 
 class HeapTrimmer:
