@@ -6,7 +6,7 @@ simulator's trade set."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -38,9 +38,21 @@ from tradepulse.topics import TRADES
 pytestmark = pytest.mark.kafka
 
 
-def _start_broker(tmp_path: Path, group: str) -> tuple[LocalKafka, BrokerInfo, Settings]:
-    """A local broker under `tmp_path` with fresh topics, and the settings of a pipeline on it."""
+@pytest.fixture
+def brokers() -> Iterator[list[LocalKafka]]:
+    """Every broker a test starts, its restarts included, stopped at the test's teardown whether it
+    passed or not: a failed test once left its restarted broker running beside the rest of the suite."""
+    started: list[LocalKafka] = []
+    yield started
+    for broker in reversed(started):
+        broker.stop()
+
+
+def _start_broker(brokers: list[LocalKafka], tmp_path: Path, group: str) -> tuple[BrokerInfo, Settings]:
+    """A local broker under `tmp_path` with fresh topics (stopped by the `brokers` fixture), and the
+    settings of a pipeline on it."""
     broker = LocalKafka(tmp_path / "broker", heap="512m", libs_root=JAR_CACHE)
+    brokers.append(broker)
     info = broker.start(quiet=True)
     settings = Settings(
         kafka_bootstrap=info.bootstrap,
@@ -50,14 +62,16 @@ def _start_broker(tmp_path: Path, group: str) -> tuple[LocalKafka, BrokerInfo, S
         tickers=TICKERS,
     )
     recreate_topics(settings)
-    return broker, info, settings
+    return info, settings
 
 
 def _restart(
-    broker: LocalKafka, info: BrokerInfo, outage_s: float, while_down: Callable[[], None]
-) -> LocalKafka:
-    """Stop the broker, wait `outage_s`, call `while_down`, start it again on the same data dir and
-    ports."""
+    brokers: list[LocalKafka], info: BrokerInfo, outage_s: float, while_down: Callable[[], None]
+) -> None:
+    """Stop the latest of `brokers`, wait `outage_s`, call `while_down`, start it again on the same data
+    dir and ports (appended to `brokers` before it starts, so a start that fails half-way is stopped
+    too)."""
+    broker = brokers[-1]
     broker.stop()
     time.sleep(outage_s)
     while_down()
@@ -68,8 +82,8 @@ def _restart(
         heap="512m",
         libs_root=JAR_CACHE,
     )
+    brokers.append(restarted)
     restarted.start(quiet=True)
-    return restarted
 
 
 # `quiet`: the broker restarts after the runner has been idle for more than a minute, as in a night of
@@ -79,18 +93,19 @@ def _restart(
 @pytest.mark.parametrize(
     "idle_s", [pytest.param(0, id="at-once"), pytest.param(65, id="quiet", marks=pytest.mark.slow)]
 )
-def test_the_first_commit_after_a_broker_restart_needs_no_watchdog(tmp_path: Path, idle_s: int) -> None:
+def test_the_first_commit_after_a_broker_restart_needs_no_watchdog(
+    tmp_path: Path, brokers: list[LocalKafka], idle_s: int
+) -> None:
     """A broker restart while the runner is idle: its first transaction afterwards used to wait in
     `send_offsets_to_transaction` until the commit watchdog restarted the process (120 s by default),
     because librdkafka kept the restarted broker's retired handle as the group coordinator and never
     looked again (confluentinc/librdkafka#5511). The runner replaces a producer that lost a broker
     connection before its next transaction. The watchdog is set far beyond this test's wait, so only
     that can pass it; the hot and cold stores then hold every trade once."""
-    broker, info, settings = _start_broker(tmp_path, "idle-broker-restart")
+    info, settings = _start_broker(brokers, tmp_path, "idle-broker-restart")
     events = make_recording(20, 300).events
     half = len(events) // 2
     services = Services(tmp_path / "logs", child_env(settings, TRADEPULSE_COMMIT_WATCHDOG_S="900"))
-    restarted = None
     try:
         services.start("runner", "process", "--instance", "0", "--progress-s", "2")
         produce(settings, events[:half])
@@ -98,7 +113,7 @@ def test_the_first_commit_after_a_broker_restart_needs_no_watchdog(tmp_path: Pat
         # broker stopped under one of those is the mid-stream case below, which needs the watchdog.
         wait_idle(settings, 2.0, 120, services.check_alive)
         time.sleep(idle_s)
-        restarted = _restart(broker, info, 3, services.check_alive)
+        _restart(brokers, info, 3, services.check_alive)
         produce(settings, events[half:])
         try:
             wait_until(lambda: drained(settings), 60, "the second half to be committed", services.check_alive)
@@ -116,7 +131,6 @@ def test_the_first_commit_after_a_broker_restart_needs_no_watchdog(tmp_path: Pat
             assert where.exact, where
     finally:
         services.stop_all()
-        (restarted or broker).stop()
 
 
 # A transaction in flight when the broker stops waits behind the retired broker's handle
@@ -133,9 +147,9 @@ def test_the_first_commit_after_a_broker_restart_needs_no_watchdog(tmp_path: Pat
     [pytest.param(10, 8_000, id="quick"), pytest.param(24, 40_000, id="full", marks=pytest.mark.slow)],
 )
 def test_broker_restart_mid_stream_loses_nothing_and_every_service_recovers(
-    tmp_path: Path, stream_s: int, min_trades: int
+    tmp_path: Path, brokers: list[LocalKafka], stream_s: int, min_trades: int
 ) -> None:
-    broker, info, settings = _start_broker(tmp_path, "broker-restart")
+    info, settings = _start_broker(brokers, tmp_path, "broker-restart")
     sim = run_simulator_in_thread(
         SimulatorConfig(
             seed=9,
@@ -163,7 +177,7 @@ def test_broker_restart_mid_stream_loses_nothing_and_every_service_recovers(
             services.check_alive,
         )
         down_at = time.monotonic()
-        restarted = _restart(broker, info, 3, services.check_alive)  # nobody died of the outage
+        _restart(brokers, info, 3, services.check_alive)  # nobody died of the outage
         outage_s = time.monotonic() - down_at
         assert sim.wait_finished(120)
         last = {"marks": {}, "since": time.monotonic()}
@@ -189,14 +203,11 @@ def test_broker_restart_mid_stream_loses_nothing_and_every_service_recovers(
     finally:
         services.stop_all()
         sim.stop()
-    try:
-        trades = read_topic(settings, TRADES)
-        for where in (
-            Reconciliation.of([(t["ticker"], t["sequence"]) for t in trades], sent),
-            Reconciliation.of(hot_trade_keys(settings), sent),
-            Reconciliation.of(cold_keys(settings), sent),
-        ):
-            assert where.exact, where
-        assert len(sent) > min_trades and outage_s >= 3
-    finally:
-        restarted.stop()
+    trades = read_topic(settings, TRADES)
+    for where in (
+        Reconciliation.of([(t["ticker"], t["sequence"]) for t in trades], sent),
+        Reconciliation.of(hot_trade_keys(settings), sent),
+        Reconciliation.of(cold_keys(settings), sent),
+    ):
+        assert where.exact, where
+    assert len(sent) > min_trades and outage_s >= 3
