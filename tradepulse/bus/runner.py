@@ -968,12 +968,13 @@ class Runner:
         if not failed:
             self.metrics.record_freshness(outputs.fresh_ts_ms)
         dead += failed
-        write_ms = stage_ms.get("trade_write", 0.0) + (time.perf_counter() - started) * 1000
+        trade_write_ms = stage_ms.get("trade_write", 0.0)
+        write_ms = trade_write_ms + (time.perf_counter() - started) * 1000
         self.metrics.write_ms.append(write_ms)
         self.backpressure.record(write_ms)
         if dead:
             self.sink_retry(lambda: self.dlq.put(dead))
-        stage_ms["hot_write"] = stage_ms.get("trade_write", 0.0) + (time.perf_counter() - started) * 1000
+        stage_ms["hot_write"] = trade_write_ms + (time.perf_counter() - started) * 1000
         return dead
 
     def _write_hot(self, write: Callable[[], None], kinds: list[tuple[str, list[Row]]]) -> list[Row]:
