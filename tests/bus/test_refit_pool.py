@@ -21,13 +21,15 @@ import pytest
 
 from tests.core.test_anomaly import FAST, identity, market_rows, positions, run, split
 from tests.processes import wait_ended
-from tradepulse.bus.refit_pool import NICE, RefitPool
+from tradepulse.bus.refit_pool import IDLE_EXIT_S, NICE, RefitPool
 from tradepulse.core.anomaly import AnomalyDetector
 
 
 @pytest.fixture
 def pool() -> RefitPool:
-    pool = RefitPool()
+    """A pool whose worker stays until the test ends (these tests follow one worker across tasks;
+    the idle worker's exit has tests of its own)."""
+    pool = RefitPool(idle_exit_s=None)
     yield pool
     pool.shutdown(cancel_futures=True)
 
@@ -63,6 +65,42 @@ def test_the_worker_runs_at_lower_priority_and_is_replaced_when_it_dies(pool: Re
         time.sleep(0.05)
     assert not threads_of(worker)
     assert threads_of(replacement) == [f"refit-outcomes-{replacement}", f"refit-tasks-{replacement}"]
+
+
+def test_an_idle_worker_exits_and_the_next_task_starts_another() -> None:
+    """With the runner's setting: the worker's memory is given back between the minutes' refits."""
+    pool = RefitPool()
+    try:
+        first = psutil.Process(pool.submit(os.getpid).result(timeout=60))
+        started = time.monotonic()
+        assert not wait_ended([first], within_s=IDLE_EXIT_S + 30)
+        assert time.monotonic() - started >= IDLE_EXIT_S - 0.5  # not at once: fits due together share it
+        assert pool.submit(os.getpid).result(timeout=60) not in (first.pid, os.getpid())
+        deadline = time.monotonic() + 10
+        while threads_of(first.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not threads_of(first.pid)
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def test_a_worker_with_a_task_running_or_queued_is_not_idle() -> None:
+    """A task longer than the idle time, and one queued behind it, run on the worker that had just
+    been idle; and no task is lost to a worker that is ending."""
+    pool = RefitPool(idle_exit_s=0.3)
+    try:
+        worker = pool.submit(os.getpid).result(timeout=60)
+        # Within the idle time: the first task's end started a timer that must find the worker busy.
+        slow = pool.submit(time.sleep, 1.0)
+        queued = pool.submit(os.getpid)
+        assert slow.result(timeout=60) is None and queued.result(timeout=60) == worker
+        pids = {pool.submit(os.getpid).result(timeout=60) for _ in range(20)}
+        for _ in range(20):  # submits racing the idle timers: each gets a live worker
+            time.sleep(0.28)
+            pids.add(pool.submit(os.getpid).result(timeout=60))
+        assert os.getpid() not in pids
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def threads_of(worker: int) -> list[str]:

@@ -15,6 +15,11 @@ never fits (most short runs: a model needs minutes of training events) never doe
 what unpickling a fit needs (numpy and the forest): ~0.1 s and ~40 MiB, well within the 10 s of market
 time before a model is due.
 
+A worker idle for `IDLE_EXIT_S` exits (the pool closes its stdin; the next `submit` starts another).
+Live, the partitions' refits fall due together at each minute of market time and take a few seconds,
+so the worker's ~40 MiB were held for seconds a minute and idle the rest; a replay's fits follow one
+another within seconds and keep one worker.
+
 A worker that dies (killed, out of memory) breaks the pool: its pending fits fail with
 `BrokenProcessPool`, which crashes the runner into its ordinary recovery (restore from the checkpoints,
 refit), and the next `submit` starts a new worker. The worker ends when its stdin does, so it exits with
@@ -29,6 +34,7 @@ import pickle
 import queue
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
@@ -41,6 +47,10 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 NICE = 10  # below the runner: a fit is needed seconds later, a batch now
+# How long a worker with nothing to do stays: a fraction of the minute between refit points, beyond the
+# seconds between fits that fall due together (a start costs the runner's thread 1-7 ms and the worker
+# ~0.1 s of CPU at `NICE`).
+IDLE_EXIT_S = 5.0
 # The worker's command (`tradepulse.bus.children`: the runner's import path, exec'd at once); its
 # sys.argv: ["-c", nice].
 WORKER_MAIN = "from tradepulse.bus.refit_worker import main; main()"
@@ -53,7 +63,9 @@ class _Worker:
     """One worker process, the futures of the tasks it has been sent, and the thread that resolves them
     from its outcomes."""
 
-    def __init__(self, nice: int) -> None:
+    def __init__(self, nice: int, on_idle: Callable[[_Worker], None]) -> None:
+        """`on_idle` is called (on the outcomes' thread) each time the worker's last pending task is done."""
+        self._on_idle = on_idle
         self.process = subprocess.Popen(
             python_command(WORKER_MAIN, str(nice)),
             stdin=subprocess.PIPE,
@@ -64,7 +76,8 @@ class _Worker:
         self._outcomes: IO[bytes] = self.process.stdout
         self._ids = itertools.count()
         self._pending: dict[int, Future[Any]] = {}
-        self._lock = threading.Lock()  # _pending, broken
+        self._lock = threading.Lock()  # _pending, _idle_since, broken
+        self._idle_since = time.monotonic()
         self.broken = False
         # Tasks are pickled and sent by a thread of their own: a fit's training rows are megabytes, more
         # than the pipe holds, and the write waits for the worker to read them (it may be fitting).
@@ -112,11 +125,19 @@ class _Worker:
         with contextlib.suppress(OSError):  # bytes left in the buffer of a dead worker's pipe
             self._tasks.close()
 
+    def idle_s(self) -> float:
+        """How long the worker has had no pending task (0 while it has one)."""
+        with self._lock:
+            return 0.0 if self._pending else time.monotonic() - self._idle_since
+
     def _read_outcomes(self) -> None:
         while (frame := read_frame(self._outcomes)) is not None:
             task_id, payload = frame
             with self._lock:
                 future = self._pending.pop(task_id)
+                idle = not self._pending
+                if idle:
+                    self._idle_since = time.monotonic()
             try:
                 ok, value = pickle.loads(payload)
             except Exception as exc:  # e.g. an exception class this process cannot import
@@ -126,6 +147,8 @@ class _Worker:
                     future.set_result(value)
                 else:
                     future.set_exception(value)
+            if idle:
+                self._on_idle(self)
         code = self.process.wait()
         with self._lock:
             self.broken = True
@@ -155,22 +178,40 @@ class _Worker:
 
 
 class RefitPool(Executor):
-    """One worker process at lower priority; replaced when it has died."""
+    """One worker process at lower priority; replaced when it has died, ended when it has been idle for
+    `idle_exit_s` (None: kept until `shutdown`)."""
 
-    def __init__(self, nice: int = NICE) -> None:
+    def __init__(self, nice: int = NICE, idle_exit_s: float | None = IDLE_EXIT_S) -> None:
         self._nice = nice
+        self._idle_exit_s = idle_exit_s
         self._lock = threading.Lock()
         self._worker: _Worker | None = None
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         with self._lock:
             if self._worker is None or self._worker.broken:
-                self._worker = _Worker(self._nice)
+                self._worker = _Worker(self._nice, self._worker_idle)
             try:
                 return self._worker.submit(fn, args, kwargs)
             except BrokenProcessPool:  # it died since the check: once more, with a new one
-                self._worker = _Worker(self._nice)
+                self._worker = _Worker(self._nice, self._worker_idle)
                 return self._worker.submit(fn, args, kwargs)
+
+    def _worker_idle(self, worker: _Worker) -> None:
+        """The worker has run every task it was sent: end it if it is still idle `idle_exit_s` later."""
+        if self._idle_exit_s is not None:
+            timer = threading.Timer(self._idle_exit_s, self._end_if_idle, (worker, self._idle_exit_s))
+            timer.name, timer.daemon = "refit-idle", True
+            timer.start()
+
+    def _end_if_idle(self, worker: _Worker, idle_exit_s: float) -> None:
+        """End `worker` (it exits once its stdin is closed) if it is the pool's and has been idle for
+        `idle_exit_s`; a task submitted since, or still pending, keeps it (its end starts a new timer).
+        Under the pool's lock, so no `submit` can hand it a task meanwhile."""
+        with self._lock:
+            if self._worker is worker and worker.idle_s() >= idle_exit_s:
+                self._worker = None
+                worker.close(wait=False, kill=False)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """End the worker (a later `submit` starts a new one). `cancel_futures`: cancel every pending task
