@@ -69,6 +69,9 @@ def test_bench_smoke_completes_with_zero_loss_and_writes_report(kafka_bootstrap:
     assert "events lost" in summary and "| tradepulse |" in summary and "feature freshness" in summary
     assert "| … of the trades committed outside the ramp" in summary
     assert f"| backpressure pauses (median hot-store write over the limit) | {pauses:,} |" in summary
+    # 15 s is far shorter than the detector's warm-up: the report says no model scored.
+    assert all(sample["model_version"] == 0 for sample in results["full_path"]["samples"])
+    assert "| anomaly models in use (`anomaly` stage scoring) | **none** during the run" in summary
     # The runner's loop (its process's main thread) was on a CPU, and the report says how long the
     # processes waited for one (Linux's scheduler statistics).
     processor = results["full_path"]["process_summary"]["processor"]

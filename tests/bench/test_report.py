@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tradepulse.bench.report import targets_table
+from tradepulse.bench.report import anomaly_models_row, derive, targets_table
 
 
 def _results(profile: str) -> dict[str, Any]:
@@ -40,3 +40,29 @@ def test_a_market_open_run_reports_when_the_lag_was_back_under_a_second(recovery
     results["derived"]["lag_s_over_target_after_burst_s"] = recovery_s
     row = _burst_row(targets_table(results))
     assert f"last lag ≥ 1 s {recovery_s:.0f} s after t = 60 s" in row and " for " not in row
+
+
+def _run_with_models(versions: list[int | None]) -> dict[str, Any]:
+    """A run's raw results whose runner reported these model versions, one a second."""
+    samples = [
+        {"t": float(i), "sent": 100 * (i + 1), "high": 100 * (i + 1), "committed": 100 * (i + 1), "lag": 0,
+         "write_p99_ms": 1.0, "e2e_window": {}}
+        | ({} if version is None else {"model_version": version})
+        for i, version in enumerate(versions)
+    ]  # fmt: skip
+    status = {} if versions[-1] is None else {"model_version": versions[-1]}
+    full_path = {"samples": samples, "processes": {}, "process_summary": {}, "reconcile": {"events_lost": 0},
+                 "runner_status": status}  # fmt: skip
+    return {"full_path": full_path}
+
+
+def test_the_report_says_from_when_anomaly_models_scored_and_when_none_did() -> None:
+    # The detector scores a ticker only after its warm-up and enough training events (~10 min at the
+    # defaults): a 10-minute run's `anomaly` stage never scored, which its report must say.
+    assert "from t = 6 s" in anomaly_models_row(derive(_run_with_models([0] * 6 + [1, 1, 2])))
+    assert "highest model version at the end 2" in anomaly_models_row(
+        derive(_run_with_models([0] * 6 + [1, 1, 2]))
+    )
+    none = anomaly_models_row(derive(_run_with_models([0] * 9)))
+    assert "none" in none and "TRADEPULSE_ANOMALY_WARMUP_S" in none and "TRADEPULSE_ANOMALY_MIN_TRAIN" in none
+    assert "not recorded" in anomaly_models_row(derive(_run_with_models([None] * 9)))

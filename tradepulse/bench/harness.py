@@ -102,13 +102,15 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def _combined_status(statuses: list[dict[str, Any]]) -> dict[str, Any]:
     """One status document for the main group's runner instances (one instance: its own). Counters
-    add up; the write p99 and the latest e2e window's percentiles are the worst instance's (as /health
-    combines them; the window's count and total add up); the rest is instance 0's."""
+    add up; the write p99, the latest e2e window's percentiles and the model version are the highest
+    instance's (as /health combines the first two; the window's count and total add up); the rest is
+    instance 0's."""
     if len(statuses) == 1:
         return statuses[0]
     combined = dict(statuses[0])
     for counter in ("events_processed", "backpressure_activations"):
         combined[counter] = sum(status.get(counter) or 0 for status in statuses)
+    combined["model_version"] = max(status.get("model_version") or 0 for status in statuses)
     lags = [status["consumer_lag"] for status in statuses if status.get("consumer_lag") is not None]
     combined["consumer_lag"] = sum(lags) if lags else None
     writes = [status["write_p99_ms"] for status in statuses if status.get("write_p99_ms") is not None]
@@ -313,6 +315,7 @@ def _full_path(config: BenchConfig, settings: Settings, out: Path, broker_pid: i
                     "runner_events": status.get("events_processed", 0),
                     "write_p99_ms": status.get("write_p99_ms"),
                     "backpressure_pauses": status.get("backpressure_activations", 0),
+                    "model_version": status.get("model_version", 0),
                     "e2e_window": status.get("e2e_latency_window_ms") or {},
                     "pending_frames": sim.get("pending_frames", 0),
                     "variants": {

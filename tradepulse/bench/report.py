@@ -104,6 +104,7 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
             rss_drift[name] = (rss[-1] - base) / base * 100 if base else 0.0
     status = fp.get("runner_status", {})
     runners = {"main": status, **fp.get("variant_status", {})}
+    versions = [s.get("model_version") for s in samples]
     return {
         "stages_ms": status.get("stages_ms", {}),
         "publish_delay_ms": (fp.get("simulator") or {}).get("publish_delay_ms", {}),
@@ -120,6 +121,11 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
         "e2e_latency_ms": status.get("e2e_latency_ms", {}),
         "e2e_outside_ramp_ms": outside_ramp(fp.get("e2e_ramp")),
         "freshness_ms": {stage: status.get("stages_ms", {}).get(stage, {}) for stage in FRESHNESS_STAGES},
+        "anomaly_models": {
+            "recorded": any(v is not None for v in versions),
+            "first_in_use_s": next((float(t_rel[i]) for i, v in enumerate(versions) if v), None),
+            "version_at_end": status.get("model_version"),
+        },
         "write_p99_ms_max": max((s["write_p99_ms"] or 0.0) for s in samples) if samples else 0.0,
         "write_p99_ms_final": status.get("write_p99_ms"),
         "rss_drift_pct": rss_drift,
@@ -284,6 +290,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
         f"{_fmt(e2e.get('p99_9'))} / {_fmt(e2e.get('max'))} ms ({_fmt(e2e.get('count'))} trades) |",
         *outside_ramp_rows(d),
         *freshness_rows(d),
+        anomaly_models_row(d),
         f"| consumer lag max | {_fmt(d['max_lag_events'])} events = {_lag_seconds(d['max_lag_s'])} of data |",
         "| last lag ≥ 1 s, seconds after t = 60 s (the burst's plateau ends; not a sum) | "
         f"{d['lag_s_over_target_after_burst_s']:.0f} s |",
@@ -464,7 +471,10 @@ append, produce, commit, cold flush; the stage breakdown below), and the simulat
 fell behind its own schedule (publish delay). In a `market_open` run the e2e of the trades committed
 outside the ramp (before 5 s or after 35 s; the ramp's backlog, committed after it, counts as outside) is
 the run's histogram minus what the runner had recorded between the ramp's start and end, read from the
-stage histograms it leaves with every heartbeat (`tradepulse.bench.ramp`). Lag and throughput come from
+stage histograms it leaves with every heartbeat (`tradepulse.bench.ramp`). The anomaly detector scores a
+ticker only once its stream has a model (its warm-up and training events take ~10 min at the defaults):
+the report says from when a model was in use, so that a shorter run is not read as one with scoring
+(its `anomaly` stage, its memory). Lag and throughput come from
 the broker (the runner group's committed offsets, then the high watermarks, in that order so the lag is
 never negative); loss is reconciled against the simulator's sent counters. `--variant NAME:KEY=VALUE` runs more runners with
 other settings under the same load (each its own consumer group) and compares them. Each process's CPU
@@ -523,6 +533,27 @@ def freshness_rows(d: dict[str, Any]) -> list[str]:
                 f"({_fmt(int(h['count']))} trades) |"
             )
     return rows
+
+
+def anomaly_models_row(d: dict[str, Any]) -> str:
+    """The summary table's row on the anomaly models: the `anomaly` stage scores a ticker only once its
+    stream has a model, which takes the detector's warm-up and training events (~10 min at the
+    defaults), so a shorter run's stage breakdown and memory have no scoring in them."""
+    models = d.get("anomaly_models") or {}
+    if not models.get("recorded"):
+        value = "not recorded (results from before issue 19's session 41)"
+    elif models.get("first_in_use_s") is None:
+        value = (
+            "**none** during the run: a ticker is scored once TRADEPULSE_ANOMALY_WARMUP_S have passed since its "
+            "first trade and its stream's model has TRADEPULSE_ANOMALY_MIN_TRAIN of its training events (one per "
+            "TRADEPULSE_ANOMALY_SAMPLE_MS): ~10 min at the defaults; the `anomaly` stage did no scoring"
+        )
+    else:
+        value = (
+            f"from t = {models['first_in_use_s']:.0f} s (highest model version at the end "
+            f"{_fmt(models.get('version_at_end'))})"
+        )
+    return f"| anomaly models in use (`anomaly` stage scoring) | {value} |"
 
 
 def targets_table(results: dict[str, Any]) -> str:
